@@ -1,0 +1,173 @@
+"""gRPC edge shared by every service: request id, caller identity, logging and the mapping
+of domain errors to status codes with google.rpc details."""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+
+from services.runtime.auth import InvalidToken, Principal, TokenVerifier
+from services.runtime.errors import (
+    AlreadyExists,
+    DomainError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+)
+from services.runtime.logging import request_id_var
+
+log = logging.getLogger(__name__)
+
+principal_var: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("principal", default=None)
+
+ERROR_DOMAIN = "kasvu.fi"
+
+_CODES: list[tuple[type[DomainError], grpc.StatusCode]] = [
+    (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
+    (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+]
+
+
+def current_principal() -> Principal | None:
+    """Who is calling, as proved by the bearer token; None for anonymous calls."""
+    return principal_var.get()
+
+
+def status_code_for(error: DomainError) -> grpc.StatusCode:
+    for kind, code in _CODES:
+        if isinstance(error, kind):
+            return code
+    return grpc.StatusCode.INVALID_ARGUMENT
+
+
+def rich_status(error: DomainError) -> status_pb2.Status:
+    """google.rpc.Status with BadRequest field violations and an ErrorInfo reason."""
+    code = status_code_for(error)
+    details: list[any_pb2.Any] = []
+    if error.violations:
+        bad_request = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                for v in error.violations
+            ]
+        )
+        packed = any_pb2.Any()
+        packed.Pack(bad_request)
+        details.append(packed)
+    if error.reason:
+        packed = any_pb2.Any()
+        packed.Pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN))
+        details.append(packed)
+    return status_pb2.Status(code=code.value[0], message=error.message, details=details)
+
+
+async def abort_with(context: grpc.aio.ServicerContext[Any, Any], error: DomainError) -> None:
+    status = rich_status(error)
+    await context.abort(
+        status_code_for(error),
+        error.message,
+        trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
+    )
+
+
+def _metadata(context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, str]:
+    return {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+
+
+class EdgeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Sets the request id and principal for the call, logs it, and turns DomainError
+    into a status; any other exception is logged and answered INTERNAL without detail."""
+
+    def __init__(self, verifier: TokenVerifier | None) -> None:
+        self._verifier = verifier
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or details.method.startswith("/grpc."):
+            return handler
+        method = details.method
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(method, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(method, handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    async def _enter(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        metadata = _metadata(context)
+        request_id_var.set(metadata.get("x-request-id") or uuid.uuid4().hex)
+        principal_var.set(None)
+        authorization = metadata.get("authorization", "")
+        if authorization:
+            if self._verifier is None:
+                await abort_with(context, Unauthenticated("this service accepts no tokens"))
+                return
+            try:
+                principal_var.set(self._verifier.verify(authorization))
+            except InvalidToken as error:
+                await abort_with(context, Unauthenticated(f"invalid bearer token: {error}"))
+
+    def _wrap_unary(self, method: str, behavior: Any) -> Any:
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            started = time.perf_counter()
+            await self._enter(context)
+            outcome = "OK"
+            try:
+                return await behavior(request, context)
+            except DomainError as error:
+                outcome = status_code_for(error).name
+                await abort_with(context, error)
+            except Exception:
+                if context.code() not in (None, grpc.StatusCode.OK):
+                    outcome = str(context.code())
+                    raise
+                outcome = "INTERNAL"
+                log.exception("unexpected error", extra={"method": method})
+                await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+            finally:
+                log.info("rpc", extra={"method": method, "code": outcome,
+                                       "ms": round((time.perf_counter() - started) * 1000, 2)})
+
+        return wrapper
+
+    def _wrap_stream(self, method: str, behavior: Any) -> Any:
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            await self._enter(context)
+            log.info("stream opened", extra={"method": method})
+            try:
+                async for item in behavior(request, context):
+                    yield item
+            except DomainError as error:
+                await abort_with(context, error)
+            finally:
+                log.info("stream closed", extra={"method": method})
+
+        return wrapper
+
+
+__all__ = ["EdgeInterceptor", "abort_with", "current_principal", "principal_var", "rich_status"]

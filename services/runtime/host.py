@@ -1,0 +1,125 @@
+"""The life of a service process: start the gRPC server (health NOT_SERVING), migrate the
+database, connect NATS and declare the stream, start the relay and consumers, then SERVING;
+on SIGTERM or SIGINT the reverse, gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from nats.aio.client import Client as NATS
+from nats.js.client import JetStreamContext
+
+from services.runtime import bus
+from services.runtime.auth import TokenVerifier
+from services.runtime.db import Database, is_sqlite
+from services.runtime.grpc_server import EdgeInterceptor
+from services.runtime.migrations import upgrade_async
+from services.runtime.settings import Settings
+
+log = logging.getLogger(__name__)
+
+AddServicer = Callable[[Any, grpc.aio.Server], None]
+
+
+class ServiceHost:
+    """Owns the process-wide resources of one service; built by the service's bootstrap."""
+
+    def __init__(self, settings: Settings, *, stream: bus.StreamSpec, migrations: Path) -> None:
+        self.settings = settings
+        self.stream = stream
+        self._migrations = migrations
+        self.db = Database(settings.resolved_database_url())
+        self.nc: NATS | None = None
+        self._js: JetStreamContext | None = None
+        self.relay: bus.OutboxRelay | None = None
+        self.health = HealthServicer()
+        self.stop_event = asyncio.Event()
+        self._consumers: list[bus.EventConsumer[Any]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self.server: grpc.aio.Server | None = None
+        self.port = 0
+
+    @property
+    def js(self) -> JetStreamContext:
+        if self._js is None:
+            raise RuntimeError("NATS is not connected yet")
+        return self._js
+
+    def wake_relay(self) -> None:
+        if self.relay is not None:
+            self.relay.wake()
+
+    def token_verifier(self) -> TokenVerifier | None:
+        path = self.settings.resolved_public_key_file()
+        return TokenVerifier(path) if path.exists() else None
+
+    async def start_server(self, servicers: Sequence[tuple[AddServicer, Any, str]]) -> None:
+        self.server = grpc.aio.server(interceptors=[EdgeInterceptor(self.token_verifier())])
+        names = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
+        for add, servicer, full_name in servicers:
+            add(servicer, self.server)
+            names.append(full_name)
+            await self.health.set(full_name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(names, self.server)
+        await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.port = self.server.add_insecure_port(self.settings.resolved_grpc_address())
+        await self.server.start()
+        self._names = names[2:]
+        log.info("grpc listening", extra={"address": self.settings.resolved_grpc_address(), "port": self.port})
+
+    async def start_infrastructure(self) -> None:
+        """Database first (migrated), then NATS and the owned stream."""
+        if is_sqlite(self.db.url):
+            self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        await upgrade_async(self.db.url, self._migrations)
+        await self.db.ping()
+        self.nc = await bus.connect(self.settings.nats_url, name=self.settings.service)
+        self._js = self.nc.jetstream(timeout=self.settings.call_timeout_s)
+        await bus.declare_stream(self._js, self.stream, self.settings.stream_replicas)
+        self.relay = bus.OutboxRelay(self.db, self._js, service=self.settings.service,
+                                     batch=self.settings.outbox_batch, crash_point=self.settings.crash_point)
+        self._tasks.append(asyncio.create_task(self.relay.run(self.stop_event), name="outbox-relay"))
+
+    def add_consumer(self, consumer: bus.EventConsumer[Any]) -> None:
+        self._consumers.append(consumer)
+        self._tasks.append(asyncio.create_task(consumer.run(self.stop_event), name=consumer.durable))
+
+    async def mark_serving(self) -> None:
+        for name in self._names:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving", extra={"service": self.settings.service})
+
+    async def wait_for_signal(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop_event.set)
+        await self.stop_event.wait()
+
+    async def shutdown(self) -> None:
+        """Health NOT_SERVING first so balancers stop sending, then finish in-flight calls,
+        stop background work, drain NATS and close the database."""
+        log.info("shutting down", extra={"service": self.settings.service})
+        self.stop_event.set()
+        await self.health.enter_graceful_shutdown()
+        if self.server is not None:
+            await self.server.stop(self.settings.shutdown_grace_s)
+        if self._tasks:
+            # Background loops notice the stop event within a poll; cancel what lingers.
+            _done, lingering = await asyncio.wait(self._tasks, timeout=3.0)
+            for task in lingering:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.nc is not None and self.nc.is_connected:
+            await self.nc.drain()
+        await self.db.dispose()

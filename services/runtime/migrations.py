@@ -1,0 +1,65 @@
+"""Alembic, shared by every service: each service keeps its own migrations folder and
+database; this module runs them on start and provides the body of each env.py."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Collection
+from pathlib import Path
+from typing import Any
+
+from alembic import command, context
+from alembic.config import Config
+from sqlalchemy import pool
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import async_engine_from_config
+
+from services.runtime.db import RUNTIME_TABLES, async_url
+
+
+def alembic_config(url: str, script_location: Path) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(script_location))
+    config.set_main_option("sqlalchemy.url", async_url(url).replace("%", "%%"))
+    return config
+
+
+def upgrade(url: str, script_location: Path) -> None:
+    """Brings the database to the newest revision (blocking; call from a thread)."""
+    command.upgrade(alembic_config(url, script_location), "head")
+
+
+async def upgrade_async(url: str, script_location: Path) -> None:
+    await asyncio.to_thread(upgrade, url, script_location)
+
+
+def run_env(metadata: Any, service_tables: Collection[str]) -> None:
+    """The body of a service's env.py: online migrations over an async engine, limited
+    to the service's own tables plus the runtime's (outbox, inbox, leases, keys)."""
+    own = set(service_tables) | set(RUNTIME_TABLES)
+
+    def include_name(name: str | None, type_: str, _parent: Any) -> bool:
+        return type_ != "table" or name in own
+
+    def migrate(connection: Connection) -> None:
+        context.configure(
+            connection=connection,
+            target_metadata=metadata,
+            include_name=include_name,
+            render_as_batch=connection.dialect.name == "sqlite",
+            compare_type=True,
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+
+    async def online() -> None:
+        engine = async_engine_from_config(
+            context.config.get_section(context.config.config_ini_section, {}),
+            prefix="sqlalchemy.",
+            poolclass=pool.NullPool,
+        )
+        async with engine.connect() as connection:
+            await connection.run_sync(migrate)
+        await engine.dispose()
+
+    asyncio.run(online())

@@ -1,0 +1,71 @@
+"""Typed settings read from KASVU_* environment variables; one object per process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_GRPC_PORTS = {"registry": 50051, "selfmonitoring": 50052, "tendering": 50053}
+
+
+class Settings(BaseSettings):
+    """Everything a Kasvu process needs to start; no secrets live in code.
+
+    Defaults run the whole suite on one machine (SQLite files in the data folder,
+    a local nats-server); production sets URLs for PostgreSQL and a NATS cluster.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="KASVU_", extra="ignore")
+
+    service: str = Field(default="", description="Which service this process runs; set by its entry point.")
+    data_dir: Path = Path(".kasvu")
+    database_url: str = Field(default="", description="SQLAlchemy async URL; default: a SQLite file per service.")
+    nats_url: str = "nats://127.0.0.1:4222"
+    grpc_address: str = Field(default="", description="host:port this service listens on.")
+    http_address: str = "127.0.0.1:8080"
+    registry_address: str = f"127.0.0.1:{DEFAULT_GRPC_PORTS['registry']}"
+    selfmonitoring_address: str = f"127.0.0.1:{DEFAULT_GRPC_PORTS['selfmonitoring']}"
+    tendering_address: str = f"127.0.0.1:{DEFAULT_GRPC_PORTS['tendering']}"
+    token_public_key_file: Path | None = None
+    token_private_key_file: Path | None = None
+    log_level: str = "INFO"
+    call_timeout_s: float = Field(default=10.0, gt=0, description="Deadline of every outbound call.")
+    shutdown_grace_s: float = Field(default=5.0, ge=0)
+    stream_replicas: int = Field(default=1, ge=1, le=5, description="JetStream replicas per stream (3 on a cluster).")
+    outbox_batch: int = Field(default=200, ge=1)
+    consumer_batch: int = Field(default=64, ge=1)
+    crash_point: str = Field(
+        default="",
+        description="Fault injection for tests only: the process exits hard at this named point.",
+    )
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError(f"unknown log level {value!r}")
+        return level
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{self.data_dir / (self.service + '.db')}"
+
+    def resolved_grpc_address(self) -> str:
+        if self.grpc_address:
+            return self.grpc_address
+        return f"127.0.0.1:{DEFAULT_GRPC_PORTS.get(self.service, 0)}"
+
+    def resolved_public_key_file(self) -> Path:
+        return self.token_public_key_file or self.data_dir / "keys" / "token-public.pem"
+
+    def resolved_private_key_file(self) -> Path:
+        return self.token_private_key_file or self.data_dir / "keys" / "token-private.pem"
+
+
+def load_settings(service: str) -> Settings:
+    """Reads the environment once, at start-up, for the named service."""
+    return Settings(service=service)

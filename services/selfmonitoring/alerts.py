@@ -1,0 +1,40 @@
+"""The supervisors' live alert feed: BreachOpened events of one region read back from the
+stream, so a reconnecting supervisor resumes after the last sequence it saw, without gaps."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.client import JetStreamContext
+
+from kasvu.selfmonitoring.v1 import events_pb2, selfmonitoring_pb2
+from services.selfmonitoring.handlers import subject
+
+
+class AlertFeed:
+    """Reads alerts from JetStream with an ordered, ephemeral consumer per subscriber."""
+
+    def __init__(self, js: Callable[[], JetStreamContext]) -> None:
+        self._js = js
+
+    async def follow(self, region: str, resume_after: int) -> AsyncIterator[selfmonitoring_pb2.Alert]:
+        if resume_after > 0:
+            config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=resume_after + 1)
+        else:
+            config = ConsumerConfig(deliver_policy=DeliverPolicy.NEW)
+        subscription = await self._js().subscribe(subject("BreachOpened", region), ordered_consumer=True,
+                                                  config=config)
+        try:
+            while True:
+                try:
+                    msg = await subscription.next_msg(timeout=5.0)
+                except NatsTimeoutError:
+                    await asyncio.sleep(0)
+                    continue
+                event = events_pb2.BreachOpened.FromString(msg.data)
+                yield selfmonitoring_pb2.Alert(sequence=msg.metadata.sequence.stream, breach=event.breach)
+        finally:
+            await subscription.unsubscribe()

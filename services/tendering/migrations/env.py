@@ -1,0 +1,7 @@
+"""Alembic environment of the tendering database (runtime tables until calls for tenders arrive)."""
+
+from sqlmodel import SQLModel
+
+from services.runtime.migrations import run_env
+
+run_env(SQLModel.metadata, ())

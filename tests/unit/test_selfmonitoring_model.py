@@ -1,0 +1,288 @@
+"""Unit tests of the self-monitoring domain: indicators, observations, windows, evaluation, breaches."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from services.runtime.errors import InvalidArgument
+from services.selfmonitoring.model import (
+    Breach,
+    Indicator,
+    Observation,
+    Severity,
+    WindowStats,
+    evaluate,
+    is_within_deadline,
+    new_indicator,
+    new_observation,
+    open_breach,
+    parse_severity,
+    window_bounds,
+    window_stats,
+)
+
+TODAY = date(2025, 3, 14)
+NOW = datetime(2025, 3, 14, 12, 0, tzinfo=UTC)
+PROVIDER = "0737546-2"
+
+
+def indicator(**overrides) -> Indicator:
+    """The service-need assessment indicator: 14 days from the start of job search."""
+    arguments: dict[str, Any] = {
+        "region": "uusimaa",
+        "indicator_id": "need-assessment-14d",
+        "display_name": "Service need assessed within 2 weeks",
+        "service": "recruitment",
+        "deadline_days": 14,
+        "minimum_share": 0.9,
+        "window_days": 30,
+        "minimum_sample": 10,
+        "severity": Severity.SERIOUS,
+    }
+    arguments.update(overrides)
+    return new_indicator(**arguments)
+
+
+def observation(days_taken: int, completed_on: date = TODAY, key: str = "case-1") -> Observation:
+    return new_observation(
+        f"obs-{key}", PROVIDER, key, completed_on - timedelta(days=days_taken), completed_on, today=TODAY
+    )
+
+
+def fields_of(error: pytest.ExceptionInfo[InvalidArgument]) -> list[str]:
+    return [violation.field for violation in error.value.violations]
+
+
+# --- indicators ---------------------------------------------------------------------------------
+
+
+def test_builds_a_valid_indicator():
+    built = indicator(display_name="  Need assessed  ")
+    assert built.display_name == "Need assessed"
+    assert (built.region, built.indicator_id, built.severity) == (
+        "uusimaa",
+        "need-assessment-14d",
+        Severity.SERIOUS,
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"region": "Uusimaa"}, "parent"),
+        ({"indicator_id": "Need_14d"}, "indicator_id"),
+        ({"service": ""}, "indicator.service"),
+        ({"display_name": " "}, "indicator.display_name"),
+        ({"display_name": "x" * 201}, "indicator.display_name"),
+        ({"deadline_days": 0}, "indicator.share_within_deadline.deadline_days"),
+        ({"deadline_days": 366}, "indicator.share_within_deadline.deadline_days"),
+        ({"minimum_share": 0.0}, "indicator.share_within_deadline.minimum_share"),
+        ({"minimum_share": 1.01}, "indicator.share_within_deadline.minimum_share"),
+        ({"minimum_share": float("nan")}, "indicator.share_within_deadline.minimum_share"),
+        ({"window_days": 0}, "indicator.window_days"),
+        ({"window_days": 3661}, "indicator.window_days"),
+        ({"minimum_sample": 0}, "indicator.minimum_sample"),
+        ({"severity": None}, "indicator.severity"),
+    ],
+)
+def test_rejects_an_indicator_field_out_of_range(overrides, field):
+    with pytest.raises(InvalidArgument) as error:
+        indicator(**overrides)
+    assert fields_of(error) == [field]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"deadline_days": 1},
+        {"deadline_days": 365},
+        {"minimum_share": 1.0},
+        {"minimum_share": 0.001},
+        {"window_days": 1},
+        {"window_days": 3660},
+        {"minimum_sample": 1},
+    ],
+)
+def test_accepts_indicator_fields_on_their_range_limits(overrides):
+    indicator(**overrides)
+
+
+def test_reports_every_indicator_violation_at_once():
+    with pytest.raises(InvalidArgument) as error:
+        indicator(deadline_days=0, minimum_share=2.0, window_days=0, minimum_sample=0)
+    assert fields_of(error) == [
+        "indicator.share_within_deadline.deadline_days",
+        "indicator.share_within_deadline.minimum_share",
+        "indicator.window_days",
+        "indicator.minimum_sample",
+    ]
+
+
+def test_parses_severity_by_name_with_or_without_proto_prefix():
+    assert parse_severity("SERIOUS") is Severity.SERIOUS
+    assert parse_severity("SEVERITY_WARNING") is Severity.WARNING
+    with pytest.raises(InvalidArgument) as error:
+        parse_severity("SEVERITY_UNSPECIFIED")
+    assert fields_of(error) == ["indicator.severity"]
+
+
+# --- observations -------------------------------------------------------------------------------
+
+
+def test_observation_stores_the_canonical_provider_business_id():
+    recorded = new_observation("obs-1", " 737546-2 ", "case-1", date(2025, 3, 1), TODAY, today=TODAY)
+    assert recorded.provider == "0737546-2"
+
+
+def test_observation_may_complete_on_the_day_it_started_and_today():
+    new_observation("obs-1", PROVIDER, "case-1", TODAY, TODAY, today=TODAY)
+
+
+def test_rejects_observation_completed_before_it_started():
+    with pytest.raises(InvalidArgument) as error:
+        new_observation("obs-1", PROVIDER, "case-1", TODAY, TODAY - timedelta(days=1), today=TODAY)
+    assert fields_of(error) == ["observation.completed_on"]
+
+
+def test_rejects_observation_completed_in_the_future():
+    tomorrow = TODAY + timedelta(days=1)
+    with pytest.raises(InvalidArgument) as error:
+        new_observation("obs-1", PROVIDER, "case-1", TODAY, tomorrow, today=TODAY)
+    assert fields_of(error) == ["observation.completed_on"]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "field"),
+    [
+        ({"observation_id": ""}, "observation.observation_id"),
+        ({"observation_id": "x" * 129}, "observation.observation_id"),
+        ({"provider": "0737546-3"}, "observation.provider"),
+        ({"case_key": " "}, "observation.case_key"),
+        ({"case_key": "k" * 129}, "observation.case_key"),
+    ],
+)
+def test_rejects_observation_with_malformed_identifiers(arguments, field):
+    values = {"observation_id": "obs-1", "provider": PROVIDER, "case_key": "case-1"} | arguments
+    with pytest.raises(InvalidArgument) as error:
+        new_observation(**values, started_on=TODAY, completed_on=TODAY, today=TODAY)
+    assert fields_of(error) == [field]
+
+
+@pytest.mark.parametrize("case_key", ["131052-308T", "010101A123B", "311299+999X"])
+def test_rejects_a_personal_identity_code_as_case_key(case_key):
+    with pytest.raises(InvalidArgument, match="pseudonym") as error:
+        new_observation("obs-1", PROVIDER, case_key, TODAY, TODAY, today=TODAY)
+    assert fields_of(error) == ["observation.case_key"]
+
+
+# --- deadline and window ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("days_taken", "within"), [(0, True), (13, True), (14, True), (15, False)])
+def test_case_is_within_deadline_up_to_and_including_the_deadline_day(days_taken, within):
+    assert is_within_deadline(indicator(deadline_days=14), observation(days_taken)) is within
+
+
+def test_window_ends_on_as_of_and_spans_window_days_inclusive():
+    start, end = window_bounds(indicator(window_days=30), TODAY)
+    assert (start, end) == (date(2025, 2, 13), TODAY)
+    assert (end - start).days + 1 == 30
+
+
+def test_one_day_window_is_just_as_of():
+    assert window_bounds(indicator(window_days=1), TODAY) == (TODAY, TODAY)
+
+
+def test_window_stats_count_only_cases_completed_inside_the_window():
+    watched = indicator(window_days=30, deadline_days=14)
+    start, _ = window_bounds(watched, TODAY)
+    observations = [
+        observation(3, completed_on=start, key="first-day"),
+        observation(20, completed_on=TODAY, key="late-today"),
+        observation(1, completed_on=start - timedelta(days=1), key="day-before-window"),
+    ]
+    assert window_stats(watched, observations, TODAY) == WindowStats(sample_size=2, within_deadline=1)
+
+
+def test_empty_window_has_share_one():
+    assert WindowStats(0, 0).share == 1.0
+
+
+def test_share_is_within_deadline_over_sample():
+    assert WindowStats(sample_size=8, within_deadline=6).share == 0.75
+
+
+@pytest.mark.parametrize(("sample_size", "within_deadline"), [(1, 2), (1, -1), (-1, 0)])
+def test_window_stats_refuse_impossible_counts(sample_size, within_deadline):
+    with pytest.raises(ValueError):
+        WindowStats(sample_size, within_deadline)
+
+
+# --- evaluation ---------------------------------------------------------------------------------
+
+
+def test_breach_opens_at_exactly_the_minimum_sample():
+    assert evaluate(indicator(minimum_sample=10), WindowStats(10, 5), breach_open=False) is True
+
+
+def test_no_breach_one_below_the_minimum_sample():
+    assert evaluate(indicator(minimum_sample=10), WindowStats(9, 0), breach_open=False) is False
+
+
+def test_share_exactly_at_the_threshold_is_not_a_breach():
+    assert (
+        evaluate(indicator(minimum_share=0.9, minimum_sample=10), WindowStats(10, 9), breach_open=False)
+        is False
+    )
+
+
+def test_share_just_below_the_threshold_is_a_breach():
+    assert (
+        evaluate(indicator(minimum_share=0.9, minimum_sample=20), WindowStats(20, 17), breach_open=False)
+        is True
+    )
+
+
+def test_no_second_breach_while_one_is_open():
+    assert evaluate(indicator(minimum_sample=10), WindowStats(10, 0), breach_open=True) is False
+
+
+def test_perfect_share_never_breaches_even_with_a_full_threshold():
+    assert (
+        evaluate(indicator(minimum_share=1.0, minimum_sample=1), WindowStats(5, 5), breach_open=False)
+        is False
+    )
+
+
+# --- breaches -----------------------------------------------------------------------------------
+
+
+def test_open_breach_records_value_threshold_and_sample():
+    watched = indicator(minimum_share=0.9, severity=Severity.WARNING)
+    breach = open_breach("b-1", watched, PROVIDER, WindowStats(20, 15), NOW)
+    assert breach == Breach(
+        id="b-1",
+        region="uusimaa",
+        indicator_id="need-assessment-14d",
+        provider=PROVIDER,
+        service="recruitment",
+        severity=Severity.WARNING,
+        value=0.75,
+        threshold=0.9,
+        sample_size=20,
+        opened_at=NOW,
+    )
+    assert not breach.suspends_provider
+
+
+def test_serious_breach_suspends_the_provider():
+    breach = open_breach("b-1", indicator(severity=Severity.SERIOUS), PROVIDER, WindowStats(20, 15), NOW)
+    assert breach.suspends_provider
+
+
+def test_open_breach_needs_a_timezone_aware_now():
+    with pytest.raises(ValueError, match="timezone-aware"):
+        open_breach("b-1", indicator(), PROVIDER, WindowStats(20, 15), datetime(2025, 3, 14, 12, 0))
