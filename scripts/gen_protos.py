@@ -20,7 +20,7 @@ OUT = ROOT / "gen"
 
 def _include_dirs() -> list[str]:
     """googleapis-common-protos ships google/api/*.proto inside site-packages."""
-    import google.api  # noqa: PLC0415  (found at run time, not import time)
+    import google.api
 
     googleapis_root = pathlib.Path(google.api.__path__[0]).parent.parent
     well_known = pathlib.Path(grpc_tools.__file__).parent / "_proto"
@@ -48,7 +48,9 @@ def main() -> int:
     for package in (OUT / "kasvu").rglob("*"):
         if package.is_dir():
             (package / "__init__.py").touch()
-    (OUT / "kasvu" / "__init__.py").write_text('"""Code generated from protos/ by scripts/gen_protos.py; do not edit."""\n')
+    (OUT / "kasvu" / "__init__.py").write_text(
+        '"""Code generated from protos/ by scripts/gen_protos.py; do not edit."""\n'
+    )
     (OUT / "kasvu" / "py.typed").touch()
     return 0
 

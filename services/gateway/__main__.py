@@ -1,9 +1,9 @@
 """`python -m services.gateway`: serves the HTTP/JSON API in front of the gRPC services."""
 
 import uvicorn
-
 from kasvu.registry.v1 import registry_pb2
 from kasvu.selfmonitoring.v1 import selfmonitoring_pb2
+
 from services.gateway.app import create_app
 from services.runtime.logging import configure_logging
 from services.runtime.settings import load_settings
@@ -14,14 +14,21 @@ def main() -> None:
     configure_logging("gateway", settings.log_level)
     backends = {
         registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name: settings.registry_address,
-        selfmonitoring_pb2.DESCRIPTOR.services_by_name["SelfMonitoringService"].full_name:
-            settings.selfmonitoring_address,
+        selfmonitoring_pb2.DESCRIPTOR.services_by_name[
+            "SelfMonitoringService"
+        ].full_name: settings.selfmonitoring_address,
     }
     app = create_app(backends, call_timeout_s=settings.call_timeout_s)
     host, _, port = settings.http_address.rpartition(":")
     # uvicorn handles SIGTERM/SIGINT: stops accepting, finishes in-flight requests, runs the lifespan's close.
-    uvicorn.run(app, host=host, port=int(port), log_config=None, access_log=False,
-                timeout_graceful_shutdown=int(settings.shutdown_grace_s))
+    uvicorn.run(
+        app,
+        host=host,
+        port=int(port),
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s),
+    )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from kasvu.registry.v1 import registry_pb2, registry_pb2_grpc
 from kasvu.selfmonitoring.v1 import events_pb2 as selfmonitoring_events
+
 from services.registry import consumers
 from services.registry.grpc_api import RegistryServicer
 from services.registry.handlers import RegistryHandlers
@@ -22,15 +23,25 @@ SERVICE_NAME = registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_
 async def run(settings: Settings) -> None:
     host = ServiceHost(settings, stream=STREAM, migrations=MIGRATIONS)
     use_cases = RegistryHandlers(host.db, after_commit=host.wake_relay)
-    await host.start_server([(registry_pb2_grpc.add_RegistryServiceServicer_to_server,
-                              RegistryServicer(use_cases), SERVICE_NAME)])
+    await host.start_server(
+        [(registry_pb2_grpc.add_RegistryServiceServicer_to_server, RegistryServicer(use_cases), SERVICE_NAME)]
+    )
     try:
         await host.start_infrastructure()
-        host.add_consumer(EventConsumer(
-            host.db, host.js, stream=consumers.BREACHES_STREAM, durable=consumers.BREACHES_DURABLE,
-            subject=consumers.BREACHES_SUBJECT, event_type=selfmonitoring_events.BreachOpened,
-            handler=consumers.on_breach_opened(use_cases), batch=settings.consumer_batch,
-            on_committed=host.wake_relay, crash_point=settings.crash_point))
+        host.add_consumer(
+            EventConsumer(
+                host.db,
+                host.js,
+                stream=consumers.BREACHES_STREAM,
+                durable=consumers.BREACHES_DURABLE,
+                subject=consumers.BREACHES_SUBJECT,
+                event_type=selfmonitoring_events.BreachOpened,
+                handler=consumers.on_breach_opened(use_cases),
+                batch=settings.consumer_batch,
+                on_committed=host.wake_relay,
+                crash_point=settings.crash_point,
+            )
+        )
         await host.mark_serving()
         await host.wait_for_signal()
     finally:

@@ -6,6 +6,7 @@ import logging
 
 from kasvu.selfmonitoring.v1 import events_pb2 as selfmonitoring_events
 from kasvu.selfmonitoring.v1 import selfmonitoring_pb2
+
 from services.registry.handlers import RegistryHandlers, SuspendProvider
 from services.runtime.db import UnitOfWork
 
@@ -24,7 +25,11 @@ def on_breach_opened(use_cases: RegistryHandlers):  # type: ignore[no-untyped-de
         if breach.severity != selfmonitoring_pb2.SEVERITY_SERIOUS:
             log.info("breach below suspending severity", extra={"event_id": event_id, "breach": breach.name})
             return
-        await use_cases.suspend_provider(uow, SuspendProvider(
-            region=event.region, business_id=breach.provider, service=breach.service, breach=breach.name))
+        await use_cases.suspend_provider(
+            uow,
+            SuspendProvider(
+                region=event.region, business_id=breach.provider, service=breach.service, breach=breach.name
+            ),
+        )
 
     return handle

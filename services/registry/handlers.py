@@ -10,13 +10,19 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
+from kasvu.registry.v1 import events_pb2
 from sqlalchemy.exc import IntegrityError
 
-from kasvu.registry.v1 import events_pb2
 from services.registry import model, store
 from services.runtime.auth import Principal, Role
 from services.runtime.db import Database, UnitOfWork, utcnow
-from services.runtime.errors import AlreadyExists, FailedPrecondition, NotFound, PermissionDenied, Unauthenticated
+from services.runtime.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+)
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +104,13 @@ def require_role(actor: Principal | None, role: Role, organisation: str, what: s
 class RegistryHandlers:
     """The registry's use cases over its database."""
 
-    def __init__(self, db: Database, *, clock: Callable[[], datetime] = utcnow,
-                 after_commit: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        after_commit: Callable[[], None] = lambda: None,
+    ) -> None:
         self._db = db
         self._clock = clock
         self._after_commit = after_commit
@@ -115,22 +126,34 @@ class RegistryHandlers:
                 version = int(known.rsplit("/", 1)[1])
                 return await self._published(uow, command.region, command.service, version)
             version = await store.latest_terms_version(uow.session, command.region, command.service) + 1
-            terms = model.new_terms(command.region, command.service, version, command.title,
-                                    command.requirements)
+            terms = model.new_terms(
+                command.region, command.service, version, command.title, command.requirements
+            )
             now = self._clock()
             uow.session.add(store.row_from_terms(terms, now))
             name = terms_name(terms.region, terms.service, terms.version)
             uow.remember_idempotency(scope, command.request_id, name)
-            uow.emit(subject("TermsPublished", terms.region), events_pb2.TermsPublished(
-                terms=name, region=terms.region, service=terms.service, content_hash=terms.content_hash,
-                publish_time=_timestamp(now)))
+            uow.emit(
+                subject("TermsPublished", terms.region),
+                events_pb2.TermsPublished(
+                    terms=name,
+                    region=terms.region,
+                    service=terms.service,
+                    content_hash=terms.content_hash,
+                    publish_time=_timestamp(now),
+                ),
+            )
             await self._commit(uow, "concurrent publication of the same terms; retry")
         log.info("terms published", extra={"terms": name})
         return PublishedTerms(terms, now)
 
     async def register_provider(self, command: RegisterProvider) -> store.RegistrationRow:
-        require_role(command.actor, Role.PROVIDER, model.validate_business_id(
-            command.business_id, "registration.business_id"), "registering")
+        require_role(
+            command.actor,
+            Role.PROVIDER,
+            model.validate_business_id(command.business_id, "registration.business_id"),
+            "registering",
+        )
         scope = f"RegisterProvider/{command.business_id}"
         async with self._db.unit_of_work() as uow:
             known = await uow.idempotent_resource(scope, command.request_id)
@@ -138,24 +161,33 @@ class RegistryHandlers:
                 row = await uow.session.get(store.RegistrationRow, known.rsplit("/", 1)[1])
                 if row is not None:
                     return row
-            terms_row = await store.get_terms_row(uow.session, command.region, command.service,
-                                                  command.terms_version)
+            terms_row = await store.get_terms_row(
+                uow.session, command.region, command.service, command.terms_version
+            )
             if terms_row is None:
-                raise NotFound(
-                    f"no published terms {terms_name(command.region, command.service, command.terms_version)}",
-                    reason="TERMS_NOT_FOUND")
+                wanted = terms_name(command.region, command.service, command.terms_version)
+                raise NotFound(f"no published terms {wanted}", reason="TERMS_NOT_FOUND")
             terms = store.terms_from_row(terms_row)
             registration = model.decide_registration(
-                uuid.uuid4().hex, terms, command.business_id, command.display_name, command.evidence,
-                command.public_key, command.terms_signature, self._clock())
+                uuid.uuid4().hex,
+                terms,
+                command.business_id,
+                command.display_name,
+                command.evidence,
+                command.public_key,
+                command.terms_signature,
+                self._clock(),
+            )
             if registration.state != model.RegistrationState.REJECTED:
-                active = await store.active_registrations_of(uow.session, command.region,
-                                                             registration.business_id, command.service)
+                active = await store.active_registrations_of(
+                    uow.session, command.region, registration.business_id, command.service
+                )
                 if active:
+                    existing = registration_name(command.region, command.service, active[0].id)
                     raise AlreadyExists(
-                        f"{registration.business_id} is already registered for {command.service} in "
-                        f"{command.region}: {registration_name(command.region, command.service, active[0].id)}",
-                        reason="ALREADY_REGISTERED")
+                        f"{registration.business_id} is already registered: {existing}",
+                        reason="ALREADY_REGISTERED",
+                    )
             row = store.row_from_registration(registration, command.public_key, command.evidence)
             uow.session.add(row)
             name = registration_name(registration.region, registration.service, registration.id)
@@ -169,11 +201,14 @@ class RegistryHandlers:
         """Suspends the provider's active registrations in the breach's region (for the
         breach's service); returns how many changed. Runs in the caller's unit of work, so
         the consumer's inbox entry commits with the effect."""
-        rows = await store.active_registrations_of(uow.session, command.region, command.business_id,
-                                                   command.service)
+        rows = await store.active_registrations_of(
+            uow.session, command.region, command.business_id, command.service
+        )
         if not rows:
-            raise NotFound(f"{command.business_id} has no active registration for {command.service} in "
-                           f"{command.region}", reason="NOT_REGISTERED")
+            raise NotFound(
+                f"{command.business_id} has no active registration for {command.service} in {command.region}",
+                reason="NOT_REGISTERED",
+            )
         now = self._clock()
         changed = 0
         for row in rows:
@@ -183,9 +218,17 @@ class RegistryHandlers:
                 uow.session.add(row)
                 changed += 1
                 name = registration_name(row.region, row.service, row.id)
-                uow.emit(subject("ProviderSuspended", row.region), events_pb2.ProviderSuspended(
-                    registration=name, region=row.region, service=row.service, business_id=row.business_id,
-                    breach=command.breach, suspend_time=_timestamp(now)))
+                uow.emit(
+                    subject("ProviderSuspended", row.region),
+                    events_pb2.ProviderSuspended(
+                        registration=name,
+                        region=row.region,
+                        service=row.service,
+                        business_id=row.business_id,
+                        breach=command.breach,
+                        suspend_time=_timestamp(now),
+                    ),
+                )
                 log.info("provider suspended", extra={"registration": name, "breach": command.breach})
         return changed
 
@@ -195,11 +238,14 @@ class RegistryHandlers:
         async with self._db.read_session() as session:
             row = await store.get_terms_row(session, region, service, version)
         if row is None:
-            raise NotFound(f"no published terms {terms_name(region, service, version)}", reason="TERMS_NOT_FOUND")
+            raise NotFound(
+                f"no published terms {terms_name(region, service, version)}", reason="TERMS_NOT_FOUND"
+            )
         return PublishedTerms(store.terms_from_row(row), row.published_at)
 
-    async def get_registration(self, region: str, service: str, registration_id: str,
-                               actor: Principal | None) -> store.RegistrationRow:
+    async def get_registration(
+        self, region: str, service: str, registration_id: str, actor: Principal | None
+    ) -> store.RegistrationRow:
         if actor is None:
             raise Unauthenticated("reading a registration needs a bearer token")
         async with self._db.read_session() as session:
@@ -213,8 +259,9 @@ class RegistryHandlers:
             raise PermissionDenied(f"{name} belongs to another organisation", reason="TENANT_MISMATCH")
         return row
 
-    async def list_providers(self, region: str, service: str, after_business_id: str,
-                             page_size: int) -> Sequence[store.RegistrationRow]:
+    async def list_providers(
+        self, region: str, service: str, after_business_id: str, page_size: int
+    ) -> Sequence[store.RegistrationRow]:
         async with self._db.read_session() as session:
             return await store.admitted_page(session, region, service, after_business_id, page_size)
 
@@ -229,14 +276,30 @@ class RegistryHandlers:
     def _emit_decision(self, uow: UnitOfWork, registration: model.Registration, name: str) -> None:
         terms = terms_name(registration.region, registration.service, registration.terms_version)
         if registration.state == model.RegistrationState.ADMITTED:
-            uow.emit(subject("RegistrationAdmitted", registration.region), events_pb2.RegistrationAdmitted(
-                registration=name, terms=terms, region=registration.region, service=registration.service,
-                business_id=registration.business_id, admit_time=_timestamp(registration.created_at)))
+            uow.emit(
+                subject("RegistrationAdmitted", registration.region),
+                events_pb2.RegistrationAdmitted(
+                    registration=name,
+                    terms=terms,
+                    region=registration.region,
+                    service=registration.service,
+                    business_id=registration.business_id,
+                    admit_time=_timestamp(registration.created_at),
+                ),
+            )
         else:
-            uow.emit(subject("RegistrationRejected", registration.region), events_pb2.RegistrationRejected(
-                registration=name, terms=terms, region=registration.region, service=registration.service,
-                business_id=registration.business_id, reason_codes=[r.code for r in registration.reasons],
-                decide_time=_timestamp(registration.created_at)))
+            uow.emit(
+                subject("RegistrationRejected", registration.region),
+                events_pb2.RegistrationRejected(
+                    registration=name,
+                    terms=terms,
+                    region=registration.region,
+                    service=registration.service,
+                    business_id=registration.business_id,
+                    reason_codes=[r.code for r in registration.reasons],
+                    decide_time=_timestamp(registration.created_at),
+                ),
+            )
 
     async def _commit(self, uow: UnitOfWork, conflict_message: str) -> None:
         try:

@@ -34,7 +34,9 @@ class RegistrationRow(SQLModel, table=True):
 
     __tablename__ = "registry_registrations"
     # Serves the public list: admitted providers of a region and service by business ID.
-    __table_args__ = (Index("ix_registry_registrations_listing", "region", "service", "state", "business_id"),)
+    __table_args__ = (
+        Index("ix_registry_registrations_listing", "region", "service", "state", "business_id"),
+    )
 
     id: str = Field(primary_key=True, max_length=64)
     region: str = Field(max_length=63, index=True)
@@ -65,8 +67,12 @@ def terms_from_row(row: TermsRow) -> model.Terms:
         version=row.version,
         title=row.title,
         requirements=tuple(
-            model.Requirement(code=r["code"], description=r["description"],
-                              kind=model.RequirementKind(r["kind"]), max_age_days=r["max_age_days"])
+            model.Requirement(
+                code=r["code"],
+                description=r["description"],
+                kind=model.RequirementKind(r["kind"]),
+                max_age_days=r["max_age_days"],
+            )
             for r in json.loads(row.requirements_json)
         ),
     )
@@ -78,10 +84,17 @@ def row_from_terms(terms: model.Terms, published_at: datetime) -> TermsRow:
         service=terms.service,
         version=terms.version,
         title=terms.title,
-        requirements_json=json.dumps([
-            {"code": r.code, "description": r.description, "kind": str(r.kind), "max_age_days": r.max_age_days}
-            for r in terms.requirements
-        ]),
+        requirements_json=json.dumps(
+            [
+                {
+                    "code": r.code,
+                    "description": r.description,
+                    "kind": str(r.kind),
+                    "max_age_days": r.max_age_days,
+                }
+                for r in terms.requirements
+            ]
+        ),
         content_hash=terms.content_hash,
         published_at=published_at,
     )
@@ -97,8 +110,9 @@ def _reasons_json(reasons: Sequence[model.Reason]) -> str:
     return json.dumps([{"code": r.code, "subject": r.subject, "message": r.message} for r in reasons])
 
 
-def row_from_registration(registration: model.Registration, public_key: bytes,
-                          evidence: Sequence[model.Evidence]) -> RegistrationRow:
+def row_from_registration(
+    registration: model.Registration, public_key: bytes, evidence: Sequence[model.Evidence]
+) -> RegistrationRow:
     return RegistrationRow(
         id=registration.id,
         region=registration.region,
@@ -107,11 +121,17 @@ def row_from_registration(registration: model.Registration, public_key: bytes,
         business_id=registration.business_id,
         display_name=registration.display_name,
         public_key=public_key,
-        evidence_json=json.dumps([
-            {"requirement_code": e.requirement_code, "declared": e.declared,
-             "issued_on": e.issued_on.isoformat() if e.issued_on else None, "document_sha256": e.document_sha256}
-            for e in evidence
-        ]),
+        evidence_json=json.dumps(
+            [
+                {
+                    "requirement_code": e.requirement_code,
+                    "declared": e.declared,
+                    "issued_on": e.issued_on.isoformat() if e.issued_on else None,
+                    "document_sha256": e.document_sha256,
+                }
+                for e in evidence
+            ]
+        ),
         state=str(registration.state),
         reasons_json=_reasons_json(registration.reasons),
         suspended_by_breach=registration.suspended_by_breach,
@@ -161,8 +181,9 @@ async def get_terms_row(session: AsyncSession, region: str, service: str, versio
     return await session.get(TermsRow, (region, service, version))
 
 
-async def active_registrations_of(session: AsyncSession, region: str, business_id: str,
-                                  service: str = "") -> Sequence[RegistrationRow]:
+async def active_registrations_of(
+    session: AsyncSession, region: str, business_id: str, service: str = ""
+) -> Sequence[RegistrationRow]:
     query = select(RegistrationRow).where(
         RegistrationRow.region == region,
         RegistrationRow.business_id == business_id,
@@ -175,8 +196,9 @@ async def active_registrations_of(session: AsyncSession, region: str, business_i
     return (await session.exec(query)).all()
 
 
-async def admitted_page(session: AsyncSession, region: str, service: str, after_business_id: str,
-                        limit: int) -> Sequence[RegistrationRow]:
+async def admitted_page(
+    session: AsyncSession, region: str, service: str, after_business_id: str, limit: int
+) -> Sequence[RegistrationRow]:
     """Keyset pagination by business ID: stable while providers come and go."""
     query = (
         select(RegistrationRow)

@@ -43,7 +43,7 @@ class Principal:
     subject: str
 
 
-class InvalidToken(Exception):  # noqa: N818  (the name is the suite-wide contract)
+class InvalidToken(Exception):
     """A token was refused; the message is short and safe to return to the caller."""
 
 

@@ -15,7 +15,7 @@ from typing import Generic, TypeVar
 
 import nats
 from google.protobuf.message import DecodeError, Message
-from nats.aio.client import Client as NATS
+from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
@@ -57,7 +57,7 @@ def crash_if(point: str, configured: str) -> None:
         os._exit(137)
 
 
-async def connect(url: str, name: str) -> NATS:
+async def connect(url: str, name: str) -> NatsClient:
     """Connects with callbacks that log and with unlimited reconnects: a service outlives
     a NATS restart instead of giving up after nats-py's default 60 attempts."""
 
@@ -107,8 +107,9 @@ class OutboxRelay:
     JetStream drops inside its duplicate window, and consumers' inboxes drop after it.
     """
 
-    def __init__(self, db: Database, js: JetStreamContext, *, service: str, batch: int = 200,
-                 crash_point: str = "") -> None:
+    def __init__(
+        self, db: Database, js: JetStreamContext, *, service: str, batch: int = 200, crash_point: str = ""
+    ) -> None:
         self._db = db
         self._js = js
         self._lease = f"{service}-outbox-relay"
@@ -175,9 +176,20 @@ class EventConsumer(Generic[E]):
     the inbox row, so the redelivered message changes nothing.
     """
 
-    def __init__(self, db: Database, js: JetStreamContext, *, stream: str, durable: str, subject: str,
-                 event_type: type[E], handler: EventHandler[E], batch: int = 64,
-                 on_committed: Callable[[], None] | None = None, crash_point: str = "") -> None:
+    def __init__(
+        self,
+        db: Database,
+        js: JetStreamContext,
+        *,
+        stream: str,
+        durable: str,
+        subject: str,
+        event_type: type[E],
+        handler: EventHandler[E],
+        batch: int = 64,
+        on_committed: Callable[[], None] | None = None,
+        crash_point: str = "",
+    ) -> None:
         self._db = db
         self._js = js
         self._stream = stream
@@ -198,8 +210,9 @@ class EventConsumer(Generic[E]):
             max_ack_pending=1000,
             filter_subject=self._subject,
         )
-        return await self._js.pull_subscribe(self._subject, durable=self.durable, stream=self._stream,
-                                             config=config)
+        return await self._js.pull_subscribe(
+            self._subject, durable=self.durable, stream=self._stream, config=config
+        )
 
     async def handle(self, msg: Msg) -> None:
         headers = msg.headers or {}
@@ -250,15 +263,18 @@ class EventConsumer(Generic[E]):
                         await self.handle(msg)
                     except Exception:
                         # Unexpected (database down, a bug): no ack, so JetStream redelivers.
-                        log.exception("event handling failed; will be redelivered",
-                                      extra={"consumer": self.durable})
+                        log.exception(
+                            "event handling failed; will be redelivered", extra={"consumer": self.durable}
+                        )
                         await msg.nak(delay=1.0)
             except asyncio.CancelledError:
                 raise
             except Exception as error:
                 # Re-subscribe after errors: pull subscriptions can go stale after a
                 # server restart (nats.py #504).
-                log.warning("consumer will resubscribe", extra={"consumer": self.durable,
-                                                                "error": type(error).__name__})
+                log.warning(
+                    "consumer will resubscribe",
+                    extra={"consumer": self.durable, "error": type(error).__name__},
+                )
                 subscription = None
                 await asyncio.sleep(0.5)

@@ -11,11 +11,11 @@ from typing import Any, Self
 
 from google.protobuf.message import Message
 from sqlalchemy import DateTime, Dialect, event, func, update
-from sqlalchemy.types import TypeDecorator
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -102,10 +102,13 @@ RUNTIME_TABLES = ("outbox", "inbox", "leases", "idempotency_keys")
 
 def async_url(url: str) -> str:
     """Accepts plain postgresql:// and sqlite:// URLs and names the async driver."""
-    for plain, driver in (("postgresql://", "postgresql+asyncpg://"), ("postgres://", "postgresql+asyncpg://"),
-                          ("sqlite://", "sqlite+aiosqlite://")):
+    for plain, driver in (
+        ("postgresql://", "postgresql+asyncpg://"),
+        ("postgres://", "postgresql+asyncpg://"),
+        ("sqlite://", "sqlite+aiosqlite://"),
+    ):
         if url.startswith(plain):
-            return driver + url[len(plain):]
+            return driver + url[len(plain) :]
     return url
 
 
@@ -238,7 +241,10 @@ class UnitOfWork:
 
 async def pending_outbox(session: AsyncSession, limit: int) -> Sequence[OutboxEvent]:
     result = await session.exec(
-        select(OutboxEvent).where(col(OutboxEvent.published_at).is_(None)).order_by(col(OutboxEvent.seq)).limit(limit)
+        select(OutboxEvent)
+        .where(col(OutboxEvent.published_at).is_(None))
+        .order_by(col(OutboxEvent.seq))
+        .limit(limit)
     )
     return result.all()
 
@@ -246,7 +252,7 @@ async def pending_outbox(session: AsyncSession, limit: int) -> Sequence[OutboxEv
 async def mark_published(db: Database, seqs: list[int]) -> None:
     async with db.unit_of_work() as uow:
         await uow.session.exec(
-            update(OutboxEvent).where(col(OutboxEvent.seq).in_(seqs)).values(published_at=utcnow())  # type: ignore[call-overload]
+            update(OutboxEvent).where(col(OutboxEvent.seq).in_(seqs)).values(published_at=utcnow())
         )
         await uow.commit()
 
@@ -257,9 +263,7 @@ async def prune_published(db: Database, older_than: timedelta) -> None:
 
     cutoff = utcnow() - older_than
     async with db.unit_of_work() as uow:
-        await uow.session.exec(
-            delete(OutboxEvent).where(col(OutboxEvent.published_at) < cutoff)  # type: ignore[call-overload]
-        )
+        await uow.session.exec(delete(OutboxEvent).where(col(OutboxEvent.published_at) < cutoff))
         await uow.commit()
 
 
@@ -280,7 +284,7 @@ async def acquire_lease(db: Database, name: str, holder: str, ttl: timedelta) ->
     now = utcnow()
     async with db.unit_of_work() as uow:
         result = await uow.session.exec(
-            update(Lease)  # type: ignore[call-overload]
+            update(Lease)
             .where(col(Lease.name) == name)
             .where((col(Lease.holder) == holder) | (col(Lease.expires_at) < now))
             .values(holder=holder, expires_at=now + ttl)
@@ -302,7 +306,7 @@ async def acquire_lease(db: Database, name: str, holder: str, ttl: timedelta) ->
 async def release_lease(db: Database, name: str, holder: str) -> None:
     async with db.unit_of_work() as uow:
         await uow.session.exec(
-            update(Lease)  # type: ignore[call-overload]
+            update(Lease)
             .where(col(Lease.name) == name, col(Lease.holder) == holder)
             .values(expires_at=utcnow() - timedelta(seconds=1))
         )

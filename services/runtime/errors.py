@@ -17,7 +17,9 @@ class FieldViolation:
 class DomainError(Exception):
     """Base: a client's request cannot be carried out."""
 
-    def __init__(self, message: str, violations: list[FieldViolation] | None = None, reason: str = "") -> None:
+    def __init__(
+        self, message: str, violations: list[FieldViolation] | None = None, reason: str = ""
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.violations = list(violations or [])

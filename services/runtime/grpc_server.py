@@ -88,7 +88,7 @@ def _metadata(context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, str]:
     return {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
 
 
-class EdgeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class EdgeInterceptor(grpc.aio.ServerInterceptor):
     """Sets the request id and principal for the call, logs it, and turns DomainError
     into a status; any other exception is logged and answered INTERNAL without detail."""
 
@@ -150,8 +150,14 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 log.exception("unexpected error", extra={"method": method})
                 await context.abort(grpc.StatusCode.INTERNAL, "internal error")
             finally:
-                log.info("rpc", extra={"method": method, "code": outcome,
-                                       "ms": round((time.perf_counter() - started) * 1000, 2)})
+                log.info(
+                    "rpc",
+                    extra={
+                        "method": method,
+                        "code": outcome,
+                        "ms": round((time.perf_counter() - started) * 1000, 2),
+                    },
+                )
 
         return wrapper
 

@@ -15,7 +15,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
-from nats.aio.client import Client as NATS
+from nats.aio.client import Client as NatsClient
 from nats.js.client import JetStreamContext
 
 from services.runtime import bus
@@ -38,7 +38,7 @@ class ServiceHost:
         self.stream = stream
         self._migrations = migrations
         self.db = Database(settings.resolved_database_url())
-        self.nc: NATS | None = None
+        self.nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
         self.relay: bus.OutboxRelay | None = None
         self.health = HealthServicer()
@@ -75,7 +75,9 @@ class ServiceHost:
         self.port = self.server.add_insecure_port(self.settings.resolved_grpc_address())
         await self.server.start()
         self._names = names[2:]
-        log.info("grpc listening", extra={"address": self.settings.resolved_grpc_address(), "port": self.port})
+        log.info(
+            "grpc listening", extra={"address": self.settings.resolved_grpc_address(), "port": self.port}
+        )
 
     async def start_infrastructure(self) -> None:
         """Database first (migrated), then NATS and the owned stream."""
@@ -86,8 +88,13 @@ class ServiceHost:
         self.nc = await bus.connect(self.settings.nats_url, name=self.settings.service)
         self._js = self.nc.jetstream(timeout=self.settings.call_timeout_s)
         await bus.declare_stream(self._js, self.stream, self.settings.stream_replicas)
-        self.relay = bus.OutboxRelay(self.db, self._js, service=self.settings.service,
-                                     batch=self.settings.outbox_batch, crash_point=self.settings.crash_point)
+        self.relay = bus.OutboxRelay(
+            self.db,
+            self._js,
+            service=self.settings.service,
+            batch=self.settings.outbox_batch,
+            crash_point=self.settings.crash_point,
+        )
         self._tasks.append(asyncio.create_task(self.relay.run(self.stop_event), name="outbox-relay"))
 
     def add_consumer(self, consumer: bus.EventConsumer[Any]) -> None:

@@ -31,7 +31,9 @@ def parse_name(value: str, pattern: str, field: str) -> dict[str, str]:
 
 def page_size(requested: int, field: str = "page_size") -> int:
     if requested < 0:
-        raise InvalidArgument("page_size must not be negative", [FieldViolation(field, "must not be negative")])
+        raise InvalidArgument(
+            "page_size must not be negative", [FieldViolation(field, "must not be negative")]
+        )
     return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
@@ -49,6 +51,8 @@ def decode_page_token(token: str, field: str = "page_token") -> dict[str, str]:
     except (binascii.Error, ValueError, UnicodeDecodeError):
         position = None
     if not isinstance(position, dict) or not all(isinstance(v, str) for v in position.values()):
-        raise InvalidArgument("page_token is not a token this service issued",
-                              [FieldViolation(field, "is not a token this service issued")])
+        raise InvalidArgument(
+            "page_token is not a token this service issued",
+            [FieldViolation(field, "is not a token this service issued")],
+        )
     return position

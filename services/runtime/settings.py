@@ -21,7 +21,9 @@ class Settings(BaseSettings):
 
     service: str = Field(default="", description="Which service this process runs; set by its entry point.")
     data_dir: Path = Path(".kasvu")
-    database_url: str = Field(default="", description="SQLAlchemy async URL; default: a SQLite file per service.")
+    database_url: str = Field(
+        default="", description="SQLAlchemy async URL; default: a SQLite file per service."
+    )
     nats_url: str = "nats://127.0.0.1:4222"
     grpc_address: str = Field(default="", description="host:port this service listens on.")
     http_address: str = "127.0.0.1:8080"
@@ -33,7 +35,9 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     call_timeout_s: float = Field(default=10.0, gt=0, description="Deadline of every outbound call.")
     shutdown_grace_s: float = Field(default=5.0, ge=0)
-    stream_replicas: int = Field(default=1, ge=1, le=5, description="JetStream replicas per stream (3 on a cluster).")
+    stream_replicas: int = Field(
+        default=1, ge=1, le=5, description="JetStream replicas per stream (3 on a cluster)."
+    )
     outbox_batch: int = Field(default=200, ge=1)
     consumer_batch: int = Field(default=64, ge=1)
     crash_point: str = Field(

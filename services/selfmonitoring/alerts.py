@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 
+from kasvu.selfmonitoring.v1 import events_pb2, selfmonitoring_pb2
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
-from kasvu.selfmonitoring.v1 import events_pb2, selfmonitoring_pb2
 from services.selfmonitoring.handlers import subject
 
 
@@ -22,11 +22,14 @@ class AlertFeed:
 
     async def follow(self, region: str, resume_after: int) -> AsyncIterator[selfmonitoring_pb2.Alert]:
         if resume_after > 0:
-            config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=resume_after + 1)
+            config = ConsumerConfig(
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=resume_after + 1
+            )
         else:
             config = ConsumerConfig(deliver_policy=DeliverPolicy.NEW)
-        subscription = await self._js().subscribe(subject("BreachOpened", region), ordered_consumer=True,
-                                                  config=config)
+        subscription = await self._js().subscribe(
+            subject("BreachOpened", region), ordered_consumer=True, config=config
+        )
         try:
             while True:
                 try:

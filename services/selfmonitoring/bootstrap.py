@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from kasvu.selfmonitoring.v1 import selfmonitoring_pb2, selfmonitoring_pb2_grpc
+
 from services.runtime.bus import StreamSpec
 from services.runtime.host import ServiceHost
 from services.runtime.settings import Settings
@@ -21,8 +22,9 @@ async def run(settings: Settings) -> None:
     host = ServiceHost(settings, stream=STREAM, migrations=MIGRATIONS)
     use_cases = SelfMonitoringHandlers(host.db, after_commit=host.wake_relay)
     servicer = SelfMonitoringServicer(use_cases, AlertFeed(lambda: host.js))
-    await host.start_server([(selfmonitoring_pb2_grpc.add_SelfMonitoringServiceServicer_to_server, servicer,
-                              SERVICE_NAME)])
+    await host.start_server(
+        [(selfmonitoring_pb2_grpc.add_SelfMonitoringServiceServicer_to_server, servicer, SERVICE_NAME)]
+    )
     try:
         await host.start_infrastructure()
         await host.mark_serving()

@@ -47,7 +47,7 @@ class Registry(registry_pb2_grpc.RegistryServiceServicer):
     def __init__(self, seen: Seen) -> None:
         self.seen = seen
 
-    async def PublishTerms(self, request, context):  # noqa: N802  (the proto's name)
+    async def PublishTerms(self, request, context):
         self.seen.record(request, context)
         terms = registry_pb2.Terms()
         terms.CopyFrom(request.terms)
@@ -55,11 +55,11 @@ class Registry(registry_pb2_grpc.RegistryServiceServicer):
         terms.version = 1
         return terms
 
-    async def GetTerms(self, request, context):  # noqa: N802  (the proto's name)
+    async def GetTerms(self, request, context):
         self.seen.record(request, context)
         await context.abort(grpc.StatusCode.NOT_FOUND, f"{request.name} not found")
 
-    async def RegisterProvider(self, request, context):  # noqa: N802  (the proto's name)
+    async def RegisterProvider(self, request, context):
         self.seen.record(request, context)
         detail = any_pb2.Any()
         detail.Pack(
@@ -76,7 +76,7 @@ class Registry(registry_pb2_grpc.RegistryServiceServicer):
         )
         await context.abort_with_status(rpc_status.to_status(status))
 
-    async def ListProviders(self, request, context):  # noqa: N802  (the proto's name)
+    async def ListProviders(self, request, context):
         self.seen.record(request, context)
         if request.page_token == "boom":
             raise RuntimeError("database password is hunter2")
@@ -90,7 +90,7 @@ class SelfMonitoring(selfmonitoring_pb2_grpc.SelfMonitoringServiceServicer):
     def __init__(self, seen: Seen) -> None:
         self.seen = seen
 
-    async def StreamAlerts(self, request, context):  # noqa: N802  (the proto's name)
+    async def StreamAlerts(self, request, context):
         self.seen.record(request, context)
         if request.parent == "regions/unknown":
             await context.abort(grpc.StatusCode.NOT_FOUND, "no such region")
