@@ -138,10 +138,9 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 def _metadata(request: Request, request_id: str) -> tuple[tuple[str, str], ...]:
     metadata = [("x-request-id", request_id)]
-    for header, key in (("authorization", "authorization"), ("idempotency-key", "idempotency-key")):
-        value = request.headers.get(header)
-        if value:
-            metadata.append((key, value))
+    authorization = request.headers.get("authorization")
+    if authorization:
+        metadata.append(("authorization", authorization))
     return tuple(metadata)
 
 
@@ -232,6 +231,7 @@ def create_app(
                 request.query_params.multi_items(),
                 body,
                 last_event_id=request.headers.get("last-event-id") if route.server_streaming else None,
+                idempotency_key=request.headers.get("idempotency-key"),
             )
             metadata = _metadata(request, request_id)
             if route.server_streaming:

@@ -496,6 +496,7 @@ def build_request(
     body: bytes,
     *,
     last_event_id: str | None = None,
+    idempotency_key: str | None = None,
 ) -> Message:
     """The gRPC request for an HTTP request; raises GatewayError(400) for any client mistake."""
     descriptor = route.method.input_type
@@ -525,6 +526,11 @@ def build_request(
     if last_event_id is not None and "resume_after" in descriptor.fields_by_name:
         resume_after = descriptor.fields_by_name["resume_after"]
         _set_field(request, [resume_after], last_event_id.strip(), "Last-Event-ID")
+    # AIP-155: an Idempotency-Key header fills the request_id of requests that have one,
+    # unless the body already names one.
+    request_id_field = descriptor.fields_by_name.get("request_id")
+    if idempotency_key and request_id_field is not None and not getattr(request, request_id_field.name):
+        _set_field(request, [request_id_field], idempotency_key.strip(), "Idempotency-Key")
     return request
 
 

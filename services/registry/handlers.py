@@ -148,13 +148,9 @@ class RegistryHandlers:
         return PublishedTerms(terms, now)
 
     async def register_provider(self, command: RegisterProvider) -> store.RegistrationRow:
-        require_role(
-            command.actor,
-            Role.PROVIDER,
-            model.validate_business_id(command.business_id, "registration.business_id"),
-            "registering",
-        )
-        scope = f"RegisterProvider/{command.business_id}"
+        business_id = model.validate_business_id(command.business_id, "registration.business_id")
+        require_role(command.actor, Role.PROVIDER, business_id, "registering")
+        scope = f"RegisterProvider/{command.region}/{command.service}/{business_id}"
         async with self._db.unit_of_work() as uow:
             known = await uow.idempotent_resource(scope, command.request_id)
             if known is not None:

@@ -5,6 +5,7 @@ are applied once through the inbox."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import uuid
@@ -278,3 +279,7 @@ class EventConsumer(Generic[E]):
                 )
                 subscription = None
                 await asyncio.sleep(0.5)
+        if subscription is not None:
+            # Ends only this client's interest; the durable consumer stays on the server.
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()

@@ -187,9 +187,13 @@ class UnitOfWork:
         await self.session.begin()
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def __aexit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         try:
             if not self.committed:
+                if exc_type is None:
+                    # Nothing to write (an idempotent retry, a refusal decided by reading): keep
+                    # what was read usable after the transaction, which rollback would expire.
+                    self.session.expunge_all()
                 await self.session.rollback()
         finally:
             await self.session.close()

@@ -128,5 +128,11 @@ class ServiceHost:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.nc is not None and self.nc.is_connected:
-            await self.nc.drain()
+            try:
+                # Drain flushes what the relay published; bounded, since a stale pull
+                # subscription can keep drain waiting for its whole 30 s timeout.
+                await asyncio.wait_for(self.nc.drain(), timeout=5.0)
+            except TimeoutError:
+                log.warning("nats drain timed out; closing")
+                await self.nc.close()
         await self.db.dispose()

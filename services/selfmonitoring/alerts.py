@@ -20,8 +20,9 @@ class AlertFeed:
     def __init__(self, js: Callable[[], JetStreamContext]) -> None:
         self._js = js
 
-    async def follow(self, region: str, resume_after: int) -> AsyncIterator[selfmonitoring_pb2.Alert]:
-        if resume_after > 0:
+    async def follow(self, region: str, resume_after: int | None) -> AsyncIterator[selfmonitoring_pb2.Alert]:
+        """From the alert after `resume_after`, or from now on when it is None."""
+        if resume_after is not None:
             config = ConsumerConfig(
                 deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=resume_after + 1
             )

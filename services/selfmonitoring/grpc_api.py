@@ -143,5 +143,6 @@ class SelfMonitoringServicer(selfmonitoring_pb2_grpc.SelfMonitoringServiceServic
     ) -> AsyncIterator[selfmonitoring_pb2.Alert]:
         region = _region(request.parent)
         self._use_cases.require_supervision(region, current_principal())
-        async for alert in self._alerts.follow(region, request.resume_after):
+        resume_after = request.resume_after if request.HasField("resume_after") else None
+        async for alert in self._alerts.follow(region, resume_after):
             yield alert

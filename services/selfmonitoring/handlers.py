@@ -163,7 +163,14 @@ class SelfMonitoringHandlers:
         if not (own_region or own_cases):
             raise _deny("observations come from the region or from the provider about its own cases")
         async with self._db.unit_of_work() as uow:
-            indicator_row = await uow.session.get(store.IndicatorRow, (command.region, command.indicator_id))
+            # Locking the indicator serialises evaluations of it on PostgreSQL, so two
+            # concurrent late cases cannot each miss the other and both skip the breach.
+            # (SQLite's BEGIN IMMEDIATE already serialises writers.)
+            indicator_row = await uow.session.get(
+                store.IndicatorRow,
+                (command.region, command.indicator_id),
+                with_for_update=uow.dialect != "sqlite",
+            )
             if indicator_row is None:
                 raise NotFound(
                     f"no indicator {indicator_name(command.region, command.indicator_id)}",
@@ -191,7 +198,9 @@ class SelfMonitoringHandlers:
             breach_row = await store.open_breach_of(
                 uow.session, indicator.region, indicator.indicator_id, observation.provider
             )
-            if model.evaluate(indicator, stats, breach_open=breach_row is not None):
+            # A retried observation changes nothing: it reports, it never opens a breach
+            # (which, not being committed, would be named but never stored).
+            if recorded and model.evaluate(indicator, stats, breach_open=breach_row is not None):
                 breach = model.open_breach(uuid.uuid4().hex, indicator, observation.provider, stats, now)
                 breach_row = store.row_from_breach(breach)
                 uow.session.add(breach_row)

@@ -178,8 +178,8 @@ async def test_headers_become_metadata_and_calls_have_a_deadline(client, backend
     assert response.headers["x-request-id"] == "req-42"
     metadata = seen.metadata[-1]
     assert metadata["authorization"] == "Bearer token-1"
-    assert metadata["idempotency-key"] == "key-7"
     assert metadata["x-request-id"] == "req-42"
+    assert seen.requests[-1].request_id == "key-7"  # Idempotency-Key fills request_id (AIP-155)
     remaining = seen.time_remaining[-1]
     assert remaining is not None and 0 < remaining <= 10
 

@@ -456,18 +456,22 @@ class StreamAlertsRequest(_message.Message):
     parent: _builtins.str
     """regions/{region}"""
     resume_after: _builtins.int
-    """Resume after this alert's sequence; 0 streams from now on."""
+    """Resume after this alert's sequence (0: from the first alert kept);
+    unset streams from now on. The gateway sets it from Last-Event-ID.
+    """
     def __init__(
         self,
         *,
         parent: _builtins.str = ...,
-        resume_after: _builtins.int = ...,
+        resume_after: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_resume_after", b"_resume_after", "resume_after", b"resume_after"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["parent", b"parent", "resume_after", b"resume_after"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_resume_after", b"_resume_after", "parent", b"parent", "resume_after", b"resume_after"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__resume_after: _TypeAlias = _typing.Literal["resume_after"]  # noqa: Y015
+    _WhichOneofArgType__resume_after: _TypeAlias = _typing.Literal["_resume_after", b"_resume_after"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__resume_after) -> _WhichOneofReturnType__resume_after | None: ...
 
 Global___StreamAlertsRequest: _TypeAlias = StreamAlertsRequest  # noqa: Y015
 

@@ -1,0 +1,161 @@
+"""`python -m bench`: measures the suite against bare gRPC and JetStream baselines taken in the same
+run, prints a table and writes bench/results.json (a flat object of named figures)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from bench.echo import echo_rps, echo_server
+from bench.jetstream import jetstream_roundtrips
+from bench.stats import Row, percentile, ratio, render_table
+from bench.suite_load import breach_to_suspension_ms, prepare, register_grpc_rps, register_http_rps
+from services.localsuite import LocalSuite
+
+RESULTS = Path(__file__).parent / "results.json"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much to measure; the defaults keep a run on two cores under about four minutes."""
+
+    echo_seconds: float = 3.0
+    repeats: int = 3
+    in_flight: int = 32
+    registrations: int = 1000
+    # Caps on a slow service's share of the time budget; the sample counts say if they bit.
+    registration_max_seconds: float = 15.0
+    roundtrips: int = 500
+    breaches: int = 500
+    # One provider at a time: with 8 at once, 8 pollers every 2 ms queue on the registry's
+    # two cores and the figure measured that queue (p50 ~390 ms vs ~25 ms alone). One at
+    # a time, 500 samples take ~15 s.
+    breach_concurrency: int = 1
+    breach_max_seconds: float = 60.0
+
+
+async def measure(plan: Plan, data_dir: Path) -> dict[str, float | str]:
+    results: dict[str, float | str] = {}
+    suite = LocalSuite(data_dir)
+    try:
+        started = time.perf_counter()
+        await suite.start()
+        log(f"suite up in {time.perf_counter() - started:.1f} s")
+        # The echo server runs while the suite idles, so both see the same background.
+        with echo_server() as address:
+            results["echo_rps_1"] = await echo_rps(address, 1, plan.echo_seconds, plan.repeats)
+            log(f"echo 1 in flight: {results['echo_rps_1']:.0f} rps")
+            results["echo_rps_32"] = await echo_rps(address, plan.in_flight, plan.echo_seconds, plan.repeats)
+            log(f"echo {plan.in_flight} in flight: {results['echo_rps_32']:.0f} rps")
+
+        roundtrips = await jetstream_roundtrips(suite.nats_url, plan.roundtrips)
+        results["jetstream_roundtrip_p50_ms"] = percentile(roundtrips, 50)
+        results["jetstream_roundtrip_p99_ms"] = percentile(roundtrips, 99)
+        results["jetstream_roundtrip_samples"] = len(roundtrips)
+        log(f"jetstream round trip p50 {results['jetstream_roundtrip_p50_ms']:.2f} ms")
+
+        async with (
+            grpc.aio.insecure_channel(suite.address("registry")) as registry,
+            grpc.aio.insecure_channel(suite.address("selfmonitoring")) as selfmonitoring,
+        ):
+            fixture = await prepare(suite, registry, selfmonitoring)
+            results["register_grpc_rps_32"] = await register_grpc_rps(
+                fixture, plan.registrations, plan.in_flight, plan.repeats, plan.registration_max_seconds
+            )
+            log(f"register over gRPC: {results['register_grpc_rps_32']:.0f} rps")
+            results["register_http_rps_32"] = await register_http_rps(
+                fixture, plan.registrations, plan.in_flight, plan.repeats, plan.registration_max_seconds
+            )
+            log(f"register over HTTP: {results['register_http_rps_32']:.0f} rps")
+            results["register_count_per_repeat"] = plan.registrations
+            results["repeats"] = plan.repeats
+
+            latencies = await breach_to_suspension_ms(
+                fixture, plan.breaches, plan.breach_concurrency, plan.breach_max_seconds
+            )
+        results["breach_to_suspension_p50_ms"] = percentile(latencies, 50)
+        results["breach_to_suspension_p99_ms"] = percentile(latencies, 99)
+        results["breach_to_suspension_samples"] = len(latencies)
+        results["breach_to_suspension_concurrency"] = plan.breach_concurrency
+        log(f"breach -> suspension p50 {results['breach_to_suspension_p50_ms']:.1f} ms")
+    finally:
+        suite.stop()
+
+    results["register_grpc_vs_echo"] = ratio(
+        float(results["register_grpc_rps_32"]), float(results["echo_rps_32"])
+    )
+    results["register_http_vs_echo"] = ratio(
+        float(results["register_http_rps_32"]), float(results["echo_rps_32"])
+    )
+    results["breach_to_suspension_vs_jetstream_p50"] = ratio(
+        float(results["breach_to_suspension_p50_ms"]), float(results["jetstream_roundtrip_p50_ms"])
+    )
+    results.update(metadata())
+    return results
+
+
+def metadata() -> dict[str, float | str]:
+    return {
+        "meta_measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "meta_python": platform.python_version(),
+        "meta_grpcio": grpc.__version__,
+        "meta_platform": platform.platform(),
+        "meta_cpu_count": os.cpu_count() or 0,
+    }
+
+
+def table(results: dict[str, float | str]) -> str:
+    def figure(name: str) -> float:
+        return float(results[name])
+
+    echo_32 = ("echo_rps_32", figure("echo_rps_32"))
+    js_p50 = ("jetstream_roundtrip_p50_ms", figure("jetstream_roundtrip_p50_ms"))
+    js_p99 = ("jetstream_roundtrip_p99_ms", figure("jetstream_roundtrip_p99_ms"))
+    return render_table(
+        [
+            Row("echo_rps_1", figure("echo_rps_1"), "rps"),
+            Row("echo_rps_32", figure("echo_rps_32"), "rps"),
+            Row("jetstream_roundtrip_p50_ms", figure("jetstream_roundtrip_p50_ms"), "ms"),
+            Row("jetstream_roundtrip_p99_ms", figure("jetstream_roundtrip_p99_ms"), "ms"),
+            Row("register_grpc_rps_32", figure("register_grpc_rps_32"), "rps", *echo_32),
+            Row("register_http_rps_32", figure("register_http_rps_32"), "rps", *echo_32),
+            Row("breach_to_suspension_p50_ms", figure("breach_to_suspension_p50_ms"), "ms", *js_p50),
+            Row("breach_to_suspension_p99_ms", figure("breach_to_suspension_p99_ms"), "ms", *js_p99),
+        ]
+    )
+
+
+def log(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--output", type=Path, default=RESULTS, help="where to write the JSON figures")
+    parser.add_argument("--quick", action="store_true", help="small counts, for a smoke run")
+    args = parser.parse_args()
+    plan = (
+        Plan(echo_seconds=0.5, repeats=1, registrations=100, roundtrips=50, breaches=20)
+        if args.quick
+        else Plan()
+    )
+    with tempfile.TemporaryDirectory(prefix="kasvu-bench-") as tmp:
+        results = asyncio.run(measure(plan, Path(tmp)))
+    print(table(results))
+    args.output.write_text(json.dumps(results, sort_keys=True, indent=2) + "\n")
+    log(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""Baseline: a bare grpc.aio unary echo, server in its own process as the services are."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import grpc
+
+from bench.echo_server import METHOD
+from bench.load import closed_loop
+from bench.stats import median
+
+PAYLOAD = b"x" * 128  # about the size of a small request message
+
+
+@contextmanager
+def echo_server() -> Iterator[str]:
+    """Starts bench.echo_server in a subprocess; yields its address."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench.echo_server"], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL
+    )
+    try:
+        assert process.stdout is not None
+        port = int(process.stdout.readline())
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+async def echo_rps(address: str, concurrency: int, duration_s: float, repeats: int) -> float:
+    """The median over `repeats` of echo calls per second with `concurrency` in flight."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        echo = channel.unary_unary(METHOD)
+
+        async def call(_: int) -> None:
+            await echo(PAYLOAD, timeout=10)
+
+        await closed_loop(call, concurrency=concurrency, count=200)  # warm-up: connection, caches
+        return median(
+            [await closed_loop(call, concurrency=concurrency, duration_s=duration_s) for _ in range(repeats)]
+        )

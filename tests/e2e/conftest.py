@@ -1,0 +1,35 @@
+"""The suite as real processes: nats-server, the four services, SQLite files or PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from services.localsuite import SERVICES, LocalSuite
+from tests.conftest import new_postgres_database
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def suite(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[LocalSuite]:
+    urls: dict[str, str] = {}
+    if request.param == "postgresql":
+        server = request.getfixturevalue("postgres")
+        urls = {name: new_postgres_database(server, name) for name in SERVICES if name != "gateway"}
+    running = LocalSuite(tmp_path / "suite", database_urls=urls)
+    try:
+        await running.start()
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+async def sqlite_suite(tmp_path: Path) -> AsyncIterator[LocalSuite]:
+    running = LocalSuite(tmp_path / "suite")
+    try:
+        await running.start()
+        yield running
+    finally:
+        running.stop()

@@ -1,0 +1,591 @@
+"""Self-monitoring over gRPC against real databases (SQLite file and PostgreSQL) and, for the
+alert stream, a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import grpc
+import pytest
+from kasvu.selfmonitoring.v1 import selfmonitoring_pb2, selfmonitoring_pb2_grpc
+
+from services.runtime.bus import OutboxRelay, connect, declare_stream
+from services.runtime.db import Database
+from services.runtime.migrations import upgrade_async
+from services.selfmonitoring import bootstrap
+from services.selfmonitoring.alerts import AlertFeed
+from services.selfmonitoring.grpc_api import SelfMonitoringServicer
+from services.selfmonitoring.handlers import FINLAND, SelfMonitoringHandlers
+from tests.integration.helpers import (
+    Tokens,
+    business_ids,
+    count_rows,
+    error_reason,
+    field_violations,
+    finnish_today,
+    outbox_counts,
+    proto_date,
+    serving,
+)
+
+REGION = "pirkanmaa"
+OTHER_REGION = "uusimaa"
+INDICATOR_ID = "need-assessment-14d"
+INDICATOR = f"regions/{REGION}/indicators/{INDICATOR_ID}"
+BREACH_OPENED = "kasvu.selfmonitoring.v1.BreachOpened"
+
+
+class Clock:
+    """A settable clock handed to the handlers, so a test can move "today"."""
+
+    def __init__(self, now: datetime | None = None, step: timedelta = timedelta(0)) -> None:
+        self.now = now or datetime.now(UTC)
+        self.step = step
+
+    def __call__(self) -> datetime:
+        current = self.now
+        self.now += self.step
+        return current
+
+    @property
+    def today(self) -> date:
+        return self.now.astimezone(FINLAND).date()
+
+
+@pytest.fixture
+async def sm_db(database_url: str) -> AsyncIterator[Database]:
+    await upgrade_async(database_url, bootstrap.MIGRATIONS)
+    db = Database(database_url)
+    yield db
+    await db.dispose()
+
+
+@pytest.fixture
+def tokens(tmp_path: Path) -> Tokens:
+    return Tokens.generate(tmp_path / "keys")
+
+
+@pytest.fixture
+def clock() -> Clock:
+    # Noon in Helsinki: the Finnish date is the same all through the test.
+    return Clock(datetime(2025, 3, 14, 10, 0, tzinfo=UTC))
+
+
+def _no_bus():  # type: ignore[no-untyped-def]
+    raise AssertionError("this test has no NATS")
+
+
+@contextlib.asynccontextmanager
+async def self_monitoring(
+    db: Database,
+    tokens: Tokens,
+    clock: Callable[[], datetime] | None = None,
+    alerts: AlertFeed | None = None,
+    after_commit: Callable[[], None] = lambda: None,
+) -> AsyncIterator[selfmonitoring_pb2_grpc.SelfMonitoringServiceStub]:
+    use_cases = SelfMonitoringHandlers(db, after_commit=after_commit, **({"clock": clock} if clock else {}))
+    servicer = SelfMonitoringServicer(use_cases, alerts or AlertFeed(_no_bus))
+    async with serving(
+        tokens, selfmonitoring_pb2_grpc.add_SelfMonitoringServiceServicer_to_server, servicer
+    ) as channel:
+        yield selfmonitoring_pb2_grpc.SelfMonitoringServiceStub(channel)
+
+
+@pytest.fixture
+async def stub(
+    sm_db: Database, tokens: Tokens, clock: Clock
+) -> AsyncIterator[selfmonitoring_pb2_grpc.SelfMonitoringServiceStub]:
+    async with self_monitoring(sm_db, tokens, clock) as service:
+        yield service
+
+
+def indicator(
+    *,
+    minimum_sample: int = 3,
+    minimum_share: float = 0.8,
+    deadline_days: int = 14,
+    window_days: int = 90,
+    severity: selfmonitoring_pb2.Severity.ValueType = selfmonitoring_pb2.SEVERITY_SERIOUS,
+    display_name: str = "Service need assessed within 14 days",
+) -> selfmonitoring_pb2.Indicator:
+    return selfmonitoring_pb2.Indicator(
+        display_name=display_name,
+        service="recruitment",
+        share_within_deadline=selfmonitoring_pb2.ShareWithinDeadline(
+            deadline_days=deadline_days, minimum_share=minimum_share
+        ),
+        window_days=window_days,
+        minimum_sample=minimum_sample,
+        severity=severity,
+    )
+
+
+async def create(
+    stub: selfmonitoring_pb2_grpc.SelfMonitoringServiceStub,
+    tokens: Tokens,
+    definition: selfmonitoring_pb2.Indicator | None = None,
+    region: str = REGION,
+    indicator_id: str = INDICATOR_ID,
+) -> selfmonitoring_pb2.Indicator:
+    return await stub.CreateIndicator(
+        selfmonitoring_pb2.CreateIndicatorRequest(
+            parent=f"regions/{region}", indicator_id=indicator_id, indicator=definition or indicator()
+        ),
+        metadata=tokens.admin(region),
+    )
+
+
+def observation(
+    observation_id: str, provider: str, completed_on: date, days_taken: int, case_key: str = ""
+) -> selfmonitoring_pb2.Observation:
+    return selfmonitoring_pb2.Observation(
+        observation_id=observation_id,
+        provider=provider,
+        case_key=case_key or f"case-{observation_id}",
+        started_on=proto_date(completed_on - timedelta(days=days_taken)),
+        completed_on=proto_date(completed_on),
+    )
+
+
+async def record(
+    stub: selfmonitoring_pb2_grpc.SelfMonitoringServiceStub,
+    tokens: Tokens,
+    item: selfmonitoring_pb2.Observation,
+    parent: str = INDICATOR,
+    metadata: tuple[tuple[str, str], ...] | None = None,
+) -> selfmonitoring_pb2.RecordObservationResponse:
+    return await stub.RecordObservation(
+        selfmonitoring_pb2.RecordObservationRequest(parent=parent, observation=item),
+        metadata=metadata or tokens.admin(REGION),
+    )
+
+
+# -- indicators -----------------------------------------------------------------------------
+
+
+async def test_a_region_admin_defines_an_indicator_that_reads_back_unchanged(stub, tokens, sm_db):
+    created = await create(stub, tokens)
+
+    assert created.name == INDICATOR
+    fetched = await stub.GetIndicator(selfmonitoring_pb2.GetIndicatorRequest(name=INDICATOR))
+    assert fetched == created
+    assert fetched.share_within_deadline.minimum_share == pytest.approx(0.8)
+    assert fetched.severity == selfmonitoring_pb2.SEVERITY_SERIOUS
+    assert await count_rows(sm_db, "selfmonitoring_indicators") == 1
+
+
+@pytest.mark.parametrize(
+    ("who", "code"),
+    [
+        pytest.param(
+            ("admin", OTHER_REGION), grpc.StatusCode.PERMISSION_DENIED, id="admin-of-another-region"
+        ),
+        pytest.param(("supervisor", REGION), grpc.StatusCode.PERMISSION_DENIED, id="supervisor"),
+        pytest.param(("provider", "0737546-2"), grpc.StatusCode.PERMISSION_DENIED, id="provider"),
+        pytest.param(None, grpc.StatusCode.UNAUTHENTICATED, id="no-token"),
+    ],
+)
+async def test_only_the_region_own_admin_may_define_indicators(stub, tokens, sm_db, who, code):
+    metadata = getattr(tokens, who[0])(who[1]) if who else None
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.CreateIndicator(
+            selfmonitoring_pb2.CreateIndicatorRequest(
+                parent=f"regions/{REGION}", indicator_id=INDICATOR_ID, indicator=indicator()
+            ),
+            metadata=metadata,
+        )
+
+    assert caught.value.code() == code
+    assert await count_rows(sm_db, "selfmonitoring_indicators") == 0
+
+
+@pytest.mark.parametrize(
+    ("indicator_id", "definition", "expected_fields"),
+    [
+        pytest.param(
+            "Bad_Id",
+            selfmonitoring_pb2.Indicator(
+                display_name=" ",
+                service="Recruitment",
+                share_within_deadline=selfmonitoring_pb2.ShareWithinDeadline(
+                    deadline_days=0, minimum_share=1.5
+                ),
+                window_days=0,
+                minimum_sample=0,
+                severity=selfmonitoring_pb2.SEVERITY_WARNING,
+            ),
+            [
+                "indicator_id",
+                "indicator.service",
+                "indicator.display_name",
+                "indicator.share_within_deadline.deadline_days",
+                "indicator.share_within_deadline.minimum_share",
+                "indicator.window_days",
+                "indicator.minimum_sample",
+            ],
+            id="every-value-wrong",
+        ),
+        pytest.param(
+            INDICATOR_ID,
+            indicator(minimum_share=float("nan")),
+            ["indicator.share_within_deadline.minimum_share"],
+            id="nan-share",
+        ),
+        pytest.param(
+            INDICATOR_ID,
+            indicator(severity=selfmonitoring_pb2.SEVERITY_UNSPECIFIED),
+            ["indicator.severity"],
+            id="no-severity",
+        ),
+    ],
+)
+async def test_invalid_indicator_values_are_refused_with_their_field_paths(  # noqa: PLR0917
+    stub, tokens, sm_db, indicator_id, definition, expected_fields
+):
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await create(stub, tokens, definition, indicator_id=indicator_id)
+
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(caught.value) == expected_fields
+    assert await count_rows(sm_db, "selfmonitoring_indicators") == 0
+
+
+async def test_recreating_the_same_definition_is_idempotent_but_a_different_one_already_exists(
+    stub, tokens, sm_db
+):
+    first = await create(stub, tokens)
+    again = await create(stub, tokens)
+    assert again == first
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await create(stub, tokens, indicator(minimum_share=0.9))
+    assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert error_reason(caught.value) == "INDICATOR_EXISTS"
+
+    fetched = await stub.GetIndicator(selfmonitoring_pb2.GetIndicatorRequest(name=INDICATOR))
+    assert fetched.share_within_deadline.minimum_share == pytest.approx(0.8)
+    assert await count_rows(sm_db, "selfmonitoring_indicators") == 1
+
+
+# -- observations and breaches --------------------------------------------------------------
+
+
+async def test_a_breach_opens_once_when_the_sample_is_reached_with_too_few_cases_on_time(
+    stub, tokens, sm_db, clock
+):
+    await create(stub, tokens, indicator(minimum_sample=3, minimum_share=0.8))
+    provider = business_ids()()
+    today = clock.today
+
+    first = await record(stub, tokens, observation("o1", provider, today - timedelta(days=3), days_taken=30))
+    second = await record(stub, tokens, observation("o2", provider, today - timedelta(days=2), days_taken=20))
+    assert (first.recorded, first.sample_size, first.breach) == (True, 1, "")
+    assert (second.recorded, second.sample_size, second.breach) == (True, 2, "")
+    assert await count_rows(sm_db, "selfmonitoring_breaches") == 0
+    assert await count_rows(sm_db, "outbox") == 0
+
+    third = await record(stub, tokens, observation("o3", provider, today, days_taken=14))
+    assert third.recorded
+    assert third.sample_size == 3
+    assert third.value == pytest.approx(1 / 3)  # the deadline day itself counts as on time
+    assert third.breach.startswith(f"regions/{REGION}/breaches/")
+    assert await count_rows(sm_db, "selfmonitoring_breaches") == 1
+    assert await outbox_counts(sm_db) == {BREACH_OPENED: 1}
+
+    for index in range(4, 7):
+        later = await record(stub, tokens, observation(f"o{index}", provider, today, days_taken=40))
+        assert later.breach == third.breach
+    assert await count_rows(sm_db, "selfmonitoring_breaches") == 1
+    assert await outbox_counts(sm_db) == {BREACH_OPENED: 1}
+
+    breach = await stub.GetBreach(
+        selfmonitoring_pb2.GetBreachRequest(name=third.breach), metadata=tokens.supervisor(REGION)
+    )
+    assert (breach.provider, breach.service, breach.indicator) == (provider, "recruitment", INDICATOR)
+    assert (breach.sample_size, breach.threshold) == (3, pytest.approx(0.8))
+    assert breach.value == pytest.approx(1 / 3)
+    assert breach.state == selfmonitoring_pb2.BREACH_STATE_OPEN
+
+
+async def test_a_share_at_the_threshold_or_outside_the_window_opens_no_breach(stub, tokens, sm_db, clock):
+    await create(stub, tokens, indicator(minimum_sample=2, minimum_share=0.5, window_days=30))
+    provider = business_ids()()
+    today = clock.today
+    # Two late cases completed before the window: they do not count.
+    for index in range(2):
+        await record(stub, tokens, observation(f"old{index}", provider, today - timedelta(days=31), 40))
+    on_time = await record(stub, tokens, observation("in1", provider, today, days_taken=1))
+    late = await record(stub, tokens, observation("in2", provider, today, days_taken=30))
+
+    assert (on_time.sample_size, late.sample_size) == (1, 2)
+    assert late.value == pytest.approx(0.5)
+    assert late.breach == ""
+    assert await count_rows(sm_db, "selfmonitoring_breaches") == 0
+
+
+async def test_the_same_observation_twice_is_recorded_once(stub, tokens, sm_db, clock):
+    await create(stub, tokens)
+    provider = business_ids()()
+    item = observation("o1", provider, clock.today, days_taken=3)
+
+    first = await record(stub, tokens, item)
+    again = await record(stub, tokens, item)
+
+    assert (first.recorded, again.recorded) == (True, False)
+    assert again.sample_size == 1
+    assert await count_rows(sm_db, "selfmonitoring_observations") == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        pytest.param({"completed_in_days": 1}, "observation.completed_on", id="completed-in-the-future"),
+        pytest.param({"case_key": "131052-308T"}, "observation.case_key", id="identity-code-as-case-key"),
+        pytest.param({"provider": "0737546-3"}, "observation.provider", id="wrong-check-digit"),
+    ],
+)
+async def test_an_invalid_observation_is_refused_with_its_field_and_stores_nothing(  # noqa: PLR0917
+    stub, tokens, sm_db, clock, change, field
+):
+    await create(stub, tokens)
+    completed = clock.today + timedelta(days=change.get("completed_in_days", 0))
+    item = observation(
+        "o1",
+        change.get("provider", "0737546-2"),
+        completed,
+        days_taken=3,
+        case_key=change.get("case_key", ""),
+    )
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await record(stub, tokens, item)
+
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(caught.value) == [field]
+    assert await count_rows(sm_db, "selfmonitoring_observations") == 0
+
+
+async def test_a_provider_records_its_own_cases_but_not_another_providers(stub, tokens, sm_db, clock):
+    await create(stub, tokens)
+    next_id = business_ids()
+    own, other = next_id(), next_id()
+
+    mine = await record(stub, tokens, observation("o1", own, clock.today, 3), metadata=tokens.provider(own))
+    assert mine.recorded
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await record(stub, tokens, observation("o2", other, clock.today, 3), metadata=tokens.provider(own))
+
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert await count_rows(sm_db, "selfmonitoring_observations") == 1
+    assert await count_rows(sm_db, "selfmonitoring_observations", "provider = :p", p=other) == 0
+
+
+async def test_recording_for_an_unknown_indicator_is_not_found(stub, tokens, sm_db, clock):
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await record(
+            stub,
+            tokens,
+            observation("o1", "0737546-2", clock.today, 3),
+            parent=f"regions/{REGION}/indicators/no-such-indicator",
+        )
+
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert error_reason(caught.value) == "INDICATOR_NOT_FOUND"
+    assert await count_rows(sm_db, "selfmonitoring_observations") == 0
+
+
+async def test_a_repeated_observation_never_reports_a_breach_that_was_not_stored(sm_db, tokens, clock):
+    """When the window has moved on since an observation was first recorded, recording it again
+    must not answer with the name of a breach that the service then never stores."""
+    async with self_monitoring(sm_db, tokens, clock) as stub:
+        await create(stub, tokens, indicator(minimum_sample=2, minimum_share=0.5, window_days=10))
+        provider = business_ids()()
+        day0 = clock.today
+        for index in range(2):
+            await record(stub, tokens, observation(f"good{index}", provider, day0 - timedelta(days=8), 1))
+        for index in range(2):
+            result = await record(stub, tokens, observation(f"late{index}", provider, day0, 30))
+        assert (result.value, result.breach) == (pytest.approx(0.5), "")
+
+        clock.now += timedelta(days=5)  # the on-time cases leave the 10-day window
+        repeated = await record(stub, tokens, observation("late0", provider, day0, 30))
+
+        assert not repeated.recorded
+        breaches = await count_rows(sm_db, "selfmonitoring_breaches")
+        assert await outbox_counts(sm_db) == ({BREACH_OPENED: breaches} if breaches else {})
+        if repeated.breach:
+            fetched = await stub.GetBreach(
+                selfmonitoring_pb2.GetBreachRequest(name=repeated.breach), metadata=tokens.supervisor(REGION)
+            )
+            assert fetched.provider == provider
+        else:
+            assert breaches == 0
+
+
+async def _open_breaches(stub, tokens, today: date, count: int) -> list[str]:
+    """One breach per provider on an indicator that breaches on the first late case."""
+    await create(stub, tokens, indicator(minimum_sample=1, minimum_share=0.9))
+    next_id = business_ids()
+    names = []
+    for index in range(count):
+        result = await record(stub, tokens, observation(f"o{index}", next_id(), today, days_taken=30))
+        assert result.breach
+        names.append(result.breach)
+    return names
+
+
+@pytest.mark.parametrize(
+    "step",
+    [pytest.param(timedelta(minutes=1), id="distinct-times"), pytest.param(timedelta(0), id="same-instant")],
+)
+async def test_breaches_list_newest_first_across_pages_without_repeats_or_gaps(sm_db, tokens, step):
+    clock = Clock(datetime(2025, 3, 14, 10, 0, tzinfo=UTC), step=step)
+    async with self_monitoring(sm_db, tokens, clock) as stub:
+        opened = await _open_breaches(stub, tokens, clock.today, 5)
+
+        pages: list[list[str]] = []
+        token = ""
+        while True:
+            response = await stub.ListBreaches(
+                selfmonitoring_pb2.ListBreachesRequest(
+                    parent=f"regions/{REGION}", page_size=2, page_token=token
+                ),
+                metadata=tokens.supervisor(REGION),
+            )
+            pages.append([breach.name for breach in response.breaches])
+            token = response.next_page_token
+            if not token:
+                break
+
+    listed = [name for page in pages for name in page]
+    assert [len(page) for page in pages] == [2, 2, 1]
+    assert len(set(listed)) == 5
+    assert set(listed) == set(opened)
+    if step:
+        assert listed == list(reversed(opened))
+    else:
+        assert listed == sorted(opened, reverse=True)  # ties broken by id, descending
+
+
+async def test_breaches_are_only_for_the_region_own_supervisors(stub, tokens, clock):
+    [name] = await _open_breaches(stub, tokens, clock.today, 1)
+    request = selfmonitoring_pb2.GetBreachRequest(name=name)
+
+    assert (await stub.GetBreach(request, metadata=tokens.supervisor(REGION))).name == name
+    for metadata in (
+        tokens.supervisor(OTHER_REGION),
+        tokens.admin(OTHER_REGION),
+        tokens.provider("0737546-2"),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.GetBreach(request, metadata=metadata)
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.ListBreaches(
+            selfmonitoring_pb2.ListBreachesRequest(parent=f"regions/{REGION}"),
+            metadata=tokens.supervisor(OTHER_REGION),
+        )
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.GetBreach(request)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_another_regions_supervisor_may_not_stream_alerts(stub, tokens):
+    call = stub.StreamAlerts(
+        selfmonitoring_pb2.StreamAlertsRequest(parent=f"regions/{REGION}"),
+        metadata=tokens.supervisor(OTHER_REGION),
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await asyncio.wait_for(call.read(), 5)
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+# -- the alert stream (SQLite and a real nats-server) ---------------------------------------
+
+
+async def _next_alert(call) -> selfmonitoring_pb2.Alert:  # type: ignore[no-untyped-def]
+    alert = await asyncio.wait_for(call.read(), 10.0)
+    assert alert is not grpc.aio.EOF
+    return alert
+
+
+async def _wait_until_published(db: Database) -> None:
+    for _ in range(250):
+        if await count_rows(db, "outbox", "published_at IS NULL") == 0:
+            return
+        await asyncio.sleep(0.02)
+    pytest.fail("the outbox relay never published")
+
+
+async def _wait_until_subscribed(js) -> None:  # type: ignore[no-untyped-def]
+    """The alert feed has subscribed once its ordered consumer exists on the stream."""
+    for _ in range(250):
+        if (await js.stream_info(bootstrap.STREAM.name)).state.consumer_count >= 1:
+            return
+        await asyncio.sleep(0.02)
+    pytest.fail("the alert stream never subscribed")
+
+
+async def test_a_supervisor_stream_receives_new_breaches_and_resumes_after_a_sequence(
+    tmp_path, tokens, nats_server
+):
+    url = f"sqlite+aiosqlite:///{tmp_path / 'selfmonitoring.db'}"
+    await upgrade_async(url, bootstrap.MIGRATIONS)
+    db = Database(url)
+    nc = await connect(nats_server.url, "selfmonitoring-test")
+    js = nc.jetstream()
+    await declare_stream(js, bootstrap.STREAM, replicas=1)
+    relay = OutboxRelay(db, js, service="selfmonitoring")
+    stop = asyncio.Event()
+    relay_task = asyncio.create_task(relay.run(stop))
+    supervisor = tokens.supervisor(REGION)
+    parent = f"regions/{REGION}"
+    next_id = business_ids()
+    try:
+        async with self_monitoring(db, tokens, alerts=AlertFeed(lambda: js), after_commit=relay.wake) as stub:
+            await create(stub, tokens, indicator(minimum_sample=1, minimum_share=0.9))
+            earlier = await record(stub, tokens, observation("o0", next_id(), finnish_today(), 30))
+            await _wait_until_published(db)
+
+            live = stub.StreamAlerts(
+                selfmonitoring_pb2.StreamAlertsRequest(parent=parent), metadata=supervisor
+            )
+            await _wait_until_subscribed(js)
+            opened = await record(stub, tokens, observation("o1", next_id(), finnish_today(), 30))
+            alert = await _next_alert(live)
+            live.cancel()
+
+            # Only what opened after subscribing: the earlier breach is not part of the live feed.
+            assert earlier.breach and earlier.breach != opened.breach
+            assert alert.breach.name == opened.breach
+            assert alert.sequence == 2
+
+            replay = stub.StreamAlerts(
+                selfmonitoring_pb2.StreamAlertsRequest(parent=parent, resume_after=alert.sequence - 1),
+                metadata=supervisor,
+            )
+            again = await _next_alert(replay)
+            replay.cancel()
+            assert (again.sequence, again.breach.name) == (alert.sequence, opened.breach)
+
+            resumed = stub.StreamAlerts(
+                selfmonitoring_pb2.StreamAlertsRequest(parent=parent, resume_after=alert.sequence),
+                metadata=supervisor,
+            )
+            await _wait_until_subscribed(js)
+            later = await record(stub, tokens, observation("o2", next_id(), finnish_today(), 30))
+            following = await _next_alert(resumed)
+            resumed.cancel()
+            # The alert already seen is not delivered again: the next one is the later breach.
+            assert following.breach.name == later.breach
+            assert following.sequence == alert.sequence + 1
+    finally:
+        stop.set()
+        await relay_task
+        await nc.close()
+        await db.dispose()
