@@ -38,6 +38,7 @@ async def run(settings: Settings) -> None:
                 event_type=selfmonitoring_events.BreachOpened,
                 handler=consumers.on_breach_opened(use_cases),
                 batch=settings.consumer_batch,
+                ack_wait_s=settings.consumer_ack_wait_s,
                 on_committed=host.wake_relay,
                 crash_point=settings.crash_point,
             )

@@ -188,6 +188,7 @@ class EventConsumer(Generic[E]):
         event_type: type[E],
         handler: EventHandler[E],
         batch: int = 64,
+        ack_wait_s: float = 30.0,
         on_committed: Callable[[], None] | None = None,
         crash_point: str = "",
     ) -> None:
@@ -199,6 +200,7 @@ class EventConsumer(Generic[E]):
         self._event_type = event_type
         self._handler = handler
         self._batch = batch
+        self._ack_wait_s = ack_wait_s
         self._on_committed = on_committed
         self._crash_point = crash_point
 
@@ -207,7 +209,7 @@ class EventConsumer(Generic[E]):
             durable_name=self.durable,
             ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL,
-            ack_wait=30,
+            ack_wait=self._ack_wait_s,
             max_ack_pending=1000,
             filter_subject=self._subject,
         )

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     )
     outbox_batch: int = Field(default=200, ge=1)
     consumer_batch: int = Field(default=64, ge=1)
+    consumer_ack_wait_s: float = Field(
+        default=30.0, gt=0, description="How long an unacknowledged event waits before redelivery."
+    )
     crash_point: str = Field(
         default="",
         description="Fault injection for tests only: the process exits hard at this named point.",

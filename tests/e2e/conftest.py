@@ -27,7 +27,8 @@ async def suite(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 
 @pytest.fixture
 async def sqlite_suite(tmp_path: Path) -> AsyncIterator[LocalSuite]:
-    running = LocalSuite(tmp_path / "suite")
+    # Unacknowledged events come back after 2 s instead of 30, so crash tests see the redelivery.
+    running = LocalSuite(tmp_path / "suite", extra_env={"KASVU_CONSUMER_ACK_WAIT_S": "2"})
     try:
         await running.start()
         yield running
