@@ -85,13 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    # The demo parses its own options; argparse.REMAINDER drops those starting with "-".
-    args, unknown = parser.parse_known_args(argv)
-    if unknown and args.command != "demo":
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    if args.command == "demo":
-        args.demo_args = [*args.demo_args, *unknown]
+    if arguments[:1] == ["demo"]:
+        # The demo parses its own options, values and all; argparse here would split them.
+        return _demo(argparse.Namespace(demo_args=arguments[1:]))
+    args = parser.parse_args(arguments)
     code: int = args.handler(args)
     return code
 

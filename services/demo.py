@@ -309,6 +309,13 @@ async def _until(task: asyncio.Task[None], waiting: Awaitable[T], timeout_s: flo
         waiter.cancel()
 
 
+def _reason(reason: Json) -> str:
+    text = f"{reason.get('code')}: {reason.get('message', '')}"
+    subject = str(reason.get("subject", ""))
+    # The message usually names the breach already; say it once.
+    return text if subject in text else f"{text} ({subject})"
+
+
 @dataclass
 class Demo:
     """One run of the loop; each phase prints its steps and keeps what later ones need."""
@@ -395,10 +402,7 @@ class Demo:
                     "the registry should have suspended it on the breach"
                 )
             await asyncio.sleep(0.1)
-        reasons = "; ".join(
-            f"{r.get('code')}: {r.get('message', '')} ({r.get('subject', '')})"
-            for r in current.get("reasons", [])
-        )
+        reasons = "; ".join(_reason(r) for r in current.get("reasons", []))
         self.steps.step(
             f"Registration in {REGION} is {short_state(SUSPENDED)}, reason: {reasons or '(none given)'}"
         )

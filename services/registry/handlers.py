@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 
 from services.registry import model, store
 from services.runtime.auth import Principal, Role
-from services.runtime.db import Database, UnitOfWork, utcnow
+from services.runtime.db import Database, IdempotencyKey, UnitOfWork, utcnow
 from services.runtime.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -114,6 +114,7 @@ class RegistryHandlers:
         self._db = db
         self._clock = clock
         self._after_commit = after_commit
+        self._terms_cache: dict[tuple[str, str, int], model.Terms] = {}
 
     # -- commands ---------------------------------------------------------------------
 
@@ -151,29 +152,29 @@ class RegistryHandlers:
         business_id = model.validate_business_id(command.business_id, "registration.business_id")
         require_role(command.actor, Role.PROVIDER, business_id, "registering")
         scope = f"RegisterProvider/{command.region}/{command.service}/{business_id}"
+        # Everything that only reads or computes happens before the write transaction, which
+        # on SQLite is the one thing the registry's requests queue for.
+        if (earlier := await self._idempotent_registration(scope, command.request_id)) is not None:
+            return earlier
+        terms = await self._published_terms(command.region, command.service, command.terms_version)
+        registration = model.decide_registration(
+            uuid.uuid4().hex,
+            terms,
+            command.business_id,
+            command.display_name,
+            command.evidence,
+            command.public_key,
+            command.terms_signature,
+            self._clock(),
+        )
+        row = store.row_from_registration(registration, command.public_key, command.evidence)
+        name = registration_name(registration.region, registration.service, registration.id)
         async with self._db.unit_of_work() as uow:
             known = await uow.idempotent_resource(scope, command.request_id)
-            if known is not None:
-                row = await uow.session.get(store.RegistrationRow, known.rsplit("/", 1)[1])
-                if row is not None:
-                    return row
-            terms_row = await store.get_terms_row(
-                uow.session, command.region, command.service, command.terms_version
-            )
-            if terms_row is None:
-                wanted = terms_name(command.region, command.service, command.terms_version)
-                raise NotFound(f"no published terms {wanted}", reason="TERMS_NOT_FOUND")
-            terms = store.terms_from_row(terms_row)
-            registration = model.decide_registration(
-                uuid.uuid4().hex,
-                terms,
-                command.business_id,
-                command.display_name,
-                command.evidence,
-                command.public_key,
-                command.terms_signature,
-                self._clock(),
-            )
+            if known is not None:  # a concurrent retry of the same request won
+                earlier = await uow.session.get(store.RegistrationRow, known.rsplit("/", 1)[1])
+                if earlier is not None:
+                    return earlier
             if registration.state != model.RegistrationState.REJECTED:
                 active = await store.active_registrations_of(
                     uow.session, command.region, registration.business_id, command.service
@@ -184,14 +185,36 @@ class RegistryHandlers:
                         f"{registration.business_id} is already registered: {existing}",
                         reason="ALREADY_REGISTERED",
                     )
-            row = store.row_from_registration(registration, command.public_key, command.evidence)
             uow.session.add(row)
-            name = registration_name(registration.region, registration.service, registration.id)
             uow.remember_idempotency(scope, command.request_id, name)
             self._emit_decision(uow, registration, name)
             await self._commit(uow, "a concurrent registration for the same provider won; retry")
         log.info("registration decided", extra={"registration": name, "state": str(registration.state)})
         return row
+
+    async def _idempotent_registration(self, scope: str, request_id: str) -> store.RegistrationRow | None:
+        if not request_id:
+            return None
+        async with self._db.read_session() as session:
+            key = await session.get(IdempotencyKey, (scope, request_id))
+            if key is None:
+                return None
+            return await session.get(store.RegistrationRow, key.resource.rsplit("/", 1)[1])
+
+    async def _published_terms(self, region: str, service: str, version: int) -> model.Terms:
+        """Published terms never change, so every replica may keep them once read."""
+        cache_key = (region, service, version)
+        if (cached := self._terms_cache.get(cache_key)) is not None:
+            return cached
+        async with self._db.read_session() as session:
+            row = await store.get_terms_row(session, region, service, version)
+        if row is None:
+            raise NotFound(
+                f"no published terms {terms_name(region, service, version)}", reason="TERMS_NOT_FOUND"
+            )
+        terms = store.terms_from_row(row)
+        self._terms_cache[cache_key] = terms
+        return terms
 
     async def suspend_provider(self, uow: UnitOfWork, command: SuspendProvider) -> int:
         """Suspends the provider's active registrations in the breach's region (for the

@@ -72,7 +72,8 @@ async def connect(url: str, name: str) -> NatsClient:
         log.info("nats reconnected")
 
     return await nats.connect(
-        url,
+        # KASVU_NATS_URL may list a cluster's servers, comma-separated.
+        [server.strip() for server in url.split(",") if server.strip()],
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
@@ -144,9 +145,17 @@ class OutboxRelay:
 
     async def run(self, stop: asyncio.Event) -> None:
         polls = 0
+        held_until = 0.0
+        loop = asyncio.get_running_loop()
         while not stop.is_set():
             try:
-                if await acquire_lease(self._db, self._lease, self._holder, self.lease_ttl):
+                # Renew only past half the lease: a renewal is a write, and writes are what
+                # the service's database has least of.
+                if loop.time() >= held_until - self.lease_ttl.total_seconds() / 2:
+                    asked_at = loop.time()  # the lease runs from before the request, never longer
+                    acquired = await acquire_lease(self._db, self._lease, self._holder, self.lease_ttl)
+                    held_until = asked_at + self.lease_ttl.total_seconds() if acquired else 0.0
+                if loop.time() < held_until:
                     while await self.relay_once() == self._batch and not stop.is_set():
                         pass
                     polls += 1

@@ -3,6 +3,7 @@ and the tables every service database has (outbox, inbox, leases, idempotency ke
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Sequence
@@ -145,9 +146,15 @@ class Database:
 
     def __init__(self, url: str) -> None:
         self.url = async_url(url)
+        # SQLite has one writer at a time. Waiting writers in this process queue on an
+        # asyncio lock instead of inside SQLite's busy handler, whose back-off sleeps
+        # (up to 100 ms) collapse throughput under concurrent requests. Other processes
+        # (replicas, migrations) are still arbitrated by BEGIN IMMEDIATE and busy_timeout.
+        self.write_lock: asyncio.Lock | None = None
         if is_sqlite(self.url):
             self.writer = _sqlite_engine(self.url, immediate=True)
             self.reader = _sqlite_engine(self.url, immediate=False)
+            self.write_lock = asyncio.Lock()
         else:
             self.writer = create_async_engine(self.url, pool_size=10, max_overflow=10, pool_pre_ping=True)
             self.reader = self.writer
@@ -183,8 +190,15 @@ class UnitOfWork:
         self._events = 0
 
     async def __aenter__(self) -> Self:
-        self.session = AsyncSession(self._db.writer, expire_on_commit=False)
-        await self.session.begin()
+        if self._db.write_lock is not None:
+            await self._db.write_lock.acquire()
+        try:
+            self.session = AsyncSession(self._db.writer, expire_on_commit=False)
+            await self.session.begin()
+        except BaseException:
+            if self._db.write_lock is not None:
+                self._db.write_lock.release()
+            raise
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
@@ -197,6 +211,8 @@ class UnitOfWork:
                 await self.session.rollback()
         finally:
             await self.session.close()
+            if self._db.write_lock is not None:
+                self._db.write_lock.release()
 
     async def commit(self) -> None:
         await self.session.commit()

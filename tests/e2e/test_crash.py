@@ -84,7 +84,12 @@ async def wait_until_settled(suite: LocalSuite, timeout_s: float = 20) -> Consum
     deadline = asyncio.get_running_loop().time() + timeout_s
     while True:
         info = await breach_consumer(suite)
-        if info.num_ack_pending == 0 and info.num_pending == 0 and info.delivered.stream_seq >= 1:
+        if (
+            info.num_ack_pending == 0
+            and info.num_pending == 0
+            and info.delivered
+            and info.delivered.stream_seq >= 1
+        ):
             return info
         assert asyncio.get_running_loop().time() < deadline, f"breach events not settled: {info}"
         await asyncio.sleep(0.1)
@@ -143,6 +148,7 @@ async def test_registry_crashing_after_commit_before_ack_suspends_exactly_once(
         settled = await assert_exactly_one_suspension(sqlite_suite, api, registration)
         # The one breach event was delivered twice (before and after the crash) and the
         # inbox turned the second delivery away.
+        assert settled.delivered is not None
         assert settled.delivered.consumer_seq == 2
 
 
