@@ -17,6 +17,11 @@ from sqlalchemy.ext.asyncio import async_engine_from_config
 from services.runtime.db import RUNTIME_TABLES, async_url
 
 
+# An arbitrary constant, the same in every service: each service has its own database,
+# so services never wait for one another on it.
+MIGRATION_LOCK_ID = 725_300_125
+
+
 def alembic_config(url: str, script_location: Path) -> Config:
     config = Config()
     config.set_main_option("script_location", str(script_location))
@@ -50,6 +55,10 @@ def run_env(metadata: Any, service_tables: Collection[str]) -> None:
             compare_type=True,
         )
         with context.begin_transaction():
+            if connection.dialect.name == "postgresql":
+                # Replicas starting together migrate one after another: the lock is held to the
+                # end of the migration transaction, and whoever comes second finds the head.
+                connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_ID})")
             context.run_migrations()
 
     async def online() -> None:
