@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-from datetime import date, datetime
+from datetime import date
 from typing import Any, TypeAlias
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 from google.type import date_pb2
 from kasvu.registry.v1 import registry_pb2, registry_pb2_grpc
 
@@ -15,18 +14,13 @@ from services.registry import handlers, model, store
 from services.runtime.errors import FieldViolation, InvalidArgument
 from services.runtime.grpc_server import current_principal
 from services.runtime.names import decode_page_token, encode_page_token, page_size, parse_name
+from services.runtime.timestamps import timestamp
 
 SERVICE_PATTERN = "regions/{region}/services/{service}"
 TERMS_PATTERN = SERVICE_PATTERN + "/terms/{version}"
 REGISTRATION_PATTERN = SERVICE_PATTERN + "/registrations/{registration}"
 
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
-
-
-def _timestamp(moment: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
 
 
 def _date(value: date_pb2.Date, field: str) -> date | None:
@@ -72,7 +66,7 @@ def terms_to_proto(published: handlers.PublishedTerms) -> registry_pb2.Terms:
         ],
         version=terms.version,
         content_hash=terms.content_hash,
-        publish_time=_timestamp(published.published_at),
+        publish_time=timestamp(published.published_at),
     )
 
 
@@ -99,8 +93,8 @@ def registration_to_proto(row: store.RegistrationRow) -> registry_pb2.Registrati
         public_key=row.public_key,
         state=registry_pb2.RegistrationState.Value(f"REGISTRATION_STATE_{row.state}"),
         reasons=[registry_pb2.DecisionReason(**r) for r in json.loads(row.reasons_json)],
-        create_time=_timestamp(row.created_at),
-        update_time=_timestamp(row.updated_at),
+        create_time=timestamp(row.created_at),
+        update_time=timestamp(row.updated_at),
     )
 
 
@@ -202,7 +196,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                     display_name=row.display_name,
                     registration=handlers.registration_name(row.region, row.service, row.id),
                     terms=handlers.terms_name(row.region, row.service, row.terms_version),
-                    admit_time=_timestamp(row.created_at),
+                    admit_time=timestamp(row.created_at),
                 )
                 for row in page
             ],

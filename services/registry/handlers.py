@@ -9,20 +9,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from kasvu.registry.v1 import events_pb2
-from sqlalchemy.exc import IntegrityError
 
 from services.registry import model, store
 from services.runtime.auth import Principal, Role
 from services.runtime.db import Database, IdempotencyKey, UnitOfWork, utcnow
 from services.runtime.errors import (
     AlreadyExists,
-    FailedPrecondition,
     NotFound,
     PermissionDenied,
     Unauthenticated,
 )
+from services.runtime.timestamps import timestamp
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +38,6 @@ def terms_name(region: str, service: str, version: int) -> str:
 
 def registration_name(region: str, service: str, registration_id: str) -> str:
     return f"regions/{region}/services/{service}/registrations/{registration_id}"
-
-
-def _timestamp(moment: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
 
 
 @dataclass(frozen=True)
@@ -141,7 +133,7 @@ class RegistryHandlers:
                     region=terms.region,
                     service=terms.service,
                     content_hash=terms.content_hash,
-                    publish_time=_timestamp(now),
+                    publish_time=timestamp(now),
                 ),
             )
             await self._commit(uow, "concurrent publication of the same terms; retry")
@@ -245,7 +237,7 @@ class RegistryHandlers:
                         service=row.service,
                         business_id=row.business_id,
                         breach=command.breach,
-                        suspend_time=_timestamp(now),
+                        suspend_time=timestamp(now),
                     ),
                 )
                 log.info("provider suspended", extra={"registration": name, "breach": command.breach})
@@ -303,7 +295,7 @@ class RegistryHandlers:
                     region=registration.region,
                     service=registration.service,
                     business_id=registration.business_id,
-                    admit_time=_timestamp(registration.created_at),
+                    admit_time=timestamp(registration.created_at),
                 ),
             )
         else:
@@ -316,15 +308,10 @@ class RegistryHandlers:
                     service=registration.service,
                     business_id=registration.business_id,
                     reason_codes=[r.code for r in registration.reasons],
-                    decide_time=_timestamp(registration.created_at),
+                    decide_time=timestamp(registration.created_at),
                 ),
             )
 
     async def _commit(self, uow: UnitOfWork, conflict_message: str) -> None:
-        try:
-            await uow.commit()
-        except IntegrityError:
-            # Lost a race on a unique key (terms version, active registration): nothing was
-            # written; the client may retry and will then see the winner's result.
-            raise FailedPrecondition(conflict_message, reason="CONCURRENT_WRITE") from None
+        await uow.commit(conflict_message)
         self._after_commit()

@@ -20,6 +20,8 @@ from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from services.runtime.errors import FailedPrecondition
+
 log = logging.getLogger(__name__)
 
 
@@ -214,8 +216,13 @@ class UnitOfWork:
             if self._db.write_lock is not None:
                 self._db.write_lock.release()
 
-    async def commit(self) -> None:
-        await self.session.commit()
+    async def commit(self, conflict: str = "a concurrent request changed the same record; retry") -> None:
+        """Commits; losing a race on a unique key (two writers creating the same thing) is
+        the client's to retry, not a server fault: nothing was written."""
+        try:
+            await self.session.commit()
+        except IntegrityError:
+            raise FailedPrecondition(conflict, reason="CONCURRENT_WRITE") from None
         self.committed = True
 
     @property
@@ -318,7 +325,7 @@ async def acquire_lease(db: Database, name: str, holder: str, ttl: timedelta) ->
         uow.session.add(Lease(name=name, holder=holder, expires_at=now + ttl))
         try:
             await uow.commit()
-        except IntegrityError:
+        except FailedPrecondition:  # another replica created it first
             return False
         return True
 

@@ -16,7 +16,6 @@ from sqlalchemy.ext.asyncio import async_engine_from_config
 
 from services.runtime.db import RUNTIME_TABLES, async_url
 
-
 # An arbitrary constant, the same in every service: each service has its own database,
 # so services never wait for one another on it.
 MIGRATION_LOCK_ID = 725_300_125

@@ -7,7 +7,6 @@ from datetime import date
 from typing import Any, TypeAlias
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 from google.type import date_pb2
 from kasvu.selfmonitoring.v1 import selfmonitoring_pb2, selfmonitoring_pb2_grpc
 
@@ -15,6 +14,7 @@ from services.runtime.domain import validate_resource_id
 from services.runtime.errors import FieldViolation, InvalidArgument
 from services.runtime.grpc_server import current_principal
 from services.runtime.names import decode_page_token, encode_page_token, page_size, parse_name
+from services.runtime.timestamps import timestamp
 from services.selfmonitoring import handlers, model, store
 from services.selfmonitoring.alerts import AlertFeed
 
@@ -39,8 +39,6 @@ def _date(value: date_pb2.Date, field: str) -> date:
 
 
 def indicator_to_proto(row: store.IndicatorRow) -> selfmonitoring_pb2.Indicator:
-    created = Timestamp()
-    created.FromDatetime(row.created_at)
     return selfmonitoring_pb2.Indicator(
         name=handlers.indicator_name(row.region, row.indicator_id),
         display_name=row.display_name,
@@ -51,7 +49,7 @@ def indicator_to_proto(row: store.IndicatorRow) -> selfmonitoring_pb2.Indicator:
         window_days=row.window_days,
         minimum_sample=row.minimum_sample,
         severity=selfmonitoring_pb2.Severity.Value(f"SEVERITY_{row.severity}"),
-        create_time=created,
+        create_time=timestamp(row.created_at),
     )
 
 

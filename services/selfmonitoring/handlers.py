@@ -9,19 +9,17 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from kasvu.selfmonitoring.v1 import events_pb2, selfmonitoring_pb2
-from sqlalchemy.exc import IntegrityError
 
 from services.runtime.auth import Principal, Role
 from services.runtime.db import Database, UnitOfWork, utcnow
 from services.runtime.errors import (
     AlreadyExists,
-    FailedPrecondition,
     NotFound,
     PermissionDenied,
     Unauthenticated,
 )
+from services.runtime.timestamps import timestamp
 from services.selfmonitoring import model, store
 
 log = logging.getLogger(__name__)
@@ -43,8 +41,6 @@ def breach_name(region: str, breach_id: str) -> str:
 
 
 def breach_to_proto(row: store.BreachRow) -> selfmonitoring_pb2.Breach:
-    opened = Timestamp()
-    opened.FromDatetime(row.opened_at)
     return selfmonitoring_pb2.Breach(
         name=breach_name(row.region, row.id),
         indicator=indicator_name(row.region, row.indicator_id),
@@ -55,7 +51,7 @@ def breach_to_proto(row: store.BreachRow) -> selfmonitoring_pb2.Breach:
         threshold=row.threshold,
         sample_size=row.sample_size,
         state=selfmonitoring_pb2.BreachState.Value(f"BREACH_STATE_{row.state}"),
-        open_time=opened,
+        open_time=timestamp(row.opened_at),
     )
 
 
@@ -256,10 +252,5 @@ class SelfMonitoringHandlers:
         return actor
 
     async def _commit(self, uow: UnitOfWork) -> None:
-        try:
-            await uow.commit()
-        except IntegrityError:
-            raise FailedPrecondition(
-                "a concurrent request changed the same record; retry", reason="CONCURRENT_WRITE"
-            ) from None
+        await uow.commit()
         self._after_commit()
