@@ -7,11 +7,13 @@ import contextvars
 import logging
 import time
 import uuid
+from dataclasses import dataclass
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 
 from services.runtime.auth import InvalidToken, Principal, TokenVerifier
@@ -88,6 +90,33 @@ def _metadata(context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, str]:
     return {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
 
 
+@dataclass(frozen=True)
+class _MalformedRequest:
+    """Stands in for a request whose bytes are not the method's message."""
+
+    error: str
+
+
+def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """grpcio answers an undecodable request with INTERNAL; it is the client's mistake, so
+    decode leniently and let the wrapper answer INVALID_ARGUMENT."""
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except DecodeError as error:
+            return _MalformedRequest(str(error))
+
+    return parse
+
+
+def _refuse_if_malformed(request: Any) -> None:
+    if isinstance(request, _MalformedRequest):
+        raise InvalidArgument(f"the request is not a valid protobuf message of this method: {request.error}")
+
+
 class EdgeInterceptor(grpc.aio.ServerInterceptor):
     """Sets the request id and principal for the call, logs it, and turns DomainError
     into a status; any other exception is logged and answered INTERNAL without detail."""
@@ -107,13 +136,13 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(method, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
                 self._wrap_stream(method, handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return handler
@@ -138,6 +167,7 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
             await self._enter(context)
             outcome = "OK"
             try:
+                _refuse_if_malformed(request)
                 return await behavior(request, context)
             except DomainError as error:
                 outcome = status_code_for(error).name
@@ -166,6 +196,7 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
             await self._enter(context)
             log.info("stream opened", extra={"method": method})
             try:
+                _refuse_if_malformed(request)
                 async for item in behavior(request, context):
                     yield item
             except DomainError as error:
