@@ -7,8 +7,8 @@ import contextvars
 import logging
 import time
 import uuid
-from dataclasses import dataclass
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
