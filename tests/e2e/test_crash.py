@@ -167,7 +167,9 @@ async def test_selfmonitoring_crashing_between_publish_and_mark_publishes_the_br
         sqlite_suite.start_service("selfmonitoring")  # the relay publishes the row again, same Nats-Msg-Id
         await sqlite_suite.wait_ready("selfmonitoring")
         with sqlite3.connect(sqlite_suite.data_dir / "selfmonitoring.db") as db:
-            for _ in range(100):
+            # The crashed process still holds the relay lease (10 s TTL); its successor
+            # relays once the lease lapses, so allow for the whole TTL and then some.
+            for _ in range(300):
                 if db.execute("SELECT count(*) FROM outbox WHERE published_at IS NULL").fetchone()[0] == 0:
                     break
                 await asyncio.sleep(0.1)
