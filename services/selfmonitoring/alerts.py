@@ -4,7 +4,7 @@ stream, so a reconnecting supervisor resumes after the last sequence it saw, wit
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from kasvu.selfmonitoring.v1 import events_pb2, selfmonitoring_pb2
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -20,8 +20,17 @@ class AlertFeed:
     def __init__(self, js: Callable[[], JetStreamContext]) -> None:
         self._js = js
 
-    async def follow(self, region: str, resume_after: int | None) -> AsyncIterator[selfmonitoring_pb2.Alert]:
-        """From the alert after `resume_after`, or from now on when it is None."""
+    async def follow(
+        self,
+        region: str,
+        resume_after: int | None,
+        on_subscribed: Callable[[], Awaitable[None]] | None = None,
+    ) -> AsyncIterator[selfmonitoring_pb2.Alert]:
+        """From the alert after `resume_after`, or from now on when it is None.
+
+        `on_subscribed` runs once the consumer exists, so a caller can tell its client that
+        alerts from this moment on will arrive (the gRPC servicer sends its headers then).
+        """
         if resume_after is not None:
             config = ConsumerConfig(
                 deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=resume_after + 1
@@ -32,6 +41,8 @@ class AlertFeed:
             subject("BreachOpened", region), ordered_consumer=True, config=config
         )
         try:
+            if on_subscribed is not None:
+                await on_subscribed()
             while True:
                 try:
                     msg = await subscription.next_msg(timeout=5.0)

@@ -142,5 +142,10 @@ class SelfMonitoringServicer(selfmonitoring_pb2_grpc.SelfMonitoringServiceServic
         region = _region(request.parent)
         self._use_cases.require_supervision(region, current_principal())
         resume_after = request.resume_after if request.HasField("resume_after") else None
-        async for alert in self._alerts.follow(region, resume_after):
+
+        async def headers_now() -> None:
+            # Initial metadata tells the caller (the gateway's SSE) the stream is live.
+            await context.send_initial_metadata(())
+
+        async for alert in self._alerts.follow(region, resume_after, on_subscribed=headers_now):
             yield alert

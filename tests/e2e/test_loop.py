@@ -22,7 +22,11 @@ PROVIDER = "0737546-2"
 
 
 async def collect_alerts(
-    api: Api, region: str, found: asyncio.Queue[tuple[str, dict[str, object]]], last_event_id: str = ""
+    api: Api,
+    region: str,
+    found: asyncio.Queue[tuple[str, dict[str, object]]],
+    last_event_id: str = "",
+    opened: asyncio.Event | None = None,
 ) -> None:
     headers = api.auth(Role.SUPERVISOR, region)
     if last_event_id:
@@ -31,6 +35,8 @@ async def collect_alerts(
         "GET", f"/v1/regions/{region}/alerts:stream", headers=headers, timeout=httpx.Timeout(5.0, read=None)
     ) as response:
         assert response.status_code == 200
+        if opened is not None:
+            opened.set()
         async for event in read_sse(response):
             await found.put(event)
 
@@ -52,8 +58,10 @@ async def test_breach_suspends_provider_in_that_region_only(suite: LocalSuite) -
         assert await api.listed("uusimaa") == [PROVIDER]
 
         alerts: asyncio.Queue[tuple[str, dict[str, object]]] = asyncio.Queue()
-        stream = asyncio.create_task(collect_alerts(api, "pirkanmaa", alerts))
-        await asyncio.sleep(0.5)  # the stream delivers alerts from the moment it opens
+        opened = asyncio.Event()
+        stream = asyncio.create_task(collect_alerts(api, "pirkanmaa", alerts, opened=opened))
+        # The gateway answers 200 once the backend has taken the stream (subscribed from now on).
+        await asyncio.wait_for(opened.wait(), timeout=15)
 
         indicator = await api.create_indicator("pirkanmaa")
         breach = await api.breach_until_opened("pirkanmaa", indicator, PROVIDER)
