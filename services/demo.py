@@ -57,6 +57,25 @@ Json = dict[str, Any]
 T = TypeVar("T")
 
 
+# Terms with a declaration and a document requirement, as the demo (and the e2e tests) publish them.
+EXAMPLE_TERMS: dict[str, object] = {
+    "title": "Rekrytointi- ja työnvälityspalvelut",
+    "requirements": [
+        {
+            "code": "prepayment-register",
+            "description": "Entered in the prepayment register",
+            "kind": "REQUIREMENT_KIND_DECLARATION",
+        },
+        {
+            "code": "liability-insurance",
+            "description": "Liability insurance certificate",
+            "kind": "REQUIREMENT_KIND_DOCUMENT",
+            "maxAgeDays": 90,
+        },
+    ],
+}
+
+
 class DemoError(Exception):
     """A step failed; the message says which and why, and is printed as is."""
 
@@ -147,22 +166,7 @@ class Gateway:
         return data
 
     async def publish_terms(self, region: str) -> Json:
-        body = {
-            "title": "Rekrytointi- ja työnvälityspalvelut",
-            "requirements": [
-                {
-                    "code": "prepayment-register",
-                    "description": "Entered in the prepayment register",
-                    "kind": "REQUIREMENT_KIND_DECLARATION",
-                },
-                {
-                    "code": "liability-insurance",
-                    "description": "Liability insurance certificate",
-                    "kind": "REQUIREMENT_KIND_DOCUMENT",
-                    "maxAgeDays": 90,
-                },
-            ],
-        }
+        body = EXAMPLE_TERMS
         return await self.call(
             "POST",
             f"/v1/regions/{region}/services/{SERVICE}/terms",

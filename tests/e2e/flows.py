@@ -13,6 +13,7 @@ import httpx
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from services.demo import EXAMPLE_TERMS
 from services.localsuite import LocalSuite
 from services.runtime.auth import Role
 
@@ -42,22 +43,7 @@ class Api:
         return {"Authorization": f"Bearer {self.suite.token(role, organisation)}"}
 
     async def publish_terms(self, region: str, request_id: str = "") -> dict[str, object]:
-        body = {
-            "title": "Rekrytointi- ja työnvälityspalvelut",
-            "requirements": [
-                {
-                    "code": "prepayment-register",
-                    "description": "Entered in the prepayment register",
-                    "kind": "REQUIREMENT_KIND_DECLARATION",
-                },
-                {
-                    "code": "liability-insurance",
-                    "description": "Liability insurance certificate",
-                    "kind": "REQUIREMENT_KIND_DOCUMENT",
-                    "maxAgeDays": 90,
-                },
-            ],
-        }
+        body = EXAMPLE_TERMS
         headers = self.auth(Role.REGION_ADMIN, region)
         if request_id:
             headers["Idempotency-Key"] = request_id
