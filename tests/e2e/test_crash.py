@@ -109,6 +109,22 @@ async def assert_exactly_one_suspension(suite: LocalSuite, api: Api, registratio
     return settled
 
 
+async def crash_at(suite: LocalSuite, api: Api, service: str, crash_point: str) -> str:
+    """An admitted provider, an indicator, then `service` restarted to die at `crash_point`
+    when the provider breaches; returns the registration once the service has died."""
+    registration = await admitted_provider(api)
+    indicator = await api.create_indicator("pirkanmaa")
+    await restart(suite, service, {"KASVU_CRASH_POINT": crash_point})
+    await api.breach_until_opened("pirkanmaa", indicator, PROVIDER)
+    assert await wait_for_exit(suite, service) == 137
+    return registration
+
+
+async def start_again(suite: LocalSuite, service: str) -> None:
+    suite.start_service(service)
+    await suite.wait_ready(service)
+
+
 async def test_registry_killed_before_consuming_the_breach_suspends_exactly_once(
     sqlite_suite: LocalSuite,
 ) -> None:
@@ -123,8 +139,7 @@ async def test_registry_killed_before_consuming_the_breach_suspends_exactly_once
             sqlite_suite, "KASVU_SELFMONITORING", "kasvu.selfmonitoring.v1.BreachOpened.pirkanmaa", 1
         )
 
-        sqlite_suite.start_service("registry")
-        await sqlite_suite.wait_ready("registry")
+        await start_again(sqlite_suite, "registry")
         await assert_exactly_one_suspension(sqlite_suite, api, registration)
 
 
@@ -133,18 +148,13 @@ async def test_registry_crashing_after_commit_before_ack_suspends_exactly_once(
 ) -> None:
     async with httpx.AsyncClient(base_url=sqlite_suite.gateway_url, timeout=10.0) as client:
         api = Api(sqlite_suite, client)
-        registration = await admitted_provider(api)
-        indicator = await api.create_indicator("pirkanmaa")
-        await restart(sqlite_suite, "registry", {"KASVU_CRASH_POINT": "consumer_after_commit"})
-
-        await api.breach_until_opened("pirkanmaa", indicator, PROVIDER)
-        assert await wait_for_exit(sqlite_suite, "registry") == 137  # died holding an unacknowledged event
+        # Dies holding an unacknowledged event.
+        registration = await crash_at(sqlite_suite, api, "registry", "consumer_after_commit")
         assert (
             await subject_count(sqlite_suite, "KASVU_REGISTRY", "kasvu.registry.v1.ProviderSuspended.>") == 0
         )
 
-        sqlite_suite.start_service("registry")
-        await sqlite_suite.wait_ready("registry")
+        await start_again(sqlite_suite, "registry")
         settled = await assert_exactly_one_suspension(sqlite_suite, api, registration)
         # The one breach event was delivered twice (before and after the crash) and the
         # inbox turned the second delivery away.
@@ -157,15 +167,12 @@ async def test_selfmonitoring_crashing_between_publish_and_mark_publishes_the_br
 ) -> None:
     async with httpx.AsyncClient(base_url=sqlite_suite.gateway_url, timeout=10.0) as client:
         api = Api(sqlite_suite, client)
-        registration = await admitted_provider(api)
-        indicator = await api.create_indicator("pirkanmaa")
-        await restart(sqlite_suite, "selfmonitoring", {"KASVU_CRASH_POINT": "relay_after_publish"})
+        # Dies having published the breach event but not marked it published.
+        registration = await crash_at(sqlite_suite, api, "selfmonitoring", "relay_after_publish")
 
-        await api.breach_until_opened("pirkanmaa", indicator, PROVIDER)
-        assert await wait_for_exit(sqlite_suite, "selfmonitoring") == 137  # published, not marked
-
-        sqlite_suite.start_service("selfmonitoring")  # the relay publishes the row again, same Nats-Msg-Id
-        await sqlite_suite.wait_ready("selfmonitoring")
+        await start_again(
+            sqlite_suite, "selfmonitoring"
+        )  # the relay publishes the row again, same Nats-Msg-Id
         with sqlite3.connect(sqlite_suite.data_dir / "selfmonitoring.db") as db:
             # The crashed process still holds the relay lease (10 s TTL); its successor
             # relays once the lease lapses, so allow for the whole TTL and then some.
