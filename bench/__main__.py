@@ -21,7 +21,7 @@ from bench.echo import echo_rps, echo_server
 from bench.jetstream import jetstream_roundtrips
 from bench.stats import Row, percentile, ratio, render_table
 from bench.suite_load import breach_to_suspension_ms, prepare, register_grpc_rps, register_http_rps
-from services.localsuite import LocalSuite
+from kasvuctl.localsuite import LocalSuite
 
 RESULTS = Path(__file__).parent / "results.json"
 

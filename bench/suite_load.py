@@ -21,7 +21,7 @@ from kasvu.selfmonitoring.v1 import selfmonitoring_pb2, selfmonitoring_pb2_grpc
 
 from bench.load import closed_loop
 from bench.stats import median
-from services.localsuite import LocalSuite
+from kasvuctl.localsuite import LocalSuite
 from services.runtime.auth import Role
 from services.runtime.domain import business_id_check_digit
 

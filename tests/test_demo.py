@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from services.demo import fresh_business_id, main
-from services.localsuite import free_port
+from kasvuctl.demo import fresh_business_id, main
+from kasvuctl.localsuite import free_port
 from services.runtime.auth import generate_keypair
 from services.runtime.domain import validate_business_id
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from services.localsuite import SERVICES, LocalSuite
+from kasvuctl.localsuite import SERVICES, LocalSuite
 from tests.conftest import new_postgres_database
 
 

@@ -13,8 +13,8 @@ import httpx
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from services.demo import EXAMPLE_TERMS
-from services.localsuite import LocalSuite
+from kasvuctl.demo import EXAMPLE_TERMS
+from kasvuctl.localsuite import LocalSuite
 from services.runtime.auth import Role
 
 SERVICE = "recruitment"

@@ -13,7 +13,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nats.js.api import ConsumerInfo
 
-from services.localsuite import LocalSuite
+from kasvuctl.localsuite import LocalSuite
 from tests.e2e.flows import Api
 
 pytestmark = pytest.mark.e2e

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from services.localsuite import GRPC_SERVICES, LocalSuite
+from kasvuctl.localsuite import GRPC_SERVICES, LocalSuite
 from services.runtime.auth import Role
 from tests.e2e.flows import Api, read_sse
 

@@ -19,7 +19,7 @@ import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.launcher import wait_for_tcp, write_nats_config
+from kasvuctl.launcher import wait_for_tcp, write_nats_config
 from services.runtime.auth import Principal, Role, generate_keypair, mint_token
 
 SERVICES = ("registry", "selfmonitoring", "tendering", "gateway")

@@ -481,7 +481,7 @@ def _private_key(data_dir: Path | None) -> bytes:
 
 async def _play_local() -> None:
     # Imported here: only --local needs the process machinery (and grpc).
-    from services.localsuite import LocalSuite
+    from kasvuctl.localsuite import LocalSuite
 
     with tempfile.TemporaryDirectory(prefix="kasvu-demo-") as tmp:
         suite = LocalSuite(Path(tmp) / "suite")

@@ -71,7 +71,7 @@ def build_processes(data_dir: Path, env: Mapping[str, str]) -> Plan:
     """The processes `kasvu run` starts, in order: (name, argv, environment).
 
     Writes the nats-server config into `data_dir` as a side effect. Services are
-    started through `python -m services.launcher --wait-for` so they only begin
+    started through `python -m kasvuctl.launcher --wait-for` so they only begin
     once nats-server accepts connections.
     """
     data_dir = data_dir.resolve()
@@ -85,7 +85,7 @@ def build_processes(data_dir: Path, env: Mapping[str, str]) -> Plan:
     plan: Plan = [("nats", [str(nats_server), "-c", str(config)], base)]
     # Output goes through a pipe to honcho; unbuffered, log lines show up at once.
     service_env = base | {"PYTHONUNBUFFERED": "1"}
-    wait = [sys.executable, "-m", "services.launcher", "--wait-for", f"{NATS_HOST}:{port}", "--"]
+    wait = [sys.executable, "-m", "kasvuctl.launcher", "--wait-for", f"{NATS_HOST}:{port}", "--"]
     for name in SERVICES:
         own = dict(service_env)
         own.pop("KASVU_GRPC_ADDRESS", None)
@@ -155,11 +155,11 @@ def main() -> int:
 
 
 def _wait_then_exec(argv: Sequence[str]) -> int:
-    """`python -m services.launcher --wait-for HOST:PORT -- CMD...`: waits, then becomes CMD.
+    """`python -m kasvuctl.launcher --wait-for HOST:PORT -- CMD...`: waits, then becomes CMD.
 
     exec keeps the pid, so honcho's signals reach the service itself.
     """
-    parser = argparse.ArgumentParser(prog="python -m services.launcher")
+    parser = argparse.ArgumentParser(prog="python -m kasvuctl.launcher")
     parser.add_argument("--wait-for", required=True, metavar="HOST:PORT")
     parser.add_argument("--timeout", type=float, default=NATS_WAIT_S)
     parser.add_argument("command", nargs=argparse.REMAINDER)

@@ -13,7 +13,7 @@ from services.runtime.settings import Settings
 
 
 def _keys(args: argparse.Namespace) -> int:
-    from services.launcher import KeyFilesError, ensure_keys
+    from kasvuctl.launcher import KeyFilesError, ensure_keys
 
     try:
         private, public = ensure_keys(Settings())
@@ -25,7 +25,7 @@ def _keys(args: argparse.Namespace) -> int:
 
 
 def _token(args: argparse.Namespace) -> int:
-    from services.launcher import KeyFilesError, ensure_keys
+    from kasvuctl.launcher import KeyFilesError, ensure_keys
 
     if args.ttl_hours <= 0:
         print("--ttl-hours must be positive", file=sys.stderr)
@@ -42,14 +42,14 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from services import launcher
+    from kasvuctl import launcher
 
     return launcher.main()
 
 
 def _demo(args: argparse.Namespace) -> int:
     # Imported by name: the demo is optional and pulls in clients the rest of the CLI does not need.
-    demo = importlib.import_module("services.demo")
+    demo = importlib.import_module("kasvuctl.demo")
     code = demo.main(args.demo_args)
     return code if isinstance(code, int) else 0
 
