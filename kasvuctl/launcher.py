@@ -1,4 +1,4 @@
-"""`kasvu run`: starts nats-server and the four services as local processes under honcho."""
+"""`kasvu run`: starts nats-server, the catalog's services and the gateway as local processes under honcho."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -19,12 +19,12 @@ from honcho.manager import Manager
 from honcho.printer import Message, Printer
 
 from services.runtime.auth import generate_keypair
-from services.runtime.settings import DEFAULT_GRPC_PORTS, Settings
+from services.runtime.catalog import CATALOG, GATEWAY, ServiceEntry, module_of
+from services.runtime.settings import Settings
 
 NATS_TEMPLATE = Path(__file__).resolve().parent.parent / "deploy" / "nats" / "nats-server.conf.template"
 NATS_HOST = "127.0.0.1"
 DEFAULT_NATS_PORT = 4222
-SERVICES = ("registry", "selfmonitoring", "tendering", "gateway")
 NATS_WAIT_S = 15.0
 GATEWAY_WAIT_S = 120.0
 
@@ -67,8 +67,11 @@ def write_nats_config(data_dir: Path, port: int) -> Path:
     return path
 
 
-def build_processes(data_dir: Path, env: Mapping[str, str]) -> Plan:
-    """The processes `kasvu run` starts, in order: (name, argv, environment).
+def build_processes(
+    data_dir: Path, env: Mapping[str, str], catalog: Iterable[ServiceEntry] = CATALOG
+) -> Plan:
+    """The processes `kasvu run` starts, in order: (name, argv, environment): nats-server,
+    every service of the catalog, then the gateway.
 
     Writes the nats-server config into `data_dir` as a side effect. Services are
     started through `python -m kasvuctl.launcher --wait-for` so they only begin
@@ -86,15 +89,19 @@ def build_processes(data_dir: Path, env: Mapping[str, str]) -> Plan:
     # Output goes through a pipe to honcho; unbuffered, log lines show up at once.
     service_env = base | {"PYTHONUNBUFFERED": "1"}
     wait = [sys.executable, "-m", "kasvuctl.launcher", "--wait-for", f"{NATS_HOST}:{port}", "--"]
-    for name in SERVICES:
-        own = dict(service_env)
-        own.pop("KASVU_GRPC_ADDRESS", None)
-        if name in DEFAULT_GRPC_PORTS:
-            # Each service listens where its peers will call it; one shared
-            # KASVU_GRPC_ADDRESS from the shell would make them all collide.
-            peer_variable = f"KASVU_{name.upper()}_ADDRESS"
-            own["KASVU_GRPC_ADDRESS"] = env.get(peer_variable) or f"127.0.0.1:{DEFAULT_GRPC_PORTS[name]}"
-        plan.append((name, [*wait, sys.executable, "-m", f"services.{name}"], own))
+    # One shared KASVU_GRPC_ADDRESS from the shell would make every service collide.
+    service_env.pop("KASVU_GRPC_ADDRESS", None)
+    for service in catalog:
+        # Each service listens where its peers (and the gateway) will call it.
+        listen = env.get(service.address_variable) or service.default_address
+        plan.append(
+            (
+                service.name,
+                [*wait, sys.executable, "-m", service.module],
+                {**service_env, "KASVU_GRPC_ADDRESS": listen},
+            )
+        )
+    plan.append((GATEWAY, [*wait, sys.executable, "-m", module_of(GATEWAY)], dict(service_env)))
     return plan
 
 

@@ -1,6 +1,6 @@
 """Starts the whole suite as real processes on free loopback ports: nats-server with
-JetStream and the four services, with SQLite files or given database URLs. Used by the
-end-to-end tests, the benchmarks and `kasvu demo --local`."""
+JetStream, the catalog's services and the gateway, with SQLite files or given database
+URLs. Used by the end-to-end tests, the benchmarks and `kasvu demo --local`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,9 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kasvuctl.launcher import wait_for_tcp, write_nats_config
 from services.runtime.auth import Principal, Role, generate_keypair, mint_token
-
-SERVICES = ("registry", "selfmonitoring", "tendering", "gateway")
-GRPC_SERVICES = ("registry", "selfmonitoring", "tendering")
+from services.runtime.catalog import CATALOG, GATEWAY, ServiceEntry, module_of, process_names
 
 
 def free_port() -> int:
@@ -34,14 +32,27 @@ def free_port() -> int:
 
 @dataclass
 class LocalSuite:
-    """A running suite in `data_dir`; `database_urls` maps a service to a URL (default SQLite)."""
+    """A running suite in `data_dir`; `database_urls` maps a service to a URL (default SQLite).
+
+    `ports` gets a free port for every process of `catalog` (and the gateway) not given one.
+    """
 
     data_dir: Path
     database_urls: Mapping[str, str] = field(default_factory=dict)
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    catalog: Sequence[ServiceEntry] = CATALOG
     nats_port: int = field(default_factory=free_port)
-    ports: dict[str, int] = field(default_factory=lambda: {name: free_port() for name in SERVICES})
+    ports: dict[str, int] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in self.process_names:
+            self.ports.setdefault(name, free_port())
+
+    @property
+    def process_names(self) -> tuple[str, ...]:
+        """The suite's processes but nats-server, in start order."""
+        return process_names(self.catalog)
 
     @property
     def nats_url(self) -> str:
@@ -49,7 +60,7 @@ class LocalSuite:
 
     @property
     def gateway_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports['gateway']}"
+        return f"http://127.0.0.1:{self.ports[GATEWAY]}"
 
     def address(self, service: str) -> str:
         return f"127.0.0.1:{self.ports[service]}"
@@ -60,10 +71,8 @@ class LocalSuite:
             {
                 "KASVU_DATA_DIR": str(self.data_dir),
                 "KASVU_NATS_URL": self.nats_url,
-                "KASVU_REGISTRY_ADDRESS": self.address("registry"),
-                "KASVU_SELFMONITORING_ADDRESS": self.address("selfmonitoring"),
-                "KASVU_TENDERING_ADDRESS": self.address("tendering"),
-                "KASVU_HTTP_ADDRESS": self.address("gateway"),
+                **{peer.address_variable: self.address(peer.name) for peer in self.catalog},
+                "KASVU_HTTP_ADDRESS": self.address(GATEWAY),
                 "KASVU_GRPC_ADDRESS": self.address(service),
                 "KASVU_LOG_LEVEL": "INFO",
             }
@@ -102,15 +111,15 @@ class LocalSuite:
             raise RuntimeError("nats-server did not start; see nats.log")
 
     def start_service(self, name: str, overrides: Mapping[str, str] | None = None) -> None:
-        self._spawn(name, [sys.executable, "-m", f"services.{name}"], self.env(name, overrides))
+        self._spawn(name, [sys.executable, "-m", module_of(name)], self.env(name, overrides))
 
     async def start(self, timeout_s: float = 90.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         generate_keypair(self.data_dir / "keys")
         self.start_nats()
-        for name in SERVICES:
+        for name in self.process_names:
             self.start_service(name)
-        await asyncio.gather(*(self.wait_ready(name, timeout_s) for name in SERVICES))
+        await asyncio.gather(*(self.wait_ready(name, timeout_s) for name in self.process_names))
 
     async def wait_ready(self, name: str, timeout_s: float = 90.0) -> None:
         """gRPC health SERVING for the gRPC services; /healthz for the gateway."""
@@ -125,7 +134,7 @@ class LocalSuite:
         raise TimeoutError(f"{name} not ready after {timeout_s} s; see {name}.log")
 
     async def _healthy(self, name: str) -> bool:
-        if name == "gateway":
+        if name == GATEWAY:
             try:
                 async with httpx.AsyncClient(timeout=1.0) as client:
                     return (await client.get(f"{self.gateway_url}/healthz")).status_code == 200
@@ -160,7 +169,8 @@ class LocalSuite:
         return process.returncode
 
     def stop(self) -> None:
-        for name in ("gateway", "registry", "selfmonitoring", "tendering", "nats"):
+        # The gateway first, so it stops calling services; nats-server last, so they drain.
+        for name in (GATEWAY, *(service.name for service in self.catalog), "nats"):
             self.stop_process(name)
 
     def log_text(self, name: str) -> str:

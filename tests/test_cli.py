@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from kasvuctl.launcher import SERVICES, build_processes, wait_for_tcp
+from kasvuctl.launcher import build_processes, wait_for_tcp
 from services.runtime.auth import InvalidToken, Principal, Role, verify_token
+from services.runtime.catalog import process_names
 
 
 def _kasvu(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -77,7 +78,8 @@ def test_run_plan_starts_durable_nats_then_the_four_services(tmp_path: Path) -> 
     }
     plan = build_processes(tmp_path / "data", env)
 
-    assert [name for name, _, _ in plan] == ["nats", *SERVICES]
+    assert [name for name, _, _ in plan] == ["nats", *process_names()]
+    assert [name for name, _, _ in plan] == ["nats", "registry", "selfmonitoring", "tendering", "gateway"]
     _, nats_argv, nats_env = plan[0]
     assert Path(nats_argv[0]) == Path(sys.executable).parent / "nats-server"
     config = Path(nats_argv[nats_argv.index("-c") + 1])

@@ -1,10 +1,9 @@
 """`python -m services.gateway`: serves the HTTP/JSON API in front of the gRPC services."""
 
 import uvicorn
-from kasvu.registry.v1 import registry_pb2
-from kasvu.selfmonitoring.v1 import selfmonitoring_pb2
 
 from services.gateway.app import create_app
+from services.runtime.catalog import CATALOG
 from services.runtime.logging import configure_logging
 from services.runtime.settings import load_settings
 
@@ -13,10 +12,7 @@ def main() -> None:
     settings = load_settings("gateway")
     configure_logging("gateway", settings.log_level)
     backends = {
-        registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name: settings.registry_address,
-        selfmonitoring_pb2.DESCRIPTOR.services_by_name[
-            "SelfMonitoringService"
-        ].full_name: settings.selfmonitoring_address,
+        name: settings.address_of(service.name) for service in CATALOG for name in service.grpc_services
     }
     app = create_app(backends, call_timeout_s=settings.call_timeout_s)
     host, _, port = settings.http_address.rpartition(":")

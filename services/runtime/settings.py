@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, PrivateAttr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_GRPC_PORTS = {"registry": 50051, "selfmonitoring": 50052, "tendering": 50053}
+from services.runtime.catalog import UnknownService, entry
+
+
+def _addresses_in_environment() -> dict[str, str]:
+    # The catalog, not this class, knows the services, so their KASVU_<NAME>_ADDRESS
+    # variables cannot be fields; they are read with the rest, once, at start-up.
+    return {k: v for k, v in os.environ.items() if k.startswith("KASVU_") and k.endswith("_ADDRESS")}
 
 
 class Settings(BaseSettings):
@@ -27,9 +34,6 @@ class Settings(BaseSettings):
     nats_url: str = "nats://127.0.0.1:4222"
     grpc_address: str = Field(default="", description="host:port this service listens on.")
     http_address: str = "127.0.0.1:8080"
-    registry_address: str = f"127.0.0.1:{DEFAULT_GRPC_PORTS['registry']}"
-    selfmonitoring_address: str = f"127.0.0.1:{DEFAULT_GRPC_PORTS['selfmonitoring']}"
-    tendering_address: str = f"127.0.0.1:{DEFAULT_GRPC_PORTS['tendering']}"
     token_public_key_file: Path | None = None
     token_private_key_file: Path | None = None
     log_level: str = "INFO"
@@ -47,6 +51,7 @@ class Settings(BaseSettings):
         default="",
         description="Fault injection for tests only: the process exits hard at this named point.",
     )
+    _addresses: dict[str, str] = PrivateAttr(default_factory=_addresses_in_environment)
 
     @field_validator("log_level")
     @classmethod
@@ -64,7 +69,15 @@ class Settings(BaseSettings):
     def resolved_grpc_address(self) -> str:
         if self.grpc_address:
             return self.grpc_address
-        return f"127.0.0.1:{DEFAULT_GRPC_PORTS.get(self.service, 0)}"
+        try:
+            return entry(self.service).default_address
+        except UnknownService:
+            return "127.0.0.1:0"  # not a catalog service (a test's): any free port
+
+    def address_of(self, service: str) -> str:
+        """Where `service` of the catalog is reached: KASVU_<SERVICE>_ADDRESS, else its local default."""
+        known = entry(service)
+        return self._addresses.get(known.address_variable) or known.default_address
 
     def resolved_public_key_file(self) -> Path:
         return self.token_public_key_file or self.data_dir / "keys" / "token-public.pem"

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from kasvuctl.localsuite import SERVICES, LocalSuite
+from kasvuctl.localsuite import LocalSuite
+from services.runtime.catalog import CATALOG
 from tests.conftest import new_postgres_database
 
 
@@ -16,7 +17,7 @@ async def suite(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     urls: dict[str, str] = {}
     if request.param == "postgresql":
         server = request.getfixturevalue("postgres")
-        urls = {name: new_postgres_database(server, name) for name in SERVICES if name != "gateway"}
+        urls = {service.name: new_postgres_database(server, service.name) for service in CATALOG}
     running = LocalSuite(tmp_path / "suite", database_urls=urls)
     try:
         await running.start()

@@ -12,8 +12,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from kasvuctl.localsuite import GRPC_SERVICES, LocalSuite
+from kasvuctl.localsuite import LocalSuite
 from services.runtime.auth import Role
+from services.runtime.catalog import CATALOG
 from tests.e2e.flows import Api, read_sse
 
 pytestmark = pytest.mark.e2e
@@ -146,8 +147,8 @@ async def test_bad_input_gets_a_clear_error_and_changes_nothing(sqlite_suite: Lo
 
 
 async def test_health_and_reflection_answer_on_every_service(sqlite_suite: LocalSuite) -> None:
-    for name in GRPC_SERVICES:
-        async with grpc.aio.insecure_channel(sqlite_suite.address(name)) as channel:
+    for service in CATALOG:
+        async with grpc.aio.insecure_channel(sqlite_suite.address(service.name)) as channel:
             health = await health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), timeout=5
             )
@@ -158,10 +159,7 @@ async def test_health_and_reflection_answer_on_every_service(sqlite_suite: Local
             )
             services = {s.name async for reply in replies for s in reply.list_services_response.service}
             assert "grpc.health.v1.Health" in services
-            if name == "registry":
-                assert "kasvu.registry.v1.RegistryService" in services
-            if name == "selfmonitoring":
-                assert "kasvu.selfmonitoring.v1.SelfMonitoringService" in services
+            assert set(service.grpc_services) <= services
     async with httpx.AsyncClient(base_url=sqlite_suite.gateway_url) as client:
         document = (await client.get("/openapi.json")).json()
         assert "/v1/regions/{region}/services/{service}/registrations" in document["paths"]

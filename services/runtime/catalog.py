@@ -1,0 +1,122 @@
+"""The one list of the suite's services, which the settings, launcher, local suite and gateway read.
+
+Adding a service is one entry here and its own folder `services/<name>/`. The catalog holds
+strings only: the runtime imports no service package and no generated proto module, so
+tools and the gateway import the proto modules named here when they need the descriptors.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ServiceEntry:
+    """One gRPC service of the suite: where it listens, what it owns, what it serves."""
+
+    name: str
+    """Also its package, `services.<name>`, which `python -m` runs."""
+    grpc_port: int
+    """Where it listens on a developer's machine unless told otherwise."""
+    stream: str
+    """The JetStream stream it owns and declares at start-up."""
+    event_package: str
+    """Proto package of its events, and the first tokens of its subjects."""
+    grpc_services: tuple[str, ...] = ()
+    """Full names of its public gRPC services, which the gateway serves over HTTP."""
+    proto_modules: tuple[str, ...] = ()
+    """Generated modules whose import puts `grpc_services` in the default descriptor pool."""
+    public_methods: frozenset[str] = field(default_factory=frozenset)
+    """Full names of the methods that need no sign-in; the protos have no annotation for it."""
+
+    @property
+    def subjects(self) -> tuple[str, ...]:
+        return (f"{self.event_package}.>",)
+
+    @property
+    def module(self) -> str:
+        return module_of(self.name)
+
+    @property
+    def address_variable(self) -> str:
+        """The environment variable that says where the others reach this service."""
+        return f"KASVU_{self.name.upper()}_ADDRESS"
+
+    @property
+    def default_address(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+
+CATALOG: tuple[ServiceEntry, ...] = (
+    ServiceEntry(
+        name="registry",
+        grpc_port=50051,
+        stream="KASVU_REGISTRY",
+        event_package="kasvu.registry.v1",
+        grpc_services=("kasvu.registry.v1.RegistryService",),
+        proto_modules=("kasvu.registry.v1.registry_pb2",),
+        public_methods=frozenset({"kasvu.registry.v1.RegistryService.ListProviders"}),
+    ),
+    ServiceEntry(
+        name="selfmonitoring",
+        grpc_port=50052,
+        stream="KASVU_SELFMONITORING",
+        event_package="kasvu.selfmonitoring.v1",
+        grpc_services=("kasvu.selfmonitoring.v1.SelfMonitoringService",),
+        proto_modules=("kasvu.selfmonitoring.v1.selfmonitoring_pb2",),
+    ),
+    ServiceEntry(
+        name="tendering",
+        grpc_port=50053,
+        stream="KASVU_TENDERING",
+        event_package="kasvu.tendering.v1",
+    ),
+)
+
+GATEWAY = "gateway"
+"""The HTTP gateway's process (`python -m services.gateway`). It is no catalog entry: it serves
+no gRPC, listens on `Settings.http_address` and calls every entry's `grpc_services`."""
+
+
+class UnknownService(LookupError):
+    """A name that is not in the catalog."""
+
+
+def entry(name: str, catalog: Iterable[ServiceEntry] = CATALOG) -> ServiceEntry:
+    """The catalog entry called `name`; UnknownService names the known ones otherwise."""
+    entries = tuple(catalog)
+    for candidate in entries:
+        if candidate.name == name:
+            return candidate
+    known = ", ".join(candidate.name for candidate in entries)
+    raise UnknownService(f"no service {name!r} in the catalog (known: {known})")
+
+
+def module_of(process: str) -> str:
+    """The module `python -m` runs for a process of the suite, a service or the gateway."""
+    return f"services.{process}"
+
+
+def process_names(catalog: Iterable[ServiceEntry] = CATALOG) -> tuple[str, ...]:
+    """Every process of the suite but nats-server, in start order: the gateway last, after
+    the services it calls."""
+    return (*(service.name for service in catalog), GATEWAY)
+
+
+def grpc_services(catalog: Iterable[ServiceEntry] = CATALOG) -> tuple[str, ...]:
+    """Full names of every public gRPC service in the catalog."""
+    return tuple(name for service in catalog for name in service.grpc_services)
+
+
+def public_methods(catalog: Iterable[ServiceEntry] = CATALOG) -> frozenset[str]:
+    """Full names of every method in the catalog that needs no sign-in."""
+    return frozenset(method for service in catalog for method in service.public_methods)
+
+
+def load_protos(catalog: Iterable[ServiceEntry] = CATALOG) -> None:
+    """Imports every entry's proto modules, which registers their services in the default pool."""
+    for service in catalog:
+        for module in service.proto_modules:
+            importlib.import_module(module)
