@@ -11,10 +11,10 @@ from services.runtime.settings import load_settings
 def main() -> None:
     settings = load_settings("gateway")
     configure_logging("gateway", settings.log_level)
-    backends = {
-        name: settings.address_of(service.name) for service in CATALOG for name in service.grpc_services
+    addresses = {
+        service.name: settings.address_of(service.name) for service in CATALOG if service.grpc_services
     }
-    app = create_app(backends, call_timeout_s=settings.call_timeout_s)
+    app = create_app(addresses, call_timeout_s=settings.call_timeout_s)
     host, _, port = settings.http_address.rpartition(":")
     # uvicorn handles SIGTERM/SIGINT: stops accepting, finishes in-flight requests, runs the lifespan's close.
     uvicorn.run(

@@ -8,7 +8,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -34,6 +34,7 @@ from services.gateway.transcoding import (
     match_route,
     message_to_json,
 )
+from services.runtime.catalog import CATALOG, ServiceEntry, load_protos, public_methods
 from services.runtime.logging import request_id_var
 
 logger = logging.getLogger(__name__)
@@ -193,20 +194,31 @@ async def _sse_body(call: Any, pending: asyncio.Task[Any], heartbeat_s: float) -
         call.cancel()
 
 
+def backends_of(catalog: Sequence[ServiceEntry], addresses: Mapping[str, str]) -> dict[str, str]:
+    """gRPC service full name -> "host:port", for every public gRPC service of the catalog."""
+    missing = [service.name for service in catalog if service.grpc_services and service.name not in addresses]
+    if missing:
+        raise ValueError(f"no address for {', '.join(missing)}: the gateway calls every catalog service")
+    return {name: addresses[service.name] for service in catalog for name in service.grpc_services}
+
+
 def create_app(
-    backends: dict[str, str],
+    addresses: Mapping[str, str],
     *,
+    catalog: Sequence[ServiceEntry] = CATALOG,
     call_timeout_s: float = 10.0,
     max_body_bytes: int = 1 << 20,
     heartbeat_s: float = HEARTBEAT_S,
 ) -> Starlette:
-    """The gateway for `backends`: gRPC service full name -> "host:port".
+    """The gateway in front of `catalog`, whose services are at `addresses`: catalog name -> "host:port".
 
-    Every annotated RPC of those services is served at its google.api.http binding.
+    Every annotated RPC of the catalog's gRPC services is served at its google.api.http binding.
     """
+    backends = backends_of(catalog, addresses)
+    load_protos(catalog)
     routes = build_routes(backends)
     channels = _Channels(backends)
-    openapi = build_openapi(routes, load_comments())
+    openapi = build_openapi(routes, load_comments(), public_methods=public_methods(catalog))
 
     def stub(route: Route) -> Callable[..., Any]:
         # A multi-callable is a cheap handle on the channel; no per-method stub classes needed.

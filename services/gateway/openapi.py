@@ -11,10 +11,8 @@ from typing import Any
 from google.api import field_behavior_pb2
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 
-from services.gateway.transcoding import PUBLIC_SERVICES, Route
-
-# Methods that need no sign-in. The protos carry no annotation for it, so it is data here.
-PUBLIC_METHODS = frozenset({f"{PUBLIC_SERVICES[0]}.ListProviders"})
+from services.gateway.transcoding import Route
+from services.runtime import catalog
 
 _F = FieldDescriptor
 _SCALARS: dict[int, dict[str, Any]] = {
@@ -166,14 +164,17 @@ def build_openapi(
     routes: Sequence[Route],
     comments: dict[str, str],
     *,
-    public_methods: Collection[str] = PUBLIC_METHODS,
+    public_methods: Collection[str] | None = None,
     title: str = "Kasvu API",
     version: str = "v1",
 ) -> dict[str, Any]:
     """The OpenAPI 3.1 document of `routes`.
 
     Paths spell every `*` of a template as its own parameter (see PathTemplate.openapi_path).
+    Operations in `public_methods` (default: the catalog's) need no bearer token.
     """
+    if public_methods is None:
+        public_methods = catalog.public_methods()
     schemas = _Schemas(comments)
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:

@@ -22,13 +22,7 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-# Imported for their side effect: they register the public services (and the
-# google.rpc detail types used in error bodies) in the default descriptor pool.
-from kasvu.registry.v1 import registry_pb2
-from kasvu.selfmonitoring.v1 import selfmonitoring_pb2
-
 __all__ = [
-    "PUBLIC_SERVICES",
     "GatewayError",
     "PathTemplate",
     "Route",
@@ -41,13 +35,6 @@ __all__ = [
     "match_route",
     "message_to_json",
 ]
-
-_REGISTERED = (registry_pb2, selfmonitoring_pb2, error_details_pb2)
-
-PUBLIC_SERVICES = (
-    registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name,
-    selfmonitoring_pb2.DESCRIPTOR.services_by_name["SelfMonitoringService"].full_name,
-)
 
 DESCRIPTOR_SET = Path(kasvu.__file__).parent / "descriptors.binpb"
 

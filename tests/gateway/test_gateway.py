@@ -24,9 +24,6 @@ from starlette.applications import Starlette
 
 from services.gateway.app import create_app
 
-REGISTRY = "kasvu.registry.v1.RegistryService"
-SELFMONITORING = "kasvu.selfmonitoring.v1.SelfMonitoringService"
-
 
 @dataclass
 class Seen:
@@ -123,7 +120,7 @@ async def backend() -> AsyncIterator[tuple[str, Seen]]:
 
 
 def make_app(address: str, **kwargs: Any) -> Starlette:
-    return create_app({REGISTRY: address, SELFMONITORING: address}, **kwargs)
+    return create_app({"registry": address, "selfmonitoring": address}, **kwargs)
 
 
 @pytest.fixture

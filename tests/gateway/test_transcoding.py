@@ -16,7 +16,6 @@ from kasvu.selfmonitoring.v1 import selfmonitoring_pb2
 
 from services.gateway.openapi import build_openapi
 from services.gateway.transcoding import (
-    PUBLIC_SERVICES,
     GatewayError,
     PathTemplate,
     Route,
@@ -25,11 +24,12 @@ from services.gateway.transcoding import (
     load_comments,
     match_route,
 )
+from services.runtime.catalog import grpc_services
 
 
 @pytest.fixture(scope="module")
 def routes() -> list[Route]:
-    return build_routes(PUBLIC_SERVICES)
+    return build_routes(grpc_services())
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def test_routes_cover_every_annotated_rpc(routes: list[Route]):
     pool = descriptor_pool.Default()
     annotated = {
         method.full_name
-        for service in PUBLIC_SERVICES
+        for service in grpc_services()
         for method in pool.FindServiceByName(service).methods
         if method.GetOptions().HasExtension(annotations_pb2.http)
     }
