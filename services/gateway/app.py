@@ -22,18 +22,11 @@ from starlette.routing import Route as StarletteRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.types import Message as ASGIMessage
 
+from services.gateway.comments import load_comments
+from services.gateway.errors import GatewayError, error_body, grpc_error
+from services.gateway.jsonmap import build_request, message_to_json
 from services.gateway.openapi import build_openapi
-from services.gateway.transcoding import (
-    GatewayError,
-    Route,
-    build_request,
-    build_routes,
-    error_body,
-    grpc_error,
-    load_comments,
-    match_route,
-    message_to_json,
-)
+from services.gateway.routes import Route, build_routes, match_route
 from services.runtime.catalog import CATALOG, ServiceEntry, load_protos, public_methods
 from services.runtime.logging import request_id_var
 

@@ -11,7 +11,7 @@ from typing import Any
 from google.api import field_behavior_pb2
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 
-from services.gateway.transcoding import Route
+from services.gateway.routes import Route
 from services.runtime import catalog
 
 _F = FieldDescriptor

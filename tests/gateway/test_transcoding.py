@@ -14,16 +14,12 @@ from google.protobuf import descriptor_pool
 from kasvu.registry.v1 import registry_pb2
 from kasvu.selfmonitoring.v1 import selfmonitoring_pb2
 
+from services.gateway.comments import load_comments
+from services.gateway.errors import GatewayError
+from services.gateway.jsonmap import build_request
 from services.gateway.openapi import build_openapi
-from services.gateway.transcoding import (
-    GatewayError,
-    PathTemplate,
-    Route,
-    build_request,
-    build_routes,
-    load_comments,
-    match_route,
-)
+from services.gateway.paths import PathTemplate
+from services.gateway.routes import Route, build_routes, match_route
 from services.runtime.catalog import grpc_services
 
 
