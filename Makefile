@@ -55,10 +55,11 @@ run: $(VENV_STAMP) ## run nats-server and all services locally (Ctrl-C stops the
 test: $(VENV_STAMP) ## run the tests
 	$(BIN)/pytest -q
 
-lint: $(VENV_STAMP) $(NODE_STAMP) buf-deps ## ruff, mypy, buf lint, generated code up to date
+lint: $(VENV_STAMP) $(NODE_STAMP) buf-deps ## ruff, mypy, import contracts, buf lint, generated code up to date
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BUF) lint
 	$(MAKE) --no-print-directory protos-check
 
@@ -74,5 +75,5 @@ fmt: $(VENV_STAMP) $(NODE_STAMP) ## format Python and protos in place
 	$(BUF) format -w protos
 
 clean: ## remove caches and build output (keeps .venv, node_modules and .kasvu data)
-	rm -rf $(BUILD) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(BUILD) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache
 	find . -path ./$(VENV) -prune -o -path ./node_modules -prune -o -name __pycache__ -type d -print0 | xargs -0 rm -rf
