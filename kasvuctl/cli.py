@@ -1,4 +1,4 @@
-"""The `kasvu` command: token keys, bearer tokens for trying the API, and running the suite."""
+"""The `kasvu` command: token keys, bearer tokens for trying the API, audit checks, and running the suite."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 
 from services.runtime.auth import Principal, Role, mint_token
+from services.runtime.catalog import CATALOG
 from services.runtime.settings import Settings
 
 
@@ -39,6 +40,14 @@ def _token(args: argparse.Namespace) -> int:
     # Only the token on stdout, so `TOKEN=$(kasvu token ...)` works.
     print(mint_token(private.read_bytes(), principal, ttl=timedelta(hours=args.ttl_hours)))
     return 0
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    from kasvuctl.audit import verify_service
+
+    settings = Settings(service=args.service)
+    url = args.database_url or settings.resolved_database_url()
+    return verify_service(args.service, url, expect=args.expect)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -74,6 +83,25 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--subject", default="kasvu-cli", help="who the token is for (default: kasvu-cli)")
     token.add_argument("--ttl-hours", type=float, default=8.0, help="lifetime in hours (default: 8)")
     token.set_defaults(handler=_token)
+
+    audit = commands.add_parser("audit", help="check a service's audit chain")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    verify = audit_commands.add_parser(
+        "verify", help="recompute the hash chain; name the first broken record (exit 1) or print the head"
+    )
+    verify.add_argument("service", choices=[entry.name for entry in CATALOG])
+    verify.add_argument(
+        "--database-url",
+        default="",
+        help="the service's database (default: KASVU_DATABASE_URL or its SQLite file)",
+    )
+    verify.add_argument(
+        "--expect",
+        default="",
+        metavar="SEQ:HASH",
+        help="a head printed by an earlier run: fails if that record is gone or differs (catches truncation)",
+    )
+    verify.set_defaults(handler=_audit_verify)
 
     run = commands.add_parser("run", help="run nats-server and all services locally until Ctrl-C")
     run.set_defaults(handler=_run)

@@ -82,7 +82,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture
 async def runtime_db(database_url: str) -> AsyncIterator[Database]:
     """A database with only the runtime tables (outbox, inbox, leases, keys), via tendering's migrations."""
-    from services.runtime.migrations import upgrade_async
+    from services.runtime.migrate import upgrade_async
     from services.tendering.bootstrap import MIGRATIONS
 
     await upgrade_async(database_url, MIGRATIONS)

@@ -6,16 +6,19 @@ import hashlib
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from enum import StrEnum
-from zoneinfo import ZoneInfo
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from services.runtime.domain import (
+    Aggregate,
+    Event,
+    ResourcePattern,
     check_text,
+    finnish_date,
     raise_if_any,
     require_aware,
     validate_business_id,
@@ -25,14 +28,22 @@ from services.runtime.errors import FailedPrecondition, FieldViolation, InvalidA
 
 __all__ = [
     "DEFAULT_MAX_AGE_DAYS",
+    "EVENTS",
+    "REGISTRATION",
+    "SERVICE",
+    "TERMS",
     "Evidence",
+    "ProviderSuspended",
     "Reason",
     "ReasonCode",
     "Registration",
+    "RegistrationAdmitted",
+    "RegistrationRejected",
     "RegistrationState",
     "Requirement",
     "RequirementKind",
     "Terms",
+    "TermsPublished",
     "assess_evidence",
     "decide_registration",
     "new_terms",
@@ -52,6 +63,69 @@ CODE_MAX_LENGTH = 100
 DESCRIPTION_MAX_LENGTH = 2000
 
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
+
+SERVICE = ResourcePattern("regions/{region}/services/{service}")
+TERMS = ResourcePattern("regions/{region}/services/{service}/terms/{version:int}")
+REGISTRATION = ResourcePattern("regions/{region}/services/{service}/registrations/{registration:key}")
+
+
+# -- events -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TermsPublished(Event):
+    """A region published a new terms version."""
+
+    terms: str
+    region: str
+    service: str
+    content_hash: str
+    publish_time: datetime
+
+
+@dataclass(frozen=True)
+class RegistrationAdmitted(Event):
+    """A provider was admitted: it met every requirement and committed to the terms."""
+
+    registration: str
+    terms: str
+    region: str
+    service: str
+    business_id: str
+    admit_time: datetime
+
+
+@dataclass(frozen=True)
+class RegistrationRejected(Event):
+    """A registration was refused, with a reason code per unmet requirement."""
+
+    registration: str
+    terms: str
+    region: str
+    service: str
+    business_id: str
+    reason_codes: tuple[str, ...]
+    decide_time: datetime
+
+
+@dataclass(frozen=True)
+class ProviderSuspended(Event):
+    """An admitted provider was suspended in a region for a service."""
+
+    registration: str
+    region: str
+    service: str
+    business_id: str
+    breach: str
+    suspend_time: datetime
+
+
+EVENTS: tuple[type[Event], ...] = (
+    TermsPublished,
+    RegistrationAdmitted,
+    RegistrationRejected,
+    ProviderSuspended,
+)
 
 
 class RequirementKind(StrEnum):
@@ -85,7 +159,7 @@ class Requirement:
 
 
 @dataclass(frozen=True)
-class Terms:
+class Terms(Aggregate):
     """One immutable, published version of a region's terms (sääntökirja) for a service."""
 
     region: str
@@ -93,6 +167,12 @@ class Terms:
     version: int
     title: str
     requirements: tuple[Requirement, ...]
+    published_at: datetime | None = field(default=None, compare=False)
+    """When the version was published; not part of the content providers sign."""
+
+    @property
+    def name(self) -> str:
+        return TERMS.format(region=self.region, service=self.service, version=self.version)
 
     @property
     def canonical_json(self) -> bytes:
@@ -132,6 +212,22 @@ class Terms:
     def requirement(self, code: str) -> Requirement | None:
         """The requirement with this code, if the terms have one."""
         return next((r for r in self.requirements if r.code == code), None)
+
+
+def publish_terms(  # noqa: PLR0917 - new_terms' arguments and the instant
+    region: str,
+    service: str,
+    version: int,
+    title: str,
+    requirements: Sequence[Requirement],
+    now: datetime,
+) -> Terms:
+    """Validate and publish a terms version at `now`; records TermsPublished."""
+    require_aware(now)
+    draft = new_terms(region, service, version, title, requirements)
+    terms = replace(draft, published_at=now)
+    terms.record(TermsPublished(terms.name, region, service, terms.content_hash, now))
+    return terms
 
 
 def new_terms(
@@ -308,7 +404,7 @@ class RegistrationState(StrEnum):
 
 
 @dataclass
-class Registration:
+class Registration(Aggregate):
     """A provider's registration (ilmoittautuminen) against one terms version, and the decision on it."""
 
     id: str
@@ -322,6 +418,22 @@ class Registration:
     created_at: datetime
     updated_at: datetime
     suspended_by_breach: str = ""
+    public_key: bytes = b""
+    """The raw Ed25519 key the provider committed with."""
+    evidence: tuple[Evidence, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return REGISTRATION.format(region=self.region, service=self.service, registration=self.id)
+
+    @property
+    def terms_name(self) -> str:
+        return TERMS.format(region=self.region, service=self.service, version=self.terms_version)
+
+    @property
+    def active(self) -> bool:
+        """Admitted or suspended: what allows one registration per provider, region and service."""
+        return self.state != RegistrationState.REJECTED
 
     @property
     def listed(self) -> bool:
@@ -352,6 +464,7 @@ class Registration:
         ]
         self.suspended_by_breach = breach
         self.updated_at = now
+        self.record(ProviderSuspended(self.name, self.region, self.service, self.business_id, breach, now))
         return True
 
 
@@ -386,12 +499,12 @@ def decide_registration(  # noqa: PLR0917 - positional order fixed by the handle
         violations.extend(error.violations)
     reasons: list[Reason] = []
     try:
-        reasons = assess_evidence(terms, evidence, _finnish_date(now))
+        reasons = assess_evidence(terms, evidence, finnish_date(now))
     except InvalidArgument as error:
         violations.extend(error.violations)
     raise_if_any(violations, "the registration is invalid")
 
-    return Registration(
+    registration = Registration(
         id=id,
         region=terms.region,
         service=terms.service,
@@ -402,11 +515,12 @@ def decide_registration(  # noqa: PLR0917 - positional order fixed by the handle
         reasons=reasons,
         created_at=now,
         updated_at=now,
+        public_key=public_key,
+        evidence=tuple(evidence),
     )
-
-
-def _finnish_date(now: datetime) -> date:
-    # Issue dates on Finnish certificates are Finnish calendar days; the UTC date
-    # lags by a day after midnight in Helsinki and would make a certificate issued
-    # "today" look as if it came from the future.
-    return now.astimezone(ZoneInfo("Europe/Helsinki")).date()
+    common = (registration.name, registration.terms_name, terms.region, terms.service, canonical_business_id)
+    if reasons:
+        registration.record(RegistrationRejected(*common, tuple(r.code for r in reasons), now))
+    else:
+        registration.record(RegistrationAdmitted(*common, now))
+    return registration

@@ -1,18 +1,20 @@
-"""Registry storage: tables and the translation between rows and the domain model."""
+"""Registry storage: tables, repositories that take and return domain objects, and the
+registry's unit of work that carries them."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from datetime import datetime
-from typing import Any
+from collections.abc import Callable, Sequence
+from datetime import date, datetime
 
 from sqlalchemy import Index
 from sqlmodel import Field, SQLModel, col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.registry import model
-from services.runtime.db import utc_field, utcnow
+from services.runtime.db import serialize_on
+from services.runtime.tables import utc_field, utcnow
+from services.runtime.uow import Context, UnitOfWork
 
 
 class TermsRow(SQLModel, table=True):
@@ -60,6 +62,23 @@ class RegistrationRow(SQLModel, table=True):
 REGISTRY_TABLES = ("registry_terms", "registry_registrations")
 
 
+# -- rows <-> domain ------------------------------------------------------------------------------
+
+
+def _requirements_json(terms: model.Terms) -> str:
+    return json.dumps(
+        [
+            {
+                "code": r.code,
+                "description": r.description,
+                "kind": str(r.kind),
+                "max_age_days": r.max_age_days,
+            }
+            for r in terms.requirements
+        ]
+    )
+
+
 def terms_from_row(row: TermsRow) -> model.Terms:
     return model.Terms(
         region=row.region,
@@ -75,70 +94,44 @@ def terms_from_row(row: TermsRow) -> model.Terms:
             )
             for r in json.loads(row.requirements_json)
         ),
+        published_at=row.published_at,
     )
 
 
-def row_from_terms(terms: model.Terms, published_at: datetime) -> TermsRow:
-    return TermsRow(
-        region=terms.region,
-        service=terms.service,
-        version=terms.version,
-        title=terms.title,
-        requirements_json=json.dumps(
-            [
-                {
-                    "code": r.code,
-                    "description": r.description,
-                    "kind": str(r.kind),
-                    "max_age_days": r.max_age_days,
-                }
-                for r in terms.requirements
-            ]
-        ),
-        content_hash=terms.content_hash,
-        published_at=published_at,
+def _evidence_json(evidence: Sequence[model.Evidence]) -> str:
+    return json.dumps(
+        [
+            {
+                "requirement_code": e.requirement_code,
+                "declared": e.declared,
+                "issued_on": e.issued_on.isoformat() if e.issued_on else None,
+                "document_sha256": e.document_sha256,
+            }
+            for e in evidence
+        ]
     )
 
 
-def _active_key(registration: model.Registration) -> str | None:
-    if registration.state == model.RegistrationState.REJECTED:
-        return None
-    return f"{registration.region}/{registration.service}/{registration.business_id}"
+def _evidence(text: str) -> tuple[model.Evidence, ...]:
+    return tuple(
+        model.Evidence(
+            requirement_code=e["requirement_code"],
+            declared=e["declared"],
+            issued_on=date.fromisoformat(e["issued_on"]) if e["issued_on"] else None,
+            document_sha256=e["document_sha256"],
+        )
+        for e in json.loads(text)
+    )
 
 
 def _reasons_json(reasons: Sequence[model.Reason]) -> str:
     return json.dumps([{"code": r.code, "subject": r.subject, "message": r.message} for r in reasons])
 
 
-def row_from_registration(
-    registration: model.Registration, public_key: bytes, evidence: Sequence[model.Evidence]
-) -> RegistrationRow:
-    return RegistrationRow(
-        id=registration.id,
-        region=registration.region,
-        service=registration.service,
-        terms_version=registration.terms_version,
-        business_id=registration.business_id,
-        display_name=registration.display_name,
-        public_key=public_key,
-        evidence_json=json.dumps(
-            [
-                {
-                    "requirement_code": e.requirement_code,
-                    "declared": e.declared,
-                    "issued_on": e.issued_on.isoformat() if e.issued_on else None,
-                    "document_sha256": e.document_sha256,
-                }
-                for e in evidence
-            ]
-        ),
-        state=str(registration.state),
-        reasons_json=_reasons_json(registration.reasons),
-        suspended_by_breach=registration.suspended_by_breach,
-        active_key=_active_key(registration),
-        created_at=registration.created_at,
-        updated_at=registration.updated_at,
-    )
+def _active_key(registration: model.Registration) -> str | None:
+    if not registration.active:
+        return None
+    return f"{registration.region}/{registration.service}/{registration.business_id}"
 
 
 def registration_from_row(row: RegistrationRow) -> model.Registration:
@@ -154,11 +147,12 @@ def registration_from_row(row: RegistrationRow) -> model.Registration:
         created_at=row.created_at,
         updated_at=row.updated_at,
         suspended_by_breach=row.suspended_by_breach,
+        public_key=row.public_key,
+        evidence=_evidence(row.evidence_json),
     )
 
 
-def apply_registration(row: RegistrationRow, registration: model.Registration) -> None:
-    """Writes a changed aggregate's state back onto its row."""
+def _write_registration(row: RegistrationRow, registration: model.Registration) -> None:
     row.state = str(registration.state)
     row.reasons_json = _reasons_json(registration.reasons)
     row.suspended_by_breach = registration.suspended_by_breach
@@ -166,49 +160,177 @@ def apply_registration(row: RegistrationRow, registration: model.Registration) -
     row.updated_at = registration.updated_at
 
 
-def evidence_from_row(row: RegistrationRow) -> list[dict[str, Any]]:
-    return list(json.loads(row.evidence_json))
-
-
-async def latest_terms_version(session: AsyncSession, region: str, service: str) -> int:
-    result = await session.exec(
-        select(func.max(TermsRow.version)).where(TermsRow.region == region, TermsRow.service == service)
+def _new_registration_row(registration: model.Registration) -> RegistrationRow:
+    row = RegistrationRow(
+        id=registration.id,
+        region=registration.region,
+        service=registration.service,
+        terms_version=registration.terms_version,
+        business_id=registration.business_id,
+        display_name=registration.display_name,
+        public_key=registration.public_key,
+        evidence_json=_evidence_json(registration.evidence),
+        state="",
+        reasons_json="[]",
+        created_at=registration.created_at,
+        updated_at=registration.updated_at,
     )
-    return int(result.one() or 0)
+    _write_registration(row, registration)
+    return row
 
 
-async def get_terms_row(session: AsyncSession, region: str, service: str, version: int) -> TermsRow | None:
-    return await session.get(TermsRow, (region, service, version))
+# -- repositories ---------------------------------------------------------------------------------
 
 
-async def active_registrations_of(
-    session: AsyncSession, region: str, business_id: str, service: str = ""
-) -> Sequence[RegistrationRow]:
-    query = select(RegistrationRow).where(
-        RegistrationRow.region == region,
-        RegistrationRow.business_id == business_id,
-        col(RegistrationRow.active_key).is_not(None),
-    )
-    if service:
-        query = query.where(RegistrationRow.service == service)
-    if session.bind is not None and session.bind.dialect.name == "postgresql":
-        query = query.with_for_update()
-    return (await session.exec(query)).all()
+class TermsCache:
+    """Published terms never change, so every unit of work of a process may share them once read."""
+
+    def __init__(self, capacity: int = 1024) -> None:
+        self._capacity = capacity
+        self._terms: dict[tuple[str, str, int], model.Terms] = {}
+
+    def get(self, key: tuple[str, str, int]) -> model.Terms | None:
+        return self._terms.get(key)
+
+    def put(self, terms: model.Terms) -> None:
+        if len(self._terms) >= self._capacity:
+            self._terms.pop(next(iter(self._terms)))
+        self._terms[(terms.region, terms.service, terms.version)] = terms
 
 
-async def admitted_page(
-    session: AsyncSession, region: str, service: str, after_business_id: str, limit: int
-) -> Sequence[RegistrationRow]:
-    """Keyset pagination by business ID: stable while providers come and go."""
-    query = (
-        select(RegistrationRow)
-        .where(
-            RegistrationRow.region == region,
-            RegistrationRow.service == service,
-            RegistrationRow.state == str(model.RegistrationState.ADMITTED),
-            col(RegistrationRow.business_id) > after_business_id,
+class TermsRepository:
+    def __init__(self, session: AsyncSession, uow: UnitOfWork, cache: TermsCache) -> None:
+        self._session = session
+        self._uow = uow
+        self._cache = cache
+
+    async def latest_version(self, region: str, service: str) -> int:
+        """The newest published version; concurrent publishers of the same terms take turns from here."""
+        await serialize_on(self._session, f"registry:terms:{region}/{service}")
+        result = await self._session.exec(
+            select(func.max(TermsRow.version)).where(TermsRow.region == region, TermsRow.service == service)
         )
-        .order_by(col(RegistrationRow.business_id))
-        .limit(limit)
-    )
-    return (await session.exec(query)).all()
+        return int(result.one() or 0)
+
+    async def get(self, region: str, service: str, version: int) -> model.Terms | None:
+        if (cached := self._cache.get((region, service, version))) is not None:
+            return cached
+        row = await self._session.get(TermsRow, (region, service, version))
+        if row is None:
+            return None
+        terms = terms_from_row(row)
+        self._cache.put(terms)
+        return terms
+
+    def add(self, terms: model.Terms) -> None:
+        assert terms.published_at is not None, "only published terms are stored"
+        self._session.add(
+            TermsRow(
+                region=terms.region,
+                service=terms.service,
+                version=terms.version,
+                title=terms.title,
+                requirements_json=_requirements_json(terms),
+                content_hash=terms.content_hash,
+                published_at=terms.published_at,
+            )
+        )
+        self._uow.track(terms, terms.name)
+
+
+class RegistrationRepository:
+    def __init__(self, session: AsyncSession, uow: UnitOfWork) -> None:
+        self._session = session
+        self._uow = uow
+        self._rows: list[tuple[model.Registration, RegistrationRow]] = []
+
+    def _loaded(self, row: RegistrationRow) -> model.Registration:
+        for registration, known in self._rows:
+            if known is row:
+                return registration
+        registration = registration_from_row(row)
+        self._rows.append((registration, row))
+        return self._uow.track(registration, registration.name)
+
+    async def get(self, registration_id: str) -> model.Registration | None:
+        row = await self._session.get(RegistrationRow, registration_id)
+        return self._loaded(row) if row is not None else None
+
+    async def active_of(self, region: str, business_id: str, service: str) -> list[model.Registration]:
+        """The provider's admitted or suspended registrations; concurrent writers for the same
+        provider, region and service take turns from here."""
+        if not self._uow.read_only:
+            await serialize_on(self._session, f"registry:registration:{region}/{service}/{business_id}")
+        query = select(RegistrationRow).where(
+            RegistrationRow.region == region,
+            RegistrationRow.business_id == business_id,
+            RegistrationRow.service == service,
+            col(RegistrationRow.active_key).is_not(None),
+        )
+        if (
+            not self._uow.read_only
+            and self._session.bind is not None
+            and self._session.bind.dialect.name == "postgresql"
+        ):
+            query = query.with_for_update()
+        return [self._loaded(row) for row in (await self._session.exec(query)).all()]
+
+    def add(self, registration: model.Registration) -> None:
+        row = _new_registration_row(registration)
+        self._session.add(row)
+        self._rows.append((registration, row))
+        self._uow.track(registration, registration.name)
+
+    async def admitted_page(
+        self, region: str, service: str, after_business_id: str, limit: int
+    ) -> list[model.Registration]:
+        """Keyset pagination by business ID: stable while providers come and go."""
+        query = (
+            select(RegistrationRow)
+            .where(
+                RegistrationRow.region == region,
+                RegistrationRow.service == service,
+                RegistrationRow.state == str(model.RegistrationState.ADMITTED),
+                col(RegistrationRow.business_id) > after_business_id,
+            )
+            .order_by(col(RegistrationRow.business_id))
+            .limit(limit)
+        )
+        return [self._loaded(row) for row in (await self._session.exec(query)).all()]
+
+    def save(self) -> None:
+        """Writes every loaded registration's state back onto its row (unchanged rows stay clean)."""
+        for registration, row in self._rows:
+            _write_registration(row, registration)
+            if self._session.is_modified(row):
+                self._session.add(row)
+
+
+class RegistryUnitOfWork(UnitOfWork):
+    """The registry's unit of work: terms and registrations."""
+
+    terms: TermsRepository
+    registrations: RegistrationRepository
+
+    def __init__(self, context: Context, now: datetime, read_only: bool, *, cache: TermsCache) -> None:
+        super().__init__(context, now, read_only=read_only)
+        self._cache = cache
+
+    def bind(self, session: AsyncSession) -> None:
+        self.terms = TermsRepository(session, self, self._cache)
+        self.registrations = RegistrationRepository(session, self)
+
+    async def save(self) -> None:
+        self.registrations.save()
+
+
+def unit_of_work_factory(
+    cache: TermsCache | None = None,
+) -> Callable[[Context, datetime, bool], RegistryUnitOfWork]:
+    """The factory the dispatcher calls for every unit of work, sharing one terms cache."""
+    shared = cache or TermsCache()
+
+    def make(context: Context, now: datetime, read_only: bool) -> RegistryUnitOfWork:
+        return RegistryUnitOfWork(context, now, read_only, cache=shared)
+
+    return make

@@ -1,17 +1,17 @@
-"""The event bus on NATS JetStream: connection, streams owned by their service, the outbox
-relay (at-least-once, de-duplicated by Nats-Msg-Id) and durable pull consumers whose effects
-are applied once through the inbox."""
+"""The event bus on NATS JetStream: connection, streams owned by their service, the outbox relay
+(at-least-once, de-duplicated by Nats-Msg-Id, fenced by the worker's lease) and durable pull
+consumers that turn events into commands for the dispatcher, applied once through the inbox."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
-import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Generic, TypeVar
 
 import nats
@@ -22,22 +22,24 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
+from sqlalchemy import ColumnElement, exists, update
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
-from services.runtime.db import (
-    Database,
-    UnitOfWork,
-    acquire_lease,
-    mark_published,
-    pending_outbox,
-    prune_published,
-    release_lease,
-)
-from services.runtime.errors import DomainError
+from services.runtime import envelope
+from services.runtime.db import Database, database_now
+from services.runtime.dispatch import Dispatcher, InboxKey
+from services.runtime.domain import Command
+from services.runtime.tables import Lease, OutboxEvent
+from services.runtime.uow import Context
+from services.runtime.worker import Fence, LeaseLost
+from services.runtime.writer import Outcome, WritePath
 
 log = logging.getLogger(__name__)
 
-EVENT_TYPE_HEADER = "Kasvu-Event-Type"
-MSG_ID_HEADER = "Nats-Msg-Id"
+# Kept for callers that name the headers through the bus.
+EVENT_TYPE_HEADER = envelope.EVENT_TYPE
+MSG_ID_HEADER = envelope.MSG_ID
 DUPLICATE_WINDOW = timedelta(minutes=2)
 
 E = TypeVar("E", bound=Message)
@@ -101,118 +103,131 @@ async def declare_stream(js: JetStreamContext, spec: StreamSpec, replicas: int) 
         await js.update_stream(config)
 
 
+async def pending_outbox(session: AsyncSession, limit: int) -> list[OutboxEvent]:
+    result = await session.exec(
+        select(OutboxEvent)
+        .where(col(OutboxEvent.published_at).is_(None))
+        .order_by(col(OutboxEvent.seq))
+        .limit(limit)
+    )
+    return list(result.all())
+
+
+def lease_held(fence: Fence, now: datetime) -> ColumnElement[bool]:
+    """A SQL condition: `fence` still holds its lease at `now` (the database's clock)."""
+    return exists(
+        select(Lease.name).where(
+            col(Lease.name) == fence.name,
+            col(Lease.holder) == fence.holder,
+            col(Lease.token) == fence.token,
+            col(Lease.expires_at) > now,
+        )
+    )
+
+
 class OutboxRelay:
-    """Moves committed outbox rows to JetStream, oldest first.
+    """Moves committed outbox rows to JetStream, oldest first; a job of the leased worker.
 
-    One replica relays at a time (a lease in the service's database); a crash after
-    publishing but before marking re-publishes with the same Nats-Msg-Id, which
-    JetStream drops inside its duplicate window, and consumers' inboxes drop after it.
-    """
-
-    def __init__(
-        self, db: Database, js: JetStreamContext, *, service: str, batch: int = 200, crash_point: str = ""
-    ) -> None:
-        self._db = db
-        self._js = js
-        self._lease = f"{service}-outbox-relay"
-        self._holder = f"{service}-{uuid.uuid4().hex[:12]}"
-        self._batch = batch
-        self._crash_point = crash_point
-        self._wake = asyncio.Event()
-        self.lease_ttl = timedelta(seconds=10)
-        self.ack_timeout_s = 10.0
-
-    def wake(self) -> None:
-        """Called after a commit that emitted events, so they leave without waiting for a poll."""
-        self._wake.set()
-
-    async def relay_once(self) -> int:
-        async with self._db.read_session() as session:
-            rows = await pending_outbox(session, self._batch)
-        if not rows:
-            return 0
-        futures = [
-            await self._js.publish_async(
-                row.subject,
-                row.payload,
-                headers={MSG_ID_HEADER: row.event_id, EVENT_TYPE_HEADER: row.event_type},
-            )
-            for row in rows
-        ]
-        # A bounded wait: with NATS gone the acks never come; the rows stay and go next round.
-        await asyncio.wait_for(asyncio.gather(*futures), timeout=self.ack_timeout_s)
-        crash_if("relay_after_publish", self._crash_point)
-        await mark_published(self._db, [row.seq for row in rows if row.seq is not None])
-        return len(rows)
-
-    async def run(self, stop: asyncio.Event) -> None:
-        polls = 0
-        held_until = 0.0
-        loop = asyncio.get_running_loop()
-        while not stop.is_set():
-            try:
-                # Renew only past half the lease: a renewal is a write, and writes are what
-                # the service's database has least of.
-                if loop.time() >= held_until - self.lease_ttl.total_seconds() / 2:
-                    asked_at = loop.time()  # the lease runs from before the request, never longer
-                    acquired = await acquire_lease(self._db, self._lease, self._holder, self.lease_ttl)
-                    held_until = asked_at + self.lease_ttl.total_seconds() if acquired else 0.0
-                if loop.time() < held_until:
-                    while await self.relay_once() == self._batch and not stop.is_set():
-                        pass
-                    polls += 1
-                    if polls % 600 == 0:
-                        await prune_published(self._db, timedelta(hours=1))
-            except (OSError, NatsTimeoutError, nats.errors.Error) as error:
-                log.warning("outbox relay will retry", extra={"error": type(error).__name__})
-            except Exception:
-                log.exception("outbox relay failed; will retry")
-            self._wake.clear()
-            wait = asyncio.ensure_future(self._wake.wait())
-            stopped = asyncio.ensure_future(stop.wait())
-            await asyncio.wait({wait, stopped}, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
-            wait.cancel()
-            stopped.cancel()
-        await release_lease(self._db, self._lease, self._holder)
-
-
-EventHandler = Callable[[UnitOfWork, str, E], Awaitable[None]]
-
-
-class EventConsumer(Generic[E]):
-    """A durable pull consumer shared by all replicas of a service.
-
-    For each message: one transaction checks the inbox, applies the handler's effect
-    and records the event id; only then is the message acknowledged. A crash before
-    the commit leaves nothing and the message is redelivered; a crash after it leaves
-    the inbox row, so the redelivered message changes nothing.
+    A crash after publishing but before marking re-publishes with the same Nats-Msg-Id,
+    which JetStream drops inside its duplicate window, and consumers' inboxes drop after
+    it. Rows are marked published only while the worker's lease is still held with the
+    same fencing token, so a replica that lost the lease stops at its next batch.
     """
 
     def __init__(
         self,
         db: Database,
+        write_path: WritePath,
+        js: JetStreamContext,
+        *,
+        batch: int = 200,
+        ack_timeout_s: float = 10.0,
+        crash_point: str = "",
+    ) -> None:
+        self._db = db
+        self._write_path = write_path
+        self._js = js
+        self._batch = batch
+        self._crash_point = crash_point
+        self.ack_timeout_s = ack_timeout_s
+
+    async def relay_batch(self, fence: Fence) -> int:
+        async with self._db.read_session() as session:
+            rows = await pending_outbox(session, self._batch)
+        if not rows:
+            return 0
+        futures = [
+            await self._js.publish_async(row.subject, row.payload, headers=_headers(row)) for row in rows
+        ]
+        # A bounded wait: with NATS gone the acks never come; the rows stay and go next round.
+        await asyncio.wait_for(asyncio.gather(*futures), timeout=self.ack_timeout_s)
+        crash_if("relay_after_publish", self._crash_point)
+        seqs = [row.seq for row in rows if row.seq is not None]
+
+        async def mark(session: AsyncSession) -> Outcome[int]:
+            now = await database_now(session)
+            result = await session.exec(
+                update(OutboxEvent)
+                .where(col(OutboxEvent.seq).in_(seqs), lease_held(fence, now))
+                .values(published_at=now)
+            )
+            return Outcome(int(result.rowcount))
+
+        if await self._write_path.run(mark) == 0:
+            raise LeaseLost(fence)
+        return len(rows)
+
+    async def run_once(self, fence: Fence) -> None:
+        while await self.relay_batch(fence) == self._batch:
+            pass
+
+
+def _headers(row: OutboxEvent) -> dict[str, str]:
+    headers: dict[str, str] = json.loads(row.headers or "{}")
+    headers[envelope.MSG_ID] = row.event_id
+    headers[envelope.EVENT_TYPE] = row.event_type
+    return headers
+
+
+Translate = Callable[[E, str], Command | None]
+"""Turns a consumed event (and its subject) into the command it asks for, or None for no effect."""
+
+
+class EventConsumer(Generic[E]):
+    """A durable pull consumer shared by all replicas of a service.
+
+    Each message becomes a command on the service's dispatcher, with the inbox key of the
+    event: one transaction checks the inbox, applies the effect and records the event id;
+    only then is the message acknowledged. A crash before the commit leaves nothing and the
+    message is redelivered; a crash after it leaves the inbox row, so the redelivered
+    message changes nothing. Messages of one fetch are handled together, so their units of
+    work share the write path's batches.
+    """
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
         js: JetStreamContext,
         *,
         stream: str,
         durable: str,
         subject: str,
         event_type: type[E],
-        handler: EventHandler[E],
+        translate: Translate[E],
         batch: int = 64,
         ack_wait_s: float = 30.0,
-        on_committed: Callable[[], None] | None = None,
         crash_point: str = "",
     ) -> None:
-        self._db = db
+        self._dispatcher = dispatcher
         self._js = js
         self._stream = stream
         self.durable = durable
         self._subject = subject
         self._event_type = event_type
-        self._handler = handler
+        self._type_name = event_type.DESCRIPTOR.full_name
+        self._translate = translate
         self._batch = batch
         self._ack_wait_s = ack_wait_s
-        self._on_committed = on_committed
         self._crash_point = crash_point
 
     async def _subscribe(self) -> JetStreamContext.PullSubscription:
@@ -230,9 +245,18 @@ class EventConsumer(Generic[E]):
 
     async def handle(self, msg: Msg) -> None:
         headers = msg.headers or {}
-        event_id = headers.get(MSG_ID_HEADER, "")
+        event_id = headers.get(envelope.MSG_ID, "")
         if not event_id:
             log.error("event without id terminated", extra={"subject": msg.subject})
+            await msg.term()
+            return
+        if headers.get(envelope.EVENT_TYPE) != self._type_name or not msg.subject.startswith(
+            self._type_name + "."
+        ):
+            # The subject names the type; a header that disagrees is forged or broken.
+            log.error(
+                "event of the wrong type terminated", extra={"event_id": event_id, "subject": msg.subject}
+            )
             await msg.term()
             return
         try:
@@ -241,26 +265,27 @@ class EventConsumer(Generic[E]):
             log.error("undecodable event terminated", extra={"event_id": event_id, "subject": msg.subject})
             await msg.term()
             return
-        async with self._db.unit_of_work() as uow:
-            if await uow.already_handled(self.durable, event_id):
-                outcome = "duplicate"
-            else:
-                try:
-                    await self._handler(uow, event_id, event)
-                    outcome = "applied"
-                except DomainError as refusal:
-                    # A permanent refusal (e.g. no registration to suspend) is a decision,
-                    # recorded in the inbox with its reason rather than retried forever.
-                    await uow.session.rollback()
-                    await uow.session.begin()
-                    outcome = f"refused: {type(refusal).__name__}: {refusal.message}"
-                uow.mark_handled(self.durable, event_id, outcome)
-                await uow.commit()
-                crash_if("consumer_after_commit", self._crash_point)
-                if self._on_committed is not None and uow.emitted:
-                    self._on_committed()
+        command = self._translate(event, msg.subject)
+        outcome = "ignored"
+        if command is not None:
+            context = Context(
+                correlation_id=headers.get(envelope.CORRELATION_ID, "") or event_id,
+                causation_id=f"event:{event_id}",
+            )
+            result = await self._dispatcher.handle(command, context, inbox=InboxKey(self.durable, event_id))
+            outcome = type(result).__name__
+            crash_if("consumer_after_commit", self._crash_point)
         await msg.ack()
         log.info("event handled", extra={"consumer": self.durable, "event_id": event_id, "outcome": outcome})
+
+    async def _handle_or_nak(self, msg: Msg) -> None:
+        try:
+            await self.handle(msg)
+        except Exception:
+            # Unexpected (database down, a bug): no ack, so JetStream redelivers.
+            log.exception("event handling failed; will be redelivered", extra={"consumer": self.durable})
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=1.0)
 
     async def run(self, stop: asyncio.Event) -> None:
         subscription: JetStreamContext.PullSubscription | None = None
@@ -272,15 +297,7 @@ class EventConsumer(Generic[E]):
                     messages = await subscription.fetch(self._batch, timeout=1.0)
                 except NatsTimeoutError:
                     continue
-                for msg in messages:
-                    try:
-                        await self.handle(msg)
-                    except Exception:
-                        # Unexpected (database down, a bug): no ack, so JetStream redelivers.
-                        log.exception(
-                            "event handling failed; will be redelivered", extra={"consumer": self.durable}
-                        )
-                        await msg.nak(delay=1.0)
+                await asyncio.gather(*(self._handle_or_nak(msg) for msg in messages))
             except asyncio.CancelledError:
                 raise
             except Exception as error:

@@ -1,13 +1,17 @@
-"""Validators shared by every service's model: business IDs, resource ids, text fields, instants."""
+"""The pure building blocks every service's model imports: events, commands, aggregates, resource
+name patterns, and validators for business IDs, resource ids, text fields and instants."""
 
 from __future__ import annotations
 
+import itertools
 import re
-from datetime import datetime
+from datetime import date, datetime
+from zoneinfo import ZoneInfo
 
 from services.runtime.errors import FieldViolation, InvalidArgument
 
-_BUSINESS_ID = re.compile(r"(\d{6,7})-(\d)")
+# [0-9], not \d: \d matches every Unicode digit, so fullwidth digits would make a second identity.
+_BUSINESS_ID = re.compile(r"([0-9]{6,7})-([0-9])")
 _BUSINESS_ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2)
 # AIP-122: ids in resource names are lowercase, start with a letter, fit a DNS label.
 _RESOURCE_ID = re.compile(r"[a-z][a-z0-9-]{0,62}")
@@ -80,6 +84,19 @@ def require_aware(now: datetime) -> datetime:
     return now
 
 
+FINLAND = ZoneInfo("Europe/Helsinki")
+
+
+def finnish_date(moment: datetime) -> date:
+    """The Finnish calendar day of an instant.
+
+    Deadlines and certificate dates are Finnish calendar days; the UTC date lags by a day
+    after midnight in Helsinki and would make a certificate issued "today" look as if it
+    came from the future.
+    """
+    return require_aware(moment).astimezone(FINLAND).date()
+
+
 def raise_if_any(violations: list[FieldViolation], message: str) -> None:
     """Raise one InvalidArgument carrying every violation, so a client can fix them all at once."""
     if violations:
@@ -89,3 +106,110 @@ def raise_if_any(violations: list[FieldViolation], message: str) -> None:
 
 def _invalid(field: str, description: str) -> InvalidArgument:
     return InvalidArgument(description, [FieldViolation(field, description)])
+
+
+# -- the building blocks of every service's model ---------------------------------------------
+
+
+class Event:
+    """A domain event: something that happened, named in the past tense (ProviderSuspended).
+
+    Subclasses are frozen dataclasses whose fields carry the names of their proto
+    message's fields, so the unit of work can turn them into that message without a
+    hand-written mapping. `region` is the organiser whose events these are: it is the
+    last token of the event's NATS subject, so consumers can filter by organiser.
+    """
+
+    region: str
+
+
+class Command:
+    """A request to change state, named in the imperative (RegisterProvider).
+
+    Subclasses are frozen dataclasses of plain values. A command is what a gRPC call, a
+    NATS event or a timer is turned into; the dispatcher hands it to its one handler.
+    """
+
+
+class Query:
+    """A request to read state (GetRegistration); handled like a command, on a read-only unit of work."""
+
+
+class Aggregate:
+    """An entity that records the events of its own changes; the unit of work collects them.
+
+    Works for plain and frozen dataclasses alike: the pending events live in the
+    instance's __dict__, outside the dataclass fields, so they take no part in
+    equality or repr.
+    """
+
+    def record(self, event: Event) -> None:
+        # A process-wide counter orders events across the aggregates of one unit of work.
+        self.__dict__.setdefault("_pending_events", []).append((next(_EVENT_ORDER), event))
+
+    def pull_events(self) -> list[tuple[int, Event]]:
+        """The events recorded since the last pull with their order numbers; pulling empties the list."""
+        events: list[tuple[int, Event]] = self.__dict__.pop("_pending_events", [])
+        return events
+
+
+_EVENT_ORDER = itertools.count()
+
+
+# -- resource names (AIP-122): one pattern formats and parses --------------------------------
+
+_SEGMENT_KINDS: dict[str, tuple[re.Pattern[str], str]] = {
+    # AIP-122 ids: lowercase ASCII letters, digits, hyphens, starting with a letter.
+    "id": (_RESOURCE_ID, "1-63 lowercase letters, digits or hyphens, starting with a letter"),
+    # Positive integers in canonical form: ASCII digits only (str.isdigit would take "²"
+    # and fullwidth digits), no leading zero (so "01" never aliases "1"), and short
+    # enough to fit a 32-bit column.
+    "int": (re.compile(r"[1-9][0-9]{0,8}"), "a positive whole number without leading zeros"),
+    # Server-assigned opaque ids (uuid hex) and business IDs.
+    "key": (re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"), "1-64 ASCII letters, digits, '-' or '_'"),
+    "business_id": (re.compile(r"[0-9]{7}-[0-9]"), "a business ID of the form 1234567-8"),
+}
+_VARIABLE = re.compile(r"\{(\w+)(?::(\w+))?\}")
+
+
+class ResourcePattern:
+    """A resource name pattern such as "regions/{region}/services/{service}/terms/{version:int}".
+
+    Each variable has a kind (`id` by default, `int`, `key`, `business_id`) that says what
+    a segment may hold; `parse` refuses anything else with INVALID_ARGUMENT naming the
+    field, and `format` builds the name, so the two can never disagree.
+    """
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+        self.variables: dict[str, str] = {}
+        regex = ""
+        position = 0
+        for match in _VARIABLE.finditer(pattern):
+            regex += re.escape(pattern[position : match.start()])
+            name, kind = match.group(1), match.group(2) or "id"
+            if kind not in _SEGMENT_KINDS:
+                raise ValueError(f"unknown segment kind {kind!r} in {pattern!r}")
+            self.variables[name] = kind
+            regex += f"(?P<{name}>[^/]+)"
+            position = match.end()
+        regex += re.escape(pattern[position:])
+        self._regex = re.compile(regex)
+        self.template = _VARIABLE.sub(lambda m: "{" + m.group(1) + "}", pattern)
+
+    def format(self, **values: object) -> str:
+        return self.template.format(**{name: str(values[name]) for name in self.variables})
+
+    def parse(self, value: str, field: str) -> dict[str, str]:
+        """The variables of `value`; raises InvalidArgument naming `field` when it does not match."""
+        match = self._regex.fullmatch(value)
+        if match is None:
+            raise _invalid(field, f"must be a resource name of the form {self.template}")
+        parts = match.groupdict()
+        violations = []
+        for name, kind in self.variables.items():
+            regex, description = _SEGMENT_KINDS[kind]
+            if regex.fullmatch(parts[name]) is None:
+                violations.append(FieldViolation(field, f"the {name} segment must be {description}"))
+        raise_if_any(violations, f"{field} is not a valid resource name")
+        return parts

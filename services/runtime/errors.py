@@ -48,3 +48,11 @@ class PermissionDenied(DomainError):
 
 class Unauthenticated(DomainError):
     """The caller presented no valid credentials."""
+
+
+class Aborted(DomainError):
+    """The request lost a race with a concurrent one; retrying it is safe."""
+
+
+class Unavailable(DomainError):
+    """The service cannot take the request now (shutting down, database away); retry later."""

@@ -18,6 +18,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from services.runtime.auth import InvalidToken, Principal, TokenVerifier
 from services.runtime.errors import (
+    Aborted,
     AlreadyExists,
     DomainError,
     FailedPrecondition,
@@ -25,8 +26,10 @@ from services.runtime.errors import (
     NotFound,
     PermissionDenied,
     Unauthenticated,
+    Unavailable,
 )
 from services.runtime.logging import request_id_var
+from services.runtime.uow import Context
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +44,26 @@ _CODES: list[tuple[type[DomainError], grpc.StatusCode]] = [
     (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (Aborted, grpc.StatusCode.ABORTED),
+    (Unavailable, grpc.StatusCode.UNAVAILABLE),
 ]
 
 
 def current_principal() -> Principal | None:
     """Who is calling, as proved by the bearer token; None for anonymous calls."""
     return principal_var.get()
+
+
+def call_context(idempotency_key: str = "") -> Context:
+    """The dispatcher's context for the gRPC call being served: its principal, its request id
+    (which also starts the correlation of what the call causes) and the client's retry key."""
+    request_id = request_id_var.get()
+    return Context(
+        actor=principal_var.get(),
+        request_id=request_id,
+        idempotency_key=idempotency_key,
+        correlation_id=request_id,
+    )
 
 
 def status_code_for(error: DomainError) -> grpc.StatusCode:
@@ -207,4 +224,11 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
         return wrapper
 
 
-__all__ = ["EdgeInterceptor", "abort_with", "current_principal", "principal_var", "rich_status"]
+__all__ = [
+    "EdgeInterceptor",
+    "abort_with",
+    "call_context",
+    "current_principal",
+    "principal_var",
+    "rich_status",
+]

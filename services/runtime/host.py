@@ -1,13 +1,14 @@
 """The life of a service process: start the gRPC server (health NOT_SERVING), migrate the
-database, connect NATS and declare the stream, start the relay and consumers, then SERVING;
-on SIGTERM or SIGINT the reverse, gracefully."""
+database, connect NATS and declare the stream, start the leased worker (relay, scheduler,
+pruning) and the consumers, then SERVING; on SIGTERM or SIGINT the reverse, gracefully."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +19,17 @@ from grpc_reflection.v1alpha import reflection
 from nats.aio.client import Client as NatsClient
 from nats.js.client import JetStreamContext
 
-from services.runtime import bus
+from services.runtime import bus, catalog
 from services.runtime.auth import TokenVerifier
+from services.runtime.clock import SYSTEM_CLOCK, Clock
 from services.runtime.db import Database, is_sqlite
+from services.runtime.dispatch import Dispatcher, EventTypes, Handler
 from services.runtime.grpc_server import EdgeInterceptor
-from services.runtime.migrations import upgrade_async
+from services.runtime.migrate import upgrade_async
 from services.runtime.settings import Settings
+from services.runtime.uow import Context, UnitOfWork
+from services.runtime.worker import Pruner, Scheduler, Worker
+from services.runtime.writer import WritePath, write_path_for
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +39,24 @@ AddServicer = Callable[[Any, grpc.aio.Server], None]
 class ServiceHost:
     """Owns the process-wide resources of one service; built by the service's bootstrap."""
 
-    def __init__(self, settings: Settings, *, stream: bus.StreamSpec, migrations: Path) -> None:
+    def __init__(self, settings: Settings, *, migrations: Path, clock: Clock = SYSTEM_CLOCK) -> None:
         self.settings = settings
-        self.stream = stream
+        self.entry = catalog.entry(settings.service)
+        self.stream = bus.StreamSpec(self.entry.stream, self.entry.subjects)
         self._migrations = migrations
+        self.clock = clock
         self.db = Database(settings.resolved_database_url())
+        self.write_path: WritePath = write_path_for(self.db, max_batch=settings.write_batch)
         self.nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
-        self.relay: bus.OutboxRelay | None = None
+        self.worker = Worker(
+            self.write_path,
+            service=settings.service,
+            jobs=[],
+            lease_ttl=timedelta(seconds=settings.lease_ttl_s),
+            poll_s=settings.worker_poll_s,
+        )
+        self._dispatcher: Dispatcher | None = None
         self.health = HealthServicer()
         self.stop_event = asyncio.Event()
         self._consumers: list[bus.EventConsumer[Any]] = []
@@ -55,8 +71,28 @@ class ServiceHost:
         return self._js
 
     def wake_relay(self) -> None:
-        if self.relay is not None:
-            self.relay.wake()
+        self.worker.wake()
+
+    def dispatcher(
+        self,
+        *,
+        unit_of_work: Callable[[Context, datetime, bool], UnitOfWork],
+        event_types: EventTypes,
+        handlers: Mapping[type[Any], Handler[Any]],
+    ) -> Dispatcher:
+        """The service's one door, with its handlers; commits wake the worker."""
+        dispatcher = Dispatcher(
+            service=self.settings.service,
+            db=self.db,
+            write_path=self.write_path,
+            unit_of_work=unit_of_work,
+            event_types=event_types,
+            clock=self.clock,
+            after_commit=self.wake_relay,
+        )
+        dispatcher.register_all(handlers)
+        self._dispatcher = dispatcher
+        return dispatcher
 
     def token_verifier(self) -> TokenVerifier | None:
         path = self.settings.resolved_public_key_file()
@@ -88,14 +124,19 @@ class ServiceHost:
         self.nc = await bus.connect(self.settings.nats_url, name=self.settings.service)
         self._js = self.nc.jetstream(timeout=self.settings.call_timeout_s)
         await bus.declare_stream(self._js, self.stream, self.settings.stream_replicas)
-        self.relay = bus.OutboxRelay(
-            self.db,
-            self._js,
-            service=self.settings.service,
-            batch=self.settings.outbox_batch,
-            crash_point=self.settings.crash_point,
+        self.worker.add_job(
+            bus.OutboxRelay(
+                self.db,
+                self.write_path,
+                self._js,
+                batch=self.settings.outbox_batch,
+                crash_point=self.settings.crash_point,
+            )
         )
-        self._tasks.append(asyncio.create_task(self.relay.run(self.stop_event), name="outbox-relay"))
+        if self._dispatcher is not None:
+            self.worker.add_job(Scheduler(self.db, self._dispatcher))
+        self.worker.add_job(Pruner(self.write_path))
+        self._tasks.append(asyncio.create_task(self.worker.run(self.stop_event), name="worker"))
 
     def add_consumer(self, consumer: bus.EventConsumer[Any]) -> None:
         self._consumers.append(consumer)
@@ -127,6 +168,7 @@ class ServiceHost:
             for task in lingering:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.write_path.close()
         if self.nc is not None and self.nc.is_connected:
             try:
                 # Drain flushes what the relay published; bounded, since a stale pull

@@ -43,6 +43,15 @@ class Settings(BaseSettings):
         default=1, ge=1, le=5, description="JetStream replicas per stream (3 on a cluster)."
     )
     outbox_batch: int = Field(default=200, ge=1)
+    write_batch: int = Field(
+        default=128, ge=1, description="SQLite: most units of work committed in one transaction."
+    )
+    lease_ttl_s: float = Field(
+        default=10.0, gt=0, description="How long the worker lease lasts unless renewed (relay, scheduler)."
+    )
+    worker_poll_s: float = Field(
+        default=1.0, gt=0, description="How often the worker looks for due timers and unsent events."
+    )
     consumer_batch: int = Field(default=64, ge=1)
     consumer_ack_wait_s: float = Field(
         default=30.0, gt=0, description="How long an unacknowledged event waits before redelivery."

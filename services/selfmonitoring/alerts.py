@@ -11,7 +11,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
-from services.selfmonitoring.handlers import subject
+from services.runtime.dispatch import subject_for
 
 
 class AlertFeed:
@@ -38,7 +38,9 @@ class AlertFeed:
         else:
             config = ConsumerConfig(deliver_policy=DeliverPolicy.NEW)
         subscription = await self._js().subscribe(
-            subject("BreachOpened", region), ordered_consumer=True, config=config
+            subject_for(events_pb2.BreachOpened.DESCRIPTOR.full_name, region),
+            ordered_consumer=True,
+            config=config,
         )
         try:
             if on_subscribed is not None:

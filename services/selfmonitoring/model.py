@@ -5,11 +5,14 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from enum import StrEnum
 
 from services.runtime.domain import (
+    Aggregate,
+    Event,
+    ResourcePattern,
     check_text,
     raise_if_any,
     require_aware,
@@ -26,6 +29,10 @@ MAX_WINDOW_DAYS = 3660
 # A Finnish personal identity code (henkilötunnus), DDMMYY, century sign, 3 digits,
 # check character. Case keys must be pseudonyms, so one that is an identity code is refused.
 _PERSONAL_IDENTITY_CODE = re.compile(r"\d{6}[-+A-FU-Y]\d{3}[0-9A-Y]", re.IGNORECASE)
+
+REGION = ResourcePattern("regions/{region}")
+INDICATOR = ResourcePattern("regions/{region}/indicators/{indicator}")
+BREACH = ResourcePattern("regions/{region}/breaches/{breach:key}")
 
 
 class Severity(StrEnum):
@@ -44,8 +51,51 @@ def parse_severity(name: str, field: str = "indicator.severity") -> Severity:
         raise InvalidArgument(description, [FieldViolation(field, description)]) from None
 
 
+class BreachState(StrEnum):
+    """Where a breach stands."""
+
+    OPEN = "OPEN"
+
+
 @dataclass(frozen=True)
-class Indicator:
+class BreachFacts:
+    """A breach as events and alerts carry it (the proto's Breach message, field by field)."""
+
+    name: str
+    indicator: str
+    provider: str
+    service: str
+    severity: Severity
+    value: float
+    threshold: float
+    sample_size: int
+    state: BreachState
+    open_time: datetime
+
+
+@dataclass(frozen=True)
+class BreachOpened(Event):
+    """A provider crossed an indicator's threshold."""
+
+    breach: BreachFacts
+    region: str
+
+
+@dataclass(frozen=True)
+class IndicatorCreated(Event):
+    """A region added an indicator to its self-monitoring programme."""
+
+    indicator: str
+    region: str
+    service: str
+    create_time: datetime
+
+
+EVENTS: tuple[type[Event], ...] = (BreachOpened, IndicatorCreated)
+
+
+@dataclass(frozen=True)
+class Indicator(Aggregate):
     """An indicator of a region's self-monitoring programme (omavalvontaohjelma).
 
     The metric is the share of cases completed within deadline_days, over a rolling
@@ -62,6 +112,18 @@ class Indicator:
     window_days: int
     minimum_sample: int
     severity: Severity
+    created_at: datetime | None = field(default=None, compare=False)
+
+    @property
+    def name(self) -> str:
+        return INDICATOR.format(region=self.region, indicator=self.indicator_id)
+
+
+def create_indicator(indicator: Indicator, now: datetime) -> Indicator:
+    """The indicator, created at `now`; records IndicatorCreated."""
+    created = replace(indicator, created_at=require_aware(now))
+    created.record(IndicatorCreated(created.name, created.region, created.service, now))
+    return created
 
 
 def new_indicator(  # noqa: PLR0917 - mirrors the Indicator's fields in order
@@ -225,7 +287,7 @@ def evaluate(indicator: Indicator, stats: WindowStats, breach_open: bool) -> boo
 
 
 @dataclass(frozen=True)
-class Breach:
+class Breach(Aggregate):
     """A provider's crossing of an indicator's threshold: a quality event for supervisors."""
 
     id: str
@@ -238,6 +300,26 @@ class Breach:
     threshold: float
     sample_size: int
     opened_at: datetime
+    state: BreachState = BreachState.OPEN
+
+    @property
+    def name(self) -> str:
+        return BREACH.format(region=self.region, breach=self.id)
+
+    @property
+    def facts(self) -> BreachFacts:
+        return BreachFacts(
+            name=self.name,
+            indicator=INDICATOR.format(region=self.region, indicator=self.indicator_id),
+            provider=self.provider,
+            service=self.service,
+            severity=self.severity,
+            value=self.value,
+            threshold=self.threshold,
+            sample_size=self.sample_size,
+            state=self.state,
+            open_time=self.opened_at,
+        )
 
     @property
     def suspends_provider(self) -> bool:
@@ -248,7 +330,7 @@ class Breach:
 def open_breach(id: str, indicator: Indicator, provider: str, stats: WindowStats, now: datetime) -> Breach:
     """Open a breach recording the value, threshold and sample it was decided on."""
     require_aware(now)
-    return Breach(
+    breach = Breach(
         id=id,
         region=indicator.region,
         indicator_id=indicator.indicator_id,
@@ -260,3 +342,5 @@ def open_breach(id: str, indicator: Indicator, provider: str, stats: WindowStats
         sample_size=stats.sample_size,
         opened_at=now,
     )
+    breach.record(BreachOpened(breach.facts, breach.region))
+    return breach

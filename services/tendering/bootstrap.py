@@ -5,16 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from services.runtime.bus import StreamSpec
 from services.runtime.host import ServiceHost
 from services.runtime.settings import Settings
 
-STREAM = StreamSpec(name="KASVU_TENDERING", subjects=("kasvu.tendering.v1.>",))
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 async def run(settings: Settings) -> None:
-    host = ServiceHost(settings, stream=STREAM, migrations=MIGRATIONS)
+    host = ServiceHost(settings, migrations=MIGRATIONS)
     await host.start_server([])
     try:
         await host.start_infrastructure()

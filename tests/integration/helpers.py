@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
@@ -22,9 +22,13 @@ from kasvu.registry.v1 import registry_pb2
 from sqlalchemy import text
 
 from services.runtime.auth import Principal, Role, TokenVerifier, generate_keypair, mint_token
+from services.runtime.clock import SYSTEM_CLOCK, Clock
 from services.runtime.db import Database
+from services.runtime.dispatch import Dispatcher, EventTypes
 from services.runtime.domain import business_id_check_digit
 from services.runtime.grpc_server import EdgeInterceptor
+from services.runtime.uow import Context, UnitOfWork
+from services.runtime.writer import write_path_for
 
 FINLAND = ZoneInfo("Europe/Helsinki")
 
@@ -225,3 +229,33 @@ def declared(code: str = "prepayment-register") -> registry_pb2.Evidence:
 
 def issued(code: str, on: date) -> registry_pb2.Evidence:
     return registry_pb2.Evidence(requirement_code=code, issued_on=proto_date(on))
+
+
+# -- the dispatcher -------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def dispatching(
+    db: Database,
+    *,
+    service: str,
+    unit_of_work: Callable[[Context, datetime, bool], UnitOfWork],
+    event_types: EventTypes,
+    handlers: Mapping[type[Any], Any],
+    clock: Clock = SYSTEM_CLOCK,
+) -> AsyncIterator[Dispatcher]:
+    """A service's dispatcher over a real database, its write path closed on the way out."""
+    write_path = write_path_for(db)
+    dispatcher = Dispatcher(
+        service=service,
+        db=db,
+        write_path=write_path,
+        unit_of_work=unit_of_work,
+        event_types=event_types,
+        clock=clock,
+    )
+    dispatcher.register_all(handlers)
+    try:
+        yield dispatcher
+    finally:
+        await write_path.close()

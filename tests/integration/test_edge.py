@@ -10,12 +10,11 @@ import grpc
 import pytest
 from kasvu.registry.v1 import registry_pb2, registry_pb2_grpc
 
-from services.registry import bootstrap
+from services.registry import bootstrap, handlers, store
 from services.registry.grpc_api import RegistryServicer
-from services.registry.handlers import RegistryHandlers
 from services.runtime.db import Database
-from services.runtime.migrations import upgrade_async
-from tests.integration.helpers import Tokens, serving
+from services.runtime.migrate import upgrade_async
+from tests.integration.helpers import Tokens, dispatching, serving
 
 LIST_PROVIDERS = "/kasvu.registry.v1.RegistryService/ListProviders"
 
@@ -26,11 +25,18 @@ async def channel(tmp_path: Path) -> AsyncIterator[grpc.aio.Channel]:
     await upgrade_async(url, bootstrap.MIGRATIONS)
     db = Database(url)
     tokens = Tokens.generate(tmp_path / "keys")
-    async with serving(
-        tokens,
-        registry_pb2_grpc.add_RegistryServiceServicer_to_server,
-        RegistryServicer(RegistryHandlers(db)),
-    ) as channel:
+    async with (
+        dispatching(
+            db,
+            service="registry",
+            unit_of_work=store.unit_of_work_factory(),
+            event_types=bootstrap.EVENT_TYPES,
+            handlers=handlers.HANDLERS,
+        ) as dispatcher,
+        serving(
+            tokens, registry_pb2_grpc.add_RegistryServiceServicer_to_server, RegistryServicer(dispatcher)
+        ) as channel,
+    ):
         yield channel
     await db.dispose()
 

@@ -7,7 +7,7 @@ from sqlalchemy import text
 
 from services.registry.bootstrap import MIGRATIONS
 from services.runtime.db import Database
-from services.runtime.migrations import upgrade_async
+from services.runtime.migrate import upgrade_async
 
 
 @pytest.mark.parametrize("runs", [2])

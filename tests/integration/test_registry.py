@@ -14,18 +14,21 @@ from kasvu.selfmonitoring.v1 import events_pb2 as breach_events
 from kasvu.selfmonitoring.v1 import selfmonitoring_pb2
 from sqlmodel import select
 
-from services.registry import bootstrap
-from services.registry.consumers import on_breach_opened
+from services.registry import bootstrap, handlers, store
+from services.registry.consumers import suspension_for
 from services.registry.grpc_api import RegistryServicer
-from services.registry.handlers import RegistryHandlers, SuspendProvider
+from services.registry.handlers import SuspendProvider
 from services.runtime.db import Database, OutboxEvent
-from services.runtime.migrations import upgrade_async
+from services.runtime.dispatch import DUPLICATE, Dispatcher, InboxKey
+from services.runtime.migrate import upgrade_async
 from tests.integration.helpers import (
+    ProviderKey,
     Tokens,
     business_ids,
     count_rows,
     declaration,
     declared,
+    dispatching,
     document,
     error_reason,
     field_violations,
@@ -62,14 +65,19 @@ def tokens(tmp_path: Path) -> Tokens:
 
 
 @pytest.fixture
-def use_cases(registry_db: Database) -> RegistryHandlers:
-    return RegistryHandlers(registry_db)
+async def use_cases(registry_db: Database) -> AsyncIterator[Dispatcher]:
+    async with dispatching(
+        registry_db,
+        service="registry",
+        unit_of_work=store.unit_of_work_factory(),
+        event_types=bootstrap.EVENT_TYPES,
+        handlers=handlers.HANDLERS,
+    ) as dispatcher:
+        yield dispatcher
 
 
 @pytest.fixture
-async def stub(
-    tokens: Tokens, use_cases: RegistryHandlers
-) -> AsyncIterator[registry_pb2_grpc.RegistryServiceStub]:
+async def stub(tokens: Tokens, use_cases: Dispatcher) -> AsyncIterator[registry_pb2_grpc.RegistryServiceStub]:
     async with serving(
         tokens, registry_pb2_grpc.add_RegistryServiceServicer_to_server, RegistryServicer(use_cases)
     ) as channel:
@@ -115,6 +123,7 @@ async def register(
     *,
     evidence: list[registry_pb2.Evidence] | None = None,
     request_id: str = "",
+    key: ProviderKey | None = None,
 ) -> registry_pb2.Registration:
     request = registration_request(
         terms,
@@ -122,18 +131,17 @@ async def register(
         good_evidence() if evidence is None else evidence,
         request_id=request_id,
         display_name=f"Provider {business_id}",
+        key=key,
     )
     return await stub.RegisterProvider(request, metadata=tokens.provider(business_id))
 
 
 async def suspend(  # noqa: PLR0917
-    db: Database, use_cases: RegistryHandlers, region: str, business_id: str, service: str, breach: str
+    db: Database, use_cases: Dispatcher, region: str, business_id: str, service: str, breach: str
 ) -> int:
-    async with db.unit_of_work() as uow:
-        changed = await use_cases.suspend_provider(
-            uow, SuspendProvider(region=region, business_id=business_id, service=service, breach=breach)
-        )
-        await uow.commit()
+    changed: int = await use_cases.handle(
+        SuspendProvider(region=region, business_id=business_id, service=service, breach=breach)
+    )
     return changed
 
 
@@ -420,13 +428,43 @@ async def test_the_same_request_id_twice_returns_the_same_registration_and_one_r
     terms = await publish(stub, tokens)
     business_id = next_business_id()
 
-    first = await register(stub, tokens, terms, business_id, request_id="register-1")
-    retry = await register(stub, tokens, terms, business_id, request_id="register-1")
+    key = ProviderKey()
 
-    assert retry.name == first.name
+    first = await register(stub, tokens, terms, business_id, request_id="register-1", key=key)
+    retry = await register(stub, tokens, terms, business_id, request_id="register-1", key=key)
+
+    assert retry == first
     assert retry.state == registry_pb2.REGISTRATION_STATE_ADMITTED
     assert await count_rows(registry_db, "registry_registrations") == 1
     assert await outbox_counts(registry_db) == {TERMS_PUBLISHED: 1, ADMITTED: 1}
+    assert await count_rows(registry_db, "audit_log") == 2
+
+
+async def test_the_same_request_id_with_another_request_is_refused_naming_the_key(
+    stub, tokens, registry_db, next_business_id
+):
+    terms = await publish(stub, tokens)
+    business_id = next_business_id()
+    await register(stub, tokens, terms, business_id, request_id="register-1")
+
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await register(stub, tokens, terms, business_id, request_id="register-1", evidence=[])
+
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "'register-1'" in (refused.value.details() or "")
+    assert field_violations(refused.value) == ["request_id"]
+    assert error_reason(refused.value) == "IDEMPOTENCY_KEY_REUSED"
+    assert await count_rows(registry_db, "registry_registrations") == 1
+
+
+async def test_one_tenant_cannot_replay_another_tenants_answer_with_the_same_key(
+    stub, tokens, registry_db, next_business_id
+):
+    first = await publish(stub, tokens, request_id="terms-1")
+    other = await publish(stub, tokens, region=OTHER_REGION, request_id="terms-1")
+
+    assert first.name.startswith(f"regions/{REGION}/") and other.name.startswith(f"regions/{OTHER_REGION}/")
+    assert await count_rows(registry_db, "registry_terms") == 2
 
 
 async def test_every_successful_state_change_writes_exactly_one_outbox_row(
@@ -593,16 +631,15 @@ async def test_the_breach_consumer_ignores_warnings_and_suspends_on_serious_brea
 ):
     business_id = next_business_id()
     registration = await register(stub, tokens, await publish(stub, tokens), business_id)
-    handle = on_breach_opened(use_cases)
+    subject = f"kasvu.selfmonitoring.v1.BreachOpened.{REGION}"
 
-    async with registry_db.unit_of_work() as uow:
-        await handle(uow, "event-1", _breach_opened(business_id, selfmonitoring_pb2.SEVERITY_WARNING))
-        await uow.commit()
+    assert suspension_for(_breach_opened(business_id, selfmonitoring_pb2.SEVERITY_WARNING), subject) is None
     assert await state_of(stub, tokens, registration) == "REGISTRATION_STATE_ADMITTED"
     assert SUSPENDED not in await outbox_counts(registry_db)
 
-    async with registry_db.unit_of_work() as uow:
-        await handle(uow, "event-2", _breach_opened(business_id, selfmonitoring_pb2.SEVERITY_SERIOUS))
-        await uow.commit()
+    command = suspension_for(_breach_opened(business_id, selfmonitoring_pb2.SEVERITY_SERIOUS), subject)
+    assert command is not None
+    assert await use_cases.handle(command, inbox=InboxKey("registry-breaches", "event-2")) == 1
+    assert await use_cases.handle(command, inbox=InboxKey("registry-breaches", "event-2")) is DUPLICATE
     assert await state_of(stub, tokens, registration) == "REGISTRATION_STATE_SUSPENDED"
     assert (await outbox_counts(registry_db))[SUSPENDED] == 1

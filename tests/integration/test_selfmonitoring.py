@@ -13,17 +13,22 @@ import grpc
 import pytest
 from kasvu.selfmonitoring.v1 import selfmonitoring_pb2, selfmonitoring_pb2_grpc
 
-from services.runtime.bus import OutboxRelay, connect, declare_stream
+from services.runtime import catalog
+from services.runtime.bus import OutboxRelay, StreamSpec, connect, declare_stream
+from services.runtime.clock import FINLAND
+from services.runtime.clock import Clock as RuntimeClock
 from services.runtime.db import Database
-from services.runtime.migrations import upgrade_async
-from services.selfmonitoring import bootstrap
+from services.runtime.migrate import upgrade_async
+from services.runtime.worker import Worker
+from services.runtime.writer import write_path_for
+from services.selfmonitoring import bootstrap, handlers, store
 from services.selfmonitoring.alerts import AlertFeed
 from services.selfmonitoring.grpc_api import SelfMonitoringServicer
-from services.selfmonitoring.handlers import FINLAND, SelfMonitoringHandlers
 from tests.integration.helpers import (
     Tokens,
     business_ids,
     count_rows,
+    dispatching,
     error_reason,
     field_violations,
     finnish_today,
@@ -37,23 +42,27 @@ OTHER_REGION = "uusimaa"
 INDICATOR_ID = "need-assessment-14d"
 INDICATOR = f"regions/{REGION}/indicators/{INDICATOR_ID}"
 BREACH_OPENED = "kasvu.selfmonitoring.v1.BreachOpened"
+INDICATOR_CREATED = "kasvu.selfmonitoring.v1.IndicatorCreated"
+STREAM = StreamSpec(catalog.entry("selfmonitoring").stream, catalog.entry("selfmonitoring").subjects)
 
 
-class Clock:
-    """A settable clock handed to the handlers, so a test can move "today"."""
+class Clock(RuntimeClock):
+    """A settable clock handed to the dispatcher, so a test can move "today"; each reading
+    moves it on by `step`."""
 
-    def __init__(self, now: datetime | None = None, step: timedelta = timedelta(0)) -> None:
-        self.now = now or datetime.now(UTC)
+    def __init__(self, at: datetime | None = None, step: timedelta = timedelta(0)) -> None:
+        self.at = at or datetime.now(UTC)
         self.step = step
 
-    def __call__(self) -> datetime:
-        current = self.now
-        self.now += self.step
+    def now(self) -> datetime:
+        current = self.at
+        self.at += self.step
         return current
 
     @property
-    def today(self) -> date:
-        return self.now.astimezone(FINLAND).date()
+    def day(self) -> date:
+        """Today in Finland, without moving the clock."""
+        return self.at.astimezone(FINLAND).date()
 
 
 @pytest.fixture
@@ -83,16 +92,24 @@ def _no_bus():  # type: ignore[no-untyped-def]
 async def self_monitoring(
     db: Database,
     tokens: Tokens,
-    clock: Callable[[], datetime] | None = None,
+    clock: RuntimeClock | None = None,
     alerts: AlertFeed | None = None,
     after_commit: Callable[[], None] = lambda: None,
 ) -> AsyncIterator[selfmonitoring_pb2_grpc.SelfMonitoringServiceStub]:
-    use_cases = SelfMonitoringHandlers(db, after_commit=after_commit, **({"clock": clock} if clock else {}))
-    servicer = SelfMonitoringServicer(use_cases, alerts or AlertFeed(_no_bus))
-    async with serving(
-        tokens, selfmonitoring_pb2_grpc.add_SelfMonitoringServiceServicer_to_server, servicer
-    ) as channel:
-        yield selfmonitoring_pb2_grpc.SelfMonitoringServiceStub(channel)
+    async with dispatching(
+        db,
+        service="selfmonitoring",
+        unit_of_work=store.unit_of_work_factory(),
+        event_types=bootstrap.EVENT_TYPES,
+        handlers=handlers.HANDLERS,
+        clock=clock or RuntimeClock(),
+    ) as dispatcher:
+        dispatcher.after_commit = after_commit
+        servicer = SelfMonitoringServicer(dispatcher, alerts or AlertFeed(_no_bus))
+        async with serving(
+            tokens, selfmonitoring_pb2_grpc.add_SelfMonitoringServiceServicer_to_server, servicer
+        ) as channel:
+            yield selfmonitoring_pb2_grpc.SelfMonitoringServiceStub(channel)
 
 
 @pytest.fixture
@@ -279,14 +296,14 @@ async def test_a_breach_opens_once_when_the_sample_is_reached_with_too_few_cases
 ):
     await create(stub, tokens, indicator(minimum_sample=3, minimum_share=0.8))
     provider = business_ids()()
-    today = clock.today
+    today = clock.day
 
     first = await record(stub, tokens, observation("o1", provider, today - timedelta(days=3), days_taken=30))
     second = await record(stub, tokens, observation("o2", provider, today - timedelta(days=2), days_taken=20))
     assert (first.recorded, first.sample_size, first.breach) == (True, 1, "")
     assert (second.recorded, second.sample_size, second.breach) == (True, 2, "")
     assert await count_rows(sm_db, "selfmonitoring_breaches") == 0
-    assert await count_rows(sm_db, "outbox") == 0
+    assert await outbox_counts(sm_db) == {INDICATOR_CREATED: 1}
 
     third = await record(stub, tokens, observation("o3", provider, today, days_taken=14))
     assert third.recorded
@@ -294,13 +311,13 @@ async def test_a_breach_opens_once_when_the_sample_is_reached_with_too_few_cases
     assert third.value == pytest.approx(1 / 3)  # the deadline day itself counts as on time
     assert third.breach.startswith(f"regions/{REGION}/breaches/")
     assert await count_rows(sm_db, "selfmonitoring_breaches") == 1
-    assert await outbox_counts(sm_db) == {BREACH_OPENED: 1}
+    assert await outbox_counts(sm_db) == {INDICATOR_CREATED: 1, BREACH_OPENED: 1}
 
     for index in range(4, 7):
         later = await record(stub, tokens, observation(f"o{index}", provider, today, days_taken=40))
         assert later.breach == third.breach
     assert await count_rows(sm_db, "selfmonitoring_breaches") == 1
-    assert await outbox_counts(sm_db) == {BREACH_OPENED: 1}
+    assert await outbox_counts(sm_db) == {INDICATOR_CREATED: 1, BREACH_OPENED: 1}
 
     breach = await stub.GetBreach(
         selfmonitoring_pb2.GetBreachRequest(name=third.breach), metadata=tokens.supervisor(REGION)
@@ -314,7 +331,7 @@ async def test_a_breach_opens_once_when_the_sample_is_reached_with_too_few_cases
 async def test_a_share_at_the_threshold_or_outside_the_window_opens_no_breach(stub, tokens, sm_db, clock):
     await create(stub, tokens, indicator(minimum_sample=2, minimum_share=0.5, window_days=30))
     provider = business_ids()()
-    today = clock.today
+    today = clock.day
     # Two late cases completed before the window: they do not count.
     for index in range(2):
         await record(stub, tokens, observation(f"old{index}", provider, today - timedelta(days=31), 40))
@@ -330,7 +347,7 @@ async def test_a_share_at_the_threshold_or_outside_the_window_opens_no_breach(st
 async def test_the_same_observation_twice_is_recorded_once(stub, tokens, sm_db, clock):
     await create(stub, tokens)
     provider = business_ids()()
-    item = observation("o1", provider, clock.today, days_taken=3)
+    item = observation("o1", provider, clock.day, days_taken=3)
 
     first = await record(stub, tokens, item)
     again = await record(stub, tokens, item)
@@ -352,7 +369,7 @@ async def test_an_invalid_observation_is_refused_with_its_field_and_stores_nothi
     stub, tokens, sm_db, clock, change, field
 ):
     await create(stub, tokens)
-    completed = clock.today + timedelta(days=change.get("completed_in_days", 0))
+    completed = clock.day + timedelta(days=change.get("completed_in_days", 0))
     item = observation(
         "o1",
         change.get("provider", "0737546-2"),
@@ -374,10 +391,10 @@ async def test_a_provider_records_its_own_cases_but_not_another_providers(stub, 
     next_id = business_ids()
     own, other = next_id(), next_id()
 
-    mine = await record(stub, tokens, observation("o1", own, clock.today, 3), metadata=tokens.provider(own))
+    mine = await record(stub, tokens, observation("o1", own, clock.day, 3), metadata=tokens.provider(own))
     assert mine.recorded
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await record(stub, tokens, observation("o2", other, clock.today, 3), metadata=tokens.provider(own))
+        await record(stub, tokens, observation("o2", other, clock.day, 3), metadata=tokens.provider(own))
 
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert await count_rows(sm_db, "selfmonitoring_observations") == 1
@@ -389,7 +406,7 @@ async def test_recording_for_an_unknown_indicator_is_not_found(stub, tokens, sm_
         await record(
             stub,
             tokens,
-            observation("o1", "0737546-2", clock.today, 3),
+            observation("o1", "0737546-2", clock.day, 3),
             parent=f"regions/{REGION}/indicators/no-such-indicator",
         )
 
@@ -404,19 +421,21 @@ async def test_a_repeated_observation_never_reports_a_breach_that_was_not_stored
     async with self_monitoring(sm_db, tokens, clock) as stub:
         await create(stub, tokens, indicator(minimum_sample=2, minimum_share=0.5, window_days=10))
         provider = business_ids()()
-        day0 = clock.today
+        day0 = clock.day
         for index in range(2):
             await record(stub, tokens, observation(f"good{index}", provider, day0 - timedelta(days=8), 1))
         for index in range(2):
             result = await record(stub, tokens, observation(f"late{index}", provider, day0, 30))
         assert (result.value, result.breach) == (pytest.approx(0.5), "")
 
-        clock.now += timedelta(days=5)  # the on-time cases leave the 10-day window
+        clock.at += timedelta(days=5)  # the on-time cases leave the 10-day window
         repeated = await record(stub, tokens, observation("late0", provider, day0, 30))
 
         assert not repeated.recorded
         breaches = await count_rows(sm_db, "selfmonitoring_breaches")
-        assert await outbox_counts(sm_db) == ({BREACH_OPENED: breaches} if breaches else {})
+        assert await outbox_counts(sm_db) == {INDICATOR_CREATED: 1} | (
+            {BREACH_OPENED: breaches} if breaches else {}
+        )
         if repeated.breach:
             fetched = await stub.GetBreach(
                 selfmonitoring_pb2.GetBreachRequest(name=repeated.breach), metadata=tokens.supervisor(REGION)
@@ -445,7 +464,7 @@ async def _open_breaches(stub, tokens, today: date, count: int) -> list[str]:
 async def test_breaches_list_newest_first_across_pages_without_repeats_or_gaps(sm_db, tokens, step):
     clock = Clock(datetime(2025, 3, 14, 10, 0, tzinfo=UTC), step=step)
     async with self_monitoring(sm_db, tokens, clock) as stub:
-        opened = await _open_breaches(stub, tokens, clock.today, 5)
+        opened = await _open_breaches(stub, tokens, clock.day, 5)
 
         pages: list[list[str]] = []
         token = ""
@@ -472,7 +491,7 @@ async def test_breaches_list_newest_first_across_pages_without_repeats_or_gaps(s
 
 
 async def test_breaches_are_only_for_the_region_own_supervisors(stub, tokens, clock):
-    [name] = await _open_breaches(stub, tokens, clock.today, 1)
+    [name] = await _open_breaches(stub, tokens, clock.day, 1)
     request = selfmonitoring_pb2.GetBreachRequest(name=name)
 
     assert (await stub.GetBreach(request, metadata=tokens.supervisor(REGION))).name == name
@@ -525,7 +544,7 @@ async def _wait_until_published(db: Database) -> None:
 async def _wait_until_subscribed(js) -> None:  # type: ignore[no-untyped-def]
     """The alert feed has subscribed once its ordered consumer exists on the stream."""
     for _ in range(250):
-        if (await js.stream_info(bootstrap.STREAM.name)).state.consumer_count >= 1:
+        if (await js.stream_info(STREAM.name)).state.consumer_count >= 1:
             return
         await asyncio.sleep(0.02)
     pytest.fail("the alert stream never subscribed")
@@ -539,18 +558,22 @@ async def test_a_supervisor_stream_receives_new_breaches_and_resumes_after_a_seq
     db = Database(url)
     nc = await connect(nats_server.url, "selfmonitoring-test")
     js = nc.jetstream()
-    await declare_stream(js, bootstrap.STREAM, replicas=1)
-    relay = OutboxRelay(db, js, service="selfmonitoring")
+    await declare_stream(js, STREAM, replicas=1)
+    write_path = write_path_for(db)
+    worker = Worker(write_path, service="selfmonitoring", jobs=[OutboxRelay(db, write_path, js)], poll_s=0.2)
     stop = asyncio.Event()
-    relay_task = asyncio.create_task(relay.run(stop))
+    relay_task = asyncio.create_task(worker.run(stop))
     supervisor = tokens.supervisor(REGION)
     parent = f"regions/{REGION}"
     next_id = business_ids()
     try:
-        async with self_monitoring(db, tokens, alerts=AlertFeed(lambda: js), after_commit=relay.wake) as stub:
+        async with self_monitoring(
+            db, tokens, alerts=AlertFeed(lambda: js), after_commit=worker.wake
+        ) as stub:
             await create(stub, tokens, indicator(minimum_sample=1, minimum_share=0.9))
             earlier = await record(stub, tokens, observation("o0", next_id(), finnish_today(), 30))
             await _wait_until_published(db)
+            published_before = (await js.stream_info(STREAM.name)).state.last_seq
 
             live = stub.StreamAlerts(
                 selfmonitoring_pb2.StreamAlertsRequest(parent=parent), metadata=supervisor
@@ -563,7 +586,7 @@ async def test_a_supervisor_stream_receives_new_breaches_and_resumes_after_a_seq
             # Only what opened after subscribing: the earlier breach is not part of the live feed.
             assert earlier.breach and earlier.breach != opened.breach
             assert alert.breach.name == opened.breach
-            assert alert.sequence == 2
+            assert alert.sequence == published_before + 1
 
             replay = stub.StreamAlerts(
                 selfmonitoring_pb2.StreamAlertsRequest(parent=parent, resume_after=alert.sequence - 1),
@@ -587,5 +610,6 @@ async def test_a_supervisor_stream_receives_new_breaches_and_resumes_after_a_seq
     finally:
         stop.set()
         await relay_task
+        await write_path.close()
         await nc.close()
         await db.dispose()

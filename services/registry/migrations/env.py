@@ -3,6 +3,6 @@
 from sqlmodel import SQLModel
 
 from services.registry import store
-from services.runtime.migrations import run_env
+from services.runtime.migrate import run_env
 
 run_env(SQLModel.metadata, store.REGISTRY_TABLES)

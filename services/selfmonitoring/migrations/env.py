@@ -2,7 +2,7 @@
 
 from sqlmodel import SQLModel
 
-from services.runtime.migrations import run_env
+from services.runtime.migrate import run_env
 from services.selfmonitoring import store
 
 run_env(SQLModel.metadata, store.SELFMONITORING_TABLES)

@@ -2,6 +2,6 @@
 
 from sqlmodel import SQLModel
 
-from services.runtime.migrations import run_env
+from services.runtime.migrate import run_env
 
 run_env(SQLModel.metadata, ())

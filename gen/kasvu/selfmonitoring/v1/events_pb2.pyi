@@ -5,6 +5,7 @@ isort:skip_file
 
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from kasvu.selfmonitoring.v1 import selfmonitoring_pb2 as _selfmonitoring_pb2
 import builtins as _builtins
 import sys
@@ -48,3 +49,39 @@ class BreachOpened(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BreachOpened: _TypeAlias = BreachOpened  # noqa: Y015
+
+@_typing.final
+class IndicatorCreated(_message.Message):
+    """A region added an indicator to its self-monitoring programme."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDICATOR_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    indicator: _builtins.str
+    """regions/{region}/indicators/{indicator}"""
+    region: _builtins.str
+    """The region whose programme it belongs to."""
+    service: _builtins.str
+    """The growth service it watches."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was created."""
+
+    def __init__(
+        self,
+        *,
+        indicator: _builtins.str = ...,
+        region: _builtins.str = ...,
+        service: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "indicator", b"indicator", "region", b"region", "service", b"service"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IndicatorCreated: _TypeAlias = IndicatorCreated  # noqa: Y015

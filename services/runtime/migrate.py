@@ -1,9 +1,13 @@
-"""Alembic, shared by every service: each service keeps its own migrations folder and
-database; this module runs them on start and provides the body of each env.py."""
+"""Alembic, shared by every service. Each service database holds two branches: the runtime's
+tables (outbox, inbox, leases, idempotency keys, timers, audit log; versions in
+services/runtime/migrations/versions, branch label "runtime") and the service's own tables
+(versions in services/<service>/migrations/versions, branch label <service>). This module runs
+both on start and provides the body of each service's env.py."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
@@ -14,7 +18,11 @@ from sqlalchemy import pool
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import async_engine_from_config
 
-from services.runtime.db import RUNTIME_TABLES, async_url
+from services.runtime.db import async_url
+from services.runtime.tables import RUNTIME_TABLES
+
+RUNTIME_VERSIONS = Path(__file__).parent / "migrations" / "versions"
+RUNTIME_BRANCH = "runtime"
 
 # An arbitrary constant, the same in every service: each service has its own database,
 # so services never wait for one another on it.
@@ -22,15 +30,20 @@ MIGRATION_LOCK_ID = 725_300_125
 
 
 def alembic_config(url: str, script_location: Path) -> Config:
+    """The service's migrations (env.py and its versions) plus the runtime's versions."""
     config = Config()
     config.set_main_option("script_location", str(script_location))
+    config.set_main_option("path_separator", "os")
+    config.set_main_option(
+        "version_locations", os.pathsep.join([str(script_location / "versions"), str(RUNTIME_VERSIONS)])
+    )
     config.set_main_option("sqlalchemy.url", async_url(url).replace("%", "%%"))
     return config
 
 
 def upgrade(url: str, script_location: Path) -> None:
-    """Brings the database to the newest revision (blocking; call from a thread)."""
-    command.upgrade(alembic_config(url, script_location), "head")
+    """Brings both branches to their newest revision (blocking; call from a thread)."""
+    command.upgrade(alembic_config(url, script_location), "heads")
 
 
 async def upgrade_async(url: str, script_location: Path) -> None:
@@ -39,7 +52,7 @@ async def upgrade_async(url: str, script_location: Path) -> None:
 
 def run_env(metadata: Any, service_tables: Collection[str]) -> None:
     """The body of a service's env.py: online migrations over an async engine, limited
-    to the service's own tables plus the runtime's (outbox, inbox, leases, keys)."""
+    to the service's own tables plus the runtime's."""
     own = set(service_tables) | set(RUNTIME_TABLES)
 
     def include_name(name: str | None, type_: str, _parent: Any) -> bool:
@@ -56,7 +69,7 @@ def run_env(metadata: Any, service_tables: Collection[str]) -> None:
         with context.begin_transaction():
             if connection.dialect.name == "postgresql":
                 # Replicas starting together migrate one after another: the lock is held to the
-                # end of the migration transaction, and whoever comes second finds the head.
+                # end of the migration transaction, and whoever comes second finds the heads.
                 connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_ID})")
             context.run_migrations()
 

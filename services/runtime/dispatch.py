@@ -1,0 +1,375 @@
+"""The one way in: a gRPC call, a NATS event and a due timer all become a command handed to
+`Dispatcher.handle`, which opens the unit of work, applies idempotency (or the inbox, or the
+timer's claim), runs the command's one handler, writes the collected events, timers and audit
+record, commits through the write path, and wakes the relay."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import typing
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+from google.protobuf.message import Message
+from sqlalchemy import update
+from sqlmodel import col
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from services.runtime import codec, envelope
+from services.runtime.audit import AuditEntry
+from services.runtime.clock import Clock
+from services.runtime.db import Database
+from services.runtime.domain import Command, Event, Query
+from services.runtime.errors import DomainError, FieldViolation, InvalidArgument
+from services.runtime.protoconv import to_message
+from services.runtime.tables import IdempotencyKey, InboxEntry, OutboxEvent, Timer
+from services.runtime.uow import Context, UnitOfWork
+from services.runtime.writer import Outcome, WritePath
+
+log = logging.getLogger(__name__)
+
+U = TypeVar("U", bound=UnitOfWork)
+Handler = Callable[[Any, U], Awaitable[Any]]
+
+MAX_IDEMPOTENCY_KEY_LENGTH = 128
+
+
+@dataclass(frozen=True)
+class InboxKey:
+    """The consumer and the event id of an event being applied; its inbox row commits with the effect."""
+
+    consumer: str
+    event_id: str
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    """The answer for an event (or timer) that was applied before: nothing was done."""
+
+
+@dataclass(frozen=True)
+class Refused:
+    """The answer for an event (or timer) whose command was refused: recorded, not retried."""
+
+    error: DomainError
+
+
+DUPLICATE = Duplicate()
+NO_CONTEXT = Context()
+
+
+class EventTypes:
+    """Maps the model's event classes to their proto messages, by class name.
+
+    The subject of an event is derived here, and only here: the proto's full name and the
+    organiser, e.g. `kasvu.registry.v1.ProviderSuspended.pirkanmaa`.
+    """
+
+    def __init__(self, pairs: Iterable[tuple[type[Event], type[Message]]]) -> None:
+        self._protos: dict[type[Event], type[Message]] = dict(pairs)
+
+    @classmethod
+    def by_name(cls, events: Iterable[type[Event]], proto_module: Any) -> EventTypes:
+        pairs = []
+        for event in events:
+            proto = getattr(proto_module, event.__name__, None)
+            if proto is None:
+                raise ValueError(f"{proto_module.__name__} has no message {event.__name__}")
+            pairs.append((event, proto))
+        return cls(pairs)
+
+    def proto_class(self, event: Event) -> type[Message]:
+        try:
+            return self._protos[type(event)]
+        except KeyError:
+            raise ValueError(f"{type(event).__name__} has no proto message registered") from None
+
+    def to_proto(self, event: Event) -> Message:
+        return to_message(event, self.proto_class(event))
+
+    def subject(self, event: Event, message: Message) -> str:
+        return subject_for(message.DESCRIPTOR.full_name, event.region)
+
+    @property
+    def protos(self) -> tuple[type[Message], ...]:
+        return tuple(self._protos.values())
+
+
+def subject_for(event_type: str, region: str) -> str:
+    """Events are addressed by type and organiser, so consumers can filter by either."""
+    return f"{event_type}.{region}"
+
+
+class Dispatcher:
+    """A service's handlers behind one door; built once, in the service's bootstrap."""
+
+    def __init__(
+        self,
+        *,
+        service: str,
+        db: Database,
+        write_path: WritePath,
+        unit_of_work: Callable[[Context, datetime, bool], UnitOfWork],
+        event_types: EventTypes,
+        clock: Clock,
+        after_commit: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.service = service
+        self._db = db
+        self._write_path = write_path
+        self._unit_of_work = unit_of_work
+        self._event_types = event_types
+        self._clock = clock
+        self._handlers: dict[type[Any], Handler[Any]] = {}
+        self._result_types: dict[type[Any], Any] = {}
+        self._commands_by_name: dict[str, type[Command]] = {}
+        self.after_commit = after_commit
+
+    # -- registration ---------------------------------------------------------------------
+
+    def register(self, message_type: type[Any], handler: Handler[Any]) -> None:
+        if message_type in self._handlers:
+            raise ValueError(f"{message_type.__name__} has a handler already")
+        self._handlers[message_type] = handler
+        self._result_types[message_type] = typing.get_type_hints(handler).get("return", Any)
+        if issubclass(message_type, Command):
+            self._commands_by_name[command_type_name(message_type)] = message_type
+
+    def register_all(self, handlers: Mapping[type[Any], Handler[Any]]) -> None:
+        for message_type, handler in handlers.items():
+            self.register(message_type, handler)
+
+    def command_type(self, name: str) -> type[Command]:
+        """The command class a timer row names."""
+        return self._commands_by_name[name]
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    @property
+    def write_path(self) -> WritePath:
+        return self._write_path
+
+    # -- the doors ------------------------------------------------------------------------
+
+    async def query(self, query: Query, context: Context = NO_CONTEXT) -> Any:
+        """Runs a query's handler on a read-only unit of work, outside the write path."""
+        handler = self._handler(query)
+        async with self._db.read_session() as session:
+            uow = self._unit_of_work(context, self._clock.now(), True)
+            uow.bind(session)
+            return await handler(query, uow)
+
+    async def handle(
+        self,
+        command: Command,
+        context: Context = NO_CONTEXT,
+        *,
+        inbox: InboxKey | None = None,
+        timer: str | None = None,
+    ) -> Any:
+        """Runs the command in one unit of work and returns its handler's result.
+
+        With `inbox`, an event already applied returns DUPLICATE, and a refusal (a
+        DomainError) is recorded as the event's outcome and returned as Refused instead of
+        raised, so it is not redelivered forever. With `timer`, the timer is claimed in the
+        same transaction, so it fires once however many replicas try.
+        """
+        handler = self._handler(command)
+        if not context.correlation_id:
+            context = _with_correlation(context)
+        key = _checked_idempotency_key(context.idempotency_key)
+        scope = f"{command_type_name(type(command))}:{_tenant(context)}"
+        fingerprint = codec.fingerprint(command) if key else ""
+        result_type = self._result_types[type(command)]
+
+        async def job(session: AsyncSession) -> Outcome[Any]:
+            uow = self._unit_of_work(context, self._clock.now(), False)
+            uow.bind(session)
+            if (
+                inbox is not None
+                and await session.get(InboxEntry, (inbox.consumer, inbox.event_id)) is not None
+            ):
+                return Outcome(DUPLICATE)
+            if timer is not None and not await _claim_timer(session, timer, uow.now):
+                return Outcome(DUPLICATE)
+            if key:
+                earlier = await session.get(IdempotencyKey, (scope, key))
+                if earlier is not None:
+                    return Outcome(_replay(earlier, fingerprint, key, result_type))
+            try:
+                nested = await session.begin_nested() if (inbox or timer) else None
+                result = await handler(command, uow)
+                await uow.save()
+                written = await self._write_collected(session, uow, command)
+                if nested is not None:
+                    await nested.commit()
+            except DomainError as refusal:
+                if inbox is None and timer is None:
+                    raise
+                if nested is not None and nested.is_active:
+                    await nested.rollback()
+                outcome = f"refused: {type(refusal).__name__}: {refusal.message}"[:255]
+                await self._mark(session, inbox, timer, uow.now, outcome)
+                log.info(
+                    "command refused",
+                    extra={
+                        "command": type(command).__name__,
+                        "reason": refusal.reason or type(refusal).__name__,
+                    },
+                )
+                return Outcome(Refused(refusal))
+            await self._mark(session, inbox, timer, uow.now, "applied")
+            if key:
+                session.add(
+                    IdempotencyKey(
+                        scope=scope,
+                        key=key,
+                        fingerprint=fingerprint,
+                        response=codec.dumps(result),
+                        created_at=uow.now,
+                    )
+                )
+            entry = None
+            if written:
+                entry = AuditEntry(
+                    recorded_at=uow.now,
+                    actor=context.who,
+                    command=command_type_name(type(command)),
+                    resources=tuple(uow.resources),
+                    events=tuple(written),
+                    correlation_id=context.correlation_id,
+                )
+            return Outcome(result, entry)
+
+        result = await self._write_path.run(job)
+        if not isinstance(result, Duplicate | Refused):
+            self.after_commit()
+        return result
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _handler(self, message: Any) -> Handler[Any]:
+        try:
+            return self._handlers[type(message)]
+        except KeyError:
+            raise LookupError(f"{self.service} has no handler for {type(message).__name__}") from None
+
+    @staticmethod
+    async def _mark(
+        session: AsyncSession, inbox: InboxKey | None, timer: str | None, now: datetime, outcome: str
+    ) -> None:
+        if inbox is not None:
+            session.add(
+                InboxEntry(consumer=inbox.consumer, event_id=inbox.event_id, outcome=outcome, handled_at=now)
+            )
+        if timer is not None:
+            # Claimed (fired_at set) at the start of the unit; the outcome is kept for operators.
+            await session.exec(update(Timer).where(col(Timer.key) == timer).values(outcome=outcome))
+
+    async def _write_collected(
+        self, session: AsyncSession, uow: UnitOfWork, command: Command
+    ) -> list[tuple[str, str, str]]:
+        """Outbox rows for the recorded events and rows for the timers; returns what the audit names."""
+        written: list[tuple[str, str, str]] = []
+        for event in uow.collect_events():
+            message = self._event_types.to_proto(event)
+            payload = message.SerializeToString()
+            event_id = uuid.uuid4().hex
+            event_type = message.DESCRIPTOR.full_name
+            headers = envelope.headers_for(
+                event_id=event_id,
+                event_type=event_type,
+                occurred_at=uow.now,
+                context=uow.context,
+            )
+            session.add(
+                OutboxEvent(
+                    event_id=event_id,
+                    subject=self._event_types.subject(event, message),
+                    event_type=event_type,
+                    payload=payload,
+                    headers=json.dumps(headers, separators=(",", ":")),
+                    created_at=uow.now,
+                )
+            )
+            written.append((event_id, event_type, hashlib.sha256(payload).hexdigest()))
+        for change in uow.timers.changes:
+            row = await session.get(Timer, change.key)
+            if change.command is None:
+                if row is not None and row.fired_at is None:
+                    await session.delete(row)
+                    written.append((change.key, "timer.cancelled", ""))
+                continue
+            assert change.due_at is not None
+            serialized = codec.dumps(change.command)
+            name = command_type_name(type(change.command))
+            if row is None:
+                session.add(
+                    Timer(
+                        key=change.key,
+                        due_at=change.due_at,
+                        command_type=name,
+                        command=serialized,
+                        correlation_id=uow.context.correlation_id,
+                        created_at=uow.now,
+                    )
+                )
+            else:
+                row.due_at, row.command_type, row.command = change.due_at, name, serialized
+                row.fired_at, row.outcome = None, ""
+                session.add(row)
+            written.append((change.key, "timer.set", change.due_at.isoformat()))
+        uow.timers.changes.clear()
+        return written
+
+
+def command_type_name(command_type: type[Any]) -> str:
+    """How commands are named in timers, idempotency scopes and the audit trail."""
+    return command_type.__name__
+
+
+def _tenant(context: Context) -> str:
+    # Keys are scoped by who asks: one tenant's key can never replay another tenant's answer.
+    actor = context.actor
+    return f"{actor.role.value}:{actor.organisation}" if actor is not None else "-"
+
+
+def _with_correlation(context: Context) -> Context:
+    from dataclasses import replace
+
+    return replace(context, correlation_id=context.request_id or uuid.uuid4().hex)
+
+
+def _checked_idempotency_key(key: str) -> str:
+    key = key.strip()
+    if len(key) > MAX_IDEMPOTENCY_KEY_LENGTH or any(ord(c) < 0x20 or ord(c) == 0x7F for c in key):
+        description = f"must be at most {MAX_IDEMPOTENCY_KEY_LENGTH} printable characters"
+        raise InvalidArgument(f"request_id {description}", [FieldViolation("request_id", description)])
+    return key
+
+
+def _replay(earlier: IdempotencyKey, fingerprint: str, key: str, result_type: Any) -> Any:
+    if earlier.fingerprint != fingerprint:
+        description = f"the key {key!r} was used for a different request; use a new key for a new request"
+        raise InvalidArgument(
+            f"request_id {description}",
+            [FieldViolation("request_id", description)],
+            reason="IDEMPOTENCY_KEY_REUSED",
+        )
+    return codec.loads(result_type, earlier.response)
+
+
+async def _claim_timer(session: AsyncSession, key: str, now: datetime) -> bool:
+    result = await session.exec(
+        update(Timer)
+        .where(col(Timer.key) == key, col(Timer.fired_at).is_(None), col(Timer.due_at) <= now)
+        .values(fired_at=now)
+    )
+    return bool(result.rowcount == 1)
