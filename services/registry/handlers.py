@@ -106,7 +106,7 @@ async def register_provider(command: RegisterProvider, uow: RegistryUnitOfWork) 
             raise AlreadyExists(
                 f"{business_id} is already registered: {active[0].name}", reason="ALREADY_REGISTERED"
             )
-    uow.registrations.add(registration)
+    await uow.registrations.add(registration)
     return registration
 
 

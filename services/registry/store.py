@@ -6,13 +6,15 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from datetime import date, datetime
+from typing import Any
 
-from sqlalchemy import Index
-from sqlmodel import Field, SQLModel, col, func, select
+from sqlalchemy import Index, bindparam, update
+from sqlmodel import Field, SQLModel, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.registry import model
 from services.runtime.db import serialize_on
+from services.runtime.fastinsert import TableInserter
 from services.runtime.tables import utc_field, utcnow
 from services.runtime.uow import Context, UnitOfWork
 
@@ -60,6 +62,13 @@ class RegistrationRow(SQLModel, table=True):
 
 
 REGISTRY_TABLES = ("registry_terms", "registry_registrations")
+REGISTRATIONS = RegistrationRow.__table__  # type: ignore[attr-defined]
+TERMS = TermsRow.__table__  # type: ignore[attr-defined]
+# Statements built once, their values passed at execution: SQLAlchemy then reuses the compiled
+# form instead of building and hashing a new statement per row.
+_INSERT_REGISTRATION = TableInserter(REGISTRATIONS)
+_ACTIVE = select(REGISTRATIONS).where(REGISTRATIONS.c.active_key == bindparam("active_key"))
+_UPDATE_REGISTRATION = update(REGISTRATIONS).where(REGISTRATIONS.c.id == bindparam("registration_id"))
 
 
 # -- rows <-> domain ------------------------------------------------------------------------------
@@ -134,7 +143,8 @@ def _active_key(registration: model.Registration) -> str | None:
     return f"{registration.region}/{registration.service}/{registration.business_id}"
 
 
-def registration_from_row(row: RegistrationRow) -> model.Registration:
+def registration_from_row(row: Any) -> model.Registration:
+    """A registration from its row: a RegistrationRow or a Core row mapping with the same columns."""
     return model.Registration(
         id=row.id,
         region=row.region,
@@ -152,31 +162,30 @@ def registration_from_row(row: RegistrationRow) -> model.Registration:
     )
 
 
-def _write_registration(row: RegistrationRow, registration: model.Registration) -> None:
-    row.state = str(registration.state)
-    row.reasons_json = _reasons_json(registration.reasons)
-    row.suspended_by_breach = registration.suspended_by_breach
-    row.active_key = _active_key(registration)
-    row.updated_at = registration.updated_at
+def _mutable_columns(registration: model.Registration) -> dict[str, Any]:
+    """The columns a registration's decisions change; compared to know whether to write."""
+    return {
+        "state": str(registration.state),
+        "reasons_json": _reasons_json(registration.reasons),
+        "suspended_by_breach": registration.suspended_by_breach,
+        "active_key": _active_key(registration),
+        "updated_at": registration.updated_at,
+    }
 
 
-def _new_registration_row(registration: model.Registration) -> RegistrationRow:
-    row = RegistrationRow(
-        id=registration.id,
-        region=registration.region,
-        service=registration.service,
-        terms_version=registration.terms_version,
-        business_id=registration.business_id,
-        display_name=registration.display_name,
-        public_key=registration.public_key,
-        evidence_json=_evidence_json(registration.evidence),
-        state="",
-        reasons_json="[]",
-        created_at=registration.created_at,
-        updated_at=registration.updated_at,
-    )
-    _write_registration(row, registration)
-    return row
+def _registration_columns(registration: model.Registration) -> dict[str, Any]:
+    return {
+        "id": registration.id,
+        "region": registration.region,
+        "service": registration.service,
+        "terms_version": registration.terms_version,
+        "business_id": registration.business_id,
+        "display_name": registration.display_name,
+        "public_key": registration.public_key,
+        "evidence_json": _evidence_json(registration.evidence),
+        "created_at": registration.created_at,
+        **_mutable_columns(registration),
+    }
 
 
 # -- repositories ---------------------------------------------------------------------------------
@@ -239,71 +248,72 @@ class TermsRepository:
 
 
 class RegistrationRepository:
+    """Registrations in and out as domain objects, by SQLAlchemy Core: this is the registry's hot
+    path, and the ORM's bookkeeping would cost more than SQLite does."""
+
     def __init__(self, session: AsyncSession, uow: UnitOfWork) -> None:
         self._session = session
         self._uow = uow
-        self._rows: list[tuple[model.Registration, RegistrationRow]] = []
+        self._loaded: dict[str, tuple[model.Registration, dict[str, Any]]] = {}
 
-    def _loaded(self, row: RegistrationRow) -> model.Registration:
-        for registration, known in self._rows:
-            if known is row:
-                return registration
+    def _track(self, row: Any) -> model.Registration:
+        known = self._loaded.get(row.id)
+        if known is not None:
+            return known[0]
         registration = registration_from_row(row)
-        self._rows.append((registration, row))
+        self._loaded[registration.id] = (registration, _mutable_columns(registration))
         return self._uow.track(registration, registration.name)
 
+    async def _select(self, *conditions: Any, order_by: Any = None, limit: int | None = None) -> list[Any]:
+        query = select(REGISTRATIONS).where(*conditions)
+        if order_by is not None:
+            query = query.order_by(order_by)
+        if limit is not None:
+            query = query.limit(limit)
+        return list((await self._uow.connection.execute(query)).all())
+
     async def get(self, registration_id: str) -> model.Registration | None:
-        row = await self._session.get(RegistrationRow, registration_id)
-        return self._loaded(row) if row is not None else None
+        rows = await self._select(REGISTRATIONS.c.id == registration_id)
+        return self._track(rows[0]) if rows else None
 
     async def active_of(self, region: str, business_id: str, service: str) -> list[model.Registration]:
         """The provider's admitted or suspended registrations; concurrent writers for the same
         provider, region and service take turns from here."""
         if not self._uow.read_only:
             await serialize_on(self._session, f"registry:registration:{region}/{service}/{business_id}")
-        query = select(RegistrationRow).where(
-            RegistrationRow.region == region,
-            RegistrationRow.business_id == business_id,
-            RegistrationRow.service == service,
-            col(RegistrationRow.active_key).is_not(None),
+        result = await self._uow.connection.execute(
+            _ACTIVE, {"active_key": f"{region}/{service}/{business_id}"}
         )
-        if (
-            not self._uow.read_only
-            and self._session.bind is not None
-            and self._session.bind.dialect.name == "postgresql"
-        ):
-            query = query.with_for_update()
-        return [self._loaded(row) for row in (await self._session.exec(query)).all()]
+        return [self._track(row) for row in result.all()]
 
-    def add(self, registration: model.Registration) -> None:
-        row = _new_registration_row(registration)
-        self._session.add(row)
-        self._rows.append((registration, row))
+    async def add(self, registration: model.Registration) -> None:
+        await _INSERT_REGISTRATION.insert(self._uow.connection, [_registration_columns(registration)])
+        self._loaded[registration.id] = (registration, _mutable_columns(registration))
         self._uow.track(registration, registration.name)
 
     async def admitted_page(
         self, region: str, service: str, after_business_id: str, limit: int
     ) -> list[model.Registration]:
         """Keyset pagination by business ID: stable while providers come and go."""
-        query = (
-            select(RegistrationRow)
-            .where(
-                RegistrationRow.region == region,
-                RegistrationRow.service == service,
-                RegistrationRow.state == str(model.RegistrationState.ADMITTED),
-                col(RegistrationRow.business_id) > after_business_id,
-            )
-            .order_by(col(RegistrationRow.business_id))
-            .limit(limit)
+        rows = await self._select(
+            REGISTRATIONS.c.region == region,
+            REGISTRATIONS.c.service == service,
+            REGISTRATIONS.c.state == str(model.RegistrationState.ADMITTED),
+            REGISTRATIONS.c.business_id > after_business_id,
+            order_by=REGISTRATIONS.c.business_id,
+            limit=limit,
         )
-        return [self._loaded(row) for row in (await self._session.exec(query)).all()]
+        return [self._track(row) for row in rows]
 
-    def save(self) -> None:
-        """Writes every loaded registration's state back onto its row (unchanged rows stay clean)."""
-        for registration, row in self._rows:
-            _write_registration(row, registration)
-            if self._session.is_modified(row):
-                self._session.add(row)
+    async def save(self) -> None:
+        """Writes back every loaded registration whose decision columns changed."""
+        for registration_id, (registration, written) in self._loaded.items():
+            current = _mutable_columns(registration)
+            if current != written:
+                await self._uow.connection.execute(
+                    _UPDATE_REGISTRATION, {"registration_id": registration_id, **current}
+                )
+                self._loaded[registration_id] = (registration, current)
 
 
 class RegistryUnitOfWork(UnitOfWork):
@@ -316,12 +326,13 @@ class RegistryUnitOfWork(UnitOfWork):
         super().__init__(context, now, read_only=read_only)
         self._cache = cache
 
-    def bind(self, session: AsyncSession) -> None:
+    async def bind(self, session: AsyncSession) -> None:
+        await super().bind(session)
         self.terms = TermsRepository(session, self, self._cache)
         self.registrations = RegistrationRepository(session, self)
 
     async def save(self) -> None:
-        self.registrations.save()
+        await self.registrations.save()
 
 
 def unit_of_work_factory(

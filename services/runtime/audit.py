@@ -9,9 +9,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from sqlalchemy import select as sa_select
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from services.runtime.db import connection_of
+from services.runtime.fastinsert import TableInserter
 from services.runtime.tables import AuditRecord
 
 GENESIS = "0" * 64
@@ -59,14 +62,14 @@ def record_hash(  # noqa: PLR0917 - the record's fields, in the order they are h
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def link(entry: AuditEntry, head: ChainHead) -> AuditRecord:
-    """The record for `entry` placed after `head`."""
+def link(entry: AuditEntry, head: ChainHead) -> dict[str, object]:
+    """The audit_log row (column values) for `entry` placed after `head`."""
     seq = head.seq + 1
     resources = json.dumps(list(entry.resources), separators=(",", ":"), ensure_ascii=False)
     events = json.dumps([list(e) for e in entry.events], separators=(",", ":"))
     # Hash what the database will give back: microseconds are all both dialects keep.
     recorded_at = entry.recorded_at
-    return AuditRecord(
+    return dict(
         seq=seq,
         recorded_at=recorded_at,
         actor=entry.actor[:255],
@@ -88,9 +91,24 @@ def link(entry: AuditEntry, head: ChainHead) -> AuditRecord:
     )
 
 
+AUDIT_LOG = AuditRecord.__table__  # type: ignore[attr-defined]
+_APPEND = TableInserter(AUDIT_LOG)
+
+
 async def chain_head(session: AsyncSession) -> ChainHead:
-    row = (await session.exec(select(AuditRecord).order_by(col(AuditRecord.seq).desc()).limit(1))).first()
+    row = (
+        await (await session.connection()).execute(
+            sa_select(AUDIT_LOG.c.seq, AUDIT_LOG.c.hash).order_by(AUDIT_LOG.c.seq.desc()).limit(1)
+        )
+    ).first()
     return ChainHead(row.seq, row.hash) if row is not None else EMPTY_CHAIN
+
+
+async def append(session: AsyncSession, entry: AuditEntry, head: ChainHead) -> ChainHead:
+    """Writes `entry` after `head`; the new head."""
+    row = link(entry, head)
+    await _APPEND.insert(await connection_of(session), [row])
+    return ChainHead(int(row["seq"]), str(row["hash"]))  # type: ignore[call-overload]
 
 
 @dataclass(frozen=True)

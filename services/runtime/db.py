@@ -7,12 +7,13 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import event, text
+from sqlalchemy import event, make_url, text
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from services.runtime import sqlite_inline
 from services.runtime.tables import (
     RUNTIME_TABLES,
     AuditRecord,
@@ -62,7 +63,9 @@ def is_sqlite(url: str) -> bool:
 
 
 def _sqlite_engine(url: str, *, immediate: bool) -> AsyncEngine:
-    engine = create_async_engine(url, connect_args={"timeout": 30})
+    database = make_url(url).database or ":memory:"
+    # Statements run in the event loop's thread: see services.runtime.sqlite_inline for why.
+    engine = create_async_engine(url, async_creator=sqlite_inline.creator(database, timeout=30))
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
@@ -152,3 +155,12 @@ async def serialize_on(session: AsyncSession, key: str) -> None:
         await session.exec(
             text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))").bindparams(key=key)
         )  # type: ignore[call-overload]
+
+
+async def connection_of(session: AsyncSession) -> AsyncConnection:
+    """The Core connection of the session's transaction, cached on the session: asking the
+    session for it again for every unit of a batch costs more than the statements themselves."""
+    connection: AsyncConnection | None = session.info.get("kasvu.connection")
+    if connection is None:
+        connection = session.info["kasvu.connection"] = await session.connection()
+    return connection

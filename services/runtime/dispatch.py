@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import typing
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -16,7 +15,8 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from google.protobuf.message import Message
-from sqlalchemy import update
+from sqlalchemy import ColumnElement, literal, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel import col
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -26,12 +26,20 @@ from services.runtime.clock import Clock
 from services.runtime.db import Database
 from services.runtime.domain import Command, Event, Query
 from services.runtime.errors import DomainError, FieldViolation, InvalidArgument
+from services.runtime.fastinsert import TableInserter
 from services.runtime.protoconv import to_message
 from services.runtime.tables import IdempotencyKey, InboxEntry, OutboxEvent, Timer
 from services.runtime.uow import Context, UnitOfWork
 from services.runtime.writer import Outcome, WritePath
 
 log = logging.getLogger(__name__)
+
+OUTBOX = OutboxEvent.__table__  # type: ignore[attr-defined]
+INBOX = InboxEntry.__table__  # type: ignore[attr-defined]
+KEYS = IdempotencyKey.__table__  # type: ignore[attr-defined]
+OUTBOX_ROWS = TableInserter(OUTBOX)
+INBOX_ROWS = TableInserter(INBOX)
+KEY_ROWS = TableInserter(KEYS)
 
 U = TypeVar("U", bound=UnitOfWork)
 Handler = Callable[[Any, U], Awaitable[Any]]
@@ -136,7 +144,7 @@ class Dispatcher:
         if message_type in self._handlers:
             raise ValueError(f"{message_type.__name__} has a handler already")
         self._handlers[message_type] = handler
-        self._result_types[message_type] = typing.get_type_hints(handler).get("return", Any)
+        self._result_types[message_type] = _return_type(handler)
         if issubclass(message_type, Command):
             self._commands_by_name[command_type_name(message_type)] = message_type
 
@@ -163,7 +171,7 @@ class Dispatcher:
         handler = self._handler(query)
         async with self._db.read_session() as session:
             uow = self._unit_of_work(context, self._clock.now(), True)
-            uow.bind(session)
+            await uow.bind(session)
             return await handler(query, uow)
 
     async def handle(
@@ -191,18 +199,25 @@ class Dispatcher:
 
         async def job(session: AsyncSession) -> Outcome[Any]:
             uow = self._unit_of_work(context, self._clock.now(), False)
-            uow.bind(session)
-            if (
-                inbox is not None
-                and await session.get(InboxEntry, (inbox.consumer, inbox.event_id)) is not None
+            await uow.bind(session)
+            if inbox is not None and await _exists(
+                uow.connection, INBOX.c.consumer == inbox.consumer, INBOX.c.event_id == inbox.event_id
             ):
                 return Outcome(DUPLICATE)
             if timer is not None and not await _claim_timer(session, timer, uow.now):
                 return Outcome(DUPLICATE)
             if key:
-                earlier = await session.get(IdempotencyKey, (scope, key))
+                earlier = (
+                    await uow.connection.execute(
+                        select(KEYS.c.fingerprint, KEYS.c.response).where(
+                            KEYS.c.scope == scope, KEYS.c.key == key
+                        )
+                    )
+                ).first()
                 if earlier is not None:
-                    return Outcome(_replay(earlier, fingerprint, key, result_type))
+                    return Outcome(
+                        _replay(earlier.fingerprint, earlier.response, fingerprint, key, result_type)
+                    )
             try:
                 nested = await session.begin_nested() if (inbox or timer) else None
                 result = await handler(command, uow)
@@ -227,14 +242,17 @@ class Dispatcher:
                 return Outcome(Refused(refusal))
             await self._mark(session, inbox, timer, uow.now, "applied")
             if key:
-                session.add(
-                    IdempotencyKey(
-                        scope=scope,
-                        key=key,
-                        fingerprint=fingerprint,
-                        response=codec.dumps(result),
-                        created_at=uow.now,
-                    )
+                await KEY_ROWS.insert(
+                    uow.connection,
+                    [
+                        {
+                            "scope": scope,
+                            "key": key,
+                            "fingerprint": fingerprint,
+                            "response": codec.dumps(result),
+                            "created_at": uow.now,
+                        }
+                    ],
                 )
             entry = None
             if written:
@@ -266,18 +284,29 @@ class Dispatcher:
         session: AsyncSession, inbox: InboxKey | None, timer: str | None, now: datetime, outcome: str
     ) -> None:
         if inbox is not None:
-            session.add(
-                InboxEntry(consumer=inbox.consumer, event_id=inbox.event_id, outcome=outcome, handled_at=now)
+            await INBOX_ROWS.insert(
+                await session.connection(),
+                [
+                    {
+                        "consumer": inbox.consumer,
+                        "event_id": inbox.event_id,
+                        "outcome": outcome,
+                        "handled_at": now,
+                    }
+                ],
             )
         if timer is not None:
             # Claimed (fired_at set) at the start of the unit; the outcome is kept for operators.
-            await session.exec(update(Timer).where(col(Timer.key) == timer).values(outcome=outcome))
+            await (await session.connection()).execute(
+                update(Timer).where(col(Timer.key) == timer).values(outcome=outcome)
+            )
 
     async def _write_collected(
         self, session: AsyncSession, uow: UnitOfWork, command: Command
     ) -> list[tuple[str, str, str]]:
         """Outbox rows for the recorded events and rows for the timers; returns what the audit names."""
         written: list[tuple[str, str, str]] = []
+        rows: list[dict[str, Any]] = []
         for event in uow.collect_events():
             message = self._event_types.to_proto(event)
             payload = message.SerializeToString()
@@ -289,17 +318,21 @@ class Dispatcher:
                 occurred_at=uow.now,
                 context=uow.context,
             )
-            session.add(
-                OutboxEvent(
-                    event_id=event_id,
-                    subject=self._event_types.subject(event, message),
-                    event_type=event_type,
-                    payload=payload,
-                    headers=json.dumps(headers, separators=(",", ":")),
-                    created_at=uow.now,
-                )
+            rows.append(
+                {
+                    "event_id": event_id,
+                    "subject": self._event_types.subject(event, message),
+                    "event_type": event_type,
+                    "payload": payload,
+                    "headers": json.dumps(headers, separators=(",", ":")),
+                    "created_at": uow.now,
+                    "published_at": None,
+                }
             )
             written.append((event_id, event_type, hashlib.sha256(payload).hexdigest()))
+        if rows:
+            # Core, one statement for the unit's events: the ORM costs more than SQLite does here.
+            await OUTBOX_ROWS.insert(uow.connection, rows)
         for change in uow.timers.changes:
             row = await session.get(Timer, change.key)
             if change.command is None:
@@ -330,6 +363,20 @@ class Dispatcher:
         return written
 
 
+def _return_type(handler: Handler[Any]) -> Any:
+    """The handler's declared result type, which idempotent replays decode into.
+
+    Only the return annotation is resolved: the unit of work's type is often imported for
+    annotations only (under TYPE_CHECKING), and resolving it would fail at run time.
+    """
+    annotation = getattr(handler, "__annotations__", {}).get("return", Any)
+    if isinstance(annotation, str):
+        namespace = dict(getattr(handler, "__globals__", {}))
+        # The handler module's own annotation text, evaluated in that module: trusted code.
+        annotation = eval(annotation, namespace)
+    return type(None) if annotation is None else annotation
+
+
 def command_type_name(command_type: type[Any]) -> str:
     """How commands are named in timers, idempotency scopes and the audit trail."""
     return command_type.__name__
@@ -355,19 +402,26 @@ def _checked_idempotency_key(key: str) -> str:
     return key
 
 
-def _replay(earlier: IdempotencyKey, fingerprint: str, key: str, result_type: Any) -> Any:
-    if earlier.fingerprint != fingerprint:
+def _replay(earlier_fingerprint: str, response: str, fingerprint: str, key: str, result_type: Any) -> Any:
+    if earlier_fingerprint != fingerprint:
         description = f"the key {key!r} was used for a different request; use a new key for a new request"
         raise InvalidArgument(
             f"request_id {description}",
             [FieldViolation("request_id", description)],
             reason="IDEMPOTENCY_KEY_REUSED",
         )
-    return codec.loads(result_type, earlier.response)
+    return codec.loads(result_type, response)
+
+
+async def _exists(connection: AsyncConnection, *conditions: ColumnElement[bool]) -> bool:
+    table = conditions[0].left.table
+    return (
+        await connection.execute(select(literal(1)).select_from(table).where(*conditions).limit(1))
+    ).first() is not None
 
 
 async def _claim_timer(session: AsyncSession, key: str, now: datetime) -> bool:
-    result = await session.exec(
+    result = await (await session.connection()).execute(
         update(Timer)
         .where(col(Timer.key) == key, col(Timer.fired_at).is_(None), col(Timer.due_at) <= now)
         .values(fired_at=now)

@@ -13,9 +13,11 @@ from datetime import date, datetime
 from typing import TYPE_CHECKING, TypeVar
 
 from services.runtime.auth import Principal
+from services.runtime.db import connection_of
 from services.runtime.domain import Aggregate, Command, Event, finnish_date
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection
     from sqlmodel.ext.asyncio.session import AsyncSession
 
 A = TypeVar("A", bound=Aggregate)
@@ -85,6 +87,8 @@ class UnitOfWork:
         self.resources: list[str] = []
         self._seen: list[Aggregate] = []
         self._direct = Aggregate()
+        self.session: AsyncSession
+        self.connection: AsyncConnection
 
     @property
     def actor(self) -> Principal | None:
@@ -95,8 +99,14 @@ class UnitOfWork:
         """Today in Finland, at this unit of work's instant."""
         return finnish_date(self.now)
 
-    def bind(self, session: AsyncSession) -> None:
-        """Builds the repositories on the transaction's session; services override it."""
+    async def bind(self, session: AsyncSession) -> None:
+        """Builds the repositories on the transaction's session; services extend it.
+
+        `connection` is the transaction's Core connection: repositories on hot paths use it
+        directly, since the ORM's per-statement bookkeeping costs more than SQLite does.
+        """
+        self.session = session
+        self.connection = await connection_of(session)
 
     async def save(self) -> None:
         """Writes the changed aggregates back to storage before the events are collected;

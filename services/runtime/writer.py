@@ -102,7 +102,7 @@ class PooledWritePath(WritePath):
                     # only here, so the chain never forks.
                     await session.exec(text(f"SELECT pg_advisory_xact_lock({AUDIT_LOCK_ID})"))  # type: ignore[call-overload]
                     head = await audit.chain_head(session)
-                    session.add(audit.link(outcome.audit, head))
+                    await audit.append(session, outcome.audit, head)
             self.stats.transactions += 1
             self.stats.units += 1
             return outcome.result
@@ -193,10 +193,9 @@ class BatchedWritePath(WritePath):
         savepoint = await session.begin_nested()
         try:
             outcome = await item.job(session)
-            record = None
+            new_head = head
             if outcome.audit is not None:
-                record = audit.link(outcome.audit, head)
-                session.add(record)
+                new_head = await audit.append(session, outcome.audit, head)
             await session.flush()
             await savepoint.commit()
         except BaseException as error:
@@ -215,7 +214,7 @@ class BatchedWritePath(WritePath):
                 raise
             return head
         done.append((item.future, outcome.result))
-        return audit.ChainHead(record.seq, record.hash) if record is not None else head
+        return new_head
 
 
 def write_path_for(db: Database, *, max_batch: int = 128) -> WritePath:

@@ -242,7 +242,8 @@ class SelfMonitoringUnitOfWork(UnitOfWork):
     observations: ObservationRepository
     breaches: BreachRepository
 
-    def bind(self, session: AsyncSession) -> None:
+    async def bind(self, session: AsyncSession) -> None:
+        await super().bind(session)
         self.indicators = IndicatorRepository(session, self)
         self.observations = ObservationRepository(session)
         self.breaches = BreachRepository(session, self)
