@@ -50,6 +50,15 @@ def _audit_verify(args: argparse.Namespace) -> int:
     return verify_service(args.service, url, expect=args.expect)
 
 
+def _dead_letters(args: argparse.Namespace) -> int:
+    from kasvuctl import deadletters
+
+    url = args.database_url or Settings(service=args.service).resolved_database_url()
+    if args.dead_letter_command == "list":
+        return deadletters.list_dead_letters(args.service, url, include_replayed=args.all)
+    return deadletters.replay_dead_letters(args.service, url, args.ids)
+
+
 def _run(args: argparse.Namespace) -> int:
     from kasvuctl import launcher
 
@@ -102,6 +111,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="a head printed by an earlier run: fails if that record is gone or differs (catches truncation)",
     )
     verify.set_defaults(handler=_audit_verify)
+
+    dead = commands.add_parser("deadletters", help="list or replay events a service's consumers gave up on")
+    dead_commands = dead.add_subparsers(dest="dead_letter_command", required=True, metavar="ACTION")
+    for action, text in (
+        ("list", "list the dead letters"),
+        ("replay", "ask the service to apply them again"),
+    ):
+        sub = dead_commands.add_parser(action, help=text)
+        sub.add_argument("service", choices=[entry.name for entry in CATALOG])
+        sub.add_argument(
+            "--database-url", default="", help="the service's database (default: its SQLite file)"
+        )
+        if action == "list":
+            sub.add_argument("--all", action="store_true", help="include replayed ones")
+        else:
+            sub.add_argument("ids", nargs="+", type=int, help="dead letter ids from `list`")
+        sub.set_defaults(handler=_dead_letters)
 
     run = commands.add_parser("run", help="run nats-server and all services locally until Ctrl-C")
     run.set_defaults(handler=_run)

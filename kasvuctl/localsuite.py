@@ -141,13 +141,17 @@ class LocalSuite:
             except httpx.HTTPError:
                 return False
         async with grpc.aio.insecure_channel(self.address(name)) as channel:
-            try:
-                reply = await health_pb2_grpc.HealthStub(channel).Check(
-                    health_pb2.HealthCheckRequest(), timeout=1.0
-                )
-            except grpc.aio.AioRpcError:
-                return False
-            return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+            stub = health_pb2_grpc.HealthStub(channel)
+            # Ready means taking writes ("") and events flowing ("kasvu.bus"), so a test's first
+            # event is not waiting on the service's connection to NATS.
+            for entry in ("", "kasvu.bus"):
+                try:
+                    reply = await stub.Check(health_pb2.HealthCheckRequest(service=entry), timeout=1.0)
+                except grpc.aio.AioRpcError:
+                    return False
+                if reply.status != health_pb2.HealthCheckResponse.SERVING:
+                    return False
+            return True
 
     def kill(self, name: str) -> None:
         """SIGKILL: no shutdown code runs, as in a crash or an OOM kill."""

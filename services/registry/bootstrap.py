@@ -37,9 +37,9 @@ async def run(settings: Settings) -> None:
     try:
         await host.start_infrastructure()
         host.add_consumer(
-            EventConsumer(
+            lambda js: EventConsumer(
                 dispatcher,
-                host.js,
+                js,
                 stream=consumers.BREACHES_STREAM,
                 durable=consumers.BREACHES_DURABLE,
                 subject=consumers.BREACHES_SUBJECT,
@@ -47,6 +47,7 @@ async def run(settings: Settings) -> None:
                 translate=consumers.suspension_for,
                 batch=settings.consumer_batch,
                 ack_wait_s=settings.consumer_ack_wait_s,
+                max_deliveries=settings.consumer_max_deliveries,
                 crash_point=settings.crash_point,
             )
         )

@@ -61,6 +61,7 @@ TITLE_MAX_LENGTH = 200
 DISPLAY_NAME_MAX_LENGTH = 200
 CODE_MAX_LENGTH = 100
 DESCRIPTION_MAX_LENGTH = 2000
+MAX_REQUIREMENTS = 100
 
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 
@@ -255,6 +256,12 @@ def new_terms(
         violations.append(violation)
     if not requirements:
         violations.append(FieldViolation("terms.requirements", "must list at least one requirement"))
+    if len(requirements) > MAX_REQUIREMENTS:
+        # A cap on every repeated field: the event and the signed canonical form must stay small.
+        violations.append(
+            FieldViolation("terms.requirements", f"must list at most {MAX_REQUIREMENTS} requirements")
+        )
+        requirements = requirements[:MAX_REQUIREMENTS]
 
     normalised: list[Requirement] = []
     seen_codes: set[str] = set()
@@ -340,6 +347,11 @@ def assess_evidence(terms: Terms, evidence: Sequence[Evidence], today: date) -> 
     """
     by_code: dict[str, Evidence] = {}
     violations: list[FieldViolation] = []
+    if len(evidence) > MAX_REQUIREMENTS:
+        violations.append(
+            FieldViolation("registration.evidence", f"must hold at most {MAX_REQUIREMENTS} items")
+        )
+        evidence = evidence[:MAX_REQUIREMENTS]
     for index, item in enumerate(evidence):
         path = f"registration.evidence[{index}]"
         if terms.requirement(item.requirement_code) is None:

@@ -9,10 +9,10 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import nats
 from google.protobuf.message import DecodeError, Message
@@ -22,7 +22,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
-from sqlalchemy import ColumnElement, exists, update
+from sqlalchemy import ColumnElement, exists, or_, text, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -30,7 +30,7 @@ from services.runtime import envelope
 from services.runtime.db import Database, database_now
 from services.runtime.dispatch import Dispatcher, InboxKey
 from services.runtime.domain import Command
-from services.runtime.tables import Lease, OutboxEvent
+from services.runtime.tables import DeadLetter, Lease, OutboxEvent
 from services.runtime.uow import Context
 from services.runtime.worker import Fence, LeaseLost
 from services.runtime.writer import Outcome, WritePath
@@ -104,13 +104,24 @@ async def declare_stream(js: JetStreamContext, spec: StreamSpec, replicas: int) 
 
 
 async def pending_outbox(session: AsyncSession, limit: int) -> list[OutboxEvent]:
-    result = await session.exec(
+    """The oldest rows still to publish, in seq order; rows set aside wait for an operator.
+
+    On PostgreSQL a row is ready only once every transaction that began before the one that
+    wrote it has ended: sequence numbers are taken at insert, so a transaction still open
+    with a smaller seq would otherwise commit its row after a larger one was relayed, and
+    the stream would no longer be in commit order.
+    """
+    query = (
         select(OutboxEvent)
-        .where(col(OutboxEvent.published_at).is_(None))
+        .where(col(OutboxEvent.published_at).is_(None), col(OutboxEvent.set_aside_at).is_(None))
         .order_by(col(OutboxEvent.seq))
         .limit(limit)
     )
-    return list(result.all())
+    bind = session.bind
+    if bind is not None and bind.dialect.name == "postgresql":
+        oldest_running = text("pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+        query = query.where(or_(col(OutboxEvent.txid).is_(None), col(OutboxEvent.txid) < oldest_running))
+    return list((await session.exec(query)).all())
 
 
 def lease_held(fence: Fence, now: datetime) -> ColumnElement[bool]:
@@ -125,13 +136,22 @@ def lease_held(fence: Fence, now: datetime) -> ColumnElement[bool]:
     )
 
 
-class OutboxRelay:
-    """Moves committed outbox rows to JetStream, oldest first; a job of the leased worker.
+EXPECTED_LAST_MSG_ID = "Nats-Expected-Last-Msg-Id"
+WRONG_LAST_MSG_ID = 10070  # JetStream's error code when the stream's tail is not the expected one
+MAX_PUBLISH_ATTEMPTS = 3
 
-    A crash after publishing but before marking re-publishes with the same Nats-Msg-Id,
-    which JetStream drops inside its duplicate window, and consumers' inboxes drop after
-    it. Rows are marked published only while the worker's lease is still held with the
-    same fencing token, so a replica that lost the lease stops at its next batch.
+
+class OutboxRelay:
+    """Moves committed outbox rows to the service's stream, oldest first; a job of the leased worker.
+
+    The stream never holds two messages with one event id, however long a relay was down:
+    the relay is the stream's one writer, publishes each row with the id of the message it
+    expects last on the stream (Nats-Expected-Last-Msg-Id), and after a restart first marks
+    the rows it finds already stored (a relay that died between publishing and marking).
+    Rows are marked published only while the worker's lease is still held with the same
+    fencing token, so a replica that lost the lease stops at its next batch. A row that
+    cannot be published (too large for the server, refused) is set aside after a few tries,
+    so it never holds back the rows behind it.
     """
 
     def __init__(
@@ -140,30 +160,79 @@ class OutboxRelay:
         write_path: WritePath,
         js: JetStreamContext,
         *,
+        stream: str = "",
         batch: int = 200,
         ack_timeout_s: float = 10.0,
+        max_payload: Callable[[], int] = lambda: 1024 * 1024,
         crash_point: str = "",
     ) -> None:
         self._db = db
         self._write_path = write_path
         self._js = js
+        self._stream = stream
         self._batch = batch
         self._crash_point = crash_point
+        self._max_payload = max_payload
         self.ack_timeout_s = ack_timeout_s
+        self._tail: str | None = None
+        """The event id last on the stream as this relay knows it; None: ask the stream."""
+
+    async def _stream_tail(self) -> str:
+        if not self._stream:
+            return ""
+        info = await self._js.stream_info(self._stream)
+        if not info.state.last_seq:
+            return ""
+        last = await self._js.get_msg(self._stream, info.state.last_seq)
+        return str((last.headers or {}).get(envelope.MSG_ID, ""))
 
     async def relay_batch(self, fence: Fence) -> int:
         async with self._db.read_session() as session:
             rows = await pending_outbox(session, self._batch)
         if not rows:
             return 0
-        futures = [
-            await self._js.publish_async(row.subject, row.payload, headers=_headers(row)) for row in rows
-        ]
-        # A bounded wait: with NATS gone the acks never come; the rows stay and go next round.
-        await asyncio.wait_for(asyncio.gather(*futures), timeout=self.ack_timeout_s)
+        if self._tail is None:
+            self._tail = await self._stream_tail()
+        ids = [row.event_id for row in rows]
+        # Rows up to the stream's tail were stored before a crash and never marked.
+        stored = ids.index(self._tail) + 1 if self._tail in ids else 0
+        published = [row.seq for row in rows[:stored] if row.seq is not None]
+        failures: dict[int, str] = {}
+        outcomes = await asyncio.gather(
+            *(
+                self._publish(row, self._tail if i == stored else rows[i - 1].event_id)
+                for i, row in enumerate(rows)
+                if i >= stored
+            ),
+            return_exceptions=True,
+        )
+        for row, outcome in zip(rows[stored:], outcomes, strict=True):
+            assert row.seq is not None
+            if isinstance(outcome, BaseException):
+                if isinstance(outcome, nats.js.errors.APIError) and outcome.err_code == WRONG_LAST_MSG_ID:
+                    self._tail = None  # someone else wrote: ask the stream again next round
+                failures[row.seq] = _describe(outcome)
+                break  # the rows behind a failed one were published against the wrong tail
+            published.append(row.seq)
+            self._tail = row.event_id
         crash_if("relay_after_publish", self._crash_point)
-        seqs = [row.seq for row in rows if row.seq is not None]
+        if published:
+            await self._mark(fence, published)
+        if failures:
+            await self._count_failures(fence, failures)
+        return len(published)
 
+    async def _publish(self, row: OutboxEvent, expected_last: str | None) -> object:
+        headers = _headers(row)
+        if expected_last:
+            headers[EXPECTED_LAST_MSG_ID] = expected_last
+        if len(row.payload) + sum(len(k) + len(v) + 4 for k, v in headers.items()) > self._max_payload():
+            raise PayloadTooLarge(f"{len(row.payload)} bytes exceed the server's maximum payload")
+        return await self._js.publish(
+            row.subject, row.payload, headers=headers, stream=self._stream or None, timeout=self.ack_timeout_s
+        )
+
+    async def _mark(self, fence: Fence, seqs: list[int]) -> None:
         async def mark(session: AsyncSession) -> Outcome[int]:
             now = await database_now(session)
             result = await session.exec(
@@ -175,11 +244,43 @@ class OutboxRelay:
 
         if await self._write_path.run(mark) == 0:
             raise LeaseLost(fence)
-        return len(rows)
+
+    async def _count_failures(self, fence: Fence, failures: dict[int, str]) -> None:
+        async def count(session: AsyncSession) -> Outcome[None]:
+            now = await database_now(session)
+            for seq, error in failures.items():
+                row = await session.get(OutboxEvent, seq)
+                if row is None:
+                    continue
+                row.attempts += 1
+                row.last_error = error[:255]
+                if row.attempts >= MAX_PUBLISH_ATTEMPTS:
+                    row.set_aside_at = now
+                    log.error(
+                        "outbox event set aside after failed publishes",
+                        extra={
+                            "event_id": row.event_id,
+                            "event_type": row.event_type,
+                            "error": row.last_error,
+                            "alert": True,
+                        },
+                    )
+                session.add(row)
+            return Outcome(None)
+
+        await self._write_path.run(count)
 
     async def run_once(self, fence: Fence) -> None:
         while await self.relay_batch(fence) == self._batch:
             pass
+
+
+class PayloadTooLarge(Exception):
+    """An event larger than the NATS server accepts; publishing it can never succeed."""
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"[:255]
 
 
 def _headers(row: OutboxEvent) -> dict[str, str]:
@@ -202,6 +303,11 @@ class EventConsumer(Generic[E]):
     message is redelivered; a crash after it leaves the inbox row, so the redelivered
     message changes nothing. Messages of one fetch are handled together, so their units of
     work share the write path's batches.
+
+    A message that cannot be applied is retried with back-off a few times, then kept as a
+    dead letter (with its error, for `kasvu deadletters`) and terminated: it never holds back
+    the messages behind it. One that can never be applied (no id, a type that does not match
+    its subject, undecodable) is dead-lettered at once.
     """
 
     def __init__(
@@ -215,12 +321,14 @@ class EventConsumer(Generic[E]):
         event_type: type[E],
         translate: Translate[E],
         batch: int = 64,
-        ack_wait_s: float = 30.0,
+        ack_wait_s: float = 5.0,
+        max_deliveries: int = 5,
+        backoff_s: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0),
         crash_point: str = "",
     ) -> None:
         self._dispatcher = dispatcher
         self._js = js
-        self._stream = stream
+        self.stream = stream
         self.durable = durable
         self._subject = subject
         self._event_type = event_type
@@ -228,6 +336,8 @@ class EventConsumer(Generic[E]):
         self._translate = translate
         self._batch = batch
         self._ack_wait_s = ack_wait_s
+        self.max_deliveries = max_deliveries
+        self._backoff_s = backoff_s
         self._crash_point = crash_point
 
     async def _subscribe(self) -> JetStreamContext.PullSubscription:
@@ -236,56 +346,121 @@ class EventConsumer(Generic[E]):
             ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL,
             ack_wait=self._ack_wait_s,
-            max_ack_pending=1000,
+            # Unlimited on the server: this consumer dead-letters at max_deliveries itself, so
+            # nothing is dropped without a record.
+            max_deliver=-1,
+            max_ack_pending=10_000,
             filter_subject=self._subject,
         )
         return await self._js.pull_subscribe(
-            self._subject, durable=self.durable, stream=self._stream, config=config
+            self._subject, durable=self.durable, stream=self.stream, config=config
         )
 
-    async def handle(self, msg: Msg) -> None:
-        headers = msg.headers or {}
-        event_id = headers.get(envelope.MSG_ID, "")
-        if not event_id:
-            log.error("event without id terminated", extra={"subject": msg.subject})
-            await msg.term()
-            return
-        if headers.get(envelope.EVENT_TYPE) != self._type_name or not msg.subject.startswith(
+    def _unusable(self, headers: dict[str, str], subject: str, data: bytes) -> tuple[str, E | None]:
+        """Why the message can never be applied (empty when it can), and the decoded event."""
+        if not headers.get(envelope.MSG_ID, ""):
+            return "the event has no id (Nats-Msg-Id)", None
+        if headers.get(envelope.EVENT_TYPE) != self._type_name or not subject.startswith(
             self._type_name + "."
         ):
             # The subject names the type; a header that disagrees is forged or broken.
-            log.error(
-                "event of the wrong type terminated", extra={"event_id": event_id, "subject": msg.subject}
-            )
-            await msg.term()
-            return
+            return f"the event's type header does not match its subject {subject}", None
         try:
-            event = self._event_type.FromString(msg.data)
+            return "", self._event_type.FromString(data)
         except DecodeError:
-            log.error("undecodable event terminated", extra={"event_id": event_id, "subject": msg.subject})
-            await msg.term()
-            return
-        command = self._translate(event, msg.subject)
-        outcome = "ignored"
-        if command is not None:
-            context = Context(
-                correlation_id=headers.get(envelope.CORRELATION_ID, "") or event_id,
-                causation_id=f"event:{event_id}",
-            )
-            result = await self._dispatcher.handle(command, context, inbox=InboxKey(self.durable, event_id))
-            outcome = type(result).__name__
-            crash_if("consumer_after_commit", self._crash_point)
-        await msg.ack()
-        log.info("event handled", extra={"consumer": self.durable, "event_id": event_id, "outcome": outcome})
+            return f"the payload is not a {self._type_name}", None
 
-    async def _handle_or_nak(self, msg: Msg) -> None:
+    async def apply(self, headers: dict[str, str], subject: str, data: bytes) -> str:
+        """Applies one event (from the stream or a replayed dead letter); its outcome's name."""
+        problem, event = self._unusable(headers, subject, data)
+        if event is None:
+            raise UnusableEvent(problem)
+        command = self._translate(event, subject)
+        if command is None:
+            return "ignored"
+        event_id = headers[envelope.MSG_ID]
+        context = Context(
+            correlation_id=headers.get(envelope.CORRELATION_ID, "") or event_id,
+            causation_id=f"event:{event_id}",
+        )
+        result = await self._dispatcher.handle(command, context, inbox=InboxKey(self.durable, event_id))
+        return type(result).__name__
+
+    async def handle(self, msg: Msg) -> None:
+        headers = dict(msg.headers or {})
+        crash_if("consumer_after_fetch", self._crash_point)
+        try:
+            async with _in_progress(msg, self._ack_wait_s / 2):
+                outcome = await self.apply(headers, msg.subject, msg.data)
+        except UnusableEvent as problem:
+            await self._dead_letter(msg, str(problem))
+            return
+        except Exception as error:
+            deliveries = msg.metadata.num_delivered or 1
+            if deliveries >= self.max_deliveries:
+                log.exception("event failed its last delivery", extra={"consumer": self.durable})
+                await self._dead_letter(msg, _describe(error))
+                return
+            delay = self._backoff_s[min(deliveries, len(self._backoff_s)) - 1]
+            log.warning(
+                "event handling failed; will be redelivered",
+                extra={"consumer": self.durable, "deliveries": deliveries, "retry_in_s": delay},
+                exc_info=True,
+            )
+            await msg.nak(delay=delay)
+            return
+        crash_if("consumer_after_commit", self._crash_point)
+        await msg.ack()
+        log.info(
+            "event handled",
+            extra={
+                "consumer": self.durable,
+                "event_id": headers.get(envelope.MSG_ID, ""),
+                "outcome": outcome,
+            },
+        )
+
+    async def _dead_letter(self, msg: Msg, error: str) -> None:
+        headers = dict(msg.headers or {})
+        meta = msg.metadata
+
+        async def keep(session: AsyncSession) -> Outcome[None]:
+            session.add(
+                DeadLetter(
+                    consumer=self.durable,
+                    stream=meta.stream or self.stream,
+                    stream_seq=meta.sequence.stream if meta.sequence else 0,
+                    subject=msg.subject,
+                    event_id=headers.get(envelope.MSG_ID, "")[:64],
+                    headers=json.dumps(headers, separators=(",", ":")),
+                    payload=msg.data,
+                    error=error[:1000],
+                    deliveries=meta.num_delivered or 1,
+                    dead_at=await database_now(session),
+                )
+            )
+            return Outcome(None)
+
+        await self._dispatcher.write_path.run(keep)
+        # An operator's alert: the event is kept and will not be retried until replayed.
+        log.error(
+            "event dead-lettered",
+            extra={
+                "consumer": self.durable,
+                "event_id": headers.get(envelope.MSG_ID, ""),
+                "error": error,
+                "alert": True,
+            },
+        )
+        await msg.term()
+
+    async def _handle_or_leave(self, msg: Msg) -> None:
         try:
             await self.handle(msg)
         except Exception:
-            # Unexpected (database down, a bug): no ack, so JetStream redelivers.
-            log.exception("event handling failed; will be redelivered", extra={"consumer": self.durable})
-            with contextlib.suppress(Exception):
-                await msg.nak(delay=1.0)
+            # The dead-letter write or the ack itself failed (database or NATS away): without an
+            # ack JetStream redelivers after ack_wait.
+            log.exception("event left for redelivery", extra={"consumer": self.durable})
 
     async def run(self, stop: asyncio.Event) -> None:
         subscription: JetStreamContext.PullSubscription | None = None
@@ -297,7 +472,7 @@ class EventConsumer(Generic[E]):
                     messages = await subscription.fetch(self._batch, timeout=1.0)
                 except NatsTimeoutError:
                     continue
-                await asyncio.gather(*(self._handle_or_nak(msg) for msg in messages))
+                await asyncio.gather(*(self._handle_or_leave(msg) for msg in messages))
             except asyncio.CancelledError:
                 raise
             except Exception as error:
@@ -313,3 +488,76 @@ class EventConsumer(Generic[E]):
             # Ends only this client's interest; the durable consumer stays on the server.
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()
+
+
+class UnusableEvent(Exception):
+    """A message that no retry can apply: it is dead-lettered at once."""
+
+
+@contextlib.asynccontextmanager
+async def _in_progress(msg: Msg, every_s: float) -> AsyncIterator[None]:
+    """Tells JetStream the message is being worked on, so a slow unit of work (a big batch, a
+    slow disk) is not redelivered to another replica while it runs; a short ack wait then
+    only delays messages whose consumer died."""
+
+    async def beat() -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+
+
+class DeadLetterReplayer:
+    """Replays the dead letters an operator asked for (`kasvu deadletters replay`), through the
+    consumer that dead-lettered them; the inbox still applies each event once. A job of the
+    leased worker, so one replica replays."""
+
+    def __init__(
+        self, db: Database, write_path: WritePath, consumers: Callable[[], Sequence[EventConsumer[Any]]]
+    ) -> None:
+        self._db = db
+        self._write_path = write_path
+        self._consumers = consumers
+
+    async def run_once(self, fence: Fence) -> None:
+        async with self._db.read_session() as session:
+            rows = list(
+                (
+                    await session.exec(
+                        select(DeadLetter)
+                        .where(
+                            col(DeadLetter.replay_requested_at).is_not(None),
+                            col(DeadLetter.replayed_at).is_(None),
+                        )
+                        .order_by(col(DeadLetter.id))
+                        .limit(100)
+                    )
+                ).all()
+            )
+        by_name = {consumer.durable: consumer for consumer in self._consumers()}
+        for row in rows:
+            consumer = by_name.get(row.consumer)
+            if consumer is None:
+                continue
+            try:
+                outcome = await consumer.apply(json.loads(row.headers), row.subject, row.payload)
+            except Exception as error:
+                outcome = f"failed again: {_describe(error)}"
+            await self._record(row.id, outcome)
+
+    async def _record(self, dead_letter_id: int | None, outcome: str) -> None:
+        async def record(session: AsyncSession) -> Outcome[None]:
+            row = await session.get(DeadLetter, dead_letter_id)
+            if row is not None:
+                row.replayed_at = await database_now(session)
+                row.replay_outcome = outcome[:255]
+                session.add(row)
+            return Outcome(None)
+
+        await self._write_path.run(record)

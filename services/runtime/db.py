@@ -7,10 +7,11 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import event, make_url, text
+from sqlalchemy import event, func, make_url, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.runtime import sqlite_inline
@@ -164,3 +165,19 @@ async def connection_of(session: AsyncSession) -> AsyncConnection:
     if connection is None:
         connection = session.info["kasvu.connection"] = await session.connection()
     return connection
+
+
+async def outbox_backlog(db: Database) -> tuple[int, float]:
+    """How many committed events wait to be published, and how long the oldest has waited (s)."""
+    async with db.read_session() as session:
+        count, oldest = (
+            await session.exec(
+                select(func.count(), func.min(OutboxEvent.created_at)).where(
+                    col(OutboxEvent.published_at).is_(None), col(OutboxEvent.set_aside_at).is_(None)
+                )
+            )
+        ).one()
+    if oldest is None:
+        return 0, 0.0
+    # min() keeps the column's type, so this is an aware UTC datetime like the column's values.
+    return int(count), max(0.0, (utcnow() - oldest).total_seconds())

@@ -126,6 +126,7 @@ class Dispatcher:
         event_types: EventTypes,
         clock: Clock,
         after_commit: Callable[[], None] = lambda: None,
+        max_event_bytes: int = 1024 * 1024 - 16 * 1024,
     ) -> None:
         self.service = service
         self._db = db
@@ -137,6 +138,7 @@ class Dispatcher:
         self._result_types: dict[type[Any], Any] = {}
         self._commands_by_name: dict[str, type[Command]] = {}
         self.after_commit = after_commit
+        self.max_event_bytes = max_event_bytes
 
     # -- registration ---------------------------------------------------------------------
 
@@ -310,6 +312,14 @@ class Dispatcher:
         for event in uow.collect_events():
             message = self._event_types.to_proto(event)
             payload = message.SerializeToString()
+            if len(payload) > self.max_event_bytes:
+                # Refused here, in the transaction that would write it: the bus could never
+                # carry it, and an outbox row that can never be published is a lost event.
+                raise InvalidArgument(
+                    f"the request would record a {type(event).__name__} event of {len(payload)} bytes; "
+                    f"events may be at most {self.max_event_bytes} bytes",
+                    reason="EVENT_TOO_LARGE",
+                )
             event_id = uuid.uuid4().hex
             event_type = message.DESCRIPTOR.full_name
             headers = envelope.headers_for(

@@ -65,12 +65,18 @@ def validate_resource_id(value: str, field: str) -> str:
     return value
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
 def check_text(value: str, field: str, max_length: int) -> FieldViolation | None:
-    """A violation when the text is blank or longer than max_length, else None."""
+    """A violation when the text is blank, longer than max_length or holds control characters
+    (a NUL cannot even be stored in PostgreSQL), else None."""
     if not value.strip():
         return FieldViolation(field, "must not be empty")
     if len(value) > max_length:
         return FieldViolation(field, f"must be at most {max_length} characters")
+    if _CONTROL.search(value):
+        return FieldViolation(field, "must not contain control characters")
     return None
 
 

@@ -5,8 +5,10 @@ pruning) and the consumers, then SERVING; on SIGTERM or SIGINT the reverse, grac
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
+import socket
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -22,8 +24,9 @@ from nats.js.client import JetStreamContext
 from services.runtime import bus, catalog
 from services.runtime.auth import TokenVerifier
 from services.runtime.clock import SYSTEM_CLOCK, Clock
-from services.runtime.db import Database, is_sqlite
+from services.runtime.db import Database, is_sqlite, outbox_backlog
 from services.runtime.dispatch import Dispatcher, EventTypes, Handler
+from services.runtime.errors import Unavailable
 from services.runtime.grpc_server import EdgeInterceptor
 from services.runtime.migrate import upgrade_async
 from services.runtime.settings import Settings
@@ -32,6 +35,9 @@ from services.runtime.worker import Pruner, Scheduler, Worker
 from services.runtime.writer import WritePath, write_path_for
 
 log = logging.getLogger(__name__)
+
+BUS_HEALTH = "kasvu.bus"
+"""The health entry that says whether events flow; the service's own entry says whether it takes writes."""
 
 AddServicer = Callable[[Any, grpc.aio.Server], None]
 
@@ -55,11 +61,13 @@ class ServiceHost:
             jobs=[],
             lease_ttl=timedelta(seconds=settings.lease_ttl_s),
             poll_s=settings.worker_poll_s,
+            holder=f"{settings.service}@{settings.replica_id or socket.gethostname()}",
         )
         self._dispatcher: Dispatcher | None = None
         self.health = HealthServicer()
         self.stop_event = asyncio.Event()
         self._consumers: list[bus.EventConsumer[Any]] = []
+        self._consumer_factories: list[Callable[[JetStreamContext], bus.EventConsumer[Any]]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self.server: grpc.aio.Server | None = None
         self.port = 0
@@ -67,7 +75,7 @@ class ServiceHost:
     @property
     def js(self) -> JetStreamContext:
         if self._js is None:
-            raise RuntimeError("NATS is not connected yet")
+            raise Unavailable("the event bus is not connected yet; retry", reason="BUS_UNAVAILABLE")
         return self._js
 
     def wake_relay(self) -> None:
@@ -89,6 +97,7 @@ class ServiceHost:
             event_types=event_types,
             clock=self.clock,
             after_commit=self.wake_relay,
+            max_event_bytes=self.settings.max_event_bytes,
         )
         dispatcher.register_all(handlers)
         self._dispatcher = dispatcher
@@ -116,31 +125,90 @@ class ServiceHost:
         )
 
     async def start_infrastructure(self) -> None:
-        """Database first (migrated), then NATS and the owned stream."""
+        """The database (migrated) and the jobs that need only it, at once; the bus in the
+        background, so the service accepts writes while NATS is away and its events follow
+        when NATS is back."""
         if is_sqlite(self.db.url):
             self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         await upgrade_async(self.db.url, self._migrations)
         await self.db.ping()
-        self.nc = await bus.connect(self.settings.nats_url, name=self.settings.service)
-        self._js = self.nc.jetstream(timeout=self.settings.call_timeout_s)
-        await bus.declare_stream(self._js, self.stream, self.settings.stream_replicas)
+        if self._dispatcher is not None:
+            self.worker.add_job(Scheduler(self.db, self._dispatcher))
+        self.worker.add_job(Pruner(self.write_path))
+        self.worker.add_job(bus.DeadLetterReplayer(self.db, self.write_path, lambda: self._consumers))
+        await self.health.set(BUS_HEALTH, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._tasks.append(asyncio.create_task(self.worker.run(self.stop_event), name="worker"))
+        self._tasks.append(asyncio.create_task(self._connect_bus(), name="bus"))
+        self._tasks.append(asyncio.create_task(self._watch_bus(), name="bus-health"))
+
+    async def _connect_bus(self) -> None:
+        """Connects to NATS, declares the owned stream, starts the relay and the consumers;
+        retries until it succeeds or the service stops."""
+        while not self.stop_event.is_set():
+            try:
+                self.nc = await bus.connect(self.settings.nats_url, name=self.settings.service)
+                js = self.nc.jetstream(timeout=self.settings.call_timeout_s)
+                await bus.declare_stream(js, self.stream, self.settings.stream_replicas)
+                break
+            except Exception as error:
+                log.warning("nats not reachable; will retry", extra={"error": type(error).__name__})
+                if self.nc is not None:
+                    with contextlib.suppress(Exception):
+                        await self.nc.close()
+                    self.nc = None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stop_event.wait(), timeout=1.0)
+        else:
+            return
+        self._js = js
         self.worker.add_job(
             bus.OutboxRelay(
                 self.db,
                 self.write_path,
-                self._js,
+                js,
+                stream=self.stream.name,
                 batch=self.settings.outbox_batch,
+                max_payload=lambda: self.nc.max_payload if self.nc is not None else 1024 * 1024,
                 crash_point=self.settings.crash_point,
             )
         )
-        if self._dispatcher is not None:
-            self.worker.add_job(Scheduler(self.db, self._dispatcher))
-        self.worker.add_job(Pruner(self.write_path))
-        self._tasks.append(asyncio.create_task(self.worker.run(self.stop_event), name="worker"))
+        for make in self._consumer_factories:
+            consumer = make(js)
+            self._consumers.append(consumer)
+            self._tasks.append(asyncio.create_task(consumer.run(self.stop_event), name=consumer.durable))
+        self.worker.wake()
+        log.info("bus connected", extra={"stream": self.stream.name})
 
-    def add_consumer(self, consumer: bus.EventConsumer[Any]) -> None:
-        self._consumers.append(consumer)
-        self._tasks.append(asyncio.create_task(consumer.run(self.stop_event), name=consumer.durable))
+    async def _watch_bus(self) -> None:
+        """The `kasvu.bus` health entry: SERVING while events flow (NATS connected and no
+        committed event waiting longer than bus_lag_s); the outbox's depth and age are logged
+        when they are not."""
+        last = None
+        while not self.stop_event.is_set():
+            try:
+                depth, age_s = await outbox_backlog(self.db)
+                flowing = self.nc is not None and self.nc.is_connected and age_s <= self.settings.bus_lag_s
+                status = (
+                    health_pb2.HealthCheckResponse.SERVING
+                    if flowing
+                    else health_pb2.HealthCheckResponse.NOT_SERVING
+                )
+                if status != last:
+                    await self.health.set(BUS_HEALTH, status)
+                    log.log(
+                        logging.INFO if flowing else logging.WARNING,
+                        "events flowing" if flowing else "events not flowing",
+                        extra={"outbox_depth": depth, "outbox_age_s": round(age_s, 1), "alert": not flowing},
+                    )
+                    last = status
+            except Exception:
+                log.warning("bus health check failed", exc_info=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop_event.wait(), timeout=1.0)
+
+    def add_consumer(self, make: Callable[[JetStreamContext], bus.EventConsumer[Any]]) -> None:
+        """A consumer to start once the bus is connected."""
+        self._consumer_factories.append(make)
 
     async def mark_serving(self) -> None:
         for name in self._names:

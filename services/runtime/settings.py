@@ -54,7 +54,27 @@ class Settings(BaseSettings):
     )
     consumer_batch: int = Field(default=64, ge=1)
     consumer_ack_wait_s: float = Field(
-        default=30.0, gt=0, description="How long an unacknowledged event waits before redelivery."
+        default=5.0,
+        gt=0,
+        description="How long an unacknowledged event waits before redelivery; slow handlers send "
+        "in-progress acks, so this only delays events whose consumer died.",
+    )
+    consumer_max_deliveries: int = Field(
+        default=5, ge=1, description="Deliveries of a failing event before it becomes a dead letter."
+    )
+    bus_lag_s: float = Field(
+        default=30.0, gt=0, description="Health reports events not flowing when one has waited this long."
+    )
+    max_event_bytes: int = Field(
+        default=1024 * 1024 - 16 * 1024,
+        gt=0,
+        description="The largest event a change may produce (NATS's max_payload less room for headers); "
+        "a change that would produce a larger one is refused.",
+    )
+    replica_id: str = Field(
+        default="",
+        description="Names this replica as a lease holder; stable across restarts (default: the host "
+        "name), so a restarted replica takes its own lease back at once.",
     )
     crash_point: str = Field(
         default="",

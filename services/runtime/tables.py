@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, Dialect, Index
+from sqlalchemy import BigInteger, DateTime, Dialect, Index
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
@@ -53,6 +53,39 @@ class OutboxEvent(SQLModel, table=True):
     headers: str = Field(default="{}", description="The envelope as JSON: time, actor, correlation.")
     created_at: datetime = utc_field(default_factory=utcnow)
     published_at: datetime | None = utc_field(default=None, index=True)
+    attempts: int = Field(default=0, description="Failed publish rounds so far.")
+    set_aside_at: datetime | None = utc_field(
+        default=None, description="When the relay gave up on the row; it no longer holds back later rows."
+    )
+    last_error: str = Field(default="", max_length=255)
+    txid: int | None = Field(
+        default=None,
+        sa_type=BigInteger,
+        description="PostgreSQL: the writing transaction's id; rows are relayed only once every "
+        "transaction that began before theirs has ended, so the stream keeps commit order.",
+    )
+
+
+class DeadLetter(SQLModel, table=True):
+    """An event a consumer could not apply after its retries: kept with its error, for an
+    operator to inspect and replay (`kasvu deadletters`), so it never holds back later events."""
+
+    __tablename__ = "dead_letters"
+
+    id: int | None = Field(default=None, primary_key=True)
+    consumer: str = Field(max_length=128, index=True)
+    stream: str = Field(max_length=64)
+    stream_seq: int
+    subject: str = Field(max_length=255)
+    event_id: str = Field(max_length=64)
+    headers: str
+    payload: bytes
+    error: str = Field(max_length=1000)
+    deliveries: int
+    dead_at: datetime = utc_field()
+    replay_requested_at: datetime | None = utc_field(default=None)
+    replayed_at: datetime | None = utc_field(default=None)
+    replay_outcome: str = Field(default="", max_length=255)
 
 
 class InboxEntry(SQLModel, table=True):
@@ -126,4 +159,4 @@ class AuditRecord(SQLModel, table=True):
     hash: str = Field(max_length=64)
 
 
-RUNTIME_TABLES = ("outbox", "inbox", "leases", "idempotency_keys", "timers", "audit_log")
+RUNTIME_TABLES = ("outbox", "inbox", "leases", "idempotency_keys", "timers", "audit_log", "dead_letters")

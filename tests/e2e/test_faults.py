@@ -1,0 +1,168 @@
+"""Faults the suite survives quickly and without echoes, on real processes: a SIGKILL in the
+middle of write batches, a consumer killed holding a fetched event, and NATS going away."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+
+import grpc
+import httpx
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from kasvuctl.localsuite import LocalSuite
+from tests.e2e.flows import Api
+from tests.e2e.test_crash import PROVIDER, SUSPENDED, admitted_provider, restart, subject_count, wait_for_exit
+from tests.integration.helpers import business_ids
+
+pytestmark = pytest.mark.e2e
+
+
+async def health(suite: LocalSuite, service: str, entry: str) -> int:
+    async with grpc.aio.insecure_channel(suite.address(service)) as channel:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=entry), timeout=2.0
+        )
+    return int(reply.status)
+
+
+async def eventually(check, what: str, within: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + within
+    while asyncio.get_running_loop().time() < deadline:
+        try:
+            if await check():
+                return
+        except (grpc.aio.AioRpcError, httpx.HTTPError, AssertionError):
+            pass
+        await asyncio.sleep(0.1)
+    pytest.fail(f"not within {within} s: {what}")
+
+
+async def test_a_sigkill_in_the_middle_of_write_batches_loses_no_acknowledged_registration(
+    sqlite_suite: LocalSuite,
+) -> None:
+    async with httpx.AsyncClient(base_url=sqlite_suite.gateway_url, timeout=10.0) as client:
+        api = Api(sqlite_suite, client)
+        terms = await api.publish_terms("pirkanmaa")
+        next_id = business_ids(4_000_000)
+        providers = [next_id() for _ in range(600)]
+        key = Ed25519PrivateKey.generate()
+        acknowledged: list[tuple[str, str]] = []
+        enough = asyncio.Event()
+        queue: asyncio.Queue[str] = asyncio.Queue()
+        for business_id in providers:
+            queue.put_nowait(business_id)
+
+        async def register() -> None:
+            while not queue.empty():
+                business_id = queue.get_nowait()
+                try:
+                    response = await api.register(
+                        "pirkanmaa", api.registration_body(terms, business_id, key), business_id
+                    )
+                except httpx.HTTPError:
+                    continue
+                if response.status_code == 200:
+                    acknowledged.append((business_id, str(response.json()["name"])))
+                    if len(acknowledged) >= 150:
+                        enough.set()
+
+        async def kill_mid_load() -> None:
+            await enough.wait()
+            sqlite_suite.kill("registry")  # SIGKILL while batches are being written
+
+        await asyncio.gather(kill_mid_load(), *(register() for _ in range(32)))
+        assert 150 <= len(acknowledged) < len(providers)
+
+        sqlite_suite.start_service("registry")
+        await sqlite_suite.wait_ready("registry")
+        for business_id, name in acknowledged:
+            assert await api.registration_state(name, business_id) == "REGISTRATION_STATE_ADMITTED"
+        with sqlite3.connect(sqlite_suite.data_dir / "registry.db") as db:
+            stored = db.execute(
+                "SELECT count(*), count(DISTINCT business_id) FROM registry_registrations"
+            ).fetchone()
+        # Nothing half-written: every stored registration is whole and one per provider.
+        assert stored[0] == stored[1] >= len(acknowledged)
+    assert await asyncio.to_thread(_verify_audit, sqlite_suite) == 0
+
+
+def _verify_audit(suite: LocalSuite) -> int:
+    from kasvuctl.cli import main as kasvu
+
+    return kasvu(
+        ["audit", "verify", "registry", "--database-url", f"sqlite:///{suite.data_dir / 'registry.db'}"]
+    )
+
+
+async def test_a_registry_killed_holding_a_fetched_breach_applies_it_within_five_seconds_of_restarting(
+    sqlite_suite: LocalSuite,
+) -> None:
+    async with httpx.AsyncClient(base_url=sqlite_suite.gateway_url, timeout=10.0) as client:
+        api = Api(sqlite_suite, client)
+        registration = await admitted_provider(api)
+        indicator = await api.create_indicator("pirkanmaa")
+        await restart(sqlite_suite, "registry", {"KASVU_CRASH_POINT": "consumer_after_fetch"})
+        await api.breach_until_opened("pirkanmaa", indicator, PROVIDER)
+        assert await wait_for_exit(sqlite_suite, "registry") == 137
+
+        sqlite_suite.start_service("registry")
+        await sqlite_suite.wait_ready("registry")
+        ready = time.monotonic()
+        await api.wait_for_state(registration, PROVIDER, SUSPENDED, timeout_s=10)
+        assert time.monotonic() - ready <= 5.0
+
+
+async def test_while_nats_is_away_services_take_writes_report_events_not_flowing_and_catch_up(
+    sqlite_suite: LocalSuite,
+) -> None:
+    async with httpx.AsyncClient(base_url=sqlite_suite.gateway_url, timeout=10.0) as client:
+        api = Api(sqlite_suite, client)
+        sqlite_suite.stop_process("nats")
+        await eventually(
+            lambda: _status_is(
+                sqlite_suite, "registry", "kasvu.bus", health_pb2.HealthCheckResponse.NOT_SERVING
+            ),
+            "the registry reports events not flowing",
+        )
+        # A registry started while NATS is down takes writes too.
+        await restart_without_waiting_for_the_bus(sqlite_suite, "registry")
+        assert await health(sqlite_suite, "registry", "") == health_pb2.HealthCheckResponse.SERVING
+        assert (
+            await health(sqlite_suite, "registry", "kasvu.bus") == health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        terms = await api.publish_terms("pirkanmaa")
+        assert terms["name"]
+
+        sqlite_suite.start_nats()
+        await eventually(
+            lambda: _status_is(sqlite_suite, "registry", "kasvu.bus", health_pb2.HealthCheckResponse.SERVING),
+            "the registry reports events flowing again",
+        )
+        await eventually(
+            lambda: _has_messages(sqlite_suite, "kasvu.registry.v1.TermsPublished.pirkanmaa"),
+            "the terms published while NATS was away reached the stream",
+        )
+        assert (
+            await subject_count(sqlite_suite, "KASVU_REGISTRY", "kasvu.registry.v1.TermsPublished.pirkanmaa")
+            == 1
+        )
+
+
+async def _status_is(suite: LocalSuite, service: str, entry: str, status: int) -> bool:
+    return await health(suite, service, entry) == status
+
+
+async def _has_messages(suite: LocalSuite, subject: str) -> bool:
+    return await subject_count(suite, "KASVU_REGISTRY", subject) >= 1
+
+
+async def restart_without_waiting_for_the_bus(suite: LocalSuite, service: str) -> None:
+    suite.stop_process(service)
+    suite.start_service(service)
+    await eventually(
+        lambda: _status_is(suite, service, "", health_pb2.HealthCheckResponse.SERVING), f"{service} serving"
+    )

@@ -1,0 +1,313 @@
+"""The event pipeline under hostile and faulty input, on a real nats-server and real databases:
+poison messages, oversized events, unpublishable rows, a relay down past the duplicate window,
+and PostgreSQL's commit order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import pytest
+from kasvu.registry.v1 import events_pb2
+from nats.aio.client import Client as NatsClient
+from nats.js.api import StorageType, StreamConfig
+from nats.js.client import JetStreamContext
+from sqlalchemy import insert, text
+from sqlmodel import col, select
+
+from kasvuctl.cli import main as kasvu
+from services.runtime import envelope
+from services.runtime.bus import DeadLetterReplayer, EventConsumer, OutboxRelay, connect
+from services.runtime.db import Database
+from services.runtime.dispatch import OUTBOX, Dispatcher
+from services.runtime.domain import Command
+from services.runtime.errors import InvalidArgument
+from services.runtime.tables import DeadLetter, OutboxEvent
+from services.runtime.worker import Worker
+from services.runtime.writer import write_path_for
+from tests.conftest import NatsServer
+from tests.integration import toy
+
+STREAM = "TEST_FAULTS"
+
+
+async def eventually(check, what: str, within: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while loop.time() < deadline:
+        with contextlib.suppress(Exception):
+            if await check():
+                return
+        await asyncio.sleep(0.05)
+    pytest.fail(f"not within {within} s: {what}")
+
+
+async def notes(db: Database) -> Counter[str]:
+    async with db.read_session() as session:
+        rows = (
+            await session.exec(select(OutboxEvent).where(col(OutboxEvent.event_type) == toy.EVENT_TYPE))
+        ).all()
+    return Counter(events_pb2.TermsPublished.FromString(row.payload).terms for row in rows)
+
+
+@pytest.fixture
+async def nc(nats_server: NatsServer) -> AsyncIterator[NatsClient]:
+    client = await connect(nats_server.url, "faults-test")
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+async def js(nc: NatsClient) -> JetStreamContext:
+    context = nc.jetstream()
+    await context.add_stream(
+        StreamConfig(
+            name=STREAM, subjects=["kasvu.registry.v1.>"], storage=StorageType.FILE, duplicate_window=1.0
+        )
+    )
+    return context
+
+
+async def publish(
+    js: JetStreamContext, tag: str, *, event_type: str = toy.EVENT_TYPE, event_id: str = ""
+) -> None:
+    message = events_pb2.TermsPublished(terms=tag, region=toy.REGION, service="toy")
+    headers = {envelope.MSG_ID: event_id or uuid.uuid4().hex, envelope.EVENT_TYPE: event_type}
+    await js.publish(toy.SUBJECT, message.SerializeToString(), headers=headers)
+
+
+class Translator:
+    """Poison tags explode while `poisoned` holds; then (after a fix) they are noted like any other."""
+
+    def __init__(self) -> None:
+        self.poisoned = True
+
+    def __call__(self, event: events_pb2.TermsPublished, subject: str) -> Command | None:
+        if event.terms.startswith("poison") and self.poisoned:
+            return toy.Explode(event.terms)
+        return toy.Note(event.terms)
+
+
+@contextlib.asynccontextmanager
+async def consuming(
+    db: Database, js: JetStreamContext, translate: Translator
+) -> AsyncIterator[tuple[Dispatcher, EventConsumer[events_pb2.TermsPublished], Worker]]:
+    write_path = write_path_for(db)
+    dispatcher = toy.toy_dispatcher(db, write_path)
+    consumer = EventConsumer(
+        dispatcher,
+        js,
+        stream=STREAM,
+        durable="faults",
+        subject=f"{toy.EVENT_TYPE}.*",
+        event_type=events_pb2.TermsPublished,
+        translate=translate,
+        batch=256,
+        ack_wait_s=2.0,
+        max_deliveries=2,
+        backoff_s=(0.2,),
+    )
+    worker = Worker(
+        write_path, service="toy", jobs=[DeadLetterReplayer(db, write_path, lambda: [consumer])], poll_s=0.1
+    )
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(consumer.run(stop)), asyncio.create_task(worker.run(stop))]
+    try:
+        yield dispatcher, consumer, worker
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout=10)
+        await write_path.close()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_poison_messages_are_dead_lettered_and_never_hold_back_the_events_behind_them(
+    runtime_db: Database, js: JetStreamContext, database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    translate = Translator()
+    async with consuming(runtime_db, js, translate):
+        for index in range(300):
+            await publish(js, f"poison-{index}")
+        await publish(js, "valid")
+        # The valid event behind 300 poison ones is applied while they are still being retried.
+        await eventually(lambda: _noted(runtime_db, "valid"), "the valid event applied", within=5)
+        await eventually(lambda: _dead(runtime_db, 300), "every poison message dead-lettered", within=20)
+        # Bad by construction: no retry could apply them, so they are dead-lettered at once.
+        await publish(js, "forged", event_type="kasvu.selfmonitoring.v1.BreachOpened")
+        await eventually(lambda: _dead(runtime_db, 301), "the forged event dead-lettered", within=5)
+
+        assert await notes(runtime_db) == Counter({"valid": 1})
+        async with runtime_db.read_session() as session:
+            rows = (await session.exec(select(DeadLetter).order_by(col(DeadLetter.id)))).all()
+        assert {row.deliveries for row in rows[:300]} == {2}
+        assert all("Boom" in row.error for row in rows[:300])
+        assert "type header does not match" in rows[300].error
+
+        # An operator fixes the cause and replays two of them: each is applied once.
+        translate.poisoned = False
+        first, second = rows[0].id, rows[1].id
+        assert first is not None and second is not None
+        url = database_url
+        assert (
+            await asyncio.to_thread(
+                kasvu, ["deadletters", "replay", "registry", "--database-url", url, str(first), str(second)]
+            )
+            == 0
+        )
+        await eventually(lambda: _replayed(runtime_db, 2), "the replay ran", within=5)
+        await asyncio.to_thread(
+            kasvu, ["deadletters", "replay", "registry", "--database-url", url, str(first)]
+        )
+        await asyncio.sleep(0.5)
+
+    assert await notes(runtime_db) == Counter({"valid": 1, "poison-0": 1, "poison-1": 1})
+    capsys.readouterr()
+    assert await asyncio.to_thread(kasvu, ["deadletters", "list", "registry", "--database-url", url]) == 0
+    listed = capsys.readouterr().out
+    assert "Boom" in listed and "type header does not match" in listed
+    assert listed.count("\n") == 1 + 301 - 2  # a header line, and the dead letters not replayed
+
+
+async def _noted(db: Database, tag: str) -> bool:
+    return (await notes(db))[tag] == 1
+
+
+async def _dead(db: Database, count: int) -> bool:
+    async with db.reader.connect() as connection:
+        return (
+            int((await connection.execute(text("SELECT count(*) FROM dead_letters"))).scalar_one()) >= count
+        )
+
+
+async def _replayed(db: Database, count: int) -> bool:
+    async with db.reader.connect() as connection:
+        done = (
+            await connection.execute(text("SELECT count(*) FROM dead_letters WHERE replayed_at IS NOT NULL"))
+        ).scalar_one()
+    return int(done) >= count
+
+
+async def test_a_change_whose_event_the_bus_could_not_carry_is_refused_and_stores_nothing(
+    runtime_db: Database,
+) -> None:
+    async with toy.toy(runtime_db) as dispatcher:
+        dispatcher.max_event_bytes = 10_000
+        with pytest.raises(InvalidArgument) as refused:
+            await dispatcher.handle(toy.Note("x" * 20_000))
+        await dispatcher.handle(toy.Note("small"))
+
+    assert refused.value.reason == "EVENT_TOO_LARGE"
+    assert await notes(runtime_db) == Counter({"small": 1})
+    async with runtime_db.reader.connect() as connection:
+        assert (await connection.execute(text("SELECT count(*) FROM audit_log"))).scalar_one() == 1
+
+
+async def _relay_worker(
+    db: Database, js: JetStreamContext, **relay: object
+) -> tuple[Worker, OutboxRelay, object]:
+    write_path = write_path_for(db)
+    relay_job = OutboxRelay(db, write_path, js, stream=STREAM, **relay)  # type: ignore[arg-type]
+    return Worker(write_path, service="toy", jobs=[relay_job], poll_s=0.1), relay_job, write_path
+
+
+async def stream_ids(js: JetStreamContext) -> list[str]:
+    state = (await js.stream_info(STREAM)).state
+    if not state.messages:
+        return []
+    messages = [await js.get_msg(STREAM, seq) for seq in range(state.first_seq, state.last_seq + 1)]
+    return [str((m.headers or {}).get(envelope.MSG_ID)) for m in messages]
+
+
+async def _event_ids(db: Database) -> list[str]:
+    async with db.read_session() as session:
+        rows = (await session.exec(select(OutboxEvent).order_by(col(OutboxEvent.seq)))).all()
+    return [row.event_id for row in rows]
+
+
+async def test_a_row_that_can_never_be_published_is_set_aside_and_the_rows_behind_it_still_go(
+    runtime_db: Database, js: JetStreamContext
+) -> None:
+    async with toy.toy(runtime_db) as dispatcher:
+        await dispatcher.handle(toy.Note("before"))
+        await dispatcher.handle(toy.Note("huge" + "x" * 5000))
+        await dispatcher.handle(toy.Note("after"))
+    before, huge, after = await _event_ids(runtime_db)
+    worker, _, write_path = await _relay_worker(runtime_db, js, max_payload=lambda: 4096)
+    for _ in range(4):
+        await worker.run_once()
+    await write_path.close()  # type: ignore[attr-defined]
+
+    assert await stream_ids(js) == [before, after]
+    async with runtime_db.read_session() as session:
+        row = (await session.exec(select(OutboxEvent).where(col(OutboxEvent.event_id) == huge))).one()
+    assert row.set_aside_at is not None and row.published_at is None
+    assert row.attempts == 3 and "PayloadTooLarge" in row.last_error
+
+
+async def test_a_relay_down_longer_than_the_duplicate_window_never_stores_an_event_twice(
+    runtime_db: Database, js: JetStreamContext
+) -> None:
+    async with toy.toy(runtime_db) as dispatcher:
+        for tag in ("one", "two", "three"):
+            await dispatcher.handle(toy.Note(tag))
+    one, two, three = await _event_ids(runtime_db)
+    # A relay published the first two and died before marking them; it stays down for longer
+    # than the stream's duplicate window (1 s here), so JetStream would store them again.
+    async with runtime_db.read_session() as session:
+        rows = (await session.exec(select(OutboxEvent).order_by(col(OutboxEvent.seq)))).all()
+    for row in rows[:2]:
+        await js.publish(
+            row.subject,
+            row.payload,
+            headers={envelope.MSG_ID: row.event_id, envelope.EVENT_TYPE: row.event_type},
+        )
+    await asyncio.sleep(1.5)
+
+    worker, _, write_path = await _relay_worker(runtime_db, js)
+    assert await worker.run_once()
+    assert await worker.run_once()
+    await write_path.close()  # type: ignore[attr-defined]
+
+    assert await stream_ids(js) == [one, two, three]
+    async with runtime_db.reader.connect() as connection:
+        assert (
+            await connection.execute(text("SELECT count(*) FROM outbox WHERE published_at IS NULL"))
+        ).scalar_one() == 0
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_on_postgresql_events_reach_the_stream_in_commit_order_while_an_older_transaction_is_open(
+    runtime_db: Database, js: JetStreamContext
+) -> None:
+    def row(tag: str) -> dict[str, object]:
+        message = events_pb2.TermsPublished(terms=tag, region=toy.REGION, service="toy")
+        return {
+            "event_id": uuid.uuid4().hex,
+            "subject": toy.SUBJECT,
+            "event_type": toy.EVENT_TYPE,
+            "payload": message.SerializeToString(),
+            "headers": "{}",
+            "created_at": datetime.now(UTC),
+        }
+
+    worker, _, write_path = await _relay_worker(runtime_db, js)
+    async with runtime_db.writer.connect() as first:
+        first_tx = await first.begin()
+        await first.execute(insert(OUTBOX), [row("first")])  # seq 1, still open
+        async with runtime_db.writer.begin() as second:
+            await second.execute(insert(OUTBOX), [row("second")])  # seq 2, committed
+        assert await worker.run_once()
+        assert await stream_ids(js) == []  # "second" waits for the older transaction
+        await first_tx.commit()
+    assert await worker.run_once()
+    await write_path.close()  # type: ignore[attr-defined]
+
+    messages = [await js.get_msg(STREAM, seq) for seq in (1, 2)]
+    assert [events_pb2.TermsPublished.FromString(m.data or b"").terms for m in messages] == [
+        "first",
+        "second",
+    ]
