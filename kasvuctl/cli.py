@@ -28,8 +28,10 @@ def _keys(args: argparse.Namespace) -> int:
 def _token(args: argparse.Namespace) -> int:
     from kasvuctl.launcher import KeyFilesError, ensure_keys
 
-    if args.ttl_hours <= 0:
-        print("--ttl-hours must be positive", file=sys.stderr)
+    if args.revoke:
+        return _revoke(args.revoke)
+    if args.role is None or args.org is None:
+        print("--role and --org are required to mint a token", file=sys.stderr)
         return 2
     try:
         private, _ = ensure_keys(Settings())
@@ -37,8 +39,29 @@ def _token(args: argparse.Namespace) -> int:
         print(e, file=sys.stderr)
         return 1
     principal = Principal(role=Role(args.role), organisation=args.org, subject=args.subject)
+    try:
+        token = mint_token(private.read_bytes(), principal, ttl=timedelta(hours=args.ttl_hours))
+    except ValueError as error:
+        print(error, file=sys.stderr)
+        return 2
     # Only the token on stdout, so `TOKEN=$(kasvu token ...)` works.
-    print(mint_token(private.read_bytes(), principal, ttl=timedelta(hours=args.ttl_hours)))
+    print(token)
+    return 0
+
+
+def _revoke(token_or_id: str) -> int:
+    from services.runtime.auth import InvalidToken, revoke, token_id
+
+    jti = token_or_id
+    if token_or_id.count(".") == 2:
+        try:
+            jti = token_id(token_or_id)
+        except InvalidToken as error:
+            print(f"not a token: {error}", file=sys.stderr)
+            return 2
+    path = Settings().resolved_revoked_tokens_file()
+    revoke(path, jti)
+    print(f"revoked {jti}: every service refuses it within a second ({path})")
     return 0
 
 
@@ -83,14 +106,21 @@ def build_parser() -> argparse.ArgumentParser:
     keys.set_defaults(handler=_keys)
 
     token = commands.add_parser("token", help="print a bearer token (generates keys if missing)")
-    token.add_argument("--role", required=True, choices=[role.value for role in Role])
+    token.add_argument("--role", choices=[role.value for role in Role])
     token.add_argument(
         "--org",
-        required=True,
         help='region id for region_admin/supervisor ("pirkanmaa"), business ID for provider',
     )
     token.add_argument("--subject", default="kasvu-cli", help="who the token is for (default: kasvu-cli)")
-    token.add_argument("--ttl-hours", type=float, default=8.0, help="lifetime in hours (default: 8)")
+    token.add_argument(
+        "--ttl-hours", type=float, default=8.0, help="lifetime in hours (default: 8, at most 24)"
+    )
+    token.add_argument(
+        "--revoke",
+        metavar="TOKEN_OR_ID",
+        default="",
+        help="revoke a token (or its id) instead of minting one",
+    )
     token.set_defaults(handler=_token)
 
     audit = commands.add_parser("audit", help="check a service's audit chain")

@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import stat
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from services.runtime.auth import (
     TokenVerifier,
     generate_keypair,
     mint_token,
+    revoke,
+    token_id,
     verify_token,
 )
 
@@ -49,6 +52,7 @@ def _claims(**overrides: object) -> dict[str, object]:
         "org": "pirkanmaa",
         "iat": now,
         "exp": now + timedelta(hours=1),
+        "jti": "token-1",
     }
     claims.update(overrides)
     return claims
@@ -81,8 +85,73 @@ def test_expired_token_is_refused(keys: tuple[bytes, bytes]) -> None:
     assert verify_token(public, token, now=datetime.now(UTC) + timedelta(minutes=4)) == ADMIN
     with pytest.raises(InvalidToken, match="expired"):
         verify_token(public, token, now=datetime.now(UTC) + timedelta(minutes=6))
+    past = datetime.now(UTC) - timedelta(hours=2)
+    stale = jwt.encode(
+        _claims(iat=past, exp=past + timedelta(hours=1)), _signing_key(private), algorithm="EdDSA"
+    )
     with pytest.raises(InvalidToken, match="expired"):
-        verify_token(public, mint_token(private, ADMIN, ttl=timedelta(seconds=-1)))
+        verify_token(public, stale)
+
+
+def test_a_little_clock_skew_is_tolerated_but_not_more(keys: tuple[bytes, bytes]) -> None:
+    private, public = keys
+    token = mint_token(private, ADMIN, ttl=timedelta(minutes=5))
+    expiry = datetime.now(UTC) + timedelta(minutes=5)
+    assert verify_token(public, token, now=expiry + timedelta(seconds=20)) == ADMIN
+    with pytest.raises(InvalidToken, match="expired"):
+        verify_token(public, token, now=expiry + timedelta(seconds=45))
+
+
+def test_a_token_that_would_live_longer_than_a_day_is_neither_minted_nor_accepted(
+    keys: tuple[bytes, bytes],
+) -> None:
+    private, public = keys
+    with pytest.raises(ValueError, match="at most 24 hours"):
+        mint_token(private, ADMIN, ttl=timedelta(hours=1_000_000))
+    now = datetime.now(UTC)
+    forged_long = jwt.encode(
+        _claims(iat=now, exp=now + timedelta(days=30)), _signing_key(private), algorithm="EdDSA"
+    )
+    with pytest.raises(InvalidToken, match="lifetime too long"):
+        verify_token(public, forged_long)
+
+
+@pytest.mark.parametrize(
+    "principal",
+    [
+        Principal(Role.PROVIDER, "not-a-business-id", "p"),
+        Principal(Role.PROVIDER, "0737546-3", "p"),  # wrong check digit
+        # Fullwidth digits would make a second identity for the same business.
+        Principal(
+            Role.PROVIDER, "".join(chr(0xFF10 + int(c)) if c.isdigit() else c for c in "0737546-2"), "p"
+        ),
+        Principal(Role.REGION_ADMIN, "Pirkanmaa!", "a"),
+    ],
+)
+def test_tokens_are_minted_only_for_organisations_that_can_exist(
+    keys: tuple[bytes, bytes], principal: Principal
+) -> None:
+    private, _ = keys
+    with pytest.raises(ValueError, match="is not an organisation"):
+        mint_token(private, principal)
+
+
+def test_a_revoked_token_is_refused_by_the_verifier_within_a_second(
+    keys: tuple[bytes, bytes], tmp_path: Path
+) -> None:
+    private, _ = keys
+    public_file = tmp_path / "keys" / "token-public.pem"
+    revoked = tmp_path / "keys" / "revoked-tokens.txt"
+    verifier = TokenVerifier(public_file, revoked)
+    token, other = mint_token(private, ADMIN), mint_token(private, ADMIN)
+    assert verifier.verify(f"Bearer {token}") == ADMIN
+
+    revoke(revoked, token_id(token), note="laptop lost")
+    time.sleep(1.1)  # the list is read again at most once a second
+
+    with pytest.raises(InvalidToken, match="revoked"):
+        verifier.verify(f"Bearer {token}")
+    assert verifier.verify(f"Bearer {other}") == ADMIN
 
 
 def test_token_signed_with_another_key_is_refused(keys: tuple[bytes, bytes], tmp_path: Path) -> None:

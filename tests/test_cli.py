@@ -53,6 +53,34 @@ def test_token_ttl_is_honoured_and_keys_are_reused(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("arguments", "complaint"),
+    [
+        (("--role", "provider", "--org", "not-a-business-id"), "is not an organisation"),
+        (("--role", "region_admin", "--org", "pirkanmaa", "--ttl-hours", "1000000"), "at most 24 hours"),
+        (("--role", "region_admin", "--org", "pirkanmaa", "--ttl-hours", "0"), "at most 24 hours"),
+    ],
+)
+def test_token_command_refuses_impossible_organisations_and_long_lives(
+    tmp_path: Path, arguments: tuple[str, ...], complaint: str
+) -> None:
+    result = _kasvu(tmp_path, "token", *arguments)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert complaint in result.stderr
+
+
+def test_a_revoked_token_is_listed_by_its_id_for_every_service(tmp_path: Path) -> None:
+    token = _kasvu(tmp_path, "token", "--role", "supervisor", "--org", "pirkanmaa").stdout.strip()
+    result = _kasvu(tmp_path, "token", "--revoke", token)
+    assert result.returncode == 0, result.stderr
+    from services.runtime.auth import token_id
+
+    revoked = (tmp_path / "keys" / "revoked-tokens.txt").read_text().split()
+    assert revoked == [token_id(token)]
+    assert token not in result.stdout  # only the id is echoed, never the token
+
+
 def test_token_command_rejects_unknown_role(tmp_path: Path) -> None:
     result = _kasvu(tmp_path, "token", "--role", "root", "--org", "pirkanmaa")
     assert result.returncode == 2

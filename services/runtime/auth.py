@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -13,6 +14,9 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from services.runtime.domain import validate_business_id, validate_resource_id
+from services.runtime.errors import InvalidArgument
+
 ISSUER = "kasvu-gateway"
 AUDIENCE = "kasvu"
 # Pinned: the verifier never lets the token's own header choose the algorithm,
@@ -20,6 +24,11 @@ AUDIENCE = "kasvu"
 ALGORITHM = "EdDSA"
 PRIVATE_KEY_NAME = "token-private.pem"
 PUBLIC_KEY_NAME = "token-public.pem"
+REVOKED_NAME = "revoked-tokens.txt"
+LEEWAY = timedelta(seconds=30)
+"""Clock skew tolerated between the issuer and a verifying service."""
+MAX_LIFETIME = timedelta(hours=24)
+"""Tokens are minted and accepted for at most this long: a leaked token cannot outlive a day."""
 
 
 class Role(StrEnum):
@@ -74,8 +83,30 @@ def generate_keypair(directory: Path) -> tuple[Path, Path]:
     return private_path, public_path
 
 
+def check_organisation(principal: Principal) -> None:
+    """Refuses an organisation that cannot belong to the role: a provider is a business ID
+    (Y-tunnus, check digit and all), a region admin or supervisor a region's id."""
+    try:
+        if principal.role == Role.PROVIDER:
+            if validate_business_id(principal.organisation, "org") != principal.organisation:
+                raise ValueError(
+                    f"write the business ID as {validate_business_id(principal.organisation, 'org')}"
+                )
+        else:
+            validate_resource_id(principal.organisation, "org")
+    except InvalidArgument as error:
+        raise ValueError(
+            f"{principal.organisation!r} is not an organisation of a {principal.role.value}: {error.message}"
+        ) from None
+
+
 def mint_token(private_key_pem: bytes, principal: Principal, ttl: timedelta = timedelta(hours=8)) -> str:
-    """Signs a token for `principal` that expires after `ttl`."""
+    """Signs a token for `principal` that expires after `ttl` (at most MAX_LIFETIME)."""
+    if not timedelta(0) < ttl <= MAX_LIFETIME:
+        raise ValueError(
+            f"a token lives more than 0 and at most {MAX_LIFETIME.total_seconds() / 3600:g} hours"
+        )
+    check_organisation(principal)
     key = serialization.load_pem_private_key(private_key_pem, password=None)
     if not isinstance(key, Ed25519PrivateKey):
         raise ValueError("the token signing key must be an Ed25519 private key")
@@ -119,25 +150,41 @@ def _reason(error: jwt.InvalidTokenError) -> str:
     return next((reason for kind, reason in _REASONS if isinstance(error, kind)), "invalid")
 
 
-def _verify(key: Ed25519PublicKey, token: str, now: datetime | None) -> Principal:
-    options: jwt.types.Options = {"require": ["exp", "iss", "aud", "sub"]}
+def _verify(
+    key: Ed25519PublicKey, token: str, now: datetime | None, revoked: frozenset[str] = frozenset()
+) -> Principal:
+    options: jwt.types.Options = {"require": ["exp", "iat", "iss", "aud", "sub", "jti"]}
     if now is not None:
         # PyJWT checks times against the wall clock; to verify "as of" another
         # moment, do the time checks here instead.
         options |= {"verify_exp": False, "verify_nbf": False, "verify_iat": False}
     try:
         claims = jwt.decode(
-            token, key, algorithms=[ALGORITHM], audience=AUDIENCE, issuer=ISSUER, options=options
+            token,
+            key,
+            algorithms=[ALGORITHM],
+            audience=AUDIENCE,
+            issuer=ISSUER,
+            options=options,
+            leeway=LEEWAY,
         )
     except jwt.InvalidTokenError as e:
         raise InvalidToken(_reason(e)) from e
     if now is not None:
         instant = now.timestamp()
-        if not isinstance(claims["exp"], int | float) or instant >= claims["exp"]:
+        leeway = LEEWAY.total_seconds()
+        if not isinstance(claims["exp"], int | float) or instant >= claims["exp"] + leeway:
             raise InvalidToken("expired")
         nbf = claims.get("nbf")
-        if isinstance(nbf, int | float) and instant < nbf:
+        if isinstance(nbf, int | float) and instant < nbf - leeway:
             raise InvalidToken("not yet valid")
+    issued, expires = claims.get("iat"), claims.get("exp")
+    if not isinstance(issued, int | float) or not isinstance(expires, int | float):
+        raise InvalidToken("malformed")
+    if expires - issued > MAX_LIFETIME.total_seconds():
+        raise InvalidToken("lifetime too long")
+    if str(claims.get("jti", "")) in revoked:
+        raise InvalidToken("revoked")
     try:
         role = Role(str(claims.get("role")))
     except ValueError as e:
@@ -156,14 +203,66 @@ def verify_token(public_key_pem: bytes, token: str, now: datetime | None = None)
     return _verify(_load_public_key(public_key_pem), token, now)
 
 
-class TokenVerifier:
-    """Verifies `Authorization` header values against a public key read once from a file."""
+def token_id(token: str) -> str:
+    """The id (jti) of a token, read without verifying it: for revoking one."""
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.InvalidTokenError as error:
+        raise InvalidToken(_reason(error)) from error
+    jti = claims.get("jti")
+    if not isinstance(jti, str) or not jti:
+        raise InvalidToken("missing claim")
+    return jti
 
-    def __init__(self, public_key_file: Path) -> None:
+
+class RevocationList:
+    """Token ids that must no longer be accepted, one per line in a file every service reads
+    (`kasvu token revoke` writes it; on a cluster it is a mounted secret or config map). Read
+    again when the file changes, at most once a second."""
+
+    def __init__(self, path: Path | None) -> None:
+        self._path = path
+        self._ids: frozenset[str] = frozenset()
+        self._stamp: tuple[float, int] | None = None
+        self._checked = 0.0
+
+    def ids(self) -> frozenset[str]:
+        if self._path is None:
+            return self._ids
+        now = time.monotonic()
+        if now - self._checked < 1.0:
+            return self._ids
+        self._checked = now
+        try:
+            stat = self._path.stat()
+        except FileNotFoundError:
+            self._ids, self._stamp = frozenset(), None
+            return self._ids
+        stamp = (stat.st_mtime, stat.st_size)
+        if stamp != self._stamp:
+            lines = self._path.read_text().splitlines()
+            self._ids = frozenset(line.split("#", 1)[0].strip() for line in lines) - {""}
+            self._stamp = stamp
+        return self._ids
+
+
+def revoke(path: Path, jti: str, note: str = "") -> None:
+    """Adds a token id to the revocation list file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as file:
+        file.write(f"{jti}{'  # ' + note if note else ''}\n")
+
+
+class TokenVerifier:
+    """Verifies `Authorization` header values against a public key read once from a file, and
+    against the revocation list."""
+
+    def __init__(self, public_key_file: Path, revoked_file: Path | None = None) -> None:
         self._key = _load_public_key(public_key_file.read_bytes())
+        self._revoked = RevocationList(revoked_file)
 
     def verify(self, authorization_header_value: str) -> Principal:
         scheme, _, token = authorization_header_value.strip().partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise InvalidToken("expected a bearer token")
-        return _verify(self._key, token.strip(), None)
+        return _verify(self._key, token.strip(), None, self._revoked.ids())

@@ -105,7 +105,7 @@ class ServiceHost:
 
     def token_verifier(self) -> TokenVerifier | None:
         path = self.settings.resolved_public_key_file()
-        return TokenVerifier(path) if path.exists() else None
+        return TokenVerifier(path, self.settings.resolved_revoked_tokens_file()) if path.exists() else None
 
     async def start_server(self, servicers: Sequence[tuple[AddServicer, Any, str]]) -> None:
         self.server = grpc.aio.server(interceptors=[EdgeInterceptor(self.token_verifier())])

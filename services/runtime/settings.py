@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     http_address: str = "127.0.0.1:8080"
     token_public_key_file: Path | None = None
     token_private_key_file: Path | None = None
+    revoked_tokens_file: Path | None = Field(
+        default=None, description="Token ids no longer accepted, one per line (default: in the keys folder)."
+    )
     log_level: str = "INFO"
     call_timeout_s: float = Field(default=10.0, gt=0, description="Deadline of every outbound call.")
     shutdown_grace_s: float = Field(default=5.0, ge=0)
@@ -110,6 +113,9 @@ class Settings(BaseSettings):
 
     def resolved_public_key_file(self) -> Path:
         return self.token_public_key_file or self.data_dir / "keys" / "token-public.pem"
+
+    def resolved_revoked_tokens_file(self) -> Path:
+        return self.revoked_tokens_file or self.data_dir / "keys" / "revoked-tokens.txt"
 
     def resolved_private_key_file(self) -> Path:
         return self.token_private_key_file or self.data_dir / "keys" / "token-private.pem"
