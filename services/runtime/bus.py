@@ -10,7 +10,7 @@ import json
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
@@ -85,22 +85,43 @@ async def connect(url: str, name: str) -> NatsClient:
     )
 
 
-async def declare_stream(js: JetStreamContext, spec: StreamSpec, replicas: int) -> None:
-    """Creates or updates the stream. File storage; fsync policy is the server's
-    `sync_interval` (deploy/nats sets `always`: acknowledged means on disk)."""
-    config = StreamConfig(
-        name=spec.name,
-        subjects=list(spec.subjects),
-        storage=StorageType.FILE,
-        num_replicas=replicas,
-        duplicate_window=DUPLICATE_WINDOW.total_seconds(),
-    )
+@dataclass(frozen=True)
+class Retention:
+    """How much of its history a stream keeps (0: no limit). Applied when the service creates
+    the stream; an operator's later limits are left alone."""
+
+    max_age_s: float = 0.0
+    max_bytes: int = 0
+    max_msgs: int = 0
+
+
+async def declare_stream(
+    js: JetStreamContext, spec: StreamSpec, replicas: int, retention: Retention = Retention()
+) -> None:
+    """Creates the stream, or brings an existing one's subjects and replicas up to date. File
+    storage; fsync policy is the server's `sync_interval` (deploy/nats sets `always`:
+    acknowledged means on disk). Limits an operator set on an existing stream (age, bytes,
+    messages) are kept: only the fields the service owns are changed."""
     try:
-        await js.stream_info(spec.name)
+        info = await js.stream_info(spec.name)
     except NotFoundError:
-        await js.add_stream(config)
-    else:
-        await js.update_stream(config)
+        await js.add_stream(
+            StreamConfig(
+                name=spec.name,
+                subjects=list(spec.subjects),
+                storage=StorageType.FILE,
+                num_replicas=replicas,
+                duplicate_window=DUPLICATE_WINDOW.total_seconds(),
+                max_age=retention.max_age_s or None,
+                max_bytes=retention.max_bytes or None,
+                max_msgs=retention.max_msgs or None,
+            )
+        )
+        return
+    config = info.config
+    if sorted(config.subjects or []) == sorted(spec.subjects) and config.num_replicas == replicas:
+        return
+    await js.update_stream(replace(config, subjects=list(spec.subjects), num_replicas=replicas))
 
 
 async def pending_outbox(session: AsyncSession, limit: int) -> list[OutboxEvent]:

@@ -148,7 +148,15 @@ class ServiceHost:
             try:
                 self.nc = await bus.connect(self.settings.nats_url, name=self.settings.service)
                 js = self.nc.jetstream(timeout=self.settings.call_timeout_s)
-                await bus.declare_stream(js, self.stream, self.settings.stream_replicas)
+                await bus.declare_stream(
+                    js,
+                    self.stream,
+                    self.settings.stream_replicas,
+                    bus.Retention(
+                        max_age_s=self.settings.stream_max_age_days * 86_400,
+                        max_bytes=self.settings.stream_max_bytes,
+                    ),
+                )
                 break
             except Exception as error:
                 log.warning("nats not reachable; will retry", extra={"error": type(error).__name__})

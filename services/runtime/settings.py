@@ -45,6 +45,14 @@ class Settings(BaseSettings):
     stream_replicas: int = Field(
         default=1, ge=1, le=5, description="JetStream replicas per stream (3 on a cluster)."
     )
+    stream_max_age_days: float = Field(
+        default=0,
+        ge=0,
+        description="History the service's stream keeps when created (0: all); alert streams replay from it.",
+    )
+    stream_max_bytes: int = Field(
+        default=0, ge=0, description="Size cap of the stream when created (0: none)."
+    )
     outbox_batch: int = Field(default=200, ge=1)
     write_batch: int = Field(
         default=128, ge=1, description="SQLite: most units of work committed in one transaction."

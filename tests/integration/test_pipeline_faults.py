@@ -9,6 +9,7 @@ import contextlib
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -21,7 +22,15 @@ from sqlmodel import col, select
 
 from kasvuctl.cli import main as kasvu
 from services.runtime import envelope
-from services.runtime.bus import DeadLetterReplayer, EventConsumer, OutboxRelay, connect
+from services.runtime.bus import (
+    DeadLetterReplayer,
+    EventConsumer,
+    OutboxRelay,
+    Retention,
+    StreamSpec,
+    connect,
+    declare_stream,
+)
 from services.runtime.db import Database
 from services.runtime.dispatch import OUTBOX, Dispatcher
 from services.runtime.domain import Command
@@ -311,3 +320,17 @@ async def test_on_postgresql_events_reach_the_stream_in_commit_order_while_an_ol
         "first",
         "second",
     ]
+
+
+async def test_a_restarting_service_keeps_the_limits_an_operator_set_on_its_stream(nc: NatsClient) -> None:
+    js = nc.jetstream()
+    spec = StreamSpec("TEST_RETENTION", ("kasvu.test.v1.>",))
+    await declare_stream(js, spec, replicas=1, retention=Retention(max_age_s=7 * 86_400))
+    created = (await js.stream_info(spec.name)).config
+    assert created.max_age == pytest.approx(7 * 86_400)
+    await js.update_stream(replace(created, max_age=3600.0, max_msgs=1000))  # an operator's choice
+
+    await declare_stream(js, spec, replicas=1, retention=Retention(max_age_s=7 * 86_400))
+
+    kept = (await js.stream_info(spec.name)).config
+    assert (kept.max_age, kept.max_msgs) == (pytest.approx(3600.0), 1000)
