@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ekasvu/registry/v1/events.proto\x12\x11kasvu.registry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x88\x01\n\x0eTermsPublished\x12\r\n\x05terms\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0f\n\x07service\x18\x03 \x01(\t\x12\x14\n\x0c\x63ontent_hash\x18\x04 \x01(\t\x12\x30\n\x0cpublish_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa1\x01\n\x14RegistrationAdmitted\x12\x14\n\x0cregistration\x18\x01 \x01(\t\x12\r\n\x05terms\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12\x0f\n\x07service\x18\x04 \x01(\t\x12\x13\n\x0b\x62usiness_id\x18\x05 \x01(\t\x12.\n\nadmit_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb8\x01\n\x14RegistrationRejected\x12\x14\n\x0cregistration\x18\x01 \x01(\t\x12\r\n\x05terms\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12\x0f\n\x07service\x18\x04 \x01(\t\x12\x13\n\x0b\x62usiness_id\x18\x05 \x01(\t\x12\x14\n\x0creason_codes\x18\x06 \x03(\t\x12/\n\x0b\x64\x65\x63ide_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa1\x01\n\x11ProviderSuspended\x12\x14\n\x0cregistration\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0f\n\x07service\x18\x03 \x01(\t\x12\x13\n\x0b\x62usiness_id\x18\x04 \x01(\t\x12\x0e\n\x06\x62reach\x18\x05 \x01(\t\x12\x30\n\x0csuspend_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ekasvu/registry/v1/events.proto\x12\x11kasvu.registry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x88\x01\n\x0eTermsPublished\x12\r\n\x05terms\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0f\n\x07service\x18\x03 \x01(\t\x12\x14\n\x0c\x63ontent_hash\x18\x04 \x01(\t\x12\x30\n\x0cpublish_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xcc\x01\n\x14RegistrationAdmitted\x12\x14\n\x0cregistration\x18\x01 \x01(\t\x12\r\n\x05terms\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12\x0f\n\x07service\x18\x04 \x01(\t\x12\x13\n\x0b\x62usiness_id\x18\x05 \x01(\t\x12.\n\nadmit_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0emunicipalities\x18\x07 \x03(\t\x12\x11\n\tlanguages\x18\x08 \x03(\t\"\xb8\x01\n\x14RegistrationRejected\x12\x14\n\x0cregistration\x18\x01 \x01(\t\x12\r\n\x05terms\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12\x0f\n\x07service\x18\x04 \x01(\t\x12\x13\n\x0b\x62usiness_id\x18\x05 \x01(\t\x12\x14\n\x0creason_codes\x18\x06 \x03(\t\x12/\n\x0b\x64\x65\x63ide_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa1\x01\n\x11ProviderSuspended\x12\x14\n\x0cregistration\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0f\n\x07service\x18\x03 \x01(\t\x12\x13\n\x0b\x62usiness_id\x18\x04 \x01(\t\x12\x0e\n\x06\x62reach\x18\x05 \x01(\t\x12\x30\n\x0csuspend_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,9 +35,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TERMSPUBLISHED']._serialized_start=87
   _globals['_TERMSPUBLISHED']._serialized_end=223
   _globals['_REGISTRATIONADMITTED']._serialized_start=226
-  _globals['_REGISTRATIONADMITTED']._serialized_end=387
-  _globals['_REGISTRATIONREJECTED']._serialized_start=390
-  _globals['_REGISTRATIONREJECTED']._serialized_end=574
-  _globals['_PROVIDERSUSPENDED']._serialized_start=577
-  _globals['_PROVIDERSUSPENDED']._serialized_end=738
+  _globals['_REGISTRATIONADMITTED']._serialized_end=430
+  _globals['_REGISTRATIONREJECTED']._serialized_start=433
+  _globals['_REGISTRATIONREJECTED']._serialized_end=617
+  _globals['_PROVIDERSUSPENDED']._serialized_start=620
+  _globals['_PROVIDERSUSPENDED']._serialized_end=781
 # @@protoc_insertion_point(module_scope)

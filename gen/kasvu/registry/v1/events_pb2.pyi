@@ -75,6 +75,8 @@ class RegistrationAdmitted(_message.Message):
     SERVICE_FIELD_NUMBER: _builtins.int
     BUSINESS_ID_FIELD_NUMBER: _builtins.int
     ADMIT_TIME_FIELD_NUMBER: _builtins.int
+    MUNICIPALITIES_FIELD_NUMBER: _builtins.int
+    LANGUAGES_FIELD_NUMBER: _builtins.int
     registration: _builtins.str
     """The registration."""
     terms: _builtins.str
@@ -89,6 +91,16 @@ class RegistrationAdmitted(_message.Message):
     def admit_time(self) -> _timestamp_pb2.Timestamp:
         """When."""
 
+    @_builtins.property
+    def municipalities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Municipality codes (the official three-digit codes, e.g. "837" for Tampere) the
+        registration covers; the public list and the equal-availability view read them.
+        """
+
+    @_builtins.property
+    def languages(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Languages the service is offered in (ISO 639-1, e.g. "fi", "sv", "en")."""
+
     def __init__(
         self,
         *,
@@ -98,10 +110,12 @@ class RegistrationAdmitted(_message.Message):
         service: _builtins.str = ...,
         business_id: _builtins.str = ...,
         admit_time: _timestamp_pb2.Timestamp | None = ...,
+        municipalities: _abc.Iterable[_builtins.str] | None = ...,
+        languages: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["admit_time", b"admit_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["admit_time", b"admit_time", "business_id", b"business_id", "region", b"region", "registration", b"registration", "service", b"service", "terms", b"terms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admit_time", b"admit_time", "business_id", b"business_id", "languages", b"languages", "municipalities", b"municipalities", "region", b"region", "registration", b"registration", "service", b"service", "terms", b"terms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
