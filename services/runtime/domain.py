@@ -66,11 +66,14 @@ def validate_resource_id(value: str, field: str) -> str:
 
 
 def check_text(value: str, field: str, max_length: int) -> FieldViolation | None:
-    """A violation when the text is blank or longer than max_length, else None."""
+    """A violation when the text is blank, longer than max_length or holds a NUL character
+    (which PostgreSQL cannot store), else None."""
     if not value.strip():
         return FieldViolation(field, "must not be empty")
     if len(value) > max_length:
         return FieldViolation(field, f"must be at most {max_length} characters")
+    if "\0" in value:
+        return FieldViolation(field, "must not contain NUL characters")
     return None
 
 
