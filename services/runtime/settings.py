@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     consumer_ack_wait_s: float = Field(
         default=30.0, gt=0, description="How long an unacknowledged event waits before redelivery."
     )
+    gateway_streams_per_principal: int = Field(
+        default=5, ge=1, description="Gateway: most event streams one caller may hold open at once."
+    )
     crash_point: str = Field(
         default="",
         description="Fault injection for tests only: the process exits hard at this named point.",
