@@ -30,7 +30,7 @@ from services.gateway.jsonmap import build_request, message_to_json
 from services.gateway.openapi import build_openapi
 from services.gateway.routes import Route, build_routes, match_route
 from services.gateway.sse import EventStreamResponse, StreamSlots, open_stream
-from services.runtime.catalog import CATALOG, ServiceEntry, load_protos, public_methods
+from services.runtime.catalog import CATALOG, ServiceEntry, load_protos, public_methods, resource_names
 from services.runtime.logging import request_id_var
 
 logger = logging.getLogger(__name__)
@@ -329,7 +329,9 @@ def create_app(
         heartbeat_s=heartbeat_s,
         streams_per_principal=streams_per_principal,
     )
-    openapi = build_openapi(gateway.routes, load_comments(), public_methods=public)
+    openapi = build_openapi(
+        gateway.routes, load_comments(), public_methods=public, resource_names=resource_names(catalog)
+    )
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
