@@ -28,6 +28,10 @@ class ServiceEntry:
     """Full names of its public gRPC services, which the gateway serves over HTTP."""
     proto_modules: tuple[str, ...] = ()
     """Generated modules whose import puts `grpc_services` in the default descriptor pool."""
+    resource_names: tuple[str, ...] = ()
+    """Its resource name patterns with each segment's kind, as its model parses them
+    (`services.runtime.domain.ResourcePattern`); the gateway's OpenAPI document gives each path
+    parameter the pattern of its kind. A test keeps these and the models' patterns equal."""
     public_methods: frozenset[str] = field(default_factory=frozenset)
     """Full names of the methods that need no sign-in; the protos have no annotation for it."""
 
@@ -56,6 +60,11 @@ CATALOG: tuple[ServiceEntry, ...] = (
         stream="KASVU_REGISTRY",
         event_package="kasvu.registry.v1",
         grpc_services=("kasvu.registry.v1.RegistryService",),
+        resource_names=(
+            "regions/{region}/services/{service}",
+            "regions/{region}/services/{service}/terms/{version:int}",
+            "regions/{region}/services/{service}/registrations/{registration:key}",
+        ),
         proto_modules=("kasvu.registry.v1.registry_pb2",),
         public_methods=frozenset({"kasvu.registry.v1.RegistryService.ListProviders"}),
     ),
@@ -65,6 +74,11 @@ CATALOG: tuple[ServiceEntry, ...] = (
         stream="KASVU_SELFMONITORING",
         event_package="kasvu.selfmonitoring.v1",
         grpc_services=("kasvu.selfmonitoring.v1.SelfMonitoringService",),
+        resource_names=(
+            "regions/{region}",
+            "regions/{region}/indicators/{indicator}",
+            "regions/{region}/breaches/{breach:key}",
+        ),
         proto_modules=("kasvu.selfmonitoring.v1.selfmonitoring_pb2",),
     ),
     ServiceEntry(
@@ -113,6 +127,11 @@ def grpc_services(catalog: Iterable[ServiceEntry] = CATALOG) -> tuple[str, ...]:
 def public_methods(catalog: Iterable[ServiceEntry] = CATALOG) -> frozenset[str]:
     """Full names of every method in the catalog that needs no sign-in."""
     return frozenset(method for service in catalog for method in service.public_methods)
+
+
+def resource_names(catalog: Iterable[ServiceEntry] = CATALOG) -> tuple[str, ...]:
+    """Every resource name pattern of the catalog's services."""
+    return tuple(dict.fromkeys(name for service in catalog for name in service.resource_names))
 
 
 def load_protos(catalog: Iterable[ServiceEntry] = CATALOG) -> None:

@@ -87,6 +87,9 @@ class Settings(BaseSettings):
         description="Names this replica as a lease holder; stable across restarts (default: the host "
         "name), so a restarted replica takes its own lease back at once.",
     )
+    gateway_streams_per_principal: int = Field(
+        default=5, ge=1, description="Gateway: most event streams one caller may hold open at once."
+    )
     crash_point: str = Field(
         default="",
         description="Fault injection for tests only: the process exits hard at this named point.",
