@@ -179,7 +179,8 @@ async def test_error_field_paths_are_in_the_json_spelling(
     terms = await api.publish_terms("edge-paths-registry")
     wrong_check_digit = "0737546-3"
     body = api.registration_body(terms, wrong_check_digit, Ed25519PrivateKey.generate())
-    response = await api.register("edge-paths-registry", body, wrong_check_digit)
+    # Signed in as the provider the ID was meant to be: tokens exist only for valid IDs.
+    response = await api.register("edge-paths-registry", body, "0737546-2")
     assert response.status_code == 400
     assert fields_of(response) == ["registration.businessId"]
     assert await api.listed("edge-paths-registry") == []

@@ -30,7 +30,7 @@ from services.gateway.app import GatewayServer, create_app
 from services.runtime.auth import Principal, Role, mint_token
 
 
-def well_formed_token(organisation: str = "13", ttl: timedelta = timedelta(hours=1)) -> str:
+def well_formed_token(organisation: str = "pirkanmaa", ttl: timedelta = timedelta(hours=1)) -> str:
     """A token the gateway can read; these fake backends do not verify it, the real ones do."""
     key = Ed25519PrivateKey.generate().private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
