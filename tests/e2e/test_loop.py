@@ -100,7 +100,7 @@ async def test_bad_input_gets_a_clear_error_and_changes_nothing(sqlite_suite: Lo
         body = api.registration_body(terms, PROVIDER, key)
 
         wrong_id = api.registration_body(terms, "0737546-3", key)
-        response = await api.register("pirkanmaa", wrong_id, "0737546-3")
+        response = await api.register("pirkanmaa", wrong_id, PROVIDER)
         assert response.status_code == 400
         assert "registration.businessId" in response.text
 
