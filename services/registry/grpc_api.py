@@ -3,6 +3,7 @@ object out as proto."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeAlias
 
 import grpc
@@ -10,15 +11,27 @@ from kasvu.registry.v1 import registry_pb2, registry_pb2_grpc
 
 from services.registry import handlers, model
 from services.runtime.dispatch import Dispatcher
+from services.runtime.domain import ResourcePattern
 from services.runtime.errors import FieldViolation, InvalidArgument
 from services.runtime.grpc_server import call_context
-from services.runtime.names import page
-from services.runtime.protoconv import enum_from_proto, enum_to_proto, optional_date, proto_date, timestamp
+from services.runtime.names import PageRequest, page
+from services.runtime.protoconv import (
+    enum_from_proto,
+    enum_to_proto,
+    from_money,
+    from_timestamp,
+    money,
+    optional_date,
+    proto_date,
+    timestamp,
+)
 
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 _KIND = registry_pb2.DESCRIPTOR.enum_types_by_name["RequirementKind"]
 _STATE = registry_pb2.DESCRIPTOR.enum_types_by_name["RegistrationState"]
+_DECIDER = registry_pb2.DESCRIPTOR.enum_types_by_name["Decider"]
+PROVIDER = ResourcePattern("providers/{business_id:business_id}")
 
 
 def terms_to_proto(terms: model.Terms) -> registry_pb2.Terms:
@@ -31,6 +44,9 @@ def terms_to_proto(terms: model.Terms) -> registry_pb2.Terms:
                 description=r.description,
                 kind=registry_pb2.RequirementKind.ValueType(enum_to_proto(r.kind, _KIND)),
                 max_age_days=r.max_age_days,
+                decided_by=registry_pb2.Decider.ValueType(enum_to_proto(r.decided_by, _DECIDER)),
+                legal_basis=r.legal_basis,
+                valid_days=r.valid_days,
             )
             for r in terms.requirements
         ],
@@ -57,13 +73,72 @@ def registration_to_proto(registration: model.Registration) -> registry_pb2.Regi
         ],
         public_key=registration.public_key,
         state=registry_pb2.RegistrationState.ValueType(enum_to_proto(registration.state, _STATE)),
-        reasons=[
-            registry_pb2.DecisionReason(code=r.code, subject=r.subject, message=r.message)
-            for r in registration.reasons
-        ],
+        reasons=_reasons_to_proto(registration.reasons),
         create_time=timestamp(registration.created_at),
         update_time=timestamp(registration.updated_at),
+        municipalities=registration.municipalities,
+        languages=registration.languages,
+        price=money(registration.price) if registration.price is not None else None,
+        decisions=[
+            registry_pb2.Decision(
+                kind=str(d.kind),
+                state=registry_pb2.RegistrationState.ValueType(enum_to_proto(d.state, _STATE)),
+                reasons=_reasons_to_proto(d.reasons),
+                causes=d.causes,
+                actor=d.actor,
+                decide_time=timestamp(d.decide_time),
+                terms=model.TERMS.format(
+                    region=registration.region, service=registration.service, version=d.terms_version
+                ),
+                lift_time=timestamp(d.lift_time) if d.lift_time else None,
+            )
+            for d in registration.decisions
+        ],
+        recommit_deadline=timestamp(registration.recommit_deadline)
+        if registration.recommit_deadline
+        else None,
+        lift_time=timestamp(registration.lift_time) if registration.lift_time else None,
     )
+
+
+def _reasons_to_proto(reasons: Sequence[model.Reason]) -> list[registry_pb2.DecisionReason]:
+    return [registry_pb2.DecisionReason(code=r.code, subject=r.subject, message=r.message) for r in reasons]
+
+
+def _reasons(reasons: Sequence[registry_pb2.DecisionReason]) -> tuple[model.Reason, ...]:
+    return tuple(model.Reason(code=r.code.strip(), subject=r.subject, message=r.message) for r in reasons)
+
+
+def _evidence(evidence: Sequence[registry_pb2.Evidence], prefix: str) -> tuple[model.Evidence, ...]:
+    return tuple(
+        model.Evidence(
+            requirement_code=e.requirement_code,
+            declared=e.declared,
+            issued_on=optional_date(e.issued_on, f"{prefix}[{i}].issued_on"),
+            document_sha256=e.document_sha256,
+        )
+        for i, e in enumerate(evidence)
+    )
+
+
+def _registration_parts(name: str) -> tuple[str, str, str]:
+    parts = model.REGISTRATION.parse(name, "name")
+    return parts["region"], parts["service"], parts["registration"]
+
+
+def _terms_of(name: str, field: str, region: str, service: str) -> int:
+    """The version of terms `name`, which must belong to the given region and service."""
+    terms = model.TERMS.parse(name, field)
+    if (terms["region"], terms["service"]) != (region, service):
+        raise InvalidArgument(
+            f"{field} must be terms of the same region and service",
+            [FieldViolation(field, "must be terms of the same region and service")],
+        )
+    return int(terms["version"])
+
+
+def _position(token: Mapping[str, str]) -> tuple[str, str]:
+    return token.get("created", ""), token.get("id", "")
 
 
 def _requirement(r: registry_pb2.Requirement, index: int) -> model.Requirement:
@@ -73,6 +148,11 @@ def _requirement(r: registry_pb2.Requirement, index: int) -> model.Requirement:
         description=r.description,
         kind=enum_from_proto(model.RequirementKind, r.kind, _KIND, path),
         max_age_days=r.max_age_days,
+        decided_by=model.Decider.PERSON
+        if r.decided_by == registry_pb2.DECIDER_PERSON
+        else model.Decider.AUTOMATIC,
+        legal_basis=r.legal_basis,
+        valid_days=r.valid_days,
     )
 
 
@@ -91,6 +171,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             service=parent["service"],
             title=request.terms.title,
             requirements=tuple(_requirement(r, i) for i, r in enumerate(request.terms.requirements)),
+            recommit_days=request.recommit_days,
         )
         terms = await self._dispatcher.handle(command, call_context(request.request_id))
         return terms_to_proto(terms)
@@ -105,29 +186,22 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> registry_pb2.Registration:
         parent = model.SERVICE.parse(request.parent, "parent")
         registration = request.registration
-        terms = model.TERMS.parse(registration.terms, "registration.terms")
-        if (terms["region"], terms["service"]) != (parent["region"], parent["service"]):
-            raise InvalidArgument(
-                "registration.terms must be terms of the parent service",
-                [FieldViolation("registration.terms", "must be terms of the parent region and service")],
-            )
         command = handlers.RegisterProvider(
             region=parent["region"],
             service=parent["service"],
-            terms_version=int(terms["version"]),
+            terms_version=_terms_of(
+                registration.terms, "registration.terms", parent["region"], parent["service"]
+            ),
             business_id=registration.business_id,
             display_name=registration.display_name,
-            evidence=tuple(
-                model.Evidence(
-                    requirement_code=e.requirement_code,
-                    declared=e.declared,
-                    issued_on=optional_date(e.issued_on, f"registration.evidence[{i}].issued_on"),
-                    document_sha256=e.document_sha256,
-                )
-                for i, e in enumerate(registration.evidence)
-            ),
+            evidence=_evidence(registration.evidence, "registration.evidence"),
             public_key=registration.public_key,
             terms_signature=registration.terms_signature,
+            municipalities=tuple(registration.municipalities),
+            languages=tuple(registration.languages),
+            price=from_money(registration.price, "registration.price")
+            if registration.HasField("price")
+            else None,
         )
         decided = await self._dispatcher.handle(command, call_context(request.request_id))
         return registration_to_proto(decided)
@@ -135,30 +209,169 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def GetRegistration(
         self, request: registry_pb2.GetRegistrationRequest, context: Context
     ) -> registry_pb2.Registration:
-        parts = model.REGISTRATION.parse(request.name, "name")
-        query = handlers.GetRegistration(parts["region"], parts["service"], parts["registration"])
+        query = handlers.GetRegistration(*_registration_parts(request.name))
         return registration_to_proto(await self._dispatcher.query(query, call_context()))
 
     async def ListProviders(
         self, request: registry_pb2.ListProvidersRequest, context: Context
     ) -> registry_pb2.ListProvidersResponse:
         parent = model.SERVICE.parse(request.parent, "parent")
-        paging = page(request.page_size, request.page_token, {"parent": request.parent})
-        query = handlers.ListProviders(
-            parent["region"], parent["service"], paging.after.get("after", ""), paging.size + 1
+        model.validate_list_filter(request.municipality, request.language)
+        paging = page(
+            request.page_size,
+            request.page_token,
+            {"parent": request.parent, "municipality": request.municipality, "language": request.language},
         )
-        found: list[model.Registration] = await self._dispatcher.query(query, call_context())
+        query = handlers.ListProviders(
+            parent["region"],
+            parent["service"],
+            paging.after.get("after", ""),
+            paging.size + 1,
+            municipality=request.municipality,
+            language=request.language,
+        )
+        found: list[model.Listing] = await self._dispatcher.query(query, call_context())
         listed, more = found[: paging.size], len(found) > paging.size
         return registry_pb2.ListProvidersResponse(
             providers=[
                 registry_pb2.AdmittedProvider(
-                    business_id=r.business_id,
-                    display_name=r.display_name,
-                    registration=r.name,
-                    terms=r.terms_name,
-                    admit_time=timestamp(r.created_at),
+                    business_id=p.business_id,
+                    display_name=p.display_name,
+                    registration=p.registration,
+                    terms=p.terms,
+                    admit_time=timestamp(p.admit_time),
+                    municipalities=p.municipalities,
+                    languages=p.languages,
+                    price=money(p.price) if p.price is not None else None,
                 )
-                for r in listed
+                for p in listed
             ],
             next_page_token=paging.next_token({"after": listed[-1].business_id} if more else None),
         )
+
+    async def ListTerms(
+        self, request: registry_pb2.ListTermsRequest, context: Context
+    ) -> registry_pb2.ListTermsResponse:
+        parent = model.SERVICE.parse(request.parent, "parent")
+        found = await self._dispatcher.query(
+            handlers.ListTerms(parent["region"], parent["service"]), call_context()
+        )
+        return registry_pb2.ListTermsResponse(terms=[terms_to_proto(t) for t in found])
+
+    async def DiffTerms(
+        self, request: registry_pb2.DiffTermsRequest, context: Context
+    ) -> registry_pb2.TermsDiff:
+        parts = model.TERMS.parse(request.name, "name")
+        other = _terms_of(request.other, "other", parts["region"], parts["service"])
+        query = handlers.DiffTerms(parts["region"], parts["service"], int(parts["version"]), other)
+        diff: model.TermsDiff = await self._dispatcher.query(query, call_context())
+        return registry_pb2.TermsDiff(
+            from_terms=diff.from_terms,
+            to_terms=diff.to_terms,
+            added=diff.added,
+            removed=diff.removed,
+            changed=diff.changed,
+            title_changed=diff.title_changed,
+        )
+
+    async def ListRegistrations(
+        self, request: registry_pb2.ListRegistrationsRequest, context: Context
+    ) -> registry_pb2.ListRegistrationsResponse:
+        parent = model.SERVICE.parse(request.parent, "parent")
+        business_id = (
+            model.validate_business_id(request.business_id, "business_id") if request.business_id else ""
+        )
+        state = (
+            enum_from_proto(model.RegistrationState, request.state, _STATE, "state")
+            if request.state
+            else None
+        )
+        paging = page(
+            request.page_size,
+            request.page_token,
+            {"parent": request.parent, "state": str(request.state), "business_id": business_id},
+        )
+        query = handlers.ListRegistrations(
+            parent["region"], parent["service"], state, business_id, _position(paging.after), paging.size + 1
+        )
+        return _registration_page(await self._dispatcher.query(query, call_context()), paging)
+
+    async def ListProviderRegistrations(
+        self, request: registry_pb2.ListProviderRegistrationsRequest, context: Context
+    ) -> registry_pb2.ListRegistrationsResponse:
+        business_id = PROVIDER.parse(request.parent, "parent")["business_id"]
+        paging = page(request.page_size, request.page_token, {"parent": request.parent})
+        query = handlers.ListProviderRegistrations(business_id, _position(paging.after), paging.size + 1)
+        return _registration_page(await self._dispatcher.query(query, call_context()), paging)
+
+    async def DecideRegistration(
+        self, request: registry_pb2.DecideRegistrationRequest, context: Context
+    ) -> registry_pb2.Registration:
+        command = handlers.DecideRegistration(
+            *_registration_parts(request.name), admit=request.admit, reasons=_reasons(request.reasons)
+        )
+        return await self._handle(command, request.request_id)
+
+    async def SuspendRegistration(
+        self, request: registry_pb2.SuspendRegistrationRequest, context: Context
+    ) -> registry_pb2.Registration:
+        command = handlers.SuspendRegistration(
+            *_registration_parts(request.name),
+            reasons=_reasons(request.reasons),
+            lift_time=from_timestamp(request.lift_time) if request.HasField("lift_time") else None,
+        )
+        return await self._handle(command, request.request_id)
+
+    async def ReinstateRegistration(
+        self, request: registry_pb2.ReinstateRegistrationRequest, context: Context
+    ) -> registry_pb2.Registration:
+        command = handlers.ReinstateRegistration(
+            *_registration_parts(request.name), reasons=_reasons(request.reasons)
+        )
+        return await self._handle(command, request.request_id)
+
+    async def RevokeRegistration(
+        self, request: registry_pb2.RevokeRegistrationRequest, context: Context
+    ) -> registry_pb2.Registration:
+        command = handlers.RevokeRegistration(
+            *_registration_parts(request.name), reasons=_reasons(request.reasons)
+        )
+        return await self._handle(command, request.request_id)
+
+    async def WithdrawRegistration(
+        self, request: registry_pb2.WithdrawRegistrationRequest, context: Context
+    ) -> registry_pb2.Registration:
+        command = handlers.WithdrawRegistration(*_registration_parts(request.name))
+        return await self._handle(command, request.request_id)
+
+    async def RecommitRegistration(
+        self, request: registry_pb2.RecommitRegistrationRequest, context: Context
+    ) -> registry_pb2.Registration:
+        region, service, registration_id = _registration_parts(request.name)
+        command = handlers.RecommitRegistration(
+            region,
+            service,
+            registration_id,
+            terms_version=_terms_of(request.terms, "terms", region, service),
+            terms_signature=request.terms_signature,
+            evidence=_evidence(request.evidence, "evidence"),
+        )
+        return await self._handle(command, request.request_id)
+
+    async def _handle(
+        self, command: handlers.RegistrationCommand, request_id: str
+    ) -> registry_pb2.Registration:
+        return registration_to_proto(await self._dispatcher.handle(command, call_context(request_id)))
+
+
+def _registration_page(
+    found: list[model.Registration], paging: PageRequest
+) -> registry_pb2.ListRegistrationsResponse:
+    listed, more = found[: paging.size], len(found) > paging.size
+    last = listed[-1] if listed and more else None
+    return registry_pb2.ListRegistrationsResponse(
+        registrations=[registration_to_proto(r) for r in listed],
+        next_page_token=paging.next_token(
+            {"created": last.created_at.isoformat(), "id": last.id} if last is not None else None
+        ),
+    )

@@ -5,12 +5,22 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from services.registry import model
 from services.runtime import access
 from services.runtime.domain import Command, Query
-from services.runtime.errors import AlreadyExists, NotFound, PermissionDenied, Unauthenticated
+from services.runtime.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+)
 
 if TYPE_CHECKING:
     from services.registry.store import RegistryUnitOfWork
@@ -24,6 +34,8 @@ class PublishTerms(Command):
     service: str
     title: str
     requirements: tuple[model.Requirement, ...]
+    recommit_days: int = 0
+    """0: the default window of model.DEFAULT_RECOMMIT_DAYS."""
 
 
 @dataclass(frozen=True)
@@ -36,16 +48,88 @@ class RegisterProvider(Command):
     evidence: tuple[model.Evidence, ...]
     public_key: bytes
     terms_signature: bytes
+    municipalities: tuple[str, ...] = ()
+    languages: tuple[str, ...] = ()
+    price: Decimal | None = None
 
 
 @dataclass(frozen=True)
 class SuspendProvider(Command):
-    """Suspend a provider in one region, for one service, after a quality breach there."""
+    """Suspend a provider in one region, for one service, after a quality breach there; remembered
+    until admission when the provider is not admitted there yet."""
 
     region: str
     business_id: str
     service: str
     breach: str
+
+
+@dataclass(frozen=True)
+class RegistrationCommand(Command):
+    """A command on one registration, named by its parts."""
+
+    region: str
+    service: str
+    registration_id: str
+
+
+@dataclass(frozen=True)
+class DecideRegistration(RegistrationCommand):
+    admit: bool
+    reasons: tuple[model.Reason, ...]
+
+
+@dataclass(frozen=True)
+class SuspendRegistration(RegistrationCommand):
+    reasons: tuple[model.Reason, ...]
+    lift_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ReinstateRegistration(RegistrationCommand):
+    reasons: tuple[model.Reason, ...]
+
+
+@dataclass(frozen=True)
+class RevokeRegistration(RegistrationCommand):
+    reasons: tuple[model.Reason, ...]
+
+
+@dataclass(frozen=True)
+class WithdrawRegistration(RegistrationCommand):
+    pass
+
+
+@dataclass(frozen=True)
+class RecommitRegistration(RegistrationCommand):
+    terms_version: int
+    terms_signature: bytes
+    evidence: tuple[model.Evidence, ...] = ()
+
+
+# Timer commands: set by handlers, fired by the scheduler, never reachable from outside.
+
+
+@dataclass(frozen=True)
+class LiftSuspension(Command):
+    registration_id: str
+    lift_time: datetime
+
+
+@dataclass(frozen=True)
+class LapseRegistration(Command):
+    registration_id: str
+    reason_code: str
+    subject: str
+    terms_version: int = 0
+    """For TERMS_NOT_RECOMMITTED: the version the provider had to commit to."""
+
+
+@dataclass(frozen=True)
+class RemindEvidenceRenewal(Command):
+    registration_id: str
+    requirement_code: str
+    expire_time: datetime
 
 
 # -- queries ------------------------------------------------------------------------------------
@@ -59,10 +143,43 @@ class GetTerms(Query):
 
 
 @dataclass(frozen=True)
+class ListTerms(Query):
+    region: str
+    service: str
+
+
+@dataclass(frozen=True)
+class DiffTerms(Query):
+    region: str
+    service: str
+    version: int
+    other_version: int
+
+
+@dataclass(frozen=True)
 class GetRegistration(Query):
     region: str
     service: str
     registration_id: str
+
+
+@dataclass(frozen=True)
+class ListRegistrations(Query):
+    """The region's registrations for a service (business_id "" and state None: all)."""
+
+    region: str
+    service: str
+    state: model.RegistrationState | None
+    business_id: str
+    after: tuple[str, str]
+    limit: int
+
+
+@dataclass(frozen=True)
+class ListProviderRegistrations(Query):
+    business_id: str
+    after: tuple[str, str]
+    limit: int
 
 
 @dataclass(frozen=True)
@@ -71,25 +188,51 @@ class ListProviders(Query):
     service: str
     after_business_id: str
     limit: int
+    municipality: str = ""
+    language: str = ""
 
 
 # -- handlers -----------------------------------------------------------------------------------
 
 
 async def publish_terms(command: PublishTerms, uow: RegistryUnitOfWork) -> model.Terms:
+    """Publishes the next version; the one before is superseded and its admitted providers get a
+    re-commit window, after which a timer lapses those who did not re-commit."""
     access.require(uow.actor, any_of=[access.region_admin(command.region)], action="publishing terms")
-    version = await uow.terms.latest_version(command.region, command.service) + 1
+    recommit_days = command.recommit_days or model.DEFAULT_RECOMMIT_DAYS
+    if not 1 <= recommit_days <= model.MAX_RECOMMIT_DAYS:
+        description = f"must be between 1 and {model.MAX_RECOMMIT_DAYS} days"
+        raise InvalidArgument(f"recommit_days {description}", [FieldViolation("recommit_days", description)])
+    previous = await uow.terms.latest_version(command.region, command.service)
     terms = model.publish_terms(
-        command.region, command.service, version, command.title, command.requirements, uow.now
+        command.region, command.service, previous + 1, command.title, command.requirements, uow.now
     )
     uow.terms.add(terms)
+    if previous:
+        older = await _published_terms(uow, command.region, command.service, previous)
+        uow.track(older, older.name)
+        deadline = older.supersede(terms, uow.now, recommit_days)
+        for registration in await uow.registrations.committed_to_older(
+            command.region, command.service, terms.version
+        ):
+            if registration.await_recommitment(deadline):
+                uow.timers.set(
+                    _timer("recommit", registration),
+                    deadline,
+                    LapseRegistration(
+                        registration.id,
+                        model.ReasonCode.TERMS_NOT_RECOMMITTED,
+                        terms.name,
+                        terms_version=terms.version,
+                    ),
+                )
     return terms
 
 
 async def register_provider(command: RegisterProvider, uow: RegistryUnitOfWork) -> model.Registration:
     business_id = model.validate_business_id(command.business_id, "registration.business_id")
     access.require(uow.actor, any_of=[access.provider(business_id)], action="registering")
-    terms = await _published_terms(uow, command.region, command.service, command.terms_version)
+    terms = await _current_terms(uow, command.region, command.service, command.terms_version)
     registration = model.decide_registration(
         uuid.uuid4().hex,
         terms,
@@ -99,6 +242,10 @@ async def register_provider(command: RegisterProvider, uow: RegistryUnitOfWork) 
         command.public_key,
         command.terms_signature,
         uow.now,
+        municipalities=command.municipalities,
+        languages=command.languages,
+        price=command.price,
+        actor=uow.context.who,
     )
     if registration.active:
         active = await uow.registrations.active_of(command.region, business_id, command.service)
@@ -107,53 +254,284 @@ async def register_provider(command: RegisterProvider, uow: RegistryUnitOfWork) 
                 f"{business_id} is already registered: {active[0].name}", reason="ALREADY_REGISTERED"
             )
     await uow.registrations.add(registration)
+    if registration.listed:
+        await _after_admission(registration, terms, uow)
     return registration
 
 
 async def suspend_provider(command: SuspendProvider, uow: RegistryUnitOfWork) -> int:
-    """Suspends the provider's active registration for the breach's region and service; how many changed."""
+    """Suspends the provider's admission for the breach's region and service; how many changed.
+
+    A breach against a provider not admitted there (not registered, or still in review) is
+    remembered and suspends it when it is admitted.
+    """
     registrations = await uow.registrations.active_of(command.region, command.business_id, command.service)
-    if not registrations:
-        raise NotFound(
-            f"{command.business_id} has no active registration for {command.service} in {command.region}",
-            reason="NOT_REGISTERED",
+    admitted = [r for r in registrations if r.state != model.RegistrationState.IN_REVIEW]
+    if not admitted:
+        await uow.pending_breaches.remember(
+            command.region, command.service, command.business_id, command.breach
         )
-    return sum(registration.suspend(command.breach, uow.now) for registration in registrations)
+        return 0
+    return sum(
+        registration.suspend(command.breach, uow.now, actor=uow.context.who) for registration in admitted
+    )
+
+
+async def decide_registration(command: DecideRegistration, uow: RegistryUnitOfWork) -> model.Registration:
+    registration = await _registration_for(
+        uow, command, grants=[access.region_admin(command.region)], action="deciding a registration"
+    )
+    registration.decide_review(command.admit, command.reasons, uow.context.who, uow.now)
+    if registration.listed:
+        terms = await _published_terms(
+            uow, registration.region, registration.service, registration.terms_version
+        )
+        await _after_admission(registration, terms, uow)
+    return registration
+
+
+async def suspend_registration(command: SuspendRegistration, uow: RegistryUnitOfWork) -> model.Registration:
+    registration = await _registration_for(
+        uow,
+        command,
+        grants=[access.region_admin(command.region), access.supervisor(command.region)],
+        action="suspending a provider",
+    )
+    model.validate_reasons(command.reasons, "reasons")
+    changed = registration.suspend(
+        "", uow.now, reasons=command.reasons, actor=uow.context.who, lift_time=command.lift_time
+    )
+    if not changed:
+        raise FailedPrecondition(f"{registration.name} is suspended already", reason="ALREADY_SUSPENDED")
+    if command.lift_time is not None:
+        uow.timers.set(
+            _timer("lift", registration),
+            command.lift_time,
+            LiftSuspension(registration.id, command.lift_time),
+        )
+    return registration
+
+
+async def reinstate_registration(
+    command: ReinstateRegistration, uow: RegistryUnitOfWork
+) -> model.Registration:
+    registration = await _registration_for(
+        uow,
+        command,
+        grants=[access.region_admin(command.region), access.supervisor(command.region)],
+        action="reinstating a provider",
+    )
+    registration.reinstate(command.reasons, uow.context.who, uow.now)
+    uow.timers.cancel(_timer("lift", registration))
+    return registration
+
+
+async def revoke_registration(command: RevokeRegistration, uow: RegistryUnitOfWork) -> model.Registration:
+    registration = await _registration_for(
+        uow, command, grants=[access.region_admin(command.region)], action="revoking an admission"
+    )
+    registration.revoke(command.reasons, uow.context.who, uow.now)
+    _cancel_timers(registration, uow)
+    return registration
+
+
+async def withdraw_registration(command: WithdrawRegistration, uow: RegistryUnitOfWork) -> model.Registration:
+    registration = await _registration_for(uow, command, grants=None, action="withdrawing a registration")
+    registration.withdraw(uow.context.who, uow.now)
+    _cancel_timers(registration, uow)
+    return registration
+
+
+async def recommit_registration(command: RecommitRegistration, uow: RegistryUnitOfWork) -> model.Registration:
+    registration = await _registration_for(uow, command, grants=None, action="re-committing to terms")
+    terms = await _current_terms(uow, command.region, command.service, command.terms_version)
+    registration.recommit(terms, command.evidence, command.terms_signature, uow.context.who, uow.now)
+    uow.timers.cancel(_timer("recommit", registration))
+    _set_evidence_timers(registration, terms, uow)
+    return registration
+
+
+async def lift_suspension(command: LiftSuspension, uow: RegistryUnitOfWork) -> bool:
+    """The timed end of a suspension; changes nothing when the suspension already ended."""
+    registration = await uow.registrations.get(command.registration_id)
+    if (
+        registration is None
+        or registration.state != model.RegistrationState.SUSPENDED
+        or registration.lift_time != command.lift_time
+    ):
+        return False
+    reason = model.Reason(
+        model.ReasonCode.SUSPENSION_LIFTED,
+        registration.name,
+        f"The suspension lifted itself at {command.lift_time.isoformat()}, as decided.",
+    )
+    registration.reinstate([reason], uow.context.who, uow.now, causes=[uow.context.causation_id])
+    return True
+
+
+async def lapse_registration(command: LapseRegistration, uow: RegistryUnitOfWork) -> bool:
+    """The end of an admission by a timer: terms not re-committed in time, or evidence expired."""
+    registration = await uow.registrations.get(command.registration_id)
+    if registration is None:
+        return False
+    if (
+        command.reason_code == model.ReasonCode.TERMS_NOT_RECOMMITTED
+        and registration.terms_version >= command.terms_version
+    ):
+        return False
+    if command.reason_code == model.ReasonCode.TERMS_NOT_RECOMMITTED:
+        message = f"The provider did not commit to {command.subject} within the re-commit window."
+    else:
+        message = f"The document for {command.subject!r} expired and was not renewed."
+    lapsed = registration.lapse(
+        model.Reason(command.reason_code, command.subject, message),
+        uow.now,
+        causes=[uow.context.causation_id],
+    )
+    if lapsed:
+        _cancel_timers(registration, uow)
+    return lapsed
+
+
+async def remind_evidence_renewal(command: RemindEvidenceRenewal, uow: RegistryUnitOfWork) -> bool:
+    registration = await uow.registrations.get(command.registration_id)
+    if registration is None:
+        return False
+    return registration.remind_renewal(command.requirement_code, command.expire_time, uow.now)
 
 
 async def get_terms(query: GetTerms, uow: RegistryUnitOfWork) -> model.Terms:
     return await _published_terms(uow, query.region, query.service, query.version)
 
 
+async def list_terms(query: ListTerms, uow: RegistryUnitOfWork) -> list[model.Terms]:
+    return await uow.terms.all_of(query.region, query.service)
+
+
+async def diff_terms(query: DiffTerms, uow: RegistryUnitOfWork) -> model.TermsDiff:
+    older = await _published_terms(uow, query.region, query.service, query.other_version)
+    newer = await _published_terms(uow, query.region, query.service, query.version)
+    return model.diff_terms(older, newer)
+
+
 async def get_registration(query: GetRegistration, uow: RegistryUnitOfWork) -> model.Registration:
-    if uow.actor is None:
-        raise Unauthenticated("reading a registration needs a bearer token")
-    registration = await uow.registrations.get(query.registration_id)
-    name = model.REGISTRATION.format(
-        region=query.region, service=query.service, registration=query.registration_id
+    return await _registration_for(
+        uow,
+        query,
+        grants=[access.region_admin(query.region), access.supervisor(query.region)],
+        action="reading a registration",
     )
-    if registration is None or (registration.region, registration.service) != (query.region, query.service):
-        raise NotFound(f"no registration {name}", reason="REGISTRATION_NOT_FOUND")
-    try:
-        access.require(
-            uow.actor,
-            any_of=[
-                access.provider(registration.business_id),
-                access.region_admin(query.region),
-                access.supervisor(query.region),
-            ],
-            action="reading a registration",
-        )
-    except PermissionDenied:
-        raise PermissionDenied(f"{name} belongs to another organisation", reason="TENANT_MISMATCH") from None
-    return registration
 
 
-async def list_providers(query: ListProviders, uow: RegistryUnitOfWork) -> list[model.Registration]:
+async def list_registrations(query: ListRegistrations, uow: RegistryUnitOfWork) -> list[model.Registration]:
+    access.require(
+        uow.actor,
+        any_of=[access.region_admin(query.region), access.supervisor(query.region)],
+        action="listing a region's registrations",
+    )
+    return await uow.registrations.page(
+        region=query.region,
+        service=query.service,
+        business_id=query.business_id,
+        state=query.state,
+        after=query.after,
+        limit=query.limit,
+    )
+
+
+async def list_provider_registrations(
+    query: ListProviderRegistrations, uow: RegistryUnitOfWork
+) -> list[model.Registration]:
+    access.require(uow.actor, any_of=[access.provider(query.business_id)], action="listing own registrations")
+    return await uow.registrations.page(business_id=query.business_id, after=query.after, limit=query.limit)
+
+
+async def list_providers(query: ListProviders, uow: RegistryUnitOfWork) -> list[model.Listing]:
     """The public list: admitted, unsuspended providers; no sign-in needed."""
-    return await uow.registrations.admitted_page(
-        query.region, query.service, query.after_business_id, query.limit
+    return await uow.registrations.listed_page(
+        query.region,
+        query.service,
+        municipality=query.municipality,
+        language=query.language,
+        after_business_id=query.after_business_id,
+        limit=query.limit,
     )
+
+
+# -- shared steps -------------------------------------------------------------------------------
+
+
+def _timer(kind: str, registration: model.Registration) -> str:
+    return f"registry:{kind}:{registration.id}"
+
+
+def _cancel_timers(registration: model.Registration, uow: RegistryUnitOfWork) -> None:
+    for kind in ("lift", "recommit", "evidence", "evidence-reminder"):
+        uow.timers.cancel(_timer(kind, registration))
+
+
+def _set_evidence_timers(
+    registration: model.Registration, terms: model.Terms, uow: RegistryUnitOfWork
+) -> None:
+    """The admission lapses when its first document expires, with a reminder before."""
+    expiry = model.evidence_expiry(terms, registration.evidence)
+    if expiry is None:
+        uow.timers.cancel(_timer("evidence", registration))
+        uow.timers.cancel(_timer("evidence-reminder", registration))
+        return
+    code, expires = expiry
+    uow.timers.set(
+        _timer("evidence", registration),
+        expires,
+        LapseRegistration(registration.id, model.ReasonCode.EVIDENCE_EXPIRED, code),
+    )
+    remind_at = max(expires - timedelta(days=model.RENEWAL_REMINDER_DAYS), uow.now)
+    uow.timers.set(
+        _timer("evidence-reminder", registration),
+        remind_at,
+        RemindEvidenceRenewal(registration.id, code, expires),
+    )
+
+
+async def _after_admission(
+    registration: model.Registration, terms: model.Terms, uow: RegistryUnitOfWork
+) -> None:
+    """Arms the evidence timers and applies breaches that arrived before the admission."""
+    _set_evidence_timers(registration, terms, uow)
+    for breach in await uow.pending_breaches.take(
+        registration.region, registration.service, registration.business_id
+    ):
+        registration.suspend(breach, uow.now, actor=uow.context.who, causes=["pending-breach"])
+
+
+async def _registration_for(
+    uow: RegistryUnitOfWork,
+    command: RegistrationCommand | GetRegistration,
+    *,
+    grants: list[access.Grant] | None,
+    action: str,
+) -> model.Registration:
+    """The named registration when the actor may act on it: its provider, or one of `grants`
+    (None: the provider only). Another organisation's registration is PERMISSION_DENIED."""
+    if uow.actor is None:
+        raise Unauthenticated(f"{action} needs a bearer token")
+    registration = await uow.registrations.get(command.registration_id)
+    name = model.REGISTRATION.format(
+        region=command.region, service=command.service, registration=command.registration_id
+    )
+    if registration is None or (registration.region, registration.service) != (
+        command.region,
+        command.service,
+    ):
+        raise NotFound(f"no registration {name}", reason="REGISTRATION_NOT_FOUND")
+    allowed = [access.provider(registration.business_id)] if grants is None else grants
+    if isinstance(command, GetRegistration):
+        allowed = [access.provider(registration.business_id), *allowed]
+    try:
+        access.require(uow.actor, any_of=allowed, action=action)
+    except PermissionDenied:
+        raise PermissionDenied(f"{name}: {action} is not for this token", reason="TENANT_MISMATCH") from None
+    return registration
 
 
 async def _published_terms(uow: RegistryUnitOfWork, region: str, service: str, version: int) -> model.Terms:
@@ -164,11 +542,37 @@ async def _published_terms(uow: RegistryUnitOfWork, region: str, service: str, v
     return terms
 
 
+async def _current_terms(uow: RegistryUnitOfWork, region: str, service: str, version: int) -> model.Terms:
+    """The named version when it is the current one; a superseded version is refused, naming the current."""
+    terms = await _published_terms(uow, region, service, version)
+    current = await uow.terms.current_version(region, service)
+    if version < current:
+        name = model.TERMS.format(region=region, service=service, version=current)
+        raise FailedPrecondition(
+            f"{terms.name} is superseded: register against the current terms {name}",
+            reason="TERMS_SUPERSEDED",
+        )
+    return terms
+
+
 HANDLERS: dict[type[Any], Any] = {
     PublishTerms: publish_terms,
     RegisterProvider: register_provider,
     SuspendProvider: suspend_provider,
+    DecideRegistration: decide_registration,
+    SuspendRegistration: suspend_registration,
+    ReinstateRegistration: reinstate_registration,
+    RevokeRegistration: revoke_registration,
+    WithdrawRegistration: withdraw_registration,
+    RecommitRegistration: recommit_registration,
+    LiftSuspension: lift_suspension,
+    LapseRegistration: lapse_registration,
+    RemindEvidenceRenewal: remind_evidence_renewal,
     GetTerms: get_terms,
+    ListTerms: list_terms,
+    DiffTerms: diff_terms,
     GetRegistration: get_registration,
+    ListRegistrations: list_registrations,
+    ListProviderRegistrations: list_provider_registrations,
     ListProviders: list_providers,
 }

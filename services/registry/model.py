@@ -7,13 +7,15 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
 from enum import StrEnum
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from services.runtime.domain import (
+    FINLAND,
     Aggregate,
     Event,
     ResourcePattern,
@@ -27,34 +29,70 @@ from services.runtime.domain import (
 from services.runtime.errors import FailedPrecondition, FieldViolation, InvalidArgument
 
 __all__ = [
+    "ACTIVE_STATES",
     "DEFAULT_MAX_AGE_DAYS",
+    "DEFAULT_RECOMMIT_DAYS",
+    "DEFAULT_VALID_DAYS",
     "EVENTS",
     "REGISTRATION",
+    "RENEWAL_REMINDER_DAYS",
     "SERVICE",
     "TERMS",
+    "Decider",
+    "Decision",
+    "DecisionKind",
     "Evidence",
+    "EvidenceRenewalDue",
+    "Listing",
+    "ProviderRegistered",
+    "ProviderReinstated",
+    "ProviderRevoked",
     "ProviderSuspended",
     "Reason",
     "ReasonCode",
     "Registration",
     "RegistrationAdmitted",
+    "RegistrationInReview",
+    "RegistrationLapsed",
+    "RegistrationRecommitted",
     "RegistrationRejected",
     "RegistrationState",
+    "RegistrationWithdrawn",
     "Requirement",
     "RequirementKind",
     "Terms",
+    "TermsDiff",
     "TermsPublished",
+    "TermsSuperseded",
     "assess_evidence",
     "decide_registration",
+    "diff_terms",
+    "evidence_expiry",
     "new_terms",
     "parse_requirement_kind",
+    "validate_areas",
     "validate_business_id",
+    "validate_list_filter",
+    "validate_reasons",
     "validate_resource_id",
     "verify_commitment",
 ]
 
 DEFAULT_MAX_AGE_DAYS = 90
 """Three months: the most a tax or insurance certificate may age under service-voucher practice."""
+
+DEFAULT_VALID_DAYS = 365
+"""Twelve months: how long a document stands before it must be renewed (contractor-liability practice)."""
+
+DEFAULT_RECOMMIT_DAYS = 30
+"""How long admitted providers have to commit to a new terms version before they lapse."""
+
+RENEWAL_REMINDER_DAYS = 30
+"""How long before a document expires the provider is reminded to renew it."""
+
+MAX_RECOMMIT_DAYS = 365
+LEGAL_BASIS_MAX_LENGTH = 500
+MAX_AREAS = 400
 
 MAX_MAX_AGE_DAYS = 3650
 TITLE_MAX_LENGTH = 200
@@ -85,6 +123,30 @@ class TermsPublished(Event):
 
 
 @dataclass(frozen=True)
+class TermsSuperseded(Event):
+    """A newer terms version replaced this one; admitted providers must re-commit by the deadline."""
+
+    terms: str
+    region: str
+    service: str
+    superseded_by: str
+    recommit_deadline: datetime
+    supersede_time: datetime
+
+
+@dataclass(frozen=True)
+class ProviderRegistered(Event):
+    """A provider submitted a registration; the decision follows in its own event."""
+
+    registration: str
+    terms: str
+    region: str
+    service: str
+    business_id: str
+    register_time: datetime
+
+
+@dataclass(frozen=True)
 class RegistrationAdmitted(Event):
     """A provider was admitted: it met every requirement and committed to the terms."""
 
@@ -94,6 +156,8 @@ class RegistrationAdmitted(Event):
     service: str
     business_id: str
     admit_time: datetime
+    municipalities: tuple[str, ...] = ()
+    languages: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -110,6 +174,18 @@ class RegistrationRejected(Event):
 
 
 @dataclass(frozen=True)
+class RegistrationInReview(Event):
+    """The automatic requirements hold and a person of the region must decide the rest."""
+
+    registration: str
+    terms: str
+    region: str
+    service: str
+    business_id: str
+    review_time: datetime
+
+
+@dataclass(frozen=True)
 class ProviderSuspended(Event):
     """An admitted provider was suspended in a region for a service."""
 
@@ -119,14 +195,112 @@ class ProviderSuspended(Event):
     business_id: str
     breach: str
     suspend_time: datetime
+    terms: str = ""
+    reason_codes: tuple[str, ...] = ()
+    lift_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ProviderReinstated(Event):
+    """A suspension ended: by a person's decision, by its timed lift, or when the breach was resolved."""
+
+    registration: str
+    terms: str
+    region: str
+    service: str
+    business_id: str
+    reason_codes: tuple[str, ...]
+    reinstate_time: datetime
+
+
+@dataclass(frozen=True)
+class RegistrationLapsed(Event):
+    """An admission ended by itself: terms not re-committed in time, or evidence expired."""
+
+    registration: str
+    terms: str
+    region: str
+    service: str
+    business_id: str
+    reason_codes: tuple[str, ...]
+    lapse_time: datetime
+
+
+@dataclass(frozen=True)
+class ProviderRevoked(Event):
+    """The region removed a provider's admission for good, with reasons."""
+
+    registration: str
+    terms: str
+    region: str
+    service: str
+    business_id: str
+    reason_codes: tuple[str, ...]
+    revoke_time: datetime
+
+
+@dataclass(frozen=True)
+class RegistrationWithdrawn(Event):
+    """The provider withdrew its registration."""
+
+    registration: str
+    terms: str
+    region: str
+    service: str
+    business_id: str
+    withdraw_time: datetime
+
+
+@dataclass(frozen=True)
+class RegistrationRecommitted(Event):
+    """An admitted provider committed to the current terms version within the re-commit window."""
+
+    registration: str
+    terms: str
+    region: str
+    service: str
+    business_id: str
+    recommit_time: datetime
+
+
+@dataclass(frozen=True)
+class EvidenceRenewalDue(Event):
+    """A reminder: a document behind the admission expires soon and must be renewed."""
+
+    registration: str
+    terms: str
+    region: str
+    service: str
+    business_id: str
+    requirement_code: str
+    expire_time: datetime
+    remind_time: datetime
 
 
 EVENTS: tuple[type[Event], ...] = (
     TermsPublished,
+    TermsSuperseded,
+    ProviderRegistered,
     RegistrationAdmitted,
     RegistrationRejected,
+    RegistrationInReview,
     ProviderSuspended,
+    ProviderReinstated,
+    RegistrationLapsed,
+    ProviderRevoked,
+    RegistrationWithdrawn,
+    RegistrationRecommitted,
+    EvidenceRenewalDue,
 )
+
+
+class Decider(StrEnum):
+    """Who decides whether a requirement is met."""
+
+    AUTOMATIC = "AUTOMATIC"
+    """The registry, from the evidence, at once."""
+    PERSON = "PERSON"
+    """A person of the region: the registration waits in review."""
 
 
 class RequirementKind(StrEnum):
@@ -157,6 +331,11 @@ class Requirement:
     kind: RequirementKind
     max_age_days: int = DEFAULT_MAX_AGE_DAYS
     """For documents: the oldest a document may be on the day it is submitted."""
+    decided_by: Decider = Decider.AUTOMATIC
+    legal_basis: str = ""
+    """The law or rule the requirement rests on, e.g. "569/2009 5 §"."""
+    valid_days: int = DEFAULT_VALID_DAYS
+    """For documents: how long after its issue a document stands; the admission lapses after it."""
 
 
 @dataclass(frozen=True)
@@ -182,11 +361,13 @@ class Terms(Aggregate):
         UTF-8 JSON, keys sorted at every level, no whitespace (separators "," and ":"),
         non-ASCII characters written as-is (not \\u-escaped), of the object
         {"region", "service", "version", "title", "requirements": [{"code",
-        "description", "kind", "max_age_days"}, ...]}, requirements in published
-        order, kind as "DECLARATION" or "DOCUMENT", version and max_age_days as
-        JSON integers. For example:
-        {"region":"uusimaa","requirements":[{"code":"tax","description":"Verovelkatodistus",
-        "kind":"DOCUMENT","max_age_days":90}],"service":"recruitment","title":"Rekrytointi","version":1}
+        "description", "kind", "max_age_days", "decided_by", "legal_basis",
+        "valid_days"}, ...]}, requirements in published order, kind as
+        "DECLARATION" or "DOCUMENT", decided_by as "AUTOMATIC" or "PERSON",
+        version, max_age_days and valid_days as JSON integers. For example:
+        {"region":"uusimaa","requirements":[{"code":"tax","decided_by":"AUTOMATIC",
+        "description":"Verovelkatodistus","kind":"DOCUMENT","legal_basis":"569/2009 5 §",
+        "max_age_days":90,"valid_days":365}],"service":"recruitment","title":"Rekrytointi","version":1}
         """
         document = {
             "region": self.region,
@@ -199,6 +380,9 @@ class Terms(Aggregate):
                     "description": requirement.description,
                     "kind": str(requirement.kind),
                     "max_age_days": requirement.max_age_days,
+                    "decided_by": str(requirement.decided_by),
+                    "legal_basis": requirement.legal_basis,
+                    "valid_days": requirement.valid_days,
                 }
                 for requirement in self.requirements
             ],
@@ -213,6 +397,47 @@ class Terms(Aggregate):
     def requirement(self, code: str) -> Requirement | None:
         """The requirement with this code, if the terms have one."""
         return next((r for r in self.requirements if r.code == code), None)
+
+    @property
+    def needs_a_person(self) -> bool:
+        """Whether a person of the region decides part of these terms."""
+        return any(r.decided_by == Decider.PERSON for r in self.requirements)
+
+    def supersede(self, newer: Terms, now: datetime, recommit_days: int) -> datetime:
+        """Records that `newer` replaced this version; returns the re-commit deadline."""
+        deadline = require_aware(now) + timedelta(days=recommit_days)
+        self.record(TermsSuperseded(self.name, self.region, self.service, newer.name, deadline, now))
+        return deadline
+
+
+def diff_terms(old: Terms, new: Terms) -> TermsDiff:
+    """What changed between two versions of the same terms, requirement by requirement (by code)."""
+    old_codes = {r.code: r for r in old.requirements}
+    new_codes = {r.code: r for r in new.requirements}
+    return TermsDiff(
+        from_terms=old.name,
+        to_terms=new.name,
+        added=tuple(code for code in new_codes if code not in old_codes),
+        removed=tuple(code for code in old_codes if code not in new_codes),
+        changed=tuple(
+            code
+            for code, requirement in new_codes.items()
+            if code in old_codes and old_codes[code] != requirement
+        ),
+        title_changed=old.title != new.title,
+    )
+
+
+@dataclass(frozen=True)
+class TermsDiff:
+    """Requirement codes added, removed and changed from one terms version to another."""
+
+    from_terms: str
+    to_terms: str
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    changed: tuple[str, ...]
+    title_changed: bool
 
 
 def publish_terms(  # noqa: PLR0917 - new_terms' arguments and the instant
@@ -272,19 +497,37 @@ def new_terms(
         elif requirement.code in seen_codes:
             violations.append(FieldViolation(f"{path}.code", f"duplicates code {requirement.code!r}"))
         seen_codes.add(requirement.code)
-        if violation := check_text(requirement.description, f"{path}.description", DESCRIPTION_MAX_LENGTH):
-            violations.append(violation)
-        if not isinstance(requirement.kind, RequirementKind):
-            violations.append(FieldViolation(f"{path}.kind", "must be DECLARATION or DOCUMENT"))
+        violations.extend(_requirement_violations(requirement, path))
         max_age_days = requirement.max_age_days or DEFAULT_MAX_AGE_DAYS
-        if requirement.kind == RequirementKind.DOCUMENT and not 1 <= max_age_days <= MAX_MAX_AGE_DAYS:
-            violations.append(
-                FieldViolation(f"{path}.max_age_days", f"must be between 1 and {MAX_MAX_AGE_DAYS} days")
-            )
-        normalised.append(replace(requirement, max_age_days=max_age_days))
+        valid_days = requirement.valid_days or DEFAULT_VALID_DAYS
+        normalised.append(replace(requirement, max_age_days=max_age_days, valid_days=valid_days))
 
     raise_if_any(violations, "the terms are invalid")
     return Terms(region, service, version, title, tuple(normalised))
+
+
+def _requirement_violations(requirement: Requirement, path: str) -> list[FieldViolation]:
+    """What is wrong with one requirement beyond its code (which needs the others to check)."""
+    found: list[FieldViolation] = []
+    if violation := check_text(requirement.description, f"{path}.description", DESCRIPTION_MAX_LENGTH):
+        found.append(violation)
+    if not isinstance(requirement.kind, RequirementKind):
+        found.append(FieldViolation(f"{path}.kind", "must be DECLARATION or DOCUMENT"))
+    max_age_days = requirement.max_age_days or DEFAULT_MAX_AGE_DAYS
+    valid_days = requirement.valid_days or DEFAULT_VALID_DAYS
+    if requirement.kind == RequirementKind.DOCUMENT:
+        for value, name in ((max_age_days, "max_age_days"), (valid_days, "valid_days")):
+            if not 1 <= value <= MAX_MAX_AGE_DAYS:
+                found.append(
+                    FieldViolation(f"{path}.{name}", f"must be between 1 and {MAX_MAX_AGE_DAYS} days")
+                )
+    if not isinstance(requirement.decided_by, Decider):
+        found.append(FieldViolation(f"{path}.decided_by", "must be AUTOMATIC or PERSON"))
+    if requirement.legal_basis and (
+        violation := check_text(requirement.legal_basis, f"{path}.legal_basis", LEGAL_BASIS_MAX_LENGTH)
+    ):
+        found.append(violation)
+    return found
 
 
 @dataclass(frozen=True)
@@ -305,6 +548,9 @@ class ReasonCode(StrEnum):
     EVIDENCE_TOO_OLD = "EVIDENCE_TOO_OLD"
     EVIDENCE_FROM_FUTURE = "EVIDENCE_FROM_FUTURE"
     QUALITY_BREACH = "QUALITY_BREACH"
+    TERMS_NOT_RECOMMITTED = "TERMS_NOT_RECOMMITTED"
+    EVIDENCE_EXPIRED = "EVIDENCE_EXPIRED"
+    SUSPENSION_LIFTED = "SUSPENSION_LIFTED"
 
 
 @dataclass(frozen=True)
@@ -408,16 +654,130 @@ def _shortfall(requirement: Requirement, evidence: Evidence | None, today: date)
 
 
 class RegistrationState(StrEnum):
-    """Where a registration stands."""
+    """Where a registration stands. Draft and submitted are not stored: the registry decides on
+    submission, so a stored registration is already in review, admitted or rejected."""
 
     ADMITTED = "ADMITTED"
     REJECTED = "REJECTED"
     SUSPENDED = "SUSPENDED"
+    IN_REVIEW = "IN_REVIEW"
+    LAPSED = "LAPSED"
+    REVOKED = "REVOKED"
+    WITHDRAWN = "WITHDRAWN"
+
+
+ACTIVE_STATES = frozenset(
+    {RegistrationState.IN_REVIEW, RegistrationState.ADMITTED, RegistrationState.SUSPENDED}
+)
+"""The states that hold the provider's one registration per organiser and service."""
+
+
+class DecisionKind(StrEnum):
+    """What a decision on a registration did."""
+
+    ADMISSION = "ADMISSION"
+    REJECTION = "REJECTION"
+    REVIEW = "REVIEW"
+    SUSPENSION = "SUSPENSION"
+    REINSTATEMENT = "REINSTATEMENT"
+    REVOCATION = "REVOCATION"
+    LAPSE = "LAPSE"
+    WITHDRAWAL = "WITHDRAWAL"
+    RECOMMITMENT = "RECOMMITMENT"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One decision on a registration: the record a rectification request (oikaisuvaatimus) is
+    made against. Says what was decided, why, on which terms version, caused by what, by whom, when."""
+
+    kind: DecisionKind
+    state: RegistrationState
+    """The state the decision led to."""
+    reasons: tuple[Reason, ...]
+    causes: tuple[str, ...]
+    """What caused it: breaches, timers, events, by name."""
+    actor: str
+    """Who decided, as the audit trail names it ("system:..." for events and timers)."""
+    decide_time: datetime
+    terms_version: int
+    lift_time: datetime | None = None
+    """For suspensions: when the suspension lifts itself, if it does."""
+
+
+_MUNICIPALITY = re.compile(r"[0-9]{3}")
+_LANGUAGE = re.compile(r"[a-z]{2}")
+
+
+def validate_areas(
+    municipalities: Sequence[str], languages: Sequence[str], prefix: str
+) -> list[FieldViolation]:
+    """Municipalities as official three-digit codes and languages as ISO 639-1 codes, no repeats."""
+    violations: list[FieldViolation] = []
+    for values, name, pattern, description in (
+        (municipalities, "municipalities", _MUNICIPALITY, "a three-digit municipality code, e.g. 837"),
+        (languages, "languages", _LANGUAGE, "an ISO 639-1 language code, e.g. fi"),
+    ):
+        if len(values) > MAX_AREAS:
+            violations.append(FieldViolation(f"{prefix}.{name}", f"must hold at most {MAX_AREAS} items"))
+            continue
+        seen: set[str] = set()
+        for index, value in enumerate(values):
+            if pattern.fullmatch(value) is None:
+                violations.append(FieldViolation(f"{prefix}.{name}[{index}]", f"must be {description}"))
+            elif value in seen:
+                violations.append(FieldViolation(f"{prefix}.{name}[{index}]", f"repeats {value!r}"))
+            seen.add(value)
+    return violations
+
+
+def validate_list_filter(municipality: str, language: str) -> None:
+    """The public list's filters: a municipality code and a language code, each optional."""
+    violations = [
+        FieldViolation(name, f"must be {description}")
+        for value, name, pattern, description in (
+            (municipality, "municipality", _MUNICIPALITY, "a three-digit municipality code, e.g. 837"),
+            (language, "language", _LANGUAGE, "an ISO 639-1 language code, e.g. fi"),
+        )
+        if value and pattern.fullmatch(value) is None
+    ]
+    raise_if_any(violations, "the filter is invalid")
+
+
+def validate_reasons(reasons: Sequence[Reason], field: str) -> None:
+    """A person's decision must give at least one reason, each with a code and a message."""
+    violations: list[FieldViolation] = []
+    if not reasons:
+        violations.append(FieldViolation(field, "a decision needs at least one reason"))
+    for index, reason in enumerate(reasons):
+        if violation := check_text(reason.code, f"{field}[{index}].code", CODE_MAX_LENGTH):
+            violations.append(violation)
+        if violation := check_text(reason.message, f"{field}[{index}].message", DESCRIPTION_MAX_LENGTH):
+            violations.append(violation)
+        if reason.subject and (violation := check_text(reason.subject, f"{field}[{index}].subject", 255)):
+            violations.append(violation)
+    raise_if_any(violations, "the decision is invalid")
+
+
+def evidence_expiry(terms: Terms, evidence: Sequence[Evidence]) -> tuple[str, datetime] | None:
+    """The document that expires first and the instant it does (the start of the Finnish day after
+    its last valid day), or None when no document backs the admission."""
+    expiries: list[tuple[datetime, str]] = []
+    for item in evidence:
+        requirement = terms.requirement(item.requirement_code)
+        if requirement is None or requirement.kind != RequirementKind.DOCUMENT or item.issued_on is None:
+            continue
+        last_day = item.issued_on + timedelta(days=requirement.valid_days)
+        expiries.append((datetime.combine(last_day, time(0), tzinfo=FINLAND), item.requirement_code))
+    if not expiries:
+        return None
+    moment, code = min(expiries)
+    return code, moment
 
 
 @dataclass
 class Registration(Aggregate):
-    """A provider's registration (ilmoittautuminen) against one terms version, and the decision on it."""
+    """A provider's registration (ilmoittautuminen) against one terms version, and the decisions on it."""
 
     id: str
     region: str
@@ -433,6 +793,16 @@ class Registration(Aggregate):
     public_key: bytes = b""
     """The raw Ed25519 key the provider committed with."""
     evidence: tuple[Evidence, ...] = ()
+    municipalities: tuple[str, ...] = ()
+    """Where the provider serves: official municipality codes. Widening it needs a new registration."""
+    languages: tuple[str, ...] = ()
+    price: Decimal | None = None
+    """The provider's price for the service, in euros, as shown on the public list."""
+    decisions: list[Decision] = field(default_factory=list)
+    recommit_deadline: datetime | None = None
+    """Set while a newer terms version waits for this provider's commitment."""
+    lift_time: datetime | None = None
+    """Set while a timed suspension stands."""
 
     @property
     def name(self) -> str:
@@ -444,40 +814,239 @@ class Registration(Aggregate):
 
     @property
     def active(self) -> bool:
-        """Admitted or suspended: what allows one registration per provider, region and service."""
-        return self.state != RegistrationState.REJECTED
+        """In review, admitted or suspended: what allows one registration per provider, region and service."""
+        return self.state in ACTIVE_STATES
 
     @property
     def listed(self) -> bool:
         """Whether customers may choose this provider: admitted and not suspended."""
         return self.state == RegistrationState.ADMITTED
 
-    def suspend(self, breach: str, now: datetime) -> bool:
-        """Suspend an admitted provider after a quality breach; False when it was suspended already.
+    def _common(self) -> tuple[str, str, str, str, str]:
+        return (self.name, self.terms_name, self.region, self.service, self.business_id)
 
-        Idempotent so that a redelivered breach event changes nothing. A refused
-        registration was never listed, so there is nothing to suspend.
+    def _decide(
+        self,
+        kind: DecisionKind,
+        state: RegistrationState,
+        reasons: Sequence[Reason],
+        *,
+        actor: str,
+        now: datetime,
+        causes: Sequence[str] = (),
+        lift_time: datetime | None = None,
+    ) -> None:
+        require_aware(now)
+        self.state = state
+        self.reasons = list(reasons)
+        self.updated_at = now
+        self.decisions.append(
+            Decision(kind, state, tuple(reasons), tuple(causes), actor, now, self.terms_version, lift_time)
+        )
+
+    def _require(self, allowed: frozenset[RegistrationState], action: str, reason: str) -> None:
+        if self.state not in allowed:
+            raise FailedPrecondition(
+                f"registration {self.name} is {self.state.value.lower()} and cannot be {action}",
+                reason=reason,
+            )
+
+    def decide_review(self, admit: bool, reasons: Sequence[Reason], actor: str, now: datetime) -> None:
+        """A person's decision on a registration in review: admit, or reject with reasons."""
+        self._require(frozenset({RegistrationState.IN_REVIEW}), "decided", "NOT_IN_REVIEW")
+        if admit:
+            self._admit(actor, now, reasons)
+        else:
+            validate_reasons(reasons, "reasons")
+            self._decide(DecisionKind.REJECTION, RegistrationState.REJECTED, reasons, actor=actor, now=now)
+            self.record(RegistrationRejected(*self._common(), tuple(r.code for r in reasons), now))
+
+    def _admit(self, actor: str, now: datetime, reasons: Sequence[Reason] = ()) -> None:
+        self._decide(DecisionKind.ADMISSION, RegistrationState.ADMITTED, reasons, actor=actor, now=now)
+        self.record(RegistrationAdmitted(*self._common(), now, self.municipalities, self.languages))
+
+    def suspend(
+        self,
+        breach: str,
+        now: datetime,
+        *,
+        reasons: Sequence[Reason] = (),
+        actor: str = "system",
+        lift_time: datetime | None = None,
+        causes: Sequence[str] = (),
+    ) -> bool:
+        """Suspend an admitted provider, after a quality breach or by a supervisor's decision with
+        reasons; False when it was suspended already (a redelivered breach changes nothing).
+
+        A timed suspension names its lift time, which must be in the future.
         """
         require_aware(now)
-        if not breach:
-            raise ValueError("a suspension must name the breach behind it")
+        if not breach and not reasons:
+            raise ValueError("a suspension must name the breach or the reasons behind it")
+        if lift_time is not None and lift_time <= now:
+            description = "must be in the future"
+            raise InvalidArgument(f"lift_time {description}", [FieldViolation("lift_time", description)])
         if self.state == RegistrationState.SUSPENDED:
             return False
-        if self.state == RegistrationState.REJECTED:
-            raise FailedPrecondition(
-                f"registration {self.id} was rejected and cannot be suspended",
-                reason="REGISTRATION_REJECTED",
-            )
-        self.state = RegistrationState.SUSPENDED
-        self.reasons = [
-            Reason(
-                ReasonCode.QUALITY_BREACH, breach, f"Suspended in this region after quality breach {breach}."
-            )
-        ]
+        self._require(frozenset({RegistrationState.ADMITTED}), "suspended", "NOT_ADMITTED")
+        if breach:
+            reasons = [
+                Reason(
+                    ReasonCode.QUALITY_BREACH,
+                    breach,
+                    f"Suspended in this region after quality breach {breach}.",
+                ),
+                *reasons,
+            ]
+        self._decide(
+            DecisionKind.SUSPENSION,
+            RegistrationState.SUSPENDED,
+            reasons,
+            actor=actor,
+            now=now,
+            causes=[*([breach] if breach else []), *causes],
+            lift_time=lift_time,
+        )
         self.suspended_by_breach = breach
-        self.updated_at = now
-        self.record(ProviderSuspended(self.name, self.region, self.service, self.business_id, breach, now))
+        self.lift_time = lift_time
+        self.record(
+            ProviderSuspended(
+                self.name,
+                self.region,
+                self.service,
+                self.business_id,
+                breach,
+                now,
+                self.terms_name,
+                tuple(r.code for r in reasons),
+                lift_time,
+            )
+        )
         return True
+
+    def reinstate(
+        self, reasons: Sequence[Reason], actor: str, now: datetime, causes: Sequence[str] = ()
+    ) -> None:
+        """End a suspension: a person's decision with reasons, or the suspension's timed lift."""
+        self._require(frozenset({RegistrationState.SUSPENDED}), "reinstated", "NOT_SUSPENDED")
+        validate_reasons(reasons, "reasons")
+        self._decide(
+            DecisionKind.REINSTATEMENT,
+            RegistrationState.ADMITTED,
+            reasons,
+            actor=actor,
+            now=now,
+            causes=causes,
+        )
+        self.suspended_by_breach = ""
+        self.lift_time = None
+        self.record(ProviderReinstated(*self._common(), tuple(r.code for r in reasons), now))
+
+    def revoke(self, reasons: Sequence[Reason], actor: str, now: datetime) -> None:
+        """Remove an admitted or suspended provider for good, with reasons."""
+        self._require(
+            frozenset({RegistrationState.ADMITTED, RegistrationState.SUSPENDED}), "revoked", "NOT_ADMITTED"
+        )
+        validate_reasons(reasons, "reasons")
+        self._decide(DecisionKind.REVOCATION, RegistrationState.REVOKED, reasons, actor=actor, now=now)
+        self.lift_time = None
+        self.recommit_deadline = None
+        self.record(ProviderRevoked(*self._common(), tuple(r.code for r in reasons), now))
+
+    def withdraw(self, actor: str, now: datetime) -> None:
+        """The provider withdraws a registration that is in review, admitted or suspended."""
+        self._require(ACTIVE_STATES, "withdrawn", "NOT_ACTIVE")
+        self._decide(DecisionKind.WITHDRAWAL, RegistrationState.WITHDRAWN, (), actor=actor, now=now)
+        self.lift_time = None
+        self.recommit_deadline = None
+        self.record(RegistrationWithdrawn(*self._common(), now))
+
+    def lapse(self, reason: Reason, now: datetime, causes: Sequence[str] = ()) -> bool:
+        """End an admission by itself (terms not re-committed, evidence expired); False when the
+        registration is no longer admitted or suspended, so a late timer changes nothing."""
+        if self.state not in {RegistrationState.ADMITTED, RegistrationState.SUSPENDED}:
+            return False
+        self._decide(
+            DecisionKind.LAPSE, RegistrationState.LAPSED, [reason], actor="system", now=now, causes=causes
+        )
+        self.lift_time = None
+        self.recommit_deadline = None
+        self.record(RegistrationLapsed(*self._common(), (reason.code,), now))
+        return True
+
+    def await_recommitment(self, deadline: datetime) -> bool:
+        """A newer terms version was published: the provider must re-commit by `deadline`.
+        False when the registration holds nothing to re-commit (not admitted or suspended)."""
+        if self.state not in {RegistrationState.ADMITTED, RegistrationState.SUSPENDED}:
+            return False
+        self.recommit_deadline = deadline
+        return True
+
+    def recommit(
+        self,
+        terms: Terms,
+        evidence: Sequence[Evidence],
+        signature: bytes,
+        actor: str,
+        now: datetime,
+    ) -> None:
+        """Commit to a newer terms version with the key registered before; the evidence (the
+        registration's own when none is given) must meet the new terms."""
+        self._require(
+            frozenset({RegistrationState.ADMITTED, RegistrationState.SUSPENDED}),
+            "re-committed",
+            "NOT_ADMITTED",
+        )
+        if terms.version <= self.terms_version:
+            raise FailedPrecondition(
+                f"{self.name} is already committed to {self.terms_name}", reason="ALREADY_COMMITTED"
+            )
+        violations: list[FieldViolation] = []
+        try:
+            verify_commitment(self.public_key, signature, terms.content_hash)
+        except InvalidArgument as error:
+            violations.extend(
+                FieldViolation("terms_signature", "does not verify with the registered key over these terms")
+                for _ in error.violations
+            )
+        evidence = tuple(evidence) or self.evidence
+        shortfalls: list[Reason] = []
+        try:
+            shortfalls = assess_evidence(terms, evidence, finnish_date(now))
+        except InvalidArgument as error:
+            violations.extend(error.violations)
+        raise_if_any(violations, "the re-commitment is invalid")
+        if shortfalls:
+            raise FailedPrecondition(
+                "the evidence does not meet the new terms: " + "; ".join(r.message for r in shortfalls),
+                reason="EVIDENCE_SHORT",
+            )
+        self.terms_version = terms.version
+        self.evidence = evidence
+        self.recommit_deadline = None
+        self._decide(DecisionKind.RECOMMITMENT, self.state, (), actor=actor, now=now)
+        self.record(RegistrationRecommitted(*self._common(), now))
+
+    def remind_renewal(self, requirement_code: str, expires: datetime, now: datetime) -> bool:
+        """Remind the provider that a document expires soon; False when there is nothing to renew."""
+        if self.state not in {RegistrationState.ADMITTED, RegistrationState.SUSPENDED}:
+            return False
+        self.record(EvidenceRenewalDue(*self._common(), requirement_code, expires, now))
+        return True
+
+
+@dataclass(frozen=True)
+class Listing:
+    """One provider on the public list: public facts only."""
+
+    business_id: str
+    display_name: str
+    registration: str
+    terms: str
+    admit_time: datetime
+    municipalities: tuple[str, ...]
+    languages: tuple[str, ...]
+    price: Decimal | None
 
 
 def decide_registration(  # noqa: PLR0917 - positional order fixed by the handlers' contract
@@ -489,10 +1058,16 @@ def decide_registration(  # noqa: PLR0917 - positional order fixed by the handle
     public_key: bytes,
     signature: bytes,
     now: datetime,
+    *,
+    municipalities: Sequence[str] = (),
+    languages: Sequence[str] = (),
+    price: Decimal | None = None,
+    actor: str = "system",
 ) -> Registration:
-    """Decide a registration at once: ADMITTED when every requirement is met, else REJECTED with reasons.
+    """Decide a registration at once: REJECTED with a reason per unmet requirement; else IN_REVIEW
+    when a person of the region decides part of the terms; else ADMITTED.
 
-    Malformed input (business ID, name, signature, evidence) raises one
+    Malformed input (business ID, name, areas, signature, evidence) raises one
     InvalidArgument listing every violation. "today", against which documents are
     aged, is the date of now in Finland.
     """
@@ -505,6 +1080,9 @@ def decide_registration(  # noqa: PLR0917 - positional order fixed by the handle
         violations.extend(error.violations)
     if violation := check_text(display_name, "registration.display_name", DISPLAY_NAME_MAX_LENGTH):
         violations.append(violation)
+    violations.extend(validate_areas(municipalities, languages, "registration"))
+    if price is not None and not (Decimal(0) <= price < Decimal(10) ** 9):
+        violations.append(FieldViolation("registration.price", "must be between 0 and 999 999 999.99 euros"))
     try:
         verify_commitment(public_key, signature, terms.content_hash)
     except InvalidArgument as error:
@@ -523,16 +1101,26 @@ def decide_registration(  # noqa: PLR0917 - positional order fixed by the handle
         terms_version=terms.version,
         business_id=canonical_business_id,
         display_name=display_name.strip(),
-        state=RegistrationState.REJECTED if reasons else RegistrationState.ADMITTED,
-        reasons=reasons,
+        state=RegistrationState.IN_REVIEW,
+        reasons=[],
         created_at=now,
         updated_at=now,
         public_key=public_key,
         evidence=tuple(evidence),
+        municipalities=tuple(municipalities),
+        languages=tuple(languages),
+        price=price,
     )
-    common = (registration.name, registration.terms_name, terms.region, terms.service, canonical_business_id)
+    common = registration._common()
+    registration.record(ProviderRegistered(*common, now))
     if reasons:
+        registration._decide(
+            DecisionKind.REJECTION, RegistrationState.REJECTED, reasons, actor=actor, now=now
+        )
         registration.record(RegistrationRejected(*common, tuple(r.code for r in reasons), now))
+    elif terms.needs_a_person:
+        registration._decide(DecisionKind.REVIEW, RegistrationState.IN_REVIEW, (), actor=actor, now=now)
+        registration.record(RegistrationInReview(*common, now))
     else:
-        registration.record(RegistrationAdmitted(*common, now))
+        registration._admit(actor, now)
     return registration

@@ -6,13 +6,15 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Index, bindparam, update
-from sqlmodel import Field, SQLModel, func, select
+from sqlalchemy import Index, and_, bindparam, delete, insert, or_, update
+from sqlmodel import Field, SQLModel, col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.registry import model
+from services.runtime import codec
 from services.runtime.db import serialize_on
 from services.runtime.fastinsert import TableInserter
 from services.runtime.tables import utc_field, utcnow
@@ -59,9 +61,56 @@ class RegistrationRow(SQLModel, table=True):
     active_key: str | None = Field(default=None, unique=True, max_length=140)
     created_at: datetime = utc_field()
     updated_at: datetime = utc_field()
+    municipalities_json: str = Field(default="[]", sa_column_kwargs={"server_default": "[]"})
+    languages_json: str = Field(default="[]", sa_column_kwargs={"server_default": "[]"})
+    price: str = Field(default="", max_length=20, sa_column_kwargs={"server_default": ""})
+    """Decimal euros as text ("" when not given): exact on both SQLite and PostgreSQL."""
+    decisions_json: str = Field(default="[]", sa_column_kwargs={"server_default": "[]"})
+    recommit_deadline: datetime | None = utc_field(default=None)
+    lift_time: datetime | None = utc_field(default=None)
 
 
-REGISTRY_TABLES = ("registry_terms", "registry_registrations")
+class ListingRow(SQLModel, table=True):
+    """The public list as a read model: one row per admitted, unsuspended registration and each
+    (municipality, language) it serves, "" standing for "any". Written in the same unit of work
+    as the registration's change, so a listing is one index range scan and never joins history."""
+
+    __tablename__ = "registry_listings"
+
+    region: str = Field(primary_key=True, max_length=63)
+    service: str = Field(primary_key=True, max_length=63)
+    municipality: str = Field(primary_key=True, max_length=3)
+    language: str = Field(primary_key=True, max_length=2)
+    business_id: str = Field(primary_key=True, max_length=9)
+    registration: str = Field(max_length=64, index=True)
+    display_name: str = Field(max_length=200)
+    terms_version: int
+    municipalities_json: str
+    languages_json: str
+    price: str = Field(max_length=20)
+    admit_time: datetime = utc_field()
+
+
+class PendingBreachRow(SQLModel, table=True):
+    """A breach against a provider with no admission in that scope yet: it takes effect on admission."""
+
+    __tablename__ = "registry_pending_breaches"
+
+    region: str = Field(primary_key=True, max_length=63)
+    service: str = Field(primary_key=True, max_length=63)
+    business_id: str = Field(primary_key=True, max_length=9)
+    breach: str = Field(primary_key=True, max_length=255)
+    received_at: datetime = utc_field()
+
+
+REGISTRY_TABLES = (
+    "registry_terms",
+    "registry_registrations",
+    "registry_listings",
+    "registry_pending_breaches",
+)
+LISTINGS = ListingRow.__table__  # type: ignore[attr-defined]
+PENDING_BREACHES = PendingBreachRow.__table__  # type: ignore[attr-defined]
 REGISTRATIONS = RegistrationRow.__table__  # type: ignore[attr-defined]
 TERMS = TermsRow.__table__  # type: ignore[attr-defined]
 # Statements built once, their values passed at execution: SQLAlchemy then reuses the compiled
@@ -69,6 +118,20 @@ TERMS = TermsRow.__table__  # type: ignore[attr-defined]
 _INSERT_REGISTRATION = TableInserter(REGISTRATIONS)
 _ACTIVE = select(REGISTRATIONS).where(REGISTRATIONS.c.active_key == bindparam("active_key"))
 _UPDATE_REGISTRATION = update(REGISTRATIONS).where(REGISTRATIONS.c.id == bindparam("registration_id"))
+_INSERT_LISTING = TableInserter(LISTINGS)
+_DELETE_LISTING = delete(LISTINGS).where(LISTINGS.c.registration == bindparam("registration_id"))
+_LISTING_PAGE = (
+    select(LISTINGS)
+    .where(
+        LISTINGS.c.region == bindparam("region"),
+        LISTINGS.c.service == bindparam("service"),
+        LISTINGS.c.municipality == bindparam("municipality"),
+        LISTINGS.c.language == bindparam("language"),
+        LISTINGS.c.business_id > bindparam("after"),
+    )
+    .order_by(LISTINGS.c.business_id)
+    .limit(bindparam("limit"))
+)
 
 
 # -- rows <-> domain ------------------------------------------------------------------------------
@@ -82,6 +145,9 @@ def _requirements_json(terms: model.Terms) -> str:
                 "description": r.description,
                 "kind": str(r.kind),
                 "max_age_days": r.max_age_days,
+                "decided_by": str(r.decided_by),
+                "legal_basis": r.legal_basis,
+                "valid_days": r.valid_days,
             }
             for r in terms.requirements
         ]
@@ -100,6 +166,9 @@ def terms_from_row(row: TermsRow) -> model.Terms:
                 description=r["description"],
                 kind=model.RequirementKind(r["kind"]),
                 max_age_days=r["max_age_days"],
+                decided_by=model.Decider(r.get("decided_by", "AUTOMATIC")),
+                legal_basis=r.get("legal_basis", ""),
+                valid_days=r.get("valid_days", model.DEFAULT_VALID_DAYS),
             )
             for r in json.loads(row.requirements_json)
         ),
@@ -137,6 +206,14 @@ def _reasons_json(reasons: Sequence[model.Reason]) -> str:
     return json.dumps([{"code": r.code, "subject": r.subject, "message": r.message} for r in reasons])
 
 
+def _decisions_json(decisions: Sequence[model.Decision]) -> str:
+    return codec.dumps(list(decisions))
+
+
+def _decisions(text: str) -> list[model.Decision]:
+    return codec.loads(list[model.Decision], text)
+
+
 def _active_key(registration: model.Registration) -> str | None:
     if not registration.active:
         return None
@@ -159,6 +236,12 @@ def registration_from_row(row: Any) -> model.Registration:
         suspended_by_breach=row.suspended_by_breach,
         public_key=row.public_key,
         evidence=_evidence(row.evidence_json),
+        municipalities=tuple(json.loads(row.municipalities_json)),
+        languages=tuple(json.loads(row.languages_json)),
+        price=Decimal(row.price) if row.price else None,
+        decisions=_decisions(row.decisions_json),
+        recommit_deadline=row.recommit_deadline,
+        lift_time=row.lift_time,
     )
 
 
@@ -170,6 +253,11 @@ def _mutable_columns(registration: model.Registration) -> dict[str, Any]:
         "suspended_by_breach": registration.suspended_by_breach,
         "active_key": _active_key(registration),
         "updated_at": registration.updated_at,
+        "terms_version": registration.terms_version,
+        "evidence_json": _evidence_json(registration.evidence),
+        "decisions_json": _decisions_json(registration.decisions),
+        "recommit_deadline": registration.recommit_deadline,
+        "lift_time": registration.lift_time,
     }
 
 
@@ -178,14 +266,43 @@ def _registration_columns(registration: model.Registration) -> dict[str, Any]:
         "id": registration.id,
         "region": registration.region,
         "service": registration.service,
-        "terms_version": registration.terms_version,
         "business_id": registration.business_id,
         "display_name": registration.display_name,
         "public_key": registration.public_key,
-        "evidence_json": _evidence_json(registration.evidence),
+        "municipalities_json": json.dumps(registration.municipalities),
+        "languages_json": json.dumps(registration.languages),
+        "price": str(registration.price) if registration.price is not None else "",
         "created_at": registration.created_at,
         **_mutable_columns(registration),
     }
+
+
+def _listing_rows(registration: model.Registration) -> list[dict[str, Any]]:
+    """The read model's rows for a listed registration: every (municipality, language) pair it
+    serves, and "" for "any" on either side, so each filter combination is one key prefix."""
+    if not registration.listed:
+        return []
+    admitted = next(
+        (d.decide_time for d in reversed(registration.decisions) if d.kind == model.DecisionKind.ADMISSION),
+        registration.created_at,
+    )
+    common = {
+        "region": registration.region,
+        "service": registration.service,
+        "business_id": registration.business_id,
+        "registration": registration.id,
+        "display_name": registration.display_name,
+        "terms_version": registration.terms_version,
+        "municipalities_json": json.dumps(registration.municipalities),
+        "languages_json": json.dumps(registration.languages),
+        "price": str(registration.price) if registration.price is not None else "",
+        "admit_time": admitted,
+    }
+    return [
+        {**common, "municipality": municipality, "language": language}
+        for municipality in ("", *registration.municipalities)
+        for language in ("", *registration.languages)
+    ]
 
 
 # -- repositories ---------------------------------------------------------------------------------
@@ -216,6 +333,19 @@ class TermsRepository:
     async def latest_version(self, region: str, service: str) -> int:
         """The newest published version; concurrent publishers of the same terms take turns from here."""
         await serialize_on(self._session, f"registry:terms:{region}/{service}")
+        return await self.current_version(region, service)
+
+    async def all_of(self, region: str, service: str) -> list[model.Terms]:
+        """Every published version, newest first."""
+        result = await self._session.exec(
+            select(TermsRow)
+            .where(TermsRow.region == region, TermsRow.service == service)
+            .order_by(col(TermsRow.version).desc())
+        )
+        return [terms_from_row(row) for row in result.all()]
+
+    async def current_version(self, region: str, service: str) -> int:
+        """The newest published version, 0 when none; read without taking the publishers' turn."""
         result = await self._session.exec(
             select(func.max(TermsRow.version)).where(TermsRow.region == region, TermsRow.service == service)
         )
@@ -288,32 +418,146 @@ class RegistrationRepository:
 
     async def add(self, registration: model.Registration) -> None:
         await _INSERT_REGISTRATION.insert(self._uow.connection, [_registration_columns(registration)])
+        if listing := _listing_rows(registration):
+            await _INSERT_LISTING.insert(self._uow.connection, listing)
         self._loaded[registration.id] = (registration, _mutable_columns(registration))
         self._uow.track(registration, registration.name)
 
-    async def admitted_page(
-        self, region: str, service: str, after_business_id: str, limit: int
+    async def listed_page(
+        self,
+        region: str,
+        service: str,
+        *,
+        municipality: str,
+        language: str,
+        after_business_id: str,
+        limit: int,
+    ) -> list[model.Listing]:
+        """The public list from its read model; keyset pagination by business ID, stable while
+        providers come and go."""
+        result = await self._uow.connection.execute(
+            _LISTING_PAGE,
+            {
+                "region": region,
+                "service": service,
+                "municipality": municipality,
+                "language": language,
+                "after": after_business_id,
+                "limit": limit,
+            },
+        )
+        return [
+            model.Listing(
+                business_id=row.business_id,
+                display_name=row.display_name,
+                registration=model.REGISTRATION.format(
+                    region=region, service=service, registration=row.registration
+                ),
+                terms=model.TERMS.format(region=region, service=service, version=row.terms_version),
+                admit_time=row.admit_time,
+                municipalities=tuple(json.loads(row.municipalities_json)),
+                languages=tuple(json.loads(row.languages_json)),
+                price=Decimal(row.price) if row.price else None,
+            )
+            for row in result.all()
+        ]
+
+    async def page(
+        self,
+        *,
+        region: str = "",
+        service: str = "",
+        business_id: str = "",
+        state: model.RegistrationState | None = None,
+        after: tuple[str, str] = ("", ""),
+        limit: int,
     ) -> list[model.Registration]:
-        """Keyset pagination by business ID: stable while providers come and go."""
+        """Registrations by filter, oldest first (creation time, then id) for a stable keyset."""
+        conditions = [
+            column == value
+            for column, value in (
+                (REGISTRATIONS.c.region, region),
+                (REGISTRATIONS.c.service, service),
+                (REGISTRATIONS.c.business_id, business_id),
+            )
+            if value
+        ]
+        if state is not None:
+            conditions.append(REGISTRATIONS.c.state == str(state))
+        if after[1]:
+            moment = datetime.fromisoformat(after[0])
+            conditions.append(
+                or_(
+                    REGISTRATIONS.c.created_at > moment,
+                    and_(REGISTRATIONS.c.created_at == moment, REGISTRATIONS.c.id > after[1]),
+                )
+            )
+        query = (
+            select(REGISTRATIONS)
+            .where(*conditions)
+            .order_by(REGISTRATIONS.c.created_at, REGISTRATIONS.c.id)
+            .limit(limit)
+        )
+        rows = (await self._uow.connection.execute(query)).all()
+        return [self._track(row) for row in rows]
+
+    async def committed_to_older(self, region: str, service: str, version: int) -> list[model.Registration]:
+        """Admitted or suspended registrations committed to a version older than `version`."""
         rows = await self._select(
             REGISTRATIONS.c.region == region,
             REGISTRATIONS.c.service == service,
-            REGISTRATIONS.c.state == str(model.RegistrationState.ADMITTED),
-            REGISTRATIONS.c.business_id > after_business_id,
-            order_by=REGISTRATIONS.c.business_id,
-            limit=limit,
+            REGISTRATIONS.c.terms_version < version,
+            REGISTRATIONS.c.state.in_(
+                [str(model.RegistrationState.ADMITTED), str(model.RegistrationState.SUSPENDED)]
+            ),
         )
         return [self._track(row) for row in rows]
 
     async def save(self) -> None:
-        """Writes back every loaded registration whose decision columns changed."""
+        """Writes back every loaded registration whose decision columns changed, and keeps the
+        public list's read model in step with it."""
         for registration_id, (registration, written) in self._loaded.items():
             current = _mutable_columns(registration)
             if current != written:
                 await self._uow.connection.execute(
                     _UPDATE_REGISTRATION, {"registration_id": registration_id, **current}
                 )
+                await self._uow.connection.execute(_DELETE_LISTING, {"registration_id": registration_id})
+                if listing := _listing_rows(registration):
+                    await _INSERT_LISTING.insert(self._uow.connection, listing)
                 self._loaded[registration_id] = (registration, current)
+
+
+class PendingBreachRepository:
+    """Breaches against providers not (yet) admitted in the breach's scope."""
+
+    def __init__(self, uow: UnitOfWork) -> None:
+        self._uow = uow
+
+    async def remember(self, region: str, service: str, business_id: str, breach: str) -> None:
+        key = {"region": region, "service": service, "business_id": business_id, "breach": breach}
+        exists = await self._uow.connection.execute(
+            select(PENDING_BREACHES.c.breach).where(*(PENDING_BREACHES.c[k] == v for k, v in key.items()))
+        )
+        if exists.first() is None:
+            await self._uow.connection.execute(
+                insert(PENDING_BREACHES).values(**key, received_at=self._uow.now)
+            )
+
+    async def take(self, region: str, service: str, business_id: str) -> list[str]:
+        """The breaches waiting for this provider's admission, oldest first; they are removed."""
+        where = (
+            PENDING_BREACHES.c.region == region,
+            PENDING_BREACHES.c.service == service,
+            PENDING_BREACHES.c.business_id == business_id,
+        )
+        result = await self._uow.connection.execute(
+            select(PENDING_BREACHES.c.breach).where(*where).order_by(PENDING_BREACHES.c.received_at)
+        )
+        breaches = [row.breach for row in result.all()]
+        if breaches:
+            await self._uow.connection.execute(delete(PENDING_BREACHES).where(*where))
+        return breaches
 
 
 class RegistryUnitOfWork(UnitOfWork):
@@ -321,6 +565,7 @@ class RegistryUnitOfWork(UnitOfWork):
 
     terms: TermsRepository
     registrations: RegistrationRepository
+    pending_breaches: PendingBreachRepository
 
     def __init__(self, context: Context, now: datetime, read_only: bool, *, cache: TermsCache) -> None:
         super().__init__(context, now, read_only=read_only)
@@ -330,6 +575,7 @@ class RegistryUnitOfWork(UnitOfWork):
         await super().bind(session)
         self.terms = TermsRepository(session, self, self._cache)
         self.registrations = RegistrationRepository(session, self)
+        self.pending_breaches = PendingBreachRepository(self)
 
     async def save(self) -> None:
         await self.registrations.save()

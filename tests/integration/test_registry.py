@@ -49,6 +49,8 @@ TERMS_PUBLISHED = "kasvu.registry.v1.TermsPublished"
 ADMITTED = "kasvu.registry.v1.RegistrationAdmitted"
 REJECTED = "kasvu.registry.v1.RegistrationRejected"
 SUSPENDED = "kasvu.registry.v1.ProviderSuspended"
+SUPERSEDED = "kasvu.registry.v1.TermsSuperseded"
+REGISTERED = "kasvu.registry.v1.ProviderRegistered"
 
 
 @pytest.fixture
@@ -179,7 +181,7 @@ async def test_publishing_terms_twice_gives_versions_one_and_two_with_distinct_h
         assert fetched.content_hash == published.content_hash
         assert [r.code for r in fetched.requirements] == ["prepayment-register", "tax-certificate"]
     assert await count_rows(registry_db, "registry_terms") == 2
-    assert await outbox_counts(registry_db) == {TERMS_PUBLISHED: 2}
+    assert await outbox_counts(registry_db) == {TERMS_PUBLISHED: 2, SUPERSEDED: 1}
 
 
 async def test_admin_of_another_region_may_not_publish_and_nothing_is_stored(stub, tokens, registry_db):
@@ -301,7 +303,7 @@ async def test_a_provider_with_valid_evidence_is_admitted_and_listed(
     assert registration.name.startswith(f"{PARENT}/registrations/")
     assert await state_of(stub, tokens, registration) == "REGISTRATION_STATE_ADMITTED"
     assert await listed(stub) == [business_id]
-    assert await outbox_counts(registry_db) == {TERMS_PUBLISHED: 1, ADMITTED: 1}
+    assert await outbox_counts(registry_db) == {TERMS_PUBLISHED: 1, REGISTERED: 1, ADMITTED: 1}
 
 
 async def test_old_evidence_and_a_missing_declaration_reject_with_reasons_and_an_event(
@@ -378,7 +380,7 @@ async def test_a_malformed_registration_is_refused_with_the_offending_field_and_
         await count_rows(registry_db, "outbox"),
         await count_rows(registry_db, "idempotency_keys"),
     )
-    assert after == before == (0, 2, 0)
+    assert after == before == (0, 3, 0)  # two publications, one superseding
 
 
 async def test_a_provider_token_for_another_business_id_is_denied_and_writes_nothing(
@@ -419,7 +421,7 @@ async def test_a_second_registration_for_the_same_provider_region_and_service_al
     assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
     assert first.name in caught.value.details()
     assert await count_rows(registry_db, "registry_registrations") == 1
-    assert await outbox_counts(registry_db) == {TERMS_PUBLISHED: 1, ADMITTED: 1}
+    assert await outbox_counts(registry_db) == {TERMS_PUBLISHED: 1, REGISTERED: 1, ADMITTED: 1}
 
 
 async def test_the_same_request_id_twice_returns_the_same_registration_and_one_row(
@@ -436,7 +438,7 @@ async def test_the_same_request_id_twice_returns_the_same_registration_and_one_r
     assert retry == first
     assert retry.state == registry_pb2.REGISTRATION_STATE_ADMITTED
     assert await count_rows(registry_db, "registry_registrations") == 1
-    assert await outbox_counts(registry_db) == {TERMS_PUBLISHED: 1, ADMITTED: 1}
+    assert await outbox_counts(registry_db) == {TERMS_PUBLISHED: 1, REGISTERED: 1, ADMITTED: 1}
     assert await count_rows(registry_db, "audit_log") == 2
 
 
@@ -467,7 +469,7 @@ async def test_one_tenant_cannot_replay_another_tenants_answer_with_the_same_key
     assert await count_rows(registry_db, "registry_terms") == 2
 
 
-async def test_every_successful_state_change_writes_exactly_one_outbox_row(
+async def test_every_state_change_writes_its_events_and_a_submission_one_more(
     stub, tokens, registry_db, use_cases, next_business_id
 ):
     terms = await publish(stub, tokens)
@@ -475,17 +477,23 @@ async def test_every_successful_state_change_writes_exactly_one_outbox_row(
 
     admitted_id, rejected_id = next_business_id(), next_business_id()
     await register(stub, tokens, terms, admitted_id)
-    assert await outbox_counts(registry_db) == {TERMS_PUBLISHED: 1, ADMITTED: 1}
+    assert await outbox_counts(registry_db) == {TERMS_PUBLISHED: 1, REGISTERED: 1, ADMITTED: 1}
 
     await register(stub, tokens, terms, rejected_id, evidence=[])
-    assert await outbox_counts(registry_db) == {TERMS_PUBLISHED: 1, ADMITTED: 1, REJECTED: 1}
+    assert await outbox_counts(registry_db) == {TERMS_PUBLISHED: 1, REGISTERED: 2, ADMITTED: 1, REJECTED: 1}
 
     assert (
         await suspend(registry_db, use_cases, REGION, admitted_id, SERVICE, "regions/pirkanmaa/breaches/b1")
         == 1
     )
-    assert await outbox_counts(registry_db) == {TERMS_PUBLISHED: 1, ADMITTED: 1, REJECTED: 1, SUSPENDED: 1}
-    assert await count_rows(registry_db, "outbox", "published_at IS NULL") == 4
+    assert await outbox_counts(registry_db) == {
+        TERMS_PUBLISHED: 1,
+        REGISTERED: 2,
+        ADMITTED: 1,
+        REJECTED: 1,
+        SUSPENDED: 1,
+    }
+    assert await count_rows(registry_db, "outbox", "published_at IS NULL") == 6
 
 
 # -- listing --------------------------------------------------------------------------------

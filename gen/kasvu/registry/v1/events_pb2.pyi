@@ -183,6 +183,9 @@ class ProviderSuspended(_message.Message):
     BUSINESS_ID_FIELD_NUMBER: _builtins.int
     BREACH_FIELD_NUMBER: _builtins.int
     SUSPEND_TIME_FIELD_NUMBER: _builtins.int
+    TERMS_FIELD_NUMBER: _builtins.int
+    REASON_CODES_FIELD_NUMBER: _builtins.int
+    LIFT_TIME_FIELD_NUMBER: _builtins.int
     registration: _builtins.str
     """The suspended registration."""
     region: _builtins.str
@@ -193,9 +196,19 @@ class ProviderSuspended(_message.Message):
     """The provider's business ID."""
     breach: _builtins.str
     """The breach that caused it: regions/{region}/breaches/{breach}."""
+    terms: _builtins.str
+    """The terms version the suspended registration is committed to."""
     @_builtins.property
     def suspend_time(self) -> _timestamp_pb2.Timestamp:
         """When."""
+
+    @_builtins.property
+    def reason_codes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Codes of the reasons (QUALITY_BREACH for a breach, the supervisor's codes otherwise)."""
+
+    @_builtins.property
+    def lift_time(self) -> _timestamp_pb2.Timestamp:
+        """When the suspension lifts itself; unset when only a decision ends it."""
 
     def __init__(
         self,
@@ -206,11 +219,440 @@ class ProviderSuspended(_message.Message):
         business_id: _builtins.str = ...,
         breach: _builtins.str = ...,
         suspend_time: _timestamp_pb2.Timestamp | None = ...,
+        terms: _builtins.str = ...,
+        reason_codes: _abc.Iterable[_builtins.str] | None = ...,
+        lift_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["suspend_time", b"suspend_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lift_time", b"lift_time", "suspend_time", b"suspend_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["breach", b"breach", "business_id", b"business_id", "region", b"region", "registration", b"registration", "service", b"service", "suspend_time", b"suspend_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breach", b"breach", "business_id", b"business_id", "lift_time", b"lift_time", "reason_codes", b"reason_codes", "region", b"region", "registration", b"registration", "service", b"service", "suspend_time", b"suspend_time", "terms", b"terms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ProviderSuspended: _TypeAlias = ProviderSuspended  # noqa: Y015
+
+@_typing.final
+class TermsSuperseded(_message.Message):
+    """A newer terms version replaced this one; admitted providers must re-commit."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TERMS_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    SUPERSEDED_BY_FIELD_NUMBER: _builtins.int
+    RECOMMIT_DEADLINE_FIELD_NUMBER: _builtins.int
+    SUPERSEDE_TIME_FIELD_NUMBER: _builtins.int
+    terms: _builtins.str
+    """The superseded version: regions/{region}/services/{service}/terms/{version}"""
+    region: _builtins.str
+    """The region (organiser)."""
+    service: _builtins.str
+    """The service."""
+    superseded_by: _builtins.str
+    """The version that replaced it."""
+    @_builtins.property
+    def recommit_deadline(self) -> _timestamp_pb2.Timestamp:
+        """Admitted providers that have not re-committed by then lapse."""
+
+    @_builtins.property
+    def supersede_time(self) -> _timestamp_pb2.Timestamp:
+        """When."""
+
+    def __init__(
+        self,
+        *,
+        terms: _builtins.str = ...,
+        region: _builtins.str = ...,
+        service: _builtins.str = ...,
+        superseded_by: _builtins.str = ...,
+        recommit_deadline: _timestamp_pb2.Timestamp | None = ...,
+        supersede_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["recommit_deadline", b"recommit_deadline", "supersede_time", b"supersede_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["recommit_deadline", b"recommit_deadline", "region", b"region", "service", b"service", "supersede_time", b"supersede_time", "superseded_by", b"superseded_by", "terms", b"terms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TermsSuperseded: _TypeAlias = TermsSuperseded  # noqa: Y015
+
+@_typing.final
+class ProviderRegistered(_message.Message):
+    """A provider submitted a registration; the decision follows in its own event."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGISTRATION_FIELD_NUMBER: _builtins.int
+    TERMS_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    BUSINESS_ID_FIELD_NUMBER: _builtins.int
+    REGISTER_TIME_FIELD_NUMBER: _builtins.int
+    registration: _builtins.str
+    """The registration."""
+    terms: _builtins.str
+    """The terms version."""
+    region: _builtins.str
+    """The region (organiser)."""
+    service: _builtins.str
+    """The service."""
+    business_id: _builtins.str
+    """The provider's business ID."""
+    @_builtins.property
+    def register_time(self) -> _timestamp_pb2.Timestamp:
+        """When."""
+
+    def __init__(
+        self,
+        *,
+        registration: _builtins.str = ...,
+        terms: _builtins.str = ...,
+        region: _builtins.str = ...,
+        service: _builtins.str = ...,
+        business_id: _builtins.str = ...,
+        register_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["register_time", b"register_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["business_id", b"business_id", "region", b"region", "register_time", b"register_time", "registration", b"registration", "service", b"service", "terms", b"terms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProviderRegistered: _TypeAlias = ProviderRegistered  # noqa: Y015
+
+@_typing.final
+class RegistrationInReview(_message.Message):
+    """The automatic requirements hold; a person of the region decides the rest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGISTRATION_FIELD_NUMBER: _builtins.int
+    TERMS_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    BUSINESS_ID_FIELD_NUMBER: _builtins.int
+    REVIEW_TIME_FIELD_NUMBER: _builtins.int
+    registration: _builtins.str
+    """The registration."""
+    terms: _builtins.str
+    """The terms version."""
+    region: _builtins.str
+    """The region (organiser)."""
+    service: _builtins.str
+    """The service."""
+    business_id: _builtins.str
+    """The provider's business ID."""
+    @_builtins.property
+    def review_time(self) -> _timestamp_pb2.Timestamp:
+        """When."""
+
+    def __init__(
+        self,
+        *,
+        registration: _builtins.str = ...,
+        terms: _builtins.str = ...,
+        region: _builtins.str = ...,
+        service: _builtins.str = ...,
+        business_id: _builtins.str = ...,
+        review_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["review_time", b"review_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["business_id", b"business_id", "region", b"region", "registration", b"registration", "review_time", b"review_time", "service", b"service", "terms", b"terms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegistrationInReview: _TypeAlias = RegistrationInReview  # noqa: Y015
+
+@_typing.final
+class ProviderReinstated(_message.Message):
+    """A suspension ended: by a decision, its timed lift, or the breach resolved."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGISTRATION_FIELD_NUMBER: _builtins.int
+    TERMS_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    BUSINESS_ID_FIELD_NUMBER: _builtins.int
+    REASON_CODES_FIELD_NUMBER: _builtins.int
+    REINSTATE_TIME_FIELD_NUMBER: _builtins.int
+    registration: _builtins.str
+    """The registration."""
+    terms: _builtins.str
+    """The terms version."""
+    region: _builtins.str
+    """The region (organiser)."""
+    service: _builtins.str
+    """The service."""
+    business_id: _builtins.str
+    """The provider's business ID."""
+    @_builtins.property
+    def reason_codes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Codes of the reasons."""
+
+    @_builtins.property
+    def reinstate_time(self) -> _timestamp_pb2.Timestamp:
+        """When."""
+
+    def __init__(
+        self,
+        *,
+        registration: _builtins.str = ...,
+        terms: _builtins.str = ...,
+        region: _builtins.str = ...,
+        service: _builtins.str = ...,
+        business_id: _builtins.str = ...,
+        reason_codes: _abc.Iterable[_builtins.str] | None = ...,
+        reinstate_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reinstate_time", b"reinstate_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["business_id", b"business_id", "reason_codes", b"reason_codes", "region", b"region", "registration", b"registration", "reinstate_time", b"reinstate_time", "service", b"service", "terms", b"terms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProviderReinstated: _TypeAlias = ProviderReinstated  # noqa: Y015
+
+@_typing.final
+class RegistrationLapsed(_message.Message):
+    """An admission ended by itself: terms not re-committed in time, or evidence expired."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGISTRATION_FIELD_NUMBER: _builtins.int
+    TERMS_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    BUSINESS_ID_FIELD_NUMBER: _builtins.int
+    REASON_CODES_FIELD_NUMBER: _builtins.int
+    LAPSE_TIME_FIELD_NUMBER: _builtins.int
+    registration: _builtins.str
+    """The registration."""
+    terms: _builtins.str
+    """The terms version."""
+    region: _builtins.str
+    """The region (organiser)."""
+    service: _builtins.str
+    """The service."""
+    business_id: _builtins.str
+    """The provider's business ID."""
+    @_builtins.property
+    def reason_codes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Codes of the reasons."""
+
+    @_builtins.property
+    def lapse_time(self) -> _timestamp_pb2.Timestamp:
+        """When."""
+
+    def __init__(
+        self,
+        *,
+        registration: _builtins.str = ...,
+        terms: _builtins.str = ...,
+        region: _builtins.str = ...,
+        service: _builtins.str = ...,
+        business_id: _builtins.str = ...,
+        reason_codes: _abc.Iterable[_builtins.str] | None = ...,
+        lapse_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lapse_time", b"lapse_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["business_id", b"business_id", "lapse_time", b"lapse_time", "reason_codes", b"reason_codes", "region", b"region", "registration", b"registration", "service", b"service", "terms", b"terms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegistrationLapsed: _TypeAlias = RegistrationLapsed  # noqa: Y015
+
+@_typing.final
+class ProviderRevoked(_message.Message):
+    """The region removed a provider's admission for good."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGISTRATION_FIELD_NUMBER: _builtins.int
+    TERMS_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    BUSINESS_ID_FIELD_NUMBER: _builtins.int
+    REASON_CODES_FIELD_NUMBER: _builtins.int
+    REVOKE_TIME_FIELD_NUMBER: _builtins.int
+    registration: _builtins.str
+    """The registration."""
+    terms: _builtins.str
+    """The terms version."""
+    region: _builtins.str
+    """The region (organiser)."""
+    service: _builtins.str
+    """The service."""
+    business_id: _builtins.str
+    """The provider's business ID."""
+    @_builtins.property
+    def reason_codes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Codes of the reasons."""
+
+    @_builtins.property
+    def revoke_time(self) -> _timestamp_pb2.Timestamp:
+        """When."""
+
+    def __init__(
+        self,
+        *,
+        registration: _builtins.str = ...,
+        terms: _builtins.str = ...,
+        region: _builtins.str = ...,
+        service: _builtins.str = ...,
+        business_id: _builtins.str = ...,
+        reason_codes: _abc.Iterable[_builtins.str] | None = ...,
+        revoke_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["revoke_time", b"revoke_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["business_id", b"business_id", "reason_codes", b"reason_codes", "region", b"region", "registration", b"registration", "revoke_time", b"revoke_time", "service", b"service", "terms", b"terms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProviderRevoked: _TypeAlias = ProviderRevoked  # noqa: Y015
+
+@_typing.final
+class RegistrationWithdrawn(_message.Message):
+    """The provider withdrew its registration."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGISTRATION_FIELD_NUMBER: _builtins.int
+    TERMS_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    BUSINESS_ID_FIELD_NUMBER: _builtins.int
+    WITHDRAW_TIME_FIELD_NUMBER: _builtins.int
+    registration: _builtins.str
+    """The registration."""
+    terms: _builtins.str
+    """The terms version."""
+    region: _builtins.str
+    """The region (organiser)."""
+    service: _builtins.str
+    """The service."""
+    business_id: _builtins.str
+    """The provider's business ID."""
+    @_builtins.property
+    def withdraw_time(self) -> _timestamp_pb2.Timestamp:
+        """When."""
+
+    def __init__(
+        self,
+        *,
+        registration: _builtins.str = ...,
+        terms: _builtins.str = ...,
+        region: _builtins.str = ...,
+        service: _builtins.str = ...,
+        business_id: _builtins.str = ...,
+        withdraw_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["withdraw_time", b"withdraw_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["business_id", b"business_id", "region", b"region", "registration", b"registration", "service", b"service", "terms", b"terms", "withdraw_time", b"withdraw_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegistrationWithdrawn: _TypeAlias = RegistrationWithdrawn  # noqa: Y015
+
+@_typing.final
+class RegistrationRecommitted(_message.Message):
+    """An admitted provider committed to the current terms version."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGISTRATION_FIELD_NUMBER: _builtins.int
+    TERMS_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    BUSINESS_ID_FIELD_NUMBER: _builtins.int
+    RECOMMIT_TIME_FIELD_NUMBER: _builtins.int
+    registration: _builtins.str
+    """The registration."""
+    terms: _builtins.str
+    """The terms version."""
+    region: _builtins.str
+    """The region (organiser)."""
+    service: _builtins.str
+    """The service."""
+    business_id: _builtins.str
+    """The provider's business ID."""
+    @_builtins.property
+    def recommit_time(self) -> _timestamp_pb2.Timestamp:
+        """When."""
+
+    def __init__(
+        self,
+        *,
+        registration: _builtins.str = ...,
+        terms: _builtins.str = ...,
+        region: _builtins.str = ...,
+        service: _builtins.str = ...,
+        business_id: _builtins.str = ...,
+        recommit_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["recommit_time", b"recommit_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["business_id", b"business_id", "recommit_time", b"recommit_time", "region", b"region", "registration", b"registration", "service", b"service", "terms", b"terms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegistrationRecommitted: _TypeAlias = RegistrationRecommitted  # noqa: Y015
+
+@_typing.final
+class EvidenceRenewalDue(_message.Message):
+    """A document behind an admission expires soon and must be renewed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGISTRATION_FIELD_NUMBER: _builtins.int
+    TERMS_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    BUSINESS_ID_FIELD_NUMBER: _builtins.int
+    REQUIREMENT_CODE_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    REMIND_TIME_FIELD_NUMBER: _builtins.int
+    registration: _builtins.str
+    """The registration."""
+    terms: _builtins.str
+    """The terms version."""
+    region: _builtins.str
+    """The region (organiser)."""
+    service: _builtins.str
+    """The service."""
+    business_id: _builtins.str
+    """The provider's business ID."""
+    requirement_code: _builtins.str
+    """The requirement the document meets."""
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the document expires and the admission lapses."""
+
+    @_builtins.property
+    def remind_time(self) -> _timestamp_pb2.Timestamp:
+        """When."""
+
+    def __init__(
+        self,
+        *,
+        registration: _builtins.str = ...,
+        terms: _builtins.str = ...,
+        region: _builtins.str = ...,
+        service: _builtins.str = ...,
+        business_id: _builtins.str = ...,
+        requirement_code: _builtins.str = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+        remind_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "remind_time", b"remind_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["business_id", b"business_id", "expire_time", b"expire_time", "region", b"region", "registration", b"registration", "remind_time", b"remind_time", "requirement_code", b"requirement_code", "service", b"service", "terms", b"terms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvidenceRenewalDue: _TypeAlias = EvidenceRenewalDue  # noqa: Y015

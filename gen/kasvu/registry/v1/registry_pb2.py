@@ -26,9 +26,10 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from google.type import date_pb2 as google_dot_type_dot_date__pb2
+from google.type import money_pb2 as google_dot_type_dot_money__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n kasvu/registry/v1/registry.proto\x12\x11kasvu.registry.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16google/type/date.proto\"\x8a\x01\n\x0bRequirement\x12\x12\n\x04\x63ode\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0b\x64\x65scription\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x36\n\x04kind\x18\x03 \x01(\x0e\x32\".kasvu.registry.v1.RequirementKindB\x04\xe2\x41\x01\x02\x12\x14\n\x0cmax_age_days\x18\x04 \x01(\x05\"\xd7\x01\n\x05Terms\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05title\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12:\n\x0crequirements\x18\x03 \x03(\x0b\x32\x1e.kasvu.registry.v1.RequirementB\x04\xe2\x41\x01\x02\x12\x15\n\x07version\x18\x04 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x1a\n\x0c\x63ontent_hash\x18\x05 \x01(\tB\x04\xe2\x41\x01\x03\x12\x36\n\x0cpublish_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"n\n\x13PublishTermsRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12-\n\x05terms\x18\x02 \x01(\x0b\x32\x18.kasvu.registry.v1.TermsB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"%\n\x0fGetTermsRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"{\n\x08\x45vidence\x12\x1e\n\x10requirement_code\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x10\n\x08\x64\x65\x63lared\x18\x02 \x01(\x08\x12$\n\tissued_on\x18\x03 \x01(\x0b\x32\x11.google.type.Date\x12\x17\n\x0f\x64ocument_sha256\x18\x04 \x01(\t\"@\n\x0e\x44\x65\x63isionReason\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\xb9\x03\n\x0cRegistration\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05terms\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0b\x62usiness_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1a\n\x0c\x64isplay_name\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\x12-\n\x08\x65vidence\x18\x05 \x03(\x0b\x32\x1b.kasvu.registry.v1.Evidence\x12\x18\n\npublic_key\x18\x06 \x01(\x0c\x42\x04\xe2\x41\x01\x02\x12\x1d\n\x0fterms_signature\x18\x07 \x01(\x0c\x42\x04\xe2\x41\x01\x02\x12\x39\n\x05state\x18\x08 \x01(\x0e\x32$.kasvu.registry.v1.RegistrationStateB\x04\xe2\x41\x01\x03\x12\x38\n\x07reasons\x18\t \x03(\x0b\x32!.kasvu.registry.v1.DecisionReasonB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\x80\x01\n\x17RegisterProviderRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12;\n\x0cregistration\x18\x02 \x01(\x0b\x32\x1f.kasvu.registry.v1.RegistrationB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x03 \x01(\t\",\n\x16GetRegistrationRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x92\x01\n\x10\x41\x64mittedProvider\x12\x13\n\x0b\x62usiness_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x14\n\x0cregistration\x18\x03 \x01(\t\x12\r\n\x05terms\x18\x04 \x01(\t\x12.\n\nadmit_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"S\n\x14ListProvidersRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"h\n\x15ListProvidersResponse\x12\x36\n\tproviders\x18\x01 \x03(\x0b\x32#.kasvu.registry.v1.AdmittedProvider\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*t\n\x0fRequirementKind\x12 \n\x1cREQUIREMENT_KIND_UNSPECIFIED\x10\x00\x12 \n\x1cREQUIREMENT_KIND_DECLARATION\x10\x01\x12\x1d\n\x19REQUIREMENT_KIND_DOCUMENT\x10\x02*\x9b\x01\n\x11RegistrationState\x12\"\n\x1eREGISTRATION_STATE_UNSPECIFIED\x10\x00\x12\x1f\n\x1bREGISTRATION_STATE_ADMITTED\x10\x01\x12\x1f\n\x1bREGISTRATION_STATE_REJECTED\x10\x02\x12 \n\x1cREGISTRATION_STATE_SUSPENDED\x10\x03\x32\xf3\x05\n\x0fRegistryService\x12\x88\x01\n\x0cPublishTerms\x12&.kasvu.registry.v1.PublishTermsRequest\x1a\x18.kasvu.registry.v1.Terms\"6\x82\xd3\xe4\x93\x02\x30\"\'/v1/{parent=regions/*/services/*}/terms:\x05terms\x12y\n\x08GetTerms\x12\".kasvu.registry.v1.GetTermsRequest\x1a\x18.kasvu.registry.v1.Terms\"/\x82\xd3\xe4\x93\x02)\x12\'/v1/{name=regions/*/services/*/terms/*}\x12\xa6\x01\n\x10RegisterProvider\x12*.kasvu.registry.v1.RegisterProviderRequest\x1a\x1f.kasvu.registry.v1.Registration\"E\x82\xd3\xe4\x93\x02?\"//v1/{parent=regions/*/services/*}/registrations:\x0cregistration\x12\x96\x01\n\x0fGetRegistration\x12).kasvu.registry.v1.GetRegistrationRequest\x1a\x1f.kasvu.registry.v1.Registration\"7\x82\xd3\xe4\x93\x02\x31\x12//v1/{name=regions/*/services/*/registrations/*}\x12\x97\x01\n\rListProviders\x12\'.kasvu.registry.v1.ListProvidersRequest\x1a(.kasvu.registry.v1.ListProvidersResponse\"3\x82\xd3\xe4\x93\x02-\x12+/v1/{parent=regions/*/services/*}/providersb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n kasvu/registry/v1/registry.proto\x12\x11kasvu.registry.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16google/type/date.proto\x1a\x17google/type/money.proto\"\xe3\x01\n\x0bRequirement\x12\x12\n\x04\x63ode\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0b\x64\x65scription\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x36\n\x04kind\x18\x03 \x01(\x0e\x32\".kasvu.registry.v1.RequirementKindB\x04\xe2\x41\x01\x02\x12\x14\n\x0cmax_age_days\x18\x04 \x01(\x05\x12.\n\ndecided_by\x18\x05 \x01(\x0e\x32\x1a.kasvu.registry.v1.Decider\x12\x13\n\x0blegal_basis\x18\x06 \x01(\t\x12\x12\n\nvalid_days\x18\x07 \x01(\x05\"\xd7\x01\n\x05Terms\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05title\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12:\n\x0crequirements\x18\x03 \x03(\x0b\x32\x1e.kasvu.registry.v1.RequirementB\x04\xe2\x41\x01\x02\x12\x15\n\x07version\x18\x04 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x1a\n\x0c\x63ontent_hash\x18\x05 \x01(\tB\x04\xe2\x41\x01\x03\x12\x36\n\x0cpublish_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\x85\x01\n\x13PublishTermsRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12-\n\x05terms\x18\x02 \x01(\x0b\x32\x18.kasvu.registry.v1.TermsB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x15\n\rrecommit_days\x18\x04 \x01(\x05\"%\n\x0fGetTermsRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"{\n\x08\x45vidence\x12\x1e\n\x10requirement_code\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x10\n\x08\x64\x65\x63lared\x18\x02 \x01(\x08\x12$\n\tissued_on\x18\x03 \x01(\x0b\x32\x11.google.type.Date\x12\x17\n\x0f\x64ocument_sha256\x18\x04 \x01(\t\"\x8f\x02\n\x08\x44\x65\x63ision\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x33\n\x05state\x18\x02 \x01(\x0e\x32$.kasvu.registry.v1.RegistrationState\x12\x32\n\x07reasons\x18\x03 \x03(\x0b\x32!.kasvu.registry.v1.DecisionReason\x12\x0e\n\x06\x63\x61uses\x18\x04 \x03(\t\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\x12/\n\x0b\x64\x65\x63ide_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05terms\x18\x07 \x01(\t\x12-\n\tlift_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"@\n\x0e\x44\x65\x63isionReason\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\xaf\x05\n\x0cRegistration\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05terms\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0b\x62usiness_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1a\n\x0c\x64isplay_name\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\x12-\n\x08\x65vidence\x18\x05 \x03(\x0b\x32\x1b.kasvu.registry.v1.Evidence\x12\x18\n\npublic_key\x18\x06 \x01(\x0c\x42\x04\xe2\x41\x01\x02\x12\x1d\n\x0fterms_signature\x18\x07 \x01(\x0c\x42\x04\xe2\x41\x01\x02\x12\x39\n\x05state\x18\x08 \x01(\x0e\x32$.kasvu.registry.v1.RegistrationStateB\x04\xe2\x41\x01\x03\x12\x38\n\x07reasons\x18\t \x03(\x0b\x32!.kasvu.registry.v1.DecisionReasonB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x16\n\x0emunicipalities\x18\x0c \x03(\t\x12\x11\n\tlanguages\x18\r \x03(\t\x12!\n\x05price\x18\x0e \x01(\x0b\x32\x12.google.type.Money\x12\x34\n\tdecisions\x18\x0f \x03(\x0b\x32\x1b.kasvu.registry.v1.DecisionB\x04\xe2\x41\x01\x03\x12;\n\x11recommit_deadline\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x33\n\tlift_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\x80\x01\n\x17RegisterProviderRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12;\n\x0cregistration\x18\x02 \x01(\x0b\x32\x1f.kasvu.registry.v1.RegistrationB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x03 \x01(\t\",\n\x16GetRegistrationRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\xe0\x01\n\x10\x41\x64mittedProvider\x12\x13\n\x0b\x62usiness_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x14\n\x0cregistration\x18\x03 \x01(\t\x12\r\n\x05terms\x18\x04 \x01(\t\x12.\n\nadmit_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0emunicipalities\x18\x06 \x03(\t\x12\x11\n\tlanguages\x18\x07 \x03(\t\x12!\n\x05price\x18\x08 \x01(\x0b\x32\x12.google.type.Money\"{\n\x14ListProvidersRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x14\n\x0cmunicipality\x18\x04 \x01(\t\x12\x10\n\x08language\x18\x05 \x01(\t\"h\n\x15ListProvidersResponse\x12\x36\n\tproviders\x18\x01 \x03(\x0b\x32#.kasvu.registry.v1.AdmittedProvider\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"(\n\x10ListTermsRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"<\n\x11ListTermsResponse\x12\'\n\x05terms\x18\x01 \x03(\x0b\x32\x18.kasvu.registry.v1.Terms\";\n\x10\x44iffTermsRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x05other\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"y\n\tTermsDiff\x12\x12\n\nfrom_terms\x18\x01 \x01(\t\x12\x10\n\x08to_terms\x18\x02 \x01(\t\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x03 \x03(\t\x12\x0f\n\x07removed\x18\x04 \x03(\t\x12\x0f\n\x07\x63hanged\x18\x05 \x03(\t\x12\x15\n\rtitle_changed\x18\x06 \x01(\x08\"\xa1\x01\n\x18ListRegistrationsRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x33\n\x05state\x18\x04 \x01(\x0e\x32$.kasvu.registry.v1.RegistrationState\x12\x13\n\x0b\x62usiness_id\x18\x05 \x01(\t\"_\n ListProviderRegistrationsRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"l\n\x19ListRegistrationsResponse\x12\x36\n\rregistrations\x18\x01 \x03(\x0b\x32\x1f.kasvu.registry.v1.Registration\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x86\x01\n\x19\x44\x65\x63ideRegistrationRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\r\n\x05\x61\x64mit\x18\x02 \x01(\x08\x12\x32\n\x07reasons\x18\x03 \x03(\x0b\x32!.kasvu.registry.v1.DecisionReason\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\xad\x01\n\x1aSuspendRegistrationRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x38\n\x07reasons\x18\x02 \x03(\x0b\x32!.kasvu.registry.v1.DecisionReasonB\x04\xe2\x41\x01\x02\x12-\n\tlift_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\x80\x01\n\x1cReinstateRegistrationRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x38\n\x07reasons\x18\x02 \x03(\x0b\x32!.kasvu.registry.v1.DecisionReasonB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"}\n\x19RevokeRegistrationRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x38\n\x07reasons\x18\x02 \x03(\x0b\x32!.kasvu.registry.v1.DecisionReasonB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"E\n\x1bWithdrawRegistrationRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\xa8\x01\n\x1bRecommitRegistrationRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x05terms\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1d\n\x0fterms_signature\x18\x03 \x01(\x0c\x42\x04\xe2\x41\x01\x02\x12-\n\x08\x65vidence\x18\x04 \x03(\x0b\x32\x1b.kasvu.registry.v1.Evidence\x12\x12\n\nrequest_id\x18\x05 \x01(\t*M\n\x07\x44\x65\x63ider\x12\x17\n\x13\x44\x45\x43IDER_UNSPECIFIED\x10\x00\x12\x15\n\x11\x44\x45\x43IDER_AUTOMATIC\x10\x01\x12\x12\n\x0e\x44\x45\x43IDER_PERSON\x10\x02*t\n\x0fRequirementKind\x12 \n\x1cREQUIREMENT_KIND_UNSPECIFIED\x10\x00\x12 \n\x1cREQUIREMENT_KIND_DECLARATION\x10\x01\x12\x1d\n\x19REQUIREMENT_KIND_DOCUMENT\x10\x02*\x9e\x02\n\x11RegistrationState\x12\"\n\x1eREGISTRATION_STATE_UNSPECIFIED\x10\x00\x12\x1f\n\x1bREGISTRATION_STATE_ADMITTED\x10\x01\x12\x1f\n\x1bREGISTRATION_STATE_REJECTED\x10\x02\x12 \n\x1cREGISTRATION_STATE_SUSPENDED\x10\x03\x12 \n\x1cREGISTRATION_STATE_IN_REVIEW\x10\x04\x12\x1d\n\x19REGISTRATION_STATE_LAPSED\x10\x05\x12\x1e\n\x1aREGISTRATION_STATE_REVOKED\x10\x06\x12 \n\x1cREGISTRATION_STATE_WITHDRAWN\x10\x07\x32\xed\x12\n\x0fRegistryService\x12\x88\x01\n\x0cPublishTerms\x12&.kasvu.registry.v1.PublishTermsRequest\x1a\x18.kasvu.registry.v1.Terms\"6\x82\xd3\xe4\x93\x02\x30\"\'/v1/{parent=regions/*/services/*}/terms:\x05terms\x12y\n\x08GetTerms\x12\".kasvu.registry.v1.GetTermsRequest\x1a\x18.kasvu.registry.v1.Terms\"/\x82\xd3\xe4\x93\x02)\x12\'/v1/{name=regions/*/services/*/terms/*}\x12\xa6\x01\n\x10RegisterProvider\x12*.kasvu.registry.v1.RegisterProviderRequest\x1a\x1f.kasvu.registry.v1.Registration\"E\x82\xd3\xe4\x93\x02?\"//v1/{parent=regions/*/services/*}/registrations:\x0cregistration\x12\x96\x01\n\x0fGetRegistration\x12).kasvu.registry.v1.GetRegistrationRequest\x1a\x1f.kasvu.registry.v1.Registration\"7\x82\xd3\xe4\x93\x02\x31\x12//v1/{name=regions/*/services/*/registrations/*}\x12\x97\x01\n\rListProviders\x12\'.kasvu.registry.v1.ListProvidersRequest\x1a(.kasvu.registry.v1.ListProvidersResponse\"3\x82\xd3\xe4\x93\x02-\x12+/v1/{parent=regions/*/services/*}/providers\x12\x87\x01\n\tListTerms\x12#.kasvu.registry.v1.ListTermsRequest\x1a$.kasvu.registry.v1.ListTermsResponse\"/\x82\xd3\xe4\x93\x02)\x12\'/v1/{parent=regions/*/services/*}/terms\x12\x84\x01\n\tDiffTerms\x12#.kasvu.registry.v1.DiffTermsRequest\x1a\x1c.kasvu.registry.v1.TermsDiff\"4\x82\xd3\xe4\x93\x02.\x12,/v1/{name=regions/*/services/*/terms/*}:diff\x12\xa7\x01\n\x11ListRegistrations\x12+.kasvu.registry.v1.ListRegistrationsRequest\x1a,.kasvu.registry.v1.ListRegistrationsResponse\"7\x82\xd3\xe4\x93\x02\x31\x12//v1/{parent=regions/*/services/*}/registrations\x12\xae\x01\n\x19ListProviderRegistrations\x12\x33.kasvu.registry.v1.ListProviderRegistrationsRequest\x1a,.kasvu.registry.v1.ListRegistrationsResponse\".\x82\xd3\xe4\x93\x02(\x12&/v1/{parent=providers/*}/registrations\x12\xa6\x01\n\x12\x44\x65\x63ideRegistration\x12,.kasvu.registry.v1.DecideRegistrationRequest\x1a\x1f.kasvu.registry.v1.Registration\"A\x82\xd3\xe4\x93\x02;\"6/v1/{name=regions/*/services/*/registrations/*}:decide:\x01*\x12\xa9\x01\n\x13SuspendRegistration\x12-.kasvu.registry.v1.SuspendRegistrationRequest\x1a\x1f.kasvu.registry.v1.Registration\"B\x82\xd3\xe4\x93\x02<\"7/v1/{name=regions/*/services/*/registrations/*}:suspend:\x01*\x12\xaf\x01\n\x15ReinstateRegistration\x12/.kasvu.registry.v1.ReinstateRegistrationRequest\x1a\x1f.kasvu.registry.v1.Registration\"D\x82\xd3\xe4\x93\x02>\"9/v1/{name=regions/*/services/*/registrations/*}:reinstate:\x01*\x12\xa6\x01\n\x12RevokeRegistration\x12,.kasvu.registry.v1.RevokeRegistrationRequest\x1a\x1f.kasvu.registry.v1.Registration\"A\x82\xd3\xe4\x93\x02;\"6/v1/{name=regions/*/services/*/registrations/*}:revoke:\x01*\x12\xac\x01\n\x14WithdrawRegistration\x12..kasvu.registry.v1.WithdrawRegistrationRequest\x1a\x1f.kasvu.registry.v1.Registration\"C\x82\xd3\xe4\x93\x02=\"8/v1/{name=regions/*/services/*/registrations/*}:withdraw:\x01*\x12\xac\x01\n\x14RecommitRegistration\x12..kasvu.registry.v1.RecommitRegistrationRequest\x1a\x1f.kasvu.registry.v1.Registration\"C\x82\xd3\xe4\x93\x02=\"8/v1/{name=regions/*/services/*/registrations/*}:recommit:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -81,6 +82,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTRATION'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
   _globals['_REGISTRATION'].fields_by_name['update_time']._loaded_options = None
   _globals['_REGISTRATION'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
+  _globals['_REGISTRATION'].fields_by_name['decisions']._loaded_options = None
+  _globals['_REGISTRATION'].fields_by_name['decisions']._serialized_options = b'\342A\001\003'
+  _globals['_REGISTRATION'].fields_by_name['recommit_deadline']._loaded_options = None
+  _globals['_REGISTRATION'].fields_by_name['recommit_deadline']._serialized_options = b'\342A\001\003'
+  _globals['_REGISTRATION'].fields_by_name['lift_time']._loaded_options = None
+  _globals['_REGISTRATION'].fields_by_name['lift_time']._serialized_options = b'\342A\001\003'
   _globals['_REGISTERPROVIDERREQUEST'].fields_by_name['parent']._loaded_options = None
   _globals['_REGISTERPROVIDERREQUEST'].fields_by_name['parent']._serialized_options = b'\342A\001\002'
   _globals['_REGISTERPROVIDERREQUEST'].fields_by_name['registration']._loaded_options = None
@@ -89,6 +96,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETREGISTRATIONREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002'
   _globals['_LISTPROVIDERSREQUEST'].fields_by_name['parent']._loaded_options = None
   _globals['_LISTPROVIDERSREQUEST'].fields_by_name['parent']._serialized_options = b'\342A\001\002'
+  _globals['_LISTTERMSREQUEST'].fields_by_name['parent']._loaded_options = None
+  _globals['_LISTTERMSREQUEST'].fields_by_name['parent']._serialized_options = b'\342A\001\002'
+  _globals['_DIFFTERMSREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_DIFFTERMSREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002'
+  _globals['_DIFFTERMSREQUEST'].fields_by_name['other']._loaded_options = None
+  _globals['_DIFFTERMSREQUEST'].fields_by_name['other']._serialized_options = b'\342A\001\002'
+  _globals['_LISTREGISTRATIONSREQUEST'].fields_by_name['parent']._loaded_options = None
+  _globals['_LISTREGISTRATIONSREQUEST'].fields_by_name['parent']._serialized_options = b'\342A\001\002'
+  _globals['_LISTPROVIDERREGISTRATIONSREQUEST'].fields_by_name['parent']._loaded_options = None
+  _globals['_LISTPROVIDERREGISTRATIONSREQUEST'].fields_by_name['parent']._serialized_options = b'\342A\001\002'
+  _globals['_DECIDEREGISTRATIONREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_DECIDEREGISTRATIONREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002'
+  _globals['_SUSPENDREGISTRATIONREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_SUSPENDREGISTRATIONREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002'
+  _globals['_SUSPENDREGISTRATIONREQUEST'].fields_by_name['reasons']._loaded_options = None
+  _globals['_SUSPENDREGISTRATIONREQUEST'].fields_by_name['reasons']._serialized_options = b'\342A\001\002'
+  _globals['_REINSTATEREGISTRATIONREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_REINSTATEREGISTRATIONREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002'
+  _globals['_REINSTATEREGISTRATIONREQUEST'].fields_by_name['reasons']._loaded_options = None
+  _globals['_REINSTATEREGISTRATIONREQUEST'].fields_by_name['reasons']._serialized_options = b'\342A\001\002'
+  _globals['_REVOKEREGISTRATIONREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_REVOKEREGISTRATIONREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002'
+  _globals['_REVOKEREGISTRATIONREQUEST'].fields_by_name['reasons']._loaded_options = None
+  _globals['_REVOKEREGISTRATIONREQUEST'].fields_by_name['reasons']._serialized_options = b'\342A\001\002'
+  _globals['_WITHDRAWREGISTRATIONREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_WITHDRAWREGISTRATIONREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002'
+  _globals['_RECOMMITREGISTRATIONREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_RECOMMITREGISTRATIONREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002'
+  _globals['_RECOMMITREGISTRATIONREQUEST'].fields_by_name['terms']._loaded_options = None
+  _globals['_RECOMMITREGISTRATIONREQUEST'].fields_by_name['terms']._serialized_options = b'\342A\001\002'
+  _globals['_RECOMMITREGISTRATIONREQUEST'].fields_by_name['terms_signature']._loaded_options = None
+  _globals['_RECOMMITREGISTRATIONREQUEST'].fields_by_name['terms_signature']._serialized_options = b'\342A\001\002'
   _globals['_REGISTRYSERVICE'].methods_by_name['PublishTerms']._loaded_options = None
   _globals['_REGISTRYSERVICE'].methods_by_name['PublishTerms']._serialized_options = b'\202\323\344\223\0020\"\'/v1/{parent=regions/*/services/*}/terms:\005terms'
   _globals['_REGISTRYSERVICE'].methods_by_name['GetTerms']._loaded_options = None
@@ -99,34 +138,84 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTRYSERVICE'].methods_by_name['GetRegistration']._serialized_options = b'\202\323\344\223\0021\022//v1/{name=regions/*/services/*/registrations/*}'
   _globals['_REGISTRYSERVICE'].methods_by_name['ListProviders']._loaded_options = None
   _globals['_REGISTRYSERVICE'].methods_by_name['ListProviders']._serialized_options = b'\202\323\344\223\002-\022+/v1/{parent=regions/*/services/*}/providers'
-  _globals['_REQUIREMENTKIND']._serialized_start=1837
-  _globals['_REQUIREMENTKIND']._serialized_end=1953
-  _globals['_REGISTRATIONSTATE']._serialized_start=1956
-  _globals['_REGISTRATIONSTATE']._serialized_end=2111
-  _globals['_REQUIREMENT']._serialized_start=176
-  _globals['_REQUIREMENT']._serialized_end=314
-  _globals['_TERMS']._serialized_start=317
-  _globals['_TERMS']._serialized_end=532
-  _globals['_PUBLISHTERMSREQUEST']._serialized_start=534
-  _globals['_PUBLISHTERMSREQUEST']._serialized_end=644
-  _globals['_GETTERMSREQUEST']._serialized_start=646
-  _globals['_GETTERMSREQUEST']._serialized_end=683
-  _globals['_EVIDENCE']._serialized_start=685
-  _globals['_EVIDENCE']._serialized_end=808
-  _globals['_DECISIONREASON']._serialized_start=810
-  _globals['_DECISIONREASON']._serialized_end=874
-  _globals['_REGISTRATION']._serialized_start=877
-  _globals['_REGISTRATION']._serialized_end=1318
-  _globals['_REGISTERPROVIDERREQUEST']._serialized_start=1321
-  _globals['_REGISTERPROVIDERREQUEST']._serialized_end=1449
-  _globals['_GETREGISTRATIONREQUEST']._serialized_start=1451
-  _globals['_GETREGISTRATIONREQUEST']._serialized_end=1495
-  _globals['_ADMITTEDPROVIDER']._serialized_start=1498
-  _globals['_ADMITTEDPROVIDER']._serialized_end=1644
-  _globals['_LISTPROVIDERSREQUEST']._serialized_start=1646
-  _globals['_LISTPROVIDERSREQUEST']._serialized_end=1729
-  _globals['_LISTPROVIDERSRESPONSE']._serialized_start=1731
-  _globals['_LISTPROVIDERSRESPONSE']._serialized_end=1835
-  _globals['_REGISTRYSERVICE']._serialized_start=2114
-  _globals['_REGISTRYSERVICE']._serialized_end=2869
+  _globals['_REGISTRYSERVICE'].methods_by_name['ListTerms']._loaded_options = None
+  _globals['_REGISTRYSERVICE'].methods_by_name['ListTerms']._serialized_options = b'\202\323\344\223\002)\022\'/v1/{parent=regions/*/services/*}/terms'
+  _globals['_REGISTRYSERVICE'].methods_by_name['DiffTerms']._loaded_options = None
+  _globals['_REGISTRYSERVICE'].methods_by_name['DiffTerms']._serialized_options = b'\202\323\344\223\002.\022,/v1/{name=regions/*/services/*/terms/*}:diff'
+  _globals['_REGISTRYSERVICE'].methods_by_name['ListRegistrations']._loaded_options = None
+  _globals['_REGISTRYSERVICE'].methods_by_name['ListRegistrations']._serialized_options = b'\202\323\344\223\0021\022//v1/{parent=regions/*/services/*}/registrations'
+  _globals['_REGISTRYSERVICE'].methods_by_name['ListProviderRegistrations']._loaded_options = None
+  _globals['_REGISTRYSERVICE'].methods_by_name['ListProviderRegistrations']._serialized_options = b'\202\323\344\223\002(\022&/v1/{parent=providers/*}/registrations'
+  _globals['_REGISTRYSERVICE'].methods_by_name['DecideRegistration']._loaded_options = None
+  _globals['_REGISTRYSERVICE'].methods_by_name['DecideRegistration']._serialized_options = b'\202\323\344\223\002;\"6/v1/{name=regions/*/services/*/registrations/*}:decide:\001*'
+  _globals['_REGISTRYSERVICE'].methods_by_name['SuspendRegistration']._loaded_options = None
+  _globals['_REGISTRYSERVICE'].methods_by_name['SuspendRegistration']._serialized_options = b'\202\323\344\223\002<\"7/v1/{name=regions/*/services/*/registrations/*}:suspend:\001*'
+  _globals['_REGISTRYSERVICE'].methods_by_name['ReinstateRegistration']._loaded_options = None
+  _globals['_REGISTRYSERVICE'].methods_by_name['ReinstateRegistration']._serialized_options = b'\202\323\344\223\002>\"9/v1/{name=regions/*/services/*/registrations/*}:reinstate:\001*'
+  _globals['_REGISTRYSERVICE'].methods_by_name['RevokeRegistration']._loaded_options = None
+  _globals['_REGISTRYSERVICE'].methods_by_name['RevokeRegistration']._serialized_options = b'\202\323\344\223\002;\"6/v1/{name=regions/*/services/*/registrations/*}:revoke:\001*'
+  _globals['_REGISTRYSERVICE'].methods_by_name['WithdrawRegistration']._loaded_options = None
+  _globals['_REGISTRYSERVICE'].methods_by_name['WithdrawRegistration']._serialized_options = b'\202\323\344\223\002=\"8/v1/{name=regions/*/services/*/registrations/*}:withdraw:\001*'
+  _globals['_REGISTRYSERVICE'].methods_by_name['RecommitRegistration']._loaded_options = None
+  _globals['_REGISTRYSERVICE'].methods_by_name['RecommitRegistration']._serialized_options = b'\202\323\344\223\002=\"8/v1/{name=regions/*/services/*/registrations/*}:recommit:\001*'
+  _globals['_DECIDER']._serialized_start=4085
+  _globals['_DECIDER']._serialized_end=4162
+  _globals['_REQUIREMENTKIND']._serialized_start=4164
+  _globals['_REQUIREMENTKIND']._serialized_end=4280
+  _globals['_REGISTRATIONSTATE']._serialized_start=4283
+  _globals['_REGISTRATIONSTATE']._serialized_end=4569
+  _globals['_REQUIREMENT']._serialized_start=201
+  _globals['_REQUIREMENT']._serialized_end=428
+  _globals['_TERMS']._serialized_start=431
+  _globals['_TERMS']._serialized_end=646
+  _globals['_PUBLISHTERMSREQUEST']._serialized_start=649
+  _globals['_PUBLISHTERMSREQUEST']._serialized_end=782
+  _globals['_GETTERMSREQUEST']._serialized_start=784
+  _globals['_GETTERMSREQUEST']._serialized_end=821
+  _globals['_EVIDENCE']._serialized_start=823
+  _globals['_EVIDENCE']._serialized_end=946
+  _globals['_DECISION']._serialized_start=949
+  _globals['_DECISION']._serialized_end=1220
+  _globals['_DECISIONREASON']._serialized_start=1222
+  _globals['_DECISIONREASON']._serialized_end=1286
+  _globals['_REGISTRATION']._serialized_start=1289
+  _globals['_REGISTRATION']._serialized_end=1976
+  _globals['_REGISTERPROVIDERREQUEST']._serialized_start=1979
+  _globals['_REGISTERPROVIDERREQUEST']._serialized_end=2107
+  _globals['_GETREGISTRATIONREQUEST']._serialized_start=2109
+  _globals['_GETREGISTRATIONREQUEST']._serialized_end=2153
+  _globals['_ADMITTEDPROVIDER']._serialized_start=2156
+  _globals['_ADMITTEDPROVIDER']._serialized_end=2380
+  _globals['_LISTPROVIDERSREQUEST']._serialized_start=2382
+  _globals['_LISTPROVIDERSREQUEST']._serialized_end=2505
+  _globals['_LISTPROVIDERSRESPONSE']._serialized_start=2507
+  _globals['_LISTPROVIDERSRESPONSE']._serialized_end=2611
+  _globals['_LISTTERMSREQUEST']._serialized_start=2613
+  _globals['_LISTTERMSREQUEST']._serialized_end=2653
+  _globals['_LISTTERMSRESPONSE']._serialized_start=2655
+  _globals['_LISTTERMSRESPONSE']._serialized_end=2715
+  _globals['_DIFFTERMSREQUEST']._serialized_start=2717
+  _globals['_DIFFTERMSREQUEST']._serialized_end=2776
+  _globals['_TERMSDIFF']._serialized_start=2778
+  _globals['_TERMSDIFF']._serialized_end=2899
+  _globals['_LISTREGISTRATIONSREQUEST']._serialized_start=2902
+  _globals['_LISTREGISTRATIONSREQUEST']._serialized_end=3063
+  _globals['_LISTPROVIDERREGISTRATIONSREQUEST']._serialized_start=3065
+  _globals['_LISTPROVIDERREGISTRATIONSREQUEST']._serialized_end=3160
+  _globals['_LISTREGISTRATIONSRESPONSE']._serialized_start=3162
+  _globals['_LISTREGISTRATIONSRESPONSE']._serialized_end=3270
+  _globals['_DECIDEREGISTRATIONREQUEST']._serialized_start=3273
+  _globals['_DECIDEREGISTRATIONREQUEST']._serialized_end=3407
+  _globals['_SUSPENDREGISTRATIONREQUEST']._serialized_start=3410
+  _globals['_SUSPENDREGISTRATIONREQUEST']._serialized_end=3583
+  _globals['_REINSTATEREGISTRATIONREQUEST']._serialized_start=3586
+  _globals['_REINSTATEREGISTRATIONREQUEST']._serialized_end=3714
+  _globals['_REVOKEREGISTRATIONREQUEST']._serialized_start=3716
+  _globals['_REVOKEREGISTRATIONREQUEST']._serialized_end=3841
+  _globals['_WITHDRAWREGISTRATIONREQUEST']._serialized_start=3843
+  _globals['_WITHDRAWREGISTRATIONREQUEST']._serialized_end=3912
+  _globals['_RECOMMITREGISTRATIONREQUEST']._serialized_start=3915
+  _globals['_RECOMMITREGISTRATIONREQUEST']._serialized_end=4083
+  _globals['_REGISTRYSERVICE']._serialized_start=4572
+  _globals['_REGISTRYSERVICE']._serialized_end=6985
 # @@protoc_insertion_point(module_scope)

@@ -10,6 +10,7 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.type import date_pb2 as _date_pb2
+from google.type import money_pb2 as _money_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -20,6 +21,30 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _Decider:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DeciderEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Decider.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DECIDER_UNSPECIFIED: _Decider.ValueType  # 0
+    """Not set: decided automatically."""
+    DECIDER_AUTOMATIC: _Decider.ValueType  # 1
+    """The registry decides from the evidence, at once."""
+    DECIDER_PERSON: _Decider.ValueType  # 2
+    """A person of the region decides; the registration waits in review."""
+
+class Decider(_Decider, metaclass=_DeciderEnumTypeWrapper):
+    """Who decides whether a requirement is met."""
+
+DECIDER_UNSPECIFIED: Decider.ValueType  # 0
+"""Not set: decided automatically."""
+DECIDER_AUTOMATIC: Decider.ValueType  # 1
+"""The registry decides from the evidence, at once."""
+DECIDER_PERSON: Decider.ValueType  # 2
+"""A person of the region decides; the registration waits in review."""
+Global___Decider: _TypeAlias = Decider  # noqa: Y015
 
 class _RequirementKind:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -63,6 +88,14 @@ class _RegistrationStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Reg
     """Refused, with a reason per unmet requirement."""
     REGISTRATION_STATE_SUSPENDED: _RegistrationState.ValueType  # 3
     """Admitted but suspended in this region, e.g. after a quality breach."""
+    REGISTRATION_STATE_IN_REVIEW: _RegistrationState.ValueType  # 4
+    """Waiting for a person of the region to decide."""
+    REGISTRATION_STATE_LAPSED: _RegistrationState.ValueType  # 5
+    """Ended by itself: terms not re-committed in time, or evidence expired."""
+    REGISTRATION_STATE_REVOKED: _RegistrationState.ValueType  # 6
+    """Removed by the region for good."""
+    REGISTRATION_STATE_WITHDRAWN: _RegistrationState.ValueType  # 7
+    """Withdrawn by the provider."""
 
 class RegistrationState(_RegistrationState, metaclass=_RegistrationStateEnumTypeWrapper):
     """Where a registration stands."""
@@ -75,6 +108,14 @@ REGISTRATION_STATE_REJECTED: RegistrationState.ValueType  # 2
 """Refused, with a reason per unmet requirement."""
 REGISTRATION_STATE_SUSPENDED: RegistrationState.ValueType  # 3
 """Admitted but suspended in this region, e.g. after a quality breach."""
+REGISTRATION_STATE_IN_REVIEW: RegistrationState.ValueType  # 4
+"""Waiting for a person of the region to decide."""
+REGISTRATION_STATE_LAPSED: RegistrationState.ValueType  # 5
+"""Ended by itself: terms not re-committed in time, or evidence expired."""
+REGISTRATION_STATE_REVOKED: RegistrationState.ValueType  # 6
+"""Removed by the region for good."""
+REGISTRATION_STATE_WITHDRAWN: RegistrationState.ValueType  # 7
+"""Withdrawn by the provider."""
 Global___RegistrationState: _TypeAlias = RegistrationState  # noqa: Y015
 
 @_typing.final
@@ -87,6 +128,9 @@ class Requirement(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     MAX_AGE_DAYS_FIELD_NUMBER: _builtins.int
+    DECIDED_BY_FIELD_NUMBER: _builtins.int
+    LEGAL_BASIS_FIELD_NUMBER: _builtins.int
+    VALID_DAYS_FIELD_NUMBER: _builtins.int
     code: _builtins.str
     """Stable code within the terms, e.g. "prepayment-register"."""
     description: _builtins.str
@@ -97,6 +141,14 @@ class Requirement(_message.Message):
     """For documents: the oldest a document may be when submitted, in days
     (default 90, three months, per service-voucher practice).
     """
+    decided_by: Global___Decider.ValueType
+    """Who decides whether the requirement is met (default automatic)."""
+    legal_basis: _builtins.str
+    """The law or rule the requirement rests on, e.g. "569/2009 5 §"."""
+    valid_days: _builtins.int
+    """For documents: how long after its issue a document stands, in days (default
+    365); the admission lapses when it expires unless renewed.
+    """
     def __init__(
         self,
         *,
@@ -104,10 +156,13 @@ class Requirement(_message.Message):
         description: _builtins.str = ...,
         kind: Global___RequirementKind.ValueType = ...,
         max_age_days: _builtins.int = ...,
+        decided_by: Global___Decider.ValueType = ...,
+        legal_basis: _builtins.str = ...,
+        valid_days: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "description", b"description", "kind", b"kind", "max_age_days", b"max_age_days"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "decided_by", b"decided_by", "description", b"description", "kind", b"kind", "legal_basis", b"legal_basis", "max_age_days", b"max_age_days", "valid_days", b"valid_days"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -168,10 +223,15 @@ class PublishTermsRequest(_message.Message):
     PARENT_FIELD_NUMBER: _builtins.int
     TERMS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    RECOMMIT_DAYS_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     """regions/{region}/services/{service}"""
     request_id: _builtins.str
     """Idempotency key: a retry with the same key returns the first result."""
+    recommit_days: _builtins.int
+    """Days admitted providers have to commit to this version before they lapse
+    (default 30).
+    """
     @_builtins.property
     def terms(self) -> Global___Terms:
         """The terms to publish; name, version and hash are assigned."""
@@ -182,10 +242,11 @@ class PublishTermsRequest(_message.Message):
         parent: _builtins.str = ...,
         terms: Global___Terms | None = ...,
         request_id: _builtins.str = ...,
+        recommit_days: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["terms", b"terms"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["parent", b"parent", "request_id", b"request_id", "terms", b"terms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parent", b"parent", "recommit_days", b"recommit_days", "request_id", b"request_id", "terms", b"terms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -250,6 +311,66 @@ class Evidence(_message.Message):
 Global___Evidence: _TypeAlias = Evidence  # noqa: Y015
 
 @_typing.final
+class Decision(_message.Message):
+    """One decision on a registration: the record a rectification request is made against."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    REASONS_FIELD_NUMBER: _builtins.int
+    CAUSES_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    DECIDE_TIME_FIELD_NUMBER: _builtins.int
+    TERMS_FIELD_NUMBER: _builtins.int
+    LIFT_TIME_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """ADMISSION, REJECTION, REVIEW, SUSPENSION, REINSTATEMENT, REVOCATION, LAPSE,
+    WITHDRAWAL or RECOMMITMENT.
+    """
+    state: Global___RegistrationState.ValueType
+    """The state the decision led to."""
+    actor: _builtins.str
+    """Who decided (role:organisation:subject, or system for events and timers)."""
+    terms: _builtins.str
+    """The terms version the registration was committed to."""
+    @_builtins.property
+    def reasons(self) -> _containers.RepeatedCompositeFieldContainer[Global___DecisionReason]:
+        """Why."""
+
+    @_builtins.property
+    def causes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What caused it: breaches, timers, events, by name."""
+
+    @_builtins.property
+    def decide_time(self) -> _timestamp_pb2.Timestamp:
+        """When."""
+
+    @_builtins.property
+    def lift_time(self) -> _timestamp_pb2.Timestamp:
+        """For timed suspensions: when the suspension lifts itself."""
+
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        state: Global___RegistrationState.ValueType = ...,
+        reasons: _abc.Iterable[Global___DecisionReason] | None = ...,
+        causes: _abc.Iterable[_builtins.str] | None = ...,
+        actor: _builtins.str = ...,
+        decide_time: _timestamp_pb2.Timestamp | None = ...,
+        terms: _builtins.str = ...,
+        lift_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["decide_time", b"decide_time", "lift_time", b"lift_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "causes", b"causes", "decide_time", b"decide_time", "kind", b"kind", "lift_time", b"lift_time", "reasons", b"reasons", "state", b"state", "terms", b"terms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Decision: _TypeAlias = Decision  # noqa: Y015
+
+@_typing.final
 class DecisionReason(_message.Message):
     """Why a registration was refused or suspended."""
 
@@ -296,6 +417,12 @@ class Registration(_message.Message):
     REASONS_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    MUNICIPALITIES_FIELD_NUMBER: _builtins.int
+    LANGUAGES_FIELD_NUMBER: _builtins.int
+    PRICE_FIELD_NUMBER: _builtins.int
+    DECISIONS_FIELD_NUMBER: _builtins.int
+    RECOMMIT_DEADLINE_FIELD_NUMBER: _builtins.int
+    LIFT_TIME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """regions/{region}/services/{service}/registrations/{registration}"""
     terms: _builtins.str
@@ -328,6 +455,32 @@ class Registration(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When the state last changed."""
 
+    @_builtins.property
+    def municipalities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Where the service is offered: official three-digit municipality codes.
+        Widening the area needs a new registration.
+        """
+
+    @_builtins.property
+    def languages(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Languages the service is offered in (ISO 639-1, e.g. "fi", "sv")."""
+
+    @_builtins.property
+    def price(self) -> _money_pb2.Money:
+        """The provider's price for the service, shown on the public list."""
+
+    @_builtins.property
+    def decisions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Decision]:
+        """Every decision on the registration, oldest first."""
+
+    @_builtins.property
+    def recommit_deadline(self) -> _timestamp_pb2.Timestamp:
+        """Set while a newer terms version waits for the provider's commitment."""
+
+    @_builtins.property
+    def lift_time(self) -> _timestamp_pb2.Timestamp:
+        """Set while a timed suspension stands."""
+
     def __init__(
         self,
         *,
@@ -342,10 +495,16 @@ class Registration(_message.Message):
         reasons: _abc.Iterable[Global___DecisionReason] | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        municipalities: _abc.Iterable[_builtins.str] | None = ...,
+        languages: _abc.Iterable[_builtins.str] | None = ...,
+        price: _money_pb2.Money | None = ...,
+        decisions: _abc.Iterable[Global___Decision] | None = ...,
+        recommit_deadline: _timestamp_pb2.Timestamp | None = ...,
+        lift_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "lift_time", b"lift_time", "price", b"price", "recommit_deadline", b"recommit_deadline", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["business_id", b"business_id", "create_time", b"create_time", "display_name", b"display_name", "evidence", b"evidence", "name", b"name", "public_key", b"public_key", "reasons", b"reasons", "state", b"state", "terms", b"terms", "terms_signature", b"terms_signature", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["business_id", b"business_id", "create_time", b"create_time", "decisions", b"decisions", "display_name", b"display_name", "evidence", b"evidence", "languages", b"languages", "lift_time", b"lift_time", "municipalities", b"municipalities", "name", b"name", "price", b"price", "public_key", b"public_key", "reasons", b"reasons", "recommit_deadline", b"recommit_deadline", "state", b"state", "terms", b"terms", "terms_signature", b"terms_signature", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -416,6 +575,9 @@ class AdmittedProvider(_message.Message):
     REGISTRATION_FIELD_NUMBER: _builtins.int
     TERMS_FIELD_NUMBER: _builtins.int
     ADMIT_TIME_FIELD_NUMBER: _builtins.int
+    MUNICIPALITIES_FIELD_NUMBER: _builtins.int
+    LANGUAGES_FIELD_NUMBER: _builtins.int
+    PRICE_FIELD_NUMBER: _builtins.int
     business_id: _builtins.str
     """The provider's business ID."""
     display_name: _builtins.str
@@ -428,6 +590,18 @@ class AdmittedProvider(_message.Message):
     def admit_time(self) -> _timestamp_pb2.Timestamp:
         """When the provider was admitted."""
 
+    @_builtins.property
+    def municipalities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Where the provider serves: municipality codes."""
+
+    @_builtins.property
+    def languages(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Languages the service is offered in."""
+
+    @_builtins.property
+    def price(self) -> _money_pb2.Money:
+        """The provider's price."""
+
     def __init__(
         self,
         *,
@@ -436,10 +610,13 @@ class AdmittedProvider(_message.Message):
         registration: _builtins.str = ...,
         terms: _builtins.str = ...,
         admit_time: _timestamp_pb2.Timestamp | None = ...,
+        municipalities: _abc.Iterable[_builtins.str] | None = ...,
+        languages: _abc.Iterable[_builtins.str] | None = ...,
+        price: _money_pb2.Money | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["admit_time", b"admit_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["admit_time", b"admit_time", "price", b"price"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["admit_time", b"admit_time", "business_id", b"business_id", "display_name", b"display_name", "registration", b"registration", "terms", b"terms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admit_time", b"admit_time", "business_id", b"business_id", "display_name", b"display_name", "languages", b"languages", "municipalities", b"municipalities", "price", b"price", "registration", b"registration", "terms", b"terms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -454,22 +631,30 @@ class ListProvidersRequest(_message.Message):
     PARENT_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    MUNICIPALITY_FIELD_NUMBER: _builtins.int
+    LANGUAGE_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     """regions/{region}/services/{service}"""
     page_size: _builtins.int
     """At most this many (default 50, at most 500)."""
     page_token: _builtins.str
     """From a previous response's next_page_token."""
+    municipality: _builtins.str
+    """Only providers serving this municipality (three-digit code)."""
+    language: _builtins.str
+    """Only providers offering the service in this language (ISO 639-1)."""
     def __init__(
         self,
         *,
         parent: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        municipality: _builtins.str = ...,
+        language: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "parent", b"parent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["language", b"language", "municipality", b"municipality", "page_size", b"page_size", "page_token", b"page_token", "parent", b"parent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -502,3 +687,427 @@ class ListProvidersResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListProvidersResponse: _TypeAlias = ListProvidersResponse  # noqa: Y015
+
+@_typing.final
+class ListTermsRequest(_message.Message):
+    """Request for ListTerms."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """regions/{region}/services/{service}"""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTermsRequest: _TypeAlias = ListTermsRequest  # noqa: Y015
+
+@_typing.final
+class ListTermsResponse(_message.Message):
+    """Response for ListTerms."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TERMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def terms(self) -> _containers.RepeatedCompositeFieldContainer[Global___Terms]:
+        """Every published version, newest first."""
+
+    def __init__(
+        self,
+        *,
+        terms: _abc.Iterable[Global___Terms] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["terms", b"terms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTermsResponse: _TypeAlias = ListTermsResponse  # noqa: Y015
+
+@_typing.final
+class DiffTermsRequest(_message.Message):
+    """Request for DiffTerms."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    OTHER_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The newer version: regions/{region}/services/{service}/terms/{version}"""
+    other: _builtins.str
+    """The older version to compare against, of the same region and service."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        other: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "other", b"other"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DiffTermsRequest: _TypeAlias = DiffTermsRequest  # noqa: Y015
+
+@_typing.final
+class TermsDiff(_message.Message):
+    """What changed between two terms versions, by requirement code."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FROM_TERMS_FIELD_NUMBER: _builtins.int
+    TO_TERMS_FIELD_NUMBER: _builtins.int
+    ADDED_FIELD_NUMBER: _builtins.int
+    REMOVED_FIELD_NUMBER: _builtins.int
+    CHANGED_FIELD_NUMBER: _builtins.int
+    TITLE_CHANGED_FIELD_NUMBER: _builtins.int
+    from_terms: _builtins.str
+    """The older version."""
+    to_terms: _builtins.str
+    """The newer version."""
+    title_changed: _builtins.bool
+    """Whether the title changed."""
+    @_builtins.property
+    def added(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Requirements only the newer version has."""
+
+    @_builtins.property
+    def removed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Requirements only the older version has."""
+
+    @_builtins.property
+    def changed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Requirements both have, changed."""
+
+    def __init__(
+        self,
+        *,
+        from_terms: _builtins.str = ...,
+        to_terms: _builtins.str = ...,
+        added: _abc.Iterable[_builtins.str] | None = ...,
+        removed: _abc.Iterable[_builtins.str] | None = ...,
+        changed: _abc.Iterable[_builtins.str] | None = ...,
+        title_changed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["added", b"added", "changed", b"changed", "from_terms", b"from_terms", "removed", b"removed", "title_changed", b"title_changed", "to_terms", b"to_terms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TermsDiff: _TypeAlias = TermsDiff  # noqa: Y015
+
+@_typing.final
+class ListRegistrationsRequest(_message.Message):
+    """Request for ListRegistrations."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    BUSINESS_ID_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """regions/{region}/services/{service}"""
+    page_size: _builtins.int
+    """At most this many (default 50, at most 500)."""
+    page_token: _builtins.str
+    """From a previous response's next_page_token."""
+    state: Global___RegistrationState.ValueType
+    """Only registrations in this state."""
+    business_id: _builtins.str
+    """Only this provider's registrations."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        state: Global___RegistrationState.ValueType = ...,
+        business_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["business_id", b"business_id", "page_size", b"page_size", "page_token", b"page_token", "parent", b"parent", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRegistrationsRequest: _TypeAlias = ListRegistrationsRequest  # noqa: Y015
+
+@_typing.final
+class ListProviderRegistrationsRequest(_message.Message):
+    """Request for ListProviderRegistrations."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """providers/{business_id}"""
+    page_size: _builtins.int
+    """At most this many (default 50, at most 500)."""
+    page_token: _builtins.str
+    """From a previous response's next_page_token."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListProviderRegistrationsRequest: _TypeAlias = ListProviderRegistrationsRequest  # noqa: Y015
+
+@_typing.final
+class ListRegistrationsResponse(_message.Message):
+    """Response for ListRegistrations and ListProviderRegistrations."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGISTRATIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty when this is the last page."""
+    @_builtins.property
+    def registrations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Registration]:
+        """The page, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        registrations: _abc.Iterable[Global___Registration] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "registrations", b"registrations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRegistrationsResponse: _TypeAlias = ListRegistrationsResponse  # noqa: Y015
+
+@_typing.final
+class DecideRegistrationRequest(_message.Message):
+    """Request for DecideRegistration."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ADMIT_FIELD_NUMBER: _builtins.int
+    REASONS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """regions/{region}/services/{service}/registrations/{registration}"""
+    admit: _builtins.bool
+    """Admit (true) or reject (false)."""
+    request_id: _builtins.str
+    """Idempotency key."""
+    @_builtins.property
+    def reasons(self) -> _containers.RepeatedCompositeFieldContainer[Global___DecisionReason]:
+        """Reasons; at least one for a rejection."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        admit: _builtins.bool = ...,
+        reasons: _abc.Iterable[Global___DecisionReason] | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admit", b"admit", "name", b"name", "reasons", b"reasons", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DecideRegistrationRequest: _TypeAlias = DecideRegistrationRequest  # noqa: Y015
+
+@_typing.final
+class SuspendRegistrationRequest(_message.Message):
+    """Request for SuspendRegistration."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    REASONS_FIELD_NUMBER: _builtins.int
+    LIFT_TIME_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """regions/{region}/services/{service}/registrations/{registration}"""
+    request_id: _builtins.str
+    """Idempotency key."""
+    @_builtins.property
+    def reasons(self) -> _containers.RepeatedCompositeFieldContainer[Global___DecisionReason]:
+        """Reasons; at least one."""
+
+    @_builtins.property
+    def lift_time(self) -> _timestamp_pb2.Timestamp:
+        """When the suspension lifts itself; must be in the future. Unset: only a
+        reinstatement ends it.
+        """
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        reasons: _abc.Iterable[Global___DecisionReason] | None = ...,
+        lift_time: _timestamp_pb2.Timestamp | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lift_time", b"lift_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lift_time", b"lift_time", "name", b"name", "reasons", b"reasons", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SuspendRegistrationRequest: _TypeAlias = SuspendRegistrationRequest  # noqa: Y015
+
+@_typing.final
+class ReinstateRegistrationRequest(_message.Message):
+    """Request for ReinstateRegistration."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    REASONS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """regions/{region}/services/{service}/registrations/{registration}"""
+    request_id: _builtins.str
+    """Idempotency key."""
+    @_builtins.property
+    def reasons(self) -> _containers.RepeatedCompositeFieldContainer[Global___DecisionReason]:
+        """Reasons; at least one."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        reasons: _abc.Iterable[Global___DecisionReason] | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "reasons", b"reasons", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReinstateRegistrationRequest: _TypeAlias = ReinstateRegistrationRequest  # noqa: Y015
+
+@_typing.final
+class RevokeRegistrationRequest(_message.Message):
+    """Request for RevokeRegistration."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    REASONS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """regions/{region}/services/{service}/registrations/{registration}"""
+    request_id: _builtins.str
+    """Idempotency key."""
+    @_builtins.property
+    def reasons(self) -> _containers.RepeatedCompositeFieldContainer[Global___DecisionReason]:
+        """Reasons; at least one."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        reasons: _abc.Iterable[Global___DecisionReason] | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "reasons", b"reasons", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeRegistrationRequest: _TypeAlias = RevokeRegistrationRequest  # noqa: Y015
+
+@_typing.final
+class WithdrawRegistrationRequest(_message.Message):
+    """Request for WithdrawRegistration."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """regions/{region}/services/{service}/registrations/{registration}"""
+    request_id: _builtins.str
+    """Idempotency key."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WithdrawRegistrationRequest: _TypeAlias = WithdrawRegistrationRequest  # noqa: Y015
+
+@_typing.final
+class RecommitRegistrationRequest(_message.Message):
+    """Request for RecommitRegistration."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TERMS_FIELD_NUMBER: _builtins.int
+    TERMS_SIGNATURE_FIELD_NUMBER: _builtins.int
+    EVIDENCE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """regions/{region}/services/{service}/registrations/{registration}"""
+    terms: _builtins.str
+    """The current terms version: regions/{region}/services/{service}/terms/{version}"""
+    terms_signature: _builtins.bytes
+    """Ed25519 signature, with the registration's key, over the bytes of the new
+    terms' content hash.
+    """
+    request_id: _builtins.str
+    """Idempotency key."""
+    @_builtins.property
+    def evidence(self) -> _containers.RepeatedCompositeFieldContainer[Global___Evidence]:
+        """Evidence for the new terms; when empty, the registration's evidence is assessed."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        terms: _builtins.str = ...,
+        terms_signature: _builtins.bytes = ...,
+        evidence: _abc.Iterable[Global___Evidence] | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["evidence", b"evidence", "name", b"name", "request_id", b"request_id", "terms", b"terms", "terms_signature", b"terms_signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecommitRegistrationRequest: _TypeAlias = RecommitRegistrationRequest  # noqa: Y015

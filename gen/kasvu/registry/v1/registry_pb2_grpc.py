@@ -63,6 +63,56 @@ class RegistryServiceStub:
                 request_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.ListProvidersRequest.SerializeToString,
                 response_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.ListProvidersResponse.FromString,
                 _registered_method=True)
+        self.ListTerms = channel.unary_unary(
+                '/kasvu.registry.v1.RegistryService/ListTerms',
+                request_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.ListTermsRequest.SerializeToString,
+                response_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.ListTermsResponse.FromString,
+                _registered_method=True)
+        self.DiffTerms = channel.unary_unary(
+                '/kasvu.registry.v1.RegistryService/DiffTerms',
+                request_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.DiffTermsRequest.SerializeToString,
+                response_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.TermsDiff.FromString,
+                _registered_method=True)
+        self.ListRegistrations = channel.unary_unary(
+                '/kasvu.registry.v1.RegistryService/ListRegistrations',
+                request_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.ListRegistrationsRequest.SerializeToString,
+                response_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.ListRegistrationsResponse.FromString,
+                _registered_method=True)
+        self.ListProviderRegistrations = channel.unary_unary(
+                '/kasvu.registry.v1.RegistryService/ListProviderRegistrations',
+                request_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.ListProviderRegistrationsRequest.SerializeToString,
+                response_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.ListRegistrationsResponse.FromString,
+                _registered_method=True)
+        self.DecideRegistration = channel.unary_unary(
+                '/kasvu.registry.v1.RegistryService/DecideRegistration',
+                request_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.DecideRegistrationRequest.SerializeToString,
+                response_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.Registration.FromString,
+                _registered_method=True)
+        self.SuspendRegistration = channel.unary_unary(
+                '/kasvu.registry.v1.RegistryService/SuspendRegistration',
+                request_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.SuspendRegistrationRequest.SerializeToString,
+                response_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.Registration.FromString,
+                _registered_method=True)
+        self.ReinstateRegistration = channel.unary_unary(
+                '/kasvu.registry.v1.RegistryService/ReinstateRegistration',
+                request_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.ReinstateRegistrationRequest.SerializeToString,
+                response_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.Registration.FromString,
+                _registered_method=True)
+        self.RevokeRegistration = channel.unary_unary(
+                '/kasvu.registry.v1.RegistryService/RevokeRegistration',
+                request_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.RevokeRegistrationRequest.SerializeToString,
+                response_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.Registration.FromString,
+                _registered_method=True)
+        self.WithdrawRegistration = channel.unary_unary(
+                '/kasvu.registry.v1.RegistryService/WithdrawRegistration',
+                request_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.WithdrawRegistrationRequest.SerializeToString,
+                response_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.Registration.FromString,
+                _registered_method=True)
+        self.RecommitRegistration = channel.unary_unary(
+                '/kasvu.registry.v1.RegistryService/RecommitRegistration',
+                request_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.RecommitRegistrationRequest.SerializeToString,
+                response_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.Registration.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -108,6 +158,77 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListTerms(self, request, context):
+        """Lists the published terms versions of a region's service, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DiffTerms(self, request, context):
+        """What changed from one terms version to another.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRegistrations(self, request, context):
+        """The region's registrations for a service, filtered by state and provider.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListProviderRegistrations(self, request, context):
+        """A provider's own registrations across regions and services.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DecideRegistration(self, request, context):
+        """The region's admin admits or rejects a registration in review, with reasons.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SuspendRegistration(self, request, context):
+        """A supervisor or the region's admin suspends an admitted provider, with reasons
+        and optionally a time at which the suspension lifts itself.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReinstateRegistration(self, request, context):
+        """Ends a suspension, with reasons.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeRegistration(self, request, context):
+        """Removes an admission for good, with reasons.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WithdrawRegistration(self, request, context):
+        """The provider withdraws its registration.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecommitRegistration(self, request, context):
+        """The provider commits to the current terms version after a new one was published.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -135,6 +256,56 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.ListProviders,
                     request_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.ListProvidersRequest.FromString,
                     response_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.ListProvidersResponse.SerializeToString,
+            ),
+            'ListTerms': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTerms,
+                    request_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.ListTermsRequest.FromString,
+                    response_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.ListTermsResponse.SerializeToString,
+            ),
+            'DiffTerms': grpc.unary_unary_rpc_method_handler(
+                    servicer.DiffTerms,
+                    request_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.DiffTermsRequest.FromString,
+                    response_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.TermsDiff.SerializeToString,
+            ),
+            'ListRegistrations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRegistrations,
+                    request_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.ListRegistrationsRequest.FromString,
+                    response_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.ListRegistrationsResponse.SerializeToString,
+            ),
+            'ListProviderRegistrations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListProviderRegistrations,
+                    request_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.ListProviderRegistrationsRequest.FromString,
+                    response_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.ListRegistrationsResponse.SerializeToString,
+            ),
+            'DecideRegistration': grpc.unary_unary_rpc_method_handler(
+                    servicer.DecideRegistration,
+                    request_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.DecideRegistrationRequest.FromString,
+                    response_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.Registration.SerializeToString,
+            ),
+            'SuspendRegistration': grpc.unary_unary_rpc_method_handler(
+                    servicer.SuspendRegistration,
+                    request_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.SuspendRegistrationRequest.FromString,
+                    response_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.Registration.SerializeToString,
+            ),
+            'ReinstateRegistration': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReinstateRegistration,
+                    request_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.ReinstateRegistrationRequest.FromString,
+                    response_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.Registration.SerializeToString,
+            ),
+            'RevokeRegistration': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeRegistration,
+                    request_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.RevokeRegistrationRequest.FromString,
+                    response_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.Registration.SerializeToString,
+            ),
+            'WithdrawRegistration': grpc.unary_unary_rpc_method_handler(
+                    servicer.WithdrawRegistration,
+                    request_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.WithdrawRegistrationRequest.FromString,
+                    response_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.Registration.SerializeToString,
+            ),
+            'RecommitRegistration': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecommitRegistration,
+                    request_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.RecommitRegistrationRequest.FromString,
+                    response_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.Registration.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -276,6 +447,276 @@ class RegistryService:
             '/kasvu.registry.v1.RegistryService/ListProviders',
             kasvu_dot_registry_dot_v1_dot_registry__pb2.ListProvidersRequest.SerializeToString,
             kasvu_dot_registry_dot_v1_dot_registry__pb2.ListProvidersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTerms(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kasvu.registry.v1.RegistryService/ListTerms',
+            kasvu_dot_registry_dot_v1_dot_registry__pb2.ListTermsRequest.SerializeToString,
+            kasvu_dot_registry_dot_v1_dot_registry__pb2.ListTermsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DiffTerms(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kasvu.registry.v1.RegistryService/DiffTerms',
+            kasvu_dot_registry_dot_v1_dot_registry__pb2.DiffTermsRequest.SerializeToString,
+            kasvu_dot_registry_dot_v1_dot_registry__pb2.TermsDiff.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRegistrations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kasvu.registry.v1.RegistryService/ListRegistrations',
+            kasvu_dot_registry_dot_v1_dot_registry__pb2.ListRegistrationsRequest.SerializeToString,
+            kasvu_dot_registry_dot_v1_dot_registry__pb2.ListRegistrationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListProviderRegistrations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kasvu.registry.v1.RegistryService/ListProviderRegistrations',
+            kasvu_dot_registry_dot_v1_dot_registry__pb2.ListProviderRegistrationsRequest.SerializeToString,
+            kasvu_dot_registry_dot_v1_dot_registry__pb2.ListRegistrationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DecideRegistration(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kasvu.registry.v1.RegistryService/DecideRegistration',
+            kasvu_dot_registry_dot_v1_dot_registry__pb2.DecideRegistrationRequest.SerializeToString,
+            kasvu_dot_registry_dot_v1_dot_registry__pb2.Registration.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SuspendRegistration(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kasvu.registry.v1.RegistryService/SuspendRegistration',
+            kasvu_dot_registry_dot_v1_dot_registry__pb2.SuspendRegistrationRequest.SerializeToString,
+            kasvu_dot_registry_dot_v1_dot_registry__pb2.Registration.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReinstateRegistration(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kasvu.registry.v1.RegistryService/ReinstateRegistration',
+            kasvu_dot_registry_dot_v1_dot_registry__pb2.ReinstateRegistrationRequest.SerializeToString,
+            kasvu_dot_registry_dot_v1_dot_registry__pb2.Registration.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeRegistration(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kasvu.registry.v1.RegistryService/RevokeRegistration',
+            kasvu_dot_registry_dot_v1_dot_registry__pb2.RevokeRegistrationRequest.SerializeToString,
+            kasvu_dot_registry_dot_v1_dot_registry__pb2.Registration.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WithdrawRegistration(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kasvu.registry.v1.RegistryService/WithdrawRegistration',
+            kasvu_dot_registry_dot_v1_dot_registry__pb2.WithdrawRegistrationRequest.SerializeToString,
+            kasvu_dot_registry_dot_v1_dot_registry__pb2.Registration.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecommitRegistration(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kasvu.registry.v1.RegistryService/RecommitRegistration',
+            kasvu_dot_registry_dot_v1_dot_registry__pb2.RecommitRegistrationRequest.SerializeToString,
+            kasvu_dot_registry_dot_v1_dot_registry__pb2.Registration.FromString,
             options,
             channel_credentials,
             insecure,

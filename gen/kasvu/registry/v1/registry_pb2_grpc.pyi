@@ -49,6 +49,28 @@ class RegistryServiceStub:
     """The public list of admitted, unsuspended providers that customers choose
     from. Needs no sign-in and holds no private data.
     """
+    ListTerms: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListTermsRequest, _registry_pb2.ListTermsResponse]
+    """Lists the published terms versions of a region's service, newest first."""
+    DiffTerms: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DiffTermsRequest, _registry_pb2.TermsDiff]
+    """What changed from one terms version to another."""
+    ListRegistrations: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListRegistrationsRequest, _registry_pb2.ListRegistrationsResponse]
+    """The region's registrations for a service, filtered by state and provider."""
+    ListProviderRegistrations: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListProviderRegistrationsRequest, _registry_pb2.ListRegistrationsResponse]
+    """A provider's own registrations across regions and services."""
+    DecideRegistration: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DecideRegistrationRequest, _registry_pb2.Registration]
+    """The region's admin admits or rejects a registration in review, with reasons."""
+    SuspendRegistration: _grpc.UnaryUnaryMultiCallable[_registry_pb2.SuspendRegistrationRequest, _registry_pb2.Registration]
+    """A supervisor or the region's admin suspends an admitted provider, with reasons
+    and optionally a time at which the suspension lifts itself.
+    """
+    ReinstateRegistration: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ReinstateRegistrationRequest, _registry_pb2.Registration]
+    """Ends a suspension, with reasons."""
+    RevokeRegistration: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RevokeRegistrationRequest, _registry_pb2.Registration]
+    """Removes an admission for good, with reasons."""
+    WithdrawRegistration: _grpc.UnaryUnaryMultiCallable[_registry_pb2.WithdrawRegistrationRequest, _registry_pb2.Registration]
+    """The provider withdraws its registration."""
+    RecommitRegistration: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RecommitRegistrationRequest, _registry_pb2.Registration]
+    """The provider commits to the current terms version after a new one was published."""
 
 @_typing.type_check_only
 class RegistryServiceAsyncStub(RegistryServiceStub):
@@ -71,6 +93,28 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     """The public list of admitted, unsuspended providers that customers choose
     from. Needs no sign-in and holds no private data.
     """
+    ListTerms: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListTermsRequest, _registry_pb2.ListTermsResponse]  # type: ignore[assignment]
+    """Lists the published terms versions of a region's service, newest first."""
+    DiffTerms: _aio.UnaryUnaryMultiCallable[_registry_pb2.DiffTermsRequest, _registry_pb2.TermsDiff]  # type: ignore[assignment]
+    """What changed from one terms version to another."""
+    ListRegistrations: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListRegistrationsRequest, _registry_pb2.ListRegistrationsResponse]  # type: ignore[assignment]
+    """The region's registrations for a service, filtered by state and provider."""
+    ListProviderRegistrations: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListProviderRegistrationsRequest, _registry_pb2.ListRegistrationsResponse]  # type: ignore[assignment]
+    """A provider's own registrations across regions and services."""
+    DecideRegistration: _aio.UnaryUnaryMultiCallable[_registry_pb2.DecideRegistrationRequest, _registry_pb2.Registration]  # type: ignore[assignment]
+    """The region's admin admits or rejects a registration in review, with reasons."""
+    SuspendRegistration: _aio.UnaryUnaryMultiCallable[_registry_pb2.SuspendRegistrationRequest, _registry_pb2.Registration]  # type: ignore[assignment]
+    """A supervisor or the region's admin suspends an admitted provider, with reasons
+    and optionally a time at which the suspension lifts itself.
+    """
+    ReinstateRegistration: _aio.UnaryUnaryMultiCallable[_registry_pb2.ReinstateRegistrationRequest, _registry_pb2.Registration]  # type: ignore[assignment]
+    """Ends a suspension, with reasons."""
+    RevokeRegistration: _aio.UnaryUnaryMultiCallable[_registry_pb2.RevokeRegistrationRequest, _registry_pb2.Registration]  # type: ignore[assignment]
+    """Removes an admission for good, with reasons."""
+    WithdrawRegistration: _aio.UnaryUnaryMultiCallable[_registry_pb2.WithdrawRegistrationRequest, _registry_pb2.Registration]  # type: ignore[assignment]
+    """The provider withdraws its registration."""
+    RecommitRegistration: _aio.UnaryUnaryMultiCallable[_registry_pb2.RecommitRegistrationRequest, _registry_pb2.Registration]  # type: ignore[assignment]
+    """The provider commits to the current terms version after a new one was published."""
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     """The voucher-style provider registry (admission by registration,
@@ -120,5 +164,87 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         """The public list of admitted, unsuspended providers that customers choose
         from. Needs no sign-in and holds no private data.
         """
+
+    @_abc_1.abstractmethod
+    def ListTerms(
+        self,
+        request: _registry_pb2.ListTermsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.ListTermsResponse, _abc.Awaitable[_registry_pb2.ListTermsResponse]]:
+        """Lists the published terms versions of a region's service, newest first."""
+
+    @_abc_1.abstractmethod
+    def DiffTerms(
+        self,
+        request: _registry_pb2.DiffTermsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.TermsDiff, _abc.Awaitable[_registry_pb2.TermsDiff]]:
+        """What changed from one terms version to another."""
+
+    @_abc_1.abstractmethod
+    def ListRegistrations(
+        self,
+        request: _registry_pb2.ListRegistrationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.ListRegistrationsResponse, _abc.Awaitable[_registry_pb2.ListRegistrationsResponse]]:
+        """The region's registrations for a service, filtered by state and provider."""
+
+    @_abc_1.abstractmethod
+    def ListProviderRegistrations(
+        self,
+        request: _registry_pb2.ListProviderRegistrationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.ListRegistrationsResponse, _abc.Awaitable[_registry_pb2.ListRegistrationsResponse]]:
+        """A provider's own registrations across regions and services."""
+
+    @_abc_1.abstractmethod
+    def DecideRegistration(
+        self,
+        request: _registry_pb2.DecideRegistrationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.Registration, _abc.Awaitable[_registry_pb2.Registration]]:
+        """The region's admin admits or rejects a registration in review, with reasons."""
+
+    @_abc_1.abstractmethod
+    def SuspendRegistration(
+        self,
+        request: _registry_pb2.SuspendRegistrationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.Registration, _abc.Awaitable[_registry_pb2.Registration]]:
+        """A supervisor or the region's admin suspends an admitted provider, with reasons
+        and optionally a time at which the suspension lifts itself.
+        """
+
+    @_abc_1.abstractmethod
+    def ReinstateRegistration(
+        self,
+        request: _registry_pb2.ReinstateRegistrationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.Registration, _abc.Awaitable[_registry_pb2.Registration]]:
+        """Ends a suspension, with reasons."""
+
+    @_abc_1.abstractmethod
+    def RevokeRegistration(
+        self,
+        request: _registry_pb2.RevokeRegistrationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.Registration, _abc.Awaitable[_registry_pb2.Registration]]:
+        """Removes an admission for good, with reasons."""
+
+    @_abc_1.abstractmethod
+    def WithdrawRegistration(
+        self,
+        request: _registry_pb2.WithdrawRegistrationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.Registration, _abc.Awaitable[_registry_pb2.Registration]]:
+        """The provider withdraws its registration."""
+
+    @_abc_1.abstractmethod
+    def RecommitRegistration(
+        self,
+        request: _registry_pb2.RecommitRegistrationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.Registration, _abc.Awaitable[_registry_pb2.Registration]]:
+        """The provider commits to the current terms version after a new one was published."""
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
