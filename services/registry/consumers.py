@@ -18,11 +18,17 @@ BREACHES_DURABLE = "registry-breaches"
 
 
 def suspension_for(event: selfmonitoring_events.BreachOpened, subject: str) -> SuspendProvider | None:
-    """A serious breach suspends the provider in the breach's region, for its service."""
+    """A breach, for the region's breach policy to decide whether it suspends the provider in the
+    breach's region and service."""
     breach = event.breach
-    if breach.severity != selfmonitoring_pb2.SEVERITY_SERIOUS:
-        log.info("breach below suspending severity", extra={"breach": breach.name})
+    if breach.severity == selfmonitoring_pb2.SEVERITY_UNSPECIFIED:
+        log.info("breach without a severity ignored", extra={"breach": breach.name})
         return None
+    severity = selfmonitoring_pb2.Severity.Name(breach.severity).removeprefix("SEVERITY_")
     return SuspendProvider(
-        region=event.region, business_id=breach.provider, service=breach.service, breach=breach.name
+        region=event.region,
+        business_id=breach.provider,
+        service=breach.service,
+        breach=breach.name,
+        severity=severity,
     )

@@ -358,10 +358,38 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         )
         return await self._handle(command, request.request_id)
 
+    async def GetBreachPolicy(
+        self, request: registry_pb2.GetBreachPolicyRequest, context: Context
+    ) -> registry_pb2.BreachPolicy:
+        region = model.BREACH_POLICY.parse(request.name, "name")["region"]
+        return _policy_to_proto(
+            await self._dispatcher.query(handlers.GetBreachPolicy(region), call_context())
+        )
+
+    async def SetBreachPolicy(
+        self, request: registry_pb2.SetBreachPolicyRequest, context: Context
+    ) -> registry_pb2.BreachPolicy:
+        command = handlers.SetBreachPolicy(
+            region=model.BREACH_POLICY.parse(request.name, "name")["region"],
+            suspending_severities=tuple(request.suspending_severities),
+            services=tuple(request.services),
+            suspend_days=request.suspend_days,
+        )
+        return _policy_to_proto(await self._dispatcher.handle(command, call_context(request.request_id)))
+
     async def _handle(
         self, command: handlers.RegistrationCommand, request_id: str
     ) -> registry_pb2.Registration:
         return registration_to_proto(await self._dispatcher.handle(command, call_context(request_id)))
+
+
+def _policy_to_proto(policy: model.BreachPolicy) -> registry_pb2.BreachPolicy:
+    return registry_pb2.BreachPolicy(
+        name=policy.name,
+        suspending_severities=policy.suspending_severities,
+        services=policy.services,
+        suspend_days=policy.suspend_days,
+    )
 
 
 def _registration_page(

@@ -62,6 +62,16 @@ class SuspendProvider(Command):
     business_id: str
     service: str
     breach: str
+    severity: str = "SERIOUS"
+    """WARNING or SERIOUS; the region's breach policy says which suspend."""
+
+
+@dataclass(frozen=True)
+class SetBreachPolicy(Command):
+    region: str
+    suspending_severities: tuple[str, ...]
+    services: tuple[str, ...]
+    suspend_days: int
 
 
 @dataclass(frozen=True)
@@ -133,6 +143,11 @@ class RemindEvidenceRenewal(Command):
 
 
 # -- queries ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GetBreachPolicy(Query):
+    region: str
 
 
 @dataclass(frozen=True)
@@ -260,11 +275,15 @@ async def register_provider(command: RegisterProvider, uow: RegistryUnitOfWork) 
 
 
 async def suspend_provider(command: SuspendProvider, uow: RegistryUnitOfWork) -> int:
-    """Suspends the provider's admission for the breach's region and service; how many changed.
+    """Suspends the provider's admission for the breach's region and service when the region's
+    breach policy says so; how many changed.
 
     A breach against a provider not admitted there (not registered, or still in review) is
     remembered and suspends it when it is admitted.
     """
+    policy = await uow.breach_policies.get(command.region)
+    if not policy.suspends(command.severity, command.service):
+        return 0
     registrations = await uow.registrations.active_of(command.region, command.business_id, command.service)
     admitted = [r for r in registrations if r.state != model.RegistrationState.IN_REVIEW]
     if not admitted:
@@ -272,9 +291,36 @@ async def suspend_provider(command: SuspendProvider, uow: RegistryUnitOfWork) ->
             command.region, command.service, command.business_id, command.breach
         )
         return 0
-    return sum(
-        registration.suspend(command.breach, uow.now, actor=uow.context.who) for registration in admitted
+    return sum([await _suspend_for_breach(r, command.breach, policy, uow) for r in admitted])
+
+
+async def _suspend_for_breach(
+    registration: model.Registration,
+    breach: str,
+    policy: model.BreachPolicy,
+    uow: RegistryUnitOfWork,
+    causes: tuple[str, ...] = (),
+) -> bool:
+    lift_time = policy.lift_time(uow.now)
+    changed = registration.suspend(breach, uow.now, actor=uow.context.who, lift_time=lift_time, causes=causes)
+    if changed and lift_time is not None:
+        uow.timers.set(_timer("lift", registration), lift_time, LiftSuspension(registration.id, lift_time))
+    return changed
+
+
+async def set_breach_policy(command: SetBreachPolicy, uow: RegistryUnitOfWork) -> model.BreachPolicy:
+    access.require(
+        uow.actor, any_of=[access.region_admin(command.region)], action="setting the breach policy"
     )
+    policy = model.new_breach_policy(
+        command.region, command.suspending_severities, command.services, command.suspend_days
+    )
+    await uow.breach_policies.put(policy)
+    return policy
+
+
+async def get_breach_policy(query: GetBreachPolicy, uow: RegistryUnitOfWork) -> model.BreachPolicy:
+    return await uow.breach_policies.get(query.region)
 
 
 async def decide_registration(command: DecideRegistration, uow: RegistryUnitOfWork) -> model.Registration:
@@ -498,10 +544,13 @@ async def _after_admission(
 ) -> None:
     """Arms the evidence timers and applies breaches that arrived before the admission."""
     _set_evidence_timers(registration, terms, uow)
-    for breach in await uow.pending_breaches.take(
+    pending = await uow.pending_breaches.take(
         registration.region, registration.service, registration.business_id
-    ):
-        registration.suspend(breach, uow.now, actor=uow.context.who, causes=["pending-breach"])
+    )
+    if pending:
+        policy = await uow.breach_policies.get(registration.region)
+        for breach in pending:
+            await _suspend_for_breach(registration, breach, policy, uow, causes=("pending-breach",))
 
 
 async def _registration_for(
@@ -559,6 +608,8 @@ HANDLERS: dict[type[Any], Any] = {
     PublishTerms: publish_terms,
     RegisterProvider: register_provider,
     SuspendProvider: suspend_provider,
+    SetBreachPolicy: set_breach_policy,
+    GetBreachPolicy: get_breach_policy,
     DecideRegistration: decide_registration,
     SuspendRegistration: suspend_registration,
     ReinstateRegistration: reinstate_registration,

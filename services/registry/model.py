@@ -30,6 +30,7 @@ from services.runtime.errors import FailedPrecondition, FieldViolation, InvalidA
 
 __all__ = [
     "ACTIVE_STATES",
+    "BREACH_POLICY",
     "DEFAULT_MAX_AGE_DAYS",
     "DEFAULT_RECOMMIT_DAYS",
     "DEFAULT_VALID_DAYS",
@@ -38,6 +39,7 @@ __all__ = [
     "RENEWAL_REMINDER_DAYS",
     "SERVICE",
     "TERMS",
+    "BreachPolicy",
     "Decider",
     "Decision",
     "DecisionKind",
@@ -68,6 +70,7 @@ __all__ = [
     "decide_registration",
     "diff_terms",
     "evidence_expiry",
+    "new_breach_policy",
     "new_terms",
     "parse_requirement_kind",
     "validate_areas",
@@ -1047,6 +1050,57 @@ class Listing:
     municipalities: tuple[str, ...]
     languages: tuple[str, ...]
     price: Decimal | None
+
+
+BREACH_POLICY = ResourcePattern("regions/{region}/breachPolicy")
+SEVERITIES = ("WARNING", "SERIOUS")
+MAX_SUSPEND_DAYS = 3650
+
+
+@dataclass(frozen=True)
+class BreachPolicy:
+    """A region's rule for what a quality breach from self-monitoring does to a provider's
+    admission: which severities suspend, for which services, and for how long. Data, not code."""
+
+    region: str
+    suspending_severities: tuple[str, ...] = ("SERIOUS",)
+    services: tuple[str, ...] = ()
+    """The services a breach suspends in; empty: every service."""
+    suspend_days: int = 0
+    """How long a breach suspends before the suspension lifts itself; 0: until reinstated."""
+
+    @property
+    def name(self) -> str:
+        return BREACH_POLICY.format(region=self.region)
+
+    def suspends(self, severity: str, service: str) -> bool:
+        return severity in self.suspending_severities and (not self.services or service in self.services)
+
+    def lift_time(self, now: datetime) -> datetime | None:
+        return now + timedelta(days=self.suspend_days) if self.suspend_days else None
+
+
+def new_breach_policy(
+    region: str, suspending_severities: Sequence[str], services: Sequence[str], suspend_days: int
+) -> BreachPolicy:
+    """Validate a breach policy; every violation is reported at once."""
+    violations: list[FieldViolation] = []
+    for index, severity in enumerate(suspending_severities):
+        if severity not in SEVERITIES:
+            violations.append(
+                FieldViolation(f"suspending_severities[{index}]", f"must be one of {', '.join(SEVERITIES)}")
+            )
+    for index, service in enumerate(services):
+        try:
+            validate_resource_id(service, f"services[{index}]")
+        except InvalidArgument as error:
+            violations.extend(error.violations)
+    if not 0 <= suspend_days <= MAX_SUSPEND_DAYS:
+        violations.append(FieldViolation("suspend_days", f"must be between 0 and {MAX_SUSPEND_DAYS}"))
+    raise_if_any(violations, "the breach policy is invalid")
+    return BreachPolicy(
+        region, tuple(dict.fromkeys(suspending_severities)), tuple(dict.fromkeys(services)), suspend_days
+    )
 
 
 def decide_registration(  # noqa: PLR0917 - positional order fixed by the handlers' contract

@@ -103,6 +103,18 @@ class PendingBreachRow(SQLModel, table=True):
     received_at: datetime = utc_field()
 
 
+class BreachPolicyRow(SQLModel, table=True):
+    """A region's breach policy; absent means the default (a serious breach suspends until reinstated)."""
+
+    __tablename__ = "registry_breach_policies"
+
+    region: str = Field(primary_key=True, max_length=63)
+    suspending_severities_json: str
+    services_json: str
+    suspend_days: int
+    updated_at: datetime = utc_field()
+
+
 REGISTRY_TABLES = (
     "registry_terms",
     "registry_registrations",
@@ -560,12 +572,45 @@ class PendingBreachRepository:
         return breaches
 
 
+class BreachPolicyRepository:
+    def __init__(self, session: AsyncSession, uow: UnitOfWork) -> None:
+        self._session = session
+        self._uow = uow
+
+    async def get(self, region: str) -> model.BreachPolicy:
+        row = await self._session.get(BreachPolicyRow, region)
+        if row is None:
+            return model.BreachPolicy(region)
+        return model.BreachPolicy(
+            region,
+            tuple(json.loads(row.suspending_severities_json)),
+            tuple(json.loads(row.services_json)),
+            row.suspend_days,
+        )
+
+    async def put(self, policy: model.BreachPolicy) -> None:
+        values: dict[str, Any] = {
+            "suspending_severities_json": json.dumps(policy.suspending_severities),
+            "services_json": json.dumps(policy.services),
+            "suspend_days": policy.suspend_days,
+            "updated_at": self._uow.now,
+        }
+        row = await self._session.get(BreachPolicyRow, policy.region)
+        if row is None:
+            row = BreachPolicyRow(region=policy.region, **values)
+        else:
+            row.sqlmodel_update(values)
+        self._session.add(row)
+        self._uow.resources.append(policy.name)
+
+
 class RegistryUnitOfWork(UnitOfWork):
     """The registry's unit of work: terms and registrations."""
 
     terms: TermsRepository
     registrations: RegistrationRepository
     pending_breaches: PendingBreachRepository
+    breach_policies: BreachPolicyRepository
 
     def __init__(self, context: Context, now: datetime, read_only: bool, *, cache: TermsCache) -> None:
         super().__init__(context, now, read_only=read_only)
@@ -576,6 +621,7 @@ class RegistryUnitOfWork(UnitOfWork):
         self.terms = TermsRepository(session, self, self._cache)
         self.registrations = RegistrationRepository(session, self)
         self.pending_breaches = PendingBreachRepository(self)
+        self.breach_policies = BreachPolicyRepository(session, self)
 
     async def save(self) -> None:
         await self.registrations.save()

@@ -634,14 +634,16 @@ def _breach_opened(
     )
 
 
-async def test_the_breach_consumer_ignores_warnings_and_suspends_on_serious_breaches(
+async def test_under_the_default_policy_warnings_change_nothing_and_serious_breaches_suspend(
     stub, tokens, registry_db, use_cases, next_business_id
 ):
     business_id = next_business_id()
     registration = await register(stub, tokens, await publish(stub, tokens), business_id)
     subject = f"kasvu.selfmonitoring.v1.BreachOpened.{REGION}"
 
-    assert suspension_for(_breach_opened(business_id, selfmonitoring_pb2.SEVERITY_WARNING), subject) is None
+    warning = suspension_for(_breach_opened(business_id, selfmonitoring_pb2.SEVERITY_WARNING), subject)
+    assert warning is not None
+    assert await use_cases.handle(warning, inbox=InboxKey("registry-breaches", "event-1")) == 0
     assert await state_of(stub, tokens, registration) == "REGISTRATION_STATE_ADMITTED"
     assert SUSPENDED not in await outbox_counts(registry_db)
 

@@ -577,3 +577,40 @@ async def test_a_region_lists_its_registrations_by_state_and_a_provider_its_own_
             registry_pb2.ListProviderRegistrationsRequest(parent=f"providers/{admitted_id}"),
             metadata=registry.tokens.provider(rejected_id),
         )
+
+
+async def test_the_regions_breach_policy_decides_which_severities_suspend_where_and_for_how_long(
+    registry, next_business_id
+):
+    terms = await registry.publish()
+    business_id = next_business_id()
+    registration = await registry.register(terms, business_id)
+    async with refused(grpc.StatusCode.INVALID_ARGUMENT) as caught:
+        await registry.stub.SetBreachPolicy(
+            registry_pb2.SetBreachPolicyRequest(
+                name=f"regions/{REGION}/breachPolicy", suspending_severities=["MILD"], suspend_days=-1
+            ),
+            metadata=registry.tokens.admin(REGION),
+        )
+    assert field_violations(caught[0]) == ["suspending_severities[0]", "suspend_days"]
+    policy = await registry.stub.SetBreachPolicy(
+        registry_pb2.SetBreachPolicyRequest(
+            name=f"regions/{REGION}/breachPolicy",
+            suspending_severities=["WARNING", "SERIOUS"],
+            services=[SERVICE],
+            suspend_days=90,
+        ),
+        metadata=registry.tokens.admin(REGION),
+    )
+    assert (list(policy.suspending_severities), policy.suspend_days) == (["WARNING", "SERIOUS"], 90)
+
+    elsewhere = handlers.SuspendProvider(REGION, business_id, "career-guidance", BREACH, "WARNING")
+    assert await registry.dispatcher.handle(elsewhere) == 0
+    here = handlers.SuspendProvider(REGION, business_id, SERVICE, BREACH, "WARNING")
+    assert await registry.dispatcher.handle(here) == 1
+
+    suspended = await registry.get(registration)
+    assert suspended.lift_time.ToDatetime(UTC) == START + timedelta(days=90)
+    registry.clock.advance(timedelta(days=90))
+    await registry.run_timers()
+    assert await registry.state(registration) == "ADMITTED"

@@ -119,6 +119,110 @@ REGISTRATION_STATE_WITHDRAWN: RegistrationState.ValueType  # 7
 Global___RegistrationState: _TypeAlias = RegistrationState  # noqa: Y015
 
 @_typing.final
+class BreachPolicy(_message.Message):
+    """A region's rule for what a quality breach from self-monitoring does to a
+    provider's admission.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SUSPENDING_SEVERITIES_FIELD_NUMBER: _builtins.int
+    SERVICES_FIELD_NUMBER: _builtins.int
+    SUSPEND_DAYS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """regions/{region}/breachPolicy"""
+    suspend_days: _builtins.int
+    """Days after which a breach's suspension lifts itself; 0: until reinstated."""
+    @_builtins.property
+    def suspending_severities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Severities that suspend: "WARNING", "SERIOUS" (default: SERIOUS only)."""
+
+    @_builtins.property
+    def services(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Services a breach suspends in; empty: every service."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        suspending_severities: _abc.Iterable[_builtins.str] | None = ...,
+        services: _abc.Iterable[_builtins.str] | None = ...,
+        suspend_days: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "services", b"services", "suspend_days", b"suspend_days", "suspending_severities", b"suspending_severities"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BreachPolicy: _TypeAlias = BreachPolicy  # noqa: Y015
+
+@_typing.final
+class GetBreachPolicyRequest(_message.Message):
+    """Request for GetBreachPolicy."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """regions/{region}/breachPolicy"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetBreachPolicyRequest: _TypeAlias = GetBreachPolicyRequest  # noqa: Y015
+
+@_typing.final
+class SetBreachPolicyRequest(_message.Message):
+    """Request for SetBreachPolicy."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SUSPENDING_SEVERITIES_FIELD_NUMBER: _builtins.int
+    SERVICES_FIELD_NUMBER: _builtins.int
+    SUSPEND_DAYS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """regions/{region}/breachPolicy"""
+    suspend_days: _builtins.int
+    """Days after which a breach's suspension lifts itself; 0: until reinstated."""
+    request_id: _builtins.str
+    """Idempotency key."""
+    @_builtins.property
+    def suspending_severities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Severities that suspend: "WARNING", "SERIOUS"."""
+
+    @_builtins.property
+    def services(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Services a breach suspends in; empty: every service."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        suspending_severities: _abc.Iterable[_builtins.str] | None = ...,
+        services: _abc.Iterable[_builtins.str] | None = ...,
+        suspend_days: _builtins.int = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "request_id", b"request_id", "services", b"services", "suspend_days", b"suspend_days", "suspending_severities", b"suspending_severities"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetBreachPolicyRequest: _TypeAlias = SetBreachPolicyRequest  # noqa: Y015
+
+@_typing.final
 class Requirement(_message.Message):
     """One requirement of the terms."""
 

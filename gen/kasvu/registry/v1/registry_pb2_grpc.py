@@ -108,6 +108,16 @@ class RegistryServiceStub:
                 request_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.WithdrawRegistrationRequest.SerializeToString,
                 response_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.Registration.FromString,
                 _registered_method=True)
+        self.GetBreachPolicy = channel.unary_unary(
+                '/kasvu.registry.v1.RegistryService/GetBreachPolicy',
+                request_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.GetBreachPolicyRequest.SerializeToString,
+                response_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.BreachPolicy.FromString,
+                _registered_method=True)
+        self.SetBreachPolicy = channel.unary_unary(
+                '/kasvu.registry.v1.RegistryService/SetBreachPolicy',
+                request_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.SetBreachPolicyRequest.SerializeToString,
+                response_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.BreachPolicy.FromString,
+                _registered_method=True)
         self.RecommitRegistration = channel.unary_unary(
                 '/kasvu.registry.v1.RegistryService/RecommitRegistration',
                 request_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.RecommitRegistrationRequest.SerializeToString,
@@ -222,6 +232,20 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetBreachPolicy(self, request, context):
+        """The region's breach policy (the default when none was set).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetBreachPolicy(self, request, context):
+        """Sets the region's breach policy: which severities suspend, where, for how long.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RecommitRegistration(self, request, context):
         """The provider commits to the current terms version after a new one was published.
         """
@@ -301,6 +325,16 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.WithdrawRegistration,
                     request_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.WithdrawRegistrationRequest.FromString,
                     response_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.Registration.SerializeToString,
+            ),
+            'GetBreachPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBreachPolicy,
+                    request_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.GetBreachPolicyRequest.FromString,
+                    response_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.BreachPolicy.SerializeToString,
+            ),
+            'SetBreachPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetBreachPolicy,
+                    request_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.SetBreachPolicyRequest.FromString,
+                    response_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.BreachPolicy.SerializeToString,
             ),
             'RecommitRegistration': grpc.unary_unary_rpc_method_handler(
                     servicer.RecommitRegistration,
@@ -690,6 +724,60 @@ class RegistryService:
             '/kasvu.registry.v1.RegistryService/WithdrawRegistration',
             kasvu_dot_registry_dot_v1_dot_registry__pb2.WithdrawRegistrationRequest.SerializeToString,
             kasvu_dot_registry_dot_v1_dot_registry__pb2.Registration.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBreachPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kasvu.registry.v1.RegistryService/GetBreachPolicy',
+            kasvu_dot_registry_dot_v1_dot_registry__pb2.GetBreachPolicyRequest.SerializeToString,
+            kasvu_dot_registry_dot_v1_dot_registry__pb2.BreachPolicy.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetBreachPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kasvu.registry.v1.RegistryService/SetBreachPolicy',
+            kasvu_dot_registry_dot_v1_dot_registry__pb2.SetBreachPolicyRequest.SerializeToString,
+            kasvu_dot_registry_dot_v1_dot_registry__pb2.BreachPolicy.FromString,
             options,
             channel_credentials,
             insecure,

@@ -69,6 +69,10 @@ class RegistryServiceStub:
     """Removes an admission for good, with reasons."""
     WithdrawRegistration: _grpc.UnaryUnaryMultiCallable[_registry_pb2.WithdrawRegistrationRequest, _registry_pb2.Registration]
     """The provider withdraws its registration."""
+    GetBreachPolicy: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetBreachPolicyRequest, _registry_pb2.BreachPolicy]
+    """The region's breach policy (the default when none was set)."""
+    SetBreachPolicy: _grpc.UnaryUnaryMultiCallable[_registry_pb2.SetBreachPolicyRequest, _registry_pb2.BreachPolicy]
+    """Sets the region's breach policy: which severities suspend, where, for how long."""
     RecommitRegistration: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RecommitRegistrationRequest, _registry_pb2.Registration]
     """The provider commits to the current terms version after a new one was published."""
 
@@ -113,6 +117,10 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     """Removes an admission for good, with reasons."""
     WithdrawRegistration: _aio.UnaryUnaryMultiCallable[_registry_pb2.WithdrawRegistrationRequest, _registry_pb2.Registration]  # type: ignore[assignment]
     """The provider withdraws its registration."""
+    GetBreachPolicy: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetBreachPolicyRequest, _registry_pb2.BreachPolicy]  # type: ignore[assignment]
+    """The region's breach policy (the default when none was set)."""
+    SetBreachPolicy: _aio.UnaryUnaryMultiCallable[_registry_pb2.SetBreachPolicyRequest, _registry_pb2.BreachPolicy]  # type: ignore[assignment]
+    """Sets the region's breach policy: which severities suspend, where, for how long."""
     RecommitRegistration: _aio.UnaryUnaryMultiCallable[_registry_pb2.RecommitRegistrationRequest, _registry_pb2.Registration]  # type: ignore[assignment]
     """The provider commits to the current terms version after a new one was published."""
 
@@ -238,6 +246,22 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.Registration, _abc.Awaitable[_registry_pb2.Registration]]:
         """The provider withdraws its registration."""
+
+    @_abc_1.abstractmethod
+    def GetBreachPolicy(
+        self,
+        request: _registry_pb2.GetBreachPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.BreachPolicy, _abc.Awaitable[_registry_pb2.BreachPolicy]]:
+        """The region's breach policy (the default when none was set)."""
+
+    @_abc_1.abstractmethod
+    def SetBreachPolicy(
+        self,
+        request: _registry_pb2.SetBreachPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.BreachPolicy, _abc.Awaitable[_registry_pb2.BreachPolicy]]:
+        """Sets the region's breach policy: which severities suspend, where, for how long."""
 
     @_abc_1.abstractmethod
     def RecommitRegistration(
