@@ -66,7 +66,14 @@ CATALOG: tuple[ServiceEntry, ...] = (
             "regions/{region}/services/{service}/registrations/{registration:key}",
         ),
         proto_modules=("kasvu.registry.v1.registry_pb2",),
-        public_methods=frozenset({"kasvu.registry.v1.RegistryService.ListProviders"}),
+        public_methods=frozenset(
+            {
+                "kasvu.registry.v1.RegistryService.ListProviders",
+                "kasvu.registry.v1.RegistryService.GetTerms",
+                "kasvu.registry.v1.RegistryService.ListTerms",
+                "kasvu.registry.v1.RegistryService.DiffTerms",
+            }
+        ),
     ),
     ServiceEntry(
         name="selfmonitoring",
