@@ -52,7 +52,8 @@ async def make_timer_due(suite: LocalSuite, prefix: str) -> None:
 
 
 async def publish(api: Api, title: str) -> dict[str, object]:
-    body = dict(EXAMPLE_TERMS, title=title, requirements=[*EXAMPLE_TERMS["requirements"], STAFF])  # type: ignore[list-item]
+    requirements = list(EXAMPLE_TERMS["requirements"])  # type: ignore[call-overload]
+    body = dict(EXAMPLE_TERMS, title=title, requirements=[*requirements, STAFF])
     response = await api.client.post(
         f"{SERVICE_PATH}/terms", json=body, headers=api.auth(Role.REGION_ADMIN, REGION)
     )
