@@ -6,15 +6,23 @@ import logging
 
 from kasvu.selfmonitoring.v1 import events_pb2 as selfmonitoring_events
 from kasvu.selfmonitoring.v1 import selfmonitoring_pb2
+from kasvu.tendering.v1 import events_pb2 as tendering_events
 
-from services.registry.handlers import SuspendProvider
+from services.registry.handlers import LiftMarketFailure, RecordMarketFailure, SuspendProvider
 from services.runtime import catalog
+from services.runtime.protoconv import from_timestamp
 
 log = logging.getLogger(__name__)
 
 BREACHES_SUBJECT = f"{selfmonitoring_events.BreachOpened.DESCRIPTOR.full_name}.*"
 BREACHES_STREAM = catalog.entry("selfmonitoring").stream
 BREACHES_DURABLE = "registry-breaches"
+
+TENDERING_STREAM = catalog.entry("tendering").stream
+MARKET_FAILURES_DECLARED_SUBJECT = f"{tendering_events.MarketFailureDeclared.DESCRIPTOR.full_name}.*"
+MARKET_FAILURES_DECLARED_DURABLE = "registry-market-failures-declared"
+MARKET_FAILURES_LIFTED_SUBJECT = f"{tendering_events.MarketFailureLifted.DESCRIPTOR.full_name}.*"
+MARKET_FAILURES_LIFTED_DURABLE = "registry-market-failures-lifted"
 
 
 def suspension_for(event: selfmonitoring_events.BreachOpened, subject: str) -> SuspendProvider | None:
@@ -31,4 +39,28 @@ def suspension_for(event: selfmonitoring_events.BreachOpened, subject: str) -> S
         service=breach.service,
         breach=breach.name,
         severity=severity,
+    )
+
+
+def market_failure_declared(
+    event: tendering_events.MarketFailureDeclared, subject: str
+) -> RecordMarketFailure:
+    """A finding opens the service in its municipalities to municipal providers while it is valid."""
+    valid_from = event.valid_from if event.HasField("valid_from") else event.declare_time
+    return RecordMarketFailure(
+        finding=event.finding,
+        region=event.region,
+        service=event.service,
+        municipalities=tuple(event.municipalities),
+        valid_from=from_timestamp(valid_from),
+        valid_until=from_timestamp(event.valid_until) if event.HasField("valid_until") else None,
+    )
+
+
+def market_failure_lifted(event: tendering_events.MarketFailureLifted, subject: str) -> LiftMarketFailure:
+    return LiftMarketFailure(
+        finding=event.finding,
+        region=event.region,
+        service=event.service,
+        lift_time=from_timestamp(event.lift_time),
     )

@@ -31,6 +31,7 @@ Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 _KIND = registry_pb2.DESCRIPTOR.enum_types_by_name["RequirementKind"]
 _STATE = registry_pb2.DESCRIPTOR.enum_types_by_name["RegistrationState"]
 _DECIDER = registry_pb2.DESCRIPTOR.enum_types_by_name["Decider"]
+_LEGAL_FORM = registry_pb2.DESCRIPTOR.enum_types_by_name["LegalForm"]
 PROVIDER = ResourcePattern("providers/{business_id:business_id}")
 
 
@@ -98,6 +99,7 @@ def registration_to_proto(registration: model.Registration) -> registry_pb2.Regi
         if registration.recommit_deadline
         else None,
         lift_time=timestamp(registration.lift_time) if registration.lift_time else None,
+        legal_form=registry_pb2.LegalForm.ValueType(enum_to_proto(registration.legal_form, _LEGAL_FORM)),
     )
 
 
@@ -202,6 +204,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             price=from_money(registration.price, "registration.price")
             if registration.HasField("price")
             else None,
+            legal_form=enum_from_proto(
+                model.LegalForm, registration.legal_form, _LEGAL_FORM, "registration.legal_form"
+            ),
         )
         decided = await self._dispatcher.handle(command, call_context(request.request_id))
         return registration_to_proto(decided)

@@ -4,7 +4,7 @@ the same way from a gRPC call or a NATS event through the dispatcher."""
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -51,6 +51,29 @@ class RegisterProvider(Command):
     municipalities: tuple[str, ...] = ()
     languages: tuple[str, ...] = ()
     price: Decimal | None = None
+    legal_form: model.LegalForm = model.LegalForm.UNSPECIFIED
+
+
+@dataclass(frozen=True)
+class RecordMarketFailure(Command):
+    """Tendering declared market failure for a service in some municipalities of a region."""
+
+    finding: str
+    region: str
+    service: str
+    municipalities: tuple[str, ...]
+    valid_from: datetime
+    valid_until: datetime | None = None
+
+
+@dataclass(frozen=True)
+class LiftMarketFailure(Command):
+    """A finding was lifted (or ran out): municipal admissions it no longer covers lapse."""
+
+    finding: str
+    region: str
+    service: str
+    lift_time: datetime
 
 
 @dataclass(frozen=True)
@@ -260,8 +283,12 @@ async def register_provider(command: RegisterProvider, uow: RegistryUnitOfWork) 
         municipalities=command.municipalities,
         languages=command.languages,
         price=command.price,
+        legal_form=command.legal_form,
         actor=uow.context.who,
     )
+    if command.legal_form.municipal:
+        findings = await uow.market_failures.of(command.region, command.service)
+        model.require_market_failure(command.legal_form, command.municipalities, findings, uow.now)
     if registration.active:
         active = await uow.registrations.active_of(command.region, business_id, command.service)
         if active:
@@ -272,6 +299,52 @@ async def register_provider(command: RegisterProvider, uow: RegistryUnitOfWork) 
     if registration.listed:
         await _after_admission(registration, terms, uow)
     return registration
+
+
+async def record_market_failure(command: RecordMarketFailure, uow: RegistryUnitOfWork) -> bool:
+    """Remembers the finding; its end of validity is a timer that lifts it."""
+    finding = model.MarketFailure(
+        command.finding,
+        command.region,
+        command.service,
+        command.municipalities,
+        command.valid_from,
+        command.valid_until,
+    )
+    await uow.market_failures.put(finding)
+    if command.valid_until is not None:
+        uow.timers.set(
+            f"registry:market-failure:{command.finding}",
+            command.valid_until,
+            LiftMarketFailure(command.finding, command.region, command.service, command.valid_until),
+        )
+    return True
+
+
+async def lift_market_failure(command: LiftMarketFailure, uow: RegistryUnitOfWork) -> int:
+    """Ends the finding and lapses the municipal admissions no other valid finding covers; how many."""
+    finding = await uow.market_failures.get(command.finding)
+    if finding is None or finding.lifted_at is not None:
+        return 0
+    await uow.market_failures.put(replace(finding, lifted_at=command.lift_time))
+    uow.timers.cancel(f"registry:market-failure:{command.finding}")
+    remaining = [
+        f
+        for f in await uow.market_failures.of(command.region, command.service)
+        if f.finding != command.finding
+    ]
+    lapsed = 0
+    for registration in await uow.registrations.municipal(command.region, command.service):
+        if model.uncovered(registration.municipalities, remaining, uow.now):
+            reason = model.Reason(
+                model.ReasonCode.MARKET_FAILURE_LIFTED,
+                command.finding,
+                f"Market-failure finding {command.finding}, which allowed this provider, was lifted.",
+            )
+            if registration.lapse(reason, uow.now, causes=[command.finding]):
+                _cancel_timers(registration, uow)
+                lapsed += 1
+    return lapsed
 
 
 async def suspend_provider(command: SuspendProvider, uow: RegistryUnitOfWork) -> int:
@@ -608,6 +681,8 @@ HANDLERS: dict[type[Any], Any] = {
     PublishTerms: publish_terms,
     RegisterProvider: register_provider,
     SuspendProvider: suspend_provider,
+    RecordMarketFailure: record_market_failure,
+    LiftMarketFailure: lift_market_failure,
     SetBreachPolicy: set_breach_policy,
     GetBreachPolicy: get_breach_policy,
     DecideRegistration: decide_registration,

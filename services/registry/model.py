@@ -45,7 +45,9 @@ __all__ = [
     "DecisionKind",
     "Evidence",
     "EvidenceRenewalDue",
+    "LegalForm",
     "Listing",
+    "MarketFailure",
     "ProviderRegistered",
     "ProviderReinstated",
     "ProviderRevoked",
@@ -73,6 +75,8 @@ __all__ = [
     "new_breach_policy",
     "new_terms",
     "parse_requirement_kind",
+    "require_market_failure",
+    "uncovered",
     "validate_areas",
     "validate_business_id",
     "validate_list_filter",
@@ -554,6 +558,7 @@ class ReasonCode(StrEnum):
     TERMS_NOT_RECOMMITTED = "TERMS_NOT_RECOMMITTED"
     EVIDENCE_EXPIRED = "EVIDENCE_EXPIRED"
     SUSPENSION_LIFTED = "SUSPENSION_LIFTED"
+    MARKET_FAILURE_LIFTED = "MARKET_FAILURE_LIFTED"
 
 
 @dataclass(frozen=True)
@@ -778,6 +783,69 @@ def evidence_expiry(terms: Terms, evidence: Sequence[Evidence]) -> tuple[str, da
     return code, moment
 
 
+class LegalForm(StrEnum):
+    """The provider's legal form; a municipality or its in-house entity may register only under
+    a market-failure finding (markkinapuute)."""
+
+    UNSPECIFIED = "UNSPECIFIED"
+    COMPANY = "COMPANY"
+    COOPERATIVE = "COOPERATIVE"
+    ASSOCIATION = "ASSOCIATION"
+    FOUNDATION = "FOUNDATION"
+    SOLE_TRADER = "SOLE_TRADER"
+    MUNICIPALITY = "MUNICIPALITY"
+    MUNICIPAL_IN_HOUSE = "MUNICIPAL_IN_HOUSE"
+
+    @property
+    def municipal(self) -> bool:
+        return self in {LegalForm.MUNICIPALITY, LegalForm.MUNICIPAL_IN_HOUSE}
+
+
+@dataclass(frozen=True)
+class MarketFailure:
+    """A region's finding that a service lacks providers in some municipalities: only while it
+    is valid may a municipality or its in-house entity produce that service there."""
+
+    finding: str
+    region: str
+    service: str
+    municipalities: tuple[str, ...]
+    valid_from: datetime
+    valid_until: datetime | None = None
+    lifted_at: datetime | None = None
+
+    def covers(self, municipality: str, now: datetime) -> bool:
+        return (
+            self.lifted_at is None
+            and self.valid_from <= now
+            and (self.valid_until is None or now < self.valid_until)
+            and municipality in self.municipalities
+        )
+
+
+def uncovered(municipalities: Sequence[str], findings: Sequence[MarketFailure], now: datetime) -> list[str]:
+    """The municipalities no valid finding covers."""
+    return [m for m in municipalities if not any(f.covers(m, now) for f in findings)]
+
+
+def require_market_failure(
+    legal_form: LegalForm, municipalities: Sequence[str], findings: Sequence[MarketFailure], now: datetime
+) -> None:
+    """A municipal provider must name its area, and a valid finding must cover all of it."""
+    if not legal_form.municipal:
+        return
+    if not municipalities:
+        description = "a municipality or its in-house entity must name the municipalities it would serve"
+        raise InvalidArgument(description, [FieldViolation("registration.municipalities", description)])
+    missing = uncovered(municipalities, findings, now)
+    if missing:
+        raise FailedPrecondition(
+            "a municipality or its in-house entity may register only under a valid market-failure finding; "
+            f"none covers {', '.join(missing)} for this service",
+            reason="NO_MARKET_FAILURE",
+        )
+
+
 @dataclass
 class Registration(Aggregate):
     """A provider's registration (ilmoittautuminen) against one terms version, and the decisions on it."""
@@ -801,6 +869,7 @@ class Registration(Aggregate):
     languages: tuple[str, ...] = ()
     price: Decimal | None = None
     """The provider's price for the service, in euros, as shown on the public list."""
+    legal_form: LegalForm = LegalForm.UNSPECIFIED
     decisions: list[Decision] = field(default_factory=list)
     recommit_deadline: datetime | None = None
     """Set while a newer terms version waits for this provider's commitment."""
@@ -1116,6 +1185,7 @@ def decide_registration(  # noqa: PLR0917 - positional order fixed by the handle
     municipalities: Sequence[str] = (),
     languages: Sequence[str] = (),
     price: Decimal | None = None,
+    legal_form: LegalForm = LegalForm.UNSPECIFIED,
     actor: str = "system",
 ) -> Registration:
     """Decide a registration at once: REJECTED with a reason per unmet requirement; else IN_REVIEW
@@ -1164,6 +1234,7 @@ def decide_registration(  # noqa: PLR0917 - positional order fixed by the handle
         municipalities=tuple(municipalities),
         languages=tuple(languages),
         price=price,
+        legal_form=legal_form,
     )
     common = registration._common()
     registration.record(ProviderRegistered(*common, now))

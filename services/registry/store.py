@@ -68,6 +68,24 @@ class RegistrationRow(SQLModel, table=True):
     decisions_json: str = Field(default="[]", sa_column_kwargs={"server_default": "[]"})
     recommit_deadline: datetime | None = utc_field(default=None)
     lift_time: datetime | None = utc_field(default=None)
+    legal_form: str = Field(
+        default="UNSPECIFIED", max_length=20, sa_column_kwargs={"server_default": "UNSPECIFIED"}
+    )
+
+
+class MarketFailureRow(SQLModel, table=True):
+    """A market-failure finding from tendering's events, as the registry honours it."""
+
+    __tablename__ = "registry_market_failures"
+    __table_args__ = (Index("ix_registry_market_failures_scope", "region", "service"),)
+
+    finding: str = Field(primary_key=True, max_length=255)
+    region: str = Field(max_length=63)
+    service: str = Field(max_length=63)
+    municipalities_json: str
+    valid_from: datetime = utc_field()
+    valid_until: datetime | None = utc_field(default=None)
+    lifted_at: datetime | None = utc_field(default=None)
 
 
 class ListingRow(SQLModel, table=True):
@@ -120,6 +138,8 @@ REGISTRY_TABLES = (
     "registry_registrations",
     "registry_listings",
     "registry_pending_breaches",
+    "registry_breach_policies",
+    "registry_market_failures",
 )
 LISTINGS = ListingRow.__table__  # type: ignore[attr-defined]
 PENDING_BREACHES = PendingBreachRow.__table__  # type: ignore[attr-defined]
@@ -254,6 +274,7 @@ def registration_from_row(row: Any) -> model.Registration:
         decisions=_decisions(row.decisions_json),
         recommit_deadline=row.recommit_deadline,
         lift_time=row.lift_time,
+        legal_form=model.LegalForm(row.legal_form),
     )
 
 
@@ -284,6 +305,7 @@ def _registration_columns(registration: model.Registration) -> dict[str, Any]:
         "municipalities_json": json.dumps(registration.municipalities),
         "languages_json": json.dumps(registration.languages),
         "price": str(registration.price) if registration.price is not None else "",
+        "legal_form": str(registration.legal_form),
         "created_at": registration.created_at,
         **_mutable_columns(registration),
     }
@@ -525,6 +547,18 @@ class RegistrationRepository:
         )
         return [self._track(row) for row in rows]
 
+    async def municipal(self, region: str, service: str) -> list[model.Registration]:
+        """Admitted or suspended registrations of municipalities and their in-house entities."""
+        rows = await self._select(
+            REGISTRATIONS.c.region == region,
+            REGISTRATIONS.c.service == service,
+            REGISTRATIONS.c.legal_form.in_([str(f) for f in model.LegalForm if f.municipal]),
+            REGISTRATIONS.c.state.in_(
+                [str(model.RegistrationState.ADMITTED), str(model.RegistrationState.SUSPENDED)]
+            ),
+        )
+        return [self._track(row) for row in rows]
+
     async def save(self) -> None:
         """Writes back every loaded registration whose decision columns changed, and keeps the
         public list's read model in step with it."""
@@ -604,6 +638,53 @@ class BreachPolicyRepository:
         self._uow.resources.append(policy.name)
 
 
+def _market_failure(row: MarketFailureRow) -> model.MarketFailure:
+    return model.MarketFailure(
+        finding=row.finding,
+        region=row.region,
+        service=row.service,
+        municipalities=tuple(json.loads(row.municipalities_json)),
+        valid_from=row.valid_from,
+        valid_until=row.valid_until,
+        lifted_at=row.lifted_at,
+    )
+
+
+class MarketFailureRepository:
+    def __init__(self, session: AsyncSession, uow: UnitOfWork) -> None:
+        self._session = session
+        self._uow = uow
+
+    async def of(self, region: str, service: str) -> list[model.MarketFailure]:
+        result = await self._session.exec(
+            select(MarketFailureRow).where(
+                MarketFailureRow.region == region, MarketFailureRow.service == service
+            )
+        )
+        return [_market_failure(row) for row in result.all()]
+
+    async def get(self, finding: str) -> model.MarketFailure | None:
+        row = await self._session.get(MarketFailureRow, finding)
+        return _market_failure(row) if row is not None else None
+
+    async def put(self, finding: model.MarketFailure) -> None:
+        row = await self._session.get(MarketFailureRow, finding.finding)
+        values: dict[str, Any] = {
+            "region": finding.region,
+            "service": finding.service,
+            "municipalities_json": json.dumps(finding.municipalities),
+            "valid_from": finding.valid_from,
+            "valid_until": finding.valid_until,
+            "lifted_at": finding.lifted_at,
+        }
+        if row is None:
+            row = MarketFailureRow(finding=finding.finding, **values)
+        else:
+            row.sqlmodel_update(values)
+        self._session.add(row)
+        self._uow.resources.append(finding.finding)
+
+
 class RegistryUnitOfWork(UnitOfWork):
     """The registry's unit of work: terms and registrations."""
 
@@ -611,6 +692,7 @@ class RegistryUnitOfWork(UnitOfWork):
     registrations: RegistrationRepository
     pending_breaches: PendingBreachRepository
     breach_policies: BreachPolicyRepository
+    market_failures: MarketFailureRepository
 
     def __init__(self, context: Context, now: datetime, read_only: bool, *, cache: TermsCache) -> None:
         super().__init__(context, now, read_only=read_only)
@@ -622,6 +704,7 @@ class RegistryUnitOfWork(UnitOfWork):
         self.registrations = RegistrationRepository(session, self)
         self.pending_breaches = PendingBreachRepository(self)
         self.breach_policies = BreachPolicyRepository(session, self)
+        self.market_failures = MarketFailureRepository(session, self)
 
     async def save(self) -> None:
         await self.registrations.save()

@@ -14,9 +14,11 @@ import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from kasvu.registry.v1 import events_pb2, registry_pb2, registry_pb2_grpc
+from kasvu.tendering.v1 import events_pb2 as tendering_events
 from sqlmodel import col, select
 
 from services.registry import bootstrap, handlers, store
+from services.registry.consumers import market_failure_declared, market_failure_lifted
 from services.registry.grpc_api import RegistryServicer
 from services.runtime.clock import ManualClock
 from services.runtime.db import Database, OutboxEvent
@@ -614,3 +616,79 @@ async def test_the_regions_breach_policy_decides_which_severities_suspend_where_
     registry.clock.advance(timedelta(days=90))
     await registry.run_timers()
     assert await registry.state(registration) == "ADMITTED"
+
+
+# -- market failure -------------------------------------------------------------------------
+
+
+def _declared(
+    finding: str, municipalities: tuple[str, ...], valid_until: datetime | None = None
+) -> tendering_events.MarketFailureDeclared:
+    event = tendering_events.MarketFailureDeclared(
+        finding=finding,
+        region=REGION,
+        service=SERVICE,
+        municipalities=list(municipalities),
+        declare_time=stamp(START - timedelta(days=1)),
+    )
+    if valid_until is not None:
+        event.valid_until.CopyFrom(stamp(valid_until))
+    return event
+
+
+async def register_municipal(
+    registry: Registry, terms: registry_pb2.Terms, business_id: str, municipalities: tuple[str, ...]
+) -> registry_pb2.Registration:
+    request = registration_request(terms, business_id, [declared()])
+    request.registration.municipalities.extend(municipalities)
+    request.registration.legal_form = registry_pb2.LEGAL_FORM_MUNICIPAL_IN_HOUSE
+    return await registry.stub.RegisterProvider(request, metadata=registry.tokens.provider(business_id))
+
+
+async def test_a_municipal_provider_registers_only_where_a_market_failure_finding_covers_its_area(
+    registry, next_business_id
+):
+    terms = await registry.publish()
+    in_house = next_business_id()
+    async with refused(grpc.StatusCode.FAILED_PRECONDITION) as caught:
+        await register_municipal(registry, terms, in_house, ("837",))
+    assert error_reason(caught[0]) == "NO_MARKET_FAILURE"
+
+    finding = f"regions/{REGION}/marketFailures/f1"
+    command = market_failure_declared(_declared(finding, ("837",)), f"{finding}.{REGION}")
+    await registry.dispatcher.handle(command)
+
+    async with refused(grpc.StatusCode.FAILED_PRECONDITION) as caught:
+        await register_municipal(registry, terms, in_house, ("837", "536"))  # Nokia is not covered
+    assert "536" in (caught[0].details() or "")
+    assert await count_rows(registry.db, "registry_registrations") == 0
+
+    admitted = await register_municipal(registry, terms, in_house, ("837",))
+    assert admitted.state == registry_pb2.REGISTRATION_STATE_ADMITTED
+    assert admitted.legal_form == registry_pb2.LEGAL_FORM_MUNICIPAL_IN_HOUSE
+
+    lifted = tendering_events.MarketFailureLifted(
+        finding=finding, region=REGION, service=SERVICE, municipalities=["837"], lift_time=stamp(START)
+    )
+    assert await registry.dispatcher.handle(market_failure_lifted(lifted, "")) == 1
+
+    after = await registry.get(admitted)
+    assert after.state == registry_pb2.REGISTRATION_STATE_LAPSED
+    assert [(r.code, r.subject) for r in after.reasons] == [("MARKET_FAILURE_LIFTED", finding)]
+    assert await registry.listed() == []
+
+
+async def test_a_finding_that_runs_out_lapses_municipal_admissions_by_the_scheduler(
+    registry, next_business_id
+):
+    terms = await registry.publish()
+    finding = f"regions/{REGION}/marketFailures/f2"
+    until = START + timedelta(days=180)
+    await registry.dispatcher.handle(market_failure_declared(_declared(finding, ("837",), until), ""))
+    municipal = await register_municipal(registry, terms, next_business_id(), ("837",))
+    private = await registry.register(terms, next_business_id(), municipalities=("837",))
+
+    registry.clock.set(until)
+    await registry.run_timers()
+
+    assert (await registry.state(municipal), await registry.state(private)) == ("LAPSED", "ADMITTED")

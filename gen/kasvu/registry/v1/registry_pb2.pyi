@@ -22,6 +22,52 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _LegalForm:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _LegalFormEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LegalForm.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    LEGAL_FORM_UNSPECIFIED: _LegalForm.ValueType  # 0
+    """Not given."""
+    LEGAL_FORM_COMPANY: _LegalForm.ValueType  # 1
+    """A limited company."""
+    LEGAL_FORM_COOPERATIVE: _LegalForm.ValueType  # 2
+    """A cooperative."""
+    LEGAL_FORM_ASSOCIATION: _LegalForm.ValueType  # 3
+    """A registered association."""
+    LEGAL_FORM_FOUNDATION: _LegalForm.ValueType  # 4
+    """A foundation."""
+    LEGAL_FORM_SOLE_TRADER: _LegalForm.ValueType  # 5
+    """A sole trader."""
+    LEGAL_FORM_MUNICIPALITY: _LegalForm.ValueType  # 6
+    """A municipality."""
+    LEGAL_FORM_MUNICIPAL_IN_HOUSE: _LegalForm.ValueType  # 7
+    """A municipality's in-house entity."""
+
+class LegalForm(_LegalForm, metaclass=_LegalFormEnumTypeWrapper):
+    """A provider's legal form. A municipality or its in-house entity may register
+    only where a valid market-failure finding covers the service and its area.
+    """
+
+LEGAL_FORM_UNSPECIFIED: LegalForm.ValueType  # 0
+"""Not given."""
+LEGAL_FORM_COMPANY: LegalForm.ValueType  # 1
+"""A limited company."""
+LEGAL_FORM_COOPERATIVE: LegalForm.ValueType  # 2
+"""A cooperative."""
+LEGAL_FORM_ASSOCIATION: LegalForm.ValueType  # 3
+"""A registered association."""
+LEGAL_FORM_FOUNDATION: LegalForm.ValueType  # 4
+"""A foundation."""
+LEGAL_FORM_SOLE_TRADER: LegalForm.ValueType  # 5
+"""A sole trader."""
+LEGAL_FORM_MUNICIPALITY: LegalForm.ValueType  # 6
+"""A municipality."""
+LEGAL_FORM_MUNICIPAL_IN_HOUSE: LegalForm.ValueType  # 7
+"""A municipality's in-house entity."""
+Global___LegalForm: _TypeAlias = LegalForm  # noqa: Y015
+
 class _Decider:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -527,6 +573,7 @@ class Registration(_message.Message):
     DECISIONS_FIELD_NUMBER: _builtins.int
     RECOMMIT_DEADLINE_FIELD_NUMBER: _builtins.int
     LIFT_TIME_FIELD_NUMBER: _builtins.int
+    LEGAL_FORM_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """regions/{region}/services/{service}/registrations/{registration}"""
     terms: _builtins.str
@@ -543,6 +590,8 @@ class Registration(_message.Message):
     """Ed25519 signature over the bytes of the terms' content hash."""
     state: Global___RegistrationState.ValueType
     """The decision."""
+    legal_form: Global___LegalForm.ValueType
+    """The provider's legal form."""
     @_builtins.property
     def evidence(self) -> _containers.RepeatedCompositeFieldContainer[Global___Evidence]:
         """Evidence, one per requirement."""
@@ -605,10 +654,11 @@ class Registration(_message.Message):
         decisions: _abc.Iterable[Global___Decision] | None = ...,
         recommit_deadline: _timestamp_pb2.Timestamp | None = ...,
         lift_time: _timestamp_pb2.Timestamp | None = ...,
+        legal_form: Global___LegalForm.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "lift_time", b"lift_time", "price", b"price", "recommit_deadline", b"recommit_deadline", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["business_id", b"business_id", "create_time", b"create_time", "decisions", b"decisions", "display_name", b"display_name", "evidence", b"evidence", "languages", b"languages", "lift_time", b"lift_time", "municipalities", b"municipalities", "name", b"name", "price", b"price", "public_key", b"public_key", "reasons", b"reasons", "recommit_deadline", b"recommit_deadline", "state", b"state", "terms", b"terms", "terms_signature", b"terms_signature", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["business_id", b"business_id", "create_time", b"create_time", "decisions", b"decisions", "display_name", b"display_name", "evidence", b"evidence", "languages", b"languages", "legal_form", b"legal_form", "lift_time", b"lift_time", "municipalities", b"municipalities", "name", b"name", "price", b"price", "public_key", b"public_key", "reasons", b"reasons", "recommit_deadline", b"recommit_deadline", "state", b"state", "terms", b"terms", "terms_signature", b"terms_signature", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
