@@ -7,18 +7,30 @@ import asyncio
 import sys
 
 from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.runtime.audit import Verdict, verify_chain
 from services.runtime.db import Database
 from services.runtime.tables import AuditRecord
 
 
-async def check(url: str, expect: str = "") -> tuple[Verdict, str]:
+async def _service_check(service: str, session: AsyncSession) -> str:
+    """A service's own check that what it stores is what its audit chain recorded ("" when so)."""
+    if service == "registry":
+        from services.registry.store import verify_decisions
+
+        return await verify_decisions(session)
+    return ""
+
+
+async def check(url: str, expect: str = "", service: str = "") -> tuple[Verdict, str]:
     """The verdict on the chain and a line about the expected head ("" when none was given)."""
     db = Database(url)
     try:
         async with db.read_session() as session:
             verdict = await verify_chain(session)
+            if verdict.intact and (problem := await _service_check(service, session)):
+                return verdict, problem
             if not expect or not verdict.intact:
                 return verdict, ""
             seq_text, _, expected_hash = expect.partition(":")
@@ -52,7 +64,7 @@ def verify_service(service: str, url: str, *, expect: str = "") -> int:
     ):
         print("--expect must be SEQ:HASH as printed by an earlier run", file=sys.stderr)
         return 2
-    verdict, expectation = asyncio.run(check(url, expect))
+    verdict, expectation = asyncio.run(check(url, expect, service))
     if not verdict.intact:
         print(f"{service}: audit chain BROKEN at record {verdict.broken_at}: {verdict.problem}")
         print(f"{service}: {verdict.records} records before it are sound")

@@ -3,6 +3,7 @@ registry's unit of work that carries them."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Sequence
 from datetime import date, datetime
@@ -17,7 +18,7 @@ from services.registry import model
 from services.runtime import codec
 from services.runtime.db import serialize_on
 from services.runtime.fastinsert import TableInserter
-from services.runtime.tables import utc_field, utcnow
+from services.runtime.tables import AuditRecord, utc_field, utcnow
 from services.runtime.uow import Context, UnitOfWork
 
 
@@ -246,6 +247,32 @@ def _decisions(text: str) -> list[model.Decision]:
     return codec.loads(list[model.Decision], text)
 
 
+def decision_resource(registration_id: str, index: int, decision: model.Decision) -> str:
+    """How the audit trail names a decision: its place and a digest of its canonical form, so
+    `kasvu audit verify registry` finds a stored decision that was altered afterwards."""
+    digest = hashlib.sha256(codec.dumps(decision).encode()).hexdigest()
+    return f"decision:{registration_id}:{index}:{digest}"
+
+
+async def verify_decisions(session: AsyncSession) -> str:
+    """Every stored decision must be the one the audit chain recorded; "" when all are, else
+    what differs. (The chain's own integrity is `services.runtime.audit.verify_chain`'s.)"""
+    audited: set[str] = set()
+    for resources in (await session.exec(select(AuditRecord.resources))).all():
+        audited.update(r for r in json.loads(resources) if r.startswith("decision:"))
+    stored: set[str] = set()
+    rows = await session.exec(select(RegistrationRow.id, RegistrationRow.decisions_json))
+    for registration_id, decisions_json in rows.all():
+        for index, decision in enumerate(_decisions(decisions_json)):
+            resource = decision_resource(registration_id, index, decision)
+            stored.add(resource)
+            if resource not in audited:
+                return f"decision {index} of registration {registration_id} differs from the audited one"
+    if missing := sorted(audited - stored):
+        return f"an audited decision is no longer stored: {missing[0].rsplit(':', 1)[0]}"
+    return ""
+
+
 def _active_key(registration: model.Registration) -> str | None:
     if not registration.active:
         return None
@@ -456,6 +483,11 @@ class RegistrationRepository:
             await _INSERT_LISTING.insert(self._uow.connection, listing)
         self._loaded[registration.id] = (registration, _mutable_columns(registration))
         self._uow.track(registration, registration.name)
+        self._audit_decisions(registration, 0)
+
+    def _audit_decisions(self, registration: model.Registration, start: int) -> None:
+        for index, decision in enumerate(registration.decisions[start:], start):
+            self._uow.resources.append(decision_resource(registration.id, index, decision))
 
     async def listed_page(
         self,
@@ -565,6 +597,7 @@ class RegistrationRepository:
         for registration_id, (registration, written) in self._loaded.items():
             current = _mutable_columns(registration)
             if current != written:
+                self._audit_decisions(registration, len(json.loads(written["decisions_json"])))
                 await self._uow.connection.execute(
                     _UPDATE_REGISTRATION, {"registration_id": registration_id, **current}
                 )

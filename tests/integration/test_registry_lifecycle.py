@@ -15,8 +15,10 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from kasvu.registry.v1 import events_pb2, registry_pb2, registry_pb2_grpc
 from kasvu.tendering.v1 import events_pb2 as tendering_events
+from sqlalchemy import text
 from sqlmodel import col, select
 
+from kasvuctl.audit import check
 from services.registry import bootstrap, handlers, store
 from services.registry.consumers import market_failure_declared, market_failure_lifted
 from services.registry.grpc_api import RegistryServicer
@@ -692,3 +694,31 @@ async def test_a_finding_that_runs_out_lapses_municipal_admissions_by_the_schedu
     await registry.run_timers()
 
     assert (await registry.state(municipal), await registry.state(private)) == ("LAPSED", "ADMITTED")
+
+
+# -- audit ----------------------------------------------------------------------------------
+
+
+async def test_audit_verify_passes_on_a_clean_history_and_fails_when_a_stored_decision_is_altered(
+    registry, next_business_id, database_url
+):
+    registration = await registry.register(await registry.publish(), next_business_id())
+    await registry.stub.SuspendRegistration(
+        registry_pb2.SuspendRegistrationRequest(name=registration.name, reasons=reasons()),
+        metadata=registry.tokens.supervisor(REGION),
+    )
+    verdict, problem = await check(database_url, service="registry")
+    assert verdict.intact and problem == ""
+
+    async with registry.db.writer.begin() as connection:
+        await connection.execute(
+            text("UPDATE registry_registrations SET decisions_json = replace(decisions_json, :old, :new)"),
+            {"old": "Repeated late service need assessments.", "new": "No reason."},
+        )
+
+    verdict, problem = await check(database_url, service="registry")
+    assert verdict.intact  # the chain itself is untouched
+    assert (
+        problem
+        == f"decision 1 of registration {registration.name.rsplit('/', 1)[1]} differs from the audited one"
+    )
