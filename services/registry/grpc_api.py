@@ -363,6 +363,34 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         )
         return await self._handle(command, request.request_id)
 
+    async def ListOrganisers(
+        self, request: registry_pb2.ListOrganisersRequest, context: Context
+    ) -> registry_pb2.ListOrganisersResponse:
+        found: list[model.Organiser] = await self._dispatcher.query(handlers.ListOrganisers(), call_context())
+        return registry_pb2.ListOrganisersResponse(
+            organisers=[
+                registry_pb2.Organiser(
+                    name=model.ORGANISER.format(region=o.id), display_name=o.display_name, kind=str(o.kind)
+                )
+                for o in found
+            ]
+        )
+
+    async def ListServices(
+        self, request: registry_pb2.ListServicesRequest, context: Context
+    ) -> registry_pb2.ListServicesResponse:
+        region = model.ORGANISER.parse(request.parent, "parent")["region"]
+        found = await self._dispatcher.query(handlers.ListServices(region), call_context())
+        return registry_pb2.ListServicesResponse(services=[_service_to_proto(region, s) for s in found])
+
+    async def CreateService(
+        self, request: registry_pb2.CreateServiceRequest, context: Context
+    ) -> registry_pb2.CatalogueService:
+        region = model.ORGANISER.parse(request.parent, "parent")["region"]
+        command = handlers.CreateService(region, request.service_id, request.service.display_name)
+        created = await self._dispatcher.handle(command, call_context(request.request_id))
+        return _service_to_proto(region, created)
+
     async def GetBreachPolicy(
         self, request: registry_pb2.GetBreachPolicyRequest, context: Context
     ) -> registry_pb2.BreachPolicy:
@@ -386,6 +414,14 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         self, command: handlers.RegistrationCommand, request_id: str
     ) -> registry_pb2.Registration:
         return registration_to_proto(await self._dispatcher.handle(command, call_context(request_id)))
+
+
+def _service_to_proto(region: str, service: model.CatalogueService) -> registry_pb2.CatalogueService:
+    return registry_pb2.CatalogueService(
+        name=model.SERVICE.format(region=region, service=service.id),
+        display_name=service.display_name,
+        national=service.national,
+    )
 
 
 def _policy_to_proto(policy: model.BreachPolicy) -> registry_pb2.BreachPolicy:

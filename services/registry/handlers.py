@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from services.registry import model
+from services.registry import catalogue, model
 from services.runtime import access
 from services.runtime.domain import Command, Query
 from services.runtime.errors import (
@@ -169,6 +169,23 @@ class RemindEvidenceRenewal(Command):
 
 
 @dataclass(frozen=True)
+class CreateService(Command):
+    region: str
+    service: str
+    display_name: str
+
+
+@dataclass(frozen=True)
+class ListOrganisers(Query):
+    pass
+
+
+@dataclass(frozen=True)
+class ListServices(Query):
+    region: str
+
+
+@dataclass(frozen=True)
 class GetBreachPolicy(Query):
     region: str
 
@@ -233,10 +250,34 @@ class ListProviders(Query):
 # -- handlers -----------------------------------------------------------------------------------
 
 
+async def list_organisers(query: ListOrganisers, uow: RegistryUnitOfWork) -> list[model.Organiser]:
+    return list(catalogue.ORGANISERS)
+
+
+async def list_services(query: ListServices, uow: RegistryUnitOfWork) -> list[model.CatalogueService]:
+    _require_organiser(query.region)
+    return await uow.services.of(query.region)
+
+
+async def create_service(command: CreateService, uow: RegistryUnitOfWork) -> model.CatalogueService:
+    """An organiser adds a service of its own to the catalogue it publishes terms for."""
+    access.require(uow.actor, any_of=[access.region_admin(command.region)], action="adding a service")
+    _require_organiser(command.region)
+    service = model.new_service(command.service, command.display_name)
+    if await uow.services.exists(command.region, service.id):
+        raise AlreadyExists(
+            f"{model.SERVICE.format(region=command.region, service=service.id)} exists already",
+            reason="SERVICE_EXISTS",
+        )
+    uow.services.add(command.region, service)
+    return service
+
+
 async def publish_terms(command: PublishTerms, uow: RegistryUnitOfWork) -> model.Terms:
     """Publishes the next version; the one before is superseded and its admitted providers get a
     re-commit window, after which a timer lapses those who did not re-commit."""
     access.require(uow.actor, any_of=[access.region_admin(command.region)], action="publishing terms")
+    await _require_service(uow, command.region, command.service)
     recommit_days = command.recommit_days or model.DEFAULT_RECOMMIT_DAYS
     if not 1 <= recommit_days <= model.MAX_RECOMMIT_DAYS:
         description = f"must be between 1 and {model.MAX_RECOMMIT_DAYS} days"
@@ -270,6 +311,7 @@ async def publish_terms(command: PublishTerms, uow: RegistryUnitOfWork) -> model
 async def register_provider(command: RegisterProvider, uow: RegistryUnitOfWork) -> model.Registration:
     business_id = model.validate_business_id(command.business_id, "registration.business_id")
     access.require(uow.actor, any_of=[access.provider(business_id)], action="registering")
+    await _require_service(uow, command.region, command.service)
     terms = await _current_terms(uow, command.region, command.service, command.terms_version)
     registration = model.decide_registration(
         uuid.uuid4().hex,
@@ -656,6 +698,19 @@ async def _registration_for(
     return registration
 
 
+def _require_organiser(region: str) -> None:
+    if region not in catalogue.ORGANISER_IDS:
+        raise NotFound(f"no organiser {model.ORGANISER.format(region=region)}", reason="ORGANISER_NOT_FOUND")
+
+
+async def _require_service(uow: RegistryUnitOfWork, region: str, service: str) -> None:
+    """An unknown organiser or service is NOT_FOUND, before anything is decided."""
+    _require_organiser(region)
+    if not await uow.services.exists(region, service):
+        name = model.SERVICE.format(region=region, service=service)
+        raise NotFound(f"no service {name} in the catalogue", reason="SERVICE_NOT_FOUND")
+
+
 async def _published_terms(uow: RegistryUnitOfWork, region: str, service: str, version: int) -> model.Terms:
     terms = await uow.terms.get(region, service, version)
     if terms is None:
@@ -684,6 +739,9 @@ HANDLERS: dict[type[Any], Any] = {
     RecordMarketFailure: record_market_failure,
     LiftMarketFailure: lift_market_failure,
     SetBreachPolicy: set_breach_policy,
+    CreateService: create_service,
+    ListOrganisers: list_organisers,
+    ListServices: list_services,
     GetBreachPolicy: get_breach_policy,
     DecideRegistration: decide_registration,
     SuspendRegistration: suspend_registration,

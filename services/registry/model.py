@@ -35,11 +35,13 @@ __all__ = [
     "DEFAULT_RECOMMIT_DAYS",
     "DEFAULT_VALID_DAYS",
     "EVENTS",
+    "ORGANISER",
     "REGISTRATION",
     "RENEWAL_REMINDER_DAYS",
     "SERVICE",
     "TERMS",
     "BreachPolicy",
+    "CatalogueService",
     "Decider",
     "Decision",
     "DecisionKind",
@@ -48,6 +50,8 @@ __all__ = [
     "LegalForm",
     "Listing",
     "MarketFailure",
+    "Organiser",
+    "OrganiserKind",
     "ProviderRegistered",
     "ProviderReinstated",
     "ProviderRevoked",
@@ -73,6 +77,7 @@ __all__ = [
     "diff_terms",
     "evidence_expiry",
     "new_breach_policy",
+    "new_service",
     "new_terms",
     "parse_requirement_kind",
     "require_market_failure",
@@ -1119,6 +1124,51 @@ class Listing:
     municipalities: tuple[str, ...]
     languages: tuple[str, ...]
     price: Decimal | None
+
+
+ORGANISER = ResourcePattern("regions/{region}")
+
+
+class OrganiserKind(StrEnum):
+    """Who organises growth services in an area."""
+
+    REGION = "REGION"
+    JOINT_MUNICIPAL_AUTHORITY = "JOINT_MUNICIPAL_AUTHORITY"
+
+
+@dataclass(frozen=True)
+class Organiser:
+    """An organiser (järjestäjä) of growth services: a region, or a joint municipal authority;
+    both are addressed as regions/{id}."""
+
+    id: str
+    display_name: str
+    kind: OrganiserKind
+
+
+@dataclass(frozen=True)
+class CatalogueService:
+    """A kind of growth service an organiser may publish terms for: national, or the organiser's own."""
+
+    id: str
+    display_name: str
+    national: bool = False
+
+
+SERVICE_NAME_MAX_LENGTH = 200
+
+
+def new_service(id: str, display_name: str) -> CatalogueService:
+    """A region's own service, validated; every violation at once."""
+    violations: list[FieldViolation] = []
+    try:
+        validate_resource_id(id, "service_id")
+    except InvalidArgument as error:
+        violations.extend(error.violations)
+    if violation := check_text(display_name, "service.display_name", SERVICE_NAME_MAX_LENGTH):
+        violations.append(violation)
+    raise_if_any(violations, "the service is invalid")
+    return CatalogueService(id, display_name.strip())
 
 
 BREACH_POLICY = ResourcePattern("regions/{region}/breachPolicy")

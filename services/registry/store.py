@@ -14,7 +14,7 @@ from sqlalchemy import Index, and_, bindparam, delete, insert, or_, update
 from sqlmodel import Field, SQLModel, col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from services.registry import model
+from services.registry import catalogue, model
 from services.runtime import codec
 from services.runtime.db import serialize_on
 from services.runtime.fastinsert import TableInserter
@@ -122,6 +122,17 @@ class PendingBreachRow(SQLModel, table=True):
     received_at: datetime = utc_field()
 
 
+class ServiceRow(SQLModel, table=True):
+    """A service an organiser added to the national catalogue for itself."""
+
+    __tablename__ = "registry_services"
+
+    region: str = Field(primary_key=True, max_length=63)
+    service: str = Field(primary_key=True, max_length=63)
+    display_name: str = Field(max_length=200)
+    created_at: datetime = utc_field()
+
+
 class BreachPolicyRow(SQLModel, table=True):
     """A region's breach policy; absent means the default (a serious breach suspends until reinstated)."""
 
@@ -141,6 +152,7 @@ REGISTRY_TABLES = (
     "registry_pending_breaches",
     "registry_breach_policies",
     "registry_market_failures",
+    "registry_services",
 )
 LISTINGS = ListingRow.__table__  # type: ignore[attr-defined]
 PENDING_BREACHES = PendingBreachRow.__table__  # type: ignore[attr-defined]
@@ -718,6 +730,34 @@ class MarketFailureRepository:
         self._uow.resources.append(finding.finding)
 
 
+class ServiceRepository:
+    """The national catalogue (data) and each organiser's own services (rows)."""
+
+    def __init__(self, session: AsyncSession, uow: UnitOfWork) -> None:
+        self._session = session
+        self._uow = uow
+
+    async def of(self, region: str) -> list[model.CatalogueService]:
+        result = await self._session.exec(
+            select(ServiceRow).where(ServiceRow.region == region).order_by(col(ServiceRow.service))
+        )
+        own = [model.CatalogueService(row.service, row.display_name) for row in result.all()]
+        return [*catalogue.NATIONAL_SERVICES, *own]
+
+    async def exists(self, region: str, service: str) -> bool:
+        if service in catalogue.NATIONAL_SERVICE_IDS:
+            return True
+        return await self._session.get(ServiceRow, (region, service)) is not None
+
+    def add(self, region: str, service: model.CatalogueService) -> None:
+        self._session.add(
+            ServiceRow(
+                region=region, service=service.id, display_name=service.display_name, created_at=self._uow.now
+            )
+        )
+        self._uow.resources.append(model.SERVICE.format(region=region, service=service.id))
+
+
 class RegistryUnitOfWork(UnitOfWork):
     """The registry's unit of work: terms and registrations."""
 
@@ -726,6 +766,7 @@ class RegistryUnitOfWork(UnitOfWork):
     pending_breaches: PendingBreachRepository
     breach_policies: BreachPolicyRepository
     market_failures: MarketFailureRepository
+    services: ServiceRepository
 
     def __init__(self, context: Context, now: datetime, read_only: bool, *, cache: TermsCache) -> None:
         super().__init__(context, now, read_only=read_only)
@@ -738,6 +779,7 @@ class RegistryUnitOfWork(UnitOfWork):
         self.pending_breaches = PendingBreachRepository(self)
         self.breach_policies = BreachPolicyRepository(session, self)
         self.market_failures = MarketFailureRepository(session, self)
+        self.services = ServiceRepository(session, self)
 
     async def save(self) -> None:
         await self.registrations.save()

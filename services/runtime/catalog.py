@@ -72,6 +72,8 @@ CATALOG: tuple[ServiceEntry, ...] = (
                 "kasvu.registry.v1.RegistryService.GetTerms",
                 "kasvu.registry.v1.RegistryService.ListTerms",
                 "kasvu.registry.v1.RegistryService.DiffTerms",
+                "kasvu.registry.v1.RegistryService.ListOrganisers",
+                "kasvu.registry.v1.RegistryService.ListServices",
             }
         ),
     ),

@@ -722,3 +722,59 @@ async def test_audit_verify_passes_on_a_clean_history_and_fails_when_a_stored_de
         problem
         == f"decision 1 of registration {registration.name.rsplit('/', 1)[1]} differs from the audited one"
     )
+
+
+# -- organisers and catalogue ---------------------------------------------------------------
+
+
+async def test_organisers_and_the_service_catalogue_are_listed_and_a_region_adds_its_own(registry):
+    organisers = await registry.stub.ListOrganisers(registry_pb2.ListOrganisersRequest())
+    assert len([o for o in organisers.organisers if o.kind == "REGION"]) == 18
+    assert [o.name for o in organisers.organisers if o.kind == "JOINT_MUNICIPAL_AUTHORITY"] == [
+        "regions/uusimaa-joint-authority"
+    ]
+
+    created = await registry.stub.CreateService(
+        registry_pb2.CreateServiceRequest(
+            parent=f"regions/{REGION}",
+            service_id="youth-workshops",
+            service=registry_pb2.CatalogueService(display_name="Youth workshops"),
+        ),
+        metadata=registry.tokens.admin(REGION),
+    )
+    services = await registry.stub.ListServices(registry_pb2.ListServicesRequest(parent=f"regions/{REGION}"))
+    elsewhere = await registry.stub.ListServices(registry_pb2.ListServicesRequest(parent="regions/kainuu"))
+
+    assert created.name == f"regions/{REGION}/services/youth-workshops"
+    assert [s.name.rsplit("/", 1)[1] for s in services.services if s.national] == [
+        "recruitment",
+        "competence-development",
+        "career-guidance",
+        "business-development",
+        "internationalisation",
+        "integration",
+    ]
+    assert [s.name for s in services.services if not s.national] == [created.name]
+    assert created.name not in [s.name for s in elsewhere.services]
+
+
+@pytest.mark.parametrize(
+    ("parent", "reason"),
+    [
+        ("regions/atlantis/services/recruitment", "ORGANISER_NOT_FOUND"),
+        (f"regions/{REGION}/services/astrology", "SERVICE_NOT_FOUND"),
+    ],
+)
+async def test_terms_for_an_unknown_organiser_or_service_are_refused_and_nothing_is_stored(
+    registry, parent, reason
+):
+    region = parent.split("/")[1]
+    async with refused(grpc.StatusCode.NOT_FOUND) as caught:
+        await registry.stub.PublishTerms(
+            registry_pb2.PublishTermsRequest(
+                parent=parent, terms=registry_pb2.Terms(title="Terms", requirements=[declaration()])
+            ),
+            metadata=registry.tokens.admin(region),
+        )
+    assert error_reason(caught[0]) == reason
+    assert await count_rows(registry.db, "registry_terms") == 0

@@ -165,6 +165,189 @@ REGISTRATION_STATE_WITHDRAWN: RegistrationState.ValueType  # 7
 Global___RegistrationState: _TypeAlias = RegistrationState  # noqa: Y015
 
 @_typing.final
+class Organiser(_message.Message):
+    """An organiser of growth services."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """regions/{region}"""
+    display_name: _builtins.str
+    """The organiser's name."""
+    kind: _builtins.str
+    """"REGION" or "JOINT_MUNICIPAL_AUTHORITY"."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        display_name: _builtins.str = ...,
+        kind: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "kind", b"kind", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Organiser: _TypeAlias = Organiser  # noqa: Y015
+
+@_typing.final
+class ListOrganisersRequest(_message.Message):
+    """Request for ListOrganisers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListOrganisersRequest: _TypeAlias = ListOrganisersRequest  # noqa: Y015
+
+@_typing.final
+class ListOrganisersResponse(_message.Message):
+    """Response for ListOrganisers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORGANISERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def organisers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Organiser]:
+        """Every organiser."""
+
+    def __init__(
+        self,
+        *,
+        organisers: _abc.Iterable[Global___Organiser] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["organisers", b"organisers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListOrganisersResponse: _TypeAlias = ListOrganisersResponse  # noqa: Y015
+
+@_typing.final
+class CatalogueService(_message.Message):
+    """A kind of growth service an organiser may publish terms for."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    NATIONAL_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """regions/{region}/services/{service}"""
+    display_name: _builtins.str
+    """What the service is."""
+    national: _builtins.bool
+    """Whether it is in the national catalogue (else the organiser's own)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        display_name: _builtins.str = ...,
+        national: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "name", b"name", "national", b"national"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CatalogueService: _TypeAlias = CatalogueService  # noqa: Y015
+
+@_typing.final
+class ListServicesRequest(_message.Message):
+    """Request for ListServices."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """regions/{region}"""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListServicesRequest: _TypeAlias = ListServicesRequest  # noqa: Y015
+
+@_typing.final
+class ListServicesResponse(_message.Message):
+    """Response for ListServices."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def services(self) -> _containers.RepeatedCompositeFieldContainer[Global___CatalogueService]:
+        """The national services, then the organiser's own."""
+
+    def __init__(
+        self,
+        *,
+        services: _abc.Iterable[Global___CatalogueService] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["services", b"services"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListServicesResponse: _TypeAlias = ListServicesResponse  # noqa: Y015
+
+@_typing.final
+class CreateServiceRequest(_message.Message):
+    """Request for CreateService."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    SERVICE_ID_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """regions/{region}"""
+    service_id: _builtins.str
+    """The service's id: lowercase letters, digits and hyphens."""
+    request_id: _builtins.str
+    """Idempotency key."""
+    @_builtins.property
+    def service(self) -> Global___CatalogueService:
+        """The service."""
+
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        service_id: _builtins.str = ...,
+        service: Global___CatalogueService | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["service", b"service"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parent", b"parent", "request_id", b"request_id", "service", b"service", "service_id", b"service_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateServiceRequest: _TypeAlias = CreateServiceRequest  # noqa: Y015
+
+@_typing.final
 class BreachPolicy(_message.Message):
     """A region's rule for what a quality breach from self-monitoring does to a
     provider's admission.

@@ -108,6 +108,21 @@ class RegistryServiceStub:
                 request_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.WithdrawRegistrationRequest.SerializeToString,
                 response_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.Registration.FromString,
                 _registered_method=True)
+        self.ListOrganisers = channel.unary_unary(
+                '/kasvu.registry.v1.RegistryService/ListOrganisers',
+                request_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.ListOrganisersRequest.SerializeToString,
+                response_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.ListOrganisersResponse.FromString,
+                _registered_method=True)
+        self.ListServices = channel.unary_unary(
+                '/kasvu.registry.v1.RegistryService/ListServices',
+                request_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.ListServicesRequest.SerializeToString,
+                response_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.ListServicesResponse.FromString,
+                _registered_method=True)
+        self.CreateService = channel.unary_unary(
+                '/kasvu.registry.v1.RegistryService/CreateService',
+                request_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.CreateServiceRequest.SerializeToString,
+                response_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.CatalogueService.FromString,
+                _registered_method=True)
         self.GetBreachPolicy = channel.unary_unary(
                 '/kasvu.registry.v1.RegistryService/GetBreachPolicy',
                 request_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.GetBreachPolicyRequest.SerializeToString,
@@ -232,6 +247,29 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListOrganisers(self, request, context):
+        """The organisers of growth services: the regions and the Uusimaa joint
+        municipal authority.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListServices(self, request, context):
+        """The services an organiser may publish terms for: the national catalogue and
+        its own.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateService(self, request, context):
+        """An organiser adds a service of its own to its catalogue.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetBreachPolicy(self, request, context):
         """The region's breach policy (the default when none was set).
         """
@@ -325,6 +363,21 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.WithdrawRegistration,
                     request_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.WithdrawRegistrationRequest.FromString,
                     response_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.Registration.SerializeToString,
+            ),
+            'ListOrganisers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListOrganisers,
+                    request_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.ListOrganisersRequest.FromString,
+                    response_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.ListOrganisersResponse.SerializeToString,
+            ),
+            'ListServices': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListServices,
+                    request_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.ListServicesRequest.FromString,
+                    response_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.ListServicesResponse.SerializeToString,
+            ),
+            'CreateService': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateService,
+                    request_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.CreateServiceRequest.FromString,
+                    response_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.CatalogueService.SerializeToString,
             ),
             'GetBreachPolicy': grpc.unary_unary_rpc_method_handler(
                     servicer.GetBreachPolicy,
@@ -724,6 +777,87 @@ class RegistryService:
             '/kasvu.registry.v1.RegistryService/WithdrawRegistration',
             kasvu_dot_registry_dot_v1_dot_registry__pb2.WithdrawRegistrationRequest.SerializeToString,
             kasvu_dot_registry_dot_v1_dot_registry__pb2.Registration.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListOrganisers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kasvu.registry.v1.RegistryService/ListOrganisers',
+            kasvu_dot_registry_dot_v1_dot_registry__pb2.ListOrganisersRequest.SerializeToString,
+            kasvu_dot_registry_dot_v1_dot_registry__pb2.ListOrganisersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListServices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kasvu.registry.v1.RegistryService/ListServices',
+            kasvu_dot_registry_dot_v1_dot_registry__pb2.ListServicesRequest.SerializeToString,
+            kasvu_dot_registry_dot_v1_dot_registry__pb2.ListServicesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateService(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kasvu.registry.v1.RegistryService/CreateService',
+            kasvu_dot_registry_dot_v1_dot_registry__pb2.CreateServiceRequest.SerializeToString,
+            kasvu_dot_registry_dot_v1_dot_registry__pb2.CatalogueService.FromString,
             options,
             channel_credentials,
             insecure,

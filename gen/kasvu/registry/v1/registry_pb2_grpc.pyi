@@ -69,6 +69,16 @@ class RegistryServiceStub:
     """Removes an admission for good, with reasons."""
     WithdrawRegistration: _grpc.UnaryUnaryMultiCallable[_registry_pb2.WithdrawRegistrationRequest, _registry_pb2.Registration]
     """The provider withdraws its registration."""
+    ListOrganisers: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListOrganisersRequest, _registry_pb2.ListOrganisersResponse]
+    """The organisers of growth services: the regions and the Uusimaa joint
+    municipal authority.
+    """
+    ListServices: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListServicesRequest, _registry_pb2.ListServicesResponse]
+    """The services an organiser may publish terms for: the national catalogue and
+    its own.
+    """
+    CreateService: _grpc.UnaryUnaryMultiCallable[_registry_pb2.CreateServiceRequest, _registry_pb2.CatalogueService]
+    """An organiser adds a service of its own to its catalogue."""
     GetBreachPolicy: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetBreachPolicyRequest, _registry_pb2.BreachPolicy]
     """The region's breach policy (the default when none was set)."""
     SetBreachPolicy: _grpc.UnaryUnaryMultiCallable[_registry_pb2.SetBreachPolicyRequest, _registry_pb2.BreachPolicy]
@@ -117,6 +127,16 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     """Removes an admission for good, with reasons."""
     WithdrawRegistration: _aio.UnaryUnaryMultiCallable[_registry_pb2.WithdrawRegistrationRequest, _registry_pb2.Registration]  # type: ignore[assignment]
     """The provider withdraws its registration."""
+    ListOrganisers: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListOrganisersRequest, _registry_pb2.ListOrganisersResponse]  # type: ignore[assignment]
+    """The organisers of growth services: the regions and the Uusimaa joint
+    municipal authority.
+    """
+    ListServices: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListServicesRequest, _registry_pb2.ListServicesResponse]  # type: ignore[assignment]
+    """The services an organiser may publish terms for: the national catalogue and
+    its own.
+    """
+    CreateService: _aio.UnaryUnaryMultiCallable[_registry_pb2.CreateServiceRequest, _registry_pb2.CatalogueService]  # type: ignore[assignment]
+    """An organiser adds a service of its own to its catalogue."""
     GetBreachPolicy: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetBreachPolicyRequest, _registry_pb2.BreachPolicy]  # type: ignore[assignment]
     """The region's breach policy (the default when none was set)."""
     SetBreachPolicy: _aio.UnaryUnaryMultiCallable[_registry_pb2.SetBreachPolicyRequest, _registry_pb2.BreachPolicy]  # type: ignore[assignment]
@@ -246,6 +266,34 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.Registration, _abc.Awaitable[_registry_pb2.Registration]]:
         """The provider withdraws its registration."""
+
+    @_abc_1.abstractmethod
+    def ListOrganisers(
+        self,
+        request: _registry_pb2.ListOrganisersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.ListOrganisersResponse, _abc.Awaitable[_registry_pb2.ListOrganisersResponse]]:
+        """The organisers of growth services: the regions and the Uusimaa joint
+        municipal authority.
+        """
+
+    @_abc_1.abstractmethod
+    def ListServices(
+        self,
+        request: _registry_pb2.ListServicesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.ListServicesResponse, _abc.Awaitable[_registry_pb2.ListServicesResponse]]:
+        """The services an organiser may publish terms for: the national catalogue and
+        its own.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateService(
+        self,
+        request: _registry_pb2.CreateServiceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.CatalogueService, _abc.Awaitable[_registry_pb2.CatalogueService]]:
+        """An organiser adds a service of its own to its catalogue."""
 
     @_abc_1.abstractmethod
     def GetBreachPolicy(
