@@ -410,6 +410,16 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         )
         return _policy_to_proto(await self._dispatcher.handle(command, call_context(request.request_id)))
 
+    async def RotateRegistrationKey(
+        self, request: registry_pb2.RotateRegistrationKeyRequest, context: Context
+    ) -> registry_pb2.Registration:
+        command = handlers.RotateRegistrationKey(
+            *_registration_parts(request.name),
+            public_key=request.public_key,
+            key_signature=request.key_signature,
+        )
+        return await self._handle(command, request.request_id)
+
     async def _handle(
         self, command: handlers.RegistrationCommand, request_id: str
     ) -> registry_pb2.Registration:

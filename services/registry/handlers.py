@@ -140,6 +140,12 @@ class RecommitRegistration(RegistrationCommand):
     evidence: tuple[model.Evidence, ...] = ()
 
 
+@dataclass(frozen=True)
+class RotateRegistrationKey(RegistrationCommand):
+    public_key: bytes
+    key_signature: bytes
+
+
 # Timer commands: set by handlers, fired by the scheduler, never reachable from outside.
 
 
@@ -512,6 +518,14 @@ async def recommit_registration(command: RecommitRegistration, uow: RegistryUnit
     return registration
 
 
+async def rotate_registration_key(
+    command: RotateRegistrationKey, uow: RegistryUnitOfWork
+) -> model.Registration:
+    registration = await _registration_for(uow, command, grants=None, action="rotating a key")
+    registration.rotate_key(command.public_key, command.key_signature, uow.now)
+    return registration
+
+
 async def lift_suspension(command: LiftSuspension, uow: RegistryUnitOfWork) -> bool:
     """The timed end of a suspension; changes nothing when the suspension already ended."""
     registration = await uow.registrations.get(command.registration_id)
@@ -749,6 +763,7 @@ HANDLERS: dict[type[Any], Any] = {
     RevokeRegistration: revoke_registration,
     WithdrawRegistration: withdraw_registration,
     RecommitRegistration: recommit_registration,
+    RotateRegistrationKey: rotate_registration_key,
     LiftSuspension: lift_suspension,
     LapseRegistration: lapse_registration,
     RemindEvidenceRenewal: remind_evidence_renewal,

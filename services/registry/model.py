@@ -276,6 +276,18 @@ class RegistrationRecommitted(Event):
 
 
 @dataclass(frozen=True)
+class ProviderKeyRotated(Event):
+    """A provider replaced the key it commits to terms with; the old key signed the new one."""
+
+    registration: str
+    terms: str
+    region: str
+    service: str
+    business_id: str
+    rotate_time: datetime
+
+
+@dataclass(frozen=True)
 class EvidenceRenewalDue(Event):
     """A reminder: a document behind the admission expires soon and must be renewed."""
 
@@ -303,6 +315,7 @@ EVENTS: tuple[type[Event], ...] = (
     RegistrationWithdrawn,
     RegistrationRecommitted,
     EvidenceRenewalDue,
+    ProviderKeyRotated,
 )
 
 
@@ -1103,6 +1116,24 @@ class Registration(Aggregate):
         self.recommit_deadline = None
         self._decide(DecisionKind.RECOMMITMENT, self.state, (), actor=actor, now=now)
         self.record(RegistrationRecommitted(*self._common(), now))
+
+    def rotate_key(self, new_public_key: bytes, signature: bytes, now: datetime) -> None:
+        """Replace the registration's key: the current key signs the new key's 32 raw bytes, so
+        only the holder of the registered key can hand the registration to another."""
+        self._require(ACTIVE_STATES, "given a new key", "NOT_ACTIVE")
+        violations: list[FieldViolation] = []
+        try:
+            Ed25519PublicKey.from_public_bytes(new_public_key)
+        except ValueError:
+            violations.append(FieldViolation("public_key", "must be a raw 32-byte Ed25519 public key"))
+        try:
+            Ed25519PublicKey.from_public_bytes(self.public_key).verify(signature, new_public_key)
+        except (InvalidSignature, ValueError):
+            violations.append(FieldViolation("key_signature", "does not verify with the registered key"))
+        raise_if_any(violations, "the key rotation is invalid")
+        self.public_key = new_public_key
+        self.updated_at = require_aware(now)
+        self.record(ProviderKeyRotated(*self._common(), now))
 
     def remind_renewal(self, requirement_code: str, expires: datetime, now: datetime) -> bool:
         """Remind the provider that a document expires soon; False when there is nothing to renew."""

@@ -330,6 +330,7 @@ def _mutable_columns(registration: model.Registration) -> dict[str, Any]:
         "decisions_json": _decisions_json(registration.decisions),
         "recommit_deadline": registration.recommit_deadline,
         "lift_time": registration.lift_time,
+        "public_key": registration.public_key,
     }
 
 
@@ -340,7 +341,6 @@ def _registration_columns(registration: model.Registration) -> dict[str, Any]:
         "service": registration.service,
         "business_id": registration.business_id,
         "display_name": registration.display_name,
-        "public_key": registration.public_key,
         "municipalities_json": json.dumps(registration.municipalities),
         "languages_json": json.dumps(registration.languages),
         "price": str(registration.price) if registration.price is not None else "",

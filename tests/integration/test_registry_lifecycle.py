@@ -778,3 +778,40 @@ async def test_terms_for_an_unknown_organiser_or_service_are_refused_and_nothing
         )
     assert error_reason(caught[0]) == reason
     assert await count_rows(registry.db, "registry_terms") == 0
+
+
+async def test_a_provider_rotates_its_key_with_the_old_one_and_then_commits_with_the_new(
+    registry, next_business_id
+):
+    old, new = ProviderKey(), ProviderKey()
+    first = await registry.publish()
+    registration = await registry.register(first, next_business_id(), key=old)
+    provider = registry.tokens.provider(registration.business_id)
+
+    async with refused(grpc.StatusCode.INVALID_ARGUMENT) as caught:
+        await registry.stub.RotateRegistrationKey(
+            registry_pb2.RotateRegistrationKeyRequest(
+                name=registration.name, public_key=new.public_key, key_signature=new.key.sign(new.public_key)
+            ),
+            metadata=provider,
+        )
+    assert field_violations(caught[0]) == ["key_signature"]
+
+    rotated = await registry.stub.RotateRegistrationKey(
+        registry_pb2.RotateRegistrationKeyRequest(
+            name=registration.name, public_key=new.public_key, key_signature=old.key.sign(new.public_key)
+        ),
+        metadata=provider,
+    )
+    assert rotated.public_key == new.public_key
+
+    second = await registry.publish(title="Rekrytointi 2027")
+    for key, code in ((old, grpc.StatusCode.INVALID_ARGUMENT), (new, grpc.StatusCode.OK)):
+        request = registry_pb2.RecommitRegistrationRequest(
+            name=registration.name, terms=second.name, terms_signature=key.sign(second.content_hash)
+        )
+        if code == grpc.StatusCode.OK:
+            assert (await registry.stub.RecommitRegistration(request, metadata=provider)).terms == second.name
+        else:
+            async with refused(code):
+                await registry.stub.RecommitRegistration(request, metadata=provider)

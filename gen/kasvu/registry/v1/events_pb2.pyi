@@ -604,6 +604,50 @@ class RegistrationRecommitted(_message.Message):
 Global___RegistrationRecommitted: _TypeAlias = RegistrationRecommitted  # noqa: Y015
 
 @_typing.final
+class ProviderKeyRotated(_message.Message):
+    """A provider replaced the key it commits to terms with."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGISTRATION_FIELD_NUMBER: _builtins.int
+    TERMS_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    BUSINESS_ID_FIELD_NUMBER: _builtins.int
+    ROTATE_TIME_FIELD_NUMBER: _builtins.int
+    registration: _builtins.str
+    """The registration."""
+    terms: _builtins.str
+    """The terms version."""
+    region: _builtins.str
+    """The region (organiser)."""
+    service: _builtins.str
+    """The service."""
+    business_id: _builtins.str
+    """The provider's business ID."""
+    @_builtins.property
+    def rotate_time(self) -> _timestamp_pb2.Timestamp:
+        """When."""
+
+    def __init__(
+        self,
+        *,
+        registration: _builtins.str = ...,
+        terms: _builtins.str = ...,
+        region: _builtins.str = ...,
+        service: _builtins.str = ...,
+        business_id: _builtins.str = ...,
+        rotate_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rotate_time", b"rotate_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["business_id", b"business_id", "region", b"region", "registration", b"registration", "rotate_time", b"rotate_time", "service", b"service", "terms", b"terms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProviderKeyRotated: _TypeAlias = ProviderKeyRotated  # noqa: Y015
+
+@_typing.final
 class EvidenceRenewalDue(_message.Message):
     """A document behind an admission expires soon and must be renewed."""
 

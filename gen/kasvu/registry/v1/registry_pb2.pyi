@@ -1408,6 +1408,40 @@ class WithdrawRegistrationRequest(_message.Message):
 Global___WithdrawRegistrationRequest: _TypeAlias = WithdrawRegistrationRequest  # noqa: Y015
 
 @_typing.final
+class RotateRegistrationKeyRequest(_message.Message):
+    """Request for RotateRegistrationKey."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    KEY_SIGNATURE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """regions/{region}/services/{service}/registrations/{registration}"""
+    public_key: _builtins.bytes
+    """The new raw 32-byte Ed25519 public key."""
+    key_signature: _builtins.bytes
+    """Ed25519 signature by the current key over the new key's 32 bytes."""
+    request_id: _builtins.str
+    """Idempotency key."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        public_key: _builtins.bytes = ...,
+        key_signature: _builtins.bytes = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_signature", b"key_signature", "name", b"name", "public_key", b"public_key", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateRegistrationKeyRequest: _TypeAlias = RotateRegistrationKeyRequest  # noqa: Y015
+
+@_typing.final
 class RecommitRegistrationRequest(_message.Message):
     """Request for RecommitRegistration."""
 

@@ -123,6 +123,11 @@ class RegistryServiceStub:
                 request_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.CreateServiceRequest.SerializeToString,
                 response_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.CatalogueService.FromString,
                 _registered_method=True)
+        self.RotateRegistrationKey = channel.unary_unary(
+                '/kasvu.registry.v1.RegistryService/RotateRegistrationKey',
+                request_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.RotateRegistrationKeyRequest.SerializeToString,
+                response_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.Registration.FromString,
+                _registered_method=True)
         self.GetBreachPolicy = channel.unary_unary(
                 '/kasvu.registry.v1.RegistryService/GetBreachPolicy',
                 request_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.GetBreachPolicyRequest.SerializeToString,
@@ -270,6 +275,13 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RotateRegistrationKey(self, request, context):
+        """The provider replaces the key it commits with; the current key signs the new one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetBreachPolicy(self, request, context):
         """The region's breach policy (the default when none was set).
         """
@@ -378,6 +390,11 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.CreateService,
                     request_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.CreateServiceRequest.FromString,
                     response_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.CatalogueService.SerializeToString,
+            ),
+            'RotateRegistrationKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateRegistrationKey,
+                    request_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.RotateRegistrationKeyRequest.FromString,
+                    response_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.Registration.SerializeToString,
             ),
             'GetBreachPolicy': grpc.unary_unary_rpc_method_handler(
                     servicer.GetBreachPolicy,
@@ -858,6 +875,33 @@ class RegistryService:
             '/kasvu.registry.v1.RegistryService/CreateService',
             kasvu_dot_registry_dot_v1_dot_registry__pb2.CreateServiceRequest.SerializeToString,
             kasvu_dot_registry_dot_v1_dot_registry__pb2.CatalogueService.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateRegistrationKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kasvu.registry.v1.RegistryService/RotateRegistrationKey',
+            kasvu_dot_registry_dot_v1_dot_registry__pb2.RotateRegistrationKeyRequest.SerializeToString,
+            kasvu_dot_registry_dot_v1_dot_registry__pb2.Registration.FromString,
             options,
             channel_credentials,
             insecure,

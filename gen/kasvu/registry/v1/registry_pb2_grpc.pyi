@@ -79,6 +79,8 @@ class RegistryServiceStub:
     """
     CreateService: _grpc.UnaryUnaryMultiCallable[_registry_pb2.CreateServiceRequest, _registry_pb2.CatalogueService]
     """An organiser adds a service of its own to its catalogue."""
+    RotateRegistrationKey: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RotateRegistrationKeyRequest, _registry_pb2.Registration]
+    """The provider replaces the key it commits with; the current key signs the new one."""
     GetBreachPolicy: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetBreachPolicyRequest, _registry_pb2.BreachPolicy]
     """The region's breach policy (the default when none was set)."""
     SetBreachPolicy: _grpc.UnaryUnaryMultiCallable[_registry_pb2.SetBreachPolicyRequest, _registry_pb2.BreachPolicy]
@@ -137,6 +139,8 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     """
     CreateService: _aio.UnaryUnaryMultiCallable[_registry_pb2.CreateServiceRequest, _registry_pb2.CatalogueService]  # type: ignore[assignment]
     """An organiser adds a service of its own to its catalogue."""
+    RotateRegistrationKey: _aio.UnaryUnaryMultiCallable[_registry_pb2.RotateRegistrationKeyRequest, _registry_pb2.Registration]  # type: ignore[assignment]
+    """The provider replaces the key it commits with; the current key signs the new one."""
     GetBreachPolicy: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetBreachPolicyRequest, _registry_pb2.BreachPolicy]  # type: ignore[assignment]
     """The region's breach policy (the default when none was set)."""
     SetBreachPolicy: _aio.UnaryUnaryMultiCallable[_registry_pb2.SetBreachPolicyRequest, _registry_pb2.BreachPolicy]  # type: ignore[assignment]
@@ -294,6 +298,14 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.CatalogueService, _abc.Awaitable[_registry_pb2.CatalogueService]]:
         """An organiser adds a service of its own to its catalogue."""
+
+    @_abc_1.abstractmethod
+    def RotateRegistrationKey(
+        self,
+        request: _registry_pb2.RotateRegistrationKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.Registration, _abc.Awaitable[_registry_pb2.Registration]]:
+        """The provider replaces the key it commits with; the current key signs the new one."""
 
     @_abc_1.abstractmethod
     def GetBreachPolicy(
