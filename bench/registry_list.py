@@ -2,7 +2,8 @@
 10 000 admitted providers in a region, measured in the same run.
 
 `await provider_list_figures(suite)` returns `provider_list_p99_ms_1k`, `provider_list_p99_ms_10k`
-and `provider_list_10k_vs_1k`; `python -m bench.registry_list` runs it on a fresh local suite.
+and `provider_list_10k_vs_1k` (with p50s and the sample count beside them);
+`python -m bench.registry_list` runs it on a fresh local suite and prints them.
 """
 
 from __future__ import annotations
@@ -128,6 +129,9 @@ async def provider_list_figures(suite: LocalSuite, samples: int = 500) -> dict[s
                 figures[size].extend(await list_latencies_ms(client, region, samples // 5))
     p99_1k, p99_10k = percentile(figures["1k"], 99), percentile(figures["10k"], 99)
     return {
+        "provider_list_p50_ms_1k": percentile(figures["1k"], 50),
+        "provider_list_p50_ms_10k": percentile(figures["10k"], 50),
+        "provider_list_samples": len(figures["1k"]),
         "provider_list_p99_ms_1k": p99_1k,
         "provider_list_p99_ms_10k": p99_10k,
         "provider_list_10k_vs_1k": ratio(p99_10k, p99_1k),
