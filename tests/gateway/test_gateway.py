@@ -366,10 +366,10 @@ async def test_unknown_route_is_404_and_wrong_verb_405_in_json(client):
     assert missing.json()["error"]["status"] == "NOT_FOUND"
     wrong = await client.delete("/v1/regions/13/services/s/terms")
     assert wrong.status_code == 405
-    assert wrong.headers["allow"] == "POST"
+    assert wrong.headers["allow"] == "GET, POST"  # ListTerms and PublishTerms
     # google.rpc.Code has no "method not allowed"; not UNIMPLEMENTED (a server's gap, HTTP 501).
     assert (wrong.json()["error"]["code"], wrong.json()["error"]["status"]) == (405, "INVALID_ARGUMENT")
-    assert "allowed: POST" in wrong.json()["error"]["message"]
+    assert "allowed: GET, POST" in wrong.json()["error"]["message"]
     # The catch-all transcoding route sees it first: still a JSON error, never a 500.
     wrong_builtin = await client.post("/healthz")
     assert wrong_builtin.json()["error"]["code"] == wrong_builtin.status_code == 404
