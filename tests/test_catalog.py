@@ -44,7 +44,10 @@ def test_every_public_method_is_a_method_of_its_own_service():
                 pool.FindMethodByName(method)
                 is pool.FindServiceByName(service_name).methods_by_name[method_name]
             )
-    assert public_methods() == {"kasvu.registry.v1.RegistryService.ListProviders"}
+    assert public_methods() == {
+        f"kasvu.registry.v1.RegistryService.{name}"
+        for name in ("ListProviders", "GetTerms", "ListTerms", "DiffTerms", "ListOrganisers", "ListServices")
+    }
 
 
 def test_the_catalogs_resource_names_are_the_patterns_its_models_parse_by():

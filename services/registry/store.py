@@ -10,7 +10,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Index, and_, bindparam, delete, insert, or_, update
+from sqlalchemy import Index, and_, bindparam, delete, insert, inspect, or_, update
 from sqlmodel import Field, SQLModel, col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -268,7 +268,10 @@ def decision_resource(registration_id: str, index: int, decision: model.Decision
 
 async def verify_decisions(session: AsyncSession) -> str:
     """Every stored decision must be the one the audit chain recorded; "" when all are, else
-    what differs. (The chain's own integrity is `services.runtime.audit.verify_chain`'s.)"""
+    what differs. (The chain's own integrity is `services.runtime.audit.verify_chain`'s.) A
+    database without the registry's tables holds no decisions to check."""
+    if not await session.run_sync(lambda sync: inspect(sync.connection()).has_table(REGISTRATIONS.name)):
+        return ""
     audited: set[str] = set()
     for resources in (await session.exec(select(AuditRecord.resources))).all():
         audited.update(r for r in json.loads(resources) if r.startswith("decision:"))
