@@ -135,6 +135,17 @@ class TermsPublished(Event):
 
 
 @dataclass(frozen=True)
+class RegistrationEvent(Event):
+    """What every event about one registration names first: it, its terms, organiser, service, provider."""
+
+    registration: str
+    terms: str
+    region: str
+    service: str
+    business_id: str
+
+
+@dataclass(frozen=True)
 class TermsSuperseded(Event):
     """A newer terms version replaced this one; admitted providers must re-commit by the deadline."""
 
@@ -147,53 +158,33 @@ class TermsSuperseded(Event):
 
 
 @dataclass(frozen=True)
-class ProviderRegistered(Event):
+class ProviderRegistered(RegistrationEvent):
     """A provider submitted a registration; the decision follows in its own event."""
 
-    registration: str
-    terms: str
-    region: str
-    service: str
-    business_id: str
     register_time: datetime
 
 
 @dataclass(frozen=True)
-class RegistrationAdmitted(Event):
+class RegistrationAdmitted(RegistrationEvent):
     """A provider was admitted: it met every requirement and committed to the terms."""
 
-    registration: str
-    terms: str
-    region: str
-    service: str
-    business_id: str
     admit_time: datetime
     municipalities: tuple[str, ...] = ()
     languages: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
-class RegistrationRejected(Event):
+class RegistrationRejected(RegistrationEvent):
     """A registration was refused, with a reason code per unmet requirement."""
 
-    registration: str
-    terms: str
-    region: str
-    service: str
-    business_id: str
     reason_codes: tuple[str, ...]
     decide_time: datetime
 
 
 @dataclass(frozen=True)
-class RegistrationInReview(Event):
+class RegistrationInReview(RegistrationEvent):
     """The automatic requirements hold and a person of the region must decide the rest."""
 
-    registration: str
-    terms: str
-    region: str
-    service: str
-    business_id: str
     review_time: datetime
 
 
@@ -213,89 +204,54 @@ class ProviderSuspended(Event):
 
 
 @dataclass(frozen=True)
-class ProviderReinstated(Event):
+class ProviderReinstated(RegistrationEvent):
     """A suspension ended: by a person's decision, by its timed lift, or when the breach was resolved."""
 
-    registration: str
-    terms: str
-    region: str
-    service: str
-    business_id: str
     reason_codes: tuple[str, ...]
     reinstate_time: datetime
 
 
 @dataclass(frozen=True)
-class RegistrationLapsed(Event):
+class RegistrationLapsed(RegistrationEvent):
     """An admission ended by itself: terms not re-committed in time, or evidence expired."""
 
-    registration: str
-    terms: str
-    region: str
-    service: str
-    business_id: str
     reason_codes: tuple[str, ...]
     lapse_time: datetime
 
 
 @dataclass(frozen=True)
-class ProviderRevoked(Event):
+class ProviderRevoked(RegistrationEvent):
     """The region removed a provider's admission for good, with reasons."""
 
-    registration: str
-    terms: str
-    region: str
-    service: str
-    business_id: str
     reason_codes: tuple[str, ...]
     revoke_time: datetime
 
 
 @dataclass(frozen=True)
-class RegistrationWithdrawn(Event):
+class RegistrationWithdrawn(RegistrationEvent):
     """The provider withdrew its registration."""
 
-    registration: str
-    terms: str
-    region: str
-    service: str
-    business_id: str
     withdraw_time: datetime
 
 
 @dataclass(frozen=True)
-class RegistrationRecommitted(Event):
+class RegistrationRecommitted(RegistrationEvent):
     """An admitted provider committed to the current terms version within the re-commit window."""
 
-    registration: str
-    terms: str
-    region: str
-    service: str
-    business_id: str
     recommit_time: datetime
 
 
 @dataclass(frozen=True)
-class ProviderKeyRotated(Event):
+class ProviderKeyRotated(RegistrationEvent):
     """A provider replaced the key it commits to terms with; the old key signed the new one."""
 
-    registration: str
-    terms: str
-    region: str
-    service: str
-    business_id: str
     rotate_time: datetime
 
 
 @dataclass(frozen=True)
-class EvidenceRenewalDue(Event):
+class EvidenceRenewalDue(RegistrationEvent):
     """A reminder: a document behind the admission expires soon and must be renewed."""
 
-    registration: str
-    terms: str
-    region: str
-    service: str
-    business_id: str
     requirement_code: str
     expire_time: datetime
     remind_time: datetime
