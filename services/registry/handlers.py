@@ -646,11 +646,14 @@ def _cancel_timers(registration: model.Registration, uow: RegistryUnitOfWork) ->
 
 
 def _set_evidence_timers(
-    registration: model.Registration, terms: model.Terms, uow: RegistryUnitOfWork
+    registration: model.Registration, terms: model.Terms, uow: RegistryUnitOfWork, *, armed: bool = True
 ) -> None:
-    """The admission lapses when its first document expires, with a reminder before."""
+    """The admission lapses when its first document expires, with a reminder before. `armed`
+    False: no evidence timer can exist yet (a first admission), so there is nothing to cancel."""
     expiry = model.evidence_expiry(terms, registration.evidence)
     if expiry is None:
+        if not armed:
+            return
         uow.timers.cancel(_timer("evidence", registration))
         uow.timers.cancel(_timer("evidence-reminder", registration))
         return
@@ -672,7 +675,7 @@ async def _after_admission(
     registration: model.Registration, terms: model.Terms, uow: RegistryUnitOfWork
 ) -> None:
     """Arms the evidence timers and applies breaches that arrived before the admission."""
-    _set_evidence_timers(registration, terms, uow)
+    _set_evidence_timers(registration, terms, uow, armed=False)
     pending = await uow.pending_breaches.take(
         registration.region, registration.service, registration.business_id
     )
@@ -736,8 +739,8 @@ async def _published_terms(uow: RegistryUnitOfWork, region: str, service: str, v
 async def _current_terms(uow: RegistryUnitOfWork, region: str, service: str, version: int) -> model.Terms:
     """The named version when it is the current one; a superseded version is refused, naming the current."""
     terms = await _published_terms(uow, region, service, version)
-    current = await uow.terms.current_version(region, service)
-    if version < current:
+    if await uow.terms.superseded(region, service, version):
+        current = await uow.terms.current_version(region, service)
         name = model.TERMS.format(region=region, service=service, version=current)
         raise FailedPrecondition(
             f"{terms.name} is superseded: register against the current terms {name}",

@@ -164,6 +164,24 @@ _INSERT_REGISTRATION = TableInserter(REGISTRATIONS)
 _ACTIVE = select(REGISTRATIONS).where(REGISTRATIONS.c.active_key == bindparam("active_key"))
 _UPDATE_REGISTRATION = update(REGISTRATIONS).where(REGISTRATIONS.c.id == bindparam("registration_id"))
 _INSERT_LISTING = TableInserter(LISTINGS)
+_NEWER_TERMS = (
+    select(TERMS.c.version)
+    .where(
+        TERMS.c.region == bindparam("region"),
+        TERMS.c.service == bindparam("service"),
+        TERMS.c.version > bindparam("version"),
+    )
+    .limit(1)
+)
+_PENDING = (
+    select(PENDING_BREACHES.c.breach)
+    .where(
+        PENDING_BREACHES.c.region == bindparam("region"),
+        PENDING_BREACHES.c.service == bindparam("service"),
+        PENDING_BREACHES.c.business_id == bindparam("business_id"),
+    )
+    .order_by(PENDING_BREACHES.c.received_at)
+)
 _DELETE_LISTING = delete(LISTINGS).where(LISTINGS.c.registration == bindparam("registration_id"))
 _LISTING_PAGE = (
     select(LISTINGS)
@@ -337,7 +355,8 @@ def _mutable_columns(registration: model.Registration) -> dict[str, Any]:
     }
 
 
-def _registration_columns(registration: model.Registration) -> dict[str, Any]:
+def _registration_columns(registration: model.Registration, mutable: dict[str, Any]) -> dict[str, Any]:
+    """Every column of a new registration's row; `mutable` is its `_mutable_columns`."""
     return {
         "id": registration.id,
         "region": registration.region,
@@ -349,7 +368,7 @@ def _registration_columns(registration: model.Registration) -> dict[str, Any]:
         "price": str(registration.price) if registration.price is not None else "",
         "legal_form": str(registration.legal_form),
         "created_at": registration.created_at,
-        **_mutable_columns(registration),
+        **mutable,
     }
 
 
@@ -427,6 +446,13 @@ class TermsRepository:
         )
         return int(result.one() or 0)
 
+    async def superseded(self, region: str, service: str, version: int) -> bool:
+        """Whether a newer version than `version` is published: one indexed probe, on the hot path."""
+        result = await self._uow.connection.execute(
+            _NEWER_TERMS, {"region": region, "service": service, "version": version}
+        )
+        return result.first() is not None
+
     async def get(self, region: str, service: str, version: int) -> model.Terms | None:
         if (cached := self._cache.get((region, service, version))) is not None:
             return cached
@@ -493,10 +519,13 @@ class RegistrationRepository:
         return [self._track(row) for row in result.all()]
 
     async def add(self, registration: model.Registration) -> None:
-        await _INSERT_REGISTRATION.insert(self._uow.connection, [_registration_columns(registration)])
+        mutable = _mutable_columns(registration)
+        await _INSERT_REGISTRATION.insert(
+            self._uow.connection, [_registration_columns(registration, mutable)]
+        )
         if listing := _listing_rows(registration):
             await _INSERT_LISTING.insert(self._uow.connection, listing)
-        self._loaded[registration.id] = (registration, _mutable_columns(registration))
+        self._loaded[registration.id] = (registration, mutable)
         self._uow.track(registration, registration.name)
         self._audit_decisions(registration, 0)
 
@@ -646,7 +675,7 @@ class PendingBreachRepository:
             PENDING_BREACHES.c.business_id == business_id,
         )
         result = await self._uow.connection.execute(
-            select(PENDING_BREACHES.c.breach).where(*where).order_by(PENDING_BREACHES.c.received_at)
+            _PENDING, {"region": region, "service": service, "business_id": business_id}
         )
         breaches = [row.breach for row in result.all()]
         if breaches:
