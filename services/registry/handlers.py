@@ -402,15 +402,15 @@ async def suspend_provider(command: SuspendProvider, uow: RegistryUnitOfWork) ->
     A breach against a provider not admitted there (not registered, or still in review) is
     remembered and suspends it when it is admitted.
     """
+    # A malformed provider in an event is refused (and recorded as the event's outcome), not stored.
+    business_id = model.validate_business_id(command.business_id, "breach.provider")
     policy = await uow.breach_policies.get(command.region)
     if not policy.suspends(command.severity, command.service):
         return 0
-    registrations = await uow.registrations.active_of(command.region, command.business_id, command.service)
+    registrations = await uow.registrations.active_of(command.region, business_id, command.service)
     admitted = [r for r in registrations if r.state != model.RegistrationState.IN_REVIEW]
     if not admitted:
-        await uow.pending_breaches.remember(
-            command.region, command.service, command.business_id, command.breach
-        )
+        await uow.pending_breaches.remember(command.region, command.service, business_id, command.breach)
         return 0
     return sum([await _suspend_for_breach(r, command.breach, policy, uow) for r in admitted])
 

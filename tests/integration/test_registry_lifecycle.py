@@ -24,7 +24,7 @@ from services.registry.consumers import market_failure_declared, market_failure_
 from services.registry.grpc_api import RegistryServicer
 from services.runtime.clock import ManualClock
 from services.runtime.db import Database, OutboxEvent
-from services.runtime.dispatch import Dispatcher
+from services.runtime.dispatch import Dispatcher, InboxKey, Refused
 from services.runtime.migrate import upgrade_async
 from services.runtime.worker import Scheduler, Worker
 from services.runtime.writer import write_path_for
@@ -815,3 +815,13 @@ async def test_a_provider_rotates_its_key_with_the_old_one_and_then_commits_with
         else:
             async with refused(code):
                 await registry.stub.RecommitRegistration(request, metadata=provider)
+
+
+async def test_a_breach_event_naming_a_malformed_provider_is_refused_and_nothing_is_remembered(registry):
+    command = handlers.SuspendProvider(REGION, "not-a-business-id-at-all", SERVICE, BREACH)
+
+    outcome = await registry.dispatcher.handle(command, inbox=InboxKey("registry-breaches", "event-9"))
+
+    assert isinstance(outcome, Refused)
+    assert [v.field for v in outcome.error.violations] == ["breach.provider"]  # type: ignore[attr-defined]
+    assert await count_rows(registry.db, "registry_pending_breaches") == 0
