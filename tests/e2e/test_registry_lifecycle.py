@@ -6,6 +6,7 @@ its own database, so the scheduler fires them as it would once the days had gone
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from datetime import UTC, datetime, timedelta
 
@@ -129,3 +130,37 @@ async def test_a_registration_lives_its_whole_life_through_the_gateway(sqlite_su
             "LAPSE",
         ]
         assert await api.listed(REGION) == []
+
+
+async def test_a_timed_suspension_lifts_itself_after_the_registry_restarts(sqlite_suite: LocalSuite) -> None:
+    async with httpx.AsyncClient(base_url=sqlite_suite.gateway_url, timeout=10.0) as client:
+        api = Api(sqlite_suite, client)
+        terms = await api.publish_terms(REGION)
+        response = await api.register(
+            REGION, api.registration_body(terms, PROVIDER, Ed25519PrivateKey.generate()), PROVIDER
+        )
+        assert response.status_code == 200, response.text
+        name = response.json()["name"]
+        lift = (datetime.now(UTC) + timedelta(days=90)).isoformat().replace("+00:00", "Z")
+        suspended = await client.post(
+            f"/v1/{name}:suspend",
+            json={"reasons": [{"code": "QUALITY", "message": "Late assessments"}], "liftTime": lift},
+            headers=api.auth(Role.SUPERVISOR, REGION),
+        )
+        assert suspended.status_code == 200, suspended.text
+
+        assert sqlite_suite.stop_process("registry") is not None
+        await make_timer_due(sqlite_suite, "registry:lift:")
+        sqlite_suite.start_service("registry")
+        await sqlite_suite.wait_ready("registry")
+
+        # The gateway's channel may still be backing off from the restart: 503s until it reconnects.
+        deadline = asyncio.get_running_loop().time() + 30
+        while True:
+            reply = await client.get(f"/v1/{name}", headers=api.auth(Role.PROVIDER, PROVIDER))
+            if reply.status_code == 200 and reply.json()["state"] == "REGISTRATION_STATE_ADMITTED":
+                break
+            assert reply.status_code in {200, 503}, reply.text
+            assert asyncio.get_running_loop().time() < deadline, reply.text
+            await asyncio.sleep(0.1)
+        assert reply.json()["decisions"][-1]["reasons"][0]["code"] == "SUSPENSION_LIFTED"
