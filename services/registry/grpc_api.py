@@ -11,7 +11,6 @@ from kasvu.registry.v1 import registry_pb2, registry_pb2_grpc
 
 from services.registry import handlers, model
 from services.runtime.dispatch import Dispatcher
-from services.runtime.domain import ResourcePattern
 from services.runtime.errors import FieldViolation, InvalidArgument
 from services.runtime.grpc_server import call_context
 from services.runtime.names import PageRequest, page
@@ -32,7 +31,6 @@ _KIND = registry_pb2.DESCRIPTOR.enum_types_by_name["RequirementKind"]
 _STATE = registry_pb2.DESCRIPTOR.enum_types_by_name["RegistrationState"]
 _DECIDER = registry_pb2.DESCRIPTOR.enum_types_by_name["Decider"]
 _LEGAL_FORM = registry_pb2.DESCRIPTOR.enum_types_by_name["LegalForm"]
-PROVIDER = ResourcePattern("providers/{business_id:business_id}")
 
 
 def terms_to_proto(terms: model.Terms) -> registry_pb2.Terms:
@@ -304,7 +302,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def ListProviderRegistrations(
         self, request: registry_pb2.ListProviderRegistrationsRequest, context: Context
     ) -> registry_pb2.ListRegistrationsResponse:
-        business_id = PROVIDER.parse(request.parent, "parent")["business_id"]
+        business_id = model.PROVIDER.parse(request.parent, "parent")["business_id"]
         paging = page(request.page_size, request.page_token, {"parent": request.parent})
         query = handlers.ListProviderRegistrations(business_id, _position(paging.after), paging.size + 1)
         return _registration_page(await self._dispatcher.query(query, call_context()), paging)

@@ -36,6 +36,7 @@ __all__ = [
     "DEFAULT_VALID_DAYS",
     "EVENTS",
     "ORGANISER",
+    "PROVIDER",
     "REGISTRATION",
     "RENEWAL_REMINDER_DAYS",
     "SERVICE",
@@ -1114,6 +1115,7 @@ class Listing:
 
 
 ORGANISER = ResourcePattern("regions/{region}")
+PROVIDER = ResourcePattern("providers/{business_id:business_id}")
 
 
 class OrganiserKind(StrEnum):

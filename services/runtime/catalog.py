@@ -64,6 +64,9 @@ CATALOG: tuple[ServiceEntry, ...] = (
             "regions/{region}/services/{service}",
             "regions/{region}/services/{service}/terms/{version:int}",
             "regions/{region}/services/{service}/registrations/{registration:key}",
+            "regions/{region}",
+            "regions/{region}/breachPolicy",
+            "providers/{business_id:business_id}",
         ),
         proto_modules=("kasvu.registry.v1.registry_pb2",),
         public_methods=frozenset(

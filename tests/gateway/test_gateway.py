@@ -219,7 +219,14 @@ async def test_query_parameters_set_request_fields(client, backend):
     # Fields at their defaults are printed too (registration, terms: "").
     assert response.json() == {
         "providers": [
-            {"businessId": "0737546-2", "displayName": "Oy Apu Ab", "registration": "", "terms": ""}
+            {
+                "businessId": "0737546-2",
+                "displayName": "Oy Apu Ab",
+                "registration": "",
+                "terms": "",
+                "municipalities": [],
+                "languages": [],
+            }
         ],
         "nextPageToken": "after-7",
     }
