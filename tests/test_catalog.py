@@ -46,7 +46,7 @@ def test_every_public_method_is_a_method_of_its_own_service():
             )
     assert public_methods() == {
         f"kasvu.registry.v1.RegistryService.{name}"
-        for name in ("ListProviders", "GetTerms", "ListTerms", "DiffTerms", "ListOrganisers", "ListServices")
+        for name in ("ListProviders", "ListOrganisers", "ListServices")
     }
 
 

@@ -364,14 +364,19 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def ListOrganisers(
         self, request: registry_pb2.ListOrganisersRequest, context: Context
     ) -> registry_pb2.ListOrganisersResponse:
+        paging = page(request.page_size, request.page_token, {})
         found: list[model.Organiser] = await self._dispatcher.query(handlers.ListOrganisers(), call_context())
+        start = next((i + 1 for i, o in enumerate(found) if o.id == paging.after.get("after")), 0)
+        listed = found[start : start + paging.size]
+        more = start + paging.size < len(found)
         return registry_pb2.ListOrganisersResponse(
             organisers=[
                 registry_pb2.Organiser(
                     name=model.ORGANISER.format(region=o.id), display_name=o.display_name, kind=str(o.kind)
                 )
-                for o in found
-            ]
+                for o in listed
+            ],
+            next_page_token=paging.next_token({"after": listed[-1].id} if more and listed else None),
         )
 
     async def ListServices(

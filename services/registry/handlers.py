@@ -721,8 +721,8 @@ def _require_organiser(region: str) -> None:
 
 
 async def _require_service(uow: RegistryUnitOfWork, region: str, service: str) -> None:
-    """An unknown organiser or service is NOT_FOUND, before anything is decided."""
-    _require_organiser(region)
+    """A service outside the national catalogue and the organiser's own is NOT_FOUND. (Organisers
+    are not checked here: who acts for which region is the token's business.)"""
     if not await uow.services.exists(region, service):
         name = model.SERVICE.format(region=region, service=service)
         raise NotFound(f"no service {name} in the catalogue", reason="SERVICE_NOT_FOUND")

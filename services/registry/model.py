@@ -1193,6 +1193,8 @@ def new_breach_policy(
 ) -> BreachPolicy:
     """Validate a breach policy; every violation is reported at once."""
     violations: list[FieldViolation] = []
+    if not suspending_severities:
+        violations.append(FieldViolation("suspending_severities", "must name at least one severity"))
     for index, severity in enumerate(suspending_severities):
         if severity not in SEVERITIES:
             violations.append(
@@ -1206,9 +1208,9 @@ def new_breach_policy(
     if not 0 <= suspend_days <= MAX_SUSPEND_DAYS:
         violations.append(FieldViolation("suspend_days", f"must be between 0 and {MAX_SUSPEND_DAYS}"))
     raise_if_any(violations, "the breach policy is invalid")
-    # No severities listed: the default, SERIOUS. proto3 cannot tell "none" from "not given".
-    severities = tuple(dict.fromkeys(suspending_severities)) or BreachPolicy.suspending_severities
-    return BreachPolicy(region, severities, tuple(dict.fromkeys(services)), suspend_days)
+    return BreachPolicy(
+        region, tuple(dict.fromkeys(suspending_severities)), tuple(dict.fromkeys(services)), suspend_days
+    )
 
 
 def decide_registration(  # noqa: PLR0917 - positional order fixed by the handlers' contract

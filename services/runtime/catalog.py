@@ -72,9 +72,6 @@ CATALOG: tuple[ServiceEntry, ...] = (
         public_methods=frozenset(
             {
                 "kasvu.registry.v1.RegistryService.ListProviders",
-                "kasvu.registry.v1.RegistryService.GetTerms",
-                "kasvu.registry.v1.RegistryService.ListTerms",
-                "kasvu.registry.v1.RegistryService.DiffTerms",
                 "kasvu.registry.v1.RegistryService.ListOrganisers",
                 "kasvu.registry.v1.RegistryService.ListServices",
             }

@@ -68,7 +68,9 @@ async def test_a_registration_lives_its_whole_life_through_the_gateway(sqlite_su
         admin = api.auth(Role.REGION_ADMIN, REGION)
         provider = api.auth(Role.PROVIDER, PROVIDER)
         policy = await client.post(
-            f"/v1/regions/{REGION}/breachPolicy:set", json={"suspendDays": 90}, headers=admin
+            f"/v1/regions/{REGION}/breachPolicy:set",
+            json={"suspendingSeverities": ["SERIOUS"], "suspendDays": 90},
+            headers=admin,
         )
         assert policy.status_code == 200, policy.text
 

@@ -189,12 +189,9 @@ def test_openapi_security_exempts_only_the_public_registry_reads(document: dict[
         if op.get("security") == []
     ]
     assert sorted(exempt) == [
-        "RegistryService_DiffTerms",
-        "RegistryService_GetTerms",
         "RegistryService_ListOrganisers",
         "RegistryService_ListProviders",
         "RegistryService_ListServices",
-        "RegistryService_ListTerms",
     ]
 
 

@@ -168,7 +168,8 @@ def test_the_breach_policy_defaults_to_serious_breaches_everywhere_until_reinsta
     narrow = new_breach_policy("uusimaa", ["WARNING"], ["career-guidance"], 90)
     assert narrow.suspends("WARNING", "career-guidance") and not narrow.suspends("WARNING", "recruitment")
     assert narrow.lift_time(NOW) == NOW + timedelta(days=90)
-    assert new_breach_policy("uusimaa", [], [], 0).suspending_severities == ("SERIOUS",)
+    with pytest.raises(InvalidArgument):
+        new_breach_policy("uusimaa", [], [], 0)
 
 
 def test_a_diff_names_requirements_added_removed_and_changed_by_code():
