@@ -523,6 +523,7 @@ class Call(Aggregate):
     updated_at: datetime
     buyers: tuple[Buyer, ...] = ()
     amendment: int = 0
+    amended_at: tuple[datetime, ...] = ()
     published_at: datetime | None = None
     opening_public_key: bytes = b""
     wrapped_private_key: bytes = b""
@@ -597,6 +598,7 @@ class Call(Aggregate):
         self.spec = spec
         self.state = CallState.AMENDED
         self.amendment += 1
+        self.amended_at = (*self.amended_at, now)
         self.updated_at = now
         self.record(
             CallAmended(
@@ -605,14 +607,15 @@ class Call(Aggregate):
         )
 
     def accepts_bids(self, now: datetime) -> None:
-        if self.state not in OPEN_FOR_BIDS:
-            raise FailedPrecondition(f"{self.name} takes no bids: it is {self.state}", reason="CALL_STATE")
-        if now >= self.spec.submission_deadline:
+        """Refuses a bid (or its withdrawal) after the deadline, or when the call takes none."""
+        if self.state != CallState.DRAFT and now >= self.spec.submission_deadline:
             raise FailedPrecondition(
                 f"the submission deadline of {self.name} passed at "
                 f"{self.spec.submission_deadline.isoformat()}",
                 reason="DEADLINE_PASSED",
             )
+        if self.state not in OPEN_FOR_BIDS:
+            raise FailedPrecondition(f"{self.name} takes no bids: it is {self.state}", reason="CALL_STATE")
 
     def close(self, bid_count: int, now: datetime) -> bool:
         """At the deadline (a timer): no more bids. False when it was not open (moved, cancelled)."""

@@ -1,0 +1,432 @@
+"""Tendering storage: calls, frameworks and call-offs as JSON documents beside the columns they
+are found by; bids in plain columns (opening reads thousands at once); opening shares, which
+exist only after the deadline; and the suspensions learned from the registry."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import Index, bindparam, delete, update
+from sqlmodel import Field, SQLModel, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from services.runtime import codec
+from services.runtime.db import serialize_on
+from services.runtime.fastinsert import TableInserter
+from services.runtime.tables import utc_field
+from services.runtime.uow import Context, UnitOfWork
+from services.tendering import model, sealing
+
+
+class CallRow(SQLModel, table=True):
+    """A call for tenders; `document` is the whole aggregate (codec JSON)."""
+
+    __tablename__ = "tendering_calls"
+    __table_args__ = (Index("ix_tendering_calls_listing", "region", "listed", "created_at", "id"),)
+
+    id: str = Field(primary_key=True, max_length=64)
+    region: str = Field(max_length=63)
+    state: str = Field(max_length=16)
+    listed: bool
+    created_at: datetime = utc_field()
+    document: str
+
+
+class FrameworkRow(SQLModel, table=True):
+    __tablename__ = "tendering_frameworks"
+
+    id: str = Field(primary_key=True, max_length=64)
+    region: str = Field(max_length=63, index=True)
+    created_at: datetime = utc_field()
+    document: str
+
+
+class CallOffRow(SQLModel, table=True):
+    __tablename__ = "tendering_call_offs"
+
+    id: str = Field(primary_key=True, max_length=64)
+    framework_id: str = Field(max_length=64, index=True)
+    created_at: datetime = utc_field()
+    document: str
+
+
+class BidRow(SQLModel, table=True):
+    """A sealed bid. Before opening it holds ciphertext only; `content_json` is set at opening."""
+
+    __tablename__ = "tendering_bids"
+    __table_args__ = (Index("ix_tendering_bids_call", "call_id", "bidder", "lot"),)
+
+    id: str = Field(primary_key=True, max_length=64)
+    call_id: str = Field(max_length=64)
+    region: str = Field(max_length=63)
+    lot: str = Field(max_length=63)
+    bidder: str = Field(max_length=9)
+    public_key: bytes
+    sealed: bytes
+    signature: bytes
+    ciphertext_sha256: str = Field(max_length=64)
+    received_at: datetime = utc_field()
+    amendment: int
+    state: str = Field(max_length=16)
+    receipt_signature: bytes
+    plaintext_sha256: str = Field(default="", max_length=64)
+    content_json: str | None = None
+
+
+class ShareRow(SQLModel, table=True):
+    """A committee member's submitted share; accepted only after the deadline."""
+
+    __tablename__ = "tendering_opening_shares"
+
+    call_id: str = Field(primary_key=True, max_length=64)
+    member_index: int = Field(primary_key=True)
+    share: bytes
+    submitted_at: datetime = utc_field()
+
+
+class SuspensionRow(SQLModel, table=True):
+    """A provider suspended in a region for a service, as the registry's events said."""
+
+    __tablename__ = "tendering_suspensions"
+
+    region: str = Field(primary_key=True, max_length=63)
+    service: str = Field(primary_key=True, max_length=63)
+    business_id: str = Field(primary_key=True, max_length=9)
+    breach: str = Field(max_length=255)
+    suspended_at: datetime = utc_field()
+
+
+TENDERING_TABLES = (
+    "tendering_calls",
+    "tendering_frameworks",
+    "tendering_call_offs",
+    "tendering_bids",
+    "tendering_opening_shares",
+    "tendering_suspensions",
+)
+BIDS = BidRow.__table__  # type: ignore[attr-defined]
+SHARES = ShareRow.__table__  # type: ignore[attr-defined]
+SUSPENSIONS = SuspensionRow.__table__  # type: ignore[attr-defined]
+_INSERT_BID = TableInserter(BIDS)
+_UPDATE_BID = update(BIDS).where(BIDS.c.id == bindparam("bid_id"))
+
+
+# -- documents ------------------------------------------------------------------------------------
+
+
+class DocumentRepository:
+    """Aggregates stored whole as canonical JSON; written back when their JSON changed."""
+
+    def __init__(self, session: AsyncSession, uow: UnitOfWork, row_type: Any, kind: Any) -> None:
+        self._session = session
+        self._uow = uow
+        self._row_type = row_type
+        self._kind = kind
+        self._loaded: dict[str, tuple[Any, str]] = {}
+
+    def _columns(self, aggregate: Any) -> dict[str, Any]:
+        return {}
+
+    def _track(self, row: Any) -> Any:
+        if row.id in self._loaded:
+            return self._loaded[row.id][0]
+        aggregate = codec.loads(self._kind, row.document)
+        self._loaded[row.id] = (aggregate, row.document)
+        return self._uow.track(aggregate, aggregate.name)
+
+    async def get(self, aggregate_id: str) -> Any:
+        row = await self._session.get(self._row_type, aggregate_id)
+        return self._track(row) if row is not None else None
+
+    def add(self, aggregate: Any) -> None:
+        document = codec.dumps(aggregate)
+        self._session.add(
+            self._row_type(
+                id=aggregate.id,
+                created_at=aggregate.created_at,
+                document=document,
+                **self._columns(aggregate),
+            )
+        )
+        self._loaded[aggregate.id] = (aggregate, document)
+        self._uow.track(aggregate, aggregate.name)
+
+    async def save(self) -> None:
+        for aggregate_id, (aggregate, written) in self._loaded.items():
+            document = codec.dumps(aggregate)
+            if document != written:
+                row = await self._session.get(self._row_type, aggregate_id)
+                assert row is not None
+                row.document = document
+                for name, value in self._columns(aggregate).items():
+                    setattr(row, name, value)
+                self._session.add(row)
+                self._loaded[aggregate_id] = (aggregate, document)
+
+
+class CallRepository(DocumentRepository):
+    def __init__(self, session: AsyncSession, uow: UnitOfWork) -> None:
+        super().__init__(session, uow, CallRow, model.Call)
+
+    def _columns(self, aggregate: Any) -> dict[str, Any]:
+        call: model.Call = aggregate
+        return {
+            "region": call.region,
+            "state": str(call.state),
+            "listed": call.state != model.CallState.DRAFT,
+        }
+
+    async def lock(self, call_id: str) -> model.Call | None:
+        """The call, with writers of the same call taking turns from here (bids, shares)."""
+        if not self._uow.read_only:
+            await serialize_on(self._session, f"tendering:call:{call_id}")
+        call: model.Call | None = await self.get(call_id)
+        return call
+
+    async def listed_page(
+        self, region: str, before: tuple[datetime, str] | None, limit: int
+    ) -> list[model.Call]:
+        query = select(CallRow).where(CallRow.region == region, CallRow.listed == True)  # noqa: E712
+        if before is not None:
+            created_at, call_id = before
+            query = query.where(
+                (CallRow.created_at < created_at)
+                | ((CallRow.created_at == created_at) & (CallRow.id < call_id))
+            )
+        query = query.order_by(CallRow.created_at.desc(), CallRow.id.desc()).limit(limit)  # type: ignore[attr-defined]
+        return [self._track(row) for row in (await self._session.exec(query)).all()]
+
+
+class FrameworkRepository(DocumentRepository):
+    def __init__(self, session: AsyncSession, uow: UnitOfWork) -> None:
+        super().__init__(session, uow, FrameworkRow, model.Framework)
+
+    def _columns(self, aggregate: Any) -> dict[str, Any]:
+        return {"region": aggregate.region}
+
+    async def page(self, region: str, after: str, limit: int) -> list[model.Framework]:
+        query = (
+            select(FrameworkRow)
+            .where(FrameworkRow.region == region, FrameworkRow.id > after)
+            .order_by(FrameworkRow.id)
+            .limit(limit)
+        )
+        return [self._track(row) for row in (await self._session.exec(query)).all()]
+
+
+class CallOffRepository(DocumentRepository):
+    def __init__(self, session: AsyncSession, uow: UnitOfWork) -> None:
+        super().__init__(session, uow, CallOffRow, model.CallOff)
+
+    def _columns(self, aggregate: Any) -> dict[str, Any]:
+        return {"framework_id": aggregate.framework}
+
+    async def of_framework(self, framework_id: str, after: str, limit: int) -> list[model.CallOff]:
+        query = (
+            select(CallOffRow)
+            .where(CallOffRow.framework_id == framework_id, CallOffRow.id > after)
+            .order_by(CallOffRow.id)
+            .limit(limit)
+        )
+        return [self._track(row) for row in (await self._session.exec(query)).all()]
+
+
+# -- bids -------------------------------------------------------------------------------------------
+
+
+def _content_json(content: model.BidContent | None) -> str | None:
+    return None if content is None else codec.dumps(content)
+
+
+def bid_from_row(row: Any) -> model.Bid:
+    return model.Bid(
+        id=row.id,
+        call=row.call_id,
+        region=row.region,
+        lot=row.lot,
+        bidder=row.bidder,
+        public_key=row.public_key,
+        sealed=row.sealed,
+        signature=row.signature,
+        ciphertext_sha256=row.ciphertext_sha256,
+        received_at=row.received_at,
+        amendment=row.amendment,
+        state=model.BidState(row.state),
+        receipt_signature=row.receipt_signature,
+        plaintext_sha256=row.plaintext_sha256,
+        content=None if row.content_json is None else codec.loads(model.BidContent, row.content_json),
+    )
+
+
+def _mutable(bid: model.Bid) -> dict[str, Any]:
+    return {
+        "state": str(bid.state),
+        "plaintext_sha256": bid.plaintext_sha256,
+        "content_json": _content_json(bid.content),
+    }
+
+
+class BidRepository:
+    """Bids by SQLAlchemy Core: submission and opening are the hot paths."""
+
+    def __init__(self, uow: UnitOfWork) -> None:
+        self._uow = uow
+        self._loaded: dict[str, tuple[model.Bid, dict[str, Any]]] = {}
+
+    def _track(self, row: Any) -> model.Bid:
+        if row.id in self._loaded:
+            return self._loaded[row.id][0]
+        bid = bid_from_row(row)
+        self._loaded[bid.id] = (bid, _mutable(bid))
+        return self._uow.track(bid, bid.name)
+
+    async def _select(self, *conditions: Any) -> list[model.Bid]:
+        query = select(BIDS).where(*conditions).order_by(BIDS.c.received_at, BIDS.c.id)
+        return [self._track(row) for row in (await self._uow.connection.execute(query)).all()]
+
+    async def get(self, bid_id: str) -> model.Bid | None:
+        found = await self._select(BIDS.c.id == bid_id)
+        return found[0] if found else None
+
+    async def of_call(self, call_id: str, *, bidder: str | None = None) -> list[model.Bid]:
+        conditions = [BIDS.c.call_id == call_id]
+        if bidder is not None:
+            conditions.append(BIDS.c.bidder == bidder)
+        return await self._select(*conditions)
+
+    async def live(self, call_id: str) -> list[model.Bid]:
+        return await self._select(BIDS.c.call_id == call_id, BIDS.c.state == str(model.BidState.SEALED))
+
+    async def add(self, bid: model.Bid) -> None:
+        row = {
+            "id": bid.id,
+            "call_id": bid.call,
+            "region": bid.region,
+            "lot": bid.lot,
+            "bidder": bid.bidder,
+            "public_key": bid.public_key,
+            "sealed": bid.sealed,
+            "signature": bid.signature,
+            "ciphertext_sha256": bid.ciphertext_sha256,
+            "received_at": bid.received_at,
+            "amendment": bid.amendment,
+            "receipt_signature": bid.receipt_signature,
+            **_mutable(bid),
+        }
+        await _INSERT_BID.insert(self._uow.connection, [row])
+        self._loaded[bid.id] = (bid, _mutable(bid))
+        self._uow.track(bid, bid.name)
+
+    async def save(self) -> None:
+        changed = []
+        for bid_id, (bid, written) in self._loaded.items():
+            current = _mutable(bid)
+            if current != written:
+                changed.append({"bid_id": bid_id, **current})
+                self._loaded[bid_id] = (bid, current)
+        if changed:
+            await self._uow.connection.execute(_UPDATE_BID, changed)
+
+
+class ShareRepository:
+    def __init__(self, uow: UnitOfWork) -> None:
+        self._uow = uow
+
+    async def of_call(self, call_id: str) -> dict[int, bytes]:
+        result = await self._uow.connection.execute(select(SHARES).where(SHARES.c.call_id == call_id))
+        return {row.member_index: row.share for row in result.all()}
+
+    async def add(self, call_id: str, member_index: int, share: bytes, now: datetime) -> None:
+        await self._uow.connection.execute(
+            SHARES.insert().values(call_id=call_id, member_index=member_index, share=share, submitted_at=now)
+        )
+
+    async def forget(self, call_id: str) -> None:
+        """After opening the shares have done their work; keeping them would keep a key."""
+        await self._uow.connection.execute(delete(SHARES).where(SHARES.c.call_id == call_id))
+
+
+class SuspensionRepository:
+    def __init__(self, uow: UnitOfWork) -> None:
+        self._uow = uow
+
+    async def suspended(self, region: str, service: str) -> frozenset[str]:
+        result = await self._uow.connection.execute(
+            select(SUSPENSIONS.c.business_id).where(
+                SUSPENSIONS.c.region == region, SUSPENSIONS.c.service == service
+            )
+        )
+        return frozenset(row.business_id for row in result.all())
+
+    async def suspend(self, region: str, service: str, business_id: str, breach: str, now: datetime) -> bool:
+        if business_id in await self.suspended(region, service):
+            return False
+        await self._uow.connection.execute(
+            SUSPENSIONS.insert().values(
+                region=region, service=service, business_id=business_id, breach=breach, suspended_at=now
+            )
+        )
+        return True
+
+    async def reinstate(self, region: str, service: str, business_id: str) -> bool:
+        result = await self._uow.connection.execute(
+            delete(SUSPENSIONS).where(
+                SUSPENSIONS.c.region == region,
+                SUSPENSIONS.c.service == service,
+                SUSPENSIONS.c.business_id == business_id,
+            )
+        )
+        return bool(result.rowcount)
+
+
+# -- the unit of work ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReceiptKey:
+    """The service's own Ed25519 key for signing bid receipts (it opens nothing)."""
+
+    private: Ed25519PrivateKey
+
+    @property
+    def public(self) -> bytes:
+        return sealing.raw_public(self.private)
+
+
+class TenderingUnitOfWork(UnitOfWork):
+    calls: CallRepository
+    bids: BidRepository
+    shares: ShareRepository
+    frameworks: FrameworkRepository
+    call_offs: CallOffRepository
+    suspensions: SuspensionRepository
+
+    def __init__(self, context: Context, now: datetime, read_only: bool, *, receipt_key: ReceiptKey) -> None:
+        super().__init__(context, now, read_only=read_only)
+        self.receipt_key = receipt_key
+
+    async def bind(self, session: AsyncSession) -> None:
+        await super().bind(session)
+        self.calls = CallRepository(session, self)
+        self.bids = BidRepository(self)
+        self.shares = ShareRepository(self)
+        self.frameworks = FrameworkRepository(session, self)
+        self.call_offs = CallOffRepository(session, self)
+        self.suspensions = SuspensionRepository(self)
+
+    async def save(self) -> None:
+        await self.calls.save()
+        await self.frameworks.save()
+        await self.call_offs.save()
+        await self.bids.save()
+
+
+def unit_of_work_factory(receipt_key: ReceiptKey) -> Callable[[Context, datetime, bool], TenderingUnitOfWork]:
+    def make(context: Context, now: datetime, read_only: bool) -> TenderingUnitOfWork:
+        return TenderingUnitOfWork(context, now, read_only, receipt_key=receipt_key)
+
+    return make
