@@ -3,7 +3,9 @@ the consumer of the registry's suspensions. The one place where tendering's part
 
 from __future__ import annotations
 
+import logging
 import os
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -16,6 +18,7 @@ from cryptography.hazmat.primitives.serialization import (
 from kasvu.tendering.v1 import events_pb2, tendering_pb2, tendering_pb2_grpc
 
 from services.runtime.bus import EventConsumer
+from services.runtime.clock import SYSTEM_CLOCK, Clock
 from services.runtime.dispatch import EventTypes
 from services.runtime.host import ServiceHost
 from services.runtime.settings import Settings
@@ -23,8 +26,10 @@ from services.tendering import consumers, handlers, model, store
 from services.tendering.grpc_api import TenderingServicer
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+TEST_CLOCK_VARIABLE = "KASVU_TENDERING_TEST_CLOCK_FILE"
 SERVICE_NAME = tendering_pb2.DESCRIPTOR.services_by_name["TenderingService"].full_name
 EVENT_TYPES = EventTypes.by_name(model.EVENTS, events_pb2)
+log = logging.getLogger(__name__)
 
 
 def receipt_key(data_dir: Path) -> store.ReceiptKey:
@@ -45,8 +50,32 @@ def receipt_key(data_dir: Path) -> store.ReceiptKey:
     return store.ReceiptKey(key)
 
 
+class OffsetClock(Clock):
+    """For end-to-end tests only: the wall clock moved on by the seconds written in a file, so a
+    test can let a 14-day standstill pass. Never set in production: it moves deadlines, though
+    not the committee's threshold (k shares are still needed to open anything)."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+
+    def now(self) -> datetime:
+        try:
+            offset = float(self._path.read_text(encoding="ascii") or 0)
+        except (FileNotFoundError, ValueError):
+            offset = 0.0
+        return datetime.now(UTC) + timedelta(seconds=offset)
+
+
+def clock_from_environment() -> Clock:
+    path = os.environ.get(TEST_CLOCK_VARIABLE)
+    if not path:
+        return SYSTEM_CLOCK
+    log.warning("tendering runs on a test clock", extra={"file": path})
+    return OffsetClock(Path(path))
+
+
 async def run(settings: Settings) -> None:
-    host = ServiceHost(settings, migrations=MIGRATIONS)
+    host = ServiceHost(settings, migrations=MIGRATIONS, clock=clock_from_environment())
     key = receipt_key(settings.data_dir)
     dispatcher = host.dispatcher(
         unit_of_work=store.unit_of_work_factory(key), event_types=EVENT_TYPES, handlers=handlers.HANDLERS

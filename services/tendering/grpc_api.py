@@ -239,13 +239,17 @@ def bid_to_proto(bid: model.Bid, call_name: str) -> tendering_pb2.Bid:
     return message
 
 
-def framework_to_proto(framework: model.Framework) -> tendering_pb2.Framework:
+def framework_to_proto(
+    framework: model.Framework, suspended: tuple[str, ...] = ()
+) -> tendering_pb2.Framework:
     return tendering_pb2.Framework(
         name=framework.name,
         call=model.CALL.format(region=framework.region, call=framework.call),
         service=framework.service,
         suppliers=[
-            tendering_pb2.Supplier(lot=s.lot, business_id=s.business_id, rank=s.rank)
+            tendering_pb2.Supplier(
+                lot=s.lot, business_id=s.business_id, rank=s.rank, suspended=s.business_id in suspended
+            )
             for s in framework.suppliers
         ],
         call_off_method=enum_to_proto(framework.call_off_method, _CALL_OFF_METHOD),  # type: ignore[arg-type]
@@ -448,9 +452,10 @@ class TenderingServicer(tendering_pb2_grpc.TenderingServiceServicer):
         self, request: tendering_pb2.GetFrameworkRequest, context: Context
     ) -> tendering_pb2.Framework:
         parts = model.FRAMEWORK.parse(request.name, "name")
-        return framework_to_proto(
-            await self._query(handlers.GetFramework(parts["region"], parts["framework"]))
+        view: handlers.FrameworkView = await self._query(
+            handlers.GetFramework(parts["region"], parts["framework"])
         )
+        return framework_to_proto(view.framework, view.suspended)
 
     async def ListFrameworks(
         self, request: tendering_pb2.ListFrameworksRequest, context: Context

@@ -723,8 +723,18 @@ async def set_supplier_eligibility(command: SetSupplierEligibility, uow: Tenderi
     return changed
 
 
-async def get_framework(query: GetFramework, uow: TenderingUnitOfWork) -> model.Framework:
-    return await _framework(uow, query.region, query.framework_id)
+@dataclass(frozen=True)
+class FrameworkView:
+    """A framework with the suppliers suspended now (skipped by call-offs until reinstated)."""
+
+    framework: model.Framework
+    suspended: tuple[str, ...]
+
+
+async def get_framework(query: GetFramework, uow: TenderingUnitOfWork) -> FrameworkView:
+    framework = await _framework(uow, query.region, query.framework_id)
+    suspended = await uow.suspensions.suspended(framework.region, framework.service)
+    return FrameworkView(framework, tuple(sorted(suspended & {s.business_id for s in framework.suppliers})))
 
 
 async def list_frameworks(query: ListFrameworks, uow: TenderingUnitOfWork) -> list[model.Framework]:

@@ -227,7 +227,9 @@ async def all_rows_text(db: Database) -> str:
             for row in (await connection.execute(text(f'SELECT * FROM "{name}"'))).all():
                 for value in row:
                     dump.append(
-                        bytes(value).decode("latin-1") if isinstance(value, bytes | memoryview) else str(value)
+                        bytes(value).decode("latin-1")
+                        if isinstance(value, bytes | memoryview)
+                        else str(value)
                     )
     return "\n".join(dump)
 
@@ -395,6 +397,8 @@ async def test_a_framework_tender_runs_from_draft_to_agreement_and_call_offs_ski
     await world.dispatcher.handle(
         handlers.SetSupplierEligibility(REGION, "recruitment", providers[0].business_id, False, "breach-1")
     )
+    marked = await world.stub.GetFramework(tendering_pb2.GetFrameworkRequest(name=framework.name))
+    assert [s.business_id for s in marked.suppliers if s.suspended] == [providers[0].business_id]
     call_off = await world.stub.CreateCallOff(
         tendering_pb2.CreateCallOffRequest(
             parent=framework.name,

@@ -865,22 +865,28 @@ class Supplier(_message.Message):
     LOT_FIELD_NUMBER: _builtins.int
     BUSINESS_ID_FIELD_NUMBER: _builtins.int
     RANK_FIELD_NUMBER: _builtins.int
+    SUSPENDED_FIELD_NUMBER: _builtins.int
     lot: _builtins.str
     """Lot."""
     business_id: _builtins.str
     """Business ID."""
     rank: _builtins.int
     """Rank within the lot, 1 first."""
+    suspended: _builtins.bool
+    """Suspended in the region for the framework's service, as the registry
+    last said: skipped by call-offs until reinstated.
+    """
     def __init__(
         self,
         *,
         lot: _builtins.str = ...,
         business_id: _builtins.str = ...,
         rank: _builtins.int = ...,
+        suspended: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["business_id", b"business_id", "lot", b"lot", "rank", b"rank"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["business_id", b"business_id", "lot", b"lot", "rank", b"rank", "suspended", b"suspended"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
