@@ -500,12 +500,15 @@ async def _open_and_evaluate(uow: TenderingUnitOfWork, call: model.Call, shares:
 
 
 def open_bids(call: model.Call, bids: list[model.Bid], private: Any) -> tuple[list[model.Candidate], int]:
-    """Opens every bid with the call's private key; a bid that does not open is kept, unranked."""
+    """Opens every bid with the call's private key after checking the bidder's signature again (a
+    ciphertext changed in the database since its receipt no longer verifies); a bid that fails
+    either is kept, unranked, with its reason."""
     candidates: list[model.Candidate] = []
     unopenable = 0
     for bid in bids:
         content: model.BidContent | None = None
         try:
+            sealing.verify_bid_signature(bid.sealed, bid.signature, bid.public_key)
             plaintext = sealing.open_bid(bid.sealed, private, call.name, bid.lot, bid.bidder)
             content = model.BidContent.decode(plaintext)
             bid.plaintext_sha256 = sealing.digest(plaintext)

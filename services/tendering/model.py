@@ -1002,6 +1002,7 @@ def evaluate_lot(lot: str, candidates: Sequence[Candidate], call: CallSpec) -> l
     scored: list[Score] = []
     if admissible:
         lowest = min(content.price for _, content in admissible)
+        total = sum((content.price for _, content in admissible), Decimal(0))
         for candidate, content in admissible:
             price_points = _quantize(price_criterion.weight * lowest / content.price)
             quality_points = _quantize(
@@ -1010,10 +1011,8 @@ def evaluate_lot(lot: str, candidates: Sequence[Candidate], call: CallSpec) -> l
                     Decimal(0),
                 )
             )
-            others = [other.price for cand, other in admissible if cand is not candidate]
-            low = bool(others) and content.price < ABNORMALLY_LOW_SHARE * sum(others, Decimal(0)) / len(
-                others
-            )
+            others = len(admissible) - 1
+            low = others > 0 and content.price < ABNORMALLY_LOW_SHARE * (total - content.price) / others
             scored.append(
                 Score(
                     candidate.bid,

@@ -4,9 +4,11 @@ exist only after the deadline; and the suspensions learned from the registry."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -34,6 +36,7 @@ class CallRow(SQLModel, table=True):
     listed: bool
     created_at: datetime = utc_field()
     document: str
+    scores_json: str = "[]"
 
 
 class FrameworkRow(SQLModel, table=True):
@@ -126,16 +129,20 @@ class DocumentRepository:
         self._uow = uow
         self._row_type = row_type
         self._kind = kind
-        self._loaded: dict[str, tuple[Any, str]] = {}
+        self._loaded: dict[str, tuple[Any, dict[str, Any]]] = {}
 
     def _columns(self, aggregate: Any) -> dict[str, Any]:
-        return {}
+        """The row's columns besides id and created_at; subclasses add what they are found by."""
+        return {"document": codec.dumps(aggregate)}
+
+    def _decode(self, row: Any) -> Any:
+        return codec.loads(self._kind, row.document)
 
     def _track(self, row: Any) -> Any:
         if row.id in self._loaded:
             return self._loaded[row.id][0]
-        aggregate = codec.loads(self._kind, row.document)
-        self._loaded[row.id] = (aggregate, row.document)
+        aggregate = self._decode(row)
+        self._loaded[row.id] = (aggregate, self._columns(aggregate))
         return self._uow.track(aggregate, aggregate.name)
 
     async def get(self, aggregate_id: str) -> Any:
@@ -143,29 +150,65 @@ class DocumentRepository:
         return self._track(row) if row is not None else None
 
     def add(self, aggregate: Any) -> None:
-        document = codec.dumps(aggregate)
-        self._session.add(
-            self._row_type(
-                id=aggregate.id,
-                created_at=aggregate.created_at,
-                document=document,
-                **self._columns(aggregate),
-            )
-        )
-        self._loaded[aggregate.id] = (aggregate, document)
+        columns = self._columns(aggregate)
+        self._session.add(self._row_type(id=aggregate.id, created_at=aggregate.created_at, **columns))
+        self._loaded[aggregate.id] = (aggregate, columns)
         self._uow.track(aggregate, aggregate.name)
 
     async def save(self) -> None:
         for aggregate_id, (aggregate, written) in self._loaded.items():
-            document = codec.dumps(aggregate)
-            if document != written:
+            columns = self._columns(aggregate)
+            if columns != written:
                 row = await self._session.get(self._row_type, aggregate_id)
                 assert row is not None
-                row.document = document
-                for name, value in self._columns(aggregate).items():
+                for name, value in columns.items():
                     setattr(row, name, value)
                 self._session.add(row)
-                self._loaded[aggregate_id] = (aggregate, document)
+                self._loaded[aggregate_id] = (aggregate, columns)
+
+
+def _scores_json(scores: tuple[model.Score, ...]) -> str:
+    """Scores by hand, not by the reflective codec: a call with 10 000 bids has 10 000 of them."""
+    return json.dumps(
+        [
+            [
+                s.bid,
+                s.lot,
+                s.bidder,
+                str(s.price),
+                str(s.price_points),
+                str(s.quality_points),
+                str(s.total),
+                s.rank,
+                s.abnormally_low,
+                s.excluded_reason,
+                s.received_at.isoformat() if s.received_at else None,
+            ]
+            for s in scores
+        ],
+        separators=(",", ":"),
+    )
+
+
+def _scores(text: str) -> tuple[model.Score, ...]:
+    return tuple(
+        model.Score(
+            bid,
+            lot,
+            bidder,
+            Decimal(price),
+            Decimal(price_points),
+            Decimal(quality_points),
+            Decimal(total),
+            rank,
+            low,
+            reason,
+            datetime.fromisoformat(received) if received else None,
+        )
+        for bid, lot, bidder, price, price_points, quality_points, total, rank, low, reason, received in (
+            json.loads(text)
+        )
+    )
 
 
 class CallRepository(DocumentRepository):
@@ -178,7 +221,14 @@ class CallRepository(DocumentRepository):
             "region": call.region,
             "state": str(call.state),
             "listed": call.state != model.CallState.DRAFT,
+            "document": codec.dumps(replace(call, scores=())),
+            "scores_json": _scores_json(call.scores),
         }
+
+    def _decode(self, row: Any) -> Any:
+        call: model.Call = codec.loads(model.Call, row.document)
+        call.scores = _scores(row.scores_json)
+        return call
 
     async def lock(self, call_id: str) -> model.Call | None:
         """The call, with writers of the same call taking turns from here (bids, shares)."""
@@ -206,7 +256,7 @@ class FrameworkRepository(DocumentRepository):
         super().__init__(session, uow, FrameworkRow, model.Framework)
 
     def _columns(self, aggregate: Any) -> dict[str, Any]:
-        return {"region": aggregate.region}
+        return {"region": aggregate.region, **super()._columns(aggregate)}
 
     async def page(self, region: str, after: str, limit: int) -> list[model.Framework]:
         query = (
@@ -223,7 +273,7 @@ class CallOffRepository(DocumentRepository):
         super().__init__(session, uow, CallOffRow, model.CallOff)
 
     def _columns(self, aggregate: Any) -> dict[str, Any]:
-        return {"framework_id": aggregate.framework}
+        return {"framework_id": aggregate.framework, **super()._columns(aggregate)}
 
     async def of_framework(self, framework_id: str, after: str, limit: int) -> list[model.CallOff]:
         query = (
@@ -239,7 +289,7 @@ class CallOffRepository(DocumentRepository):
 
 
 def _content_json(content: model.BidContent | None) -> str | None:
-    return None if content is None else codec.dumps(content)
+    return None if content is None else content.encode().decode()
 
 
 def bid_from_row(row: Any) -> model.Bid:
@@ -258,7 +308,7 @@ def bid_from_row(row: Any) -> model.Bid:
         state=model.BidState(row.state),
         receipt_signature=row.receipt_signature,
         plaintext_sha256=row.plaintext_sha256,
-        content=None if row.content_json is None else codec.loads(model.BidContent, row.content_json),
+        content=None if row.content_json is None else model.BidContent.decode(row.content_json.encode()),
     )
 
 
@@ -278,11 +328,14 @@ class BidRepository:
         self._loaded: dict[str, tuple[model.Bid, dict[str, Any]]] = {}
 
     def _track(self, row: Any) -> model.Bid:
+        """Keeps the bid to write back if it changes. It reaches the unit of work's event list in
+        save(), and only if it recorded events: opening loads thousands, and tracking each one
+        would cost a scan of everything tracked before it."""
         if row.id in self._loaded:
             return self._loaded[row.id][0]
         bid = bid_from_row(row)
         self._loaded[bid.id] = (bid, _mutable(bid))
-        return self._uow.track(bid, bid.name)
+        return bid
 
     async def _select(self, *conditions: Any) -> list[model.Bid]:
         query = select(BIDS).where(*conditions).order_by(BIDS.c.received_at, BIDS.c.id)
@@ -324,6 +377,8 @@ class BidRepository:
     async def save(self) -> None:
         changed = []
         for bid_id, (bid, written) in self._loaded.items():
+            if bid.__dict__.get("_pending_events"):
+                self._uow.track(bid, bid.name)
             current = _mutable(bid)
             if current != written:
                 changed.append({"bid_id": bid_id, **current})

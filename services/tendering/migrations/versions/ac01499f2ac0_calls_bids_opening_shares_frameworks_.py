@@ -1,8 +1,8 @@
 """calls, bids, opening shares, frameworks, call-offs, suspensions
 
-Revision ID: 7ba69537d8b2
+Revision ID: ac01499f2ac0
 Revises:
-Create Date: 2026-11-23 16:02:23.144133
+Create Date: 2026-11-23 16:09:27.311848
 """
 
 from collections.abc import Sequence
@@ -13,7 +13,7 @@ from alembic import op
 
 import services.runtime.tables
 
-revision: str = "7ba69537d8b2"
+revision: str = "ac01499f2ac0"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = ("tendering",)
 depends_on: str | Sequence[str] | None = None
@@ -64,6 +64,7 @@ def upgrade() -> None:
         sa.Column("listed", sa.Boolean(), nullable=False),
         sa.Column("created_at", services.runtime.tables.UTCDateTime(timezone=True), nullable=False),
         sa.Column("document", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+        sa.Column("scores_json", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.PrimaryKeyConstraint("id"),
     )
     with op.batch_alter_table("tendering_calls", schema=None) as batch_op:
