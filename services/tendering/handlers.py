@@ -240,8 +240,14 @@ def _close_key(call: model.Call) -> str:
     return f"tendering:close:{call.id}"
 
 
-async def _call(uow: TenderingUnitOfWork, region: str, call_id: str, *, lock: bool = False) -> model.Call:
-    call = await (uow.calls.lock(call_id) if lock else uow.calls.get(call_id))
+async def _call(
+    uow: TenderingUnitOfWork, region: str, call_id: str, *, lock: bool = False, read_only: bool = False
+) -> model.Call:
+    """The call; `read_only` gives a shared snapshot the handler must not change (bids, reads)."""
+    if read_only:
+        call = await uow.calls.snapshot(call_id)
+    else:
+        call = await (uow.calls.lock(call_id) if lock else uow.calls.get(call_id))
     if call is None or call.region != region:
         raise NotFound(f"no call {model.CALL.format(region=region, call=call_id)}", reason="CALL_NOT_FOUND")
     return call
@@ -345,7 +351,7 @@ async def submit_bid(command: SubmitBid, uow: TenderingUnitOfWork) -> model.Bid:
     the bid names this call's opening key and its signature verifies; replaces an earlier bid
     of the same bidder for the lot. Stores ciphertext only."""
     bidder = _bidder(uow, "bidding")
-    call = await _call(uow, command.region, command.call_id, lock=True)
+    call = await _call(uow, command.region, command.call_id, read_only=True)
     call.accepts_bids(uow.now)
     violations: list[FieldViolation] = []
     if call.lot(command.lot) is None:
@@ -402,7 +408,7 @@ async def _own_bid(uow: TenderingUnitOfWork, region: str, call_id: str, bid_id: 
 
 async def withdraw_bid(command: WithdrawBid, uow: TenderingUnitOfWork) -> model.Bid:
     bidder = _bidder(uow, "withdrawing a bid")
-    call = await _call(uow, command.region, command.call_id, lock=True)
+    call = await _call(uow, command.region, command.call_id, read_only=True)
     bid = await _own_bid(uow, command.region, command.call_id, command.bid_id)
     if bid.bidder != bidder:
         raise NotFound(f"no bid {bid.name}", reason="BID_NOT_FOUND")

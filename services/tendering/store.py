@@ -112,6 +112,7 @@ TENDERING_TABLES = (
     "tendering_suspensions",
 )
 BIDS = BidRow.__table__  # type: ignore[attr-defined]
+CALLS = CallRow.__table__  # type: ignore[attr-defined]
 SHARES = ShareRow.__table__  # type: ignore[attr-defined]
 SUSPENSIONS = SuspensionRow.__table__  # type: ignore[attr-defined]
 _INSERT_BID = TableInserter(BIDS)
@@ -211,9 +212,41 @@ def _scores(text: str) -> tuple[model.Score, ...]:
     )
 
 
+class CallCache:
+    """Decoded calls by their stored text, shared by a process's units of work: bids arrive by the
+    thousand against one call that does not change meanwhile, and decoding it is the cost."""
+
+    def __init__(self, capacity: int = 256) -> None:
+        self._capacity = capacity
+        self._calls: dict[tuple[str, str], model.Call] = {}
+
+    def decoded(self, document: str, scores_json: str) -> model.Call:
+        key = (document, scores_json)
+        call = self._calls.get(key)
+        if call is None:
+            if len(self._calls) >= self._capacity:
+                self._calls.pop(next(iter(self._calls)))
+            call = codec.loads(model.Call, document)
+            call.scores = _scores(scores_json)
+            self._calls[key] = call
+        return call
+
+
+_CALL_SNAPSHOT = select(CALLS.c.document, CALLS.c.scores_json).where(CALLS.c.id == bindparam("call_id"))
+
+
 class CallRepository(DocumentRepository):
-    def __init__(self, session: AsyncSession, uow: UnitOfWork) -> None:
+    def __init__(self, session: AsyncSession, uow: UnitOfWork, cache: CallCache) -> None:
         super().__init__(session, uow, CallRow, model.Call)
+        self._cache = cache
+
+    async def snapshot(self, call_id: str) -> model.Call | None:
+        """The call as stored, for reading only: shared, never tracked, so never written back.
+        Writers of the same call take turns from here, as with lock()."""
+        if not self._uow.read_only:
+            await serialize_on(self._session, f"tendering:call:{call_id}")
+        row = (await self._uow.connection.execute(_CALL_SNAPSHOT, {"call_id": call_id})).first()
+        return None if row is None else self._cache.decoded(row.document, row.scores_json)
 
     def _columns(self, aggregate: Any) -> dict[str, Any]:
         call: model.Call = aggregate
@@ -460,13 +493,16 @@ class TenderingUnitOfWork(UnitOfWork):
     call_offs: CallOffRepository
     suspensions: SuspensionRepository
 
-    def __init__(self, context: Context, now: datetime, read_only: bool, *, receipt_key: ReceiptKey) -> None:
+    def __init__(
+        self, context: Context, now: datetime, read_only: bool, *, receipt_key: ReceiptKey, cache: CallCache
+    ) -> None:
         super().__init__(context, now, read_only=read_only)
         self.receipt_key = receipt_key
+        self._cache = cache
 
     async def bind(self, session: AsyncSession) -> None:
         await super().bind(session)
-        self.calls = CallRepository(session, self)
+        self.calls = CallRepository(session, self, self._cache)
         self.bids = BidRepository(self)
         self.shares = ShareRepository(self)
         self.frameworks = FrameworkRepository(session, self)
@@ -480,8 +516,12 @@ class TenderingUnitOfWork(UnitOfWork):
         await self.bids.save()
 
 
-def unit_of_work_factory(receipt_key: ReceiptKey) -> Callable[[Context, datetime, bool], TenderingUnitOfWork]:
+def unit_of_work_factory(
+    receipt_key: ReceiptKey, cache: CallCache | None = None
+) -> Callable[[Context, datetime, bool], TenderingUnitOfWork]:
+    shared = cache or CallCache()
+
     def make(context: Context, now: datetime, read_only: bool) -> TenderingUnitOfWork:
-        return TenderingUnitOfWork(context, now, read_only, receipt_key=receipt_key)
+        return TenderingUnitOfWork(context, now, read_only, receipt_key=receipt_key, cache=shared)
 
     return make
