@@ -3,9 +3,10 @@ out as proto."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 import grpc
 from kasvu.tendering.v1 import tendering_pb2, tendering_pb2_grpc
@@ -13,7 +14,7 @@ from kasvu.tendering.v1 import tendering_pb2, tendering_pb2_grpc
 from services.runtime.dispatch import Dispatcher
 from services.runtime.errors import FieldViolation, InvalidArgument
 from services.runtime.grpc_server import call_context
-from services.runtime.names import page
+from services.runtime.names import PageRequest, page
 from services.runtime.protoconv import (
     enum_from_proto,
     enum_to_proto,
@@ -207,6 +208,10 @@ def call_to_proto(call: model.Call, receipt_public_key: bytes = b"") -> tenderin
         else "",
         create_time=timestamp(call.created_at),
         update_time=timestamp(call.updated_at),
+        invited=list(spec.invited),
+        parent_framework=model.FRAMEWORK.format(region=call.region, framework=spec.parent_framework)
+        if spec.parent_framework
+        else "",
     )
     if call.standstill_end is not None:
         message.standstill_end.CopyFrom(proto_date(call.standstill_end))
@@ -339,11 +344,10 @@ class TenderingServicer(tendering_pb2_grpc.TenderingServiceServicer):
         if paging.after:
             before = (datetime.fromisoformat(paging.after["created_at"]), paging.after["id"])
         found: list[model.Call] = await self._query(handlers.ListCalls(region, before, paging.size + 1))
-        listed, more = found[: paging.size], len(found) > paging.size
-        last = {"created_at": listed[-1].created_at.isoformat(), "id": listed[-1].id} if more else None
-        return tendering_pb2.ListCallsResponse(
-            calls=[self._call(call) for call in listed], next_page_token=paging.next_token(last)
+        listed, token = _keyset_page(
+            found, paging, lambda c: {"created_at": c.created_at.isoformat(), "id": c.id}
         )
+        return tendering_pb2.ListCallsResponse(calls=[self._call(c) for c in listed], next_page_token=token)
 
     async def AskQuestion(
         self, request: tendering_pb2.AskQuestionRequest, context: Context
@@ -370,12 +374,9 @@ class TenderingServicer(tendering_pb2_grpc.TenderingServiceServicer):
         paging = page(request.page_size, request.page_token, {"parent": request.parent})
         call: model.Call = await self._query(handlers.GetCall(parts["region"], parts["call"]))
         answered = [c for c in call.clarifications if c.answered_at is not None]
-        start = int(paging.after.get("index", "0"))
-        chunk = answered[start : start + paging.size]
-        more = start + paging.size < len(answered)
+        chunk, token = _index_page(answered, paging)
         return tendering_pb2.ListClarificationsResponse(
-            clarifications=[_clarification(call.region, call.id, c) for c in chunk],
-            next_page_token=paging.next_token({"index": str(start + paging.size)} if more else None),
+            clarifications=[_clarification(call.region, call.id, c) for c in chunk], next_page_token=token
         )
 
     async def SubmitBid(self, request: tendering_pb2.SubmitBidRequest, context: Context) -> tendering_pb2.Bid:
@@ -413,11 +414,9 @@ class TenderingServicer(tendering_pb2_grpc.TenderingServiceServicer):
         parts = model.CALL.parse(request.parent, "parent")
         paging = page(request.page_size, request.page_token, {"parent": request.parent})
         bids: list[model.Bid] = await self._query(handlers.ListBids(parts["region"], parts["call"]))
-        start = int(paging.after.get("index", "0"))
-        more = start + paging.size < len(bids)
+        chunk, token = _index_page(bids, paging)
         return tendering_pb2.ListBidsResponse(
-            bids=[bid_to_proto(b, request.parent) for b in bids[start : start + paging.size]],
-            next_page_token=paging.next_token({"index": str(start + paging.size)} if more else None),
+            bids=[bid_to_proto(b, request.parent) for b in chunk], next_page_token=token
         )
 
     async def SubmitOpeningShare(
@@ -465,10 +464,9 @@ class TenderingServicer(tendering_pb2_grpc.TenderingServiceServicer):
         found: list[model.Framework] = await self._query(
             handlers.ListFrameworks(region, paging.after.get("after", ""), paging.size + 1)
         )
-        listed, more = found[: paging.size], len(found) > paging.size
+        listed, token = _keyset_page(found, paging, lambda f: {"after": f.id})
         return tendering_pb2.ListFrameworksResponse(
-            frameworks=[framework_to_proto(f) for f in listed],
-            next_page_token=paging.next_token({"after": listed[-1].id} if more else None),
+            frameworks=[framework_to_proto(f) for f in listed], next_page_token=token
         )
 
     async def CreateCallOff(
@@ -484,6 +482,20 @@ class TenderingServicer(tendering_pb2_grpc.TenderingServiceServicer):
             from_money(call_off.value, "call_off.value"),
         )
         return call_off_to_proto(await self._handle(command, request.request_id))
+
+    async def StartMiniCompetition(
+        self, request: tendering_pb2.StartMiniCompetitionRequest, context: Context
+    ) -> tendering_pb2.Call:
+        parts = model.FRAMEWORK.parse(request.name, "name")
+        call_off = request.call_off
+        command = handlers.StartMiniCompetition(
+            parts["region"],
+            parts["framework"],
+            call_off.lot,
+            call_off.description,
+            from_money(call_off.value, "call_off.value"),
+        )
+        return self._call(await self._handle(command, request.request_id))
 
     async def AcceptCallOff(
         self, request: tendering_pb2.AcceptCallOffRequest, context: Context
@@ -510,10 +522,9 @@ class TenderingServicer(tendering_pb2_grpc.TenderingServiceServicer):
                 parts["region"], parts["framework"], paging.after.get("after", ""), paging.size + 1
             )
         )
-        listed, more = found[: paging.size], len(found) > paging.size
+        listed, token = _keyset_page(found, paging, lambda c: {"after": c.id})
         return tendering_pb2.ListCallOffsResponse(
-            call_offs=[call_off_to_proto(c) for c in listed],
-            next_page_token=paging.next_token({"after": listed[-1].id} if more else None),
+            call_offs=[call_off_to_proto(c) for c in listed], next_page_token=token
         )
 
     async def ExportOcds(
@@ -527,6 +538,28 @@ class TenderingServicer(tendering_pb2_grpc.TenderingServiceServicer):
             release_package_json=exported.release_package_json,
             record_package_json=exported.record_package_json,
         )
+
+
+T = TypeVar("T")
+
+
+def _keyset_page(
+    found: list[T], paging: PageRequest, position: Callable[[T], dict[str, str]]
+) -> tuple[list[T], str]:
+    """The page of `found` (fetched one longer than the page) and the token for the next one."""
+    listed = found[: paging.size]
+    return listed, paging.next_token(position(listed[-1]) if len(found) > paging.size else None)
+
+
+def _index_page(items: list[T], paging: PageRequest) -> tuple[list[T], str]:
+    """A page of a short list held whole (a call's answers, a bidder's bids) by position."""
+    index = paging.after.get("index", "0")
+    if not index.isdigit():
+        description = "is not a token this service issued"
+        raise InvalidArgument(f"page_token {description}", [FieldViolation("page_token", description)])
+    start = int(index)
+    end = start + paging.size
+    return items[start:end], paging.next_token({"index": str(end)} if end < len(items) else None)
 
 
 def _clarification(

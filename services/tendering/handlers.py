@@ -139,6 +139,18 @@ class CreateCallOff(Command):
 
 
 @dataclass(frozen=True)
+class StartMiniCompetition(Command):
+    """A call-off by mini-competition: a short sealed round among the framework's eligible
+    suppliers of the lot, on the framework's criteria, opened by the same committee."""
+
+    region: str
+    framework_id: str
+    lot: str
+    description: str
+    value: Decimal
+
+
+@dataclass(frozen=True)
 class AnswerCallOff(Command):
     region: str
     framework_id: str
@@ -353,6 +365,7 @@ async def submit_bid(command: SubmitBid, uow: TenderingUnitOfWork) -> model.Bid:
     bidder = _bidder(uow, "bidding")
     call = await _call(uow, command.region, command.call_id, read_only=True)
     call.accepts_bids(uow.now)
+    call.invites(bidder)
     violations: list[FieldViolation] = []
     if call.lot(command.lot) is None:
         violations.append(FieldViolation("bid.lot", f"the call has no lot {command.lot!r}"))
@@ -677,6 +690,44 @@ async def create_call_off(command: CreateCallOff, uow: TenderingUnitOfWork) -> m
     return call_off
 
 
+async def start_mini_competition(command: StartMiniCompetition, uow: TenderingUnitOfWork) -> model.Call:
+    _admin(uow, command.region, "calling off from a framework")
+    framework = await _framework(uow, command.region, command.framework_id)
+    if framework.call_off_method != model.CallOffMethod.MINI_COMPETITION:
+        raise FailedPrecondition(
+            f"{framework.name} calls off by {framework.call_off_method}", reason="CALL_OFF_METHOD"
+        )
+    source = await _call(uow, framework.region, framework.call, read_only=True)
+    lot = source.lot(command.lot)
+    if lot is None or not framework.ranked(command.lot):
+        raise _invalid("call_off.lot", f"the framework has no suppliers for lot {command.lot!r}")
+    suspended = await uow.suspensions.suspended(framework.region, framework.service)
+    invited = tuple(s.business_id for s in framework.ranked(command.lot) if s.business_id not in suspended)
+    if not invited:
+        raise FailedPrecondition(
+            f"no supplier of lot {command.lot} is eligible now", reason="NO_ELIGIBLE_SUPPLIER"
+        )
+    hours = timedelta(hours=framework.offer_hours)
+    spec = model.CallSpec(
+        title=command.description,
+        service=framework.service,
+        kind=model.CallKind.CONTRACT,
+        lots=(model.Lot(lot.lot, command.description, lot.cpv_codes, command.value, 1),),
+        criteria=source.spec.criteria,
+        declarations=source.spec.declarations,
+        questions_deadline=uow.now + hours / 2,
+        submission_deadline=uow.now + hours,
+        framework=model.FrameworkTerms(),
+        committee=source.spec.committee,
+        opening_threshold=source.spec.opening_threshold,
+        social_and_health=source.spec.social_and_health,
+        invited=invited,
+        parent_framework=framework.id,
+    )
+    draft = await create_call(CreateCall(command.region, spec), uow)
+    return await publish_call(PublishCall(command.region, draft.id), uow)
+
+
 async def _call_off(
     uow: TenderingUnitOfWork, region: str, framework_id: str, call_off_id: str
 ) -> model.CallOff:
@@ -788,6 +839,7 @@ HANDLERS: dict[type[Any], Any] = {
     ResolveAppeal: resolve_appeal,
     ConcludeCall: conclude_call,
     CreateCallOff: create_call_off,
+    StartMiniCompetition: start_mini_competition,
     AnswerCallOff: answer_call_off,
     LapseCallOffOffer: lapse_call_off_offer,
     SetSupplierEligibility: set_supplier_eligibility,

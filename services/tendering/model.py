@@ -221,6 +221,16 @@ class CallEnded(Event):
 
 
 @dataclass(frozen=True)
+class ClarificationAsked(Event):
+    """A question arrived; who asked is neither stored nor told."""
+
+    clarification: str
+    call: str
+    region: str
+    ask_time: datetime
+
+
+@dataclass(frozen=True)
 class ClarificationAnswered(Event):
     """An answer published to all; the asker is never named."""
 
@@ -345,6 +355,7 @@ EVENTS: tuple[type[Event], ...] = (
     CallPublished,
     CallAmended,
     CallEnded,
+    ClarificationAsked,
     ClarificationAnswered,
     BidReceived,
     BidWithdrawn,
@@ -476,6 +487,11 @@ class CallSpec:
     opening_threshold: int
     social_and_health: bool = False
     description: str = ""
+    invited: tuple[str, ...] = ()
+    """Business IDs that may bid; empty: anyone. A mini-competition invites its framework's
+    eligible suppliers of the lot."""
+    parent_framework: str = ""
+    """For a mini-competition: the framework id it calls off from."""
 
 
 @dataclass(frozen=True)
@@ -606,6 +622,13 @@ class Call(Aggregate):
             )
         )
 
+    def invites(self, bidder: str) -> None:
+        if self.spec.invited and bidder not in self.spec.invited:
+            raise FailedPrecondition(
+                f"{self.name} is a mini-competition among its framework's suppliers; {bidder} is not one",
+                reason="NOT_INVITED",
+            )
+
     def accepts_bids(self, now: datetime) -> None:
         """Refuses a bid (or its withdrawal) after the deadline, or when the call takes none."""
         if self.state != CallState.DRAFT and now >= self.spec.submission_deadline:
@@ -710,6 +733,9 @@ class Call(Aggregate):
             raise InvalidArgument("the question is invalid", [violation])
         asked = Clarification(clarification_id, question.strip(), asked_at=now)
         self.clarifications = (*self.clarifications, asked)
+        self.updated_at = now
+        name = CLARIFICATION.format(region=self.region, call=self.id, clarification=clarification_id)
+        self.record(ClarificationAsked(name, self.name, self.region, now))
         return asked
 
     def answer(self, clarification_id: str, answer: str, now: datetime) -> Clarification:

@@ -114,6 +114,25 @@ def _release(  # noqa: PLR0917 - the parts of every release
 
 
 def _call_releases(call: model.Call, framework: model.Framework | None) -> list[dict[str, Any]]:
+    releases = _process_releases(call, framework)
+    if call.spec.parent_framework:
+        # A mini-competition is a call-off: its own process, pointing at its framework.
+        for release in releases:
+            release["relatedProcesses"] = [_framework_link(call.spec.title, call.spec.parent_framework)]
+    return releases
+
+
+def _framework_link(title: str, framework_call_id: str) -> dict[str, Any]:
+    return {
+        "id": "1",
+        "relationship": ["framework"],
+        "title": title,
+        "scheme": "ocid",
+        "identifier": ocid(framework_call_id),
+    }
+
+
+def _process_releases(call: model.Call, framework: model.Framework | None) -> list[dict[str, Any]]:
     buyer = {**_buyer(call), "roles": ["buyer", "procuringEntity"]}
     releases: list[dict[str, Any]] = []
     if call.published_at is None:
@@ -234,15 +253,7 @@ def _call_off_release(
     parties = [buyer]
     body: dict[str, Any] = {
         "buyer": _buyer(call),
-        "relatedProcesses": [
-            {
-                "id": "1",
-                "relationship": ["framework"],
-                "title": call.spec.title,
-                "scheme": "ocid",
-                "identifier": ocid(call.id),
-            }
-        ],
+        "relatedProcesses": [_framework_link(call.spec.title, call.id)],
         "tender": {
             "id": call_off.id,
             "title": call_off.description,

@@ -147,6 +147,8 @@ class DocumentRepository:
         return self._uow.track(aggregate, aggregate.name)
 
     async def get(self, aggregate_id: str) -> Any:
+        if aggregate_id in self._loaded:  # added or read earlier in this unit of work
+            return self._loaded[aggregate_id][0]
         row = await self._session.get(self._row_type, aggregate_id)
         return self._track(row) if row is not None else None
 

@@ -532,3 +532,87 @@ async def test_amending_a_call_invalidates_its_bids_and_moves_the_deadline(world
         still_open = await world.stub.GetCall(tendering_pb2.GetCallRequest(name=call.name))
         assert still_open.state == tendering_pb2.CALL_STATE_AMENDED
         await world.bid(call, provider, "north", content(900, 2))
+
+
+async def concluded_framework(
+    world: World, members: list[Member], providers: list[Provider], method: int
+) -> tendering_pb2.Framework:
+    """A framework call run to conclusion with each provider bidding on lot north."""
+    message = call_message(members)
+    message.framework.call_off_method = method  # type: ignore[assignment]
+    draft = await world.stub.CreateCall(
+        tendering_pb2.CreateCallRequest(parent=f"regions/{REGION}", call=message), metadata=world.admin()
+    )
+    call = await world.stub.PublishCall(
+        tendering_pb2.PublishCallRequest(name=draft.name), metadata=world.admin()
+    )
+    for rank, provider in enumerate(providers):
+        await world.bid(call, provider, "north", content(100_000 + 10_000 * rank, 3))
+    world.clock.set(DEADLINE + timedelta(minutes=1))
+    await world.tick()
+    await share_of(world, call, members, 0)
+    await share_of(world, call, members, 1)
+    world.clock.set(datetime(2026, 11, 12, 10, tzinfo=UTC))
+    await world.stub.AwardCall(
+        tendering_pb2.AwardCallRequest(name=call.name, reasons="Ranked."), metadata=world.admin()
+    )
+    world.clock.set(datetime(2026, 11, 27, 12, tzinfo=UTC))
+    await world.tick()
+    concluded = await world.stub.GetCall(tendering_pb2.GetCallRequest(name=call.name))
+    assert concluded.state == tendering_pb2.CALL_STATE_CONCLUDED
+    return await world.stub.GetFramework(
+        tendering_pb2.GetFrameworkRequest(name=concluded.framework_agreement)
+    )
+
+
+async def test_a_mini_competition_is_a_sealed_round_among_the_eligible_framework_suppliers(
+    world: World,
+) -> None:
+    members = [Member("alice"), Member("bob"), Member("carol")]
+    next_id = business_ids(4_000_000)
+    providers = [Provider(next_id()) for _ in range(3)]
+    framework = await concluded_framework(
+        world, members, providers, tendering_pb2.CALL_OFF_METHOD_MINI_COMPETITION
+    )
+    await world.dispatcher.handle(
+        handlers.SetSupplierEligibility(REGION, "recruitment", providers[2].business_id, False, "breach-9")
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as by_rank:
+        await world.stub.CreateCallOff(
+            tendering_pb2.CreateCallOffRequest(
+                parent=framework.name,
+                call_off=tendering_pb2.CallOff(lot="north", description="x", value=euros(1)),
+            ),
+            metadata=world.admin(),
+        )
+    assert error_reason(by_rank.value) == "CALL_OFF_METHOD"
+    round_ = await world.stub.StartMiniCompetition(
+        tendering_pb2.StartMiniCompetitionRequest(
+            name=framework.name,
+            call_off=tendering_pb2.CallOff(lot="north", description="12 rekrytointia", value=euros(20_000)),
+        ),
+        metadata=world.admin(),
+    )
+    assert round_.state == tendering_pb2.CALL_STATE_PUBLISHED and round_.parent_framework == framework.name
+    assert list(round_.invited) == [providers[0].business_id, providers[1].business_id]
+    with pytest.raises(grpc.aio.AioRpcError) as suspended:
+        await world.bid(round_, providers[2], "north", content(1_000, 5))
+    assert error_reason(suspended.value) == "NOT_INVITED"
+    outsider = Provider(next_id())
+    with pytest.raises(grpc.aio.AioRpcError) as stranger:
+        await world.bid(round_, outsider, "north", content(1_000, 5))
+    assert error_reason(stranger.value) == "NOT_INVITED"
+    await world.bid(round_, providers[0], "north", content(20_000, 2))
+    await world.bid(round_, providers[1], "north", content(18_000, 4))
+    world.clock.set(world.clock.now() + timedelta(hours=73))
+    await world.tick()
+    await share_of(world, round_, members, 1)
+    opened = await share_of(world, round_, members, 2)
+    assert [(s.bidder, s.rank) for s in opened.scores] == [
+        (providers[1].business_id, 1),
+        (providers[0].business_id, 2),
+    ]
+    exported = await world.stub.ExportOcds(tendering_pb2.ExportOcdsRequest(name=round_.name))
+    releases = json.loads(exported.release_package_json)["releases"]
+    assert all(r["relatedProcesses"][0]["relationship"] == ["framework"] for r in releases)
+    validate_packages(exported.release_package_json, exported.record_package_json)

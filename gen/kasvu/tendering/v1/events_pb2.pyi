@@ -291,6 +291,42 @@ class CallEnded(_message.Message):
 Global___CallEnded: _TypeAlias = CallEnded  # noqa: Y015
 
 @_typing.final
+class ClarificationAsked(_message.Message):
+    """A question arrived; the asker is neither stored nor named."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLARIFICATION_FIELD_NUMBER: _builtins.int
+    CALL_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    ASK_TIME_FIELD_NUMBER: _builtins.int
+    clarification: _builtins.str
+    """regions/{region}/calls/{call}/clarifications/{clarification}"""
+    call: _builtins.str
+    """The call."""
+    region: _builtins.str
+    """The organiser."""
+    @_builtins.property
+    def ask_time(self) -> _timestamp_pb2.Timestamp:
+        """When."""
+
+    def __init__(
+        self,
+        *,
+        clarification: _builtins.str = ...,
+        call: _builtins.str = ...,
+        region: _builtins.str = ...,
+        ask_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ask_time", b"ask_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ask_time", b"ask_time", "call", b"call", "clarification", b"clarification", "region", b"region"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClarificationAsked: _TypeAlias = ClarificationAsked  # noqa: Y015
+
+@_typing.final
 class ClarificationAnswered(_message.Message):
     """A question was answered to all; the asker is not named."""
 

@@ -577,6 +577,8 @@ class Call(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     PUBLISH_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    INVITED_FIELD_NUMBER: _builtins.int
+    PARENT_FRAMEWORK_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """regions/{region}/calls/{call}"""
     title: _builtins.str
@@ -607,6 +609,8 @@ class Call(_message.Message):
     """Why it was cancelled or unsuccessful."""
     framework_agreement: _builtins.str
     """The concluded framework: regions/{region}/frameworks/{framework}."""
+    parent_framework: _builtins.str
+    """A mini-competition: the framework it calls off from."""
     @_builtins.property
     def lots(self) -> _containers.RepeatedCompositeFieldContainer[Global___Lot]:
         """Lots."""
@@ -663,6 +667,10 @@ class Call(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When last changed."""
 
+    @_builtins.property
+    def invited(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """A mini-competition: the business IDs invited to bid (empty: anyone)."""
+
     def __init__(
         self,
         *,
@@ -695,10 +703,12 @@ class Call(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         publish_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        invited: _abc.Iterable[_builtins.str] | None = ...,
+        parent_framework: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "framework", b"framework", "publish_time", b"publish_time", "questions_deadline", b"questions_deadline", "standstill_end", b"standstill_end", "submission_deadline", b"submission_deadline", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amendment", b"amendment", "appeals", b"appeals", "award_reasons", b"award_reasons", "buyers", b"buyers", "committee", b"committee", "create_time", b"create_time", "criteria", b"criteria", "declarations", b"declarations", "description", b"description", "end_reason", b"end_reason", "framework", b"framework", "framework_agreement", b"framework_agreement", "kind", b"kind", "lots", b"lots", "name", b"name", "opening_public_key", b"opening_public_key", "opening_threshold", b"opening_threshold", "publish_time", b"publish_time", "questions_deadline", b"questions_deadline", "receipt_public_key", b"receipt_public_key", "regime", b"regime", "scores", b"scores", "service", b"service", "social_and_health", b"social_and_health", "standstill_end", b"standstill_end", "state", b"state", "submission_deadline", b"submission_deadline", "title", b"title", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amendment", b"amendment", "appeals", b"appeals", "award_reasons", b"award_reasons", "buyers", b"buyers", "committee", b"committee", "create_time", b"create_time", "criteria", b"criteria", "declarations", b"declarations", "description", b"description", "end_reason", b"end_reason", "framework", b"framework", "framework_agreement", b"framework_agreement", "invited", b"invited", "kind", b"kind", "lots", b"lots", "name", b"name", "opening_public_key", b"opening_public_key", "opening_threshold", b"opening_threshold", "parent_framework", b"parent_framework", "publish_time", b"publish_time", "questions_deadline", b"questions_deadline", "receipt_public_key", b"receipt_public_key", "regime", b"regime", "scores", b"scores", "service", b"service", "social_and_health", b"social_and_health", "standstill_end", b"standstill_end", "state", b"state", "submission_deadline", b"submission_deadline", "title", b"title", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1727,6 +1737,38 @@ class CreateCallOffRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreateCallOffRequest: _TypeAlias = CreateCallOffRequest  # noqa: Y015
+
+@_typing.final
+class StartMiniCompetitionRequest(_message.Message):
+    """Request of StartMiniCompetition."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CALL_OFF_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The framework."""
+    request_id: _builtins.str
+    """Idempotency key."""
+    @_builtins.property
+    def call_off(self) -> Global___CallOff:
+        """What is called off (lot, description, value)."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        call_off: Global___CallOff | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["call_off", b"call_off"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call_off", b"call_off", "name", b"name", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartMiniCompetitionRequest: _TypeAlias = StartMiniCompetitionRequest  # noqa: Y015
 
 @_typing.final
 class AcceptCallOffRequest(_message.Message):

@@ -139,6 +139,11 @@ class TenderingServiceStub:
                 request_serializer=kasvu_dot_tendering_dot_v1_dot_tendering__pb2.CreateCallOffRequest.SerializeToString,
                 response_deserializer=kasvu_dot_tendering_dot_v1_dot_tendering__pb2.CallOff.FromString,
                 _registered_method=True)
+        self.StartMiniCompetition = channel.unary_unary(
+                '/kasvu.tendering.v1.TenderingService/StartMiniCompetition',
+                request_serializer=kasvu_dot_tendering_dot_v1_dot_tendering__pb2.StartMiniCompetitionRequest.SerializeToString,
+                response_deserializer=kasvu_dot_tendering_dot_v1_dot_tendering__pb2.Call.FromString,
+                _registered_method=True)
         self.AcceptCallOff = channel.unary_unary(
                 '/kasvu.tendering.v1.TenderingService/AcceptCallOff',
                 request_serializer=kasvu_dot_tendering_dot_v1_dot_tendering__pb2.AcceptCallOffRequest.SerializeToString,
@@ -312,6 +317,15 @@ class TenderingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartMiniCompetition(self, request, context):
+        """Calls off by mini-competition: a short sealed round among the framework's
+        eligible suppliers of the lot, on the framework's criteria, opened by the
+        same committee. Returns the round's call (a contract, published).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def AcceptCallOff(self, request, context):
         """The supplier offered a call-off accepts it.
         """
@@ -443,6 +457,11 @@ def add_TenderingServiceServicer_to_server(servicer, server):
                     servicer.CreateCallOff,
                     request_deserializer=kasvu_dot_tendering_dot_v1_dot_tendering__pb2.CreateCallOffRequest.FromString,
                     response_serializer=kasvu_dot_tendering_dot_v1_dot_tendering__pb2.CallOff.SerializeToString,
+            ),
+            'StartMiniCompetition': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartMiniCompetition,
+                    request_deserializer=kasvu_dot_tendering_dot_v1_dot_tendering__pb2.StartMiniCompetitionRequest.FromString,
+                    response_serializer=kasvu_dot_tendering_dot_v1_dot_tendering__pb2.Call.SerializeToString,
             ),
             'AcceptCallOff': grpc.unary_unary_rpc_method_handler(
                     servicer.AcceptCallOff,
@@ -1010,6 +1029,33 @@ class TenderingService:
             '/kasvu.tendering.v1.TenderingService/CreateCallOff',
             kasvu_dot_tendering_dot_v1_dot_tendering__pb2.CreateCallOffRequest.SerializeToString,
             kasvu_dot_tendering_dot_v1_dot_tendering__pb2.CallOff.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartMiniCompetition(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kasvu.tendering.v1.TenderingService/StartMiniCompetition',
+            kasvu_dot_tendering_dot_v1_dot_tendering__pb2.StartMiniCompetitionRequest.SerializeToString,
+            kasvu_dot_tendering_dot_v1_dot_tendering__pb2.Call.FromString,
             options,
             channel_credentials,
             insecure,

@@ -84,6 +84,11 @@ class TenderingServiceStub:
     """Calls off from a framework by ranking order: offered to the first
     eligible supplier of the lot.
     """
+    StartMiniCompetition: _grpc.UnaryUnaryMultiCallable[_tendering_pb2.StartMiniCompetitionRequest, _tendering_pb2.Call]
+    """Calls off by mini-competition: a short sealed round among the framework's
+    eligible suppliers of the lot, on the framework's criteria, opened by the
+    same committee. Returns the round's call (a contract, published).
+    """
     AcceptCallOff: _grpc.UnaryUnaryMultiCallable[_tendering_pb2.AcceptCallOffRequest, _tendering_pb2.CallOff]
     """The supplier offered a call-off accepts it."""
     DeclineCallOff: _grpc.UnaryUnaryMultiCallable[_tendering_pb2.DeclineCallOffRequest, _tendering_pb2.CallOff]
@@ -150,6 +155,11 @@ class TenderingServiceAsyncStub(TenderingServiceStub):
     CreateCallOff: _aio.UnaryUnaryMultiCallable[_tendering_pb2.CreateCallOffRequest, _tendering_pb2.CallOff]  # type: ignore[assignment]
     """Calls off from a framework by ranking order: offered to the first
     eligible supplier of the lot.
+    """
+    StartMiniCompetition: _aio.UnaryUnaryMultiCallable[_tendering_pb2.StartMiniCompetitionRequest, _tendering_pb2.Call]  # type: ignore[assignment]
+    """Calls off by mini-competition: a short sealed round among the framework's
+    eligible suppliers of the lot, on the framework's criteria, opened by the
+    same committee. Returns the round's call (a contract, published).
     """
     AcceptCallOff: _aio.UnaryUnaryMultiCallable[_tendering_pb2.AcceptCallOffRequest, _tendering_pb2.CallOff]  # type: ignore[assignment]
     """The supplier offered a call-off accepts it."""
@@ -334,6 +344,17 @@ class TenderingServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_tendering_pb2.CallOff, _abc.Awaitable[_tendering_pb2.CallOff]]:
         """Calls off from a framework by ranking order: offered to the first
         eligible supplier of the lot.
+        """
+
+    @_abc_1.abstractmethod
+    def StartMiniCompetition(
+        self,
+        request: _tendering_pb2.StartMiniCompetitionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tendering_pb2.Call, _abc.Awaitable[_tendering_pb2.Call]]:
+        """Calls off by mini-competition: a short sealed round among the framework's
+        eligible suppliers of the lot, on the framework's criteria, opened by the
+        same committee. Returns the round's call (a contract, published).
         """
 
     @_abc_1.abstractmethod
