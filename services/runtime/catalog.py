@@ -72,8 +72,8 @@ CATALOG: tuple[ServiceEntry, ...] = (
         grpc_port=50053,
         stream="KASVU_TENDERING",
         event_package="kasvu.tendering.v1",
-        grpc_services=("kasvu.tendering.v1.TenderingService",),
-        proto_modules=("kasvu.tendering.v1.tendering_pb2",),
+        grpc_services=("kasvu.tendering.v1.TenderingService", "kasvu.tendering.v1.AllianceService"),
+        proto_modules=("kasvu.tendering.v1.tendering_pb2", "kasvu.tendering.v1.alliance_pb2"),
         public_methods=frozenset(
             {
                 "kasvu.tendering.v1.TenderingService.GetCall",
@@ -82,6 +82,7 @@ CATALOG: tuple[ServiceEntry, ...] = (
                 "kasvu.tendering.v1.TenderingService.GetFramework",
                 "kasvu.tendering.v1.TenderingService.ListFrameworks",
                 "kasvu.tendering.v1.TenderingService.ExportOcds",
+                "kasvu.tendering.v1.AllianceService.GetMarketFailure",
             }
         ),
     ),

@@ -44,6 +44,7 @@ from services.tendering.model import Buyer
 
 ALLIANCE = ResourcePattern("regions/{region}/alliances/{alliance:key}")
 ALLIANCE_BID = ResourcePattern("regions/{region}/alliances/{alliance:key}/bids/{bid:key}")
+PERIOD = ResourcePattern("regions/{region}/alliances/{alliance:key}/periods/{period}")
 
 CENT = Decimal("0.01")
 HUNDRED = Decimal(100)

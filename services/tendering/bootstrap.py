@@ -7,6 +7,7 @@ import logging
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import (
@@ -15,20 +16,51 @@ from cryptography.hazmat.primitives.serialization import (
     PrivateFormat,
     load_pem_private_key,
 )
-from kasvu.tendering.v1 import events_pb2, tendering_pb2, tendering_pb2_grpc
+from kasvu.tendering.v1 import (
+    alliance_events_pb2,
+    alliance_pb2,
+    alliance_pb2_grpc,
+    events_pb2,
+    tendering_pb2,
+    tendering_pb2_grpc,
+)
 
 from services.runtime.bus import EventConsumer
 from services.runtime.clock import SYSTEM_CLOCK, Clock
 from services.runtime.dispatch import EventTypes
+from services.runtime.domain import Event
 from services.runtime.host import ServiceHost
 from services.runtime.settings import Settings
-from services.tendering import consumers, handlers, model, store
+from services.tendering import (
+    alliance,
+    alliance_handlers,
+    alliance_store,
+    consumers,
+    handlers,
+    market_failure,
+    model,
+    store,
+)
+from services.tendering.alliance_api import AllianceServicer
 from services.tendering.grpc_api import TenderingServicer
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 TEST_CLOCK_VARIABLE = "KASVU_TENDERING_TEST_CLOCK_FILE"
 SERVICE_NAME = tendering_pb2.DESCRIPTOR.services_by_name["TenderingService"].full_name
-EVENT_TYPES = EventTypes.by_name(model.EVENTS, events_pb2)
+# Alliances and market failure (issue 10): their own servicer, events in alliance_events.proto
+# (MarketFailureDeclared/Lifted in events.proto, which the registry consumes) and handlers,
+# on tendering's dispatcher and unit of work (alliance_store's, which adds their repositories).
+ALLIANCE_SERVICE_NAME = alliance_pb2.DESCRIPTOR.services_by_name["AllianceService"].full_name
+_EVENT_GROUPS: tuple[tuple[tuple[type[Event], ...], Any], ...] = (
+    ((*model.EVENTS, *market_failure.EVENTS), events_pb2),
+    ((*alliance.EVENTS, market_failure.DirectAwardMade), alliance_events_pb2),
+)
+EVENT_TYPES = EventTypes(
+    pair
+    for events, module in _EVENT_GROUPS
+    for pair in zip(events, EventTypes.by_name(events, module).protos, strict=True)
+)
+HANDLERS = handlers.HANDLERS | alliance_handlers.HANDLERS
 log = logging.getLogger(__name__)
 
 
@@ -78,7 +110,7 @@ async def run(settings: Settings) -> None:
     host = ServiceHost(settings, migrations=MIGRATIONS, clock=clock_from_environment())
     key = receipt_key(settings.data_dir)
     dispatcher = host.dispatcher(
-        unit_of_work=store.unit_of_work_factory(key), event_types=EVENT_TYPES, handlers=handlers.HANDLERS
+        unit_of_work=alliance_store.unit_of_work_factory(key), event_types=EVENT_TYPES, handlers=HANDLERS
     )
     await host.start_server(
         [
@@ -86,7 +118,12 @@ async def run(settings: Settings) -> None:
                 tendering_pb2_grpc.add_TenderingServiceServicer_to_server,
                 TenderingServicer(dispatcher, key.public),
                 SERVICE_NAME,
-            )
+            ),
+            (
+                alliance_pb2_grpc.add_AllianceServiceServicer_to_server,
+                AllianceServicer(dispatcher),
+                ALLIANCE_SERVICE_NAME,
+            ),
         ]
     )
     try:

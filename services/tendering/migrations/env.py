@@ -3,6 +3,6 @@
 from sqlmodel import SQLModel
 
 from services.runtime.migrate import run_env
-from services.tendering import store
+from services.tendering import alliance_store, store
 
-run_env(SQLModel.metadata, store.TENDERING_TABLES)
+run_env(SQLModel.metadata, (*store.TENDERING_TABLES, *alliance_store.TABLES))
