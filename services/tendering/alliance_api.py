@@ -191,11 +191,18 @@ def decision_to_proto(decision: alliance.Decision) -> alliance_pb2.LeadershipDec
 def closing_to_proto(
     region: str, alliance_id: str, closing: alliance.PeriodClosing
 ) -> alliance_pb2.PeriodClosing:
-    return to_message(
-        closing,
-        alliance_pb2.PeriodClosing,
+    return alliance_pb2.PeriodClosing(
         name=alliance.PERIOD.format(region=region, alliance=alliance_id, period=closing.period),
-        closed_at=None,
+        period=closing.period,
+        target_cost=money(closing.target_cost),
+        actual_cost=money(closing.actual_cost),
+        fee=money(closing.fee),
+        incentive=money(closing.incentive),
+        kpis_met=list(closing.kpis_met),
+        difference=money(closing.difference),
+        providers_part=money(closing.providers_part),
+        buyers_part=money(closing.buyers_part),
+        statements=[to_message(s, alliance_pb2.Statement) for s in closing.statements],
         close_time=timestamp(closing.closed_at),
     )
 
@@ -344,8 +351,13 @@ class AllianceServicer(alliance_pb2_grpc.AllianceServiceServicer):
             region, alliance_id, cost.period, from_money(cost.amount, "cost.amount"), cost.description
         )
         entry: alliance.CostEntry = await self._handle(command, request.request_id)
-        return to_message(
-            entry, alliance_pb2.CostEntry, recorded_at=None, record_time=timestamp(entry.recorded_at)
+        return alliance_pb2.CostEntry(
+            entry=entry.entry,
+            period=entry.period,
+            member=entry.member,
+            amount=money(entry.amount),
+            description=entry.description,
+            record_time=timestamp(entry.recorded_at),
         )
 
     async def ClosePeriod(
