@@ -142,8 +142,10 @@ def _admin(uow: AllianceUnitOfWork, region: str, action: str) -> None:
     access.require(uow.actor, any_of=[access.region_admin(region)], action=action)
 
 
-async def _alliance(uow: AllianceUnitOfWork, region: str, alliance_id: str) -> alliance.Alliance:
-    found: alliance.Alliance | None = await uow.alliances.get(alliance_id)
+async def _alliance(
+    uow: AllianceUnitOfWork, region: str, alliance_id: str, *, lock: bool = False
+) -> alliance.Alliance:
+    found = await (uow.alliances.lock(alliance_id) if lock else uow.alliances.get(alliance_id))
     if found is None or found.region != region:
         name = alliance.ALLIANCE.format(region=region, alliance=alliance_id)
         raise NotFound(f"no alliance {name}", reason="ALLIANCE_NOT_FOUND")
@@ -184,7 +186,7 @@ async def submit_consortium_bid(
         access.require(
             actor, any_of=[access.provider(b) for b in leads], action="submitting a consortium bid"
         )
-    found = await _alliance(uow, command.region, command.alliance_id)
+    found = await _alliance(uow, command.region, command.alliance_id, lock=True)
     bid = alliance.ConsortiumBid(
         uuid.uuid4().hex,
         command.consortium,
@@ -200,21 +202,21 @@ async def submit_consortium_bid(
 
 async def shortlist_bids(command: ShortlistBids, uow: AllianceUnitOfWork) -> alliance.Alliance:
     _admin(uow, command.region, "shortlisting an alliance's bids")
-    found = await _alliance(uow, command.region, command.alliance_id)
+    found = await _alliance(uow, command.region, command.alliance_id, lock=True)
     found.shortlist(command.bid_ids, command.reasons, uow.now)
     return found
 
 
 async def score_workshops(command: ScoreWorkshops, uow: AllianceUnitOfWork) -> alliance.Alliance:
     _admin(uow, command.region, "scoring an alliance's workshops")
-    found = await _alliance(uow, command.region, command.alliance_id)
+    found = await _alliance(uow, command.region, command.alliance_id, lock=True)
     found.score_workshops(dict(command.scores), command.reasons, uow.now)
     return found
 
 
 async def select_consortium(command: SelectConsortium, uow: AllianceUnitOfWork) -> alliance.Alliance:
     _admin(uow, command.region, "selecting an alliance's consortium")
-    found = await _alliance(uow, command.region, command.alliance_id)
+    found = await _alliance(uow, command.region, command.alliance_id, lock=True)
     found.select(command.reasons, uow.now)
     return found
 
@@ -224,7 +226,7 @@ async def decide_in_leadership_group(
 ) -> alliance.Decision:
     """Recorded by the organiser with the approvals of every party; refused without unanimity."""
     _admin(uow, command.region, "recording a leadership-group decision")
-    found = await _alliance(uow, command.region, command.alliance_id)
+    found = await _alliance(uow, command.region, command.alliance_id, lock=True)
     return found.decide(command.decision, uow.now)
 
 
@@ -234,7 +236,7 @@ async def record_cost(command: RecordCost, uow: AllianceUnitOfWork) -> alliance.
     if actor is None or actor.role.value != "provider":
         access.require(actor, any_of=[], action="recording an alliance cost")
     assert actor is not None
-    found = await _alliance(uow, command.region, command.alliance_id)
+    found = await _alliance(uow, command.region, command.alliance_id, lock=True)
     winner = found.winner
     if winner is None or actor.organisation not in {m.business_id for m in winner.members}:
         raise PermissionDenied(
@@ -245,7 +247,7 @@ async def record_cost(command: RecordCost, uow: AllianceUnitOfWork) -> alliance.
 
 async def close_period(command: ClosePeriod, uow: AllianceUnitOfWork) -> alliance.PeriodClosing:
     _admin(uow, command.region, "closing an alliance's contract period")
-    found = await _alliance(uow, command.region, command.alliance_id)
+    found = await _alliance(uow, command.region, command.alliance_id, lock=True)
     return found.close_period(command.period, dict(command.kpi_results), uow.now)
 
 
@@ -285,6 +287,7 @@ async def declare_market_failure(
 ) -> market_failure.Finding:
     """Records the finding and arms its lapse at the end of its validity."""
     _admin(uow, command.region, "declaring market failure")
+    await uow.findings.serialize(command.region)
     spec = market_failure.validate_finding(command.spec, uow.now)
     finding = market_failure.Finding.declare(uuid.uuid4().hex, command.region, spec, uow.now)
     uow.findings.add(finding)
@@ -298,6 +301,7 @@ async def get_market_failure(query: GetMarketFailure, uow: AllianceUnitOfWork) -
 
 async def lift_market_failure(command: LiftMarketFailure, uow: AllianceUnitOfWork) -> market_failure.Finding:
     _admin(uow, command.region, "lifting a market-failure finding")
+    await uow.findings.serialize(command.region)
     finding = await _finding(uow, command.region, command.finding_id)
     finding.lift(command.reason, uow.now)
     uow.timers.cancel(_expiry_key(finding))
@@ -305,6 +309,7 @@ async def lift_market_failure(command: LiftMarketFailure, uow: AllianceUnitOfWor
 
 
 async def expire_market_failure(command: ExpireMarketFailure, uow: AllianceUnitOfWork) -> bool:
+    await uow.findings.serialize(command.region)
     finding = await _finding(uow, command.region, command.finding_id)
     return finding.expire(uow.now)
 
@@ -314,6 +319,7 @@ async def create_direct_award(
 ) -> market_failure.DirectAward:
     """Only under a finding valid now for the service and the municipality; records which."""
     _admin(uow, command.region, "awarding directly")
+    await uow.findings.serialize(command.region)
     findings = await uow.findings.active(command.region, command.spec.service)
     award = market_failure.DirectAward.make(uuid.uuid4().hex, command.region, command.spec, findings, uow.now)
     uow.direct_awards.add(award)

@@ -11,6 +11,7 @@ from typing import Any
 from sqlmodel import Field, SQLModel, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from services.runtime.db import serialize_on
 from services.runtime.tables import utc_field
 from services.runtime.uow import Context, UnitOfWork
 from services.tendering import alliance, market_failure
@@ -64,6 +65,13 @@ class AllianceRepository(DocumentRepository):
     def _columns(self, aggregate: Any) -> dict[str, Any]:
         return {"region": aggregate.region, **super()._columns(aggregate)}
 
+    async def lock(self, alliance_id: str) -> alliance.Alliance | None:
+        """The alliance, with writers of the same alliance taking turns from here (PostgreSQL)."""
+        if not self._uow.read_only:
+            await serialize_on(self._session, f"tendering:alliance:{alliance_id}")
+        found: alliance.Alliance | None = await self.get(alliance_id)
+        return found
+
 
 class FindingRepository(DocumentRepository):
     def __init__(self, session: AsyncSession, uow: UnitOfWork) -> None:
@@ -76,6 +84,11 @@ class FindingRepository(DocumentRepository):
             "state": str(aggregate.state),
             **super()._columns(aggregate),
         }
+
+    async def serialize(self, region: str) -> None:
+        """A region's findings and direct awards change one writer at a time: an award never
+        rests on a finding being lifted in a concurrent transaction."""
+        await serialize_on(self._session, f"tendering:market-failure:{region}")
 
     async def active(self, region: str, service: str) -> list[market_failure.Finding]:
         query = (

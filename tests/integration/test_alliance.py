@@ -5,6 +5,7 @@ input refused with its reason and nothing stored."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -327,3 +328,83 @@ async def test_bad_alliance_input_is_refused_with_its_reason_and_nothing_is_stor
     )
     validate_packages(exported.release_package_json, exported.record_package_json)
     assert '"roles": ["buyer"]' in exported.release_package_json
+
+
+async def implementing(world: World) -> str:
+    """An alliance with consortium A1+A2 selected and implementation started; its name."""
+    admin = world.admin()
+    created = await world.stub.CreateAlliance(
+        alliance_pb2.CreateAllianceRequest(parent=f"regions/{REGION}", alliance=alliance_message()),
+        metadata=admin,
+    )
+    bid = await world.stub.SubmitConsortiumBid(
+        alliance_pb2.SubmitConsortiumBidRequest(parent=created.name, bid=signed_bid(created.name, (A1, A2))),
+        metadata=world.tokens.provider(A1),
+    )
+    world.clock.advance(timedelta(days=31))
+    name = created.name
+    await world.stub.ShortlistBids(
+        alliance_pb2.ShortlistBidsRequest(name=name, bids=[bid.name], reasons="Meets the minimum."),
+        metadata=admin,
+    )
+    score = alliance_pb2.WorkshopScore(bid=bid.name, score="80")
+    await world.stub.ScoreWorkshops(
+        alliance_pb2.ScoreWorkshopsRequest(name=name, scores=[score], reasons="Panel."), metadata=admin
+    )
+    await world.stub.SelectConsortium(
+        alliance_pb2.SelectConsortiumRequest(name=name, reasons="Only one."), metadata=admin
+    )
+    parties = [REGION, "tampere", "nokia", A1, A2]
+    kpi = alliance_pb2.Kpi(
+        code="employed", result_area="jobs", description="Employed, %", target="60", weight="100"
+    )
+    period = alliance_pb2.ContractPeriod(
+        period="p1",
+        start=proto_date(T0.date() + timedelta(days=60)),
+        end=proto_date(T0.date() + timedelta(days=425)),
+        target_cost=euros("1000000.00"),
+        incentive_pool=euros("0.00"),
+    )
+    for decision in (
+        alliance_pb2.LeadershipDecision(
+            kind=alliance_pb2.DECISION_KIND_FIX_TARGETS,
+            approvals=parties,
+            reasons="Together.",
+            goals=["Jobs"],
+            kpis=[kpi],
+            periods=[period],
+        ),
+        alliance_pb2.LeadershipDecision(
+            kind=alliance_pb2.DECISION_KIND_START_IMPLEMENTATION, approvals=parties, reasons="Go."
+        ),
+    ):
+        await world.stub.DecideInLeadershipGroup(
+            alliance_pb2.DecideInLeadershipGroupRequest(name=name, decision=decision), metadata=admin
+        )
+    return name
+
+
+async def test_a_period_closed_twice_at_once_closes_once(world: World) -> None:
+    name = await implementing(world)
+    cost = alliance_pb2.CostEntry(period="p1", amount=euros("900000.00"), description="Coaching")
+    await world.stub.RecordCost(
+        alliance_pb2.RecordCostRequest(parent=name, cost=cost), metadata=world.tokens.provider(A2)
+    )
+    close = alliance_pb2.ClosePeriodRequest(
+        name=f"{name}/periods/p1", kpi_results=[alliance_pb2.KpiResult(code="employed", value="70")]
+    )
+    outcomes = await asyncio.gather(
+        *(world.stub.ClosePeriod(close, metadata=world.admin()) for _ in range(2)), return_exceptions=True
+    )
+    closed = [o for o in outcomes if isinstance(o, alliance_pb2.PeriodClosing)]
+    refused = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+    assert len(closed) == 1 and len(refused) == 1, outcomes
+    assert refused[0].code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_reason(refused[0]) == "PERIOD_CLOSED"
+    # 100 000.00 saved: half to the providers; A2 recorded every cost, A1 none.
+    statements = {s.party: s for s in closed[0].statements}
+    assert (statements[A1].net.units, statements[A2].net.units) == (
+        80_000 * 60 // 100 + 30_000,
+        900_000 + 32_000 + 20_000,
+    )
+    assert await count_rows(world.db, "outbox", "event_type = 'kasvu.tendering.v1.AlliancePeriodClosed'") == 1
