@@ -9,6 +9,7 @@ from kasvu.tendering.v1 import alliance_pb2, alliance_pb2_grpc, tendering_pb2
 
 from services.runtime.dispatch import Dispatcher
 from services.runtime.grpc_server import call_context
+from services.runtime.names import page
 from services.runtime.protoconv import (
     enum_from_proto,
     enum_to_proto,
@@ -20,7 +21,7 @@ from services.runtime.protoconv import (
     to_message,
 )
 from services.tendering import alliance, alliance_handlers, market_failure, sealing
-from services.tendering.grpc_api import Context, _decimal, _instant
+from services.tendering.grpc_api import Context, _decimal, _index_page, _instant
 from services.tendering.handlers import OcdsPackages
 from services.tendering.model import REGION
 
@@ -287,6 +288,19 @@ class AllianceServicer(alliance_pb2_grpc.AllianceServiceServicer):
         )
         received: alliance.ConsortiumBid = await self._handle(command, request.request_id)
         return bid_to_proto(region, alliance_id, received)
+
+    async def ListConsortiumBids(
+        self, request: alliance_pb2.ListConsortiumBidsRequest, context: Context
+    ) -> alliance_pb2.ListConsortiumBidsResponse:
+        region, alliance_id = self._alliance_name(request.parent, "parent")
+        paging = page(request.page_size, request.page_token, {"parent": request.parent})
+        bids: list[alliance.ConsortiumBid] = await self._query(
+            alliance_handlers.ListConsortiumBids(region, alliance_id)
+        )
+        listed, token = _index_page(bids, paging)
+        return alliance_pb2.ListConsortiumBidsResponse(
+            bids=[bid_to_proto(region, alliance_id, b) for b in listed], next_page_token=token
+        )
 
     def _bid_ids(self, region: str, alliance_id: str, names: Any, field: str) -> tuple[str, ...]:
         ids = []

@@ -43,6 +43,12 @@ class SubmitConsortiumBid(Command):
 
 
 @dataclass(frozen=True)
+class ListConsortiumBids(Query):
+    region: str
+    alliance_id: str
+
+
+@dataclass(frozen=True)
 class ShortlistBids(Command):
     region: str
     alliance_id: str
@@ -200,6 +206,24 @@ async def submit_consortium_bid(
     return bid
 
 
+async def list_consortium_bids(
+    query: ListConsortiumBids, uow: AllianceUnitOfWork
+) -> list[alliance.ConsortiumBid]:
+    """A provider sees the bids it is a member of; the buyers see every bid, but only after the
+    deadline (no early look at a competitor's price)."""
+    found = await _alliance(uow, query.region, query.alliance_id)
+    actor = uow.actor
+    if actor is not None and actor.role.value == "provider":
+        return [b for b in found.bids if actor.organisation in {m.business_id for m in b.members}]
+    buyers = [access.region_admin(found.region), *(access.region_admin(b.organisation) for b in found.buyers)]
+    access.require(actor, any_of=buyers, action="reading an alliance's bids")
+    if uow.now < found.spec.bid_deadline:
+        raise PermissionDenied(
+            f"the bids of {found.name} are read after the deadline", reason="BIDS_BEFORE_DEADLINE"
+        )
+    return list(found.bids)
+
+
 async def shortlist_bids(command: ShortlistBids, uow: AllianceUnitOfWork) -> alliance.Alliance:
     _admin(uow, command.region, "shortlisting an alliance's bids")
     found = await _alliance(uow, command.region, command.alliance_id, lock=True)
@@ -330,6 +354,7 @@ HANDLERS: dict[type[Any], Any] = {
     CreateAlliance: create_alliance,
     GetAlliance: get_alliance,
     SubmitConsortiumBid: submit_consortium_bid,
+    ListConsortiumBids: list_consortium_bids,
     ShortlistBids: shortlist_bids,
     ScoreWorkshops: score_workshops,
     SelectConsortium: select_consortium,

@@ -149,7 +149,13 @@ async def test_an_alliance_is_tendered_selected_and_runs_two_periods_with_statem
         bid_x = await api.post(f"{name}/bids", x, api.headers(Role.PROVIDER, A1))
         bid_y = await api.post(f"{name}/bids", y, api.headers(Role.PROVIDER, B1))
 
+        early = await client.get(f"/v1/{name}/bids", headers=admin)
+        assert early.status_code == 403, early.text  # no buyer reads a bid before the deadline
+        own = await api.get(f"{name}/bids", api.headers(Role.PROVIDER, A2))
+        assert [b["name"] for b in own["bids"]] == [bid_x["name"]]
         api.advance(timedelta(days=1, minutes=1))  # the bid deadline passes
+        listed = await api.get(f"{name}/bids", api.headers(Role.REGION_ADMIN, "tampere"))
+        assert [b["name"] for b in listed["bids"]] == [bid_x["name"], bid_y["name"]]
         await api.post(
             f"{name}:shortlist",
             {"bids": [bid_x["name"], bid_y["name"]], "reasons": "Both meet the minimum."},

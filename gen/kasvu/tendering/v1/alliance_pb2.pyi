@@ -1145,6 +1145,64 @@ class SubmitConsortiumBidRequest(_message.Message):
 Global___SubmitConsortiumBidRequest: _TypeAlias = SubmitConsortiumBidRequest  # noqa: Y015
 
 @_typing.final
+class ListConsortiumBidsRequest(_message.Message):
+    """Request of ListConsortiumBids."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The alliance."""
+    page_size: _builtins.int
+    """At most this many (default 50)."""
+    page_token: _builtins.str
+    """From a previous response."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListConsortiumBidsRequest: _TypeAlias = ListConsortiumBidsRequest  # noqa: Y015
+
+@_typing.final
+class ListConsortiumBidsResponse(_message.Message):
+    """Response of ListConsortiumBids."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BIDS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """The next page's token; empty on the last page."""
+    @_builtins.property
+    def bids(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConsortiumBid]:
+        """The bids, in the order received."""
+
+    def __init__(
+        self,
+        *,
+        bids: _abc.Iterable[Global___ConsortiumBid] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bids", b"bids", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListConsortiumBidsResponse: _TypeAlias = ListConsortiumBidsResponse  # noqa: Y015
+
+@_typing.final
 class ShortlistBidsRequest(_message.Message):
     """Request of ShortlistBids."""
 

@@ -55,6 +55,11 @@ class AllianceServiceStub:
                 request_serializer=kasvu_dot_tendering_dot_v1_dot_alliance__pb2.SubmitConsortiumBidRequest.SerializeToString,
                 response_deserializer=kasvu_dot_tendering_dot_v1_dot_alliance__pb2.ConsortiumBid.FromString,
                 _registered_method=True)
+        self.ListConsortiumBids = channel.unary_unary(
+                '/kasvu.tendering.v1.AllianceService/ListConsortiumBids',
+                request_serializer=kasvu_dot_tendering_dot_v1_dot_alliance__pb2.ListConsortiumBidsRequest.SerializeToString,
+                response_deserializer=kasvu_dot_tendering_dot_v1_dot_alliance__pb2.ListConsortiumBidsResponse.FromString,
+                _registered_method=True)
         self.ShortlistBids = channel.unary_unary(
                 '/kasvu.tendering.v1.AllianceService/ShortlistBids',
                 request_serializer=kasvu_dot_tendering_dot_v1_dot_alliance__pb2.ShortlistBidsRequest.SerializeToString,
@@ -141,6 +146,13 @@ class AllianceServiceServicer:
 
     def SubmitConsortiumBid(self, request, context):
         """The consortium's lead member submits the bid every member has signed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListConsortiumBids(self, request, context):
+        """A member reads its consortium's bids; the buyers read every bid once the deadline has passed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -247,6 +259,11 @@ def add_AllianceServiceServicer_to_server(servicer, server):
                     servicer.SubmitConsortiumBid,
                     request_deserializer=kasvu_dot_tendering_dot_v1_dot_alliance__pb2.SubmitConsortiumBidRequest.FromString,
                     response_serializer=kasvu_dot_tendering_dot_v1_dot_alliance__pb2.ConsortiumBid.SerializeToString,
+            ),
+            'ListConsortiumBids': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListConsortiumBids,
+                    request_deserializer=kasvu_dot_tendering_dot_v1_dot_alliance__pb2.ListConsortiumBidsRequest.FromString,
+                    response_serializer=kasvu_dot_tendering_dot_v1_dot_alliance__pb2.ListConsortiumBidsResponse.SerializeToString,
             ),
             'ShortlistBids': grpc.unary_unary_rpc_method_handler(
                     servicer.ShortlistBids,
@@ -395,6 +412,33 @@ class AllianceService:
             '/kasvu.tendering.v1.AllianceService/SubmitConsortiumBid',
             kasvu_dot_tendering_dot_v1_dot_alliance__pb2.SubmitConsortiumBidRequest.SerializeToString,
             kasvu_dot_tendering_dot_v1_dot_alliance__pb2.ConsortiumBid.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListConsortiumBids(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kasvu.tendering.v1.AllianceService/ListConsortiumBids',
+            kasvu_dot_tendering_dot_v1_dot_alliance__pb2.ListConsortiumBidsRequest.SerializeToString,
+            kasvu_dot_tendering_dot_v1_dot_alliance__pb2.ListConsortiumBidsResponse.FromString,
             options,
             channel_credentials,
             insecure,

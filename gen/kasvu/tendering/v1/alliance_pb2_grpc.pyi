@@ -45,6 +45,8 @@ class AllianceServiceStub:
     """Gets an alliance and its agreement. Its parties and the organiser may read it."""
     SubmitConsortiumBid: _grpc.UnaryUnaryMultiCallable[_alliance_pb2.SubmitConsortiumBidRequest, _alliance_pb2.ConsortiumBid]
     """The consortium's lead member submits the bid every member has signed."""
+    ListConsortiumBids: _grpc.UnaryUnaryMultiCallable[_alliance_pb2.ListConsortiumBidsRequest, _alliance_pb2.ListConsortiumBidsResponse]
+    """A member reads its consortium's bids; the buyers read every bid once the deadline has passed."""
     ShortlistBids: _grpc.UnaryUnaryMultiCallable[_alliance_pb2.ShortlistBidsRequest, _alliance_pb2.Alliance]
     """After the deadline: the qualitative stage's shortlist, with reasons."""
     ScoreWorkshops: _grpc.UnaryUnaryMultiCallable[_alliance_pb2.ScoreWorkshopsRequest, _alliance_pb2.Alliance]
@@ -86,6 +88,8 @@ class AllianceServiceAsyncStub(AllianceServiceStub):
     """Gets an alliance and its agreement. Its parties and the organiser may read it."""
     SubmitConsortiumBid: _aio.UnaryUnaryMultiCallable[_alliance_pb2.SubmitConsortiumBidRequest, _alliance_pb2.ConsortiumBid]  # type: ignore[assignment]
     """The consortium's lead member submits the bid every member has signed."""
+    ListConsortiumBids: _aio.UnaryUnaryMultiCallable[_alliance_pb2.ListConsortiumBidsRequest, _alliance_pb2.ListConsortiumBidsResponse]  # type: ignore[assignment]
+    """A member reads its consortium's bids; the buyers read every bid once the deadline has passed."""
     ShortlistBids: _aio.UnaryUnaryMultiCallable[_alliance_pb2.ShortlistBidsRequest, _alliance_pb2.Alliance]  # type: ignore[assignment]
     """After the deadline: the qualitative stage's shortlist, with reasons."""
     ScoreWorkshops: _aio.UnaryUnaryMultiCallable[_alliance_pb2.ScoreWorkshopsRequest, _alliance_pb2.Alliance]  # type: ignore[assignment]
@@ -142,6 +146,14 @@ class AllianceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_alliance_pb2.ConsortiumBid, _abc.Awaitable[_alliance_pb2.ConsortiumBid]]:
         """The consortium's lead member submits the bid every member has signed."""
+
+    @_abc_1.abstractmethod
+    def ListConsortiumBids(
+        self,
+        request: _alliance_pb2.ListConsortiumBidsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_alliance_pb2.ListConsortiumBidsResponse, _abc.Awaitable[_alliance_pb2.ListConsortiumBidsResponse]]:
+        """A member reads its consortium's bids; the buyers read every bid once the deadline has passed."""
 
     @_abc_1.abstractmethod
     def ShortlistBids(
