@@ -4,6 +4,7 @@ member, selection stages, unanimous decisions, a period closed once, and market 
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -15,8 +16,9 @@ from hypothesis import strategies as st
 
 from services.runtime.errors import FailedPrecondition, InvalidArgument
 from services.tendering import alliance as al
+from services.tendering import alliance_ocds, sealing
 from services.tendering import market_failure as mf
-from services.tendering import sealing
+from tests.tendering_ocds import validate_packages
 
 NOW = datetime(2026, 11, 23, 10, tzinfo=UTC)
 D = Decimal
@@ -349,3 +351,23 @@ def test_a_finding_needs_evidence_and_a_review_date_within_its_validity() -> Non
     with pytest.raises(InvalidArgument) as refused:
         mf.validate_finding(finding_spec(evidence=(), review_date=date(2030, 1, 1)), NOW)
     assert {v.field for v in refused.value.violations} == {"finding.evidence", "finding.review_date"}
+
+
+def test_the_ocds_export_lists_every_buyer_and_the_consortium_and_validates_after_an_amendment() -> None:
+    alliance = implementing()
+    buyers = (
+        *BUYERS[:2],
+        replace(BUYERS[2], cost_share=D(10)),
+        al.JointBuyer("ylojarvi", D(10), False, al.BuyerKind.MUNICIPALITY, ("wellbeing",)),
+    )
+    alliance.decide(
+        al.Decision(al.DecisionKind.ADMIT_BUYER, everyone(alliance), "Joins.", buyers=buyers), NOW
+    )
+    releases, records = alliance_ocds.packages(alliance)
+    validate_packages(releases, records)
+    last = json.loads(releases)["releases"][-1]
+    assert last["tag"] == ["contractAmendment"]
+    roles = {p["name"]: p["roles"] for p in last["parties"]}
+    assert roles["pirkanmaa"] == ["buyer", "procuringEntity"]
+    assert roles["ylojarvi"] == roles["tampere"] == ["buyer"]
+    assert [s["name"] for s in last["awards"][0]["suppliers"]] == [A1, A2]
