@@ -188,10 +188,11 @@ async def submit_consortium_bid(
     """The lead member submits what every member signed; checked whole before anything is kept."""
     actor = uow.actor
     leads = [m.business_id for m in command.members if m.lead]
-    if actor is None or actor.role.value != "provider" or actor.organisation not in leads:
-        access.require(
-            actor, any_of=[access.provider(b) for b in leads], action="submitting a consortium bid"
-        )
+    # Without exactly one lead the bid is invalid (the model says so); a member may learn that.
+    submitters = leads if len(leads) == 1 else [m.business_id for m in command.members]
+    if actor is None or actor.role.value != "provider" or actor.organisation not in submitters:
+        grants = [access.provider(b) for b in submitters]
+        access.require(actor, any_of=grants, action="submitting a consortium bid")
     found = await _alliance(uow, command.region, command.alliance_id, lock=True)
     bid = alliance.ConsortiumBid(
         uuid.uuid4().hex,

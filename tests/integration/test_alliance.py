@@ -310,6 +310,15 @@ async def test_bad_alliance_input_is_refused_with_its_reason_and_nothing_is_stor
     assert unsigned.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert f"member {A2} has not signed the bid" in (unsigned.value.details() or "")
     assert await count_rows(world.db, "outbox") == before
+    two_leads = signed_bid(created.name, (A1, A2))
+    two_leads.members[1].lead = True
+    with pytest.raises(grpc.aio.AioRpcError) as ambiguous:
+        await world.stub.SubmitConsortiumBid(
+            alliance_pb2.SubmitConsortiumBidRequest(parent=created.name, bid=two_leads),
+            metadata=world.tokens.provider(A2),
+        )
+    assert ambiguous.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "exactly one member must lead" in (ambiguous.value.details() or "")
     with pytest.raises(grpc.aio.AioRpcError) as not_lead:
         await world.stub.SubmitConsortiumBid(
             alliance_pb2.SubmitConsortiumBidRequest(
