@@ -1,7 +1,7 @@
 """alliances, market-failure findings and direct awards
 
 Revision ID: 5fb62895fcbf
-Revises: ac01499f2ac0
+Revises:
 Create Date: 2026-11-23 16:27:04.526125
 """
 
@@ -14,8 +14,10 @@ from alembic import op
 import services.runtime.tables
 
 revision: str = "5fb62895fcbf"
-down_revision: str | None = "ac01499f2ac0"
-branch_labels: str | Sequence[str] | None = None
+# Its own branch of tendering's migrations (upgrades go to "heads"): the alliance tables refer to
+# no table of the calls' branch, so this revision does not hang on that branch's revision ids.
+down_revision: str | None = None
+branch_labels: str | Sequence[str] | None = ("tendering_alliance",)
 depends_on: str | Sequence[str] | None = None
 
 
