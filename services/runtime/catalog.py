@@ -86,6 +86,18 @@ CATALOG: tuple[ServiceEntry, ...] = (
         grpc_port=50053,
         stream="KASVU_TENDERING",
         event_package="kasvu.tendering.v1",
+        grpc_services=("kasvu.tendering.v1.TenderingService",),
+        proto_modules=("kasvu.tendering.v1.tendering_pb2",),
+        public_methods=frozenset(
+            {
+                "kasvu.tendering.v1.TenderingService.GetCall",
+                "kasvu.tendering.v1.TenderingService.ListCalls",
+                "kasvu.tendering.v1.TenderingService.ListClarifications",
+                "kasvu.tendering.v1.TenderingService.GetFramework",
+                "kasvu.tendering.v1.TenderingService.ListFrameworks",
+                "kasvu.tendering.v1.TenderingService.ExportOcds",
+            }
+        ),
     ),
 )
 
