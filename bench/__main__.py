@@ -69,7 +69,7 @@ async def measure(plan: Plan, data_dir: Path) -> dict[str, float | str]:
         )
         log(f"sqlite transactions: {results['sqlite_txn_per_s']:.0f} /s")
 
-        roundtrips = await jetstream_roundtrips(suite.nats_url, plan.roundtrips)
+        roundtrips = await jetstream_roundtrips(suite.nats_url, plan.roundtrips, suite.nats_access())
         results["jetstream_roundtrip_p50_ms"] = percentile(roundtrips, 50)
         results["jetstream_roundtrip_p99_ms"] = percentile(roundtrips, 99)
         results["jetstream_roundtrip_samples"] = len(roundtrips)

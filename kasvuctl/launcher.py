@@ -1,4 +1,5 @@
-"""`kasvu run`: starts nats-server, the catalog's services and the gateway as local processes under honcho."""
+"""`kasvu run`: starts nats-server (with a user per service), the catalog's services and the gateway as
+local processes under honcho."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -18,6 +20,7 @@ from urllib.parse import urlsplit
 from honcho.manager import Manager
 from honcho.printer import Message, Printer
 
+from kasvuctl.natsauth import AUTH_DIR, NatsAuth, ensure_auth, without_nats_sign_in, write_private
 from services.runtime.auth import generate_keypair
 from services.runtime.catalog import CATALOG, GATEWAY, ServiceEntry, module_of
 from services.runtime.settings import Settings
@@ -27,6 +30,7 @@ NATS_HOST = "127.0.0.1"
 DEFAULT_NATS_PORT = 4222
 NATS_WAIT_S = 15.0
 GATEWAY_WAIT_S = 120.0
+NATS = "nats"
 
 Plan = list[tuple[str, list[str], dict[str, str]]]
 
@@ -57,14 +61,48 @@ def nats_port(env: Mapping[str, str]) -> int:
     return (urlsplit(url).port if url else None) or DEFAULT_NATS_PORT
 
 
-def write_nats_config(data_dir: Path, port: int) -> Path:
-    """Renders deploy/nats/nats-server.conf.template into the data dir."""
+@dataclass(frozen=True)
+class ServerTls:
+    """nats-server's certificate and key; with `client_ca`, it also requires client certificates."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+    def block(self) -> str:
+        # json.dumps gives double-quoted strings NATS parses, whatever the paths hold.
+        lines = [f"  cert_file: {json.dumps(str(self.cert))}", f"  key_file: {json.dumps(str(self.key))}"]
+        if self.client_ca is not None:
+            lines += [f"  ca_file: {json.dumps(str(self.client_ca))}", "  verify: true"]
+        return "tls {\n" + "\n".join(lines) + "\n}"
+
+
+def server_tls(env: Mapping[str, str]) -> ServerTls | None:
+    """TLS for `kasvu run`'s nats-server from KASVU_NATS_SERVER_TLS_CERT / _KEY / _CA, if set."""
+    cert, key = env.get("KASVU_NATS_SERVER_TLS_CERT"), env.get("KASVU_NATS_SERVER_TLS_KEY")
+    if not cert and not key:
+        return None
+    if not cert or not key:
+        raise ValueError("KASVU_NATS_SERVER_TLS_CERT and KASVU_NATS_SERVER_TLS_KEY go together")
+    ca = env.get("KASVU_NATS_SERVER_TLS_CA")
+    return ServerTls(Path(cert).resolve(), Path(key).resolve(), Path(ca).resolve() if ca else None)
+
+
+def write_nats_config(data_dir: Path, port: int, auth: NatsAuth, tls: ServerTls | None = None) -> Path:
+    """Renders deploy/nats/nats-server.conf.template into the data dir, with the users of
+    `auth` (no anonymous access) and TLS when given; readable by the owner only."""
     text = NATS_TEMPLATE.read_text()
     # json.dumps gives a double-quoted string NATS parses, whatever the path holds.
     text = text.replace("@PORT@", str(port)).replace("@STORE_DIR@", json.dumps(str(data_dir / "nats")))
+    text = text.replace("@TLS@", tls.block() if tls else "")
+    text = text.replace("@AUTHORIZATION@", auth.authorization())
     path = data_dir / "nats-server.conf"
-    path.write_text(text)
+    write_private(path, text)
     return path
+
+
+def nats_client_url(port: int, tls: ServerTls | None) -> str:
+    return f"{'tls' if tls else 'nats'}://{NATS_HOST}:{port}"
 
 
 def build_processes(
@@ -73,32 +111,36 @@ def build_processes(
     """The processes `kasvu run` starts, in order: (name, argv, environment): nats-server,
     every service of the catalog, then the gateway.
 
-    Writes the nats-server config into `data_dir` as a side effect. Services are
-    started through `python -m kasvuctl.launcher --wait-for` so they only begin
-    once nats-server accepts connections.
+    Writes the NATS users (reused from an earlier run) and the nats-server config into
+    `data_dir` as a side effect; each service gets its own user's credentials, the gateway
+    none (it speaks only gRPC). Services are started through `python -m kasvuctl.launcher
+    --wait-for` so they only begin once nats-server accepts connections.
     """
+    entries = tuple(catalog)
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     port = nats_port(env)
-    config = write_nats_config(data_dir, port)
-    base = dict(env)
+    tls = server_tls(env)
+    auth = ensure_auth(data_dir / AUTH_DIR, entries)
+    config = write_nats_config(data_dir, port, auth, tls)
+    base = without_nats_sign_in(env)
     base["KASVU_DATA_DIR"] = str(data_dir)  # absolute, so every process agrees whatever its cwd
-    base["KASVU_NATS_URL"] = f"nats://{NATS_HOST}:{port}"
+    base["KASVU_NATS_URL"] = nats_client_url(port, tls)
     nats_server = Path(sys.executable).parent / "nats-server"
-    plan: Plan = [("nats", [str(nats_server), "-c", str(config)], base)]
+    plan: Plan = [(NATS, [str(nats_server), "-c", str(config)], base)]
     # Output goes through a pipe to honcho; unbuffered, log lines show up at once.
     service_env = base | {"PYTHONUNBUFFERED": "1"}
     wait = [sys.executable, "-m", "kasvuctl.launcher", "--wait-for", f"{NATS_HOST}:{port}", "--"]
     # One shared KASVU_GRPC_ADDRESS from the shell would make every service collide.
     service_env.pop("KASVU_GRPC_ADDRESS", None)
-    for service in catalog:
+    for service in entries:
         # Each service listens where its peers (and the gateway) will call it.
         listen = env.get(service.address_variable) or service.default_address
         plan.append(
             (
                 service.name,
                 [*wait, sys.executable, "-m", service.module],
-                {**service_env, "KASVU_GRPC_ADDRESS": listen},
+                {**service_env, **auth.environment(service.name), "KASVU_GRPC_ADDRESS": listen},
             )
         )
     plan.append((GATEWAY, [*wait, sys.executable, "-m", module_of(GATEWAY)], dict(service_env)))

@@ -1,6 +1,7 @@
 """Starts the whole suite as real processes on free loopback ports: nats-server with
-JetStream, the catalog's services and the gateway, with SQLite files or given database
-URLs. Used by the end-to-end tests, the benchmarks and `kasvu demo --local`."""
+JetStream and a user per service (as `kasvu run` makes them), the catalog's services and the
+gateway, with SQLite files or given database URLs. Used by the end-to-end tests, the
+benchmarks and `kasvu demo --local`."""
 
 from __future__ import annotations
 
@@ -17,11 +18,15 @@ from pathlib import Path
 
 import grpc
 import httpx
+import nats
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from nats.aio.client import Client as NatsClient
 
 from kasvuctl.launcher import wait_for_tcp, write_nats_config
+from kasvuctl.natsauth import ADMIN_USER, AUTH_DIR, NatsAuth, ensure_auth
 from services.runtime.auth import Principal, Role, generate_keypair, mint_token
 from services.runtime.catalog import CATALOG, GATEWAY, ServiceEntry, module_of, process_names
+from services.runtime.natsaccess import NatsAccess
 
 
 def free_port() -> int:
@@ -44,6 +49,8 @@ class LocalSuite:
     nats_port: int = field(default_factory=free_port)
     ports: dict[str, int] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    auth: NatsAuth | None = None
+    """The NATS users, made by `start_nats`; until then processes get no credentials."""
 
     def __post_init__(self) -> None:
         for name in self.process_names:
@@ -77,6 +84,8 @@ class LocalSuite:
                 "KASVU_LOG_LEVEL": "INFO",
             }
         )
+        if self.auth is not None and service in self.auth.permissions:
+            env.update(self.auth.environment(service))
         if service in self.database_urls:
             env["KASVU_DATABASE_URL"] = self.database_urls[service]
         env.update(self.extra_env)
@@ -101,10 +110,23 @@ class LocalSuite:
     def token(self, role: Role, organisation: str) -> str:
         return mint_token(self.private_key(), Principal(role=role, organisation=organisation, subject="test"))
 
+    def nats_access(self, user: str = ADMIN_USER) -> NatsAccess:
+        """How `user` (by default the administrator) signs in to the suite's nats-server."""
+        if self.auth is None:
+            raise RuntimeError("nats-server has not been started, so it has no users yet")
+        return self.auth.access(user)
+
+    async def connect_nats(self, user: str = ADMIN_USER) -> NatsClient:
+        """A plain client connection as `user`; the caller closes it."""
+        return await nats.connect(self.nats_url, **self.nats_access(user).connect_options())
+
     # -- lifecycle --------------------------------------------------------------------
 
     def start_nats(self) -> None:
-        config = write_nats_config(self.data_dir, self.nats_port)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.auth is None:
+            self.auth = ensure_auth(self.data_dir / AUTH_DIR, self.catalog)
+        config = write_nats_config(self.data_dir, self.nats_port, self.auth)
         nats_server = Path(sys.executable).parent / "nats-server"
         self._spawn("nats", [str(nats_server), "-c", str(config)], dict(os.environ))
         if not wait_for_tcp("127.0.0.1", self.nats_port, timeout_s=15):
