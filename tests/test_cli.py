@@ -212,3 +212,37 @@ def test_service_wrapper_gives_up_when_nats_never_listens(unused_tcp_port: int) 
     )
     assert result.returncode == 1
     assert "started" not in result.stdout
+
+
+def test_run_plan_serves_nats_over_tls_when_given_a_certificate(tmp_path: Path) -> None:
+    env = {
+        "KASVU_NATS_URL": "nats://127.0.0.1:14222",
+        "KASVU_NATS_SERVER_TLS_CERT": str(tmp_path / "server.pem"),
+        "KASVU_NATS_SERVER_TLS_KEY": str(tmp_path / "server-key.pem"),
+    }
+    plan = build_processes(tmp_path / "data", env)
+
+    text = Path(plan[0][1][-1]).read_text()
+    assert f'cert_file: "{tmp_path / "server.pem"}"' in text and "verify: true\n" not in text
+    assert set(each_process(plan, "KASVU_NATS_URL").values()) == {"tls://127.0.0.1:14222"}
+    with pytest.raises(ValueError, match="go together"):
+        build_processes(tmp_path / "data", {"KASVU_NATS_SERVER_TLS_CERT": str(tmp_path / "server.pem")})
+
+
+def test_nats_auth_command_writes_the_users_for_a_deployment_and_rotates_one(tmp_path: Path) -> None:
+    made = _kasvu(tmp_path, "nats-auth", "--dir", str(tmp_path / "secrets"))
+    assert made.returncode == 0, made.stderr
+    assert "auth.conf" in made.stdout and "registry.env" in made.stdout
+    before = (tmp_path / "secrets" / "registry.env").read_text()
+    assert before.startswith("KASVU_NATS_USER=registry\nKASVU_NATS_PASSWORD=")
+    tendering = (tmp_path / "secrets" / "tendering.env").read_text()
+
+    rotated = _kasvu(tmp_path, "nats-auth", "--dir", str(tmp_path / "secrets"), "--rotate", "registry")
+    assert rotated.returncode == 0, rotated.stderr
+    assert "new password for registry" in rotated.stdout
+    assert (tmp_path / "secrets" / "registry.env").read_text() != before
+    assert (tmp_path / "secrets" / "tendering.env").read_text() == tendering
+
+    unknown = _kasvu(tmp_path, "nats-auth", "--rotate", "gateway")
+    assert unknown.returncode == 2 and "no NATS user gateway" in unknown.stderr
+    assert not (tmp_path / "nats-auth").exists()
