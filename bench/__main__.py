@@ -128,7 +128,9 @@ async def hop_figures(suite: LocalSuite, timings: list[hops.BreachTiming]) -> di
     # suspension: a moment's pause lets the last breach's mark land before it is read.
     await asyncio.sleep(0.5)
     try:
-        samples = hops.hop_samples(await hops.timelines(suite.data_dir, suite.nats_url, timings))
+        samples = hops.hop_samples(
+            await hops.timelines(suite.data_dir, suite.nats_url, suite.nats_access(), timings)
+        )
     except Exception as error:
         log(f"hop breakdown failed: {type(error).__name__}: {error}")
         return {"hop_breaches": len(timings)}

@@ -82,6 +82,8 @@ def service_permissions(service: ServiceEntry, catalog: Iterable[ServiceEntry] =
         f"{JS_API}.STREAM.INFO.{stream}",
         f"{JS_API}.STREAM.CREATE.{stream}",
         f"{JS_API}.STREAM.UPDATE.{stream}",
+        # The relay reads its stream's last message after a restart, to know what is stored.
+        f"{JS_API}.STREAM.MSG.GET.{stream}",
     ]
     for consumption in service.consumes:
         publish.extend(_consumer_subjects(consumption, stream, entries))

@@ -45,6 +45,7 @@ def test_the_registry_may_publish_its_own_events_and_read_only_the_breaches_it_c
             "$JS.API.STREAM.INFO.KASVU_REGISTRY",
             "$JS.API.STREAM.CREATE.KASVU_REGISTRY",
             "$JS.API.STREAM.UPDATE.KASVU_REGISTRY",
+            "$JS.API.STREAM.MSG.GET.KASVU_REGISTRY",
             "$JS.API.CONSUMER.INFO.KASVU_SELFMONITORING.registry-breaches",
             "$JS.API.CONSUMER.CREATE.KASVU_SELFMONITORING.registry-breaches.kasvu.selfmonitoring.v1.BreachOpened.*",
             "$JS.API.CONSUMER.MSG.NEXT.KASVU_SELFMONITORING.registry-breaches",
@@ -75,6 +76,7 @@ def test_no_service_may_publish_anothers_events_or_touch_anothers_stream_or_dele
             if other is not service:
                 assert not allows(publish, f"{other.event_package}.SomethingHappened.pirkanmaa")
                 assert not allows(publish, f"$JS.API.STREAM.UPDATE.{other.stream}")
+                assert not allows(publish, f"$JS.API.STREAM.MSG.GET.{other.stream}")
                 assert not allows(users[service.name].subscribe, f"_INBOX.{other.name}.x")
         assert not allows(users[service.name].subscribe, "kasvu.registry.v1.TermsPublished.pirkanmaa")
 
