@@ -69,7 +69,7 @@ async def measure(plan: Plan, data_dir: Path) -> dict[str, float | str]:
         )
         log(f"sqlite transactions: {results['sqlite_txn_per_s']:.0f} /s")
 
-        roundtrips = await jetstream_roundtrips(suite.nats_url, plan.roundtrips)
+        roundtrips = await jetstream_roundtrips(suite.nats_url, plan.roundtrips, suite.nats_access())
         results["jetstream_roundtrip_p50_ms"] = percentile(roundtrips, 50)
         results["jetstream_roundtrip_p99_ms"] = percentile(roundtrips, 99)
         results["jetstream_roundtrip_samples"] = len(roundtrips)
@@ -128,7 +128,9 @@ async def hop_figures(suite: LocalSuite, timings: list[hops.BreachTiming]) -> di
     # suspension: a moment's pause lets the last breach's mark land before it is read.
     await asyncio.sleep(0.5)
     try:
-        samples = hops.hop_samples(await hops.timelines(suite.data_dir, suite.nats_url, timings))
+        samples = hops.hop_samples(
+            await hops.timelines(suite.data_dir, suite.nats_url, suite.nats_access(), timings)
+        )
     except Exception as error:
         log(f"hop breakdown failed: {type(error).__name__}: {error}")
         return {"hop_breaches": len(timings)}

@@ -13,6 +13,23 @@ from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
+class Consumption:
+    """Events a service reads from a stream of the suite.
+
+    With a `durable` name it is a durable pull consumer, shared by the service's replicas,
+    whose effects the inbox applies once; without one, ordered ephemeral consumers such as a
+    live feed, which JetStream creates with the filter in the request body, out of reach of
+    subject permissions: so those read only the service's own stream.
+    """
+
+    stream_of: str
+    """The catalog service whose stream holds the events."""
+    subject: str
+    """The filter subject, within that service's subjects (wildcards allowed)."""
+    durable: str = ""
+
+
+@dataclass(frozen=True)
 class ServiceEntry:
     """One gRPC service of the suite: where it listens, what it owns, what it serves."""
 
@@ -34,6 +51,8 @@ class ServiceEntry:
     parameter the pattern of its kind. A test keeps these and the models' patterns equal."""
     public_methods: frozenset[str] = field(default_factory=frozenset)
     """Full names of the methods that need no sign-in; the protos have no annotation for it."""
+    consumes: tuple[Consumption, ...] = ()
+    """What it reads from streams; its NATS user may read exactly these and nothing else."""
 
     @property
     def subjects(self) -> tuple[str, ...]:
@@ -67,6 +86,14 @@ CATALOG: tuple[ServiceEntry, ...] = (
         ),
         proto_modules=("kasvu.registry.v1.registry_pb2",),
         public_methods=frozenset({"kasvu.registry.v1.RegistryService.ListProviders"}),
+        # A serious breach suspends the provider in the breach's region.
+        consumes=(
+            Consumption(
+                stream_of="selfmonitoring",
+                subject="kasvu.selfmonitoring.v1.BreachOpened.*",
+                durable="registry-breaches",
+            ),
+        ),
     ),
     ServiceEntry(
         name="selfmonitoring",
@@ -80,6 +107,8 @@ CATALOG: tuple[ServiceEntry, ...] = (
             "regions/{region}/breaches/{breach:key}",
         ),
         proto_modules=("kasvu.selfmonitoring.v1.selfmonitoring_pb2",),
+        # The supervisors' live alert feed reads the breaches back from its own stream.
+        consumes=(Consumption(stream_of="selfmonitoring", subject="kasvu.selfmonitoring.v1.BreachOpened.*"),),
     ),
     ServiceEntry(
         name="tendering",
@@ -118,6 +147,14 @@ def entry(name: str, catalog: Iterable[ServiceEntry] = CATALOG) -> ServiceEntry:
             return candidate
     known = ", ".join(candidate.name for candidate in entries)
     raise UnknownService(f"no service {name!r} in the catalog (known: {known})")
+
+
+def consumption(service: str, durable: str, catalog: Iterable[ServiceEntry] = CATALOG) -> Consumption:
+    """The durable consumer `durable` of `service`, as the catalog declares it."""
+    for candidate in entry(service, catalog).consumes:
+        if candidate.durable == durable:
+            return candidate
+    raise LookupError(f"{service} declares no consumer {durable!r} in the catalog")
 
 
 def module_of(process: str) -> str:
