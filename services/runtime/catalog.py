@@ -116,7 +116,29 @@ CATALOG: tuple[ServiceEntry, ...] = (
         stream="KASVU_TENDERING",
         event_package="kasvu.tendering.v1",
         grpc_services=("kasvu.tendering.v1.TenderingService",),
+        resource_names=(
+            "regions/{region}",
+            "regions/{region}/calls/{call:key}",
+            "regions/{region}/calls/{call:key}/bids/{bid:key}",
+            "regions/{region}/calls/{call:key}/clarifications/{clarification:key}",
+            "regions/{region}/frameworks/{framework:key}",
+            "regions/{region}/frameworks/{framework:key}/callOffs/{call_off:key}",
+        ),
         proto_modules=("kasvu.tendering.v1.tendering_pb2",),
+        # A supplier suspended in the registry is skipped at call-off; reinstatement makes it
+        # eligible again.
+        consumes=(
+            Consumption(
+                stream_of="registry",
+                subject="kasvu.registry.v1.ProviderSuspended.*",
+                durable="tendering-suspensions",
+            ),
+            Consumption(
+                stream_of="registry",
+                subject="kasvu.registry.v1.ProviderReinstated.*",
+                durable="tendering-reinstatements",
+            ),
+        ),
         public_methods=frozenset(
             {
                 "kasvu.tendering.v1.TenderingService.GetCall",
