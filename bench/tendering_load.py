@@ -153,8 +153,6 @@ async def open_bids_figures(data_dir: Path, count: int = 10_000, size: int = 204
                         "amendment": 0,
                         "state": "SEALED",
                         "receipt_signature": b"",
-                        "plaintext_sha256": "",
-                        "content_json": None,
                     }
                     for index, bid in enumerate(bids)
                 ],

@@ -11,6 +11,7 @@ import grpc
 from kasvu.selfmonitoring.v1 import selfmonitoring_pb2, selfmonitoring_pb2_grpc
 
 from services.runtime.dispatch import Dispatcher
+from services.runtime.errors import FieldViolation, InvalidArgument
 from services.runtime.grpc_server import call_context, current_principal
 from services.runtime.names import page
 from services.runtime.protoconv import enum_from_proto, required_date, timestamp, to_message
@@ -39,6 +40,20 @@ def indicator_to_proto(indicator: model.Indicator) -> selfmonitoring_pb2.Indicat
 
 def breach_to_proto(breach: model.Breach) -> selfmonitoring_pb2.Breach:
     return to_message(breach.facts, selfmonitoring_pb2.Breach)
+
+
+def _breach_position(after: dict[str, str]) -> tuple[datetime, str]:
+    """Where a page of breaches starts. The token's checksum tells damage, not forgery, so its
+    position is checked as any client input is."""
+    opened_at: datetime | None
+    try:
+        opened_at, breach_id = datetime.fromisoformat(after["opened_at"]), after["id"]
+    except (KeyError, ValueError):
+        opened_at, breach_id = None, ""
+    if opened_at is None or opened_at.tzinfo is None:
+        description = "is not a token this service issued"
+        raise InvalidArgument(f"page_token {description}", [FieldViolation("page_token", description)])
+    return opened_at, breach_id
 
 
 class SelfMonitoringServicer(selfmonitoring_pb2_grpc.SelfMonitoringServiceServicer):
@@ -109,9 +124,7 @@ class SelfMonitoringServicer(selfmonitoring_pb2_grpc.SelfMonitoringServiceServic
         region = model.REGION.parse(request.parent, "parent")["region"]
         handlers.require_supervision(region, current_principal())
         paging = page(request.page_size, request.page_token, {"parent": request.parent})
-        before = (
-            (datetime.fromisoformat(paging.after["opened_at"]), paging.after["id"]) if paging.after else None
-        )
+        before = _breach_position(paging.after) if paging.after else None
         query = handlers.ListBreaches(region, before, paging.size + 1)
         found: list[model.Breach] = await self._dispatcher.query(query, call_context())
         listed, more = found[: paging.size], len(found) > paging.size

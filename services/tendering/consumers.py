@@ -9,13 +9,15 @@ from services.runtime import catalog
 from services.tendering.handlers import SetSupplierEligibility
 
 REGISTRY_STREAM = catalog.entry("registry").stream
-SUSPENSIONS_SUBJECT = f"{registry_events.ProviderSuspended.DESCRIPTOR.full_name}.*"
-SUSPENSIONS_DURABLE = "tendering-suspensions"
+# Names as the catalog declares them, which is also what the NATS permissions are made from.
+SUSPENSIONS = catalog.consumption("tendering", "tendering-suspensions")
+SUSPENSIONS_SUBJECT = SUSPENSIONS.subject
+SUSPENSIONS_DURABLE = SUSPENSIONS.durable
 SUSPENDED_TYPE = registry_events.ProviderSuspended
 REINSTATED_TYPE = getattr(registry_events, "ProviderReinstated", None)
 """The registry's reinstatement event, once its engineer lands it; until then reinstatement
 reaches tendering through nothing, and the README says so."""
-REINSTATEMENTS_DURABLE = "tendering-reinstatements"
+REINSTATEMENTS_DURABLE = catalog.consumption("tendering", "tendering-reinstatements").durable
 
 
 def suspension_for(event: registry_events.ProviderSuspended, subject: str) -> SetSupplierEligibility:

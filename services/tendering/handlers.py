@@ -510,6 +510,7 @@ async def _open_and_evaluate(uow: TenderingUnitOfWork, call: model.Call, shares:
     private = sealing.unwrap_opening_key(call.wrapped_private_key, shares, call.name)
     bids = await uow.bids.live(call.id)
     candidates, unopenable = open_bids(call, bids, private)
+    await uow.bids.record_opening(call.id, bids)
     scores = [
         score
         for lot in call.spec.lots

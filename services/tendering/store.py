@@ -58,7 +58,7 @@ class CallOffRow(SQLModel, table=True):
 
 
 class BidRow(SQLModel, table=True):
-    """A sealed bid. Before opening it holds ciphertext only; `content_json` is set at opening."""
+    """A sealed bid: ciphertext only. What opening found is in tendering_bid_openings."""
 
     __tablename__ = "tendering_bids"
     __table_args__ = (Index("ix_tendering_bids_call", "call_id", "bidder", "lot"),)
@@ -76,8 +76,17 @@ class BidRow(SQLModel, table=True):
     amendment: int
     state: str = Field(max_length=16)
     receipt_signature: bytes
-    plaintext_sha256: str = Field(default="", max_length=64)
-    content_json: str | None = None
+
+
+class OpeningRow(SQLModel, table=True):
+    """An opened bid's plaintext hash and content, written once at opening (inserts, not 10 000
+    updates of the bids' rows)."""
+
+    __tablename__ = "tendering_bid_openings"
+
+    bid_id: str = Field(primary_key=True, max_length=64)
+    plaintext_sha256: str = Field(max_length=64)
+    content_json: str
 
 
 class ShareRow(SQLModel, table=True):
@@ -108,6 +117,7 @@ TENDERING_TABLES = (
     "tendering_frameworks",
     "tendering_call_offs",
     "tendering_bids",
+    "tendering_bid_openings",
     "tendering_opening_shares",
     "tendering_suspensions",
 )
@@ -115,7 +125,12 @@ BIDS = BidRow.__table__  # type: ignore[attr-defined]
 CALLS = CallRow.__table__  # type: ignore[attr-defined]
 SHARES = ShareRow.__table__  # type: ignore[attr-defined]
 SUSPENSIONS = SuspensionRow.__table__  # type: ignore[attr-defined]
+OPENINGS = OpeningRow.__table__  # type: ignore[attr-defined]
 _INSERT_BID = TableInserter(BIDS)
+_INSERT_OPENING = TableInserter(OPENINGS)
+_BIDS_WITH_OPENINGS = select(BIDS, OPENINGS.c.plaintext_sha256, OPENINGS.c.content_json).select_from(
+    BIDS.outerjoin(OPENINGS, OPENINGS.c.bid_id == BIDS.c.id)
+)
 _UPDATE_BID = update(BIDS).where(BIDS.c.id == bindparam("bid_id"))
 
 
@@ -342,17 +357,13 @@ def bid_from_row(row: Any) -> model.Bid:
         amendment=row.amendment,
         state=model.BidState(row.state),
         receipt_signature=row.receipt_signature,
-        plaintext_sha256=row.plaintext_sha256,
+        plaintext_sha256=row.plaintext_sha256 or "",
         content=None if row.content_json is None else model.BidContent.decode(row.content_json.encode()),
     )
 
 
 def _mutable(bid: model.Bid) -> dict[str, Any]:
-    return {
-        "state": str(bid.state),
-        "plaintext_sha256": bid.plaintext_sha256,
-        "content_json": _content_json(bid.content),
-    }
+    return {"state": str(bid.state)}
 
 
 class BidRepository:
@@ -373,7 +384,7 @@ class BidRepository:
         return bid
 
     async def _select(self, *conditions: Any) -> list[model.Bid]:
-        query = select(BIDS).where(*conditions).order_by(BIDS.c.received_at, BIDS.c.id)
+        query = _BIDS_WITH_OPENINGS.where(*conditions).order_by(BIDS.c.received_at, BIDS.c.id)
         return [self._track(row) for row in (await self._uow.connection.execute(query)).all()]
 
     async def get(self, bid_id: str) -> model.Bid | None:
@@ -408,6 +419,30 @@ class BidRepository:
         await _INSERT_BID.insert(self._uow.connection, [row])
         self._loaded[bid.id] = (bid, _mutable(bid))
         self._uow.track(bid, bid.name)
+
+    async def record_opening(self, call_id: str, bids: list[model.Bid]) -> None:
+        """Writes what opening found: one insert per opened bid, and the states in two statements
+        (every sealed bid of the call OPENED, then the few that did not open UNOPENABLE)."""
+        opened = [bid for bid in bids if bid.state == model.BidState.OPENED]
+        await _INSERT_OPENING.insert(
+            self._uow.connection,
+            [
+                {
+                    "bid_id": b.id,
+                    "plaintext_sha256": b.plaintext_sha256,
+                    "content_json": _content_json(b.content),
+                }
+                for b in opened
+            ],
+        )
+        sealed = str(model.BidState.SEALED)
+        await self._uow.connection.execute(
+            update(BIDS)
+            .where(BIDS.c.call_id == call_id, BIDS.c.state == sealed)
+            .values(state=str(model.BidState.OPENED))
+        )
+        for bid in opened:
+            self._loaded[bid.id] = (bid, _mutable(bid))
 
     async def save(self) -> None:
         changed = []

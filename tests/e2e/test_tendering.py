@@ -48,8 +48,16 @@ def rfc3339(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
+MARKER = "SALAINEN-HINTA-91c2"
+
+
 def bid_plaintext(price: int, plan: int) -> bytes:
-    document = {"price": str(price), "quality": {"plan": plan}, "declarations": {"no-tax-debt": True}}
+    document = {
+        "price": str(price),
+        "quality": {"plan": plan},
+        "declarations": {"no-tax-debt": True},
+        "note": MARKER,
+    }
     return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
 
 
@@ -189,6 +197,8 @@ async def test_a_framework_tender_from_draft_to_agreement_then_a_call_off_skips_
         )
 
         # The deadline passes (the test clock); two of three committee members open the bids.
+        # Sealed until the deadline: no process of the suite has logged a bid's content.
+        assert all(MARKER not in suite.log_text(name) for name in suite.process_names)
         tendering.advance(timedelta(days=2, minutes=1))
         await tendering.wait_for(call["name"], "state", "CALL_STATE_CLOSED")
         for index, member in enumerate(MEMBERS[:2]):

@@ -512,7 +512,9 @@ async def test_a_framework_longer_than_four_years_without_justification_is_refus
     assert not listing.calls
 
 
-async def test_amending_a_call_invalidates_its_bids_and_moves_the_deadline(world: World) -> None:
+async def test_amending_invalidates_bids_and_moves_the_deadline_and_cancelling_ends_the_call(
+    world: World,
+) -> None:
     members = [Member("alice"), Member("bob")]
     provider = Provider(business_ids()())
     async with published(world, members) as call:
@@ -532,6 +534,27 @@ async def test_amending_a_call_invalidates_its_bids_and_moves_the_deadline(world
         still_open = await world.stub.GetCall(tendering_pb2.GetCallRequest(name=call.name))
         assert still_open.state == tendering_pb2.CALL_STATE_AMENDED
         await world.bid(call, provider, "north", content(900, 2))
+        exported = await world.stub.ExportOcds(tendering_pb2.ExportOcdsRequest(name=call.name))
+        tags = [r["tag"] for r in json.loads(exported.release_package_json)["releases"]]
+        assert tags == [["tender"], ["tenderAmendment"]]
+        validate_packages(exported.release_package_json, exported.record_package_json)
+        cancelled = await world.stub.CancelCall(
+            tendering_pb2.CancelCallRequest(name=call.name, reason="The need changed."),
+            metadata=world.admin(),
+        )
+        assert (
+            cancelled.state == tendering_pb2.CALL_STATE_CANCELLED
+            and cancelled.end_reason == "The need changed."
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as late:
+            await world.bid(call, provider, "north", content(800, 2))
+        assert error_reason(late.value) == "CALL_STATE"
+        exported = await world.stub.ExportOcds(tendering_pb2.ExportOcdsRequest(name=call.name))
+        releases = json.loads(exported.release_package_json)["releases"]
+        assert (
+            releases[-1]["tag"] == ["tenderCancellation"] and releases[-1]["tender"]["status"] == "cancelled"
+        )
+        validate_packages(exported.release_package_json, exported.record_package_json)
 
 
 async def concluded_framework(
