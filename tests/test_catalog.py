@@ -46,6 +46,7 @@ def test_every_public_method_is_a_method_of_its_own_service():
             )
     assert public_methods() == {
         "kasvu.registry.v1.RegistryService.ListProviders",
+        "kasvu.tendering.v1.AllianceService.GetMarketFailure",
         *(
             f"kasvu.tendering.v1.TenderingService.{name}"
             for name in (
@@ -84,7 +85,10 @@ def test_names_ports_and_streams_are_unique_and_subjects_follow_the_event_packag
     )
     assert (registry.module, registry.address_variable) == ("services.registry", "KASVU_REGISTRY_ADDRESS")
     assert [entry(name).grpc_port for name in ("selfmonitoring", "tendering")] == [50052, 50053]
-    assert entry("tendering").grpc_services == ("kasvu.tendering.v1.TenderingService",)
+    assert entry("tendering").grpc_services == (
+        "kasvu.tendering.v1.TenderingService",
+        "kasvu.tendering.v1.AllianceService",
+    )
 
 
 def test_process_names_put_the_gateway_after_the_services_it_calls():
@@ -93,6 +97,7 @@ def test_process_names_put_the_gateway_after_the_services_it_calls():
         "kasvu.registry.v1.RegistryService",
         "kasvu.selfmonitoring.v1.SelfMonitoringService",
         "kasvu.tendering.v1.TenderingService",
+        "kasvu.tendering.v1.AllianceService",
     )
 
 
