@@ -11,7 +11,8 @@ import grpc
 from kasvu.selfmonitoring.v1 import selfmonitoring_pb2, selfmonitoring_pb2_grpc
 
 from services.runtime.dispatch import Dispatcher
-from services.runtime.grpc_server import call_context, current_principal
+from services.runtime.errors import DomainError
+from services.runtime.grpc_server import call_context, current_principal, status_code_for
 from services.runtime.names import page
 from services.runtime.protoconv import enum_from_proto, required_date, timestamp, to_message
 from services.selfmonitoring import handlers, model
@@ -20,6 +21,10 @@ from services.selfmonitoring.alerts import AlertFeed
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 _SEVERITY = selfmonitoring_pb2.DESCRIPTOR.enum_types_by_name["Severity"]
+_SOURCE = selfmonitoring_pb2.DESCRIPTOR.enum_types_by_name["ObservationSource"]
+BATCH_SIZE = 1000
+"""Records of a client stream taken per unit of work: one transaction, one insert, one bucket
+upsert and one evaluation per provider for up to this many observations."""
 
 
 def indicator_to_proto(indicator: model.Indicator) -> selfmonitoring_pb2.Indicator:
@@ -28,7 +33,9 @@ def indicator_to_proto(indicator: model.Indicator) -> selfmonitoring_pb2.Indicat
         display_name=indicator.display_name,
         service=indicator.service,
         share_within_deadline=selfmonitoring_pb2.ShareWithinDeadline(
-            deadline_days=indicator.deadline_days, minimum_share=indicator.minimum_share
+            deadline_days=indicator.deadline_days,
+            minimum_share=indicator.minimum_share,
+            recovery_share=indicator.recovery_share,
         ),
         window_days=indicator.window_days,
         minimum_sample=indicator.minimum_sample,
@@ -63,6 +70,7 @@ class SelfMonitoringServicer(selfmonitoring_pb2_grpc.SelfMonitoringServiceServic
             indicator.window_days,
             indicator.minimum_sample,
             enum_from_proto(model.Severity, indicator.severity, _SEVERITY, "indicator.severity"),
+            recovery_share=indicator.share_within_deadline.recovery_share,
         )
         created = await self._dispatcher.handle(handlers.CreateIndicator(definition), call_context())
         return indicator_to_proto(created)
@@ -77,24 +85,70 @@ class SelfMonitoringServicer(selfmonitoring_pb2_grpc.SelfMonitoringServiceServic
     async def RecordObservation(
         self, request: selfmonitoring_pb2.RecordObservationRequest, context: Context
     ) -> selfmonitoring_pb2.RecordObservationResponse:
-        parts = model.INDICATOR.parse(request.parent, "parent")
-        observation = request.observation
-        command = handlers.RecordObservation(
-            region=parts["region"],
-            indicator_id=parts["indicator"],
-            observation_id=observation.observation_id,
-            provider=observation.provider,
-            case_key=observation.case_key,
-            started_on=required_date(observation.started_on, "observation.started_on"),
-            completed_on=required_date(observation.completed_on, "observation.completed_on"),
+        result: handlers.ObservationRecorded = await self._dispatcher.handle(
+            observation_command(request), call_context()
         )
-        result: handlers.ObservationRecorded = await self._dispatcher.handle(command, call_context())
         return selfmonitoring_pb2.RecordObservationResponse(
             recorded=result.recorded,
             value=result.stats.share,
             sample_size=result.stats.sample_size,
             breach=result.open_breach,
         )
+
+    async def RecordObservations(
+        self, request_iterator: AsyncIterator[selfmonitoring_pb2.RecordObservationRequest], context: Context
+    ) -> selfmonitoring_pb2.RecordObservationsResponse:
+        response = selfmonitoring_pb2.RecordObservationsResponse()
+        items: list[handlers.RecordObservation] = []
+        first_index = 0
+        index = 0
+
+        async def flush() -> None:
+            nonlocal first_index
+            if items:
+                command = handlers.RecordObservations(tuple(items), first_index)
+                result: handlers.ObservationsRecorded = await self._dispatcher.handle(command, call_context())
+                response.recorded += result.recorded
+                response.duplicates += result.duplicates
+                response.rejected.extend(
+                    selfmonitoring_pb2.RejectedObservation(
+                        index=r.index,
+                        observation_id=r.observation_id,
+                        code=r.code,
+                        message=r.message,
+                        fields=r.fields,
+                    )
+                    for r in result.rejected
+                )
+                response.opened_breaches.extend(result.opened_breaches)
+                response.resolved_breaches.extend(result.resolved_breaches)
+                items.clear()
+            first_index = index
+
+        async for request in request_iterator:
+            try:
+                command = observation_command(request)
+            except DomainError as error:
+                # A record that cannot even be read (a bad parent or date) is reported here.
+                await flush()
+                response.rejected.append(
+                    selfmonitoring_pb2.RejectedObservation(
+                        index=index,
+                        observation_id=request.observation.observation_id,
+                        code=status_code_for(error).name,
+                        message=error.message,
+                        fields=[v.field for v in error.violations],
+                    )
+                )
+                index += 1
+                first_index = index
+                continue
+            items.append(command)
+            index += 1
+            if len(items) >= BATCH_SIZE:
+                await flush()
+        await flush()
+        return response
 
     async def GetBreach(
         self, request: selfmonitoring_pb2.GetBreachRequest, context: Context
@@ -133,3 +187,23 @@ class SelfMonitoringServicer(selfmonitoring_pb2_grpc.SelfMonitoringServiceServic
 
         async for alert in self._alerts.follow(region, resume_after, on_subscribed=headers_now):
             yield alert
+
+
+def observation_command(request: selfmonitoring_pb2.RecordObservationRequest) -> handlers.RecordObservation:
+    parts = model.INDICATOR.parse(request.parent, "parent")
+    observation = request.observation
+    source = (
+        enum_from_proto(model.ObservationSource, observation.source, _SOURCE, "observation.source")
+        if observation.source
+        else None
+    )
+    return handlers.RecordObservation(
+        region=parts["region"],
+        indicator_id=parts["indicator"],
+        observation_id=observation.observation_id,
+        provider=observation.provider,
+        case_key=observation.case_key,
+        started_on=required_date(observation.started_on, "observation.started_on"),
+        completed_on=required_date(observation.completed_on, "observation.completed_on"),
+        source=source,
+    )

@@ -5,14 +5,22 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
 from services.runtime import access
 from services.runtime.auth import Principal
-from services.runtime.domain import Command, Query
-from services.runtime.errors import AlreadyExists, NotFound
+from services.runtime.domain import Command, Query, validate_business_id
+from services.runtime.errors import (
+    AlreadyExists,
+    DomainError,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+)
 from services.selfmonitoring import model
 
 if TYPE_CHECKING:
@@ -36,6 +44,18 @@ class RecordObservation(Command):
     case_key: str
     started_on: date
     completed_on: date
+    source: model.ObservationSource | None = None
+    """None: the caller's own source (a region admin's case data, a provider's report)."""
+
+
+@dataclass(frozen=True)
+class RecordObservations(Command):
+    """A batch of observations from a client stream, taken in one unit of work; a bad record
+    is reported by its index and the rest go on."""
+
+    items: tuple[RecordObservation, ...]
+    first_index: int = 0
+    """The stream position of items[0], so rejections name the record's place in the stream."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +65,26 @@ class ObservationRecorded:
     recorded: bool
     stats: model.WindowStats
     open_breach: str
+
+
+@dataclass(frozen=True)
+class RejectedObservation:
+    index: int
+    observation_id: str
+    code: str
+    message: str
+    fields: list[str]
+
+
+@dataclass(frozen=True)
+class ObservationsRecorded:
+    """The answer to RecordObservations."""
+
+    recorded: int
+    duplicates: int
+    rejected: list[RejectedObservation]
+    opened_breaches: list[str]
+    resolved_breaches: list[str]
 
 
 @dataclass(frozen=True)
@@ -88,39 +128,237 @@ async def create_indicator(command: CreateIndicator, uow: SelfMonitoringUnitOfWo
     return created
 
 
+_CODE_NAMES: dict[type[DomainError], str] = {
+    InvalidArgument: "INVALID_ARGUMENT",
+    NotFound: "NOT_FOUND",
+    AlreadyExists: "ALREADY_EXISTS",
+    PermissionDenied: "PERMISSION_DENIED",
+    Unauthenticated: "UNAUTHENTICATED",
+}
+
+
+def _canonical(business_id: str) -> str:
+    """The business ID in canonical form when it is one (the access check compares it with the
+    token's); as given otherwise, for model validation to refuse."""
+    try:
+        return validate_business_id(business_id, "observation.provider")
+    except InvalidArgument:
+        return business_id
+
+
+def _source_of(item: RecordObservation, actor: Principal | None) -> model.ObservationSource:
+    """The observation's source, checked against who records it: the region records its own
+    sources (and may relay a provider's report); a provider records only its own reports."""
+    action = "recording an observation"
+    if item.source is None:
+        if actor is not None and access.region_admin(item.region).admits(actor):
+            return model.ObservationSource.REGION_CASE_DATA
+        access.require(
+            actor,
+            any_of=[access.region_admin(item.region), access.provider(item.provider)],
+            action=f"{action} (the region's own, or a provider's report about its own cases)",
+        )
+        return model.ObservationSource.PROVIDER_REPORT
+    if item.source in model.REGION_SOURCES:
+        access.require(
+            actor,
+            any_of=[access.region_admin(item.region)],
+            action=f"{action} from the region's own source {item.source}",
+        )
+    else:
+        access.require(
+            actor,
+            any_of=[access.region_admin(item.region), access.provider(item.provider)],
+            action=f"{action} reported by a provider (about its own cases only)",
+        )
+    return item.source
+
+
+@dataclass
+class _Batch:
+    """A batch's accepted observations, grouped by indicator, with the day buckets they add."""
+
+    indicators: dict[tuple[str, str], model.Indicator]
+    accepted: dict[tuple[str, str], list[model.Observation]]
+    rejected: list[RejectedObservation]
+    duplicates: int = 0
+
+
+async def _indicator(
+    batch: _Batch, uow: SelfMonitoringUnitOfWork, region: str, indicator_id: str
+) -> model.Indicator:
+    key = (region, indicator_id)
+    if key not in batch.indicators:
+        found = await uow.indicators.get(region, indicator_id, for_update=True)
+        if found is None:
+            name = model.INDICATOR.format(region=region, indicator=indicator_id)
+            raise NotFound(f"no indicator {name}", reason="INDICATOR_NOT_FOUND")
+        batch.indicators[key] = found
+    return batch.indicators[key]
+
+
+async def _accept(
+    items: tuple[RecordObservation, ...], first_index: int, uow: SelfMonitoringUnitOfWork, strict: bool
+) -> _Batch:
+    """Validate and authorise each record; a bad one is rejected (raised when strict)."""
+    batch = _Batch({}, {}, [])
+    candidates: list[tuple[int, model.Indicator, model.Observation]] = []
+    for offset, item in enumerate(items):
+        try:
+            source = _source_of(replace(item, provider=_canonical(item.provider)), uow.actor)
+            observation = model.new_observation(
+                item.observation_id,
+                item.provider,
+                item.case_key,
+                item.started_on,
+                item.completed_on,
+                today=uow.today,
+                source=source,
+            )
+            indicator = await _indicator(batch, uow, item.region, item.indicator_id)
+        except DomainError as error:
+            if strict:
+                raise
+            batch.rejected.append(_rejection(first_index + offset, item.observation_id, error))
+            continue
+        candidates.append((first_index + offset, indicator, observation))
+    await _drop_repeats(batch, candidates, uow, strict)
+    return batch
+
+
+def _rejection(index: int, observation_id: str, error: DomainError) -> RejectedObservation:
+    code = next((name for kind, name in _CODE_NAMES.items() if isinstance(error, kind)), "INVALID_ARGUMENT")
+    return RejectedObservation(
+        index, observation_id, code, error.message, [v.field for v in error.violations]
+    )
+
+
+async def _drop_repeats(
+    batch: _Batch,
+    candidates: list[tuple[int, model.Indicator, model.Observation]],
+    uow: SelfMonitoringUnitOfWork,
+    strict: bool,
+) -> None:
+    """Keep new observations; a repeat with the same content is a duplicate, one with other
+    content under the same (source, id) is refused naming the fields that differ."""
+    wanted: dict[tuple[str, str, model.ObservationSource], set[str]] = {}
+    for _, indicator, observation in candidates:
+        key = (indicator.region, indicator.indicator_id, observation.source)
+        wanted.setdefault(key, set()).add(observation.observation_id)
+    stored: dict[tuple[str, str, model.ObservationSource, str], model.Observation] = {}
+    for (region, indicator_id, source), ids in wanted.items():
+        for found in await uow.observations.existing(region, indicator_id, source, sorted(ids)):
+            stored[(region, indicator_id, source, found.observation_id)] = found
+    for index, indicator, observation in candidates:
+        stored_key = (
+            indicator.region,
+            indicator.indicator_id,
+            observation.source,
+            observation.observation_id,
+        )
+        earlier = stored.get(stored_key)
+        if earlier is None:
+            stored[stored_key] = observation
+            batch.accepted.setdefault((indicator.region, indicator.indicator_id), []).append(observation)
+            continue
+        differing = observation.differs_from(earlier)
+        if not differing:
+            batch.duplicates += 1
+            continue
+        error = AlreadyExists(
+            f"observation {observation.observation_id} from {observation.source} was recorded "
+            f"with other content ({', '.join(differing)})",
+            [
+                FieldViolation(path, "differs from the observation recorded under this id")
+                for path in differing
+            ],
+            reason="OBSERVATION_CONFLICT",
+        )
+        if strict:
+            raise error
+        batch.rejected.append(_rejection(index, observation.observation_id, error))
+
+
+async def _evaluate(
+    batch: _Batch, uow: SelfMonitoringUnitOfWork
+) -> tuple[
+    dict[tuple[str, str, str], model.WindowStats],
+    dict[tuple[str, str, str], model.Breach | None],
+    list[str],
+    list[str],
+]:
+    """Store the batch, add it to the day buckets once, and evaluate each provider it touched."""
+    values: dict[tuple[str, str, str], model.WindowStats] = {}
+    breaches: dict[tuple[str, str, str], model.Breach | None] = {}
+    opened: list[str] = []
+    resolved: list[str] = []
+    for key, observations in batch.accepted.items():
+        indicator = batch.indicators[key]
+        await uow.observations.insert(indicator, observations, uow.now)
+        buckets: dict[tuple[str, date], model.DayBucket] = {}
+        for observation in observations:
+            day = (observation.provider, observation.completed_on)
+            buckets[day] = buckets.get(day, model.DayBucket()).add(indicator, observation)
+        await uow.buckets.add(indicator, buckets)
+    for key, indicator in batch.indicators.items():
+        providers = sorted({o.provider for o in batch.accepted.get(key, [])})
+        if not providers:
+            continue
+        stats = await uow.buckets.window(indicator, providers, uow.today)
+        open_now = await uow.breaches.open_of_many(indicator.region, indicator.indicator_id, providers)
+        for provider in providers:
+            provider_stats = stats.get(provider, model.WindowStats(0, 0.0, 0.0))
+            breach = open_now.get(provider)
+            verdict = model.evaluate(indicator, provider_stats, breach_open=breach is not None)
+            if verdict is model.Verdict.OPEN:
+                breach = model.open_breach(uuid.uuid4().hex, indicator, provider, provider_stats, uow.now)
+                uow.breaches.add(breach)
+                opened.append(breach.name)
+                log.info("breach opened", extra={"breach": breach.name, "indicator": indicator.indicator_id})
+            elif verdict is model.Verdict.RESOLVE and breach is not None:
+                await uow.breaches.update(model.resolve_breach(breach, provider_stats, uow.now))
+                resolved.append(breach.name)
+                log.info(
+                    "breach resolved", extra={"breach": breach.name, "indicator": indicator.indicator_id}
+                )
+                breach = None
+            values[(*key, provider)] = provider_stats
+            breaches[(*key, provider)] = breach
+    return values, breaches, opened, resolved
+
+
+async def record_observations(
+    command: RecordObservations, uow: SelfMonitoringUnitOfWork
+) -> ObservationsRecorded:
+    batch = await _accept(command.items, command.first_index, uow, strict=False)
+    _, _, opened, resolved = await _evaluate(batch, uow)
+    return ObservationsRecorded(
+        recorded=sum(len(o) for o in batch.accepted.values()),
+        duplicates=batch.duplicates,
+        rejected=batch.rejected,
+        opened_breaches=opened,
+        resolved_breaches=resolved,
+    )
+
+
 async def record_observation(
     command: RecordObservation, uow: SelfMonitoringUnitOfWork
 ) -> ObservationRecorded:
-    observation = model.new_observation(
-        command.observation_id,
-        command.provider,
-        command.case_key,
-        command.started_on,
-        command.completed_on,
-        today=uow.today,
-    )
-    access.require(
-        uow.actor,
-        any_of=[access.region_admin(command.region), access.provider(observation.provider)],
-        action="recording an observation (the region's own, or a provider's about its own cases)",
-    )
-    indicator = await uow.indicators.get(command.region, command.indicator_id, for_update=True)
-    if indicator is None:
-        name = model.INDICATOR.format(region=command.region, indicator=command.indicator_id)
-        raise NotFound(f"no indicator {name}", reason="INDICATOR_NOT_FOUND")
-    recorded = not await uow.observations.exists(
-        command.region, command.indicator_id, observation.observation_id
-    )
-    if recorded:
-        uow.observations.add(indicator, observation, uow.now)
-    stats = await uow.observations.window_stats(indicator, observation.provider, uow.today)
-    breach = await uow.breaches.open_of(indicator.region, indicator.indicator_id, observation.provider)
-    # A retried observation changes nothing: it reports, it never opens a breach.
-    if recorded and model.evaluate(indicator, stats, breach_open=breach is not None):
-        breach = model.open_breach(uuid.uuid4().hex, indicator, observation.provider, stats, uow.now)
-        uow.breaches.add(breach)
-        log.info("breach opened", extra={"breach": breach.name, "indicator": indicator.indicator_id})
-    return ObservationRecorded(recorded, stats, breach.name if breach is not None else "")
+    batch = await _accept((command,), 0, uow, strict=True)
+    values, breaches, _, _ = await _evaluate(batch, uow)
+    indicator = batch.indicators[(command.region, command.indicator_id)]
+    provider = _canonical(command.provider)
+    key = (command.region, command.indicator_id, provider)
+    if key in values:
+        stats, breach = values[key], breaches[key]
+    else:  # a repeat: report the provider's value as it stands, and change nothing
+        stats = (await uow.buckets.window(indicator, [provider], uow.today)).get(
+            provider, model.WindowStats(0, 0.0, 0.0)
+        )
+        breach = (await uow.breaches.open_of_many(command.region, command.indicator_id, [provider])).get(
+            provider
+        )
+    return ObservationRecorded(key in values, stats, breach.name if breach is not None else "")
 
 
 async def get_indicator(query: GetIndicator, uow: SelfMonitoringUnitOfWork) -> model.Indicator:
@@ -148,6 +386,7 @@ async def list_breaches(query: ListBreaches, uow: SelfMonitoringUnitOfWork) -> l
 HANDLERS: dict[type[Any], Any] = {
     CreateIndicator: create_indicator,
     RecordObservation: record_observation,
+    RecordObservations: record_observations,
     GetIndicator: get_indicator,
     GetBreach: get_breach,
     ListBreaches: list_breaches,

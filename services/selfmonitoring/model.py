@@ -55,6 +55,38 @@ class BreachState(StrEnum):
     """Where a breach stands."""
 
     OPEN = "OPEN"
+    RESOLVED = "RESOLVED"
+
+
+class ObservationSource(StrEnum):
+    """Where an observation comes from: it decides who may record it and what it weighs."""
+
+    REGION_CASE_DATA = "REGION_CASE_DATA"
+    PROVIDER_REPORT = "PROVIDER_REPORT"
+    CUSTOMER_FEEDBACK = "CUSTOMER_FEEDBACK"
+    COMPLAINT = "COMPLAINT"
+    AUDIT_FINDING = "AUDIT_FINDING"
+
+
+REGION_SOURCES = frozenset(
+    {
+        ObservationSource.REGION_CASE_DATA,
+        ObservationSource.CUSTOMER_FEEDBACK,
+        ObservationSource.COMPLAINT,
+        ObservationSource.AUDIT_FINDING,
+    }
+)
+"""Sources only the region records: a provider can neither claim nor mask them."""
+
+SOURCE_WEIGHTS: dict[ObservationSource, float] = {
+    ObservationSource.REGION_CASE_DATA: 1.0,
+    ObservationSource.PROVIDER_REPORT: 0.5,
+    ObservationSource.CUSTOMER_FEEDBACK: 1.0,
+    ObservationSource.COMPLAINT: 1.0,
+    ObservationSource.AUDIT_FINDING: 1.0,
+}
+"""How much one observation of each source weighs in an indicator's value: a provider's report
+about itself counts half as much as what the region saw."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +103,8 @@ class BreachFacts:
     sample_size: int
     state: BreachState
     open_time: datetime
+    resolve_time: datetime | None = None
+    recovery_threshold: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -91,16 +125,37 @@ class IndicatorCreated(Event):
     create_time: datetime
 
 
-EVENTS: tuple[type[Event], ...] = (BreachOpened, IndicatorCreated)
+@dataclass(frozen=True)
+class BreachResolved(Event):
+    """An open breach's value came back past the indicator's recovery threshold."""
+
+    breach: BreachFacts
+    region: str
+    resolve_time: datetime
+
+
+@dataclass(frozen=True)
+class BreachEscalated(Event):
+    """A breach became a suspension request (its severity is then SERIOUS)."""
+
+    breach: BreachFacts
+    region: str
+    reason: str
+    escalate_time: datetime
+
+
+EVENTS: tuple[type[Event], ...] = (BreachOpened, BreachResolved, BreachEscalated, IndicatorCreated)
 
 
 @dataclass(frozen=True)
 class Indicator(Aggregate):
     """An indicator of a region's self-monitoring programme (omavalvontaohjelma).
 
-    The metric is the share of cases completed within deadline_days, over a rolling
-    window of window_days ending today; below minimum_share, with at least
-    minimum_sample cases in the window, the provider breaches the indicator.
+    The metric is the (source-weighted) share of cases completed within deadline_days,
+    over a rolling window of window_days ending today; below minimum_share, with at
+    least minimum_sample cases in the window, the provider breaches the indicator. An
+    open breach resolves only when the share is back at recovery_share or above
+    (hysteresis), so a value hovering at the threshold does not open and close breaches.
     """
 
     region: str
@@ -112,6 +167,8 @@ class Indicator(Aggregate):
     window_days: int
     minimum_sample: int
     severity: Severity
+    recovery_share: float = 0.0
+    """0 in a definition means minimum_share; new_indicator fills it in."""
     created_at: datetime | None = field(default=None, compare=False)
 
     @property
@@ -136,6 +193,7 @@ def new_indicator(  # noqa: PLR0917 - mirrors the Indicator's fields in order
     window_days: int,
     minimum_sample: int,
     severity: Severity,
+    recovery_share: float = 0.0,
 ) -> Indicator:
     """Validate and build an indicator; every violation is reported at once."""
     violations: list[FieldViolation] = []
@@ -165,6 +223,15 @@ def new_indicator(  # noqa: PLR0917 - mirrors the Indicator's fields in order
                 "must be greater than 0 and at most 1",
             )
         )
+    recovery = recovery_share or minimum_share
+    share_valid = not math.isnan(minimum_share) and 0 < minimum_share <= 1
+    if math.isnan(recovery_share) or (share_valid and not minimum_share <= recovery <= 1):
+        violations.append(
+            FieldViolation(
+                "indicator.share_within_deadline.recovery_share",
+                "must be at least minimum_share and at most 1",
+            )
+        )
     if not 1 <= window_days <= MAX_WINDOW_DAYS:
         violations.append(
             FieldViolation("indicator.window_days", f"must be between 1 and {MAX_WINDOW_DAYS} days")
@@ -184,6 +251,7 @@ def new_indicator(  # noqa: PLR0917 - mirrors the Indicator's fields in order
         window_days=window_days,
         minimum_sample=minimum_sample,
         severity=severity,
+        recovery_share=recovery,
     )
 
 
@@ -198,6 +266,19 @@ class Observation:
     """A pseudonym for the case; never a name or a personal identity code."""
     started_on: date
     completed_on: date
+    source: ObservationSource = ObservationSource.REGION_CASE_DATA
+
+    @property
+    def weight(self) -> float:
+        return SOURCE_WEIGHTS[self.source]
+
+    def differs_from(self, other: Observation) -> list[str]:
+        """The fields (as request paths) in which a record under the same id differs."""
+        return [
+            f"observation.{name}"
+            for name in ("provider", "case_key", "started_on", "completed_on")
+            if getattr(self, name) != getattr(other, name)
+        ]
 
 
 def new_observation(
@@ -208,6 +289,7 @@ def new_observation(
     completed_on: date,
     *,
     today: date,
+    source: ObservationSource = ObservationSource.REGION_CASE_DATA,
 ) -> Observation:
     """Validate and build an observation; the provider's business ID is returned in canonical form."""
     violations: list[FieldViolation] = []
@@ -229,7 +311,7 @@ def new_observation(
     if completed_on > today:
         violations.append(FieldViolation("observation.completed_on", "must not be in the future"))
     raise_if_any(violations, "the observation is invalid")
-    return Observation(observation_id, canonical_provider, case_key, started_on, completed_on)
+    return Observation(observation_id, canonical_provider, case_key, started_on, completed_on, source)
 
 
 def is_within_deadline(indicator: Indicator, observation: Observation) -> bool:
@@ -244,46 +326,70 @@ def window_bounds(indicator: Indicator, as_of: date) -> tuple[date, date]:
 
 @dataclass(frozen=True)
 class WindowStats:
-    """One provider's cases in an indicator's window: how many, and how many within the deadline."""
+    """One provider's cases in an indicator's window: how many, their total weight, and the
+    weight of those within the deadline."""
 
     sample_size: int
-    within_deadline: int
+    weight: float
+    weight_within: float
 
     def __post_init__(self) -> None:
-        if not 0 <= self.within_deadline <= self.sample_size:
-            raise ValueError(
-                f"within_deadline {self.within_deadline} must be between 0 and sample_size {self.sample_size}"
-            )
+        if not 0 <= self.weight_within <= self.weight + 1e-9:
+            raise ValueError(f"weight_within {self.weight_within} must be between 0 and weight {self.weight}")
 
     @property
     def share(self) -> float:
-        """The share within the deadline; 1.0 for an empty window, since no case has been late."""
-        if self.sample_size == 0:
+        """The weighted share within the deadline; 1.0 for an empty window, since no case has been late."""
+        if self.weight <= 0:
             return 1.0
-        return self.within_deadline / self.sample_size
+        return min(1.0, self.weight_within / self.weight)
+
+
+@dataclass(frozen=True)
+class DayBucket:
+    """The observations of one provider on one indicator completed on one day: the unit the
+    window is summed from, so evaluating never rescans observations."""
+
+    sample_size: int = 0
+    weight: float = 0.0
+    weight_within: float = 0.0
+
+    def add(self, indicator: Indicator, observation: Observation) -> DayBucket:
+        within = observation.weight if is_within_deadline(indicator, observation) else 0.0
+        return DayBucket(self.sample_size + 1, self.weight + observation.weight, self.weight_within + within)
 
 
 def window_stats(indicator: Indicator, observations: Iterable[Observation], as_of: date) -> WindowStats:
-    """Count one provider's observations completed inside the window ending on as_of."""
+    """Weigh one provider's observations completed inside the window ending on as_of."""
     start, end = window_bounds(indicator, as_of)
-    in_window = [o for o in observations if start <= o.completed_on <= end]
-    return WindowStats(
-        sample_size=len(in_window),
-        within_deadline=sum(1 for o in in_window if is_within_deadline(indicator, o)),
-    )
+    bucket = DayBucket()
+    for observation in observations:
+        if start <= observation.completed_on <= end:
+            bucket = bucket.add(indicator, observation)
+    return WindowStats(bucket.sample_size, bucket.weight, bucket.weight_within)
 
 
-def evaluate(indicator: Indicator, stats: WindowStats, breach_open: bool) -> bool:
-    """Whether a new breach should open.
+class Verdict(StrEnum):
+    """What an evaluation decides for one provider on one indicator."""
 
-    Too small a sample says nothing about quality, so it cannot breach; an open
-    breach for the same indicator and provider is not opened again.
+    NONE = "NONE"
+    OPEN = "OPEN"
+    RESOLVE = "RESOLVE"
+
+
+def evaluate(indicator: Indicator, stats: WindowStats, breach_open: bool) -> Verdict:
+    """Whether a breach opens, resolves, or nothing changes.
+
+    Too small a sample says nothing about quality, so it neither opens nor resolves a
+    breach; an open breach is not opened again, and resolves only at the recovery share.
     """
-    return (
-        not breach_open
-        and stats.sample_size >= indicator.minimum_sample
-        and stats.share < indicator.minimum_share
-    )
+    if stats.sample_size < indicator.minimum_sample:
+        return Verdict.NONE
+    if not breach_open and stats.share < indicator.minimum_share:
+        return Verdict.OPEN
+    if breach_open and stats.share >= indicator.recovery_share:
+        return Verdict.RESOLVE
+    return Verdict.NONE
 
 
 @dataclass(frozen=True)
@@ -301,6 +407,8 @@ class Breach(Aggregate):
     sample_size: int
     opened_at: datetime
     state: BreachState = BreachState.OPEN
+    recovery_threshold: float = 0.0
+    resolved_at: datetime | None = None
 
     @property
     def name(self) -> str:
@@ -319,6 +427,8 @@ class Breach(Aggregate):
             sample_size=self.sample_size,
             state=self.state,
             open_time=self.opened_at,
+            resolve_time=self.resolved_at,
+            recovery_threshold=self.recovery_threshold,
         )
 
     @property
@@ -341,6 +451,23 @@ def open_breach(id: str, indicator: Indicator, provider: str, stats: WindowStats
         threshold=indicator.minimum_share,
         sample_size=stats.sample_size,
         opened_at=now,
+        recovery_threshold=indicator.recovery_share,
     )
     breach.record(BreachOpened(breach.facts, breach.region))
     return breach
+
+
+def resolve_breach(breach: Breach, stats: WindowStats, now: datetime) -> Breach:
+    """Resolve an open breach at the value that brought it back; records BreachResolved."""
+    require_aware(now)
+    if breach.state != BreachState.OPEN:
+        raise ValueError(f"{breach.name} is not open")
+    resolved = replace(
+        breach,
+        state=BreachState.RESOLVED,
+        value=stats.share,
+        sample_size=stats.sample_size,
+        resolved_at=now,
+    )
+    resolved.record(BreachResolved(resolved.facts, resolved.region, now))
+    return resolved

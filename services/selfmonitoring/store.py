@@ -5,11 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import date, datetime
+from typing import Any
 
-from sqlalchemy import Index, case
+from sqlalchemy import Index, Table
+from sqlalchemy import select as sa_select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Field, SQLModel, col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from services.runtime.fastinsert import TableInserter
 from services.runtime.tables import utc_field, utcnow
 from services.runtime.uow import Context, UnitOfWork
 from services.selfmonitoring import model
@@ -27,11 +31,14 @@ class IndicatorRow(SQLModel, table=True):
     window_days: int
     minimum_sample: int
     severity: str = Field(max_length=16)
+    # 0 for indicators defined before hysteresis: their recovery share is the minimum share.
+    recovery_share: float = Field(default=0.0, sa_column_kwargs={"server_default": "0"})
     created_at: datetime = utc_field(default_factory=utcnow)
 
 
 class ObservationRow(SQLModel, table=True):
-    """One case event; the case key is a pseudonym, never a person's identity."""
+    """One case event; the case key is a pseudonym, never a person's identity. Its id is unique
+    within its source, so a provider's report can never take the id of the region's own."""
 
     __tablename__ = "selfmonitoring_observations"
     # Serves the window count of one provider on one indicator.
@@ -41,6 +48,7 @@ class ObservationRow(SQLModel, table=True):
 
     region: str = Field(primary_key=True, max_length=63)
     indicator_id: str = Field(primary_key=True, max_length=63)
+    source: str = Field(primary_key=True, max_length=24)
     observation_id: str = Field(primary_key=True, max_length=128)
     provider: str = Field(max_length=9)
     case_key: str = Field(max_length=128)
@@ -48,6 +56,21 @@ class ObservationRow(SQLModel, table=True):
     completed_on: date
     within_deadline: bool
     recorded_at: datetime = utc_field(default_factory=utcnow)
+
+
+class DayBucketRow(SQLModel, table=True):
+    """One provider's observations on one indicator completed on one day, summed as they arrive:
+    a window's value is the sum of at most window_days rows, whatever the history's size."""
+
+    __tablename__ = "selfmonitoring_day_buckets"
+
+    region: str = Field(primary_key=True, max_length=63)
+    indicator_id: str = Field(primary_key=True, max_length=63)
+    provider: str = Field(primary_key=True, max_length=9)
+    day: date = Field(primary_key=True)
+    sample_size: int
+    weight: float
+    weight_within: float
 
 
 class BreachRow(SQLModel, table=True):
@@ -66,13 +89,40 @@ class BreachRow(SQLModel, table=True):
     # Set while open: at most one open breach per indicator and provider, enforced by the database.
     open_key: str | None = Field(default=None, unique=True, max_length=140)
     opened_at: datetime = utc_field()
+    recovery_threshold: float = Field(default=0.0, sa_column_kwargs={"server_default": "0"})
+    resolved_at: datetime | None = utc_field(default=None, nullable=True)
 
+
+_IN_CHUNK = 500
+"""Ids per IN list: well under SQLite's bound-parameter limit."""
 
 SELFMONITORING_TABLES = (
     "selfmonitoring_indicators",
     "selfmonitoring_observations",
+    "selfmonitoring_day_buckets",
     "selfmonitoring_breaches",
 )
+
+OBSERVATIONS: Table = ObservationRow.__table__  # type: ignore[attr-defined]
+BUCKETS: Table = DayBucketRow.__table__  # type: ignore[attr-defined]
+_INSERT_OBSERVATIONS = TableInserter(OBSERVATIONS)
+
+
+def _upsert_buckets(dialect: Any) -> Any:
+    """INSERT … ON CONFLICT adding to the day's sums (SQLite and PostgreSQL spell it alike)."""
+    statement = dialect.insert(BUCKETS)
+    added = statement.excluded
+    return statement.on_conflict_do_update(
+        index_elements=["region", "indicator_id", "provider", "day"],
+        set_={
+            "sample_size": BUCKETS.c.sample_size + added.sample_size,
+            "weight": BUCKETS.c.weight + added.weight,
+            "weight_within": BUCKETS.c.weight_within + added.weight_within,
+        },
+    )
+
+
+_UPSERT_BUCKETS = {dialect.dialect.name: _upsert_buckets(dialect) for dialect in (sqlite, postgresql)}
 
 
 def indicator_from_row(row: IndicatorRow) -> model.Indicator:
@@ -86,6 +136,7 @@ def indicator_from_row(row: IndicatorRow) -> model.Indicator:
         window_days=row.window_days,
         minimum_sample=row.minimum_sample,
         severity=model.Severity(row.severity),
+        recovery_share=row.recovery_share or row.minimum_share,
         created_at=row.created_at,
     )
 
@@ -107,6 +158,8 @@ def breach_from_row(row: BreachRow) -> model.Breach:
         sample_size=row.sample_size,
         opened_at=row.opened_at,
         state=model.BreachState(row.state),
+        recovery_threshold=row.recovery_threshold or row.threshold,
+        resolved_at=row.resolved_at,
     )
 
 
@@ -139,6 +192,7 @@ class IndicatorRepository:
                 window_days=indicator.window_days,
                 minimum_sample=indicator.minimum_sample,
                 severity=str(indicator.severity),
+                recovery_share=indicator.recovery_share,
                 created_at=indicator.created_at,
             )
         )
@@ -146,45 +200,105 @@ class IndicatorRepository:
 
 
 class ObservationRepository:
-    def __init__(self, session: AsyncSession) -> None:
-        self._session = session
+    """Observations through Core on the hot path: one select for a batch's ids, one insert."""
 
-    async def exists(self, region: str, indicator_id: str, observation_id: str) -> bool:
-        return await self._session.get(ObservationRow, (region, indicator_id, observation_id)) is not None
+    def __init__(self, uow: UnitOfWork) -> None:
+        self._uow = uow
 
-    def add(self, indicator: model.Indicator, observation: model.Observation, recorded_at: datetime) -> None:
-        self._session.add(
-            ObservationRow(
-                region=indicator.region,
-                indicator_id=indicator.indicator_id,
-                observation_id=observation.observation_id,
-                provider=observation.provider,
-                case_key=observation.case_key,
-                started_on=observation.started_on,
-                completed_on=observation.completed_on,
-                within_deadline=model.is_within_deadline(indicator, observation),
-                recorded_at=recorded_at,
-            )
-        )
-
-    async def window_stats(self, indicator: model.Indicator, provider: str, as_of: date) -> model.WindowStats:
-        """Counts in the database, so evaluating one observation never rescans history in Python."""
-        await self._session.flush()
-        start, end = model.window_bounds(indicator, as_of)
-        result = await self._session.exec(
-            select(
-                func.count(),
-                func.coalesce(func.sum(case((col(ObservationRow.within_deadline), 1), else_=0)), 0),
+    async def existing(
+        self, region: str, indicator_id: str, source: model.ObservationSource, ids: list[str]
+    ) -> list[model.Observation]:
+        found: list[model.Observation] = []
+        table = OBSERVATIONS.c
+        for start in range(0, len(ids), _IN_CHUNK):
+            query = sa_select(
+                table.observation_id, table.provider, table.case_key, table.started_on, table.completed_on
             ).where(
-                ObservationRow.region == indicator.region,
-                ObservationRow.indicator_id == indicator.indicator_id,
-                ObservationRow.provider == provider,
-                col(ObservationRow.completed_on) >= start,
-                col(ObservationRow.completed_on) <= end,
+                table.region == region,
+                table.indicator_id == indicator_id,
+                table.source == str(source),
+                table.observation_id.in_(ids[start : start + _IN_CHUNK]),
             )
+            for row in await self._uow.connection.execute(query):
+                found.append(model.Observation(*row, source=source))
+        return found
+
+    async def insert(
+        self, indicator: model.Indicator, observations: list[model.Observation], recorded_at: datetime
+    ) -> None:
+        await _INSERT_OBSERVATIONS.insert(
+            self._uow.connection,
+            [
+                {
+                    "region": indicator.region,
+                    "indicator_id": indicator.indicator_id,
+                    "source": str(observation.source),
+                    "observation_id": observation.observation_id,
+                    "provider": observation.provider,
+                    "case_key": observation.case_key,
+                    "started_on": observation.started_on,
+                    "completed_on": observation.completed_on,
+                    "within_deadline": model.is_within_deadline(indicator, observation),
+                    "recorded_at": recorded_at,
+                }
+                for observation in observations
+            ],
         )
-        total, within = result.one()
-        return model.WindowStats(sample_size=int(total), within_deadline=int(within))
+
+
+class DayBucketRepository:
+    def __init__(self, uow: UnitOfWork) -> None:
+        self._uow = uow
+
+    async def add(self, indicator: model.Indicator, buckets: dict[tuple[str, date], model.DayBucket]) -> None:
+        """Add a batch's sums to its days' buckets, one upsert per bucket touched."""
+        if not buckets:
+            return
+        connection = self._uow.connection
+        await connection.execute(
+            _UPSERT_BUCKETS[connection.dialect.name],
+            [
+                {
+                    "region": indicator.region,
+                    "indicator_id": indicator.indicator_id,
+                    "provider": provider,
+                    "day": day,
+                    "sample_size": bucket.sample_size,
+                    "weight": bucket.weight,
+                    "weight_within": bucket.weight_within,
+                }
+                for (provider, day), bucket in buckets.items()
+            ],
+        )
+
+    async def window(
+        self, indicator: model.Indicator, providers: list[str], as_of: date
+    ) -> dict[str, model.WindowStats]:
+        """Each provider's window, summed from its day buckets."""
+        start, end = model.window_bounds(indicator, as_of)
+        table = BUCKETS.c
+        stats: dict[str, model.WindowStats] = {}
+        for first in range(0, len(providers), _IN_CHUNK):
+            query = (
+                sa_select(
+                    table.provider,
+                    func.sum(table.sample_size),
+                    func.sum(table.weight),
+                    func.sum(table.weight_within),
+                )
+                .where(
+                    table.region == indicator.region,
+                    table.indicator_id == indicator.indicator_id,
+                    table.provider.in_(providers[first : first + _IN_CHUNK]),
+                    table.day >= start,
+                    table.day <= end,
+                )
+                .group_by(table.provider)
+            )
+            for provider, sample, weight_sum, within_sum in await self._uow.connection.execute(query):
+                weight, within = float(weight_sum or 0), float(within_sum or 0)
+                stats[provider] = model.WindowStats(int(sample or 0), weight, min(within, weight))
+        return stats
 
 
 class BreachRepository:
@@ -196,12 +310,31 @@ class BreachRepository:
         row = await self._session.get(BreachRow, breach_id)
         return breach_from_row(row) if row is not None else None
 
-    async def open_of(self, region: str, indicator_id: str, provider: str) -> model.Breach | None:
-        result = await self._session.exec(
-            select(BreachRow).where(BreachRow.open_key == open_key(region, indicator_id, provider))
-        )
-        row = result.first()
-        return breach_from_row(row) if row is not None else None
+    async def open_of_many(
+        self, region: str, indicator_id: str, providers: list[str]
+    ) -> dict[str, model.Breach]:
+        found: dict[str, model.Breach] = {}
+        for first in range(0, len(providers), _IN_CHUNK):
+            keys = [open_key(region, indicator_id, p) for p in providers[first : first + _IN_CHUNK]]
+            result = await self._session.exec(select(BreachRow).where(col(BreachRow.open_key).in_(keys)))
+            for row in result.all():
+                found[row.provider] = breach_from_row(row)
+        return found
+
+    async def update(self, breach: model.Breach) -> None:
+        """Write back a breach's state; a resolved one frees its indicator and provider for a new one."""
+        row = await self._session.get(BreachRow, breach.id)
+        assert row is not None, f"{breach.name} is stored"
+        row.state = str(breach.state)
+        row.value = breach.value
+        row.sample_size = breach.sample_size
+        row.severity = str(breach.severity)
+        row.resolved_at = breach.resolved_at
+        row.open_key = None if breach.state != model.BreachState.OPEN else row.open_key
+        self._session.add(row)
+        # The freed open key must be gone before a new breach of the same pair takes it.
+        await self._session.flush()
+        self._uow.track(breach, breach.name)
 
     def add(self, breach: model.Breach) -> None:
         self._session.add(
@@ -218,6 +351,7 @@ class BreachRepository:
                 state=str(breach.state),
                 open_key=open_key(breach.region, breach.indicator_id, breach.provider),
                 opened_at=breach.opened_at,
+                recovery_threshold=breach.recovery_threshold,
             )
         )
         self._uow.track(breach, breach.name)
@@ -240,12 +374,14 @@ class SelfMonitoringUnitOfWork(UnitOfWork):
 
     indicators: IndicatorRepository
     observations: ObservationRepository
+    buckets: DayBucketRepository
     breaches: BreachRepository
 
     async def bind(self, session: AsyncSession) -> None:
         await super().bind(session)
         self.indicators = IndicatorRepository(session, self)
-        self.observations = ObservationRepository(session)
+        self.observations = ObservationRepository(self)
+        self.buckets = DayBucketRepository(self)
         self.breaches = BreachRepository(session, self)
 
 

@@ -10,9 +10,13 @@ import pytest
 from services.runtime.errors import InvalidArgument
 from services.selfmonitoring.model import (
     Breach,
+    BreachResolved,
+    BreachState,
     Indicator,
     Observation,
+    ObservationSource,
     Severity,
+    Verdict,
     WindowStats,
     evaluate,
     is_within_deadline,
@@ -20,6 +24,7 @@ from services.selfmonitoring.model import (
     new_observation,
     open_breach,
     parse_severity,
+    resolve_breach,
     window_bounds,
     window_stats,
 )
@@ -50,6 +55,11 @@ def observation(days_taken: int, completed_on: date = TODAY, key: str = "case-1"
     return new_observation(
         f"obs-{key}", PROVIDER, key, completed_on - timedelta(days=days_taken), completed_on, today=TODAY
     )
+
+
+def stats(sample_size: int, within: int) -> WindowStats:
+    """A window of the region's own case data: each observation weighs 1."""
+    return WindowStats(sample_size, float(sample_size), float(within))
 
 
 def fields_of(error: pytest.ExceptionInfo[InvalidArgument]) -> list[str]:
@@ -204,56 +214,56 @@ def test_window_stats_count_only_cases_completed_inside_the_window():
         observation(20, completed_on=TODAY, key="late-today"),
         observation(1, completed_on=start - timedelta(days=1), key="day-before-window"),
     ]
-    assert window_stats(watched, observations, TODAY) == WindowStats(sample_size=2, within_deadline=1)
+    assert window_stats(watched, observations, TODAY) == stats(2, 1)
 
 
 def test_empty_window_has_share_one():
-    assert WindowStats(0, 0).share == 1.0
+    assert WindowStats(0, 0.0, 0.0).share == 1.0
 
 
 def test_share_is_within_deadline_over_sample():
-    assert WindowStats(sample_size=8, within_deadline=6).share == 0.75
+    assert stats(8, 6).share == 0.75
 
 
-@pytest.mark.parametrize(("sample_size", "within_deadline"), [(1, 2), (1, -1), (-1, 0)])
-def test_window_stats_refuse_impossible_counts(sample_size, within_deadline):
+@pytest.mark.parametrize(("weight", "within"), [(1.0, 2.0), (1.0, -1.0)])
+def test_window_stats_refuse_impossible_weights(weight, within):
     with pytest.raises(ValueError):
-        WindowStats(sample_size, within_deadline)
+        WindowStats(1, weight, within)
 
 
 # --- evaluation ---------------------------------------------------------------------------------
 
 
 def test_breach_opens_at_exactly_the_minimum_sample():
-    assert evaluate(indicator(minimum_sample=10), WindowStats(10, 5), breach_open=False) is True
+    assert evaluate(indicator(minimum_sample=10), stats(10, 5), breach_open=False) is Verdict.OPEN
 
 
 def test_no_breach_one_below_the_minimum_sample():
-    assert evaluate(indicator(minimum_sample=10), WindowStats(9, 0), breach_open=False) is False
+    assert evaluate(indicator(minimum_sample=10), stats(9, 0), breach_open=False) is Verdict.NONE
 
 
 def test_share_exactly_at_the_threshold_is_not_a_breach():
     assert (
-        evaluate(indicator(minimum_share=0.9, minimum_sample=10), WindowStats(10, 9), breach_open=False)
-        is False
+        evaluate(indicator(minimum_share=0.9, minimum_sample=10), stats(10, 9), breach_open=False)
+        is Verdict.NONE
     )
 
 
 def test_share_just_below_the_threshold_is_a_breach():
     assert (
-        evaluate(indicator(minimum_share=0.9, minimum_sample=20), WindowStats(20, 17), breach_open=False)
-        is True
+        evaluate(indicator(minimum_share=0.9, minimum_sample=20), stats(20, 17), breach_open=False)
+        is Verdict.OPEN
     )
 
 
 def test_no_second_breach_while_one_is_open():
-    assert evaluate(indicator(minimum_sample=10), WindowStats(10, 0), breach_open=True) is False
+    assert evaluate(indicator(minimum_sample=10), stats(10, 0), breach_open=True) is Verdict.NONE
 
 
 def test_perfect_share_never_breaches_even_with_a_full_threshold():
     assert (
-        evaluate(indicator(minimum_share=1.0, minimum_sample=1), WindowStats(5, 5), breach_open=False)
-        is False
+        evaluate(indicator(minimum_share=1.0, minimum_sample=1), stats(5, 5), breach_open=False)
+        is Verdict.NONE
     )
 
 
@@ -262,7 +272,7 @@ def test_perfect_share_never_breaches_even_with_a_full_threshold():
 
 def test_open_breach_records_value_threshold_and_sample():
     watched = indicator(minimum_share=0.9, severity=Severity.WARNING)
-    breach = open_breach("b-1", watched, PROVIDER, WindowStats(20, 15), NOW)
+    breach = open_breach("b-1", watched, PROVIDER, stats(20, 15), NOW)
     assert breach == Breach(
         id="b-1",
         region="uusimaa",
@@ -274,15 +284,78 @@ def test_open_breach_records_value_threshold_and_sample():
         threshold=0.9,
         sample_size=20,
         opened_at=NOW,
+        recovery_threshold=0.9,
     )
     assert not breach.suspends_provider
 
 
 def test_serious_breach_suspends_the_provider():
-    breach = open_breach("b-1", indicator(severity=Severity.SERIOUS), PROVIDER, WindowStats(20, 15), NOW)
+    breach = open_breach("b-1", indicator(severity=Severity.SERIOUS), PROVIDER, stats(20, 15), NOW)
     assert breach.suspends_provider
 
 
 def test_open_breach_needs_a_timezone_aware_now():
     with pytest.raises(ValueError, match="timezone-aware"):
-        open_breach("b-1", indicator(), PROVIDER, WindowStats(20, 15), datetime(2025, 3, 14, 12, 0))
+        open_breach("b-1", indicator(), PROVIDER, stats(20, 15), datetime(2025, 3, 14, 12, 0))
+
+
+# --- hysteresis and sources ---------------------------------------------------------------------
+
+
+def test_an_open_breach_resolves_only_at_the_recovery_share():
+    watched = indicator(minimum_share=0.8, recovery_share=0.9, minimum_sample=10)
+    assert evaluate(watched, stats(10, 8), breach_open=True) is Verdict.NONE  # back at the threshold
+    assert evaluate(watched, stats(10, 9), breach_open=True) is Verdict.RESOLVE
+    assert evaluate(watched, stats(10, 8), breach_open=False) is Verdict.NONE
+
+
+def test_a_sample_below_the_minimum_neither_opens_nor_resolves():
+    watched = indicator(minimum_share=0.8, minimum_sample=10)
+    assert evaluate(watched, stats(9, 9), breach_open=True) is Verdict.NONE
+
+
+def test_a_recovery_share_below_the_minimum_share_is_refused():
+    with pytest.raises(InvalidArgument) as caught:
+        indicator(minimum_share=0.8, recovery_share=0.7)
+    assert fields_of(caught) == ["indicator.share_within_deadline.recovery_share"]
+
+
+def test_without_a_recovery_share_the_minimum_share_is_used():
+    assert indicator(minimum_share=0.8).recovery_share == 0.8
+
+
+def test_a_resolved_breach_carries_the_value_that_resolved_it():
+    watched = indicator(minimum_share=0.9)
+    breach = open_breach("b-1", watched, PROVIDER, stats(20, 15), NOW)
+    resolved = resolve_breach(breach, stats(20, 19), NOW + timedelta(days=3))
+    assert (resolved.state, resolved.value, resolved.resolved_at) == (
+        BreachState.RESOLVED,
+        0.95,
+        NOW + timedelta(days=3),
+    )
+    [(_, event)] = resolved.pull_events()
+    assert isinstance(event, BreachResolved)
+    assert event.breach.resolve_time == NOW + timedelta(days=3)
+
+
+def test_a_providers_report_weighs_half_of_the_regions_own_case_data():
+    watched = indicator(window_days=30, deadline_days=14)
+    region_late = observation(20, key="region-late")
+    provider_on_time = new_observation(
+        "p-1",
+        PROVIDER,
+        "p-1",
+        TODAY - timedelta(days=2),
+        TODAY,
+        today=TODAY,
+        source=ObservationSource.PROVIDER_REPORT,
+    )
+    window = window_stats(watched, [region_late, provider_on_time], TODAY)
+    assert window.sample_size == 2
+    assert window.share == pytest.approx(0.5 / 1.5)
+
+
+def test_observations_under_one_id_report_the_fields_they_differ_in():
+    first = observation(3, key="case-1")
+    assert first.differs_from(first) == []
+    assert observation(5, key="case-1").differs_from(first) == ["observation.started_on"]

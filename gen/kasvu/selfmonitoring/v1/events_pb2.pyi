@@ -85,3 +85,83 @@ class IndicatorCreated(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___IndicatorCreated: _TypeAlias = IndicatorCreated  # noqa: Y015
+
+@_typing.final
+class BreachResolved(_message.Message):
+    """A breach's value came back past the indicator's recovery threshold. The
+    registry lifts the suspension a serious breach caused.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BREACH_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    RESOLVE_TIME_FIELD_NUMBER: _builtins.int
+    region: _builtins.str
+    """The region whose programme it breached."""
+    @_builtins.property
+    def breach(self) -> _selfmonitoring_pb2.Breach:
+        """The breach as resolved: name, provider (business ID), service,
+        severity, the value that resolved it, threshold, resolve_time.
+        """
+
+    @_builtins.property
+    def resolve_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was resolved (also breach.resolve_time)."""
+
+    def __init__(
+        self,
+        *,
+        breach: _selfmonitoring_pb2.Breach | None = ...,
+        region: _builtins.str = ...,
+        resolve_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["breach", b"breach", "resolve_time", b"resolve_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breach", b"breach", "region", b"region", "resolve_time", b"resolve_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BreachResolved: _TypeAlias = BreachResolved  # noqa: Y015
+
+@_typing.final
+class BreachEscalated(_message.Message):
+    """A breach was escalated to a suspension request: its corrective action's
+    deadline passed unanswered, or it recurred within the programme's period.
+    breach.severity is SERIOUS; the registry suspends as on a serious
+    BreachOpened.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BREACH_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ESCALATE_TIME_FIELD_NUMBER: _builtins.int
+    region: _builtins.str
+    """The region whose programme it breaches."""
+    reason: _builtins.str
+    """Why: "CORRECTIVE_ACTION_OVERDUE" or "RECURRED"."""
+    @_builtins.property
+    def breach(self) -> _selfmonitoring_pb2.Breach:
+        """The breach, with severity SERIOUS."""
+
+    @_builtins.property
+    def escalate_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was escalated."""
+
+    def __init__(
+        self,
+        *,
+        breach: _selfmonitoring_pb2.Breach | None = ...,
+        region: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        escalate_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["breach", b"breach", "escalate_time", b"escalate_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breach", b"breach", "escalate_time", b"escalate_time", "reason", b"reason", "region", b"region"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BreachEscalated: _TypeAlias = BreachEscalated  # noqa: Y015

@@ -28,7 +28,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from google.type import date_pb2 as google_dot_type_dot_date__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,kasvu/selfmonitoring/v1/selfmonitoring.proto\x12\x17kasvu.selfmonitoring.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16google/type/date.proto\"O\n\x13ShareWithinDeadline\x12\x1b\n\rdeadline_days\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x02\x12\x1b\n\rminimum_share\x18\x02 \x01(\x01\x42\x04\xe2\x41\x01\x02\"\xd0\x02\n\tIndicator\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1a\n\x0c\x64isplay_name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07service\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12Q\n\x15share_within_deadline\x18\x04 \x01(\x0b\x32,.kasvu.selfmonitoring.v1.ShareWithinDeadlineB\x04\xe2\x41\x01\x02\x12\x19\n\x0bwindow_days\x18\x05 \x01(\x05\x42\x04\xe2\x41\x01\x02\x12\x1c\n\x0eminimum_sample\x18\x06 \x01(\x05\x42\x04\xe2\x41\x01\x02\x12\x39\n\x08severity\x18\x07 \x01(\x0e\x32!.kasvu.selfmonitoring.v1.SeverityB\x04\xe2\x41\x01\x02\x12\x35\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\x87\x01\n\x16\x43reateIndicatorRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1a\n\x0cindicator_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12;\n\tindicator\x18\x03 \x01(\x0b\x32\".kasvu.selfmonitoring.v1.IndicatorB\x04\xe2\x41\x01\x02\")\n\x13GetIndicatorRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\xb7\x01\n\x0bObservation\x12\x1c\n\x0eobservation_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08provider\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08\x63\x61se_key\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12+\n\nstarted_on\x18\x04 \x01(\x0b\x32\x11.google.type.DateB\x04\xe2\x41\x01\x02\x12-\n\x0c\x63ompleted_on\x18\x05 \x01(\x0b\x32\x11.google.type.DateB\x04\xe2\x41\x01\x02\"q\n\x18RecordObservationRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12?\n\x0bobservation\x18\x02 \x01(\x0b\x32$.kasvu.selfmonitoring.v1.ObservationB\x04\xe2\x41\x01\x02\"a\n\x19RecordObservationResponse\x12\x10\n\x08recorded\x18\x01 \x01(\x08\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x13\n\x0bsample_size\x18\x03 \x01(\x05\x12\x0e\n\x06\x62reach\x18\x04 \x01(\t\"\x9c\x02\n\x06\x42reach\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tindicator\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12\x0f\n\x07service\x18\x04 \x01(\t\x12\x33\n\x08severity\x18\x05 \x01(\x0e\x32!.kasvu.selfmonitoring.v1.Severity\x12\r\n\x05value\x18\x06 \x01(\x01\x12\x11\n\tthreshold\x18\x07 \x01(\x01\x12\x13\n\x0bsample_size\x18\x08 \x01(\x05\x12\x33\n\x05state\x18\t \x01(\x0e\x32$.kasvu.selfmonitoring.v1.BreachState\x12-\n\topen_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"&\n\x10GetBreachRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"R\n\x13ListBreachesRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"b\n\x14ListBreachesResponse\x12\x31\n\x08\x62reaches\x18\x01 \x03(\x0b\x32\x1f.kasvu.selfmonitoring.v1.Breach\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"W\n\x13StreamAlertsRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0cresume_after\x18\x02 \x01(\x04H\x00\x88\x01\x01\x42\x0f\n\r_resume_after\"J\n\x05\x41lert\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12/\n\x06\x62reach\x18\x02 \x01(\x0b\x32\x1f.kasvu.selfmonitoring.v1.Breach*P\n\x08Severity\x12\x18\n\x14SEVERITY_UNSPECIFIED\x10\x00\x12\x14\n\x10SEVERITY_WARNING\x10\x01\x12\x14\n\x10SEVERITY_SERIOUS\x10\x02*B\n\x0b\x42reachState\x12\x1c\n\x18\x42REACH_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x42REACH_STATE_OPEN\x10\x01\x32\xb1\x07\n\x15SelfMonitoringService\x12\x9c\x01\n\x0f\x43reateIndicator\x12/.kasvu.selfmonitoring.v1.CreateIndicatorRequest\x1a\".kasvu.selfmonitoring.v1.Indicator\"4\x82\xd3\xe4\x93\x02.\"!/v1/{parent=regions/*}/indicators:\tindicator\x12\x8b\x01\n\x0cGetIndicator\x12,.kasvu.selfmonitoring.v1.GetIndicatorRequest\x1a\".kasvu.selfmonitoring.v1.Indicator\")\x82\xd3\xe4\x93\x02#\x12!/v1/{name=regions/*/indicators/*}\x12\xc1\x01\n\x11RecordObservation\x12\x31.kasvu.selfmonitoring.v1.RecordObservationRequest\x1a\x32.kasvu.selfmonitoring.v1.RecordObservationResponse\"E\x82\xd3\xe4\x93\x02?\"0/v1/{parent=regions/*/indicators/*}/observations:\x0bobservation\x12\x80\x01\n\tGetBreach\x12).kasvu.selfmonitoring.v1.GetBreachRequest\x1a\x1f.kasvu.selfmonitoring.v1.Breach\"\'\x82\xd3\xe4\x93\x02!\x12\x1f/v1/{name=regions/*/breaches/*}\x12\x94\x01\n\x0cListBreaches\x12,.kasvu.selfmonitoring.v1.ListBreachesRequest\x1a-.kasvu.selfmonitoring.v1.ListBreachesResponse\"\'\x82\xd3\xe4\x93\x02!\x12\x1f/v1/{parent=regions/*}/breaches\x12\x8c\x01\n\x0cStreamAlerts\x12,.kasvu.selfmonitoring.v1.StreamAlertsRequest\x1a\x1e.kasvu.selfmonitoring.v1.Alert\",\x82\xd3\xe4\x93\x02&\x12$/v1/{parent=regions/*}/alerts:stream0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,kasvu/selfmonitoring/v1/selfmonitoring.proto\x12\x17kasvu.selfmonitoring.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16google/type/date.proto\"m\n\x13ShareWithinDeadline\x12\x1b\n\rdeadline_days\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x02\x12\x1b\n\rminimum_share\x18\x02 \x01(\x01\x42\x04\xe2\x41\x01\x02\x12\x1c\n\x0erecovery_share\x18\x03 \x01(\x01\x42\x04\xe2\x41\x01\x01\"\xd0\x02\n\tIndicator\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1a\n\x0c\x64isplay_name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07service\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12Q\n\x15share_within_deadline\x18\x04 \x01(\x0b\x32,.kasvu.selfmonitoring.v1.ShareWithinDeadlineB\x04\xe2\x41\x01\x02\x12\x19\n\x0bwindow_days\x18\x05 \x01(\x05\x42\x04\xe2\x41\x01\x02\x12\x1c\n\x0eminimum_sample\x18\x06 \x01(\x05\x42\x04\xe2\x41\x01\x02\x12\x39\n\x08severity\x18\x07 \x01(\x0e\x32!.kasvu.selfmonitoring.v1.SeverityB\x04\xe2\x41\x01\x02\x12\x35\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\x87\x01\n\x16\x43reateIndicatorRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1a\n\x0cindicator_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12;\n\tindicator\x18\x03 \x01(\x0b\x32\".kasvu.selfmonitoring.v1.IndicatorB\x04\xe2\x41\x01\x02\")\n\x13GetIndicatorRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\xf9\x01\n\x0bObservation\x12\x1c\n\x0eobservation_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08provider\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08\x63\x61se_key\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12+\n\nstarted_on\x18\x04 \x01(\x0b\x32\x11.google.type.DateB\x04\xe2\x41\x01\x02\x12-\n\x0c\x63ompleted_on\x18\x05 \x01(\x0b\x32\x11.google.type.DateB\x04\xe2\x41\x01\x02\x12@\n\x06source\x18\x06 \x01(\x0e\x32*.kasvu.selfmonitoring.v1.ObservationSourceB\x04\xe2\x41\x01\x01\"q\n\x18RecordObservationRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12?\n\x0bobservation\x18\x02 \x01(\x0b\x32$.kasvu.selfmonitoring.v1.ObservationB\x04\xe2\x41\x01\x02\"a\n\x19RecordObservationResponse\x12\x10\n\x08recorded\x18\x01 \x01(\x08\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x13\n\x0bsample_size\x18\x03 \x01(\x05\x12\x0e\n\x06\x62reach\x18\x04 \x01(\t\"k\n\x13RejectedObservation\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x16\n\x0eobservation_id\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x0e\n\x06\x66ields\x18\x05 \x03(\t\"\xb6\x01\n\x1aRecordObservationsResponse\x12\x10\n\x08recorded\x18\x01 \x01(\x05\x12\x12\n\nduplicates\x18\x02 \x01(\x05\x12>\n\x08rejected\x18\x03 \x03(\x0b\x32,.kasvu.selfmonitoring.v1.RejectedObservation\x12\x17\n\x0fopened_breaches\x18\x04 \x03(\t\x12\x19\n\x11resolved_breaches\x18\x05 \x03(\t\"\xea\x02\n\x06\x42reach\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tindicator\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12\x0f\n\x07service\x18\x04 \x01(\t\x12\x33\n\x08severity\x18\x05 \x01(\x0e\x32!.kasvu.selfmonitoring.v1.Severity\x12\r\n\x05value\x18\x06 \x01(\x01\x12\x11\n\tthreshold\x18\x07 \x01(\x01\x12\x13\n\x0bsample_size\x18\x08 \x01(\x05\x12\x33\n\x05state\x18\t \x01(\x0e\x32$.kasvu.selfmonitoring.v1.BreachState\x12-\n\topen_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cresolve_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12recovery_threshold\x18\x0c \x01(\x01\"&\n\x10GetBreachRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"R\n\x13ListBreachesRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"b\n\x14ListBreachesResponse\x12\x31\n\x08\x62reaches\x18\x01 \x03(\x0b\x32\x1f.kasvu.selfmonitoring.v1.Breach\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"W\n\x13StreamAlertsRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0cresume_after\x18\x02 \x01(\x04H\x00\x88\x01\x01\x42\x0f\n\r_resume_after\"J\n\x05\x41lert\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12/\n\x06\x62reach\x18\x02 \x01(\x0b\x32\x1f.kasvu.selfmonitoring.v1.Breach*P\n\x08Severity\x12\x18\n\x14SEVERITY_UNSPECIFIED\x10\x00\x12\x14\n\x10SEVERITY_WARNING\x10\x01\x12\x14\n\x10SEVERITY_SERIOUS\x10\x02*\xfa\x01\n\x11ObservationSource\x12\"\n\x1eOBSERVATION_SOURCE_UNSPECIFIED\x10\x00\x12\'\n#OBSERVATION_SOURCE_REGION_CASE_DATA\x10\x01\x12&\n\"OBSERVATION_SOURCE_PROVIDER_REPORT\x10\x02\x12(\n$OBSERVATION_SOURCE_CUSTOMER_FEEDBACK\x10\x03\x12 \n\x1cOBSERVATION_SOURCE_COMPLAINT\x10\x04\x12$\n OBSERVATION_SOURCE_AUDIT_FINDING\x10\x05*]\n\x0b\x42reachState\x12\x1c\n\x18\x42REACH_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x42REACH_STATE_OPEN\x10\x01\x12\x19\n\x15\x42REACH_STATE_RESOLVED\x10\x02\x32\xb1\x08\n\x15SelfMonitoringService\x12\x9c\x01\n\x0f\x43reateIndicator\x12/.kasvu.selfmonitoring.v1.CreateIndicatorRequest\x1a\".kasvu.selfmonitoring.v1.Indicator\"4\x82\xd3\xe4\x93\x02.\"!/v1/{parent=regions/*}/indicators:\tindicator\x12\x8b\x01\n\x0cGetIndicator\x12,.kasvu.selfmonitoring.v1.GetIndicatorRequest\x1a\".kasvu.selfmonitoring.v1.Indicator\")\x82\xd3\xe4\x93\x02#\x12!/v1/{name=regions/*/indicators/*}\x12\xc1\x01\n\x11RecordObservation\x12\x31.kasvu.selfmonitoring.v1.RecordObservationRequest\x1a\x32.kasvu.selfmonitoring.v1.RecordObservationResponse\"E\x82\xd3\xe4\x93\x02?\"0/v1/{parent=regions/*/indicators/*}/observations:\x0bobservation\x12~\n\x12RecordObservations\x12\x31.kasvu.selfmonitoring.v1.RecordObservationRequest\x1a\x33.kasvu.selfmonitoring.v1.RecordObservationsResponse(\x01\x12\x80\x01\n\tGetBreach\x12).kasvu.selfmonitoring.v1.GetBreachRequest\x1a\x1f.kasvu.selfmonitoring.v1.Breach\"\'\x82\xd3\xe4\x93\x02!\x12\x1f/v1/{name=regions/*/breaches/*}\x12\x94\x01\n\x0cListBreaches\x12,.kasvu.selfmonitoring.v1.ListBreachesRequest\x1a-.kasvu.selfmonitoring.v1.ListBreachesResponse\"\'\x82\xd3\xe4\x93\x02!\x12\x1f/v1/{parent=regions/*}/breaches\x12\x8c\x01\n\x0cStreamAlerts\x12,.kasvu.selfmonitoring.v1.StreamAlertsRequest\x1a\x1e.kasvu.selfmonitoring.v1.Alert\",\x82\xd3\xe4\x93\x02&\x12$/v1/{parent=regions/*}/alerts:stream0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,6 +39,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SHAREWITHINDEADLINE'].fields_by_name['deadline_days']._serialized_options = b'\342A\001\002'
   _globals['_SHAREWITHINDEADLINE'].fields_by_name['minimum_share']._loaded_options = None
   _globals['_SHAREWITHINDEADLINE'].fields_by_name['minimum_share']._serialized_options = b'\342A\001\002'
+  _globals['_SHAREWITHINDEADLINE'].fields_by_name['recovery_share']._loaded_options = None
+  _globals['_SHAREWITHINDEADLINE'].fields_by_name['recovery_share']._serialized_options = b'\342A\001\001'
   _globals['_INDICATOR'].fields_by_name['name']._loaded_options = None
   _globals['_INDICATOR'].fields_by_name['name']._serialized_options = b'\342A\001\003'
   _globals['_INDICATOR'].fields_by_name['display_name']._loaded_options = None
@@ -73,6 +75,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_OBSERVATION'].fields_by_name['started_on']._serialized_options = b'\342A\001\002'
   _globals['_OBSERVATION'].fields_by_name['completed_on']._loaded_options = None
   _globals['_OBSERVATION'].fields_by_name['completed_on']._serialized_options = b'\342A\001\002'
+  _globals['_OBSERVATION'].fields_by_name['source']._loaded_options = None
+  _globals['_OBSERVATION'].fields_by_name['source']._serialized_options = b'\342A\001\001'
   _globals['_RECORDOBSERVATIONREQUEST'].fields_by_name['parent']._loaded_options = None
   _globals['_RECORDOBSERVATIONREQUEST'].fields_by_name['parent']._serialized_options = b'\342A\001\002'
   _globals['_RECORDOBSERVATIONREQUEST'].fields_by_name['observation']._loaded_options = None
@@ -95,36 +99,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SELFMONITORINGSERVICE'].methods_by_name['ListBreaches']._serialized_options = b'\202\323\344\223\002!\022\037/v1/{parent=regions/*}/breaches'
   _globals['_SELFMONITORINGSERVICE'].methods_by_name['StreamAlerts']._loaded_options = None
   _globals['_SELFMONITORINGSERVICE'].methods_by_name['StreamAlerts']._serialized_options = b'\202\323\344\223\002&\022$/v1/{parent=regions/*}/alerts:stream'
-  _globals['_SEVERITY']._serialized_start=1870
-  _globals['_SEVERITY']._serialized_end=1950
-  _globals['_BREACHSTATE']._serialized_start=1952
-  _globals['_BREACHSTATE']._serialized_end=2018
+  _globals['_SEVERITY']._serialized_start=2338
+  _globals['_SEVERITY']._serialized_end=2418
+  _globals['_OBSERVATIONSOURCE']._serialized_start=2421
+  _globals['_OBSERVATIONSOURCE']._serialized_end=2671
+  _globals['_BREACHSTATE']._serialized_start=2673
+  _globals['_BREACHSTATE']._serialized_end=2766
   _globals['_SHAREWITHINDEADLINE']._serialized_start=193
-  _globals['_SHAREWITHINDEADLINE']._serialized_end=272
-  _globals['_INDICATOR']._serialized_start=275
-  _globals['_INDICATOR']._serialized_end=611
-  _globals['_CREATEINDICATORREQUEST']._serialized_start=614
-  _globals['_CREATEINDICATORREQUEST']._serialized_end=749
-  _globals['_GETINDICATORREQUEST']._serialized_start=751
-  _globals['_GETINDICATORREQUEST']._serialized_end=792
-  _globals['_OBSERVATION']._serialized_start=795
-  _globals['_OBSERVATION']._serialized_end=978
-  _globals['_RECORDOBSERVATIONREQUEST']._serialized_start=980
-  _globals['_RECORDOBSERVATIONREQUEST']._serialized_end=1093
-  _globals['_RECORDOBSERVATIONRESPONSE']._serialized_start=1095
-  _globals['_RECORDOBSERVATIONRESPONSE']._serialized_end=1192
-  _globals['_BREACH']._serialized_start=1195
-  _globals['_BREACH']._serialized_end=1479
-  _globals['_GETBREACHREQUEST']._serialized_start=1481
-  _globals['_GETBREACHREQUEST']._serialized_end=1519
-  _globals['_LISTBREACHESREQUEST']._serialized_start=1521
-  _globals['_LISTBREACHESREQUEST']._serialized_end=1603
-  _globals['_LISTBREACHESRESPONSE']._serialized_start=1605
-  _globals['_LISTBREACHESRESPONSE']._serialized_end=1703
-  _globals['_STREAMALERTSREQUEST']._serialized_start=1705
-  _globals['_STREAMALERTSREQUEST']._serialized_end=1792
-  _globals['_ALERT']._serialized_start=1794
-  _globals['_ALERT']._serialized_end=1868
-  _globals['_SELFMONITORINGSERVICE']._serialized_start=2021
-  _globals['_SELFMONITORINGSERVICE']._serialized_end=2966
+  _globals['_SHAREWITHINDEADLINE']._serialized_end=302
+  _globals['_INDICATOR']._serialized_start=305
+  _globals['_INDICATOR']._serialized_end=641
+  _globals['_CREATEINDICATORREQUEST']._serialized_start=644
+  _globals['_CREATEINDICATORREQUEST']._serialized_end=779
+  _globals['_GETINDICATORREQUEST']._serialized_start=781
+  _globals['_GETINDICATORREQUEST']._serialized_end=822
+  _globals['_OBSERVATION']._serialized_start=825
+  _globals['_OBSERVATION']._serialized_end=1074
+  _globals['_RECORDOBSERVATIONREQUEST']._serialized_start=1076
+  _globals['_RECORDOBSERVATIONREQUEST']._serialized_end=1189
+  _globals['_RECORDOBSERVATIONRESPONSE']._serialized_start=1191
+  _globals['_RECORDOBSERVATIONRESPONSE']._serialized_end=1288
+  _globals['_REJECTEDOBSERVATION']._serialized_start=1290
+  _globals['_REJECTEDOBSERVATION']._serialized_end=1397
+  _globals['_RECORDOBSERVATIONSRESPONSE']._serialized_start=1400
+  _globals['_RECORDOBSERVATIONSRESPONSE']._serialized_end=1582
+  _globals['_BREACH']._serialized_start=1585
+  _globals['_BREACH']._serialized_end=1947
+  _globals['_GETBREACHREQUEST']._serialized_start=1949
+  _globals['_GETBREACHREQUEST']._serialized_end=1987
+  _globals['_LISTBREACHESREQUEST']._serialized_start=1989
+  _globals['_LISTBREACHESREQUEST']._serialized_end=2071
+  _globals['_LISTBREACHESRESPONSE']._serialized_start=2073
+  _globals['_LISTBREACHESRESPONSE']._serialized_end=2171
+  _globals['_STREAMALERTSREQUEST']._serialized_start=2173
+  _globals['_STREAMALERTSREQUEST']._serialized_end=2260
+  _globals['_ALERT']._serialized_start=2262
+  _globals['_ALERT']._serialized_end=2336
+  _globals['_SELFMONITORINGSERVICE']._serialized_start=2769
+  _globals['_SELFMONITORINGSERVICE']._serialized_end=3842
 # @@protoc_insertion_point(module_scope)

@@ -45,6 +45,48 @@ SEVERITY_SERIOUS: Severity.ValueType  # 2
 """Supervisors are alerted and the provider is suspended in the region."""
 Global___Severity: _TypeAlias = Severity  # noqa: Y015
 
+class _ObservationSource:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ObservationSourceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ObservationSource.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    OBSERVATION_SOURCE_UNSPECIFIED: _ObservationSource.ValueType  # 0
+    """Not set: the caller's own source (a region admin's case data, a
+    provider's report).
+    """
+    OBSERVATION_SOURCE_REGION_CASE_DATA: _ObservationSource.ValueType  # 1
+    """The region's own case data and case events; recorded by the region only."""
+    OBSERVATION_SOURCE_PROVIDER_REPORT: _ObservationSource.ValueType  # 2
+    """A provider's report about its own cases; weighs half."""
+    OBSERVATION_SOURCE_CUSTOMER_FEEDBACK: _ObservationSource.ValueType  # 3
+    """Customer feedback collected by the region."""
+    OBSERVATION_SOURCE_COMPLAINT: _ObservationSource.ValueType  # 4
+    """A complaint handled by the region."""
+    OBSERVATION_SOURCE_AUDIT_FINDING: _ObservationSource.ValueType  # 5
+    """A finding of the region's audit."""
+
+class ObservationSource(_ObservationSource, metaclass=_ObservationSourceEnumTypeWrapper):
+    """Where an observation comes from: it decides who may record it and how much
+    it weighs in an indicator's value.
+    """
+
+OBSERVATION_SOURCE_UNSPECIFIED: ObservationSource.ValueType  # 0
+"""Not set: the caller's own source (a region admin's case data, a
+provider's report).
+"""
+OBSERVATION_SOURCE_REGION_CASE_DATA: ObservationSource.ValueType  # 1
+"""The region's own case data and case events; recorded by the region only."""
+OBSERVATION_SOURCE_PROVIDER_REPORT: ObservationSource.ValueType  # 2
+"""A provider's report about its own cases; weighs half."""
+OBSERVATION_SOURCE_CUSTOMER_FEEDBACK: ObservationSource.ValueType  # 3
+"""Customer feedback collected by the region."""
+OBSERVATION_SOURCE_COMPLAINT: ObservationSource.ValueType  # 4
+"""A complaint handled by the region."""
+OBSERVATION_SOURCE_AUDIT_FINDING: ObservationSource.ValueType  # 5
+"""A finding of the region's audit."""
+Global___ObservationSource: _TypeAlias = ObservationSource  # noqa: Y015
+
 class _BreachState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -55,6 +97,8 @@ class _BreachStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BreachSta
     """Not set."""
     BREACH_STATE_OPEN: _BreachState.ValueType  # 1
     """Open."""
+    BREACH_STATE_RESOLVED: _BreachState.ValueType  # 2
+    """Resolved: the value came back past the recovery threshold."""
 
 class BreachState(_BreachState, metaclass=_BreachStateEnumTypeWrapper):
     """Where a breach stands."""
@@ -63,6 +107,8 @@ BREACH_STATE_UNSPECIFIED: BreachState.ValueType  # 0
 """Not set."""
 BREACH_STATE_OPEN: BreachState.ValueType  # 1
 """Open."""
+BREACH_STATE_RESOLVED: BreachState.ValueType  # 2
+"""Resolved: the value came back past the recovery threshold."""
 Global___BreachState: _TypeAlias = BreachState  # noqa: Y015
 
 @_typing.final
@@ -75,19 +121,25 @@ class ShareWithinDeadline(_message.Message):
 
     DEADLINE_DAYS_FIELD_NUMBER: _builtins.int
     MINIMUM_SHARE_FIELD_NUMBER: _builtins.int
+    RECOVERY_SHARE_FIELD_NUMBER: _builtins.int
     deadline_days: _builtins.int
     """The deadline in days from the case's start (14 for the assessment)."""
     minimum_share: _builtins.float
     """The breach threshold: a share below this is a breach (0 < x <= 1)."""
+    recovery_share: _builtins.float
+    """Hysteresis: an open breach resolves only once the share is at least this
+    (minimum_share <= x <= 1). Unset (0): minimum_share.
+    """
     def __init__(
         self,
         *,
         deadline_days: _builtins.int = ...,
         minimum_share: _builtins.float = ...,
+        recovery_share: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline_days", b"deadline_days", "minimum_share", b"minimum_share"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline_days", b"deadline_days", "minimum_share", b"minimum_share", "recovery_share", b"recovery_share"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -212,12 +264,17 @@ class Observation(_message.Message):
     CASE_KEY_FIELD_NUMBER: _builtins.int
     STARTED_ON_FIELD_NUMBER: _builtins.int
     COMPLETED_ON_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
     observation_id: _builtins.str
-    """Client-chosen unique id; a retry with the same id records nothing new."""
+    """Client-chosen id, unique within its source; a retry with the same id and
+    content records nothing new, other content under the same id is refused.
+    """
     provider: _builtins.str
     """The provider's business ID."""
     case_key: _builtins.str
     """Pseudonymous case key; never a person's name or identity code."""
+    source: Global___ObservationSource.ValueType
+    """Who the observation comes from; a provider records only its own reports."""
     @_builtins.property
     def started_on(self) -> _date_pb2.Date:
         """When the case started (e.g. job search began)."""
@@ -234,10 +291,11 @@ class Observation(_message.Message):
         case_key: _builtins.str = ...,
         started_on: _date_pb2.Date | None = ...,
         completed_on: _date_pb2.Date | None = ...,
+        source: Global___ObservationSource.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["completed_on", b"completed_on", "started_on", b"started_on"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_key", b"case_key", "completed_on", b"completed_on", "observation_id", b"observation_id", "provider", b"provider", "started_on", b"started_on"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_key", b"case_key", "completed_on", b"completed_on", "observation_id", b"observation_id", "provider", b"provider", "source", b"source", "started_on", b"started_on"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -306,6 +364,90 @@ class RecordObservationResponse(_message.Message):
 Global___RecordObservationResponse: _TypeAlias = RecordObservationResponse  # noqa: Y015
 
 @_typing.final
+class RejectedObservation(_message.Message):
+    """The outcome of one record of a RecordObservations stream that was refused."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    OBSERVATION_ID_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    FIELDS_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """Its position in the stream, from 0."""
+    observation_id: _builtins.str
+    """Its observation_id, as sent."""
+    code: _builtins.str
+    """The gRPC status code name it would have got alone, e.g. INVALID_ARGUMENT."""
+    message: _builtins.str
+    """Why, with the field paths at fault."""
+    @_builtins.property
+    def fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The fields at fault (e.g. "observation.completed_on")."""
+
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        observation_id: _builtins.str = ...,
+        code: _builtins.str = ...,
+        message: _builtins.str = ...,
+        fields: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "fields", b"fields", "index", b"index", "message", b"message", "observation_id", b"observation_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RejectedObservation: _TypeAlias = RejectedObservation  # noqa: Y015
+
+@_typing.final
+class RecordObservationsResponse(_message.Message):
+    """Response for RecordObservations."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDED_FIELD_NUMBER: _builtins.int
+    DUPLICATES_FIELD_NUMBER: _builtins.int
+    REJECTED_FIELD_NUMBER: _builtins.int
+    OPENED_BREACHES_FIELD_NUMBER: _builtins.int
+    RESOLVED_BREACHES_FIELD_NUMBER: _builtins.int
+    recorded: _builtins.int
+    """Observations stored."""
+    duplicates: _builtins.int
+    """Observations sent again with the same content: nothing stored."""
+    @_builtins.property
+    def rejected(self) -> _containers.RepeatedCompositeFieldContainer[Global___RejectedObservation]:
+        """Records refused, each with its reason; the rest were taken."""
+
+    @_builtins.property
+    def opened_breaches(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Breaches opened by the stream."""
+
+    @_builtins.property
+    def resolved_breaches(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Breaches resolved by the stream."""
+
+    def __init__(
+        self,
+        *,
+        recorded: _builtins.int = ...,
+        duplicates: _builtins.int = ...,
+        rejected: _abc.Iterable[Global___RejectedObservation] | None = ...,
+        opened_breaches: _abc.Iterable[_builtins.str] | None = ...,
+        resolved_breaches: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicates", b"duplicates", "opened_breaches", b"opened_breaches", "recorded", b"recorded", "rejected", b"rejected", "resolved_breaches", b"resolved_breaches"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordObservationsResponse: _TypeAlias = RecordObservationsResponse  # noqa: Y015
+
+@_typing.final
 class Breach(_message.Message):
     """A threshold crossed by a provider."""
 
@@ -321,6 +463,8 @@ class Breach(_message.Message):
     SAMPLE_SIZE_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     OPEN_TIME_FIELD_NUMBER: _builtins.int
+    RESOLVE_TIME_FIELD_NUMBER: _builtins.int
+    RECOVERY_THRESHOLD_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """regions/{region}/breaches/{breach}"""
     indicator: _builtins.str
@@ -339,9 +483,15 @@ class Breach(_message.Message):
     """Observations in the window."""
     state: Global___BreachState.ValueType
     """The state."""
+    recovery_threshold: _builtins.float
+    """The value at which it resolves (the indicator's recovery threshold)."""
     @_builtins.property
     def open_time(self) -> _timestamp_pb2.Timestamp:
         """When it was opened."""
+
+    @_builtins.property
+    def resolve_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was resolved; unset while open."""
 
     def __init__(
         self,
@@ -356,10 +506,12 @@ class Breach(_message.Message):
         sample_size: _builtins.int = ...,
         state: Global___BreachState.ValueType = ...,
         open_time: _timestamp_pb2.Timestamp | None = ...,
+        resolve_time: _timestamp_pb2.Timestamp | None = ...,
+        recovery_threshold: _builtins.float = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["open_time", b"open_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["open_time", b"open_time", "resolve_time", b"resolve_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["indicator", b"indicator", "name", b"name", "open_time", b"open_time", "provider", b"provider", "sample_size", b"sample_size", "service", b"service", "severity", b"severity", "state", b"state", "threshold", b"threshold", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["indicator", b"indicator", "name", b"name", "open_time", b"open_time", "provider", b"provider", "recovery_threshold", b"recovery_threshold", "resolve_time", b"resolve_time", "sample_size", b"sample_size", "service", b"service", "severity", b"severity", "state", b"state", "threshold", b"threshold", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -52,6 +52,11 @@ class SelfMonitoringServiceStub:
                 request_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.RecordObservationRequest.SerializeToString,
                 response_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.RecordObservationResponse.FromString,
                 _registered_method=True)
+        self.RecordObservations = channel.stream_unary(
+                '/kasvu.selfmonitoring.v1.SelfMonitoringService/RecordObservations',
+                request_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.RecordObservationRequest.SerializeToString,
+                response_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.RecordObservationsResponse.FromString,
+                _registered_method=True)
         self.GetBreach = channel.unary_unary(
                 '/kasvu.selfmonitoring.v1.SelfMonitoringService/GetBreach',
                 request_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.GetBreachRequest.SerializeToString,
@@ -90,9 +95,19 @@ class SelfMonitoringServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RecordObservation(self, request, context):
-        """Records one observation; idempotent by observation_id. Evaluates the
-        indicator for the observation's provider and opens a breach when the
-        threshold is crossed.
+        """Records one observation; idempotent by (source, observation_id): the same
+        id with the same content records nothing new, with other content it is
+        refused (ALREADY_EXISTS naming the field). Evaluates the indicator for the
+        observation's provider: opens a breach when the threshold is crossed, and
+        resolves an open one when the value is back past the recovery threshold.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordObservations(self, request_iterator, context):
+        """Records a client stream of observations, many per unit of work. A bad
+        record is reported (by its index in the stream) and the rest go on.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -136,6 +151,11 @@ def add_SelfMonitoringServiceServicer_to_server(servicer, server):
                     servicer.RecordObservation,
                     request_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.RecordObservationRequest.FromString,
                     response_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.RecordObservationResponse.SerializeToString,
+            ),
+            'RecordObservations': grpc.stream_unary_rpc_method_handler(
+                    servicer.RecordObservations,
+                    request_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.RecordObservationRequest.FromString,
+                    response_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.RecordObservationsResponse.SerializeToString,
             ),
             'GetBreach': grpc.unary_unary_rpc_method_handler(
                     servicer.GetBreach,
@@ -237,6 +257,33 @@ class SelfMonitoringService:
             '/kasvu.selfmonitoring.v1.SelfMonitoringService/RecordObservation',
             kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.RecordObservationRequest.SerializeToString,
             kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.RecordObservationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordObservations(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/kasvu.selfmonitoring.v1.SelfMonitoringService/RecordObservations',
+            kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.RecordObservationRequest.SerializeToString,
+            kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.RecordObservationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

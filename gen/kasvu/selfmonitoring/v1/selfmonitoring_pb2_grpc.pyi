@@ -41,9 +41,15 @@ class SelfMonitoringServiceStub:
     GetIndicator: _grpc.UnaryUnaryMultiCallable[_selfmonitoring_pb2.GetIndicatorRequest, _selfmonitoring_pb2.Indicator]
     """Gets one indicator."""
     RecordObservation: _grpc.UnaryUnaryMultiCallable[_selfmonitoring_pb2.RecordObservationRequest, _selfmonitoring_pb2.RecordObservationResponse]
-    """Records one observation; idempotent by observation_id. Evaluates the
-    indicator for the observation's provider and opens a breach when the
-    threshold is crossed.
+    """Records one observation; idempotent by (source, observation_id): the same
+    id with the same content records nothing new, with other content it is
+    refused (ALREADY_EXISTS naming the field). Evaluates the indicator for the
+    observation's provider: opens a breach when the threshold is crossed, and
+    resolves an open one when the value is back past the recovery threshold.
+    """
+    RecordObservations: _grpc.StreamUnaryMultiCallable[_selfmonitoring_pb2.RecordObservationRequest, _selfmonitoring_pb2.RecordObservationsResponse]
+    """Records a client stream of observations, many per unit of work. A bad
+    record is reported (by its index in the stream) and the rest go on.
     """
     GetBreach: _grpc.UnaryUnaryMultiCallable[_selfmonitoring_pb2.GetBreachRequest, _selfmonitoring_pb2.Breach]
     """Gets one breach."""
@@ -65,9 +71,15 @@ class SelfMonitoringServiceAsyncStub(SelfMonitoringServiceStub):
     GetIndicator: _aio.UnaryUnaryMultiCallable[_selfmonitoring_pb2.GetIndicatorRequest, _selfmonitoring_pb2.Indicator]  # type: ignore[assignment]
     """Gets one indicator."""
     RecordObservation: _aio.UnaryUnaryMultiCallable[_selfmonitoring_pb2.RecordObservationRequest, _selfmonitoring_pb2.RecordObservationResponse]  # type: ignore[assignment]
-    """Records one observation; idempotent by observation_id. Evaluates the
-    indicator for the observation's provider and opens a breach when the
-    threshold is crossed.
+    """Records one observation; idempotent by (source, observation_id): the same
+    id with the same content records nothing new, with other content it is
+    refused (ALREADY_EXISTS naming the field). Evaluates the indicator for the
+    observation's provider: opens a breach when the threshold is crossed, and
+    resolves an open one when the value is back past the recovery threshold.
+    """
+    RecordObservations: _aio.StreamUnaryMultiCallable[_selfmonitoring_pb2.RecordObservationRequest, _selfmonitoring_pb2.RecordObservationsResponse]  # type: ignore[assignment]
+    """Records a client stream of observations, many per unit of work. A bad
+    record is reported (by its index in the stream) and the rest go on.
     """
     GetBreach: _aio.UnaryUnaryMultiCallable[_selfmonitoring_pb2.GetBreachRequest, _selfmonitoring_pb2.Breach]  # type: ignore[assignment]
     """Gets one breach."""
@@ -104,9 +116,21 @@ class SelfMonitoringServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _selfmonitoring_pb2.RecordObservationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_selfmonitoring_pb2.RecordObservationResponse, _abc.Awaitable[_selfmonitoring_pb2.RecordObservationResponse]]:
-        """Records one observation; idempotent by observation_id. Evaluates the
-        indicator for the observation's provider and opens a breach when the
-        threshold is crossed.
+        """Records one observation; idempotent by (source, observation_id): the same
+        id with the same content records nothing new, with other content it is
+        refused (ALREADY_EXISTS naming the field). Evaluates the indicator for the
+        observation's provider: opens a breach when the threshold is crossed, and
+        resolves an open one when the value is back past the recovery threshold.
+        """
+
+    @_abc_1.abstractmethod
+    def RecordObservations(
+        self,
+        request_iterator: _MaybeAsyncIterator[_selfmonitoring_pb2.RecordObservationRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_selfmonitoring_pb2.RecordObservationsResponse, _abc.Awaitable[_selfmonitoring_pb2.RecordObservationsResponse]]:
+        """Records a client stream of observations, many per unit of work. A bad
+        record is reported (by its index in the stream) and the rest go on.
         """
 
     @_abc_1.abstractmethod
