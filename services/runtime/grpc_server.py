@@ -134,6 +134,12 @@ def _refuse_if_malformed(request: Any) -> None:
         raise InvalidArgument(f"the request is not a valid protobuf message of this method: {request.error}")
 
 
+async def _checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        _refuse_if_malformed(request)
+        yield request
+
+
 class EdgeInterceptor(grpc.aio.ServerInterceptor):
     """Sets the request id and principal for the call, logs it, and turns DomainError
     into a status; any other exception is logged and answered INTERNAL without detail."""
@@ -153,6 +159,13 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(method, handler.unary_unary),
+                request_deserializer=_lenient(handler.request_deserializer),
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_unary:
+            # Client streaming (self-monitoring's observation ingestion): the same edge as unary.
+            return grpc.stream_unary_rpc_method_handler(
+                self._wrap_unary(method, handler.stream_unary, client_streaming=True),
                 request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
@@ -178,12 +191,14 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
             except InvalidToken as error:
                 await abort_with(context, Unauthenticated(f"invalid bearer token: {error}"))
 
-    def _wrap_unary(self, method: str, behavior: Any) -> Any:
+    def _wrap_unary(self, method: str, behavior: Any, *, client_streaming: bool = False) -> Any:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             started = time.perf_counter()
             await self._enter(context)
             outcome = "OK"
             try:
+                if client_streaming:
+                    return await behavior(_checked_stream(request), context)
                 _refuse_if_malformed(request)
                 return await behavior(request, context)
             except DomainError as error:

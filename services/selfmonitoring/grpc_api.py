@@ -11,10 +11,16 @@ import grpc
 from kasvu.selfmonitoring.v1 import selfmonitoring_pb2, selfmonitoring_pb2_grpc
 
 from services.runtime.dispatch import Dispatcher
-from services.runtime.errors import DomainError
+from services.runtime.errors import DomainError, FieldViolation, InvalidArgument
 from services.runtime.grpc_server import call_context, current_principal, status_code_for
 from services.runtime.names import page
-from services.runtime.protoconv import enum_from_proto, required_date, timestamp, to_message
+from services.runtime.protoconv import (
+    enum_from_proto,
+    optional_date,
+    required_date,
+    timestamp,
+    to_message,
+)
 from services.selfmonitoring import handlers, model
 from services.selfmonitoring.alerts import AlertFeed
 
@@ -22,21 +28,36 @@ Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 _SEVERITY = selfmonitoring_pb2.DESCRIPTOR.enum_types_by_name["Severity"]
 _SOURCE = selfmonitoring_pb2.DESCRIPTOR.enum_types_by_name["ObservationSource"]
+_KIND = selfmonitoring_pb2.DESCRIPTOR.enum_types_by_name["MetricKind"]
 BATCH_SIZE = 1000
 """Records of a client stream taken per unit of work: one transaction, one insert, one bucket
 upsert and one evaluation per provider for up to this many observations."""
 
 
+def _kind_to_proto(kind: model.MetricKind) -> selfmonitoring_pb2.MetricKind.ValueType:
+    return selfmonitoring_pb2.MetricKind.Value(f"METRIC_KIND_{kind}")
+
+
 def indicator_to_proto(indicator: model.Indicator) -> selfmonitoring_pb2.Indicator:
+    metric: dict[str, Any] = {}
+    if indicator.kind is model.MetricKind.SHARE_WITHIN_DEADLINE:
+        metric["share_within_deadline"] = selfmonitoring_pb2.ShareWithinDeadline(
+            deadline_days=indicator.deadline_days,
+            minimum_share=indicator.threshold,
+            recovery_share=indicator.recovery_threshold,
+        )
+    else:
+        metric["measure"] = selfmonitoring_pb2.Measure(
+            kind=_kind_to_proto(indicator.kind),
+            breach_threshold=indicator.threshold,
+            recovery_threshold=indicator.recovery_threshold,
+        )
     return selfmonitoring_pb2.Indicator(
         name=indicator.name,
         display_name=indicator.display_name,
         service=indicator.service,
-        share_within_deadline=selfmonitoring_pb2.ShareWithinDeadline(
-            deadline_days=indicator.deadline_days,
-            minimum_share=indicator.minimum_share,
-            recovery_share=indicator.recovery_share,
-        ),
+        **metric,
+        kind=_kind_to_proto(indicator.kind),
         window_days=indicator.window_days,
         minimum_sample=indicator.minimum_sample,
         severity=selfmonitoring_pb2.Severity.Value(f"SEVERITY_{indicator.severity}"),
@@ -59,19 +80,7 @@ class SelfMonitoringServicer(selfmonitoring_pb2_grpc.SelfMonitoringServiceServic
         self, request: selfmonitoring_pb2.CreateIndicatorRequest, context: Context
     ) -> selfmonitoring_pb2.Indicator:
         region = model.REGION.parse(request.parent, "parent")["region"]
-        indicator = request.indicator
-        definition = model.new_indicator(
-            region,
-            request.indicator_id,
-            indicator.display_name,
-            indicator.service,
-            indicator.share_within_deadline.deadline_days,
-            indicator.share_within_deadline.minimum_share,
-            indicator.window_days,
-            indicator.minimum_sample,
-            enum_from_proto(model.Severity, indicator.severity, _SEVERITY, "indicator.severity"),
-            recovery_share=indicator.share_within_deadline.recovery_share,
-        )
+        definition = indicator_from_proto(region, request.indicator_id, request.indicator)
         created = await self._dispatcher.handle(handlers.CreateIndicator(definition), call_context())
         return indicator_to_proto(created)
 
@@ -90,13 +99,13 @@ class SelfMonitoringServicer(selfmonitoring_pb2_grpc.SelfMonitoringServiceServic
         )
         return selfmonitoring_pb2.RecordObservationResponse(
             recorded=result.recorded,
-            value=result.stats.share,
+            value=result.value,
             sample_size=result.stats.sample_size,
             breach=result.open_breach,
         )
 
     async def RecordObservations(
-        self, request_iterator: AsyncIterator[selfmonitoring_pb2.RecordObservationRequest], context: Context
+        self, request_iterator: AsyncIterator[selfmonitoring_pb2.RecordObservationsRequest], context: Context
     ) -> selfmonitoring_pb2.RecordObservationsResponse:
         response = selfmonitoring_pb2.RecordObservationsResponse()
         items: list[handlers.RecordObservation] = []
@@ -189,9 +198,12 @@ class SelfMonitoringServicer(selfmonitoring_pb2_grpc.SelfMonitoringServiceServic
             yield alert
 
 
-def observation_command(request: selfmonitoring_pb2.RecordObservationRequest) -> handlers.RecordObservation:
+def observation_command(
+    request: selfmonitoring_pb2.RecordObservationRequest | selfmonitoring_pb2.RecordObservationsRequest,
+) -> handlers.RecordObservation:
     parts = model.INDICATOR.parse(request.parent, "parent")
     observation = request.observation
+    completed_on = required_date(observation.completed_on, "observation.completed_on")
     source = (
         enum_from_proto(model.ObservationSource, observation.source, _SOURCE, "observation.source")
         if observation.source
@@ -203,7 +215,39 @@ def observation_command(request: selfmonitoring_pb2.RecordObservationRequest) ->
         observation_id=observation.observation_id,
         provider=observation.provider,
         case_key=observation.case_key,
-        started_on=required_date(observation.started_on, "observation.started_on"),
-        completed_on=required_date(observation.completed_on, "observation.completed_on"),
+        started_on=optional_date(observation.started_on, "observation.started_on"),
+        completed_on=completed_on,
         source=source,
+        value=observation.value if observation.HasField("value") else None,
+    )
+
+
+def indicator_from_proto(
+    region: str, indicator_id: str, indicator: selfmonitoring_pb2.Indicator
+) -> model.Indicator:
+    """The definition, validated by the model (share_within_deadline unless a measure is given)."""
+    severity = enum_from_proto(model.Severity, indicator.severity, _SEVERITY, "indicator.severity")
+    if indicator.WhichOneof("metric") == "measure":
+        measure = indicator.measure
+        kind = enum_from_proto(model.MetricKind, measure.kind, _KIND, "indicator.measure.kind")
+        if kind is model.MetricKind.SHARE_WITHIN_DEADLINE:
+            description = "SHARE_WITHIN_DEADLINE is defined by share_within_deadline"
+            raise InvalidArgument(description, [FieldViolation("indicator.measure.kind", description)])
+        threshold, recovery, deadline_days = measure.breach_threshold, measure.recovery_threshold, 0
+    else:
+        kind = model.MetricKind.SHARE_WITHIN_DEADLINE
+        share = indicator.share_within_deadline
+        threshold, recovery, deadline_days = share.minimum_share, share.recovery_share, share.deadline_days
+    return model.new_indicator(
+        region,
+        indicator_id,
+        indicator.display_name,
+        indicator.service,
+        deadline_days,
+        threshold,
+        indicator.window_days,
+        indicator.minimum_sample,
+        severity,
+        recovery_threshold=recovery,
+        kind=kind,
     )

@@ -42,10 +42,12 @@ class RecordObservation(Command):
     observation_id: str
     provider: str
     case_key: str
-    started_on: date
+    started_on: date | None
+    """None: the day it was completed or observed (refused for a share within a deadline)."""
     completed_on: date
     source: model.ObservationSource | None = None
     """None: the caller's own source (a region admin's case data, a provider's report)."""
+    value: float | None = None
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class ObservationRecorded:
 
     recorded: bool
     stats: model.WindowStats
+    value: float
     open_breach: str
 
 
@@ -210,12 +213,14 @@ async def _accept(
                 item.observation_id,
                 item.provider,
                 item.case_key,
-                item.started_on,
+                item.started_on or item.completed_on,
                 item.completed_on,
                 today=uow.today,
                 source=source,
+                value=item.value,
             )
             indicator = await _indicator(batch, uow, item.region, item.indicator_id)
+            indicator.check(observation, started=item.started_on is not None)
         except DomainError as error:
             if strict:
                 raise
@@ -311,12 +316,16 @@ async def _evaluate(
             breach = open_now.get(provider)
             verdict = model.evaluate(indicator, provider_stats, breach_open=breach is not None)
             if verdict is model.Verdict.OPEN:
-                breach = model.open_breach(uuid.uuid4().hex, indicator, provider, provider_stats, uow.now)
+                breach = model.open_breach(
+                    uuid.uuid4().hex, indicator, provider, provider_stats, uow.now, as_of=uow.today
+                )
                 uow.breaches.add(breach)
                 opened.append(breach.name)
                 log.info("breach opened", extra={"breach": breach.name, "indicator": indicator.indicator_id})
             elif verdict is model.Verdict.RESOLVE and breach is not None:
-                await uow.breaches.update(model.resolve_breach(breach, provider_stats, uow.now))
+                await uow.breaches.update(
+                    model.resolve_breach(breach, indicator.value(provider_stats), provider_stats, uow.now)
+                )
                 resolved.append(breach.name)
                 log.info(
                     "breach resolved", extra={"breach": breach.name, "indicator": indicator.indicator_id}
@@ -335,7 +344,7 @@ async def record_observations(
     return ObservationsRecorded(
         recorded=sum(len(o) for o in batch.accepted.values()),
         duplicates=batch.duplicates,
-        rejected=batch.rejected,
+        rejected=sorted(batch.rejected, key=lambda r: r.index),
         opened_breaches=opened,
         resolved_breaches=resolved,
     )
@@ -358,7 +367,9 @@ async def record_observation(
         breach = (await uow.breaches.open_of_many(command.region, command.indicator_id, [provider])).get(
             provider
         )
-    return ObservationRecorded(key in values, stats, breach.name if breach is not None else "")
+    return ObservationRecorded(
+        key in values, stats, indicator.value(stats), breach.name if breach is not None else ""
+    )
 
 
 async def get_indicator(query: GetIndicator, uow: SelfMonitoringUnitOfWork) -> model.Indicator:

@@ -105,6 +105,8 @@ class BreachFacts:
     open_time: datetime
     resolve_time: datetime | None = None
     recovery_threshold: float = 0.0
+    window_start: date | None = None
+    window_end: date | None = None
 
 
 @dataclass(frozen=True)
@@ -147,15 +149,33 @@ class BreachEscalated(Event):
 EVENTS: tuple[type[Event], ...] = (BreachOpened, BreachResolved, BreachEscalated, IndicatorCreated)
 
 
+class MetricKind(StrEnum):
+    """What an indicator measures over the observations in its window (each weighted by source)."""
+
+    SHARE_WITHIN_DEADLINE = "SHARE_WITHIN_DEADLINE"
+    """Cases completed within deadline_days of their start (the 14-day assessment)."""
+    RATE = "RATE"
+    """Observations whose value is 1 (an outcome reached), of all: values 0 or 1."""
+    MEAN = "MEAN"
+    """The mean of the observations' values (a satisfaction score)."""
+    COUNT_PER_100_CUSTOMERS = "COUNT_PER_100_CUSTOMERS"
+    """Per 100 customers: one observation per customer, its value the count (complaints)."""
+
+
+LOWER_IS_BETTER = frozenset({MetricKind.COUNT_PER_100_CUSTOMERS})
+"""Kinds that breach above their threshold; the others breach below it."""
+
+
 @dataclass(frozen=True)
 class Indicator(Aggregate):
     """An indicator of a region's self-monitoring programme (omavalvontaohjelma).
 
-    The metric is the (source-weighted) share of cases completed within deadline_days,
-    over a rolling window of window_days ending today; below minimum_share, with at
-    least minimum_sample cases in the window, the provider breaches the indicator. An
-    open breach resolves only when the share is back at recovery_share or above
-    (hysteresis), so a value hovering at the threshold does not open and close breaches.
+    Its metric (a MetricKind) is computed over the source-weighted observations of one
+    provider in a rolling window of window_days ending today. With at least
+    minimum_sample observations, a value past the threshold (below it, or above it for
+    lower-is-better kinds) opens a breach. An open breach resolves only when the value
+    is back past recovery_threshold (hysteresis), so a value hovering at the threshold
+    does not open and close breaches.
     """
 
     region: str
@@ -163,17 +183,64 @@ class Indicator(Aggregate):
     display_name: str
     service: str
     deadline_days: int
-    minimum_share: float
+    """Only for SHARE_WITHIN_DEADLINE; 0 for other kinds."""
+    threshold: float
     window_days: int
     minimum_sample: int
     severity: Severity
-    recovery_share: float = 0.0
-    """0 in a definition means minimum_share; new_indicator fills it in."""
+    recovery_threshold: float = 0.0
+    kind: MetricKind = MetricKind.SHARE_WITHIN_DEADLINE
     created_at: datetime | None = field(default=None, compare=False)
 
     @property
     def name(self) -> str:
         return INDICATOR.format(region=self.region, indicator=self.indicator_id)
+
+    @property
+    def lower_is_better(self) -> bool:
+        return self.kind in LOWER_IS_BETTER
+
+    def value(self, stats: WindowStats) -> float:
+        """The metric over a window (0 for an empty one; a share of an empty window is 1)."""
+        if stats.weight <= 0:
+            return 1.0 if self.kind is MetricKind.SHARE_WITHIN_DEADLINE else 0.0
+        mean = stats.weighted_value / stats.weight
+        return mean * 100 if self.kind is MetricKind.COUNT_PER_100_CUSTOMERS else mean
+
+    def breached_by(self, value: float) -> bool:
+        return value > self.threshold if self.lower_is_better else value < self.threshold
+
+    def recovered_at(self, value: float) -> bool:
+        if self.lower_is_better:
+            return value <= self.recovery_threshold
+        return value >= self.recovery_threshold
+
+    def observed_value(self, observation: Observation) -> float:
+        """What one observation adds to the metric."""
+        if self.kind is MetricKind.SHARE_WITHIN_DEADLINE:
+            return 1.0 if is_within_deadline(self, observation) else 0.0
+        return observation.value if observation.value is not None else 0.0
+
+    def check(self, observation: Observation, *, started: bool = True) -> None:
+        """Refuse an observation that does not fit this indicator's kind: a share within a
+        deadline needs the day the case started, the other kinds a value."""
+        value = observation.value
+        if self.kind is MetricKind.SHARE_WITHIN_DEADLINE:
+            if not started:
+                problem = "is required for a SHARE_WITHIN_DEADLINE indicator"
+                raise InvalidArgument(
+                    f"observation.started_on {problem}", [FieldViolation("observation.started_on", problem)]
+                )
+            return
+        if value is None or not math.isfinite(value):
+            problem = f"is required for a {self.kind} indicator"
+        elif self.kind is MetricKind.RATE and value not in {0.0, 1.0}:
+            problem = "must be 0 or 1 for a RATE indicator"
+        elif self.kind is MetricKind.COUNT_PER_100_CUSTOMERS and (value < 0 or value != int(value)):
+            problem = "must be a whole count of at least 0"
+        else:
+            return
+        raise InvalidArgument(f"observation.value {problem}", [FieldViolation("observation.value", problem)])
 
 
 def create_indicator(indicator: Indicator, now: datetime) -> Indicator:
@@ -183,17 +250,44 @@ def create_indicator(indicator: Indicator, now: datetime) -> Indicator:
     return created
 
 
+def _threshold_violations(
+    kind: MetricKind, threshold: float, recovery_threshold: float
+) -> tuple[list[FieldViolation], float]:
+    """Thresholds' violations, and the recovery threshold (the threshold itself when unset)."""
+    share = kind is MetricKind.SHARE_WITHIN_DEADLINE
+    path = "indicator.share_within_deadline" if share else "indicator.measure"
+    names = ("minimum_share", "recovery_share") if share else ("breach_threshold", "recovery_threshold")
+    bounded = kind in {MetricKind.SHARE_WITHIN_DEADLINE, MetricKind.RATE}
+    violations: list[FieldViolation] = []
+    # NaN compares false both ways, so it must be refused explicitly.
+    valid = math.isfinite(threshold) and (0 < threshold <= 1 if bounded else threshold >= 0)
+    if not valid:
+        rule = "must be greater than 0 and at most 1" if bounded else "must be a number of at least 0"
+        violations.append(FieldViolation(f"{path}.{names[0]}", rule))
+    recovery = recovery_threshold or threshold
+    if kind in LOWER_IS_BETTER:
+        fits = 0 <= recovery <= threshold
+        rule = f"must be at least 0 and at most {names[0]}"
+    else:
+        fits = threshold <= recovery <= (1 if bounded else math.inf)
+        rule = f"must be at least {names[0]}" + (" and at most 1" if bounded else "")
+    if math.isnan(recovery_threshold) or (valid and not fits):
+        violations.append(FieldViolation(f"{path}.{names[1]}", rule))
+    return violations, recovery
+
+
 def new_indicator(  # noqa: PLR0917 - mirrors the Indicator's fields in order
     region: str,
     indicator_id: str,
     display_name: str,
     service: str,
     deadline_days: int,
-    minimum_share: float,
+    threshold: float,
     window_days: int,
     minimum_sample: int,
     severity: Severity,
-    recovery_share: float = 0.0,
+    recovery_threshold: float = 0.0,
+    kind: MetricKind = MetricKind.SHARE_WITHIN_DEADLINE,
 ) -> Indicator:
     """Validate and build an indicator; every violation is reported at once."""
     violations: list[FieldViolation] = []
@@ -208,30 +302,18 @@ def new_indicator(  # noqa: PLR0917 - mirrors the Indicator's fields in order
             violations.extend(error.violations)
     if violation := check_text(display_name, "indicator.display_name", DISPLAY_NAME_MAX_LENGTH):
         violations.append(violation)
-    if not 1 <= deadline_days <= MAX_DEADLINE_DAYS:
+    if kind is MetricKind.SHARE_WITHIN_DEADLINE and not 1 <= deadline_days <= MAX_DEADLINE_DAYS:
         violations.append(
             FieldViolation(
                 "indicator.share_within_deadline.deadline_days",
                 f"must be between 1 and {MAX_DEADLINE_DAYS} days",
             )
         )
-    # NaN compares false both ways, so it must be refused explicitly.
-    if math.isnan(minimum_share) or not 0 < minimum_share <= 1:
-        violations.append(
-            FieldViolation(
-                "indicator.share_within_deadline.minimum_share",
-                "must be greater than 0 and at most 1",
-            )
-        )
-    recovery = recovery_share or minimum_share
-    share_valid = not math.isnan(minimum_share) and 0 < minimum_share <= 1
-    if math.isnan(recovery_share) or (share_valid and not minimum_share <= recovery <= 1):
-        violations.append(
-            FieldViolation(
-                "indicator.share_within_deadline.recovery_share",
-                "must be at least minimum_share and at most 1",
-            )
-        )
+    if not isinstance(kind, MetricKind):
+        violations.append(FieldViolation("indicator.measure.kind", "must name a metric kind"))
+        kind = MetricKind.SHARE_WITHIN_DEADLINE
+    threshold_violations, recovery = _threshold_violations(kind, threshold, recovery_threshold)
+    violations.extend(threshold_violations)
     if not 1 <= window_days <= MAX_WINDOW_DAYS:
         violations.append(
             FieldViolation("indicator.window_days", f"must be between 1 and {MAX_WINDOW_DAYS} days")
@@ -246,12 +328,13 @@ def new_indicator(  # noqa: PLR0917 - mirrors the Indicator's fields in order
         indicator_id=indicator_id,
         display_name=display_name.strip(),
         service=service,
-        deadline_days=deadline_days,
-        minimum_share=minimum_share,
+        deadline_days=deadline_days if kind is MetricKind.SHARE_WITHIN_DEADLINE else 0,
+        threshold=threshold,
         window_days=window_days,
         minimum_sample=minimum_sample,
         severity=severity,
-        recovery_share=recovery,
+        recovery_threshold=recovery,
+        kind=kind,
     )
 
 
@@ -267,6 +350,8 @@ class Observation:
     started_on: date
     completed_on: date
     source: ObservationSource = ObservationSource.REGION_CASE_DATA
+    value: float | None = None
+    """The measured value, for indicators other than a share within a deadline."""
 
     @property
     def weight(self) -> float:
@@ -276,7 +361,7 @@ class Observation:
         """The fields (as request paths) in which a record under the same id differs."""
         return [
             f"observation.{name}"
-            for name in ("provider", "case_key", "started_on", "completed_on")
+            for name in ("provider", "case_key", "started_on", "completed_on", "value")
             if getattr(self, name) != getattr(other, name)
         ]
 
@@ -290,6 +375,7 @@ def new_observation(
     *,
     today: date,
     source: ObservationSource = ObservationSource.REGION_CASE_DATA,
+    value: float | None = None,
 ) -> Observation:
     """Validate and build an observation; the provider's business ID is returned in canonical form."""
     violations: list[FieldViolation] = []
@@ -311,7 +397,7 @@ def new_observation(
     if completed_on > today:
         violations.append(FieldViolation("observation.completed_on", "must not be in the future"))
     raise_if_any(violations, "the observation is invalid")
-    return Observation(observation_id, canonical_provider, case_key, started_on, completed_on, source)
+    return Observation(observation_id, canonical_provider, case_key, started_on, completed_on, source, value)
 
 
 def is_within_deadline(indicator: Indicator, observation: Observation) -> bool:
@@ -326,23 +412,16 @@ def window_bounds(indicator: Indicator, as_of: date) -> tuple[date, date]:
 
 @dataclass(frozen=True)
 class WindowStats:
-    """One provider's cases in an indicator's window: how many, their total weight, and the
-    weight of those within the deadline."""
+    """One provider's observations in an indicator's window: how many, their total weight, and
+    the weighted sum of what each adds to the metric (1 for a case within its deadline)."""
 
     sample_size: int
     weight: float
-    weight_within: float
+    weighted_value: float
 
     def __post_init__(self) -> None:
-        if not 0 <= self.weight_within <= self.weight + 1e-9:
-            raise ValueError(f"weight_within {self.weight_within} must be between 0 and weight {self.weight}")
-
-    @property
-    def share(self) -> float:
-        """The weighted share within the deadline; 1.0 for an empty window, since no case has been late."""
-        if self.weight <= 0:
-            return 1.0
-        return min(1.0, self.weight_within / self.weight)
+        if self.sample_size < 0 or self.weight < 0:
+            raise ValueError(f"a window of {self.sample_size} observations weighing {self.weight}")
 
 
 @dataclass(frozen=True)
@@ -352,11 +431,11 @@ class DayBucket:
 
     sample_size: int = 0
     weight: float = 0.0
-    weight_within: float = 0.0
+    weighted_value: float = 0.0
 
     def add(self, indicator: Indicator, observation: Observation) -> DayBucket:
-        within = observation.weight if is_within_deadline(indicator, observation) else 0.0
-        return DayBucket(self.sample_size + 1, self.weight + observation.weight, self.weight_within + within)
+        added = observation.weight * indicator.observed_value(observation)
+        return DayBucket(self.sample_size + 1, self.weight + observation.weight, self.weighted_value + added)
 
 
 def window_stats(indicator: Indicator, observations: Iterable[Observation], as_of: date) -> WindowStats:
@@ -366,7 +445,7 @@ def window_stats(indicator: Indicator, observations: Iterable[Observation], as_o
     for observation in observations:
         if start <= observation.completed_on <= end:
             bucket = bucket.add(indicator, observation)
-    return WindowStats(bucket.sample_size, bucket.weight, bucket.weight_within)
+    return WindowStats(bucket.sample_size, bucket.weight, bucket.weighted_value)
 
 
 class Verdict(StrEnum):
@@ -385,9 +464,10 @@ def evaluate(indicator: Indicator, stats: WindowStats, breach_open: bool) -> Ver
     """
     if stats.sample_size < indicator.minimum_sample:
         return Verdict.NONE
-    if not breach_open and stats.share < indicator.minimum_share:
+    value = indicator.value(stats)
+    if not breach_open and indicator.breached_by(value):
         return Verdict.OPEN
-    if breach_open and stats.share >= indicator.recovery_share:
+    if breach_open and indicator.recovered_at(value):
         return Verdict.RESOLVE
     return Verdict.NONE
 
@@ -409,6 +489,8 @@ class Breach(Aggregate):
     state: BreachState = BreachState.OPEN
     recovery_threshold: float = 0.0
     resolved_at: datetime | None = None
+    window_start: date | None = None
+    window_end: date | None = None
 
     @property
     def name(self) -> str:
@@ -429,6 +511,8 @@ class Breach(Aggregate):
             open_time=self.opened_at,
             resolve_time=self.resolved_at,
             recovery_threshold=self.recovery_threshold,
+            window_start=self.window_start,
+            window_end=self.window_end,
         )
 
     @property
@@ -437,9 +521,18 @@ class Breach(Aggregate):
         return self.severity == Severity.SERIOUS
 
 
-def open_breach(id: str, indicator: Indicator, provider: str, stats: WindowStats, now: datetime) -> Breach:
-    """Open a breach recording the value, threshold and sample it was decided on."""
+def open_breach(
+    id: str,
+    indicator: Indicator,
+    provider: str,
+    stats: WindowStats,
+    now: datetime,
+    *,
+    as_of: date | None = None,
+) -> Breach:
+    """Open a breach recording the value, threshold, sample and window it was decided on."""
     require_aware(now)
+    window = window_bounds(indicator, as_of) if as_of is not None else (None, None)
     breach = Breach(
         id=id,
         region=indicator.region,
@@ -447,17 +540,19 @@ def open_breach(id: str, indicator: Indicator, provider: str, stats: WindowStats
         provider=provider,
         service=indicator.service,
         severity=indicator.severity,
-        value=stats.share,
-        threshold=indicator.minimum_share,
+        value=indicator.value(stats),
+        threshold=indicator.threshold,
         sample_size=stats.sample_size,
         opened_at=now,
-        recovery_threshold=indicator.recovery_share,
+        recovery_threshold=indicator.recovery_threshold,
+        window_start=window[0],
+        window_end=window[1],
     )
     breach.record(BreachOpened(breach.facts, breach.region))
     return breach
 
 
-def resolve_breach(breach: Breach, stats: WindowStats, now: datetime) -> Breach:
+def resolve_breach(breach: Breach, value: float, stats: WindowStats, now: datetime) -> Breach:
     """Resolve an open breach at the value that brought it back; records BreachResolved."""
     require_aware(now)
     if breach.state != BreachState.OPEN:
@@ -465,7 +560,7 @@ def resolve_breach(breach: Breach, stats: WindowStats, now: datetime) -> Breach:
     resolved = replace(
         breach,
         state=BreachState.RESOLVED,
-        value=stats.share,
+        value=value,
         sample_size=stats.sample_size,
         resolved_at=now,
     )

@@ -28,11 +28,17 @@ class IndicatorRow(SQLModel, table=True):
     service: str = Field(max_length=63)
     deadline_days: int
     minimum_share: float
+    """The threshold, of any kind (named for the first kind there was)."""
     window_days: int
     minimum_sample: int
     severity: str = Field(max_length=16)
-    # 0 for indicators defined before hysteresis: their recovery share is the minimum share.
-    recovery_share: float = Field(default=0.0, sa_column_kwargs={"server_default": "0"})
+    # 0 for indicators defined before hysteresis: they recover at their threshold.
+    recovery_threshold: float = Field(default=0.0, sa_column_kwargs={"server_default": "0"})
+    kind: str = Field(
+        default="SHARE_WITHIN_DEADLINE",
+        max_length=32,
+        sa_column_kwargs={"server_default": "SHARE_WITHIN_DEADLINE"},
+    )
     created_at: datetime = utc_field(default_factory=utcnow)
 
 
@@ -55,6 +61,7 @@ class ObservationRow(SQLModel, table=True):
     started_on: date
     completed_on: date
     within_deadline: bool
+    value: float | None = None
     recorded_at: datetime = utc_field(default_factory=utcnow)
 
 
@@ -70,7 +77,7 @@ class DayBucketRow(SQLModel, table=True):
     day: date = Field(primary_key=True)
     sample_size: int
     weight: float
-    weight_within: float
+    weighted_value: float
 
 
 class BreachRow(SQLModel, table=True):
@@ -91,6 +98,8 @@ class BreachRow(SQLModel, table=True):
     opened_at: datetime = utc_field()
     recovery_threshold: float = Field(default=0.0, sa_column_kwargs={"server_default": "0"})
     resolved_at: datetime | None = utc_field(default=None, nullable=True)
+    window_start: date | None = None
+    window_end: date | None = None
 
 
 _IN_CHUNK = 500
@@ -117,7 +126,7 @@ def _upsert_buckets(dialect: Any) -> Any:
         set_={
             "sample_size": BUCKETS.c.sample_size + added.sample_size,
             "weight": BUCKETS.c.weight + added.weight,
-            "weight_within": BUCKETS.c.weight_within + added.weight_within,
+            "weighted_value": BUCKETS.c.weighted_value + added.weighted_value,
         },
     )
 
@@ -132,11 +141,12 @@ def indicator_from_row(row: IndicatorRow) -> model.Indicator:
         display_name=row.display_name,
         service=row.service,
         deadline_days=row.deadline_days,
-        minimum_share=row.minimum_share,
+        threshold=row.minimum_share,
         window_days=row.window_days,
         minimum_sample=row.minimum_sample,
         severity=model.Severity(row.severity),
-        recovery_share=row.recovery_share or row.minimum_share,
+        recovery_threshold=row.recovery_threshold or row.minimum_share,
+        kind=model.MetricKind(row.kind),
         created_at=row.created_at,
     )
 
@@ -160,6 +170,8 @@ def breach_from_row(row: BreachRow) -> model.Breach:
         state=model.BreachState(row.state),
         recovery_threshold=row.recovery_threshold or row.threshold,
         resolved_at=row.resolved_at,
+        window_start=row.window_start,
+        window_end=row.window_end,
     )
 
 
@@ -188,11 +200,12 @@ class IndicatorRepository:
                 display_name=indicator.display_name,
                 service=indicator.service,
                 deadline_days=indicator.deadline_days,
-                minimum_share=indicator.minimum_share,
+                minimum_share=indicator.threshold,
                 window_days=indicator.window_days,
                 minimum_sample=indicator.minimum_sample,
                 severity=str(indicator.severity),
-                recovery_share=indicator.recovery_share,
+                recovery_threshold=indicator.recovery_threshold,
+                kind=str(indicator.kind),
                 created_at=indicator.created_at,
             )
         )
@@ -212,7 +225,12 @@ class ObservationRepository:
         table = OBSERVATIONS.c
         for start in range(0, len(ids), _IN_CHUNK):
             query = sa_select(
-                table.observation_id, table.provider, table.case_key, table.started_on, table.completed_on
+                table.observation_id,
+                table.provider,
+                table.case_key,
+                table.started_on,
+                table.completed_on,
+                table.value,
             ).where(
                 table.region == region,
                 table.indicator_id == indicator_id,
@@ -220,7 +238,12 @@ class ObservationRepository:
                 table.observation_id.in_(ids[start : start + _IN_CHUNK]),
             )
             for row in await self._uow.connection.execute(query):
-                found.append(model.Observation(*row, source=source))
+                observation_id, provider, case_key, started_on, completed_on, value = row
+                found.append(
+                    model.Observation(
+                        observation_id, provider, case_key, started_on, completed_on, source, value
+                    )
+                )
         return found
 
     async def insert(
@@ -239,6 +262,7 @@ class ObservationRepository:
                     "started_on": observation.started_on,
                     "completed_on": observation.completed_on,
                     "within_deadline": model.is_within_deadline(indicator, observation),
+                    "value": observation.value,
                     "recorded_at": recorded_at,
                 }
                 for observation in observations
@@ -265,7 +289,7 @@ class DayBucketRepository:
                     "day": day,
                     "sample_size": bucket.sample_size,
                     "weight": bucket.weight,
-                    "weight_within": bucket.weight_within,
+                    "weighted_value": bucket.weighted_value,
                 }
                 for (provider, day), bucket in buckets.items()
             ],
@@ -284,7 +308,7 @@ class DayBucketRepository:
                     table.provider,
                     func.sum(table.sample_size),
                     func.sum(table.weight),
-                    func.sum(table.weight_within),
+                    func.sum(table.weighted_value),
                 )
                 .where(
                     table.region == indicator.region,
@@ -295,9 +319,10 @@ class DayBucketRepository:
                 )
                 .group_by(table.provider)
             )
-            for provider, sample, weight_sum, within_sum in await self._uow.connection.execute(query):
-                weight, within = float(weight_sum or 0), float(within_sum or 0)
-                stats[provider] = model.WindowStats(int(sample or 0), weight, min(within, weight))
+            for provider, sample, weight, weighted_value in await self._uow.connection.execute(query):
+                stats[provider] = model.WindowStats(
+                    int(sample or 0), float(weight or 0), float(weighted_value or 0)
+                )
         return stats
 
 
@@ -352,6 +377,8 @@ class BreachRepository:
                 open_key=open_key(breach.region, breach.indicator_id, breach.provider),
                 opened_at=breach.opened_at,
                 recovery_threshold=breach.recovery_threshold,
+                window_start=breach.window_start,
+                window_end=breach.window_end,
             )
         )
         self._uow.track(breach, breach.name)

@@ -524,6 +524,264 @@ async def test_another_regions_supervisor_may_not_stream_alerts(stub, tokens):
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
+# -- observation sources (issue 6, item 7) ---------------------------------------------------
+
+BREACH_RESOLVED = "kasvu.selfmonitoring.v1.BreachResolved"
+REGION_CASE_DATA = selfmonitoring_pb2.OBSERVATION_SOURCE_REGION_CASE_DATA
+PROVIDER_REPORT = selfmonitoring_pb2.OBSERVATION_SOURCE_PROVIDER_REPORT
+
+
+def sourced(item: selfmonitoring_pb2.Observation, source: int) -> selfmonitoring_pb2.Observation:
+    copy = selfmonitoring_pb2.Observation()
+    copy.CopyFrom(item)
+    copy.source = source  # type: ignore[assignment]
+    return copy
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        selfmonitoring_pb2.OBSERVATION_SOURCE_REGION_CASE_DATA,
+        selfmonitoring_pb2.OBSERVATION_SOURCE_CUSTOMER_FEEDBACK,
+        selfmonitoring_pb2.OBSERVATION_SOURCE_COMPLAINT,
+        selfmonitoring_pb2.OBSERVATION_SOURCE_AUDIT_FINDING,
+    ],
+)
+async def test_a_provider_may_not_record_the_regions_own_sources(stub, tokens, sm_db, clock, source):
+    await create(stub, tokens)
+    provider = business_ids()()
+    item = sourced(observation("o1", provider, clock.day, 3), source)
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await record(stub, tokens, item, metadata=tokens.provider(provider))
+
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert await count_rows(sm_db, "selfmonitoring_observations") == 0
+
+
+async def test_a_providers_report_can_neither_claim_nor_mask_the_regions_observation(
+    stub, tokens, sm_db, clock
+):
+    """The provider reports case-1 as on time first; the region's own late case-1 still counts."""
+    await create(stub, tokens, indicator(minimum_sample=2, minimum_share=0.5))
+    provider = business_ids()()
+
+    claimed = await record(
+        stub, tokens, observation("case-1", provider, clock.day, 3), metadata=tokens.provider(provider)
+    )
+    own = await record(
+        stub, tokens, sourced(observation("case-1", provider, clock.day, 30), REGION_CASE_DATA)
+    )
+
+    assert (claimed.recorded, own.recorded) == (True, True)
+    assert own.sample_size == 2
+    # The provider's report weighs half: 0.5 on time of 1.5 in all, below the 0.5 threshold.
+    assert own.value == pytest.approx(1 / 3)
+    assert own.breach
+    sources = await count_rows(sm_db, "selfmonitoring_observations", "observation_id = 'case-1'")
+    assert sources == 2
+
+
+async def test_the_same_observation_id_with_other_content_is_refused_naming_the_field(
+    stub, tokens, sm_db, clock
+):
+    await create(stub, tokens)
+    provider = business_ids()()
+    await record(stub, tokens, observation("o1", provider, clock.day, 3))
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await record(stub, tokens, observation("o1", provider, clock.day, 30))
+
+    assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert error_reason(caught.value) == "OBSERVATION_CONFLICT"
+    assert field_violations(caught.value) == ["observation.started_on"]
+    assert await count_rows(sm_db, "selfmonitoring_observations") == 1
+    assert await count_rows(sm_db, "selfmonitoring_breaches") == 0
+
+
+# -- hysteresis, late data, metric kinds ------------------------------------------------------
+
+
+async def test_a_breach_resolves_only_past_the_recovery_share_and_then_a_new_one_can_open(
+    stub, tokens, sm_db, clock
+):
+    definition = indicator(minimum_sample=2, minimum_share=0.5)
+    definition.share_within_deadline.recovery_share = 0.75
+    await create(stub, tokens, definition)
+    provider = business_ids()()
+    day = clock.day
+    opened = [await record(stub, tokens, observation(f"late{i}", provider, day, 30)) for i in range(2)][-1]
+    assert opened.breach
+
+    values = []
+    for index in range(6):
+        result = await record(stub, tokens, observation(f"ok{index}", provider, day, 1))
+        values.append((round(result.value, 2), result.breach))
+    # At 0.5 and 0.67 (back at the threshold, not yet at recovery) the breach stays open.
+    assert values[:5] == [
+        (0.33, opened.breach),
+        (0.5, opened.breach),
+        (0.6, opened.breach),
+        (0.67, opened.breach),
+        (0.71, opened.breach),
+    ]
+    assert values[5] == (0.75, "")
+    assert await outbox_counts(sm_db) == {INDICATOR_CREATED: 1, BREACH_OPENED: 1, BREACH_RESOLVED: 1}
+    resolved = await stub.GetBreach(
+        selfmonitoring_pb2.GetBreachRequest(name=opened.breach), metadata=tokens.supervisor(REGION)
+    )
+    assert resolved.state == selfmonitoring_pb2.BREACH_STATE_RESOLVED
+    assert resolved.value == pytest.approx(0.75)
+    assert resolved.recovery_threshold == pytest.approx(0.75)
+    assert resolved.HasField("resolve_time")
+
+    for index in range(6):
+        again = await record(stub, tokens, observation(f"late-again{index}", provider, day, 30))
+    assert again.breach and again.breach != opened.breach
+    assert await count_rows(sm_db, "selfmonitoring_breaches") == 2
+
+
+async def test_a_late_observation_lands_in_the_window_of_the_day_it_happened(stub, tokens, sm_db, clock):
+    await create(stub, tokens, indicator(minimum_sample=2, minimum_share=0.5, window_days=30))
+    provider = business_ids()()
+    day = clock.day
+
+    # Arriving today, out of order: one from 40 days ago (outside the window), one from 10.
+    outside = await record(stub, tokens, observation("old", provider, day - timedelta(days=40), 30))
+    inside = await record(stub, tokens, observation("recent", provider, day - timedelta(days=10), 30))
+    earlier = await record(stub, tokens, observation("earlier", provider, day - timedelta(days=20), 30))
+
+    assert (outside.sample_size, inside.sample_size, earlier.sample_size) == (0, 1, 2)
+    assert earlier.breach
+    breach = await stub.GetBreach(
+        selfmonitoring_pb2.GetBreachRequest(name=earlier.breach), metadata=tokens.supervisor(REGION)
+    )
+    assert (breach.window_start, breach.window_end) == (
+        proto_date(day - timedelta(days=29)),
+        proto_date(day),
+    )
+
+
+def measured(
+    kind: selfmonitoring_pb2.MetricKind.ValueType, threshold: float, recovery: float = 0.0
+) -> selfmonitoring_pb2.Indicator:
+    return selfmonitoring_pb2.Indicator(
+        display_name="Measured",
+        service="recruitment",
+        measure=selfmonitoring_pb2.Measure(
+            kind=kind, breach_threshold=threshold, recovery_threshold=recovery
+        ),
+        window_days=90,
+        minimum_sample=4,
+        severity=selfmonitoring_pb2.SEVERITY_WARNING,
+    )
+
+
+def valued(observation_id: str, provider: str, day: date, value: float) -> selfmonitoring_pb2.Observation:
+    return selfmonitoring_pb2.Observation(
+        observation_id=observation_id,
+        provider=provider,
+        case_key=f"customer-{observation_id}",
+        completed_on=proto_date(day),
+        value=value,
+    )
+
+
+@pytest.mark.parametrize(
+    ("kind", "threshold", "values", "expected"),
+    [
+        pytest.param(
+            selfmonitoring_pb2.METRIC_KIND_RATE, 0.5, [1, 0, 0, 0], 0.25, id="rate-outcome-in-3-months"
+        ),
+        pytest.param(selfmonitoring_pb2.METRIC_KIND_MEAN, 3.5, [4, 3, 3, 2], 3.0, id="mean-satisfaction"),
+        pytest.param(
+            selfmonitoring_pb2.METRIC_KIND_COUNT_PER_100_CUSTOMERS,
+            20.0,
+            [0, 1, 0, 2],
+            75.0,
+            id="complaints-per-100",
+        ),
+    ],
+)
+async def test_each_metric_kind_breaches_past_its_threshold_once_the_sample_is_reached(  # noqa: PLR0917
+    stub, tokens, sm_db, clock, kind, threshold, values, expected
+):
+    created = await create(stub, tokens, measured(kind, threshold))
+    assert created.kind == kind
+    provider = business_ids()()
+    results = [
+        await record(stub, tokens, valued(f"o{i}", provider, clock.day, value))
+        for i, value in enumerate(values)
+    ]
+
+    assert [r.breach for r in results[:3]] == ["", "", ""]
+    assert results[3].value == pytest.approx(expected)
+    assert results[3].breach
+    breach = await stub.GetBreach(
+        selfmonitoring_pb2.GetBreachRequest(name=results[3].breach), metadata=tokens.supervisor(REGION)
+    )
+    assert (breach.value, breach.threshold) == (pytest.approx(expected), pytest.approx(threshold))
+
+
+async def test_a_value_that_does_not_fit_the_metric_is_refused(stub, tokens, sm_db, clock):
+    await create(stub, tokens, measured(selfmonitoring_pb2.METRIC_KIND_RATE, 0.5))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await record(stub, tokens, valued("o1", business_ids()(), clock.day, 0.5))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(caught.value) == ["observation.value"]
+    assert await count_rows(sm_db, "selfmonitoring_observations") == 0
+
+
+# -- client-streaming ingestion --------------------------------------------------------------
+
+
+async def test_a_client_stream_reports_each_bad_record_and_takes_the_rest(stub, tokens, sm_db, clock):
+    await create(stub, tokens, indicator(minimum_sample=3, minimum_share=0.8))
+    next_id = business_ids()
+    provider, other = next_id(), next_id()
+    day = clock.day
+    requests = [
+        selfmonitoring_pb2.RecordObservationsRequest(parent=INDICATOR, observation=item)
+        for item in (
+            observation("s0", provider, day, 30),
+            observation("s1", provider, day + timedelta(days=1), 30),  # in the future
+            observation("s2", provider, day, 30),
+            observation("s0", provider, day, 30),  # a repeat: a duplicate, not an error
+            observation("s0", provider, day, 1),  # the same id, other content
+            observation("s3", "0737546-3", day, 30),  # a bad business ID
+        )
+    ]
+    requests.append(
+        selfmonitoring_pb2.RecordObservationsRequest(
+            parent=f"regions/{REGION}/indicators/missing", observation=observation("s4", other, day, 30)
+        )
+    )
+    requests.append(
+        selfmonitoring_pb2.RecordObservationsRequest(
+            parent="bad", observation=observation("s5", other, day, 1)
+        )
+    )
+    requests.append(
+        selfmonitoring_pb2.RecordObservationsRequest(
+            parent=INDICATOR, observation=observation("s6", provider, day, 30)
+        )
+    )
+
+    response = await stub.RecordObservations(iter(requests), metadata=tokens.admin(REGION))
+
+    assert (response.recorded, response.duplicates) == (3, 1)
+    assert [(r.index, r.code, list(r.fields)) for r in response.rejected] == [
+        (1, "INVALID_ARGUMENT", ["observation.completed_on"]),
+        (4, "ALREADY_EXISTS", ["observation.started_on"]),
+        (5, "INVALID_ARGUMENT", ["observation.provider"]),
+        (6, "NOT_FOUND", []),
+        (7, "INVALID_ARGUMENT", ["parent"]),
+    ]
+    assert len(response.opened_breaches) == 1
+    assert await count_rows(sm_db, "selfmonitoring_observations") == 3
+    assert await outbox_counts(sm_db) == {INDICATOR_CREATED: 1, BREACH_OPENED: 1}
+
+
 # -- the alert stream (SQLite and a real nats-server) ---------------------------------------
 
 

@@ -28,7 +28,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from google.type import date_pb2 as google_dot_type_dot_date__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,kasvu/selfmonitoring/v1/selfmonitoring.proto\x12\x17kasvu.selfmonitoring.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16google/type/date.proto\"m\n\x13ShareWithinDeadline\x12\x1b\n\rdeadline_days\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x02\x12\x1b\n\rminimum_share\x18\x02 \x01(\x01\x42\x04\xe2\x41\x01\x02\x12\x1c\n\x0erecovery_share\x18\x03 \x01(\x01\x42\x04\xe2\x41\x01\x01\"\xd0\x02\n\tIndicator\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1a\n\x0c\x64isplay_name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07service\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12Q\n\x15share_within_deadline\x18\x04 \x01(\x0b\x32,.kasvu.selfmonitoring.v1.ShareWithinDeadlineB\x04\xe2\x41\x01\x02\x12\x19\n\x0bwindow_days\x18\x05 \x01(\x05\x42\x04\xe2\x41\x01\x02\x12\x1c\n\x0eminimum_sample\x18\x06 \x01(\x05\x42\x04\xe2\x41\x01\x02\x12\x39\n\x08severity\x18\x07 \x01(\x0e\x32!.kasvu.selfmonitoring.v1.SeverityB\x04\xe2\x41\x01\x02\x12\x35\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\x87\x01\n\x16\x43reateIndicatorRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1a\n\x0cindicator_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12;\n\tindicator\x18\x03 \x01(\x0b\x32\".kasvu.selfmonitoring.v1.IndicatorB\x04\xe2\x41\x01\x02\")\n\x13GetIndicatorRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\xf9\x01\n\x0bObservation\x12\x1c\n\x0eobservation_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08provider\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08\x63\x61se_key\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12+\n\nstarted_on\x18\x04 \x01(\x0b\x32\x11.google.type.DateB\x04\xe2\x41\x01\x02\x12-\n\x0c\x63ompleted_on\x18\x05 \x01(\x0b\x32\x11.google.type.DateB\x04\xe2\x41\x01\x02\x12@\n\x06source\x18\x06 \x01(\x0e\x32*.kasvu.selfmonitoring.v1.ObservationSourceB\x04\xe2\x41\x01\x01\"q\n\x18RecordObservationRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12?\n\x0bobservation\x18\x02 \x01(\x0b\x32$.kasvu.selfmonitoring.v1.ObservationB\x04\xe2\x41\x01\x02\"a\n\x19RecordObservationResponse\x12\x10\n\x08recorded\x18\x01 \x01(\x08\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x13\n\x0bsample_size\x18\x03 \x01(\x05\x12\x0e\n\x06\x62reach\x18\x04 \x01(\t\"k\n\x13RejectedObservation\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x16\n\x0eobservation_id\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x0e\n\x06\x66ields\x18\x05 \x03(\t\"\xb6\x01\n\x1aRecordObservationsResponse\x12\x10\n\x08recorded\x18\x01 \x01(\x05\x12\x12\n\nduplicates\x18\x02 \x01(\x05\x12>\n\x08rejected\x18\x03 \x03(\x0b\x32,.kasvu.selfmonitoring.v1.RejectedObservation\x12\x17\n\x0fopened_breaches\x18\x04 \x03(\t\x12\x19\n\x11resolved_breaches\x18\x05 \x03(\t\"\xea\x02\n\x06\x42reach\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tindicator\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12\x0f\n\x07service\x18\x04 \x01(\t\x12\x33\n\x08severity\x18\x05 \x01(\x0e\x32!.kasvu.selfmonitoring.v1.Severity\x12\r\n\x05value\x18\x06 \x01(\x01\x12\x11\n\tthreshold\x18\x07 \x01(\x01\x12\x13\n\x0bsample_size\x18\x08 \x01(\x05\x12\x33\n\x05state\x18\t \x01(\x0e\x32$.kasvu.selfmonitoring.v1.BreachState\x12-\n\topen_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cresolve_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12recovery_threshold\x18\x0c \x01(\x01\"&\n\x10GetBreachRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"R\n\x13ListBreachesRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"b\n\x14ListBreachesResponse\x12\x31\n\x08\x62reaches\x18\x01 \x03(\x0b\x32\x1f.kasvu.selfmonitoring.v1.Breach\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"W\n\x13StreamAlertsRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0cresume_after\x18\x02 \x01(\x04H\x00\x88\x01\x01\x42\x0f\n\r_resume_after\"J\n\x05\x41lert\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12/\n\x06\x62reach\x18\x02 \x01(\x0b\x32\x1f.kasvu.selfmonitoring.v1.Breach*P\n\x08Severity\x12\x18\n\x14SEVERITY_UNSPECIFIED\x10\x00\x12\x14\n\x10SEVERITY_WARNING\x10\x01\x12\x14\n\x10SEVERITY_SERIOUS\x10\x02*\xfa\x01\n\x11ObservationSource\x12\"\n\x1eOBSERVATION_SOURCE_UNSPECIFIED\x10\x00\x12\'\n#OBSERVATION_SOURCE_REGION_CASE_DATA\x10\x01\x12&\n\"OBSERVATION_SOURCE_PROVIDER_REPORT\x10\x02\x12(\n$OBSERVATION_SOURCE_CUSTOMER_FEEDBACK\x10\x03\x12 \n\x1cOBSERVATION_SOURCE_COMPLAINT\x10\x04\x12$\n OBSERVATION_SOURCE_AUDIT_FINDING\x10\x05*]\n\x0b\x42reachState\x12\x1c\n\x18\x42REACH_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x42REACH_STATE_OPEN\x10\x01\x12\x19\n\x15\x42REACH_STATE_RESOLVED\x10\x02\x32\xb1\x08\n\x15SelfMonitoringService\x12\x9c\x01\n\x0f\x43reateIndicator\x12/.kasvu.selfmonitoring.v1.CreateIndicatorRequest\x1a\".kasvu.selfmonitoring.v1.Indicator\"4\x82\xd3\xe4\x93\x02.\"!/v1/{parent=regions/*}/indicators:\tindicator\x12\x8b\x01\n\x0cGetIndicator\x12,.kasvu.selfmonitoring.v1.GetIndicatorRequest\x1a\".kasvu.selfmonitoring.v1.Indicator\")\x82\xd3\xe4\x93\x02#\x12!/v1/{name=regions/*/indicators/*}\x12\xc1\x01\n\x11RecordObservation\x12\x31.kasvu.selfmonitoring.v1.RecordObservationRequest\x1a\x32.kasvu.selfmonitoring.v1.RecordObservationResponse\"E\x82\xd3\xe4\x93\x02?\"0/v1/{parent=regions/*/indicators/*}/observations:\x0bobservation\x12~\n\x12RecordObservations\x12\x31.kasvu.selfmonitoring.v1.RecordObservationRequest\x1a\x33.kasvu.selfmonitoring.v1.RecordObservationsResponse(\x01\x12\x80\x01\n\tGetBreach\x12).kasvu.selfmonitoring.v1.GetBreachRequest\x1a\x1f.kasvu.selfmonitoring.v1.Breach\"\'\x82\xd3\xe4\x93\x02!\x12\x1f/v1/{name=regions/*/breaches/*}\x12\x94\x01\n\x0cListBreaches\x12,.kasvu.selfmonitoring.v1.ListBreachesRequest\x1a-.kasvu.selfmonitoring.v1.ListBreachesResponse\"\'\x82\xd3\xe4\x93\x02!\x12\x1f/v1/{parent=regions/*}/breaches\x12\x8c\x01\n\x0cStreamAlerts\x12,.kasvu.selfmonitoring.v1.StreamAlertsRequest\x1a\x1e.kasvu.selfmonitoring.v1.Alert\",\x82\xd3\xe4\x93\x02&\x12$/v1/{parent=regions/*}/alerts:stream0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,kasvu/selfmonitoring/v1/selfmonitoring.proto\x12\x17kasvu.selfmonitoring.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16google/type/date.proto\"m\n\x13ShareWithinDeadline\x12\x1b\n\rdeadline_days\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x02\x12\x1b\n\rminimum_share\x18\x02 \x01(\x01\x42\x04\xe2\x41\x01\x02\x12\x1c\n\x0erecovery_share\x18\x03 \x01(\x01\x42\x04\xe2\x41\x01\x01\"\x84\x01\n\x07Measure\x12\x37\n\x04kind\x18\x01 \x01(\x0e\x32#.kasvu.selfmonitoring.v1.MetricKindB\x04\xe2\x41\x01\x02\x12\x1e\n\x10\x62reach_threshold\x18\x02 \x01(\x01\x42\x04\xe2\x41\x01\x02\x12 \n\x12recovery_threshold\x18\x03 \x01(\x01\x42\x04\xe2\x41\x01\x01\"\xc4\x03\n\tIndicator\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1a\n\x0c\x64isplay_name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07service\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12M\n\x15share_within_deadline\x18\x04 \x01(\x0b\x32,.kasvu.selfmonitoring.v1.ShareWithinDeadlineH\x00\x12\x33\n\x07measure\x18\t \x01(\x0b\x32 .kasvu.selfmonitoring.v1.MeasureH\x00\x12\x19\n\x0bwindow_days\x18\x05 \x01(\x05\x42\x04\xe2\x41\x01\x02\x12\x1c\n\x0eminimum_sample\x18\x06 \x01(\x05\x42\x04\xe2\x41\x01\x02\x12\x39\n\x08severity\x18\x07 \x01(\x0e\x32!.kasvu.selfmonitoring.v1.SeverityB\x04\xe2\x41\x01\x02\x12\x35\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x37\n\x04kind\x18\n \x01(\x0e\x32#.kasvu.selfmonitoring.v1.MetricKindB\x04\xe2\x41\x01\x03\x42\x08\n\x06metric\"\x87\x01\n\x16\x43reateIndicatorRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1a\n\x0cindicator_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12;\n\tindicator\x18\x03 \x01(\x0b\x32\".kasvu.selfmonitoring.v1.IndicatorB\x04\xe2\x41\x01\x02\")\n\x13GetIndicatorRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x9d\x02\n\x0bObservation\x12\x1c\n\x0eobservation_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08provider\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08\x63\x61se_key\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12+\n\nstarted_on\x18\x04 \x01(\x0b\x32\x11.google.type.DateB\x04\xe2\x41\x01\x01\x12-\n\x0c\x63ompleted_on\x18\x05 \x01(\x0b\x32\x11.google.type.DateB\x04\xe2\x41\x01\x02\x12@\n\x06source\x18\x06 \x01(\x0e\x32*.kasvu.selfmonitoring.v1.ObservationSourceB\x04\xe2\x41\x01\x01\x12\x18\n\x05value\x18\x07 \x01(\x01\x42\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x42\x08\n\x06_value\"q\n\x18RecordObservationRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12?\n\x0bobservation\x18\x02 \x01(\x0b\x32$.kasvu.selfmonitoring.v1.ObservationB\x04\xe2\x41\x01\x02\"a\n\x19RecordObservationResponse\x12\x10\n\x08recorded\x18\x01 \x01(\x08\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x13\n\x0bsample_size\x18\x03 \x01(\x05\x12\x0e\n\x06\x62reach\x18\x04 \x01(\t\"r\n\x19RecordObservationsRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12?\n\x0bobservation\x18\x02 \x01(\x0b\x32$.kasvu.selfmonitoring.v1.ObservationB\x04\xe2\x41\x01\x02\"k\n\x13RejectedObservation\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x16\n\x0eobservation_id\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x0e\n\x06\x66ields\x18\x05 \x03(\t\"\xb6\x01\n\x1aRecordObservationsResponse\x12\x10\n\x08recorded\x18\x01 \x01(\x05\x12\x12\n\nduplicates\x18\x02 \x01(\x05\x12>\n\x08rejected\x18\x03 \x03(\x0b\x32,.kasvu.selfmonitoring.v1.RejectedObservation\x12\x17\n\x0fopened_breaches\x18\x04 \x03(\t\x12\x19\n\x11resolved_breaches\x18\x05 \x03(\t\"\xba\x03\n\x06\x42reach\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tindicator\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12\x0f\n\x07service\x18\x04 \x01(\t\x12\x33\n\x08severity\x18\x05 \x01(\x0e\x32!.kasvu.selfmonitoring.v1.Severity\x12\r\n\x05value\x18\x06 \x01(\x01\x12\x11\n\tthreshold\x18\x07 \x01(\x01\x12\x13\n\x0bsample_size\x18\x08 \x01(\x05\x12\x33\n\x05state\x18\t \x01(\x0e\x32$.kasvu.selfmonitoring.v1.BreachState\x12-\n\topen_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cresolve_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12recovery_threshold\x18\x0c \x01(\x01\x12\'\n\x0cwindow_start\x18\r \x01(\x0b\x32\x11.google.type.Date\x12%\n\nwindow_end\x18\x0e \x01(\x0b\x32\x11.google.type.Date\"&\n\x10GetBreachRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"R\n\x13ListBreachesRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"b\n\x14ListBreachesResponse\x12\x31\n\x08\x62reaches\x18\x01 \x03(\x0b\x32\x1f.kasvu.selfmonitoring.v1.Breach\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"W\n\x13StreamAlertsRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0cresume_after\x18\x02 \x01(\x04H\x00\x88\x01\x01\x42\x0f\n\r_resume_after\"J\n\x05\x41lert\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12/\n\x06\x62reach\x18\x02 \x01(\x0b\x32\x1f.kasvu.selfmonitoring.v1.Breach*P\n\x08Severity\x12\x18\n\x14SEVERITY_UNSPECIFIED\x10\x00\x12\x14\n\x10SEVERITY_WARNING\x10\x01\x12\x14\n\x10SEVERITY_SERIOUS\x10\x02*\xa5\x01\n\nMetricKind\x12\x1b\n\x17METRIC_KIND_UNSPECIFIED\x10\x00\x12%\n!METRIC_KIND_SHARE_WITHIN_DEADLINE\x10\x01\x12\x14\n\x10METRIC_KIND_RATE\x10\x02\x12\x14\n\x10METRIC_KIND_MEAN\x10\x03\x12\'\n#METRIC_KIND_COUNT_PER_100_CUSTOMERS\x10\x04*\xfa\x01\n\x11ObservationSource\x12\"\n\x1eOBSERVATION_SOURCE_UNSPECIFIED\x10\x00\x12\'\n#OBSERVATION_SOURCE_REGION_CASE_DATA\x10\x01\x12&\n\"OBSERVATION_SOURCE_PROVIDER_REPORT\x10\x02\x12(\n$OBSERVATION_SOURCE_CUSTOMER_FEEDBACK\x10\x03\x12 \n\x1cOBSERVATION_SOURCE_COMPLAINT\x10\x04\x12$\n OBSERVATION_SOURCE_AUDIT_FINDING\x10\x05*]\n\x0b\x42reachState\x12\x1c\n\x18\x42REACH_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x42REACH_STATE_OPEN\x10\x01\x12\x19\n\x15\x42REACH_STATE_RESOLVED\x10\x02\x32\xb2\x08\n\x15SelfMonitoringService\x12\x9c\x01\n\x0f\x43reateIndicator\x12/.kasvu.selfmonitoring.v1.CreateIndicatorRequest\x1a\".kasvu.selfmonitoring.v1.Indicator\"4\x82\xd3\xe4\x93\x02.\"!/v1/{parent=regions/*}/indicators:\tindicator\x12\x8b\x01\n\x0cGetIndicator\x12,.kasvu.selfmonitoring.v1.GetIndicatorRequest\x1a\".kasvu.selfmonitoring.v1.Indicator\")\x82\xd3\xe4\x93\x02#\x12!/v1/{name=regions/*/indicators/*}\x12\xc1\x01\n\x11RecordObservation\x12\x31.kasvu.selfmonitoring.v1.RecordObservationRequest\x1a\x32.kasvu.selfmonitoring.v1.RecordObservationResponse\"E\x82\xd3\xe4\x93\x02?\"0/v1/{parent=regions/*/indicators/*}/observations:\x0bobservation\x12\x7f\n\x12RecordObservations\x12\x32.kasvu.selfmonitoring.v1.RecordObservationsRequest\x1a\x33.kasvu.selfmonitoring.v1.RecordObservationsResponse(\x01\x12\x80\x01\n\tGetBreach\x12).kasvu.selfmonitoring.v1.GetBreachRequest\x1a\x1f.kasvu.selfmonitoring.v1.Breach\"\'\x82\xd3\xe4\x93\x02!\x12\x1f/v1/{name=regions/*/breaches/*}\x12\x94\x01\n\x0cListBreaches\x12,.kasvu.selfmonitoring.v1.ListBreachesRequest\x1a-.kasvu.selfmonitoring.v1.ListBreachesResponse\"\'\x82\xd3\xe4\x93\x02!\x12\x1f/v1/{parent=regions/*}/breaches\x12\x8c\x01\n\x0cStreamAlerts\x12,.kasvu.selfmonitoring.v1.StreamAlertsRequest\x1a\x1e.kasvu.selfmonitoring.v1.Alert\",\x82\xd3\xe4\x93\x02&\x12$/v1/{parent=regions/*}/alerts:stream0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,14 +41,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SHAREWITHINDEADLINE'].fields_by_name['minimum_share']._serialized_options = b'\342A\001\002'
   _globals['_SHAREWITHINDEADLINE'].fields_by_name['recovery_share']._loaded_options = None
   _globals['_SHAREWITHINDEADLINE'].fields_by_name['recovery_share']._serialized_options = b'\342A\001\001'
+  _globals['_MEASURE'].fields_by_name['kind']._loaded_options = None
+  _globals['_MEASURE'].fields_by_name['kind']._serialized_options = b'\342A\001\002'
+  _globals['_MEASURE'].fields_by_name['breach_threshold']._loaded_options = None
+  _globals['_MEASURE'].fields_by_name['breach_threshold']._serialized_options = b'\342A\001\002'
+  _globals['_MEASURE'].fields_by_name['recovery_threshold']._loaded_options = None
+  _globals['_MEASURE'].fields_by_name['recovery_threshold']._serialized_options = b'\342A\001\001'
   _globals['_INDICATOR'].fields_by_name['name']._loaded_options = None
   _globals['_INDICATOR'].fields_by_name['name']._serialized_options = b'\342A\001\003'
   _globals['_INDICATOR'].fields_by_name['display_name']._loaded_options = None
   _globals['_INDICATOR'].fields_by_name['display_name']._serialized_options = b'\342A\001\002'
   _globals['_INDICATOR'].fields_by_name['service']._loaded_options = None
   _globals['_INDICATOR'].fields_by_name['service']._serialized_options = b'\342A\001\002'
-  _globals['_INDICATOR'].fields_by_name['share_within_deadline']._loaded_options = None
-  _globals['_INDICATOR'].fields_by_name['share_within_deadline']._serialized_options = b'\342A\001\002'
   _globals['_INDICATOR'].fields_by_name['window_days']._loaded_options = None
   _globals['_INDICATOR'].fields_by_name['window_days']._serialized_options = b'\342A\001\002'
   _globals['_INDICATOR'].fields_by_name['minimum_sample']._loaded_options = None
@@ -57,6 +61,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INDICATOR'].fields_by_name['severity']._serialized_options = b'\342A\001\002'
   _globals['_INDICATOR'].fields_by_name['create_time']._loaded_options = None
   _globals['_INDICATOR'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
+  _globals['_INDICATOR'].fields_by_name['kind']._loaded_options = None
+  _globals['_INDICATOR'].fields_by_name['kind']._serialized_options = b'\342A\001\003'
   _globals['_CREATEINDICATORREQUEST'].fields_by_name['parent']._loaded_options = None
   _globals['_CREATEINDICATORREQUEST'].fields_by_name['parent']._serialized_options = b'\342A\001\002'
   _globals['_CREATEINDICATORREQUEST'].fields_by_name['indicator_id']._loaded_options = None
@@ -72,15 +78,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_OBSERVATION'].fields_by_name['case_key']._loaded_options = None
   _globals['_OBSERVATION'].fields_by_name['case_key']._serialized_options = b'\342A\001\002'
   _globals['_OBSERVATION'].fields_by_name['started_on']._loaded_options = None
-  _globals['_OBSERVATION'].fields_by_name['started_on']._serialized_options = b'\342A\001\002'
+  _globals['_OBSERVATION'].fields_by_name['started_on']._serialized_options = b'\342A\001\001'
   _globals['_OBSERVATION'].fields_by_name['completed_on']._loaded_options = None
   _globals['_OBSERVATION'].fields_by_name['completed_on']._serialized_options = b'\342A\001\002'
   _globals['_OBSERVATION'].fields_by_name['source']._loaded_options = None
   _globals['_OBSERVATION'].fields_by_name['source']._serialized_options = b'\342A\001\001'
+  _globals['_OBSERVATION'].fields_by_name['value']._loaded_options = None
+  _globals['_OBSERVATION'].fields_by_name['value']._serialized_options = b'\342A\001\001'
   _globals['_RECORDOBSERVATIONREQUEST'].fields_by_name['parent']._loaded_options = None
   _globals['_RECORDOBSERVATIONREQUEST'].fields_by_name['parent']._serialized_options = b'\342A\001\002'
   _globals['_RECORDOBSERVATIONREQUEST'].fields_by_name['observation']._loaded_options = None
   _globals['_RECORDOBSERVATIONREQUEST'].fields_by_name['observation']._serialized_options = b'\342A\001\002'
+  _globals['_RECORDOBSERVATIONSREQUEST'].fields_by_name['parent']._loaded_options = None
+  _globals['_RECORDOBSERVATIONSREQUEST'].fields_by_name['parent']._serialized_options = b'\342A\001\002'
+  _globals['_RECORDOBSERVATIONSREQUEST'].fields_by_name['observation']._loaded_options = None
+  _globals['_RECORDOBSERVATIONSREQUEST'].fields_by_name['observation']._serialized_options = b'\342A\001\002'
   _globals['_GETBREACHREQUEST'].fields_by_name['name']._loaded_options = None
   _globals['_GETBREACHREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002'
   _globals['_LISTBREACHESREQUEST'].fields_by_name['parent']._loaded_options = None
@@ -99,42 +111,48 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SELFMONITORINGSERVICE'].methods_by_name['ListBreaches']._serialized_options = b'\202\323\344\223\002!\022\037/v1/{parent=regions/*}/breaches'
   _globals['_SELFMONITORINGSERVICE'].methods_by_name['StreamAlerts']._loaded_options = None
   _globals['_SELFMONITORINGSERVICE'].methods_by_name['StreamAlerts']._serialized_options = b'\202\323\344\223\002&\022$/v1/{parent=regions/*}/alerts:stream'
-  _globals['_SEVERITY']._serialized_start=2338
-  _globals['_SEVERITY']._serialized_end=2418
-  _globals['_OBSERVATIONSOURCE']._serialized_start=2421
-  _globals['_OBSERVATIONSOURCE']._serialized_end=2671
-  _globals['_BREACHSTATE']._serialized_start=2673
-  _globals['_BREACHSTATE']._serialized_end=2766
+  _globals['_SEVERITY']._serialized_start=2821
+  _globals['_SEVERITY']._serialized_end=2901
+  _globals['_METRICKIND']._serialized_start=2904
+  _globals['_METRICKIND']._serialized_end=3069
+  _globals['_OBSERVATIONSOURCE']._serialized_start=3072
+  _globals['_OBSERVATIONSOURCE']._serialized_end=3322
+  _globals['_BREACHSTATE']._serialized_start=3324
+  _globals['_BREACHSTATE']._serialized_end=3417
   _globals['_SHAREWITHINDEADLINE']._serialized_start=193
   _globals['_SHAREWITHINDEADLINE']._serialized_end=302
-  _globals['_INDICATOR']._serialized_start=305
-  _globals['_INDICATOR']._serialized_end=641
-  _globals['_CREATEINDICATORREQUEST']._serialized_start=644
-  _globals['_CREATEINDICATORREQUEST']._serialized_end=779
-  _globals['_GETINDICATORREQUEST']._serialized_start=781
-  _globals['_GETINDICATORREQUEST']._serialized_end=822
-  _globals['_OBSERVATION']._serialized_start=825
-  _globals['_OBSERVATION']._serialized_end=1074
-  _globals['_RECORDOBSERVATIONREQUEST']._serialized_start=1076
-  _globals['_RECORDOBSERVATIONREQUEST']._serialized_end=1189
-  _globals['_RECORDOBSERVATIONRESPONSE']._serialized_start=1191
-  _globals['_RECORDOBSERVATIONRESPONSE']._serialized_end=1288
-  _globals['_REJECTEDOBSERVATION']._serialized_start=1290
-  _globals['_REJECTEDOBSERVATION']._serialized_end=1397
-  _globals['_RECORDOBSERVATIONSRESPONSE']._serialized_start=1400
-  _globals['_RECORDOBSERVATIONSRESPONSE']._serialized_end=1582
-  _globals['_BREACH']._serialized_start=1585
-  _globals['_BREACH']._serialized_end=1947
-  _globals['_GETBREACHREQUEST']._serialized_start=1949
-  _globals['_GETBREACHREQUEST']._serialized_end=1987
-  _globals['_LISTBREACHESREQUEST']._serialized_start=1989
-  _globals['_LISTBREACHESREQUEST']._serialized_end=2071
-  _globals['_LISTBREACHESRESPONSE']._serialized_start=2073
-  _globals['_LISTBREACHESRESPONSE']._serialized_end=2171
-  _globals['_STREAMALERTSREQUEST']._serialized_start=2173
-  _globals['_STREAMALERTSREQUEST']._serialized_end=2260
-  _globals['_ALERT']._serialized_start=2262
-  _globals['_ALERT']._serialized_end=2336
-  _globals['_SELFMONITORINGSERVICE']._serialized_start=2769
-  _globals['_SELFMONITORINGSERVICE']._serialized_end=3842
+  _globals['_MEASURE']._serialized_start=305
+  _globals['_MEASURE']._serialized_end=437
+  _globals['_INDICATOR']._serialized_start=440
+  _globals['_INDICATOR']._serialized_end=892
+  _globals['_CREATEINDICATORREQUEST']._serialized_start=895
+  _globals['_CREATEINDICATORREQUEST']._serialized_end=1030
+  _globals['_GETINDICATORREQUEST']._serialized_start=1032
+  _globals['_GETINDICATORREQUEST']._serialized_end=1073
+  _globals['_OBSERVATION']._serialized_start=1076
+  _globals['_OBSERVATION']._serialized_end=1361
+  _globals['_RECORDOBSERVATIONREQUEST']._serialized_start=1363
+  _globals['_RECORDOBSERVATIONREQUEST']._serialized_end=1476
+  _globals['_RECORDOBSERVATIONRESPONSE']._serialized_start=1478
+  _globals['_RECORDOBSERVATIONRESPONSE']._serialized_end=1575
+  _globals['_RECORDOBSERVATIONSREQUEST']._serialized_start=1577
+  _globals['_RECORDOBSERVATIONSREQUEST']._serialized_end=1691
+  _globals['_REJECTEDOBSERVATION']._serialized_start=1693
+  _globals['_REJECTEDOBSERVATION']._serialized_end=1800
+  _globals['_RECORDOBSERVATIONSRESPONSE']._serialized_start=1803
+  _globals['_RECORDOBSERVATIONSRESPONSE']._serialized_end=1985
+  _globals['_BREACH']._serialized_start=1988
+  _globals['_BREACH']._serialized_end=2430
+  _globals['_GETBREACHREQUEST']._serialized_start=2432
+  _globals['_GETBREACHREQUEST']._serialized_end=2470
+  _globals['_LISTBREACHESREQUEST']._serialized_start=2472
+  _globals['_LISTBREACHESREQUEST']._serialized_end=2554
+  _globals['_LISTBREACHESRESPONSE']._serialized_start=2556
+  _globals['_LISTBREACHESRESPONSE']._serialized_end=2654
+  _globals['_STREAMALERTSREQUEST']._serialized_start=2656
+  _globals['_STREAMALERTSREQUEST']._serialized_end=2743
+  _globals['_ALERT']._serialized_start=2745
+  _globals['_ALERT']._serialized_end=2819
+  _globals['_SELFMONITORINGSERVICE']._serialized_start=3420
+  _globals['_SELFMONITORINGSERVICE']._serialized_end=4494
 # @@protoc_insertion_point(module_scope)

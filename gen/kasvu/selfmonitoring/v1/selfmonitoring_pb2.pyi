@@ -45,6 +45,48 @@ SEVERITY_SERIOUS: Severity.ValueType  # 2
 """Supervisors are alerted and the provider is suspended in the region."""
 Global___Severity: _TypeAlias = Severity  # noqa: Y015
 
+class _MetricKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MetricKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MetricKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    METRIC_KIND_UNSPECIFIED: _MetricKind.ValueType  # 0
+    """Not set; refused."""
+    METRIC_KIND_SHARE_WITHIN_DEADLINE: _MetricKind.ValueType  # 1
+    """Cases completed within a deadline of their start (use
+    share_within_deadline).
+    """
+    METRIC_KIND_RATE: _MetricKind.ValueType  # 2
+    """Observations whose value is 1 (an outcome reached) of all; values 0 or 1."""
+    METRIC_KIND_MEAN: _MetricKind.ValueType  # 3
+    """The mean of the observations' values (e.g. a satisfaction score)."""
+    METRIC_KIND_COUNT_PER_100_CUSTOMERS: _MetricKind.ValueType  # 4
+    """Per 100 customers: one observation per customer, its value a count (e.g.
+    complaints). Breaches above its threshold.
+    """
+
+class MetricKind(_MetricKind, metaclass=_MetricKindEnumTypeWrapper):
+    """What an indicator measures over the source-weighted observations of its
+    window.
+    """
+
+METRIC_KIND_UNSPECIFIED: MetricKind.ValueType  # 0
+"""Not set; refused."""
+METRIC_KIND_SHARE_WITHIN_DEADLINE: MetricKind.ValueType  # 1
+"""Cases completed within a deadline of their start (use
+share_within_deadline).
+"""
+METRIC_KIND_RATE: MetricKind.ValueType  # 2
+"""Observations whose value is 1 (an outcome reached) of all; values 0 or 1."""
+METRIC_KIND_MEAN: MetricKind.ValueType  # 3
+"""The mean of the observations' values (e.g. a satisfaction score)."""
+METRIC_KIND_COUNT_PER_100_CUSTOMERS: MetricKind.ValueType  # 4
+"""Per 100 customers: one observation per customer, its value a count (e.g.
+complaints). Breaches above its threshold.
+"""
+Global___MetricKind: _TypeAlias = MetricKind  # noqa: Y015
+
 class _ObservationSource:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -146,6 +188,38 @@ class ShareWithinDeadline(_message.Message):
 Global___ShareWithinDeadline: _TypeAlias = ShareWithinDeadline  # noqa: Y015
 
 @_typing.final
+class Measure(_message.Message):
+    """A metric over observations' values, with its thresholds."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    BREACH_THRESHOLD_FIELD_NUMBER: _builtins.int
+    RECOVERY_THRESHOLD_FIELD_NUMBER: _builtins.int
+    kind: Global___MetricKind.ValueType
+    """RATE, MEAN or COUNT_PER_100_CUSTOMERS."""
+    breach_threshold: _builtins.float
+    """A value below this (above it for COUNT_PER_100_CUSTOMERS) is a breach."""
+    recovery_threshold: _builtins.float
+    """Hysteresis: an open breach resolves only once the value is back past
+    this. Unset (0): breach_threshold.
+    """
+    def __init__(
+        self,
+        *,
+        kind: Global___MetricKind.ValueType = ...,
+        breach_threshold: _builtins.float = ...,
+        recovery_threshold: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breach_threshold", b"breach_threshold", "kind", b"kind", "recovery_threshold", b"recovery_threshold"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Measure: _TypeAlias = Measure  # noqa: Y015
+
+@_typing.final
 class Indicator(_message.Message):
     """An indicator of the programme."""
 
@@ -155,10 +229,12 @@ class Indicator(_message.Message):
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
     SERVICE_FIELD_NUMBER: _builtins.int
     SHARE_WITHIN_DEADLINE_FIELD_NUMBER: _builtins.int
+    MEASURE_FIELD_NUMBER: _builtins.int
     WINDOW_DAYS_FIELD_NUMBER: _builtins.int
     MINIMUM_SAMPLE_FIELD_NUMBER: _builtins.int
     SEVERITY_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """regions/{region}/indicators/{indicator}"""
     display_name: _builtins.str
@@ -171,9 +247,15 @@ class Indicator(_message.Message):
     """Fewest observations in the window before the metric can breach."""
     severity: Global___Severity.ValueType
     """Severity of a breach."""
+    kind: Global___MetricKind.ValueType
+    """The metric's kind (SHARE_WITHIN_DEADLINE for share_within_deadline)."""
     @_builtins.property
     def share_within_deadline(self) -> Global___ShareWithinDeadline:
-        """The metric and its threshold."""
+        """A share of cases within a deadline."""
+
+    @_builtins.property
+    def measure(self) -> Global___Measure:
+        """A rate, mean or count per 100 customers over observations' values."""
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
@@ -186,16 +268,20 @@ class Indicator(_message.Message):
         display_name: _builtins.str = ...,
         service: _builtins.str = ...,
         share_within_deadline: Global___ShareWithinDeadline | None = ...,
+        measure: Global___Measure | None = ...,
         window_days: _builtins.int = ...,
         minimum_sample: _builtins.int = ...,
         severity: Global___Severity.ValueType = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        kind: Global___MetricKind.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "share_within_deadline", b"share_within_deadline"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "measure", b"measure", "metric", b"metric", "share_within_deadline", b"share_within_deadline"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "display_name", b"display_name", "minimum_sample", b"minimum_sample", "name", b"name", "service", b"service", "severity", b"severity", "share_within_deadline", b"share_within_deadline", "window_days", b"window_days"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "display_name", b"display_name", "kind", b"kind", "measure", b"measure", "metric", b"metric", "minimum_sample", b"minimum_sample", "name", b"name", "service", b"service", "severity", b"severity", "share_within_deadline", b"share_within_deadline", "window_days", b"window_days"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType_metric: _TypeAlias = _typing.Literal["share_within_deadline", "measure"]  # noqa: Y015
+    _WhichOneofArgType_metric: _TypeAlias = _typing.Literal["metric", b"metric"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_metric) -> _WhichOneofReturnType_metric | None: ...
 
 Global___Indicator: _TypeAlias = Indicator  # noqa: Y015
 
@@ -265,6 +351,7 @@ class Observation(_message.Message):
     STARTED_ON_FIELD_NUMBER: _builtins.int
     COMPLETED_ON_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
     observation_id: _builtins.str
     """Client-chosen id, unique within its source; a retry with the same id and
     content records nothing new, other content under the same id is refused.
@@ -275,13 +362,19 @@ class Observation(_message.Message):
     """Pseudonymous case key; never a person's name or identity code."""
     source: Global___ObservationSource.ValueType
     """Who the observation comes from; a provider records only its own reports."""
+    value: _builtins.float
+    """The measured value, for RATE (0 or 1), MEAN and COUNT_PER_100_CUSTOMERS
+    indicators.
+    """
     @_builtins.property
     def started_on(self) -> _date_pb2.Date:
-        """When the case started (e.g. job search began)."""
+        """When the case started (e.g. job search began); unset: completed_on."""
 
     @_builtins.property
     def completed_on(self) -> _date_pb2.Date:
-        """When it was completed (e.g. the service need was assessed)."""
+        """When it was completed or observed (e.g. the service need was assessed):
+        the day whose window it lands in, however late it arrives.
+        """
 
     def __init__(
         self,
@@ -292,12 +385,15 @@ class Observation(_message.Message):
         started_on: _date_pb2.Date | None = ...,
         completed_on: _date_pb2.Date | None = ...,
         source: Global___ObservationSource.ValueType = ...,
+        value: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["completed_on", b"completed_on", "started_on", b"started_on"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_value", b"_value", "completed_on", b"completed_on", "started_on", b"started_on", "value", b"value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_key", b"case_key", "completed_on", b"completed_on", "observation_id", b"observation_id", "provider", b"provider", "source", b"source", "started_on", b"started_on"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_value", b"_value", "case_key", b"case_key", "completed_on", b"completed_on", "observation_id", b"observation_id", "provider", b"provider", "source", b"source", "started_on", b"started_on", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__value: _TypeAlias = _typing.Literal["value"]  # noqa: Y015
+    _WhichOneofArgType__value: _TypeAlias = _typing.Literal["_value", b"_value"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__value) -> _WhichOneofReturnType__value | None: ...
 
 Global___Observation: _TypeAlias = Observation  # noqa: Y015
 
@@ -362,6 +458,34 @@ class RecordObservationResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RecordObservationResponse: _TypeAlias = RecordObservationResponse  # noqa: Y015
+
+@_typing.final
+class RecordObservationsRequest(_message.Message):
+    """One record of a RecordObservations stream: as RecordObservationRequest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    OBSERVATION_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """regions/{region}/indicators/{indicator}"""
+    @_builtins.property
+    def observation(self) -> Global___Observation:
+        """The observation."""
+
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        observation: Global___Observation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["observation", b"observation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["observation", b"observation", "parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordObservationsRequest: _TypeAlias = RecordObservationsRequest  # noqa: Y015
 
 @_typing.final
 class RejectedObservation(_message.Message):
@@ -465,6 +589,8 @@ class Breach(_message.Message):
     OPEN_TIME_FIELD_NUMBER: _builtins.int
     RESOLVE_TIME_FIELD_NUMBER: _builtins.int
     RECOVERY_THRESHOLD_FIELD_NUMBER: _builtins.int
+    WINDOW_START_FIELD_NUMBER: _builtins.int
+    WINDOW_END_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """regions/{region}/breaches/{breach}"""
     indicator: _builtins.str
@@ -493,6 +619,14 @@ class Breach(_message.Message):
     def resolve_time(self) -> _timestamp_pb2.Timestamp:
         """When it was resolved; unset while open."""
 
+    @_builtins.property
+    def window_start(self) -> _date_pb2.Date:
+        """The first day of the window the value was computed over."""
+
+    @_builtins.property
+    def window_end(self) -> _date_pb2.Date:
+        """The last day of that window."""
+
     def __init__(
         self,
         *,
@@ -508,10 +642,12 @@ class Breach(_message.Message):
         open_time: _timestamp_pb2.Timestamp | None = ...,
         resolve_time: _timestamp_pb2.Timestamp | None = ...,
         recovery_threshold: _builtins.float = ...,
+        window_start: _date_pb2.Date | None = ...,
+        window_end: _date_pb2.Date | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["open_time", b"open_time", "resolve_time", b"resolve_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["open_time", b"open_time", "resolve_time", b"resolve_time", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["indicator", b"indicator", "name", b"name", "open_time", b"open_time", "provider", b"provider", "recovery_threshold", b"recovery_threshold", "resolve_time", b"resolve_time", "sample_size", b"sample_size", "service", b"service", "severity", b"severity", "state", b"state", "threshold", b"threshold", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["indicator", b"indicator", "name", b"name", "open_time", b"open_time", "provider", b"provider", "recovery_threshold", b"recovery_threshold", "resolve_time", b"resolve_time", "sample_size", b"sample_size", "service", b"service", "severity", b"severity", "state", b"state", "threshold", b"threshold", "value", b"value", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

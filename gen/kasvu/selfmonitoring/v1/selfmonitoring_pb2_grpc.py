@@ -54,7 +54,7 @@ class SelfMonitoringServiceStub:
                 _registered_method=True)
         self.RecordObservations = channel.stream_unary(
                 '/kasvu.selfmonitoring.v1.SelfMonitoringService/RecordObservations',
-                request_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.RecordObservationRequest.SerializeToString,
+                request_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.RecordObservationsRequest.SerializeToString,
                 response_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.RecordObservationsResponse.FromString,
                 _registered_method=True)
         self.GetBreach = channel.unary_unary(
@@ -154,7 +154,7 @@ def add_SelfMonitoringServiceServicer_to_server(servicer, server):
             ),
             'RecordObservations': grpc.stream_unary_rpc_method_handler(
                     servicer.RecordObservations,
-                    request_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.RecordObservationRequest.FromString,
+                    request_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.RecordObservationsRequest.FromString,
                     response_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.RecordObservationsResponse.SerializeToString,
             ),
             'GetBreach': grpc.unary_unary_rpc_method_handler(
@@ -282,7 +282,7 @@ class SelfMonitoringService:
             request_iterator,
             target,
             '/kasvu.selfmonitoring.v1.SelfMonitoringService/RecordObservations',
-            kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.RecordObservationRequest.SerializeToString,
+            kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.RecordObservationsRequest.SerializeToString,
             kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.RecordObservationsResponse.FromString,
             options,
             channel_credentials,

@@ -47,7 +47,7 @@ class SelfMonitoringServiceStub:
     observation's provider: opens a breach when the threshold is crossed, and
     resolves an open one when the value is back past the recovery threshold.
     """
-    RecordObservations: _grpc.StreamUnaryMultiCallable[_selfmonitoring_pb2.RecordObservationRequest, _selfmonitoring_pb2.RecordObservationsResponse]
+    RecordObservations: _grpc.StreamUnaryMultiCallable[_selfmonitoring_pb2.RecordObservationsRequest, _selfmonitoring_pb2.RecordObservationsResponse]
     """Records a client stream of observations, many per unit of work. A bad
     record is reported (by its index in the stream) and the rest go on.
     """
@@ -77,7 +77,7 @@ class SelfMonitoringServiceAsyncStub(SelfMonitoringServiceStub):
     observation's provider: opens a breach when the threshold is crossed, and
     resolves an open one when the value is back past the recovery threshold.
     """
-    RecordObservations: _aio.StreamUnaryMultiCallable[_selfmonitoring_pb2.RecordObservationRequest, _selfmonitoring_pb2.RecordObservationsResponse]  # type: ignore[assignment]
+    RecordObservations: _aio.StreamUnaryMultiCallable[_selfmonitoring_pb2.RecordObservationsRequest, _selfmonitoring_pb2.RecordObservationsResponse]  # type: ignore[assignment]
     """Records a client stream of observations, many per unit of work. A bad
     record is reported (by its index in the stream) and the rest go on.
     """
@@ -126,7 +126,7 @@ class SelfMonitoringServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def RecordObservations(
         self,
-        request_iterator: _MaybeAsyncIterator[_selfmonitoring_pb2.RecordObservationRequest],
+        request_iterator: _MaybeAsyncIterator[_selfmonitoring_pb2.RecordObservationsRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_selfmonitoring_pb2.RecordObservationsResponse, _abc.Awaitable[_selfmonitoring_pb2.RecordObservationsResponse]]:
         """Records a client stream of observations, many per unit of work. A bad

@@ -1,8 +1,8 @@
-"""observation sources, day buckets, breach resolution
+"""observation sources and values, metric kinds, day buckets, breach resolution
 
-Revision ID: 165ea645b9e6
+Revision ID: f20280255963
 Revises: 9754451277f8
-Create Date: 2026-11-23 15:58:21.124319
+Create Date: 2026-11-23 16:02:21.933742
 """
 
 from collections.abc import Sequence
@@ -13,7 +13,7 @@ from alembic import op
 
 import services.runtime.tables
 
-revision: str = "165ea645b9e6"
+revision: str = "f20280255963"
 down_revision: str | None = "9754451277f8"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
@@ -29,7 +29,7 @@ def upgrade() -> None:
         sa.Column("day", sa.Date(), nullable=False),
         sa.Column("sample_size", sa.Integer(), nullable=False),
         sa.Column("weight", sa.Float(), nullable=False),
-        sa.Column("weight_within", sa.Float(), nullable=False),
+        sa.Column("weighted_value", sa.Float(), nullable=False),
         sa.PrimaryKeyConstraint("region", "indicator_id", "provider", "day"),
     )
     with op.batch_alter_table("selfmonitoring_breaches", schema=None) as batch_op:
@@ -37,9 +37,19 @@ def upgrade() -> None:
         batch_op.add_column(
             sa.Column("resolved_at", services.runtime.tables.UTCDateTime(timezone=True), nullable=True)
         )
+        batch_op.add_column(sa.Column("window_start", sa.Date(), nullable=True))
+        batch_op.add_column(sa.Column("window_end", sa.Date(), nullable=True))
 
     with op.batch_alter_table("selfmonitoring_indicators", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("recovery_share", sa.Float(), server_default="0", nullable=False))
+        batch_op.add_column(sa.Column("recovery_threshold", sa.Float(), server_default="0", nullable=False))
+        batch_op.add_column(
+            sa.Column(
+                "kind",
+                sqlmodel.sql.sqltypes.AutoString(length=32),
+                server_default="SHARE_WITHIN_DEADLINE",
+                nullable=False,
+            )
+        )
 
     # The observation id becomes unique within its source (the primary key changes), so the
     # table is rebuilt; every observation recorded so far was the region's own case data.
@@ -56,7 +66,7 @@ def upgrade() -> None:
     op.drop_table("selfmonitoring_observations_old")
     op.execute(
         "INSERT INTO selfmonitoring_day_buckets (region, indicator_id, provider, day, sample_size, weight,"
-        " weight_within) SELECT region, indicator_id, provider, completed_on, COUNT(*), COUNT(*),"
+        " weighted_value) SELECT region, indicator_id, provider, completed_on, COUNT(*), COUNT(*),"
         " SUM(CASE WHEN within_deadline THEN 1 ELSE 0 END) FROM selfmonitoring_observations"
         " GROUP BY region, indicator_id, provider, completed_on"
     )
@@ -72,6 +82,7 @@ def _create_observations(*, with_source: bool) -> None:
     source: list[sa.Column[str]] = [
         sa.Column("source", sqlmodel.sql.sqltypes.AutoString(length=24), nullable=False)
     ]
+    value: list[sa.Column[float]] = [sa.Column("value", sa.Float(), nullable=True)]
     op.create_table(
         "selfmonitoring_observations",
         sa.Column("region", sqlmodel.sql.sqltypes.AutoString(length=63), nullable=False),
@@ -84,6 +95,7 @@ def _create_observations(*, with_source: bool) -> None:
         sa.Column("completed_on", sa.Date(), nullable=False),
         sa.Column("within_deadline", sa.Boolean(), nullable=False),
         sa.Column("recorded_at", services.runtime.tables.UTCDateTime(timezone=True), nullable=False),
+        *(value if with_source else []),
         sa.PrimaryKeyConstraint(*key),
     )
     with op.batch_alter_table("selfmonitoring_observations", schema=None) as batch_op:
@@ -110,9 +122,12 @@ def downgrade() -> None:
     op.drop_table("selfmonitoring_observations_new")
 
     with op.batch_alter_table("selfmonitoring_indicators", schema=None) as batch_op:
-        batch_op.drop_column("recovery_share")
+        batch_op.drop_column("kind")
+        batch_op.drop_column("recovery_threshold")
 
     with op.batch_alter_table("selfmonitoring_breaches", schema=None) as batch_op:
+        batch_op.drop_column("window_end")
+        batch_op.drop_column("window_start")
         batch_op.drop_column("resolved_at")
         batch_op.drop_column("recovery_threshold")
 
