@@ -66,6 +66,12 @@ CATALOG: tuple[ServiceEntry, ...] = (
         event_package="kasvu.selfmonitoring.v1",
         grpc_services=("kasvu.selfmonitoring.v1.SelfMonitoringService",),
         proto_modules=("kasvu.selfmonitoring.v1.selfmonitoring_pb2",),
+        public_methods=frozenset(
+            {
+                "kasvu.selfmonitoring.v1.SelfMonitoringService.GetProgramme",
+                "kasvu.selfmonitoring.v1.SelfMonitoringService.ListProgrammes",
+            }
+        ),
     ),
     ServiceEntry(
         name="tendering",

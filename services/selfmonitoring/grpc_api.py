@@ -11,12 +11,14 @@ import grpc
 from kasvu.selfmonitoring.v1 import selfmonitoring_pb2, selfmonitoring_pb2_grpc
 
 from services.runtime.dispatch import Dispatcher
+from services.runtime.domain import validate_resource_id
 from services.runtime.errors import DomainError, FieldViolation, InvalidArgument
 from services.runtime.grpc_server import call_context, current_principal, status_code_for
 from services.runtime.names import page
 from services.runtime.protoconv import (
     enum_from_proto,
     optional_date,
+    proto_date,
     required_date,
     timestamp,
     to_message,
@@ -69,6 +71,65 @@ def breach_to_proto(breach: model.Breach) -> selfmonitoring_pb2.Breach:
     return to_message(breach.facts, selfmonitoring_pb2.Breach)
 
 
+_ACTION = selfmonitoring_pb2.DESCRIPTOR.enum_types_by_name["PolicyAction"]
+
+
+def programme_to_proto(programme: model.Programme) -> selfmonitoring_pb2.Programme:
+    return selfmonitoring_pb2.Programme(
+        name=programme.name,
+        display_name=programme.display_name,
+        indicators=[
+            selfmonitoring_pb2.WatchedIndicator(
+                indicator=model.INDICATOR.format(region=programme.region, indicator=item.indicator),
+                risk=item.risk,
+            )
+            for item in programme.indicators
+        ],
+        policies=[
+            selfmonitoring_pb2.SeverityPolicy(
+                severity=selfmonitoring_pb2.Severity.Value(f"SEVERITY_{policy.severity}"),
+                action=selfmonitoring_pb2.PolicyAction.Value(f"POLICY_ACTION_{policy.action}"),
+                corrective_action_days=policy.corrective_action_days,
+            )
+            for policy in programme.policies
+        ],
+        state=selfmonitoring_pb2.ProgrammeState.Value(f"PROGRAMME_STATE_{programme.state}"),
+        version=programme.version,
+        create_time=timestamp(programme.created_at) if programme.created_at else None,
+        publish_time=timestamp(programme.published_at) if programme.published_at else None,
+        publication_date=proto_date(programme.publication_date) if programme.publication_date else None,
+    )
+
+
+def programme_from_proto(
+    region: str, programme: selfmonitoring_pb2.Programme, *, with_default_catalogue: bool
+) -> model.Programme:
+    watched = []
+    for index, item in enumerate(programme.indicators):
+        parts = model.INDICATOR.parse(item.indicator, f"programme.indicators[{index}].indicator")
+        if parts["region"] != region:
+            path = f"programme.indicators[{index}].indicator"
+            raise InvalidArgument(
+                f"{path} is another region's", [FieldViolation(path, "must be the region's own")]
+            )
+        watched.append(model.WatchedIndicator(parts["indicator"], item.risk))
+    policies = [
+        model.SeverityPolicy(
+            enum_from_proto(
+                model.Severity, policy.severity, _SEVERITY, f"programme.policies[{index}].severity"
+            ),
+            enum_from_proto(
+                model.PolicyAction, policy.action, _ACTION, f"programme.policies[{index}].action"
+            ),
+            policy.corrective_action_days,
+        )
+        for index, policy in enumerate(programme.policies)
+    ]
+    return model.new_programme(
+        region, programme.display_name, watched, policies, with_default_catalogue=with_default_catalogue
+    )
+
+
 class SelfMonitoringServicer(selfmonitoring_pb2_grpc.SelfMonitoringServiceServicer):
     """Maps SelfMonitoringService RPCs onto the dispatcher and the alert feed."""
 
@@ -83,6 +144,46 @@ class SelfMonitoringServicer(selfmonitoring_pb2_grpc.SelfMonitoringServiceServic
         definition = indicator_from_proto(region, request.indicator_id, request.indicator)
         created = await self._dispatcher.handle(handlers.CreateIndicator(definition), call_context())
         return indicator_to_proto(created)
+
+    async def CreateProgramme(
+        self, request: selfmonitoring_pb2.CreateProgrammeRequest, context: Context
+    ) -> selfmonitoring_pb2.Programme:
+        region = model.REGION.parse(request.parent, "parent")["region"]
+        service = request.default_catalogue_service
+        if service:
+            validate_resource_id(service, "default_catalogue_service")
+        draft = programme_from_proto(region, request.programme, with_default_catalogue=bool(service))
+        command = handlers.CreateProgramme(draft, service)
+        created = await self._dispatcher.handle(command, call_context(request.request_id))
+        return programme_to_proto(created)
+
+    async def PublishProgramme(
+        self, request: selfmonitoring_pb2.PublishProgrammeRequest, context: Context
+    ) -> selfmonitoring_pb2.Programme:
+        parts = model.PROGRAMME.parse(request.name, "name")
+        command = handlers.PublishProgramme(parts["region"], int(parts["programme"]))
+        return programme_to_proto(await self._dispatcher.handle(command, call_context()))
+
+    async def GetProgramme(
+        self, request: selfmonitoring_pb2.GetProgrammeRequest, context: Context
+    ) -> selfmonitoring_pb2.Programme:
+        parts = model.PROGRAMME.parse(request.name, "name")
+        query = handlers.GetProgramme(parts["region"], int(parts["programme"]))
+        return programme_to_proto(await self._dispatcher.query(query, call_context()))
+
+    async def ListProgrammes(
+        self, request: selfmonitoring_pb2.ListProgrammesRequest, context: Context
+    ) -> selfmonitoring_pb2.ListProgrammesResponse:
+        region = model.REGION.parse(request.parent, "parent")["region"]
+        paging = page(request.page_size, request.page_token, {"parent": request.parent})
+        before = int(paging.after["version"]) if paging.after else None
+        query = handlers.ListProgrammes(region, before, paging.size + 1)
+        found: list[model.Programme] = await self._dispatcher.query(query, call_context())
+        listed, more = found[: paging.size], len(found) > paging.size
+        last = {"version": str(listed[-1].version)} if more else None
+        return selfmonitoring_pb2.ListProgrammesResponse(
+            programmes=[programme_to_proto(p) for p in listed], next_page_token=paging.next_token(last)
+        )
 
     async def GetIndicator(
         self, request: selfmonitoring_pb2.GetIndicatorRequest, context: Context

@@ -91,6 +91,32 @@ class ObservationsRecorded:
 
 
 @dataclass(frozen=True)
+class CreateProgramme(Command):
+    draft: model.Programme
+    """Validated by model.new_programme at the door; its version is set when created."""
+    default_catalogue_service: str = ""
+
+
+@dataclass(frozen=True)
+class PublishProgramme(Command):
+    region: str
+    version: int
+
+
+@dataclass(frozen=True)
+class GetProgramme(Query):
+    region: str
+    version: int
+
+
+@dataclass(frozen=True)
+class ListProgrammes(Query):
+    region: str
+    before: int | None
+    limit: int
+
+
+@dataclass(frozen=True)
 class GetIndicator(Query):
     region: str
     indicator_id: str
@@ -372,6 +398,69 @@ async def record_observation(
     )
 
 
+def _may_read_drafts(region: str, actor: Principal | None) -> bool:
+    return actor is not None and any(
+        grant.admits(actor) for grant in (access.region_admin(region), access.supervisor(region))
+    )
+
+
+async def create_programme(command: CreateProgramme, uow: SelfMonitoringUnitOfWork) -> model.Programme:
+    draft = command.draft
+    access.require(uow.actor, any_of=[access.region_admin(draft.region)], action="drafting a programme")
+    watched = list(draft.indicators)
+    if command.default_catalogue_service:
+        listed = {item.indicator for item in watched}
+        defaults: list[model.WatchedIndicator] = []
+        for definition, risk in model.default_catalogue(draft.region, command.default_catalogue_service):
+            # An indicator the region defined under a default's id is its own choice: kept.
+            if await uow.indicators.get(draft.region, definition.indicator_id) is None:
+                uow.indicators.add(model.create_indicator(definition, uow.now))
+            if definition.indicator_id not in listed:
+                defaults.append(model.WatchedIndicator(definition.indicator_id, risk))
+        watched = defaults + watched
+    missing = [
+        FieldViolation(f"programme.indicators[{index}].indicator", "no such indicator in the region")
+        for index, item in enumerate(draft.indicators)
+        if await uow.indicators.get(draft.region, item.indicator) is None
+    ]
+    if missing:
+        raise NotFound(
+            "the programme lists indicators the region has not defined", missing, "INDICATOR_NOT_FOUND"
+        )
+    version = await uow.programmes.next_version(draft.region)
+    created = model.create_programme(replace(draft, indicators=tuple(watched)), version, uow.now)
+    uow.programmes.add(created)
+    return created
+
+
+async def publish_programme(command: PublishProgramme, uow: SelfMonitoringUnitOfWork) -> model.Programme:
+    access.require(uow.actor, any_of=[access.region_admin(command.region)], action="publishing a programme")
+    programme = await uow.programmes.get(command.region, command.version)
+    if programme is None:
+        name = model.PROGRAMME.format(region=command.region, programme=command.version)
+        raise NotFound(f"no programme {name}", reason="PROGRAMME_NOT_FOUND")
+    published = model.publish_programme(programme, uow.now, uow.today)
+    if published is not programme:
+        await uow.programmes.publish(published)
+    return published
+
+
+async def get_programme(query: GetProgramme, uow: SelfMonitoringUnitOfWork) -> model.Programme:
+    programme = await uow.programmes.get(query.region, query.version)
+    readable = programme is not None and (
+        programme.state is model.ProgrammeState.PUBLISHED or _may_read_drafts(query.region, uow.actor)
+    )
+    if programme is None or not readable:
+        name = model.PROGRAMME.format(region=query.region, programme=query.version)
+        raise NotFound(f"no programme {name}", reason="PROGRAMME_NOT_FOUND")
+    return programme
+
+
+async def list_programmes(query: ListProgrammes, uow: SelfMonitoringUnitOfWork) -> list[model.Programme]:
+    published_only = not _may_read_drafts(query.region, uow.actor)
+    return await uow.programmes.page(query.region, query.before, query.limit, published_only)
+
+
 async def get_indicator(query: GetIndicator, uow: SelfMonitoringUnitOfWork) -> model.Indicator:
     indicator = await uow.indicators.get(query.region, query.indicator_id)
     if indicator is None:
@@ -399,6 +488,10 @@ HANDLERS: dict[type[Any], Any] = {
     RecordObservation: record_observation,
     RecordObservations: record_observations,
     GetIndicator: get_indicator,
+    CreateProgramme: create_programme,
+    PublishProgramme: publish_programme,
+    GetProgramme: get_programme,
+    ListProgrammes: list_programmes,
     GetBreach: get_breach,
     ListBreaches: list_breaches,
 }

@@ -146,9 +146,6 @@ class BreachEscalated(Event):
     escalate_time: datetime
 
 
-EVENTS: tuple[type[Event], ...] = (BreachOpened, BreachResolved, BreachEscalated, IndicatorCreated)
-
-
 class MetricKind(StrEnum):
     """What an indicator measures over the observations in its window (each weighted by source)."""
 
@@ -566,3 +563,282 @@ def resolve_breach(breach: Breach, value: float, stats: WindowStats, now: dateti
     )
     resolved.record(BreachResolved(resolved.facts, resolved.region, now))
     return resolved
+
+
+# --- programmes ---------------------------------------------------------------------------------
+
+PROGRAMME = ResourcePattern("regions/{region}/programmes/{programme:int}")
+RISK_MAX_LENGTH = 500
+MAX_PROGRAMME_INDICATORS = 100
+MAX_CORRECTIVE_ACTION_DAYS = 365
+
+
+class ProgrammeState(StrEnum):
+    """A draft may be published once; a published version is never rewritten."""
+
+    DRAFT = "DRAFT"
+    PUBLISHED = "PUBLISHED"
+
+
+class PolicyAction(StrEnum):
+    """What a breach of a severity leads to under the programme."""
+
+    ALERT_ONLY = "ALERT_ONLY"
+    CORRECTIVE_ACTION = "CORRECTIVE_ACTION"
+    """The provider is asked for corrective action within corrective_action_days; when the
+    deadline passes unanswered, or the breach recurs, it is escalated to a suspension request."""
+    SUSPENSION_REQUEST = "SUSPENSION_REQUEST"
+
+
+@dataclass(frozen=True)
+class SeverityPolicy:
+    severity: Severity
+    action: PolicyAction
+    corrective_action_days: int = 0
+
+
+@dataclass(frozen=True)
+class WatchedIndicator:
+    """An indicator in a programme, with the risk it watches."""
+
+    indicator: str
+    """The indicator's id within the region."""
+    risk: str
+
+
+DEFAULT_POLICIES = (
+    SeverityPolicy(Severity.WARNING, PolicyAction.CORRECTIVE_ACTION, 30),
+    SeverityPolicy(Severity.SERIOUS, PolicyAction.SUSPENSION_REQUEST),
+)
+
+
+@dataclass(frozen=True)
+class ProgrammeCreated(Event):
+    """A region drafted a version of its self-monitoring programme."""
+
+    programme: str
+    region: str
+    version: int
+    indicators: list[str]
+    create_time: datetime
+
+
+@dataclass(frozen=True)
+class ProgrammePublished(Event):
+    """A version of the programme was published; from then on it is the one in force."""
+
+    programme: str
+    region: str
+    version: int
+    publish_time: datetime
+    publication_date: date
+
+
+@dataclass(frozen=True)
+class Programme(Aggregate):
+    """A version of a region's self-monitoring programme (omavalvontaohjelma): its indicators,
+    the risks they watch, and what a breach of each severity leads to."""
+
+    region: str
+    version: int
+    display_name: str
+    indicators: tuple[WatchedIndicator, ...]
+    policies: tuple[SeverityPolicy, ...]
+    state: ProgrammeState = ProgrammeState.DRAFT
+    created_at: datetime | None = None
+    published_at: datetime | None = None
+    publication_date: date | None = None
+
+    @property
+    def name(self) -> str:
+        return PROGRAMME.format(region=self.region, programme=self.version)
+
+    def policy_for(self, severity: Severity) -> SeverityPolicy:
+        for policy in self.policies:
+            if policy.severity == severity:
+                return policy
+        return SeverityPolicy(severity, PolicyAction.ALERT_ONLY)
+
+
+def new_programme(
+    region: str,
+    display_name: str,
+    indicators: Iterable[WatchedIndicator],
+    policies: Iterable[SeverityPolicy],
+    *,
+    with_default_catalogue: bool = False,
+) -> Programme:
+    """Validate a draft (its version is given when it is created); every violation at once.
+    Without the default catalogue, it must list an indicator of its own."""
+    violations: list[FieldViolation] = []
+    if violation := check_text(display_name, "programme.display_name", DISPLAY_NAME_MAX_LENGTH):
+        violations.append(violation)
+    watched = tuple(indicators)
+    least = 0 if with_default_catalogue else 1
+    if not least <= len(watched) <= MAX_PROGRAMME_INDICATORS:
+        violations.append(
+            FieldViolation("programme.indicators", f"must list 1 to {MAX_PROGRAMME_INDICATORS} indicators")
+        )
+    seen: set[str] = set()
+    for index, item in enumerate(watched):
+        path = f"programme.indicators[{index}]"
+        try:
+            validate_resource_id(item.indicator, f"{path}.indicator")
+        except InvalidArgument as error:
+            violations.extend(error.violations)
+        if item.indicator in seen:
+            violations.append(FieldViolation(f"{path}.indicator", "is listed twice"))
+        seen.add(item.indicator)
+        if violation := check_text(item.risk, f"{path}.risk", RISK_MAX_LENGTH):
+            violations.append(violation)
+    rules = tuple(policies) or DEFAULT_POLICIES
+    severities: set[Severity] = set()
+    for index, policy in enumerate(rules):
+        path = f"programme.policies[{index}]"
+        if policy.severity in severities:
+            violations.append(FieldViolation(f"{path}.severity", "has a policy already"))
+        severities.add(policy.severity)
+        days = policy.corrective_action_days
+        if policy.action is PolicyAction.CORRECTIVE_ACTION and not 1 <= days <= MAX_CORRECTIVE_ACTION_DAYS:
+            violations.append(
+                FieldViolation(
+                    f"{path}.corrective_action_days", f"must be between 1 and {MAX_CORRECTIVE_ACTION_DAYS}"
+                )
+            )
+    raise_if_any(violations, "the programme is invalid")
+    return Programme(region, 0, display_name.strip(), watched, rules)
+
+
+def create_programme(draft: Programme, version: int, now: datetime) -> Programme:
+    created = replace(draft, version=version, created_at=require_aware(now))
+    created.record(
+        ProgrammeCreated(
+            created.name, created.region, version, [item.indicator for item in created.indicators], now
+        )
+    )
+    return created
+
+
+def publish_programme(programme: Programme, now: datetime, today: date) -> Programme:
+    """Publish a draft; publishing a published version again changes nothing."""
+    if programme.state is ProgrammeState.PUBLISHED:
+        return programme
+    published = replace(
+        programme, state=ProgrammeState.PUBLISHED, published_at=require_aware(now), publication_date=today
+    )
+    published.record(ProgrammePublished(published.name, published.region, published.version, now, today))
+    return published
+
+
+def default_catalogue(region: str, service: str) -> list[tuple[Indicator, str]]:
+    """The default indicators drawn from the law's customer rules, each with the risk it watches."""
+
+    def make(  # noqa: PLR0917 - one indicator's definition
+        indicator_id: str,
+        display_name: str,
+        kind: MetricKind,
+        threshold: float,
+        recovery: float,
+        window_days: int,
+        minimum_sample: int,
+        severity: Severity = Severity.WARNING,
+        deadline_days: int = 0,
+    ) -> Indicator:
+        return new_indicator(
+            region,
+            indicator_id,
+            display_name,
+            service,
+            deadline_days,
+            threshold,
+            window_days,
+            minimum_sample,
+            severity,
+            recovery_threshold=recovery,
+            kind=kind,
+        )
+
+    share = MetricKind.SHARE_WITHIN_DEADLINE
+    return [
+        (
+            make(
+                "need-assessment-14d",
+                "Service need assessed within 2 weeks of job search starting",
+                share,
+                0.9,
+                0.95,
+                90,
+                10,
+                Severity.SERIOUS,
+                deadline_days=14,
+            ),
+            "Customers wait for the assessment their services follow from",
+        ),
+        (
+            make(
+                "reassessment-3m",
+                "Service need re-assessed at least every 3 months",
+                share,
+                0.9,
+                0.95,
+                180,
+                10,
+                deadline_days=92,
+            ),
+            "Long unemployment goes without a fresh look at the service need",
+        ),
+        (
+            make("customer-satisfaction", "Customer satisfaction (1-5)", MetricKind.MEAN, 3.5, 3.8, 180, 20),
+            "Customers are poorly served",
+        ),
+        (
+            make(
+                "complaints-per-100",
+                "Complaints per 100 customers",
+                MetricKind.COUNT_PER_100_CUSTOMERS,
+                5.0,
+                3.0,
+                365,
+                30,
+            ),
+            "Service quality or treatment of customers causes complaints",
+        ),
+        (
+            make("outcome-3m", "Employment or training within 3 months", MetricKind.RATE, 0.25, 0.3, 365, 20),
+            "The service does not lead to work or training",
+        ),
+        (
+            make(
+                "language-fi-sv",
+                "Service available in Finnish and Swedish where required",
+                MetricKind.RATE,
+                0.95,
+                0.98,
+                180,
+                10,
+            ),
+            "Customers are not served in their own national language",
+        ),
+        (
+            make(
+                "equal-treatment",
+                "Equal treatment: audited customer groups' outcomes within the overall rate",
+                MetricKind.RATE,
+                0.8,
+                0.9,
+                365,
+                5,
+            ),
+            "A customer group is treated unequally",
+        ),
+    ]
+
+
+EVENTS: tuple[type[Event], ...] = (
+    BreachOpened,
+    BreachResolved,
+    BreachEscalated,
+    IndicatorCreated,
+    ProgrammeCreated,
+    ProgrammePublished,
+)

@@ -3,7 +3,9 @@ take and return domain objects, and the service's unit of work that carries them
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from dataclasses import asdict
 from datetime import date, datetime
 from typing import Any
 
@@ -13,6 +15,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Field, SQLModel, col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from services.runtime.db import serialize_on
 from services.runtime.fastinsert import TableInserter
 from services.runtime.tables import utc_field, utcnow
 from services.runtime.uow import Context, UnitOfWork
@@ -105,11 +108,29 @@ class BreachRow(SQLModel, table=True):
 _IN_CHUNK = 500
 """Ids per IN list: well under SQLite's bound-parameter limit."""
 
+
+class ProgrammeRow(SQLModel, table=True):
+    """A version of a region's programme; its indicators and policies as JSON, as it was drafted."""
+
+    __tablename__ = "selfmonitoring_programmes"
+
+    region: str = Field(primary_key=True, max_length=63)
+    version: int = Field(primary_key=True)
+    display_name: str = Field(max_length=200)
+    indicators: str
+    policies: str
+    state: str = Field(max_length=16)
+    created_at: datetime = utc_field()
+    published_at: datetime | None = utc_field(default=None, nullable=True)
+    publication_date: date | None = None
+
+
 SELFMONITORING_TABLES = (
     "selfmonitoring_indicators",
     "selfmonitoring_observations",
     "selfmonitoring_day_buckets",
     "selfmonitoring_breaches",
+    "selfmonitoring_programmes",
 )
 
 OBSERVATIONS: Table = ObservationRow.__table__  # type: ignore[attr-defined]
@@ -396,6 +417,99 @@ class BreachRepository:
         return [breach_from_row(row) for row in (await self._session.exec(query)).all()]
 
 
+def programme_from_row(row: ProgrammeRow) -> model.Programme:
+    return model.Programme(
+        region=row.region,
+        version=row.version,
+        display_name=row.display_name,
+        indicators=tuple(model.WatchedIndicator(**item) for item in json.loads(row.indicators)),
+        policies=tuple(
+            model.SeverityPolicy(
+                model.Severity(item["severity"]),
+                model.PolicyAction(item["action"]),
+                item["corrective_action_days"],
+            )
+            for item in json.loads(row.policies)
+        ),
+        state=model.ProgrammeState(row.state),
+        created_at=row.created_at,
+        published_at=row.published_at,
+        publication_date=row.publication_date,
+    )
+
+
+class ProgrammeRepository:
+    def __init__(self, session: AsyncSession, uow: UnitOfWork) -> None:
+        self._session = session
+        self._uow = uow
+
+    async def get(self, region: str, version: int) -> model.Programme | None:
+        row = await self._session.get(ProgrammeRow, (region, version))
+        return programme_from_row(row) if row is not None else None
+
+    async def next_version(self, region: str) -> int:
+        await serialize_on(self._session, f"selfmonitoring-programme/{region}")
+        result = await self._session.exec(
+            select(func.max(ProgrammeRow.version)).where(ProgrammeRow.region == region)
+        )
+        return int(result.one() or 0) + 1
+
+    async def in_force(self, region: str) -> model.Programme | None:
+        """The newest published version."""
+        result = await self._session.exec(
+            select(ProgrammeRow)
+            .where(ProgrammeRow.region == region, ProgrammeRow.state == str(model.ProgrammeState.PUBLISHED))
+            .order_by(col(ProgrammeRow.version).desc())
+            .limit(1)
+        )
+        row = result.first()
+        return programme_from_row(row) if row is not None else None
+
+    async def page(
+        self, region: str, before: int | None, limit: int, published_only: bool
+    ) -> list[model.Programme]:
+        query = select(ProgrammeRow).where(ProgrammeRow.region == region)
+        if published_only:
+            query = query.where(ProgrammeRow.state == str(model.ProgrammeState.PUBLISHED))
+        if before is not None:
+            query = query.where(col(ProgrammeRow.version) < before)
+        query = query.order_by(col(ProgrammeRow.version).desc()).limit(limit)
+        return [programme_from_row(row) for row in (await self._session.exec(query)).all()]
+
+    def add(self, programme: model.Programme) -> None:
+        assert programme.created_at is not None, "only created programmes are stored"
+        self._session.add(
+            ProgrammeRow(
+                region=programme.region,
+                version=programme.version,
+                display_name=programme.display_name,
+                indicators=json.dumps([asdict(item) for item in programme.indicators]),
+                policies=json.dumps(
+                    [
+                        {
+                            "severity": str(p.severity),
+                            "action": str(p.action),
+                            "corrective_action_days": p.corrective_action_days,
+                        }
+                        for p in programme.policies
+                    ]
+                ),
+                state=str(programme.state),
+                created_at=programme.created_at,
+            )
+        )
+        self._uow.track(programme, programme.name)
+
+    async def publish(self, programme: model.Programme) -> None:
+        row = await self._session.get(ProgrammeRow, (programme.region, programme.version))
+        assert row is not None, f"{programme.name} is stored"
+        row.state = str(programme.state)
+        row.published_at = programme.published_at
+        row.publication_date = programme.publication_date
+        self._session.add(row)
+        self._uow.track(programme, programme.name)
+
+
 class SelfMonitoringUnitOfWork(UnitOfWork):
     """Self-monitoring's unit of work: indicators, observations and breaches."""
 
@@ -403,6 +517,7 @@ class SelfMonitoringUnitOfWork(UnitOfWork):
     observations: ObservationRepository
     buckets: DayBucketRepository
     breaches: BreachRepository
+    programmes: ProgrammeRepository
 
     async def bind(self, session: AsyncSession) -> None:
         await super().bind(session)
@@ -410,6 +525,7 @@ class SelfMonitoringUnitOfWork(UnitOfWork):
         self.observations = ObservationRepository(self)
         self.buckets = DayBucketRepository(self)
         self.breaches = BreachRepository(session, self)
+        self.programmes = ProgrammeRepository(session, self)
 
 
 def unit_of_work_factory() -> Callable[[Context, datetime, bool], SelfMonitoringUnitOfWork]:

@@ -782,6 +782,146 @@ async def test_a_client_stream_reports_each_bad_record_and_takes_the_rest(stub, 
     assert await outbox_counts(sm_db) == {INDICATOR_CREATED: 1, BREACH_OPENED: 1}
 
 
+# -- programmes ------------------------------------------------------------------------------
+
+PROGRAMME_CREATED = "kasvu.selfmonitoring.v1.ProgrammeCreated"
+PROGRAMME_PUBLISHED = "kasvu.selfmonitoring.v1.ProgrammePublished"
+
+
+async def draft(stub, tokens, *, catalogue: str = "recruitment", indicators=(), request_id: str = ""):  # type: ignore[no-untyped-def]
+    return await stub.CreateProgramme(
+        selfmonitoring_pb2.CreateProgrammeRequest(
+            parent=f"regions/{REGION}",
+            programme=selfmonitoring_pb2.Programme(
+                display_name="Omavalvontaohjelma", indicators=list(indicators)
+            ),
+            default_catalogue_service=catalogue,
+            request_id=request_id,
+        ),
+        metadata=tokens.admin(REGION),
+    )
+
+
+async def test_a_programme_with_the_default_catalogue_is_published_and_then_readable_by_anyone(
+    stub, tokens, sm_db, clock
+):
+    drafted = await draft(stub, tokens)
+    name = f"regions/{REGION}/programmes/1"
+
+    assert (drafted.name, drafted.version, drafted.state) == (
+        name,
+        1,
+        selfmonitoring_pb2.PROGRAMME_STATE_DRAFT,
+    )
+    assert [item.indicator.rsplit("/", 1)[1] for item in drafted.indicators] == [
+        "need-assessment-14d",
+        "reassessment-3m",
+        "customer-satisfaction",
+        "complaints-per-100",
+        "outcome-3m",
+        "language-fi-sv",
+        "equal-treatment",
+    ]
+    assert all(item.risk for item in drafted.indicators)
+    assert [(p.severity, p.action) for p in drafted.policies] == [
+        (selfmonitoring_pb2.SEVERITY_WARNING, selfmonitoring_pb2.POLICY_ACTION_CORRECTIVE_ACTION),
+        (selfmonitoring_pb2.SEVERITY_SERIOUS, selfmonitoring_pb2.POLICY_ACTION_SUSPENSION_REQUEST),
+    ]
+    complaints = await stub.GetIndicator(
+        selfmonitoring_pb2.GetIndicatorRequest(name=f"regions/{REGION}/indicators/complaints-per-100")
+    )
+    assert complaints.measure.kind == selfmonitoring_pb2.METRIC_KIND_COUNT_PER_100_CUSTOMERS
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.GetProgramme(selfmonitoring_pb2.GetProgrammeRequest(name=name))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND  # a draft is not public
+
+    published = await stub.PublishProgramme(
+        selfmonitoring_pb2.PublishProgrammeRequest(name=name), metadata=tokens.admin(REGION)
+    )
+    again = await stub.PublishProgramme(
+        selfmonitoring_pb2.PublishProgrammeRequest(name=name), metadata=tokens.admin(REGION)
+    )
+    public = await stub.GetProgramme(selfmonitoring_pb2.GetProgrammeRequest(name=name))
+
+    assert published.state == selfmonitoring_pb2.PROGRAMME_STATE_PUBLISHED
+    assert published.publication_date == proto_date(clock.day)
+    assert again == published == public
+    assert await outbox_counts(sm_db) == {INDICATOR_CREATED: 7, PROGRAMME_CREATED: 1, PROGRAMME_PUBLISHED: 1}
+
+
+async def test_a_region_indicator_under_a_default_id_is_kept_and_listed_once(stub, tokens, sm_db):
+    own = await create(stub, tokens, indicator(minimum_share=0.7))
+    drafted = await draft(
+        stub,
+        tokens,
+        indicators=[selfmonitoring_pb2.WatchedIndicator(indicator=own.name, risk="Our own risk")],
+    )
+
+    assert [item.indicator for item in drafted.indicators].count(own.name) == 1
+    assert drafted.indicators[-1].risk == "Our own risk"
+    kept = await stub.GetIndicator(selfmonitoring_pb2.GetIndicatorRequest(name=own.name))
+    assert kept.share_within_deadline.minimum_share == pytest.approx(0.7)
+
+
+async def test_a_programme_naming_an_undefined_indicator_or_a_bad_policy_is_refused_with_its_fields(
+    stub, tokens, sm_db
+):
+    missing = selfmonitoring_pb2.WatchedIndicator(indicator=f"regions/{REGION}/indicators/nothing", risk="r")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await draft(stub, tokens, catalogue="", indicators=[missing])
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert field_violations(caught.value) == ["programme.indicators[0].indicator"]
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.CreateProgramme(
+            selfmonitoring_pb2.CreateProgrammeRequest(
+                parent=f"regions/{REGION}",
+                programme=selfmonitoring_pb2.Programme(
+                    display_name=" ",
+                    policies=[
+                        selfmonitoring_pb2.SeverityPolicy(
+                            severity=selfmonitoring_pb2.SEVERITY_WARNING,
+                            action=selfmonitoring_pb2.POLICY_ACTION_CORRECTIVE_ACTION,
+                        )
+                    ],
+                ),
+            ),
+            metadata=tokens.admin(REGION),
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(caught.value) == [
+        "programme.display_name",
+        "programme.indicators",
+        "programme.policies[0].corrective_action_days",
+    ]
+    assert await count_rows(sm_db, "selfmonitoring_programmes") == 0
+
+
+async def test_versions_number_up_and_the_public_list_shows_only_published_ones(stub, tokens, sm_db):
+    first = await draft(stub, tokens)
+    second = await draft(stub, tokens, request_id="second")
+    retried = await draft(stub, tokens, request_id="second")
+    assert (first.version, second.version, retried.version) == (1, 2, 2)
+    await stub.PublishProgramme(
+        selfmonitoring_pb2.PublishProgrammeRequest(name=first.name), metadata=tokens.admin(REGION)
+    )
+
+    public = await stub.ListProgrammes(selfmonitoring_pb2.ListProgrammesRequest(parent=f"regions/{REGION}"))
+    supervised = await stub.ListProgrammes(
+        selfmonitoring_pb2.ListProgrammesRequest(parent=f"regions/{REGION}", page_size=1),
+        metadata=tokens.supervisor(REGION),
+    )
+
+    assert [p.name for p in public.programmes] == [first.name]
+    assert [p.name for p in supervised.programmes] == [second.name]
+    assert supervised.next_page_token
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.PublishProgramme(
+            selfmonitoring_pb2.PublishProgrammeRequest(name=first.name), metadata=tokens.supervisor(REGION)
+        )
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
 # -- the alert stream (SQLite and a real nats-server) ---------------------------------------
 
 

@@ -3,9 +3,12 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.type import date_pb2 as _date_pb2
 from kasvu.selfmonitoring.v1 import selfmonitoring_pb2 as _selfmonitoring_pb2
 import builtins as _builtins
 import sys
@@ -165,3 +168,87 @@ class BreachEscalated(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BreachEscalated: _TypeAlias = BreachEscalated  # noqa: Y015
+
+@_typing.final
+class ProgrammeCreated(_message.Message):
+    """A region drafted a version of its self-monitoring programme."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROGRAMME_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    INDICATORS_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    programme: _builtins.str
+    """regions/{region}/programmes/{version}"""
+    region: _builtins.str
+    """The region."""
+    version: _builtins.int
+    """The version number."""
+    @_builtins.property
+    def indicators(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The ids of its indicators."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was drafted."""
+
+    def __init__(
+        self,
+        *,
+        programme: _builtins.str = ...,
+        region: _builtins.str = ...,
+        version: _builtins.int = ...,
+        indicators: _abc.Iterable[_builtins.str] | None = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "indicators", b"indicators", "programme", b"programme", "region", b"region", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProgrammeCreated: _TypeAlias = ProgrammeCreated  # noqa: Y015
+
+@_typing.final
+class ProgrammePublished(_message.Message):
+    """A version of a region's programme was published and is in force."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROGRAMME_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    PUBLISH_TIME_FIELD_NUMBER: _builtins.int
+    PUBLICATION_DATE_FIELD_NUMBER: _builtins.int
+    programme: _builtins.str
+    """regions/{region}/programmes/{version}"""
+    region: _builtins.str
+    """The region."""
+    version: _builtins.int
+    """The version number."""
+    @_builtins.property
+    def publish_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was published."""
+
+    @_builtins.property
+    def publication_date(self) -> _date_pb2.Date:
+        """The Finnish date it was published on."""
+
+    def __init__(
+        self,
+        *,
+        programme: _builtins.str = ...,
+        region: _builtins.str = ...,
+        version: _builtins.int = ...,
+        publish_time: _timestamp_pb2.Timestamp | None = ...,
+        publication_date: _date_pb2.Date | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["publication_date", b"publication_date", "publish_time", b"publish_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["programme", b"programme", "publication_date", b"publication_date", "publish_time", b"publish_time", "region", b"region", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProgrammePublished: _TypeAlias = ProgrammePublished  # noqa: Y015

@@ -153,6 +153,62 @@ BREACH_STATE_RESOLVED: BreachState.ValueType  # 2
 """Resolved: the value came back past the recovery threshold."""
 Global___BreachState: _TypeAlias = BreachState  # noqa: Y015
 
+class _ProgrammeState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ProgrammeStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ProgrammeState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PROGRAMME_STATE_UNSPECIFIED: _ProgrammeState.ValueType  # 0
+    """Not set."""
+    PROGRAMME_STATE_DRAFT: _ProgrammeState.ValueType  # 1
+    """Being drafted; not in force."""
+    PROGRAMME_STATE_PUBLISHED: _ProgrammeState.ValueType  # 2
+    """Published: in force from its publication date, never rewritten."""
+
+class ProgrammeState(_ProgrammeState, metaclass=_ProgrammeStateEnumTypeWrapper):
+    """Where a programme version stands."""
+
+PROGRAMME_STATE_UNSPECIFIED: ProgrammeState.ValueType  # 0
+"""Not set."""
+PROGRAMME_STATE_DRAFT: ProgrammeState.ValueType  # 1
+"""Being drafted; not in force."""
+PROGRAMME_STATE_PUBLISHED: ProgrammeState.ValueType  # 2
+"""Published: in force from its publication date, never rewritten."""
+Global___ProgrammeState: _TypeAlias = ProgrammeState  # noqa: Y015
+
+class _PolicyAction:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PolicyActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PolicyAction.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    POLICY_ACTION_UNSPECIFIED: _PolicyAction.ValueType  # 0
+    """Not set; refused."""
+    POLICY_ACTION_ALERT_ONLY: _PolicyAction.ValueType  # 1
+    """Supervisors are alerted."""
+    POLICY_ACTION_CORRECTIVE_ACTION: _PolicyAction.ValueType  # 2
+    """The provider is asked for corrective action within
+    corrective_action_days; overdue or recurring, it is escalated.
+    """
+    POLICY_ACTION_SUSPENSION_REQUEST: _PolicyAction.ValueType  # 3
+    """The breach is a suspension request."""
+
+class PolicyAction(_PolicyAction, metaclass=_PolicyActionEnumTypeWrapper):
+    """What a breach of a severity leads to."""
+
+POLICY_ACTION_UNSPECIFIED: PolicyAction.ValueType  # 0
+"""Not set; refused."""
+POLICY_ACTION_ALERT_ONLY: PolicyAction.ValueType  # 1
+"""Supervisors are alerted."""
+POLICY_ACTION_CORRECTIVE_ACTION: PolicyAction.ValueType  # 2
+"""The provider is asked for corrective action within
+corrective_action_days; overdue or recurring, it is escalated.
+"""
+POLICY_ACTION_SUSPENSION_REQUEST: PolicyAction.ValueType  # 3
+"""The breach is a suspension request."""
+Global___PolicyAction: _TypeAlias = PolicyAction  # noqa: Y015
+
 @_typing.final
 class ShareWithinDeadline(_message.Message):
     """Share of cases completed within a deadline, e.g. service-need assessments
@@ -790,3 +846,263 @@ class Alert(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Alert: _TypeAlias = Alert  # noqa: Y015
+
+@_typing.final
+class SeverityPolicy(_message.Message):
+    """The policy for one severity."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEVERITY_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    CORRECTIVE_ACTION_DAYS_FIELD_NUMBER: _builtins.int
+    severity: Global___Severity.ValueType
+    """The severity."""
+    action: Global___PolicyAction.ValueType
+    """What a breach of it leads to."""
+    corrective_action_days: _builtins.int
+    """Days the provider has for corrective action (CORRECTIVE_ACTION only)."""
+    def __init__(
+        self,
+        *,
+        severity: Global___Severity.ValueType = ...,
+        action: Global___PolicyAction.ValueType = ...,
+        corrective_action_days: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "corrective_action_days", b"corrective_action_days", "severity", b"severity"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SeverityPolicy: _TypeAlias = SeverityPolicy  # noqa: Y015
+
+@_typing.final
+class WatchedIndicator(_message.Message):
+    """An indicator of a programme and the risk it watches."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDICATOR_FIELD_NUMBER: _builtins.int
+    RISK_FIELD_NUMBER: _builtins.int
+    indicator: _builtins.str
+    """regions/{region}/indicators/{indicator}"""
+    risk: _builtins.str
+    """The risk it watches."""
+    def __init__(
+        self,
+        *,
+        indicator: _builtins.str = ...,
+        risk: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["indicator", b"indicator", "risk", b"risk"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchedIndicator: _TypeAlias = WatchedIndicator  # noqa: Y015
+
+@_typing.final
+class Programme(_message.Message):
+    """A version of a region's self-monitoring programme (omavalvontaohjelma)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    INDICATORS_FIELD_NUMBER: _builtins.int
+    POLICIES_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    PUBLISH_TIME_FIELD_NUMBER: _builtins.int
+    PUBLICATION_DATE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """regions/{region}/programmes/{version}"""
+    display_name: _builtins.str
+    """Human-readable name."""
+    state: Global___ProgrammeState.ValueType
+    """Draft or published."""
+    version: _builtins.int
+    """The version number, from 1."""
+    @_builtins.property
+    def indicators(self) -> _containers.RepeatedCompositeFieldContainer[Global___WatchedIndicator]:
+        """Its indicators and the risks they watch."""
+
+    @_builtins.property
+    def policies(self) -> _containers.RepeatedCompositeFieldContainer[Global___SeverityPolicy]:
+        """The policy per severity (default: WARNING asks for corrective action
+        within 30 days, SERIOUS requests suspension).
+        """
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was drafted."""
+
+    @_builtins.property
+    def publish_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was published."""
+
+    @_builtins.property
+    def publication_date(self) -> _date_pb2.Date:
+        """The Finnish date it was published on."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        display_name: _builtins.str = ...,
+        indicators: _abc.Iterable[Global___WatchedIndicator] | None = ...,
+        policies: _abc.Iterable[Global___SeverityPolicy] | None = ...,
+        state: Global___ProgrammeState.ValueType = ...,
+        version: _builtins.int = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        publish_time: _timestamp_pb2.Timestamp | None = ...,
+        publication_date: _date_pb2.Date | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "publication_date", b"publication_date", "publish_time", b"publish_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "display_name", b"display_name", "indicators", b"indicators", "name", b"name", "policies", b"policies", "publication_date", b"publication_date", "publish_time", b"publish_time", "state", b"state", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Programme: _TypeAlias = Programme  # noqa: Y015
+
+@_typing.final
+class CreateProgrammeRequest(_message.Message):
+    """Request for CreateProgramme."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    PROGRAMME_FIELD_NUMBER: _builtins.int
+    DEFAULT_CATALOGUE_SERVICE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """regions/{region}"""
+    default_catalogue_service: _builtins.str
+    """Define and list the default catalogue's indicators for this service."""
+    request_id: _builtins.str
+    """Idempotency key: a retry with the same id returns the same version."""
+    @_builtins.property
+    def programme(self) -> Global___Programme:
+        """The draft."""
+
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        programme: Global___Programme | None = ...,
+        default_catalogue_service: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["programme", b"programme"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_catalogue_service", b"default_catalogue_service", "parent", b"parent", "programme", b"programme", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateProgrammeRequest: _TypeAlias = CreateProgrammeRequest  # noqa: Y015
+
+@_typing.final
+class PublishProgrammeRequest(_message.Message):
+    """Request for PublishProgramme."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """regions/{region}/programmes/{version}"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishProgrammeRequest: _TypeAlias = PublishProgrammeRequest  # noqa: Y015
+
+@_typing.final
+class GetProgrammeRequest(_message.Message):
+    """Request for GetProgramme."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """regions/{region}/programmes/{version}"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetProgrammeRequest: _TypeAlias = GetProgrammeRequest  # noqa: Y015
+
+@_typing.final
+class ListProgrammesRequest(_message.Message):
+    """Request for ListProgrammes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """regions/{region}"""
+    page_size: _builtins.int
+    """At most this many (default 50, at most 500)."""
+    page_token: _builtins.str
+    """From a previous response's next_page_token."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListProgrammesRequest: _TypeAlias = ListProgrammesRequest  # noqa: Y015
+
+@_typing.final
+class ListProgrammesResponse(_message.Message):
+    """Response for ListProgrammes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROGRAMMES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty when this is the last page."""
+    @_builtins.property
+    def programmes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Programme]:
+        """The page."""
+
+    def __init__(
+        self,
+        *,
+        programmes: _abc.Iterable[Global___Programme] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "programmes", b"programmes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListProgrammesResponse: _TypeAlias = ListProgrammesResponse  # noqa: Y015

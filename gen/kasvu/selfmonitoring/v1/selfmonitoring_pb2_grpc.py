@@ -37,6 +37,26 @@ class SelfMonitoringServiceStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.CreateProgramme = channel.unary_unary(
+                '/kasvu.selfmonitoring.v1.SelfMonitoringService/CreateProgramme',
+                request_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.CreateProgrammeRequest.SerializeToString,
+                response_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.Programme.FromString,
+                _registered_method=True)
+        self.PublishProgramme = channel.unary_unary(
+                '/kasvu.selfmonitoring.v1.SelfMonitoringService/PublishProgramme',
+                request_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.PublishProgrammeRequest.SerializeToString,
+                response_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.Programme.FromString,
+                _registered_method=True)
+        self.GetProgramme = channel.unary_unary(
+                '/kasvu.selfmonitoring.v1.SelfMonitoringService/GetProgramme',
+                request_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.GetProgrammeRequest.SerializeToString,
+                response_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.Programme.FromString,
+                _registered_method=True)
+        self.ListProgrammes = channel.unary_unary(
+                '/kasvu.selfmonitoring.v1.SelfMonitoringService/ListProgrammes',
+                request_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListProgrammesRequest.SerializeToString,
+                response_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListProgrammesResponse.FromString,
+                _registered_method=True)
         self.CreateIndicator = channel.unary_unary(
                 '/kasvu.selfmonitoring.v1.SelfMonitoringService/CreateIndicator',
                 request_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.CreateIndicatorRequest.SerializeToString,
@@ -79,6 +99,40 @@ class SelfMonitoringServiceServicer:
     with thresholds, observations that feed them, breaches when a threshold
     is crossed, and a live alert stream for supervisors.
     """
+
+    def CreateProgramme(self, request, context):
+        """Drafts a new version of the region's programme. With
+        default_catalogue_service set, the default indicators are defined for
+        that service (an indicator the region defined already under a default's
+        id is kept) and listed first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PublishProgramme(self, request, context):
+        """Publishes a draft version; it is never rewritten afterwards (a change is
+        a new version). Publishing it again changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetProgramme(self, request, context):
+        """Gets one version. Published versions are public (no sign-in); drafts are
+        for the region's admins and supervisors.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListProgrammes(self, request, context):
+        """Lists the region's versions, newest first: published ones publicly,
+        drafts too for the region's admins and supervisors.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
     def CreateIndicator(self, request, context):
         """Defines an indicator for the region's programme.
@@ -137,6 +191,26 @@ class SelfMonitoringServiceServicer:
 
 def add_SelfMonitoringServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'CreateProgramme': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateProgramme,
+                    request_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.CreateProgrammeRequest.FromString,
+                    response_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.Programme.SerializeToString,
+            ),
+            'PublishProgramme': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishProgramme,
+                    request_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.PublishProgrammeRequest.FromString,
+                    response_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.Programme.SerializeToString,
+            ),
+            'GetProgramme': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetProgramme,
+                    request_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.GetProgrammeRequest.FromString,
+                    response_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.Programme.SerializeToString,
+            ),
+            'ListProgrammes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListProgrammes,
+                    request_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListProgrammesRequest.FromString,
+                    response_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListProgrammesResponse.SerializeToString,
+            ),
             'CreateIndicator': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateIndicator,
                     request_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.CreateIndicatorRequest.FromString,
@@ -185,6 +259,114 @@ class SelfMonitoringService:
     with thresholds, observations that feed them, breaches when a threshold
     is crossed, and a live alert stream for supervisors.
     """
+
+    @staticmethod
+    def CreateProgramme(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kasvu.selfmonitoring.v1.SelfMonitoringService/CreateProgramme',
+            kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.CreateProgrammeRequest.SerializeToString,
+            kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.Programme.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishProgramme(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kasvu.selfmonitoring.v1.SelfMonitoringService/PublishProgramme',
+            kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.PublishProgrammeRequest.SerializeToString,
+            kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.Programme.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetProgramme(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kasvu.selfmonitoring.v1.SelfMonitoringService/GetProgramme',
+            kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.GetProgrammeRequest.SerializeToString,
+            kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.Programme.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListProgrammes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kasvu.selfmonitoring.v1.SelfMonitoringService/ListProgrammes',
+            kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListProgrammesRequest.SerializeToString,
+            kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListProgrammesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def CreateIndicator(request,

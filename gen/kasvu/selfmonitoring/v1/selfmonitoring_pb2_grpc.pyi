@@ -36,6 +36,24 @@ class SelfMonitoringServiceStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> SelfMonitoringServiceAsyncStub: ...
+    CreateProgramme: _grpc.UnaryUnaryMultiCallable[_selfmonitoring_pb2.CreateProgrammeRequest, _selfmonitoring_pb2.Programme]
+    """Drafts a new version of the region's programme. With
+    default_catalogue_service set, the default indicators are defined for
+    that service (an indicator the region defined already under a default's
+    id is kept) and listed first.
+    """
+    PublishProgramme: _grpc.UnaryUnaryMultiCallable[_selfmonitoring_pb2.PublishProgrammeRequest, _selfmonitoring_pb2.Programme]
+    """Publishes a draft version; it is never rewritten afterwards (a change is
+    a new version). Publishing it again changes nothing.
+    """
+    GetProgramme: _grpc.UnaryUnaryMultiCallable[_selfmonitoring_pb2.GetProgrammeRequest, _selfmonitoring_pb2.Programme]
+    """Gets one version. Published versions are public (no sign-in); drafts are
+    for the region's admins and supervisors.
+    """
+    ListProgrammes: _grpc.UnaryUnaryMultiCallable[_selfmonitoring_pb2.ListProgrammesRequest, _selfmonitoring_pb2.ListProgrammesResponse]
+    """Lists the region's versions, newest first: published ones publicly,
+    drafts too for the region's admins and supervisors.
+    """
     CreateIndicator: _grpc.UnaryUnaryMultiCallable[_selfmonitoring_pb2.CreateIndicatorRequest, _selfmonitoring_pb2.Indicator]
     """Defines an indicator for the region's programme."""
     GetIndicator: _grpc.UnaryUnaryMultiCallable[_selfmonitoring_pb2.GetIndicatorRequest, _selfmonitoring_pb2.Indicator]
@@ -66,6 +84,24 @@ class SelfMonitoringServiceAsyncStub(SelfMonitoringServiceStub):
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
+    CreateProgramme: _aio.UnaryUnaryMultiCallable[_selfmonitoring_pb2.CreateProgrammeRequest, _selfmonitoring_pb2.Programme]  # type: ignore[assignment]
+    """Drafts a new version of the region's programme. With
+    default_catalogue_service set, the default indicators are defined for
+    that service (an indicator the region defined already under a default's
+    id is kept) and listed first.
+    """
+    PublishProgramme: _aio.UnaryUnaryMultiCallable[_selfmonitoring_pb2.PublishProgrammeRequest, _selfmonitoring_pb2.Programme]  # type: ignore[assignment]
+    """Publishes a draft version; it is never rewritten afterwards (a change is
+    a new version). Publishing it again changes nothing.
+    """
+    GetProgramme: _aio.UnaryUnaryMultiCallable[_selfmonitoring_pb2.GetProgrammeRequest, _selfmonitoring_pb2.Programme]  # type: ignore[assignment]
+    """Gets one version. Published versions are public (no sign-in); drafts are
+    for the region's admins and supervisors.
+    """
+    ListProgrammes: _aio.UnaryUnaryMultiCallable[_selfmonitoring_pb2.ListProgrammesRequest, _selfmonitoring_pb2.ListProgrammesResponse]  # type: ignore[assignment]
+    """Lists the region's versions, newest first: published ones publicly,
+    drafts too for the region's admins and supervisors.
+    """
     CreateIndicator: _aio.UnaryUnaryMultiCallable[_selfmonitoring_pb2.CreateIndicatorRequest, _selfmonitoring_pb2.Indicator]  # type: ignore[assignment]
     """Defines an indicator for the region's programme."""
     GetIndicator: _aio.UnaryUnaryMultiCallable[_selfmonitoring_pb2.GetIndicatorRequest, _selfmonitoring_pb2.Indicator]  # type: ignore[assignment]
@@ -93,6 +129,48 @@ class SelfMonitoringServiceServicer(metaclass=_abc_1.ABCMeta):
     with thresholds, observations that feed them, breaches when a threshold
     is crossed, and a live alert stream for supervisors.
     """
+
+    @_abc_1.abstractmethod
+    def CreateProgramme(
+        self,
+        request: _selfmonitoring_pb2.CreateProgrammeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_selfmonitoring_pb2.Programme, _abc.Awaitable[_selfmonitoring_pb2.Programme]]:
+        """Drafts a new version of the region's programme. With
+        default_catalogue_service set, the default indicators are defined for
+        that service (an indicator the region defined already under a default's
+        id is kept) and listed first.
+        """
+
+    @_abc_1.abstractmethod
+    def PublishProgramme(
+        self,
+        request: _selfmonitoring_pb2.PublishProgrammeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_selfmonitoring_pb2.Programme, _abc.Awaitable[_selfmonitoring_pb2.Programme]]:
+        """Publishes a draft version; it is never rewritten afterwards (a change is
+        a new version). Publishing it again changes nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def GetProgramme(
+        self,
+        request: _selfmonitoring_pb2.GetProgrammeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_selfmonitoring_pb2.Programme, _abc.Awaitable[_selfmonitoring_pb2.Programme]]:
+        """Gets one version. Published versions are public (no sign-in); drafts are
+        for the region's admins and supervisors.
+        """
+
+    @_abc_1.abstractmethod
+    def ListProgrammes(
+        self,
+        request: _selfmonitoring_pb2.ListProgrammesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_selfmonitoring_pb2.ListProgrammesResponse, _abc.Awaitable[_selfmonitoring_pb2.ListProgrammesResponse]]:
+        """Lists the region's versions, newest first: published ones publicly,
+        drafts too for the region's admins and supervisors.
+        """
 
     @_abc_1.abstractmethod
     def CreateIndicator(
