@@ -42,7 +42,12 @@ def test_every_public_method_is_a_method_of_its_own_service():
                 pool.FindMethodByName(method)
                 is pool.FindServiceByName(service_name).methods_by_name[method_name]
             )
-    assert public_methods() == {"kasvu.registry.v1.RegistryService.ListProviders"}
+    assert public_methods() == {
+        "kasvu.registry.v1.RegistryService.ListProviders",
+        # A region's published self-monitoring programme is public.
+        "kasvu.selfmonitoring.v1.SelfMonitoringService.GetProgramme",
+        "kasvu.selfmonitoring.v1.SelfMonitoringService.ListProgrammes",
+    }
 
 
 def test_names_ports_and_streams_are_unique_and_subjects_follow_the_event_package():
