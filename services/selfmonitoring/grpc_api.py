@@ -4,7 +4,7 @@ object out as proto."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, TypeAlias
 
 import grpc
@@ -24,7 +24,7 @@ from services.runtime.protoconv import (
     to_message,
 )
 from services.selfmonitoring import handlers, model
-from services.selfmonitoring.alerts import AlertFeed
+from services.selfmonitoring.alerts import AlertFeed, AlertFilter
 
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
@@ -127,6 +127,30 @@ def programme_from_proto(
     ]
     return model.new_programme(
         region, programme.display_name, watched, policies, with_default_catalogue=with_default_catalogue
+    )
+
+
+def alert_to_proto(view: handlers.AlertView) -> selfmonitoring_pb2.Alert:
+    alert = view.alert
+    return selfmonitoring_pb2.Alert(
+        breach=breach_to_proto(view.breach),
+        name=alert.name,
+        kind=selfmonitoring_pb2.AlertKind.Value(f"ALERT_KIND_{alert.kind}"),
+        evidence=f"{alert.breach}/observations",
+        acknowledge_time=timestamp(alert.acknowledged_at) if alert.acknowledged_at else None,
+        acknowledged_by=alert.acknowledged_by,
+    )
+
+
+def observation_to_proto(observation: model.Observation) -> selfmonitoring_pb2.Observation:
+    return selfmonitoring_pb2.Observation(
+        observation_id=observation.observation_id,
+        provider=observation.provider,
+        case_key=observation.case_key,
+        started_on=proto_date(observation.started_on),
+        completed_on=proto_date(observation.completed_on),
+        source=selfmonitoring_pb2.ObservationSource.Value(f"OBSERVATION_SOURCE_{observation.source}"),
+        value=observation.value,
     )
 
 
@@ -295,8 +319,58 @@ class SelfMonitoringServicer(selfmonitoring_pb2_grpc.SelfMonitoringServiceServic
             # Initial metadata tells the caller (the gateway's SSE) the stream is live.
             await context.send_initial_metadata(())
 
-        async for alert in self._alerts.follow(region, resume_after, on_subscribed=headers_now):
+        only = AlertFilter(request.severity, request.service, request.provider)
+        async for alert in self._alerts.follow(region, resume_after, on_subscribed=headers_now, only=only):
             yield alert
+
+    async def ListAlerts(
+        self, request: selfmonitoring_pb2.ListAlertsRequest, context: Context
+    ) -> selfmonitoring_pb2.ListAlertsResponse:
+        region = model.REGION.parse(request.parent, "parent")["region"]
+        handlers.require_supervision(region, current_principal())
+        paging = page(request.page_size, request.page_token, {"parent": request.parent})
+        before = (
+            (datetime.fromisoformat(paging.after["created_at"]), paging.after["id"]) if paging.after else None
+        )
+        found: list[handlers.AlertView] = await self._dispatcher.query(
+            handlers.ListAlerts(region, before, paging.size + 1), call_context()
+        )
+        listed, more = found[: paging.size], len(found) > paging.size
+        last = (
+            {"created_at": listed[-1].alert.created_at.isoformat(), "id": listed[-1].alert.id}
+            if more
+            else None
+        )
+        return selfmonitoring_pb2.ListAlertsResponse(
+            alerts=[alert_to_proto(view) for view in listed], next_page_token=paging.next_token(last)
+        )
+
+    async def AcknowledgeAlert(
+        self, request: selfmonitoring_pb2.AcknowledgeAlertRequest, context: Context
+    ) -> selfmonitoring_pb2.Alert:
+        parts = model.ALERT.parse(request.name, "name")
+        command = handlers.AcknowledgeAlert(parts["region"], parts["alert"])
+        return alert_to_proto(await self._dispatcher.handle(command, call_context()))
+
+    async def ListBreachObservations(
+        self, request: selfmonitoring_pb2.ListBreachObservationsRequest, context: Context
+    ) -> selfmonitoring_pb2.ListBreachObservationsResponse:
+        parts = model.BREACH.parse(request.parent, "parent")
+        paging = page(request.page_size, request.page_token, {"parent": request.parent})
+        after = paging.after
+        before = (date.fromisoformat(after["day"]), after["source"], after["id"]) if after else None
+        query = handlers.ListBreachObservations(parts["region"], parts["breach"], before, paging.size + 1)
+        found: list[model.Observation] = await self._dispatcher.query(query, call_context())
+        listed, more = found[: paging.size], len(found) > paging.size
+        tail = listed[-1] if more else None
+        last = (
+            {"day": tail.completed_on.isoformat(), "source": str(tail.source), "id": tail.observation_id}
+            if tail is not None
+            else None
+        )
+        return selfmonitoring_pb2.ListBreachObservationsResponse(
+            observations=[observation_to_proto(o) for o in listed], next_page_token=paging.next_token(last)
+        )
 
 
 def observation_command(

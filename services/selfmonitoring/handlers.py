@@ -117,6 +117,35 @@ class ListProgrammes(Query):
 
 
 @dataclass(frozen=True)
+class ListAlerts(Query):
+    region: str
+    before: tuple[datetime, str] | None
+    limit: int
+
+
+@dataclass(frozen=True)
+class AcknowledgeAlert(Command):
+    region: str
+    alert_id: str
+
+
+@dataclass(frozen=True)
+class AlertView:
+    """An alert with its breach, as listed and acknowledged."""
+
+    alert: model.Alert
+    breach: model.Breach
+
+
+@dataclass(frozen=True)
+class ListBreachObservations(Query):
+    region: str
+    breach_id: str
+    before: tuple[date, str, str] | None
+    limit: int
+
+
+@dataclass(frozen=True)
 class GetIndicator(Query):
     region: str
     indicator_id: str
@@ -346,12 +375,14 @@ async def _evaluate(
                     uuid.uuid4().hex, indicator, provider, provider_stats, uow.now, as_of=uow.today
                 )
                 uow.breaches.add(breach)
+                uow.alerts.add(model.Alert(breach.region, breach.id, model.AlertKind.OPENED, uow.now))
                 opened.append(breach.name)
                 log.info("breach opened", extra={"breach": breach.name, "indicator": indicator.indicator_id})
             elif verdict is model.Verdict.RESOLVE and breach is not None:
                 await uow.breaches.update(
                     model.resolve_breach(breach, indicator.value(provider_stats), provider_stats, uow.now)
                 )
+                uow.alerts.add(model.Alert(breach.region, breach.id, model.AlertKind.RESOLVED, uow.now))
                 resolved.append(breach.name)
                 log.info(
                     "breach resolved", extra={"breach": breach.name, "indicator": indicator.indicator_id}
@@ -461,6 +492,31 @@ async def list_programmes(query: ListProgrammes, uow: SelfMonitoringUnitOfWork) 
     return await uow.programmes.page(query.region, query.before, query.limit, published_only)
 
 
+async def list_alerts(query: ListAlerts, uow: SelfMonitoringUnitOfWork) -> list[AlertView]:
+    require_supervision(query.region, uow.actor)
+    return [AlertView(a, b) for a, b in await uow.alerts.page(query.region, query.before, query.limit)]
+
+
+async def acknowledge_alert(command: AcknowledgeAlert, uow: SelfMonitoringUnitOfWork) -> AlertView:
+    actor = require_supervision(command.region, uow.actor)
+    alert = await uow.alerts.get(command.region, command.alert_id)
+    breach = await uow.breaches.get(alert.breach_id) if alert is not None else None
+    if alert is None or breach is None:
+        name = model.ALERT.format(region=command.region, alert=command.alert_id)
+        raise NotFound(f"no alert {name}", reason="ALERT_NOT_FOUND")
+    acknowledged = model.acknowledge_alert(alert, actor.subject, uow.now)
+    if acknowledged is not alert:
+        await uow.alerts.acknowledge(acknowledged)
+    return AlertView(acknowledged, breach)
+
+
+async def list_breach_observations(
+    query: ListBreachObservations, uow: SelfMonitoringUnitOfWork
+) -> list[model.Observation]:
+    breach = await get_breach(GetBreach(query.region, query.breach_id), uow)
+    return await uow.observations.behind(breach, query.before, query.limit)
+
+
 async def get_indicator(query: GetIndicator, uow: SelfMonitoringUnitOfWork) -> model.Indicator:
     indicator = await uow.indicators.get(query.region, query.indicator_id)
     if indicator is None:
@@ -488,6 +544,9 @@ HANDLERS: dict[type[Any], Any] = {
     RecordObservation: record_observation,
     RecordObservations: record_observations,
     GetIndicator: get_indicator,
+    ListAlerts: list_alerts,
+    AcknowledgeAlert: acknowledge_alert,
+    ListBreachObservations: list_breach_observations,
     CreateProgramme: create_programme,
     PublishProgramme: publish_programme,
     GetProgramme: get_programme,

@@ -834,6 +834,75 @@ def default_catalogue(region: str, service: str) -> list[tuple[Indicator, str]]:
     ]
 
 
+# --- alerts -------------------------------------------------------------------------------------
+
+ALERT = ResourcePattern("regions/{region}/alerts/{alert:key}")
+
+
+class AlertKind(StrEnum):
+    """What happened to the breach an alert is about."""
+
+    OPENED = "OPENED"
+    ESCALATED = "ESCALATED"
+    RESOLVED = "RESOLVED"
+
+
+ALERT_EVENTS: dict[str, AlertKind] = {
+    "BreachOpened": AlertKind.OPENED,
+    "BreachEscalated": AlertKind.ESCALATED,
+    "BreachResolved": AlertKind.RESOLVED,
+}
+"""The events that are alerts, by their type's short name."""
+
+
+def alert_id(breach_id: str, kind: AlertKind) -> str:
+    """A breach opens, escalates and resolves at most once each, so this names one alert."""
+    return f"{breach_id}-{kind.lower()}"
+
+
+@dataclass(frozen=True)
+class AlertAcknowledged(Event):
+    """A supervisor acknowledged an alert."""
+
+    alert: str
+    region: str
+    breach: str
+    acknowledge_time: datetime
+
+
+@dataclass(frozen=True)
+class Alert(Aggregate):
+    """A supervisor's alert (hälytys) about a breach: its opening, escalation or resolution."""
+
+    region: str
+    breach_id: str
+    kind: AlertKind
+    created_at: datetime
+    acknowledged_by: str = ""
+    acknowledged_at: datetime | None = None
+
+    @property
+    def id(self) -> str:
+        return alert_id(self.breach_id, self.kind)
+
+    @property
+    def name(self) -> str:
+        return ALERT.format(region=self.region, alert=self.id)
+
+    @property
+    def breach(self) -> str:
+        return BREACH.format(region=self.region, breach=self.breach_id)
+
+
+def acknowledge_alert(alert: Alert, who: str, now: datetime) -> Alert:
+    """Acknowledged once: acknowledging again changes nothing."""
+    if alert.acknowledged_at is not None:
+        return alert
+    acknowledged = replace(alert, acknowledged_by=who, acknowledged_at=require_aware(now))
+    acknowledged.record(AlertAcknowledged(acknowledged.name, acknowledged.region, acknowledged.breach, now))
+    return acknowledged
+
+
 EVENTS: tuple[type[Event], ...] = (
     BreachOpened,
     BreachResolved,
@@ -841,4 +910,5 @@ EVENTS: tuple[type[Event], ...] = (
     IndicatorCreated,
     ProgrammeCreated,
     ProgrammePublished,
+    AlertAcknowledged,
 )

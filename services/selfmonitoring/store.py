@@ -125,12 +125,28 @@ class ProgrammeRow(SQLModel, table=True):
     publication_date: date | None = None
 
 
+class AlertRow(SQLModel, table=True):
+    """An alert, written with the breach event it reports; the stream carries it live."""
+
+    __tablename__ = "selfmonitoring_alerts"
+    __table_args__ = (Index("ix_selfmonitoring_alerts_listing", "region", "created_at", "alert_id"),)
+
+    region: str = Field(primary_key=True, max_length=63)
+    alert_id: str = Field(primary_key=True, max_length=64)
+    breach_id: str = Field(max_length=64)
+    kind: str = Field(max_length=16)
+    created_at: datetime = utc_field()
+    acknowledged_by: str = Field(default="", max_length=200)
+    acknowledged_at: datetime | None = utc_field(default=None, nullable=True)
+
+
 SELFMONITORING_TABLES = (
     "selfmonitoring_indicators",
     "selfmonitoring_observations",
     "selfmonitoring_day_buckets",
     "selfmonitoring_breaches",
     "selfmonitoring_programmes",
+    "selfmonitoring_alerts",
 )
 
 OBSERVATIONS: Table = ObservationRow.__table__  # type: ignore[attr-defined]
@@ -289,6 +305,45 @@ class ObservationRepository:
                 for observation in observations
             ],
         )
+
+    async def behind(
+        self, breach: model.Breach, before: tuple[date, str, str] | None, limit: int
+    ) -> list[model.Observation]:
+        """The breach's evidence: its provider's observations on its indicator in its window,
+        newest first; keyset on (completed_on, source, observation_id)."""
+        table = OBSERVATIONS.c
+        query = sa_select(
+            table.observation_id,
+            table.provider,
+            table.case_key,
+            table.started_on,
+            table.completed_on,
+            table.source,
+            table.value,
+        ).where(
+            table.region == breach.region,
+            table.indicator_id == breach.indicator_id,
+            table.provider == breach.provider,
+        )
+        if breach.window_start is not None and breach.window_end is not None:
+            query = query.where(
+                table.completed_on >= breach.window_start, table.completed_on <= breach.window_end
+            )
+        if before is not None:
+            day, source, last_id = before
+            query = query.where(
+                (table.completed_on < day)
+                | ((table.completed_on == day) & (table.source < source))
+                | ((table.completed_on == day) & (table.source == source) & (table.observation_id < last_id))
+            )
+        query = query.order_by(
+            table.completed_on.desc(), table.source.desc(), table.observation_id.desc()
+        ).limit(limit)
+        rows = await self._uow.connection.execute(query)
+        return [
+            model.Observation(oid, provider, key, started, completed, model.ObservationSource(source), value)
+            for oid, provider, key, started, completed, source, value in rows
+        ]
 
 
 class DayBucketRepository:
@@ -510,6 +565,64 @@ class ProgrammeRepository:
         self._uow.track(programme, programme.name)
 
 
+def alert_from_row(row: AlertRow) -> model.Alert:
+    return model.Alert(
+        region=row.region,
+        breach_id=row.breach_id,
+        kind=model.AlertKind(row.kind),
+        created_at=row.created_at,
+        acknowledged_by=row.acknowledged_by,
+        acknowledged_at=row.acknowledged_at,
+    )
+
+
+class AlertRepository:
+    def __init__(self, session: AsyncSession, uow: UnitOfWork) -> None:
+        self._session = session
+        self._uow = uow
+
+    def add(self, alert: model.Alert) -> None:
+        self._session.add(
+            AlertRow(
+                region=alert.region,
+                alert_id=alert.id,
+                breach_id=alert.breach_id,
+                kind=str(alert.kind),
+                created_at=alert.created_at,
+            )
+        )
+
+    async def get(self, region: str, alert_id: str) -> model.Alert | None:
+        row = await self._session.get(AlertRow, (region, alert_id))
+        return alert_from_row(row) if row is not None else None
+
+    async def acknowledge(self, alert: model.Alert) -> None:
+        row = await self._session.get(AlertRow, (alert.region, alert.id))
+        assert row is not None, f"{alert.name} is stored"
+        row.acknowledged_by = alert.acknowledged_by
+        row.acknowledged_at = alert.acknowledged_at
+        self._session.add(row)
+        self._uow.track(alert, alert.name)
+
+    async def page(
+        self, region: str, before: tuple[datetime, str] | None, limit: int
+    ) -> list[tuple[model.Alert, model.Breach]]:
+        """Newest first, each with its breach; keyset on (created_at, alert_id)."""
+        query = (
+            select(AlertRow, BreachRow)
+            .join(BreachRow, col(BreachRow.id) == col(AlertRow.breach_id))
+            .where(AlertRow.region == region)
+        )
+        if before is not None:
+            created_at, last_id = before
+            query = query.where(
+                (col(AlertRow.created_at) < created_at)
+                | ((col(AlertRow.created_at) == created_at) & (col(AlertRow.alert_id) < last_id))
+            )
+        query = query.order_by(col(AlertRow.created_at).desc(), col(AlertRow.alert_id).desc()).limit(limit)
+        return [(alert_from_row(a), breach_from_row(b)) for a, b in (await self._session.exec(query)).all()]
+
+
 class SelfMonitoringUnitOfWork(UnitOfWork):
     """Self-monitoring's unit of work: indicators, observations and breaches."""
 
@@ -518,6 +631,7 @@ class SelfMonitoringUnitOfWork(UnitOfWork):
     buckets: DayBucketRepository
     breaches: BreachRepository
     programmes: ProgrammeRepository
+    alerts: AlertRepository
 
     async def bind(self, session: AsyncSession) -> None:
         await super().bind(session)
@@ -526,6 +640,7 @@ class SelfMonitoringUnitOfWork(UnitOfWork):
         self.buckets = DayBucketRepository(self)
         self.breaches = BreachRepository(session, self)
         self.programmes = ProgrammeRepository(session, self)
+        self.alerts = AlertRepository(session, self)
 
 
 def unit_of_work_factory() -> Callable[[Context, datetime, bool], SelfMonitoringUnitOfWork]:

@@ -922,6 +922,70 @@ async def test_versions_number_up_and_the_public_list_shows_only_published_ones(
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
+# -- alerts: listed, acknowledged, linked to their evidence ------------------------------------
+
+
+async def test_a_supervisor_lists_and_acknowledges_alerts_each_linking_to_its_breach_and_evidence(
+    stub, tokens, sm_db, clock
+):
+    await create(stub, tokens, indicator(minimum_sample=2, minimum_share=0.5))
+    provider = business_ids()()
+    for index in range(2):
+        opened = await record(stub, tokens, observation(f"late{index}", provider, clock.day, 30))
+    for index in range(2):
+        await record(stub, tokens, observation(f"ok{index}", provider, clock.day, 1))
+    supervisor = tokens.supervisor(REGION)
+
+    listed = await stub.ListAlerts(
+        selfmonitoring_pb2.ListAlertsRequest(parent=f"regions/{REGION}"), metadata=supervisor
+    )
+    assert [(a.kind, a.breach.name) for a in listed.alerts] == [
+        (selfmonitoring_pb2.ALERT_KIND_RESOLVED, opened.breach),
+        (selfmonitoring_pb2.ALERT_KIND_OPENED, opened.breach),
+    ]
+    first = listed.alerts[1]
+    assert first.evidence == f"{opened.breach}/observations"
+    assert not first.HasField("acknowledge_time")
+
+    acknowledged = await stub.AcknowledgeAlert(
+        selfmonitoring_pb2.AcknowledgeAlertRequest(name=first.name), metadata=supervisor
+    )
+    again = await stub.AcknowledgeAlert(
+        selfmonitoring_pb2.AcknowledgeAlertRequest(name=first.name), metadata=supervisor
+    )
+    assert acknowledged.HasField("acknowledge_time")
+    assert acknowledged.acknowledged_by
+    assert again == acknowledged
+    assert (await outbox_counts(sm_db))["kasvu.selfmonitoring.v1.AlertAcknowledged"] == 1
+
+    evidence = await stub.ListBreachObservations(
+        selfmonitoring_pb2.ListBreachObservationsRequest(parent=opened.breach, page_size=3),
+        metadata=supervisor,
+    )
+    rest = await stub.ListBreachObservations(
+        selfmonitoring_pb2.ListBreachObservationsRequest(
+            parent=opened.breach, page_size=3, page_token=evidence.next_page_token
+        ),
+        metadata=supervisor,
+    )
+    ids = [o.observation_id for o in [*evidence.observations, *rest.observations]]
+    assert sorted(ids) == ["late0", "late1", "ok0", "ok1"]
+    assert all(o.source == REGION_CASE_DATA for o in evidence.observations)
+
+    for metadata in (tokens.supervisor(OTHER_REGION), tokens.provider(provider)):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.AcknowledgeAlert(
+                selfmonitoring_pb2.AcknowledgeAlertRequest(name=first.name), metadata=metadata
+            )
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.AcknowledgeAlert(
+            selfmonitoring_pb2.AcknowledgeAlertRequest(name=f"regions/{REGION}/alerts/nothing-opened"),
+            metadata=supervisor,
+        )
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
 # -- the alert stream (SQLite and a real nats-server) ---------------------------------------
 
 
@@ -1005,6 +1069,58 @@ async def test_a_supervisor_stream_receives_new_breaches_and_resumes_after_a_seq
             # The alert already seen is not delivered again: the next one is the later breach.
             assert following.breach.name == later.breach
             assert following.sequence == alert.sequence + 1
+    finally:
+        stop.set()
+        await relay_task
+        await write_path.close()
+        await nc.close()
+        await db.dispose()
+
+
+async def test_a_filtered_stream_sees_only_its_provider_and_severity_and_resolutions_too(
+    tmp_path, tokens, nats_server
+):
+    url = f"sqlite+aiosqlite:///{tmp_path / 'selfmonitoring.db'}"
+    await upgrade_async(url, bootstrap.MIGRATIONS)
+    db = Database(url)
+    nc = await connect(nats_server.url, "selfmonitoring-test")
+    js = nc.jetstream()
+    await declare_stream(js, STREAM, replicas=1)
+    write_path = write_path_for(db)
+    worker = Worker(write_path, service="selfmonitoring", jobs=[OutboxRelay(db, write_path, js)], poll_s=0.2)
+    stop = asyncio.Event()
+    relay_task = asyncio.create_task(worker.run(stop))
+    next_id = business_ids()
+    watched, other = next_id(), next_id()
+    try:
+        async with self_monitoring(
+            db, tokens, alerts=AlertFeed(lambda: js), after_commit=worker.wake
+        ) as stub:
+            await create(stub, tokens, indicator(minimum_sample=1, minimum_share=0.5))
+            live = stub.StreamAlerts(
+                selfmonitoring_pb2.StreamAlertsRequest(
+                    parent=f"regions/{REGION}", provider=watched, severity=selfmonitoring_pb2.SEVERITY_SERIOUS
+                ),
+                metadata=tokens.supervisor(REGION),
+            )
+            await _wait_until_subscribed(js)
+            await record(stub, tokens, observation("x0", other, finnish_today(), 30))
+            opened = await record(stub, tokens, observation("w0", watched, finnish_today(), 30))
+            for index in range(2):
+                await record(stub, tokens, observation(f"w-ok{index}", watched, finnish_today(), 1))
+
+            first, second = await _next_alert(live), await _next_alert(live)
+            live.cancel()
+
+            assert [(a.kind, a.breach.name) for a in (first, second)] == [
+                (selfmonitoring_pb2.ALERT_KIND_OPENED, opened.breach),
+                (selfmonitoring_pb2.ALERT_KIND_RESOLVED, opened.breach),
+            ]
+            assert second.breach.state == selfmonitoring_pb2.BREACH_STATE_RESOLVED
+            assert second.breach.value == pytest.approx(0.5)  # back at the threshold: no hysteresis set
+            assert first.breach.value == pytest.approx(0.0)
+            assert second.sequence > first.sequence
+            assert first.evidence == f"{opened.breach}/observations"
     finally:
         stop.set()
         await relay_task

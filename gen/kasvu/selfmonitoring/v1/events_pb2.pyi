@@ -252,3 +252,39 @@ class ProgrammePublished(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ProgrammePublished: _TypeAlias = ProgrammePublished  # noqa: Y015
+
+@_typing.final
+class AlertAcknowledged(_message.Message):
+    """A supervisor acknowledged an alert."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALERT_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    BREACH_FIELD_NUMBER: _builtins.int
+    ACKNOWLEDGE_TIME_FIELD_NUMBER: _builtins.int
+    alert: _builtins.str
+    """regions/{region}/alerts/{alert}"""
+    region: _builtins.str
+    """The region."""
+    breach: _builtins.str
+    """The breach it is about."""
+    @_builtins.property
+    def acknowledge_time(self) -> _timestamp_pb2.Timestamp:
+        """When."""
+
+    def __init__(
+        self,
+        *,
+        alert: _builtins.str = ...,
+        region: _builtins.str = ...,
+        breach: _builtins.str = ...,
+        acknowledge_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["acknowledge_time", b"acknowledge_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledge_time", b"acknowledge_time", "alert", b"alert", "breach", b"breach", "region", b"region"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AlertAcknowledged: _TypeAlias = AlertAcknowledged  # noqa: Y015

@@ -153,6 +153,34 @@ BREACH_STATE_RESOLVED: BreachState.ValueType  # 2
 """Resolved: the value came back past the recovery threshold."""
 Global___BreachState: _TypeAlias = BreachState  # noqa: Y015
 
+class _AlertKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AlertKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AlertKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ALERT_KIND_UNSPECIFIED: _AlertKind.ValueType  # 0
+    """Not set."""
+    ALERT_KIND_OPENED: _AlertKind.ValueType  # 1
+    """The breach opened."""
+    ALERT_KIND_ESCALATED: _AlertKind.ValueType  # 2
+    """The breach was escalated to a suspension request."""
+    ALERT_KIND_RESOLVED: _AlertKind.ValueType  # 3
+    """The breach resolved."""
+
+class AlertKind(_AlertKind, metaclass=_AlertKindEnumTypeWrapper):
+    """What happened to the breach an alert is about."""
+
+ALERT_KIND_UNSPECIFIED: AlertKind.ValueType  # 0
+"""Not set."""
+ALERT_KIND_OPENED: AlertKind.ValueType  # 1
+"""The breach opened."""
+ALERT_KIND_ESCALATED: AlertKind.ValueType  # 2
+"""The breach was escalated to a suspension request."""
+ALERT_KIND_RESOLVED: AlertKind.ValueType  # 3
+"""The breach resolved."""
+Global___AlertKind: _TypeAlias = AlertKind  # noqa: Y015
+
 class _ProgrammeState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -797,21 +825,33 @@ class StreamAlertsRequest(_message.Message):
 
     PARENT_FIELD_NUMBER: _builtins.int
     RESUME_AFTER_FIELD_NUMBER: _builtins.int
+    SEVERITY_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     """regions/{region}"""
     resume_after: _builtins.int
     """Resume after this alert's sequence (0: from the first alert kept);
     unset streams from now on. The gateway sets it from Last-Event-ID.
     """
+    severity: Global___Severity.ValueType
+    """Only alerts of this severity (unset: all)."""
+    service: _builtins.str
+    """Only alerts about this service (empty: all)."""
+    provider: _builtins.str
+    """Only alerts about this provider's business ID (empty: all)."""
     def __init__(
         self,
         *,
         parent: _builtins.str = ...,
         resume_after: _builtins.int | None = ...,
+        severity: Global___Severity.ValueType = ...,
+        service: _builtins.str = ...,
+        provider: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_resume_after", b"_resume_after", "resume_after", b"resume_after"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_resume_after", b"_resume_after", "parent", b"parent", "resume_after", b"resume_after"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_resume_after", b"_resume_after", "parent", b"parent", "provider", b"provider", "resume_after", b"resume_after", "service", b"service", "severity", b"severity"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__resume_after: _TypeAlias = _typing.Literal["resume_after"]  # noqa: Y015
     _WhichOneofArgType__resume_after: _TypeAlias = _typing.Literal["_resume_after", b"_resume_after"]  # noqa: Y015
@@ -827,25 +867,187 @@ class Alert(_message.Message):
 
     SEQUENCE_FIELD_NUMBER: _builtins.int
     BREACH_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    EVIDENCE_FIELD_NUMBER: _builtins.int
+    ACKNOWLEDGE_TIME_FIELD_NUMBER: _builtins.int
+    ACKNOWLEDGED_BY_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
-    """Position in the alert stream; pass it back as resume_after."""
+    """Position in the alert stream; pass it back as resume_after (0 in
+    ListAlerts).
+    """
+    name: _builtins.str
+    """regions/{region}/alerts/{alert}"""
+    kind: Global___AlertKind.ValueType
+    """What happened to the breach."""
+    evidence: _builtins.str
+    """The evidence: regions/{region}/breaches/{breach}/observations."""
+    acknowledged_by: _builtins.str
+    """Who acknowledged it (the supervisor's subject)."""
     @_builtins.property
     def breach(self) -> Global___Breach:
-        """The breach behind the alert."""
+        """The breach behind the alert, with its value, threshold and window."""
+
+    @_builtins.property
+    def acknowledge_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was acknowledged; unset until then."""
 
     def __init__(
         self,
         *,
         sequence: _builtins.int = ...,
         breach: Global___Breach | None = ...,
+        name: _builtins.str = ...,
+        kind: Global___AlertKind.ValueType = ...,
+        evidence: _builtins.str = ...,
+        acknowledge_time: _timestamp_pb2.Timestamp | None = ...,
+        acknowledged_by: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["breach", b"breach"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["acknowledge_time", b"acknowledge_time", "breach", b"breach"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["breach", b"breach", "sequence", b"sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledge_time", b"acknowledge_time", "acknowledged_by", b"acknowledged_by", "breach", b"breach", "evidence", b"evidence", "kind", b"kind", "name", b"name", "sequence", b"sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Alert: _TypeAlias = Alert  # noqa: Y015
+
+@_typing.final
+class ListAlertsRequest(_message.Message):
+    """Request for ListAlerts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """regions/{region}"""
+    page_size: _builtins.int
+    """At most this many (default 50, at most 500)."""
+    page_token: _builtins.str
+    """From a previous response's next_page_token."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAlertsRequest: _TypeAlias = ListAlertsRequest  # noqa: Y015
+
+@_typing.final
+class ListAlertsResponse(_message.Message):
+    """Response for ListAlerts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALERTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty when this is the last page."""
+    @_builtins.property
+    def alerts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Alert]:
+        """The page."""
+
+    def __init__(
+        self,
+        *,
+        alerts: _abc.Iterable[Global___Alert] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alerts", b"alerts", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAlertsResponse: _TypeAlias = ListAlertsResponse  # noqa: Y015
+
+@_typing.final
+class AcknowledgeAlertRequest(_message.Message):
+    """Request for AcknowledgeAlert."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """regions/{region}/alerts/{alert}"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AcknowledgeAlertRequest: _TypeAlias = AcknowledgeAlertRequest  # noqa: Y015
+
+@_typing.final
+class ListBreachObservationsRequest(_message.Message):
+    """Request for ListBreachObservations."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """regions/{region}/breaches/{breach}"""
+    page_size: _builtins.int
+    """At most this many (default 50, at most 500)."""
+    page_token: _builtins.str
+    """From a previous response's next_page_token."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBreachObservationsRequest: _TypeAlias = ListBreachObservationsRequest  # noqa: Y015
+
+@_typing.final
+class ListBreachObservationsResponse(_message.Message):
+    """Response for ListBreachObservations."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OBSERVATIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty when this is the last page."""
+    @_builtins.property
+    def observations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Observation]:
+        """The page, newest first."""
+
+    def __init__(
+        self,
+        *,
+        observations: _abc.Iterable[Global___Observation] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "observations", b"observations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBreachObservationsResponse: _TypeAlias = ListBreachObservationsResponse  # noqa: Y015
 
 @_typing.final
 class SeverityPolicy(_message.Message):

@@ -92,6 +92,21 @@ class SelfMonitoringServiceStub:
                 request_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.StreamAlertsRequest.SerializeToString,
                 response_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.Alert.FromString,
                 _registered_method=True)
+        self.ListAlerts = channel.unary_unary(
+                '/kasvu.selfmonitoring.v1.SelfMonitoringService/ListAlerts',
+                request_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListAlertsRequest.SerializeToString,
+                response_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListAlertsResponse.FromString,
+                _registered_method=True)
+        self.AcknowledgeAlert = channel.unary_unary(
+                '/kasvu.selfmonitoring.v1.SelfMonitoringService/AcknowledgeAlert',
+                request_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.AcknowledgeAlertRequest.SerializeToString,
+                response_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.Alert.FromString,
+                _registered_method=True)
+        self.ListBreachObservations = channel.unary_unary(
+                '/kasvu.selfmonitoring.v1.SelfMonitoringService/ListBreachObservations',
+                request_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListBreachObservationsRequest.SerializeToString,
+                response_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListBreachObservationsResponse.FromString,
+                _registered_method=True)
 
 
 class SelfMonitoringServiceServicer:
@@ -182,7 +197,32 @@ class SelfMonitoringServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def StreamAlerts(self, request, context):
-        """Streams the region's quality alerts live, resuming after a sequence.
+        """Streams the region's quality alerts live (breaches opened, escalated and
+        resolved), filtered by severity, service and provider, resuming after a
+        sequence without gaps or repeats.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAlerts(self, request, context):
+        """Lists the region's alerts, newest first, with their acknowledgements.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AcknowledgeAlert(self, request, context):
+        """Acknowledges an alert: a supervisor has seen it. Acknowledging it again
+        changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListBreachObservations(self, request, context):
+        """Lists the observations behind a breach: those of its provider on its
+        indicator in its window, the evidence an alert links to.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -245,6 +285,21 @@ def add_SelfMonitoringServiceServicer_to_server(servicer, server):
                     servicer.StreamAlerts,
                     request_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.StreamAlertsRequest.FromString,
                     response_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.Alert.SerializeToString,
+            ),
+            'ListAlerts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAlerts,
+                    request_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListAlertsRequest.FromString,
+                    response_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListAlertsResponse.SerializeToString,
+            ),
+            'AcknowledgeAlert': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcknowledgeAlert,
+                    request_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.AcknowledgeAlertRequest.FromString,
+                    response_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.Alert.SerializeToString,
+            ),
+            'ListBreachObservations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBreachObservations,
+                    request_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListBreachObservationsRequest.FromString,
+                    response_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListBreachObservationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -547,6 +602,87 @@ class SelfMonitoringService:
             '/kasvu.selfmonitoring.v1.SelfMonitoringService/StreamAlerts',
             kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.StreamAlertsRequest.SerializeToString,
             kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.Alert.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAlerts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kasvu.selfmonitoring.v1.SelfMonitoringService/ListAlerts',
+            kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListAlertsRequest.SerializeToString,
+            kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListAlertsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcknowledgeAlert(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kasvu.selfmonitoring.v1.SelfMonitoringService/AcknowledgeAlert',
+            kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.AcknowledgeAlertRequest.SerializeToString,
+            kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.Alert.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBreachObservations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kasvu.selfmonitoring.v1.SelfMonitoringService/ListBreachObservations',
+            kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListBreachObservationsRequest.SerializeToString,
+            kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListBreachObservationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

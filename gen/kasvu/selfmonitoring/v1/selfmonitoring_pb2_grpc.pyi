@@ -74,7 +74,20 @@ class SelfMonitoringServiceStub:
     ListBreaches: _grpc.UnaryUnaryMultiCallable[_selfmonitoring_pb2.ListBreachesRequest, _selfmonitoring_pb2.ListBreachesResponse]
     """Lists the region's breaches, newest first."""
     StreamAlerts: _grpc.UnaryStreamMultiCallable[_selfmonitoring_pb2.StreamAlertsRequest, _selfmonitoring_pb2.Alert]
-    """Streams the region's quality alerts live, resuming after a sequence."""
+    """Streams the region's quality alerts live (breaches opened, escalated and
+    resolved), filtered by severity, service and provider, resuming after a
+    sequence without gaps or repeats.
+    """
+    ListAlerts: _grpc.UnaryUnaryMultiCallable[_selfmonitoring_pb2.ListAlertsRequest, _selfmonitoring_pb2.ListAlertsResponse]
+    """Lists the region's alerts, newest first, with their acknowledgements."""
+    AcknowledgeAlert: _grpc.UnaryUnaryMultiCallable[_selfmonitoring_pb2.AcknowledgeAlertRequest, _selfmonitoring_pb2.Alert]
+    """Acknowledges an alert: a supervisor has seen it. Acknowledging it again
+    changes nothing.
+    """
+    ListBreachObservations: _grpc.UnaryUnaryMultiCallable[_selfmonitoring_pb2.ListBreachObservationsRequest, _selfmonitoring_pb2.ListBreachObservationsResponse]
+    """Lists the observations behind a breach: those of its provider on its
+    indicator in its window, the evidence an alert links to.
+    """
 
 @_typing.type_check_only
 class SelfMonitoringServiceAsyncStub(SelfMonitoringServiceStub):
@@ -122,7 +135,20 @@ class SelfMonitoringServiceAsyncStub(SelfMonitoringServiceStub):
     ListBreaches: _aio.UnaryUnaryMultiCallable[_selfmonitoring_pb2.ListBreachesRequest, _selfmonitoring_pb2.ListBreachesResponse]  # type: ignore[assignment]
     """Lists the region's breaches, newest first."""
     StreamAlerts: _aio.UnaryStreamMultiCallable[_selfmonitoring_pb2.StreamAlertsRequest, _selfmonitoring_pb2.Alert]  # type: ignore[assignment]
-    """Streams the region's quality alerts live, resuming after a sequence."""
+    """Streams the region's quality alerts live (breaches opened, escalated and
+    resolved), filtered by severity, service and provider, resuming after a
+    sequence without gaps or repeats.
+    """
+    ListAlerts: _aio.UnaryUnaryMultiCallable[_selfmonitoring_pb2.ListAlertsRequest, _selfmonitoring_pb2.ListAlertsResponse]  # type: ignore[assignment]
+    """Lists the region's alerts, newest first, with their acknowledgements."""
+    AcknowledgeAlert: _aio.UnaryUnaryMultiCallable[_selfmonitoring_pb2.AcknowledgeAlertRequest, _selfmonitoring_pb2.Alert]  # type: ignore[assignment]
+    """Acknowledges an alert: a supervisor has seen it. Acknowledging it again
+    changes nothing.
+    """
+    ListBreachObservations: _aio.UnaryUnaryMultiCallable[_selfmonitoring_pb2.ListBreachObservationsRequest, _selfmonitoring_pb2.ListBreachObservationsResponse]  # type: ignore[assignment]
+    """Lists the observations behind a breach: those of its provider on its
+    indicator in its window, the evidence an alert links to.
+    """
 
 class SelfMonitoringServiceServicer(metaclass=_abc_1.ABCMeta):
     """A region's self-monitoring programme ("omavalvontaohjelma"): indicators
@@ -233,6 +259,37 @@ class SelfMonitoringServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _selfmonitoring_pb2.StreamAlertsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_selfmonitoring_pb2.Alert], _abc.AsyncIterator[_selfmonitoring_pb2.Alert]]:
-        """Streams the region's quality alerts live, resuming after a sequence."""
+        """Streams the region's quality alerts live (breaches opened, escalated and
+        resolved), filtered by severity, service and provider, resuming after a
+        sequence without gaps or repeats.
+        """
+
+    @_abc_1.abstractmethod
+    def ListAlerts(
+        self,
+        request: _selfmonitoring_pb2.ListAlertsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_selfmonitoring_pb2.ListAlertsResponse, _abc.Awaitable[_selfmonitoring_pb2.ListAlertsResponse]]:
+        """Lists the region's alerts, newest first, with their acknowledgements."""
+
+    @_abc_1.abstractmethod
+    def AcknowledgeAlert(
+        self,
+        request: _selfmonitoring_pb2.AcknowledgeAlertRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_selfmonitoring_pb2.Alert, _abc.Awaitable[_selfmonitoring_pb2.Alert]]:
+        """Acknowledges an alert: a supervisor has seen it. Acknowledging it again
+        changes nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def ListBreachObservations(
+        self,
+        request: _selfmonitoring_pb2.ListBreachObservationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_selfmonitoring_pb2.ListBreachObservationsResponse, _abc.Awaitable[_selfmonitoring_pb2.ListBreachObservationsResponse]]:
+        """Lists the observations behind a breach: those of its provider on its
+        indicator in its window, the evidence an alert links to.
+        """
 
 def add_SelfMonitoringServiceServicer_to_server(servicer: SelfMonitoringServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
