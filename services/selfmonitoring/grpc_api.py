@@ -19,7 +19,6 @@ from services.runtime.protoconv import (
     enum_from_proto,
     optional_date,
     proto_date,
-    required_date,
     timestamp,
     to_message,
 )
@@ -378,7 +377,7 @@ def observation_command(
 ) -> handlers.RecordObservation:
     parts = model.INDICATOR.parse(request.parent, "parent")
     observation = request.observation
-    completed_on = required_date(observation.completed_on, "observation.completed_on")
+    completed_on = optional_date(observation.completed_on, "observation.completed_on")
     source = (
         enum_from_proto(model.ObservationSource, observation.source, _SOURCE, "observation.source")
         if observation.source

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass, replace
-from datetime import date, datetime
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime, time
 from typing import TYPE_CHECKING, Any
 
 from services.runtime import access
 from services.runtime.auth import Principal
+from services.runtime.clock import FINLAND
 from services.runtime.domain import Command, Query, validate_business_id
 from services.runtime.errors import (
     AlreadyExists,
@@ -44,7 +45,8 @@ class RecordObservation(Command):
     case_key: str
     started_on: date | None
     """None: the day it was completed or observed (refused for a share within a deadline)."""
-    completed_on: date
+    completed_on: date | None
+    """None: a pending case (a share within a deadline), counted late once its deadline passes."""
     source: model.ObservationSource | None = None
     """None: the caller's own source (a region admin's case data, a provider's report)."""
     value: float | None = None
@@ -58,6 +60,20 @@ class RecordObservations(Command):
     items: tuple[RecordObservation, ...]
     first_index: int = 0
     """The stream position of items[0], so rejections name the record's place in the stream."""
+
+
+@dataclass(frozen=True)
+class SweepDeadlines(Command):
+    """Set as a timer for each deadline a pending case has; counts the overdue ones late."""
+
+    region: str
+    indicator_id: str
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    overdue: int
+    opened_breaches: list[str]
 
 
 @dataclass(frozen=True)
@@ -234,12 +250,19 @@ def _source_of(item: RecordObservation, actor: Principal | None) -> model.Observ
 
 @dataclass
 class _Batch:
-    """A batch's accepted observations, grouped by indicator, with the day buckets they add."""
+    """A batch's accepted observations and pending cases, grouped by indicator."""
 
     indicators: dict[tuple[str, str], model.Indicator]
     accepted: dict[tuple[str, str], list[model.Observation]]
     rejected: list[RejectedObservation]
+    pending: dict[tuple[str, str], list[model.PendingCase]] = field(default_factory=dict)
+    completing: dict[tuple[str, str], list[model.PendingCase]] = field(default_factory=dict)
+    """Pending cases the batch completes, by indicator."""
     duplicates: int = 0
+
+    @property
+    def recorded(self) -> int:
+        return sum(len(o) for o in self.accepted.values()) + sum(len(p) for p in self.pending.values())
 
 
 async def _indicator(
@@ -255,33 +278,59 @@ async def _indicator(
     return batch.indicators[key]
 
 
+@dataclass(frozen=True)
+class _Candidate:
+    index: int
+    indicator: model.Indicator
+    observation: model.Observation
+    pending: bool
+
+
+def _pending_problem(item: RecordObservation, indicator: model.Indicator) -> None:
+    """A case without completed_on is pending: only a share within a deadline has one."""
+    if indicator.kind is not model.MetricKind.SHARE_WITHIN_DEADLINE:
+        problem = f"is required for a {indicator.kind} indicator"
+        raise InvalidArgument(
+            f"observation.completed_on {problem}", [FieldViolation("observation.completed_on", problem)]
+        )
+    if item.started_on is None:
+        problem = "is required for a pending case"
+        raise InvalidArgument(
+            f"observation.started_on {problem}", [FieldViolation("observation.started_on", problem)]
+        )
+
+
 async def _accept(
     items: tuple[RecordObservation, ...], first_index: int, uow: SelfMonitoringUnitOfWork, strict: bool
 ) -> _Batch:
     """Validate and authorise each record; a bad one is rejected (raised when strict)."""
     batch = _Batch({}, {}, [])
-    candidates: list[tuple[int, model.Indicator, model.Observation]] = []
+    candidates: list[_Candidate] = []
     for offset, item in enumerate(items):
         try:
             source = _source_of(replace(item, provider=_canonical(item.provider)), uow.actor)
+            day = item.completed_on or item.started_on or uow.today
             observation = model.new_observation(
                 item.observation_id,
                 item.provider,
                 item.case_key,
-                item.started_on or item.completed_on,
-                item.completed_on,
+                item.started_on or day,
+                day,
                 today=uow.today,
                 source=source,
                 value=item.value,
             )
             indicator = await _indicator(batch, uow, item.region, item.indicator_id)
-            indicator.check(observation, started=item.started_on is not None)
+            if item.completed_on is None:
+                _pending_problem(item, indicator)
+            else:
+                indicator.check(observation, started=item.started_on is not None)
         except DomainError as error:
             if strict:
                 raise
             batch.rejected.append(_rejection(first_index + offset, item.observation_id, error))
             continue
-        candidates.append((first_index + offset, indicator, observation))
+        candidates.append(_Candidate(first_index + offset, indicator, observation, item.completed_on is None))
     await _drop_repeats(batch, candidates, uow, strict)
     return batch
 
@@ -293,117 +342,172 @@ def _rejection(index: int, observation_id: str, error: DomainError) -> RejectedO
     )
 
 
-async def _drop_repeats(
-    batch: _Batch,
-    candidates: list[tuple[int, model.Indicator, model.Observation]],
-    uow: SelfMonitoringUnitOfWork,
-    strict: bool,
-) -> None:
-    """Keep new observations; a repeat with the same content is a duplicate, one with other
-    content under the same (source, id) is refused naming the fields that differ."""
+_Key = tuple[str, str, model.ObservationSource, str]
+
+
+async def _stored(
+    candidates: list[_Candidate], uow: SelfMonitoringUnitOfWork
+) -> tuple[dict[_Key, model.Observation], dict[_Key, model.PendingCase]]:
+    """The observations and pending cases stored under the candidates' ids: two selects per
+    indicator and source, whatever the batch's size."""
     wanted: dict[tuple[str, str, model.ObservationSource], set[str]] = {}
-    for _, indicator, observation in candidates:
-        key = (indicator.region, indicator.indicator_id, observation.source)
-        wanted.setdefault(key, set()).add(observation.observation_id)
-    stored: dict[tuple[str, str, model.ObservationSource, str], model.Observation] = {}
+    for candidate in candidates:
+        indicator, observation = candidate.indicator, candidate.observation
+        wanted.setdefault((indicator.region, indicator.indicator_id, observation.source), set()).add(
+            observation.observation_id
+        )
+    stored: dict[_Key, model.Observation] = {}
+    pending: dict[_Key, model.PendingCase] = {}
     for (region, indicator_id, source), ids in wanted.items():
         for found in await uow.observations.existing(region, indicator_id, source, sorted(ids)):
             stored[(region, indicator_id, source, found.observation_id)] = found
-    for index, indicator, observation in candidates:
-        stored_key = (
-            indicator.region,
-            indicator.indicator_id,
-            observation.source,
-            observation.observation_id,
-        )
-        earlier = stored.get(stored_key)
-        if earlier is None:
-            stored[stored_key] = observation
-            batch.accepted.setdefault((indicator.region, indicator.indicator_id), []).append(observation)
-            continue
-        differing = observation.differs_from(earlier)
-        if not differing:
+        for case in await uow.pending.existing(region, indicator_id, source, sorted(ids)):
+            pending[(region, indicator_id, source, case.observation.observation_id)] = case
+    return stored, pending
+
+
+async def _drop_repeats(
+    batch: _Batch, candidates: list[_Candidate], uow: SelfMonitoringUnitOfWork, strict: bool
+) -> None:
+    """Keep new observations; a repeat with the same content is a duplicate, one with other
+    content under the same (source, id) is refused naming the fields that differ. A completed
+    case completes the pending case of its id."""
+    stored, pending = await _stored(candidates, uow)
+    for candidate in candidates:
+        indicator, observation = candidate.indicator, candidate.observation
+        key = (indicator.region, indicator.indicator_id, observation.source, observation.observation_id)
+        group = (indicator.region, indicator.indicator_id)
+        earlier, waiting = stored.get(key), pending.get(key)
+        if earlier is not None:
+            differing = observation.differs_from(earlier, as_pending=candidate.pending)
+        elif waiting is not None:
+            differing = observation.differs_from(waiting.observation, as_pending=True)
+        else:
+            differing = []
+        if differing:
+            error = AlreadyExists(
+                f"observation {observation.observation_id} from {observation.source} was recorded "
+                f"with other content ({', '.join(differing)})",
+                [
+                    FieldViolation(path, "differs from the observation recorded under this id")
+                    for path in differing
+                ],
+                reason="OBSERVATION_CONFLICT",
+            )
+            if strict:
+                raise error
+            batch.rejected.append(_rejection(candidate.index, observation.observation_id, error))
+        elif earlier is not None or (waiting is not None and candidate.pending):
             batch.duplicates += 1
-            continue
-        error = AlreadyExists(
-            f"observation {observation.observation_id} from {observation.source} was recorded "
-            f"with other content ({', '.join(differing)})",
-            [
-                FieldViolation(path, "differs from the observation recorded under this id")
-                for path in differing
-            ],
-            reason="OBSERVATION_CONFLICT",
-        )
-        if strict:
-            raise error
-        batch.rejected.append(_rejection(index, observation.observation_id, error))
+        elif candidate.pending:
+            case = model.pending_case(indicator, observation)
+            pending[key] = case
+            batch.pending.setdefault(group, []).append(case)
+        else:
+            stored[key] = observation
+            batch.accepted.setdefault(group, []).append(observation)
+            if waiting is not None:
+                batch.completing.setdefault(group, []).append(waiting)
 
 
-async def _evaluate(
-    batch: _Batch, uow: SelfMonitoringUnitOfWork
-) -> tuple[
-    dict[tuple[str, str, str], model.WindowStats],
-    dict[tuple[str, str, str], model.Breach | None],
-    list[str],
-    list[str],
-]:
-    """Store the batch, add it to the day buckets once, and evaluate each provider it touched."""
-    values: dict[tuple[str, str, str], model.WindowStats] = {}
-    breaches: dict[tuple[str, str, str], model.Breach | None] = {}
-    opened: list[str] = []
-    resolved: list[str] = []
+def _deadline_passes(case: model.PendingCase) -> datetime:
+    """The start of the first Finnish day past the case's deadline."""
+    return datetime.combine(case.overdue_day, time(0), tzinfo=FINLAND)
+
+
+async def _store(batch: _Batch, uow: SelfMonitoringUnitOfWork) -> None:
+    """Insert the batch's observations and add them to the day buckets, once per bucket; keep its
+    pending cases, each deadline with a sweep timer."""
+    for key, cases in batch.pending.items():
+        indicator = batch.indicators[key]
+        for case in cases:
+            uow.pending.add(indicator, case)
+            uow.timers.set(
+                f"selfmonitoring/deadline/{indicator.region}/{indicator.indicator_id}/{case.due_on}",
+                _deadline_passes(case),
+                SweepDeadlines(indicator.region, indicator.indicator_id),
+            )
     for key, observations in batch.accepted.items():
         indicator = batch.indicators[key]
         await uow.observations.insert(indicator, observations, uow.now)
+        # A case the sweep counted late already is stored, not counted again.
+        counted = {
+            (c.observation.source, c.observation.observation_id)
+            for c in batch.completing.get(key, [])
+            if c.counted_on is not None
+        }
+        for case in batch.completing.get(key, []):
+            await uow.pending.completed(indicator, case)
         buckets: dict[tuple[str, date], model.DayBucket] = {}
         for observation in observations:
+            if (observation.source, observation.observation_id) in counted:
+                continue
             day = (observation.provider, observation.completed_on)
             buckets[day] = buckets.get(day, model.DayBucket()).add(indicator, observation)
         await uow.buckets.add(indicator, buckets)
+
+
+@dataclass
+class _Evaluated:
+    values: dict[str, model.WindowStats] = field(default_factory=dict)
+    breaches: dict[str, model.Breach | None] = field(default_factory=dict)
+    opened: list[str] = field(default_factory=list)
+    resolved: list[str] = field(default_factory=list)
+
+
+async def _evaluate_providers(
+    indicator: model.Indicator, providers: list[str], uow: SelfMonitoringUnitOfWork
+) -> _Evaluated:
+    """Evaluate each provider's window: open a breach, resolve one, or leave it."""
+    evaluated = _Evaluated()
+    stats = await uow.buckets.window(indicator, providers, uow.today)
+    open_now = await uow.breaches.open_of_many(indicator.region, indicator.indicator_id, providers)
+    for provider in providers:
+        provider_stats = stats.get(provider, model.WindowStats(0, 0.0, 0.0))
+        breach = open_now.get(provider)
+        verdict = model.evaluate(indicator, provider_stats, breach_open=breach is not None)
+        if verdict is model.Verdict.OPEN:
+            breach = model.open_breach(
+                uuid.uuid4().hex, indicator, provider, provider_stats, uow.now, as_of=uow.today
+            )
+            uow.breaches.add(breach)
+            uow.alerts.add(model.Alert(breach.region, breach.id, model.AlertKind.OPENED, uow.now))
+            evaluated.opened.append(breach.name)
+            log.info("breach opened", extra={"breach": breach.name, "indicator": indicator.indicator_id})
+        elif verdict is model.Verdict.RESOLVE and breach is not None:
+            value = indicator.value(provider_stats)
+            await uow.breaches.update(model.resolve_breach(breach, value, provider_stats, uow.now))
+            uow.alerts.add(model.Alert(breach.region, breach.id, model.AlertKind.RESOLVED, uow.now))
+            evaluated.resolved.append(breach.name)
+            log.info("breach resolved", extra={"breach": breach.name, "indicator": indicator.indicator_id})
+            breach = None
+        evaluated.values[provider] = provider_stats
+        evaluated.breaches[provider] = breach
+    return evaluated
+
+
+async def _evaluate(batch: _Batch, uow: SelfMonitoringUnitOfWork) -> dict[tuple[str, str], _Evaluated]:
+    """Store the batch, then evaluate each provider it touched, once per indicator."""
+    await _store(batch, uow)
+    evaluated: dict[tuple[str, str], _Evaluated] = {}
     for key, indicator in batch.indicators.items():
         providers = sorted({o.provider for o in batch.accepted.get(key, [])})
-        if not providers:
-            continue
-        stats = await uow.buckets.window(indicator, providers, uow.today)
-        open_now = await uow.breaches.open_of_many(indicator.region, indicator.indicator_id, providers)
-        for provider in providers:
-            provider_stats = stats.get(provider, model.WindowStats(0, 0.0, 0.0))
-            breach = open_now.get(provider)
-            verdict = model.evaluate(indicator, provider_stats, breach_open=breach is not None)
-            if verdict is model.Verdict.OPEN:
-                breach = model.open_breach(
-                    uuid.uuid4().hex, indicator, provider, provider_stats, uow.now, as_of=uow.today
-                )
-                uow.breaches.add(breach)
-                uow.alerts.add(model.Alert(breach.region, breach.id, model.AlertKind.OPENED, uow.now))
-                opened.append(breach.name)
-                log.info("breach opened", extra={"breach": breach.name, "indicator": indicator.indicator_id})
-            elif verdict is model.Verdict.RESOLVE and breach is not None:
-                await uow.breaches.update(
-                    model.resolve_breach(breach, indicator.value(provider_stats), provider_stats, uow.now)
-                )
-                uow.alerts.add(model.Alert(breach.region, breach.id, model.AlertKind.RESOLVED, uow.now))
-                resolved.append(breach.name)
-                log.info(
-                    "breach resolved", extra={"breach": breach.name, "indicator": indicator.indicator_id}
-                )
-                breach = None
-            values[(*key, provider)] = provider_stats
-            breaches[(*key, provider)] = breach
-    return values, breaches, opened, resolved
+        if providers:
+            evaluated[key] = await _evaluate_providers(indicator, providers, uow)
+    return evaluated
 
 
 async def record_observations(
     command: RecordObservations, uow: SelfMonitoringUnitOfWork
 ) -> ObservationsRecorded:
     batch = await _accept(command.items, command.first_index, uow, strict=False)
-    _, _, opened, resolved = await _evaluate(batch, uow)
+    evaluated = await _evaluate(batch, uow)
     return ObservationsRecorded(
-        recorded=sum(len(o) for o in batch.accepted.values()),
+        recorded=batch.recorded,
         duplicates=batch.duplicates,
         rejected=sorted(batch.rejected, key=lambda r: r.index),
-        opened_breaches=opened,
-        resolved_breaches=resolved,
+        opened_breaches=[name for e in evaluated.values() for name in e.opened],
+        resolved_breaches=[name for e in evaluated.values() for name in e.resolved],
     )
 
 
@@ -411,13 +515,12 @@ async def record_observation(
     command: RecordObservation, uow: SelfMonitoringUnitOfWork
 ) -> ObservationRecorded:
     batch = await _accept((command,), 0, uow, strict=True)
-    values, breaches, _, _ = await _evaluate(batch, uow)
+    evaluated = (await _evaluate(batch, uow)).get((command.region, command.indicator_id), _Evaluated())
     indicator = batch.indicators[(command.region, command.indicator_id)]
     provider = _canonical(command.provider)
-    key = (command.region, command.indicator_id, provider)
-    if key in values:
-        stats, breach = values[key], breaches[key]
-    else:  # a repeat: report the provider's value as it stands, and change nothing
+    if provider in evaluated.values:
+        stats, breach = evaluated.values[provider], evaluated.breaches[provider]
+    else:  # a repeat or a pending case: the provider's value as it stands
         stats = (await uow.buckets.window(indicator, [provider], uow.today)).get(
             provider, model.WindowStats(0, 0.0, 0.0)
         )
@@ -425,8 +528,27 @@ async def record_observation(
             provider
         )
     return ObservationRecorded(
-        key in values, stats, indicator.value(stats), breach.name if breach is not None else ""
+        batch.recorded > 0, stats, indicator.value(stats), breach.name if breach is not None else ""
     )
+
+
+async def sweep_deadlines(command: SweepDeadlines, uow: SelfMonitoringUnitOfWork) -> SweepResult:
+    """Count the indicator's pending cases whose deadline passed as late, and evaluate their
+    providers: a breach can open with no new observation arriving. Run by timers only."""
+    if uow.actor is not None:
+        raise PermissionDenied("the deadline sweep runs on its timers only", reason="SYSTEM_ONLY")
+    indicator = await uow.indicators.get(command.region, command.indicator_id, for_update=True)
+    if indicator is None:
+        return SweepResult(0, [])
+    overdue = await uow.pending.overdue(indicator, uow.today)
+    if not overdue:
+        return SweepResult(0, [])
+    await uow.buckets.add(indicator, model.count_overdue(indicator, overdue))
+    await uow.pending.mark_counted(indicator, overdue, uow.today)
+    providers = sorted({case.observation.provider for case in overdue})
+    evaluated = await _evaluate_providers(indicator, providers, uow)
+    log.info("deadlines swept", extra={"indicator": indicator.indicator_id, "overdue": len(overdue)})
+    return SweepResult(len(overdue), evaluated.opened)
 
 
 def _may_read_drafts(region: str, actor: Principal | None) -> bool:
@@ -543,6 +665,7 @@ HANDLERS: dict[type[Any], Any] = {
     CreateIndicator: create_indicator,
     RecordObservation: record_observation,
     RecordObservations: record_observations,
+    SweepDeadlines: sweep_deadlines,
     GetIndicator: get_indicator,
     ListAlerts: list_alerts,
     AcknowledgeAlert: acknowledge_alert,

@@ -354,13 +354,46 @@ class Observation:
     def weight(self) -> float:
         return SOURCE_WEIGHTS[self.source]
 
-    def differs_from(self, other: Observation) -> list[str]:
-        """The fields (as request paths) in which a record under the same id differs."""
-        return [
-            f"observation.{name}"
-            for name in ("provider", "case_key", "started_on", "completed_on", "value")
-            if getattr(self, name) != getattr(other, name)
-        ]
+    def differs_from(self, other: Observation, *, as_pending: bool = False) -> list[str]:
+        """The fields (as request paths) in which a record under the same id differs; a pending
+        case and its completion agree on the case alone (provider, case key, start)."""
+        names: tuple[str, ...] = ("provider", "case_key", "started_on")
+        if not as_pending:
+            names += ("completed_on", "value")
+        return [f"observation.{name}" for name in names if getattr(self, name) != getattr(other, name)]
+
+
+@dataclass(frozen=True)
+class PendingCase:
+    """A case started and not yet completed ("job search started on D", no assessment yet):
+    once its deadline passes, the deadline sweep counts it late on the day after, with no
+    new observation arriving; its completion later is stored but not counted twice."""
+
+    observation: Observation
+    """completed_on is the start day until the case completes."""
+    due_on: date
+    counted_on: date | None = None
+
+    @property
+    def overdue_day(self) -> date:
+        """The day it counts late on: the first day past its deadline."""
+        return self.due_on + timedelta(days=1)
+
+
+def pending_case(indicator: Indicator, observation: Observation) -> PendingCase:
+    return PendingCase(observation, observation.started_on + timedelta(days=indicator.deadline_days))
+
+
+def count_overdue(indicator: Indicator, cases: Iterable[PendingCase]) -> dict[tuple[str, date], DayBucket]:
+    """The late cases the sweep adds, per provider and the day each deadline passed."""
+    buckets: dict[tuple[str, date], DayBucket] = {}
+    for case in cases:
+        key = (case.observation.provider, case.overdue_day)
+        # Past its deadline: it adds a case not within it (its weight, nothing to the value).
+        bucket = buckets.get(key, DayBucket())
+        weight = case.observation.weight
+        buckets[key] = DayBucket(bucket.sample_size + 1, bucket.weight + weight, bucket.weighted_value)
+    return buckets
 
 
 def new_observation(

@@ -68,6 +68,24 @@ class ObservationRow(SQLModel, table=True):
     recorded_at: datetime = utc_field(default_factory=utcnow)
 
 
+class PendingCaseRow(SQLModel, table=True):
+    """A case started and not completed yet, until it completes; counted_on once the deadline
+    sweep counted it late."""
+
+    __tablename__ = "selfmonitoring_pending_cases"
+    __table_args__ = (Index("ix_selfmonitoring_pending_cases_due", "region", "indicator_id", "due_on"),)
+
+    region: str = Field(primary_key=True, max_length=63)
+    indicator_id: str = Field(primary_key=True, max_length=63)
+    source: str = Field(primary_key=True, max_length=24)
+    observation_id: str = Field(primary_key=True, max_length=128)
+    provider: str = Field(max_length=9)
+    case_key: str = Field(max_length=128)
+    started_on: date
+    due_on: date
+    counted_on: date | None = None
+
+
 class DayBucketRow(SQLModel, table=True):
     """One provider's observations on one indicator completed on one day, summed as they arrive:
     a window's value is the sum of at most window_days rows, whatever the history's size."""
@@ -144,6 +162,7 @@ SELFMONITORING_TABLES = (
     "selfmonitoring_indicators",
     "selfmonitoring_observations",
     "selfmonitoring_day_buckets",
+    "selfmonitoring_pending_cases",
     "selfmonitoring_breaches",
     "selfmonitoring_programmes",
     "selfmonitoring_alerts",
@@ -344,6 +363,89 @@ class ObservationRepository:
             model.Observation(oid, provider, key, started, completed, model.ObservationSource(source), value)
             for oid, provider, key, started, completed, source, value in rows
         ]
+
+
+def pending_from_row(row: PendingCaseRow) -> model.PendingCase:
+    observation = model.Observation(
+        row.observation_id,
+        row.provider,
+        row.case_key,
+        row.started_on,
+        row.started_on,
+        model.ObservationSource(row.source),
+    )
+    return model.PendingCase(observation, row.due_on, row.counted_on)
+
+
+class PendingCaseRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def existing(
+        self, region: str, indicator_id: str, source: model.ObservationSource, ids: list[str]
+    ) -> list[model.PendingCase]:
+        found: list[model.PendingCase] = []
+        for first in range(0, len(ids), _IN_CHUNK):
+            result = await self._session.exec(
+                select(PendingCaseRow).where(
+                    PendingCaseRow.region == region,
+                    PendingCaseRow.indicator_id == indicator_id,
+                    PendingCaseRow.source == str(source),
+                    col(PendingCaseRow.observation_id).in_(ids[first : first + _IN_CHUNK]),
+                )
+            )
+            found.extend(pending_from_row(row) for row in result.all())
+        return found
+
+    def add(self, indicator: model.Indicator, case: model.PendingCase) -> None:
+        observation = case.observation
+        self._session.add(
+            PendingCaseRow(
+                region=indicator.region,
+                indicator_id=indicator.indicator_id,
+                source=str(observation.source),
+                observation_id=observation.observation_id,
+                provider=observation.provider,
+                case_key=observation.case_key,
+                started_on=observation.started_on,
+                due_on=case.due_on,
+            )
+        )
+
+    async def completed(self, indicator: model.Indicator, case: model.PendingCase) -> None:
+        observation = case.observation
+        key = (indicator.region, indicator.indicator_id, str(observation.source), observation.observation_id)
+        row = await self._session.get(PendingCaseRow, key)
+        if row is not None:
+            await self._session.delete(row)
+
+    async def overdue(self, indicator: model.Indicator, today: date) -> list[model.PendingCase]:
+        """Cases past their deadline (due before today) not counted yet."""
+        result = await self._session.exec(
+            select(PendingCaseRow).where(
+                PendingCaseRow.region == indicator.region,
+                PendingCaseRow.indicator_id == indicator.indicator_id,
+                col(PendingCaseRow.due_on) < today,
+                col(PendingCaseRow.counted_on).is_(None),
+            )
+        )
+        return [pending_from_row(row) for row in result.all()]
+
+    async def mark_counted(
+        self, indicator: model.Indicator, cases: list[model.PendingCase], today: date
+    ) -> None:
+        for case in cases:
+            observation = case.observation
+            key = (
+                indicator.region,
+                indicator.indicator_id,
+                str(observation.source),
+                observation.observation_id,
+            )
+            row = await self._session.get(PendingCaseRow, key)
+            if row is not None:
+                row.counted_on = today
+                self._session.add(row)
 
 
 class DayBucketRepository:
@@ -629,6 +731,7 @@ class SelfMonitoringUnitOfWork(UnitOfWork):
     indicators: IndicatorRepository
     observations: ObservationRepository
     buckets: DayBucketRepository
+    pending: PendingCaseRepository
     breaches: BreachRepository
     programmes: ProgrammeRepository
     alerts: AlertRepository
@@ -638,6 +741,7 @@ class SelfMonitoringUnitOfWork(UnitOfWork):
         self.indicators = IndicatorRepository(session, self)
         self.observations = ObservationRepository(self)
         self.buckets = DayBucketRepository(self)
+        self.pending = PendingCaseRepository(session)
         self.breaches = BreachRepository(session, self)
         self.programmes = ProgrammeRepository(session, self)
         self.alerts = AlertRepository(session, self)

@@ -15,11 +15,11 @@ from kasvu.selfmonitoring.v1 import selfmonitoring_pb2, selfmonitoring_pb2_grpc
 
 from services.runtime import catalog
 from services.runtime.bus import OutboxRelay, StreamSpec, connect, declare_stream
-from services.runtime.clock import FINLAND
+from services.runtime.clock import FINLAND, ManualClock
 from services.runtime.clock import Clock as RuntimeClock
 from services.runtime.db import Database
 from services.runtime.migrate import upgrade_async
-from services.runtime.worker import Worker
+from services.runtime.worker import Scheduler, Worker
 from services.runtime.writer import write_path_for
 from services.selfmonitoring import bootstrap, handlers, store
 from services.selfmonitoring.alerts import AlertFeed
@@ -984,6 +984,100 @@ async def test_a_supervisor_lists_and_acknowledges_alerts_each_linking_to_its_br
             metadata=supervisor,
         )
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+# -- the deadline sweep ----------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def with_scheduler(db: Database, tokens: Tokens, clock: RuntimeClock):  # type: ignore[no-untyped-def]
+    """The service and its scheduler (the worker job that fires timers), on one clock."""
+    async with dispatching(
+        db,
+        service="selfmonitoring",
+        unit_of_work=store.unit_of_work_factory(),
+        event_types=bootstrap.EVENT_TYPES,
+        handlers=handlers.HANDLERS,
+        clock=clock,
+    ) as dispatcher:
+        worker = Worker(dispatcher.write_path, service="selfmonitoring", jobs=[Scheduler(db, dispatcher)])
+        servicer = SelfMonitoringServicer(dispatcher, AlertFeed(_no_bus))
+        async with serving(
+            tokens, selfmonitoring_pb2_grpc.add_SelfMonitoringServiceServicer_to_server, servicer
+        ) as channel:
+            yield selfmonitoring_pb2_grpc.SelfMonitoringServiceStub(channel), worker
+
+
+def pending(observation_id: str, provider: str, started_on: date) -> selfmonitoring_pb2.Observation:
+    """Job search started on started_on; no assessment yet."""
+    return selfmonitoring_pb2.Observation(
+        observation_id=observation_id,
+        provider=provider,
+        case_key=f"case-{observation_id}",
+        started_on=proto_date(started_on),
+    )
+
+
+async def test_fourteen_days_without_an_assessment_opens_a_breach_with_no_new_observation(sm_db, tokens):
+    clock = ManualClock(datetime(2025, 3, 14, 10, 0, tzinfo=UTC))
+    async with with_scheduler(sm_db, tokens, clock) as (stub, worker):
+        await create(stub, tokens, indicator(minimum_sample=2, minimum_share=0.5))
+        provider = business_ids()()
+        day = date(2025, 3, 14)
+        waiting = [
+            await record(stub, tokens, pending(f"p{i}", provider, day - timedelta(days=13))) for i in range(2)
+        ]
+        assert [(w.recorded, w.sample_size, w.breach) for w in waiting] == [(True, 0, ""), (True, 0, "")]
+        # A third case is assessed in time: it completes its pending case and counts on time.
+        await record(stub, tokens, pending("p2", provider, day - timedelta(days=13)))
+        completed = await record(stub, tokens, observation("p2", provider, day, days_taken=13))
+        assert (completed.recorded, completed.sample_size, completed.value) == (True, 1, 1.0)
+
+        clock.advance(timedelta(days=1))  # the 14th day: still within the deadline
+        await worker.run_once()
+        assert await count_rows(sm_db, "selfmonitoring_breaches") == 0
+
+        clock.advance(timedelta(days=1))  # the deadline has passed: nothing new arrived
+        await worker.run_once()
+
+        [breach] = (
+            await stub.ListBreaches(
+                selfmonitoring_pb2.ListBreachesRequest(parent=f"regions/{REGION}"),
+                metadata=tokens.supervisor(REGION),
+            )
+        ).breaches
+        assert (breach.provider, breach.sample_size) == (provider, 3)
+        assert breach.value == pytest.approx(1 / 3)
+        assert await count_rows(sm_db, "selfmonitoring_pending_cases", "counted_on IS NOT NULL") == 2
+
+        # The late assessment arrives afterwards: stored, but not counted a second time.
+        late = await record(stub, tokens, observation("p0", provider, day + timedelta(days=2), days_taken=15))
+        assert (late.recorded, late.sample_size) == (True, 3)
+        await worker.run_once()
+        assert await count_rows(sm_db, "selfmonitoring_breaches") == 1
+
+
+async def test_a_pending_case_is_only_for_a_share_within_a_deadline_and_needs_its_start(
+    stub, tokens, sm_db, clock
+):
+    await create(
+        stub, tokens, measured(selfmonitoring_pb2.METRIC_KIND_MEAN, 3.0), indicator_id="satisfaction"
+    )
+    await create(stub, tokens)
+    provider = business_ids()()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await record(
+            stub,
+            tokens,
+            pending("p0", provider, clock.day),
+            parent=f"regions/{REGION}/indicators/satisfaction",
+        )
+    assert field_violations(caught.value) == ["observation.completed_on"]
+    without_start = selfmonitoring_pb2.Observation(observation_id="p1", provider=provider, case_key="c")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await record(stub, tokens, without_start)
+    assert field_violations(caught.value) == ["observation.started_on"]
+    assert await count_rows(sm_db, "selfmonitoring_pending_cases") == 0
 
 
 # -- the alert stream (SQLite and a real nats-server) ---------------------------------------

@@ -457,7 +457,10 @@ class Observation(_message.Message):
     @_builtins.property
     def completed_on(self) -> _date_pb2.Date:
         """When it was completed or observed (e.g. the service need was assessed):
-        the day whose window it lands in, however late it arrives.
+        the day whose window it lands in, however late it arrives. Unset on a
+        share-within-deadline indicator: the case is pending ("job search
+        started on D"); once its deadline passes uncompleted, the deadline sweep
+        counts it late. Recording it again with completed_on completes it.
         """
 
     def __init__(
