@@ -89,6 +89,7 @@ def programme_to_proto(programme: model.Programme) -> selfmonitoring_pb2.Program
                 severity=selfmonitoring_pb2.Severity.Value(f"SEVERITY_{policy.severity}"),
                 action=selfmonitoring_pb2.PolicyAction.Value(f"POLICY_ACTION_{policy.action}"),
                 corrective_action_days=policy.corrective_action_days,
+                recurrence_days=policy.recurrence_days,
             )
             for policy in programme.policies
         ],
@@ -121,6 +122,7 @@ def programme_from_proto(
                 model.PolicyAction, policy.action, _ACTION, f"programme.policies[{index}].action"
             ),
             policy.corrective_action_days,
+            policy.recurrence_days,
         )
         for index, policy in enumerate(programme.policies)
     ]
@@ -150,6 +152,19 @@ def observation_to_proto(observation: model.Observation) -> selfmonitoring_pb2.O
         completed_on=proto_date(observation.completed_on),
         source=selfmonitoring_pb2.ObservationSource.Value(f"OBSERVATION_SOURCE_{observation.source}"),
         value=observation.value,
+    )
+
+
+def action_to_proto(action: model.CorrectiveAction) -> selfmonitoring_pb2.CorrectiveAction:
+    return selfmonitoring_pb2.CorrectiveAction(
+        name=action.name,
+        breach=action.breach,
+        provider=action.provider,
+        state=selfmonitoring_pb2.CorrectiveActionState.Value(f"CORRECTIVE_ACTION_STATE_{action.state}"),
+        due_date=proto_date(action.due_on),
+        request_time=timestamp(action.requested_at),
+        response=action.response,
+        respond_time=timestamp(action.responded_at) if action.responded_at else None,
     )
 
 
@@ -350,6 +365,32 @@ class SelfMonitoringServicer(selfmonitoring_pb2_grpc.SelfMonitoringServiceServic
         parts = model.ALERT.parse(request.name, "name")
         command = handlers.AcknowledgeAlert(parts["region"], parts["alert"])
         return alert_to_proto(await self._dispatcher.handle(command, call_context()))
+
+    async def ListCorrectiveActions(
+        self, request: selfmonitoring_pb2.ListCorrectiveActionsRequest, context: Context
+    ) -> selfmonitoring_pb2.ListCorrectiveActionsResponse:
+        region = model.REGION.parse(request.parent, "parent")["region"]
+        filters = {"parent": request.parent, "provider": request.provider}
+        paging = page(request.page_size, request.page_token, filters)
+        before = (
+            (datetime.fromisoformat(paging.after["requested_at"]), paging.after["id"])
+            if paging.after
+            else None
+        )
+        query = handlers.ListCorrectiveActions(region, request.provider, before, paging.size + 1)
+        found: list[model.CorrectiveAction] = await self._dispatcher.query(query, call_context())
+        listed, more = found[: paging.size], len(found) > paging.size
+        last = {"requested_at": listed[-1].requested_at.isoformat(), "id": listed[-1].id} if more else None
+        return selfmonitoring_pb2.ListCorrectiveActionsResponse(
+            corrective_actions=[action_to_proto(a) for a in listed], next_page_token=paging.next_token(last)
+        )
+
+    async def RespondToCorrectiveAction(
+        self, request: selfmonitoring_pb2.RespondToCorrectiveActionRequest, context: Context
+    ) -> selfmonitoring_pb2.CorrectiveAction:
+        parts = model.CORRECTIVE_ACTION.parse(request.name, "name")
+        command = handlers.RespondToCorrectiveAction(parts["region"], parts["action"], request.response)
+        return action_to_proto(await self._dispatcher.handle(command, call_context()))
 
     async def ListBreachObservations(
         self, request: selfmonitoring_pb2.ListBreachObservationsRequest, context: Context

@@ -6,11 +6,11 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime, time
+from datetime import date, datetime, time, timedelta
 from typing import TYPE_CHECKING, Any
 
 from services.runtime import access
-from services.runtime.auth import Principal
+from services.runtime.auth import Principal, Role
 from services.runtime.clock import FINLAND
 from services.runtime.domain import Command, Query, validate_business_id
 from services.runtime.errors import (
@@ -68,6 +68,29 @@ class SweepDeadlines(Command):
 
     region: str
     indicator_id: str
+
+
+@dataclass(frozen=True)
+class EscalateCorrectiveAction(Command):
+    """Set as a timer for a corrective action's deadline."""
+
+    region: str
+    action_id: str
+
+
+@dataclass(frozen=True)
+class RespondToCorrectiveAction(Command):
+    region: str
+    action_id: str
+    response: str
+
+
+@dataclass(frozen=True)
+class ListCorrectiveActions(Query):
+    region: str
+    provider: str
+    before: tuple[datetime, str] | None
+    limit: int
 
 
 @dataclass(frozen=True)
@@ -470,8 +493,9 @@ async def _evaluate_providers(
             breach = model.open_breach(
                 uuid.uuid4().hex, indicator, provider, provider_stats, uow.now, as_of=uow.today
             )
-            uow.breaches.add(breach)
             uow.alerts.add(model.Alert(breach.region, breach.id, model.AlertKind.OPENED, uow.now))
+            breach = await _apply_policy(breach, uow)
+            uow.breaches.add(breach)
             evaluated.opened.append(breach.name)
             log.info("breach opened", extra={"breach": breach.name, "indicator": indicator.indicator_id})
         elif verdict is model.Verdict.RESOLVE and breach is not None:
@@ -530,6 +554,94 @@ async def record_observation(
     return ObservationRecorded(
         batch.recorded > 0, stats, indicator.value(stats), breach.name if breach is not None else ""
     )
+
+
+async def _apply_policy(breach: model.Breach, uow: SelfMonitoringUnitOfWork) -> model.Breach:
+    """What the programme in force says a new breach leads to: a corrective-action request with
+    a deadline timer, or, when it recurs within the policy's period, escalation at once."""
+    programme = await uow.programmes.in_force(breach.region)
+    if programme is None or breach.severity is model.Severity.SERIOUS:
+        return breach  # a serious breach requests suspension by itself (BreachOpened)
+    policy = programme.policy_for(breach.severity)
+    if policy.recurrence_days:
+        since = uow.now - timedelta(days=policy.recurrence_days)
+        if await uow.breaches.resolved_since(breach.region, breach.indicator_id, breach.provider, since):
+            uow.track(breach, breach.name)  # its BreachOpened goes out before the escalation
+            uow.alerts.add(model.Alert(breach.region, breach.id, model.AlertKind.ESCALATED, uow.now))
+            return model.escalate_breach(breach, model.EscalationReason.RECURRED, uow.now)
+    if policy.action is model.PolicyAction.CORRECTIVE_ACTION:
+        action = model.request_corrective_action(breach, policy.corrective_action_days, uow.now, uow.today)
+        uow.corrective_actions.add(action)
+        uow.timers.set(
+            _action_timer(action),
+            datetime.combine(action.due_on + timedelta(days=1), time(0), tzinfo=FINLAND),
+            EscalateCorrectiveAction(action.region, action.id),
+        )
+    return breach
+
+
+def _action_timer(action: model.CorrectiveAction) -> str:
+    return f"selfmonitoring/corrective-action/{action.region}/{action.id}"
+
+
+async def _corrective_action(
+    uow: SelfMonitoringUnitOfWork, region: str, action_id: str
+) -> model.CorrectiveAction:
+    action = await uow.corrective_actions.get(region, action_id)
+    if action is None:
+        name = model.CORRECTIVE_ACTION.format(region=region, action=action_id)
+        raise NotFound(f"no corrective action {name}", reason="CORRECTIVE_ACTION_NOT_FOUND")
+    return action
+
+
+async def escalate_corrective_action(
+    command: EscalateCorrectiveAction, uow: SelfMonitoringUnitOfWork
+) -> model.CorrectiveAction:
+    """The deadline passed: an unanswered request on a breach still open is escalated to a
+    suspension request. Run by its timer only."""
+    if uow.actor is not None:
+        raise PermissionDenied("escalation runs on its timer only", reason="SYSTEM_ONLY")
+    action = await _corrective_action(uow, command.region, command.action_id)
+    breach = await uow.breaches.get(action.breach_id)
+    if action.state is not model.CorrectiveActionState.REQUESTED or breach is None:
+        return action
+    if breach.state is not model.BreachState.OPEN:
+        return action  # the values recovered before the deadline: nothing to escalate
+    escalated = replace(action, state=model.CorrectiveActionState.ESCALATED)
+    await uow.corrective_actions.update(escalated)
+    reason = model.EscalationReason.CORRECTIVE_ACTION_OVERDUE
+    await uow.breaches.update(model.escalate_breach(breach, reason, uow.now))
+    uow.alerts.add(model.Alert(breach.region, breach.id, model.AlertKind.ESCALATED, uow.now))
+    log.info("breach escalated", extra={"breach": breach.name, "reason": str(reason)})
+    return escalated
+
+
+async def respond_to_corrective_action(
+    command: RespondToCorrectiveAction, uow: SelfMonitoringUnitOfWork
+) -> model.CorrectiveAction:
+    action = await _corrective_action(uow, command.region, command.action_id)
+    access.require(
+        uow.actor,
+        any_of=[access.provider(action.provider)],
+        action="responding to a corrective-action request",
+    )
+    responded = model.respond_to_corrective_action(action, command.response, uow.now)
+    if responded is not action:
+        await uow.corrective_actions.update(responded)
+        uow.timers.cancel(_action_timer(action))
+    return responded
+
+
+async def list_corrective_actions(
+    query: ListCorrectiveActions, uow: SelfMonitoringUnitOfWork
+) -> list[model.CorrectiveAction]:
+    actor = uow.actor
+    provider = query.provider
+    if actor is not None and actor.role is Role.PROVIDER:
+        provider = actor.organisation  # a provider sees its own requests only
+    else:
+        require_supervision(query.region, actor)
+    return await uow.corrective_actions.page(query.region, provider, query.before, query.limit)
 
 
 async def sweep_deadlines(command: SweepDeadlines, uow: SelfMonitoringUnitOfWork) -> SweepResult:
@@ -666,6 +778,9 @@ HANDLERS: dict[type[Any], Any] = {
     RecordObservation: record_observation,
     RecordObservations: record_observations,
     SweepDeadlines: sweep_deadlines,
+    EscalateCorrectiveAction: escalate_corrective_action,
+    RespondToCorrectiveAction: respond_to_corrective_action,
+    ListCorrectiveActions: list_corrective_actions,
     GetIndicator: get_indicator,
     ListAlerts: list_alerts,
     AcknowledgeAlert: acknowledge_alert,

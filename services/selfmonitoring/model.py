@@ -19,7 +19,7 @@ from services.runtime.domain import (
     validate_business_id,
     validate_resource_id,
 )
-from services.runtime.errors import FieldViolation, InvalidArgument
+from services.runtime.errors import FailedPrecondition, FieldViolation, InvalidArgument
 
 DISPLAY_NAME_MAX_LENGTH = 200
 KEY_MAX_LENGTH = 128
@@ -628,6 +628,9 @@ class SeverityPolicy:
     severity: Severity
     action: PolicyAction
     corrective_action_days: int = 0
+    recurrence_days: int = 0
+    """A breach that opens again within this many days of the last one resolving (same
+    indicator and provider) is escalated at once; 0: never."""
 
 
 @dataclass(frozen=True)
@@ -640,7 +643,7 @@ class WatchedIndicator:
 
 
 DEFAULT_POLICIES = (
-    SeverityPolicy(Severity.WARNING, PolicyAction.CORRECTIVE_ACTION, 30),
+    SeverityPolicy(Severity.WARNING, PolicyAction.CORRECTIVE_ACTION, 30, 90),
     SeverityPolicy(Severity.SERIOUS, PolicyAction.SUSPENSION_REQUEST),
 )
 
@@ -731,6 +734,12 @@ def new_programme(
         if policy.severity in severities:
             violations.append(FieldViolation(f"{path}.severity", "has a policy already"))
         severities.add(policy.severity)
+        if policy.severity is Severity.SERIOUS and policy.action is not PolicyAction.SUSPENSION_REQUEST:
+            violations.append(FieldViolation(f"{path}.action", "a serious breach always requests suspension"))
+        if not 0 <= policy.recurrence_days <= MAX_WINDOW_DAYS:
+            violations.append(
+                FieldViolation(f"{path}.recurrence_days", f"must be between 0 and {MAX_WINDOW_DAYS}")
+            )
         days = policy.corrective_action_days
         if policy.action is PolicyAction.CORRECTIVE_ACTION and not 1 <= days <= MAX_CORRECTIVE_ACTION_DAYS:
             violations.append(
@@ -867,6 +876,112 @@ def default_catalogue(region: str, service: str) -> list[tuple[Indicator, str]]:
     ]
 
 
+# --- corrective actions -------------------------------------------------------------------------
+
+CORRECTIVE_ACTION = ResourcePattern("regions/{region}/correctiveActions/{action:key}")
+RESPONSE_MAX_LENGTH = 4000
+
+
+class CorrectiveActionState(StrEnum):
+    REQUESTED = "REQUESTED"
+    RESPONDED = "RESPONDED"
+    ESCALATED = "ESCALATED"
+
+
+class EscalationReason(StrEnum):
+    CORRECTIVE_ACTION_OVERDUE = "CORRECTIVE_ACTION_OVERDUE"
+    RECURRED = "RECURRED"
+
+
+@dataclass(frozen=True)
+class CorrectiveActionRequested(Event):
+    """The provider is asked to correct what a breach shows, by a deadline."""
+
+    corrective_action: str
+    region: str
+    breach: str
+    provider: str
+    due_date: date
+    request_time: datetime
+
+
+@dataclass(frozen=True)
+class CorrectiveActionResponded(Event):
+    """The provider answered a corrective-action request (the answer itself is not in the event)."""
+
+    corrective_action: str
+    region: str
+    breach: str
+    provider: str
+    respond_time: datetime
+
+
+@dataclass(frozen=True)
+class CorrectiveAction(Aggregate):
+    """A request to a provider for corrective action (korjaava toimenpide) on a breach."""
+
+    region: str
+    breach_id: str
+    provider: str
+    due_on: date
+    requested_at: datetime
+    state: CorrectiveActionState = CorrectiveActionState.REQUESTED
+    response: str = ""
+    responded_at: datetime | None = None
+
+    @property
+    def id(self) -> str:
+        return self.breach_id
+
+    @property
+    def name(self) -> str:
+        return CORRECTIVE_ACTION.format(region=self.region, action=self.id)
+
+    @property
+    def breach(self) -> str:
+        return BREACH.format(region=self.region, breach=self.breach_id)
+
+
+def request_corrective_action(breach: Breach, days: int, now: datetime, today: date) -> CorrectiveAction:
+    action = CorrectiveAction(breach.region, breach.id, breach.provider, today + timedelta(days=days), now)
+    action.record(
+        CorrectiveActionRequested(
+            action.name, action.region, action.breach, action.provider, action.due_on, now
+        )
+    )
+    return action
+
+
+def respond_to_corrective_action(action: CorrectiveAction, response: str, now: datetime) -> CorrectiveAction:
+    """The provider's answer, once, before the request is escalated."""
+    if violation := check_text(response, "response", RESPONSE_MAX_LENGTH):
+        raise InvalidArgument(f"response {violation.description}", [violation])
+    if action.state is CorrectiveActionState.RESPONDED and action.response == response.strip():
+        return action
+    if action.state is not CorrectiveActionState.REQUESTED:
+        raise FailedPrecondition(
+            f"{action.name} is {action.state.lower()}: it takes no response",
+            reason="CORRECTIVE_ACTION_CLOSED",
+        )
+    responded = replace(
+        action,
+        state=CorrectiveActionState.RESPONDED,
+        response=response.strip(),
+        responded_at=require_aware(now),
+    )
+    responded.record(
+        CorrectiveActionResponded(responded.name, responded.region, responded.breach, responded.provider, now)
+    )
+    return responded
+
+
+def escalate_breach(breach: Breach, reason: EscalationReason, now: datetime) -> Breach:
+    """An open breach becomes a suspension request: SERIOUS, with BreachEscalated."""
+    escalated = replace(breach, severity=Severity.SERIOUS)
+    escalated.record(BreachEscalated(escalated.facts, escalated.region, str(reason), require_aware(now)))
+    return escalated
+
+
 # --- alerts -------------------------------------------------------------------------------------
 
 ALERT = ResourcePattern("regions/{region}/alerts/{alert:key}")
@@ -944,4 +1059,6 @@ EVENTS: tuple[type[Event], ...] = (
     ProgrammeCreated,
     ProgrammePublished,
     AlertAcknowledged,
+    CorrectiveActionRequested,
+    CorrectiveActionResponded,
 )

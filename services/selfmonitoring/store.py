@@ -158,6 +158,22 @@ class AlertRow(SQLModel, table=True):
     acknowledged_at: datetime | None = utc_field(default=None, nullable=True)
 
 
+class CorrectiveActionRow(SQLModel, table=True):
+    __tablename__ = "selfmonitoring_corrective_actions"
+    __table_args__ = (
+        Index("ix_selfmonitoring_corrective_actions_listing", "region", "requested_at", "breach_id"),
+    )
+
+    region: str = Field(primary_key=True, max_length=63)
+    breach_id: str = Field(primary_key=True, max_length=64)
+    provider: str = Field(max_length=9, index=True)
+    due_on: date
+    requested_at: datetime = utc_field()
+    state: str = Field(max_length=16)
+    response: str = Field(default="", max_length=4000)
+    responded_at: datetime | None = utc_field(default=None, nullable=True)
+
+
 SELFMONITORING_TABLES = (
     "selfmonitoring_indicators",
     "selfmonitoring_observations",
@@ -166,6 +182,7 @@ SELFMONITORING_TABLES = (
     "selfmonitoring_breaches",
     "selfmonitoring_programmes",
     "selfmonitoring_alerts",
+    "selfmonitoring_corrective_actions",
 )
 
 OBSERVATIONS: Table = ObservationRow.__table__  # type: ignore[attr-defined]
@@ -524,6 +541,25 @@ class BreachRepository:
                 found[row.provider] = breach_from_row(row)
         return found
 
+    async def resolved_since(
+        self, region: str, indicator_id: str, provider: str, since: datetime
+    ) -> model.Breach | None:
+        """The pair's latest breach resolved at or after `since`, if any."""
+        result = await self._session.exec(
+            select(BreachRow)
+            .where(
+                BreachRow.region == region,
+                BreachRow.indicator_id == indicator_id,
+                BreachRow.provider == provider,
+                BreachRow.state == str(model.BreachState.RESOLVED),
+                col(BreachRow.resolved_at) >= since,
+            )
+            .order_by(col(BreachRow.resolved_at).desc())
+            .limit(1)
+        )
+        row = result.first()
+        return breach_from_row(row) if row is not None else None
+
     async def update(self, breach: model.Breach) -> None:
         """Write back a breach's state; a resolved one frees its indicator and provider for a new one."""
         row = await self._session.get(BreachRow, breach.id)
@@ -585,6 +621,7 @@ def programme_from_row(row: ProgrammeRow) -> model.Programme:
                 model.Severity(item["severity"]),
                 model.PolicyAction(item["action"]),
                 item["corrective_action_days"],
+                item.get("recurrence_days", 0),
             )
             for item in json.loads(row.policies)
         ),
@@ -647,6 +684,7 @@ class ProgrammeRepository:
                             "severity": str(p.severity),
                             "action": str(p.action),
                             "corrective_action_days": p.corrective_action_days,
+                            "recurrence_days": p.recurrence_days,
                         }
                         for p in programme.policies
                     ]
@@ -725,6 +763,71 @@ class AlertRepository:
         return [(alert_from_row(a), breach_from_row(b)) for a, b in (await self._session.exec(query)).all()]
 
 
+def action_from_row(row: CorrectiveActionRow) -> model.CorrectiveAction:
+    return model.CorrectiveAction(
+        region=row.region,
+        breach_id=row.breach_id,
+        provider=row.provider,
+        due_on=row.due_on,
+        requested_at=row.requested_at,
+        state=model.CorrectiveActionState(row.state),
+        response=row.response,
+        responded_at=row.responded_at,
+    )
+
+
+class CorrectiveActionRepository:
+    def __init__(self, session: AsyncSession, uow: UnitOfWork) -> None:
+        self._session = session
+        self._uow = uow
+
+    def add(self, action: model.CorrectiveAction) -> None:
+        self._session.add(
+            CorrectiveActionRow(
+                region=action.region,
+                breach_id=action.breach_id,
+                provider=action.provider,
+                due_on=action.due_on,
+                requested_at=action.requested_at,
+                state=str(action.state),
+            )
+        )
+        self._uow.track(action, action.name)
+
+    async def get(self, region: str, action_id: str) -> model.CorrectiveAction | None:
+        row = await self._session.get(CorrectiveActionRow, (region, action_id))
+        return action_from_row(row) if row is not None else None
+
+    async def update(self, action: model.CorrectiveAction) -> None:
+        row = await self._session.get(CorrectiveActionRow, (action.region, action.id))
+        assert row is not None, f"{action.name} is stored"
+        row.state = str(action.state)
+        row.response = action.response
+        row.responded_at = action.responded_at
+        self._session.add(row)
+        self._uow.track(action, action.name)
+
+    async def page(
+        self, region: str, provider: str, before: tuple[datetime, str] | None, limit: int
+    ) -> list[model.CorrectiveAction]:
+        query = select(CorrectiveActionRow).where(CorrectiveActionRow.region == region)
+        if provider:
+            query = query.where(CorrectiveActionRow.provider == provider)
+        if before is not None:
+            requested_at, last_id = before
+            query = query.where(
+                (col(CorrectiveActionRow.requested_at) < requested_at)
+                | (
+                    (col(CorrectiveActionRow.requested_at) == requested_at)
+                    & (col(CorrectiveActionRow.breach_id) < last_id)
+                )
+            )
+        query = query.order_by(
+            col(CorrectiveActionRow.requested_at).desc(), col(CorrectiveActionRow.breach_id).desc()
+        ).limit(limit)
+        return [action_from_row(row) for row in (await self._session.exec(query)).all()]
+
+
 class SelfMonitoringUnitOfWork(UnitOfWork):
     """Self-monitoring's unit of work: indicators, observations and breaches."""
 
@@ -735,6 +838,7 @@ class SelfMonitoringUnitOfWork(UnitOfWork):
     breaches: BreachRepository
     programmes: ProgrammeRepository
     alerts: AlertRepository
+    corrective_actions: CorrectiveActionRepository
 
     async def bind(self, session: AsyncSession) -> None:
         await super().bind(session)
@@ -745,6 +849,7 @@ class SelfMonitoringUnitOfWork(UnitOfWork):
         self.breaches = BreachRepository(session, self)
         self.programmes = ProgrammeRepository(session, self)
         self.alerts = AlertRepository(session, self)
+        self.corrective_actions = CorrectiveActionRepository(session, self)
 
 
 def unit_of_work_factory() -> Callable[[Context, datetime, bool], SelfMonitoringUnitOfWork]:

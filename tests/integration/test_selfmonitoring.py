@@ -1080,6 +1080,138 @@ async def test_a_pending_case_is_only_for_a_share_within_a_deadline_and_needs_it
     assert await count_rows(sm_db, "selfmonitoring_pending_cases") == 0
 
 
+# -- corrective actions and escalation ------------------------------------------------------
+
+BREACH_ESCALATED = "kasvu.selfmonitoring.v1.BreachEscalated"
+
+
+async def programme_in_force(stub, tokens) -> None:  # type: ignore[no-untyped-def]
+    """A WARNING indicator under the default policies: corrective action within 30 days,
+    escalation of a breach recurring within 90."""
+    created = await create(
+        stub,
+        tokens,
+        indicator(minimum_sample=1, minimum_share=0.5, severity=selfmonitoring_pb2.SEVERITY_WARNING),
+    )
+    drafted = await draft(
+        stub,
+        tokens,
+        catalogue="",
+        indicators=[selfmonitoring_pb2.WatchedIndicator(indicator=created.name, risk="Slow")],
+    )
+    await stub.PublishProgramme(
+        selfmonitoring_pb2.PublishProgrammeRequest(name=drafted.name), metadata=tokens.admin(REGION)
+    )
+
+
+async def test_an_unanswered_corrective_action_is_escalated_to_a_suspension_request_when_its_deadline_passes(
+    sm_db, tokens
+):
+    clock = ManualClock(datetime(2025, 3, 14, 10, 0, tzinfo=UTC))
+    async with with_scheduler(sm_db, tokens, clock) as (stub, worker):
+        await programme_in_force(stub, tokens)
+        provider = business_ids()()
+        opened = await record(stub, tokens, observation("late", provider, date(2025, 3, 14), 30))
+        [action] = (
+            await stub.ListCorrectiveActions(
+                selfmonitoring_pb2.ListCorrectiveActionsRequest(parent=f"regions/{REGION}"),
+                metadata=tokens.provider(provider),
+            )
+        ).corrective_actions
+        assert (action.breach, action.state) == (
+            opened.breach,
+            selfmonitoring_pb2.CORRECTIVE_ACTION_STATE_REQUESTED,
+        )
+        assert action.due_date == proto_date(date(2025, 4, 13))
+
+        clock.advance(timedelta(days=30))  # the last day to respond
+        await worker.run_once()
+        assert BREACH_ESCALATED not in await outbox_counts(sm_db)
+        clock.advance(timedelta(days=1))
+        await worker.run_once()
+
+        breach = await stub.GetBreach(
+            selfmonitoring_pb2.GetBreachRequest(name=opened.breach), metadata=tokens.supervisor(REGION)
+        )
+        assert breach.severity == selfmonitoring_pb2.SEVERITY_SERIOUS
+        assert (await outbox_counts(sm_db))[BREACH_ESCALATED] == 1
+        alerts = await stub.ListAlerts(
+            selfmonitoring_pb2.ListAlertsRequest(parent=f"regions/{REGION}"),
+            metadata=tokens.supervisor(REGION),
+        )
+        assert [a.kind for a in alerts.alerts] == [
+            selfmonitoring_pb2.ALERT_KIND_ESCALATED,
+            selfmonitoring_pb2.ALERT_KIND_OPENED,
+        ]
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.RespondToCorrectiveAction(
+                selfmonitoring_pb2.RespondToCorrectiveActionRequest(name=action.name, response="Too late"),
+                metadata=tokens.provider(provider),
+            )
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_a_response_in_time_stops_the_escalation_and_only_the_provider_may_respond(sm_db, tokens):
+    clock = ManualClock(datetime(2025, 3, 14, 10, 0, tzinfo=UTC))
+    async with with_scheduler(sm_db, tokens, clock) as (stub, worker):
+        await programme_in_force(stub, tokens)
+        next_id = business_ids()
+        provider, other = next_id(), next_id()
+        await record(stub, tokens, observation("late", provider, date(2025, 3, 14), 30))
+        name = (
+            (
+                await stub.ListCorrectiveActions(
+                    selfmonitoring_pb2.ListCorrectiveActionsRequest(parent=f"regions/{REGION}"),
+                    metadata=tokens.supervisor(REGION),
+                )
+            )
+            .corrective_actions[0]
+            .name
+        )
+        request = selfmonitoring_pb2.RespondToCorrectiveActionRequest(
+            name=name, response="Two more counsellors"
+        )
+        for metadata in (tokens.provider(other), tokens.supervisor(REGION)):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.RespondToCorrectiveAction(request, metadata=metadata)
+            assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert (
+            await stub.ListCorrectiveActions(
+                selfmonitoring_pb2.ListCorrectiveActionsRequest(parent=f"regions/{REGION}"),
+                metadata=tokens.provider(other),
+            )
+        ).corrective_actions == []
+
+        responded = await stub.RespondToCorrectiveAction(request, metadata=tokens.provider(provider))
+        assert responded.state == selfmonitoring_pb2.CORRECTIVE_ACTION_STATE_RESPONDED
+        clock.advance(timedelta(days=40))
+        await worker.run_once()
+
+        counts = await outbox_counts(sm_db)
+        assert BREACH_ESCALATED not in counts
+        assert counts["kasvu.selfmonitoring.v1.CorrectiveActionResponded"] == 1
+
+
+async def test_a_breach_recurring_within_the_period_is_escalated_at_once(stub, tokens, sm_db, clock):
+    await programme_in_force(stub, tokens)
+    provider = business_ids()()
+    first = await record(stub, tokens, observation("late0", provider, clock.day, 30))
+    await record(stub, tokens, observation("ok0", provider, clock.day, 1))  # 0.5: resolved
+    assert await count_rows(sm_db, "selfmonitoring_breaches", "state = 'RESOLVED'") == 1
+
+    for index in range(1, 3):
+        again = await record(stub, tokens, observation(f"late{index}", provider, clock.day, 30))
+
+    assert again.breach and again.breach != first.breach
+    recurred = await stub.GetBreach(
+        selfmonitoring_pb2.GetBreachRequest(name=again.breach), metadata=tokens.supervisor(REGION)
+    )
+    assert recurred.severity == selfmonitoring_pb2.SEVERITY_SERIOUS
+    assert (await outbox_counts(sm_db))[BREACH_ESCALATED] == 1
+    # The first breach got a corrective-action request; the recurrence went straight to escalation.
+    assert await count_rows(sm_db, "selfmonitoring_corrective_actions") == 1
+
+
 # -- the alert stream (SQLite and a real nats-server) ---------------------------------------
 
 

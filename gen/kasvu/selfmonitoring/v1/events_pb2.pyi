@@ -288,3 +288,91 @@ class AlertAcknowledged(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AlertAcknowledged: _TypeAlias = AlertAcknowledged  # noqa: Y015
+
+@_typing.final
+class CorrectiveActionRequested(_message.Message):
+    """The provider is asked to correct what a breach shows, by a deadline."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CORRECTIVE_ACTION_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    BREACH_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    DUE_DATE_FIELD_NUMBER: _builtins.int
+    REQUEST_TIME_FIELD_NUMBER: _builtins.int
+    corrective_action: _builtins.str
+    """regions/{region}/correctiveActions/{action}"""
+    region: _builtins.str
+    """The region."""
+    breach: _builtins.str
+    """regions/{region}/breaches/{breach}"""
+    provider: _builtins.str
+    """The provider's business ID."""
+    @_builtins.property
+    def due_date(self) -> _date_pb2.Date:
+        """The last day to respond."""
+
+    @_builtins.property
+    def request_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was requested."""
+
+    def __init__(
+        self,
+        *,
+        corrective_action: _builtins.str = ...,
+        region: _builtins.str = ...,
+        breach: _builtins.str = ...,
+        provider: _builtins.str = ...,
+        due_date: _date_pb2.Date | None = ...,
+        request_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["due_date", b"due_date", "request_time", b"request_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breach", b"breach", "corrective_action", b"corrective_action", "due_date", b"due_date", "provider", b"provider", "region", b"region", "request_time", b"request_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CorrectiveActionRequested: _TypeAlias = CorrectiveActionRequested  # noqa: Y015
+
+@_typing.final
+class CorrectiveActionResponded(_message.Message):
+    """The provider responded to a corrective-action request (the response text
+    stays in the service).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CORRECTIVE_ACTION_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    BREACH_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    RESPOND_TIME_FIELD_NUMBER: _builtins.int
+    corrective_action: _builtins.str
+    """regions/{region}/correctiveActions/{action}"""
+    region: _builtins.str
+    """The region."""
+    breach: _builtins.str
+    """regions/{region}/breaches/{breach}"""
+    provider: _builtins.str
+    """The provider's business ID."""
+    @_builtins.property
+    def respond_time(self) -> _timestamp_pb2.Timestamp:
+        """When it responded."""
+
+    def __init__(
+        self,
+        *,
+        corrective_action: _builtins.str = ...,
+        region: _builtins.str = ...,
+        breach: _builtins.str = ...,
+        provider: _builtins.str = ...,
+        respond_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["respond_time", b"respond_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breach", b"breach", "corrective_action", b"corrective_action", "provider", b"provider", "region", b"region", "respond_time", b"respond_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CorrectiveActionResponded: _TypeAlias = CorrectiveActionResponded  # noqa: Y015

@@ -237,6 +237,34 @@ POLICY_ACTION_SUSPENSION_REQUEST: PolicyAction.ValueType  # 3
 """The breach is a suspension request."""
 Global___PolicyAction: _TypeAlias = PolicyAction  # noqa: Y015
 
+class _CorrectiveActionState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CorrectiveActionStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CorrectiveActionState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CORRECTIVE_ACTION_STATE_UNSPECIFIED: _CorrectiveActionState.ValueType  # 0
+    """Not set."""
+    CORRECTIVE_ACTION_STATE_REQUESTED: _CorrectiveActionState.ValueType  # 1
+    """Asked of the provider; its deadline is running."""
+    CORRECTIVE_ACTION_STATE_RESPONDED: _CorrectiveActionState.ValueType  # 2
+    """The provider responded."""
+    CORRECTIVE_ACTION_STATE_ESCALATED: _CorrectiveActionState.ValueType  # 3
+    """The deadline passed unanswered with the breach open: escalated."""
+
+class CorrectiveActionState(_CorrectiveActionState, metaclass=_CorrectiveActionStateEnumTypeWrapper):
+    """Where a corrective-action request stands."""
+
+CORRECTIVE_ACTION_STATE_UNSPECIFIED: CorrectiveActionState.ValueType  # 0
+"""Not set."""
+CORRECTIVE_ACTION_STATE_REQUESTED: CorrectiveActionState.ValueType  # 1
+"""Asked of the provider; its deadline is running."""
+CORRECTIVE_ACTION_STATE_RESPONDED: CorrectiveActionState.ValueType  # 2
+"""The provider responded."""
+CORRECTIVE_ACTION_STATE_ESCALATED: CorrectiveActionState.ValueType  # 3
+"""The deadline passed unanswered with the breach open: escalated."""
+Global___CorrectiveActionState: _TypeAlias = CorrectiveActionState  # noqa: Y015
+
 @_typing.final
 class ShareWithinDeadline(_message.Message):
     """Share of cases completed within a deadline, e.g. service-need assessments
@@ -1061,22 +1089,28 @@ class SeverityPolicy(_message.Message):
     SEVERITY_FIELD_NUMBER: _builtins.int
     ACTION_FIELD_NUMBER: _builtins.int
     CORRECTIVE_ACTION_DAYS_FIELD_NUMBER: _builtins.int
+    RECURRENCE_DAYS_FIELD_NUMBER: _builtins.int
     severity: Global___Severity.ValueType
     """The severity."""
     action: Global___PolicyAction.ValueType
     """What a breach of it leads to."""
     corrective_action_days: _builtins.int
     """Days the provider has for corrective action (CORRECTIVE_ACTION only)."""
+    recurrence_days: _builtins.int
+    """A breach that opens again within this many days of the last one of its
+    indicator and provider resolving is escalated at once (0: never).
+    """
     def __init__(
         self,
         *,
         severity: Global___Severity.ValueType = ...,
         action: Global___PolicyAction.ValueType = ...,
         corrective_action_days: _builtins.int = ...,
+        recurrence_days: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "corrective_action_days", b"corrective_action_days", "severity", b"severity"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "corrective_action_days", b"corrective_action_days", "recurrence_days", b"recurrence_days", "severity", b"severity"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1311,3 +1345,147 @@ class ListProgrammesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListProgrammesResponse: _TypeAlias = ListProgrammesResponse  # noqa: Y015
+
+@_typing.final
+class CorrectiveAction(_message.Message):
+    """A request to a provider for corrective action on a breach."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    BREACH_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    DUE_DATE_FIELD_NUMBER: _builtins.int
+    REQUEST_TIME_FIELD_NUMBER: _builtins.int
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    RESPOND_TIME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """regions/{region}/correctiveActions/{action}"""
+    breach: _builtins.str
+    """regions/{region}/breaches/{breach}"""
+    provider: _builtins.str
+    """The provider's business ID."""
+    state: Global___CorrectiveActionState.ValueType
+    """Where it stands."""
+    response: _builtins.str
+    """The provider's response."""
+    @_builtins.property
+    def due_date(self) -> _date_pb2.Date:
+        """The last day to respond (Finnish date)."""
+
+    @_builtins.property
+    def request_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was requested."""
+
+    @_builtins.property
+    def respond_time(self) -> _timestamp_pb2.Timestamp:
+        """When it responded."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        breach: _builtins.str = ...,
+        provider: _builtins.str = ...,
+        state: Global___CorrectiveActionState.ValueType = ...,
+        due_date: _date_pb2.Date | None = ...,
+        request_time: _timestamp_pb2.Timestamp | None = ...,
+        response: _builtins.str = ...,
+        respond_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["due_date", b"due_date", "request_time", b"request_time", "respond_time", b"respond_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breach", b"breach", "due_date", b"due_date", "name", b"name", "provider", b"provider", "request_time", b"request_time", "respond_time", b"respond_time", "response", b"response", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CorrectiveAction: _TypeAlias = CorrectiveAction  # noqa: Y015
+
+@_typing.final
+class ListCorrectiveActionsRequest(_message.Message):
+    """Request for ListCorrectiveActions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """regions/{region}"""
+    provider: _builtins.str
+    """Only this provider's (a provider always sees only its own)."""
+    page_size: _builtins.int
+    """At most this many (default 50, at most 500)."""
+    page_token: _builtins.str
+    """From a previous response's next_page_token."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        provider: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "parent", b"parent", "provider", b"provider"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCorrectiveActionsRequest: _TypeAlias = ListCorrectiveActionsRequest  # noqa: Y015
+
+@_typing.final
+class ListCorrectiveActionsResponse(_message.Message):
+    """Response for ListCorrectiveActions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CORRECTIVE_ACTIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty when this is the last page."""
+    @_builtins.property
+    def corrective_actions(self) -> _containers.RepeatedCompositeFieldContainer[Global___CorrectiveAction]:
+        """The page."""
+
+    def __init__(
+        self,
+        *,
+        corrective_actions: _abc.Iterable[Global___CorrectiveAction] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["corrective_actions", b"corrective_actions", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCorrectiveActionsResponse: _TypeAlias = ListCorrectiveActionsResponse  # noqa: Y015
+
+@_typing.final
+class RespondToCorrectiveActionRequest(_message.Message):
+    """Request for RespondToCorrectiveAction."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """regions/{region}/correctiveActions/{action}"""
+    response: _builtins.str
+    """What the provider did or will do (no personal data)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        response: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "response", b"response"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RespondToCorrectiveActionRequest: _TypeAlias = RespondToCorrectiveActionRequest  # noqa: Y015

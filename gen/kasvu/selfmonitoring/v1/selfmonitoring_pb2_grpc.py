@@ -102,6 +102,16 @@ class SelfMonitoringServiceStub:
                 request_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.AcknowledgeAlertRequest.SerializeToString,
                 response_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.Alert.FromString,
                 _registered_method=True)
+        self.ListCorrectiveActions = channel.unary_unary(
+                '/kasvu.selfmonitoring.v1.SelfMonitoringService/ListCorrectiveActions',
+                request_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListCorrectiveActionsRequest.SerializeToString,
+                response_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListCorrectiveActionsResponse.FromString,
+                _registered_method=True)
+        self.RespondToCorrectiveAction = channel.unary_unary(
+                '/kasvu.selfmonitoring.v1.SelfMonitoringService/RespondToCorrectiveAction',
+                request_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.RespondToCorrectiveActionRequest.SerializeToString,
+                response_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.CorrectiveAction.FromString,
+                _registered_method=True)
         self.ListBreachObservations = channel.unary_unary(
                 '/kasvu.selfmonitoring.v1.SelfMonitoringService/ListBreachObservations',
                 request_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListBreachObservationsRequest.SerializeToString,
@@ -220,6 +230,23 @@ class SelfMonitoringServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListCorrectiveActions(self, request, context):
+        """Lists the region's corrective-action requests, newest first: all for
+        its supervisors and admins, its own for a provider.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RespondToCorrectiveAction(self, request, context):
+        """The provider's response to a corrective-action request, before its
+        deadline; an unanswered request is escalated to a suspension request
+        when the deadline passes with the breach still open.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListBreachObservations(self, request, context):
         """Lists the observations behind a breach: those of its provider on its
         indicator in its window, the evidence an alert links to.
@@ -295,6 +322,16 @@ def add_SelfMonitoringServiceServicer_to_server(servicer, server):
                     servicer.AcknowledgeAlert,
                     request_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.AcknowledgeAlertRequest.FromString,
                     response_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.Alert.SerializeToString,
+            ),
+            'ListCorrectiveActions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCorrectiveActions,
+                    request_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListCorrectiveActionsRequest.FromString,
+                    response_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListCorrectiveActionsResponse.SerializeToString,
+            ),
+            'RespondToCorrectiveAction': grpc.unary_unary_rpc_method_handler(
+                    servicer.RespondToCorrectiveAction,
+                    request_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.RespondToCorrectiveActionRequest.FromString,
+                    response_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.CorrectiveAction.SerializeToString,
             ),
             'ListBreachObservations': grpc.unary_unary_rpc_method_handler(
                     servicer.ListBreachObservations,
@@ -656,6 +693,60 @@ class SelfMonitoringService:
             '/kasvu.selfmonitoring.v1.SelfMonitoringService/AcknowledgeAlert',
             kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.AcknowledgeAlertRequest.SerializeToString,
             kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.Alert.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCorrectiveActions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kasvu.selfmonitoring.v1.SelfMonitoringService/ListCorrectiveActions',
+            kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListCorrectiveActionsRequest.SerializeToString,
+            kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListCorrectiveActionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RespondToCorrectiveAction(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kasvu.selfmonitoring.v1.SelfMonitoringService/RespondToCorrectiveAction',
+            kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.RespondToCorrectiveActionRequest.SerializeToString,
+            kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.CorrectiveAction.FromString,
             options,
             channel_credentials,
             insecure,

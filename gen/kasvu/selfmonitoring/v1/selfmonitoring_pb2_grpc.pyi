@@ -84,6 +84,15 @@ class SelfMonitoringServiceStub:
     """Acknowledges an alert: a supervisor has seen it. Acknowledging it again
     changes nothing.
     """
+    ListCorrectiveActions: _grpc.UnaryUnaryMultiCallable[_selfmonitoring_pb2.ListCorrectiveActionsRequest, _selfmonitoring_pb2.ListCorrectiveActionsResponse]
+    """Lists the region's corrective-action requests, newest first: all for
+    its supervisors and admins, its own for a provider.
+    """
+    RespondToCorrectiveAction: _grpc.UnaryUnaryMultiCallable[_selfmonitoring_pb2.RespondToCorrectiveActionRequest, _selfmonitoring_pb2.CorrectiveAction]
+    """The provider's response to a corrective-action request, before its
+    deadline; an unanswered request is escalated to a suspension request
+    when the deadline passes with the breach still open.
+    """
     ListBreachObservations: _grpc.UnaryUnaryMultiCallable[_selfmonitoring_pb2.ListBreachObservationsRequest, _selfmonitoring_pb2.ListBreachObservationsResponse]
     """Lists the observations behind a breach: those of its provider on its
     indicator in its window, the evidence an alert links to.
@@ -144,6 +153,15 @@ class SelfMonitoringServiceAsyncStub(SelfMonitoringServiceStub):
     AcknowledgeAlert: _aio.UnaryUnaryMultiCallable[_selfmonitoring_pb2.AcknowledgeAlertRequest, _selfmonitoring_pb2.Alert]  # type: ignore[assignment]
     """Acknowledges an alert: a supervisor has seen it. Acknowledging it again
     changes nothing.
+    """
+    ListCorrectiveActions: _aio.UnaryUnaryMultiCallable[_selfmonitoring_pb2.ListCorrectiveActionsRequest, _selfmonitoring_pb2.ListCorrectiveActionsResponse]  # type: ignore[assignment]
+    """Lists the region's corrective-action requests, newest first: all for
+    its supervisors and admins, its own for a provider.
+    """
+    RespondToCorrectiveAction: _aio.UnaryUnaryMultiCallable[_selfmonitoring_pb2.RespondToCorrectiveActionRequest, _selfmonitoring_pb2.CorrectiveAction]  # type: ignore[assignment]
+    """The provider's response to a corrective-action request, before its
+    deadline; an unanswered request is escalated to a suspension request
+    when the deadline passes with the breach still open.
     """
     ListBreachObservations: _aio.UnaryUnaryMultiCallable[_selfmonitoring_pb2.ListBreachObservationsRequest, _selfmonitoring_pb2.ListBreachObservationsResponse]  # type: ignore[assignment]
     """Lists the observations behind a breach: those of its provider on its
@@ -280,6 +298,27 @@ class SelfMonitoringServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_selfmonitoring_pb2.Alert, _abc.Awaitable[_selfmonitoring_pb2.Alert]]:
         """Acknowledges an alert: a supervisor has seen it. Acknowledging it again
         changes nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def ListCorrectiveActions(
+        self,
+        request: _selfmonitoring_pb2.ListCorrectiveActionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_selfmonitoring_pb2.ListCorrectiveActionsResponse, _abc.Awaitable[_selfmonitoring_pb2.ListCorrectiveActionsResponse]]:
+        """Lists the region's corrective-action requests, newest first: all for
+        its supervisors and admins, its own for a provider.
+        """
+
+    @_abc_1.abstractmethod
+    def RespondToCorrectiveAction(
+        self,
+        request: _selfmonitoring_pb2.RespondToCorrectiveActionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_selfmonitoring_pb2.CorrectiveAction, _abc.Awaitable[_selfmonitoring_pb2.CorrectiveAction]]:
+        """The provider's response to a corrective-action request, before its
+        deadline; an unanswered request is escalated to a suspension request
+        when the deadline passes with the breach still open.
         """
 
     @_abc_1.abstractmethod

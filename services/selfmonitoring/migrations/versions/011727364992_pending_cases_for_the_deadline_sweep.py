@@ -11,8 +11,6 @@ import sqlalchemy as sa
 import sqlmodel.sql.sqltypes
 from alembic import op
 
-import services.runtime.tables
-
 revision: str = "011727364992"
 down_revision: str | None = "9b9d21456ea2"
 branch_labels: str | Sequence[str] | None = None
