@@ -47,6 +47,8 @@ def test_every_public_method_is_a_method_of_its_own_service():
         # A region's published self-monitoring programme is public.
         "kasvu.selfmonitoring.v1.SelfMonitoringService.GetProgramme",
         "kasvu.selfmonitoring.v1.SelfMonitoringService.ListProgrammes",
+        # The equal-availability view is for the ministry and the public.
+        "kasvu.selfmonitoring.v1.SelfMonitoringService.GetAvailabilityReport",
     }
 
 

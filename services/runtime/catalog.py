@@ -70,6 +70,7 @@ CATALOG: tuple[ServiceEntry, ...] = (
             {
                 "kasvu.selfmonitoring.v1.SelfMonitoringService.GetProgramme",
                 "kasvu.selfmonitoring.v1.SelfMonitoringService.ListProgrammes",
+                "kasvu.selfmonitoring.v1.SelfMonitoringService.GetAvailabilityReport",
             }
         ),
     ),

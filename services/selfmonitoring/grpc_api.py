@@ -392,6 +392,51 @@ class SelfMonitoringServicer(selfmonitoring_pb2_grpc.SelfMonitoringServiceServic
         command = handlers.RespondToCorrectiveAction(parts["region"], parts["action"], request.response)
         return action_to_proto(await self._dispatcher.handle(command, call_context()))
 
+    async def GetAvailabilityReport(
+        self, request: selfmonitoring_pb2.GetAvailabilityReportRequest, context: Context
+    ) -> selfmonitoring_pb2.AvailabilityReport:
+        region = model.AVAILABILITY_REPORT.parse(request.name, "name")["region"]
+        cells: list[model.AvailabilityCell] = await self._dispatcher.query(
+            handlers.GetAvailabilityReport(region), call_context()
+        )
+        return selfmonitoring_pb2.AvailabilityReport(
+            name=request.name,
+            cells=[
+                selfmonitoring_pb2.AvailabilityCell(
+                    service=c.service,
+                    municipality=c.municipality,
+                    language=c.language,
+                    admitted_providers=c.admitted,
+                    active_providers=c.active,
+                )
+                for c in cells
+            ],
+        )
+
+    async def GetIndicatorReport(
+        self, request: selfmonitoring_pb2.GetIndicatorReportRequest, context: Context
+    ) -> selfmonitoring_pb2.IndicatorReport:
+        region = model.INDICATOR_REPORT.parse(request.name, "name")["region"]
+        as_of = optional_date(request.as_of, "as_of")
+        found: list[handlers.IndicatorValue] = await self._dispatcher.query(
+            handlers.GetIndicatorReport(region, as_of), call_context()
+        )
+        return selfmonitoring_pb2.IndicatorReport(
+            name=request.name,
+            values=[
+                selfmonitoring_pb2.IndicatorValue(
+                    indicator=v.indicator.name,
+                    service=v.indicator.service,
+                    provider=v.provider,
+                    value=v.value,
+                    sample_size=v.sample_size,
+                    window_start=proto_date(v.window[0]),
+                    window_end=proto_date(v.window[1]),
+                )
+                for v in found
+            ],
+        )
+
     async def ListBreachObservations(
         self, request: selfmonitoring_pb2.ListBreachObservationsRequest, context: Context
     ) -> selfmonitoring_pb2.ListBreachObservationsResponse:

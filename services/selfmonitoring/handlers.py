@@ -94,6 +94,42 @@ class ListCorrectiveActions(Query):
 
 
 @dataclass(frozen=True)
+class RecordAdmission(Command):
+    """From the registry's RegistrationAdmitted."""
+
+    provider: model.AdmittedProvider
+
+
+@dataclass(frozen=True)
+class RecordSuspension(Command):
+    """From the registry's ProviderSuspended."""
+
+    region: str
+    service: str
+    business_id: str
+
+
+@dataclass(frozen=True)
+class GetAvailabilityReport(Query):
+    region: str
+
+
+@dataclass(frozen=True)
+class GetIndicatorReport(Query):
+    region: str
+    as_of: date | None
+
+
+@dataclass(frozen=True)
+class IndicatorValue:
+    indicator: model.Indicator
+    provider: str
+    value: float
+    sample_size: int
+    window: tuple[date, date]
+
+
+@dataclass(frozen=True)
 class SweepResult:
     overdue: int
     opened_breaches: list[str]
@@ -644,6 +680,53 @@ async def list_corrective_actions(
     return await uow.corrective_actions.page(query.region, provider, query.before, query.limit)
 
 
+def _from_the_bus(uow: SelfMonitoringUnitOfWork, action: str) -> None:
+    """The registry's events arrive through the kernel's consumer, with no caller."""
+    if uow.actor is not None:
+        raise PermissionDenied(f"{action} follows the registry's events only", reason="SYSTEM_ONLY")
+
+
+async def record_admission(command: RecordAdmission, uow: SelfMonitoringUnitOfWork) -> int:
+    """Note the admission for the equal-availability view; a serious breach opened before the
+    provider was admitted takes effect now (escalated again, so the registry suspends)."""
+    _from_the_bus(uow, "recording an admission")
+    provider = command.provider
+    await uow.admitted.admitted(provider, uow.now)
+    waiting = await uow.breaches.open_serious(provider.region, provider.business_id, provider.service)
+    for breach in waiting:
+        reason = model.EscalationReason.PROVIDER_ADMITTED
+        await uow.breaches.update(model.escalate_breach(breach, reason, uow.now))
+        log.info("breach takes effect on admission", extra={"breach": breach.name})
+    return len(waiting)
+
+
+async def record_suspension(command: RecordSuspension, uow: SelfMonitoringUnitOfWork) -> bool:
+    _from_the_bus(uow, "recording a suspension")
+    return await uow.admitted.suspended(command.region, command.service, command.business_id, uow.now)
+
+
+async def get_availability_report(
+    query: GetAvailabilityReport, uow: SelfMonitoringUnitOfWork
+) -> list[model.AvailabilityCell]:
+    """Public: what the ministry reads about equal availability in the region."""
+    return model.availability(await uow.admitted.of_region(query.region))
+
+
+async def get_indicator_report(
+    query: GetIndicatorReport, uow: SelfMonitoringUnitOfWork
+) -> list[IndicatorValue]:
+    require_supervision(query.region, uow.actor)
+    as_of = query.as_of or uow.today
+    values: list[IndicatorValue] = []
+    for indicator in await uow.indicators.of_region(query.region):
+        window = model.window_bounds(indicator, as_of)
+        for provider, stats in (await uow.buckets.window_of_all(indicator, as_of)).items():
+            values.append(
+                IndicatorValue(indicator, provider, indicator.value(stats), stats.sample_size, window)
+            )
+    return values
+
+
 async def sweep_deadlines(command: SweepDeadlines, uow: SelfMonitoringUnitOfWork) -> SweepResult:
     """Count the indicator's pending cases whose deadline passed as late, and evaluate their
     providers: a breach can open with no new observation arriving. Run by timers only."""
@@ -778,6 +861,10 @@ HANDLERS: dict[type[Any], Any] = {
     RecordObservation: record_observation,
     RecordObservations: record_observations,
     SweepDeadlines: sweep_deadlines,
+    RecordAdmission: record_admission,
+    RecordSuspension: record_suspension,
+    GetAvailabilityReport: get_availability_report,
+    GetIndicatorReport: get_indicator_report,
     EscalateCorrectiveAction: escalate_corrective_action,
     RespondToCorrectiveAction: respond_to_corrective_action,
     ListCorrectiveActions: list_corrective_actions,

@@ -31,6 +31,8 @@ MAX_WINDOW_DAYS = 3660
 _PERSONAL_IDENTITY_CODE = re.compile(r"\d{6}[-+A-FU-Y]\d{3}[0-9A-Y]", re.IGNORECASE)
 
 REGION = ResourcePattern("regions/{region}")
+AVAILABILITY_REPORT = ResourcePattern("regions/{region}/availabilityReport")
+INDICATOR_REPORT = ResourcePattern("regions/{region}/indicatorReport")
 INDICATOR = ResourcePattern("regions/{region}/indicators/{indicator}")
 BREACH = ResourcePattern("regions/{region}/breaches/{breach:key}")
 
@@ -891,6 +893,8 @@ class CorrectiveActionState(StrEnum):
 class EscalationReason(StrEnum):
     CORRECTIVE_ACTION_OVERDUE = "CORRECTIVE_ACTION_OVERDUE"
     RECURRED = "RECURRED"
+    PROVIDER_ADMITTED = "PROVIDER_ADMITTED"
+    """A serious breach opened before its provider was admitted takes effect when it is."""
 
 
 @dataclass(frozen=True)
@@ -980,6 +984,45 @@ def escalate_breach(breach: Breach, reason: EscalationReason, now: datetime) -> 
     escalated = replace(breach, severity=Severity.SERIOUS)
     escalated.record(BreachEscalated(escalated.facts, escalated.region, str(reason), require_aware(now)))
     return escalated
+
+
+# --- equal availability (from the registry's events) --------------------------------------------
+
+
+@dataclass(frozen=True)
+class AdmittedProvider:
+    """A provider admitted to produce a service in a region, where and in which languages; a
+    read model of the registry's events, for the equal-availability view."""
+
+    region: str
+    service: str
+    business_id: str
+    municipalities: tuple[str, ...]
+    languages: tuple[str, ...]
+    suspended: bool = False
+
+
+@dataclass(frozen=True)
+class AvailabilityCell:
+    """Providers of one service in one municipality in one language: admitted, and of them active."""
+
+    service: str
+    municipality: str
+    language: str
+    admitted: int
+    active: int
+
+
+def availability(providers: Iterable[AdmittedProvider]) -> list[AvailabilityCell]:
+    """Admitted (and active, i.e. not suspended) providers per service x municipality x language."""
+    cells: dict[tuple[str, str, str], tuple[int, int]] = {}
+    for provider in providers:
+        for municipality in provider.municipalities or ("",):
+            for language in provider.languages or ("",):
+                key = (provider.service, municipality, language)
+                admitted, active = cells.get(key, (0, 0))
+                cells[key] = (admitted + 1, active + (0 if provider.suspended else 1))
+    return [AvailabilityCell(*key, admitted, active) for key, (admitted, active) in sorted(cells.items())]
 
 
 # --- alerts -------------------------------------------------------------------------------------

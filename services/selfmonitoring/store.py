@@ -174,6 +174,20 @@ class CorrectiveActionRow(SQLModel, table=True):
     responded_at: datetime | None = utc_field(default=None, nullable=True)
 
 
+class AdmittedProviderRow(SQLModel, table=True):
+    """The registry's admitted providers, as its events tell (a read model)."""
+
+    __tablename__ = "selfmonitoring_admitted_providers"
+
+    region: str = Field(primary_key=True, max_length=63)
+    service: str = Field(primary_key=True, max_length=63)
+    business_id: str = Field(primary_key=True, max_length=9)
+    municipalities: str = Field(default="[]")
+    languages: str = Field(default="[]")
+    suspended: bool = False
+    updated_at: datetime = utc_field()
+
+
 SELFMONITORING_TABLES = (
     "selfmonitoring_indicators",
     "selfmonitoring_observations",
@@ -183,6 +197,7 @@ SELFMONITORING_TABLES = (
     "selfmonitoring_programmes",
     "selfmonitoring_alerts",
     "selfmonitoring_corrective_actions",
+    "selfmonitoring_admitted_providers",
 )
 
 OBSERVATIONS: Table = ObservationRow.__table__  # type: ignore[attr-defined]
@@ -249,6 +264,12 @@ def breach_from_row(row: BreachRow) -> model.Breach:
 
 
 class IndicatorRepository:
+    async def of_region(self, region: str) -> list[model.Indicator]:
+        result = await self._session.exec(
+            select(IndicatorRow).where(IndicatorRow.region == region).order_by(col(IndicatorRow.indicator_id))
+        )
+        return [indicator_from_row(row) for row in result.all()]
+
     def __init__(self, session: AsyncSession, uow: UnitOfWork) -> None:
         self._session = session
         self._uow = uow
@@ -490,6 +511,31 @@ class DayBucketRepository:
             ],
         )
 
+    async def window_of_all(self, indicator: model.Indicator, as_of: date) -> dict[str, model.WindowStats]:
+        """Every provider's window on the indicator, summed from the day buckets."""
+        start, end = model.window_bounds(indicator, as_of)
+        table = BUCKETS.c
+        query = (
+            sa_select(
+                table.provider,
+                func.sum(table.sample_size),
+                func.sum(table.weight),
+                func.sum(table.weighted_value),
+            )
+            .where(
+                table.region == indicator.region,
+                table.indicator_id == indicator.indicator_id,
+                table.day >= start,
+                table.day <= end,
+            )
+            .group_by(table.provider)
+            .order_by(table.provider)
+        )
+        return {
+            provider: model.WindowStats(int(sample or 0), float(weight or 0), float(weighted or 0))
+            for provider, sample, weight, weighted in await self._uow.connection.execute(query)
+        }
+
     async def window(
         self, indicator: model.Indicator, providers: list[str], as_of: date
     ) -> dict[str, model.WindowStats]:
@@ -540,6 +586,18 @@ class BreachRepository:
             for row in result.all():
                 found[row.provider] = breach_from_row(row)
         return found
+
+    async def open_serious(self, region: str, provider: str, service: str) -> list[model.Breach]:
+        result = await self._session.exec(
+            select(BreachRow).where(
+                BreachRow.region == region,
+                BreachRow.provider == provider,
+                BreachRow.service == service,
+                col(BreachRow.open_key).is_not(None),
+                BreachRow.severity == str(model.Severity.SERIOUS),
+            )
+        )
+        return [breach_from_row(row) for row in result.all()]
 
     async def resolved_since(
         self, region: str, indicator_id: str, provider: str, since: datetime
@@ -828,6 +886,48 @@ class CorrectiveActionRepository:
         return [action_from_row(row) for row in (await self._session.exec(query)).all()]
 
 
+class AdmittedProviderRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def admitted(self, provider: model.AdmittedProvider, at: datetime) -> None:
+        """Upsert: a re-admission replaces where and in which languages, and lifts a suspension."""
+        key = (provider.region, provider.service, provider.business_id)
+        row = await self._session.get(AdmittedProviderRow, key) or AdmittedProviderRow(
+            region=provider.region, service=provider.service, business_id=provider.business_id, updated_at=at
+        )
+        row.municipalities = json.dumps(sorted(provider.municipalities))
+        row.languages = json.dumps(sorted(provider.languages))
+        row.suspended = False
+        row.updated_at = at
+        self._session.add(row)
+
+    async def suspended(self, region: str, service: str, business_id: str, at: datetime) -> bool:
+        row = await self._session.get(AdmittedProviderRow, (region, service, business_id))
+        if row is None:
+            return False
+        row.suspended = True
+        row.updated_at = at
+        self._session.add(row)
+        return True
+
+    async def of_region(self, region: str) -> list[model.AdmittedProvider]:
+        result = await self._session.exec(
+            select(AdmittedProviderRow).where(AdmittedProviderRow.region == region)
+        )
+        return [
+            model.AdmittedProvider(
+                row.region,
+                row.service,
+                row.business_id,
+                tuple(json.loads(row.municipalities)),
+                tuple(json.loads(row.languages)),
+                row.suspended,
+            )
+            for row in result.all()
+        ]
+
+
 class SelfMonitoringUnitOfWork(UnitOfWork):
     """Self-monitoring's unit of work: indicators, observations and breaches."""
 
@@ -839,6 +939,7 @@ class SelfMonitoringUnitOfWork(UnitOfWork):
     programmes: ProgrammeRepository
     alerts: AlertRepository
     corrective_actions: CorrectiveActionRepository
+    admitted: AdmittedProviderRepository
 
     async def bind(self, session: AsyncSession) -> None:
         await super().bind(session)
@@ -850,6 +951,7 @@ class SelfMonitoringUnitOfWork(UnitOfWork):
         self.programmes = ProgrammeRepository(session, self)
         self.alerts = AlertRepository(session, self)
         self.corrective_actions = CorrectiveActionRepository(session, self)
+        self.admitted = AdmittedProviderRepository(session)
 
 
 def unit_of_work_factory() -> Callable[[Context, datetime, bool], SelfMonitoringUnitOfWork]:

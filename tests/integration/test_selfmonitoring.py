@@ -11,6 +11,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from kasvu.registry.v1 import events_pb2 as registry_events
 from kasvu.selfmonitoring.v1 import selfmonitoring_pb2, selfmonitoring_pb2_grpc
 
 from services.runtime import catalog
@@ -21,7 +22,7 @@ from services.runtime.db import Database
 from services.runtime.migrate import upgrade_async
 from services.runtime.worker import Scheduler, Worker
 from services.runtime.writer import write_path_for
-from services.selfmonitoring import bootstrap, handlers, store
+from services.selfmonitoring import bootstrap, consumers, handlers, store
 from services.selfmonitoring.alerts import AlertFeed
 from services.selfmonitoring.grpc_api import SelfMonitoringServicer
 from tests.integration.helpers import (
@@ -1005,7 +1006,7 @@ async def with_scheduler(db: Database, tokens: Tokens, clock: RuntimeClock):  # 
         async with serving(
             tokens, selfmonitoring_pb2_grpc.add_SelfMonitoringServiceServicer_to_server, servicer
         ) as channel:
-            yield selfmonitoring_pb2_grpc.SelfMonitoringServiceStub(channel), worker
+            yield selfmonitoring_pb2_grpc.SelfMonitoringServiceStub(channel), worker, dispatcher
 
 
 def pending(observation_id: str, provider: str, started_on: date) -> selfmonitoring_pb2.Observation:
@@ -1020,7 +1021,7 @@ def pending(observation_id: str, provider: str, started_on: date) -> selfmonitor
 
 async def test_fourteen_days_without_an_assessment_opens_a_breach_with_no_new_observation(sm_db, tokens):
     clock = ManualClock(datetime(2025, 3, 14, 10, 0, tzinfo=UTC))
-    async with with_scheduler(sm_db, tokens, clock) as (stub, worker):
+    async with with_scheduler(sm_db, tokens, clock) as (stub, worker, _):
         await create(stub, tokens, indicator(minimum_sample=2, minimum_share=0.5))
         provider = business_ids()()
         day = date(2025, 3, 14)
@@ -1108,7 +1109,7 @@ async def test_an_unanswered_corrective_action_is_escalated_to_a_suspension_requ
     sm_db, tokens
 ):
     clock = ManualClock(datetime(2025, 3, 14, 10, 0, tzinfo=UTC))
-    async with with_scheduler(sm_db, tokens, clock) as (stub, worker):
+    async with with_scheduler(sm_db, tokens, clock) as (stub, worker, _):
         await programme_in_force(stub, tokens)
         provider = business_ids()()
         opened = await record(stub, tokens, observation("late", provider, date(2025, 3, 14), 30))
@@ -1153,7 +1154,7 @@ async def test_an_unanswered_corrective_action_is_escalated_to_a_suspension_requ
 
 async def test_a_response_in_time_stops_the_escalation_and_only_the_provider_may_respond(sm_db, tokens):
     clock = ManualClock(datetime(2025, 3, 14, 10, 0, tzinfo=UTC))
-    async with with_scheduler(sm_db, tokens, clock) as (stub, worker):
+    async with with_scheduler(sm_db, tokens, clock) as (stub, worker, _):
         await programme_in_force(stub, tokens)
         next_id = business_ids()
         provider, other = next_id(), next_id()
@@ -1210,6 +1211,105 @@ async def test_a_breach_recurring_within_the_period_is_escalated_at_once(stub, t
     assert (await outbox_counts(sm_db))[BREACH_ESCALATED] == 1
     # The first breach got a corrective-action request; the recurrence went straight to escalation.
     assert await count_rows(sm_db, "selfmonitoring_corrective_actions") == 1
+
+
+# -- the registry's events: equal availability, breaches before admission ---------------------
+
+
+def admitted(
+    business_id: str, municipalities: list[str], languages: list[str]
+) -> registry_events.RegistrationAdmitted:
+    return registry_events.RegistrationAdmitted(
+        registration=f"regions/{REGION}/services/recruitment/registrations/{business_id}",
+        region=REGION,
+        service="recruitment",
+        business_id=business_id,
+        municipalities=municipalities,
+        languages=languages,
+    )
+
+
+async def test_the_equal_availability_view_counts_admitted_and_active_providers_per_municipality_and_language(
+    sm_db, tokens, clock
+):
+    async with with_scheduler(sm_db, tokens, clock) as (stub, _, dispatcher):
+        next_id = business_ids()
+        first, second = next_id(), next_id()
+        for event in (
+            admitted(first, ["tampere", "nokia"], ["fi"]),
+            admitted(second, ["tampere"], ["fi", "sv"]),
+        ):
+            command = consumers.admission(event, f"kasvu.registry.v1.RegistrationAdmitted.{REGION}")
+            assert command is not None
+            await dispatcher.handle(command)
+        suspended = registry_events.ProviderSuspended(
+            region=REGION, service="recruitment", business_id=second
+        )
+        command = consumers.suspension(suspended, f"kasvu.registry.v1.ProviderSuspended.{REGION}")
+        assert command is not None
+        await dispatcher.handle(command)
+
+        report = await stub.GetAvailabilityReport(
+            selfmonitoring_pb2.GetAvailabilityReportRequest(name=f"regions/{REGION}/availabilityReport")
+        )
+
+    assert [(c.municipality, c.language, c.admitted_providers, c.active_providers) for c in report.cells] == [
+        ("nokia", "fi", 1, 1),
+        ("tampere", "fi", 2, 1),
+        ("tampere", "sv", 1, 0),
+    ]
+
+
+async def test_a_serious_breach_opened_before_its_provider_registered_takes_effect_on_admission(
+    sm_db, tokens, clock
+):
+    async with with_scheduler(sm_db, tokens, clock) as (stub, _, dispatcher):
+        await create(stub, tokens, indicator(minimum_sample=1, minimum_share=0.9))
+        provider = business_ids()()
+        opened = await record(stub, tokens, observation("late", provider, clock.day, 30))
+        assert opened.breach
+
+        command = consumers.admission(admitted(provider, ["tampere"], ["fi"]), "")
+        assert command is not None
+        assert await dispatcher.handle(command) == 1
+
+    assert (await outbox_counts(sm_db))[BREACH_ESCALATED] == 1
+
+
+async def test_an_indicator_report_without_observations_is_empty(stub, tokens, sm_db):
+    report = await stub.GetIndicatorReport(
+        selfmonitoring_pb2.GetIndicatorReportRequest(name=f"regions/{REGION}/indicatorReport"),
+        metadata=tokens.supervisor(REGION),
+    )
+    assert list(report.values) == []
+
+
+async def test_the_indicator_report_gives_each_providers_value_over_the_window(stub, tokens, sm_db, clock):
+    await create(stub, tokens, indicator(minimum_sample=5))
+    next_id = business_ids()
+    slow, quick = next_id(), next_id()
+    await record(stub, tokens, observation("s0", slow, clock.day, 30))
+    await record(stub, tokens, observation("s1", slow, clock.day, 1))
+    await record(
+        stub, tokens, observation("q0", quick, clock.day - timedelta(days=100), 30)
+    )  # before the window
+    await record(stub, tokens, observation("q1", quick, clock.day, 1))
+
+    report = await stub.GetIndicatorReport(
+        selfmonitoring_pb2.GetIndicatorReportRequest(name=f"regions/{REGION}/indicatorReport"),
+        metadata=tokens.supervisor(REGION),
+    )
+
+    assert [(v.provider, v.service, round(v.value, 2), v.sample_size) for v in report.values] == sorted(
+        [(slow, "recruitment", 0.5, 2), (quick, "recruitment", 1.0, 1)]
+    )
+    assert report.values[0].window_end == proto_date(clock.day)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.GetIndicatorReport(
+            selfmonitoring_pb2.GetIndicatorReportRequest(name=f"regions/{REGION}/indicatorReport"),
+            metadata=tokens.provider(slow),
+        )
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
 # -- the alert stream (SQLite and a real nats-server) ---------------------------------------

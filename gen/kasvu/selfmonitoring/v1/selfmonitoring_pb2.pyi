@@ -1489,3 +1489,197 @@ class RespondToCorrectiveActionRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RespondToCorrectiveActionRequest: _TypeAlias = RespondToCorrectiveActionRequest  # noqa: Y015
+
+@_typing.final
+class GetAvailabilityReportRequest(_message.Message):
+    """Request for GetAvailabilityReport."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """regions/{region}/availabilityReport"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAvailabilityReportRequest: _TypeAlias = GetAvailabilityReportRequest  # noqa: Y015
+
+@_typing.final
+class AvailabilityCell(_message.Message):
+    """Providers of one service in one municipality in one language."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_FIELD_NUMBER: _builtins.int
+    MUNICIPALITY_FIELD_NUMBER: _builtins.int
+    LANGUAGE_FIELD_NUMBER: _builtins.int
+    ADMITTED_PROVIDERS_FIELD_NUMBER: _builtins.int
+    ACTIVE_PROVIDERS_FIELD_NUMBER: _builtins.int
+    service: _builtins.str
+    """The growth service."""
+    municipality: _builtins.str
+    """The municipality (empty: the provider named none)."""
+    language: _builtins.str
+    """The language, e.g. "fi" or "sv" (empty: none named)."""
+    admitted_providers: _builtins.int
+    """Admitted providers."""
+    active_providers: _builtins.int
+    """Of them, not suspended."""
+    def __init__(
+        self,
+        *,
+        service: _builtins.str = ...,
+        municipality: _builtins.str = ...,
+        language: _builtins.str = ...,
+        admitted_providers: _builtins.int = ...,
+        active_providers: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_providers", b"active_providers", "admitted_providers", b"admitted_providers", "language", b"language", "municipality", b"municipality", "service", b"service"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AvailabilityCell: _TypeAlias = AvailabilityCell  # noqa: Y015
+
+@_typing.final
+class AvailabilityReport(_message.Message):
+    """The equal-availability view of a region."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CELLS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """regions/{region}/availabilityReport"""
+    @_builtins.property
+    def cells(self) -> _containers.RepeatedCompositeFieldContainer[Global___AvailabilityCell]:
+        """One cell per service, municipality and language."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        cells: _abc.Iterable[Global___AvailabilityCell] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cells", b"cells", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AvailabilityReport: _TypeAlias = AvailabilityReport  # noqa: Y015
+
+@_typing.final
+class GetIndicatorReportRequest(_message.Message):
+    """Request for GetIndicatorReport."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """regions/{region}/indicatorReport"""
+    @_builtins.property
+    def as_of(self) -> _date_pb2.Date:
+        """The last day of each indicator's window (unset: today)."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        as_of: _date_pb2.Date | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetIndicatorReportRequest: _TypeAlias = GetIndicatorReportRequest  # noqa: Y015
+
+@_typing.final
+class IndicatorValue(_message.Message):
+    """One indicator's value for one provider."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDICATOR_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    SAMPLE_SIZE_FIELD_NUMBER: _builtins.int
+    WINDOW_START_FIELD_NUMBER: _builtins.int
+    WINDOW_END_FIELD_NUMBER: _builtins.int
+    indicator: _builtins.str
+    """regions/{region}/indicators/{indicator}"""
+    service: _builtins.str
+    """The service it watches."""
+    provider: _builtins.str
+    """The provider's business ID."""
+    value: _builtins.float
+    """The value over the window."""
+    sample_size: _builtins.int
+    """Observations in the window."""
+    @_builtins.property
+    def window_start(self) -> _date_pb2.Date:
+        """The window's first day."""
+
+    @_builtins.property
+    def window_end(self) -> _date_pb2.Date:
+        """The window's last day."""
+
+    def __init__(
+        self,
+        *,
+        indicator: _builtins.str = ...,
+        service: _builtins.str = ...,
+        provider: _builtins.str = ...,
+        value: _builtins.float = ...,
+        sample_size: _builtins.int = ...,
+        window_start: _date_pb2.Date | None = ...,
+        window_end: _date_pb2.Date | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["indicator", b"indicator", "provider", b"provider", "sample_size", b"sample_size", "service", b"service", "value", b"value", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IndicatorValue: _TypeAlias = IndicatorValue  # noqa: Y015
+
+@_typing.final
+class IndicatorReport(_message.Message):
+    """Indicator values per provider and service."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """regions/{region}/indicatorReport"""
+    @_builtins.property
+    def values(self) -> _containers.RepeatedCompositeFieldContainer[Global___IndicatorValue]:
+        """One row per indicator and provider with observations in the window."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        values: _abc.Iterable[Global___IndicatorValue] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IndicatorReport: _TypeAlias = IndicatorReport  # noqa: Y015

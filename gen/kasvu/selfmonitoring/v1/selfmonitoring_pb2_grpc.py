@@ -112,6 +112,16 @@ class SelfMonitoringServiceStub:
                 request_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.RespondToCorrectiveActionRequest.SerializeToString,
                 response_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.CorrectiveAction.FromString,
                 _registered_method=True)
+        self.GetAvailabilityReport = channel.unary_unary(
+                '/kasvu.selfmonitoring.v1.SelfMonitoringService/GetAvailabilityReport',
+                request_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.GetAvailabilityReportRequest.SerializeToString,
+                response_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.AvailabilityReport.FromString,
+                _registered_method=True)
+        self.GetIndicatorReport = channel.unary_unary(
+                '/kasvu.selfmonitoring.v1.SelfMonitoringService/GetIndicatorReport',
+                request_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.GetIndicatorReportRequest.SerializeToString,
+                response_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.IndicatorReport.FromString,
+                _registered_method=True)
         self.ListBreachObservations = channel.unary_unary(
                 '/kasvu.selfmonitoring.v1.SelfMonitoringService/ListBreachObservations',
                 request_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListBreachObservationsRequest.SerializeToString,
@@ -247,6 +257,23 @@ class SelfMonitoringServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetAvailabilityReport(self, request, context):
+        """The equal-availability view: admitted and active (unsuspended)
+        providers per service, municipality and language, from the registry's
+        events. Public: what the ministry reads.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetIndicatorReport(self, request, context):
+        """Each indicator's value per provider (and its service) over the window
+        ending on a day, for the region's supervisors.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListBreachObservations(self, request, context):
         """Lists the observations behind a breach: those of its provider on its
         indicator in its window, the evidence an alert links to.
@@ -332,6 +359,16 @@ def add_SelfMonitoringServiceServicer_to_server(servicer, server):
                     servicer.RespondToCorrectiveAction,
                     request_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.RespondToCorrectiveActionRequest.FromString,
                     response_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.CorrectiveAction.SerializeToString,
+            ),
+            'GetAvailabilityReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAvailabilityReport,
+                    request_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.GetAvailabilityReportRequest.FromString,
+                    response_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.AvailabilityReport.SerializeToString,
+            ),
+            'GetIndicatorReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetIndicatorReport,
+                    request_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.GetIndicatorReportRequest.FromString,
+                    response_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.IndicatorReport.SerializeToString,
             ),
             'ListBreachObservations': grpc.unary_unary_rpc_method_handler(
                     servicer.ListBreachObservations,
@@ -747,6 +784,60 @@ class SelfMonitoringService:
             '/kasvu.selfmonitoring.v1.SelfMonitoringService/RespondToCorrectiveAction',
             kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.RespondToCorrectiveActionRequest.SerializeToString,
             kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.CorrectiveAction.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAvailabilityReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kasvu.selfmonitoring.v1.SelfMonitoringService/GetAvailabilityReport',
+            kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.GetAvailabilityReportRequest.SerializeToString,
+            kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.AvailabilityReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetIndicatorReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kasvu.selfmonitoring.v1.SelfMonitoringService/GetIndicatorReport',
+            kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.GetIndicatorReportRequest.SerializeToString,
+            kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.IndicatorReport.FromString,
             options,
             channel_credentials,
             insecure,

@@ -93,6 +93,15 @@ class SelfMonitoringServiceStub:
     deadline; an unanswered request is escalated to a suspension request
     when the deadline passes with the breach still open.
     """
+    GetAvailabilityReport: _grpc.UnaryUnaryMultiCallable[_selfmonitoring_pb2.GetAvailabilityReportRequest, _selfmonitoring_pb2.AvailabilityReport]
+    """The equal-availability view: admitted and active (unsuspended)
+    providers per service, municipality and language, from the registry's
+    events. Public: what the ministry reads.
+    """
+    GetIndicatorReport: _grpc.UnaryUnaryMultiCallable[_selfmonitoring_pb2.GetIndicatorReportRequest, _selfmonitoring_pb2.IndicatorReport]
+    """Each indicator's value per provider (and its service) over the window
+    ending on a day, for the region's supervisors.
+    """
     ListBreachObservations: _grpc.UnaryUnaryMultiCallable[_selfmonitoring_pb2.ListBreachObservationsRequest, _selfmonitoring_pb2.ListBreachObservationsResponse]
     """Lists the observations behind a breach: those of its provider on its
     indicator in its window, the evidence an alert links to.
@@ -162,6 +171,15 @@ class SelfMonitoringServiceAsyncStub(SelfMonitoringServiceStub):
     """The provider's response to a corrective-action request, before its
     deadline; an unanswered request is escalated to a suspension request
     when the deadline passes with the breach still open.
+    """
+    GetAvailabilityReport: _aio.UnaryUnaryMultiCallable[_selfmonitoring_pb2.GetAvailabilityReportRequest, _selfmonitoring_pb2.AvailabilityReport]  # type: ignore[assignment]
+    """The equal-availability view: admitted and active (unsuspended)
+    providers per service, municipality and language, from the registry's
+    events. Public: what the ministry reads.
+    """
+    GetIndicatorReport: _aio.UnaryUnaryMultiCallable[_selfmonitoring_pb2.GetIndicatorReportRequest, _selfmonitoring_pb2.IndicatorReport]  # type: ignore[assignment]
+    """Each indicator's value per provider (and its service) over the window
+    ending on a day, for the region's supervisors.
     """
     ListBreachObservations: _aio.UnaryUnaryMultiCallable[_selfmonitoring_pb2.ListBreachObservationsRequest, _selfmonitoring_pb2.ListBreachObservationsResponse]  # type: ignore[assignment]
     """Lists the observations behind a breach: those of its provider on its
@@ -319,6 +337,27 @@ class SelfMonitoringServiceServicer(metaclass=_abc_1.ABCMeta):
         """The provider's response to a corrective-action request, before its
         deadline; an unanswered request is escalated to a suspension request
         when the deadline passes with the breach still open.
+        """
+
+    @_abc_1.abstractmethod
+    def GetAvailabilityReport(
+        self,
+        request: _selfmonitoring_pb2.GetAvailabilityReportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_selfmonitoring_pb2.AvailabilityReport, _abc.Awaitable[_selfmonitoring_pb2.AvailabilityReport]]:
+        """The equal-availability view: admitted and active (unsuspended)
+        providers per service, municipality and language, from the registry's
+        events. Public: what the ministry reads.
+        """
+
+    @_abc_1.abstractmethod
+    def GetIndicatorReport(
+        self,
+        request: _selfmonitoring_pb2.GetIndicatorReportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_selfmonitoring_pb2.IndicatorReport, _abc.Awaitable[_selfmonitoring_pb2.IndicatorReport]]:
+        """Each indicator's value per provider (and its service) over the window
+        ending on a day, for the region's supervisors.
         """
 
     @_abc_1.abstractmethod
