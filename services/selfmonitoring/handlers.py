@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from dataclasses import dataclass, field, replace
@@ -270,6 +271,7 @@ _CODE_NAMES: dict[type[DomainError], str] = {
 }
 
 
+@functools.lru_cache(maxsize=4096)
 def _canonical(business_id: str) -> str:
     """The business ID in canonical form when it is one (the access check compares it with the
     token's); as given otherwise, for model validation to refuse."""
@@ -407,21 +409,19 @@ _Key = tuple[str, str, model.ObservationSource, str]
 async def _stored(
     candidates: list[_Candidate], uow: SelfMonitoringUnitOfWork
 ) -> tuple[dict[_Key, model.Observation], dict[_Key, model.PendingCase]]:
-    """The observations and pending cases stored under the candidates' ids: two selects per
-    indicator and source, whatever the batch's size."""
-    wanted: dict[tuple[str, str, model.ObservationSource], set[str]] = {}
+    """The observations and pending cases stored under the candidates' ids: one select per
+    region for each (ids in chunks), whatever the batch's indicators and sources."""
+    wanted: dict[str, set[str]] = {}
     for candidate in candidates:
-        indicator, observation = candidate.indicator, candidate.observation
-        wanted.setdefault((indicator.region, indicator.indicator_id, observation.source), set()).add(
-            observation.observation_id
-        )
+        wanted.setdefault(candidate.indicator.region, set()).add(candidate.observation.observation_id)
     stored: dict[_Key, model.Observation] = {}
     pending: dict[_Key, model.PendingCase] = {}
-    for (region, indicator_id, source), ids in wanted.items():
-        for found in await uow.observations.existing(region, indicator_id, source, sorted(ids)):
-            stored[(region, indicator_id, source, found.observation_id)] = found
-        for case in await uow.pending.existing(region, indicator_id, source, sorted(ids)):
-            pending[(region, indicator_id, source, case.observation.observation_id)] = case
+    for region, ids in wanted.items():
+        for indicator_id, found in await uow.observations.existing(region, sorted(ids)):
+            stored[(region, indicator_id, found.source, found.observation_id)] = found
+        for indicator_id, case in await uow.pending.existing(region, sorted(ids)):
+            observation = case.observation
+            pending[(region, indicator_id, observation.source, observation.observation_id)] = case
     return stored, pending
 
 
@@ -475,8 +475,8 @@ def _deadline_passes(case: model.PendingCase) -> datetime:
 
 
 async def _store(batch: _Batch, uow: SelfMonitoringUnitOfWork) -> None:
-    """Insert the batch's observations and add them to the day buckets, once per bucket; keep its
-    pending cases, each deadline with a sweep timer."""
+    """Insert the batch's observations and add them to the day buckets: one insert and one
+    upsert for the whole batch. Keep its pending cases, each deadline with a sweep timer."""
     for key, cases in batch.pending.items():
         indicator = batch.indicators[key]
         for case in cases:
@@ -486,9 +486,10 @@ async def _store(batch: _Batch, uow: SelfMonitoringUnitOfWork) -> None:
                 _deadline_passes(case),
                 SweepDeadlines(indicator.region, indicator.indicator_id),
             )
+    rows: list[tuple[model.Indicator, model.Observation]] = []
+    buckets: dict[tuple[str, str, str, date], model.DayBucket] = {}
     for key, observations in batch.accepted.items():
         indicator = batch.indicators[key]
-        await uow.observations.insert(indicator, observations, uow.now)
         # A case the sweep counted late already is stored, not counted again.
         counted = {
             (c.observation.source, c.observation.observation_id)
@@ -497,13 +498,14 @@ async def _store(batch: _Batch, uow: SelfMonitoringUnitOfWork) -> None:
         }
         for case in batch.completing.get(key, []):
             await uow.pending.completed(indicator, case)
-        buckets: dict[tuple[str, date], model.DayBucket] = {}
         for observation in observations:
+            rows.append((indicator, observation))
             if (observation.source, observation.observation_id) in counted:
                 continue
-            day = (observation.provider, observation.completed_on)
+            day = (*key, observation.provider, observation.completed_on)
             buckets[day] = buckets.get(day, model.DayBucket()).add(indicator, observation)
-        await uow.buckets.add(indicator, buckets)
+    await uow.observations.insert(rows, uow.now)
+    await uow.buckets.add(buckets)
 
 
 @dataclass
@@ -738,7 +740,10 @@ async def sweep_deadlines(command: SweepDeadlines, uow: SelfMonitoringUnitOfWork
     overdue = await uow.pending.overdue(indicator, uow.today)
     if not overdue:
         return SweepResult(0, [])
-    await uow.buckets.add(indicator, model.count_overdue(indicator, overdue))
+    overdue_buckets = model.count_overdue(indicator, overdue)
+    await uow.buckets.add(
+        {(indicator.region, indicator.indicator_id, p, day): b for (p, day), b in overdue_buckets.items()}
+    )
     await uow.pending.mark_counted(indicator, overdue, uow.today)
     providers = sorted({case.observation.provider for case in overdue})
     evaluated = await _evaluate_providers(indicator, providers, uow)

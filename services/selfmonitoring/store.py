@@ -202,6 +202,7 @@ SELFMONITORING_TABLES = (
 
 OBSERVATIONS: Table = ObservationRow.__table__  # type: ignore[attr-defined]
 BUCKETS: Table = DayBucketRow.__table__  # type: ignore[attr-defined]
+BREACHES: Table = BreachRow.__table__  # type: ignore[attr-defined]
 _INSERT_OBSERVATIONS = TableInserter(OBSERVATIONS)
 
 
@@ -312,36 +313,31 @@ class ObservationRepository:
     def __init__(self, uow: UnitOfWork) -> None:
         self._uow = uow
 
-    async def existing(
-        self, region: str, indicator_id: str, source: model.ObservationSource, ids: list[str]
-    ) -> list[model.Observation]:
-        found: list[model.Observation] = []
+    async def existing(self, region: str, ids: list[str]) -> list[tuple[str, model.Observation]]:
+        """The region's observations under these ids, of any indicator and source."""
+        found: list[tuple[str, model.Observation]] = []
         table = OBSERVATIONS.c
         for start in range(0, len(ids), _IN_CHUNK):
             query = sa_select(
+                table.indicator_id,
+                table.source,
                 table.observation_id,
                 table.provider,
                 table.case_key,
                 table.started_on,
                 table.completed_on,
                 table.value,
-            ).where(
-                table.region == region,
-                table.indicator_id == indicator_id,
-                table.source == str(source),
-                table.observation_id.in_(ids[start : start + _IN_CHUNK]),
-            )
-            for row in await self._uow.connection.execute(query):
-                observation_id, provider, case_key, started_on, completed_on, value = row
-                found.append(
-                    model.Observation(
-                        observation_id, provider, case_key, started_on, completed_on, source, value
-                    )
+            ).where(table.region == region, table.observation_id.in_(ids[start : start + _IN_CHUNK]))
+            rows = await self._uow.connection.execute(query)
+            for indicator_id, source, oid, provider, key, started, completed, value in rows:
+                observation = model.Observation(
+                    oid, provider, key, started, completed, model.ObservationSource(source), value
                 )
+                found.append((indicator_id, observation))
         return found
 
     async def insert(
-        self, indicator: model.Indicator, observations: list[model.Observation], recorded_at: datetime
+        self, observations: list[tuple[model.Indicator, model.Observation]], recorded_at: datetime
     ) -> None:
         await _INSERT_OBSERVATIONS.insert(
             self._uow.connection,
@@ -359,7 +355,7 @@ class ObservationRepository:
                     "value": observation.value,
                     "recorded_at": recorded_at,
                 }
-                for observation in observations
+                for indicator, observation in observations
             ],
         )
 
@@ -419,20 +415,17 @@ class PendingCaseRepository:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
 
-    async def existing(
-        self, region: str, indicator_id: str, source: model.ObservationSource, ids: list[str]
-    ) -> list[model.PendingCase]:
-        found: list[model.PendingCase] = []
+    async def existing(self, region: str, ids: list[str]) -> list[tuple[str, model.PendingCase]]:
+        """The region's pending cases under these ids, of any indicator and source."""
+        found: list[tuple[str, model.PendingCase]] = []
         for first in range(0, len(ids), _IN_CHUNK):
             result = await self._session.exec(
                 select(PendingCaseRow).where(
                     PendingCaseRow.region == region,
-                    PendingCaseRow.indicator_id == indicator_id,
-                    PendingCaseRow.source == str(source),
                     col(PendingCaseRow.observation_id).in_(ids[first : first + _IN_CHUNK]),
                 )
             )
-            found.extend(pending_from_row(row) for row in result.all())
+            found.extend((row.indicator_id, pending_from_row(row)) for row in result.all())
         return found
 
     def add(self, indicator: model.Indicator, case: model.PendingCase) -> None:
@@ -490,8 +483,9 @@ class DayBucketRepository:
     def __init__(self, uow: UnitOfWork) -> None:
         self._uow = uow
 
-    async def add(self, indicator: model.Indicator, buckets: dict[tuple[str, date], model.DayBucket]) -> None:
-        """Add a batch's sums to its days' buckets, one upsert per bucket touched."""
+    async def add(self, buckets: dict[tuple[str, str, str, date], model.DayBucket]) -> None:
+        """Add sums to their days' buckets (keyed region, indicator, provider, day): one upsert
+        for them all."""
         if not buckets:
             return
         connection = self._uow.connection
@@ -499,15 +493,15 @@ class DayBucketRepository:
             _UPSERT_BUCKETS[connection.dialect.name],
             [
                 {
-                    "region": indicator.region,
-                    "indicator_id": indicator.indicator_id,
+                    "region": region,
+                    "indicator_id": indicator_id,
                     "provider": provider,
                     "day": day,
                     "sample_size": bucket.sample_size,
                     "weight": bucket.weight,
                     "weighted_value": bucket.weighted_value,
                 }
-                for (provider, day), bucket in buckets.items()
+                for (region, indicator_id, provider, day), bucket in buckets.items()
             ],
         )
 
@@ -579,12 +573,19 @@ class BreachRepository:
     async def open_of_many(
         self, region: str, indicator_id: str, providers: list[str]
     ) -> dict[str, model.Breach]:
-        found: dict[str, model.Breach] = {}
+        """The providers' open breaches on the indicator: a Core probe of the unique open keys
+        first, the rows only for the few that have one."""
+        ids: list[str] = []
+        table = BREACHES.c
         for first in range(0, len(providers), _IN_CHUNK):
             keys = [open_key(region, indicator_id, p) for p in providers[first : first + _IN_CHUNK]]
-            result = await self._session.exec(select(BreachRow).where(col(BreachRow.open_key).in_(keys)))
-            for row in result.all():
-                found[row.provider] = breach_from_row(row)
+            rows = await self._uow.connection.execute(sa_select(table.id).where(table.open_key.in_(keys)))
+            ids.extend(breach_id for (breach_id,) in rows)
+        found: dict[str, model.Breach] = {}
+        for breach_id in ids:
+            breach = await self.get(breach_id)
+            if breach is not None:
+                found[breach.provider] = breach
         return found
 
     async def open_serious(self, region: str, provider: str, service: str) -> list[model.Breach]:
