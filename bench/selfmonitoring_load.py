@@ -73,23 +73,33 @@ async def _define_indicators(
     return names
 
 
+PER_MESSAGE = 500
+"""Observations per stream message (one indicator each): the stream's per-message cost is
+paid once for them all."""
+
+
 def _observations(
     indicators: list[str], providers: list[str], count: int, prefix: str
 ) -> Iterator[selfmonitoring_pb2.RecordObservationsRequest]:
     """Mostly on time (so few breaches open), spread over indicators, providers and 60 days."""
     today = _today()
-    for index in range(count):
-        completed = today - dt.timedelta(days=index % 60)
-        taken = 30 if index % 10 == 0 else 3
+    for first in range(0, count, PER_MESSAGE):
+        observations = []
+        for index in range(first, min(first + PER_MESSAGE, count)):
+            completed = today - dt.timedelta(days=index % 60)
+            taken = 30 if index % 10 == 0 else 3
+            observations.append(
+                selfmonitoring_pb2.Observation(
+                    observation_id=f"{prefix}-{index}",
+                    provider=providers[index % len(providers)],
+                    case_key=f"k{index}",
+                    started_on=_date(completed - dt.timedelta(days=taken)),
+                    completed_on=_date(completed),
+                )
+            )
+        message = first // PER_MESSAGE
         yield selfmonitoring_pb2.RecordObservationsRequest(
-            parent=indicators[index % len(indicators)],
-            observation=selfmonitoring_pb2.Observation(
-                observation_id=f"{prefix}-{index}",
-                provider=providers[index % len(providers)],
-                case_key=f"k{index}",
-                started_on=_date(completed - dt.timedelta(days=taken)),
-                completed_on=_date(completed),
-            ),
+            parent=indicators[message % len(indicators)], observations=observations
         )
 
 

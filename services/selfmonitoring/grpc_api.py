@@ -234,7 +234,7 @@ class SelfMonitoringServicer(selfmonitoring_pb2_grpc.SelfMonitoringServiceServic
         self, request: selfmonitoring_pb2.RecordObservationRequest, context: Context
     ) -> selfmonitoring_pb2.RecordObservationResponse:
         result: handlers.ObservationRecorded = await self._dispatcher.handle(
-            observation_command(request), call_context()
+            observation_command(request.parent, request.observation), call_context()
         )
         return selfmonitoring_pb2.RecordObservationResponse(
             recorded=result.recorded,
@@ -274,27 +274,28 @@ class SelfMonitoringServicer(selfmonitoring_pb2_grpc.SelfMonitoringServiceServic
             first_index = index
 
         async for request in request_iterator:
-            try:
-                command = observation_command(request)
-            except DomainError as error:
-                # A record that cannot even be read (a bad parent or date) is reported here.
-                await flush()
-                response.rejected.append(
-                    selfmonitoring_pb2.RejectedObservation(
-                        index=index,
-                        observation_id=request.observation.observation_id,
-                        code=status_code_for(error).name,
-                        message=error.message,
-                        fields=[v.field for v in error.violations],
+            for observation in request.observations or [request.observation]:
+                try:
+                    command = observation_command(request.parent, observation)
+                except DomainError as error:
+                    # A record that cannot even be read (a bad parent or date) is reported here.
+                    await flush()
+                    response.rejected.append(
+                        selfmonitoring_pb2.RejectedObservation(
+                            index=index,
+                            observation_id=observation.observation_id,
+                            code=status_code_for(error).name,
+                            message=error.message,
+                            fields=[v.field for v in error.violations],
+                        )
                     )
-                )
+                    index += 1
+                    first_index = index
+                    continue
+                items.append(command)
                 index += 1
-                first_index = index
-                continue
-            items.append(command)
-            index += 1
-            if len(items) >= BATCH_SIZE:
-                await flush()
+                if len(items) >= BATCH_SIZE:
+                    await flush()
         await flush()
         return response
 
@@ -459,10 +460,9 @@ class SelfMonitoringServicer(selfmonitoring_pb2_grpc.SelfMonitoringServiceServic
 
 
 def observation_command(
-    request: selfmonitoring_pb2.RecordObservationRequest | selfmonitoring_pb2.RecordObservationsRequest,
+    parent: str, observation: selfmonitoring_pb2.Observation
 ) -> handlers.RecordObservation:
-    parts = model.INDICATOR.parse(request.parent, "parent")
-    observation = request.observation
+    parts = model.INDICATOR.parse(parent, "parent")
     completed_on = optional_date(observation.completed_on, "observation.completed_on")
     source = (
         enum_from_proto(model.ObservationSource, observation.source, _SOURCE, "observation.source")

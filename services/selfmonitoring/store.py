@@ -53,6 +53,8 @@ class ObservationRow(SQLModel, table=True):
     # Serves the window count of one provider on one indicator.
     __table_args__ = (
         Index("ix_selfmonitoring_observations_window", "region", "indicator_id", "provider", "completed_on"),
+        # Serves a batch's "which of these ids exist already", whatever their indicators.
+        Index("ix_selfmonitoring_observations_id", "region", "observation_id"),
     )
 
     region: str = Field(primary_key=True, max_length=63)
@@ -73,7 +75,10 @@ class PendingCaseRow(SQLModel, table=True):
     sweep counted it late."""
 
     __tablename__ = "selfmonitoring_pending_cases"
-    __table_args__ = (Index("ix_selfmonitoring_pending_cases_due", "region", "indicator_id", "due_on"),)
+    __table_args__ = (
+        Index("ix_selfmonitoring_pending_cases_due", "region", "indicator_id", "due_on"),
+        Index("ix_selfmonitoring_pending_cases_id", "region", "observation_id"),
+    )
 
     region: str = Field(primary_key=True, max_length=63)
     indicator_id: str = Field(primary_key=True, max_length=63)

@@ -783,6 +783,29 @@ async def test_a_client_stream_reports_each_bad_record_and_takes_the_rest(stub, 
     assert await outbox_counts(sm_db) == {INDICATOR_CREATED: 1, BREACH_OPENED: 1}
 
 
+async def test_a_stream_message_may_carry_many_observations_each_reported_by_its_place(
+    stub, tokens, sm_db, clock
+):
+    await create(stub, tokens, indicator(minimum_sample=50))
+    provider = business_ids()()
+    many = [observation(f"m{i}", provider, clock.day, 1) for i in range(5)]
+    many[3] = observation("m3", provider, clock.day + timedelta(days=2), 1)  # in the future
+    requests = [
+        selfmonitoring_pb2.RecordObservationsRequest(
+            parent=INDICATOR, observation=observation("a", provider, clock.day, 1)
+        ),
+        selfmonitoring_pb2.RecordObservationsRequest(parent=INDICATOR, observations=many),
+        selfmonitoring_pb2.RecordObservationsRequest(
+            parent=INDICATOR, observation=observation("z", provider, clock.day, 1)
+        ),
+    ]
+
+    response = await stub.RecordObservations(iter(requests), metadata=tokens.admin(REGION))
+
+    assert response.recorded == 6
+    assert [(r.index, r.observation_id) for r in response.rejected] == [(4, "m3")]
+
+
 # -- programmes ------------------------------------------------------------------------------
 
 PROGRAMME_CREATED = "kasvu.selfmonitoring.v1.ProgrammeCreated"

@@ -576,27 +576,36 @@ Global___RecordObservationResponse: _TypeAlias = RecordObservationResponse  # no
 
 @_typing.final
 class RecordObservationsRequest(_message.Message):
-    """One record of a RecordObservations stream: as RecordObservationRequest."""
+    """One message of a RecordObservations stream: one observation, or many for
+    the same indicator (cheaper per observation). Rejections index the
+    observations in stream order, counting each of `observations` in turn.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     PARENT_FIELD_NUMBER: _builtins.int
     OBSERVATION_FIELD_NUMBER: _builtins.int
+    OBSERVATIONS_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     """regions/{region}/indicators/{indicator}"""
     @_builtins.property
     def observation(self) -> Global___Observation:
-        """The observation."""
+        """One observation."""
+
+    @_builtins.property
+    def observations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Observation]:
+        """Or many, for the same parent (at most 10 000 a message)."""
 
     def __init__(
         self,
         *,
         parent: _builtins.str = ...,
         observation: Global___Observation | None = ...,
+        observations: _abc.Iterable[Global___Observation] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["observation", b"observation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["observation", b"observation", "parent", b"parent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["observation", b"observation", "observations", b"observations", "parent", b"parent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
