@@ -370,6 +370,11 @@ async def _accept(
     for offset, item in enumerate(items):
         try:
             source = _source_of(replace(item, provider=_canonical(item.provider)), uow.actor)
+            if item.completed_on is None and item.started_on is not None and item.started_on > uow.today:
+                problem = "must not be in the future"
+                raise InvalidArgument(
+                    f"observation.started_on {problem}", [FieldViolation("observation.started_on", problem)]
+                )
             day = item.completed_on or item.started_on or uow.today
             observation = model.new_observation(
                 item.observation_id,
