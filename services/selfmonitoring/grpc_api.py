@@ -30,6 +30,7 @@ Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 _SEVERITY = selfmonitoring_pb2.DESCRIPTOR.enum_types_by_name["Severity"]
 _SOURCE = selfmonitoring_pb2.DESCRIPTOR.enum_types_by_name["ObservationSource"]
 _KIND = selfmonitoring_pb2.DESCRIPTOR.enum_types_by_name["MetricKind"]
+_STATE = selfmonitoring_pb2.DESCRIPTOR.enum_types_by_name["BreachState"]
 BATCH_SIZE = 1000
 """Records of a client stream taken per unit of work: one transaction, one insert, one bucket
 upsert and one evaluation per provider for up to this many observations."""
@@ -223,6 +224,21 @@ class SelfMonitoringServicer(selfmonitoring_pb2_grpc.SelfMonitoringServiceServic
             programmes=[programme_to_proto(p) for p in listed], next_page_token=paging.next_token(last)
         )
 
+    async def ListIndicators(
+        self, request: selfmonitoring_pb2.ListIndicatorsRequest, context: Context
+    ) -> selfmonitoring_pb2.ListIndicatorsResponse:
+        region = model.REGION.parse(request.parent, "parent")["region"]
+        paging = page(request.page_size, request.page_token, {"parent": request.parent})
+        after = paging.after["id"] if paging.after else ""
+        found: list[model.Indicator] = await self._dispatcher.query(
+            handlers.ListIndicators(region, after, paging.size + 1), call_context()
+        )
+        listed, more = found[: paging.size], len(found) > paging.size
+        last = {"id": listed[-1].indicator_id} if more else None
+        return selfmonitoring_pb2.ListIndicatorsResponse(
+            indicators=[indicator_to_proto(i) for i in listed], next_page_token=paging.next_token(last)
+        )
+
     async def GetIndicator(
         self, request: selfmonitoring_pb2.GetIndicatorRequest, context: Context
     ) -> selfmonitoring_pb2.Indicator:
@@ -311,11 +327,23 @@ class SelfMonitoringServicer(selfmonitoring_pb2_grpc.SelfMonitoringServiceServic
     ) -> selfmonitoring_pb2.ListBreachesResponse:
         region = model.REGION.parse(request.parent, "parent")["region"]
         handlers.require_supervision(region, current_principal())
-        paging = page(request.page_size, request.page_token, {"parent": request.parent})
+        filters = {
+            "parent": request.parent,
+            "state": str(request.state),
+            "severity": str(request.severity),
+            "provider": request.provider,
+        }
+        paging = page(request.page_size, request.page_token, filters)
         before = (
             (datetime.fromisoformat(paging.after["opened_at"]), paging.after["id"]) if paging.after else None
         )
-        query = handlers.ListBreaches(region, before, paging.size + 1)
+        state = enum_from_proto(model.BreachState, request.state, _STATE, "state") if request.state else None
+        severity = (
+            enum_from_proto(model.Severity, request.severity, _SEVERITY, "severity")
+            if request.severity
+            else None
+        )
+        query = handlers.ListBreaches(region, before, paging.size + 1, state, severity, request.provider)
         found: list[model.Breach] = await self._dispatcher.query(query, call_context())
         listed, more = found[: paging.size], len(found) > paging.size
         last = {"opened_at": listed[-1].opened_at.isoformat(), "id": listed[-1].id} if more else None

@@ -238,6 +238,16 @@ class ListBreaches(Query):
     region: str
     before: tuple[datetime, str] | None
     limit: int
+    state: model.BreachState | None = None
+    severity: model.Severity | None = None
+    provider: str = ""
+
+
+@dataclass(frozen=True)
+class ListIndicators(Query):
+    region: str
+    after: str
+    limit: int
 
 
 def require_supervision(region: str, actor: Principal | None) -> Principal:
@@ -863,7 +873,18 @@ async def get_breach(query: GetBreach, uow: SelfMonitoringUnitOfWork) -> model.B
 
 async def list_breaches(query: ListBreaches, uow: SelfMonitoringUnitOfWork) -> list[model.Breach]:
     require_supervision(query.region, uow.actor)
-    return await uow.breaches.page(query.region, query.before, query.limit)
+    return await uow.breaches.page(
+        query.region,
+        query.before,
+        query.limit,
+        state=query.state,
+        severity=query.severity,
+        provider=query.provider,
+    )
+
+
+async def list_indicators(query: ListIndicators, uow: SelfMonitoringUnitOfWork) -> list[model.Indicator]:
+    return await uow.indicators.page(query.region, query.after, query.limit)
 
 
 HANDLERS: dict[type[Any], Any] = {
@@ -888,4 +909,5 @@ HANDLERS: dict[type[Any], Any] = {
     ListProgrammes: list_programmes,
     GetBreach: get_breach,
     ListBreaches: list_breaches,
+    ListIndicators: list_indicators,
 }

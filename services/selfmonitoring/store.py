@@ -270,6 +270,13 @@ def breach_from_row(row: BreachRow) -> model.Breach:
 
 
 class IndicatorRepository:
+    async def page(self, region: str, after: str, limit: int) -> list[model.Indicator]:
+        query = select(IndicatorRow).where(
+            IndicatorRow.region == region, col(IndicatorRow.indicator_id) > after
+        )
+        result = await self._session.exec(query.order_by(col(IndicatorRow.indicator_id)).limit(limit))
+        return [indicator_from_row(row) for row in result.all()]
+
     async def of_region(self, region: str) -> list[model.Indicator]:
         result = await self._session.exec(
             select(IndicatorRow).where(IndicatorRow.region == region).order_by(col(IndicatorRow.indicator_id))
@@ -661,9 +668,24 @@ class BreachRepository:
         )
         self._uow.track(breach, breach.name)
 
-    async def page(self, region: str, before: tuple[datetime, str] | None, limit: int) -> list[model.Breach]:
+    async def page(
+        self,
+        region: str,
+        before: tuple[datetime, str] | None,
+        limit: int,
+        *,
+        state: model.BreachState | None = None,
+        severity: model.Severity | None = None,
+        provider: str = "",
+    ) -> list[model.Breach]:
         """Newest first; keyset on (opened_at, id) so pages stay stable as breaches open."""
         query = select(BreachRow).where(BreachRow.region == region)
+        if state is not None:
+            query = query.where(BreachRow.state == str(state))
+        if severity is not None:
+            query = query.where(BreachRow.severity == str(severity))
+        if provider:
+            query = query.where(BreachRow.provider == provider)
         if before is not None:
             opened_at, breach_id = before
             query = query.where(

@@ -8,6 +8,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -804,6 +805,49 @@ async def test_a_stream_message_may_carry_many_observations_each_reported_by_its
 
     assert response.recorded == 6
     assert [(r.index, r.observation_id) for r in response.rejected] == [(4, "m3")]
+
+
+async def test_breaches_list_by_state_severity_and_provider_and_indicators_list_by_id(
+    stub, tokens, sm_db, clock
+):
+    await create(stub, tokens, indicator(minimum_sample=1, minimum_share=0.5))
+    await create(stub, tokens, indicator(), indicator_id="another")
+    next_id = business_ids()
+    resolved, still_open = next_id(), next_id()
+    await record(stub, tokens, observation("r0", resolved, clock.day, 30))
+    await record(stub, tokens, observation("r1", resolved, clock.day, 1))
+    kept = await record(stub, tokens, observation("o0", still_open, clock.day, 30))
+    supervisor = tokens.supervisor(REGION)
+
+    async def listing(**filters: Any) -> selfmonitoring_pb2.ListBreachesResponse:
+        response: selfmonitoring_pb2.ListBreachesResponse = await stub.ListBreaches(
+            selfmonitoring_pb2.ListBreachesRequest(parent=f"regions/{REGION}", **filters), metadata=supervisor
+        )
+        return response
+
+    assert [b.name for b in (await listing(state=selfmonitoring_pb2.BREACH_STATE_OPEN)).breaches] == [
+        kept.breach
+    ]
+    assert [b.provider for b in (await listing(state=selfmonitoring_pb2.BREACH_STATE_RESOLVED)).breaches] == [
+        resolved
+    ]
+    assert [b.provider for b in (await listing(provider=still_open)).breaches] == [still_open]
+    assert (await listing(severity=selfmonitoring_pb2.SEVERITY_WARNING)).breaches == []
+    assert len((await listing(severity=selfmonitoring_pb2.SEVERITY_SERIOUS)).breaches) == 2
+
+    first = await stub.ListIndicators(
+        selfmonitoring_pb2.ListIndicatorsRequest(parent=f"regions/{REGION}", page_size=1)
+    )
+    rest = await stub.ListIndicators(
+        selfmonitoring_pb2.ListIndicatorsRequest(
+            parent=f"regions/{REGION}", page_size=1, page_token=first.next_page_token
+        )
+    )
+    assert [i.name for i in [*first.indicators, *rest.indicators]] == [
+        f"regions/{REGION}/indicators/another",
+        INDICATOR,
+    ]
+    assert rest.next_page_token == ""
 
 
 # -- programmes ------------------------------------------------------------------------------

@@ -808,6 +808,48 @@ class ListBreachesRequest(_message.Message):
     PARENT_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    SEVERITY_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """regions/{region}"""
+    page_size: _builtins.int
+    """At most this many (default 50, at most 500)."""
+    page_token: _builtins.str
+    """From a previous response's next_page_token."""
+    state: Global___BreachState.ValueType
+    """Only breaches in this state (unset: all)."""
+    severity: Global___Severity.ValueType
+    """Only breaches of this severity (unset: all)."""
+    provider: _builtins.str
+    """Only this provider's (business ID; empty: all)."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        state: Global___BreachState.ValueType = ...,
+        severity: Global___Severity.ValueType = ...,
+        provider: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "parent", b"parent", "provider", b"provider", "severity", b"severity", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBreachesRequest: _TypeAlias = ListBreachesRequest  # noqa: Y015
+
+@_typing.final
+class ListIndicatorsRequest(_message.Message):
+    """Request for ListIndicators."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     """regions/{region}"""
     page_size: _builtins.int
@@ -827,7 +869,35 @@ class ListBreachesRequest(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ListBreachesRequest: _TypeAlias = ListBreachesRequest  # noqa: Y015
+Global___ListIndicatorsRequest: _TypeAlias = ListIndicatorsRequest  # noqa: Y015
+
+@_typing.final
+class ListIndicatorsResponse(_message.Message):
+    """Response for ListIndicators."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDICATORS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty when this is the last page."""
+    @_builtins.property
+    def indicators(self) -> _containers.RepeatedCompositeFieldContainer[Global___Indicator]:
+        """The page."""
+
+    def __init__(
+        self,
+        *,
+        indicators: _abc.Iterable[Global___Indicator] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["indicators", b"indicators", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListIndicatorsResponse: _TypeAlias = ListIndicatorsResponse  # noqa: Y015
 
 @_typing.final
 class ListBreachesResponse(_message.Message):

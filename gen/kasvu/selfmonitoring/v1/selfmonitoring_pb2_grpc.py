@@ -62,6 +62,11 @@ class SelfMonitoringServiceStub:
                 request_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.CreateIndicatorRequest.SerializeToString,
                 response_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.Indicator.FromString,
                 _registered_method=True)
+        self.ListIndicators = channel.unary_unary(
+                '/kasvu.selfmonitoring.v1.SelfMonitoringService/ListIndicators',
+                request_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListIndicatorsRequest.SerializeToString,
+                response_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListIndicatorsResponse.FromString,
+                _registered_method=True)
         self.GetIndicator = channel.unary_unary(
                 '/kasvu.selfmonitoring.v1.SelfMonitoringService/GetIndicator',
                 request_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.GetIndicatorRequest.SerializeToString,
@@ -176,6 +181,13 @@ class SelfMonitoringServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListIndicators(self, request, context):
+        """Lists the region's indicators by id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetIndicator(self, request, context):
         """Gets one indicator.
         """
@@ -210,7 +222,8 @@ class SelfMonitoringServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListBreaches(self, request, context):
-        """Lists the region's breaches, newest first.
+        """Lists the region's breaches, newest first, by state, severity and
+        provider.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -309,6 +322,11 @@ def add_SelfMonitoringServiceServicer_to_server(servicer, server):
                     servicer.CreateIndicator,
                     request_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.CreateIndicatorRequest.FromString,
                     response_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.Indicator.SerializeToString,
+            ),
+            'ListIndicators': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListIndicators,
+                    request_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListIndicatorsRequest.FromString,
+                    response_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListIndicatorsResponse.SerializeToString,
             ),
             'GetIndicator': grpc.unary_unary_rpc_method_handler(
                     servicer.GetIndicator,
@@ -514,6 +532,33 @@ class SelfMonitoringService:
             '/kasvu.selfmonitoring.v1.SelfMonitoringService/CreateIndicator',
             kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.CreateIndicatorRequest.SerializeToString,
             kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.Indicator.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListIndicators(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kasvu.selfmonitoring.v1.SelfMonitoringService/ListIndicators',
+            kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListIndicatorsRequest.SerializeToString,
+            kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListIndicatorsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -56,6 +56,8 @@ class SelfMonitoringServiceStub:
     """
     CreateIndicator: _grpc.UnaryUnaryMultiCallable[_selfmonitoring_pb2.CreateIndicatorRequest, _selfmonitoring_pb2.Indicator]
     """Defines an indicator for the region's programme."""
+    ListIndicators: _grpc.UnaryUnaryMultiCallable[_selfmonitoring_pb2.ListIndicatorsRequest, _selfmonitoring_pb2.ListIndicatorsResponse]
+    """Lists the region's indicators by id."""
     GetIndicator: _grpc.UnaryUnaryMultiCallable[_selfmonitoring_pb2.GetIndicatorRequest, _selfmonitoring_pb2.Indicator]
     """Gets one indicator."""
     RecordObservation: _grpc.UnaryUnaryMultiCallable[_selfmonitoring_pb2.RecordObservationRequest, _selfmonitoring_pb2.RecordObservationResponse]
@@ -72,7 +74,9 @@ class SelfMonitoringServiceStub:
     GetBreach: _grpc.UnaryUnaryMultiCallable[_selfmonitoring_pb2.GetBreachRequest, _selfmonitoring_pb2.Breach]
     """Gets one breach."""
     ListBreaches: _grpc.UnaryUnaryMultiCallable[_selfmonitoring_pb2.ListBreachesRequest, _selfmonitoring_pb2.ListBreachesResponse]
-    """Lists the region's breaches, newest first."""
+    """Lists the region's breaches, newest first, by state, severity and
+    provider.
+    """
     StreamAlerts: _grpc.UnaryStreamMultiCallable[_selfmonitoring_pb2.StreamAlertsRequest, _selfmonitoring_pb2.Alert]
     """Streams the region's quality alerts live (breaches opened, escalated and
     resolved), filtered by severity, service and provider, resuming after a
@@ -135,6 +139,8 @@ class SelfMonitoringServiceAsyncStub(SelfMonitoringServiceStub):
     """
     CreateIndicator: _aio.UnaryUnaryMultiCallable[_selfmonitoring_pb2.CreateIndicatorRequest, _selfmonitoring_pb2.Indicator]  # type: ignore[assignment]
     """Defines an indicator for the region's programme."""
+    ListIndicators: _aio.UnaryUnaryMultiCallable[_selfmonitoring_pb2.ListIndicatorsRequest, _selfmonitoring_pb2.ListIndicatorsResponse]  # type: ignore[assignment]
+    """Lists the region's indicators by id."""
     GetIndicator: _aio.UnaryUnaryMultiCallable[_selfmonitoring_pb2.GetIndicatorRequest, _selfmonitoring_pb2.Indicator]  # type: ignore[assignment]
     """Gets one indicator."""
     RecordObservation: _aio.UnaryUnaryMultiCallable[_selfmonitoring_pb2.RecordObservationRequest, _selfmonitoring_pb2.RecordObservationResponse]  # type: ignore[assignment]
@@ -151,7 +157,9 @@ class SelfMonitoringServiceAsyncStub(SelfMonitoringServiceStub):
     GetBreach: _aio.UnaryUnaryMultiCallable[_selfmonitoring_pb2.GetBreachRequest, _selfmonitoring_pb2.Breach]  # type: ignore[assignment]
     """Gets one breach."""
     ListBreaches: _aio.UnaryUnaryMultiCallable[_selfmonitoring_pb2.ListBreachesRequest, _selfmonitoring_pb2.ListBreachesResponse]  # type: ignore[assignment]
-    """Lists the region's breaches, newest first."""
+    """Lists the region's breaches, newest first, by state, severity and
+    provider.
+    """
     StreamAlerts: _aio.UnaryStreamMultiCallable[_selfmonitoring_pb2.StreamAlertsRequest, _selfmonitoring_pb2.Alert]  # type: ignore[assignment]
     """Streams the region's quality alerts live (breaches opened, escalated and
     resolved), filtered by severity, service and provider, resuming after a
@@ -243,6 +251,14 @@ class SelfMonitoringServiceServicer(metaclass=_abc_1.ABCMeta):
         """Defines an indicator for the region's programme."""
 
     @_abc_1.abstractmethod
+    def ListIndicators(
+        self,
+        request: _selfmonitoring_pb2.ListIndicatorsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_selfmonitoring_pb2.ListIndicatorsResponse, _abc.Awaitable[_selfmonitoring_pb2.ListIndicatorsResponse]]:
+        """Lists the region's indicators by id."""
+
+    @_abc_1.abstractmethod
     def GetIndicator(
         self,
         request: _selfmonitoring_pb2.GetIndicatorRequest,
@@ -287,7 +303,9 @@ class SelfMonitoringServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _selfmonitoring_pb2.ListBreachesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_selfmonitoring_pb2.ListBreachesResponse, _abc.Awaitable[_selfmonitoring_pb2.ListBreachesResponse]]:
-        """Lists the region's breaches, newest first."""
+        """Lists the region's breaches, newest first, by state, severity and
+        provider.
+        """
 
     @_abc_1.abstractmethod
     def StreamAlerts(
