@@ -90,7 +90,7 @@ def test_routes_cover_every_annotated_rpc(routes: list[Route]):
         if method.GetOptions().HasExtension(annotations_pb2.http)
     }
     assert {r.full_name for r in routes} == annotated
-    assert len(annotated) == 11
+    assert len(annotated) == 23  # self-monitoring's programmes, alerts, actions and reports added 12
 
 
 def test_match_route_distinguishes_404_and_405(routes: list[Route]):
@@ -100,7 +100,7 @@ def test_match_route_distinguishes_404_and_405(routes: list[Route]):
     with pytest.raises(GatewayError) as not_allowed:
         match_route(routes, "DELETE", "/v1/regions/13/indicators")
     assert not_allowed.value.http_status == 405
-    assert not_allowed.value.headers == {"Allow": "POST"}
+    assert not_allowed.value.headers == {"Allow": "GET, POST"}  # ListIndicators and CreateIndicator
     with pytest.raises(GatewayError) as missing:
         match_route(routes, "GET", "/v1/nowhere")
     assert missing.value.http_status == 404
@@ -188,7 +188,12 @@ def test_openapi_security_exempts_only_the_public_provider_list(document: dict[s
         for op in item.values()
         if op.get("security") == []
     ]
-    assert exempt == ["RegistryService_ListProviders"]
+    assert exempt == [
+        "RegistryService_ListProviders",
+        "SelfMonitoringService_ListProgrammes",
+        "SelfMonitoringService_GetProgramme",
+        "SelfMonitoringService_GetAvailabilityReport",
+    ]
 
 
 def test_openapi_schemas_follow_the_proto3_json_mapping(document: dict[str, Any]):
