@@ -1,5 +1,6 @@
-"""`python -m bench`: measures the suite against bare gRPC and JetStream baselines taken in the same
-run, prints a table and writes bench/results.json (a flat object of named figures)."""
+"""`python -m bench`: measures the suite against bare gRPC, JetStream and SQLite baselines taken in
+the same run, prints a table of figures and one of where a breach -> suspension spends its time,
+and writes bench/results.json (a flat object of named figures)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import datetime as dt
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -17,10 +19,12 @@ from pathlib import Path
 
 import grpc
 
+from bench import hops
 from bench.echo import echo_rps, echo_server
 from bench.jetstream import jetstream_roundtrips
+from bench.sqlite_txn import sqlite_txn_per_s
 from bench.stats import Row, percentile, ratio, render_table
-from bench.suite_load import breach_to_suspension_ms, prepare, register_grpc_rps, register_http_rps
+from bench.suite_load import breach_to_suspension, prepare, register_grpc_rps, register_http_rps
 from kasvuctl.localsuite import LocalSuite
 
 RESULTS = Path(__file__).parent / "results.json"
@@ -31,6 +35,7 @@ class Plan:
     """How much to measure; the defaults keep a run on two cores under about four minutes."""
 
     echo_seconds: float = 3.0
+    sqlite_seconds: float = 2.0
     repeats: int = 3
     in_flight: int = 32
     registrations: int = 1000
@@ -58,8 +63,13 @@ async def measure(plan: Plan, data_dir: Path) -> dict[str, float | str]:
             log(f"echo 1 in flight: {results['echo_rps_1']:.0f} rps")
             results["echo_rps_32"] = await echo_rps(address, plan.in_flight, plan.echo_seconds, plan.repeats)
             log(f"echo {plan.in_flight} in flight: {results['echo_rps_32']:.0f} rps")
+        # In a thread: it blocks on fsync, and the suite idles meanwhile as for the echo.
+        results["sqlite_txn_per_s"] = await asyncio.to_thread(
+            sqlite_txn_per_s, data_dir, plan.sqlite_seconds, plan.repeats
+        )
+        log(f"sqlite transactions: {results['sqlite_txn_per_s']:.0f} /s")
 
-        roundtrips = await jetstream_roundtrips(suite.nats_url, plan.roundtrips)
+        roundtrips = await jetstream_roundtrips(suite.nats_url, plan.roundtrips, suite.nats_access())
         results["jetstream_roundtrip_p50_ms"] = percentile(roundtrips, 50)
         results["jetstream_roundtrip_p99_ms"] = percentile(roundtrips, 99)
         results["jetstream_roundtrip_samples"] = len(roundtrips)
@@ -81,19 +91,25 @@ async def measure(plan: Plan, data_dir: Path) -> dict[str, float | str]:
             results["register_count_per_repeat"] = plan.registrations
             results["repeats"] = plan.repeats
 
-            latencies = await breach_to_suspension_ms(
+            timings = await breach_to_suspension(
                 fixture, plan.breaches, plan.breach_concurrency, plan.breach_max_seconds
             )
+        latencies = [timing.latency_ms for timing in timings]
         results["breach_to_suspension_p50_ms"] = percentile(latencies, 50)
         results["breach_to_suspension_p99_ms"] = percentile(latencies, 99)
         results["breach_to_suspension_samples"] = len(latencies)
         results["breach_to_suspension_concurrency"] = plan.breach_concurrency
         log(f"breach -> suspension p50 {results['breach_to_suspension_p50_ms']:.1f} ms")
+        # Before the suite stops: the stream's timestamps are read from nats-server.
+        results.update(await hop_figures(suite, timings))
     finally:
         suite.stop()
 
     results["register_grpc_vs_echo"] = ratio(
         float(results["register_grpc_rps_32"]), float(results["echo_rps_32"])
+    )
+    results["register_grpc_vs_sqlite_txn"] = ratio(
+        float(results["register_grpc_rps_32"]), float(results["sqlite_txn_per_s"])
     )
     results["register_http_vs_echo"] = ratio(
         float(results["register_http_rps_32"]), float(results["echo_rps_32"])
@@ -105,6 +121,22 @@ async def measure(plan: Plan, data_dir: Path) -> dict[str, float | str]:
     return results
 
 
+async def hop_figures(suite: LocalSuite, timings: list[hops.BreachTiming]) -> dict[str, float]:
+    """The hop-by-hop breakdown; a failure to read it back is reported, not fatal to the run's
+    other figures (the smoke test checks the hop keys are there)."""
+    # The relay marks an event published after the registry may already show the
+    # suspension: a moment's pause lets the last breach's mark land before it is read.
+    await asyncio.sleep(0.5)
+    try:
+        samples = hops.hop_samples(
+            await hops.timelines(suite.data_dir, suite.nats_url, suite.nats_access(), timings)
+        )
+    except Exception as error:
+        log(f"hop breakdown failed: {type(error).__name__}: {error}")
+        return {"hop_breaches": len(timings)}
+    return hops.hop_figures(samples, len(timings))
+
+
 def metadata() -> dict[str, float | str]:
     return {
         "meta_measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -112,7 +144,28 @@ def metadata() -> dict[str, float | str]:
         "meta_grpcio": grpc.__version__,
         "meta_platform": platform.platform(),
         "meta_cpu_count": os.cpu_count() or 0,
+        "meta_code": code_version(),
     }
+
+
+def code_version() -> str:
+    """The commit measured, "+dirty" when the suite's code differs from it: the working tree is
+    shared, so a figure must say which kernel it belongs to."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        changes = subprocess.run(
+            ["git", "status", "--porcelain", "--", "services", "kasvuctl", "gen"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{commit}+dirty" if changes else commit
 
 
 def table(results: dict[str, float | str]) -> str:
@@ -120,15 +173,18 @@ def table(results: dict[str, float | str]) -> str:
         return float(results[name])
 
     echo_32 = ("echo_rps_32", figure("echo_rps_32"))
+    sqlite = ("sqlite_txn_per_s", figure("sqlite_txn_per_s"))
     js_p50 = ("jetstream_roundtrip_p50_ms", figure("jetstream_roundtrip_p50_ms"))
     js_p99 = ("jetstream_roundtrip_p99_ms", figure("jetstream_roundtrip_p99_ms"))
     return render_table(
         [
             Row("echo_rps_1", figure("echo_rps_1"), "rps"),
             Row("echo_rps_32", figure("echo_rps_32"), "rps"),
+            Row("sqlite_txn_per_s", figure("sqlite_txn_per_s"), "txn/s"),
             Row("jetstream_roundtrip_p50_ms", figure("jetstream_roundtrip_p50_ms"), "ms"),
             Row("jetstream_roundtrip_p99_ms", figure("jetstream_roundtrip_p99_ms"), "ms"),
             Row("register_grpc_rps_32", figure("register_grpc_rps_32"), "rps", *echo_32),
+            Row("register_grpc_rps_32", figure("register_grpc_rps_32"), "rps", *sqlite),
             Row("register_http_rps_32", figure("register_http_rps_32"), "rps", *echo_32),
             Row("breach_to_suspension_p50_ms", figure("breach_to_suspension_p50_ms"), "ms", *js_p50),
             Row("breach_to_suspension_p99_ms", figure("breach_to_suspension_p99_ms"), "ms", *js_p99),
@@ -146,13 +202,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small counts, for a smoke run")
     args = parser.parse_args()
     plan = (
-        Plan(echo_seconds=0.5, repeats=1, registrations=100, roundtrips=50, breaches=20)
+        Plan(echo_seconds=0.5, sqlite_seconds=0.25, repeats=1, registrations=100, roundtrips=50, breaches=20)
         if args.quick
         else Plan()
     )
     with tempfile.TemporaryDirectory(prefix="kasvu-bench-") as tmp:
         results = asyncio.run(measure(plan, Path(tmp)))
     print(table(results))
+    print()
+    print("where one breach -> suspension spends its time (wall clock, one host):")
+    print(hops.render_hops(results))
     args.output.write_text(json.dumps(results, sort_keys=True, indent=2) + "\n")
     log(f"wrote {args.output}")
 

@@ -62,7 +62,7 @@ class Row:
 
 def render_table(rows: Sequence[Row]) -> str:
     header = ("figure", "value", "unit", "baseline", "ratio")
-    cells = [header]
+    cells: list[tuple[str, ...]] = [header]
     for row in rows:
         if row.baseline is None or row.baseline_value is None:
             baseline, shown_ratio = "", ""
@@ -70,8 +70,12 @@ def render_table(rows: Sequence[Row]) -> str:
             baseline = f"{row.baseline} = {format_value(row.baseline_value)}"
             shown_ratio = format_ratio(ratio(row.value, row.baseline_value))
         cells.append((row.name, format_value(row.value), row.unit, baseline, shown_ratio))
-    widths = [max(len(line[i]) for line in cells) for i in range(len(header))]
-    right_aligned = {1, 4}
+    return render_cells(cells, right_aligned={1, 4})
+
+
+def render_cells(cells: Sequence[Sequence[str]], right_aligned: set[int]) -> str:
+    """A plain-text table: the first row is the header, underlined; columns padded to fit."""
+    widths = [max(len(line[i]) for line in cells) for i in range(len(cells[0]))]
     lines = []
     for index, line in enumerate(cells):
         lines.append(

@@ -19,6 +19,7 @@ from google.type import date_pb2
 from kasvu.registry.v1 import registry_pb2, registry_pb2_grpc
 from kasvu.selfmonitoring.v1 import selfmonitoring_pb2, selfmonitoring_pb2_grpc
 
+from bench.hops import BreachTiming
 from bench.load import closed_loop
 from bench.stats import median
 from kasvuctl.localsuite import LocalSuite
@@ -218,13 +219,14 @@ def proto_date(day: dt.date) -> date_pb2.Date:
     return date_pb2.Date(year=day.year, month=day.month, day=day.day)
 
 
-async def breach_to_suspension_ms(
+async def breach_to_suspension(
     fixture: Fixture, count: int, concurrency: int, max_seconds: float, poll_interval_s: float = 0.002
-) -> list[float]:
+) -> list[BreachTiming]:
     """Per provider: one late observation, then poll its registration until SUSPENDED.
 
-    The clock starts when RecordObservation returns (the observation is accepted) and
-    stops at the first read that shows the suspension.
+    The figure's clock starts when RecordObservation returns (the observation is accepted)
+    and stops at the first read that shows the suspension. Wall-clock instants are kept
+    beside it, for the hop-by-hop breakdown against the servers' own timestamps.
     """
     if len(fixture.admitted) < count:
         raise RuntimeError(f"need {count} admitted providers, have {len(fixture.admitted)}")
@@ -232,11 +234,12 @@ async def breach_to_suspension_ms(
     # completed_on must not be in the future in Finland, whatever the machine's zone.
     completed = dt.datetime.now(FINLAND).date()
     started = completed - dt.timedelta(days=30)
-    samples: list[float] = []
+    timings: list[BreachTiming] = []
 
     async def one(index: int) -> None:
         provider = fixture.admitted[index]
-        await fixture.selfmonitoring.RecordObservation(
+        sent_at = time.time()
+        reply = await fixture.selfmonitoring.RecordObservation(
             selfmonitoring_pb2.RecordObservationRequest(
                 parent=indicator,
                 observation=selfmonitoring_pb2.Observation(
@@ -251,18 +254,22 @@ async def breach_to_suspension_ms(
             timeout=30,
         )
         accepted = time.perf_counter()
+        timing = BreachTiming(reply.breach, sent_at=sent_at, accepted_at=time.time())
         deadline = accepted + 30
         while time.perf_counter() < deadline:
+            read_sent_at = time.time()
             registration = await fixture.registry.GetRegistration(
                 registry_pb2.GetRegistrationRequest(name=provider.registration),
                 metadata=fixture.admin,
                 timeout=30,
             )
             if registration.state == registry_pb2.REGISTRATION_STATE_SUSPENDED:
-                samples.append((time.perf_counter() - accepted) * 1000)
+                timing.latency_ms = (time.perf_counter() - accepted) * 1000
+                timing.read_sent_at, timing.seen_at = read_sent_at, time.time()
+                timings.append(timing)
                 return
             await asyncio.sleep(poll_interval_s)
         raise TimeoutError(f"{provider.registration} not suspended within 30 s")
 
     await closed_loop(one, concurrency=concurrency, count=count, duration_s=max_seconds)
-    return samples
+    return timings

@@ -1,14 +1,42 @@
-"""The benchmark's pure helpers: percentiles, ratios and the table they print."""
+"""The benchmark: its pure helpers (percentiles, ratios, tables, hops), its SQLite baseline, and a
+quick run of `python -m bench` that must write every figure issue 5 asks for."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
+from bench import hops
 from bench.load import closed_loop
+from bench.sqlite_txn import sqlite_txn_per_s
 from bench.stats import Row, format_ratio, median, percentile, ratio, render_table
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# The keys issue 5 names, and the baselines they are read against.
+REQUIRED_KEYS = (
+    "echo_rps_1",
+    "echo_rps_32",
+    "sqlite_txn_per_s",
+    "jetstream_roundtrip_p50_ms",
+    "jetstream_roundtrip_p99_ms",
+    "register_grpc_rps_32",
+    "register_http_rps_32",
+    "register_grpc_vs_echo",
+    "register_http_vs_echo",
+    "register_grpc_vs_sqlite_txn",
+    "breach_to_suspension_p50_ms",
+    "breach_to_suspension_p99_ms",
+    "breach_to_suspension_vs_jetstream_p50",
+    "hop_breaches",
+)
 
 
 def test_percentile_interpolates_between_closest_ranks() -> None:
@@ -69,3 +97,70 @@ def test_closed_loop_stops_at_count_with_that_many_in_flight() -> None:
     assert calls == 10
     assert peak == 4
     assert rate > 0
+
+
+def test_hops_skip_a_breach_only_where_it_lacks_an_instant() -> None:
+    complete = {name: float(second) for second, name in enumerate(hops.TIMELINE)}
+    without_stream = {k: v for k, v in complete.items() if k != hops.STORED}
+    samples = hops.hop_samples([complete, without_stream])
+    assert samples["observation_call"] == [1000.0, 1000.0]
+    assert samples["stream_to_registry_unit"] == [2000.0]  # stored at 3 s, registry unit at 5 s
+    figures = hops.hop_figures(samples, breaches=2)
+    assert figures["hop_breaches"] == 2
+    assert figures["hop_accepted_to_stream_samples"] == 1
+    assert figures["hop_observation_call_p50_ms"] == 1000.0
+
+
+def test_hop_without_samples_has_a_count_and_no_percentiles() -> None:
+    figures = hops.hop_figures({}, breaches=0)
+    assert figures["hop_suspended_read_samples"] == 0
+    assert "hop_suspended_read_p50_ms" not in figures
+    assert "-" in hops.render_hops(figures)
+
+
+def test_the_breach_figure_is_the_sum_of_its_hops_sample_by_sample() -> None:
+    """accepted -> stored -> registry unit -> seen covers the figure's clock without a gap."""
+    chain = [
+        hop
+        for hop in hops.HOPS
+        if hop.name in {"accepted_to_stream", "stream_to_registry_unit", "registry_unit_to_read"}
+    ]
+    assert [(hop.start, hop.end) for hop in chain] == [
+        (hops.ACCEPTED, hops.STORED),
+        (hops.STORED, hops.REGISTRY_UNIT),
+        (hops.REGISTRY_UNIT, hops.SEEN),
+    ]
+
+
+def test_epoch_reads_sqlite_naive_text_as_utc() -> None:
+    moment = dt.datetime(2026, 11, 23, 11, 18, 33, 123456, tzinfo=dt.UTC)
+    assert hops.epoch("2026-11-23 11:18:33.123456") == moment.timestamp()
+    assert hops.epoch(moment) == moment.timestamp()
+    assert hops.epoch(None) is None
+
+
+def test_sqlite_loop_commits_and_cleans_up(tmp_path: Path) -> None:
+    assert sqlite_txn_per_s(tmp_path, duration_s=0.05, repeats=1) > 0
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.e2e
+def test_quick_run_writes_every_figure(tmp_path: Path) -> None:
+    output = tmp_path / "results.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--output", str(output)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads(output.read_text())
+    missing = [key for key in REQUIRED_KEYS if key not in results]
+    assert not missing, missing
+    for hop in hops.HOPS:
+        assert results[f"hop_{hop.name}_samples"] > 0, hop.name
+        assert f"hop_{hop.name}_p50_ms" in results and f"hop_{hop.name}_p99_ms" in results
+    assert results["sqlite_txn_per_s"] > 0
+    assert "where one breach -> suspension spends its time" in run.stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 
@@ -18,6 +19,7 @@ from services.runtime.catalog import (
     process_names,
     public_methods,
 )
+from services.runtime.domain import ResourcePattern
 from services.runtime.settings import Settings
 
 
@@ -49,7 +51,29 @@ def test_every_public_method_is_a_method_of_its_own_service():
         "kasvu.selfmonitoring.v1.SelfMonitoringService.ListProgrammes",
         # The equal-availability view is for the ministry and the public.
         "kasvu.selfmonitoring.v1.SelfMonitoringService.GetAvailabilityReport",
+        *(
+            f"kasvu.tendering.v1.TenderingService.{name}"
+            for name in (
+                "GetCall",
+                "ListCalls",
+                "ListClarifications",
+                "GetFramework",
+                "ListFrameworks",
+                "ExportOcds",
+            )
+        ),
     }
+
+
+def test_the_catalogs_resource_names_are_the_patterns_its_models_parse_by():
+    # The gateway documents path segments by the catalog's copy; the services parse by the
+    # models'. Neither imports the other, so this keeps the two the same.
+    for service in CATALOG:
+        if not service.grpc_services:
+            continue
+        model = importlib.import_module(f"{service.module}.model")
+        parsed_by = {value.pattern for value in vars(model).values() if isinstance(value, ResourcePattern)}
+        assert parsed_by == set(service.resource_names), service.name
 
 
 def test_names_ports_and_streams_are_unique_and_subjects_follow_the_event_package():
@@ -65,7 +89,7 @@ def test_names_ports_and_streams_are_unique_and_subjects_follow_the_event_packag
     )
     assert (registry.module, registry.address_variable) == ("services.registry", "KASVU_REGISTRY_ADDRESS")
     assert [entry(name).grpc_port for name in ("selfmonitoring", "tendering")] == [50052, 50053]
-    assert entry("tendering").grpc_services == ()
+    assert entry("tendering").grpc_services == ("kasvu.tendering.v1.TenderingService",)
 
 
 def test_process_names_put_the_gateway_after_the_services_it_calls():
@@ -73,6 +97,7 @@ def test_process_names_put_the_gateway_after_the_services_it_calls():
     assert grpc_services() == (
         "kasvu.registry.v1.RegistryService",
         "kasvu.selfmonitoring.v1.SelfMonitoringService",
+        "kasvu.tendering.v1.TenderingService",
     )
 
 

@@ -2,7 +2,7 @@
 
 import uvicorn
 
-from services.gateway.app import create_app
+from services.gateway.app import GatewayServer, create_app
 from services.runtime.catalog import CATALOG
 from services.runtime.logging import configure_logging
 from services.runtime.settings import load_settings
@@ -14,10 +14,15 @@ def main() -> None:
     addresses = {
         service.name: settings.address_of(service.name) for service in CATALOG if service.grpc_services
     }
-    app = create_app(addresses, call_timeout_s=settings.call_timeout_s)
+    app = create_app(
+        addresses,
+        call_timeout_s=settings.call_timeout_s,
+        streams_per_principal=settings.gateway_streams_per_principal,
+    )
     host, _, port = settings.http_address.rpartition(":")
-    # uvicorn handles SIGTERM/SIGINT: stops accepting, finishes in-flight requests, runs the lifespan's close.
-    uvicorn.run(
+    # uvicorn handles SIGTERM/SIGINT: stops accepting, finishes in-flight requests (event streams
+    # end with a final event at once), runs the lifespan's close.
+    config = uvicorn.Config(
         app,
         host=host,
         port=int(port),
@@ -25,6 +30,7 @@ def main() -> None:
         access_log=False,
         timeout_graceful_shutdown=int(settings.shutdown_grace_s),
     )
+    GatewayServer(config, on_shutdown=app.state.begin_shutdown).run()
 
 
 if __name__ == "__main__":

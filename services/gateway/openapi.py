@@ -11,8 +11,10 @@ from typing import Any
 from google.api import field_behavior_pb2
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 
+from services.gateway.paths import PathTemplate, Variable
 from services.gateway.routes import Route
 from services.runtime import catalog
+from services.runtime.domain import ResourcePattern, segment_rule
 
 _F = FieldDescriptor
 _SCALARS: dict[int, dict[str, Any]] = {
@@ -148,6 +150,29 @@ def _json_content(schema: dict[str, Any]) -> dict[str, Any]:
     return {"application/json": {"schema": schema}}
 
 
+def _segment_kinds(template: PathTemplate, patterns: dict[str, ResourcePattern]) -> list[str | None]:
+    """The kind of each path parameter of `template` (in PathTemplate.openapi_path's order), from
+    the resource name pattern its variable binds; None where no pattern says."""
+    kinds: list[str | None] = []
+    for segment in template.segments:
+        subs = segment.segments if isinstance(segment, Variable) else (segment,)
+        pattern = patterns.get("/".join(subs)) if isinstance(segment, Variable) else None
+        variable_kinds = iter(pattern.variables.values()) if pattern is not None else iter(())
+        kinds.extend(next(variable_kinds, None) for sub in subs if sub == "*")
+        kinds.extend(None for sub in subs if sub == "**")
+    return kinds
+
+
+def _path_parameter(name: str, field_path: str, template: str, kind: str | None) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string"}
+    description = f"Segment of `{field_path}` ({template})."
+    if kind is not None:
+        regex, rule = segment_rule(kind)
+        schema["pattern"] = f"^{regex}$"
+        description = f"Segment of `{field_path}` ({template}): {rule}."
+    return {"name": name, "in": "path", "required": True, "schema": schema, "description": description}
+
+
 def _query_fields(route: Route) -> list[FieldDescriptor]:
     """Top-level fields a client may set as query parameters."""
     if route.body == "*":
@@ -165,34 +190,39 @@ def build_openapi(
     comments: dict[str, str],
     *,
     public_methods: Collection[str] | None = None,
+    resource_names: Collection[str] | None = None,
     title: str = "Kasvu API",
     version: str = "v1",
 ) -> dict[str, Any]:
     """The OpenAPI 3.1 document of `routes`.
 
-    Paths spell every `*` of a template as its own parameter (see PathTemplate.openapi_path).
+    Paths spell every `*` of a template as its own parameter (see PathTemplate.openapi_path),
+    with the pattern of its segment kind from `resource_names` (default: the catalog's).
     Operations in `public_methods` (default: the catalog's) need no bearer token.
     """
     if public_methods is None:
         public_methods = catalog.public_methods()
+    if resource_names is None:
+        resource_names = catalog.resource_names()
+    patterns = {pattern.shape: pattern for pattern in map(ResourcePattern, resource_names)}
     schemas = _Schemas(comments)
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
         path, params = route.template.openapi_path()
+        kinds = _segment_kinds(route.template, patterns)
         parameters: list[dict[str, Any]] = [
-            {
-                "name": name,
-                "in": "path",
-                "required": True,
-                "schema": {"type": "string"},
-                "description": f"Segment of `{field_path}` ({route.template.template}).",
-            }
-            for name, field_path in params
+            _path_parameter(name, field_path, route.template.template, kind)
+            for (name, field_path), kind in zip(params, kinds, strict=True)
         ]
         for fd in _query_fields(route):
+            schema = schemas.field(fd)
+            if fd.name == "page_size":
+                schema = {**schema, "minimum": 0}  # AIP-158: negative sizes are refused
+            behaviors = fd.GetOptions().Extensions[field_behavior_pb2.field_behavior]
+            required = field_behavior_pb2.REQUIRED in behaviors
             parameters.append(
                 schemas._describe(
-                    {"name": fd.json_name, "in": "query", "required": False, "schema": schemas.field(fd)},
+                    {"name": fd.json_name, "in": "query", "required": required, "schema": schema},
                     fd.full_name,
                 )
             )

@@ -107,6 +107,8 @@ def match_route(routes: Sequence[Route], http_method: str, raw_path: str) -> tup
         allowed.append(route.http_method)
     if allowed:
         allow = ", ".join(sorted(set(allowed)))
-        message = f"method {http_method} not allowed here"
-        raise GatewayError(405, "UNIMPLEMENTED", message, headers={"Allow": allow})
+        message = f"method {http_method} is not allowed on this path; allowed: {allow}"
+        # google.rpc.Code has no "method not allowed"; the mistake is the client's request, not a
+        # missing implementation (UNIMPLEMENTED, which HTTP spells 501), so INVALID_ARGUMENT.
+        raise GatewayError(405, "INVALID_ARGUMENT", message, headers={"Allow": allow})
     raise GatewayError(404, "NOT_FOUND", "no such route")

@@ -12,9 +12,11 @@ from services.runtime import catalog
 
 log = logging.getLogger(__name__)
 
-BREACHES_SUBJECT = f"{selfmonitoring_events.BreachOpened.DESCRIPTOR.full_name}.*"
-BREACHES_STREAM = catalog.entry("selfmonitoring").stream
-BREACHES_DURABLE = "registry-breaches"
+# Named in the catalog, from which the registry's NATS user gets leave to read them.
+BREACHES = catalog.consumption("registry", "registry-breaches")
+BREACHES_SUBJECT = BREACHES.subject
+BREACHES_STREAM = catalog.entry(BREACHES.stream_of).stream
+BREACHES_DURABLE = BREACHES.durable
 
 
 def suspension_for(event: selfmonitoring_events.BreachOpened, subject: str) -> SuspendProvider | None:

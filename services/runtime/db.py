@@ -66,7 +66,9 @@ def is_sqlite(url: str) -> bool:
 def _sqlite_engine(url: str, *, immediate: bool) -> AsyncEngine:
     database = make_url(url).database or ":memory:"
     # Statements run in the event loop's thread: see services.runtime.sqlite_inline for why.
-    engine = create_async_engine(url, async_creator=sqlite_inline.creator(database, timeout=30))
+    engine = create_async_engine(
+        url, async_creator=sqlite_inline.creator(database, timeout=30, writes=immediate)
+    )
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:

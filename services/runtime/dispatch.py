@@ -5,6 +5,7 @@ record, commits through the write path, and wakes the relay."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -221,7 +222,12 @@ class Dispatcher:
                         _replay(earlier.fingerprint, earlier.response, fingerprint, key, result_type)
                     )
             try:
-                nested = await session.begin_nested() if (inbox or timer) else None
+                nested = None
+                if inbox or timer:
+                    nested = await session.begin_nested()
+                    await (
+                        session.connection()
+                    )  # emits the SAVEPOINT now: writes go through the cached connection
                 result = await handler(command, uow)
                 await uow.save()
                 written = await self._write_collected(session, uow, command)
@@ -230,8 +236,10 @@ class Dispatcher:
             except DomainError as refusal:
                 if inbox is None and timer is None:
                     raise
-                if nested is not None and nested.is_active:
-                    await nested.rollback()
+                if nested is not None:
+                    # Even when a failed flush left it inactive, it must be ended.
+                    with contextlib.suppress(Exception):
+                        await nested.rollback()
                 outcome = f"refused: {type(refusal).__name__}: {refusal.message}"[:255]
                 await self._mark(session, inbox, timer, uow.now, outcome)
                 log.info(

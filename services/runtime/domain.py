@@ -178,6 +178,12 @@ _SEGMENT_KINDS: dict[str, tuple[re.Pattern[str], str]] = {
 _VARIABLE = re.compile(r"\{(\w+)(?::(\w+))?\}")
 
 
+def segment_rule(kind: str) -> tuple[str, str]:
+    """The regular expression (matched against the whole segment) and description of a segment kind."""
+    regex, description = _SEGMENT_KINDS[kind]
+    return regex.pattern, description
+
+
 class ResourcePattern:
     """A resource name pattern such as "regions/{region}/services/{service}/terms/{version:int}".
 
@@ -202,6 +208,8 @@ class ResourcePattern:
         regex += re.escape(pattern[position:])
         self._regex = re.compile(regex)
         self.template = _VARIABLE.sub(lambda m: "{" + m.group(1) + "}", pattern)
+        self.shape = _VARIABLE.sub("*", pattern)
+        """The pattern as a google.api.http path template spells it: each variable a `*`."""
 
     def format(self, **values: object) -> str:
         return self.template.format(**{name: str(values[name]) for name in self.variables})

@@ -9,10 +9,11 @@ rows per unit of work. Elsewhere (PostgreSQL) it is a plain Core insert.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Table, insert
+from sqlalchemy import Table, exc, insert
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -51,7 +52,13 @@ class TableInserter:
             )
             for row in rows
         ]
-        raw.raw.executemany(self._sql, values)
+        try:
+            raw.raw.executemany(self._sql, values)
+        except sqlite3.IntegrityError as error:
+            # As SQLAlchemy would raise it, so the write path classifies it the same way.
+            raise exc.IntegrityError(self._sql, None, error) from error
+        except sqlite3.OperationalError as error:
+            raise exc.OperationalError(self._sql, None, error) from error
 
 
 def _default(column: Any) -> Any:

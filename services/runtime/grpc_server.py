@@ -3,6 +3,7 @@ of domain errors to status codes with google.rpc details."""
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import time
@@ -13,7 +14,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import any_pb2
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from google.rpc import error_details_pb2, status_pb2
 
 from services.runtime.auth import InvalidToken, Principal, TokenVerifier
@@ -22,6 +23,7 @@ from services.runtime.errors import (
     AlreadyExists,
     DomainError,
     FailedPrecondition,
+    FieldViolation,
     InvalidArgument,
     NotFound,
     PermissionDenied,
@@ -73,32 +75,55 @@ def status_code_for(error: DomainError) -> grpc.StatusCode:
     return grpc.StatusCode.INVALID_ARGUMENT
 
 
+# A status travels in trailers, which gRPC clients refuse above 8 KiB (the soft limit; 16 KiB
+# hard). A request with thousands of bad fields, or one echoing a huge value, would otherwise
+# reach its caller as RESOURCE_EXHAUSTED about metadata instead of its own error. The message is
+# percent-encoded (up to 3 bytes a character) and the details base64-encoded (4/3), so these
+# bounds keep the two under about 6 KiB.
+_MESSAGE_LIMIT = 512
+_TEXT_LIMIT = 200
+_DETAILS_BUDGET = 3072
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "\N{HORIZONTAL ELLIPSIS}"
+
+
 def rich_status(error: DomainError) -> status_pb2.Status:
-    """google.rpc.Status with BadRequest field violations and an ErrorInfo reason."""
+    """google.rpc.Status with BadRequest field violations and an ErrorInfo reason, small
+    enough for any client to receive: long texts are clipped, and violations past the budget
+    are counted in the message instead of listed."""
     code = status_code_for(error)
     details: list[any_pb2.Any] = []
-    if error.violations:
-        bad_request = error_details_pb2.BadRequest(
-            field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-                for v in error.violations
-            ]
-        )
-        packed = any_pb2.Any()
-        packed.Pack(bad_request)
-        details.append(packed)
     if error.reason:
         packed = any_pb2.Any()
-        packed.Pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN))
+        packed.Pack(error_details_pb2.ErrorInfo(reason=_clip(error.reason, _TEXT_LIMIT), domain=ERROR_DOMAIN))
         details.append(packed)
-    return status_pb2.Status(code=code.value[0], message=error.message, details=details)
+    note = ""
+    if error.violations:
+        bad_request = error_details_pb2.BadRequest()
+        used = sum(detail.ByteSize() for detail in details)
+        for listed, violation in enumerate(error.violations):
+            entry = error_details_pb2.BadRequest.FieldViolation(
+                field=_clip(violation.field, _TEXT_LIMIT),
+                description=_clip(violation.description, _TEXT_LIMIT),
+            )
+            if used + bad_request.ByteSize() + entry.ByteSize() + 8 > _DETAILS_BUDGET:
+                note = f" ({len(error.violations) - listed} more violations not listed)"
+                break
+            bad_request.field_violations.append(entry)
+        packed = any_pb2.Any()
+        packed.Pack(bad_request)
+        details.insert(0, packed)
+    message = _clip(error.message, _MESSAGE_LIMIT - len(note)) + note
+    return status_pb2.Status(code=code.value[0], message=message, details=details)
 
 
 async def abort_with(context: grpc.aio.ServicerContext[Any, Any], error: DomainError) -> None:
     status = rich_status(error)
     await context.abort(
         status_code_for(error),
-        error.message,
+        status.message,
         trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
     )
 
@@ -129,14 +154,42 @@ def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], A
     return parse
 
 
-def _refuse_if_malformed(request: Any) -> None:
+def _nul_violations(message: Message, prefix: str = "") -> list[FieldViolation]:
+    """Every text field of `message`, at any depth, that holds a NUL character: PostgreSQL
+    cannot store one, and no name, id or text of the suite has a use for it."""
+    found: list[FieldViolation] = []
+    for fd, value in message.ListFields():
+        path = f"{prefix}{fd.name}"
+        if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
+            # Keys are text too.
+            items = [(f"{path}[{key!r}]", item) for key, item in value.items()] + [(path, k) for k in value]
+        elif fd.is_repeated:
+            items = [(f"{path}[{index}]", item) for index, item in enumerate(value)]
+        else:
+            items = [(path, value)]
+        for item_path, item in items:
+            if isinstance(item, Message):
+                found.extend(_nul_violations(item, item_path + "."))
+            elif isinstance(item, str) and "\0" in item:
+                found.append(FieldViolation(item_path, "must not contain NUL characters"))
+    return found
+
+
+def _refuse_bad_request(request: Any) -> None:
+    """Refuses what no handler should see: bytes that are not the method's message, and text
+    with NUL characters."""
     if isinstance(request, _MalformedRequest):
         raise InvalidArgument(f"the request is not a valid protobuf message of this method: {request.error}")
+    if isinstance(request, Message):
+        violations = _nul_violations(request)
+        if violations:
+            fields = ", ".join(v.field for v in violations[:5])
+            raise InvalidArgument(f"text must not contain NUL characters: {fields}", violations)
 
 
 async def _checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
     async for request in requests:
-        _refuse_if_malformed(request)
+        _refuse_bad_request(request)
         yield request
 
 
@@ -191,35 +244,44 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
             except InvalidToken as error:
                 await abort_with(context, Unauthenticated(f"invalid bearer token: {error}"))
 
+    @contextlib.asynccontextmanager
+    async def _answering(
+        self, method: str, context: grpc.aio.ServicerContext[Any, Any], log_message: str
+    ) -> AsyncIterator[None]:
+        """Around a call's work: a DomainError becomes its status; any other exception is logged
+        and answered INTERNAL without its text, which may name internals; one log line at the end."""
+        started = time.perf_counter()
+        outcome = "OK"
+        try:
+            yield
+        except DomainError as error:
+            outcome = status_code_for(error).name
+            await abort_with(context, error)
+        except Exception:
+            if context.code() not in (None, grpc.StatusCode.OK):
+                outcome = str(context.code())
+                raise
+            outcome = "INTERNAL"
+            log.exception("unexpected error", extra={"method": method})
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        finally:
+            log.info(
+                log_message,
+                extra={
+                    "method": method,
+                    "code": outcome,
+                    "ms": round((time.perf_counter() - started) * 1000, 2),
+                },
+            )
+
     def _wrap_unary(self, method: str, behavior: Any, *, client_streaming: bool = False) -> Any:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            started = time.perf_counter()
             await self._enter(context)
-            outcome = "OK"
-            try:
+            async with self._answering(method, context, "rpc"):
                 if client_streaming:
                     return await behavior(_checked_stream(request), context)
-                _refuse_if_malformed(request)
+                _refuse_bad_request(request)
                 return await behavior(request, context)
-            except DomainError as error:
-                outcome = status_code_for(error).name
-                await abort_with(context, error)
-            except Exception:
-                if context.code() not in (None, grpc.StatusCode.OK):
-                    outcome = str(context.code())
-                    raise
-                outcome = "INTERNAL"
-                log.exception("unexpected error", extra={"method": method})
-                await context.abort(grpc.StatusCode.INTERNAL, "internal error")
-            finally:
-                log.info(
-                    "rpc",
-                    extra={
-                        "method": method,
-                        "code": outcome,
-                        "ms": round((time.perf_counter() - started) * 1000, 2),
-                    },
-                )
 
         return wrapper
 
@@ -227,14 +289,11 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
         async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             await self._enter(context)
             log.info("stream opened", extra={"method": method})
-            try:
-                _refuse_if_malformed(request)
+            # As for unary calls: an unexpected failure is INTERNAL, never UNKNOWN with its text.
+            async with self._answering(method, context, "stream closed"):
+                _refuse_bad_request(request)
                 async for item in behavior(request, context):
                     yield item
-            except DomainError as error:
-                await abort_with(context, error)
-            finally:
-                log.info("stream closed", extra={"method": method})
 
         return wrapper
 

@@ -37,7 +37,7 @@ class InlineCursor:
 
     async def execute(self, sql: str, parameters: Sequence[Any] | None = None) -> InlineCursor:
         arguments = () if parameters is None else parameters
-        if _may_wait(sql):
+        if self._connection.writes and _may_wait(sql):
             await asyncio.to_thread(self._cursor.execute, sql, arguments)
         else:
             self._cursor.execute(sql, arguments)
@@ -99,7 +99,10 @@ class _ImmediateQueue:
 class InlineConnection:
     """The subset of aiosqlite.Connection SQLAlchemy uses, over a plain sqlite3 connection."""
 
-    def __init__(self, database: str, *, timeout: float = 30.0) -> None:
+    def __init__(self, database: str, *, timeout: float = 30.0, writes: bool = True) -> None:
+        # A reader's deferred BEGIN takes no lock in WAL mode and its COMMIT writes nothing,
+        # so only a writer's BEGIN IMMEDIATE and COMMIT can wait and go to a thread.
+        self.writes = writes
         # check_same_thread=False: BEGIN and COMMIT run in a worker thread, never at the same
         # time as anything else on this connection (SQLAlchemy serialises its use).
         self.raw = sqlite3.connect(database, timeout=timeout, check_same_thread=False, isolation_level=None)
@@ -129,7 +132,10 @@ class InlineConnection:
         self.raw.create_function(*args, **kwargs)
 
     async def commit(self) -> None:
-        await asyncio.to_thread(self.raw.commit)
+        if self.writes:
+            await asyncio.to_thread(self.raw.commit)
+        else:
+            self.raw.commit()
 
     async def rollback(self) -> None:
         self.raw.rollback()
@@ -141,10 +147,10 @@ class InlineConnection:
         self.raw.close()
 
 
-def creator(database: str, *, timeout: float = 30.0) -> Any:
+def creator(database: str, *, timeout: float = 30.0, writes: bool = True) -> Any:
     """The `async_creator` for create_async_engine with the sqlite+aiosqlite dialect."""
 
     async def connect() -> InlineConnection:
-        return InlineConnection(database, timeout=timeout)
+        return InlineConnection(database, timeout=timeout, writes=writes)
 
     return connect

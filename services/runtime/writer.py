@@ -11,6 +11,7 @@ is run again. Either way a caller hears "done" only after its commit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -191,6 +192,10 @@ class BatchedWritePath(WritePath):
         done: list[tuple[asyncio.Future[Any], Any]],
     ) -> audit.ChainHead:
         savepoint = await session.begin_nested()
+        # SQLAlchemy sends SAVEPOINT when the session next hands out its connection; units
+        # write through the cached Core connection, so ask for it now or they would write
+        # outside their savepoint.
+        await session.connection()
         try:
             outcome = await item.job(session)
             new_head = head
@@ -199,7 +204,9 @@ class BatchedWritePath(WritePath):
             await session.flush()
             await savepoint.commit()
         except BaseException as error:
-            if savepoint.is_active:
+            # Also when a failed flush left it inactive: it must still be ended, or the whole
+            # batch's commit fails.
+            with contextlib.suppress(Exception):
                 await savepoint.rollback()
             self.stats.failed_units += 1
             if isinstance(error, IntegrityError):

@@ -169,6 +169,30 @@ def action_to_proto(action: model.CorrectiveAction) -> selfmonitoring_pb2.Correc
     )
 
 
+def _forged_token() -> InvalidArgument:
+    description = "is not a token this service issued"
+    return InvalidArgument(f"page_token {description}", [FieldViolation("page_token", description)])
+
+
+def _instant_position(after: dict[str, str], key: str) -> tuple[datetime, str]:
+    """Where a page starts. The token's checksum tells damage, not forgery, so its position is
+    checked as any client input is."""
+    try:
+        instant, item = datetime.fromisoformat(after[key]), after["id"]
+    except (KeyError, ValueError):
+        raise _forged_token() from None
+    if instant.tzinfo is None:
+        raise _forged_token()
+    return instant, item
+
+
+def _day_position(after: dict[str, str]) -> tuple[date, str, str]:
+    try:
+        return date.fromisoformat(after["day"]), after["source"], after["id"]
+    except (KeyError, ValueError):
+        raise _forged_token() from None
+
+
 class SelfMonitoringServicer(selfmonitoring_pb2_grpc.SelfMonitoringServiceServicer):
     """Maps SelfMonitoringService RPCs onto the dispatcher and the alert feed."""
 
@@ -334,9 +358,7 @@ class SelfMonitoringServicer(selfmonitoring_pb2_grpc.SelfMonitoringServiceServic
             "provider": request.provider,
         }
         paging = page(request.page_size, request.page_token, filters)
-        before = (
-            (datetime.fromisoformat(paging.after["opened_at"]), paging.after["id"]) if paging.after else None
-        )
+        before = _instant_position(paging.after, "opened_at") if paging.after else None
         state = enum_from_proto(model.BreachState, request.state, _STATE, "state") if request.state else None
         severity = (
             enum_from_proto(model.Severity, request.severity, _SEVERITY, "severity")
@@ -372,9 +394,7 @@ class SelfMonitoringServicer(selfmonitoring_pb2_grpc.SelfMonitoringServiceServic
         region = model.REGION.parse(request.parent, "parent")["region"]
         handlers.require_supervision(region, current_principal())
         paging = page(request.page_size, request.page_token, {"parent": request.parent})
-        before = (
-            (datetime.fromisoformat(paging.after["created_at"]), paging.after["id"]) if paging.after else None
-        )
+        before = _instant_position(paging.after, "created_at") if paging.after else None
         found: list[handlers.AlertView] = await self._dispatcher.query(
             handlers.ListAlerts(region, before, paging.size + 1), call_context()
         )
@@ -401,11 +421,7 @@ class SelfMonitoringServicer(selfmonitoring_pb2_grpc.SelfMonitoringServiceServic
         region = model.REGION.parse(request.parent, "parent")["region"]
         filters = {"parent": request.parent, "provider": request.provider}
         paging = page(request.page_size, request.page_token, filters)
-        before = (
-            (datetime.fromisoformat(paging.after["requested_at"]), paging.after["id"])
-            if paging.after
-            else None
-        )
+        before = _instant_position(paging.after, "requested_at") if paging.after else None
         query = handlers.ListCorrectiveActions(region, request.provider, before, paging.size + 1)
         found: list[model.CorrectiveAction] = await self._dispatcher.query(query, call_context())
         listed, more = found[: paging.size], len(found) > paging.size
@@ -472,7 +488,7 @@ class SelfMonitoringServicer(selfmonitoring_pb2_grpc.SelfMonitoringServiceServic
         parts = model.BREACH.parse(request.parent, "parent")
         paging = page(request.page_size, request.page_token, {"parent": request.parent})
         after = paging.after
-        before = (date.fromisoformat(after["day"]), after["source"], after["id"]) if after else None
+        before = _day_position(after) if after else None
         query = handlers.ListBreachObservations(parts["region"], parts["breach"], before, paging.size + 1)
         found: list[model.Observation] = await self._dispatcher.query(query, call_context())
         listed, more = found[: paging.size], len(found) > paging.size

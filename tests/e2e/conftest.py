@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,17 @@ async def sqlite_suite(tmp_path: Path) -> AsyncIterator[LocalSuite]:
     running = LocalSuite(tmp_path / "suite", extra_env={"KASVU_CONSUMER_ACK_WAIT_S": "2"})
     try:
         await running.start()
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="module")
+def module_suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSuite]:
+    """One suite (SQLite) shared by a module's tests, which keep apart by region."""
+    running = LocalSuite(tmp_path_factory.mktemp("suite") / "suite")
+    try:
+        asyncio.run(running.start())
         yield running
     finally:
         running.stop()

@@ -8,7 +8,6 @@ import asyncio
 import sqlite3
 
 import httpx
-import nats
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nats.js.api import ConsumerInfo
@@ -24,7 +23,7 @@ SUSPENDED = "REGISTRATION_STATE_SUSPENDED"
 
 async def subject_count(suite: LocalSuite, stream: str, subject: str) -> int:
     """How many messages the stream holds on a subject (JetStream's own count)."""
-    connection = await nats.connect(suite.nats_url)
+    connection = await suite.connect_nats()
     try:
         info = await connection.jetstream().stream_info(stream, subjects_filter=subject)
         return sum((info.state.subjects or {}).values())
@@ -72,7 +71,7 @@ def inbox_rows(suite: LocalSuite) -> list[tuple[str, str]]:
 
 
 async def breach_consumer(suite: LocalSuite) -> ConsumerInfo:
-    connection = await nats.connect(suite.nats_url)
+    connection = await suite.connect_nats()
     try:
         return await connection.jetstream().consumer_info("KASVU_SELFMONITORING", "registry-breaches")
     finally:

@@ -100,16 +100,16 @@ async def test_bad_input_gets_a_clear_error_and_changes_nothing(sqlite_suite: Lo
         body = api.registration_body(terms, PROVIDER, key)
 
         wrong_id = api.registration_body(terms, "0737546-3", key)
-        response = await api.register("pirkanmaa", wrong_id, "0737546-3")
+        response = await api.register("pirkanmaa", wrong_id, PROVIDER)
         assert response.status_code == 400
-        assert "registration.business_id" in response.text
+        assert "registration.businessId" in response.text
 
         other_terms = dict(terms, contentHash="00" * 32)
         response = await api.register(
             "pirkanmaa", api.registration_body(other_terms, PROVIDER, key), PROVIDER
         )
         assert response.status_code == 400
-        assert "registration.terms_signature" in response.text
+        assert "registration.termsSignature" in response.text
 
         unknown = api.registration_body(
             dict(terms, name="regions/pirkanmaa/services/recruitment/terms/9"), PROVIDER, key

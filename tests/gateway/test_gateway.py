@@ -6,15 +6,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import grpc
 import httpx
 import pytest
 import uvicorn
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
@@ -22,7 +26,20 @@ from kasvu.registry.v1 import registry_pb2, registry_pb2_grpc
 from kasvu.selfmonitoring.v1 import selfmonitoring_pb2, selfmonitoring_pb2_grpc
 from starlette.applications import Starlette
 
-from services.gateway.app import create_app
+from services.gateway.app import GatewayServer, create_app
+from services.runtime.auth import Principal, Role, mint_token
+
+
+def well_formed_token(organisation: str = "pirkanmaa", ttl: timedelta = timedelta(hours=1)) -> str:
+    """A token the gateway can read; these fake backends do not verify it, the real ones do."""
+    key = Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return mint_token(key, Principal(Role.REGION_ADMIN, organisation, f"admin@{organisation}"), ttl)
+
+
+TOKEN = well_formed_token()
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @dataclass
@@ -120,7 +137,7 @@ async def backend() -> AsyncIterator[tuple[str, Seen]]:
 
 
 def make_app(address: str, **kwargs: Any) -> Starlette:
-    return create_app({"registry": address, "selfmonitoring": address}, **kwargs)
+    return create_app({"registry": address, "selfmonitoring": address, "tendering": address}, **kwargs)
 
 
 @pytest.fixture
@@ -137,7 +154,8 @@ async def client(backend: tuple[str, Seen]) -> AsyncIterator[httpx.AsyncClient]:
 async def served(backend: tuple[str, Seen]) -> AsyncIterator[str]:
     """The gateway under a real uvicorn on a free port, for streaming."""
     app = make_app(backend[0], heartbeat_s=0.2)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
+    server = GatewayServer(config, on_shutdown=app.state.begin_shutdown)
     task = asyncio.create_task(server.serve())
     while not server.started:  # noqa: ASYNC110  (uvicorn exposes a flag, not an event)
         await asyncio.sleep(0.01)
@@ -155,6 +173,7 @@ async def test_post_reaches_backend_with_path_params_and_body(client, backend):
             "title": "Recruitment 2027",
             "requirements": [{"code": "insurance", "kind": "REQUIREMENT_KIND_DOCUMENT"}],
         },
+        headers=AUTH,
     )
     assert response.status_code == 200, response.text
     assert response.json()["name"] == "regions/13/services/recruitment/terms/1"
@@ -169,12 +188,12 @@ async def test_headers_become_metadata_and_calls_have_a_deadline(client, backend
     response = await client.post(
         "/v1/regions/13/services/recruitment/terms",
         json={"title": "T"},
-        headers={"Authorization": "Bearer token-1", "Idempotency-Key": "key-7", "X-Request-Id": "req-42"},
+        headers={**AUTH, "Idempotency-Key": "key-7", "X-Request-Id": "req-42"},
     )
     assert response.status_code == 200
     assert response.headers["x-request-id"] == "req-42"
     metadata = seen.metadata[-1]
-    assert metadata["authorization"] == "Bearer token-1"
+    assert metadata["authorization"] == f"Bearer {TOKEN}"
     assert metadata["x-request-id"] == "req-42"
     assert seen.requests[-1].request_id == "key-7"  # Idempotency-Key fills request_id (AIP-155)
     remaining = seen.time_remaining[-1]
@@ -197,8 +216,11 @@ async def test_query_parameters_set_request_fields(client, backend):
     params = {"pageSize": "7", "page_token": "p"}
     response = await client.get("/v1/regions/1/services/s/providers", params=params)
     assert response.status_code == 200
+    # Fields at their defaults are printed too (registration, terms: "").
     assert response.json() == {
-        "providers": [{"businessId": "0737546-2", "displayName": "Oy Apu Ab"}],
+        "providers": [
+            {"businessId": "0737546-2", "displayName": "Oy Apu Ab", "registration": "", "terms": ""}
+        ],
         "nextPageToken": "after-7",
     }
     assert seen.requests[-1].page_token == "p"
@@ -206,26 +228,71 @@ async def test_query_parameters_set_request_fields(client, backend):
 
 async def test_unknown_field_is_a_json_400_that_never_reaches_the_backend(client, backend):
     _, seen = backend
-    response = await client.post("/v1/regions/13/services/s/terms", json={"title": "T", "colour": "red"})
+    response = await client.post(
+        "/v1/regions/13/services/s/terms", json={"title": "T", "colour": "red"}, headers=AUTH
+    )
     assert response.status_code == 400
     error = response.json()["error"]
     assert (error["code"], error["status"]) == (400, "INVALID_ARGUMENT")
-    assert "colour" in error["message"]
+    assert error["details"][0]["fieldViolations"] == [
+        {"field": "terms.colour", "description": "no such field"}
+    ]
     assert seen.requests == []
 
 
-async def test_malformed_json_and_wrong_types_are_400(client):
+def violations(response: httpx.Response) -> list[dict[str, str]]:
+    """The field violations of a JSON error answer."""
+    details = response.json()["error"]["details"]
+    return [v for d in details if d["@type"].endswith("BadRequest") for v in d["fieldViolations"]]
+
+
+async def test_malformed_json_and_wrong_types_are_400_naming_the_field_in_plain_words(client):
     malformed = await client.post(
-        "/v1/regions/13/services/s/terms", content=b'{"title": ', headers={"Content-Type": "application/json"}
+        "/v1/regions/13/services/s/terms",
+        content=b'{"title": ',
+        headers={**AUTH, "Content-Type": "application/json"},
     )
     assert malformed.status_code == 400
     assert malformed.json()["error"]["status"] == "INVALID_ARGUMENT"
-    wrong_type = await client.post("/v1/regions/13/services/s/terms", json={"title": ["not", "a", "string"]})
-    assert wrong_type.status_code == 400
+    assert [v["field"] for v in violations(malformed)] == ["terms"]
+    wrong_types = {
+        "terms.title": {"title": ["not", "a", "string"]},
+        "terms.requirements[1].kind": {"requirements": [{"code": "a"}, {"kind": "KIND_OF_BLUE"}]},
+        "terms.requirements[0].maxAgeDays": {"requirements": [{"maxAgeDays": 1.5}]},
+        "terms.requirements": {"requirements": {"code": "a"}},
+    }
+    for field_path, body in wrong_types.items():
+        response = await client.post("/v1/regions/13/services/s/terms", json=body, headers=AUTH)
+        assert response.status_code == 400, response.text
+        assert [v["field"] for v in violations(response)] == [field_path]
+        # No protobuf internals: message type names, Python type names.
+        assert "kasvu." not in response.text and "'list'" not in response.text, response.text
+
+
+async def test_json_nested_past_the_limit_is_400_not_500(backend):
+    address, seen = backend
+    app = make_app(address)  # the default 1 MiB body limit: room for very deep nesting
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as http,
+    ):
+        # 40 deep: past the gateway's limit; 100 000 deep: past Python's own recursion limit.
+        for depth in (40, 100_000):
+            body = b'{"title": ' + b"[" * depth + b"]" * depth + b"}"
+            response = await http.post(
+                "/v1/regions/13/services/s/terms",
+                content=body,
+                headers={**AUTH, "Content-Type": "application/json"},
+            )
+            assert response.status_code == 400, response.text
+            assert "nested more than 32 levels" in response.json()["error"]["message"]
+            assert violations(response)[0]["field"].startswith("terms")
+            assert response.headers["x-request-id"]
+    assert seen.requests == []
 
 
 async def test_body_over_the_limit_is_413(client):
-    response = await client.post("/v1/regions/13/services/s/terms", json={"title": "x" * 5000})
+    response = await client.post("/v1/regions/13/services/s/terms", json={"title": "x" * 5000}, headers=AUTH)
     assert response.status_code == 413
     assert response.json()["error"]["code"] == 413
 
@@ -234,28 +301,39 @@ async def test_backend_invalid_argument_carries_field_violations(client):
     response = await client.post(
         "/v1/regions/13/services/s/registrations",
         json={"businessId": "0737546-3", "displayName": "Oy Apu Ab", "publicKey": "AAAA"},
+        headers=AUTH,
     )
     assert response.status_code == 400
     error = response.json()["error"]
     assert error["message"] == "invalid registration"
+    # The backend names the proto field; the client reads the JSON name it sent.
     assert error["details"] == [
         {
             "@type": "type.googleapis.com/google.rpc.BadRequest",
             "fieldViolations": [
-                {"field": "registration.business_id", "description": "check digit does not match"}
+                {"field": "registration.businessId", "description": "check digit does not match"}
             ],
-        }
+        },
+        {
+            "@type": "type.googleapis.com/google.rpc.RequestInfo",
+            "requestId": response.headers["x-request-id"],
+        },
     ]
 
 
 async def test_backend_not_found_is_404(client):
-    response = await client.get("/v1/regions/13/services/s/terms/9")
+    response = await client.get("/v1/regions/13/services/s/terms/9", headers=AUTH)
     assert response.status_code == 404
     assert response.json()["error"] == {
         "code": 404,
         "status": "NOT_FOUND",
         "message": "regions/13/services/s/terms/9 not found",
-        "details": [],
+        "details": [
+            {
+                "@type": "type.googleapis.com/google.rpc.RequestInfo",
+                "requestId": response.headers["x-request-id"],
+            }
+        ],
     }
 
 
@@ -264,6 +342,22 @@ async def test_backend_crash_is_500_without_its_message(client):
     assert response.status_code == 500
     assert "hunter2" not in response.text
     assert response.json()["error"]["status"] == "UNKNOWN"
+    assert response.headers["x-request-id"] in response.json()["error"]["message"]
+
+
+async def test_unexpected_gateway_error_is_a_json_500_with_the_request_id(client, monkeypatch):
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr("services.gateway.app.build_request", broken)
+    response = await client.get("/v1/regions/1/services/s/providers", headers={"X-Request-Id": "req-500"})
+    assert response.status_code == 500
+    assert response.headers["x-request-id"] == "req-500"
+    error = response.json()["error"]
+    assert error["status"] == "INTERNAL" and "secret" not in response.text
+    assert error["details"] == [
+        {"@type": "type.googleapis.com/google.rpc.RequestInfo", "requestId": "req-500"}
+    ]
 
 
 async def test_unknown_route_is_404_and_wrong_verb_405_in_json(client):
@@ -273,7 +367,9 @@ async def test_unknown_route_is_404_and_wrong_verb_405_in_json(client):
     wrong = await client.delete("/v1/regions/13/services/s/terms")
     assert wrong.status_code == 405
     assert wrong.headers["allow"] == "POST"
-    assert wrong.json()["error"]["code"] == 405
+    # google.rpc.Code has no "method not allowed"; not UNIMPLEMENTED (a server's gap, HTTP 501).
+    assert (wrong.json()["error"]["code"], wrong.json()["error"]["status"]) == (405, "INVALID_ARGUMENT")
+    assert "allowed: POST" in wrong.json()["error"]["message"]
     # The catch-all transcoding route sees it first: still a JSON error, never a 500.
     wrong_builtin = await client.post("/healthz")
     assert wrong_builtin.json()["error"]["code"] == wrong_builtin.status_code == 404
@@ -300,6 +396,9 @@ async def test_unreachable_backend_is_503():
         response = await http.get("/v1/regions/1/services/s/providers")
     assert response.status_code == 503
     assert response.json()["error"]["status"] == "UNAVAILABLE"
+    assert response.headers["retry-after"] == "1"
+    # The channel's transport text (addresses, "failed to connect") is not for the client.
+    assert "127.0.0.1" not in response.text
 
 
 async def read_events(response: httpx.Response, count: int) -> list[str]:
@@ -320,7 +419,7 @@ async def test_alert_stream_is_sse_with_ids_and_resumes_after_last_event_id(serv
     async with (
         httpx.AsyncClient(base_url=served, timeout=10) as http,
         http.stream(
-            "GET", "/v1/regions/1/alerts:stream", headers={"Last-Event-ID": "41", "Authorization": "Bearer t"}
+            "GET", "/v1/regions/1/alerts:stream", headers={"Last-Event-ID": "41", **AUTH}
         ) as response,
     ):
         assert response.status_code == 200
@@ -328,17 +427,18 @@ async def test_alert_stream_is_sse_with_ids_and_resumes_after_last_event_id(serv
         events = await read_events(response, 10)
     assert seen.requests[-1].resume_after == 41
     assert seen.requests[-1].parent == "regions/1"
-    assert seen.metadata[-1]["authorization"] == "Bearer t"
+    assert seen.metadata[-1]["authorization"] == f"Bearer {TOKEN}"
     assert seen.time_remaining[-1] is None  # streams carry no deadline
-    assert events == [
-        f'id: {n}\ndata: {{"sequence":"{n}","breach":{{"name":"regions/1/breaches/{n}"}}}}'
-        for n in (42, 43, 44)
-    ]
+    assert [event.split("\n")[0] for event in events] == ["id: 42", "id: 43", "id: 44"]
+    first = json.loads(events[0].split("\ndata: ", 1)[1])
+    assert first["sequence"] == "42"
+    assert first["breach"]["name"] == "regions/1/breaches/42"
+    assert (first["breach"]["value"], first["breach"]["provider"]) == (0, "")  # defaults printed
 
 
 async def test_stream_refused_by_backend_is_a_plain_http_error(served):
     async with httpx.AsyncClient(base_url=served, timeout=10) as http:
-        response = await http.get("/v1/regions/unknown/alerts:stream")
+        response = await http.get("/v1/regions/unknown/alerts:stream", headers=AUTH)
     assert response.status_code == 404
     assert response.json()["error"]["message"] == "no such region"
 
@@ -347,7 +447,7 @@ async def test_quiet_stream_sends_keepalives_and_client_disconnect_cancels_backe
     _, seen = backend
     async with (
         httpx.AsyncClient(base_url=served, timeout=10) as http,
-        http.stream("GET", "/v1/regions/endless/alerts:stream") as response,
+        http.stream("GET", "/v1/regions/endless/alerts:stream", headers=AUTH) as response,
     ):
         events = await read_events(response, 2)
     assert events[0].startswith("id: 1\n")

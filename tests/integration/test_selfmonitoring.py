@@ -21,6 +21,7 @@ from services.runtime.clock import FINLAND, ManualClock
 from services.runtime.clock import Clock as RuntimeClock
 from services.runtime.db import Database
 from services.runtime.migrate import upgrade_async
+from services.runtime.names import next_page_token
 from services.runtime.worker import Scheduler, Worker
 from services.runtime.writer import write_path_for
 from services.selfmonitoring import bootstrap, consumers, handlers, store
@@ -490,6 +491,24 @@ async def test_breaches_list_newest_first_across_pages_without_repeats_or_gaps(s
         assert listed == list(reversed(opened))
     else:
         assert listed == sorted(opened, reverse=True)  # ties broken by id, descending
+
+
+@pytest.mark.parametrize(
+    "position",
+    [{"opened_at": "yesterday", "id": "b"}, {"opened_at": "2025-03-14T10:00:00", "id": "b"}, {"id": "b"}],
+    ids=["not-an-instant", "no-time-zone", "no-instant"],
+)
+async def test_a_page_token_with_a_forged_position_is_invalid_argument(stub, tokens, position):
+    # The token's checksum tells damage from a token the service wrote, not forgery: anyone can
+    # compute it, so the position inside is checked as any client input is.
+    forged = next_page_token({"parent": f"regions/{REGION}"}, position)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.ListBreaches(
+            selfmonitoring_pb2.ListBreachesRequest(parent=f"regions/{REGION}", page_token=forged),
+            metadata=tokens.supervisor(REGION),
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(caught.value) == ["page_token"]
 
 
 async def test_breaches_are_only_for_the_region_own_supervisors(stub, tokens, clock):

@@ -230,6 +230,12 @@ def test_new_terms_rejects_a_title_over_200_characters():
     assert fields_of(error) == ["terms.title"]
 
 
+def test_new_terms_rejects_a_nul_character_which_postgresql_cannot_store():
+    with pytest.raises(InvalidArgument) as error:
+        new_terms("uusimaa", "recruitment", 1, "Rekry\0", (declaration(),))
+    assert fields_of(error) == ["terms.title"]
+
+
 def test_new_terms_rejects_duplicate_requirement_codes_at_the_second_one():
     with pytest.raises(InvalidArgument) as error:
         make_terms(declaration("insurance"), document("tax"), declaration("insurance"))
