@@ -47,6 +47,11 @@ def test_every_public_method_is_a_method_of_its_own_service():
     assert public_methods() == {
         "kasvu.registry.v1.RegistryService.ListProviders",
         "kasvu.tendering.v1.AllianceService.GetMarketFailure",
+        # A region's published self-monitoring programme is public.
+        "kasvu.selfmonitoring.v1.SelfMonitoringService.GetProgramme",
+        "kasvu.selfmonitoring.v1.SelfMonitoringService.ListProgrammes",
+        # The equal-availability view is for the ministry and the public.
+        "kasvu.selfmonitoring.v1.SelfMonitoringService.GetAvailabilityReport",
         *(
             f"kasvu.tendering.v1.TenderingService.{name}"
             for name in (

@@ -103,12 +103,37 @@ CATALOG: tuple[ServiceEntry, ...] = (
         grpc_services=("kasvu.selfmonitoring.v1.SelfMonitoringService",),
         resource_names=(
             "regions/{region}",
-            "regions/{region}/indicators/{indicator}",
+            "regions/{region}/alerts/{alert:key}",
+            "regions/{region}/availabilityReport",
             "regions/{region}/breaches/{breach:key}",
+            "regions/{region}/correctiveActions/{action:key}",
+            "regions/{region}/indicatorReport",
+            "regions/{region}/indicators/{indicator}",
+            "regions/{region}/programmes/{programme:int}",
         ),
         proto_modules=("kasvu.selfmonitoring.v1.selfmonitoring_pb2",),
-        # The supervisors' live alert feed reads the breaches back from its own stream.
-        consumes=(Consumption(stream_of="selfmonitoring", subject="kasvu.selfmonitoring.v1.BreachOpened.*"),),
+        public_methods=frozenset(
+            {
+                "kasvu.selfmonitoring.v1.SelfMonitoringService.GetProgramme",
+                "kasvu.selfmonitoring.v1.SelfMonitoringService.ListProgrammes",
+                "kasvu.selfmonitoring.v1.SelfMonitoringService.GetAvailabilityReport",
+            }
+        ),
+        # The supervisors' live alert feed reads every event of its own stream back; the
+        # equal-availability view follows the registry's admissions and suspensions.
+        consumes=(
+            Consumption(stream_of="selfmonitoring", subject="kasvu.selfmonitoring.v1.>"),
+            Consumption(
+                stream_of="registry",
+                subject="kasvu.registry.v1.RegistrationAdmitted.*",
+                durable="selfmonitoring-admissions",
+            ),
+            Consumption(
+                stream_of="registry",
+                subject="kasvu.registry.v1.ProviderSuspended.*",
+                durable="selfmonitoring-suspensions",
+            ),
+        ),
     ),
     ServiceEntry(
         name="tendering",

@@ -90,7 +90,7 @@ def test_routes_cover_every_annotated_rpc(routes: list[Route]):
         if method.GetOptions().HasExtension(annotations_pb2.http)
     }
     assert {r.full_name for r in routes} == annotated
-    assert len(annotated) == 11 + 25 + 16  # registry and selfmonitoring, tendering, alliances
+    assert len(annotated) == 23 + 25 + 16  # registry and self-monitoring, tendering, alliances
 
 
 def test_match_route_distinguishes_404_and_405(routes: list[Route]):
@@ -100,7 +100,7 @@ def test_match_route_distinguishes_404_and_405(routes: list[Route]):
     with pytest.raises(GatewayError) as not_allowed:
         match_route(routes, "DELETE", "/v1/regions/13/indicators")
     assert not_allowed.value.http_status == 405
-    assert not_allowed.value.headers == {"Allow": "POST"}
+    assert not_allowed.value.headers == {"Allow": "GET, POST"}  # ListIndicators and CreateIndicator
     with pytest.raises(GatewayError) as missing:
         match_route(routes, "GET", "/v1/nowhere")
     assert missing.value.http_status == 404
@@ -191,6 +191,9 @@ def test_openapi_security_exempts_only_the_catalogs_public_methods(document: dic
     assert sorted(exempt) == [
         "AllianceService_GetMarketFailure",
         "RegistryService_ListProviders",
+        "SelfMonitoringService_GetAvailabilityReport",
+        "SelfMonitoringService_GetProgramme",
+        "SelfMonitoringService_ListProgrammes",
         "TenderingService_ExportOcds",
         "TenderingService_GetCall",
         "TenderingService_GetFramework",
