@@ -151,9 +151,9 @@ async def evaluation_10x_vs_1x(suite: LocalSuite, base: int = 5_000) -> float:
         return tenfold / once
 
 
-async def jetstream_publish_async_per_s(nats_url: str, count: int = 50_000, window: int = 1000) -> float:
+async def jetstream_publish_async_per_s(suite: LocalSuite, count: int = 50_000, window: int = 1000) -> float:
     """Messages per second of a bare JetStream publish_async loop (acks awaited per window)."""
-    nc = await nats.connect(nats_url)
+    nc = await suite.connect_nats()
     try:
         js = nc.jetstream(publish_async_max_pending=window)
         await js.add_stream(
@@ -225,7 +225,7 @@ async def alert_fanout(
         ]
         await asyncio.wait_for(asyncio.gather(*(event.wait() for event in ready)), 60)
         await asyncio.sleep(0.5)  # every ordered consumer exists once its headers came back
-        nc = await nats.connect(suite.nats_url)
+        nc = await suite.connect_nats()
         try:
             js = nc.jetstream()
             subject = subject_for(events_pb2.BreachOpened.DESCRIPTOR.full_name, REGION)
@@ -281,14 +281,19 @@ async def _publish_alert(js: nats.js.JetStreamContext, subject: str, stream: str
     )
 
 
-async def selfmonitoring_figures(suite: LocalSuite) -> dict[str, float]:
-    """Every self-monitoring figure, under the issue's keys."""
+async def selfmonitoring_figures(suite: LocalSuite, *, quick: bool = False) -> dict[str, float]:
+    """Every self-monitoring figure, under the issue's keys (small counts when `quick`)."""
     results: dict[str, float] = {}
-    results["jetstream_publish_async_per_s"] = await jetstream_publish_async_per_s(suite.nats_url)
-    results["ingest_obs_per_s"] = await ingest_obs_per_s(suite)
+    results["jetstream_publish_async_per_s"] = await jetstream_publish_async_per_s(
+        suite, count=2_000 if quick else 50_000
+    )
+    results["ingest_obs_per_s"] = await ingest_obs_per_s(suite, count=2_000 if quick else 50_000)
     results["ingest_vs_jetstream"] = ratio(
         results["ingest_obs_per_s"], results["jetstream_publish_async_per_s"]
     )
-    results["evaluation_10x_vs_1x"] = await evaluation_10x_vs_1x(suite)
-    results.update(await alert_fanout(suite))
+    results["evaluation_10x_vs_1x"] = await evaluation_10x_vs_1x(suite, base=200 if quick else 5_000)
+    if quick:
+        results.update(await alert_fanout(suite, subscribers=5, rate=50, seconds=1.0, grace_s=5.0))
+    else:
+        results.update(await alert_fanout(suite))
     return results
