@@ -22,9 +22,11 @@ import grpc
 from bench import hops
 from bench.echo import echo_rps, echo_server
 from bench.jetstream import jetstream_roundtrips
+from bench.selfmonitoring_load import selfmonitoring_figures
 from bench.sqlite_txn import sqlite_txn_per_s
 from bench.stats import Row, percentile, ratio, render_table
 from bench.suite_load import breach_to_suspension, prepare, register_grpc_rps, register_http_rps
+from bench.tendering_load import bid_submit_rps, open_bids_figures
 from kasvuctl.localsuite import LocalSuite
 
 RESULTS = Path(__file__).parent / "results.json"
@@ -48,6 +50,9 @@ class Plan:
     # a time, 500 samples take ~15 s.
     breach_concurrency: int = 1
     breach_max_seconds: float = 60.0
+    # The capabilities' own figures (self-monitoring ingestion and alerts, sealed bids).
+    quick: bool = False
+    bids_opened: int = 10_000
 
 
 async def measure(plan: Plan, data_dir: Path) -> dict[str, float | str]:
@@ -69,7 +74,7 @@ async def measure(plan: Plan, data_dir: Path) -> dict[str, float | str]:
         )
         log(f"sqlite transactions: {results['sqlite_txn_per_s']:.0f} /s")
 
-        roundtrips = await jetstream_roundtrips(suite.nats_url, plan.roundtrips)
+        roundtrips = await jetstream_roundtrips(suite.nats_url, plan.roundtrips, suite.nats_access())
         results["jetstream_roundtrip_p50_ms"] = percentile(roundtrips, 50)
         results["jetstream_roundtrip_p99_ms"] = percentile(roundtrips, 99)
         results["jetstream_roundtrip_samples"] = len(roundtrips)
@@ -102,9 +107,15 @@ async def measure(plan: Plan, data_dir: Path) -> dict[str, float | str]:
         log(f"breach -> suspension p50 {results['breach_to_suspension_p50_ms']:.1f} ms")
         # Before the suite stops: the stream's timestamps are read from nats-server.
         results.update(await hop_figures(suite, timings))
+        results.update(await capability_figures(suite, plan))
     finally:
         suite.stop()
 
+    opening = data_dir / "opening"
+    opening.mkdir(parents=True, exist_ok=True)
+    results.update(await open_bids_figures(opening, count=plan.bids_opened))
+    log(f"{plan.bids_opened} bids opened in {results['open_10k_bids_s']:.1f} s")
+    results["bid_submit_vs_echo"] = ratio(float(results["bid_submit_rps_32"]), float(results["echo_rps_32"]))
     results["register_grpc_vs_echo"] = ratio(
         float(results["register_grpc_rps_32"]), float(results["echo_rps_32"])
     )
@@ -121,6 +132,21 @@ async def measure(plan: Plan, data_dir: Path) -> dict[str, float | str]:
     return results
 
 
+async def capability_figures(suite: LocalSuite, plan: Plan) -> dict[str, float | str]:
+    """Self-monitoring's ingestion and alert fan-out, and sealed-bid submission, on the running suite."""
+    results: dict[str, float | str] = dict(await selfmonitoring_figures(suite, quick=plan.quick))
+    log(f"observations ingested: {results['ingest_obs_per_s']:.0f} /s")
+    results["bid_submit_rps_32"] = await bid_submit_rps(
+        suite.address("tendering"),
+        lambda role, organisation, subject: suite.token(role, organisation),
+        concurrency=plan.in_flight,
+        duration_s=1.0 if plan.quick else 3.0,
+        repeats=plan.repeats,
+    )
+    log(f"bids submitted: {results['bid_submit_rps_32']:.0f} /s")
+    return results
+
+
 async def hop_figures(suite: LocalSuite, timings: list[hops.BreachTiming]) -> dict[str, float]:
     """The hop-by-hop breakdown; a failure to read it back is reported, not fatal to the run's
     other figures (the smoke test checks the hop keys are there)."""
@@ -128,7 +154,9 @@ async def hop_figures(suite: LocalSuite, timings: list[hops.BreachTiming]) -> di
     # suspension: a moment's pause lets the last breach's mark land before it is read.
     await asyncio.sleep(0.5)
     try:
-        samples = hops.hop_samples(await hops.timelines(suite.data_dir, suite.nats_url, timings))
+        samples = hops.hop_samples(
+            await hops.timelines(suite.data_dir, suite.nats_url, suite.nats_access(), timings)
+        )
     except Exception as error:
         log(f"hop breakdown failed: {type(error).__name__}: {error}")
         return {"hop_breaches": len(timings)}
@@ -186,6 +214,24 @@ def table(results: dict[str, float | str]) -> str:
             Row("register_http_rps_32", figure("register_http_rps_32"), "rps", *echo_32),
             Row("breach_to_suspension_p50_ms", figure("breach_to_suspension_p50_ms"), "ms", *js_p50),
             Row("breach_to_suspension_p99_ms", figure("breach_to_suspension_p99_ms"), "ms", *js_p99),
+            Row(
+                "ingest_obs_per_s",
+                figure("ingest_obs_per_s"),
+                "obs/s",
+                "jetstream_publish_async_per_s",
+                figure("jetstream_publish_async_per_s"),
+            ),
+            Row("evaluation_10x_vs_1x", figure("evaluation_10x_vs_1x"), "x"),
+            Row("alert_fanout_p99_ms", figure("alert_fanout_p99_ms"), "ms"),
+            Row("alert_fanout_dropped", figure("alert_fanout_dropped"), "alerts"),
+            Row("bid_submit_rps_32", figure("bid_submit_rps_32"), "rps", *echo_32),
+            Row(
+                "open_10k_bids_s",
+                figure("open_10k_bids_s"),
+                "s",
+                "open_10k_bids_raw_s",
+                figure("open_10k_bids_raw_s"),
+            ),
         ]
     )
 
@@ -200,7 +246,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small counts, for a smoke run")
     args = parser.parse_args()
     plan = (
-        Plan(echo_seconds=0.5, sqlite_seconds=0.25, repeats=1, registrations=100, roundtrips=50, breaches=20)
+        Plan(
+            echo_seconds=0.5,
+            sqlite_seconds=0.25,
+            repeats=1,
+            registrations=100,
+            roundtrips=50,
+            breaches=20,
+            quick=True,
+            bids_opened=200,
+        )
         if args.quick
         else Plan()
     )

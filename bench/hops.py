@@ -28,6 +28,7 @@ from nats.js.errors import NotFoundError
 
 from bench.stats import format_value, percentile, render_cells
 from services.runtime import catalog, envelope
+from services.runtime.natsaccess import NatsAccess
 
 # The instants of one breach, in the order they happen.
 SENT = "sent"  # the client sends RecordObservation
@@ -192,9 +193,12 @@ def registry_units(registry_db: Path) -> tuple[dict[str, float], dict[str, float
     return inbox, suspended
 
 
-async def stored_times(nats_url: str, stream: str, event_ids: set[str]) -> dict[str, float]:
-    """Event id (Nats-Msg-Id) -> when the stream stored it, for the wanted ids."""
-    nc = await nats.connect(nats_url)
+async def stored_times(
+    nats_url: str, access: NatsAccess, stream: str, event_ids: set[str]
+) -> dict[str, float]:
+    """Event id (Nats-Msg-Id) -> when the stream stored it, for the wanted ids; `access` signs
+    in as a user that may read the stream (the administrator)."""
+    nc = await nats.connect(nats_url, **access.connect_options())
     try:
         js = nc.jetstream()
         state = (await js.stream_info(stream)).state
@@ -214,12 +218,14 @@ async def stored_times(nats_url: str, stream: str, event_ids: set[str]) -> dict[
         await nc.close()
 
 
-async def timelines(data_dir: Path, nats_url: str, timings: Sequence[BreachTiming]) -> list[Instants]:
+async def timelines(
+    data_dir: Path, nats_url: str, access: NatsAccess, timings: Sequence[BreachTiming]
+) -> list[Instants]:
     """Every instant known of each measured breach, client's and servers'."""
     events = breach_events(data_dir / "selfmonitoring.db")
     inbox, suspended = registry_units(data_dir / "registry.db")
     wanted = {events[t.breach].event_id for t in timings if t.breach in events}
-    stored = await stored_times(nats_url, catalog.entry("selfmonitoring").stream, wanted)
+    stored = await stored_times(nats_url, access, catalog.entry("selfmonitoring").stream, wanted)
     result = []
     for timing in timings:
         instants: Instants = {SENT: timing.sent_at, ACCEPTED: timing.accepted_at}

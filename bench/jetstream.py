@@ -7,13 +7,16 @@ import time
 import nats
 from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
 
+from services.runtime.natsaccess import NatsAccess
+
 STREAM = "BENCH_ROUNDTRIP"
 SUBJECT = "bench.roundtrip"
 
 
-async def jetstream_roundtrips(nats_url: str, count: int) -> list[float]:
-    """Milliseconds from publish (awaiting its ack) to the message in a pull consumer's hands."""
-    nc = await nats.connect(nats_url)
+async def jetstream_roundtrips(nats_url: str, count: int, access: NatsAccess) -> list[float]:
+    """Milliseconds from publish (awaiting its ack) to the message in a pull consumer's hands;
+    `access` signs in as a user that may use the bench's own stream (the administrator)."""
+    nc = await nats.connect(nats_url, **access.connect_options())
     try:
         js = nc.jetstream()
         # File storage like the suite's streams, so the server's fsync policy applies alike.

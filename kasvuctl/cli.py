@@ -1,4 +1,5 @@
-"""The `kasvu` command: token keys, bearer tokens for trying the API, audit checks, and running the suite."""
+"""The `kasvu` command: token keys, bearer tokens for trying the API, NATS users, audit checks, and running
+the suite."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 from datetime import timedelta
+from pathlib import Path
 
 from services.runtime.auth import Principal, Role, mint_token
 from services.runtime.catalog import CATALOG
@@ -62,6 +64,27 @@ def _revoke(token_or_id: str) -> int:
     path = Settings().resolved_revoked_tokens_file()
     revoke(path, jti)
     print(f"revoked {jti}: every service refuses it within a second ({path})")
+    return 0
+
+
+def _nats_auth(args: argparse.Namespace) -> int:
+    from kasvuctl.natsauth import AUTH_CONF, AUTH_DIR, PASSWORDS_FILE, ensure_auth
+
+    directory = args.dir or Settings().data_dir / AUTH_DIR
+    try:
+        auth = ensure_auth(directory, rotate=args.rotate)
+    except ValueError as e:
+        print(e, file=sys.stderr)
+        return 2
+    for user in args.rotate:
+        print(f"new password for {user}")
+    print(
+        f"NATS users in {directory}:\n"
+        f"  {AUTH_CONF}: nats-server's users and permissions (bcrypt hashes); include it in its config\n"
+        f"  <user>.env: KASVU_NATS_USER and KASVU_NATS_PASSWORD for each process "
+        f"({', '.join(f'{user}.env' for user in auth.credentials)})\n"
+        f"  {PASSWORDS_FILE}: the passwords, reused next time; keep it private"
+    )
     return 0
 
 
@@ -122,6 +145,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="revoke a token (or its id) instead of minting one",
     )
     token.set_defaults(handler=_token)
+
+    nats_auth = commands.add_parser(
+        "nats-auth",
+        help="make (or reuse) the NATS users: nats-server's auth.conf and an env file per service",
+    )
+    nats_auth.add_argument(
+        "--dir", type=Path, default=None, help="where to write them (default: <data dir>/nats-auth)"
+    )
+    nats_auth.add_argument(
+        "--rotate", action="append", default=[], metavar="USER", help="give USER a new password (repeatable)"
+    )
+    nats_auth.set_defaults(handler=_nats_auth)
 
     audit = commands.add_parser("audit", help="check a service's audit chain")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")

@@ -6,9 +6,10 @@ suspended in that region only, and a supervisor's live alert stream reports it.
 
 By default the demo talks to `kasvu run` (gateway at KASVU_HTTP_ADDRESS) and mints
 its tokens with the private key in the data dir; `--local` starts a throwaway suite
-of its own instead. Each run uses a fresh business ID and observation ids, so the
-demo can be repeated against the same suite. Nothing printed is personal data: the
-provider is a company, cases are pseudonymous keys, tokens are never shown.
+of its own instead. Each run works in two regions of its own (`demo-<run id>` and
+`demo-<run id>-other`, printed at the start) with a fresh business ID, so it never writes
+into a user's own regions and can be repeated against the same suite. Nothing printed is
+personal data: the provider is a company, cases are pseudonymous keys, tokens are never shown.
 """
 
 from __future__ import annotations
@@ -37,8 +38,7 @@ from services.runtime.auth import PRIVATE_KEY_NAME, Principal, Role, mint_token
 from services.runtime.domain import business_id_check_digit
 from services.runtime.settings import Settings
 
-REGION = "pirkanmaa"
-OTHER_REGION = "uusimaa"
+REGION_PREFIX = "demo"
 SERVICE = "recruitment"
 INDICATOR_ID = "need-assessment-14d"
 ADMITTED = "REGISTRATION_STATE_ADMITTED"
@@ -208,7 +208,7 @@ class Gateway:
         return await self.call("GET", f"/v1/{name}", as_=(Role.PROVIDER, business_id))
 
     async def create_indicator(self, region: str) -> Json:
-        # Always the same definition: a rerun's create then returns the existing indicator.
+        # The same definition every run; a retried create returns the existing indicator.
         body = {
             "displayName": "Service-need assessment within 14 days of job-search start",
             "service": SERVICE,
@@ -327,56 +327,69 @@ class Demo:
     api: Gateway
     steps: Steps
     run_id: str = field(default_factory=lambda: secrets.token_hex(4))
+    region: str = ""
+    other_region: str = ""
     business_id: str = field(default_factory=fresh_business_id)
     key: Ed25519PrivateKey = field(default_factory=Ed25519PrivateKey.generate)
     registration: str = ""
     breach: str = ""
 
+    def __post_init__(self) -> None:
+        # Regions of this run alone, so the demo never writes into a user's own regions.
+        self.region = self.region or f"{REGION_PREFIX}-{self.run_id}"
+        self.other_region = self.other_region or f"{self.region}-other"
+
     async def admit(self) -> None:
-        terms = await self.api.publish_terms(REGION)
+        terms = await self.api.publish_terms(self.region)
         self.steps.step(
-            f"Region {REGION} published terms for service {SERVICE!r}: {terms['name']} "
+            f"Region {self.region} published terms for service {SERVICE!r}: {terms['name']} "
             f"(content hash {str(terms['contentHash'])[:16]}...)"
         )
-        registration = await self.api.register(REGION, terms, self.business_id, self.key)
+        registration = await self.api.register(self.region, terms, self.business_id, self.key)
         if registration.get("state") != ADMITTED:
-            raise DemoError(f"expected ADMITTED in {REGION}, the registration is {registration.get('state')}")
+            raise DemoError(
+                f"expected ADMITTED in {self.region}, the registration is {registration.get('state')}"
+            )
         self.registration = str(registration["name"])
         self.steps.step(
             f"Provider {self.business_id} signed the terms' content hash with a fresh Ed25519 key "
-            f"and registered in {REGION}: {short_state(ADMITTED)}"
+            f"and registered in {self.region}: {short_state(ADMITTED)}"
         )
-        other_terms = await self.api.publish_terms(OTHER_REGION)
-        other = await self.api.register(OTHER_REGION, other_terms, self.business_id, self.key)
+        other_terms = await self.api.publish_terms(self.other_region)
+        other = await self.api.register(self.other_region, other_terms, self.business_id, self.key)
         if other.get("state") != ADMITTED:
-            raise DemoError(f"expected ADMITTED in {OTHER_REGION}, the registration is {other.get('state')}")
+            raise DemoError(
+                f"expected ADMITTED in {self.other_region}, the registration is {other.get('state')}"
+            )
         self.steps.detail(
-            f"{OTHER_REGION} published its terms too; {self.business_id} registered there: "
+            f"{self.other_region} published its terms too; {self.business_id} registered there: "
             f"{short_state(ADMITTED)}"
         )
 
-        listed = await self.api.listed(REGION)
+        listed = await self.api.listed(self.region)
         if self.business_id not in listed:
-            raise DemoError(f"{self.business_id} is missing from {REGION}'s public provider list")
+            raise DemoError(f"{self.business_id} is missing from {self.region}'s public provider list")
         self.steps.step(
-            f"{REGION}'s public provider list (no token) shows {self.business_id} "
+            f"{self.region}'s public provider list (no token) shows {self.business_id} "
             f"among {len(listed)} admitted provider(s)"
         )
 
     async def open_breach(self) -> None:
-        indicator = await self.api.create_indicator(REGION)
+        indicator = await self.api.create_indicator(self.region)
         share = indicator["shareWithinDeadline"]
         self.steps.step(
-            f"Region {REGION} defined indicator {indicator['name']}: service-need assessment within "
+            f"Region {self.region} defined indicator {indicator['name']}: service-need assessment within "
             f"{share['deadlineDays']} days, minimum share {share['minimumShare']}, window "
             f"{indicator['windowDays']} days, minimum sample {indicator['minimumSample']}, "
             f"{str(indicator['severity']).removeprefix('SEVERITY_')}"
         )
-        self.steps.step(f"Region {REGION} records late cases of {self.business_id} until a breach opens:")
+        self.steps.step(
+            f"Region {self.region} records late cases of {self.business_id} until a breach opens:"
+        )
         for n in range(1, MAX_OBSERVATIONS + 1):
             # Per-run ids: a rerun's observations are new ones, not retries of the last run's.
             result = await self.api.observe_late_case(
-                REGION,
+                self.region,
                 str(indicator["name"]),
                 self.business_id,
                 f"demo-{self.run_id}-{n}",
@@ -408,17 +421,17 @@ class Demo:
             await asyncio.sleep(0.1)
         reasons = "; ".join(_reason(r) for r in current.get("reasons", []))
         self.steps.step(
-            f"Registration in {REGION} is {short_state(SUSPENDED)}, reason: {reasons or '(none given)'}"
+            f"Registration in {self.region} is {short_state(SUSPENDED)}, reason: {reasons or '(none given)'}"
         )
 
-        here, there = await self.api.listed(REGION), await self.api.listed(OTHER_REGION)
+        here, there = await self.api.listed(self.region), await self.api.listed(self.other_region)
         if self.business_id in here:
-            raise DemoError(f"{self.business_id} is suspended but still on {REGION}'s list")
+            raise DemoError(f"{self.business_id} is suspended but still on {self.region}'s list")
         if self.business_id not in there:
-            raise DemoError(f"{self.business_id} is missing from {OTHER_REGION}'s list")
+            raise DemoError(f"{self.business_id} is missing from {self.other_region}'s list")
         self.steps.step(
-            f"{self.business_id} is gone from {REGION}'s public list but still on {OTHER_REGION}'s: "
-            "a breach suspends only where it happened"
+            f"{self.business_id} is gone from {self.region}'s public list but still on "
+            f"{self.other_region}'s: a breach suspends only where it happened"
         )
 
     def show_alert(self, alert: Json) -> None:
@@ -444,14 +457,21 @@ async def play(gateway_url: str, private_key_pem: bytes) -> None:
     async with httpx.AsyncClient(base_url=gateway_url, timeout=15.0) as client:
         api = Gateway(client, private_key_pem)
         demo = Demo(api, Steps())
+        print(
+            f"This run uses regions of its own, {demo.region} and {demo.other_region}; "
+            "no other region's data is touched.",
+            flush=True,
+        )
         await demo.admit()
 
-        watch = AlertWatch(api, REGION, asyncio.Event(), asyncio.Queue())
+        watch = AlertWatch(api, demo.region, asyncio.Event(), asyncio.Queue())
         stream = asyncio.create_task(watch.run())
         try:
             await _until(stream, watch.opened.wait(), 10.0, "answer from the alert stream")
             await asyncio.sleep(STREAM_SETTLE_S)
-            demo.steps.step(f"A supervisor of {REGION} opened the live alert stream (SSE) in the background")
+            demo.steps.step(
+                f"A supervisor of {demo.region} opened the live alert stream (SSE) in the background"
+            )
 
             await demo.open_breach()
             await demo.see_suspension()

@@ -1,6 +1,7 @@
 """Starts the whole suite as real processes on free loopback ports: nats-server with
-JetStream, the catalog's services and the gateway, with SQLite files or given database
-URLs. Used by the end-to-end tests, the benchmarks and `kasvu demo --local`."""
+JetStream and a user per service (as `kasvu run` makes them), the catalog's services and the
+gateway, with SQLite files or given database URLs. Used by the end-to-end tests, the
+benchmarks and `kasvu demo --local`."""
 
 from __future__ import annotations
 
@@ -15,13 +16,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
-import httpx
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+import nats
+from nats.aio.client import Client as NatsClient
 
 from kasvuctl.launcher import wait_for_tcp, write_nats_config
+from kasvuctl.natsauth import ADMIN_USER, AUTH_DIR, NatsAuth, ensure_auth
+from kasvuctl.readiness import grpc_serving, http_ok
 from services.runtime.auth import Principal, Role, generate_keypair, mint_token
 from services.runtime.catalog import CATALOG, GATEWAY, ServiceEntry, module_of, process_names
+from services.runtime.natsaccess import NatsAccess
+
+STOP_TIMEOUT_S = 15.0
 
 
 def free_port() -> int:
@@ -44,6 +49,8 @@ class LocalSuite:
     nats_port: int = field(default_factory=free_port)
     ports: dict[str, int] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    auth: NatsAuth | None = None
+    """The NATS users, made by `start_nats`; until then processes get no credentials."""
 
     def __post_init__(self) -> None:
         for name in self.process_names:
@@ -77,6 +84,8 @@ class LocalSuite:
                 "KASVU_LOG_LEVEL": "INFO",
             }
         )
+        if self.auth is not None and service in self.auth.permissions:
+            env.update(self.auth.environment(service))
         if service in self.database_urls:
             env["KASVU_DATABASE_URL"] = self.database_urls[service]
         env.update(self.extra_env)
@@ -101,10 +110,23 @@ class LocalSuite:
     def token(self, role: Role, organisation: str) -> str:
         return mint_token(self.private_key(), Principal(role=role, organisation=organisation, subject="test"))
 
+    def nats_access(self, user: str = ADMIN_USER) -> NatsAccess:
+        """How `user` (by default the administrator) signs in to the suite's nats-server."""
+        if self.auth is None:
+            raise RuntimeError("nats-server has not been started, so it has no users yet")
+        return self.auth.access(user)
+
+    async def connect_nats(self, user: str = ADMIN_USER) -> NatsClient:
+        """A plain client connection as `user`; the caller closes it."""
+        return await nats.connect(self.nats_url, **self.nats_access(user).connect_options())
+
     # -- lifecycle --------------------------------------------------------------------
 
     def start_nats(self) -> None:
-        config = write_nats_config(self.data_dir, self.nats_port)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.auth is None:
+            self.auth = ensure_auth(self.data_dir / AUTH_DIR, self.catalog)
+        config = write_nats_config(self.data_dir, self.nats_port, self.auth)
         nats_server = Path(sys.executable).parent / "nats-server"
         self._spawn("nats", [str(nats_server), "-c", str(config)], dict(os.environ))
         if not wait_for_tcp("127.0.0.1", self.nats_port, timeout_s=15):
@@ -135,23 +157,8 @@ class LocalSuite:
 
     async def _healthy(self, name: str) -> bool:
         if name == GATEWAY:
-            try:
-                async with httpx.AsyncClient(timeout=1.0) as client:
-                    return (await client.get(f"{self.gateway_url}/healthz")).status_code == 200
-            except httpx.HTTPError:
-                return False
-        async with grpc.aio.insecure_channel(self.address(name)) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            # Ready means taking writes ("") and events flowing ("kasvu.bus"), so a test's first
-            # event is not waiting on the service's connection to NATS.
-            for entry in ("", "kasvu.bus"):
-                try:
-                    reply = await stub.Check(health_pb2.HealthCheckRequest(service=entry), timeout=1.0)
-                except grpc.aio.AioRpcError:
-                    return False
-                if reply.status != health_pb2.HealthCheckResponse.SERVING:
-                    return False
-            return True
+            return await http_ok(f"{self.gateway_url}/healthz")
+        return await grpc_serving(self.address(name))
 
     def kill(self, name: str) -> None:
         """SIGKILL: no shutdown code runs, as in a crash or an OOM kill."""
@@ -159,23 +166,30 @@ class LocalSuite:
         process.send_signal(signal.SIGKILL)
         process.wait(10)
 
-    def stop_process(self, name: str, timeout_s: float = 15.0) -> int | None:
-        process = self.processes.pop(name, None)
-        if process is None:
-            return None
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
+    def stop_process(self, name: str, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
+        return self.stop_processes([name], timeout_s).get(name)
+
+    def stop_processes(self, names: Sequence[str], timeout_s: float = STOP_TIMEOUT_S) -> dict[str, int]:
+        """SIGTERM to each, then waits for all of them together; SIGKILL after `timeout_s`."""
+        stopping = {name: self.processes.pop(name) for name in names if name in self.processes}
+        for process in stopping.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for process in stopping.values():
             try:
-                process.wait(timeout_s)
+                process.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(5)
-        return process.returncode
+        return {name: process.returncode for name, process in stopping.items()}
 
     def stop(self) -> None:
-        # The gateway first, so it stops calling services; nats-server last, so they drain.
-        for name in (GATEWAY, *(service.name for service in self.catalog), "nats"):
-            self.stop_process(name)
+        # The gateway first, so it stops calling services; then the services together;
+        # nats-server last, once they have drained their connections to it.
+        self.stop_processes([GATEWAY])
+        self.stop_processes([service.name for service in self.catalog])
+        self.stop_processes(["nats"])
 
     def log_text(self, name: str) -> str:
         path = self.data_dir / f"{name}.log"

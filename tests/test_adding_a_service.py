@@ -135,7 +135,8 @@ def test_local_suite_gives_the_new_service_a_port_and_tells_every_process_where_
 async def test_gateway_serves_and_documents_the_new_service(widgets_backend: str):
     unused = "127.0.0.1:9"  # the suite's own services are not called here
     app = create_app(
-        {"registry": unused, "selfmonitoring": unused, "widgets": widgets_backend}, catalog=EXTENDED
+        {"registry": unused, "selfmonitoring": unused, "tendering": unused, "widgets": widgets_backend},
+        catalog=EXTENDED,
     )
 
     assert "kasvu.widgets.v1.WidgetService.GetWidget" in {route.full_name for route in app.state.routes}
@@ -156,4 +157,7 @@ async def test_gateway_serves_and_documents_the_new_service(widgets_backend: str
 
 def test_gateway_refuses_to_start_without_an_address_for_a_catalog_service():
     with pytest.raises(ValueError, match="no address for widgets"):
-        create_app({"registry": "127.0.0.1:9", "selfmonitoring": "127.0.0.1:9"}, catalog=EXTENDED)
+        create_app(
+            {"registry": "127.0.0.1:9", "selfmonitoring": "127.0.0.1:9", "tendering": "127.0.0.1:9"},
+            catalog=EXTENDED,
+        )

@@ -36,6 +36,15 @@ REQUIRED_KEYS = (
     "breach_to_suspension_p99_ms",
     "breach_to_suspension_vs_jetstream_p50",
     "hop_breaches",
+    # Issues 8 and 9: self-monitoring ingestion and alerts, sealed bids.
+    "ingest_obs_per_s",
+    "ingest_vs_jetstream",
+    "evaluation_10x_vs_1x",
+    "alert_fanout_p99_ms",
+    "alert_fanout_dropped",
+    "bid_submit_vs_echo",
+    "open_10k_bids_s",
+    "open_10k_bids_vs_raw",
 )
 
 

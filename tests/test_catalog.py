@@ -45,8 +45,26 @@ def test_every_public_method_is_a_method_of_its_own_service():
                 is pool.FindServiceByName(service_name).methods_by_name[method_name]
             )
     assert public_methods() == {
-        f"kasvu.registry.v1.RegistryService.{name}"
-        for name in ("ListProviders", "ListOrganisers", "ListServices")
+        "kasvu.registry.v1.RegistryService.ListProviders",
+        "kasvu.registry.v1.RegistryService.ListOrganisers",
+        "kasvu.registry.v1.RegistryService.ListServices",
+        "kasvu.tendering.v1.AllianceService.GetMarketFailure",
+        # A region's published self-monitoring programme is public.
+        "kasvu.selfmonitoring.v1.SelfMonitoringService.GetProgramme",
+        "kasvu.selfmonitoring.v1.SelfMonitoringService.ListProgrammes",
+        # The equal-availability view is for the ministry and the public.
+        "kasvu.selfmonitoring.v1.SelfMonitoringService.GetAvailabilityReport",
+        *(
+            f"kasvu.tendering.v1.TenderingService.{name}"
+            for name in (
+                "GetCall",
+                "ListCalls",
+                "ListClarifications",
+                "GetFramework",
+                "ListFrameworks",
+                "ExportOcds",
+            )
+        ),
     }
 
 
@@ -74,7 +92,10 @@ def test_names_ports_and_streams_are_unique_and_subjects_follow_the_event_packag
     )
     assert (registry.module, registry.address_variable) == ("services.registry", "KASVU_REGISTRY_ADDRESS")
     assert [entry(name).grpc_port for name in ("selfmonitoring", "tendering")] == [50052, 50053]
-    assert entry("tendering").grpc_services == ()
+    assert entry("tendering").grpc_services == (
+        "kasvu.tendering.v1.TenderingService",
+        "kasvu.tendering.v1.AllianceService",
+    )
 
 
 def test_process_names_put_the_gateway_after_the_services_it_calls():
@@ -82,6 +103,8 @@ def test_process_names_put_the_gateway_after_the_services_it_calls():
     assert grpc_services() == (
         "kasvu.registry.v1.RegistryService",
         "kasvu.selfmonitoring.v1.SelfMonitoringService",
+        "kasvu.tendering.v1.TenderingService",
+        "kasvu.tendering.v1.AllianceService",
     )
 
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import nats as nats_client
 import pytest
+from nats import errors as nats_errors
 
-from kasvuctl.launcher import build_processes, wait_for_tcp
+from kasvuctl.launcher import Plan, build_processes, wait_for_tcp
 from services.runtime.auth import InvalidToken, Principal, Role, verify_token
 from services.runtime.catalog import process_names
 
@@ -96,6 +99,11 @@ def test_keys_command_creates_an_owner_only_private_key(tmp_path: Path) -> None:
     assert b"PUBLIC KEY" in (tmp_path / "keys" / "token-public.pem").read_bytes()
 
 
+def each_process(plan: Plan, variable: str) -> dict[str, str | None]:
+    """`variable` in the environment of each planned process but nats-server."""
+    return {name: env.get(variable) for name, _, env in plan[1:]}
+
+
 def test_run_plan_starts_durable_nats_then_the_four_services(tmp_path: Path) -> None:
     env = {
         "PATH": os.environ.get("PATH", ""),
@@ -123,8 +131,16 @@ def test_run_plan_starts_durable_nats_then_the_four_services(tmp_path: Path) -> 
         assert service_env["KASVU_LOG_LEVEL"] == "DEBUG"
         assert service_env["KASVU_NATS_URL"] == "nats://127.0.0.1:14222"
         assert Path(service_env["KASVU_DATA_DIR"]).is_absolute()
-    listens = {name: service_env.get("KASVU_GRPC_ADDRESS") for name, _, service_env in plan[1:]}
-    assert listens == {
+    # Each service signs in to NATS as its own user; the gateway, which speaks only gRPC, not at all.
+    users = each_process(plan, "KASVU_NATS_USER")
+    assert users == {name: name for name in ("registry", "selfmonitoring", "tendering")} | {"gateway": None}
+    passwords = each_process(plan, "KASVU_NATS_PASSWORD")
+    assert passwords["gateway"] is None and len({passwords[name] for name in users} - {None}) == 3
+    assert config.stat().st_mode & 0o077 == 0
+    assert "authorization {" in text and not any(str(p) in text for p in passwords.values())
+    assert each_process(build_processes(tmp_path / "data", env), "KASVU_NATS_PASSWORD") == passwords
+
+    assert each_process(plan, "KASVU_GRPC_ADDRESS") == {
         "registry": "127.0.0.1:50051",
         "selfmonitoring": "127.0.0.1:50052",
         "tendering": "127.0.0.1:15053",
@@ -133,12 +149,33 @@ def test_run_plan_starts_durable_nats_then_the_four_services(tmp_path: Path) -> 
     assert nats_env["KASVU_DATA_DIR"] == str((tmp_path / "data").resolve())
 
 
-def test_planned_nats_server_starts_and_releases_the_services(tmp_path: Path, unused_tcp_port: int) -> None:
+def _connects(url: str, **options: str) -> bool:
+    async def attempt() -> bool:
+        try:
+            client = await nats_client.connect(url, allow_reconnect=False, connect_timeout=2, **options)
+        except nats_errors.Error:
+            return False
+        await client.close()
+        return True
+
+    return asyncio.run(attempt())
+
+
+def test_planned_nats_server_lets_in_only_the_planned_users_and_releases_the_services(
+    tmp_path: Path, unused_tcp_port: int
+) -> None:
     plan = build_processes(tmp_path, {"KASVU_NATS_URL": f"nats://127.0.0.1:{unused_tcp_port}"})
     _, argv, _ = plan[0]
     nats = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         assert wait_for_tcp("127.0.0.1", unused_tcp_port, 10.0)
+        registry_env = plan[1][2]
+        url = registry_env["KASVU_NATS_URL"]
+        assert not _connects(url)  # anonymous
+        assert not _connects(url, user="registry", password="guessed")
+        assert _connects(
+            url, user=registry_env["KASVU_NATS_USER"], password=registry_env["KASVU_NATS_PASSWORD"]
+        )
         assert (tmp_path / "nats" / "jetstream").is_dir()
         wrapped = subprocess.run(
             [*plan[1][1][:-3], sys.executable, "-c", "print('started')"],
@@ -175,3 +212,37 @@ def test_service_wrapper_gives_up_when_nats_never_listens(unused_tcp_port: int) 
     )
     assert result.returncode == 1
     assert "started" not in result.stdout
+
+
+def test_run_plan_serves_nats_over_tls_when_given_a_certificate(tmp_path: Path) -> None:
+    env = {
+        "KASVU_NATS_URL": "nats://127.0.0.1:14222",
+        "KASVU_NATS_SERVER_TLS_CERT": str(tmp_path / "server.pem"),
+        "KASVU_NATS_SERVER_TLS_KEY": str(tmp_path / "server-key.pem"),
+    }
+    plan = build_processes(tmp_path / "data", env)
+
+    text = Path(plan[0][1][-1]).read_text()
+    assert f'cert_file: "{tmp_path / "server.pem"}"' in text and "verify: true\n" not in text
+    assert set(each_process(plan, "KASVU_NATS_URL").values()) == {"tls://127.0.0.1:14222"}
+    with pytest.raises(ValueError, match="go together"):
+        build_processes(tmp_path / "data", {"KASVU_NATS_SERVER_TLS_CERT": str(tmp_path / "server.pem")})
+
+
+def test_nats_auth_command_writes_the_users_for_a_deployment_and_rotates_one(tmp_path: Path) -> None:
+    made = _kasvu(tmp_path, "nats-auth", "--dir", str(tmp_path / "secrets"))
+    assert made.returncode == 0, made.stderr
+    assert "auth.conf" in made.stdout and "registry.env" in made.stdout
+    before = (tmp_path / "secrets" / "registry.env").read_text()
+    assert before.startswith("KASVU_NATS_USER=registry\nKASVU_NATS_PASSWORD=")
+    tendering = (tmp_path / "secrets" / "tendering.env").read_text()
+
+    rotated = _kasvu(tmp_path, "nats-auth", "--dir", str(tmp_path / "secrets"), "--rotate", "registry")
+    assert rotated.returncode == 0, rotated.stderr
+    assert "new password for registry" in rotated.stdout
+    assert (tmp_path / "secrets" / "registry.env").read_text() != before
+    assert (tmp_path / "secrets" / "tendering.env").read_text() == tendering
+
+    unknown = _kasvu(tmp_path, "nats-auth", "--rotate", "gateway")
+    assert unknown.returncode == 2 and "no NATS user gateway" in unknown.stderr
+    assert not (tmp_path / "nats-auth").exists()

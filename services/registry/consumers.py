@@ -14,9 +14,11 @@ from services.runtime.protoconv import from_timestamp
 
 log = logging.getLogger(__name__)
 
-BREACHES_SUBJECT = f"{selfmonitoring_events.BreachOpened.DESCRIPTOR.full_name}.*"
-BREACHES_STREAM = catalog.entry("selfmonitoring").stream
-BREACHES_DURABLE = "registry-breaches"
+# Named in the catalog, from which the registry's NATS user gets leave to read them.
+BREACHES = catalog.consumption("registry", "registry-breaches")
+BREACHES_SUBJECT = BREACHES.subject
+BREACHES_STREAM = catalog.entry(BREACHES.stream_of).stream
+BREACHES_DURABLE = BREACHES.durable
 
 TENDERING_STREAM = catalog.entry("tendering").stream
 MARKET_FAILURES_DECLARED_SUBJECT = f"{tendering_events.MarketFailureDeclared.DESCRIPTOR.full_name}.*"

@@ -30,6 +30,7 @@ from services.runtime import envelope
 from services.runtime.db import Database, database_now
 from services.runtime.dispatch import Dispatcher, InboxKey
 from services.runtime.domain import Command
+from services.runtime.natsaccess import NatsAccess
 from services.runtime.tables import DeadLetter, Lease, OutboxEvent
 from services.runtime.uow import Context
 from services.runtime.worker import Fence, LeaseLost
@@ -60,20 +61,27 @@ def crash_if(point: str, configured: str) -> None:
         os._exit(137)
 
 
-async def connect(url: str, name: str) -> NatsClient:
+async def connect(url: str, name: str, access: NatsAccess | None = None) -> NatsClient:
     """Connects with callbacks that log and with unlimited reconnects: a service outlives
-    a NATS restart instead of giving up after nats-py's default 60 attempts."""
+    a NATS restart instead of giving up after nats-py's default 60 attempts. `access` signs
+    in as the service's own user (its inbox prefix with it), over TLS when it says so."""
 
     async def on_error(error: Exception) -> None:
         log.warning("nats error", extra={"error": type(error).__name__})
 
+    client: NatsClient | None = None
+
     async def on_disconnect() -> None:
+        if client is not None and client.is_closed:
+            # Our own close or drain at shutdown, not a lost connection.
+            log.info("nats connection closed")
+            return
         log.warning("nats disconnected")
 
     async def on_reconnect() -> None:
         log.info("nats reconnected")
 
-    return await nats.connect(
+    client = await nats.connect(
         # KASVU_NATS_URL may list a cluster's servers, comma-separated.
         [server.strip() for server in url.split(",") if server.strip()],
         name=name,
@@ -82,7 +90,9 @@ async def connect(url: str, name: str) -> NatsClient:
         error_cb=on_error,
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
+        **(access or NatsAccess()).connect_options(),
     )
+    return client
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,23 @@ from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
+class Consumption:
+    """Events a service reads from a stream of the suite.
+
+    With a `durable` name it is a durable pull consumer, shared by the service's replicas,
+    whose effects the inbox applies once; without one, ordered ephemeral consumers such as a
+    live feed, which JetStream creates with the filter in the request body, out of reach of
+    subject permissions: so those read only the service's own stream.
+    """
+
+    stream_of: str
+    """The catalog service whose stream holds the events."""
+    subject: str
+    """The filter subject, within that service's subjects (wildcards allowed)."""
+    durable: str = ""
+
+
+@dataclass(frozen=True)
 class ServiceEntry:
     """One gRPC service of the suite: where it listens, what it owns, what it serves."""
 
@@ -34,6 +51,8 @@ class ServiceEntry:
     parameter the pattern of its kind. A test keeps these and the models' patterns equal."""
     public_methods: frozenset[str] = field(default_factory=frozenset)
     """Full names of the methods that need no sign-in; the protos have no annotation for it."""
+    consumes: tuple[Consumption, ...] = ()
+    """What it reads from streams; its NATS user may read exactly these and nothing else."""
 
     @property
     def subjects(self) -> tuple[str, ...]:
@@ -76,6 +95,25 @@ CATALOG: tuple[ServiceEntry, ...] = (
                 "kasvu.registry.v1.RegistryService.ListServices",
             }
         ),
+        # A breach may suspend the provider in the breach's region (the region's breach policy);
+        # tendering's market-failure findings open services to municipal providers.
+        consumes=(
+            Consumption(
+                stream_of="selfmonitoring",
+                subject="kasvu.selfmonitoring.v1.BreachOpened.*",
+                durable="registry-breaches",
+            ),
+            Consumption(
+                stream_of="tendering",
+                subject="kasvu.tendering.v1.MarketFailureDeclared.*",
+                durable="registry-market-failures-declared",
+            ),
+            Consumption(
+                stream_of="tendering",
+                subject="kasvu.tendering.v1.MarketFailureLifted.*",
+                durable="registry-market-failures-lifted",
+            ),
+        ),
     ),
     ServiceEntry(
         name="selfmonitoring",
@@ -85,16 +123,78 @@ CATALOG: tuple[ServiceEntry, ...] = (
         grpc_services=("kasvu.selfmonitoring.v1.SelfMonitoringService",),
         resource_names=(
             "regions/{region}",
-            "regions/{region}/indicators/{indicator}",
+            "regions/{region}/alerts/{alert:key}",
+            "regions/{region}/availabilityReport",
             "regions/{region}/breaches/{breach:key}",
+            "regions/{region}/correctiveActions/{action:key}",
+            "regions/{region}/indicatorReport",
+            "regions/{region}/indicators/{indicator}",
+            "regions/{region}/programmes/{programme:int}",
         ),
         proto_modules=("kasvu.selfmonitoring.v1.selfmonitoring_pb2",),
+        public_methods=frozenset(
+            {
+                "kasvu.selfmonitoring.v1.SelfMonitoringService.GetProgramme",
+                "kasvu.selfmonitoring.v1.SelfMonitoringService.ListProgrammes",
+                "kasvu.selfmonitoring.v1.SelfMonitoringService.GetAvailabilityReport",
+            }
+        ),
+        # The supervisors' live alert feed reads every event of its own stream back; the
+        # equal-availability view follows the registry's admissions and suspensions.
+        consumes=(
+            Consumption(stream_of="selfmonitoring", subject="kasvu.selfmonitoring.v1.>"),
+            Consumption(
+                stream_of="registry",
+                subject="kasvu.registry.v1.RegistrationAdmitted.*",
+                durable="selfmonitoring-admissions",
+            ),
+            Consumption(
+                stream_of="registry",
+                subject="kasvu.registry.v1.ProviderSuspended.*",
+                durable="selfmonitoring-suspensions",
+            ),
+        ),
     ),
     ServiceEntry(
         name="tendering",
         grpc_port=50053,
         stream="KASVU_TENDERING",
         event_package="kasvu.tendering.v1",
+        grpc_services=("kasvu.tendering.v1.TenderingService", "kasvu.tendering.v1.AllianceService"),
+        resource_names=(
+            "regions/{region}",
+            "regions/{region}/calls/{call:key}",
+            "regions/{region}/calls/{call:key}/bids/{bid:key}",
+            "regions/{region}/calls/{call:key}/clarifications/{clarification:key}",
+            "regions/{region}/frameworks/{framework:key}",
+            "regions/{region}/frameworks/{framework:key}/callOffs/{call_off:key}",
+        ),
+        proto_modules=("kasvu.tendering.v1.tendering_pb2", "kasvu.tendering.v1.alliance_pb2"),
+        # A supplier suspended in the registry is skipped at call-off; reinstatement makes it
+        # eligible again.
+        consumes=(
+            Consumption(
+                stream_of="registry",
+                subject="kasvu.registry.v1.ProviderSuspended.*",
+                durable="tendering-suspensions",
+            ),
+            Consumption(
+                stream_of="registry",
+                subject="kasvu.registry.v1.ProviderReinstated.*",
+                durable="tendering-reinstatements",
+            ),
+        ),
+        public_methods=frozenset(
+            {
+                "kasvu.tendering.v1.TenderingService.GetCall",
+                "kasvu.tendering.v1.TenderingService.ListCalls",
+                "kasvu.tendering.v1.TenderingService.ListClarifications",
+                "kasvu.tendering.v1.TenderingService.GetFramework",
+                "kasvu.tendering.v1.TenderingService.ListFrameworks",
+                "kasvu.tendering.v1.TenderingService.ExportOcds",
+                "kasvu.tendering.v1.AllianceService.GetMarketFailure",
+            }
+        ),
     ),
 )
 
@@ -115,6 +215,14 @@ def entry(name: str, catalog: Iterable[ServiceEntry] = CATALOG) -> ServiceEntry:
             return candidate
     known = ", ".join(candidate.name for candidate in entries)
     raise UnknownService(f"no service {name!r} in the catalog (known: {known})")
+
+
+def consumption(service: str, durable: str, catalog: Iterable[ServiceEntry] = CATALOG) -> Consumption:
+    """The durable consumer `durable` of `service`, as the catalog declares it."""
+    for candidate in entry(service, catalog).consumes:
+        if candidate.durable == durable:
+            return candidate
+    raise LookupError(f"{service} declares no consumer {durable!r} in the catalog")
 
 
 def module_of(process: str) -> str:

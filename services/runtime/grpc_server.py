@@ -187,6 +187,12 @@ def _refuse_bad_request(request: Any) -> None:
             raise InvalidArgument(f"text must not contain NUL characters: {fields}", violations)
 
 
+async def _checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        _refuse_bad_request(request)
+        yield request
+
+
 class EdgeInterceptor(grpc.aio.ServerInterceptor):
     """Sets the request id and principal for the call, logs it, and turns DomainError
     into a status; any other exception is logged and answered INTERNAL without detail."""
@@ -206,6 +212,13 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(method, handler.unary_unary),
+                request_deserializer=_lenient(handler.request_deserializer),
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_unary:
+            # Client streaming (self-monitoring's observation ingestion): the same edge as unary.
+            return grpc.stream_unary_rpc_method_handler(
+                self._wrap_unary(method, handler.stream_unary, client_streaming=True),
                 request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
@@ -261,10 +274,12 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
                 },
             )
 
-    def _wrap_unary(self, method: str, behavior: Any) -> Any:
+    def _wrap_unary(self, method: str, behavior: Any, *, client_streaming: bool = False) -> Any:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             await self._enter(context)
             async with self._answering(method, context, "rpc"):
+                if client_streaming:
+                    return await behavior(_checked_stream(request), context)
                 _refuse_bad_request(request)
                 return await behavior(request, context)
 

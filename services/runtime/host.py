@@ -146,7 +146,9 @@ class ServiceHost:
         retries until it succeeds or the service stops."""
         while not self.stop_event.is_set():
             try:
-                self.nc = await bus.connect(self.settings.nats_url, name=self.settings.service)
+                self.nc = await bus.connect(
+                    self.settings.nats_url, name=self.settings.service, access=self.settings.nats_access()
+                )
                 js = self.nc.jetstream(timeout=self.settings.call_timeout_s)
                 await bus.declare_stream(
                     js,

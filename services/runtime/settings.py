@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field, PrivateAttr, field_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.runtime.catalog import UnknownService, entry
+from services.runtime.natsaccess import NatsAccess, tls_context
 
 
 def _addresses_in_environment() -> dict[str, str]:
@@ -32,6 +33,18 @@ class Settings(BaseSettings):
         default="", description="SQLAlchemy async URL; default: a SQLite file per service."
     )
     nats_url: str = "nats://127.0.0.1:4222"
+    nats_user: str = Field(default="", description="This process's NATS user; empty: anonymous.")
+    nats_password: SecretStr = SecretStr("")
+    nats_tls_ca: Path | None = Field(default=None, description="CA file that verifies the NATS servers.")
+    nats_tls_cert: Path | None = Field(default=None, description="Client certificate, for mutual TLS.")
+    nats_tls_key: Path | None = None
+    nats_server_tls_cert: Path | None = Field(
+        default=None, description="`kasvu run` only: nats-server's certificate; set, it serves TLS."
+    )
+    nats_server_tls_key: Path | None = None
+    nats_server_tls_ca: Path | None = Field(
+        default=None, description="`kasvu run` only: nats-server then requires client certificates."
+    )
     grpc_address: str = Field(default="", description="host:port this service listens on.")
     http_address: str = "127.0.0.1:8080"
     token_public_key_file: Path | None = None
@@ -103,6 +116,24 @@ class Settings(BaseSettings):
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ValueError(f"unknown log level {value!r}")
         return level
+
+    @model_validator(mode="after")
+    def _nats_sign_in_is_whole(self) -> Settings:
+        if self.nats_password.get_secret_value() and not self.nats_user:
+            raise ValueError("KASVU_NATS_PASSWORD is set but KASVU_NATS_USER is not")
+        if (self.nats_tls_cert is None) != (self.nats_tls_key is None):
+            raise ValueError("KASVU_NATS_TLS_CERT and KASVU_NATS_TLS_KEY go together")
+        if (self.nats_server_tls_cert is None) != (self.nats_server_tls_key is None):
+            raise ValueError("KASVU_NATS_SERVER_TLS_CERT and KASVU_NATS_SERVER_TLS_KEY go together")
+        return self
+
+    def nats_access(self) -> NatsAccess:
+        """The user, password and TLS context this process connects to NATS with."""
+        return NatsAccess(
+            user=self.nats_user,
+            password=self.nats_password.get_secret_value(),
+            tls=tls_context(self.nats_tls_ca, self.nats_tls_cert, self.nats_tls_key),
+        )
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -19,7 +19,7 @@ from services.runtime.domain import (
     validate_business_id,
     validate_resource_id,
 )
-from services.runtime.errors import FieldViolation, InvalidArgument
+from services.runtime.errors import FailedPrecondition, FieldViolation, InvalidArgument
 
 DISPLAY_NAME_MAX_LENGTH = 200
 KEY_MAX_LENGTH = 128
@@ -31,6 +31,8 @@ MAX_WINDOW_DAYS = 3660
 _PERSONAL_IDENTITY_CODE = re.compile(r"\d{6}[-+A-FU-Y]\d{3}[0-9A-Y]", re.IGNORECASE)
 
 REGION = ResourcePattern("regions/{region}")
+AVAILABILITY_REPORT = ResourcePattern("regions/{region}/availabilityReport")
+INDICATOR_REPORT = ResourcePattern("regions/{region}/indicatorReport")
 INDICATOR = ResourcePattern("regions/{region}/indicators/{indicator}")
 BREACH = ResourcePattern("regions/{region}/breaches/{breach:key}")
 
@@ -55,6 +57,38 @@ class BreachState(StrEnum):
     """Where a breach stands."""
 
     OPEN = "OPEN"
+    RESOLVED = "RESOLVED"
+
+
+class ObservationSource(StrEnum):
+    """Where an observation comes from: it decides who may record it and what it weighs."""
+
+    REGION_CASE_DATA = "REGION_CASE_DATA"
+    PROVIDER_REPORT = "PROVIDER_REPORT"
+    CUSTOMER_FEEDBACK = "CUSTOMER_FEEDBACK"
+    COMPLAINT = "COMPLAINT"
+    AUDIT_FINDING = "AUDIT_FINDING"
+
+
+REGION_SOURCES = frozenset(
+    {
+        ObservationSource.REGION_CASE_DATA,
+        ObservationSource.CUSTOMER_FEEDBACK,
+        ObservationSource.COMPLAINT,
+        ObservationSource.AUDIT_FINDING,
+    }
+)
+"""Sources only the region records: a provider can neither claim nor mask them."""
+
+SOURCE_WEIGHTS: dict[ObservationSource, float] = {
+    ObservationSource.REGION_CASE_DATA: 1.0,
+    ObservationSource.PROVIDER_REPORT: 0.5,
+    ObservationSource.CUSTOMER_FEEDBACK: 1.0,
+    ObservationSource.COMPLAINT: 1.0,
+    ObservationSource.AUDIT_FINDING: 1.0,
+}
+"""How much one observation of each source weighs in an indicator's value: a provider's report
+about itself counts half as much as what the region saw."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +105,10 @@ class BreachFacts:
     sample_size: int
     state: BreachState
     open_time: datetime
+    resolve_time: datetime | None = None
+    recovery_threshold: float = 0.0
+    window_start: date | None = None
+    window_end: date | None = None
 
 
 @dataclass(frozen=True)
@@ -91,16 +129,52 @@ class IndicatorCreated(Event):
     create_time: datetime
 
 
-EVENTS: tuple[type[Event], ...] = (BreachOpened, IndicatorCreated)
+@dataclass(frozen=True)
+class BreachResolved(Event):
+    """An open breach's value came back past the indicator's recovery threshold."""
+
+    breach: BreachFacts
+    region: str
+    resolve_time: datetime
+
+
+@dataclass(frozen=True)
+class BreachEscalated(Event):
+    """A breach became a suspension request (its severity is then SERIOUS)."""
+
+    breach: BreachFacts
+    region: str
+    reason: str
+    escalate_time: datetime
+
+
+class MetricKind(StrEnum):
+    """What an indicator measures over the observations in its window (each weighted by source)."""
+
+    SHARE_WITHIN_DEADLINE = "SHARE_WITHIN_DEADLINE"
+    """Cases completed within deadline_days of their start (the 14-day assessment)."""
+    RATE = "RATE"
+    """Observations whose value is 1 (an outcome reached), of all: values 0 or 1."""
+    MEAN = "MEAN"
+    """The mean of the observations' values (a satisfaction score)."""
+    COUNT_PER_100_CUSTOMERS = "COUNT_PER_100_CUSTOMERS"
+    """Per 100 customers: one observation per customer, its value the count (complaints)."""
+
+
+LOWER_IS_BETTER = frozenset({MetricKind.COUNT_PER_100_CUSTOMERS})
+"""Kinds that breach above their threshold; the others breach below it."""
 
 
 @dataclass(frozen=True)
 class Indicator(Aggregate):
     """An indicator of a region's self-monitoring programme (omavalvontaohjelma).
 
-    The metric is the share of cases completed within deadline_days, over a rolling
-    window of window_days ending today; below minimum_share, with at least
-    minimum_sample cases in the window, the provider breaches the indicator.
+    Its metric (a MetricKind) is computed over the source-weighted observations of one
+    provider in a rolling window of window_days ending today. With at least
+    minimum_sample observations, a value past the threshold (below it, or above it for
+    lower-is-better kinds) opens a breach. An open breach resolves only when the value
+    is back past recovery_threshold (hysteresis), so a value hovering at the threshold
+    does not open and close breaches.
     """
 
     region: str
@@ -108,15 +182,64 @@ class Indicator(Aggregate):
     display_name: str
     service: str
     deadline_days: int
-    minimum_share: float
+    """Only for SHARE_WITHIN_DEADLINE; 0 for other kinds."""
+    threshold: float
     window_days: int
     minimum_sample: int
     severity: Severity
+    recovery_threshold: float = 0.0
+    kind: MetricKind = MetricKind.SHARE_WITHIN_DEADLINE
     created_at: datetime | None = field(default=None, compare=False)
 
     @property
     def name(self) -> str:
         return INDICATOR.format(region=self.region, indicator=self.indicator_id)
+
+    @property
+    def lower_is_better(self) -> bool:
+        return self.kind in LOWER_IS_BETTER
+
+    def value(self, stats: WindowStats) -> float:
+        """The metric over a window (0 for an empty one; a share of an empty window is 1)."""
+        if stats.weight <= 0:
+            return 1.0 if self.kind is MetricKind.SHARE_WITHIN_DEADLINE else 0.0
+        mean = stats.weighted_value / stats.weight
+        return mean * 100 if self.kind is MetricKind.COUNT_PER_100_CUSTOMERS else mean
+
+    def breached_by(self, value: float) -> bool:
+        return value > self.threshold if self.lower_is_better else value < self.threshold
+
+    def recovered_at(self, value: float) -> bool:
+        if self.lower_is_better:
+            return value <= self.recovery_threshold
+        return value >= self.recovery_threshold
+
+    def observed_value(self, observation: Observation) -> float:
+        """What one observation adds to the metric."""
+        if self.kind is MetricKind.SHARE_WITHIN_DEADLINE:
+            return 1.0 if is_within_deadline(self, observation) else 0.0
+        return observation.value if observation.value is not None else 0.0
+
+    def check(self, observation: Observation, *, started: bool = True) -> None:
+        """Refuse an observation that does not fit this indicator's kind: a share within a
+        deadline needs the day the case started, the other kinds a value."""
+        value = observation.value
+        if self.kind is MetricKind.SHARE_WITHIN_DEADLINE:
+            if not started:
+                problem = "is required for a SHARE_WITHIN_DEADLINE indicator"
+                raise InvalidArgument(
+                    f"observation.started_on {problem}", [FieldViolation("observation.started_on", problem)]
+                )
+            return
+        if value is None or not math.isfinite(value):
+            problem = f"is required for a {self.kind} indicator"
+        elif self.kind is MetricKind.RATE and value not in {0.0, 1.0}:
+            problem = "must be 0 or 1 for a RATE indicator"
+        elif self.kind is MetricKind.COUNT_PER_100_CUSTOMERS and (value < 0 or value != int(value)):
+            problem = "must be a whole count of at least 0"
+        else:
+            return
+        raise InvalidArgument(f"observation.value {problem}", [FieldViolation("observation.value", problem)])
 
 
 def create_indicator(indicator: Indicator, now: datetime) -> Indicator:
@@ -126,16 +249,44 @@ def create_indicator(indicator: Indicator, now: datetime) -> Indicator:
     return created
 
 
+def _threshold_violations(
+    kind: MetricKind, threshold: float, recovery_threshold: float
+) -> tuple[list[FieldViolation], float]:
+    """Thresholds' violations, and the recovery threshold (the threshold itself when unset)."""
+    share = kind is MetricKind.SHARE_WITHIN_DEADLINE
+    path = "indicator.share_within_deadline" if share else "indicator.measure"
+    names = ("minimum_share", "recovery_share") if share else ("breach_threshold", "recovery_threshold")
+    bounded = kind in {MetricKind.SHARE_WITHIN_DEADLINE, MetricKind.RATE}
+    violations: list[FieldViolation] = []
+    # NaN compares false both ways, so it must be refused explicitly.
+    valid = math.isfinite(threshold) and (0 < threshold <= 1 if bounded else threshold >= 0)
+    if not valid:
+        rule = "must be greater than 0 and at most 1" if bounded else "must be a number of at least 0"
+        violations.append(FieldViolation(f"{path}.{names[0]}", rule))
+    recovery = recovery_threshold or threshold
+    if kind in LOWER_IS_BETTER:
+        fits = 0 <= recovery <= threshold
+        rule = f"must be at least 0 and at most {names[0]}"
+    else:
+        fits = threshold <= recovery <= (1 if bounded else math.inf)
+        rule = f"must be at least {names[0]}" + (" and at most 1" if bounded else "")
+    if math.isnan(recovery_threshold) or (valid and not fits):
+        violations.append(FieldViolation(f"{path}.{names[1]}", rule))
+    return violations, recovery
+
+
 def new_indicator(  # noqa: PLR0917 - mirrors the Indicator's fields in order
     region: str,
     indicator_id: str,
     display_name: str,
     service: str,
     deadline_days: int,
-    minimum_share: float,
+    threshold: float,
     window_days: int,
     minimum_sample: int,
     severity: Severity,
+    recovery_threshold: float = 0.0,
+    kind: MetricKind = MetricKind.SHARE_WITHIN_DEADLINE,
 ) -> Indicator:
     """Validate and build an indicator; every violation is reported at once."""
     violations: list[FieldViolation] = []
@@ -150,21 +301,18 @@ def new_indicator(  # noqa: PLR0917 - mirrors the Indicator's fields in order
             violations.extend(error.violations)
     if violation := check_text(display_name, "indicator.display_name", DISPLAY_NAME_MAX_LENGTH):
         violations.append(violation)
-    if not 1 <= deadline_days <= MAX_DEADLINE_DAYS:
+    if kind is MetricKind.SHARE_WITHIN_DEADLINE and not 1 <= deadline_days <= MAX_DEADLINE_DAYS:
         violations.append(
             FieldViolation(
                 "indicator.share_within_deadline.deadline_days",
                 f"must be between 1 and {MAX_DEADLINE_DAYS} days",
             )
         )
-    # NaN compares false both ways, so it must be refused explicitly.
-    if math.isnan(minimum_share) or not 0 < minimum_share <= 1:
-        violations.append(
-            FieldViolation(
-                "indicator.share_within_deadline.minimum_share",
-                "must be greater than 0 and at most 1",
-            )
-        )
+    if not isinstance(kind, MetricKind):
+        violations.append(FieldViolation("indicator.measure.kind", "must name a metric kind"))
+        kind = MetricKind.SHARE_WITHIN_DEADLINE
+    threshold_violations, recovery = _threshold_violations(kind, threshold, recovery_threshold)
+    violations.extend(threshold_violations)
     if not 1 <= window_days <= MAX_WINDOW_DAYS:
         violations.append(
             FieldViolation("indicator.window_days", f"must be between 1 and {MAX_WINDOW_DAYS} days")
@@ -179,11 +327,13 @@ def new_indicator(  # noqa: PLR0917 - mirrors the Indicator's fields in order
         indicator_id=indicator_id,
         display_name=display_name.strip(),
         service=service,
-        deadline_days=deadline_days,
-        minimum_share=minimum_share,
+        deadline_days=deadline_days if kind is MetricKind.SHARE_WITHIN_DEADLINE else 0,
+        threshold=threshold,
         window_days=window_days,
         minimum_sample=minimum_sample,
         severity=severity,
+        recovery_threshold=recovery,
+        kind=kind,
     )
 
 
@@ -198,6 +348,54 @@ class Observation:
     """A pseudonym for the case; never a name or a personal identity code."""
     started_on: date
     completed_on: date
+    source: ObservationSource = ObservationSource.REGION_CASE_DATA
+    value: float | None = None
+    """The measured value, for indicators other than a share within a deadline."""
+
+    @property
+    def weight(self) -> float:
+        return SOURCE_WEIGHTS[self.source]
+
+    def differs_from(self, other: Observation, *, as_pending: bool = False) -> list[str]:
+        """The fields (as request paths) in which a record under the same id differs; a pending
+        case and its completion agree on the case alone (provider, case key, start)."""
+        names: tuple[str, ...] = ("provider", "case_key", "started_on")
+        if not as_pending:
+            names += ("completed_on", "value")
+        return [f"observation.{name}" for name in names if getattr(self, name) != getattr(other, name)]
+
+
+@dataclass(frozen=True)
+class PendingCase:
+    """A case started and not yet completed ("job search started on D", no assessment yet):
+    once its deadline passes, the deadline sweep counts it late on the day after, with no
+    new observation arriving; its completion later is stored but not counted twice."""
+
+    observation: Observation
+    """completed_on is the start day until the case completes."""
+    due_on: date
+    counted_on: date | None = None
+
+    @property
+    def overdue_day(self) -> date:
+        """The day it counts late on: the first day past its deadline."""
+        return self.due_on + timedelta(days=1)
+
+
+def pending_case(indicator: Indicator, observation: Observation) -> PendingCase:
+    return PendingCase(observation, observation.started_on + timedelta(days=indicator.deadline_days))
+
+
+def count_overdue(indicator: Indicator, cases: Iterable[PendingCase]) -> dict[tuple[str, date], DayBucket]:
+    """The late cases the sweep adds, per provider and the day each deadline passed."""
+    buckets: dict[tuple[str, date], DayBucket] = {}
+    for case in cases:
+        key = (case.observation.provider, case.overdue_day)
+        # Past its deadline: it adds a case not within it (its weight, nothing to the value).
+        bucket = buckets.get(key, DayBucket())
+        weight = case.observation.weight
+        buckets[key] = DayBucket(bucket.sample_size + 1, bucket.weight + weight, bucket.weighted_value)
+    return buckets
 
 
 def new_observation(
@@ -208,6 +406,8 @@ def new_observation(
     completed_on: date,
     *,
     today: date,
+    source: ObservationSource = ObservationSource.REGION_CASE_DATA,
+    value: float | None = None,
 ) -> Observation:
     """Validate and build an observation; the provider's business ID is returned in canonical form."""
     violations: list[FieldViolation] = []
@@ -229,7 +429,7 @@ def new_observation(
     if completed_on > today:
         violations.append(FieldViolation("observation.completed_on", "must not be in the future"))
     raise_if_any(violations, "the observation is invalid")
-    return Observation(observation_id, canonical_provider, case_key, started_on, completed_on)
+    return Observation(observation_id, canonical_provider, case_key, started_on, completed_on, source, value)
 
 
 def is_within_deadline(indicator: Indicator, observation: Observation) -> bool:
@@ -244,46 +444,64 @@ def window_bounds(indicator: Indicator, as_of: date) -> tuple[date, date]:
 
 @dataclass(frozen=True)
 class WindowStats:
-    """One provider's cases in an indicator's window: how many, and how many within the deadline."""
+    """One provider's observations in an indicator's window: how many, their total weight, and
+    the weighted sum of what each adds to the metric (1 for a case within its deadline)."""
 
     sample_size: int
-    within_deadline: int
+    weight: float
+    weighted_value: float
 
     def __post_init__(self) -> None:
-        if not 0 <= self.within_deadline <= self.sample_size:
-            raise ValueError(
-                f"within_deadline {self.within_deadline} must be between 0 and sample_size {self.sample_size}"
-            )
+        if self.sample_size < 0 or self.weight < 0:
+            raise ValueError(f"a window of {self.sample_size} observations weighing {self.weight}")
 
-    @property
-    def share(self) -> float:
-        """The share within the deadline; 1.0 for an empty window, since no case has been late."""
-        if self.sample_size == 0:
-            return 1.0
-        return self.within_deadline / self.sample_size
+
+@dataclass(frozen=True)
+class DayBucket:
+    """The observations of one provider on one indicator completed on one day: the unit the
+    window is summed from, so evaluating never rescans observations."""
+
+    sample_size: int = 0
+    weight: float = 0.0
+    weighted_value: float = 0.0
+
+    def add(self, indicator: Indicator, observation: Observation) -> DayBucket:
+        added = observation.weight * indicator.observed_value(observation)
+        return DayBucket(self.sample_size + 1, self.weight + observation.weight, self.weighted_value + added)
 
 
 def window_stats(indicator: Indicator, observations: Iterable[Observation], as_of: date) -> WindowStats:
-    """Count one provider's observations completed inside the window ending on as_of."""
+    """Weigh one provider's observations completed inside the window ending on as_of."""
     start, end = window_bounds(indicator, as_of)
-    in_window = [o for o in observations if start <= o.completed_on <= end]
-    return WindowStats(
-        sample_size=len(in_window),
-        within_deadline=sum(1 for o in in_window if is_within_deadline(indicator, o)),
-    )
+    bucket = DayBucket()
+    for observation in observations:
+        if start <= observation.completed_on <= end:
+            bucket = bucket.add(indicator, observation)
+    return WindowStats(bucket.sample_size, bucket.weight, bucket.weighted_value)
 
 
-def evaluate(indicator: Indicator, stats: WindowStats, breach_open: bool) -> bool:
-    """Whether a new breach should open.
+class Verdict(StrEnum):
+    """What an evaluation decides for one provider on one indicator."""
 
-    Too small a sample says nothing about quality, so it cannot breach; an open
-    breach for the same indicator and provider is not opened again.
+    NONE = "NONE"
+    OPEN = "OPEN"
+    RESOLVE = "RESOLVE"
+
+
+def evaluate(indicator: Indicator, stats: WindowStats, breach_open: bool) -> Verdict:
+    """Whether a breach opens, resolves, or nothing changes.
+
+    Too small a sample says nothing about quality, so it neither opens nor resolves a
+    breach; an open breach is not opened again, and resolves only at the recovery share.
     """
-    return (
-        not breach_open
-        and stats.sample_size >= indicator.minimum_sample
-        and stats.share < indicator.minimum_share
-    )
+    if stats.sample_size < indicator.minimum_sample:
+        return Verdict.NONE
+    value = indicator.value(stats)
+    if not breach_open and indicator.breached_by(value):
+        return Verdict.OPEN
+    if breach_open and indicator.recovered_at(value):
+        return Verdict.RESOLVE
+    return Verdict.NONE
 
 
 @dataclass(frozen=True)
@@ -301,6 +519,10 @@ class Breach(Aggregate):
     sample_size: int
     opened_at: datetime
     state: BreachState = BreachState.OPEN
+    recovery_threshold: float = 0.0
+    resolved_at: datetime | None = None
+    window_start: date | None = None
+    window_end: date | None = None
 
     @property
     def name(self) -> str:
@@ -319,6 +541,10 @@ class Breach(Aggregate):
             sample_size=self.sample_size,
             state=self.state,
             open_time=self.opened_at,
+            resolve_time=self.resolved_at,
+            recovery_threshold=self.recovery_threshold,
+            window_start=self.window_start,
+            window_end=self.window_end,
         )
 
     @property
@@ -327,9 +553,18 @@ class Breach(Aggregate):
         return self.severity == Severity.SERIOUS
 
 
-def open_breach(id: str, indicator: Indicator, provider: str, stats: WindowStats, now: datetime) -> Breach:
-    """Open a breach recording the value, threshold and sample it was decided on."""
+def open_breach(
+    id: str,
+    indicator: Indicator,
+    provider: str,
+    stats: WindowStats,
+    now: datetime,
+    *,
+    as_of: date | None = None,
+) -> Breach:
+    """Open a breach recording the value, threshold, sample and window it was decided on."""
     require_aware(now)
+    window = window_bounds(indicator, as_of) if as_of is not None else (None, None)
     breach = Breach(
         id=id,
         region=indicator.region,
@@ -337,10 +572,536 @@ def open_breach(id: str, indicator: Indicator, provider: str, stats: WindowStats
         provider=provider,
         service=indicator.service,
         severity=indicator.severity,
-        value=stats.share,
-        threshold=indicator.minimum_share,
+        value=indicator.value(stats),
+        threshold=indicator.threshold,
         sample_size=stats.sample_size,
         opened_at=now,
+        recovery_threshold=indicator.recovery_threshold,
+        window_start=window[0],
+        window_end=window[1],
     )
     breach.record(BreachOpened(breach.facts, breach.region))
     return breach
+
+
+def resolve_breach(breach: Breach, value: float, stats: WindowStats, now: datetime) -> Breach:
+    """Resolve an open breach at the value that brought it back; records BreachResolved."""
+    require_aware(now)
+    if breach.state != BreachState.OPEN:
+        raise ValueError(f"{breach.name} is not open")
+    resolved = replace(
+        breach,
+        state=BreachState.RESOLVED,
+        value=value,
+        sample_size=stats.sample_size,
+        resolved_at=now,
+    )
+    resolved.record(BreachResolved(resolved.facts, resolved.region, now))
+    return resolved
+
+
+# --- programmes ---------------------------------------------------------------------------------
+
+PROGRAMME = ResourcePattern("regions/{region}/programmes/{programme:int}")
+RISK_MAX_LENGTH = 500
+MAX_PROGRAMME_INDICATORS = 100
+MAX_CORRECTIVE_ACTION_DAYS = 365
+
+
+class ProgrammeState(StrEnum):
+    """A draft may be published once; a published version is never rewritten."""
+
+    DRAFT = "DRAFT"
+    PUBLISHED = "PUBLISHED"
+
+
+class PolicyAction(StrEnum):
+    """What a breach of a severity leads to under the programme."""
+
+    ALERT_ONLY = "ALERT_ONLY"
+    CORRECTIVE_ACTION = "CORRECTIVE_ACTION"
+    """The provider is asked for corrective action within corrective_action_days; when the
+    deadline passes unanswered, or the breach recurs, it is escalated to a suspension request."""
+    SUSPENSION_REQUEST = "SUSPENSION_REQUEST"
+
+
+@dataclass(frozen=True)
+class SeverityPolicy:
+    severity: Severity
+    action: PolicyAction
+    corrective_action_days: int = 0
+    recurrence_days: int = 0
+    """A breach that opens again within this many days of the last one resolving (same
+    indicator and provider) is escalated at once; 0: never."""
+
+
+@dataclass(frozen=True)
+class WatchedIndicator:
+    """An indicator in a programme, with the risk it watches."""
+
+    indicator: str
+    """The indicator's id within the region."""
+    risk: str
+
+
+DEFAULT_POLICIES = (
+    SeverityPolicy(Severity.WARNING, PolicyAction.CORRECTIVE_ACTION, 30, 90),
+    SeverityPolicy(Severity.SERIOUS, PolicyAction.SUSPENSION_REQUEST),
+)
+
+
+@dataclass(frozen=True)
+class ProgrammeCreated(Event):
+    """A region drafted a version of its self-monitoring programme."""
+
+    programme: str
+    region: str
+    version: int
+    indicators: list[str]
+    create_time: datetime
+
+
+@dataclass(frozen=True)
+class ProgrammePublished(Event):
+    """A version of the programme was published; from then on it is the one in force."""
+
+    programme: str
+    region: str
+    version: int
+    publish_time: datetime
+    publication_date: date
+
+
+@dataclass(frozen=True)
+class Programme(Aggregate):
+    """A version of a region's self-monitoring programme (omavalvontaohjelma): its indicators,
+    the risks they watch, and what a breach of each severity leads to."""
+
+    region: str
+    version: int
+    display_name: str
+    indicators: tuple[WatchedIndicator, ...]
+    policies: tuple[SeverityPolicy, ...]
+    state: ProgrammeState = ProgrammeState.DRAFT
+    created_at: datetime | None = None
+    published_at: datetime | None = None
+    publication_date: date | None = None
+
+    @property
+    def name(self) -> str:
+        return PROGRAMME.format(region=self.region, programme=self.version)
+
+    def policy_for(self, severity: Severity) -> SeverityPolicy:
+        for policy in self.policies:
+            if policy.severity == severity:
+                return policy
+        return SeverityPolicy(severity, PolicyAction.ALERT_ONLY)
+
+
+def new_programme(
+    region: str,
+    display_name: str,
+    indicators: Iterable[WatchedIndicator],
+    policies: Iterable[SeverityPolicy],
+    *,
+    with_default_catalogue: bool = False,
+) -> Programme:
+    """Validate a draft (its version is given when it is created); every violation at once.
+    Without the default catalogue, it must list an indicator of its own."""
+    violations: list[FieldViolation] = []
+    if violation := check_text(display_name, "programme.display_name", DISPLAY_NAME_MAX_LENGTH):
+        violations.append(violation)
+    watched = tuple(indicators)
+    least = 0 if with_default_catalogue else 1
+    if not least <= len(watched) <= MAX_PROGRAMME_INDICATORS:
+        violations.append(
+            FieldViolation("programme.indicators", f"must list 1 to {MAX_PROGRAMME_INDICATORS} indicators")
+        )
+    seen: set[str] = set()
+    for index, item in enumerate(watched):
+        path = f"programme.indicators[{index}]"
+        try:
+            validate_resource_id(item.indicator, f"{path}.indicator")
+        except InvalidArgument as error:
+            violations.extend(error.violations)
+        if item.indicator in seen:
+            violations.append(FieldViolation(f"{path}.indicator", "is listed twice"))
+        seen.add(item.indicator)
+        if violation := check_text(item.risk, f"{path}.risk", RISK_MAX_LENGTH):
+            violations.append(violation)
+    rules = tuple(policies) or DEFAULT_POLICIES
+    severities: set[Severity] = set()
+    for index, policy in enumerate(rules):
+        path = f"programme.policies[{index}]"
+        if policy.severity in severities:
+            violations.append(FieldViolation(f"{path}.severity", "has a policy already"))
+        severities.add(policy.severity)
+        if policy.severity is Severity.SERIOUS and policy.action is not PolicyAction.SUSPENSION_REQUEST:
+            violations.append(FieldViolation(f"{path}.action", "a serious breach always requests suspension"))
+        if not 0 <= policy.recurrence_days <= MAX_WINDOW_DAYS:
+            violations.append(
+                FieldViolation(f"{path}.recurrence_days", f"must be between 0 and {MAX_WINDOW_DAYS}")
+            )
+        days = policy.corrective_action_days
+        if policy.action is PolicyAction.CORRECTIVE_ACTION and not 1 <= days <= MAX_CORRECTIVE_ACTION_DAYS:
+            violations.append(
+                FieldViolation(
+                    f"{path}.corrective_action_days", f"must be between 1 and {MAX_CORRECTIVE_ACTION_DAYS}"
+                )
+            )
+    raise_if_any(violations, "the programme is invalid")
+    return Programme(region, 0, display_name.strip(), watched, rules)
+
+
+def create_programme(draft: Programme, version: int, now: datetime) -> Programme:
+    created = replace(draft, version=version, created_at=require_aware(now))
+    created.record(
+        ProgrammeCreated(
+            created.name, created.region, version, [item.indicator for item in created.indicators], now
+        )
+    )
+    return created
+
+
+def publish_programme(programme: Programme, now: datetime, today: date) -> Programme:
+    """Publish a draft; publishing a published version again changes nothing."""
+    if programme.state is ProgrammeState.PUBLISHED:
+        return programme
+    published = replace(
+        programme, state=ProgrammeState.PUBLISHED, published_at=require_aware(now), publication_date=today
+    )
+    published.record(ProgrammePublished(published.name, published.region, published.version, now, today))
+    return published
+
+
+def default_catalogue(region: str, service: str) -> list[tuple[Indicator, str]]:
+    """The default indicators drawn from the law's customer rules, each with the risk it watches."""
+
+    def make(  # noqa: PLR0917 - one indicator's definition
+        indicator_id: str,
+        display_name: str,
+        kind: MetricKind,
+        threshold: float,
+        recovery: float,
+        window_days: int,
+        minimum_sample: int,
+        severity: Severity = Severity.WARNING,
+        deadline_days: int = 0,
+    ) -> Indicator:
+        return new_indicator(
+            region,
+            indicator_id,
+            display_name,
+            service,
+            deadline_days,
+            threshold,
+            window_days,
+            minimum_sample,
+            severity,
+            recovery_threshold=recovery,
+            kind=kind,
+        )
+
+    share = MetricKind.SHARE_WITHIN_DEADLINE
+    return [
+        (
+            make(
+                "need-assessment-14d",
+                "Service need assessed within 2 weeks of job search starting",
+                share,
+                0.9,
+                0.95,
+                90,
+                10,
+                Severity.SERIOUS,
+                deadline_days=14,
+            ),
+            "Customers wait for the assessment their services follow from",
+        ),
+        (
+            make(
+                "reassessment-3m",
+                "Service need re-assessed at least every 3 months",
+                share,
+                0.9,
+                0.95,
+                180,
+                10,
+                deadline_days=92,
+            ),
+            "Long unemployment goes without a fresh look at the service need",
+        ),
+        (
+            make("customer-satisfaction", "Customer satisfaction (1-5)", MetricKind.MEAN, 3.5, 3.8, 180, 20),
+            "Customers are poorly served",
+        ),
+        (
+            make(
+                "complaints-per-100",
+                "Complaints per 100 customers",
+                MetricKind.COUNT_PER_100_CUSTOMERS,
+                5.0,
+                3.0,
+                365,
+                30,
+            ),
+            "Service quality or treatment of customers causes complaints",
+        ),
+        (
+            make("outcome-3m", "Employment or training within 3 months", MetricKind.RATE, 0.25, 0.3, 365, 20),
+            "The service does not lead to work or training",
+        ),
+        (
+            make(
+                "language-fi-sv",
+                "Service available in Finnish and Swedish where required",
+                MetricKind.RATE,
+                0.95,
+                0.98,
+                180,
+                10,
+            ),
+            "Customers are not served in their own national language",
+        ),
+        (
+            make(
+                "equal-treatment",
+                "Equal treatment: audited customer groups' outcomes within the overall rate",
+                MetricKind.RATE,
+                0.8,
+                0.9,
+                365,
+                5,
+            ),
+            "A customer group is treated unequally",
+        ),
+    ]
+
+
+# --- corrective actions -------------------------------------------------------------------------
+
+CORRECTIVE_ACTION = ResourcePattern("regions/{region}/correctiveActions/{action:key}")
+RESPONSE_MAX_LENGTH = 4000
+
+
+class CorrectiveActionState(StrEnum):
+    REQUESTED = "REQUESTED"
+    RESPONDED = "RESPONDED"
+    ESCALATED = "ESCALATED"
+
+
+class EscalationReason(StrEnum):
+    CORRECTIVE_ACTION_OVERDUE = "CORRECTIVE_ACTION_OVERDUE"
+    RECURRED = "RECURRED"
+    PROVIDER_ADMITTED = "PROVIDER_ADMITTED"
+    """A serious breach opened before its provider was admitted takes effect when it is."""
+
+
+@dataclass(frozen=True)
+class CorrectiveActionRequested(Event):
+    """The provider is asked to correct what a breach shows, by a deadline."""
+
+    corrective_action: str
+    region: str
+    breach: str
+    provider: str
+    due_date: date
+    request_time: datetime
+
+
+@dataclass(frozen=True)
+class CorrectiveActionResponded(Event):
+    """The provider answered a corrective-action request (the answer itself is not in the event)."""
+
+    corrective_action: str
+    region: str
+    breach: str
+    provider: str
+    respond_time: datetime
+
+
+@dataclass(frozen=True)
+class CorrectiveAction(Aggregate):
+    """A request to a provider for corrective action (korjaava toimenpide) on a breach."""
+
+    region: str
+    breach_id: str
+    provider: str
+    due_on: date
+    requested_at: datetime
+    state: CorrectiveActionState = CorrectiveActionState.REQUESTED
+    response: str = ""
+    responded_at: datetime | None = None
+
+    @property
+    def id(self) -> str:
+        return self.breach_id
+
+    @property
+    def name(self) -> str:
+        return CORRECTIVE_ACTION.format(region=self.region, action=self.id)
+
+    @property
+    def breach(self) -> str:
+        return BREACH.format(region=self.region, breach=self.breach_id)
+
+
+def request_corrective_action(breach: Breach, days: int, now: datetime, today: date) -> CorrectiveAction:
+    action = CorrectiveAction(breach.region, breach.id, breach.provider, today + timedelta(days=days), now)
+    action.record(
+        CorrectiveActionRequested(
+            action.name, action.region, action.breach, action.provider, action.due_on, now
+        )
+    )
+    return action
+
+
+def respond_to_corrective_action(action: CorrectiveAction, response: str, now: datetime) -> CorrectiveAction:
+    """The provider's answer, once, before the request is escalated."""
+    if violation := check_text(response, "response", RESPONSE_MAX_LENGTH):
+        raise InvalidArgument(f"response {violation.description}", [violation])
+    if action.state is CorrectiveActionState.RESPONDED and action.response == response.strip():
+        return action
+    if action.state is not CorrectiveActionState.REQUESTED:
+        raise FailedPrecondition(
+            f"{action.name} is {action.state.lower()}: it takes no response",
+            reason="CORRECTIVE_ACTION_CLOSED",
+        )
+    responded = replace(
+        action,
+        state=CorrectiveActionState.RESPONDED,
+        response=response.strip(),
+        responded_at=require_aware(now),
+    )
+    responded.record(
+        CorrectiveActionResponded(responded.name, responded.region, responded.breach, responded.provider, now)
+    )
+    return responded
+
+
+def escalate_breach(breach: Breach, reason: EscalationReason, now: datetime) -> Breach:
+    """An open breach becomes a suspension request: SERIOUS, with BreachEscalated."""
+    escalated = replace(breach, severity=Severity.SERIOUS)
+    escalated.record(BreachEscalated(escalated.facts, escalated.region, str(reason), require_aware(now)))
+    return escalated
+
+
+# --- equal availability (from the registry's events) --------------------------------------------
+
+
+@dataclass(frozen=True)
+class AdmittedProvider:
+    """A provider admitted to produce a service in a region, where and in which languages; a
+    read model of the registry's events, for the equal-availability view."""
+
+    region: str
+    service: str
+    business_id: str
+    municipalities: tuple[str, ...]
+    languages: tuple[str, ...]
+    suspended: bool = False
+
+
+@dataclass(frozen=True)
+class AvailabilityCell:
+    """Providers of one service in one municipality in one language: admitted, and of them active."""
+
+    service: str
+    municipality: str
+    language: str
+    admitted: int
+    active: int
+
+
+def availability(providers: Iterable[AdmittedProvider]) -> list[AvailabilityCell]:
+    """Admitted (and active, i.e. not suspended) providers per service x municipality x language."""
+    cells: dict[tuple[str, str, str], tuple[int, int]] = {}
+    for provider in providers:
+        for municipality in provider.municipalities or ("",):
+            for language in provider.languages or ("",):
+                key = (provider.service, municipality, language)
+                admitted, active = cells.get(key, (0, 0))
+                cells[key] = (admitted + 1, active + (0 if provider.suspended else 1))
+    return [AvailabilityCell(*key, admitted, active) for key, (admitted, active) in sorted(cells.items())]
+
+
+# --- alerts -------------------------------------------------------------------------------------
+
+ALERT = ResourcePattern("regions/{region}/alerts/{alert:key}")
+
+
+class AlertKind(StrEnum):
+    """What happened to the breach an alert is about."""
+
+    OPENED = "OPENED"
+    ESCALATED = "ESCALATED"
+    RESOLVED = "RESOLVED"
+
+
+ALERT_EVENTS: dict[str, AlertKind] = {
+    "BreachOpened": AlertKind.OPENED,
+    "BreachEscalated": AlertKind.ESCALATED,
+    "BreachResolved": AlertKind.RESOLVED,
+}
+"""The events that are alerts, by their type's short name."""
+
+
+def alert_id(breach_id: str, kind: AlertKind) -> str:
+    """A breach opens, escalates and resolves at most once each, so this names one alert."""
+    return f"{breach_id}-{kind.lower()}"
+
+
+@dataclass(frozen=True)
+class AlertAcknowledged(Event):
+    """A supervisor acknowledged an alert."""
+
+    alert: str
+    region: str
+    breach: str
+    acknowledge_time: datetime
+
+
+@dataclass(frozen=True)
+class Alert(Aggregate):
+    """A supervisor's alert (hälytys) about a breach: its opening, escalation or resolution."""
+
+    region: str
+    breach_id: str
+    kind: AlertKind
+    created_at: datetime
+    acknowledged_by: str = ""
+    acknowledged_at: datetime | None = None
+
+    @property
+    def id(self) -> str:
+        return alert_id(self.breach_id, self.kind)
+
+    @property
+    def name(self) -> str:
+        return ALERT.format(region=self.region, alert=self.id)
+
+    @property
+    def breach(self) -> str:
+        return BREACH.format(region=self.region, breach=self.breach_id)
+
+
+def acknowledge_alert(alert: Alert, who: str, now: datetime) -> Alert:
+    """Acknowledged once: acknowledging again changes nothing."""
+    if alert.acknowledged_at is not None:
+        return alert
+    acknowledged = replace(alert, acknowledged_by=who, acknowledged_at=require_aware(now))
+    acknowledged.record(AlertAcknowledged(acknowledged.name, acknowledged.region, acknowledged.breach, now))
+    return acknowledged
+
+
+EVENTS: tuple[type[Event], ...] = (
+    BreachOpened,
+    BreachResolved,
+    BreachEscalated,
+    IndicatorCreated,
+    ProgrammeCreated,
+    ProgrammePublished,
+    AlertAcknowledged,
+    CorrectiveActionRequested,
+    CorrectiveActionResponded,
+)

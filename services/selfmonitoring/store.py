@@ -3,13 +3,20 @@ take and return domain objects, and the service's unit of work that carries them
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from dataclasses import asdict
 from datetime import date, datetime
+from typing import Any
 
-from sqlalchemy import Index, case
+from sqlalchemy import Index, Table
+from sqlalchemy import select as sa_select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Field, SQLModel, col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from services.runtime.db import serialize_on
+from services.runtime.fastinsert import TableInserter
 from services.runtime.tables import utc_field, utcnow
 from services.runtime.uow import Context, UnitOfWork
 from services.selfmonitoring import model
@@ -24,30 +31,79 @@ class IndicatorRow(SQLModel, table=True):
     service: str = Field(max_length=63)
     deadline_days: int
     minimum_share: float
+    """The threshold, of any kind (named for the first kind there was)."""
     window_days: int
     minimum_sample: int
     severity: str = Field(max_length=16)
+    # 0 for indicators defined before hysteresis: they recover at their threshold.
+    recovery_threshold: float = Field(default=0.0, sa_column_kwargs={"server_default": "0"})
+    kind: str = Field(
+        default="SHARE_WITHIN_DEADLINE",
+        max_length=32,
+        sa_column_kwargs={"server_default": "SHARE_WITHIN_DEADLINE"},
+    )
     created_at: datetime = utc_field(default_factory=utcnow)
 
 
 class ObservationRow(SQLModel, table=True):
-    """One case event; the case key is a pseudonym, never a person's identity."""
+    """One case event; the case key is a pseudonym, never a person's identity. Its id is unique
+    within its source, so a provider's report can never take the id of the region's own."""
 
     __tablename__ = "selfmonitoring_observations"
     # Serves the window count of one provider on one indicator.
     __table_args__ = (
         Index("ix_selfmonitoring_observations_window", "region", "indicator_id", "provider", "completed_on"),
+        # Serves a batch's "which of these ids exist already", whatever their indicators.
+        Index("ix_selfmonitoring_observations_id", "region", "observation_id"),
     )
 
     region: str = Field(primary_key=True, max_length=63)
     indicator_id: str = Field(primary_key=True, max_length=63)
+    source: str = Field(primary_key=True, max_length=24)
     observation_id: str = Field(primary_key=True, max_length=128)
     provider: str = Field(max_length=9)
     case_key: str = Field(max_length=128)
     started_on: date
     completed_on: date
     within_deadline: bool
+    value: float | None = None
     recorded_at: datetime = utc_field(default_factory=utcnow)
+
+
+class PendingCaseRow(SQLModel, table=True):
+    """A case started and not completed yet, until it completes; counted_on once the deadline
+    sweep counted it late."""
+
+    __tablename__ = "selfmonitoring_pending_cases"
+    __table_args__ = (
+        Index("ix_selfmonitoring_pending_cases_due", "region", "indicator_id", "due_on"),
+        Index("ix_selfmonitoring_pending_cases_id", "region", "observation_id"),
+    )
+
+    region: str = Field(primary_key=True, max_length=63)
+    indicator_id: str = Field(primary_key=True, max_length=63)
+    source: str = Field(primary_key=True, max_length=24)
+    observation_id: str = Field(primary_key=True, max_length=128)
+    provider: str = Field(max_length=9)
+    case_key: str = Field(max_length=128)
+    started_on: date
+    due_on: date
+    counted_on: date | None = None
+
+
+class DayBucketRow(SQLModel, table=True):
+    """One provider's observations on one indicator completed on one day, summed as they arrive:
+    a window's value is the sum of at most window_days rows, whatever the history's size."""
+
+    __tablename__ = "selfmonitoring_day_buckets"
+
+    region: str = Field(primary_key=True, max_length=63)
+    indicator_id: str = Field(primary_key=True, max_length=63)
+    provider: str = Field(primary_key=True, max_length=9)
+    day: date = Field(primary_key=True)
+    sample_size: int
+    weight: float
+    weighted_value: float
 
 
 class BreachRow(SQLModel, table=True):
@@ -66,13 +122,110 @@ class BreachRow(SQLModel, table=True):
     # Set while open: at most one open breach per indicator and provider, enforced by the database.
     open_key: str | None = Field(default=None, unique=True, max_length=140)
     opened_at: datetime = utc_field()
+    recovery_threshold: float = Field(default=0.0, sa_column_kwargs={"server_default": "0"})
+    resolved_at: datetime | None = utc_field(default=None, nullable=True)
+    window_start: date | None = None
+    window_end: date | None = None
+
+
+_IN_CHUNK = 500
+"""Ids per IN list: well under SQLite's bound-parameter limit."""
+
+
+class ProgrammeRow(SQLModel, table=True):
+    """A version of a region's programme; its indicators and policies as JSON, as it was drafted."""
+
+    __tablename__ = "selfmonitoring_programmes"
+
+    region: str = Field(primary_key=True, max_length=63)
+    version: int = Field(primary_key=True)
+    display_name: str = Field(max_length=200)
+    indicators: str
+    policies: str
+    state: str = Field(max_length=16)
+    created_at: datetime = utc_field()
+    published_at: datetime | None = utc_field(default=None, nullable=True)
+    publication_date: date | None = None
+
+
+class AlertRow(SQLModel, table=True):
+    """An alert, written with the breach event it reports; the stream carries it live."""
+
+    __tablename__ = "selfmonitoring_alerts"
+    __table_args__ = (Index("ix_selfmonitoring_alerts_listing", "region", "created_at", "alert_id"),)
+
+    region: str = Field(primary_key=True, max_length=63)
+    alert_id: str = Field(primary_key=True, max_length=64)
+    breach_id: str = Field(max_length=64)
+    kind: str = Field(max_length=16)
+    created_at: datetime = utc_field()
+    acknowledged_by: str = Field(default="", max_length=200)
+    acknowledged_at: datetime | None = utc_field(default=None, nullable=True)
+
+
+class CorrectiveActionRow(SQLModel, table=True):
+    __tablename__ = "selfmonitoring_corrective_actions"
+    __table_args__ = (
+        Index("ix_selfmonitoring_corrective_actions_listing", "region", "requested_at", "breach_id"),
+    )
+
+    region: str = Field(primary_key=True, max_length=63)
+    breach_id: str = Field(primary_key=True, max_length=64)
+    provider: str = Field(max_length=9, index=True)
+    due_on: date
+    requested_at: datetime = utc_field()
+    state: str = Field(max_length=16)
+    response: str = Field(default="", max_length=4000)
+    responded_at: datetime | None = utc_field(default=None, nullable=True)
+
+
+class AdmittedProviderRow(SQLModel, table=True):
+    """The registry's admitted providers, as its events tell (a read model)."""
+
+    __tablename__ = "selfmonitoring_admitted_providers"
+
+    region: str = Field(primary_key=True, max_length=63)
+    service: str = Field(primary_key=True, max_length=63)
+    business_id: str = Field(primary_key=True, max_length=9)
+    municipalities: str = Field(default="[]")
+    languages: str = Field(default="[]")
+    suspended: bool = False
+    updated_at: datetime = utc_field()
 
 
 SELFMONITORING_TABLES = (
     "selfmonitoring_indicators",
     "selfmonitoring_observations",
+    "selfmonitoring_day_buckets",
+    "selfmonitoring_pending_cases",
     "selfmonitoring_breaches",
+    "selfmonitoring_programmes",
+    "selfmonitoring_alerts",
+    "selfmonitoring_corrective_actions",
+    "selfmonitoring_admitted_providers",
 )
+
+OBSERVATIONS: Table = ObservationRow.__table__  # type: ignore[attr-defined]
+BUCKETS: Table = DayBucketRow.__table__  # type: ignore[attr-defined]
+BREACHES: Table = BreachRow.__table__  # type: ignore[attr-defined]
+_INSERT_OBSERVATIONS = TableInserter(OBSERVATIONS)
+
+
+def _upsert_buckets(dialect: Any) -> Any:
+    """INSERT … ON CONFLICT adding to the day's sums (SQLite and PostgreSQL spell it alike)."""
+    statement = dialect.insert(BUCKETS)
+    added = statement.excluded
+    return statement.on_conflict_do_update(
+        index_elements=["region", "indicator_id", "provider", "day"],
+        set_={
+            "sample_size": BUCKETS.c.sample_size + added.sample_size,
+            "weight": BUCKETS.c.weight + added.weight,
+            "weighted_value": BUCKETS.c.weighted_value + added.weighted_value,
+        },
+    )
+
+
+_UPSERT_BUCKETS = {dialect.dialect.name: _upsert_buckets(dialect) for dialect in (sqlite, postgresql)}
 
 
 def indicator_from_row(row: IndicatorRow) -> model.Indicator:
@@ -82,10 +235,12 @@ def indicator_from_row(row: IndicatorRow) -> model.Indicator:
         display_name=row.display_name,
         service=row.service,
         deadline_days=row.deadline_days,
-        minimum_share=row.minimum_share,
+        threshold=row.minimum_share,
         window_days=row.window_days,
         minimum_sample=row.minimum_sample,
         severity=model.Severity(row.severity),
+        recovery_threshold=row.recovery_threshold or row.minimum_share,
+        kind=model.MetricKind(row.kind),
         created_at=row.created_at,
     )
 
@@ -107,10 +262,27 @@ def breach_from_row(row: BreachRow) -> model.Breach:
         sample_size=row.sample_size,
         opened_at=row.opened_at,
         state=model.BreachState(row.state),
+        recovery_threshold=row.recovery_threshold or row.threshold,
+        resolved_at=row.resolved_at,
+        window_start=row.window_start,
+        window_end=row.window_end,
     )
 
 
 class IndicatorRepository:
+    async def page(self, region: str, after: str, limit: int) -> list[model.Indicator]:
+        query = select(IndicatorRow).where(
+            IndicatorRow.region == region, col(IndicatorRow.indicator_id) > after
+        )
+        result = await self._session.exec(query.order_by(col(IndicatorRow.indicator_id)).limit(limit))
+        return [indicator_from_row(row) for row in result.all()]
+
+    async def of_region(self, region: str) -> list[model.Indicator]:
+        result = await self._session.exec(
+            select(IndicatorRow).where(IndicatorRow.region == region).order_by(col(IndicatorRow.indicator_id))
+        )
+        return [indicator_from_row(row) for row in result.all()]
+
     def __init__(self, session: AsyncSession, uow: UnitOfWork) -> None:
         self._session = session
         self._uow = uow
@@ -135,10 +307,12 @@ class IndicatorRepository:
                 display_name=indicator.display_name,
                 service=indicator.service,
                 deadline_days=indicator.deadline_days,
-                minimum_share=indicator.minimum_share,
+                minimum_share=indicator.threshold,
                 window_days=indicator.window_days,
                 minimum_sample=indicator.minimum_sample,
                 severity=str(indicator.severity),
+                recovery_threshold=indicator.recovery_threshold,
+                kind=str(indicator.kind),
                 created_at=indicator.created_at,
             )
         )
@@ -146,45 +320,257 @@ class IndicatorRepository:
 
 
 class ObservationRepository:
+    """Observations through Core on the hot path: one select for a batch's ids, one insert."""
+
+    def __init__(self, uow: UnitOfWork) -> None:
+        self._uow = uow
+
+    async def existing(self, region: str, ids: list[str]) -> list[tuple[str, model.Observation]]:
+        """The region's observations under these ids, of any indicator and source."""
+        found: list[tuple[str, model.Observation]] = []
+        table = OBSERVATIONS.c
+        for start in range(0, len(ids), _IN_CHUNK):
+            query = sa_select(
+                table.indicator_id,
+                table.source,
+                table.observation_id,
+                table.provider,
+                table.case_key,
+                table.started_on,
+                table.completed_on,
+                table.value,
+            ).where(table.region == region, table.observation_id.in_(ids[start : start + _IN_CHUNK]))
+            rows = await self._uow.connection.execute(query)
+            for indicator_id, source, oid, provider, key, started, completed, value in rows:
+                observation = model.Observation(
+                    oid, provider, key, started, completed, model.ObservationSource(source), value
+                )
+                found.append((indicator_id, observation))
+        return found
+
+    async def insert(
+        self, observations: list[tuple[model.Indicator, model.Observation]], recorded_at: datetime
+    ) -> None:
+        await _INSERT_OBSERVATIONS.insert(
+            self._uow.connection,
+            [
+                {
+                    "region": indicator.region,
+                    "indicator_id": indicator.indicator_id,
+                    "source": str(observation.source),
+                    "observation_id": observation.observation_id,
+                    "provider": observation.provider,
+                    "case_key": observation.case_key,
+                    "started_on": observation.started_on,
+                    "completed_on": observation.completed_on,
+                    "within_deadline": model.is_within_deadline(indicator, observation),
+                    "value": observation.value,
+                    "recorded_at": recorded_at,
+                }
+                for indicator, observation in observations
+            ],
+        )
+
+    async def behind(
+        self, breach: model.Breach, before: tuple[date, str, str] | None, limit: int
+    ) -> list[model.Observation]:
+        """The breach's evidence: its provider's observations on its indicator in its window,
+        newest first; keyset on (completed_on, source, observation_id)."""
+        table = OBSERVATIONS.c
+        query = sa_select(
+            table.observation_id,
+            table.provider,
+            table.case_key,
+            table.started_on,
+            table.completed_on,
+            table.source,
+            table.value,
+        ).where(
+            table.region == breach.region,
+            table.indicator_id == breach.indicator_id,
+            table.provider == breach.provider,
+        )
+        if breach.window_start is not None and breach.window_end is not None:
+            query = query.where(
+                table.completed_on >= breach.window_start, table.completed_on <= breach.window_end
+            )
+        if before is not None:
+            day, source, last_id = before
+            query = query.where(
+                (table.completed_on < day)
+                | ((table.completed_on == day) & (table.source < source))
+                | ((table.completed_on == day) & (table.source == source) & (table.observation_id < last_id))
+            )
+        query = query.order_by(
+            table.completed_on.desc(), table.source.desc(), table.observation_id.desc()
+        ).limit(limit)
+        rows = await self._uow.connection.execute(query)
+        return [
+            model.Observation(oid, provider, key, started, completed, model.ObservationSource(source), value)
+            for oid, provider, key, started, completed, source, value in rows
+        ]
+
+
+def pending_from_row(row: PendingCaseRow) -> model.PendingCase:
+    observation = model.Observation(
+        row.observation_id,
+        row.provider,
+        row.case_key,
+        row.started_on,
+        row.started_on,
+        model.ObservationSource(row.source),
+    )
+    return model.PendingCase(observation, row.due_on, row.counted_on)
+
+
+class PendingCaseRepository:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
 
-    async def exists(self, region: str, indicator_id: str, observation_id: str) -> bool:
-        return await self._session.get(ObservationRow, (region, indicator_id, observation_id)) is not None
+    async def existing(self, region: str, ids: list[str]) -> list[tuple[str, model.PendingCase]]:
+        """The region's pending cases under these ids, of any indicator and source."""
+        found: list[tuple[str, model.PendingCase]] = []
+        for first in range(0, len(ids), _IN_CHUNK):
+            result = await self._session.exec(
+                select(PendingCaseRow).where(
+                    PendingCaseRow.region == region,
+                    col(PendingCaseRow.observation_id).in_(ids[first : first + _IN_CHUNK]),
+                )
+            )
+            found.extend((row.indicator_id, pending_from_row(row)) for row in result.all())
+        return found
 
-    def add(self, indicator: model.Indicator, observation: model.Observation, recorded_at: datetime) -> None:
+    def add(self, indicator: model.Indicator, case: model.PendingCase) -> None:
+        observation = case.observation
         self._session.add(
-            ObservationRow(
+            PendingCaseRow(
                 region=indicator.region,
                 indicator_id=indicator.indicator_id,
+                source=str(observation.source),
                 observation_id=observation.observation_id,
                 provider=observation.provider,
                 case_key=observation.case_key,
                 started_on=observation.started_on,
-                completed_on=observation.completed_on,
-                within_deadline=model.is_within_deadline(indicator, observation),
-                recorded_at=recorded_at,
+                due_on=case.due_on,
             )
         )
 
-    async def window_stats(self, indicator: model.Indicator, provider: str, as_of: date) -> model.WindowStats:
-        """Counts in the database, so evaluating one observation never rescans history in Python."""
-        await self._session.flush()
-        start, end = model.window_bounds(indicator, as_of)
+    async def completed(self, indicator: model.Indicator, case: model.PendingCase) -> None:
+        observation = case.observation
+        key = (indicator.region, indicator.indicator_id, str(observation.source), observation.observation_id)
+        row = await self._session.get(PendingCaseRow, key)
+        if row is not None:
+            await self._session.delete(row)
+
+    async def overdue(self, indicator: model.Indicator, today: date) -> list[model.PendingCase]:
+        """Cases past their deadline (due before today) not counted yet."""
         result = await self._session.exec(
-            select(
-                func.count(),
-                func.coalesce(func.sum(case((col(ObservationRow.within_deadline), 1), else_=0)), 0),
-            ).where(
-                ObservationRow.region == indicator.region,
-                ObservationRow.indicator_id == indicator.indicator_id,
-                ObservationRow.provider == provider,
-                col(ObservationRow.completed_on) >= start,
-                col(ObservationRow.completed_on) <= end,
+            select(PendingCaseRow).where(
+                PendingCaseRow.region == indicator.region,
+                PendingCaseRow.indicator_id == indicator.indicator_id,
+                col(PendingCaseRow.due_on) < today,
+                col(PendingCaseRow.counted_on).is_(None),
             )
         )
-        total, within = result.one()
-        return model.WindowStats(sample_size=int(total), within_deadline=int(within))
+        return [pending_from_row(row) for row in result.all()]
+
+    async def mark_counted(
+        self, indicator: model.Indicator, cases: list[model.PendingCase], today: date
+    ) -> None:
+        for case in cases:
+            observation = case.observation
+            key = (
+                indicator.region,
+                indicator.indicator_id,
+                str(observation.source),
+                observation.observation_id,
+            )
+            row = await self._session.get(PendingCaseRow, key)
+            if row is not None:
+                row.counted_on = today
+                self._session.add(row)
+
+
+class DayBucketRepository:
+    def __init__(self, uow: UnitOfWork) -> None:
+        self._uow = uow
+
+    async def add(self, buckets: dict[tuple[str, str, str, date], model.DayBucket]) -> None:
+        """Add sums to their days' buckets (keyed region, indicator, provider, day): one upsert
+        for them all."""
+        if not buckets:
+            return
+        connection = self._uow.connection
+        await connection.execute(
+            _UPSERT_BUCKETS[connection.dialect.name],
+            [
+                {
+                    "region": region,
+                    "indicator_id": indicator_id,
+                    "provider": provider,
+                    "day": day,
+                    "sample_size": bucket.sample_size,
+                    "weight": bucket.weight,
+                    "weighted_value": bucket.weighted_value,
+                }
+                for (region, indicator_id, provider, day), bucket in buckets.items()
+            ],
+        )
+
+    async def window_of_all(self, indicator: model.Indicator, as_of: date) -> dict[str, model.WindowStats]:
+        """Every provider's window on the indicator, summed from the day buckets."""
+        start, end = model.window_bounds(indicator, as_of)
+        table = BUCKETS.c
+        query = (
+            sa_select(
+                table.provider,
+                func.sum(table.sample_size),
+                func.sum(table.weight),
+                func.sum(table.weighted_value),
+            )
+            .where(
+                table.region == indicator.region,
+                table.indicator_id == indicator.indicator_id,
+                table.day >= start,
+                table.day <= end,
+            )
+            .group_by(table.provider)
+            .order_by(table.provider)
+        )
+        return {
+            provider: model.WindowStats(int(sample or 0), float(weight or 0), float(weighted or 0))
+            for provider, sample, weight, weighted in await self._uow.connection.execute(query)
+        }
+
+    async def window(
+        self, indicator: model.Indicator, providers: list[str], as_of: date
+    ) -> dict[str, model.WindowStats]:
+        """Each provider's window, summed from its day buckets."""
+        start, end = model.window_bounds(indicator, as_of)
+        table = BUCKETS.c
+        stats: dict[str, model.WindowStats] = {}
+        for first in range(0, len(providers), _IN_CHUNK):
+            query = (
+                sa_select(
+                    table.provider,
+                    func.sum(table.sample_size),
+                    func.sum(table.weight),
+                    func.sum(table.weighted_value),
+                )
+                .where(
+                    table.region == indicator.region,
+                    table.indicator_id == indicator.indicator_id,
+                    table.provider.in_(providers[first : first + _IN_CHUNK]),
+                    table.day >= start,
+                    table.day <= end,
+                )
+                .group_by(table.provider)
+            )
+            for provider, sample, weight, weighted_value in await self._uow.connection.execute(query):
+                stats[provider] = model.WindowStats(
+                    int(sample or 0), float(weight or 0), float(weighted_value or 0)
+                )
+        return stats
 
 
 class BreachRepository:
@@ -196,12 +582,69 @@ class BreachRepository:
         row = await self._session.get(BreachRow, breach_id)
         return breach_from_row(row) if row is not None else None
 
-    async def open_of(self, region: str, indicator_id: str, provider: str) -> model.Breach | None:
+    async def open_of_many(
+        self, region: str, indicator_id: str, providers: list[str]
+    ) -> dict[str, model.Breach]:
+        """The providers' open breaches on the indicator: a Core probe of the unique open keys
+        first, the rows only for the few that have one."""
+        ids: list[str] = []
+        table = BREACHES.c
+        for first in range(0, len(providers), _IN_CHUNK):
+            keys = [open_key(region, indicator_id, p) for p in providers[first : first + _IN_CHUNK]]
+            rows = await self._uow.connection.execute(sa_select(table.id).where(table.open_key.in_(keys)))
+            ids.extend(breach_id for (breach_id,) in rows)
+        found: dict[str, model.Breach] = {}
+        for breach_id in ids:
+            breach = await self.get(breach_id)
+            if breach is not None:
+                found[breach.provider] = breach
+        return found
+
+    async def open_serious(self, region: str, provider: str, service: str) -> list[model.Breach]:
         result = await self._session.exec(
-            select(BreachRow).where(BreachRow.open_key == open_key(region, indicator_id, provider))
+            select(BreachRow).where(
+                BreachRow.region == region,
+                BreachRow.provider == provider,
+                BreachRow.service == service,
+                col(BreachRow.open_key).is_not(None),
+                BreachRow.severity == str(model.Severity.SERIOUS),
+            )
+        )
+        return [breach_from_row(row) for row in result.all()]
+
+    async def resolved_since(
+        self, region: str, indicator_id: str, provider: str, since: datetime
+    ) -> model.Breach | None:
+        """The pair's latest breach resolved at or after `since`, if any."""
+        result = await self._session.exec(
+            select(BreachRow)
+            .where(
+                BreachRow.region == region,
+                BreachRow.indicator_id == indicator_id,
+                BreachRow.provider == provider,
+                BreachRow.state == str(model.BreachState.RESOLVED),
+                col(BreachRow.resolved_at) >= since,
+            )
+            .order_by(col(BreachRow.resolved_at).desc())
+            .limit(1)
         )
         row = result.first()
         return breach_from_row(row) if row is not None else None
+
+    async def update(self, breach: model.Breach) -> None:
+        """Write back a breach's state; a resolved one frees its indicator and provider for a new one."""
+        row = await self._session.get(BreachRow, breach.id)
+        assert row is not None, f"{breach.name} is stored"
+        row.state = str(breach.state)
+        row.value = breach.value
+        row.sample_size = breach.sample_size
+        row.severity = str(breach.severity)
+        row.resolved_at = breach.resolved_at
+        row.open_key = None if breach.state != model.BreachState.OPEN else row.open_key
+        self._session.add(row)
+        # The freed open key must be gone before a new breach of the same pair takes it.
+        await self._session.flush()
+        self._uow.track(breach, breach.name)
 
     def add(self, breach: model.Breach) -> None:
         self._session.add(
@@ -218,13 +661,31 @@ class BreachRepository:
                 state=str(breach.state),
                 open_key=open_key(breach.region, breach.indicator_id, breach.provider),
                 opened_at=breach.opened_at,
+                recovery_threshold=breach.recovery_threshold,
+                window_start=breach.window_start,
+                window_end=breach.window_end,
             )
         )
         self._uow.track(breach, breach.name)
 
-    async def page(self, region: str, before: tuple[datetime, str] | None, limit: int) -> list[model.Breach]:
+    async def page(
+        self,
+        region: str,
+        before: tuple[datetime, str] | None,
+        limit: int,
+        *,
+        state: model.BreachState | None = None,
+        severity: model.Severity | None = None,
+        provider: str = "",
+    ) -> list[model.Breach]:
         """Newest first; keyset on (opened_at, id) so pages stay stable as breaches open."""
         query = select(BreachRow).where(BreachRow.region == region)
+        if state is not None:
+            query = query.where(BreachRow.state == str(state))
+        if severity is not None:
+            query = query.where(BreachRow.severity == str(severity))
+        if provider:
+            query = query.where(BreachRow.provider == provider)
         if before is not None:
             opened_at, breach_id = before
             query = query.where(
@@ -235,18 +696,290 @@ class BreachRepository:
         return [breach_from_row(row) for row in (await self._session.exec(query)).all()]
 
 
+def programme_from_row(row: ProgrammeRow) -> model.Programme:
+    return model.Programme(
+        region=row.region,
+        version=row.version,
+        display_name=row.display_name,
+        indicators=tuple(model.WatchedIndicator(**item) for item in json.loads(row.indicators)),
+        policies=tuple(
+            model.SeverityPolicy(
+                model.Severity(item["severity"]),
+                model.PolicyAction(item["action"]),
+                item["corrective_action_days"],
+                item.get("recurrence_days", 0),
+            )
+            for item in json.loads(row.policies)
+        ),
+        state=model.ProgrammeState(row.state),
+        created_at=row.created_at,
+        published_at=row.published_at,
+        publication_date=row.publication_date,
+    )
+
+
+class ProgrammeRepository:
+    def __init__(self, session: AsyncSession, uow: UnitOfWork) -> None:
+        self._session = session
+        self._uow = uow
+
+    async def get(self, region: str, version: int) -> model.Programme | None:
+        row = await self._session.get(ProgrammeRow, (region, version))
+        return programme_from_row(row) if row is not None else None
+
+    async def next_version(self, region: str) -> int:
+        await serialize_on(self._session, f"selfmonitoring-programme/{region}")
+        result = await self._session.exec(
+            select(func.max(ProgrammeRow.version)).where(ProgrammeRow.region == region)
+        )
+        return int(result.one() or 0) + 1
+
+    async def in_force(self, region: str) -> model.Programme | None:
+        """The newest published version."""
+        result = await self._session.exec(
+            select(ProgrammeRow)
+            .where(ProgrammeRow.region == region, ProgrammeRow.state == str(model.ProgrammeState.PUBLISHED))
+            .order_by(col(ProgrammeRow.version).desc())
+            .limit(1)
+        )
+        row = result.first()
+        return programme_from_row(row) if row is not None else None
+
+    async def page(
+        self, region: str, before: int | None, limit: int, published_only: bool
+    ) -> list[model.Programme]:
+        query = select(ProgrammeRow).where(ProgrammeRow.region == region)
+        if published_only:
+            query = query.where(ProgrammeRow.state == str(model.ProgrammeState.PUBLISHED))
+        if before is not None:
+            query = query.where(col(ProgrammeRow.version) < before)
+        query = query.order_by(col(ProgrammeRow.version).desc()).limit(limit)
+        return [programme_from_row(row) for row in (await self._session.exec(query)).all()]
+
+    def add(self, programme: model.Programme) -> None:
+        assert programme.created_at is not None, "only created programmes are stored"
+        self._session.add(
+            ProgrammeRow(
+                region=programme.region,
+                version=programme.version,
+                display_name=programme.display_name,
+                indicators=json.dumps([asdict(item) for item in programme.indicators]),
+                policies=json.dumps(
+                    [
+                        {
+                            "severity": str(p.severity),
+                            "action": str(p.action),
+                            "corrective_action_days": p.corrective_action_days,
+                            "recurrence_days": p.recurrence_days,
+                        }
+                        for p in programme.policies
+                    ]
+                ),
+                state=str(programme.state),
+                created_at=programme.created_at,
+            )
+        )
+        self._uow.track(programme, programme.name)
+
+    async def publish(self, programme: model.Programme) -> None:
+        row = await self._session.get(ProgrammeRow, (programme.region, programme.version))
+        assert row is not None, f"{programme.name} is stored"
+        row.state = str(programme.state)
+        row.published_at = programme.published_at
+        row.publication_date = programme.publication_date
+        self._session.add(row)
+        self._uow.track(programme, programme.name)
+
+
+def alert_from_row(row: AlertRow) -> model.Alert:
+    return model.Alert(
+        region=row.region,
+        breach_id=row.breach_id,
+        kind=model.AlertKind(row.kind),
+        created_at=row.created_at,
+        acknowledged_by=row.acknowledged_by,
+        acknowledged_at=row.acknowledged_at,
+    )
+
+
+class AlertRepository:
+    def __init__(self, session: AsyncSession, uow: UnitOfWork) -> None:
+        self._session = session
+        self._uow = uow
+
+    def add(self, alert: model.Alert) -> None:
+        self._session.add(
+            AlertRow(
+                region=alert.region,
+                alert_id=alert.id,
+                breach_id=alert.breach_id,
+                kind=str(alert.kind),
+                created_at=alert.created_at,
+            )
+        )
+
+    async def get(self, region: str, alert_id: str) -> model.Alert | None:
+        row = await self._session.get(AlertRow, (region, alert_id))
+        return alert_from_row(row) if row is not None else None
+
+    async def acknowledge(self, alert: model.Alert) -> None:
+        row = await self._session.get(AlertRow, (alert.region, alert.id))
+        assert row is not None, f"{alert.name} is stored"
+        row.acknowledged_by = alert.acknowledged_by
+        row.acknowledged_at = alert.acknowledged_at
+        self._session.add(row)
+        self._uow.track(alert, alert.name)
+
+    async def page(
+        self, region: str, before: tuple[datetime, str] | None, limit: int
+    ) -> list[tuple[model.Alert, model.Breach]]:
+        """Newest first, each with its breach; keyset on (created_at, alert_id)."""
+        query = (
+            select(AlertRow, BreachRow)
+            .join(BreachRow, col(BreachRow.id) == col(AlertRow.breach_id))
+            .where(AlertRow.region == region)
+        )
+        if before is not None:
+            created_at, last_id = before
+            query = query.where(
+                (col(AlertRow.created_at) < created_at)
+                | ((col(AlertRow.created_at) == created_at) & (col(AlertRow.alert_id) < last_id))
+            )
+        query = query.order_by(col(AlertRow.created_at).desc(), col(AlertRow.alert_id).desc()).limit(limit)
+        return [(alert_from_row(a), breach_from_row(b)) for a, b in (await self._session.exec(query)).all()]
+
+
+def action_from_row(row: CorrectiveActionRow) -> model.CorrectiveAction:
+    return model.CorrectiveAction(
+        region=row.region,
+        breach_id=row.breach_id,
+        provider=row.provider,
+        due_on=row.due_on,
+        requested_at=row.requested_at,
+        state=model.CorrectiveActionState(row.state),
+        response=row.response,
+        responded_at=row.responded_at,
+    )
+
+
+class CorrectiveActionRepository:
+    def __init__(self, session: AsyncSession, uow: UnitOfWork) -> None:
+        self._session = session
+        self._uow = uow
+
+    def add(self, action: model.CorrectiveAction) -> None:
+        self._session.add(
+            CorrectiveActionRow(
+                region=action.region,
+                breach_id=action.breach_id,
+                provider=action.provider,
+                due_on=action.due_on,
+                requested_at=action.requested_at,
+                state=str(action.state),
+            )
+        )
+        self._uow.track(action, action.name)
+
+    async def get(self, region: str, action_id: str) -> model.CorrectiveAction | None:
+        row = await self._session.get(CorrectiveActionRow, (region, action_id))
+        return action_from_row(row) if row is not None else None
+
+    async def update(self, action: model.CorrectiveAction) -> None:
+        row = await self._session.get(CorrectiveActionRow, (action.region, action.id))
+        assert row is not None, f"{action.name} is stored"
+        row.state = str(action.state)
+        row.response = action.response
+        row.responded_at = action.responded_at
+        self._session.add(row)
+        self._uow.track(action, action.name)
+
+    async def page(
+        self, region: str, provider: str, before: tuple[datetime, str] | None, limit: int
+    ) -> list[model.CorrectiveAction]:
+        query = select(CorrectiveActionRow).where(CorrectiveActionRow.region == region)
+        if provider:
+            query = query.where(CorrectiveActionRow.provider == provider)
+        if before is not None:
+            requested_at, last_id = before
+            query = query.where(
+                (col(CorrectiveActionRow.requested_at) < requested_at)
+                | (
+                    (col(CorrectiveActionRow.requested_at) == requested_at)
+                    & (col(CorrectiveActionRow.breach_id) < last_id)
+                )
+            )
+        query = query.order_by(
+            col(CorrectiveActionRow.requested_at).desc(), col(CorrectiveActionRow.breach_id).desc()
+        ).limit(limit)
+        return [action_from_row(row) for row in (await self._session.exec(query)).all()]
+
+
+class AdmittedProviderRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def admitted(self, provider: model.AdmittedProvider, at: datetime) -> None:
+        """Upsert: a re-admission replaces where and in which languages, and lifts a suspension."""
+        key = (provider.region, provider.service, provider.business_id)
+        row = await self._session.get(AdmittedProviderRow, key) or AdmittedProviderRow(
+            region=provider.region, service=provider.service, business_id=provider.business_id, updated_at=at
+        )
+        row.municipalities = json.dumps(sorted(provider.municipalities))
+        row.languages = json.dumps(sorted(provider.languages))
+        row.suspended = False
+        row.updated_at = at
+        self._session.add(row)
+
+    async def suspended(self, region: str, service: str, business_id: str, at: datetime) -> bool:
+        row = await self._session.get(AdmittedProviderRow, (region, service, business_id))
+        if row is None:
+            return False
+        row.suspended = True
+        row.updated_at = at
+        self._session.add(row)
+        return True
+
+    async def of_region(self, region: str) -> list[model.AdmittedProvider]:
+        result = await self._session.exec(
+            select(AdmittedProviderRow).where(AdmittedProviderRow.region == region)
+        )
+        return [
+            model.AdmittedProvider(
+                row.region,
+                row.service,
+                row.business_id,
+                tuple(json.loads(row.municipalities)),
+                tuple(json.loads(row.languages)),
+                row.suspended,
+            )
+            for row in result.all()
+        ]
+
+
 class SelfMonitoringUnitOfWork(UnitOfWork):
     """Self-monitoring's unit of work: indicators, observations and breaches."""
 
     indicators: IndicatorRepository
     observations: ObservationRepository
+    buckets: DayBucketRepository
+    pending: PendingCaseRepository
     breaches: BreachRepository
+    programmes: ProgrammeRepository
+    alerts: AlertRepository
+    corrective_actions: CorrectiveActionRepository
+    admitted: AdmittedProviderRepository
 
     async def bind(self, session: AsyncSession) -> None:
         await super().bind(session)
         self.indicators = IndicatorRepository(session, self)
-        self.observations = ObservationRepository(session)
+        self.observations = ObservationRepository(self)
+        self.buckets = DayBucketRepository(self)
+        self.pending = PendingCaseRepository(session)
         self.breaches = BreachRepository(session, self)
+        self.programmes = ProgrammeRepository(session, self)
+        self.alerts = AlertRepository(session, self)
+        self.corrective_actions = CorrectiveActionRepository(session, self)
+        self.admitted = AdmittedProviderRepository(session)
 
 
 def unit_of_work_factory() -> Callable[[Context, datetime, bool], SelfMonitoringUnitOfWork]:

@@ -137,7 +137,7 @@ async def backend() -> AsyncIterator[tuple[str, Seen]]:
 
 
 def make_app(address: str, **kwargs: Any) -> Starlette:
-    return create_app({"registry": address, "selfmonitoring": address}, **kwargs)
+    return create_app({"registry": address, "selfmonitoring": address, "tendering": address}, **kwargs)
 
 
 @pytest.fixture

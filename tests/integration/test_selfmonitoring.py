@@ -8,21 +8,23 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
+from kasvu.registry.v1 import events_pb2 as registry_events
 from kasvu.selfmonitoring.v1 import selfmonitoring_pb2, selfmonitoring_pb2_grpc
 
 from services.runtime import catalog
 from services.runtime.bus import OutboxRelay, StreamSpec, connect, declare_stream
-from services.runtime.clock import FINLAND
+from services.runtime.clock import FINLAND, ManualClock
 from services.runtime.clock import Clock as RuntimeClock
 from services.runtime.db import Database
 from services.runtime.migrate import upgrade_async
 from services.runtime.names import next_page_token
-from services.runtime.worker import Worker
+from services.runtime.worker import Scheduler, Worker
 from services.runtime.writer import write_path_for
-from services.selfmonitoring import bootstrap, handlers, store
+from services.selfmonitoring import bootstrap, consumers, handlers, store
 from services.selfmonitoring.alerts import AlertFeed
 from services.selfmonitoring.grpc_api import SelfMonitoringServicer
 from tests.integration.helpers import (
@@ -543,6 +545,859 @@ async def test_another_regions_supervisor_may_not_stream_alerts(stub, tokens):
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
+# -- observation sources (issue 6, item 7) ---------------------------------------------------
+
+BREACH_RESOLVED = "kasvu.selfmonitoring.v1.BreachResolved"
+REGION_CASE_DATA = selfmonitoring_pb2.OBSERVATION_SOURCE_REGION_CASE_DATA
+PROVIDER_REPORT = selfmonitoring_pb2.OBSERVATION_SOURCE_PROVIDER_REPORT
+
+
+def sourced(item: selfmonitoring_pb2.Observation, source: int) -> selfmonitoring_pb2.Observation:
+    copy = selfmonitoring_pb2.Observation()
+    copy.CopyFrom(item)
+    copy.source = source  # type: ignore[assignment]
+    return copy
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        selfmonitoring_pb2.OBSERVATION_SOURCE_REGION_CASE_DATA,
+        selfmonitoring_pb2.OBSERVATION_SOURCE_CUSTOMER_FEEDBACK,
+        selfmonitoring_pb2.OBSERVATION_SOURCE_COMPLAINT,
+        selfmonitoring_pb2.OBSERVATION_SOURCE_AUDIT_FINDING,
+    ],
+)
+async def test_a_provider_may_not_record_the_regions_own_sources(stub, tokens, sm_db, clock, source):
+    await create(stub, tokens)
+    provider = business_ids()()
+    item = sourced(observation("o1", provider, clock.day, 3), source)
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await record(stub, tokens, item, metadata=tokens.provider(provider))
+
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert await count_rows(sm_db, "selfmonitoring_observations") == 0
+
+
+async def test_a_providers_report_can_neither_claim_nor_mask_the_regions_observation(
+    stub, tokens, sm_db, clock
+):
+    """The provider reports case-1 as on time first; the region's own late case-1 still counts."""
+    await create(stub, tokens, indicator(minimum_sample=2, minimum_share=0.5))
+    provider = business_ids()()
+
+    claimed = await record(
+        stub, tokens, observation("case-1", provider, clock.day, 3), metadata=tokens.provider(provider)
+    )
+    own = await record(
+        stub, tokens, sourced(observation("case-1", provider, clock.day, 30), REGION_CASE_DATA)
+    )
+
+    assert (claimed.recorded, own.recorded) == (True, True)
+    assert own.sample_size == 2
+    # The provider's report weighs half: 0.5 on time of 1.5 in all, below the 0.5 threshold.
+    assert own.value == pytest.approx(1 / 3)
+    assert own.breach
+    sources = await count_rows(sm_db, "selfmonitoring_observations", "observation_id = 'case-1'")
+    assert sources == 2
+
+
+async def test_the_same_observation_id_with_other_content_is_refused_naming_the_field(
+    stub, tokens, sm_db, clock
+):
+    await create(stub, tokens)
+    provider = business_ids()()
+    await record(stub, tokens, observation("o1", provider, clock.day, 3))
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await record(stub, tokens, observation("o1", provider, clock.day, 30))
+
+    assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert error_reason(caught.value) == "OBSERVATION_CONFLICT"
+    assert field_violations(caught.value) == ["observation.started_on"]
+    assert await count_rows(sm_db, "selfmonitoring_observations") == 1
+    assert await count_rows(sm_db, "selfmonitoring_breaches") == 0
+
+
+# -- hysteresis, late data, metric kinds ------------------------------------------------------
+
+
+async def test_a_breach_resolves_only_past_the_recovery_share_and_then_a_new_one_can_open(
+    stub, tokens, sm_db, clock
+):
+    definition = indicator(minimum_sample=2, minimum_share=0.5)
+    definition.share_within_deadline.recovery_share = 0.75
+    await create(stub, tokens, definition)
+    provider = business_ids()()
+    day = clock.day
+    opened = [await record(stub, tokens, observation(f"late{i}", provider, day, 30)) for i in range(2)][-1]
+    assert opened.breach
+
+    values = []
+    for index in range(6):
+        result = await record(stub, tokens, observation(f"ok{index}", provider, day, 1))
+        values.append((round(result.value, 2), result.breach))
+    # At 0.5 and 0.67 (back at the threshold, not yet at recovery) the breach stays open.
+    assert values[:5] == [
+        (0.33, opened.breach),
+        (0.5, opened.breach),
+        (0.6, opened.breach),
+        (0.67, opened.breach),
+        (0.71, opened.breach),
+    ]
+    assert values[5] == (0.75, "")
+    assert await outbox_counts(sm_db) == {INDICATOR_CREATED: 1, BREACH_OPENED: 1, BREACH_RESOLVED: 1}
+    resolved = await stub.GetBreach(
+        selfmonitoring_pb2.GetBreachRequest(name=opened.breach), metadata=tokens.supervisor(REGION)
+    )
+    assert resolved.state == selfmonitoring_pb2.BREACH_STATE_RESOLVED
+    assert resolved.value == pytest.approx(0.75)
+    assert resolved.recovery_threshold == pytest.approx(0.75)
+    assert resolved.HasField("resolve_time")
+
+    for index in range(6):
+        again = await record(stub, tokens, observation(f"late-again{index}", provider, day, 30))
+    assert again.breach and again.breach != opened.breach
+    assert await count_rows(sm_db, "selfmonitoring_breaches") == 2
+
+
+async def test_a_late_observation_lands_in_the_window_of_the_day_it_happened(stub, tokens, sm_db, clock):
+    await create(stub, tokens, indicator(minimum_sample=2, minimum_share=0.5, window_days=30))
+    provider = business_ids()()
+    day = clock.day
+
+    # Arriving today, out of order: one from 40 days ago (outside the window), one from 10.
+    outside = await record(stub, tokens, observation("old", provider, day - timedelta(days=40), 30))
+    inside = await record(stub, tokens, observation("recent", provider, day - timedelta(days=10), 30))
+    earlier = await record(stub, tokens, observation("earlier", provider, day - timedelta(days=20), 30))
+
+    assert (outside.sample_size, inside.sample_size, earlier.sample_size) == (0, 1, 2)
+    assert earlier.breach
+    breach = await stub.GetBreach(
+        selfmonitoring_pb2.GetBreachRequest(name=earlier.breach), metadata=tokens.supervisor(REGION)
+    )
+    assert (breach.window_start, breach.window_end) == (
+        proto_date(day - timedelta(days=29)),
+        proto_date(day),
+    )
+
+
+def measured(
+    kind: selfmonitoring_pb2.MetricKind.ValueType, threshold: float, recovery: float = 0.0
+) -> selfmonitoring_pb2.Indicator:
+    return selfmonitoring_pb2.Indicator(
+        display_name="Measured",
+        service="recruitment",
+        measure=selfmonitoring_pb2.Measure(
+            kind=kind, breach_threshold=threshold, recovery_threshold=recovery
+        ),
+        window_days=90,
+        minimum_sample=4,
+        severity=selfmonitoring_pb2.SEVERITY_WARNING,
+    )
+
+
+def valued(observation_id: str, provider: str, day: date, value: float) -> selfmonitoring_pb2.Observation:
+    return selfmonitoring_pb2.Observation(
+        observation_id=observation_id,
+        provider=provider,
+        case_key=f"customer-{observation_id}",
+        completed_on=proto_date(day),
+        value=value,
+    )
+
+
+@pytest.mark.parametrize(
+    ("kind", "threshold", "values", "expected"),
+    [
+        pytest.param(
+            selfmonitoring_pb2.METRIC_KIND_RATE, 0.5, [1, 0, 0, 0], 0.25, id="rate-outcome-in-3-months"
+        ),
+        pytest.param(selfmonitoring_pb2.METRIC_KIND_MEAN, 3.5, [4, 3, 3, 2], 3.0, id="mean-satisfaction"),
+        pytest.param(
+            selfmonitoring_pb2.METRIC_KIND_COUNT_PER_100_CUSTOMERS,
+            20.0,
+            [0, 1, 0, 2],
+            75.0,
+            id="complaints-per-100",
+        ),
+    ],
+)
+async def test_each_metric_kind_breaches_past_its_threshold_once_the_sample_is_reached(  # noqa: PLR0917
+    stub, tokens, sm_db, clock, kind, threshold, values, expected
+):
+    created = await create(stub, tokens, measured(kind, threshold))
+    assert created.kind == kind
+    provider = business_ids()()
+    results = [
+        await record(stub, tokens, valued(f"o{i}", provider, clock.day, value))
+        for i, value in enumerate(values)
+    ]
+
+    assert [r.breach for r in results[:3]] == ["", "", ""]
+    assert results[3].value == pytest.approx(expected)
+    assert results[3].breach
+    breach = await stub.GetBreach(
+        selfmonitoring_pb2.GetBreachRequest(name=results[3].breach), metadata=tokens.supervisor(REGION)
+    )
+    assert (breach.value, breach.threshold) == (pytest.approx(expected), pytest.approx(threshold))
+
+
+async def test_a_value_that_does_not_fit_the_metric_is_refused(stub, tokens, sm_db, clock):
+    await create(stub, tokens, measured(selfmonitoring_pb2.METRIC_KIND_RATE, 0.5))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await record(stub, tokens, valued("o1", business_ids()(), clock.day, 0.5))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(caught.value) == ["observation.value"]
+    assert await count_rows(sm_db, "selfmonitoring_observations") == 0
+
+
+# -- client-streaming ingestion --------------------------------------------------------------
+
+
+async def test_a_client_stream_reports_each_bad_record_and_takes_the_rest(stub, tokens, sm_db, clock):
+    await create(stub, tokens, indicator(minimum_sample=3, minimum_share=0.8))
+    next_id = business_ids()
+    provider, other = next_id(), next_id()
+    day = clock.day
+    requests = [
+        selfmonitoring_pb2.RecordObservationsRequest(parent=INDICATOR, observation=item)
+        for item in (
+            observation("s0", provider, day, 30),
+            observation("s1", provider, day + timedelta(days=1), 30),  # in the future
+            observation("s2", provider, day, 30),
+            observation("s0", provider, day, 30),  # a repeat: a duplicate, not an error
+            observation("s0", provider, day, 1),  # the same id, other content
+            observation("s3", "0737546-3", day, 30),  # a bad business ID
+        )
+    ]
+    requests.append(
+        selfmonitoring_pb2.RecordObservationsRequest(
+            parent=f"regions/{REGION}/indicators/missing", observation=observation("s4", other, day, 30)
+        )
+    )
+    requests.append(
+        selfmonitoring_pb2.RecordObservationsRequest(
+            parent="bad", observation=observation("s5", other, day, 1)
+        )
+    )
+    requests.append(
+        selfmonitoring_pb2.RecordObservationsRequest(
+            parent=INDICATOR, observation=observation("s6", provider, day, 30)
+        )
+    )
+
+    response = await stub.RecordObservations(iter(requests), metadata=tokens.admin(REGION))
+
+    assert (response.recorded, response.duplicates) == (3, 1)
+    assert [(r.index, r.code, list(r.fields)) for r in response.rejected] == [
+        (1, "INVALID_ARGUMENT", ["observation.completed_on"]),
+        (4, "ALREADY_EXISTS", ["observation.started_on"]),
+        (5, "INVALID_ARGUMENT", ["observation.provider"]),
+        (6, "NOT_FOUND", []),
+        (7, "INVALID_ARGUMENT", ["parent"]),
+    ]
+    assert len(response.opened_breaches) == 1
+    assert await count_rows(sm_db, "selfmonitoring_observations") == 3
+    assert await outbox_counts(sm_db) == {INDICATOR_CREATED: 1, BREACH_OPENED: 1}
+
+
+async def test_a_stream_message_may_carry_many_observations_each_reported_by_its_place(
+    stub, tokens, sm_db, clock
+):
+    await create(stub, tokens, indicator(minimum_sample=50))
+    provider = business_ids()()
+    many = [observation(f"m{i}", provider, clock.day, 1) for i in range(5)]
+    many[3] = observation("m3", provider, clock.day + timedelta(days=2), 1)  # in the future
+    requests = [
+        selfmonitoring_pb2.RecordObservationsRequest(
+            parent=INDICATOR, observation=observation("a", provider, clock.day, 1)
+        ),
+        selfmonitoring_pb2.RecordObservationsRequest(parent=INDICATOR, observations=many),
+        selfmonitoring_pb2.RecordObservationsRequest(
+            parent=INDICATOR, observation=observation("z", provider, clock.day, 1)
+        ),
+    ]
+
+    response = await stub.RecordObservations(iter(requests), metadata=tokens.admin(REGION))
+
+    assert response.recorded == 6
+    assert [(r.index, r.observation_id) for r in response.rejected] == [(4, "m3")]
+
+
+async def test_breaches_list_by_state_severity_and_provider_and_indicators_list_by_id(
+    stub, tokens, sm_db, clock
+):
+    await create(stub, tokens, indicator(minimum_sample=1, minimum_share=0.5))
+    await create(stub, tokens, indicator(), indicator_id="another")
+    next_id = business_ids()
+    resolved, still_open = next_id(), next_id()
+    await record(stub, tokens, observation("r0", resolved, clock.day, 30))
+    await record(stub, tokens, observation("r1", resolved, clock.day, 1))
+    kept = await record(stub, tokens, observation("o0", still_open, clock.day, 30))
+    supervisor = tokens.supervisor(REGION)
+
+    async def listing(**filters: Any) -> selfmonitoring_pb2.ListBreachesResponse:
+        response: selfmonitoring_pb2.ListBreachesResponse = await stub.ListBreaches(
+            selfmonitoring_pb2.ListBreachesRequest(parent=f"regions/{REGION}", **filters), metadata=supervisor
+        )
+        return response
+
+    assert [b.name for b in (await listing(state=selfmonitoring_pb2.BREACH_STATE_OPEN)).breaches] == [
+        kept.breach
+    ]
+    assert [b.provider for b in (await listing(state=selfmonitoring_pb2.BREACH_STATE_RESOLVED)).breaches] == [
+        resolved
+    ]
+    assert [b.provider for b in (await listing(provider=still_open)).breaches] == [still_open]
+    assert (await listing(severity=selfmonitoring_pb2.SEVERITY_WARNING)).breaches == []
+    assert len((await listing(severity=selfmonitoring_pb2.SEVERITY_SERIOUS)).breaches) == 2
+
+    first = await stub.ListIndicators(
+        selfmonitoring_pb2.ListIndicatorsRequest(parent=f"regions/{REGION}", page_size=1)
+    )
+    rest = await stub.ListIndicators(
+        selfmonitoring_pb2.ListIndicatorsRequest(
+            parent=f"regions/{REGION}", page_size=1, page_token=first.next_page_token
+        )
+    )
+    assert [i.name for i in [*first.indicators, *rest.indicators]] == [
+        f"regions/{REGION}/indicators/another",
+        INDICATOR,
+    ]
+    assert rest.next_page_token == ""
+
+
+# -- programmes ------------------------------------------------------------------------------
+
+PROGRAMME_CREATED = "kasvu.selfmonitoring.v1.ProgrammeCreated"
+PROGRAMME_PUBLISHED = "kasvu.selfmonitoring.v1.ProgrammePublished"
+
+
+async def draft(stub, tokens, *, catalogue: str = "recruitment", indicators=(), request_id: str = ""):  # type: ignore[no-untyped-def]
+    return await stub.CreateProgramme(
+        selfmonitoring_pb2.CreateProgrammeRequest(
+            parent=f"regions/{REGION}",
+            programme=selfmonitoring_pb2.Programme(
+                display_name="Omavalvontaohjelma", indicators=list(indicators)
+            ),
+            default_catalogue_service=catalogue,
+            request_id=request_id,
+        ),
+        metadata=tokens.admin(REGION),
+    )
+
+
+async def test_a_programme_with_the_default_catalogue_is_published_and_then_readable_by_anyone(
+    stub, tokens, sm_db, clock
+):
+    drafted = await draft(stub, tokens)
+    name = f"regions/{REGION}/programmes/1"
+
+    assert (drafted.name, drafted.version, drafted.state) == (
+        name,
+        1,
+        selfmonitoring_pb2.PROGRAMME_STATE_DRAFT,
+    )
+    assert [item.indicator.rsplit("/", 1)[1] for item in drafted.indicators] == [
+        "need-assessment-14d",
+        "reassessment-3m",
+        "customer-satisfaction",
+        "complaints-per-100",
+        "outcome-3m",
+        "language-fi-sv",
+        "equal-treatment",
+    ]
+    assert all(item.risk for item in drafted.indicators)
+    assert [(p.severity, p.action) for p in drafted.policies] == [
+        (selfmonitoring_pb2.SEVERITY_WARNING, selfmonitoring_pb2.POLICY_ACTION_CORRECTIVE_ACTION),
+        (selfmonitoring_pb2.SEVERITY_SERIOUS, selfmonitoring_pb2.POLICY_ACTION_SUSPENSION_REQUEST),
+    ]
+    complaints = await stub.GetIndicator(
+        selfmonitoring_pb2.GetIndicatorRequest(name=f"regions/{REGION}/indicators/complaints-per-100")
+    )
+    assert complaints.measure.kind == selfmonitoring_pb2.METRIC_KIND_COUNT_PER_100_CUSTOMERS
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.GetProgramme(selfmonitoring_pb2.GetProgrammeRequest(name=name))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND  # a draft is not public
+
+    published = await stub.PublishProgramme(
+        selfmonitoring_pb2.PublishProgrammeRequest(name=name), metadata=tokens.admin(REGION)
+    )
+    again = await stub.PublishProgramme(
+        selfmonitoring_pb2.PublishProgrammeRequest(name=name), metadata=tokens.admin(REGION)
+    )
+    public = await stub.GetProgramme(selfmonitoring_pb2.GetProgrammeRequest(name=name))
+
+    assert published.state == selfmonitoring_pb2.PROGRAMME_STATE_PUBLISHED
+    assert published.publication_date == proto_date(clock.day)
+    assert again == published == public
+    assert await outbox_counts(sm_db) == {INDICATOR_CREATED: 7, PROGRAMME_CREATED: 1, PROGRAMME_PUBLISHED: 1}
+
+
+async def test_a_region_indicator_under_a_default_id_is_kept_and_listed_once(stub, tokens, sm_db):
+    own = await create(stub, tokens, indicator(minimum_share=0.7))
+    drafted = await draft(
+        stub,
+        tokens,
+        indicators=[selfmonitoring_pb2.WatchedIndicator(indicator=own.name, risk="Our own risk")],
+    )
+
+    assert [item.indicator for item in drafted.indicators].count(own.name) == 1
+    assert drafted.indicators[-1].risk == "Our own risk"
+    kept = await stub.GetIndicator(selfmonitoring_pb2.GetIndicatorRequest(name=own.name))
+    assert kept.share_within_deadline.minimum_share == pytest.approx(0.7)
+
+
+async def test_a_programme_naming_an_undefined_indicator_or_a_bad_policy_is_refused_with_its_fields(
+    stub, tokens, sm_db
+):
+    missing = selfmonitoring_pb2.WatchedIndicator(indicator=f"regions/{REGION}/indicators/nothing", risk="r")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await draft(stub, tokens, catalogue="", indicators=[missing])
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert field_violations(caught.value) == ["programme.indicators[0].indicator"]
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.CreateProgramme(
+            selfmonitoring_pb2.CreateProgrammeRequest(
+                parent=f"regions/{REGION}",
+                programme=selfmonitoring_pb2.Programme(
+                    display_name=" ",
+                    policies=[
+                        selfmonitoring_pb2.SeverityPolicy(
+                            severity=selfmonitoring_pb2.SEVERITY_WARNING,
+                            action=selfmonitoring_pb2.POLICY_ACTION_CORRECTIVE_ACTION,
+                        )
+                    ],
+                ),
+            ),
+            metadata=tokens.admin(REGION),
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(caught.value) == [
+        "programme.display_name",
+        "programme.indicators",
+        "programme.policies[0].corrective_action_days",
+    ]
+    assert await count_rows(sm_db, "selfmonitoring_programmes") == 0
+
+
+async def test_versions_number_up_and_the_public_list_shows_only_published_ones(stub, tokens, sm_db):
+    first = await draft(stub, tokens)
+    second = await draft(stub, tokens, request_id="second")
+    retried = await draft(stub, tokens, request_id="second")
+    assert (first.version, second.version, retried.version) == (1, 2, 2)
+    await stub.PublishProgramme(
+        selfmonitoring_pb2.PublishProgrammeRequest(name=first.name), metadata=tokens.admin(REGION)
+    )
+
+    public = await stub.ListProgrammes(selfmonitoring_pb2.ListProgrammesRequest(parent=f"regions/{REGION}"))
+    supervised = await stub.ListProgrammes(
+        selfmonitoring_pb2.ListProgrammesRequest(parent=f"regions/{REGION}", page_size=1),
+        metadata=tokens.supervisor(REGION),
+    )
+
+    assert [p.name for p in public.programmes] == [first.name]
+    assert [p.name for p in supervised.programmes] == [second.name]
+    assert supervised.next_page_token
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.PublishProgramme(
+            selfmonitoring_pb2.PublishProgrammeRequest(name=first.name), metadata=tokens.supervisor(REGION)
+        )
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+# -- alerts: listed, acknowledged, linked to their evidence ------------------------------------
+
+
+async def test_a_supervisor_lists_and_acknowledges_alerts_each_linking_to_its_breach_and_evidence(
+    stub, tokens, sm_db, clock
+):
+    await create(stub, tokens, indicator(minimum_sample=2, minimum_share=0.5))
+    provider = business_ids()()
+    for index in range(2):
+        opened = await record(stub, tokens, observation(f"late{index}", provider, clock.day, 30))
+    for index in range(2):
+        await record(stub, tokens, observation(f"ok{index}", provider, clock.day, 1))
+    supervisor = tokens.supervisor(REGION)
+
+    listed = await stub.ListAlerts(
+        selfmonitoring_pb2.ListAlertsRequest(parent=f"regions/{REGION}"), metadata=supervisor
+    )
+    assert [(a.kind, a.breach.name) for a in listed.alerts] == [
+        (selfmonitoring_pb2.ALERT_KIND_RESOLVED, opened.breach),
+        (selfmonitoring_pb2.ALERT_KIND_OPENED, opened.breach),
+    ]
+    first = listed.alerts[1]
+    assert first.evidence == f"{opened.breach}/observations"
+    assert not first.HasField("acknowledge_time")
+
+    acknowledged = await stub.AcknowledgeAlert(
+        selfmonitoring_pb2.AcknowledgeAlertRequest(name=first.name), metadata=supervisor
+    )
+    again = await stub.AcknowledgeAlert(
+        selfmonitoring_pb2.AcknowledgeAlertRequest(name=first.name), metadata=supervisor
+    )
+    assert acknowledged.HasField("acknowledge_time")
+    assert acknowledged.acknowledged_by
+    assert again == acknowledged
+    assert (await outbox_counts(sm_db))["kasvu.selfmonitoring.v1.AlertAcknowledged"] == 1
+
+    evidence = await stub.ListBreachObservations(
+        selfmonitoring_pb2.ListBreachObservationsRequest(parent=opened.breach, page_size=3),
+        metadata=supervisor,
+    )
+    rest = await stub.ListBreachObservations(
+        selfmonitoring_pb2.ListBreachObservationsRequest(
+            parent=opened.breach, page_size=3, page_token=evidence.next_page_token
+        ),
+        metadata=supervisor,
+    )
+    ids = [o.observation_id for o in [*evidence.observations, *rest.observations]]
+    assert sorted(ids) == ["late0", "late1", "ok0", "ok1"]
+    assert all(o.source == REGION_CASE_DATA for o in evidence.observations)
+
+    for metadata in (tokens.supervisor(OTHER_REGION), tokens.provider(provider)):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.AcknowledgeAlert(
+                selfmonitoring_pb2.AcknowledgeAlertRequest(name=first.name), metadata=metadata
+            )
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.AcknowledgeAlert(
+            selfmonitoring_pb2.AcknowledgeAlertRequest(name=f"regions/{REGION}/alerts/nothing-opened"),
+            metadata=supervisor,
+        )
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+# -- the deadline sweep ----------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def with_scheduler(db: Database, tokens: Tokens, clock: RuntimeClock):  # type: ignore[no-untyped-def]
+    """The service and its scheduler (the worker job that fires timers), on one clock."""
+    async with dispatching(
+        db,
+        service="selfmonitoring",
+        unit_of_work=store.unit_of_work_factory(),
+        event_types=bootstrap.EVENT_TYPES,
+        handlers=handlers.HANDLERS,
+        clock=clock,
+    ) as dispatcher:
+        worker = Worker(dispatcher.write_path, service="selfmonitoring", jobs=[Scheduler(db, dispatcher)])
+        servicer = SelfMonitoringServicer(dispatcher, AlertFeed(_no_bus))
+        async with serving(
+            tokens, selfmonitoring_pb2_grpc.add_SelfMonitoringServiceServicer_to_server, servicer
+        ) as channel:
+            yield selfmonitoring_pb2_grpc.SelfMonitoringServiceStub(channel), worker, dispatcher
+
+
+def pending(observation_id: str, provider: str, started_on: date) -> selfmonitoring_pb2.Observation:
+    """Job search started on started_on; no assessment yet."""
+    return selfmonitoring_pb2.Observation(
+        observation_id=observation_id,
+        provider=provider,
+        case_key=f"case-{observation_id}",
+        started_on=proto_date(started_on),
+    )
+
+
+async def test_fourteen_days_without_an_assessment_opens_a_breach_with_no_new_observation(sm_db, tokens):
+    clock = ManualClock(datetime(2025, 3, 14, 10, 0, tzinfo=UTC))
+    async with with_scheduler(sm_db, tokens, clock) as (stub, worker, _):
+        await create(stub, tokens, indicator(minimum_sample=2, minimum_share=0.5))
+        provider = business_ids()()
+        day = date(2025, 3, 14)
+        waiting = [
+            await record(stub, tokens, pending(f"p{i}", provider, day - timedelta(days=13))) for i in range(2)
+        ]
+        assert [(w.recorded, w.sample_size, w.breach) for w in waiting] == [(True, 0, ""), (True, 0, "")]
+        # A third case is assessed in time: it completes its pending case and counts on time.
+        await record(stub, tokens, pending("p2", provider, day - timedelta(days=13)))
+        completed = await record(stub, tokens, observation("p2", provider, day, days_taken=13))
+        assert (completed.recorded, completed.sample_size, completed.value) == (True, 1, 1.0)
+
+        clock.advance(timedelta(days=1))  # the 14th day: still within the deadline
+        await worker.run_once()
+        assert await count_rows(sm_db, "selfmonitoring_breaches") == 0
+
+        clock.advance(timedelta(days=1))  # the deadline has passed: nothing new arrived
+        await worker.run_once()
+
+        [breach] = (
+            await stub.ListBreaches(
+                selfmonitoring_pb2.ListBreachesRequest(parent=f"regions/{REGION}"),
+                metadata=tokens.supervisor(REGION),
+            )
+        ).breaches
+        assert (breach.provider, breach.sample_size) == (provider, 3)
+        assert breach.value == pytest.approx(1 / 3)
+        assert await count_rows(sm_db, "selfmonitoring_pending_cases", "counted_on IS NOT NULL") == 2
+
+        # The late assessment arrives afterwards: stored, but not counted a second time.
+        late = await record(stub, tokens, observation("p0", provider, day + timedelta(days=2), days_taken=15))
+        assert (late.recorded, late.sample_size) == (True, 3)
+        await worker.run_once()
+        assert await count_rows(sm_db, "selfmonitoring_breaches") == 1
+
+
+async def test_a_pending_case_is_only_for_a_share_within_a_deadline_and_needs_its_start(
+    stub, tokens, sm_db, clock
+):
+    await create(
+        stub, tokens, measured(selfmonitoring_pb2.METRIC_KIND_MEAN, 3.0), indicator_id="satisfaction"
+    )
+    await create(stub, tokens)
+    provider = business_ids()()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await record(
+            stub,
+            tokens,
+            pending("p0", provider, clock.day),
+            parent=f"regions/{REGION}/indicators/satisfaction",
+        )
+    assert field_violations(caught.value) == ["observation.completed_on"]
+    without_start = selfmonitoring_pb2.Observation(observation_id="p1", provider=provider, case_key="c")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await record(stub, tokens, without_start)
+    assert field_violations(caught.value) == ["observation.started_on"]
+    assert await count_rows(sm_db, "selfmonitoring_pending_cases") == 0
+
+
+# -- corrective actions and escalation ------------------------------------------------------
+
+BREACH_ESCALATED = "kasvu.selfmonitoring.v1.BreachEscalated"
+
+
+async def programme_in_force(stub, tokens) -> None:  # type: ignore[no-untyped-def]
+    """A WARNING indicator under the default policies: corrective action within 30 days,
+    escalation of a breach recurring within 90."""
+    created = await create(
+        stub,
+        tokens,
+        indicator(minimum_sample=1, minimum_share=0.5, severity=selfmonitoring_pb2.SEVERITY_WARNING),
+    )
+    drafted = await draft(
+        stub,
+        tokens,
+        catalogue="",
+        indicators=[selfmonitoring_pb2.WatchedIndicator(indicator=created.name, risk="Slow")],
+    )
+    await stub.PublishProgramme(
+        selfmonitoring_pb2.PublishProgrammeRequest(name=drafted.name), metadata=tokens.admin(REGION)
+    )
+
+
+async def test_an_unanswered_corrective_action_is_escalated_to_a_suspension_request_when_its_deadline_passes(
+    sm_db, tokens
+):
+    clock = ManualClock(datetime(2025, 3, 14, 10, 0, tzinfo=UTC))
+    async with with_scheduler(sm_db, tokens, clock) as (stub, worker, _):
+        await programme_in_force(stub, tokens)
+        provider = business_ids()()
+        opened = await record(stub, tokens, observation("late", provider, date(2025, 3, 14), 30))
+        [action] = (
+            await stub.ListCorrectiveActions(
+                selfmonitoring_pb2.ListCorrectiveActionsRequest(parent=f"regions/{REGION}"),
+                metadata=tokens.provider(provider),
+            )
+        ).corrective_actions
+        assert (action.breach, action.state) == (
+            opened.breach,
+            selfmonitoring_pb2.CORRECTIVE_ACTION_STATE_REQUESTED,
+        )
+        assert action.due_date == proto_date(date(2025, 4, 13))
+
+        clock.advance(timedelta(days=30))  # the last day to respond
+        await worker.run_once()
+        assert BREACH_ESCALATED not in await outbox_counts(sm_db)
+        clock.advance(timedelta(days=1))
+        await worker.run_once()
+
+        breach = await stub.GetBreach(
+            selfmonitoring_pb2.GetBreachRequest(name=opened.breach), metadata=tokens.supervisor(REGION)
+        )
+        assert breach.severity == selfmonitoring_pb2.SEVERITY_SERIOUS
+        assert (await outbox_counts(sm_db))[BREACH_ESCALATED] == 1
+        alerts = await stub.ListAlerts(
+            selfmonitoring_pb2.ListAlertsRequest(parent=f"regions/{REGION}"),
+            metadata=tokens.supervisor(REGION),
+        )
+        assert [a.kind for a in alerts.alerts] == [
+            selfmonitoring_pb2.ALERT_KIND_ESCALATED,
+            selfmonitoring_pb2.ALERT_KIND_OPENED,
+        ]
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.RespondToCorrectiveAction(
+                selfmonitoring_pb2.RespondToCorrectiveActionRequest(name=action.name, response="Too late"),
+                metadata=tokens.provider(provider),
+            )
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_a_response_in_time_stops_the_escalation_and_only_the_provider_may_respond(sm_db, tokens):
+    clock = ManualClock(datetime(2025, 3, 14, 10, 0, tzinfo=UTC))
+    async with with_scheduler(sm_db, tokens, clock) as (stub, worker, _):
+        await programme_in_force(stub, tokens)
+        next_id = business_ids()
+        provider, other = next_id(), next_id()
+        await record(stub, tokens, observation("late", provider, date(2025, 3, 14), 30))
+        name = (
+            (
+                await stub.ListCorrectiveActions(
+                    selfmonitoring_pb2.ListCorrectiveActionsRequest(parent=f"regions/{REGION}"),
+                    metadata=tokens.supervisor(REGION),
+                )
+            )
+            .corrective_actions[0]
+            .name
+        )
+        request = selfmonitoring_pb2.RespondToCorrectiveActionRequest(
+            name=name, response="Two more counsellors"
+        )
+        for metadata in (tokens.provider(other), tokens.supervisor(REGION)):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.RespondToCorrectiveAction(request, metadata=metadata)
+            assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert (
+            await stub.ListCorrectiveActions(
+                selfmonitoring_pb2.ListCorrectiveActionsRequest(parent=f"regions/{REGION}"),
+                metadata=tokens.provider(other),
+            )
+        ).corrective_actions == []
+
+        responded = await stub.RespondToCorrectiveAction(request, metadata=tokens.provider(provider))
+        assert responded.state == selfmonitoring_pb2.CORRECTIVE_ACTION_STATE_RESPONDED
+        clock.advance(timedelta(days=40))
+        await worker.run_once()
+
+        counts = await outbox_counts(sm_db)
+        assert BREACH_ESCALATED not in counts
+        assert counts["kasvu.selfmonitoring.v1.CorrectiveActionResponded"] == 1
+
+
+async def test_a_breach_recurring_within_the_period_is_escalated_at_once(stub, tokens, sm_db, clock):
+    await programme_in_force(stub, tokens)
+    provider = business_ids()()
+    first = await record(stub, tokens, observation("late0", provider, clock.day, 30))
+    await record(stub, tokens, observation("ok0", provider, clock.day, 1))  # 0.5: resolved
+    assert await count_rows(sm_db, "selfmonitoring_breaches", "state = 'RESOLVED'") == 1
+
+    for index in range(1, 3):
+        again = await record(stub, tokens, observation(f"late{index}", provider, clock.day, 30))
+
+    assert again.breach and again.breach != first.breach
+    recurred = await stub.GetBreach(
+        selfmonitoring_pb2.GetBreachRequest(name=again.breach), metadata=tokens.supervisor(REGION)
+    )
+    assert recurred.severity == selfmonitoring_pb2.SEVERITY_SERIOUS
+    assert (await outbox_counts(sm_db))[BREACH_ESCALATED] == 1
+    # The first breach got a corrective-action request; the recurrence went straight to escalation.
+    assert await count_rows(sm_db, "selfmonitoring_corrective_actions") == 1
+
+
+# -- the registry's events: equal availability, breaches before admission ---------------------
+
+
+def admitted(
+    business_id: str, municipalities: list[str], languages: list[str]
+) -> registry_events.RegistrationAdmitted:
+    return registry_events.RegistrationAdmitted(
+        registration=f"regions/{REGION}/services/recruitment/registrations/{business_id}",
+        region=REGION,
+        service="recruitment",
+        business_id=business_id,
+        municipalities=municipalities,
+        languages=languages,
+    )
+
+
+async def test_the_equal_availability_view_counts_admitted_and_active_providers_per_municipality_and_language(
+    sm_db, tokens, clock
+):
+    async with with_scheduler(sm_db, tokens, clock) as (stub, _, dispatcher):
+        next_id = business_ids()
+        first, second = next_id(), next_id()
+        for event in (
+            admitted(first, ["tampere", "nokia"], ["fi"]),
+            admitted(second, ["tampere"], ["fi", "sv"]),
+        ):
+            command = consumers.admission(event, f"kasvu.registry.v1.RegistrationAdmitted.{REGION}")
+            assert command is not None
+            await dispatcher.handle(command)
+        suspended = registry_events.ProviderSuspended(
+            region=REGION, service="recruitment", business_id=second
+        )
+        command = consumers.suspension(suspended, f"kasvu.registry.v1.ProviderSuspended.{REGION}")
+        assert command is not None
+        await dispatcher.handle(command)
+
+        report = await stub.GetAvailabilityReport(
+            selfmonitoring_pb2.GetAvailabilityReportRequest(name=f"regions/{REGION}/availabilityReport")
+        )
+
+    assert [(c.municipality, c.language, c.admitted_providers, c.active_providers) for c in report.cells] == [
+        ("nokia", "fi", 1, 1),
+        ("tampere", "fi", 2, 1),
+        ("tampere", "sv", 1, 0),
+    ]
+
+
+async def test_a_serious_breach_opened_before_its_provider_registered_takes_effect_on_admission(
+    sm_db, tokens, clock
+):
+    async with with_scheduler(sm_db, tokens, clock) as (stub, _, dispatcher):
+        await create(stub, tokens, indicator(minimum_sample=1, minimum_share=0.9))
+        provider = business_ids()()
+        opened = await record(stub, tokens, observation("late", provider, clock.day, 30))
+        assert opened.breach
+
+        command = consumers.admission(admitted(provider, ["tampere"], ["fi"]), "")
+        assert command is not None
+        assert await dispatcher.handle(command) == 1
+
+    assert (await outbox_counts(sm_db))[BREACH_ESCALATED] == 1
+
+
+async def test_an_indicator_report_without_observations_is_empty(stub, tokens, sm_db):
+    report = await stub.GetIndicatorReport(
+        selfmonitoring_pb2.GetIndicatorReportRequest(name=f"regions/{REGION}/indicatorReport"),
+        metadata=tokens.supervisor(REGION),
+    )
+    assert list(report.values) == []
+
+
+async def test_the_indicator_report_gives_each_providers_value_over_the_window(stub, tokens, sm_db, clock):
+    await create(stub, tokens, indicator(minimum_sample=5))
+    next_id = business_ids()
+    slow, quick = next_id(), next_id()
+    await record(stub, tokens, observation("s0", slow, clock.day, 30))
+    await record(stub, tokens, observation("s1", slow, clock.day, 1))
+    await record(
+        stub, tokens, observation("q0", quick, clock.day - timedelta(days=100), 30)
+    )  # before the window
+    await record(stub, tokens, observation("q1", quick, clock.day, 1))
+
+    report = await stub.GetIndicatorReport(
+        selfmonitoring_pb2.GetIndicatorReportRequest(name=f"regions/{REGION}/indicatorReport"),
+        metadata=tokens.supervisor(REGION),
+    )
+
+    assert [(v.provider, v.service, round(v.value, 2), v.sample_size) for v in report.values] == sorted(
+        [(slow, "recruitment", 0.5, 2), (quick, "recruitment", 1.0, 1)]
+    )
+    assert report.values[0].window_end == proto_date(clock.day)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.GetIndicatorReport(
+            selfmonitoring_pb2.GetIndicatorReportRequest(name=f"regions/{REGION}/indicatorReport"),
+            metadata=tokens.provider(slow),
+        )
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
 # -- the alert stream (SQLite and a real nats-server) ---------------------------------------
 
 
@@ -626,6 +1481,58 @@ async def test_a_supervisor_stream_receives_new_breaches_and_resumes_after_a_seq
             # The alert already seen is not delivered again: the next one is the later breach.
             assert following.breach.name == later.breach
             assert following.sequence == alert.sequence + 1
+    finally:
+        stop.set()
+        await relay_task
+        await write_path.close()
+        await nc.close()
+        await db.dispose()
+
+
+async def test_a_filtered_stream_sees_only_its_provider_and_severity_and_resolutions_too(
+    tmp_path, tokens, nats_server
+):
+    url = f"sqlite+aiosqlite:///{tmp_path / 'selfmonitoring.db'}"
+    await upgrade_async(url, bootstrap.MIGRATIONS)
+    db = Database(url)
+    nc = await connect(nats_server.url, "selfmonitoring-test")
+    js = nc.jetstream()
+    await declare_stream(js, STREAM, replicas=1)
+    write_path = write_path_for(db)
+    worker = Worker(write_path, service="selfmonitoring", jobs=[OutboxRelay(db, write_path, js)], poll_s=0.2)
+    stop = asyncio.Event()
+    relay_task = asyncio.create_task(worker.run(stop))
+    next_id = business_ids()
+    watched, other = next_id(), next_id()
+    try:
+        async with self_monitoring(
+            db, tokens, alerts=AlertFeed(lambda: js), after_commit=worker.wake
+        ) as stub:
+            await create(stub, tokens, indicator(minimum_sample=1, minimum_share=0.5))
+            live = stub.StreamAlerts(
+                selfmonitoring_pb2.StreamAlertsRequest(
+                    parent=f"regions/{REGION}", provider=watched, severity=selfmonitoring_pb2.SEVERITY_SERIOUS
+                ),
+                metadata=tokens.supervisor(REGION),
+            )
+            await _wait_until_subscribed(js)
+            await record(stub, tokens, observation("x0", other, finnish_today(), 30))
+            opened = await record(stub, tokens, observation("w0", watched, finnish_today(), 30))
+            for index in range(2):
+                await record(stub, tokens, observation(f"w-ok{index}", watched, finnish_today(), 1))
+
+            first, second = await _next_alert(live), await _next_alert(live)
+            live.cancel()
+
+            assert [(a.kind, a.breach.name) for a in (first, second)] == [
+                (selfmonitoring_pb2.ALERT_KIND_OPENED, opened.breach),
+                (selfmonitoring_pb2.ALERT_KIND_RESOLVED, opened.breach),
+            ]
+            assert second.breach.state == selfmonitoring_pb2.BREACH_STATE_RESOLVED
+            assert second.breach.value == pytest.approx(0.5)  # back at the threshold: no hysteresis set
+            assert first.breach.value == pytest.approx(0.0)
+            assert second.sequence > first.sequence
+            assert first.evidence == f"{opened.breach}/observations"
     finally:
         stop.set()
         await relay_task

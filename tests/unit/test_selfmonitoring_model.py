@@ -10,9 +10,14 @@ import pytest
 from services.runtime.errors import InvalidArgument
 from services.selfmonitoring.model import (
     Breach,
+    BreachResolved,
+    BreachState,
     Indicator,
+    MetricKind,
     Observation,
+    ObservationSource,
     Severity,
+    Verdict,
     WindowStats,
     evaluate,
     is_within_deadline,
@@ -20,6 +25,7 @@ from services.selfmonitoring.model import (
     new_observation,
     open_breach,
     parse_severity,
+    resolve_breach,
     window_bounds,
     window_stats,
 )
@@ -37,7 +43,7 @@ def indicator(**overrides) -> Indicator:
         "display_name": "Service need assessed within 2 weeks",
         "service": "recruitment",
         "deadline_days": 14,
-        "minimum_share": 0.9,
+        "threshold": 0.9,
         "window_days": 30,
         "minimum_sample": 10,
         "severity": Severity.SERIOUS,
@@ -50,6 +56,11 @@ def observation(days_taken: int, completed_on: date = TODAY, key: str = "case-1"
     return new_observation(
         f"obs-{key}", PROVIDER, key, completed_on - timedelta(days=days_taken), completed_on, today=TODAY
     )
+
+
+def stats(sample_size: int, within: int) -> WindowStats:
+    """A window of the region's own case data: each observation weighs 1."""
+    return WindowStats(sample_size, float(sample_size), float(within))
 
 
 def fields_of(error: pytest.ExceptionInfo[InvalidArgument]) -> list[str]:
@@ -79,9 +90,9 @@ def test_builds_a_valid_indicator():
         ({"display_name": "x" * 201}, "indicator.display_name"),
         ({"deadline_days": 0}, "indicator.share_within_deadline.deadline_days"),
         ({"deadline_days": 366}, "indicator.share_within_deadline.deadline_days"),
-        ({"minimum_share": 0.0}, "indicator.share_within_deadline.minimum_share"),
-        ({"minimum_share": 1.01}, "indicator.share_within_deadline.minimum_share"),
-        ({"minimum_share": float("nan")}, "indicator.share_within_deadline.minimum_share"),
+        ({"threshold": 0.0}, "indicator.share_within_deadline.minimum_share"),
+        ({"threshold": 1.01}, "indicator.share_within_deadline.minimum_share"),
+        ({"threshold": float("nan")}, "indicator.share_within_deadline.minimum_share"),
         ({"window_days": 0}, "indicator.window_days"),
         ({"window_days": 3661}, "indicator.window_days"),
         ({"minimum_sample": 0}, "indicator.minimum_sample"),
@@ -99,8 +110,8 @@ def test_rejects_an_indicator_field_out_of_range(overrides, field):
     [
         {"deadline_days": 1},
         {"deadline_days": 365},
-        {"minimum_share": 1.0},
-        {"minimum_share": 0.001},
+        {"threshold": 1.0},
+        {"threshold": 0.001},
         {"window_days": 1},
         {"window_days": 3660},
         {"minimum_sample": 1},
@@ -112,7 +123,7 @@ def test_accepts_indicator_fields_on_their_range_limits(overrides):
 
 def test_reports_every_indicator_violation_at_once():
     with pytest.raises(InvalidArgument) as error:
-        indicator(deadline_days=0, minimum_share=2.0, window_days=0, minimum_sample=0)
+        indicator(deadline_days=0, threshold=2.0, window_days=0, minimum_sample=0)
     assert fields_of(error) == [
         "indicator.share_within_deadline.deadline_days",
         "indicator.share_within_deadline.minimum_share",
@@ -204,56 +215,54 @@ def test_window_stats_count_only_cases_completed_inside_the_window():
         observation(20, completed_on=TODAY, key="late-today"),
         observation(1, completed_on=start - timedelta(days=1), key="day-before-window"),
     ]
-    assert window_stats(watched, observations, TODAY) == WindowStats(sample_size=2, within_deadline=1)
+    assert window_stats(watched, observations, TODAY) == stats(2, 1)
 
 
 def test_empty_window_has_share_one():
-    assert WindowStats(0, 0).share == 1.0
+    assert indicator().value(WindowStats(0, 0.0, 0.0)) == 1.0
 
 
 def test_share_is_within_deadline_over_sample():
-    assert WindowStats(sample_size=8, within_deadline=6).share == 0.75
+    assert indicator().value(stats(8, 6)) == 0.75
 
 
-@pytest.mark.parametrize(("sample_size", "within_deadline"), [(1, 2), (1, -1), (-1, 0)])
-def test_window_stats_refuse_impossible_counts(sample_size, within_deadline):
+@pytest.mark.parametrize(("sample_size", "weight"), [(-1, 1.0), (1, -1.0)])
+def test_window_stats_refuse_impossible_counts(sample_size, weight):
     with pytest.raises(ValueError):
-        WindowStats(sample_size, within_deadline)
+        WindowStats(sample_size, weight, 0.0)
 
 
 # --- evaluation ---------------------------------------------------------------------------------
 
 
 def test_breach_opens_at_exactly_the_minimum_sample():
-    assert evaluate(indicator(minimum_sample=10), WindowStats(10, 5), breach_open=False) is True
+    assert evaluate(indicator(minimum_sample=10), stats(10, 5), breach_open=False) is Verdict.OPEN
 
 
 def test_no_breach_one_below_the_minimum_sample():
-    assert evaluate(indicator(minimum_sample=10), WindowStats(9, 0), breach_open=False) is False
+    assert evaluate(indicator(minimum_sample=10), stats(9, 0), breach_open=False) is Verdict.NONE
 
 
 def test_share_exactly_at_the_threshold_is_not_a_breach():
     assert (
-        evaluate(indicator(minimum_share=0.9, minimum_sample=10), WindowStats(10, 9), breach_open=False)
-        is False
+        evaluate(indicator(threshold=0.9, minimum_sample=10), stats(10, 9), breach_open=False) is Verdict.NONE
     )
 
 
 def test_share_just_below_the_threshold_is_a_breach():
     assert (
-        evaluate(indicator(minimum_share=0.9, minimum_sample=20), WindowStats(20, 17), breach_open=False)
-        is True
+        evaluate(indicator(threshold=0.9, minimum_sample=20), stats(20, 17), breach_open=False)
+        is Verdict.OPEN
     )
 
 
 def test_no_second_breach_while_one_is_open():
-    assert evaluate(indicator(minimum_sample=10), WindowStats(10, 0), breach_open=True) is False
+    assert evaluate(indicator(minimum_sample=10), stats(10, 0), breach_open=True) is Verdict.NONE
 
 
 def test_perfect_share_never_breaches_even_with_a_full_threshold():
     assert (
-        evaluate(indicator(minimum_share=1.0, minimum_sample=1), WindowStats(5, 5), breach_open=False)
-        is False
+        evaluate(indicator(threshold=1.0, minimum_sample=1), stats(5, 5), breach_open=False) is Verdict.NONE
     )
 
 
@@ -261,8 +270,8 @@ def test_perfect_share_never_breaches_even_with_a_full_threshold():
 
 
 def test_open_breach_records_value_threshold_and_sample():
-    watched = indicator(minimum_share=0.9, severity=Severity.WARNING)
-    breach = open_breach("b-1", watched, PROVIDER, WindowStats(20, 15), NOW)
+    watched = indicator(threshold=0.9, severity=Severity.WARNING)
+    breach = open_breach("b-1", watched, PROVIDER, stats(20, 15), NOW)
     assert breach == Breach(
         id="b-1",
         region="uusimaa",
@@ -274,15 +283,132 @@ def test_open_breach_records_value_threshold_and_sample():
         threshold=0.9,
         sample_size=20,
         opened_at=NOW,
+        recovery_threshold=0.9,
     )
     assert not breach.suspends_provider
 
 
 def test_serious_breach_suspends_the_provider():
-    breach = open_breach("b-1", indicator(severity=Severity.SERIOUS), PROVIDER, WindowStats(20, 15), NOW)
+    breach = open_breach("b-1", indicator(severity=Severity.SERIOUS), PROVIDER, stats(20, 15), NOW)
     assert breach.suspends_provider
 
 
 def test_open_breach_needs_a_timezone_aware_now():
     with pytest.raises(ValueError, match="timezone-aware"):
-        open_breach("b-1", indicator(), PROVIDER, WindowStats(20, 15), datetime(2025, 3, 14, 12, 0))
+        open_breach("b-1", indicator(), PROVIDER, stats(20, 15), datetime(2025, 3, 14, 12, 0))
+
+
+# --- hysteresis and sources ---------------------------------------------------------------------
+
+
+def test_an_open_breach_resolves_only_at_the_recovery_share():
+    watched = indicator(threshold=0.8, recovery_threshold=0.9, minimum_sample=10)
+    assert evaluate(watched, stats(10, 8), breach_open=True) is Verdict.NONE  # back at the threshold
+    assert evaluate(watched, stats(10, 9), breach_open=True) is Verdict.RESOLVE
+    assert evaluate(watched, stats(10, 8), breach_open=False) is Verdict.NONE
+
+
+def test_a_sample_below_the_minimum_neither_opens_nor_resolves():
+    watched = indicator(threshold=0.8, minimum_sample=10)
+    assert evaluate(watched, stats(9, 9), breach_open=True) is Verdict.NONE
+
+
+def test_a_recovery_share_below_the_minimum_share_is_refused():
+    with pytest.raises(InvalidArgument) as caught:
+        indicator(threshold=0.8, recovery_threshold=0.7)
+    assert fields_of(caught) == ["indicator.share_within_deadline.recovery_share"]
+
+
+def test_without_a_recovery_share_the_minimum_share_is_used():
+    assert indicator(threshold=0.8).recovery_threshold == 0.8
+
+
+def test_a_resolved_breach_carries_the_value_that_resolved_it():
+    watched = indicator(threshold=0.9)
+    breach = open_breach("b-1", watched, PROVIDER, stats(20, 15), NOW)
+    resolved = resolve_breach(breach, 0.95, stats(20, 19), NOW + timedelta(days=3))
+    assert (resolved.state, resolved.value, resolved.resolved_at) == (
+        BreachState.RESOLVED,
+        0.95,
+        NOW + timedelta(days=3),
+    )
+    [(_, event)] = resolved.pull_events()
+    assert isinstance(event, BreachResolved)
+    assert event.breach.resolve_time == NOW + timedelta(days=3)
+
+
+def test_a_providers_report_weighs_half_of_the_regions_own_case_data():
+    watched = indicator(window_days=30, deadline_days=14)
+    region_late = observation(20, key="region-late")
+    provider_on_time = new_observation(
+        "p-1",
+        PROVIDER,
+        "p-1",
+        TODAY - timedelta(days=2),
+        TODAY,
+        today=TODAY,
+        source=ObservationSource.PROVIDER_REPORT,
+    )
+    window = window_stats(watched, [region_late, provider_on_time], TODAY)
+    assert window.sample_size == 2
+    assert watched.value(window) == pytest.approx(0.5 / 1.5)
+
+
+def test_observations_under_one_id_report_the_fields_they_differ_in():
+    first = observation(3, key="case-1")
+    assert first.differs_from(first) == []
+    assert observation(5, key="case-1").differs_from(first) == ["observation.started_on"]
+
+
+# --- metric kinds -------------------------------------------------------------------------------
+
+
+def measured(kind: MetricKind, threshold: float, **overrides: Any) -> Indicator:
+    return indicator(kind=kind, threshold=threshold, deadline_days=0, minimum_sample=1, **overrides)
+
+
+def valued(
+    value: float, key: str, source: ObservationSource = ObservationSource.REGION_CASE_DATA
+) -> Observation:
+    return new_observation(key, PROVIDER, key, TODAY, TODAY, today=TODAY, source=source, value=value)
+
+
+def test_a_rate_is_the_weighted_share_of_outcomes_reached():
+    rate = measured(MetricKind.RATE, 0.5)
+    window = window_stats(rate, [valued(1, "a"), valued(0, "b"), valued(0, "c"), valued(1, "d")], TODAY)
+    assert rate.value(window) == 0.5
+    assert evaluate(rate, window, breach_open=False) is Verdict.NONE
+    with pytest.raises(InvalidArgument) as caught:
+        rate.check(valued(0.5, "e"))
+    assert fields_of(caught) == ["observation.value"]
+
+
+def test_a_mean_breaches_below_its_threshold():
+    mean = measured(MetricKind.MEAN, 3.5, recovery_threshold=4.0)
+    window = window_stats(mean, [valued(3, "a"), valued(4, "b"), valued(3, "c")], TODAY)
+    assert mean.value(window) == pytest.approx(10 / 3)
+    assert evaluate(mean, window, breach_open=False) is Verdict.OPEN
+    recovering = window_stats(mean, [valued(3, "a"), valued(4, "b"), valued(4.5, "c")], TODAY)
+    assert evaluate(mean, recovering, breach_open=True) is Verdict.NONE  # 3.83: above 3.5, below 4
+
+
+def test_complaints_per_100_customers_breach_above_their_threshold_and_recover_below_recovery():
+    complaints = measured(MetricKind.COUNT_PER_100_CUSTOMERS, 5.0, recovery_threshold=3.0)
+    customers = [valued(0, f"c{i}") for i in range(18)] + [valued(1, "x"), valued(1, "y")]
+    window = window_stats(complaints, customers, TODAY)
+    assert complaints.value(window) == pytest.approx(10.0)
+    assert evaluate(complaints, window, breach_open=False) is Verdict.OPEN
+    calmer = window_stats(complaints, [*customers[:18], valued(0, "x"), valued(0, "y")] * 1, TODAY)
+    assert evaluate(complaints, calmer, breach_open=True) is Verdict.RESOLVE
+
+
+def test_a_recovery_threshold_above_a_lower_is_better_threshold_is_refused():
+    with pytest.raises(InvalidArgument) as caught:
+        measured(MetricKind.COUNT_PER_100_CUSTOMERS, 5.0, recovery_threshold=6.0)
+    assert fields_of(caught) == ["indicator.measure.recovery_threshold"]
+
+
+def test_a_share_within_a_deadline_needs_the_day_the_case_started():
+    with pytest.raises(InvalidArgument) as caught:
+        indicator().check(observation(0), started=False)
+    assert fields_of(caught) == ["observation.started_on"]

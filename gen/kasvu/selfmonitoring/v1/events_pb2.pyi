@@ -3,9 +3,12 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.type import date_pb2 as _date_pb2
 from kasvu.selfmonitoring.v1 import selfmonitoring_pb2 as _selfmonitoring_pb2
 import builtins as _builtins
 import sys
@@ -85,3 +88,291 @@ class IndicatorCreated(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___IndicatorCreated: _TypeAlias = IndicatorCreated  # noqa: Y015
+
+@_typing.final
+class BreachResolved(_message.Message):
+    """A breach's value came back past the indicator's recovery threshold. The
+    registry lifts the suspension a serious breach caused.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BREACH_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    RESOLVE_TIME_FIELD_NUMBER: _builtins.int
+    region: _builtins.str
+    """The region whose programme it breached."""
+    @_builtins.property
+    def breach(self) -> _selfmonitoring_pb2.Breach:
+        """The breach as resolved: name, provider (business ID), service,
+        severity, the value that resolved it, threshold, resolve_time.
+        """
+
+    @_builtins.property
+    def resolve_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was resolved (also breach.resolve_time)."""
+
+    def __init__(
+        self,
+        *,
+        breach: _selfmonitoring_pb2.Breach | None = ...,
+        region: _builtins.str = ...,
+        resolve_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["breach", b"breach", "resolve_time", b"resolve_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breach", b"breach", "region", b"region", "resolve_time", b"resolve_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BreachResolved: _TypeAlias = BreachResolved  # noqa: Y015
+
+@_typing.final
+class BreachEscalated(_message.Message):
+    """A breach was escalated to a suspension request: its corrective action's
+    deadline passed unanswered, or it recurred within the programme's period.
+    breach.severity is SERIOUS; the registry suspends as on a serious
+    BreachOpened.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BREACH_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ESCALATE_TIME_FIELD_NUMBER: _builtins.int
+    region: _builtins.str
+    """The region whose programme it breaches."""
+    reason: _builtins.str
+    """Why: "CORRECTIVE_ACTION_OVERDUE" or "RECURRED"."""
+    @_builtins.property
+    def breach(self) -> _selfmonitoring_pb2.Breach:
+        """The breach, with severity SERIOUS."""
+
+    @_builtins.property
+    def escalate_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was escalated."""
+
+    def __init__(
+        self,
+        *,
+        breach: _selfmonitoring_pb2.Breach | None = ...,
+        region: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        escalate_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["breach", b"breach", "escalate_time", b"escalate_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breach", b"breach", "escalate_time", b"escalate_time", "reason", b"reason", "region", b"region"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BreachEscalated: _TypeAlias = BreachEscalated  # noqa: Y015
+
+@_typing.final
+class ProgrammeCreated(_message.Message):
+    """A region drafted a version of its self-monitoring programme."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROGRAMME_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    INDICATORS_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    programme: _builtins.str
+    """regions/{region}/programmes/{version}"""
+    region: _builtins.str
+    """The region."""
+    version: _builtins.int
+    """The version number."""
+    @_builtins.property
+    def indicators(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The ids of its indicators."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was drafted."""
+
+    def __init__(
+        self,
+        *,
+        programme: _builtins.str = ...,
+        region: _builtins.str = ...,
+        version: _builtins.int = ...,
+        indicators: _abc.Iterable[_builtins.str] | None = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "indicators", b"indicators", "programme", b"programme", "region", b"region", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProgrammeCreated: _TypeAlias = ProgrammeCreated  # noqa: Y015
+
+@_typing.final
+class ProgrammePublished(_message.Message):
+    """A version of a region's programme was published and is in force."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROGRAMME_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    PUBLISH_TIME_FIELD_NUMBER: _builtins.int
+    PUBLICATION_DATE_FIELD_NUMBER: _builtins.int
+    programme: _builtins.str
+    """regions/{region}/programmes/{version}"""
+    region: _builtins.str
+    """The region."""
+    version: _builtins.int
+    """The version number."""
+    @_builtins.property
+    def publish_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was published."""
+
+    @_builtins.property
+    def publication_date(self) -> _date_pb2.Date:
+        """The Finnish date it was published on."""
+
+    def __init__(
+        self,
+        *,
+        programme: _builtins.str = ...,
+        region: _builtins.str = ...,
+        version: _builtins.int = ...,
+        publish_time: _timestamp_pb2.Timestamp | None = ...,
+        publication_date: _date_pb2.Date | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["publication_date", b"publication_date", "publish_time", b"publish_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["programme", b"programme", "publication_date", b"publication_date", "publish_time", b"publish_time", "region", b"region", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProgrammePublished: _TypeAlias = ProgrammePublished  # noqa: Y015
+
+@_typing.final
+class AlertAcknowledged(_message.Message):
+    """A supervisor acknowledged an alert."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALERT_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    BREACH_FIELD_NUMBER: _builtins.int
+    ACKNOWLEDGE_TIME_FIELD_NUMBER: _builtins.int
+    alert: _builtins.str
+    """regions/{region}/alerts/{alert}"""
+    region: _builtins.str
+    """The region."""
+    breach: _builtins.str
+    """The breach it is about."""
+    @_builtins.property
+    def acknowledge_time(self) -> _timestamp_pb2.Timestamp:
+        """When."""
+
+    def __init__(
+        self,
+        *,
+        alert: _builtins.str = ...,
+        region: _builtins.str = ...,
+        breach: _builtins.str = ...,
+        acknowledge_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["acknowledge_time", b"acknowledge_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledge_time", b"acknowledge_time", "alert", b"alert", "breach", b"breach", "region", b"region"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AlertAcknowledged: _TypeAlias = AlertAcknowledged  # noqa: Y015
+
+@_typing.final
+class CorrectiveActionRequested(_message.Message):
+    """The provider is asked to correct what a breach shows, by a deadline."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CORRECTIVE_ACTION_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    BREACH_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    DUE_DATE_FIELD_NUMBER: _builtins.int
+    REQUEST_TIME_FIELD_NUMBER: _builtins.int
+    corrective_action: _builtins.str
+    """regions/{region}/correctiveActions/{action}"""
+    region: _builtins.str
+    """The region."""
+    breach: _builtins.str
+    """regions/{region}/breaches/{breach}"""
+    provider: _builtins.str
+    """The provider's business ID."""
+    @_builtins.property
+    def due_date(self) -> _date_pb2.Date:
+        """The last day to respond."""
+
+    @_builtins.property
+    def request_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was requested."""
+
+    def __init__(
+        self,
+        *,
+        corrective_action: _builtins.str = ...,
+        region: _builtins.str = ...,
+        breach: _builtins.str = ...,
+        provider: _builtins.str = ...,
+        due_date: _date_pb2.Date | None = ...,
+        request_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["due_date", b"due_date", "request_time", b"request_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breach", b"breach", "corrective_action", b"corrective_action", "due_date", b"due_date", "provider", b"provider", "region", b"region", "request_time", b"request_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CorrectiveActionRequested: _TypeAlias = CorrectiveActionRequested  # noqa: Y015
+
+@_typing.final
+class CorrectiveActionResponded(_message.Message):
+    """The provider responded to a corrective-action request (the response text
+    stays in the service).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CORRECTIVE_ACTION_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    BREACH_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    RESPOND_TIME_FIELD_NUMBER: _builtins.int
+    corrective_action: _builtins.str
+    """regions/{region}/correctiveActions/{action}"""
+    region: _builtins.str
+    """The region."""
+    breach: _builtins.str
+    """regions/{region}/breaches/{breach}"""
+    provider: _builtins.str
+    """The provider's business ID."""
+    @_builtins.property
+    def respond_time(self) -> _timestamp_pb2.Timestamp:
+        """When it responded."""
+
+    def __init__(
+        self,
+        *,
+        corrective_action: _builtins.str = ...,
+        region: _builtins.str = ...,
+        breach: _builtins.str = ...,
+        provider: _builtins.str = ...,
+        respond_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["respond_time", b"respond_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breach", b"breach", "corrective_action", b"corrective_action", "provider", b"provider", "region", b"region", "respond_time", b"respond_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CorrectiveActionResponded: _TypeAlias = CorrectiveActionResponded  # noqa: Y015

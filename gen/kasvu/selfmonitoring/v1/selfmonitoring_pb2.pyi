@@ -45,6 +45,90 @@ SEVERITY_SERIOUS: Severity.ValueType  # 2
 """Supervisors are alerted and the provider is suspended in the region."""
 Global___Severity: _TypeAlias = Severity  # noqa: Y015
 
+class _MetricKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MetricKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MetricKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    METRIC_KIND_UNSPECIFIED: _MetricKind.ValueType  # 0
+    """Not set; refused."""
+    METRIC_KIND_SHARE_WITHIN_DEADLINE: _MetricKind.ValueType  # 1
+    """Cases completed within a deadline of their start (use
+    share_within_deadline).
+    """
+    METRIC_KIND_RATE: _MetricKind.ValueType  # 2
+    """Observations whose value is 1 (an outcome reached) of all; values 0 or 1."""
+    METRIC_KIND_MEAN: _MetricKind.ValueType  # 3
+    """The mean of the observations' values (e.g. a satisfaction score)."""
+    METRIC_KIND_COUNT_PER_100_CUSTOMERS: _MetricKind.ValueType  # 4
+    """Per 100 customers: one observation per customer, its value a count (e.g.
+    complaints). Breaches above its threshold.
+    """
+
+class MetricKind(_MetricKind, metaclass=_MetricKindEnumTypeWrapper):
+    """What an indicator measures over the source-weighted observations of its
+    window.
+    """
+
+METRIC_KIND_UNSPECIFIED: MetricKind.ValueType  # 0
+"""Not set; refused."""
+METRIC_KIND_SHARE_WITHIN_DEADLINE: MetricKind.ValueType  # 1
+"""Cases completed within a deadline of their start (use
+share_within_deadline).
+"""
+METRIC_KIND_RATE: MetricKind.ValueType  # 2
+"""Observations whose value is 1 (an outcome reached) of all; values 0 or 1."""
+METRIC_KIND_MEAN: MetricKind.ValueType  # 3
+"""The mean of the observations' values (e.g. a satisfaction score)."""
+METRIC_KIND_COUNT_PER_100_CUSTOMERS: MetricKind.ValueType  # 4
+"""Per 100 customers: one observation per customer, its value a count (e.g.
+complaints). Breaches above its threshold.
+"""
+Global___MetricKind: _TypeAlias = MetricKind  # noqa: Y015
+
+class _ObservationSource:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ObservationSourceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ObservationSource.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    OBSERVATION_SOURCE_UNSPECIFIED: _ObservationSource.ValueType  # 0
+    """Not set: the caller's own source (a region admin's case data, a
+    provider's report).
+    """
+    OBSERVATION_SOURCE_REGION_CASE_DATA: _ObservationSource.ValueType  # 1
+    """The region's own case data and case events; recorded by the region only."""
+    OBSERVATION_SOURCE_PROVIDER_REPORT: _ObservationSource.ValueType  # 2
+    """A provider's report about its own cases; weighs half."""
+    OBSERVATION_SOURCE_CUSTOMER_FEEDBACK: _ObservationSource.ValueType  # 3
+    """Customer feedback collected by the region."""
+    OBSERVATION_SOURCE_COMPLAINT: _ObservationSource.ValueType  # 4
+    """A complaint handled by the region."""
+    OBSERVATION_SOURCE_AUDIT_FINDING: _ObservationSource.ValueType  # 5
+    """A finding of the region's audit."""
+
+class ObservationSource(_ObservationSource, metaclass=_ObservationSourceEnumTypeWrapper):
+    """Where an observation comes from: it decides who may record it and how much
+    it weighs in an indicator's value.
+    """
+
+OBSERVATION_SOURCE_UNSPECIFIED: ObservationSource.ValueType  # 0
+"""Not set: the caller's own source (a region admin's case data, a
+provider's report).
+"""
+OBSERVATION_SOURCE_REGION_CASE_DATA: ObservationSource.ValueType  # 1
+"""The region's own case data and case events; recorded by the region only."""
+OBSERVATION_SOURCE_PROVIDER_REPORT: ObservationSource.ValueType  # 2
+"""A provider's report about its own cases; weighs half."""
+OBSERVATION_SOURCE_CUSTOMER_FEEDBACK: ObservationSource.ValueType  # 3
+"""Customer feedback collected by the region."""
+OBSERVATION_SOURCE_COMPLAINT: ObservationSource.ValueType  # 4
+"""A complaint handled by the region."""
+OBSERVATION_SOURCE_AUDIT_FINDING: ObservationSource.ValueType  # 5
+"""A finding of the region's audit."""
+Global___ObservationSource: _TypeAlias = ObservationSource  # noqa: Y015
+
 class _BreachState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -55,6 +139,8 @@ class _BreachStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BreachSta
     """Not set."""
     BREACH_STATE_OPEN: _BreachState.ValueType  # 1
     """Open."""
+    BREACH_STATE_RESOLVED: _BreachState.ValueType  # 2
+    """Resolved: the value came back past the recovery threshold."""
 
 class BreachState(_BreachState, metaclass=_BreachStateEnumTypeWrapper):
     """Where a breach stands."""
@@ -63,7 +149,121 @@ BREACH_STATE_UNSPECIFIED: BreachState.ValueType  # 0
 """Not set."""
 BREACH_STATE_OPEN: BreachState.ValueType  # 1
 """Open."""
+BREACH_STATE_RESOLVED: BreachState.ValueType  # 2
+"""Resolved: the value came back past the recovery threshold."""
 Global___BreachState: _TypeAlias = BreachState  # noqa: Y015
+
+class _AlertKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AlertKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AlertKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ALERT_KIND_UNSPECIFIED: _AlertKind.ValueType  # 0
+    """Not set."""
+    ALERT_KIND_OPENED: _AlertKind.ValueType  # 1
+    """The breach opened."""
+    ALERT_KIND_ESCALATED: _AlertKind.ValueType  # 2
+    """The breach was escalated to a suspension request."""
+    ALERT_KIND_RESOLVED: _AlertKind.ValueType  # 3
+    """The breach resolved."""
+
+class AlertKind(_AlertKind, metaclass=_AlertKindEnumTypeWrapper):
+    """What happened to the breach an alert is about."""
+
+ALERT_KIND_UNSPECIFIED: AlertKind.ValueType  # 0
+"""Not set."""
+ALERT_KIND_OPENED: AlertKind.ValueType  # 1
+"""The breach opened."""
+ALERT_KIND_ESCALATED: AlertKind.ValueType  # 2
+"""The breach was escalated to a suspension request."""
+ALERT_KIND_RESOLVED: AlertKind.ValueType  # 3
+"""The breach resolved."""
+Global___AlertKind: _TypeAlias = AlertKind  # noqa: Y015
+
+class _ProgrammeState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ProgrammeStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ProgrammeState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PROGRAMME_STATE_UNSPECIFIED: _ProgrammeState.ValueType  # 0
+    """Not set."""
+    PROGRAMME_STATE_DRAFT: _ProgrammeState.ValueType  # 1
+    """Being drafted; not in force."""
+    PROGRAMME_STATE_PUBLISHED: _ProgrammeState.ValueType  # 2
+    """Published: in force from its publication date, never rewritten."""
+
+class ProgrammeState(_ProgrammeState, metaclass=_ProgrammeStateEnumTypeWrapper):
+    """Where a programme version stands."""
+
+PROGRAMME_STATE_UNSPECIFIED: ProgrammeState.ValueType  # 0
+"""Not set."""
+PROGRAMME_STATE_DRAFT: ProgrammeState.ValueType  # 1
+"""Being drafted; not in force."""
+PROGRAMME_STATE_PUBLISHED: ProgrammeState.ValueType  # 2
+"""Published: in force from its publication date, never rewritten."""
+Global___ProgrammeState: _TypeAlias = ProgrammeState  # noqa: Y015
+
+class _PolicyAction:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PolicyActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PolicyAction.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    POLICY_ACTION_UNSPECIFIED: _PolicyAction.ValueType  # 0
+    """Not set; refused."""
+    POLICY_ACTION_ALERT_ONLY: _PolicyAction.ValueType  # 1
+    """Supervisors are alerted."""
+    POLICY_ACTION_CORRECTIVE_ACTION: _PolicyAction.ValueType  # 2
+    """The provider is asked for corrective action within
+    corrective_action_days; overdue or recurring, it is escalated.
+    """
+    POLICY_ACTION_SUSPENSION_REQUEST: _PolicyAction.ValueType  # 3
+    """The breach is a suspension request."""
+
+class PolicyAction(_PolicyAction, metaclass=_PolicyActionEnumTypeWrapper):
+    """What a breach of a severity leads to."""
+
+POLICY_ACTION_UNSPECIFIED: PolicyAction.ValueType  # 0
+"""Not set; refused."""
+POLICY_ACTION_ALERT_ONLY: PolicyAction.ValueType  # 1
+"""Supervisors are alerted."""
+POLICY_ACTION_CORRECTIVE_ACTION: PolicyAction.ValueType  # 2
+"""The provider is asked for corrective action within
+corrective_action_days; overdue or recurring, it is escalated.
+"""
+POLICY_ACTION_SUSPENSION_REQUEST: PolicyAction.ValueType  # 3
+"""The breach is a suspension request."""
+Global___PolicyAction: _TypeAlias = PolicyAction  # noqa: Y015
+
+class _CorrectiveActionState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CorrectiveActionStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CorrectiveActionState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CORRECTIVE_ACTION_STATE_UNSPECIFIED: _CorrectiveActionState.ValueType  # 0
+    """Not set."""
+    CORRECTIVE_ACTION_STATE_REQUESTED: _CorrectiveActionState.ValueType  # 1
+    """Asked of the provider; its deadline is running."""
+    CORRECTIVE_ACTION_STATE_RESPONDED: _CorrectiveActionState.ValueType  # 2
+    """The provider responded."""
+    CORRECTIVE_ACTION_STATE_ESCALATED: _CorrectiveActionState.ValueType  # 3
+    """The deadline passed unanswered with the breach open: escalated."""
+
+class CorrectiveActionState(_CorrectiveActionState, metaclass=_CorrectiveActionStateEnumTypeWrapper):
+    """Where a corrective-action request stands."""
+
+CORRECTIVE_ACTION_STATE_UNSPECIFIED: CorrectiveActionState.ValueType  # 0
+"""Not set."""
+CORRECTIVE_ACTION_STATE_REQUESTED: CorrectiveActionState.ValueType  # 1
+"""Asked of the provider; its deadline is running."""
+CORRECTIVE_ACTION_STATE_RESPONDED: CorrectiveActionState.ValueType  # 2
+"""The provider responded."""
+CORRECTIVE_ACTION_STATE_ESCALATED: CorrectiveActionState.ValueType  # 3
+"""The deadline passed unanswered with the breach open: escalated."""
+Global___CorrectiveActionState: _TypeAlias = CorrectiveActionState  # noqa: Y015
 
 @_typing.final
 class ShareWithinDeadline(_message.Message):
@@ -75,23 +275,61 @@ class ShareWithinDeadline(_message.Message):
 
     DEADLINE_DAYS_FIELD_NUMBER: _builtins.int
     MINIMUM_SHARE_FIELD_NUMBER: _builtins.int
+    RECOVERY_SHARE_FIELD_NUMBER: _builtins.int
     deadline_days: _builtins.int
     """The deadline in days from the case's start (14 for the assessment)."""
     minimum_share: _builtins.float
     """The breach threshold: a share below this is a breach (0 < x <= 1)."""
+    recovery_share: _builtins.float
+    """Hysteresis: an open breach resolves only once the share is at least this
+    (minimum_share <= x <= 1). Unset (0): minimum_share.
+    """
     def __init__(
         self,
         *,
         deadline_days: _builtins.int = ...,
         minimum_share: _builtins.float = ...,
+        recovery_share: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline_days", b"deadline_days", "minimum_share", b"minimum_share"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline_days", b"deadline_days", "minimum_share", b"minimum_share", "recovery_share", b"recovery_share"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ShareWithinDeadline: _TypeAlias = ShareWithinDeadline  # noqa: Y015
+
+@_typing.final
+class Measure(_message.Message):
+    """A metric over observations' values, with its thresholds."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    BREACH_THRESHOLD_FIELD_NUMBER: _builtins.int
+    RECOVERY_THRESHOLD_FIELD_NUMBER: _builtins.int
+    kind: Global___MetricKind.ValueType
+    """RATE, MEAN or COUNT_PER_100_CUSTOMERS."""
+    breach_threshold: _builtins.float
+    """A value below this (above it for COUNT_PER_100_CUSTOMERS) is a breach."""
+    recovery_threshold: _builtins.float
+    """Hysteresis: an open breach resolves only once the value is back past
+    this. Unset (0): breach_threshold.
+    """
+    def __init__(
+        self,
+        *,
+        kind: Global___MetricKind.ValueType = ...,
+        breach_threshold: _builtins.float = ...,
+        recovery_threshold: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breach_threshold", b"breach_threshold", "kind", b"kind", "recovery_threshold", b"recovery_threshold"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Measure: _TypeAlias = Measure  # noqa: Y015
 
 @_typing.final
 class Indicator(_message.Message):
@@ -103,10 +341,12 @@ class Indicator(_message.Message):
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
     SERVICE_FIELD_NUMBER: _builtins.int
     SHARE_WITHIN_DEADLINE_FIELD_NUMBER: _builtins.int
+    MEASURE_FIELD_NUMBER: _builtins.int
     WINDOW_DAYS_FIELD_NUMBER: _builtins.int
     MINIMUM_SAMPLE_FIELD_NUMBER: _builtins.int
     SEVERITY_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """regions/{region}/indicators/{indicator}"""
     display_name: _builtins.str
@@ -119,9 +359,15 @@ class Indicator(_message.Message):
     """Fewest observations in the window before the metric can breach."""
     severity: Global___Severity.ValueType
     """Severity of a breach."""
+    kind: Global___MetricKind.ValueType
+    """The metric's kind (SHARE_WITHIN_DEADLINE for share_within_deadline)."""
     @_builtins.property
     def share_within_deadline(self) -> Global___ShareWithinDeadline:
-        """The metric and its threshold."""
+        """A share of cases within a deadline."""
+
+    @_builtins.property
+    def measure(self) -> Global___Measure:
+        """A rate, mean or count per 100 customers over observations' values."""
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
@@ -134,16 +380,20 @@ class Indicator(_message.Message):
         display_name: _builtins.str = ...,
         service: _builtins.str = ...,
         share_within_deadline: Global___ShareWithinDeadline | None = ...,
+        measure: Global___Measure | None = ...,
         window_days: _builtins.int = ...,
         minimum_sample: _builtins.int = ...,
         severity: Global___Severity.ValueType = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        kind: Global___MetricKind.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "share_within_deadline", b"share_within_deadline"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "measure", b"measure", "metric", b"metric", "share_within_deadline", b"share_within_deadline"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "display_name", b"display_name", "minimum_sample", b"minimum_sample", "name", b"name", "service", b"service", "severity", b"severity", "share_within_deadline", b"share_within_deadline", "window_days", b"window_days"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "display_name", b"display_name", "kind", b"kind", "measure", b"measure", "metric", b"metric", "minimum_sample", b"minimum_sample", "name", b"name", "service", b"service", "severity", b"severity", "share_within_deadline", b"share_within_deadline", "window_days", b"window_days"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType_metric: _TypeAlias = _typing.Literal["share_within_deadline", "measure"]  # noqa: Y015
+    _WhichOneofArgType_metric: _TypeAlias = _typing.Literal["metric", b"metric"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_metric) -> _WhichOneofReturnType_metric | None: ...
 
 Global___Indicator: _TypeAlias = Indicator  # noqa: Y015
 
@@ -212,19 +462,34 @@ class Observation(_message.Message):
     CASE_KEY_FIELD_NUMBER: _builtins.int
     STARTED_ON_FIELD_NUMBER: _builtins.int
     COMPLETED_ON_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
     observation_id: _builtins.str
-    """Client-chosen unique id; a retry with the same id records nothing new."""
+    """Client-chosen id, unique within its source; a retry with the same id and
+    content records nothing new, other content under the same id is refused.
+    """
     provider: _builtins.str
     """The provider's business ID."""
     case_key: _builtins.str
     """Pseudonymous case key; never a person's name or identity code."""
+    source: Global___ObservationSource.ValueType
+    """Who the observation comes from; a provider records only its own reports."""
+    value: _builtins.float
+    """The measured value, for RATE (0 or 1), MEAN and COUNT_PER_100_CUSTOMERS
+    indicators.
+    """
     @_builtins.property
     def started_on(self) -> _date_pb2.Date:
-        """When the case started (e.g. job search began)."""
+        """When the case started (e.g. job search began); unset: completed_on."""
 
     @_builtins.property
     def completed_on(self) -> _date_pb2.Date:
-        """When it was completed (e.g. the service need was assessed)."""
+        """When it was completed or observed (e.g. the service need was assessed):
+        the day whose window it lands in, however late it arrives. Unset on a
+        share-within-deadline indicator: the case is pending ("job search
+        started on D"); once its deadline passes uncompleted, the deadline sweep
+        counts it late. Recording it again with completed_on completes it.
+        """
 
     def __init__(
         self,
@@ -234,12 +499,16 @@ class Observation(_message.Message):
         case_key: _builtins.str = ...,
         started_on: _date_pb2.Date | None = ...,
         completed_on: _date_pb2.Date | None = ...,
+        source: Global___ObservationSource.ValueType = ...,
+        value: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["completed_on", b"completed_on", "started_on", b"started_on"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_value", b"_value", "completed_on", b"completed_on", "started_on", b"started_on", "value", b"value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_key", b"case_key", "completed_on", b"completed_on", "observation_id", b"observation_id", "provider", b"provider", "started_on", b"started_on"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_value", b"_value", "case_key", b"case_key", "completed_on", b"completed_on", "observation_id", b"observation_id", "provider", b"provider", "source", b"source", "started_on", b"started_on", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__value: _TypeAlias = _typing.Literal["value"]  # noqa: Y015
+    _WhichOneofArgType__value: _TypeAlias = _typing.Literal["_value", b"_value"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__value) -> _WhichOneofReturnType__value | None: ...
 
 Global___Observation: _TypeAlias = Observation  # noqa: Y015
 
@@ -306,6 +575,127 @@ class RecordObservationResponse(_message.Message):
 Global___RecordObservationResponse: _TypeAlias = RecordObservationResponse  # noqa: Y015
 
 @_typing.final
+class RecordObservationsRequest(_message.Message):
+    """One message of a RecordObservations stream: one observation, or many for
+    the same indicator (cheaper per observation). Rejections index the
+    observations in stream order, counting each of `observations` in turn.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    OBSERVATION_FIELD_NUMBER: _builtins.int
+    OBSERVATIONS_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """regions/{region}/indicators/{indicator}"""
+    @_builtins.property
+    def observation(self) -> Global___Observation:
+        """One observation."""
+
+    @_builtins.property
+    def observations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Observation]:
+        """Or many, for the same parent (at most 10 000 a message)."""
+
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        observation: Global___Observation | None = ...,
+        observations: _abc.Iterable[Global___Observation] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["observation", b"observation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["observation", b"observation", "observations", b"observations", "parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordObservationsRequest: _TypeAlias = RecordObservationsRequest  # noqa: Y015
+
+@_typing.final
+class RejectedObservation(_message.Message):
+    """The outcome of one record of a RecordObservations stream that was refused."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    OBSERVATION_ID_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    FIELDS_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """Its position in the stream, from 0."""
+    observation_id: _builtins.str
+    """Its observation_id, as sent."""
+    code: _builtins.str
+    """The gRPC status code name it would have got alone, e.g. INVALID_ARGUMENT."""
+    message: _builtins.str
+    """Why, with the field paths at fault."""
+    @_builtins.property
+    def fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The fields at fault (e.g. "observation.completed_on")."""
+
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        observation_id: _builtins.str = ...,
+        code: _builtins.str = ...,
+        message: _builtins.str = ...,
+        fields: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "fields", b"fields", "index", b"index", "message", b"message", "observation_id", b"observation_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RejectedObservation: _TypeAlias = RejectedObservation  # noqa: Y015
+
+@_typing.final
+class RecordObservationsResponse(_message.Message):
+    """Response for RecordObservations."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDED_FIELD_NUMBER: _builtins.int
+    DUPLICATES_FIELD_NUMBER: _builtins.int
+    REJECTED_FIELD_NUMBER: _builtins.int
+    OPENED_BREACHES_FIELD_NUMBER: _builtins.int
+    RESOLVED_BREACHES_FIELD_NUMBER: _builtins.int
+    recorded: _builtins.int
+    """Observations stored."""
+    duplicates: _builtins.int
+    """Observations sent again with the same content: nothing stored."""
+    @_builtins.property
+    def rejected(self) -> _containers.RepeatedCompositeFieldContainer[Global___RejectedObservation]:
+        """Records refused, each with its reason; the rest were taken."""
+
+    @_builtins.property
+    def opened_breaches(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Breaches opened by the stream."""
+
+    @_builtins.property
+    def resolved_breaches(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Breaches resolved by the stream."""
+
+    def __init__(
+        self,
+        *,
+        recorded: _builtins.int = ...,
+        duplicates: _builtins.int = ...,
+        rejected: _abc.Iterable[Global___RejectedObservation] | None = ...,
+        opened_breaches: _abc.Iterable[_builtins.str] | None = ...,
+        resolved_breaches: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicates", b"duplicates", "opened_breaches", b"opened_breaches", "recorded", b"recorded", "rejected", b"rejected", "resolved_breaches", b"resolved_breaches"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordObservationsResponse: _TypeAlias = RecordObservationsResponse  # noqa: Y015
+
+@_typing.final
 class Breach(_message.Message):
     """A threshold crossed by a provider."""
 
@@ -321,6 +711,10 @@ class Breach(_message.Message):
     SAMPLE_SIZE_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     OPEN_TIME_FIELD_NUMBER: _builtins.int
+    RESOLVE_TIME_FIELD_NUMBER: _builtins.int
+    RECOVERY_THRESHOLD_FIELD_NUMBER: _builtins.int
+    WINDOW_START_FIELD_NUMBER: _builtins.int
+    WINDOW_END_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """regions/{region}/breaches/{breach}"""
     indicator: _builtins.str
@@ -339,9 +733,23 @@ class Breach(_message.Message):
     """Observations in the window."""
     state: Global___BreachState.ValueType
     """The state."""
+    recovery_threshold: _builtins.float
+    """The value at which it resolves (the indicator's recovery threshold)."""
     @_builtins.property
     def open_time(self) -> _timestamp_pb2.Timestamp:
         """When it was opened."""
+
+    @_builtins.property
+    def resolve_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was resolved; unset while open."""
+
+    @_builtins.property
+    def window_start(self) -> _date_pb2.Date:
+        """The first day of the window the value was computed over."""
+
+    @_builtins.property
+    def window_end(self) -> _date_pb2.Date:
+        """The last day of that window."""
 
     def __init__(
         self,
@@ -356,10 +764,14 @@ class Breach(_message.Message):
         sample_size: _builtins.int = ...,
         state: Global___BreachState.ValueType = ...,
         open_time: _timestamp_pb2.Timestamp | None = ...,
+        resolve_time: _timestamp_pb2.Timestamp | None = ...,
+        recovery_threshold: _builtins.float = ...,
+        window_start: _date_pb2.Date | None = ...,
+        window_end: _date_pb2.Date | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["open_time", b"open_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["open_time", b"open_time", "resolve_time", b"resolve_time", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["indicator", b"indicator", "name", b"name", "open_time", b"open_time", "provider", b"provider", "sample_size", b"sample_size", "service", b"service", "severity", b"severity", "state", b"state", "threshold", b"threshold", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["indicator", b"indicator", "name", b"name", "open_time", b"open_time", "provider", b"provider", "recovery_threshold", b"recovery_threshold", "resolve_time", b"resolve_time", "sample_size", b"sample_size", "service", b"service", "severity", b"severity", "state", b"state", "threshold", b"threshold", "value", b"value", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -396,6 +808,48 @@ class ListBreachesRequest(_message.Message):
     PARENT_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    SEVERITY_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """regions/{region}"""
+    page_size: _builtins.int
+    """At most this many (default 50, at most 500)."""
+    page_token: _builtins.str
+    """From a previous response's next_page_token."""
+    state: Global___BreachState.ValueType
+    """Only breaches in this state (unset: all)."""
+    severity: Global___Severity.ValueType
+    """Only breaches of this severity (unset: all)."""
+    provider: _builtins.str
+    """Only this provider's (business ID; empty: all)."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        state: Global___BreachState.ValueType = ...,
+        severity: Global___Severity.ValueType = ...,
+        provider: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "parent", b"parent", "provider", b"provider", "severity", b"severity", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBreachesRequest: _TypeAlias = ListBreachesRequest  # noqa: Y015
+
+@_typing.final
+class ListIndicatorsRequest(_message.Message):
+    """Request for ListIndicators."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     """regions/{region}"""
     page_size: _builtins.int
@@ -415,7 +869,35 @@ class ListBreachesRequest(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ListBreachesRequest: _TypeAlias = ListBreachesRequest  # noqa: Y015
+Global___ListIndicatorsRequest: _TypeAlias = ListIndicatorsRequest  # noqa: Y015
+
+@_typing.final
+class ListIndicatorsResponse(_message.Message):
+    """Response for ListIndicators."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDICATORS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty when this is the last page."""
+    @_builtins.property
+    def indicators(self) -> _containers.RepeatedCompositeFieldContainer[Global___Indicator]:
+        """The page."""
+
+    def __init__(
+        self,
+        *,
+        indicators: _abc.Iterable[Global___Indicator] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["indicators", b"indicators", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListIndicatorsResponse: _TypeAlias = ListIndicatorsResponse  # noqa: Y015
 
 @_typing.final
 class ListBreachesResponse(_message.Message):
@@ -453,21 +935,33 @@ class StreamAlertsRequest(_message.Message):
 
     PARENT_FIELD_NUMBER: _builtins.int
     RESUME_AFTER_FIELD_NUMBER: _builtins.int
+    SEVERITY_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     """regions/{region}"""
     resume_after: _builtins.int
     """Resume after this alert's sequence (0: from the first alert kept);
     unset streams from now on. The gateway sets it from Last-Event-ID.
     """
+    severity: Global___Severity.ValueType
+    """Only alerts of this severity (unset: all)."""
+    service: _builtins.str
+    """Only alerts about this service (empty: all)."""
+    provider: _builtins.str
+    """Only alerts about this provider's business ID (empty: all)."""
     def __init__(
         self,
         *,
         parent: _builtins.str = ...,
         resume_after: _builtins.int | None = ...,
+        severity: Global___Severity.ValueType = ...,
+        service: _builtins.str = ...,
+        provider: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_resume_after", b"_resume_after", "resume_after", b"resume_after"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_resume_after", b"_resume_after", "parent", b"parent", "resume_after", b"resume_after"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_resume_after", b"_resume_after", "parent", b"parent", "provider", b"provider", "resume_after", b"resume_after", "service", b"service", "severity", b"severity"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__resume_after: _TypeAlias = _typing.Literal["resume_after"]  # noqa: Y015
     _WhichOneofArgType__resume_after: _TypeAlias = _typing.Literal["_resume_after", b"_resume_after"]  # noqa: Y015
@@ -483,22 +977,788 @@ class Alert(_message.Message):
 
     SEQUENCE_FIELD_NUMBER: _builtins.int
     BREACH_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    EVIDENCE_FIELD_NUMBER: _builtins.int
+    ACKNOWLEDGE_TIME_FIELD_NUMBER: _builtins.int
+    ACKNOWLEDGED_BY_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
-    """Position in the alert stream; pass it back as resume_after."""
+    """Position in the alert stream; pass it back as resume_after (0 in
+    ListAlerts).
+    """
+    name: _builtins.str
+    """regions/{region}/alerts/{alert}"""
+    kind: Global___AlertKind.ValueType
+    """What happened to the breach."""
+    evidence: _builtins.str
+    """The evidence: regions/{region}/breaches/{breach}/observations."""
+    acknowledged_by: _builtins.str
+    """Who acknowledged it (the supervisor's subject)."""
     @_builtins.property
     def breach(self) -> Global___Breach:
-        """The breach behind the alert."""
+        """The breach behind the alert, with its value, threshold and window."""
+
+    @_builtins.property
+    def acknowledge_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was acknowledged; unset until then."""
 
     def __init__(
         self,
         *,
         sequence: _builtins.int = ...,
         breach: Global___Breach | None = ...,
+        name: _builtins.str = ...,
+        kind: Global___AlertKind.ValueType = ...,
+        evidence: _builtins.str = ...,
+        acknowledge_time: _timestamp_pb2.Timestamp | None = ...,
+        acknowledged_by: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["breach", b"breach"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["acknowledge_time", b"acknowledge_time", "breach", b"breach"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["breach", b"breach", "sequence", b"sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledge_time", b"acknowledge_time", "acknowledged_by", b"acknowledged_by", "breach", b"breach", "evidence", b"evidence", "kind", b"kind", "name", b"name", "sequence", b"sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Alert: _TypeAlias = Alert  # noqa: Y015
+
+@_typing.final
+class ListAlertsRequest(_message.Message):
+    """Request for ListAlerts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """regions/{region}"""
+    page_size: _builtins.int
+    """At most this many (default 50, at most 500)."""
+    page_token: _builtins.str
+    """From a previous response's next_page_token."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAlertsRequest: _TypeAlias = ListAlertsRequest  # noqa: Y015
+
+@_typing.final
+class ListAlertsResponse(_message.Message):
+    """Response for ListAlerts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALERTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty when this is the last page."""
+    @_builtins.property
+    def alerts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Alert]:
+        """The page."""
+
+    def __init__(
+        self,
+        *,
+        alerts: _abc.Iterable[Global___Alert] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alerts", b"alerts", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAlertsResponse: _TypeAlias = ListAlertsResponse  # noqa: Y015
+
+@_typing.final
+class AcknowledgeAlertRequest(_message.Message):
+    """Request for AcknowledgeAlert."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """regions/{region}/alerts/{alert}"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AcknowledgeAlertRequest: _TypeAlias = AcknowledgeAlertRequest  # noqa: Y015
+
+@_typing.final
+class ListBreachObservationsRequest(_message.Message):
+    """Request for ListBreachObservations."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """regions/{region}/breaches/{breach}"""
+    page_size: _builtins.int
+    """At most this many (default 50, at most 500)."""
+    page_token: _builtins.str
+    """From a previous response's next_page_token."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBreachObservationsRequest: _TypeAlias = ListBreachObservationsRequest  # noqa: Y015
+
+@_typing.final
+class ListBreachObservationsResponse(_message.Message):
+    """Response for ListBreachObservations."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OBSERVATIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty when this is the last page."""
+    @_builtins.property
+    def observations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Observation]:
+        """The page, newest first."""
+
+    def __init__(
+        self,
+        *,
+        observations: _abc.Iterable[Global___Observation] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "observations", b"observations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBreachObservationsResponse: _TypeAlias = ListBreachObservationsResponse  # noqa: Y015
+
+@_typing.final
+class SeverityPolicy(_message.Message):
+    """The policy for one severity."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEVERITY_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    CORRECTIVE_ACTION_DAYS_FIELD_NUMBER: _builtins.int
+    RECURRENCE_DAYS_FIELD_NUMBER: _builtins.int
+    severity: Global___Severity.ValueType
+    """The severity."""
+    action: Global___PolicyAction.ValueType
+    """What a breach of it leads to."""
+    corrective_action_days: _builtins.int
+    """Days the provider has for corrective action (CORRECTIVE_ACTION only)."""
+    recurrence_days: _builtins.int
+    """A breach that opens again within this many days of the last one of its
+    indicator and provider resolving is escalated at once (0: never).
+    """
+    def __init__(
+        self,
+        *,
+        severity: Global___Severity.ValueType = ...,
+        action: Global___PolicyAction.ValueType = ...,
+        corrective_action_days: _builtins.int = ...,
+        recurrence_days: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "corrective_action_days", b"corrective_action_days", "recurrence_days", b"recurrence_days", "severity", b"severity"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SeverityPolicy: _TypeAlias = SeverityPolicy  # noqa: Y015
+
+@_typing.final
+class WatchedIndicator(_message.Message):
+    """An indicator of a programme and the risk it watches."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDICATOR_FIELD_NUMBER: _builtins.int
+    RISK_FIELD_NUMBER: _builtins.int
+    indicator: _builtins.str
+    """regions/{region}/indicators/{indicator}"""
+    risk: _builtins.str
+    """The risk it watches."""
+    def __init__(
+        self,
+        *,
+        indicator: _builtins.str = ...,
+        risk: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["indicator", b"indicator", "risk", b"risk"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchedIndicator: _TypeAlias = WatchedIndicator  # noqa: Y015
+
+@_typing.final
+class Programme(_message.Message):
+    """A version of a region's self-monitoring programme (omavalvontaohjelma)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    INDICATORS_FIELD_NUMBER: _builtins.int
+    POLICIES_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    PUBLISH_TIME_FIELD_NUMBER: _builtins.int
+    PUBLICATION_DATE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """regions/{region}/programmes/{version}"""
+    display_name: _builtins.str
+    """Human-readable name."""
+    state: Global___ProgrammeState.ValueType
+    """Draft or published."""
+    version: _builtins.int
+    """The version number, from 1."""
+    @_builtins.property
+    def indicators(self) -> _containers.RepeatedCompositeFieldContainer[Global___WatchedIndicator]:
+        """Its indicators and the risks they watch."""
+
+    @_builtins.property
+    def policies(self) -> _containers.RepeatedCompositeFieldContainer[Global___SeverityPolicy]:
+        """The policy per severity (default: WARNING asks for corrective action
+        within 30 days, SERIOUS requests suspension).
+        """
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was drafted."""
+
+    @_builtins.property
+    def publish_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was published."""
+
+    @_builtins.property
+    def publication_date(self) -> _date_pb2.Date:
+        """The Finnish date it was published on."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        display_name: _builtins.str = ...,
+        indicators: _abc.Iterable[Global___WatchedIndicator] | None = ...,
+        policies: _abc.Iterable[Global___SeverityPolicy] | None = ...,
+        state: Global___ProgrammeState.ValueType = ...,
+        version: _builtins.int = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        publish_time: _timestamp_pb2.Timestamp | None = ...,
+        publication_date: _date_pb2.Date | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "publication_date", b"publication_date", "publish_time", b"publish_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "display_name", b"display_name", "indicators", b"indicators", "name", b"name", "policies", b"policies", "publication_date", b"publication_date", "publish_time", b"publish_time", "state", b"state", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Programme: _TypeAlias = Programme  # noqa: Y015
+
+@_typing.final
+class CreateProgrammeRequest(_message.Message):
+    """Request for CreateProgramme."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    PROGRAMME_FIELD_NUMBER: _builtins.int
+    DEFAULT_CATALOGUE_SERVICE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """regions/{region}"""
+    default_catalogue_service: _builtins.str
+    """Define and list the default catalogue's indicators for this service."""
+    request_id: _builtins.str
+    """Idempotency key: a retry with the same id returns the same version."""
+    @_builtins.property
+    def programme(self) -> Global___Programme:
+        """The draft."""
+
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        programme: Global___Programme | None = ...,
+        default_catalogue_service: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["programme", b"programme"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_catalogue_service", b"default_catalogue_service", "parent", b"parent", "programme", b"programme", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateProgrammeRequest: _TypeAlias = CreateProgrammeRequest  # noqa: Y015
+
+@_typing.final
+class PublishProgrammeRequest(_message.Message):
+    """Request for PublishProgramme."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """regions/{region}/programmes/{version}"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishProgrammeRequest: _TypeAlias = PublishProgrammeRequest  # noqa: Y015
+
+@_typing.final
+class GetProgrammeRequest(_message.Message):
+    """Request for GetProgramme."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """regions/{region}/programmes/{version}"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetProgrammeRequest: _TypeAlias = GetProgrammeRequest  # noqa: Y015
+
+@_typing.final
+class ListProgrammesRequest(_message.Message):
+    """Request for ListProgrammes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """regions/{region}"""
+    page_size: _builtins.int
+    """At most this many (default 50, at most 500)."""
+    page_token: _builtins.str
+    """From a previous response's next_page_token."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListProgrammesRequest: _TypeAlias = ListProgrammesRequest  # noqa: Y015
+
+@_typing.final
+class ListProgrammesResponse(_message.Message):
+    """Response for ListProgrammes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROGRAMMES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty when this is the last page."""
+    @_builtins.property
+    def programmes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Programme]:
+        """The page."""
+
+    def __init__(
+        self,
+        *,
+        programmes: _abc.Iterable[Global___Programme] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "programmes", b"programmes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListProgrammesResponse: _TypeAlias = ListProgrammesResponse  # noqa: Y015
+
+@_typing.final
+class CorrectiveAction(_message.Message):
+    """A request to a provider for corrective action on a breach."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    BREACH_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    DUE_DATE_FIELD_NUMBER: _builtins.int
+    REQUEST_TIME_FIELD_NUMBER: _builtins.int
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    RESPOND_TIME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """regions/{region}/correctiveActions/{action}"""
+    breach: _builtins.str
+    """regions/{region}/breaches/{breach}"""
+    provider: _builtins.str
+    """The provider's business ID."""
+    state: Global___CorrectiveActionState.ValueType
+    """Where it stands."""
+    response: _builtins.str
+    """The provider's response."""
+    @_builtins.property
+    def due_date(self) -> _date_pb2.Date:
+        """The last day to respond (Finnish date)."""
+
+    @_builtins.property
+    def request_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was requested."""
+
+    @_builtins.property
+    def respond_time(self) -> _timestamp_pb2.Timestamp:
+        """When it responded."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        breach: _builtins.str = ...,
+        provider: _builtins.str = ...,
+        state: Global___CorrectiveActionState.ValueType = ...,
+        due_date: _date_pb2.Date | None = ...,
+        request_time: _timestamp_pb2.Timestamp | None = ...,
+        response: _builtins.str = ...,
+        respond_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["due_date", b"due_date", "request_time", b"request_time", "respond_time", b"respond_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breach", b"breach", "due_date", b"due_date", "name", b"name", "provider", b"provider", "request_time", b"request_time", "respond_time", b"respond_time", "response", b"response", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CorrectiveAction: _TypeAlias = CorrectiveAction  # noqa: Y015
+
+@_typing.final
+class ListCorrectiveActionsRequest(_message.Message):
+    """Request for ListCorrectiveActions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """regions/{region}"""
+    provider: _builtins.str
+    """Only this provider's (a provider always sees only its own)."""
+    page_size: _builtins.int
+    """At most this many (default 50, at most 500)."""
+    page_token: _builtins.str
+    """From a previous response's next_page_token."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        provider: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "parent", b"parent", "provider", b"provider"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCorrectiveActionsRequest: _TypeAlias = ListCorrectiveActionsRequest  # noqa: Y015
+
+@_typing.final
+class ListCorrectiveActionsResponse(_message.Message):
+    """Response for ListCorrectiveActions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CORRECTIVE_ACTIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty when this is the last page."""
+    @_builtins.property
+    def corrective_actions(self) -> _containers.RepeatedCompositeFieldContainer[Global___CorrectiveAction]:
+        """The page."""
+
+    def __init__(
+        self,
+        *,
+        corrective_actions: _abc.Iterable[Global___CorrectiveAction] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["corrective_actions", b"corrective_actions", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCorrectiveActionsResponse: _TypeAlias = ListCorrectiveActionsResponse  # noqa: Y015
+
+@_typing.final
+class RespondToCorrectiveActionRequest(_message.Message):
+    """Request for RespondToCorrectiveAction."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """regions/{region}/correctiveActions/{action}"""
+    response: _builtins.str
+    """What the provider did or will do (no personal data)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        response: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "response", b"response"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RespondToCorrectiveActionRequest: _TypeAlias = RespondToCorrectiveActionRequest  # noqa: Y015
+
+@_typing.final
+class GetAvailabilityReportRequest(_message.Message):
+    """Request for GetAvailabilityReport."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """regions/{region}/availabilityReport"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAvailabilityReportRequest: _TypeAlias = GetAvailabilityReportRequest  # noqa: Y015
+
+@_typing.final
+class AvailabilityCell(_message.Message):
+    """Providers of one service in one municipality in one language."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_FIELD_NUMBER: _builtins.int
+    MUNICIPALITY_FIELD_NUMBER: _builtins.int
+    LANGUAGE_FIELD_NUMBER: _builtins.int
+    ADMITTED_PROVIDERS_FIELD_NUMBER: _builtins.int
+    ACTIVE_PROVIDERS_FIELD_NUMBER: _builtins.int
+    service: _builtins.str
+    """The growth service."""
+    municipality: _builtins.str
+    """The municipality (empty: the provider named none)."""
+    language: _builtins.str
+    """The language, e.g. "fi" or "sv" (empty: none named)."""
+    admitted_providers: _builtins.int
+    """Admitted providers."""
+    active_providers: _builtins.int
+    """Of them, not suspended."""
+    def __init__(
+        self,
+        *,
+        service: _builtins.str = ...,
+        municipality: _builtins.str = ...,
+        language: _builtins.str = ...,
+        admitted_providers: _builtins.int = ...,
+        active_providers: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_providers", b"active_providers", "admitted_providers", b"admitted_providers", "language", b"language", "municipality", b"municipality", "service", b"service"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AvailabilityCell: _TypeAlias = AvailabilityCell  # noqa: Y015
+
+@_typing.final
+class AvailabilityReport(_message.Message):
+    """The equal-availability view of a region."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CELLS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """regions/{region}/availabilityReport"""
+    @_builtins.property
+    def cells(self) -> _containers.RepeatedCompositeFieldContainer[Global___AvailabilityCell]:
+        """One cell per service, municipality and language."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        cells: _abc.Iterable[Global___AvailabilityCell] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cells", b"cells", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AvailabilityReport: _TypeAlias = AvailabilityReport  # noqa: Y015
+
+@_typing.final
+class GetIndicatorReportRequest(_message.Message):
+    """Request for GetIndicatorReport."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """regions/{region}/indicatorReport"""
+    @_builtins.property
+    def as_of(self) -> _date_pb2.Date:
+        """The last day of each indicator's window (unset: today)."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        as_of: _date_pb2.Date | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetIndicatorReportRequest: _TypeAlias = GetIndicatorReportRequest  # noqa: Y015
+
+@_typing.final
+class IndicatorValue(_message.Message):
+    """One indicator's value for one provider."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDICATOR_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    SAMPLE_SIZE_FIELD_NUMBER: _builtins.int
+    WINDOW_START_FIELD_NUMBER: _builtins.int
+    WINDOW_END_FIELD_NUMBER: _builtins.int
+    indicator: _builtins.str
+    """regions/{region}/indicators/{indicator}"""
+    service: _builtins.str
+    """The service it watches."""
+    provider: _builtins.str
+    """The provider's business ID."""
+    value: _builtins.float
+    """The value over the window."""
+    sample_size: _builtins.int
+    """Observations in the window."""
+    @_builtins.property
+    def window_start(self) -> _date_pb2.Date:
+        """The window's first day."""
+
+    @_builtins.property
+    def window_end(self) -> _date_pb2.Date:
+        """The window's last day."""
+
+    def __init__(
+        self,
+        *,
+        indicator: _builtins.str = ...,
+        service: _builtins.str = ...,
+        provider: _builtins.str = ...,
+        value: _builtins.float = ...,
+        sample_size: _builtins.int = ...,
+        window_start: _date_pb2.Date | None = ...,
+        window_end: _date_pb2.Date | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["indicator", b"indicator", "provider", b"provider", "sample_size", b"sample_size", "service", b"service", "value", b"value", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IndicatorValue: _TypeAlias = IndicatorValue  # noqa: Y015
+
+@_typing.final
+class IndicatorReport(_message.Message):
+    """Indicator values per provider and service."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """regions/{region}/indicatorReport"""
+    @_builtins.property
+    def values(self) -> _containers.RepeatedCompositeFieldContainer[Global___IndicatorValue]:
+        """One row per indicator and provider with observations in the window."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        values: _abc.Iterable[Global___IndicatorValue] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IndicatorReport: _TypeAlias = IndicatorReport  # noqa: Y015

@@ -37,10 +37,35 @@ class SelfMonitoringServiceStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.CreateProgramme = channel.unary_unary(
+                '/kasvu.selfmonitoring.v1.SelfMonitoringService/CreateProgramme',
+                request_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.CreateProgrammeRequest.SerializeToString,
+                response_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.Programme.FromString,
+                _registered_method=True)
+        self.PublishProgramme = channel.unary_unary(
+                '/kasvu.selfmonitoring.v1.SelfMonitoringService/PublishProgramme',
+                request_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.PublishProgrammeRequest.SerializeToString,
+                response_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.Programme.FromString,
+                _registered_method=True)
+        self.GetProgramme = channel.unary_unary(
+                '/kasvu.selfmonitoring.v1.SelfMonitoringService/GetProgramme',
+                request_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.GetProgrammeRequest.SerializeToString,
+                response_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.Programme.FromString,
+                _registered_method=True)
+        self.ListProgrammes = channel.unary_unary(
+                '/kasvu.selfmonitoring.v1.SelfMonitoringService/ListProgrammes',
+                request_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListProgrammesRequest.SerializeToString,
+                response_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListProgrammesResponse.FromString,
+                _registered_method=True)
         self.CreateIndicator = channel.unary_unary(
                 '/kasvu.selfmonitoring.v1.SelfMonitoringService/CreateIndicator',
                 request_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.CreateIndicatorRequest.SerializeToString,
                 response_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.Indicator.FromString,
+                _registered_method=True)
+        self.ListIndicators = channel.unary_unary(
+                '/kasvu.selfmonitoring.v1.SelfMonitoringService/ListIndicators',
+                request_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListIndicatorsRequest.SerializeToString,
+                response_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListIndicatorsResponse.FromString,
                 _registered_method=True)
         self.GetIndicator = channel.unary_unary(
                 '/kasvu.selfmonitoring.v1.SelfMonitoringService/GetIndicator',
@@ -51,6 +76,11 @@ class SelfMonitoringServiceStub:
                 '/kasvu.selfmonitoring.v1.SelfMonitoringService/RecordObservation',
                 request_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.RecordObservationRequest.SerializeToString,
                 response_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.RecordObservationResponse.FromString,
+                _registered_method=True)
+        self.RecordObservations = channel.stream_unary(
+                '/kasvu.selfmonitoring.v1.SelfMonitoringService/RecordObservations',
+                request_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.RecordObservationsRequest.SerializeToString,
+                response_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.RecordObservationsResponse.FromString,
                 _registered_method=True)
         self.GetBreach = channel.unary_unary(
                 '/kasvu.selfmonitoring.v1.SelfMonitoringService/GetBreach',
@@ -67,6 +97,41 @@ class SelfMonitoringServiceStub:
                 request_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.StreamAlertsRequest.SerializeToString,
                 response_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.Alert.FromString,
                 _registered_method=True)
+        self.ListAlerts = channel.unary_unary(
+                '/kasvu.selfmonitoring.v1.SelfMonitoringService/ListAlerts',
+                request_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListAlertsRequest.SerializeToString,
+                response_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListAlertsResponse.FromString,
+                _registered_method=True)
+        self.AcknowledgeAlert = channel.unary_unary(
+                '/kasvu.selfmonitoring.v1.SelfMonitoringService/AcknowledgeAlert',
+                request_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.AcknowledgeAlertRequest.SerializeToString,
+                response_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.Alert.FromString,
+                _registered_method=True)
+        self.ListCorrectiveActions = channel.unary_unary(
+                '/kasvu.selfmonitoring.v1.SelfMonitoringService/ListCorrectiveActions',
+                request_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListCorrectiveActionsRequest.SerializeToString,
+                response_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListCorrectiveActionsResponse.FromString,
+                _registered_method=True)
+        self.RespondToCorrectiveAction = channel.unary_unary(
+                '/kasvu.selfmonitoring.v1.SelfMonitoringService/RespondToCorrectiveAction',
+                request_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.RespondToCorrectiveActionRequest.SerializeToString,
+                response_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.CorrectiveAction.FromString,
+                _registered_method=True)
+        self.GetAvailabilityReport = channel.unary_unary(
+                '/kasvu.selfmonitoring.v1.SelfMonitoringService/GetAvailabilityReport',
+                request_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.GetAvailabilityReportRequest.SerializeToString,
+                response_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.AvailabilityReport.FromString,
+                _registered_method=True)
+        self.GetIndicatorReport = channel.unary_unary(
+                '/kasvu.selfmonitoring.v1.SelfMonitoringService/GetIndicatorReport',
+                request_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.GetIndicatorReportRequest.SerializeToString,
+                response_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.IndicatorReport.FromString,
+                _registered_method=True)
+        self.ListBreachObservations = channel.unary_unary(
+                '/kasvu.selfmonitoring.v1.SelfMonitoringService/ListBreachObservations',
+                request_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListBreachObservationsRequest.SerializeToString,
+                response_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListBreachObservationsResponse.FromString,
+                _registered_method=True)
 
 
 class SelfMonitoringServiceServicer:
@@ -75,8 +140,49 @@ class SelfMonitoringServiceServicer:
     is crossed, and a live alert stream for supervisors.
     """
 
+    def CreateProgramme(self, request, context):
+        """Drafts a new version of the region's programme. With
+        default_catalogue_service set, the default indicators are defined for
+        that service (an indicator the region defined already under a default's
+        id is kept) and listed first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PublishProgramme(self, request, context):
+        """Publishes a draft version; it is never rewritten afterwards (a change is
+        a new version). Publishing it again changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetProgramme(self, request, context):
+        """Gets one version. Published versions are public (no sign-in); drafts are
+        for the region's admins and supervisors.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListProgrammes(self, request, context):
+        """Lists the region's versions, newest first: published ones publicly,
+        drafts too for the region's admins and supervisors.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateIndicator(self, request, context):
         """Defines an indicator for the region's programme.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListIndicators(self, request, context):
+        """Lists the region's indicators by id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -90,9 +196,19 @@ class SelfMonitoringServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RecordObservation(self, request, context):
-        """Records one observation; idempotent by observation_id. Evaluates the
-        indicator for the observation's provider and opens a breach when the
-        threshold is crossed.
+        """Records one observation; idempotent by (source, observation_id): the same
+        id with the same content records nothing new, with other content it is
+        refused (ALREADY_EXISTS naming the field). Evaluates the indicator for the
+        observation's provider: opens a breach when the threshold is crossed, and
+        resolves an open one when the value is back past the recovery threshold.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordObservations(self, request_iterator, context):
+        """Records a client stream of observations, many per unit of work. A bad
+        record is reported (by its index in the stream) and the rest go on.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -106,14 +222,74 @@ class SelfMonitoringServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListBreaches(self, request, context):
-        """Lists the region's breaches, newest first.
+        """Lists the region's breaches, newest first, by state, severity and
+        provider.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def StreamAlerts(self, request, context):
-        """Streams the region's quality alerts live, resuming after a sequence.
+        """Streams the region's quality alerts live (breaches opened, escalated and
+        resolved), filtered by severity, service and provider, resuming after a
+        sequence without gaps or repeats.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAlerts(self, request, context):
+        """Lists the region's alerts, newest first, with their acknowledgements.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AcknowledgeAlert(self, request, context):
+        """Acknowledges an alert: a supervisor has seen it. Acknowledging it again
+        changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCorrectiveActions(self, request, context):
+        """Lists the region's corrective-action requests, newest first: all for
+        its supervisors and admins, its own for a provider.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RespondToCorrectiveAction(self, request, context):
+        """The provider's response to a corrective-action request, before its
+        deadline; an unanswered request is escalated to a suspension request
+        when the deadline passes with the breach still open.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAvailabilityReport(self, request, context):
+        """The equal-availability view: admitted and active (unsuspended)
+        providers per service, municipality and language, from the registry's
+        events. Public: what the ministry reads.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetIndicatorReport(self, request, context):
+        """Each indicator's value per provider (and its service) over the window
+        ending on a day, for the region's supervisors.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListBreachObservations(self, request, context):
+        """Lists the observations behind a breach: those of its provider on its
+        indicator in its window, the evidence an alert links to.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -122,10 +298,35 @@ class SelfMonitoringServiceServicer:
 
 def add_SelfMonitoringServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'CreateProgramme': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateProgramme,
+                    request_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.CreateProgrammeRequest.FromString,
+                    response_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.Programme.SerializeToString,
+            ),
+            'PublishProgramme': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishProgramme,
+                    request_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.PublishProgrammeRequest.FromString,
+                    response_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.Programme.SerializeToString,
+            ),
+            'GetProgramme': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetProgramme,
+                    request_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.GetProgrammeRequest.FromString,
+                    response_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.Programme.SerializeToString,
+            ),
+            'ListProgrammes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListProgrammes,
+                    request_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListProgrammesRequest.FromString,
+                    response_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListProgrammesResponse.SerializeToString,
+            ),
             'CreateIndicator': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateIndicator,
                     request_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.CreateIndicatorRequest.FromString,
                     response_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.Indicator.SerializeToString,
+            ),
+            'ListIndicators': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListIndicators,
+                    request_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListIndicatorsRequest.FromString,
+                    response_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListIndicatorsResponse.SerializeToString,
             ),
             'GetIndicator': grpc.unary_unary_rpc_method_handler(
                     servicer.GetIndicator,
@@ -136,6 +337,11 @@ def add_SelfMonitoringServiceServicer_to_server(servicer, server):
                     servicer.RecordObservation,
                     request_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.RecordObservationRequest.FromString,
                     response_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.RecordObservationResponse.SerializeToString,
+            ),
+            'RecordObservations': grpc.stream_unary_rpc_method_handler(
+                    servicer.RecordObservations,
+                    request_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.RecordObservationsRequest.FromString,
+                    response_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.RecordObservationsResponse.SerializeToString,
             ),
             'GetBreach': grpc.unary_unary_rpc_method_handler(
                     servicer.GetBreach,
@@ -152,6 +358,41 @@ def add_SelfMonitoringServiceServicer_to_server(servicer, server):
                     request_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.StreamAlertsRequest.FromString,
                     response_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.Alert.SerializeToString,
             ),
+            'ListAlerts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAlerts,
+                    request_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListAlertsRequest.FromString,
+                    response_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListAlertsResponse.SerializeToString,
+            ),
+            'AcknowledgeAlert': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcknowledgeAlert,
+                    request_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.AcknowledgeAlertRequest.FromString,
+                    response_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.Alert.SerializeToString,
+            ),
+            'ListCorrectiveActions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCorrectiveActions,
+                    request_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListCorrectiveActionsRequest.FromString,
+                    response_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListCorrectiveActionsResponse.SerializeToString,
+            ),
+            'RespondToCorrectiveAction': grpc.unary_unary_rpc_method_handler(
+                    servicer.RespondToCorrectiveAction,
+                    request_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.RespondToCorrectiveActionRequest.FromString,
+                    response_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.CorrectiveAction.SerializeToString,
+            ),
+            'GetAvailabilityReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAvailabilityReport,
+                    request_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.GetAvailabilityReportRequest.FromString,
+                    response_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.AvailabilityReport.SerializeToString,
+            ),
+            'GetIndicatorReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetIndicatorReport,
+                    request_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.GetIndicatorReportRequest.FromString,
+                    response_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.IndicatorReport.SerializeToString,
+            ),
+            'ListBreachObservations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBreachObservations,
+                    request_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListBreachObservationsRequest.FromString,
+                    response_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListBreachObservationsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'kasvu.selfmonitoring.v1.SelfMonitoringService', rpc_method_handlers)
@@ -165,6 +406,114 @@ class SelfMonitoringService:
     with thresholds, observations that feed them, breaches when a threshold
     is crossed, and a live alert stream for supervisors.
     """
+
+    @staticmethod
+    def CreateProgramme(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kasvu.selfmonitoring.v1.SelfMonitoringService/CreateProgramme',
+            kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.CreateProgrammeRequest.SerializeToString,
+            kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.Programme.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishProgramme(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kasvu.selfmonitoring.v1.SelfMonitoringService/PublishProgramme',
+            kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.PublishProgrammeRequest.SerializeToString,
+            kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.Programme.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetProgramme(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kasvu.selfmonitoring.v1.SelfMonitoringService/GetProgramme',
+            kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.GetProgrammeRequest.SerializeToString,
+            kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.Programme.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListProgrammes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kasvu.selfmonitoring.v1.SelfMonitoringService/ListProgrammes',
+            kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListProgrammesRequest.SerializeToString,
+            kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListProgrammesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def CreateIndicator(request,
@@ -183,6 +532,33 @@ class SelfMonitoringService:
             '/kasvu.selfmonitoring.v1.SelfMonitoringService/CreateIndicator',
             kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.CreateIndicatorRequest.SerializeToString,
             kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.Indicator.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListIndicators(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kasvu.selfmonitoring.v1.SelfMonitoringService/ListIndicators',
+            kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListIndicatorsRequest.SerializeToString,
+            kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListIndicatorsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -237,6 +613,33 @@ class SelfMonitoringService:
             '/kasvu.selfmonitoring.v1.SelfMonitoringService/RecordObservation',
             kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.RecordObservationRequest.SerializeToString,
             kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.RecordObservationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordObservations(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/kasvu.selfmonitoring.v1.SelfMonitoringService/RecordObservations',
+            kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.RecordObservationsRequest.SerializeToString,
+            kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.RecordObservationsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -318,6 +721,195 @@ class SelfMonitoringService:
             '/kasvu.selfmonitoring.v1.SelfMonitoringService/StreamAlerts',
             kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.StreamAlertsRequest.SerializeToString,
             kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.Alert.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAlerts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kasvu.selfmonitoring.v1.SelfMonitoringService/ListAlerts',
+            kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListAlertsRequest.SerializeToString,
+            kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListAlertsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcknowledgeAlert(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kasvu.selfmonitoring.v1.SelfMonitoringService/AcknowledgeAlert',
+            kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.AcknowledgeAlertRequest.SerializeToString,
+            kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.Alert.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCorrectiveActions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kasvu.selfmonitoring.v1.SelfMonitoringService/ListCorrectiveActions',
+            kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListCorrectiveActionsRequest.SerializeToString,
+            kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListCorrectiveActionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RespondToCorrectiveAction(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kasvu.selfmonitoring.v1.SelfMonitoringService/RespondToCorrectiveAction',
+            kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.RespondToCorrectiveActionRequest.SerializeToString,
+            kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.CorrectiveAction.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAvailabilityReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kasvu.selfmonitoring.v1.SelfMonitoringService/GetAvailabilityReport',
+            kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.GetAvailabilityReportRequest.SerializeToString,
+            kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.AvailabilityReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetIndicatorReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kasvu.selfmonitoring.v1.SelfMonitoringService/GetIndicatorReport',
+            kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.GetIndicatorReportRequest.SerializeToString,
+            kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.IndicatorReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBreachObservations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kasvu.selfmonitoring.v1.SelfMonitoringService/ListBreachObservations',
+            kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListBreachObservationsRequest.SerializeToString,
+            kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.ListBreachObservationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

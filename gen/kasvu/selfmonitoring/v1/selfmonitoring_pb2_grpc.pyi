@@ -36,21 +36,80 @@ class SelfMonitoringServiceStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> SelfMonitoringServiceAsyncStub: ...
+    CreateProgramme: _grpc.UnaryUnaryMultiCallable[_selfmonitoring_pb2.CreateProgrammeRequest, _selfmonitoring_pb2.Programme]
+    """Drafts a new version of the region's programme. With
+    default_catalogue_service set, the default indicators are defined for
+    that service (an indicator the region defined already under a default's
+    id is kept) and listed first.
+    """
+    PublishProgramme: _grpc.UnaryUnaryMultiCallable[_selfmonitoring_pb2.PublishProgrammeRequest, _selfmonitoring_pb2.Programme]
+    """Publishes a draft version; it is never rewritten afterwards (a change is
+    a new version). Publishing it again changes nothing.
+    """
+    GetProgramme: _grpc.UnaryUnaryMultiCallable[_selfmonitoring_pb2.GetProgrammeRequest, _selfmonitoring_pb2.Programme]
+    """Gets one version. Published versions are public (no sign-in); drafts are
+    for the region's admins and supervisors.
+    """
+    ListProgrammes: _grpc.UnaryUnaryMultiCallable[_selfmonitoring_pb2.ListProgrammesRequest, _selfmonitoring_pb2.ListProgrammesResponse]
+    """Lists the region's versions, newest first: published ones publicly,
+    drafts too for the region's admins and supervisors.
+    """
     CreateIndicator: _grpc.UnaryUnaryMultiCallable[_selfmonitoring_pb2.CreateIndicatorRequest, _selfmonitoring_pb2.Indicator]
     """Defines an indicator for the region's programme."""
+    ListIndicators: _grpc.UnaryUnaryMultiCallable[_selfmonitoring_pb2.ListIndicatorsRequest, _selfmonitoring_pb2.ListIndicatorsResponse]
+    """Lists the region's indicators by id."""
     GetIndicator: _grpc.UnaryUnaryMultiCallable[_selfmonitoring_pb2.GetIndicatorRequest, _selfmonitoring_pb2.Indicator]
     """Gets one indicator."""
     RecordObservation: _grpc.UnaryUnaryMultiCallable[_selfmonitoring_pb2.RecordObservationRequest, _selfmonitoring_pb2.RecordObservationResponse]
-    """Records one observation; idempotent by observation_id. Evaluates the
-    indicator for the observation's provider and opens a breach when the
-    threshold is crossed.
+    """Records one observation; idempotent by (source, observation_id): the same
+    id with the same content records nothing new, with other content it is
+    refused (ALREADY_EXISTS naming the field). Evaluates the indicator for the
+    observation's provider: opens a breach when the threshold is crossed, and
+    resolves an open one when the value is back past the recovery threshold.
+    """
+    RecordObservations: _grpc.StreamUnaryMultiCallable[_selfmonitoring_pb2.RecordObservationsRequest, _selfmonitoring_pb2.RecordObservationsResponse]
+    """Records a client stream of observations, many per unit of work. A bad
+    record is reported (by its index in the stream) and the rest go on.
     """
     GetBreach: _grpc.UnaryUnaryMultiCallable[_selfmonitoring_pb2.GetBreachRequest, _selfmonitoring_pb2.Breach]
     """Gets one breach."""
     ListBreaches: _grpc.UnaryUnaryMultiCallable[_selfmonitoring_pb2.ListBreachesRequest, _selfmonitoring_pb2.ListBreachesResponse]
-    """Lists the region's breaches, newest first."""
+    """Lists the region's breaches, newest first, by state, severity and
+    provider.
+    """
     StreamAlerts: _grpc.UnaryStreamMultiCallable[_selfmonitoring_pb2.StreamAlertsRequest, _selfmonitoring_pb2.Alert]
-    """Streams the region's quality alerts live, resuming after a sequence."""
+    """Streams the region's quality alerts live (breaches opened, escalated and
+    resolved), filtered by severity, service and provider, resuming after a
+    sequence without gaps or repeats.
+    """
+    ListAlerts: _grpc.UnaryUnaryMultiCallable[_selfmonitoring_pb2.ListAlertsRequest, _selfmonitoring_pb2.ListAlertsResponse]
+    """Lists the region's alerts, newest first, with their acknowledgements."""
+    AcknowledgeAlert: _grpc.UnaryUnaryMultiCallable[_selfmonitoring_pb2.AcknowledgeAlertRequest, _selfmonitoring_pb2.Alert]
+    """Acknowledges an alert: a supervisor has seen it. Acknowledging it again
+    changes nothing.
+    """
+    ListCorrectiveActions: _grpc.UnaryUnaryMultiCallable[_selfmonitoring_pb2.ListCorrectiveActionsRequest, _selfmonitoring_pb2.ListCorrectiveActionsResponse]
+    """Lists the region's corrective-action requests, newest first: all for
+    its supervisors and admins, its own for a provider.
+    """
+    RespondToCorrectiveAction: _grpc.UnaryUnaryMultiCallable[_selfmonitoring_pb2.RespondToCorrectiveActionRequest, _selfmonitoring_pb2.CorrectiveAction]
+    """The provider's response to a corrective-action request, before its
+    deadline; an unanswered request is escalated to a suspension request
+    when the deadline passes with the breach still open.
+    """
+    GetAvailabilityReport: _grpc.UnaryUnaryMultiCallable[_selfmonitoring_pb2.GetAvailabilityReportRequest, _selfmonitoring_pb2.AvailabilityReport]
+    """The equal-availability view: admitted and active (unsuspended)
+    providers per service, municipality and language, from the registry's
+    events. Public: what the ministry reads.
+    """
+    GetIndicatorReport: _grpc.UnaryUnaryMultiCallable[_selfmonitoring_pb2.GetIndicatorReportRequest, _selfmonitoring_pb2.IndicatorReport]
+    """Each indicator's value per provider (and its service) over the window
+    ending on a day, for the region's supervisors.
+    """
+    ListBreachObservations: _grpc.UnaryUnaryMultiCallable[_selfmonitoring_pb2.ListBreachObservationsRequest, _selfmonitoring_pb2.ListBreachObservationsResponse]
+    """Lists the observations behind a breach: those of its provider on its
+    indicator in its window, the evidence an alert links to.
+    """
 
 @_typing.type_check_only
 class SelfMonitoringServiceAsyncStub(SelfMonitoringServiceStub):
@@ -60,21 +119,80 @@ class SelfMonitoringServiceAsyncStub(SelfMonitoringServiceStub):
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
+    CreateProgramme: _aio.UnaryUnaryMultiCallable[_selfmonitoring_pb2.CreateProgrammeRequest, _selfmonitoring_pb2.Programme]  # type: ignore[assignment]
+    """Drafts a new version of the region's programme. With
+    default_catalogue_service set, the default indicators are defined for
+    that service (an indicator the region defined already under a default's
+    id is kept) and listed first.
+    """
+    PublishProgramme: _aio.UnaryUnaryMultiCallable[_selfmonitoring_pb2.PublishProgrammeRequest, _selfmonitoring_pb2.Programme]  # type: ignore[assignment]
+    """Publishes a draft version; it is never rewritten afterwards (a change is
+    a new version). Publishing it again changes nothing.
+    """
+    GetProgramme: _aio.UnaryUnaryMultiCallable[_selfmonitoring_pb2.GetProgrammeRequest, _selfmonitoring_pb2.Programme]  # type: ignore[assignment]
+    """Gets one version. Published versions are public (no sign-in); drafts are
+    for the region's admins and supervisors.
+    """
+    ListProgrammes: _aio.UnaryUnaryMultiCallable[_selfmonitoring_pb2.ListProgrammesRequest, _selfmonitoring_pb2.ListProgrammesResponse]  # type: ignore[assignment]
+    """Lists the region's versions, newest first: published ones publicly,
+    drafts too for the region's admins and supervisors.
+    """
     CreateIndicator: _aio.UnaryUnaryMultiCallable[_selfmonitoring_pb2.CreateIndicatorRequest, _selfmonitoring_pb2.Indicator]  # type: ignore[assignment]
     """Defines an indicator for the region's programme."""
+    ListIndicators: _aio.UnaryUnaryMultiCallable[_selfmonitoring_pb2.ListIndicatorsRequest, _selfmonitoring_pb2.ListIndicatorsResponse]  # type: ignore[assignment]
+    """Lists the region's indicators by id."""
     GetIndicator: _aio.UnaryUnaryMultiCallable[_selfmonitoring_pb2.GetIndicatorRequest, _selfmonitoring_pb2.Indicator]  # type: ignore[assignment]
     """Gets one indicator."""
     RecordObservation: _aio.UnaryUnaryMultiCallable[_selfmonitoring_pb2.RecordObservationRequest, _selfmonitoring_pb2.RecordObservationResponse]  # type: ignore[assignment]
-    """Records one observation; idempotent by observation_id. Evaluates the
-    indicator for the observation's provider and opens a breach when the
-    threshold is crossed.
+    """Records one observation; idempotent by (source, observation_id): the same
+    id with the same content records nothing new, with other content it is
+    refused (ALREADY_EXISTS naming the field). Evaluates the indicator for the
+    observation's provider: opens a breach when the threshold is crossed, and
+    resolves an open one when the value is back past the recovery threshold.
+    """
+    RecordObservations: _aio.StreamUnaryMultiCallable[_selfmonitoring_pb2.RecordObservationsRequest, _selfmonitoring_pb2.RecordObservationsResponse]  # type: ignore[assignment]
+    """Records a client stream of observations, many per unit of work. A bad
+    record is reported (by its index in the stream) and the rest go on.
     """
     GetBreach: _aio.UnaryUnaryMultiCallable[_selfmonitoring_pb2.GetBreachRequest, _selfmonitoring_pb2.Breach]  # type: ignore[assignment]
     """Gets one breach."""
     ListBreaches: _aio.UnaryUnaryMultiCallable[_selfmonitoring_pb2.ListBreachesRequest, _selfmonitoring_pb2.ListBreachesResponse]  # type: ignore[assignment]
-    """Lists the region's breaches, newest first."""
+    """Lists the region's breaches, newest first, by state, severity and
+    provider.
+    """
     StreamAlerts: _aio.UnaryStreamMultiCallable[_selfmonitoring_pb2.StreamAlertsRequest, _selfmonitoring_pb2.Alert]  # type: ignore[assignment]
-    """Streams the region's quality alerts live, resuming after a sequence."""
+    """Streams the region's quality alerts live (breaches opened, escalated and
+    resolved), filtered by severity, service and provider, resuming after a
+    sequence without gaps or repeats.
+    """
+    ListAlerts: _aio.UnaryUnaryMultiCallable[_selfmonitoring_pb2.ListAlertsRequest, _selfmonitoring_pb2.ListAlertsResponse]  # type: ignore[assignment]
+    """Lists the region's alerts, newest first, with their acknowledgements."""
+    AcknowledgeAlert: _aio.UnaryUnaryMultiCallable[_selfmonitoring_pb2.AcknowledgeAlertRequest, _selfmonitoring_pb2.Alert]  # type: ignore[assignment]
+    """Acknowledges an alert: a supervisor has seen it. Acknowledging it again
+    changes nothing.
+    """
+    ListCorrectiveActions: _aio.UnaryUnaryMultiCallable[_selfmonitoring_pb2.ListCorrectiveActionsRequest, _selfmonitoring_pb2.ListCorrectiveActionsResponse]  # type: ignore[assignment]
+    """Lists the region's corrective-action requests, newest first: all for
+    its supervisors and admins, its own for a provider.
+    """
+    RespondToCorrectiveAction: _aio.UnaryUnaryMultiCallable[_selfmonitoring_pb2.RespondToCorrectiveActionRequest, _selfmonitoring_pb2.CorrectiveAction]  # type: ignore[assignment]
+    """The provider's response to a corrective-action request, before its
+    deadline; an unanswered request is escalated to a suspension request
+    when the deadline passes with the breach still open.
+    """
+    GetAvailabilityReport: _aio.UnaryUnaryMultiCallable[_selfmonitoring_pb2.GetAvailabilityReportRequest, _selfmonitoring_pb2.AvailabilityReport]  # type: ignore[assignment]
+    """The equal-availability view: admitted and active (unsuspended)
+    providers per service, municipality and language, from the registry's
+    events. Public: what the ministry reads.
+    """
+    GetIndicatorReport: _aio.UnaryUnaryMultiCallable[_selfmonitoring_pb2.GetIndicatorReportRequest, _selfmonitoring_pb2.IndicatorReport]  # type: ignore[assignment]
+    """Each indicator's value per provider (and its service) over the window
+    ending on a day, for the region's supervisors.
+    """
+    ListBreachObservations: _aio.UnaryUnaryMultiCallable[_selfmonitoring_pb2.ListBreachObservationsRequest, _selfmonitoring_pb2.ListBreachObservationsResponse]  # type: ignore[assignment]
+    """Lists the observations behind a breach: those of its provider on its
+    indicator in its window, the evidence an alert links to.
+    """
 
 class SelfMonitoringServiceServicer(metaclass=_abc_1.ABCMeta):
     """A region's self-monitoring programme ("omavalvontaohjelma"): indicators
@@ -83,12 +201,62 @@ class SelfMonitoringServiceServicer(metaclass=_abc_1.ABCMeta):
     """
 
     @_abc_1.abstractmethod
+    def CreateProgramme(
+        self,
+        request: _selfmonitoring_pb2.CreateProgrammeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_selfmonitoring_pb2.Programme, _abc.Awaitable[_selfmonitoring_pb2.Programme]]:
+        """Drafts a new version of the region's programme. With
+        default_catalogue_service set, the default indicators are defined for
+        that service (an indicator the region defined already under a default's
+        id is kept) and listed first.
+        """
+
+    @_abc_1.abstractmethod
+    def PublishProgramme(
+        self,
+        request: _selfmonitoring_pb2.PublishProgrammeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_selfmonitoring_pb2.Programme, _abc.Awaitable[_selfmonitoring_pb2.Programme]]:
+        """Publishes a draft version; it is never rewritten afterwards (a change is
+        a new version). Publishing it again changes nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def GetProgramme(
+        self,
+        request: _selfmonitoring_pb2.GetProgrammeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_selfmonitoring_pb2.Programme, _abc.Awaitable[_selfmonitoring_pb2.Programme]]:
+        """Gets one version. Published versions are public (no sign-in); drafts are
+        for the region's admins and supervisors.
+        """
+
+    @_abc_1.abstractmethod
+    def ListProgrammes(
+        self,
+        request: _selfmonitoring_pb2.ListProgrammesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_selfmonitoring_pb2.ListProgrammesResponse, _abc.Awaitable[_selfmonitoring_pb2.ListProgrammesResponse]]:
+        """Lists the region's versions, newest first: published ones publicly,
+        drafts too for the region's admins and supervisors.
+        """
+
+    @_abc_1.abstractmethod
     def CreateIndicator(
         self,
         request: _selfmonitoring_pb2.CreateIndicatorRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_selfmonitoring_pb2.Indicator, _abc.Awaitable[_selfmonitoring_pb2.Indicator]]:
         """Defines an indicator for the region's programme."""
+
+    @_abc_1.abstractmethod
+    def ListIndicators(
+        self,
+        request: _selfmonitoring_pb2.ListIndicatorsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_selfmonitoring_pb2.ListIndicatorsResponse, _abc.Awaitable[_selfmonitoring_pb2.ListIndicatorsResponse]]:
+        """Lists the region's indicators by id."""
 
     @_abc_1.abstractmethod
     def GetIndicator(
@@ -104,9 +272,21 @@ class SelfMonitoringServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _selfmonitoring_pb2.RecordObservationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_selfmonitoring_pb2.RecordObservationResponse, _abc.Awaitable[_selfmonitoring_pb2.RecordObservationResponse]]:
-        """Records one observation; idempotent by observation_id. Evaluates the
-        indicator for the observation's provider and opens a breach when the
-        threshold is crossed.
+        """Records one observation; idempotent by (source, observation_id): the same
+        id with the same content records nothing new, with other content it is
+        refused (ALREADY_EXISTS naming the field). Evaluates the indicator for the
+        observation's provider: opens a breach when the threshold is crossed, and
+        resolves an open one when the value is back past the recovery threshold.
+        """
+
+    @_abc_1.abstractmethod
+    def RecordObservations(
+        self,
+        request_iterator: _MaybeAsyncIterator[_selfmonitoring_pb2.RecordObservationsRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_selfmonitoring_pb2.RecordObservationsResponse, _abc.Awaitable[_selfmonitoring_pb2.RecordObservationsResponse]]:
+        """Records a client stream of observations, many per unit of work. A bad
+        record is reported (by its index in the stream) and the rest go on.
         """
 
     @_abc_1.abstractmethod
@@ -123,7 +303,9 @@ class SelfMonitoringServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _selfmonitoring_pb2.ListBreachesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_selfmonitoring_pb2.ListBreachesResponse, _abc.Awaitable[_selfmonitoring_pb2.ListBreachesResponse]]:
-        """Lists the region's breaches, newest first."""
+        """Lists the region's breaches, newest first, by state, severity and
+        provider.
+        """
 
     @_abc_1.abstractmethod
     def StreamAlerts(
@@ -131,6 +313,79 @@ class SelfMonitoringServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _selfmonitoring_pb2.StreamAlertsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_selfmonitoring_pb2.Alert], _abc.AsyncIterator[_selfmonitoring_pb2.Alert]]:
-        """Streams the region's quality alerts live, resuming after a sequence."""
+        """Streams the region's quality alerts live (breaches opened, escalated and
+        resolved), filtered by severity, service and provider, resuming after a
+        sequence without gaps or repeats.
+        """
+
+    @_abc_1.abstractmethod
+    def ListAlerts(
+        self,
+        request: _selfmonitoring_pb2.ListAlertsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_selfmonitoring_pb2.ListAlertsResponse, _abc.Awaitable[_selfmonitoring_pb2.ListAlertsResponse]]:
+        """Lists the region's alerts, newest first, with their acknowledgements."""
+
+    @_abc_1.abstractmethod
+    def AcknowledgeAlert(
+        self,
+        request: _selfmonitoring_pb2.AcknowledgeAlertRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_selfmonitoring_pb2.Alert, _abc.Awaitable[_selfmonitoring_pb2.Alert]]:
+        """Acknowledges an alert: a supervisor has seen it. Acknowledging it again
+        changes nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def ListCorrectiveActions(
+        self,
+        request: _selfmonitoring_pb2.ListCorrectiveActionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_selfmonitoring_pb2.ListCorrectiveActionsResponse, _abc.Awaitable[_selfmonitoring_pb2.ListCorrectiveActionsResponse]]:
+        """Lists the region's corrective-action requests, newest first: all for
+        its supervisors and admins, its own for a provider.
+        """
+
+    @_abc_1.abstractmethod
+    def RespondToCorrectiveAction(
+        self,
+        request: _selfmonitoring_pb2.RespondToCorrectiveActionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_selfmonitoring_pb2.CorrectiveAction, _abc.Awaitable[_selfmonitoring_pb2.CorrectiveAction]]:
+        """The provider's response to a corrective-action request, before its
+        deadline; an unanswered request is escalated to a suspension request
+        when the deadline passes with the breach still open.
+        """
+
+    @_abc_1.abstractmethod
+    def GetAvailabilityReport(
+        self,
+        request: _selfmonitoring_pb2.GetAvailabilityReportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_selfmonitoring_pb2.AvailabilityReport, _abc.Awaitable[_selfmonitoring_pb2.AvailabilityReport]]:
+        """The equal-availability view: admitted and active (unsuspended)
+        providers per service, municipality and language, from the registry's
+        events. Public: what the ministry reads.
+        """
+
+    @_abc_1.abstractmethod
+    def GetIndicatorReport(
+        self,
+        request: _selfmonitoring_pb2.GetIndicatorReportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_selfmonitoring_pb2.IndicatorReport, _abc.Awaitable[_selfmonitoring_pb2.IndicatorReport]]:
+        """Each indicator's value per provider (and its service) over the window
+        ending on a day, for the region's supervisors.
+        """
+
+    @_abc_1.abstractmethod
+    def ListBreachObservations(
+        self,
+        request: _selfmonitoring_pb2.ListBreachObservationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_selfmonitoring_pb2.ListBreachObservationsResponse, _abc.Awaitable[_selfmonitoring_pb2.ListBreachObservationsResponse]]:
+        """Lists the observations behind a breach: those of its provider on its
+        indicator in its window, the evidence an alert links to.
+        """
 
 def add_SelfMonitoringServiceServicer_to_server(servicer: SelfMonitoringServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -23,17 +23,54 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from google.type import date_pb2 as google_dot_type_dot_date__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fkasvu/tendering/v1/events.proto\x12\x12kasvu.tendering.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf4\x01\n\x15MarketFailureDeclared\x12\x0f\n\x07\x66inding\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0f\n\x07service\x18\x03 \x01(\t\x12\x16\n\x0emunicipalities\x18\x04 \x03(\t\x12.\n\nvalid_from\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bvalid_until\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x64\x65\x63lare_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8e\x01\n\x13MarketFailureLifted\x12\x0f\n\x07\x66inding\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0f\n\x07service\x18\x03 \x01(\t\x12\x16\n\x0emunicipalities\x18\x04 \x03(\t\x12-\n\tlift_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fkasvu/tendering/v1/events.proto\x12\x12kasvu.tendering.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16google/type/date.proto\"\xf4\x01\n\x15MarketFailureDeclared\x12\x0f\n\x07\x66inding\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0f\n\x07service\x18\x03 \x01(\t\x12\x16\n\x0emunicipalities\x18\x04 \x03(\t\x12.\n\nvalid_from\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bvalid_until\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x64\x65\x63lare_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8e\x01\n\x13MarketFailureLifted\x12\x0f\n\x07\x66inding\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0f\n\x07service\x18\x03 \x01(\t\x12\x16\n\x0emunicipalities\x18\x04 \x03(\t\x12-\n\tlift_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"k\n\x0b\x43\x61llDrafted\x12\x0c\n\x04\x63\x61ll\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb9\x01\n\rCallPublished\x12\x0c\n\x04\x63\x61ll\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0f\n\x07service\x18\x03 \x01(\t\x12\x0e\n\x06regime\x18\x04 \x01(\t\x12\x37\n\x13submission_deadline\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cpublish_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc1\x01\n\x0b\x43\x61llAmended\x12\x0c\n\x04\x63\x61ll\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x11\n\tamendment\x18\x03 \x01(\x05\x12\x18\n\x10invalidated_bids\x18\x04 \x01(\x05\x12\x37\n\x13submission_deadline\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\namend_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"v\n\tCallEnded\x12\x0c\n\x04\x63\x61ll\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12,\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"w\n\x12\x43larificationAsked\x12\x15\n\rclarification\x18\x01 \x01(\t\x12\x0c\n\x04\x63\x61ll\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12,\n\x08\x61sk_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"}\n\x15\x43larificationAnswered\x12\x15\n\rclarification\x18\x01 \x01(\t\x12\x0c\n\x04\x63\x61ll\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12/\n\x0b\x61nswer_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x92\x01\n\x0b\x42idReceived\x12\x0b\n\x03\x62id\x18\x01 \x01(\t\x12\x0c\n\x04\x63\x61ll\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12\x0b\n\x03lot\x18\x04 \x01(\t\x12\x19\n\x11\x63iphertext_sha256\x18\x05 \x01(\t\x12\x30\n\x0creceive_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"l\n\x0c\x42idWithdrawn\x12\x0b\n\x03\x62id\x18\x01 \x01(\t\x12\x0c\n\x04\x63\x61ll\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12\x31\n\rwithdraw_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"m\n\nCallClosed\x12\x0c\n\x04\x63\x61ll\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x11\n\tbid_count\x18\x03 \x01(\x05\x12.\n\nclose_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"v\n\x15OpeningShareSubmitted\x12\x0c\n\x04\x63\x61ll\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0e\n\x06member\x18\x03 \x01(\t\x12/\n\x0bsubmit_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"}\n\nBidsOpened\x12\x0c\n\x04\x63\x61ll\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0e\n\x06opened\x18\x03 \x01(\x05\x12\x12\n\nunopenable\x18\x04 \x01(\x05\x12-\n\topen_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x97\x01\n\x0b\x43\x61llAwarded\x12\x0c\n\x04\x63\x61ll\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0f\n\x07winners\x18\x03 \x03(\t\x12)\n\x0estandstill_end\x18\x04 \x01(\x0b\x32\x11.google.type.Date\x12.\n\naward_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"o\n\x0e\x41ppealRecorded\x12\x0c\n\x04\x63\x61ll\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0e\n\x06\x61ppeal\x18\x03 \x01(\t\x12/\n\x0brecord_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"p\n\x0e\x41ppealResolved\x12\x0c\n\x04\x63\x61ll\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0e\n\x06\x61ppeal\x18\x03 \x01(\t\x12\x30\n\x0cresolve_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"s\n\rCallConcluded\x12\x0c\n\x04\x63\x61ll\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x11\n\tframework\x18\x03 \x01(\t\x12\x31\n\rconclude_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9b\x01\n\x0e\x43\x61llOffOffered\x12\x10\n\x08\x63\x61ll_off\x18\x01 \x01(\t\x12\x11\n\tframework\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12\x13\n\x0b\x62usiness_id\x18\x04 \x01(\t\x12\x0f\n\x07skipped\x18\x05 \x03(\t\x12.\n\noffer_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9a\x01\n\x0e\x43\x61llOffDecided\x12\x10\n\x08\x63\x61ll_off\x18\x01 \x01(\t\x12\x11\n\tframework\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\x13\n\x0b\x62usiness_id\x18\x05 \x01(\t\x12/\n\x0b\x64\x65\x63ide_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x95\x01\n\x1aSupplierEligibilityChanged\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x13\n\x0b\x62usiness_id\x18\x03 \x01(\t\x12\x10\n\x08\x65ligible\x18\x04 \x01(\x08\x12/\n\x0b\x63hange_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kasvu.tendering.v1.events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MARKETFAILUREDECLARED']._serialized_start=89
-  _globals['_MARKETFAILUREDECLARED']._serialized_end=333
-  _globals['_MARKETFAILURELIFTED']._serialized_start=336
-  _globals['_MARKETFAILURELIFTED']._serialized_end=478
+  _globals['_MARKETFAILUREDECLARED']._serialized_start=113
+  _globals['_MARKETFAILUREDECLARED']._serialized_end=357
+  _globals['_MARKETFAILURELIFTED']._serialized_start=360
+  _globals['_MARKETFAILURELIFTED']._serialized_end=502
+  _globals['_CALLDRAFTED']._serialized_start=504
+  _globals['_CALLDRAFTED']._serialized_end=611
+  _globals['_CALLPUBLISHED']._serialized_start=614
+  _globals['_CALLPUBLISHED']._serialized_end=799
+  _globals['_CALLAMENDED']._serialized_start=802
+  _globals['_CALLAMENDED']._serialized_end=995
+  _globals['_CALLENDED']._serialized_start=997
+  _globals['_CALLENDED']._serialized_end=1115
+  _globals['_CLARIFICATIONASKED']._serialized_start=1117
+  _globals['_CLARIFICATIONASKED']._serialized_end=1236
+  _globals['_CLARIFICATIONANSWERED']._serialized_start=1238
+  _globals['_CLARIFICATIONANSWERED']._serialized_end=1363
+  _globals['_BIDRECEIVED']._serialized_start=1366
+  _globals['_BIDRECEIVED']._serialized_end=1512
+  _globals['_BIDWITHDRAWN']._serialized_start=1514
+  _globals['_BIDWITHDRAWN']._serialized_end=1622
+  _globals['_CALLCLOSED']._serialized_start=1624
+  _globals['_CALLCLOSED']._serialized_end=1733
+  _globals['_OPENINGSHARESUBMITTED']._serialized_start=1735
+  _globals['_OPENINGSHARESUBMITTED']._serialized_end=1853
+  _globals['_BIDSOPENED']._serialized_start=1855
+  _globals['_BIDSOPENED']._serialized_end=1980
+  _globals['_CALLAWARDED']._serialized_start=1983
+  _globals['_CALLAWARDED']._serialized_end=2134
+  _globals['_APPEALRECORDED']._serialized_start=2136
+  _globals['_APPEALRECORDED']._serialized_end=2247
+  _globals['_APPEALRESOLVED']._serialized_start=2249
+  _globals['_APPEALRESOLVED']._serialized_end=2361
+  _globals['_CALLCONCLUDED']._serialized_start=2363
+  _globals['_CALLCONCLUDED']._serialized_end=2478
+  _globals['_CALLOFFOFFERED']._serialized_start=2481
+  _globals['_CALLOFFOFFERED']._serialized_end=2636
+  _globals['_CALLOFFDECIDED']._serialized_start=2639
+  _globals['_CALLOFFDECIDED']._serialized_end=2793
+  _globals['_SUPPLIERELIGIBILITYCHANGED']._serialized_start=2796
+  _globals['_SUPPLIERELIGIBILITYCHANGED']._serialized_end=2945
 # @@protoc_insertion_point(module_scope)

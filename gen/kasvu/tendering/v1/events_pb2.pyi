@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.type import date_pb2 as _date_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -120,3 +121,717 @@ class MarketFailureLifted(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MarketFailureLifted: _TypeAlias = MarketFailureLifted  # noqa: Y015
+
+@_typing.final
+class CallDrafted(_message.Message):
+    """A call for tenders was drafted."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALL_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    call: _builtins.str
+    """regions/{region}/calls/{call}"""
+    region: _builtins.str
+    """The organiser."""
+    title: _builtins.str
+    """Title."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When."""
+
+    def __init__(
+        self,
+        *,
+        call: _builtins.str = ...,
+        region: _builtins.str = ...,
+        title: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call", b"call", "create_time", b"create_time", "region", b"region", "title", b"title"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CallDrafted: _TypeAlias = CallDrafted  # noqa: Y015
+
+@_typing.final
+class CallPublished(_message.Message):
+    """A call was published with its opening key."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALL_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    REGIME_FIELD_NUMBER: _builtins.int
+    SUBMISSION_DEADLINE_FIELD_NUMBER: _builtins.int
+    PUBLISH_TIME_FIELD_NUMBER: _builtins.int
+    call: _builtins.str
+    """The call."""
+    region: _builtins.str
+    """The organiser."""
+    service: _builtins.str
+    """The growth service tendered."""
+    regime: _builtins.str
+    """EU, NATIONAL or BELOW_THRESHOLD."""
+    @_builtins.property
+    def submission_deadline(self) -> _timestamp_pb2.Timestamp:
+        """Bids are taken until then."""
+
+    @_builtins.property
+    def publish_time(self) -> _timestamp_pb2.Timestamp:
+        """When."""
+
+    def __init__(
+        self,
+        *,
+        call: _builtins.str = ...,
+        region: _builtins.str = ...,
+        service: _builtins.str = ...,
+        regime: _builtins.str = ...,
+        submission_deadline: _timestamp_pb2.Timestamp | None = ...,
+        publish_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["publish_time", b"publish_time", "submission_deadline", b"submission_deadline"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call", b"call", "publish_time", b"publish_time", "regime", b"regime", "region", b"region", "service", b"service", "submission_deadline", b"submission_deadline"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CallPublished: _TypeAlias = CallPublished  # noqa: Y015
+
+@_typing.final
+class CallAmended(_message.Message):
+    """A published call's terms changed; bids on the old terms were invalidated."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALL_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    AMENDMENT_FIELD_NUMBER: _builtins.int
+    INVALIDATED_BIDS_FIELD_NUMBER: _builtins.int
+    SUBMISSION_DEADLINE_FIELD_NUMBER: _builtins.int
+    AMEND_TIME_FIELD_NUMBER: _builtins.int
+    call: _builtins.str
+    """The call."""
+    region: _builtins.str
+    """The organiser."""
+    amendment: _builtins.int
+    """The amendment's number."""
+    invalidated_bids: _builtins.int
+    """How many sealed bids were invalidated."""
+    @_builtins.property
+    def submission_deadline(self) -> _timestamp_pb2.Timestamp:
+        """The (possibly moved) deadline."""
+
+    @_builtins.property
+    def amend_time(self) -> _timestamp_pb2.Timestamp:
+        """When."""
+
+    def __init__(
+        self,
+        *,
+        call: _builtins.str = ...,
+        region: _builtins.str = ...,
+        amendment: _builtins.int = ...,
+        invalidated_bids: _builtins.int = ...,
+        submission_deadline: _timestamp_pb2.Timestamp | None = ...,
+        amend_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amend_time", b"amend_time", "submission_deadline", b"submission_deadline"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amend_time", b"amend_time", "amendment", b"amendment", "call", b"call", "invalidated_bids", b"invalidated_bids", "region", b"region", "submission_deadline", b"submission_deadline"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CallAmended: _TypeAlias = CallAmended  # noqa: Y015
+
+@_typing.final
+class CallEnded(_message.Message):
+    """A call was cancelled or ended unsuccessful."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALL_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    call: _builtins.str
+    """The call."""
+    region: _builtins.str
+    """The organiser."""
+    state: _builtins.str
+    """CANCELLED or UNSUCCESSFUL."""
+    reason: _builtins.str
+    """Why."""
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """When."""
+
+    def __init__(
+        self,
+        *,
+        call: _builtins.str = ...,
+        region: _builtins.str = ...,
+        state: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call", b"call", "end_time", b"end_time", "reason", b"reason", "region", b"region", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CallEnded: _TypeAlias = CallEnded  # noqa: Y015
+
+@_typing.final
+class ClarificationAsked(_message.Message):
+    """A question arrived; the asker is neither stored nor named."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLARIFICATION_FIELD_NUMBER: _builtins.int
+    CALL_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    ASK_TIME_FIELD_NUMBER: _builtins.int
+    clarification: _builtins.str
+    """regions/{region}/calls/{call}/clarifications/{clarification}"""
+    call: _builtins.str
+    """The call."""
+    region: _builtins.str
+    """The organiser."""
+    @_builtins.property
+    def ask_time(self) -> _timestamp_pb2.Timestamp:
+        """When."""
+
+    def __init__(
+        self,
+        *,
+        clarification: _builtins.str = ...,
+        call: _builtins.str = ...,
+        region: _builtins.str = ...,
+        ask_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ask_time", b"ask_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ask_time", b"ask_time", "call", b"call", "clarification", b"clarification", "region", b"region"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClarificationAsked: _TypeAlias = ClarificationAsked  # noqa: Y015
+
+@_typing.final
+class ClarificationAnswered(_message.Message):
+    """A question was answered to all; the asker is not named."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLARIFICATION_FIELD_NUMBER: _builtins.int
+    CALL_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    ANSWER_TIME_FIELD_NUMBER: _builtins.int
+    clarification: _builtins.str
+    """regions/{region}/calls/{call}/clarifications/{clarification}"""
+    call: _builtins.str
+    """The call."""
+    region: _builtins.str
+    """The organiser."""
+    @_builtins.property
+    def answer_time(self) -> _timestamp_pb2.Timestamp:
+        """When."""
+
+    def __init__(
+        self,
+        *,
+        clarification: _builtins.str = ...,
+        call: _builtins.str = ...,
+        region: _builtins.str = ...,
+        answer_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["answer_time", b"answer_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer_time", b"answer_time", "call", b"call", "clarification", b"clarification", "region", b"region"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClarificationAnswered: _TypeAlias = ClarificationAnswered  # noqa: Y015
+
+@_typing.final
+class BidReceived(_message.Message):
+    """A sealed bid was received; the bidder stays sealed until opening."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BID_FIELD_NUMBER: _builtins.int
+    CALL_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    LOT_FIELD_NUMBER: _builtins.int
+    CIPHERTEXT_SHA256_FIELD_NUMBER: _builtins.int
+    RECEIVE_TIME_FIELD_NUMBER: _builtins.int
+    bid: _builtins.str
+    """regions/{region}/calls/{call}/bids/{bid}"""
+    call: _builtins.str
+    """The call."""
+    region: _builtins.str
+    """The organiser."""
+    lot: _builtins.str
+    """The lot."""
+    ciphertext_sha256: _builtins.str
+    """Hex SHA-256 of the sealed bid."""
+    @_builtins.property
+    def receive_time(self) -> _timestamp_pb2.Timestamp:
+        """When."""
+
+    def __init__(
+        self,
+        *,
+        bid: _builtins.str = ...,
+        call: _builtins.str = ...,
+        region: _builtins.str = ...,
+        lot: _builtins.str = ...,
+        ciphertext_sha256: _builtins.str = ...,
+        receive_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["receive_time", b"receive_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bid", b"bid", "call", b"call", "ciphertext_sha256", b"ciphertext_sha256", "lot", b"lot", "receive_time", b"receive_time", "region", b"region"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BidReceived: _TypeAlias = BidReceived  # noqa: Y015
+
+@_typing.final
+class BidWithdrawn(_message.Message):
+    """A sealed bid was withdrawn."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BID_FIELD_NUMBER: _builtins.int
+    CALL_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    WITHDRAW_TIME_FIELD_NUMBER: _builtins.int
+    bid: _builtins.str
+    """The bid."""
+    call: _builtins.str
+    """The call."""
+    region: _builtins.str
+    """The organiser."""
+    @_builtins.property
+    def withdraw_time(self) -> _timestamp_pb2.Timestamp:
+        """When."""
+
+    def __init__(
+        self,
+        *,
+        bid: _builtins.str = ...,
+        call: _builtins.str = ...,
+        region: _builtins.str = ...,
+        withdraw_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["withdraw_time", b"withdraw_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bid", b"bid", "call", b"call", "region", b"region", "withdraw_time", b"withdraw_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BidWithdrawn: _TypeAlias = BidWithdrawn  # noqa: Y015
+
+@_typing.final
+class CallClosed(_message.Message):
+    """The submission deadline passed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALL_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    BID_COUNT_FIELD_NUMBER: _builtins.int
+    CLOSE_TIME_FIELD_NUMBER: _builtins.int
+    call: _builtins.str
+    """The call."""
+    region: _builtins.str
+    """The organiser."""
+    bid_count: _builtins.int
+    """Sealed bids at the deadline."""
+    @_builtins.property
+    def close_time(self) -> _timestamp_pb2.Timestamp:
+        """When."""
+
+    def __init__(
+        self,
+        *,
+        call: _builtins.str = ...,
+        region: _builtins.str = ...,
+        bid_count: _builtins.int = ...,
+        close_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["close_time", b"close_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bid_count", b"bid_count", "call", b"call", "close_time", b"close_time", "region", b"region"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CallClosed: _TypeAlias = CallClosed  # noqa: Y015
+
+@_typing.final
+class OpeningShareSubmitted(_message.Message):
+    """A committee member submitted its opening share."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALL_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    MEMBER_FIELD_NUMBER: _builtins.int
+    SUBMIT_TIME_FIELD_NUMBER: _builtins.int
+    call: _builtins.str
+    """The call."""
+    region: _builtins.str
+    """The organiser."""
+    member: _builtins.str
+    """The member (token subject)."""
+    @_builtins.property
+    def submit_time(self) -> _timestamp_pb2.Timestamp:
+        """When."""
+
+    def __init__(
+        self,
+        *,
+        call: _builtins.str = ...,
+        region: _builtins.str = ...,
+        member: _builtins.str = ...,
+        submit_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["submit_time", b"submit_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call", b"call", "member", b"member", "region", b"region", "submit_time", b"submit_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OpeningShareSubmitted: _TypeAlias = OpeningShareSubmitted  # noqa: Y015
+
+@_typing.final
+class BidsOpened(_message.Message):
+    """Every bid of a call was opened at once and scored."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALL_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    OPENED_FIELD_NUMBER: _builtins.int
+    UNOPENABLE_FIELD_NUMBER: _builtins.int
+    OPEN_TIME_FIELD_NUMBER: _builtins.int
+    call: _builtins.str
+    """The call."""
+    region: _builtins.str
+    """The organiser."""
+    opened: _builtins.int
+    """Bids opened."""
+    unopenable: _builtins.int
+    """Bids that did not open with the call's key."""
+    @_builtins.property
+    def open_time(self) -> _timestamp_pb2.Timestamp:
+        """When."""
+
+    def __init__(
+        self,
+        *,
+        call: _builtins.str = ...,
+        region: _builtins.str = ...,
+        opened: _builtins.int = ...,
+        unopenable: _builtins.int = ...,
+        open_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["open_time", b"open_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call", b"call", "open_time", b"open_time", "opened", b"opened", "region", b"region", "unopenable", b"unopenable"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BidsOpened: _TypeAlias = BidsOpened  # noqa: Y015
+
+@_typing.final
+class CallAwarded(_message.Message):
+    """The award decision was made; the standstill runs to standstill_end."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALL_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    WINNERS_FIELD_NUMBER: _builtins.int
+    STANDSTILL_END_FIELD_NUMBER: _builtins.int
+    AWARD_TIME_FIELD_NUMBER: _builtins.int
+    call: _builtins.str
+    """The call."""
+    region: _builtins.str
+    """The organiser."""
+    @_builtins.property
+    def winners(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Awarded bids, ranked within each lot."""
+
+    @_builtins.property
+    def standstill_end(self) -> _date_pb2.Date:
+        """The standstill's last day."""
+
+    @_builtins.property
+    def award_time(self) -> _timestamp_pb2.Timestamp:
+        """When."""
+
+    def __init__(
+        self,
+        *,
+        call: _builtins.str = ...,
+        region: _builtins.str = ...,
+        winners: _abc.Iterable[_builtins.str] | None = ...,
+        standstill_end: _date_pb2.Date | None = ...,
+        award_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["award_time", b"award_time", "standstill_end", b"standstill_end"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["award_time", b"award_time", "call", b"call", "region", b"region", "standstill_end", b"standstill_end", "winners", b"winners"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CallAwarded: _TypeAlias = CallAwarded  # noqa: Y015
+
+@_typing.final
+class AppealRecorded(_message.Message):
+    """A request for rectification or appeal was recorded against an award."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALL_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    APPEAL_FIELD_NUMBER: _builtins.int
+    RECORD_TIME_FIELD_NUMBER: _builtins.int
+    call: _builtins.str
+    """The call."""
+    region: _builtins.str
+    """The organiser."""
+    appeal: _builtins.str
+    """Its id."""
+    @_builtins.property
+    def record_time(self) -> _timestamp_pb2.Timestamp:
+        """When."""
+
+    def __init__(
+        self,
+        *,
+        call: _builtins.str = ...,
+        region: _builtins.str = ...,
+        appeal: _builtins.str = ...,
+        record_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["record_time", b"record_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["appeal", b"appeal", "call", b"call", "record_time", b"record_time", "region", b"region"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AppealRecorded: _TypeAlias = AppealRecorded  # noqa: Y015
+
+@_typing.final
+class AppealResolved(_message.Message):
+    """An appeal was resolved."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALL_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    APPEAL_FIELD_NUMBER: _builtins.int
+    RESOLVE_TIME_FIELD_NUMBER: _builtins.int
+    call: _builtins.str
+    """The call."""
+    region: _builtins.str
+    """The organiser."""
+    appeal: _builtins.str
+    """Its id."""
+    @_builtins.property
+    def resolve_time(self) -> _timestamp_pb2.Timestamp:
+        """When."""
+
+    def __init__(
+        self,
+        *,
+        call: _builtins.str = ...,
+        region: _builtins.str = ...,
+        appeal: _builtins.str = ...,
+        resolve_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["resolve_time", b"resolve_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["appeal", b"appeal", "call", b"call", "region", b"region", "resolve_time", b"resolve_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AppealResolved: _TypeAlias = AppealResolved  # noqa: Y015
+
+@_typing.final
+class CallConcluded(_message.Message):
+    """The agreement was concluded after the standstill."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALL_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    FRAMEWORK_FIELD_NUMBER: _builtins.int
+    CONCLUDE_TIME_FIELD_NUMBER: _builtins.int
+    call: _builtins.str
+    """The call."""
+    region: _builtins.str
+    """The organiser."""
+    framework: _builtins.str
+    """regions/{region}/frameworks/{framework}"""
+    @_builtins.property
+    def conclude_time(self) -> _timestamp_pb2.Timestamp:
+        """When."""
+
+    def __init__(
+        self,
+        *,
+        call: _builtins.str = ...,
+        region: _builtins.str = ...,
+        framework: _builtins.str = ...,
+        conclude_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["conclude_time", b"conclude_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call", b"call", "conclude_time", b"conclude_time", "framework", b"framework", "region", b"region"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CallConcluded: _TypeAlias = CallConcluded  # noqa: Y015
+
+@_typing.final
+class CallOffOffered(_message.Message):
+    """A call-off was offered to a framework supplier."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALL_OFF_FIELD_NUMBER: _builtins.int
+    FRAMEWORK_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    BUSINESS_ID_FIELD_NUMBER: _builtins.int
+    SKIPPED_FIELD_NUMBER: _builtins.int
+    OFFER_TIME_FIELD_NUMBER: _builtins.int
+    call_off: _builtins.str
+    """regions/{region}/frameworks/{framework}/callOffs/{call_off}"""
+    framework: _builtins.str
+    """The framework."""
+    region: _builtins.str
+    """The organiser."""
+    business_id: _builtins.str
+    """The supplier offered it."""
+    @_builtins.property
+    def skipped(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Suppliers skipped as suspended."""
+
+    @_builtins.property
+    def offer_time(self) -> _timestamp_pb2.Timestamp:
+        """When."""
+
+    def __init__(
+        self,
+        *,
+        call_off: _builtins.str = ...,
+        framework: _builtins.str = ...,
+        region: _builtins.str = ...,
+        business_id: _builtins.str = ...,
+        skipped: _abc.Iterable[_builtins.str] | None = ...,
+        offer_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["offer_time", b"offer_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["business_id", b"business_id", "call_off", b"call_off", "framework", b"framework", "offer_time", b"offer_time", "region", b"region", "skipped", b"skipped"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CallOffOffered: _TypeAlias = CallOffOffered  # noqa: Y015
+
+@_typing.final
+class CallOffDecided(_message.Message):
+    """A call-off was accepted, or failed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALL_OFF_FIELD_NUMBER: _builtins.int
+    FRAMEWORK_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    BUSINESS_ID_FIELD_NUMBER: _builtins.int
+    DECIDE_TIME_FIELD_NUMBER: _builtins.int
+    call_off: _builtins.str
+    """The call-off."""
+    framework: _builtins.str
+    """The framework."""
+    region: _builtins.str
+    """The organiser."""
+    state: _builtins.str
+    """ACCEPTED or FAILED."""
+    business_id: _builtins.str
+    """Who accepted ("" when failed)."""
+    @_builtins.property
+    def decide_time(self) -> _timestamp_pb2.Timestamp:
+        """When."""
+
+    def __init__(
+        self,
+        *,
+        call_off: _builtins.str = ...,
+        framework: _builtins.str = ...,
+        region: _builtins.str = ...,
+        state: _builtins.str = ...,
+        business_id: _builtins.str = ...,
+        decide_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["decide_time", b"decide_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["business_id", b"business_id", "call_off", b"call_off", "decide_time", b"decide_time", "framework", b"framework", "region", b"region", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CallOffDecided: _TypeAlias = CallOffDecided  # noqa: Y015
+
+@_typing.final
+class SupplierEligibilityChanged(_message.Message):
+    """Tendering learned from the registry that a provider was suspended or reinstated."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGION_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    BUSINESS_ID_FIELD_NUMBER: _builtins.int
+    ELIGIBLE_FIELD_NUMBER: _builtins.int
+    CHANGE_TIME_FIELD_NUMBER: _builtins.int
+    region: _builtins.str
+    """The region."""
+    service: _builtins.str
+    """The growth service."""
+    business_id: _builtins.str
+    """The provider."""
+    eligible: _builtins.bool
+    """Whether it may now be offered call-offs."""
+    @_builtins.property
+    def change_time(self) -> _timestamp_pb2.Timestamp:
+        """When."""
+
+    def __init__(
+        self,
+        *,
+        region: _builtins.str = ...,
+        service: _builtins.str = ...,
+        business_id: _builtins.str = ...,
+        eligible: _builtins.bool = ...,
+        change_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["change_time", b"change_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["business_id", b"business_id", "change_time", b"change_time", "eligible", b"eligible", "region", b"region", "service", b"service"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SupplierEligibilityChanged: _TypeAlias = SupplierEligibilityChanged  # noqa: Y015

@@ -1,0 +1,299 @@
+"""Self-monitoring's figures (issue 8): observation ingestion with live evaluation against a bare
+JetStream publish_async loop, the alert stream's fan-out, and how evaluation cost grows.
+
+Each function takes a started LocalSuite (or its NATS URL) and returns figures under the
+issue's keys; `selfmonitoring_figures` runs them all:
+
+    ingest_obs_per_s, ingest_vs_jetstream, alert_fanout_p99_ms, alert_fanout_dropped,
+    evaluation_10x_vs_1x
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import itertools
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import grpc
+import nats
+from google.protobuf.timestamp_pb2 import Timestamp
+from google.type import date_pb2
+from kasvu.selfmonitoring.v1 import events_pb2, selfmonitoring_pb2, selfmonitoring_pb2_grpc
+from nats.js.api import StorageType, StreamConfig
+
+from bench.stats import percentile, ratio
+from bench.suite_load import FINLAND, REGION, SERVICE, bearer, business_ids
+from kasvuctl.localsuite import LocalSuite
+from services.runtime import catalog
+from services.runtime.auth import Role
+from services.runtime.dispatch import subject_for
+
+INDICATORS = 10
+PROVIDERS = 200
+JETSTREAM_STREAM = "BENCH_PUBLISH_ASYNC"
+JETSTREAM_SUBJECT = "bench.publish_async"
+
+
+def _today() -> dt.date:
+    return dt.datetime.now(FINLAND).date()
+
+
+def _date(day: dt.date) -> date_pb2.Date:
+    return date_pb2.Date(year=day.year, month=day.month, day=day.day)
+
+
+async def _define_indicators(
+    stub: selfmonitoring_pb2_grpc.SelfMonitoringServiceStub, admin: tuple[tuple[str, str], ...], count: int
+) -> list[str]:
+    """`count` fresh share-within-deadline indicators, so each run starts from empty windows."""
+    run = uuid.uuid4().hex[:8]
+    names = []
+    for index in range(count):
+        created = await stub.CreateIndicator(
+            selfmonitoring_pb2.CreateIndicatorRequest(
+                parent=f"regions/{REGION}",
+                indicator_id=f"bench-{run}-{index}",
+                indicator=selfmonitoring_pb2.Indicator(
+                    display_name=f"Bench indicator {index}",
+                    service=SERVICE,
+                    share_within_deadline=selfmonitoring_pb2.ShareWithinDeadline(
+                        deadline_days=14, minimum_share=0.5, recovery_share=0.6
+                    ),
+                    window_days=90,
+                    minimum_sample=20,
+                    severity=selfmonitoring_pb2.SEVERITY_WARNING,
+                ),
+            ),
+            metadata=admin,
+        )
+        names.append(created.name)
+    return names
+
+
+PER_MESSAGE = 500
+"""Observations per stream message (one indicator each): the stream's per-message cost is
+paid once for them all."""
+
+
+def _observations(
+    indicators: list[str], providers: list[str], count: int, prefix: str
+) -> Iterator[selfmonitoring_pb2.RecordObservationsRequest]:
+    """Mostly on time (so few breaches open), spread over indicators, providers and 60 days."""
+    today = _today()
+    for first in range(0, count, PER_MESSAGE):
+        observations = []
+        for index in range(first, min(first + PER_MESSAGE, count)):
+            completed = today - dt.timedelta(days=index % 60)
+            taken = 30 if index % 10 == 0 else 3
+            observations.append(
+                selfmonitoring_pb2.Observation(
+                    observation_id=f"{prefix}-{index}",
+                    provider=providers[index % len(providers)],
+                    case_key=f"k{index}",
+                    started_on=_date(completed - dt.timedelta(days=taken)),
+                    completed_on=_date(completed),
+                )
+            )
+        message = first // PER_MESSAGE
+        yield selfmonitoring_pb2.RecordObservationsRequest(
+            parent=indicators[message % len(indicators)], observations=observations
+        )
+
+
+async def _ingest_seconds(
+    stub: selfmonitoring_pb2_grpc.SelfMonitoringServiceStub,
+    admin: tuple[tuple[str, str], ...],
+    indicators: list[str],
+    count: int,
+    streams: int,
+) -> float:
+    """Seconds to ingest `count` observations over `streams` concurrent client streams."""
+    providers = list(itertools.islice(business_ids(7_000_000), PROVIDERS))
+    run = uuid.uuid4().hex[:8]
+    per_stream = count // streams
+
+    async def one(stream: int) -> int:
+        requests = list(_observations(indicators, providers, per_stream, f"{run}-{stream}"))
+        response = await stub.RecordObservations(iter(requests), metadata=admin, timeout=600)
+        if response.rejected:
+            raise RuntimeError(f"the bench's observations were refused: {response.rejected[0]}")
+        return response.recorded
+
+    started = time.perf_counter()
+    recorded = sum(await asyncio.gather(*(one(index) for index in range(streams))))
+    elapsed = time.perf_counter() - started
+    if recorded != per_stream * streams:
+        raise RuntimeError(f"recorded {recorded} of {per_stream * streams}")
+    return elapsed
+
+
+async def ingest_obs_per_s(suite: LocalSuite, count: int = 50_000, streams: int = 2) -> float:
+    """Observations per second through RecordObservations with 10 indicators evaluating live."""
+    async with grpc.aio.insecure_channel(suite.address("selfmonitoring")) as channel:
+        stub = selfmonitoring_pb2_grpc.SelfMonitoringServiceStub(channel)
+        admin = bearer(suite.token(Role.REGION_ADMIN, REGION))
+        indicators = await _define_indicators(stub, admin, INDICATORS)
+        return count / await _ingest_seconds(stub, admin, indicators, count, streams)
+
+
+async def evaluation_10x_vs_1x(suite: LocalSuite, base: int = 5_000) -> float:
+    """Time for 10x the observations over the time for 1x, on the same indicators (after the 1x,
+    so the 10x meets the history the 1x left): at most 11 when evaluation never rescans history."""
+    async with grpc.aio.insecure_channel(suite.address("selfmonitoring")) as channel:
+        stub = selfmonitoring_pb2_grpc.SelfMonitoringServiceStub(channel)
+        admin = bearer(suite.token(Role.REGION_ADMIN, REGION))
+        indicators = await _define_indicators(stub, admin, INDICATORS)
+        once = await _ingest_seconds(stub, admin, indicators, base, 1)
+        tenfold = await _ingest_seconds(stub, admin, indicators, base * 10, 1)
+        return tenfold / once
+
+
+async def jetstream_publish_async_per_s(suite: LocalSuite, count: int = 50_000, window: int = 1000) -> float:
+    """Messages per second of a bare JetStream publish_async loop (acks awaited per window)."""
+    nc = await suite.connect_nats()
+    try:
+        js = nc.jetstream(publish_async_max_pending=window)
+        await js.add_stream(
+            StreamConfig(name=JETSTREAM_STREAM, subjects=[JETSTREAM_SUBJECT], storage=StorageType.FILE)
+        )
+        payload = b"x" * 120  # about an observation's size
+        started = time.perf_counter()
+        for index in range(count):
+            await js.publish_async(JETSTREAM_SUBJECT, payload)
+            if index % window == window - 1:
+                await js.publish_async_completed()
+        await js.publish_async_completed()
+        elapsed = time.perf_counter() - started
+        await js.delete_stream(JETSTREAM_STREAM)
+        return count / elapsed
+    finally:
+        await nc.close()
+
+
+async def _subscriber(
+    stub: selfmonitoring_pb2_grpc.SelfMonitoringServiceStub,
+    supervisor: tuple[tuple[str, str], ...],
+    subscribed: asyncio.Event,
+    latencies: list[float],
+    expected: int,
+) -> int:
+    """Reads alerts until `expected` arrived (or it is cancelled); records delivery latency."""
+    call = stub.StreamAlerts(
+        selfmonitoring_pb2.StreamAlertsRequest(parent=f"regions/{REGION}"), metadata=supervisor
+    )
+    await call.initial_metadata()
+    subscribed.set()
+    received = 0
+    try:
+        async for alert in _alerts(call):
+            sent = alert.breach.open_time.ToNanoseconds() / 1e9
+            latencies.append((time.time() - sent) * 1000)
+            received += 1
+            if received >= expected:
+                break
+    finally:
+        call.cancel()
+    return received
+
+
+async def _alerts(call: grpc.aio.UnaryStreamCall) -> AsyncIterator[selfmonitoring_pb2.Alert]:  # type: ignore[type-arg]
+    while True:
+        alert = await call.read()
+        if alert is grpc.aio.EOF:
+            return
+        yield alert
+
+
+async def alert_fanout(
+    suite: LocalSuite, subscribers: int = 200, rate: int = 500, seconds: float = 10.0, grace_s: float = 10.0
+) -> dict[str, float]:
+    """`subscribers` live alert streams while `rate` alerts a second are published onto the
+    self-monitoring stream for `seconds`: p99 delivery in ms (publish -> the client) and the
+    number of deliveries missing after a grace period."""
+    total = int(rate * seconds)
+    async with grpc.aio.insecure_channel(suite.address("selfmonitoring")) as channel:
+        stub = selfmonitoring_pb2_grpc.SelfMonitoringServiceStub(channel)
+        supervisor = bearer(suite.token(Role.SUPERVISOR, REGION))
+        latencies: list[float] = []
+        ready = [asyncio.Event() for _ in range(subscribers)]
+        tasks = [
+            asyncio.create_task(_subscriber(stub, supervisor, ready[index], latencies, total))
+            for index in range(subscribers)
+        ]
+        await asyncio.wait_for(asyncio.gather(*(event.wait() for event in ready)), 60)
+        await asyncio.sleep(0.5)  # every ordered consumer exists once its headers came back
+        nc = await suite.connect_nats()
+        try:
+            js = nc.jetstream()
+            subject = subject_for(events_pb2.BreachOpened.DESCRIPTOR.full_name, REGION)
+            stream = catalog.entry("selfmonitoring").stream
+            started = time.perf_counter()
+            for index in range(total):
+                await _publish_alert(js, subject, stream, index)
+                lag = started + (index + 1) / rate - time.perf_counter()
+                if lag > 0:
+                    await asyncio.sleep(lag)
+        finally:
+            await nc.close()
+        done, pending = await asyncio.wait(tasks, timeout=grace_s)
+        for task in pending:
+            task.cancel()
+        complete = sum(
+            1 for task in done if not task.cancelled() and task.exception() is None and task.result() >= total
+        )
+    delivered = len(latencies)
+    return {
+        "alert_fanout_p99_ms": percentile(latencies, 99) if latencies else float("inf"),
+        "alert_fanout_dropped": float(subscribers * total - delivered),
+        "alert_fanout_subscribers": float(subscribers),
+        "alert_fanout_rate": float(rate),
+        "alert_fanout_complete_subscribers": float(complete),
+    }
+
+
+async def _publish_alert(js: nats.js.JetStreamContext, subject: str, stream: str, index: int) -> None:
+    """A synthetic BreachOpened (WARNING: the registry suspends nobody) with its send time."""
+    sent = Timestamp()
+    sent.GetCurrentTime()
+    event = events_pb2.BreachOpened(
+        breach=selfmonitoring_pb2.Breach(
+            name=f"regions/{REGION}/breaches/bench{uuid.uuid4().hex}",
+            indicator=f"regions/{REGION}/indicators/bench",
+            provider="1000001-4",
+            service=SERVICE,
+            severity=selfmonitoring_pb2.SEVERITY_WARNING,
+            value=0.1,
+            threshold=0.5,
+            sample_size=index,
+            state=selfmonitoring_pb2.BREACH_STATE_OPEN,
+            open_time=sent,
+        ),
+        region=REGION,
+    )
+    await js.publish(
+        subject,
+        event.SerializeToString(),
+        stream=stream,
+        headers={"Nats-Msg-Id": uuid.uuid4().hex, "Kasvu-Event-Type": "kasvu.selfmonitoring.v1.BreachOpened"},
+    )
+
+
+async def selfmonitoring_figures(suite: LocalSuite, *, quick: bool = False) -> dict[str, float]:
+    """Every self-monitoring figure, under the issue's keys (small counts when `quick`)."""
+    results: dict[str, float] = {}
+    results["jetstream_publish_async_per_s"] = await jetstream_publish_async_per_s(
+        suite, count=2_000 if quick else 50_000
+    )
+    results["ingest_obs_per_s"] = await ingest_obs_per_s(suite, count=2_000 if quick else 50_000)
+    results["ingest_vs_jetstream"] = ratio(
+        results["ingest_obs_per_s"], results["jetstream_publish_async_per_s"]
+    )
+    results["evaluation_10x_vs_1x"] = await evaluation_10x_vs_1x(suite, base=200 if quick else 5_000)
+    if quick:
+        results.update(await alert_fanout(suite, subscribers=5, rate=50, seconds=1.0, grace_s=5.0))
+    else:
+        results.update(await alert_fanout(suite))
+    return results
