@@ -38,7 +38,7 @@ def test_every_catalog_service_has_a_user_the_gateway_none_and_tools_an_administ
     assert users[ADMIN_USER] == Permissions(publish=(">",), subscribe=(">",))
 
 
-def test_the_registry_may_publish_its_own_events_and_read_only_the_breaches_it_consumes() -> None:
+def test_the_registry_may_publish_its_own_events_and_read_only_the_events_it_consumes() -> None:
     assert permission_map()["registry"] == Permissions(
         publish=(
             "kasvu.registry.v1.>",
@@ -50,6 +50,19 @@ def test_the_registry_may_publish_its_own_events_and_read_only_the_breaches_it_c
             "$JS.API.CONSUMER.CREATE.KASVU_SELFMONITORING.registry-breaches.kasvu.selfmonitoring.v1.BreachOpened.*",
             "$JS.API.CONSUMER.MSG.NEXT.KASVU_SELFMONITORING.registry-breaches",
             "$JS.ACK.KASVU_SELFMONITORING.registry-breaches.>",
+            *(
+                permission
+                for durable, event in (
+                    ("registry-market-failures-declared", "MarketFailureDeclared"),
+                    ("registry-market-failures-lifted", "MarketFailureLifted"),
+                )
+                for permission in (
+                    f"$JS.API.CONSUMER.INFO.KASVU_TENDERING.{durable}",
+                    f"$JS.API.CONSUMER.CREATE.KASVU_TENDERING.{durable}.kasvu.tendering.v1.{event}.*",
+                    f"$JS.API.CONSUMER.MSG.NEXT.KASVU_TENDERING.{durable}",
+                    f"$JS.ACK.KASVU_TENDERING.{durable}.>",
+                )
+            ),
         ),
         subscribe=("_INBOX.registry.>",),
     )
