@@ -74,8 +74,17 @@ def test_the_catalogs_resource_names_are_the_patterns_its_models_parse_by():
     for service in CATALOG:
         if not service.grpc_services:
             continue
-        model = importlib.import_module(f"{service.module}.model")
-        parsed_by = {value.pattern for value in vars(model).values() if isinstance(value, ResourcePattern)}
+        # The models are the service's pure modules: model.py, and for tendering also the
+        # alliance and market-failure rules beside it.
+        parsed_by: set[str] = set()
+        for name in ("model", "alliance", "market_failure"):
+            try:
+                module = importlib.import_module(f"{service.module}.{name}")
+            except ModuleNotFoundError:
+                continue
+            parsed_by |= {
+                value.pattern for value in vars(module).values() if isinstance(value, ResourcePattern)
+            }
         assert parsed_by == set(service.resource_names), service.name
 
 

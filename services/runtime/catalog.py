@@ -168,6 +168,12 @@ CATALOG: tuple[ServiceEntry, ...] = (
             "regions/{region}/calls/{call:key}/clarifications/{clarification:key}",
             "regions/{region}/frameworks/{framework:key}",
             "regions/{region}/frameworks/{framework:key}/callOffs/{call_off:key}",
+            # Alliances and market failure (services/tendering/alliance.py, market_failure.py).
+            "regions/{region}/alliances/{alliance:key}",
+            "regions/{region}/alliances/{alliance:key}/bids/{bid:key}",
+            "regions/{region}/alliances/{alliance:key}/periods/{period}",
+            "regions/{region}/marketFailures/{finding:key}",
+            "regions/{region}/directAwards/{award:key}",
         ),
         proto_modules=("kasvu.tendering.v1.tendering_pb2", "kasvu.tendering.v1.alliance_pb2"),
         # A supplier suspended in the registry is skipped at call-off; reinstatement makes it
