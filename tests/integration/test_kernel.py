@@ -26,7 +26,7 @@ from services.runtime.errors import AlreadyExists, FailedPrecondition
 from services.runtime.migrate import upgrade_async
 from services.runtime.tables import OutboxEvent, Timer
 from services.runtime.uow import Context
-from services.runtime.worker import Scheduler, Worker
+from services.runtime.worker import Pruner, Retention, Scheduler, Worker
 from services.runtime.writer import BatchedWritePath, write_path_for
 from tests.integration import toy
 from tests.integration.helpers import ProviderKey, business_ids, count_rows, dispatching
@@ -353,3 +353,46 @@ async def test_concurrent_publications_of_terms_on_postgresql_all_succeed_with_d
         verdict = await verify_chain(session)
     assert verdict.intact and verdict.records == 10
     await db.dispose()
+
+
+# -- pruning ------------------------------------------------------------------------------------
+
+
+async def test_pruning_drops_handled_records_past_their_window_and_keeps_the_rest(
+    runtime_db: Database,
+) -> None:
+    now = datetime.now(UTC)
+    old, recent = now - timedelta(days=8), now - timedelta(hours=1)
+    async with runtime_db.writer.begin() as connection:
+        for age, tag in ((old, "old"), (recent, "recent")):
+            await connection.execute(
+                text(
+                    "INSERT INTO inbox (consumer, event_id, outcome, handled_at) "
+                    "VALUES ('c', :id, 'applied', :at)"
+                ),
+                {"id": tag, "at": _stored(runtime_db, age)},
+            )
+            await connection.execute(
+                text(
+                    "INSERT INTO idempotency_keys (scope, key, fingerprint, response, created_at) "
+                    "VALUES ('s', :id, 'f', 'null', :at)"
+                ),
+                {"id": tag, "at": _stored(runtime_db, age)},
+            )
+    write_path = write_path_for(runtime_db)
+    try:
+        await Pruner(
+            write_path, Retention(inbox=timedelta(days=7), idempotency_keys=timedelta(days=7))
+        ).prune()
+    finally:
+        await write_path.close()
+    async with runtime_db.reader.connect() as connection:
+        inbox = [row[0] for row in (await connection.execute(text("SELECT event_id FROM inbox"))).all()]
+        keys = [row[0] for row in (await connection.execute(text("SELECT key FROM idempotency_keys"))).all()]
+    # A redelivery or a client's retry within the window still finds its record.
+    assert inbox == ["recent"] and keys == ["recent"]
+
+
+def _stored(db: Database, moment: datetime) -> object:
+    # As the UTCDateTime column stores it: naive UTC text on SQLite, timestamptz on PostgreSQL.
+    return moment.replace(tzinfo=None).isoformat(sep=" ") if db.is_sqlite else moment
