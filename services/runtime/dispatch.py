@@ -16,7 +16,9 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from google.protobuf.message import Message
-from sqlalchemy import ColumnElement, literal, select, update
+from sqlalchemy import ColumnElement, delete, literal, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel import col
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 OUTBOX = OutboxEvent.__table__  # type: ignore[attr-defined]
 INBOX = InboxEntry.__table__  # type: ignore[attr-defined]
 KEYS = IdempotencyKey.__table__  # type: ignore[attr-defined]
+TIMERS = Timer.__table__  # type: ignore[attr-defined]
 OUTBOX_ROWS = TableInserter(OUTBOX)
 INBOX_ROWS = TableInserter(INBOX)
 KEY_ROWS = TableInserter(KEYS)
@@ -351,31 +354,37 @@ class Dispatcher:
         if rows:
             # Core, one statement for the unit's events: the ORM costs more than SQLite does here.
             await OUTBOX_ROWS.insert(uow.connection, rows)
+        # Core statements: a handler may set several timers per unit (evidence expiry, reminders),
+        # and the ORM's get-then-add costs more than the upsert itself.
+        connection = uow.connection
         for change in uow.timers.changes:
-            row = await session.get(Timer, change.key)
             if change.command is None:
-                if row is not None and row.fired_at is None:
-                    await session.delete(row)
+                cancelled = await connection.execute(
+                    delete(TIMERS).where(TIMERS.c.key == change.key, TIMERS.c.fired_at.is_(None))
+                )
+                if cancelled.rowcount:
                     written.append((change.key, "timer.cancelled", ""))
                 continue
             assert change.due_at is not None
-            serialized = codec.dumps(change.command)
-            name = command_type_name(type(change.command))
-            if row is None:
-                session.add(
-                    Timer(
-                        key=change.key,
-                        due_at=change.due_at,
-                        command_type=name,
-                        command=serialized,
-                        correlation_id=uow.context.correlation_id,
-                        created_at=uow.now,
-                    )
-                )
-            else:
-                row.due_at, row.command_type, row.command = change.due_at, name, serialized
-                row.fired_at, row.outcome = None, ""
-                session.add(row)
+            values = {
+                "key": change.key,
+                "due_at": change.due_at,
+                "command_type": command_type_name(type(change.command)),
+                "command": codec.dumps(change.command),
+                "correlation_id": uow.context.correlation_id,
+                "created_at": uow.now,
+                "fired_at": None,
+                "outcome": "",
+            }
+            upsert = (pg_insert if connection.dialect.name == "postgresql" else sqlite_insert)(TIMERS).values(
+                values
+            )
+            # Setting a key again moves the timer and re-arms one that fired.
+            moved = {
+                name: upsert.excluded[name]
+                for name in ("due_at", "command_type", "command", "fired_at", "outcome")
+            }
+            await connection.execute(upsert.on_conflict_do_update(index_elements=[TIMERS.c.key], set_=moved))
             written.append((change.key, "timer.set", change.due_at.isoformat()))
         uow.timers.changes.clear()
         return written
