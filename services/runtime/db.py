@@ -7,7 +7,7 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import event, func, make_url, text
+from sqlalchemy import ColumnElement, and_, event, func, make_url, or_, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -183,3 +183,10 @@ async def outbox_backlog(db: Database) -> tuple[int, float]:
         return 0, 0.0
     # min() keeps the column's type, so this is an aware UTC datetime like the column's values.
     return int(count), max(0.0, (utcnow() - oldest).total_seconds())
+
+
+def older_than(instant: Any, key: Any, position: tuple[datetime, str]) -> ColumnElement[bool]:
+    """Keyset pagination, newest first: the rows after `position` (an instant and a tie-breaking
+    key) when ordered by (instant, key) descending. Stable while rows are added."""
+    at, last = position
+    return or_(instant < at, and_(instant == at, key < last))

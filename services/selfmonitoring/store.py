@@ -15,7 +15,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Field, SQLModel, col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from services.runtime.db import serialize_on
+from services.runtime.db import older_than, serialize_on
 from services.runtime.fastinsert import TableInserter
 from services.runtime.tables import utc_field, utcnow
 from services.runtime.uow import Context, UnitOfWork
@@ -687,11 +687,7 @@ class BreachRepository:
         if provider:
             query = query.where(BreachRow.provider == provider)
         if before is not None:
-            opened_at, breach_id = before
-            query = query.where(
-                (col(BreachRow.opened_at) < opened_at)
-                | ((col(BreachRow.opened_at) == opened_at) & (col(BreachRow.id) < breach_id))
-            )
+            query = query.where(older_than(col(BreachRow.opened_at), col(BreachRow.id), before))
         query = query.order_by(col(BreachRow.opened_at).desc(), col(BreachRow.id).desc()).limit(limit)
         return [breach_from_row(row) for row in (await self._session.exec(query)).all()]
 
@@ -840,11 +836,7 @@ class AlertRepository:
             .where(AlertRow.region == region)
         )
         if before is not None:
-            created_at, last_id = before
-            query = query.where(
-                (col(AlertRow.created_at) < created_at)
-                | ((col(AlertRow.created_at) == created_at) & (col(AlertRow.alert_id) < last_id))
-            )
+            query = query.where(older_than(col(AlertRow.created_at), col(AlertRow.alert_id), before))
         query = query.order_by(col(AlertRow.created_at).desc(), col(AlertRow.alert_id).desc()).limit(limit)
         return [(alert_from_row(a), breach_from_row(b)) for a, b in (await self._session.exec(query)).all()]
 
@@ -900,13 +892,8 @@ class CorrectiveActionRepository:
         if provider:
             query = query.where(CorrectiveActionRow.provider == provider)
         if before is not None:
-            requested_at, last_id = before
             query = query.where(
-                (col(CorrectiveActionRow.requested_at) < requested_at)
-                | (
-                    (col(CorrectiveActionRow.requested_at) == requested_at)
-                    & (col(CorrectiveActionRow.breach_id) < last_id)
-                )
+                older_than(col(CorrectiveActionRow.requested_at), col(CorrectiveActionRow.breach_id), before)
             )
         query = query.order_by(
             col(CorrectiveActionRow.requested_at).desc(), col(CorrectiveActionRow.breach_id).desc()

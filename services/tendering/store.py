@@ -17,7 +17,7 @@ from sqlmodel import Field, SQLModel, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.runtime import codec
-from services.runtime.db import serialize_on
+from services.runtime.db import older_than, serialize_on
 from services.runtime.fastinsert import TableInserter
 from services.runtime.tables import utc_field
 from services.runtime.uow import Context, UnitOfWork
@@ -292,11 +292,7 @@ class CallRepository(DocumentRepository):
     ) -> list[model.Call]:
         query = select(CallRow).where(CallRow.region == region, CallRow.listed == True)  # noqa: E712
         if before is not None:
-            created_at, call_id = before
-            query = query.where(
-                (CallRow.created_at < created_at)
-                | ((CallRow.created_at == created_at) & (CallRow.id < call_id))
-            )
+            query = query.where(older_than(CallRow.created_at, CallRow.id, before))
         query = query.order_by(CallRow.created_at.desc(), CallRow.id.desc()).limit(limit)  # type: ignore[attr-defined]
         return [self._track(row) for row in (await self._session.exec(query)).all()]
 
