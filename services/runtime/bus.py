@@ -38,9 +38,6 @@ from services.runtime.writer import Outcome, WritePath
 
 log = logging.getLogger(__name__)
 
-# Kept for callers that name the headers through the bus.
-EVENT_TYPE_HEADER = envelope.EVENT_TYPE
-MSG_ID_HEADER = envelope.MSG_ID
 DUPLICATE_WINDOW = timedelta(minutes=2)
 
 E = TypeVar("E", bound=Message)

@@ -4,7 +4,6 @@ object out as proto."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import date, datetime
 from typing import Any, TypeAlias
 
 import grpc
@@ -169,30 +168,6 @@ def action_to_proto(action: model.CorrectiveAction) -> selfmonitoring_pb2.Correc
     )
 
 
-def _forged_token() -> InvalidArgument:
-    description = "is not a token this service issued"
-    return InvalidArgument(f"page_token {description}", [FieldViolation("page_token", description)])
-
-
-def _instant_position(after: dict[str, str], key: str) -> tuple[datetime, str]:
-    """Where a page starts. The token's checksum tells damage, not forgery, so its position is
-    checked as any client input is."""
-    try:
-        instant, item = datetime.fromisoformat(after[key]), after["id"]
-    except (KeyError, ValueError):
-        raise _forged_token() from None
-    if instant.tzinfo is None:
-        raise _forged_token()
-    return instant, item
-
-
-def _day_position(after: dict[str, str]) -> tuple[date, str, str]:
-    try:
-        return date.fromisoformat(after["day"]), after["source"], after["id"]
-    except (KeyError, ValueError):
-        raise _forged_token() from None
-
-
 class SelfMonitoringServicer(selfmonitoring_pb2_grpc.SelfMonitoringServiceServicer):
     """Maps SelfMonitoringService RPCs onto the dispatcher and the alert feed."""
 
@@ -239,7 +214,7 @@ class SelfMonitoringServicer(selfmonitoring_pb2_grpc.SelfMonitoringServiceServic
     ) -> selfmonitoring_pb2.ListProgrammesResponse:
         region = model.REGION.parse(request.parent, "parent")["region"]
         paging = page(request.page_size, request.page_token, {"parent": request.parent})
-        before = int(paging.after["version"]) if paging.after else None
+        before = paging.number("version") if paging.after else None
         query = handlers.ListProgrammes(region, before, paging.size + 1)
         found: list[model.Programme] = await self._dispatcher.query(query, call_context())
         listed, more = found[: paging.size], len(found) > paging.size
@@ -253,7 +228,7 @@ class SelfMonitoringServicer(selfmonitoring_pb2_grpc.SelfMonitoringServiceServic
     ) -> selfmonitoring_pb2.ListIndicatorsResponse:
         region = model.REGION.parse(request.parent, "parent")["region"]
         paging = page(request.page_size, request.page_token, {"parent": request.parent})
-        after = paging.after["id"] if paging.after else ""
+        after = paging.text("id") if paging.after else ""
         found: list[model.Indicator] = await self._dispatcher.query(
             handlers.ListIndicators(region, after, paging.size + 1), call_context()
         )
@@ -358,7 +333,7 @@ class SelfMonitoringServicer(selfmonitoring_pb2_grpc.SelfMonitoringServiceServic
             "provider": request.provider,
         }
         paging = page(request.page_size, request.page_token, filters)
-        before = _instant_position(paging.after, "opened_at") if paging.after else None
+        before = (paging.instant("opened_at"), paging.text("id")) if paging.after else None
         state = enum_from_proto(model.BreachState, request.state, _STATE, "state") if request.state else None
         severity = (
             enum_from_proto(model.Severity, request.severity, _SEVERITY, "severity")
@@ -394,7 +369,7 @@ class SelfMonitoringServicer(selfmonitoring_pb2_grpc.SelfMonitoringServiceServic
         region = model.REGION.parse(request.parent, "parent")["region"]
         handlers.require_supervision(region, current_principal())
         paging = page(request.page_size, request.page_token, {"parent": request.parent})
-        before = _instant_position(paging.after, "created_at") if paging.after else None
+        before = (paging.instant("created_at"), paging.text("id")) if paging.after else None
         found: list[handlers.AlertView] = await self._dispatcher.query(
             handlers.ListAlerts(region, before, paging.size + 1), call_context()
         )
@@ -421,7 +396,7 @@ class SelfMonitoringServicer(selfmonitoring_pb2_grpc.SelfMonitoringServiceServic
         region = model.REGION.parse(request.parent, "parent")["region"]
         filters = {"parent": request.parent, "provider": request.provider}
         paging = page(request.page_size, request.page_token, filters)
-        before = _instant_position(paging.after, "requested_at") if paging.after else None
+        before = (paging.instant("requested_at"), paging.text("id")) if paging.after else None
         query = handlers.ListCorrectiveActions(region, request.provider, before, paging.size + 1)
         found: list[model.CorrectiveAction] = await self._dispatcher.query(query, call_context())
         listed, more = found[: paging.size], len(found) > paging.size
@@ -487,8 +462,7 @@ class SelfMonitoringServicer(selfmonitoring_pb2_grpc.SelfMonitoringServiceServic
     ) -> selfmonitoring_pb2.ListBreachObservationsResponse:
         parts = model.BREACH.parse(request.parent, "parent")
         paging = page(request.page_size, request.page_token, {"parent": request.parent})
-        after = paging.after
-        before = _day_position(after) if after else None
+        before = (paging.day("day"), paging.text("source"), paging.text("id")) if paging.after else None
         query = handlers.ListBreachObservations(parts["region"], parts["breach"], before, paging.size + 1)
         found: list[model.Observation] = await self._dispatcher.query(query, call_context())
         listed, more = found[: paging.size], len(found) > paging.size

@@ -340,9 +340,7 @@ class TenderingServicer(tendering_pb2_grpc.TenderingServiceServicer):
     ) -> tendering_pb2.ListCallsResponse:
         region = model.REGION.parse(request.parent, "parent")["region"]
         paging = page(request.page_size, request.page_token, {"parent": request.parent})
-        before = None
-        if paging.after:
-            before = (datetime.fromisoformat(paging.after["created_at"]), paging.after["id"])
+        before = (paging.instant("created_at"), paging.text("id")) if paging.after else None
         found: list[model.Call] = await self._query(handlers.ListCalls(region, before, paging.size + 1))
         listed, token = _keyset_page(
             found, paging, lambda c: {"created_at": c.created_at.isoformat(), "id": c.id}
@@ -553,11 +551,7 @@ def _keyset_page(
 
 def _index_page(items: list[T], paging: PageRequest) -> tuple[list[T], str]:
     """A page of a short list held whole (a call's answers, a bidder's bids) by position."""
-    index = paging.after.get("index", "0")
-    if not index.isdigit():
-        description = "is not a token this service issued"
-        raise InvalidArgument(f"page_token {description}", [FieldViolation("page_token", description)])
-    start = int(index)
+    start = paging.number("index") if paging.after else 0
     end = start + paging.size
     return items[start:end], paging.next_token({"index": str(end)} if end < len(items) else None)
 
