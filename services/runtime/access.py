@@ -48,3 +48,10 @@ def require(actor: Principal | None, *, any_of: Iterable[Grant], action: str) ->
         f"{action} is for a {allowed}; the token is a {actor.role.value} of {actor.organisation}",
         reason="TENANT_MISMATCH",
     )
+
+
+def require_system(actor: Principal | None, refusal: str) -> None:
+    """For commands only the service itself issues (a timer's, a consumed event's): any caller
+    with a token is refused, with `refusal` saying what the command runs on."""
+    if actor is not None:
+        raise PermissionDenied(refusal, reason="SYSTEM_ONLY")

@@ -652,8 +652,7 @@ async def escalate_corrective_action(
 ) -> model.CorrectiveAction:
     """The deadline passed: an unanswered request on a breach still open is escalated to a
     suspension request. Run by its timer only."""
-    if uow.actor is not None:
-        raise PermissionDenied("escalation runs on its timer only", reason="SYSTEM_ONLY")
+    access.require_system(uow.actor, "escalation runs on its timer only")
     action = await _corrective_action(uow, command.region, command.action_id)
     breach = await uow.breaches.get(action.breach_id)
     if action.state is not model.CorrectiveActionState.REQUESTED or breach is None:
@@ -699,8 +698,7 @@ async def list_corrective_actions(
 
 def _from_the_bus(uow: SelfMonitoringUnitOfWork, action: str) -> None:
     """The registry's events arrive through the kernel's consumer, with no caller."""
-    if uow.actor is not None:
-        raise PermissionDenied(f"{action} follows the registry's events only", reason="SYSTEM_ONLY")
+    access.require_system(uow.actor, f"{action} follows the registry's events only")
 
 
 async def record_admission(command: RecordAdmission, uow: SelfMonitoringUnitOfWork) -> int:
@@ -747,8 +745,7 @@ async def get_indicator_report(
 async def sweep_deadlines(command: SweepDeadlines, uow: SelfMonitoringUnitOfWork) -> SweepResult:
     """Count the indicator's pending cases whose deadline passed as late, and evaluate their
     providers: a breach can open with no new observation arriving. Run by timers only."""
-    if uow.actor is not None:
-        raise PermissionDenied("the deadline sweep runs on its timers only", reason="SYSTEM_ONLY")
+    access.require_system(uow.actor, "the deadline sweep runs on its timers only")
     indicator = await uow.indicators.get(command.region, command.indicator_id, for_update=True)
     if indicator is None:
         return SweepResult(0, [])

@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from services.runtime import access
+from services.runtime.auth import Role
 from services.runtime.domain import Command, Query
 from services.runtime.errors import NotFound, PermissionDenied
 from services.tendering import alliance, alliance_ocds, market_failure
@@ -214,7 +215,7 @@ async def list_consortium_bids(
     deadline (no early look at a competitor's price)."""
     found = await _alliance(uow, query.region, query.alliance_id)
     actor = uow.actor
-    if actor is not None and actor.role.value == "provider":
+    if actor is not None and actor.role is Role.PROVIDER:
         return [b for b in found.bids if actor.organisation in {m.business_id for m in b.members}]
     buyers = [access.region_admin(found.region), *(access.region_admin(b.organisation) for b in found.buyers)]
     access.require(actor, any_of=buyers, action="reading an alliance's bids")

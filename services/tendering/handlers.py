@@ -10,6 +10,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from services.runtime import access
+from services.runtime.auth import Role
 from services.runtime.domain import Command, Query, check_text, finnish_date
 from services.runtime.errors import (
     FailedPrecondition,
@@ -440,7 +441,7 @@ async def get_bid(query: GetBid, uow: TenderingUnitOfWork) -> model.Bid:
 async def list_bids(query: ListBids, uow: TenderingUnitOfWork) -> list[model.Bid]:
     call = await _call(uow, query.region, query.call_id)
     actor = uow.actor
-    if actor is not None and actor.role.value == "provider":
+    if actor is not None and actor.role is Role.PROVIDER:
         return await uow.bids.of_call(call.id, bidder=actor.organisation)
     _may_read_bids(uow, call, None)
     return await uow.bids.of_call(call.id)
