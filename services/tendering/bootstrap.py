@@ -143,23 +143,21 @@ async def run(settings: Settings) -> None:
                 crash_point=settings.crash_point,
             )
         )
-        reinstated = consumers.REINSTATED_TYPE
-        if reinstated is not None:
-            host.add_consumer(
-                lambda js: EventConsumer(
-                    dispatcher,
-                    js,
-                    stream=consumers.REGISTRY_STREAM,
-                    durable=consumers.REINSTATEMENTS_DURABLE,
-                    subject=f"{reinstated.DESCRIPTOR.full_name}.*",
-                    event_type=reinstated,
-                    translate=consumers.reinstatement_for,
-                    batch=settings.consumer_batch,
-                    ack_wait_s=settings.consumer_ack_wait_s,
-                    max_deliveries=settings.consumer_max_deliveries,
-                    crash_point=settings.crash_point,
-                )
+        host.add_consumer(
+            lambda js: EventConsumer(
+                dispatcher,
+                js,
+                stream=consumers.REGISTRY_STREAM,
+                durable=consumers.REINSTATEMENTS_DURABLE,
+                subject=consumers.REINSTATEMENTS_SUBJECT,
+                event_type=consumers.REINSTATED_TYPE,
+                translate=consumers.reinstatement_for,
+                batch=settings.consumer_batch,
+                ack_wait_s=settings.consumer_ack_wait_s,
+                max_deliveries=settings.consumer_max_deliveries,
+                crash_point=settings.crash_point,
             )
+        )
         await host.mark_serving()
         await host.wait_for_signal()
     finally:

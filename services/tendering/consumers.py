@@ -1,5 +1,5 @@
-"""Events tendering reacts to: the registry's suspensions (and reinstatements, when the registry
-publishes them), turned into the command that keeps call-off eligibility current."""
+"""Events tendering reacts to: the registry's suspensions and reinstatements, turned into the
+command that keeps call-off eligibility current."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ SUSPENSIONS = catalog.consumption("tendering", "tendering-suspensions")
 SUSPENSIONS_SUBJECT = SUSPENSIONS.subject
 SUSPENSIONS_DURABLE = SUSPENSIONS.durable
 SUSPENDED_TYPE = registry_events.ProviderSuspended
-REINSTATED_TYPE = getattr(registry_events, "ProviderReinstated", None)
-"""The registry's reinstatement event, once its engineer lands it; until then reinstatement
-reaches tendering through nothing, and the README says so."""
-REINSTATEMENTS_DURABLE = catalog.consumption("tendering", "tendering-reinstatements").durable
+REINSTATEMENTS = catalog.consumption("tendering", "tendering-reinstatements")
+REINSTATEMENTS_SUBJECT = REINSTATEMENTS.subject
+REINSTATEMENTS_DURABLE = REINSTATEMENTS.durable
+REINSTATED_TYPE = registry_events.ProviderReinstated
 
 
 def suspension_for(event: registry_events.ProviderSuspended, subject: str) -> SetSupplierEligibility:
@@ -30,10 +30,7 @@ def suspension_for(event: registry_events.ProviderSuspended, subject: str) -> Se
     )
 
 
-def reinstatement_for(event: object, subject: str) -> SetSupplierEligibility:
+def reinstatement_for(event: registry_events.ProviderReinstated, subject: str) -> SetSupplierEligibility:
     return SetSupplierEligibility(
-        region=getattr(event, "region"),  # noqa: B009 - the message type is optional at import
-        service=getattr(event, "service"),  # noqa: B009
-        business_id=getattr(event, "business_id"),  # noqa: B009
-        eligible=True,
+        region=event.region, service=event.service, business_id=event.business_id, eligible=True
     )

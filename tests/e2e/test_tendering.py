@@ -1,7 +1,9 @@
 """A framework tender end to end through the gateway's HTTP API: draft, publication, sealed bids
 from three providers on two lots, the committee's opening after the deadline, award, standstill,
 concluded framework; then a provider suspended by a quality breach (selfmonitoring → registry →
-tendering) is skipped by a call-off. Tendering runs on a test clock the test moves forward."""
+tendering) is skipped by a call-off, and once the registry reinstates it (ProviderReinstated →
+tendering) a later call-off reaches it again. Tendering runs on a test clock the test moves
+forward."""
 
 from __future__ import annotations
 
@@ -99,7 +101,28 @@ class Tendering:
             await asyncio.sleep(0.1)
 
 
-async def test_a_framework_tender_from_draft_to_agreement_then_a_call_off_skips_a_suspended_provider(
+def call_off_body(hires: int) -> dict[str, Any]:
+    return {
+        "lot": "north",
+        "description": f"{hires} rekrytointia",
+        "value": {"currencyCode": "EUR", "units": str(1500 * hires)},
+    }
+
+
+async def wait_for_suspended(tendering: Tendering, framework: str, expected: set[str]) -> None:
+    """Until tendering's framework shows exactly `expected` suspended (learned from the registry's
+    events, which arrive asynchronously)."""
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        suppliers = (await tendering.get(framework))["suppliers"]
+        suspended = {s["businessId"] for s in suppliers if s.get("suspended")}
+        if suspended == expected:
+            return
+        assert asyncio.get_running_loop().time() < deadline, f"suspended stayed {suspended}, not {expected}"
+        await asyncio.sleep(0.1)
+
+
+async def test_a_framework_tender_to_agreement_then_call_offs_skip_a_suspended_provider_until_reinstated(
     clocked_suite: tuple[LocalSuite, Path],
 ) -> None:
     suite, clock_file = clocked_suite
@@ -113,11 +136,13 @@ async def test_a_framework_tender_from_draft_to_agreement_then_a_call_off_skips_
 
         # The providers are admitted in the registry, so a breach can suspend them there.
         terms = await api.publish_terms(REGION)
+        registrations = {}
         for provider in providers:
             response = await api.register(
                 REGION, api.registration_body(terms, provider, signing[provider]), provider
             )
             assert response.json()["state"] == "REGISTRATION_STATE_ADMITTED", response.text
+            registrations[provider] = response.json()["name"]
 
         now = datetime.now(UTC)
         call_body = {
@@ -225,23 +250,31 @@ async def test_a_framework_tender_from_draft_to_agreement_then_a_call_off_skips_
         # learns it from the registry's event and the call-off skips it.
         indicator = await api.create_indicator(REGION)
         await api.breach_until_opened(REGION, indicator, providers[0])
-        deadline = asyncio.get_running_loop().time() + 30
-        while not any(s.get("suspended") for s in (await tendering.get(framework_name))["suppliers"]):
-            assert asyncio.get_running_loop().time() < deadline, "tendering never learned of the suspension"
-            await asyncio.sleep(0.1)
-        call_off = await tendering.post(
-            f"{framework_name}/callOffs",
-            {
-                "lot": "north",
-                "description": "20 rekrytointia",
-                "value": {"currencyCode": "EUR", "units": "30000"},
-            },
-            tendering.admin(),
-        )
+        await api.wait_for_state(registrations[providers[0]], providers[0], "REGISTRATION_STATE_SUSPENDED")
+        await wait_for_suspended(tendering, framework_name, {providers[0]})
+        call_off = await tendering.post(f"{framework_name}/callOffs", call_off_body(20), tendering.admin())
         assert call_off["offeredTo"] == providers[1]
         assert call_off["skipped"] == [providers[0]]
         accepted = await tendering.post(
             f"{call_off['name']}:accept", {}, tendering.headers(Role.PROVIDER, providers[1])
+        )
+        assert accepted["state"] == "CALL_OFF_STATE_ACCEPTED"
+
+        # The region reinstates the provider in the registry (the breach was corrected); the
+        # registry publishes ProviderReinstated, tendering consumes it, and the next call-off is
+        # offered to the first-ranked supplier again, skipping no one.
+        reinstated = await tendering.post(
+            f"{registrations[providers[0]]}:reinstate",
+            {"reasons": [{"code": "CORRECTED", "message": "Arviointien viive korjattu; seuranta jatkuu."}]},
+            tendering.admin(),
+        )
+        assert reinstated["state"] == "REGISTRATION_STATE_ADMITTED"
+        await wait_for_suspended(tendering, framework_name, set())
+        later = await tendering.post(f"{framework_name}/callOffs", call_off_body(12), tendering.admin())
+        assert later["offeredTo"] == providers[0]
+        assert later.get("skipped", []) == []
+        accepted = await tendering.post(
+            f"{later['name']}:accept", {}, tendering.headers(Role.PROVIDER, providers[0])
         )
         assert accepted["state"] == "CALL_OFF_STATE_ACCEPTED"
 
