@@ -4,6 +4,7 @@ events and the scheduler's timers (deadlines, standstill ends, call-off offers).
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -509,37 +510,41 @@ async def submit_opening_share(command: SubmitOpeningShare, uow: TenderingUnitOf
 
 async def _open_and_evaluate(uow: TenderingUnitOfWork, call: model.Call, shares: list[bytes]) -> None:
     private = sealing.unwrap_opening_key(call.wrapped_private_key, shares, call.name)
-    bids = await uow.bids.live(call.id)
-    candidates, unopenable = open_bids(call, bids, private)
-    await uow.bids.record_opening(call.id, bids)
+    sealed = await uow.bids.sealed(call.id)
+    candidates, openings = open_bids(call.name, sealed, private)
+    await uow.bids.record_opening(openings)
+    by_lot: dict[str, list[model.Candidate]] = {lot.lot: [] for lot in call.spec.lots}
+    for candidate in candidates:
+        by_lot.setdefault(candidate.lot, []).append(candidate)
     scores = [
-        score
-        for lot in call.spec.lots
-        for score in model.evaluate_lot(lot.lot, [c for c in candidates if c.lot == lot.lot], call.spec)
+        score for lot in call.spec.lots for score in model.evaluate_lot(lot.lot, by_lot[lot.lot], call.spec)
     ]
-    call.evaluated(scores, len(bids) - unopenable, unopenable, uow.now)
+    unopenable = sum(1 for opening in openings if opening.content_json is None)
+    call.evaluated(scores, len(sealed) - unopenable, unopenable, uow.now)
 
 
-def open_bids(call: model.Call, bids: list[model.Bid], private: Any) -> tuple[list[model.Candidate], int]:
+def open_bids(
+    call_name: str, bids: Sequence[model.SealedBid], private: Any
+) -> tuple[list[model.Candidate], list[model.Opening]]:
     """Opens every bid with the call's private key after checking the bidder's signature again (a
     ciphertext changed in the database since its receipt no longer verifies); a bid that fails
-    either is kept, unranked, with its reason."""
+    either is kept, unranked, with its reason. One signature check and one HPKE open per bid,
+    nothing else of cost: this loop is the whole opening."""
     candidates: list[model.Candidate] = []
-    unopenable = 0
+    openings: list[model.Opening] = []
     for bid in bids:
         content: model.BidContent | None = None
         try:
             sealing.verify_bid_signature(bid.sealed, bid.signature, bid.public_key)
-            plaintext = sealing.open_bid(bid.sealed, private, call.name, bid.lot, bid.bidder)
-            content = model.BidContent.decode(plaintext)
-            bid.plaintext_sha256 = sealing.digest(plaintext)
-            bid.content = content
-            bid.state = model.BidState.OPENED
+            plaintext = sealing.open_bid(bid.sealed, private, call_name, bid.lot, bid.bidder)
+            text = plaintext.decode()
+            content = model.BidContent.decode(text)
+            openings.append(model.Opening(bid.id, sealing.digest(plaintext), text))
         except (sealing.SealingError, ValueError, KeyError, TypeError, ArithmeticError):
-            bid.state = model.BidState.UNOPENABLE
-            unopenable += 1
+            content = None
+            openings.append(model.Opening(bid.id, "", None))
         candidates.append(model.Candidate(bid.id, bid.lot, bid.bidder, bid.received_at, content))
-    return candidates, unopenable
+    return candidates, openings
 
 
 # -- award, standstill, conclusion ------------------------------------------------------------------

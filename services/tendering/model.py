@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from enum import StrEnum
+from operator import itemgetter
+from typing import Any, NamedTuple
 
 from services.runtime.domain import (
     FINLAND,
@@ -900,7 +902,7 @@ class BidContent:
         return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
-    def decode(cls, data: bytes) -> BidContent:
+    def decode(cls, data: bytes | str) -> BidContent:
         document = json.loads(data)
         quality = {str(k): int(v) for k, v in dict(document.get("quality", {})).items()}
         declarations = {str(k): bool(v) for k, v in dict(document.get("declarations", {})).items()}
@@ -942,6 +944,29 @@ class Bid(Aggregate):
             self.record(
                 BidWithdrawn(self.name, CALL.format(region=self.region, call=self.call), self.region, now)
             )
+
+
+class SealedBid(NamedTuple):
+    """A live bid as opening reads it: only what opening needs, no aggregate per bid (a call can
+    have ten thousand)."""
+
+    id: str
+    lot: str
+    bidder: str
+    public_key: bytes
+    sealed: bytes
+    signature: bytes
+    received_at: datetime
+
+
+class Opening(NamedTuple):
+    """What opening found in one bid: the plaintext's hash and the plaintext itself (the bid's
+    JSON exactly as the provider sealed it, so the hash can be checked against it); an empty
+    hash and no content when it did not verify, open or parse."""
+
+    bid: str
+    plaintext_sha256: str
+    content_json: str | None
 
 
 # -- evaluation -------------------------------------------------------------------------------------
@@ -1025,51 +1050,42 @@ def evaluate_lot(lot: str, candidates: Sequence[Candidate], call: CallSpec) -> l
             )
         else:
             admissible.append((candidate, candidate.content))
-    scored: list[Score] = []
+    # (sort key, price, price points, quality points, total, abnormally low, candidate)
+    scored: list[tuple[tuple[Any, ...], Decimal, Decimal, Decimal, Decimal, bool, Candidate]] = []
     if admissible:
         lowest = min(content.price for _, content in admissible)
         total = sum((content.price for _, content in admissible), Decimal(0))
+        scales = [(c.code, c.weight, Decimal(c.scale_max)) for c in quality]
+        others = len(admissible) - 1
         for candidate, content in admissible:
-            price_points = _quantize(price_criterion.weight * lowest / content.price)
-            quality_points = _quantize(
-                sum(
-                    (c.weight * Decimal(content.quality[c.code]) / Decimal(c.scale_max) for c in quality),
-                    Decimal(0),
-                )
-            )
-            others = len(admissible) - 1
-            low = others > 0 and content.price < ABNORMALLY_LOW_SHARE * (total - content.price) / others
-            scored.append(
-                Score(
-                    candidate.bid,
-                    lot,
-                    candidate.bidder,
-                    content.price,
-                    price_points,
-                    quality_points,
-                    price_points + quality_points,
-                    0,
-                    low,
-                    "",
-                    candidate.received_at,
-                )
-            )
-    scored.sort(key=lambda s: (-s.total, -s.quality_points, s.price, s.received_at, s.bid))
+            price = content.price
+            price_points = _quantize(price_criterion.weight * lowest / price)
+            points = Decimal(0)
+            for code, weight, scale_max in scales:
+                points += weight * content.quality[code] / scale_max
+            quality_points = _quantize(points)
+            points_total = price_points + quality_points
+            low = others > 0 and price < ABNORMALLY_LOW_SHARE * (total - price) / others
+            key = (-points_total, -quality_points, price, candidate.received_at, candidate.bid)
+            scored.append((key, price, price_points, quality_points, points_total, low, candidate))
+    scored.sort(key=itemgetter(0))
     ranked = [
         Score(
-            s.bid,
-            s.lot,
-            s.bidder,
-            s.price,
-            s.price_points,
-            s.quality_points,
-            s.total,
+            candidate.bid,
+            lot,
+            candidate.bidder,
+            price,
+            price_points,
+            quality_points,
+            points_total,
             rank,
-            s.abnormally_low,
+            low,
             "",
-            s.received_at,
+            candidate.received_at,
         )
-        for rank, s in enumerate(scored, start=1)
+        for rank, (_, price, price_points, quality_points, points_total, low, candidate) in enumerate(
+            scored, start=1
+        )
     ]
     return ranked + sorted(excluded, key=lambda s: s.bid)
 

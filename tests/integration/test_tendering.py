@@ -639,3 +639,44 @@ async def test_a_mini_competition_is_a_sealed_round_among_the_eligible_framework
     releases = json.loads(exported.release_package_json)["releases"]
     assert all(r["relatedProcesses"][0]["relationship"] == ["framework"] for r in releases)
     validate_packages(exported.release_package_json, exported.record_package_json)
+
+
+async def test_a_bid_changed_in_the_database_after_its_receipt_opens_as_unopenable_and_is_not_ranked(
+    world: World,
+) -> None:
+    members = [Member("alice"), Member("bob"), Member("carol")]
+    next_id = business_ids(3_456_780)
+    honest, tampered = Provider(next_id()), Provider(next_id())
+    async with published(world, members) as call:
+        kept = await world.bid(call, honest, "north", content(100_000, 4))
+        changed = await world.bid(call, tampered, "north", content(90_000, 5))
+    # Someone with the database flips a byte of a stored ciphertext: the bidder's signature no
+    # longer verifies, so opening refuses to read it rather than score what it was not sent.
+    bid_id = model.BID.parse(changed.name, "name")["bid"]
+    async with world.db.writer.begin() as connection:
+        sealed = (
+            await connection.execute(text("SELECT sealed FROM tendering_bids WHERE id = :id"), {"id": bid_id})
+        ).scalar_one()
+        altered = bytes([sealed[0] ^ 1]) + bytes(sealed[1:])
+        await connection.execute(
+            text("UPDATE tendering_bids SET sealed = :sealed WHERE id = :id"),
+            {"sealed": altered, "id": bid_id},
+        )
+    world.clock.set(DEADLINE + timedelta(minutes=1))
+    await world.tick()
+    await share_of(world, call, members, 0)
+    opened = await share_of(world, call, members, 1)
+    assert opened.state == tendering_pb2.CALL_STATE_EVALUATED
+    scores = {s.bidder: s for s in opened.scores}
+    assert scores[honest.business_id].rank == 1
+    assert scores[tampered.business_id].rank == 0
+    assert "could not be opened" in scores[tampered.business_id].excluded_reason
+    bids = await world.stub.ListBids(tendering_pb2.ListBidsRequest(parent=call.name), metadata=world.admin())
+    assert {b.name: b.state for b in bids.bids} == {
+        kept.name: tendering_pb2.BID_STATE_OPENED,
+        changed.name: tendering_pb2.BID_STATE_UNOPENABLE,
+    }
+    assert {b.name: b.plaintext_sha256 for b in bids.bids} == {
+        kept.name: hashlib.sha256(content(100_000, 4)).hexdigest(),
+        changed.name: "",
+    }
