@@ -936,14 +936,15 @@ class Bid(Aggregate):
     def live(self) -> bool:
         return self.state == BidState.SEALED
 
-    def withdraw(self, now: datetime, *, replaced: bool = False) -> None:
+    def withdraw(self, now: datetime) -> None:
+        """The bidder takes its bid back before the deadline. (A bid replaced by a newer one of
+        the same bidder for the lot becomes REPLACED in storage, without an event of its own.)"""
         if not self.live:
             raise FailedPrecondition(f"{self.name} is {self.state}", reason="BID_STATE")
-        self.state = BidState.REPLACED if replaced else BidState.WITHDRAWN
-        if not replaced:
-            self.record(
-                BidWithdrawn(self.name, CALL.format(region=self.region, call=self.call), self.region, now)
-            )
+        self.state = BidState.WITHDRAWN
+        self.record(
+            BidWithdrawn(self.name, CALL.format(region=self.region, call=self.call), self.region, now)
+        )
 
 
 class SealedBid(NamedTuple):

@@ -138,6 +138,16 @@ _BIDS_WITH_OPENINGS = select(BIDS, OPENINGS.c.plaintext_sha256, OPENINGS.c.conte
 _UPDATE_BID = update(BIDS).where(BIDS.c.id == bindparam("bid_id"))
 _SEALED = str(model.BidState.SEALED)
 _NOT_OPENED = OPENINGS.c.bid_id.is_(None)
+_REPLACE_LIVE = (
+    update(BIDS)
+    .where(
+        BIDS.c.call_id == bindparam("live_call"),
+        BIDS.c.bidder == bindparam("live_bidder"),
+        BIDS.c.lot == bindparam("live_lot"),
+        BIDS.c.state == _SEALED,
+    )
+    .values(state=str(model.BidState.REPLACED))
+)
 _SEALED_FOR_OPENING = (
     core_select(
         BIDS.c.id,
@@ -409,6 +419,13 @@ class BidRepository:
 
     async def live(self, call_id: str) -> list[model.Bid]:
         return await self._select(BIDS.c.call_id == call_id, BIDS.c.state == _SEALED, _NOT_OPENED)
+
+    async def replace_live(self, call_id: str, bidder: str, lot: str) -> None:
+        """Marks the bidder's live bid for the lot (at most one, before the deadline: none is
+        opened yet) REPLACED, found by the (call_id, bidder, lot) index."""
+        await self._uow.connection.execute(
+            _REPLACE_LIVE, {"live_call": call_id, "live_bidder": bidder, "live_lot": lot}
+        )
 
     async def add(self, bid: model.Bid) -> None:
         row = {
