@@ -13,7 +13,10 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection
 
 _MAY_WAIT = ("BEGIN", "COMMIT", "END")
 
@@ -121,6 +124,14 @@ class InlineConnection:
     def isolation_level(self) -> str | None:
         return self.raw.isolation_level
 
+    def in_transaction(self) -> sqlite3.Connection:
+        """The sqlite3 connection, for statements that bypass SQLAlchemy; refused on a writer
+        outside a transaction, where sqlite3 would commit each statement on its own (after
+        SQLAlchemy rolled a failed transaction back, say)."""
+        if self.writes and not self.raw.in_transaction:
+            raise sqlite3.OperationalError("no transaction is open on this connection")
+        return self.raw
+
     def cursor(self) -> InlineCursor:
         return InlineCursor(self)
 
@@ -154,3 +165,15 @@ def creator(database: str, *, timeout: float = 30.0, writes: bool = True) -> Any
         return InlineConnection(database, timeout=timeout, writes=writes)
 
     return connect
+
+
+async def inline_of(connection: AsyncConnection) -> InlineConnection | None:
+    """The inline SQLite connection under a SQLAlchemy connection, or None (PostgreSQL, or an
+    engine made without `creator`); looked up once per connection."""
+    if connection.dialect.name != "sqlite":
+        return None
+    if "kasvu.inline" not in connection.info:
+        driver = (await connection.get_raw_connection()).driver_connection
+        connection.info["kasvu.inline"] = driver if isinstance(driver, InlineConnection) else None
+    inline: InlineConnection | None = connection.info["kasvu.inline"]
+    return inline
