@@ -18,6 +18,7 @@ from services.registry import catalogue, model
 from services.runtime import codec
 from services.runtime.db import serialize_on
 from services.runtime.fastinsert import TableInserter
+from services.runtime.prepared import Prepared
 from services.runtime.tables import AuditRecord, utc_field, utcnow
 from services.runtime.uow import Context, UnitOfWork
 
@@ -161,10 +162,10 @@ TERMS = TermsRow.__table__  # type: ignore[attr-defined]
 # Statements built once, their values passed at execution: SQLAlchemy then reuses the compiled
 # form instead of building and hashing a new statement per row.
 _INSERT_REGISTRATION = TableInserter(REGISTRATIONS)
-_ACTIVE = select(REGISTRATIONS).where(REGISTRATIONS.c.active_key == bindparam("active_key"))
+_ACTIVE = Prepared(select(REGISTRATIONS).where(REGISTRATIONS.c.active_key == bindparam("active_key")))
 _UPDATE_REGISTRATION = update(REGISTRATIONS).where(REGISTRATIONS.c.id == bindparam("registration_id"))
 _INSERT_LISTING = TableInserter(LISTINGS)
-_NEWER_TERMS = (
+_NEWER_TERMS = Prepared(
     select(TERMS.c.version)
     .where(
         TERMS.c.region == bindparam("region"),
@@ -173,7 +174,7 @@ _NEWER_TERMS = (
     )
     .limit(1)
 )
-_PENDING = (
+_PENDING = Prepared(
     select(PENDING_BREACHES.c.breach)
     .where(
         PENDING_BREACHES.c.region == bindparam("region"),
@@ -183,7 +184,7 @@ _PENDING = (
     .order_by(PENDING_BREACHES.c.received_at)
 )
 _DELETE_LISTING = delete(LISTINGS).where(LISTINGS.c.registration == bindparam("registration_id"))
-_LISTING_PAGE = (
+_LISTING_PAGE = Prepared(
     select(LISTINGS)
     .where(
         LISTINGS.c.region == bindparam("region"),
@@ -448,8 +449,8 @@ class TermsRepository:
 
     async def superseded(self, region: str, service: str, version: int) -> bool:
         """Whether a newer version than `version` is published: one indexed probe, on the hot path."""
-        result = await self._uow.connection.execute(
-            _NEWER_TERMS, {"region": region, "service": service, "version": version}
+        result = await _NEWER_TERMS.execute(
+            self._uow.connection, {"region": region, "service": service, "version": version}
         )
         return result.first() is not None
 
@@ -513,8 +514,8 @@ class RegistrationRepository:
         provider, region and service take turns from here."""
         if not self._uow.read_only:
             await serialize_on(self._session, f"registry:registration:{region}/{service}/{business_id}")
-        result = await self._uow.connection.execute(
-            _ACTIVE, {"active_key": f"{region}/{service}/{business_id}"}
+        result = await _ACTIVE.execute(
+            self._uow.connection, {"active_key": f"{region}/{service}/{business_id}"}
         )
         return [self._track(row) for row in result.all()]
 
@@ -545,8 +546,8 @@ class RegistrationRepository:
     ) -> list[model.Listing]:
         """The public list from its read model; keyset pagination by business ID, stable while
         providers come and go."""
-        result = await self._uow.connection.execute(
-            _LISTING_PAGE,
+        result = await _LISTING_PAGE.execute(
+            self._uow.connection,
             {
                 "region": region,
                 "service": service,
@@ -669,17 +670,18 @@ class PendingBreachRepository:
 
     async def take(self, region: str, service: str, business_id: str) -> list[str]:
         """The breaches waiting for this provider's admission, oldest first; they are removed."""
-        where = (
-            PENDING_BREACHES.c.region == region,
-            PENDING_BREACHES.c.service == service,
-            PENDING_BREACHES.c.business_id == business_id,
-        )
-        result = await self._uow.connection.execute(
-            _PENDING, {"region": region, "service": service, "business_id": business_id}
+        result = await _PENDING.execute(
+            self._uow.connection, {"region": region, "service": service, "business_id": business_id}
         )
         breaches = [row.breach for row in result.all()]
         if breaches:
-            await self._uow.connection.execute(delete(PENDING_BREACHES).where(*where))
+            await self._uow.connection.execute(
+                delete(PENDING_BREACHES).where(
+                    PENDING_BREACHES.c.region == region,
+                    PENDING_BREACHES.c.service == service,
+                    PENDING_BREACHES.c.business_id == business_id,
+                )
+            )
         return breaches
 
 

@@ -252,7 +252,12 @@ class Dispatcher:
         fingerprint = codec.fingerprint(command) if key else ""
         result_type = self._result_types[type(command)]
 
+        wrote = False
+        """Whether the committed run of the job wrote events or timers, which wake the worker."""
+
         async def job(session: AsyncSession) -> Outcome[Any]:
+            nonlocal wrote
+            wrote = False
             uow = self._unit_of_work(context, self._clock.now(), False)
             await uow.bind(session)
             connection = uow.connection
@@ -308,6 +313,7 @@ class Dispatcher:
                     ],
                 )
             entry = None
+            wrote = any(kind != "timer.cancelled" for _, kind, _ in written)
             if written:
                 entry = AuditEntry(
                     recorded_at=uow.now,
@@ -320,7 +326,7 @@ class Dispatcher:
             return Outcome(result, entry)
 
         result = await self._write_path.run(job)
-        if not isinstance(result, Duplicate | Refused):
+        if wrote:
             self.after_commit()
         return result
 

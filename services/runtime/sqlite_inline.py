@@ -41,7 +41,8 @@ class InlineCursor:
     async def execute(self, sql: str, parameters: Sequence[Any] | None = None) -> InlineCursor:
         arguments = () if parameters is None else parameters
         if self._connection.writes and _may_wait(sql):
-            await asyncio.to_thread(self._cursor.execute, sql, arguments)
+            if not (sql.lstrip()[:5].upper() == "BEGIN" and self._connection.try_begin(self._cursor, sql)):
+                await asyncio.to_thread(self._cursor.execute, sql, arguments)
         else:
             self._cursor.execute(sql, arguments)
         return self
@@ -109,6 +110,7 @@ class InlineConnection:
         # check_same_thread=False: BEGIN and COMMIT run in a worker thread, never at the same
         # time as anything else on this connection (SQLAlchemy serialises its use).
         self.raw = sqlite3.connect(database, timeout=timeout, check_same_thread=False, isolation_level=None)
+        self._busy_ms = int(timeout * 1000)
         self._tx = _ImmediateQueue()
 
     # aiosqlite's internals that SQLAlchemy's adapter reads.
@@ -123,6 +125,20 @@ class InlineConnection:
     @property
     def isolation_level(self) -> str | None:
         return self.raw.isolation_level
+
+    def try_begin(self, cursor: sqlite3.Cursor, sql: str) -> bool:
+        """BEGIN inline when the write lock is free, as it is unless another process writes;
+        False when it is taken, and the caller waits for it in a thread."""
+        self.raw.execute("PRAGMA busy_timeout=0")
+        try:
+            cursor.execute(sql)
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) and "busy" not in str(error):
+                raise
+            return False
+        finally:
+            self.raw.execute(f"PRAGMA busy_timeout={self._busy_ms}")
+        return True
 
     def in_transaction(self) -> sqlite3.Connection:
         """The sqlite3 connection, for statements that bypass SQLAlchemy; refused on a writer
