@@ -162,6 +162,7 @@ TERMS = TermsRow.__table__  # type: ignore[attr-defined]
 # Statements built once, their values passed at execution: SQLAlchemy then reuses the compiled
 # form instead of building and hashing a new statement per row.
 _INSERT_REGISTRATION = TableInserter(REGISTRATIONS)
+_BY_ID = Prepared(select(REGISTRATIONS).where(REGISTRATIONS.c.id == bindparam("registration_id")))
 _ACTIVE = Prepared(select(REGISTRATIONS).where(REGISTRATIONS.c.active_key == bindparam("active_key")))
 _UPDATE_REGISTRATION = update(REGISTRATIONS).where(REGISTRATIONS.c.id == bindparam("registration_id"))
 _INSERT_LISTING = TableInserter(LISTINGS)
@@ -494,7 +495,9 @@ class RegistrationRepository:
         if known is not None:
             return known[0]
         registration = registration_from_row(row)
-        self._loaded[registration.id] = (registration, _mutable_columns(registration))
+        # A read-only unit never writes back, so it needs no snapshot to compare against.
+        snapshot = {} if self._uow.read_only else _mutable_columns(registration)
+        self._loaded[registration.id] = (registration, snapshot)
         return self._uow.track(registration, registration.name)
 
     async def _select(self, *conditions: Any, order_by: Any = None, limit: int | None = None) -> list[Any]:
@@ -506,8 +509,8 @@ class RegistrationRepository:
         return list((await self._uow.connection.execute(query)).all())
 
     async def get(self, registration_id: str) -> model.Registration | None:
-        rows = await self._select(REGISTRATIONS.c.id == registration_id)
-        return self._track(rows[0]) if rows else None
+        row = (await _BY_ID.execute(self._uow.connection, {"registration_id": registration_id})).first()
+        return self._track(row) if row is not None else None
 
     async def active_of(self, region: str, business_id: str, service: str) -> list[model.Registration]:
         """The provider's admitted or suspended registrations; concurrent writers for the same
