@@ -230,3 +230,21 @@ def test_verifier_reads_bearer_header(keys: tuple[bytes, bytes], tmp_path: Path)
     for header in (token, f"Basic {token}", "Bearer ", ""):
         with pytest.raises(InvalidToken, match="expected a bearer token"):
             verifier.verify(header)
+
+
+def test_a_token_the_verifier_remembers_is_still_refused_once_it_expires(
+    keys: tuple[bytes, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    private, public = keys
+    public_file = tmp_path / "public.pem"
+    public_file.write_bytes(public)
+    verifier = TokenVerifier(public_file)
+    token = mint_token(private, PROVIDER, ttl=timedelta(minutes=5))
+    assert verifier.verify(f"Bearer {token}") == PROVIDER  # checked in full, then remembered
+    started = time.time()
+
+    monkeypatch.setattr(time, "time", lambda: started + 4 * 60)
+    assert verifier.verify(f"Bearer {token}") == PROVIDER
+    monkeypatch.setattr(time, "time", lambda: started + 6 * 60)
+    with pytest.raises(InvalidToken, match="expired"):
+        verifier.verify(f"Bearer {token}")

@@ -18,6 +18,7 @@ from services.registry import catalogue, model
 from services.runtime import codec
 from services.runtime.db import serialize_on
 from services.runtime.fastinsert import TableInserter
+from services.runtime.prepared import Prepared
 from services.runtime.tables import AuditRecord, utc_field, utcnow
 from services.runtime.uow import Context, UnitOfWork
 
@@ -161,10 +162,11 @@ TERMS = TermsRow.__table__  # type: ignore[attr-defined]
 # Statements built once, their values passed at execution: SQLAlchemy then reuses the compiled
 # form instead of building and hashing a new statement per row.
 _INSERT_REGISTRATION = TableInserter(REGISTRATIONS)
-_ACTIVE = select(REGISTRATIONS).where(REGISTRATIONS.c.active_key == bindparam("active_key"))
+_BY_ID = Prepared(select(REGISTRATIONS).where(REGISTRATIONS.c.id == bindparam("registration_id")))
+_ACTIVE = Prepared(select(REGISTRATIONS).where(REGISTRATIONS.c.active_key == bindparam("active_key")))
 _UPDATE_REGISTRATION = update(REGISTRATIONS).where(REGISTRATIONS.c.id == bindparam("registration_id"))
 _INSERT_LISTING = TableInserter(LISTINGS)
-_NEWER_TERMS = (
+_NEWER_TERMS = Prepared(
     select(TERMS.c.version)
     .where(
         TERMS.c.region == bindparam("region"),
@@ -173,7 +175,7 @@ _NEWER_TERMS = (
     )
     .limit(1)
 )
-_PENDING = (
+_PENDING = Prepared(
     select(PENDING_BREACHES.c.breach)
     .where(
         PENDING_BREACHES.c.region == bindparam("region"),
@@ -183,7 +185,7 @@ _PENDING = (
     .order_by(PENDING_BREACHES.c.received_at)
 )
 _DELETE_LISTING = delete(LISTINGS).where(LISTINGS.c.registration == bindparam("registration_id"))
-_LISTING_PAGE = (
+_LISTING_PAGE = Prepared(
     select(LISTINGS)
     .where(
         LISTINGS.c.region == bindparam("region"),
@@ -448,8 +450,8 @@ class TermsRepository:
 
     async def superseded(self, region: str, service: str, version: int) -> bool:
         """Whether a newer version than `version` is published: one indexed probe, on the hot path."""
-        result = await self._uow.connection.execute(
-            _NEWER_TERMS, {"region": region, "service": service, "version": version}
+        result = await _NEWER_TERMS.execute(
+            self._uow.connection, {"region": region, "service": service, "version": version}
         )
         return result.first() is not None
 
@@ -493,7 +495,9 @@ class RegistrationRepository:
         if known is not None:
             return known[0]
         registration = registration_from_row(row)
-        self._loaded[registration.id] = (registration, _mutable_columns(registration))
+        # A read-only unit never writes back, so it needs no snapshot to compare against.
+        snapshot = {} if self._uow.read_only else _mutable_columns(registration)
+        self._loaded[registration.id] = (registration, snapshot)
         return self._uow.track(registration, registration.name)
 
     async def _select(self, *conditions: Any, order_by: Any = None, limit: int | None = None) -> list[Any]:
@@ -505,16 +509,16 @@ class RegistrationRepository:
         return list((await self._uow.connection.execute(query)).all())
 
     async def get(self, registration_id: str) -> model.Registration | None:
-        rows = await self._select(REGISTRATIONS.c.id == registration_id)
-        return self._track(rows[0]) if rows else None
+        row = (await _BY_ID.execute(self._uow.connection, {"registration_id": registration_id})).first()
+        return self._track(row) if row is not None else None
 
     async def active_of(self, region: str, business_id: str, service: str) -> list[model.Registration]:
         """The provider's admitted or suspended registrations; concurrent writers for the same
         provider, region and service take turns from here."""
         if not self._uow.read_only:
             await serialize_on(self._session, f"registry:registration:{region}/{service}/{business_id}")
-        result = await self._uow.connection.execute(
-            _ACTIVE, {"active_key": f"{region}/{service}/{business_id}"}
+        result = await _ACTIVE.execute(
+            self._uow.connection, {"active_key": f"{region}/{service}/{business_id}"}
         )
         return [self._track(row) for row in result.all()]
 
@@ -545,8 +549,8 @@ class RegistrationRepository:
     ) -> list[model.Listing]:
         """The public list from its read model; keyset pagination by business ID, stable while
         providers come and go."""
-        result = await self._uow.connection.execute(
-            _LISTING_PAGE,
+        result = await _LISTING_PAGE.execute(
+            self._uow.connection,
             {
                 "region": region,
                 "service": service,
@@ -669,17 +673,18 @@ class PendingBreachRepository:
 
     async def take(self, region: str, service: str, business_id: str) -> list[str]:
         """The breaches waiting for this provider's admission, oldest first; they are removed."""
-        where = (
-            PENDING_BREACHES.c.region == region,
-            PENDING_BREACHES.c.service == service,
-            PENDING_BREACHES.c.business_id == business_id,
-        )
-        result = await self._uow.connection.execute(
-            _PENDING, {"region": region, "service": service, "business_id": business_id}
+        result = await _PENDING.execute(
+            self._uow.connection, {"region": region, "service": service, "business_id": business_id}
         )
         breaches = [row.breach for row in result.all()]
         if breaches:
-            await self._uow.connection.execute(delete(PENDING_BREACHES).where(*where))
+            await self._uow.connection.execute(
+                delete(PENDING_BREACHES).where(
+                    PENDING_BREACHES.c.region == region,
+                    PENDING_BREACHES.c.service == service,
+                    PENDING_BREACHES.c.business_id == business_id,
+                )
+            )
         return breaches
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -153,6 +154,13 @@ def _reason(error: jwt.InvalidTokenError) -> str:
 def _verify(
     key: Ed25519PublicKey, token: str, now: datetime | None, revoked: frozenset[str] = frozenset()
 ) -> Principal:
+    return _check(key, token, now, revoked)[0]
+
+
+def _check(
+    key: Ed25519PublicKey, token: str, now: datetime | None, revoked: frozenset[str]
+) -> tuple[Principal, dict[str, Any]]:
+    """The principal a valid token names, and its claims."""
     options: jwt.types.Options = {"require": ["exp", "iat", "iss", "aud", "sub", "jti"]}
     if now is not None:
         # PyJWT checks times against the wall clock; to verify "as of" another
@@ -192,7 +200,7 @@ def _verify(
     organisation, subject = claims.get("org"), claims["sub"]
     if not isinstance(organisation, str) or not organisation or not isinstance(subject, str):
         raise InvalidToken("missing organisation")
-    return Principal(role=role, organisation=organisation, subject=subject)
+    return Principal(role=role, organisation=organisation, subject=subject), claims
 
 
 def verify_token(public_key_pem: bytes, token: str, now: datetime | None = None) -> Principal:
@@ -257,12 +265,33 @@ class TokenVerifier:
     """Verifies `Authorization` header values against a public key read once from a file, and
     against the revocation list."""
 
-    def __init__(self, public_key_file: Path, revoked_file: Path | None = None) -> None:
+    def __init__(
+        self, public_key_file: Path, revoked_file: Path | None = None, *, remember: int = 4096
+    ) -> None:
         self._key = _load_public_key(public_key_file.read_bytes())
         self._revoked = RevocationList(revoked_file)
+        self._remember = remember
+        self._verified: dict[str, tuple[Principal, str, float]] = {}
+        """Token -> (principal, jti, exp) for tokens whose signature and claims were checked: a
+        client sends the same token with every call, and the signature check is the costly part."""
 
     def verify(self, authorization_header_value: str) -> Principal:
         scheme, _, token = authorization_header_value.strip().partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
             raise InvalidToken("expected a bearer token")
-        return _verify(self._key, token.strip(), None, self._revoked.ids())
+        revoked = self._revoked.ids()
+        known = self._verified.get(token)
+        if known is not None:
+            principal, jti, expires = known
+            # What can change since the first check: the clock, and the revocation list.
+            if time.time() >= expires + LEEWAY.total_seconds():
+                raise InvalidToken("expired")
+            if jti in revoked:
+                raise InvalidToken("revoked")
+            return principal
+        principal, claims = _check(self._key, token, None, revoked)
+        if len(self._verified) >= self._remember:
+            self._verified.pop(next(iter(self._verified)))
+        self._verified[token] = (principal, str(claims["jti"]), float(claims["exp"]))
+        return principal

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 import nats
+import sqlalchemy as sa
 from google.protobuf.message import DecodeError, Message
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
@@ -22,7 +23,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
-from sqlalchemy import ColumnElement, exists, or_, text, update
+from sqlalchemy import ColumnElement, bindparam, exists, or_, text, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -31,6 +32,7 @@ from services.runtime.db import Database, database_now
 from services.runtime.dispatch import Dispatcher, InboxKey
 from services.runtime.domain import Command
 from services.runtime.natsaccess import NatsAccess
+from services.runtime.prepared import Prepared
 from services.runtime.tables import DeadLetter, Lease, OutboxEvent
 from services.runtime.uow import Context
 from services.runtime.worker import Fence, LeaseLost
@@ -131,25 +133,44 @@ async def declare_stream(
     await js.update_stream(replace(config, subjects=list(spec.subjects), num_replicas=replicas))
 
 
-async def pending_outbox(session: AsyncSession, limit: int) -> list[OutboxEvent]:
-    """The oldest rows still to publish, in seq order; rows set aside wait for an operator.
+OUTBOX = OutboxEvent.__table__  # type: ignore[attr-defined]
 
-    On PostgreSQL a row is ready only once every transaction that began before the one that
-    wrote it has ended: sequence numbers are taken at insert, so a transaction still open
-    with a smaller seq would otherwise commit its row after a larger one was relayed, and
-    the stream would no longer be in commit order.
-    """
+
+def _pending_outbox(oldest_running_first: bool) -> Any:
     query = (
-        select(OutboxEvent)
-        .where(col(OutboxEvent.published_at).is_(None), col(OutboxEvent.set_aside_at).is_(None))
-        .order_by(col(OutboxEvent.seq))
-        .limit(limit)
+        sa.select(
+            OUTBOX.c.seq,
+            OUTBOX.c.event_id,
+            OUTBOX.c.subject,
+            OUTBOX.c.event_type,
+            OUTBOX.c.payload,
+            OUTBOX.c.headers,
+        )
+        .where(OUTBOX.c.published_at.is_(None), OUTBOX.c.set_aside_at.is_(None))
+        .order_by(OUTBOX.c.seq)
+        .limit(bindparam("limit"))
     )
-    bind = session.bind
-    if bind is not None and bind.dialect.name == "postgresql":
+    if oldest_running_first:
         oldest_running = text("pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
-        query = query.where(or_(col(OutboxEvent.txid).is_(None), col(OutboxEvent.txid) < oldest_running))
-    return list((await session.exec(query)).all())
+        query = query.where(or_(OUTBOX.c.txid.is_(None), OUTBOX.c.txid < oldest_running))
+    return query
+
+
+_PENDING_OUTBOX = Prepared(_pending_outbox(False), elsewhere=_pending_outbox(True))
+"""The oldest rows still to publish, in seq order; rows set aside wait for an operator.
+
+On PostgreSQL a row is ready only once every transaction that began before the one that
+wrote it has ended: sequence numbers are taken at insert, so a transaction still open
+with a smaller seq would otherwise commit its row after a larger one was relayed, and
+the stream would no longer be in commit order. (Prepared: the relay asks after every
+commit that wrote events.)
+"""
+
+
+async def pending_outbox(db: Database, limit: int) -> list[Any]:
+    """Rows (seq, event_id, subject, event_type, payload, headers) to publish next."""
+    async with db.reader.connect() as connection:
+        return (await _PENDING_OUTBOX.execute(connection, {"limit": limit})).all()
 
 
 def lease_held(fence: Fence, now: datetime) -> ColumnElement[bool]:
@@ -215,8 +236,7 @@ class OutboxRelay:
         return str((last.headers or {}).get(envelope.MSG_ID, ""))
 
     async def relay_batch(self, fence: Fence) -> int:
-        async with self._db.read_session() as session:
-            rows = await pending_outbox(session, self._batch)
+        rows = await pending_outbox(self._db, self._batch)
         if not rows:
             return 0
         if self._tail is None:
@@ -250,7 +270,7 @@ class OutboxRelay:
             await self._count_failures(fence, failures)
         return len(published)
 
-    async def _publish(self, row: OutboxEvent, expected_last: str | None) -> object:
+    async def _publish(self, row: Any, expected_last: str | None) -> object:
         headers = _headers(row)
         if expected_last:
             headers[EXPECTED_LAST_MSG_ID] = expected_last
@@ -311,7 +331,7 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"[:255]
 
 
-def _headers(row: OutboxEvent) -> dict[str, str]:
+def _headers(row: Any) -> dict[str, str]:
     headers: dict[str, str] = json.loads(row.headers or "{}")
     headers[envelope.MSG_ID] = row.event_id
     headers[envelope.EVENT_TYPE] = row.event_type

@@ -87,7 +87,16 @@ def _sqlite_engine(url: str, *, immediate: bool) -> AsyncEngine:
     def _on_begin(conn: Connection) -> None:
         # Writers take the write lock up front, so two writers never deadlock on upgrade
         # and SQLite answers "busy" (retried by busy_timeout) instead of "locked".
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        if immediate:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            return
+        # A reader's BEGIN takes no lock and cannot wait: straight to sqlite3, without the
+        # statement machinery, since every query opens one.
+        inline = getattr(conn.connection.dbapi_connection, "_connection", None)
+        if isinstance(inline, sqlite_inline.InlineConnection):
+            inline.raw.execute("BEGIN")
+        else:
+            conn.exec_driver_sql("BEGIN")
 
     return engine
 

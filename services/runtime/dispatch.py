@@ -16,20 +16,20 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from google.protobuf.message import Message
-from sqlalchemy import ColumnElement, delete, literal, select, update
+from sqlalchemy import bindparam, delete, literal, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlmodel import col
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.runtime import codec, envelope
 from services.runtime.audit import AuditEntry
 from services.runtime.clock import Clock
-from services.runtime.db import Database
+from services.runtime.db import Database, connection_of
 from services.runtime.domain import Command, Event, Query
 from services.runtime.errors import DomainError, FieldViolation, InvalidArgument
 from services.runtime.fastinsert import TableInserter
+from services.runtime.prepared import Prepared, savepoint
 from services.runtime.protoconv import to_message
 from services.runtime.tables import IdempotencyKey, InboxEntry, OutboxEvent, Timer
 from services.runtime.uow import Context, UnitOfWork
@@ -49,6 +49,55 @@ U = TypeVar("U", bound=UnitOfWork)
 Handler = Callable[[Any, U], Awaitable[Any]]
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 128
+
+# The kernel's statements on every unit of work, prepared once (services.runtime.prepared).
+_INBOX_HAS = Prepared(
+    select(literal(1))
+    .select_from(INBOX)
+    .where(INBOX.c.consumer == bindparam("consumer"), INBOX.c.event_id == bindparam("event_id"))
+    .limit(1)
+)
+_EARLIER_ANSWER = Prepared(
+    select(KEYS.c.fingerprint, KEYS.c.response).where(
+        KEYS.c.scope == bindparam("scope"), KEYS.c.key == bindparam("key")
+    )
+)
+_CLAIM_TIMER = Prepared(
+    update(TIMERS)
+    .where(
+        TIMERS.c.key == bindparam("timer"), TIMERS.c.fired_at.is_(None), TIMERS.c.due_at <= bindparam("now")
+    )
+    .values(fired_at=bindparam("fired_at"))
+)
+_TIMER_OUTCOME = Prepared(
+    update(TIMERS).where(TIMERS.c.key == bindparam("timer")).values(outcome=bindparam("outcome"))
+)
+_CANCEL_TIMER = Prepared(
+    delete(TIMERS).where(TIMERS.c.key == bindparam("timer"), TIMERS.c.fired_at.is_(None))
+)
+_TIMER_COLUMNS = (
+    "key",
+    "due_at",
+    "command_type",
+    "command",
+    "correlation_id",
+    "created_at",
+    "fired_at",
+    "outcome",
+)
+_TIMER_MOVES = ("due_at", "command_type", "command", "fired_at", "outcome")
+
+
+def _timer_upsert(insert: Any) -> Any:
+    # Setting a key again moves the timer and re-arms one that fired.
+    statement = insert(TIMERS).values({name: bindparam(name) for name in _TIMER_COLUMNS})
+    return statement.on_conflict_do_update(
+        index_elements=[TIMERS.c.key], set_={name: statement.excluded[name] for name in _TIMER_MOVES}
+    )
+
+
+_SET_TIMER = Prepared(_timer_upsert(sqlite_insert), elsewhere=_timer_upsert(pg_insert))
+_NO_SAVEPOINT = contextlib.nullcontext()
 
 
 @dataclass(frozen=True)
@@ -203,46 +252,42 @@ class Dispatcher:
         fingerprint = codec.fingerprint(command) if key else ""
         result_type = self._result_types[type(command)]
 
+        wrote = False
+        """Whether the committed run of the job wrote events or timers, which wake the worker."""
+
         async def job(session: AsyncSession) -> Outcome[Any]:
+            nonlocal wrote
+            wrote = False
             uow = self._unit_of_work(context, self._clock.now(), False)
             await uow.bind(session)
-            if inbox is not None and await _exists(
-                uow.connection, INBOX.c.consumer == inbox.consumer, INBOX.c.event_id == inbox.event_id
-            ):
-                return Outcome(DUPLICATE)
-            if timer is not None and not await _claim_timer(session, timer, uow.now):
-                return Outcome(DUPLICATE)
-            if key:
-                earlier = (
-                    await uow.connection.execute(
-                        select(KEYS.c.fingerprint, KEYS.c.response).where(
-                            KEYS.c.scope == scope, KEYS.c.key == key
-                        )
+            connection = uow.connection
+            if (
+                inbox is not None
+                and (
+                    await _INBOX_HAS.execute(
+                        connection, {"consumer": inbox.consumer, "event_id": inbox.event_id}
                     )
                 ).first()
+            ):
+                return Outcome(DUPLICATE)
+            if timer is not None and not await _claim_timer(connection, timer, uow.now):
+                return Outcome(DUPLICATE)
+            if key:
+                earlier = (await _EARLIER_ANSWER.execute(connection, {"scope": scope, "key": key})).first()
                 if earlier is not None:
                     return Outcome(
                         _replay(earlier.fingerprint, earlier.response, fingerprint, key, result_type)
                     )
             try:
-                nested = None
-                if inbox or timer:
-                    nested = await session.begin_nested()
-                    await (
-                        session.connection()
-                    )  # emits the SAVEPOINT now: writes go through the cached connection
-                result = await handler(command, uow)
-                await uow.save()
-                written = await self._write_collected(session, uow, command)
-                if nested is not None:
-                    await nested.commit()
+                # An event's or a timer's refusal is kept as its outcome: the effect is rolled
+                # back to this savepoint, and the inbox row or timer claim still commits.
+                async with savepoint(session, "kasvu_effect") if inbox or timer else _NO_SAVEPOINT:
+                    result = await handler(command, uow)
+                    await uow.save()
+                    written = await self._write_collected(session, uow, command)
             except DomainError as refusal:
                 if inbox is None and timer is None:
                     raise
-                if nested is not None:
-                    # Even when a failed flush left it inactive, it must be ended.
-                    with contextlib.suppress(Exception):
-                        await nested.rollback()
                 outcome = f"refused: {type(refusal).__name__}: {refusal.message}"[:255]
                 await self._mark(session, inbox, timer, uow.now, outcome)
                 log.info(
@@ -268,6 +313,7 @@ class Dispatcher:
                     ],
                 )
             entry = None
+            wrote = any(kind != "timer.cancelled" for _, kind, _ in written)
             if written:
                 entry = AuditEntry(
                     recorded_at=uow.now,
@@ -280,7 +326,7 @@ class Dispatcher:
             return Outcome(result, entry)
 
         result = await self._write_path.run(job)
-        if not isinstance(result, Duplicate | Refused):
+        if wrote:
             self.after_commit()
         return result
 
@@ -298,7 +344,7 @@ class Dispatcher:
     ) -> None:
         if inbox is not None:
             await INBOX_ROWS.insert(
-                await session.connection(),
+                await connection_of(session),
                 [
                     {
                         "consumer": inbox.consumer,
@@ -310,9 +356,7 @@ class Dispatcher:
             )
         if timer is not None:
             # Claimed (fired_at set) at the start of the unit; the outcome is kept for operators.
-            await (await session.connection()).execute(
-                update(Timer).where(col(Timer.key) == timer).values(outcome=outcome)
-            )
+            await _TIMER_OUTCOME.execute(await connection_of(session), {"timer": timer, "outcome": outcome})
 
     async def _write_collected(
         self, session: AsyncSession, uow: UnitOfWork, command: Command
@@ -359,32 +403,24 @@ class Dispatcher:
         connection = uow.connection
         for change in uow.timers.changes:
             if change.command is None:
-                cancelled = await connection.execute(
-                    delete(TIMERS).where(TIMERS.c.key == change.key, TIMERS.c.fired_at.is_(None))
-                )
+                cancelled = await _CANCEL_TIMER.execute(connection, {"timer": change.key})
                 if cancelled.rowcount:
                     written.append((change.key, "timer.cancelled", ""))
                 continue
             assert change.due_at is not None
-            values = {
-                "key": change.key,
-                "due_at": change.due_at,
-                "command_type": command_type_name(type(change.command)),
-                "command": codec.dumps(change.command),
-                "correlation_id": uow.context.correlation_id,
-                "created_at": uow.now,
-                "fired_at": None,
-                "outcome": "",
-            }
-            upsert = (pg_insert if connection.dialect.name == "postgresql" else sqlite_insert)(TIMERS).values(
-                values
+            await _SET_TIMER.execute(
+                connection,
+                {
+                    "key": change.key,
+                    "due_at": change.due_at,
+                    "command_type": command_type_name(type(change.command)),
+                    "command": codec.dumps(change.command),
+                    "correlation_id": uow.context.correlation_id,
+                    "created_at": uow.now,
+                    "fired_at": None,
+                    "outcome": "",
+                },
             )
-            # Setting a key again moves the timer and re-arms one that fired.
-            moved = {
-                name: upsert.excluded[name]
-                for name in ("due_at", "command_type", "command", "fired_at", "outcome")
-            }
-            await connection.execute(upsert.on_conflict_do_update(index_elements=[TIMERS.c.key], set_=moved))
             written.append((change.key, "timer.set", change.due_at.isoformat()))
         uow.timers.changes.clear()
         return written
@@ -440,17 +476,6 @@ def _replay(earlier_fingerprint: str, response: str, fingerprint: str, key: str,
     return codec.loads(result_type, response)
 
 
-async def _exists(connection: AsyncConnection, *conditions: ColumnElement[bool]) -> bool:
-    table = conditions[0].left.table
-    return (
-        await connection.execute(select(literal(1)).select_from(table).where(*conditions).limit(1))
-    ).first() is not None
-
-
-async def _claim_timer(session: AsyncSession, key: str, now: datetime) -> bool:
-    result = await (await session.connection()).execute(
-        update(Timer)
-        .where(col(Timer.key) == key, col(Timer.fired_at).is_(None), col(Timer.due_at) <= now)
-        .values(fired_at=now)
-    )
-    return bool(result.rowcount == 1)
+async def _claim_timer(connection: AsyncConnection, key: str, now: datetime) -> bool:
+    result = await _CLAIM_TIMER.execute(connection, {"timer": key, "now": now, "fired_at": now})
+    return result.rowcount == 1

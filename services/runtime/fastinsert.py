@@ -17,7 +17,7 @@ from sqlalchemy import Table, exc, insert
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.runtime.sqlite_inline import InlineConnection
+from services.runtime.sqlite_inline import inline_of
 
 _SQLITE = sqlite.dialect()
 
@@ -41,7 +41,7 @@ class TableInserter:
     async def insert(self, connection: AsyncConnection, rows: Sequence[Mapping[str, Any]]) -> None:
         if not rows:
             return
-        raw = await _inline_sqlite(connection)
+        raw = await inline_of(connection)
         if raw is None:
             await connection.execute(self._insert, list(rows))
             return
@@ -53,7 +53,7 @@ class TableInserter:
             for row in rows
         ]
         try:
-            raw.raw.executemany(self._sql, values)
+            raw.in_transaction().executemany(self._sql, values)
         except sqlite3.IntegrityError as error:
             # As SQLAlchemy would raise it, so the write path classifies it the same way.
             raise exc.IntegrityError(self._sql, None, error) from error
@@ -66,13 +66,3 @@ def _default(column: Any) -> Any:
     if default is not None and default.is_scalar:
         return default.arg
     return None
-
-
-async def _inline_sqlite(connection: AsyncConnection) -> InlineConnection | None:
-    if connection.dialect.name != "sqlite":
-        return None
-    if "kasvu.inline" not in connection.info:
-        driver = (await connection.get_raw_connection()).driver_connection
-        connection.info["kasvu.inline"] = driver if isinstance(driver, InlineConnection) else None
-    inline: InlineConnection | None = connection.info["kasvu.inline"]
-    return inline

@@ -133,7 +133,7 @@ class ServiceHost:
         await upgrade_async(self.db.url, self._migrations)
         await self.db.ping()
         if self._dispatcher is not None:
-            self.worker.add_job(Scheduler(self.db, self._dispatcher))
+            self.worker.add_job(Scheduler(self.db, self._dispatcher), on_wake=True)
         self.worker.add_job(Pruner(self.write_path))
         self.worker.add_job(bus.DeadLetterReplayer(self.db, self.write_path, lambda: self._consumers))
         await self.health.set(BUS_HEALTH, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -180,7 +180,8 @@ class ServiceHost:
                 batch=self.settings.outbox_batch,
                 max_payload=lambda: self.nc.max_payload if self.nc is not None else 1024 * 1024,
                 crash_point=self.settings.crash_point,
-            )
+            ),
+            on_wake=True,
         )
         for make in self._consumer_factories:
             consumer = make(js)

@@ -13,7 +13,10 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection
 
 _MAY_WAIT = ("BEGIN", "COMMIT", "END")
 
@@ -38,7 +41,8 @@ class InlineCursor:
     async def execute(self, sql: str, parameters: Sequence[Any] | None = None) -> InlineCursor:
         arguments = () if parameters is None else parameters
         if self._connection.writes and _may_wait(sql):
-            await asyncio.to_thread(self._cursor.execute, sql, arguments)
+            if not (sql.lstrip()[:5].upper() == "BEGIN" and self._connection.try_begin(self._cursor, sql)):
+                await asyncio.to_thread(self._cursor.execute, sql, arguments)
         else:
             self._cursor.execute(sql, arguments)
         return self
@@ -106,6 +110,7 @@ class InlineConnection:
         # check_same_thread=False: BEGIN and COMMIT run in a worker thread, never at the same
         # time as anything else on this connection (SQLAlchemy serialises its use).
         self.raw = sqlite3.connect(database, timeout=timeout, check_same_thread=False, isolation_level=None)
+        self._busy_ms = int(timeout * 1000)
         self._tx = _ImmediateQueue()
 
     # aiosqlite's internals that SQLAlchemy's adapter reads.
@@ -120,6 +125,28 @@ class InlineConnection:
     @property
     def isolation_level(self) -> str | None:
         return self.raw.isolation_level
+
+    def try_begin(self, cursor: sqlite3.Cursor, sql: str) -> bool:
+        """BEGIN inline when the write lock is free, as it is unless another process writes;
+        False when it is taken, and the caller waits for it in a thread."""
+        self.raw.execute("PRAGMA busy_timeout=0")
+        try:
+            cursor.execute(sql)
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) and "busy" not in str(error):
+                raise
+            return False
+        finally:
+            self.raw.execute(f"PRAGMA busy_timeout={self._busy_ms}")
+        return True
+
+    def in_transaction(self) -> sqlite3.Connection:
+        """The sqlite3 connection, for statements that bypass SQLAlchemy; refused on a writer
+        outside a transaction, where sqlite3 would commit each statement on its own (after
+        SQLAlchemy rolled a failed transaction back, say)."""
+        if self.writes and not self.raw.in_transaction:
+            raise sqlite3.OperationalError("no transaction is open on this connection")
+        return self.raw
 
     def cursor(self) -> InlineCursor:
         return InlineCursor(self)
@@ -154,3 +181,15 @@ def creator(database: str, *, timeout: float = 30.0, writes: bool = True) -> Any
         return InlineConnection(database, timeout=timeout, writes=writes)
 
     return connect
+
+
+async def inline_of(connection: AsyncConnection) -> InlineConnection | None:
+    """The inline SQLite connection under a SQLAlchemy connection, or None (PostgreSQL, or an
+    engine made without `creator`); looked up once per connection."""
+    if connection.dialect.name != "sqlite":
+        return None
+    if "kasvu.inline" not in connection.info:
+        driver = (await connection.get_raw_connection()).driver_connection
+        connection.info["kasvu.inline"] = driver if isinstance(driver, InlineConnection) else None
+    inline: InlineConnection | None = connection.info["kasvu.inline"]
+    return inline

@@ -15,14 +15,16 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from sqlalchemy import delete, update
-from sqlmodel import col, select
+import sqlalchemy as sa
+from sqlalchemy import bindparam, delete, update
+from sqlmodel import col
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.runtime import codec
 from services.runtime.db import Database, database_now
+from services.runtime.prepared import Prepared
 from services.runtime.tables import IdempotencyKey, InboxEntry, Lease, OutboxEvent, Timer
 from services.runtime.uow import Context
 from services.runtime.writer import Outcome, WritePath
@@ -112,6 +114,8 @@ class Worker:
         self._lease = f"{service}-worker"
         self.holder = holder or f"{service}-{uuid.uuid4().hex[:12]}"
         self._jobs = list(jobs)
+        self._urgent: list[WorkerJob] = []
+        """The jobs a wake-up runs (the relay, the scheduler); every round of the poll runs all."""
         self.lease_ttl = lease_ttl
         self.poll_s = poll_s
         self._wake = asyncio.Event()
@@ -121,8 +125,12 @@ class Worker:
         """Called after a commit that wrote events or timers, so they leave without waiting for a poll."""
         self._wake.set()
 
-    def add_job(self, job: WorkerJob) -> None:
+    def add_job(self, job: WorkerJob, *, on_wake: bool = False) -> None:
+        """Adds a job to every round; `on_wake` also runs it as soon as a commit wakes the
+        worker (what a commit can make due: events to relay, timers to fire)."""
         self._jobs.append(job)
+        if on_wake:
+            self._urgent.append(job)
 
     async def run_once(self) -> bool:
         """One round: take or renew the lease, then run every job; False when the lease is elsewhere."""
@@ -137,6 +145,7 @@ class Worker:
         loop = asyncio.get_running_loop()
         held_until = 0.0
         ttl_s = self.lease_ttl.total_seconds()
+        woken = False
         while not stop.is_set():
             self._wake.clear()
             try:
@@ -148,7 +157,9 @@ class Worker:
                     )
                     held_until = asked_at + ttl_s if self.fence is not None else 0.0
                 if self.fence is not None and loop.time() < held_until:
-                    for job in self._jobs:
+                    # A wake-up comes with every commit that wrote events or timers; the other
+                    # jobs (pruning, dead-letter replays) keep to the poll.
+                    for job in self._urgent if woken else self._jobs:
                         await job.run_once(self.fence)
             except LeaseLost as lost:
                 log.warning("worker lost its lease", extra={"lease": lost.fence.name})
@@ -162,6 +173,7 @@ class Worker:
             wake = asyncio.ensure_future(self._wake.wait())
             stopped = asyncio.ensure_future(stop.wait())
             await asyncio.wait({wake, stopped}, timeout=self.poll_s, return_when=asyncio.FIRST_COMPLETED)
+            woken = wake.done() and not wake.cancelled()
             wake.cancel()
             stopped.cancel()
         if self.fence is not None:
@@ -169,6 +181,16 @@ class Worker:
                 await release_lease(self._write_path, self.fence)
             except Exception:
                 log.warning("could not release the worker lease", exc_info=True)
+
+
+TIMERS = Timer.__table__  # type: ignore[attr-defined]
+# Asked after every commit that set a timer, and on every poll: prepared once.
+_DUE = Prepared(
+    sa.select(TIMERS.c.key, TIMERS.c.command_type, TIMERS.c.command, TIMERS.c.correlation_id, TIMERS.c.due_at)
+    .where(TIMERS.c.fired_at.is_(None), TIMERS.c.due_at <= bindparam("now"))
+    .order_by(TIMERS.c.due_at, TIMERS.c.key)
+    .limit(bindparam("limit"))
+)
 
 
 class Scheduler:
@@ -180,15 +202,10 @@ class Scheduler:
         self._dispatcher = dispatcher
         self._batch = batch
 
-    async def due(self, now: datetime) -> list[Timer]:
-        async with self._db.read_session() as session:
-            rows = await session.exec(
-                select(Timer)
-                .where(col(Timer.fired_at).is_(None), col(Timer.due_at) <= now)
-                .order_by(col(Timer.due_at), col(Timer.key))
-                .limit(self._batch)
-            )
-            return list(rows.all())
+    async def due(self, now: datetime) -> list[Any]:
+        """Timer rows (key, command_type, command, correlation_id, due_at) due at `now`."""
+        async with self._db.reader.connect() as connection:
+            return (await _DUE.execute(connection, {"now": now, "limit": self._batch})).all()
 
     async def run_once(self, fence: Fence) -> None:
         while True:
@@ -201,7 +218,7 @@ class Scheduler:
             if len(timers) < self._batch:
                 return
 
-    async def _fire(self, timer: Timer) -> None:
+    async def _fire(self, timer: Any) -> None:
         try:
             command = codec.loads(self._dispatcher.command_type(timer.command_type), timer.command)
             context = Context(correlation_id=timer.correlation_id, causation_id=f"timer:{timer.key}")

@@ -11,7 +11,6 @@ is run again. Either way a caller hears "done" only after its commit.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -25,6 +24,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from services.runtime import audit
 from services.runtime.db import Database
 from services.runtime.errors import Aborted, Unavailable
+from services.runtime.prepared import CAREFUL, savepoint
 
 log = logging.getLogger(__name__)
 
@@ -157,13 +157,37 @@ class BatchedWritePath(WritePath):
             await self._commit_batch(batch)
 
     async def _commit_batch(self, batch: list[_Queued]) -> None:
+        pending, careful = batch, False
+        while pending:
+            pending = await self._try_batch(pending, careful=careful)
+            careful = True
+
+    async def _try_batch(self, batch: list[_Queued], *, careful: bool) -> list[_Queued]:
+        """Runs the batch in one transaction; returns the units to run again in a new one.
+
+        A unit that fails is rolled back to its savepoint alone. SQLite savepoints are taken
+        on the raw connection, which SQLAlchemy does not see; so when a unit's failed ORM
+        flush makes SQLAlchemy roll the whole transaction back, the batch runs again, this
+        time `careful`: with SQLAlchemy's own savepoints, which contain such a failure. No
+        unit of the batch has been told anything before its transaction commits.
+        """
         done: list[tuple[asyncio.Future[Any], Any]] = []
         try:
             async with AsyncSession(self._db.writer, expire_on_commit=False) as session:
+                session.info[CAREFUL] = careful
                 await session.begin()
                 head = await audit.chain_head(session)
                 for item in batch:
                     head = await self._run_one(session, item, head, done)
+                    if not _usable(session):
+                        await session.rollback()
+                        log.info("a unit of work spoilt its batch; the batch runs again, carefully")
+                        if careful:
+                            # Even SQLAlchemy's savepoint could not contain it: that unit fails.
+                            item.future.set_exception(
+                                Aborted("the request could not be applied; retry", reason="WRITE_FAILED")
+                            )
+                        return [queued for queued in batch if not queued.future.done()]
                 await session.commit()
         except Exception as error:
             # The transaction itself failed (disk full, database gone): nothing of the batch
@@ -177,12 +201,13 @@ class BatchedWritePath(WritePath):
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(error)
-            return
+            return []
         self.stats.transactions += 1
         self.stats.units += len(done)
         for future, result in done:
             if not future.done():
                 future.set_result(result)
+        return []
 
     async def _run_one(
         self,
@@ -191,23 +216,15 @@ class BatchedWritePath(WritePath):
         head: audit.ChainHead,
         done: list[tuple[asyncio.Future[Any], Any]],
     ) -> audit.ChainHead:
-        savepoint = await session.begin_nested()
-        # SQLAlchemy sends SAVEPOINT when the session next hands out its connection; units
-        # write through the cached Core connection, so ask for it now or they would write
-        # outside their savepoint.
-        await session.connection()
         try:
-            outcome = await item.job(session)
-            new_head = head
-            if outcome.audit is not None:
-                new_head = await audit.append(session, outcome.audit, head)
-            await session.flush()
-            await savepoint.commit()
+            async with savepoint(session):
+                outcome = await item.job(session)
+                new_head = head
+                if outcome.audit is not None:
+                    new_head = await audit.append(session, outcome.audit, head)
         except BaseException as error:
-            # Also when a failed flush left it inactive: it must still be ended, or the whole
-            # batch's commit fails.
-            with contextlib.suppress(Exception):
-                await savepoint.rollback()
+            if not _usable(session) and isinstance(error, Exception):
+                return head  # the batch runs again; this unit with it
             self.stats.failed_units += 1
             if isinstance(error, IntegrityError):
                 error = Aborted(
@@ -222,6 +239,11 @@ class BatchedWritePath(WritePath):
             return head
         done.append((item.future, outcome.result))
         return new_head
+
+
+def _usable(session: AsyncSession) -> bool:
+    transaction = session.sync_session.get_transaction()
+    return transaction is not None and transaction.is_active
 
 
 def write_path_for(db: Database, *, max_batch: int = 128) -> WritePath:

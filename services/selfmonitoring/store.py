@@ -9,14 +9,15 @@ from dataclasses import asdict
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Index, Table
+from sqlalchemy import Index, Table, bindparam
 from sqlalchemy import select as sa_select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Field, SQLModel, col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from services.runtime.db import older_than, serialize_on
+from services.runtime.db import connection_of, older_than, serialize_on
 from services.runtime.fastinsert import TableInserter
+from services.runtime.prepared import Prepared
 from services.runtime.tables import utc_field, utcnow
 from services.runtime.uow import Context, UnitOfWork
 from services.selfmonitoring import model
@@ -208,6 +209,40 @@ SELFMONITORING_TABLES = (
 OBSERVATIONS: Table = ObservationRow.__table__  # type: ignore[attr-defined]
 BUCKETS: Table = DayBucketRow.__table__  # type: ignore[attr-defined]
 BREACHES: Table = BreachRow.__table__  # type: ignore[attr-defined]
+ADMITTED_PROVIDERS: Table = AdmittedProviderRow.__table__  # type: ignore[attr-defined]
+_OPEN_SERIOUS = Prepared(
+    sa_select(BREACHES).where(
+        BREACHES.c.region == bindparam("region"),
+        BREACHES.c.provider == bindparam("provider"),
+        BREACHES.c.service == bindparam("service"),
+        BREACHES.c.open_key.is_not(None),
+        BREACHES.c.severity == str(model.Severity.SERIOUS),
+    )
+)
+_ADMITTED_COLUMNS = (
+    "region",
+    "service",
+    "business_id",
+    "municipalities",
+    "languages",
+    "suspended",
+    "updated_at",
+)
+
+
+def _admitted_upsert(insert: Any) -> Any:
+    statement = insert(ADMITTED_PROVIDERS).values({name: bindparam(name) for name in _ADMITTED_COLUMNS})
+    return statement.on_conflict_do_update(
+        index_elements=[
+            ADMITTED_PROVIDERS.c.region,
+            ADMITTED_PROVIDERS.c.service,
+            ADMITTED_PROVIDERS.c.business_id,
+        ],
+        set_={name: statement.excluded[name] for name in _ADMITTED_COLUMNS[3:]},
+    )
+
+
+_ADMITTED = Prepared(_admitted_upsert(sqlite.insert), elsewhere=_admitted_upsert(postgresql.insert))
 _INSERT_OBSERVATIONS = TableInserter(OBSERVATIONS)
 
 
@@ -601,14 +636,9 @@ class BreachRepository:
         return found
 
     async def open_serious(self, region: str, provider: str, service: str) -> list[model.Breach]:
-        result = await self._session.exec(
-            select(BreachRow).where(
-                BreachRow.region == region,
-                BreachRow.provider == provider,
-                BreachRow.service == service,
-                col(BreachRow.open_key).is_not(None),
-                BreachRow.severity == str(model.Severity.SERIOUS),
-            )
+        """Asked for every admission the registry reports: prepared once."""
+        result = await _OPEN_SERIOUS.execute(
+            await connection_of(self._session), {"region": region, "provider": provider, "service": service}
         )
         return [breach_from_row(row) for row in result.all()]
 
@@ -906,16 +936,20 @@ class AdmittedProviderRepository:
         self._session = session
 
     async def admitted(self, provider: model.AdmittedProvider, at: datetime) -> None:
-        """Upsert: a re-admission replaces where and in which languages, and lifts a suspension."""
-        key = (provider.region, provider.service, provider.business_id)
-        row = await self._session.get(AdmittedProviderRow, key) or AdmittedProviderRow(
-            region=provider.region, service=provider.service, business_id=provider.business_id, updated_at=at
+        """Upsert: a re-admission replaces where and in which languages, and lifts a suspension.
+        One prepared statement: it runs for every admission the registry reports."""
+        await _ADMITTED.execute(
+            await connection_of(self._session),
+            {
+                "region": provider.region,
+                "service": provider.service,
+                "business_id": provider.business_id,
+                "municipalities": json.dumps(sorted(provider.municipalities)),
+                "languages": json.dumps(sorted(provider.languages)),
+                "suspended": False,
+                "updated_at": at,
+            },
         )
-        row.municipalities = json.dumps(sorted(provider.municipalities))
-        row.languages = json.dumps(sorted(provider.languages))
-        row.suspended = False
-        row.updated_at = at
-        self._session.add(row)
 
     async def suspended(self, region: str, service: str, business_id: str, at: datetime) -> bool:
         row = await self._session.get(AdmittedProviderRow, (region, service, business_id))

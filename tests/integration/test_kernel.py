@@ -164,6 +164,24 @@ async def test_every_timer_missed_during_downtime_fires_once_in_due_order(migrat
     await db.dispose()
 
 
+async def test_only_commits_that_wrote_events_or_timers_wake_the_worker(runtime_db: Database) -> None:
+    # A wake-up runs the relay and the scheduler at once; commits with nothing for them must
+    # not, or a busy service spends its time asking an empty outbox.
+    wakes: list[str] = []
+    async with toy.toy(runtime_db) as dispatcher:
+        dispatcher.after_commit = lambda: wakes.append("woken")
+        retry = Context(idempotency_key="note-1")
+
+        await dispatcher.handle(toy.Note("event"), retry)
+        await dispatcher.handle(toy.Note("event"), retry)  # an idempotent replay writes nothing
+        await dispatcher.handle(toy.Schedule("timer-1", "later", T))
+        await dispatcher.handle(toy.Unschedule("timer-unknown"))
+        with pytest.raises(FailedPrecondition):
+            await dispatcher.handle(toy.Refuse("refused"))
+
+    assert wakes == ["woken", "woken"]
+
+
 # -- the audit chain --------------------------------------------------------------------------------
 
 
