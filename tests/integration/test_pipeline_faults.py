@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -14,6 +15,8 @@ from datetime import UTC, datetime
 
 import pytest
 from kasvu.registry.v1 import events_pb2
+from kasvu.selfmonitoring.v1 import events_pb2 as breach_events
+from kasvu.selfmonitoring.v1 import selfmonitoring_pb2
 from nats.aio.client import Client as NatsClient
 from nats.js.api import StorageType, StreamConfig
 from nats.js.client import JetStreamContext
@@ -21,6 +24,10 @@ from sqlalchemy import insert, text
 from sqlmodel import col, select
 
 from kasvuctl.cli import main as kasvu
+from services.registry import bootstrap as registry_bootstrap
+from services.registry import handlers as registry_handlers
+from services.registry import store as registry_store
+from services.registry.consumers import suspension_for
 from services.runtime import envelope
 from services.runtime.bus import (
     DeadLetterReplayer,
@@ -35,11 +42,13 @@ from services.runtime.db import Database
 from services.runtime.dispatch import OUTBOX, Dispatcher
 from services.runtime.domain import Command
 from services.runtime.errors import InvalidArgument
-from services.runtime.tables import DeadLetter, OutboxEvent
+from services.runtime.migrate import upgrade_async
+from services.runtime.tables import DeadLetter, InboxEntry, OutboxEvent
 from services.runtime.worker import Worker
 from services.runtime.writer import write_path_for
 from tests.conftest import NatsServer
 from tests.integration import toy
+from tests.integration.helpers import dispatching
 
 STREAM = "TEST_FAULTS"
 
@@ -179,6 +188,95 @@ async def test_poison_messages_are_dead_lettered_and_never_hold_back_the_events_
     listed = capsys.readouterr().out
     assert "Boom" in listed and "type header does not match" in listed
     assert listed.count("\n") == 1 + 301 - 2  # a header line, and the dead letters not replayed
+
+
+BREACH_STREAM = "TEST_BREACHES"
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_on_postgresql_a_breach_with_an_overlong_id_or_a_nul_is_dead_lettered_and_holds_back_nothing(
+    database_url: str, js: JetStreamContext
+) -> None:
+    """The triggers PostgreSQL itself pulls: an event id longer than the inbox's id column, and a
+    NUL in a text field (PostgreSQL cannot store one). Each fails in the database, not in the
+    decoding, so it is retried with back-off and then dead-lettered, while the valid breach behind
+    them takes effect at once, through the registry's real consumer and store."""
+    await upgrade_async(database_url, registry_bootstrap.MIGRATIONS)
+    db = Database(database_url)
+    await js.add_stream(
+        StreamConfig(name=BREACH_STREAM, subjects=["kasvu.selfmonitoring.v1.>"], storage=StorageType.FILE)
+    )
+    subject = f"kasvu.selfmonitoring.v1.BreachOpened.{toy.REGION}"
+    breach_type = breach_events.BreachOpened.DESCRIPTOR.full_name
+
+    async def breach(name: str, event_id: str) -> None:
+        message = breach_events.BreachOpened(
+            region=toy.REGION,
+            breach=selfmonitoring_pb2.Breach(
+                name=name,
+                indicator=f"regions/{toy.REGION}/indicators/need-assessment-14d",
+                provider="0737546-2",  # not registered: the breach is remembered for its admission
+                service="recruitment",
+                severity=selfmonitoring_pb2.SEVERITY_SERIOUS,
+            ),
+        )
+        headers = {envelope.MSG_ID: event_id, envelope.EVENT_TYPE: breach_type}
+        await js.publish(subject, message.SerializeToString(), headers=headers)
+
+    overlong_id = "x" * 65
+    nul_id, valid_id = uuid.uuid4().hex, uuid.uuid4().hex
+    try:
+        async with dispatching(
+            db,
+            service="registry",
+            unit_of_work=registry_store.unit_of_work_factory(),
+            event_types=registry_bootstrap.EVENT_TYPES,
+            handlers=registry_handlers.HANDLERS,
+        ) as dispatcher:
+            consumer = EventConsumer(
+                dispatcher,
+                js,
+                stream=BREACH_STREAM,
+                durable="registry-breaches",
+                subject="kasvu.selfmonitoring.v1.BreachOpened.*",
+                event_type=breach_events.BreachOpened,
+                translate=suspension_for,
+                ack_wait_s=2.0,
+                max_deliveries=3,
+                backoff_s=(1.0, 2.0),
+            )
+            stop = asyncio.Event()
+            task = asyncio.create_task(consumer.run(stop))
+            try:
+                await breach(f"regions/{toy.REGION}/breaches/overlong-id", overlong_id)
+                await breach(f"regions/{toy.REGION}/breaches/nul\x00byte", nul_id)
+                await breach(f"regions/{toy.REGION}/breaches/valid", valid_id)
+                # Applied while the two before it wait for their first redelivery.
+                await eventually(lambda: _pending_breaches(db, 1), "the valid breach remembered", within=2)
+                assert not await _dead(db, 1)
+                await eventually(lambda: _dead(db, 2), "both poison breaches dead-lettered", within=15)
+                await asyncio.sleep(0.5)  # a further delivery would show up by now
+            finally:
+                stop.set()
+                await asyncio.wait_for(task, timeout=10)
+
+        async with db.read_session() as session:
+            dead = (await session.exec(select(DeadLetter).order_by(col(DeadLetter.id)))).all()
+            inbox = (await session.exec(select(InboxEntry))).all()
+        assert [(row.event_id, row.deliveries) for row in dead] == [(overlong_id[:64], 3), (nul_id, 3)]
+        assert "value too long" in dead[0].error
+        assert "0x00" in dead[1].error
+        assert json.loads(dead[0].headers)[envelope.MSG_ID] == overlong_id  # kept whole, for a replay
+        assert [(row.event_id, row.outcome) for row in inbox] == [(valid_id, "applied")]
+        assert await _pending_breaches(db, 1)
+    finally:
+        await db.dispose()
+
+
+async def _pending_breaches(db: Database, count: int) -> bool:
+    async with db.reader.connect() as connection:
+        rows = (await connection.execute(text("SELECT breach FROM registry_pending_breaches"))).all()
+    return [row.breach for row in rows] == [f"regions/{toy.REGION}/breaches/valid"] * count
 
 
 async def _noted(db: Database, tag: str) -> bool:
