@@ -9,9 +9,10 @@ import contextlib
 import json
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
-from dataclasses import replace
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from kasvu.registry.v1 import events_pb2
@@ -38,13 +39,14 @@ from services.runtime.bus import (
     connect,
     declare_stream,
 )
+from services.runtime.clock import SYSTEM_CLOCK, Clock
 from services.runtime.db import Database
 from services.runtime.dispatch import OUTBOX, Dispatcher
 from services.runtime.domain import Command
 from services.runtime.errors import InvalidArgument
 from services.runtime.migrate import upgrade_async
-from services.runtime.tables import DeadLetter, InboxEntry, OutboxEvent
-from services.runtime.worker import Worker
+from services.runtime.tables import DeadLetter, InboxEntry, Lease, OutboxEvent, Timer
+from services.runtime.worker import Fence, LeaseLost, Scheduler, Worker
 from services.runtime.writer import write_path_for
 from tests.conftest import NatsServer
 from tests.integration import toy
@@ -432,3 +434,168 @@ async def test_a_restarting_service_keeps_the_limits_an_operator_set_on_its_stre
 
     kept = (await js.stream_info(spec.name)).config
     assert (kept.max_age, kept.max_msgs) == (pytest.approx(3600.0), 1000)
+
+
+# -- two relays at once ----------------------------------------------------------------------
+
+
+class AheadClock(Clock):
+    """A replica's own clock, running `by` ahead of the others' and the database's."""
+
+    def __init__(self, by: timedelta) -> None:
+        self.by = by
+
+    def now(self) -> datetime:
+        return super().now() + self.by
+
+
+class Witness:
+    """A worker job that notes every round it is given: which holder ran it, with which token."""
+
+    def __init__(self) -> None:
+        self.rounds: list[tuple[str, int]] = []
+
+    async def run_once(self, fence: Fence) -> None:
+        self.rounds.append((fence.holder, fence.token))
+
+
+@dataclass
+class Replica:
+    dispatcher: Dispatcher
+    worker: Worker
+    witness: Witness
+
+
+@contextlib.asynccontextmanager
+async def replica(
+    db: Database, js: Any, holder: str, clock: Clock, lease_ttl: timedelta = timedelta(seconds=10)
+) -> AsyncIterator[Replica]:
+    """One replica of the toy service: its dispatcher on `clock`, and its leased worker (relay,
+    scheduler, witness) on the shared database and stream."""
+    write_path = write_path_for(db)
+    dispatcher = toy.toy_dispatcher(db, write_path, clock)
+    witness = Witness()
+    worker = Worker(
+        write_path,
+        service="toy",
+        jobs=[OutboxRelay(db, write_path, js, stream=STREAM), Scheduler(db, dispatcher), witness],
+        lease_ttl=lease_ttl,
+        poll_s=0.05,
+        holder=holder,
+    )
+    dispatcher.after_commit = worker.wake
+    try:
+        yield Replica(dispatcher, worker, witness)
+    finally:
+        await write_path.close()
+
+
+async def _lease_expiry(db: Database) -> datetime:
+    async with db.read_session() as session:
+        return (await session.exec(select(Lease))).one().expires_at
+
+
+async def _timer_fired_at(db: Database, key: str) -> datetime | None:
+    async with db.read_session() as session:
+        return (await session.exec(select(Timer).where(col(Timer.key) == key))).one().fired_at
+
+
+async def _all_published(db: Database) -> bool:
+    async with db.reader.connect() as connection:
+        waiting = await connection.execute(text("SELECT count(*) FROM outbox WHERE published_at IS NULL"))
+        return int(waiting.scalar_one()) == 0
+
+
+AHEAD = timedelta(seconds=11)
+
+
+async def test_a_replica_whose_clock_runs_11_s_ahead_never_takes_a_held_lease_and_no_event_goes_twice(
+    runtime_db: Database, js: JetStreamContext
+) -> None:
+    ahead = AheadClock(AHEAD)
+    async with (
+        replica(runtime_db, js, "on-time", SYSTEM_CLOCK) as on_time,
+        replica(runtime_db, js, "ahead", ahead) as early,
+    ):
+        assert await on_time.worker.run_once()
+        # By its own clock the lease (10 s) lapsed a second ago; by the database's it is held.
+        assert await _lease_expiry(runtime_db) < ahead.now()
+        assert not await early.worker.run_once()
+
+        stop = asyncio.Event()
+        workers = [asyncio.create_task(r.worker.run(stop)) for r in (on_time, early)]
+        try:
+            await asyncio.gather(
+                *(
+                    r.dispatcher.handle(toy.Note(f"{r.worker.holder}-{i}"))
+                    for i in range(60)
+                    for r in (on_time, early)
+                )
+            )
+            due = datetime.now(UTC) + timedelta(seconds=2)  # already due by the early replica's clock
+            await early.dispatcher.handle(toy.Schedule("reminder", "reminded", due))
+            await asyncio.sleep(1.0)
+            assert await _timer_fired_at(runtime_db, "reminder") is None  # the early replica would have
+            await eventually(lambda: _timer_fired_at(runtime_db, "reminder"), "the timer fired", within=5)
+            await eventually(lambda: _all_published(runtime_db), "every event relayed", within=10)
+        finally:
+            stop.set()
+            await asyncio.wait_for(asyncio.gather(*workers), timeout=10)
+
+    assert early.witness.rounds == []
+    assert set(on_time.witness.rounds) == {("on-time", 1)}
+    fired_at = await _timer_fired_at(runtime_db, "reminder")
+    assert fired_at is not None and fired_at >= due
+    # Each event on the stream once, in the outbox's order: 120 notes, the timer's one.
+    assert await stream_ids(js) == await _event_ids(runtime_db)
+    assert len(await stream_ids(js)) == 121
+
+
+class StallAfterPublishing:
+    """The relay's JetStream context, through which every publish of a round completes and then
+    the relay stalls (a long GC pause, a frozen VM) in `stall`, before it can mark them."""
+
+    def __init__(self, js: JetStreamContext, publishes: int, stall: Callable[[], Awaitable[None]]) -> None:
+        self._js = js
+        self._left = publishes
+        self._stall = stall
+
+    async def publish(self, *args: Any, **kwargs: Any) -> Any:
+        ack = await self._js.publish(*args, **kwargs)
+        self._left -= 1
+        if self._left == 0:
+            await self._stall()
+        return ack
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._js, name)
+
+
+async def test_a_relay_that_stalls_past_its_lease_cannot_mark_and_its_successor_publishes_nothing_twice(
+    runtime_db: Database, js: JetStreamContext
+) -> None:
+    ttl = timedelta(seconds=1)
+    async with toy.toy(runtime_db) as dispatcher:
+        for i in range(5):
+            await dispatcher.handle(toy.Note(f"note-{i}"))
+
+    async def stall() -> None:
+        # Longer than the lease, by the database's clock: the replica whose clock runs ahead
+        # takes over, finds the stalled relay's rows on the stream and marks them.
+        await asyncio.sleep(ttl.total_seconds() + 0.5)
+        assert await successor.worker.run_once()
+
+    async with (
+        replica(runtime_db, StallAfterPublishing(js, 5, stall), "stalled", SYSTEM_CLOCK, ttl) as stalled,
+        replica(runtime_db, js, "ahead", AheadClock(AHEAD), ttl) as successor,
+    ):
+        with pytest.raises(LeaseLost):
+            await stalled.worker.run_once()
+        assert not await stalled.worker.run_once()  # its next round finds the lease elsewhere
+
+    assert stalled.worker.fence is None
+    assert successor.worker.fence is not None and successor.worker.fence.token == 2
+    assert (stalled.witness.rounds, successor.witness.rounds) == ([], [("ahead", 2)])
+    assert await stream_ids(js) == await _event_ids(runtime_db)  # five, each once
+    assert len(await stream_ids(js)) == 5
+    assert await _all_published(runtime_db)
