@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import httpx
@@ -15,10 +17,22 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kasvuctl.localsuite import LocalSuite
 from tests.e2e.flows import Api
-from tests.e2e.test_crash import PROVIDER, SUSPENDED, admitted_provider, restart, subject_count, wait_for_exit
+from tests.e2e.test_crash import (
+    PROVIDER,
+    SUSPENDED,
+    admitted_provider,
+    assert_exactly_one_suspension,
+    outbox_drained,
+    restart,
+    subject_count,
+    wait_for_count,
+    wait_for_exit,
+)
 from tests.integration.helpers import business_ids
 
 pytestmark = pytest.mark.e2e
+
+BREACH_OPENED = "kasvu.selfmonitoring.v1.BreachOpened.pirkanmaa"
 
 
 async def health(suite: LocalSuite, service: str, entry: str) -> int:
@@ -117,6 +131,55 @@ async def test_a_registry_killed_holding_a_fetched_breach_applies_it_within_five
         ready = time.monotonic()
         await api.wait_for_state(registration, PROVIDER, SUSPENDED, timeout_s=10)
         assert time.monotonic() - ready <= 5.0
+
+
+@pytest.fixture
+async def long_lease_suite(tmp_path: Path) -> AsyncIterator[LocalSuite]:
+    """Leases of 30 s: a restarted replica that had to wait for its own dead lease would be slow
+    by far more than the 5 s it is allowed."""
+    running = LocalSuite(
+        tmp_path / "suite", extra_env={"KASVU_CONSUMER_ACK_WAIT_S": "2", "KASVU_LEASE_TTL_S": "30"}
+    )
+    try:
+        await running.start()
+        yield running
+    finally:
+        running.stop()
+
+
+async def test_selfmonitoring_killed_holding_its_lease_and_a_breach_sends_it_within_five_s_of_restarting(
+    long_lease_suite: LocalSuite,
+) -> None:
+    suite = long_lease_suite
+    async with httpx.AsyncClient(base_url=suite.gateway_url, timeout=10.0) as client:
+        api = Api(suite, client)
+        registration = await admitted_provider(api)
+        indicator = await api.create_indicator("pirkanmaa")
+        await outbox_drained(suite, "selfmonitoring")
+        # With NATS away the breach commits but cannot leave: it is in the outbox when the
+        # process dies, and the dead process holds the relay's lease for most of 30 s more.
+        suite.stop_process("nats")
+        await api.breach_until_opened("pirkanmaa", indicator, PROVIDER)
+        with sqlite3.connect(suite.data_dir / "selfmonitoring.db") as db:
+            unsent = db.execute("SELECT count(*) FROM outbox WHERE published_at IS NULL").fetchone()[0]
+            held_for_s = db.execute(
+                "SELECT (julianday(expires_at) - julianday('now')) * 86400 FROM leases"
+            ).fetchone()[0]
+        assert unsent >= 1
+        assert held_for_s > 10
+        suite.kill("selfmonitoring")
+
+        suite.start_nats()
+        await eventually(
+            lambda: _status_is(suite, "registry", "kasvu.bus", health_pb2.HealthCheckResponse.SERVING),
+            "the registry's events flowing again",
+        )
+        suite.start_service("selfmonitoring")
+        await suite.wait_ready("selfmonitoring")
+        ready = time.monotonic()
+        await wait_for_count(suite, "KASVU_SELFMONITORING", BREACH_OPENED, 1, timeout_s=15)
+        assert time.monotonic() - ready <= 5.0
+        await assert_exactly_one_suspension(suite, api, registration)
 
 
 async def test_while_nats_is_away_services_take_writes_report_events_not_flowing_and_catch_up(
