@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import grpc
@@ -55,6 +55,43 @@ async def eventually(check, what: str, within: float = 20.0) -> None:  # type: i
     pytest.fail(f"not within {within} s: {what}")
 
 
+async def register_under_load(
+    api: Api,
+    terms: dict[str, object],
+    providers: list[str],
+    *,
+    interrupt_after: int,
+    interrupt: Callable[[], Awaitable[None]],
+    in_flight: int = 32,
+) -> list[tuple[str, str]]:
+    """Registers `providers` through the gateway, `in_flight` at a time, and runs `interrupt` once
+    `interrupt_after` are acknowledged; returns the acknowledged (business ID, registration)."""
+    key = Ed25519PrivateKey.generate()
+    acknowledged: list[tuple[str, str]] = []
+    enough = asyncio.Event()
+    waiting = iter(providers)
+
+    async def register() -> None:
+        for business_id in waiting:
+            try:
+                response = await api.register(
+                    "pirkanmaa", api.registration_body(terms, business_id, key), business_id
+                )
+            except httpx.HTTPError:
+                continue
+            if response.status_code == 200:
+                acknowledged.append((business_id, str(response.json()["name"])))
+                if len(acknowledged) >= interrupt_after:
+                    enough.set()
+
+    async def interrupt_when_enough() -> None:
+        await enough.wait()
+        await interrupt()
+
+    await asyncio.gather(interrupt_when_enough(), *(register() for _ in range(in_flight)))
+    return acknowledged
+
+
 async def test_a_sigkill_in_the_middle_of_write_batches_loses_no_acknowledged_registration(
     sqlite_suite: LocalSuite,
 ) -> None:
@@ -63,32 +100,11 @@ async def test_a_sigkill_in_the_middle_of_write_batches_loses_no_acknowledged_re
         terms = await api.publish_terms("pirkanmaa")
         next_id = business_ids(4_000_000)
         providers = [next_id() for _ in range(600)]
-        key = Ed25519PrivateKey.generate()
-        acknowledged: list[tuple[str, str]] = []
-        enough = asyncio.Event()
-        queue: asyncio.Queue[str] = asyncio.Queue()
-        for business_id in providers:
-            queue.put_nowait(business_id)
 
-        async def register() -> None:
-            while not queue.empty():
-                business_id = queue.get_nowait()
-                try:
-                    response = await api.register(
-                        "pirkanmaa", api.registration_body(terms, business_id, key), business_id
-                    )
-                except httpx.HTTPError:
-                    continue
-                if response.status_code == 200:
-                    acknowledged.append((business_id, str(response.json()["name"])))
-                    if len(acknowledged) >= 150:
-                        enough.set()
-
-        async def kill_mid_load() -> None:
-            await enough.wait()
+        async def kill() -> None:
             sqlite_suite.kill("registry")  # SIGKILL while batches are being written
 
-        await asyncio.gather(kill_mid_load(), *(register() for _ in range(32)))
+        acknowledged = await register_under_load(api, terms, providers, interrupt_after=150, interrupt=kill)
         assert 150 <= len(acknowledged) < len(providers)
 
         sqlite_suite.start_service("registry")
@@ -232,3 +248,33 @@ async def restart_without_waiting_for_the_bus(suite: LocalSuite, service: str) -
     await eventually(
         lambda: _status_is(suite, service, "", health_pb2.HealthCheckResponse.SERVING), f"{service} serving"
     )
+
+
+async def test_events_of_writes_committed_up_to_a_sigterm_are_on_the_stream_when_the_service_has_exited(
+    sqlite_suite: LocalSuite,
+) -> None:
+    suite = sqlite_suite
+    async with httpx.AsyncClient(base_url=suite.gateway_url, timeout=10.0) as client:
+        api = Api(suite, client)
+        terms = await api.publish_terms("pirkanmaa")
+        next_id = business_ids(5_000_000)
+        exit_codes: list[int | None] = []
+
+        async def terminate() -> None:
+            # SIGTERM while registrations are in flight; returns once the process has exited.
+            exit_codes.append(await asyncio.to_thread(suite.stop_process, "registry"))
+
+        await register_under_load(
+            api, terms, [next_id() for _ in range(300)], interrupt_after=40, interrupt=terminate, in_flight=16
+        )
+    assert exit_codes == [0]
+    with sqlite3.connect(suite.data_dir / "registry.db") as db:
+        unsent = db.execute("SELECT count(*) FROM outbox WHERE published_at IS NULL").fetchone()[0]
+        written = db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+    assert unsent == 0
+    connection = await suite.connect_nats()
+    try:
+        on_stream = (await connection.jetstream().stream_info("KASVU_REGISTRY")).state.messages
+    finally:
+        await connection.close()
+    assert on_stream == written
