@@ -368,7 +368,9 @@ def main() -> int:
         return 1
     plan = build_processes(data_dir, os.environ)
     supervisor = Supervisor(
-        plan, stop_stages(plan, settings.shutdown_grace_s), Printer(sys.stdout, colour=sys.stdout.isatty())
+        plan,
+        stop_stages(plan, settings.shutdown_grace_s + settings.shutdown_drain_s),
+        Printer(sys.stdout, colour=sys.stdout.isatty()),
     )
     services = {service.name: settings.address_of(service.name) for service in CATALOG}
     threading.Thread(

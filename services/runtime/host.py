@@ -66,6 +66,7 @@ class ServiceHost:
         self._dispatcher: Dispatcher | None = None
         self.health = HealthServicer()
         self.stop_event = asyncio.Event()
+        self._relay: bus.OutboxRelay | None = None
         self._consumers: list[bus.EventConsumer[Any]] = []
         self._consumer_factories: list[Callable[[JetStreamContext], bus.EventConsumer[Any]]] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -171,18 +172,16 @@ class ServiceHost:
         else:
             return
         self._js = js
-        self.worker.add_job(
-            bus.OutboxRelay(
-                self.db,
-                self.write_path,
-                js,
-                stream=self.stream.name,
-                batch=self.settings.outbox_batch,
-                max_payload=lambda: self.nc.max_payload if self.nc is not None else 1024 * 1024,
-                crash_point=self.settings.crash_point,
-            ),
-            on_wake=True,
+        self._relay = bus.OutboxRelay(
+            self.db,
+            self.write_path,
+            js,
+            stream=self.stream.name,
+            batch=self.settings.outbox_batch,
+            max_payload=lambda: self.nc.max_payload if self.nc is not None else 1024 * 1024,
+            crash_point=self.settings.crash_point,
         )
+        self.worker.add_job(self._relay, on_wake=True)
         for make in self._consumer_factories:
             consumer = make(js)
             self._consumers.append(consumer)
@@ -217,6 +216,20 @@ class ServiceHost:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop_event.wait(), timeout=1.0)
 
+    async def _drain_outbox(self) -> None:
+        """The relay's last pass, bounded by shutdown_drain_s: events of the calls that committed
+        after the worker stopped leave with the process instead of waiting for the next start."""
+        if self._relay is None or self.nc is None or not self.nc.is_connected:
+            return
+        if self.settings.shutdown_drain_s <= 0:
+            return
+        try:
+            async with asyncio.timeout(self.settings.shutdown_drain_s):
+                await self.worker.last_round(self._relay)
+        except Exception as error:
+            # Whatever is left is sent by the next replica to hold the lease.
+            log.warning("outbox not drained at shutdown", extra={"error": type(error).__name__})
+
     def add_consumer(self, make: Callable[[JetStreamContext], bus.EventConsumer[Any]]) -> None:
         """A consumer to start once the bus is connected."""
         self._consumer_factories.append(make)
@@ -235,7 +248,8 @@ class ServiceHost:
 
     async def shutdown(self) -> None:
         """Health NOT_SERVING first so balancers stop sending, then finish in-flight calls,
-        stop background work, drain NATS and close the database."""
+        stop background work, relay what they committed (one bounded pass), drain NATS and
+        close the database."""
         log.info("shutting down", extra={"service": self.settings.service})
         self.stop_event.set()
         await self.health.enter_graceful_shutdown()
@@ -247,6 +261,7 @@ class ServiceHost:
             for task in lingering:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._drain_outbox()
         await self.write_path.close()
         if self.nc is not None and self.nc.is_connected:
             try:

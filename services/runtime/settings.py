@@ -55,6 +55,12 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     call_timeout_s: float = Field(default=10.0, gt=0, description="Deadline of every outbound call.")
     shutdown_grace_s: float = Field(default=5.0, ge=0)
+    shutdown_drain_s: float = Field(
+        default=2.0,
+        ge=0,
+        description="On SIGTERM, after in-flight calls: the most the relay's last pass may take to "
+        "publish what they committed (0: no last pass).",
+    )
     stream_replicas: int = Field(
         default=1, ge=1, le=5, description="JetStream replicas per stream (3 on a cluster)."
     )

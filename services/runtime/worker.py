@@ -141,6 +141,18 @@ class Worker:
             await job.run_once(self.fence)
         return True
 
+    async def last_round(self, job: WorkerJob) -> bool:
+        """A graceful stop's final pass: `job` once more under the lease (taken back if need be),
+        which is then released; False when another replica holds it (and runs the job itself)."""
+        fence = await acquire_lease(self._write_path, self._lease, self.holder, self.lease_ttl)
+        if fence is None:
+            return False
+        try:
+            await job.run_once(fence)
+        finally:
+            await release_lease(self._write_path, fence)
+        return True
+
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         held_until = 0.0

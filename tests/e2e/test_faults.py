@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import grpc
 import httpx
@@ -15,10 +17,22 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kasvuctl.localsuite import LocalSuite
 from tests.e2e.flows import Api
-from tests.e2e.test_crash import PROVIDER, SUSPENDED, admitted_provider, restart, subject_count, wait_for_exit
+from tests.e2e.test_crash import (
+    PROVIDER,
+    SUSPENDED,
+    admitted_provider,
+    assert_exactly_one_suspension,
+    outbox_drained,
+    restart,
+    subject_count,
+    wait_for_count,
+    wait_for_exit,
+)
 from tests.integration.helpers import business_ids
 
 pytestmark = pytest.mark.e2e
+
+BREACH_OPENED = "kasvu.selfmonitoring.v1.BreachOpened.pirkanmaa"
 
 
 async def health(suite: LocalSuite, service: str, entry: str) -> int:
@@ -41,6 +55,43 @@ async def eventually(check, what: str, within: float = 20.0) -> None:  # type: i
     pytest.fail(f"not within {within} s: {what}")
 
 
+async def register_under_load(
+    api: Api,
+    terms: dict[str, object],
+    providers: list[str],
+    *,
+    interrupt_after: int,
+    interrupt: Callable[[], Awaitable[None]],
+    in_flight: int = 32,
+) -> list[tuple[str, str]]:
+    """Registers `providers` through the gateway, `in_flight` at a time, and runs `interrupt` once
+    `interrupt_after` are acknowledged; returns the acknowledged (business ID, registration)."""
+    key = Ed25519PrivateKey.generate()
+    acknowledged: list[tuple[str, str]] = []
+    enough = asyncio.Event()
+    waiting = iter(providers)
+
+    async def register() -> None:
+        for business_id in waiting:
+            try:
+                response = await api.register(
+                    "pirkanmaa", api.registration_body(terms, business_id, key), business_id
+                )
+            except httpx.HTTPError:
+                continue
+            if response.status_code == 200:
+                acknowledged.append((business_id, str(response.json()["name"])))
+                if len(acknowledged) >= interrupt_after:
+                    enough.set()
+
+    async def interrupt_when_enough() -> None:
+        await enough.wait()
+        await interrupt()
+
+    await asyncio.gather(interrupt_when_enough(), *(register() for _ in range(in_flight)))
+    return acknowledged
+
+
 async def test_a_sigkill_in_the_middle_of_write_batches_loses_no_acknowledged_registration(
     sqlite_suite: LocalSuite,
 ) -> None:
@@ -49,32 +100,11 @@ async def test_a_sigkill_in_the_middle_of_write_batches_loses_no_acknowledged_re
         terms = await api.publish_terms("pirkanmaa")
         next_id = business_ids(4_000_000)
         providers = [next_id() for _ in range(600)]
-        key = Ed25519PrivateKey.generate()
-        acknowledged: list[tuple[str, str]] = []
-        enough = asyncio.Event()
-        queue: asyncio.Queue[str] = asyncio.Queue()
-        for business_id in providers:
-            queue.put_nowait(business_id)
 
-        async def register() -> None:
-            while not queue.empty():
-                business_id = queue.get_nowait()
-                try:
-                    response = await api.register(
-                        "pirkanmaa", api.registration_body(terms, business_id, key), business_id
-                    )
-                except httpx.HTTPError:
-                    continue
-                if response.status_code == 200:
-                    acknowledged.append((business_id, str(response.json()["name"])))
-                    if len(acknowledged) >= 150:
-                        enough.set()
-
-        async def kill_mid_load() -> None:
-            await enough.wait()
+        async def kill() -> None:
             sqlite_suite.kill("registry")  # SIGKILL while batches are being written
 
-        await asyncio.gather(kill_mid_load(), *(register() for _ in range(32)))
+        acknowledged = await register_under_load(api, terms, providers, interrupt_after=150, interrupt=kill)
         assert 150 <= len(acknowledged) < len(providers)
 
         sqlite_suite.start_service("registry")
@@ -117,6 +147,55 @@ async def test_a_registry_killed_holding_a_fetched_breach_applies_it_within_five
         ready = time.monotonic()
         await api.wait_for_state(registration, PROVIDER, SUSPENDED, timeout_s=10)
         assert time.monotonic() - ready <= 5.0
+
+
+@pytest.fixture
+async def long_lease_suite(tmp_path: Path) -> AsyncIterator[LocalSuite]:
+    """Leases of 30 s: a restarted replica that had to wait for its own dead lease would be slow
+    by far more than the 5 s it is allowed."""
+    running = LocalSuite(
+        tmp_path / "suite", extra_env={"KASVU_CONSUMER_ACK_WAIT_S": "2", "KASVU_LEASE_TTL_S": "30"}
+    )
+    try:
+        await running.start()
+        yield running
+    finally:
+        running.stop()
+
+
+async def test_selfmonitoring_killed_holding_its_lease_and_a_breach_sends_it_within_five_s_of_restarting(
+    long_lease_suite: LocalSuite,
+) -> None:
+    suite = long_lease_suite
+    async with httpx.AsyncClient(base_url=suite.gateway_url, timeout=10.0) as client:
+        api = Api(suite, client)
+        registration = await admitted_provider(api)
+        indicator = await api.create_indicator("pirkanmaa")
+        await outbox_drained(suite, "selfmonitoring")
+        # With NATS away the breach commits but cannot leave: it is in the outbox when the
+        # process dies, and the dead process holds the relay's lease for most of 30 s more.
+        suite.stop_process("nats")
+        await api.breach_until_opened("pirkanmaa", indicator, PROVIDER)
+        with sqlite3.connect(suite.data_dir / "selfmonitoring.db") as db:
+            unsent = db.execute("SELECT count(*) FROM outbox WHERE published_at IS NULL").fetchone()[0]
+            held_for_s = db.execute(
+                "SELECT (julianday(expires_at) - julianday('now')) * 86400 FROM leases"
+            ).fetchone()[0]
+        assert unsent >= 1
+        assert held_for_s > 10
+        suite.kill("selfmonitoring")
+
+        suite.start_nats()
+        await eventually(
+            lambda: _status_is(suite, "registry", "kasvu.bus", health_pb2.HealthCheckResponse.SERVING),
+            "the registry's events flowing again",
+        )
+        suite.start_service("selfmonitoring")
+        await suite.wait_ready("selfmonitoring")
+        ready = time.monotonic()
+        await wait_for_count(suite, "KASVU_SELFMONITORING", BREACH_OPENED, 1, timeout_s=15)
+        assert time.monotonic() - ready <= 5.0
+        await assert_exactly_one_suspension(suite, api, registration)
 
 
 async def test_while_nats_is_away_services_take_writes_report_events_not_flowing_and_catch_up(
@@ -169,3 +248,33 @@ async def restart_without_waiting_for_the_bus(suite: LocalSuite, service: str) -
     await eventually(
         lambda: _status_is(suite, service, "", health_pb2.HealthCheckResponse.SERVING), f"{service} serving"
     )
+
+
+async def test_events_of_writes_committed_up_to_a_sigterm_are_on_the_stream_when_the_service_has_exited(
+    sqlite_suite: LocalSuite,
+) -> None:
+    suite = sqlite_suite
+    async with httpx.AsyncClient(base_url=suite.gateway_url, timeout=10.0) as client:
+        api = Api(suite, client)
+        terms = await api.publish_terms("pirkanmaa")
+        next_id = business_ids(5_000_000)
+        exit_codes: list[int | None] = []
+
+        async def terminate() -> None:
+            # SIGTERM while registrations are in flight; returns once the process has exited.
+            exit_codes.append(await asyncio.to_thread(suite.stop_process, "registry"))
+
+        await register_under_load(
+            api, terms, [next_id() for _ in range(300)], interrupt_after=40, interrupt=terminate, in_flight=16
+        )
+    assert exit_codes == [0]
+    with sqlite3.connect(suite.data_dir / "registry.db") as db:
+        unsent = db.execute("SELECT count(*) FROM outbox WHERE published_at IS NULL").fetchone()[0]
+        written = db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+    assert unsent == 0
+    connection = await suite.connect_nats()
+    try:
+        on_stream = (await connection.jetstream().stream_info("KASVU_REGISTRY")).state.messages
+    finally:
+        await connection.close()
+    assert on_stream == written

@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
-from dataclasses import replace
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from kasvu.registry.v1 import events_pb2
+from kasvu.selfmonitoring.v1 import events_pb2 as breach_events
+from kasvu.selfmonitoring.v1 import selfmonitoring_pb2
 from nats.aio.client import Client as NatsClient
 from nats.js.api import StorageType, StreamConfig
 from nats.js.client import JetStreamContext
@@ -21,6 +25,10 @@ from sqlalchemy import insert, text
 from sqlmodel import col, select
 
 from kasvuctl.cli import main as kasvu
+from services.registry import bootstrap as registry_bootstrap
+from services.registry import handlers as registry_handlers
+from services.registry import store as registry_store
+from services.registry.consumers import suspension_for
 from services.runtime import envelope
 from services.runtime.bus import (
     DeadLetterReplayer,
@@ -31,15 +39,18 @@ from services.runtime.bus import (
     connect,
     declare_stream,
 )
+from services.runtime.clock import SYSTEM_CLOCK, Clock
 from services.runtime.db import Database
 from services.runtime.dispatch import OUTBOX, Dispatcher
 from services.runtime.domain import Command
 from services.runtime.errors import InvalidArgument
-from services.runtime.tables import DeadLetter, OutboxEvent
-from services.runtime.worker import Worker
+from services.runtime.migrate import upgrade_async
+from services.runtime.tables import DeadLetter, InboxEntry, Lease, OutboxEvent, Timer
+from services.runtime.worker import Fence, LeaseLost, Scheduler, Worker
 from services.runtime.writer import write_path_for
 from tests.conftest import NatsServer
 from tests.integration import toy
+from tests.integration.helpers import dispatching
 
 STREAM = "TEST_FAULTS"
 
@@ -179,6 +190,98 @@ async def test_poison_messages_are_dead_lettered_and_never_hold_back_the_events_
     listed = capsys.readouterr().out
     assert "Boom" in listed and "type header does not match" in listed
     assert listed.count("\n") == 1 + 301 - 2  # a header line, and the dead letters not replayed
+
+
+BREACH_STREAM = "TEST_BREACHES"
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_on_postgresql_a_breach_with_an_overlong_id_or_a_nul_is_dead_lettered_and_holds_back_nothing(
+    database_url: str, js: JetStreamContext
+) -> None:
+    """The triggers PostgreSQL itself pulls: an event id longer than the inbox's id column, and a
+    NUL in a text field (PostgreSQL cannot store one). Each fails in the database, not in the
+    decoding, so it is retried with back-off and then dead-lettered, while the valid breach behind
+    them takes effect at once, through the registry's real consumer and store."""
+    await upgrade_async(database_url, registry_bootstrap.MIGRATIONS)
+    db = Database(database_url)
+    await js.add_stream(
+        StreamConfig(name=BREACH_STREAM, subjects=["kasvu.selfmonitoring.v1.>"], storage=StorageType.FILE)
+    )
+    subject = f"kasvu.selfmonitoring.v1.BreachOpened.{toy.REGION}"
+    breach_type = breach_events.BreachOpened.DESCRIPTOR.full_name
+
+    async def breach(name: str, event_id: str) -> None:
+        message = breach_events.BreachOpened(
+            region=toy.REGION,
+            breach=selfmonitoring_pb2.Breach(
+                name=name,
+                indicator=f"regions/{toy.REGION}/indicators/need-assessment-14d",
+                provider="0737546-2",  # not registered: the breach is remembered for its admission
+                service="recruitment",
+                severity=selfmonitoring_pb2.SEVERITY_SERIOUS,
+            ),
+        )
+        headers = {envelope.MSG_ID: event_id, envelope.EVENT_TYPE: breach_type}
+        await js.publish(subject, message.SerializeToString(), headers=headers)
+
+    overlong_id = "x" * 65
+    nul_id, valid_id = uuid.uuid4().hex, uuid.uuid4().hex
+    try:
+        async with dispatching(
+            db,
+            service="registry",
+            unit_of_work=registry_store.unit_of_work_factory(),
+            event_types=registry_bootstrap.EVENT_TYPES,
+            handlers=registry_handlers.HANDLERS,
+        ) as dispatcher:
+            consumer = EventConsumer(
+                dispatcher,
+                js,
+                stream=BREACH_STREAM,
+                durable="registry-breaches",
+                subject="kasvu.selfmonitoring.v1.BreachOpened.*",
+                event_type=breach_events.BreachOpened,
+                translate=suspension_for,
+                ack_wait_s=2.0,
+                max_deliveries=3,
+                backoff_s=(1.0, 2.0),
+            )
+            stop = asyncio.Event()
+            task = asyncio.create_task(consumer.run(stop))
+            try:
+                await breach(f"regions/{toy.REGION}/breaches/overlong-id", overlong_id)
+                await breach(f"regions/{toy.REGION}/breaches/nul\x00byte", nul_id)
+                await breach(f"regions/{toy.REGION}/breaches/valid", valid_id)
+                # Applied while the two before it wait for their first redelivery.
+                await eventually(lambda: _pending_breaches(db, 1), "the valid breach remembered", within=2)
+                assert not await _dead(db, 1)
+                await eventually(lambda: _dead(db, 2), "both poison breaches dead-lettered", within=15)
+                await asyncio.sleep(0.5)  # a further delivery would show up by now
+            finally:
+                stop.set()
+                await asyncio.wait_for(task, timeout=10)
+
+        async with db.read_session() as session:
+            dead = (await session.exec(select(DeadLetter).order_by(col(DeadLetter.id)))).all()
+            inbox = (await session.exec(select(InboxEntry))).all()
+        by_id = {row.event_id: row for row in dead}  # in either order: they failed side by side
+        assert sorted(by_id) == sorted([overlong_id[:64], nul_id])
+        assert {row.deliveries for row in dead} == {3}
+        assert "value too long" in by_id[overlong_id[:64]].error
+        assert "0x00" in by_id[nul_id].error
+        # The whole id is kept with the headers, for a replay.
+        assert json.loads(by_id[overlong_id[:64]].headers)[envelope.MSG_ID] == overlong_id
+        assert [(row.event_id, row.outcome) for row in inbox] == [(valid_id, "applied")]
+        assert await _pending_breaches(db, 1)
+    finally:
+        await db.dispose()
+
+
+async def _pending_breaches(db: Database, count: int) -> bool:
+    async with db.reader.connect() as connection:
+        rows = (await connection.execute(text("SELECT breach FROM registry_pending_breaches"))).all()
+    return [row.breach for row in rows] == [f"regions/{toy.REGION}/breaches/valid"] * count
 
 
 async def _noted(db: Database, tag: str) -> bool:
@@ -334,3 +437,168 @@ async def test_a_restarting_service_keeps_the_limits_an_operator_set_on_its_stre
 
     kept = (await js.stream_info(spec.name)).config
     assert (kept.max_age, kept.max_msgs) == (pytest.approx(3600.0), 1000)
+
+
+# -- two relays at once ----------------------------------------------------------------------
+
+
+class AheadClock(Clock):
+    """A replica's own clock, running `by` ahead of the others' and the database's."""
+
+    def __init__(self, by: timedelta) -> None:
+        self.by = by
+
+    def now(self) -> datetime:
+        return super().now() + self.by
+
+
+class Witness:
+    """A worker job that notes every round it is given: which holder ran it, with which token."""
+
+    def __init__(self) -> None:
+        self.rounds: list[tuple[str, int]] = []
+
+    async def run_once(self, fence: Fence) -> None:
+        self.rounds.append((fence.holder, fence.token))
+
+
+@dataclass
+class Replica:
+    dispatcher: Dispatcher
+    worker: Worker
+    witness: Witness
+
+
+@contextlib.asynccontextmanager
+async def replica(
+    db: Database, js: Any, holder: str, clock: Clock, lease_ttl: timedelta = timedelta(seconds=10)
+) -> AsyncIterator[Replica]:
+    """One replica of the toy service: its dispatcher on `clock`, and its leased worker (relay,
+    scheduler, witness) on the shared database and stream."""
+    write_path = write_path_for(db)
+    dispatcher = toy.toy_dispatcher(db, write_path, clock)
+    witness = Witness()
+    worker = Worker(
+        write_path,
+        service="toy",
+        jobs=[OutboxRelay(db, write_path, js, stream=STREAM), Scheduler(db, dispatcher), witness],
+        lease_ttl=lease_ttl,
+        poll_s=0.05,
+        holder=holder,
+    )
+    dispatcher.after_commit = worker.wake
+    try:
+        yield Replica(dispatcher, worker, witness)
+    finally:
+        await write_path.close()
+
+
+async def _lease_expiry(db: Database) -> datetime:
+    async with db.read_session() as session:
+        return (await session.exec(select(Lease))).one().expires_at
+
+
+async def _timer_fired_at(db: Database, key: str) -> datetime | None:
+    async with db.read_session() as session:
+        return (await session.exec(select(Timer).where(col(Timer.key) == key))).one().fired_at
+
+
+async def _all_published(db: Database) -> bool:
+    async with db.reader.connect() as connection:
+        waiting = await connection.execute(text("SELECT count(*) FROM outbox WHERE published_at IS NULL"))
+        return int(waiting.scalar_one()) == 0
+
+
+AHEAD = timedelta(seconds=11)
+
+
+async def test_a_replica_whose_clock_runs_11_s_ahead_never_takes_a_held_lease_and_no_event_goes_twice(
+    runtime_db: Database, js: JetStreamContext
+) -> None:
+    ahead = AheadClock(AHEAD)
+    async with (
+        replica(runtime_db, js, "on-time", SYSTEM_CLOCK) as on_time,
+        replica(runtime_db, js, "ahead", ahead) as early,
+    ):
+        assert await on_time.worker.run_once()
+        # By its own clock the lease (10 s) lapsed a second ago; by the database's it is held.
+        assert await _lease_expiry(runtime_db) < ahead.now()
+        assert not await early.worker.run_once()
+
+        stop = asyncio.Event()
+        workers = [asyncio.create_task(r.worker.run(stop)) for r in (on_time, early)]
+        try:
+            await asyncio.gather(
+                *(
+                    r.dispatcher.handle(toy.Note(f"{r.worker.holder}-{i}"))
+                    for i in range(60)
+                    for r in (on_time, early)
+                )
+            )
+            due = datetime.now(UTC) + timedelta(seconds=2)  # already due by the early replica's clock
+            await early.dispatcher.handle(toy.Schedule("reminder", "reminded", due))
+            await asyncio.sleep(1.0)
+            assert await _timer_fired_at(runtime_db, "reminder") is None  # the early replica would have
+            await eventually(lambda: _timer_fired_at(runtime_db, "reminder"), "the timer fired", within=5)
+            await eventually(lambda: _all_published(runtime_db), "every event relayed", within=10)
+        finally:
+            stop.set()
+            await asyncio.wait_for(asyncio.gather(*workers), timeout=10)
+
+    assert early.witness.rounds == []
+    assert set(on_time.witness.rounds) == {("on-time", 1)}
+    fired_at = await _timer_fired_at(runtime_db, "reminder")
+    assert fired_at is not None and fired_at >= due
+    # Each event on the stream once, in the outbox's order: 120 notes, the timer's one.
+    assert await stream_ids(js) == await _event_ids(runtime_db)
+    assert len(await stream_ids(js)) == 121
+
+
+class StallAfterPublishing:
+    """The relay's JetStream context, through which every publish of a round completes and then
+    the relay stalls (a long GC pause, a frozen VM) in `stall`, before it can mark them."""
+
+    def __init__(self, js: JetStreamContext, publishes: int, stall: Callable[[], Awaitable[None]]) -> None:
+        self._js = js
+        self._left = publishes
+        self._stall = stall
+
+    async def publish(self, *args: Any, **kwargs: Any) -> Any:
+        ack = await self._js.publish(*args, **kwargs)
+        self._left -= 1
+        if self._left == 0:
+            await self._stall()
+        return ack
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._js, name)
+
+
+async def test_a_relay_that_stalls_past_its_lease_cannot_mark_and_its_successor_publishes_nothing_twice(
+    runtime_db: Database, js: JetStreamContext
+) -> None:
+    ttl = timedelta(seconds=1)
+    async with toy.toy(runtime_db) as dispatcher:
+        for i in range(5):
+            await dispatcher.handle(toy.Note(f"note-{i}"))
+
+    async def stall() -> None:
+        # Longer than the lease, by the database's clock: the replica whose clock runs ahead
+        # takes over, finds the stalled relay's rows on the stream and marks them.
+        await asyncio.sleep(ttl.total_seconds() + 0.5)
+        assert await successor.worker.run_once()
+
+    async with (
+        replica(runtime_db, StallAfterPublishing(js, 5, stall), "stalled", SYSTEM_CLOCK, ttl) as stalled,
+        replica(runtime_db, js, "ahead", AheadClock(AHEAD), ttl) as successor,
+    ):
+        with pytest.raises(LeaseLost):
+            await stalled.worker.run_once()
+        assert not await stalled.worker.run_once()  # its next round finds the lease elsewhere
+
+    assert stalled.worker.fence is None
+    assert successor.worker.fence is not None and successor.worker.fence.token == 2
+    assert (stalled.witness.rounds, successor.witness.rounds) == ([], [("ahead", 2)])
+    assert await stream_ids(js) == await _event_ids(runtime_db)  # five, each once
+    assert len(await stream_ids(js)) == 5
+    assert await _all_published(runtime_db)
