@@ -11,11 +11,17 @@ issue's keys; `selfmonitoring_figures` runs them all:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import itertools
+import json
+import os
+import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import nats
@@ -173,85 +179,175 @@ async def jetstream_publish_async_per_s(suite: LocalSuite, count: int = 50_000, 
         await nc.close()
 
 
-async def _subscriber(
-    stub: selfmonitoring_pb2_grpc.SelfMonitoringServiceStub,
-    supervisor: tuple[tuple[str, str], ...],
+FANOUT_PROCESSES = 2
+"""Processes the fan-out's subscribers are spread over, so the bench client (200 streams
+reading up to 100 000 alerts a second) is not what limits the figure."""
+
+
+@dataclass
+class Followed:
+    """What one subscriber saw: distinct alerts (by publish index), repeats, alerts out of
+    order, and how its stream ended (OK while it was still open when the bench stopped it)."""
+
+    received: int = 0
+    repeats: int = 0
+    out_of_order: int = 0
+    ended: str = "OK"
+
+
+async def _follow(
+    address: str,
+    token: str,
+    expected: int,
     subscribed: asyncio.Event,
     latencies: list[float],
-    expected: int,
-) -> int:
-    """Reads alerts until `expected` arrived (or it is cancelled); records delivery latency."""
-    call = stub.StreamAlerts(
-        selfmonitoring_pb2.StreamAlertsRequest(parent=f"regions/{REGION}"), metadata=supervisor
-    )
-    await call.initial_metadata()
-    subscribed.set()
-    received = 0
-    try:
-        async for alert in _alerts(call):
-            sent = alert.breach.open_time.ToNanoseconds() / 1e9
-            latencies.append((time.time() - sent) * 1000)
-            received += 1
-            if received >= expected:
-                break
-    finally:
-        call.cancel()
-    return received
+) -> Followed:
+    """One subscriber on its own connection: reads alerts until `expected` distinct ones came
+    (or it is cancelled), recording each delivery's latency (publish -> here, in ms)."""
+    followed = Followed()
+    seen: set[int] = set()
+    last = -1
+    options = [("grpc.use_local_subchannel_pool", 1)]  # a connection of its own, like a real client
+    async with grpc.aio.insecure_channel(address, options=options) as channel:
+        stub = selfmonitoring_pb2_grpc.SelfMonitoringServiceStub(channel)
+        call = stub.StreamAlerts(
+            selfmonitoring_pb2.StreamAlertsRequest(parent=f"regions/{REGION}"), metadata=bearer(token)
+        )
+        try:
+            await call.initial_metadata()
+            subscribed.set()
+            while followed.received < expected:
+                alert = await call.read()
+                if alert is grpc.aio.EOF:
+                    break
+                latencies.append((time.time() - alert.breach.open_time.ToNanoseconds() / 1e9) * 1000)
+                index = alert.breach.sample_size
+                if index in seen:
+                    followed.repeats += 1
+                    continue
+                followed.out_of_order += index < last
+                seen.add(index)
+                last = index
+                followed.received += 1
+        except grpc.aio.AioRpcError as error:
+            followed.ended = error.code().name
+        except asyncio.CancelledError:
+            pass
+        finally:
+            call.cancel()
+    return followed
 
 
-async def _alerts(call: grpc.aio.UnaryStreamCall) -> AsyncIterator[selfmonitoring_pb2.Alert]:  # type: ignore[type-arg]
-    while True:
-        alert = await call.read()
-        if alert is grpc.aio.EOF:
-            return
-        yield alert
+async def _subscribers_process(address: str, token: str, count: int, expected: int) -> None:
+    """The child's side: `count` subscribers; prints "subscribed" once every stream is live,
+    and one JSON line of results after `expected` alerts each or when stdin closes."""
+    latencies: list[float] = []
+    subscribed = [asyncio.Event() for _ in range(count)]
+    tasks = [
+        asyncio.create_task(_follow(address, token, expected, subscribed[index], latencies))
+        for index in range(count)
+    ]
+    await asyncio.wait_for(asyncio.gather(*(event.wait() for event in subscribed)), 120)
+    print("subscribed", flush=True)
+    stdin_closed = asyncio.create_task(asyncio.to_thread(sys.stdin.read))
+    await asyncio.wait([stdin_closed, asyncio.gather(*tasks)], return_when=asyncio.FIRST_COMPLETED)
+    for task in tasks:
+        task.cancel()
+    followed = [dataclasses.asdict(one) for one in await asyncio.gather(*tasks)]
+    print(json.dumps({"followed": followed, "latencies": [round(x, 2) for x in latencies]}), flush=True)
+    os._exit(0)  # the stdin reader thread may still be blocked
 
 
 async def alert_fanout(
-    suite: LocalSuite, subscribers: int = 200, rate: int = 500, seconds: float = 10.0, grace_s: float = 10.0
+    suite: LocalSuite,
+    *,
+    subscribers: int = 200,
+    rate: int = 500,
+    seconds: float = 10.0,
+    grace_s: float = 10.0,
+    processes: int = FANOUT_PROCESSES,
 ) -> dict[str, float]:
-    """`subscribers` live alert streams while `rate` alerts a second are published onto the
+    """`subscribers` live alert streams (gRPC, each on its own connection, spread over
+    `processes` client processes) while `rate` alerts a second are published onto the
     self-monitoring stream for `seconds`: p99 delivery in ms (publish -> the client) and the
-    number of deliveries missing after a grace period."""
+    number of (subscriber, alert) deliveries missing after a grace period, repeats not counted."""
     total = int(rate * seconds)
-    async with grpc.aio.insecure_channel(suite.address("selfmonitoring")) as channel:
-        stub = selfmonitoring_pb2_grpc.SelfMonitoringServiceStub(channel)
-        supervisor = bearer(suite.token(Role.SUPERVISOR, REGION))
-        latencies: list[float] = []
-        ready = [asyncio.Event() for _ in range(subscribers)]
-        tasks = [
-            asyncio.create_task(_subscriber(stub, supervisor, ready[index], latencies, total))
-            for index in range(subscribers)
-        ]
-        await asyncio.wait_for(asyncio.gather(*(event.wait() for event in ready)), 60)
-        await asyncio.sleep(0.5)  # every ordered consumer exists once its headers came back
-        nc = await suite.connect_nats()
-        try:
-            js = nc.jetstream()
-            subject = subject_for(events_pb2.BreachOpened.DESCRIPTOR.full_name, REGION)
-            stream = catalog.entry("selfmonitoring").stream
-            started = time.perf_counter()
-            for index in range(total):
-                await _publish_alert(js, subject, stream, index)
-                lag = started + (index + 1) / rate - time.perf_counter()
-                if lag > 0:
-                    await asyncio.sleep(lag)
-        finally:
-            await nc.close()
-        done, pending = await asyncio.wait(tasks, timeout=grace_s)
-        for task in pending:
-            task.cancel()
-        complete = sum(
-            1 for task in done if not task.cancelled() and task.exception() is None and task.result() >= total
+    token = suite.token(Role.SUPERVISOR, REGION)
+    shares = [subscribers // processes + (index < subscribers % processes) for index in range(processes)]
+    children = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bench.selfmonitoring_load",
+            suite.address("selfmonitoring"),
+            str(share),
+            str(total),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env={**os.environ, "BENCH_TOKEN": token},
+            limit=2**26,
         )
-    delivered = len(latencies)
+        for share in shares
+        if share
+    ]
+    try:
+        for child in children:
+            assert child.stdout is not None
+            line = await asyncio.wait_for(child.stdout.readline(), 150)
+            if line.strip() != b"subscribed":
+                raise RuntimeError(f"a subscriber process failed to subscribe: {line!r}")
+        published_s = await _publish_alerts(suite, total, rate)
+        outputs = await asyncio.gather(*(_result(child, grace_s) for child in children))
+    finally:
+        for child in children:
+            if child.returncode is None:
+                child.kill()
+    latencies = [latency for output in outputs for latency in output["latencies"]]
+    followed = [Followed(**one) for output in outputs for one in output["followed"]]
+    delivered = sum(one.received for one in followed)
     return {
         "alert_fanout_p99_ms": percentile(latencies, 99) if latencies else float("inf"),
+        "alert_fanout_p50_ms": percentile(latencies, 50) if latencies else float("inf"),
         "alert_fanout_dropped": float(subscribers * total - delivered),
+        "alert_fanout_repeats": float(sum(one.repeats for one in followed)),
+        "alert_fanout_out_of_order": float(sum(one.out_of_order for one in followed)),
+        "alert_fanout_disconnected": float(sum(one.ended != "OK" for one in followed)),
         "alert_fanout_subscribers": float(subscribers),
         "alert_fanout_rate": float(rate),
-        "alert_fanout_complete_subscribers": float(complete),
+        "alert_fanout_published_per_s": total / published_s,
+        "alert_fanout_complete_subscribers": float(sum(one.received >= total for one in followed)),
     }
+
+
+async def _result(child: asyncio.subprocess.Process, grace_s: float) -> dict[str, Any]:
+    """The child's results once its subscribers have everything, or after `grace_s` anyway."""
+    assert child.stdin is not None and child.stdout is not None
+    reading = asyncio.ensure_future(child.stdout.readline())
+    done, _ = await asyncio.wait([reading], timeout=grace_s)
+    if not done:
+        child.stdin.close()  # stop: report what arrived so far
+    line = await asyncio.wait_for(reading, 60)
+    await child.wait()
+    result: dict[str, Any] = json.loads(line)
+    return result
+
+
+async def _publish_alerts(suite: LocalSuite, total: int, rate: int) -> float:
+    """Publishes `total` alerts at `rate` a second; the seconds it took."""
+    nc = await suite.connect_nats()
+    try:
+        js = nc.jetstream()
+        subject = subject_for(events_pb2.BreachOpened.DESCRIPTOR.full_name, REGION)
+        stream = catalog.entry("selfmonitoring").stream
+        started = time.perf_counter()
+        for index in range(total):
+            await _publish_alert(js, subject, stream, index)
+            lag = started + (index + 1) / rate - time.perf_counter()
+            if lag > 0:
+                await asyncio.sleep(lag)
+        return time.perf_counter() - started
+    finally:
+        await nc.close()
 
 
 async def _publish_alert(js: nats.js.JetStreamContext, subject: str, stream: str, index: int) -> None:
@@ -297,3 +393,10 @@ async def selfmonitoring_figures(suite: LocalSuite, *, quick: bool = False) -> d
     else:
         results.update(await alert_fanout(suite))
     return results
+
+
+if __name__ == "__main__":
+    # A subscribers' process of alert_fanout: address, subscribers, alerts expected each.
+    asyncio.run(
+        _subscribers_process(sys.argv[1], os.environ["BENCH_TOKEN"], int(sys.argv[2]), int(sys.argv[3]))
+    )

@@ -22,6 +22,7 @@ from services.runtime.protoconv import (
     to_message,
 )
 from services.selfmonitoring import handlers, model
+from services.selfmonitoring.alert_hub import HubStopped, Overflowed
 from services.selfmonitoring.alerts import AlertFeed, AlertFilter
 
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
@@ -360,8 +361,21 @@ class SelfMonitoringServicer(selfmonitoring_pb2_grpc.SelfMonitoringServiceServic
             await context.send_initial_metadata(())
 
         only = AlertFilter(request.severity, request.service, request.provider)
-        async for alert in self._alerts.follow(region, resume_after, on_subscribed=headers_now, only=only):
-            yield alert
+        try:
+            async for alert in self._alerts.follow(
+                region, resume_after, on_subscribed=headers_now, only=only
+            ):
+                yield alert
+        except Overflowed as error:
+            # Told, not silently dropped: the client resumes after the last sequence it saw.
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the stream fell behind ({error}): resume after the last sequence received",
+            )
+        except HubStopped as error:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, f"{error}: resume after the last sequence received"
+            )
 
     async def ListAlerts(
         self, request: selfmonitoring_pb2.ListAlertsRequest, context: Context
