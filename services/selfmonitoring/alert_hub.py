@@ -55,6 +55,9 @@ class RememberedIds:
     def __init__(self) -> None:
         self._ids: OrderedDict[str, None] = OrderedDict()
 
+    def __contains__(self, event_id: str) -> bool:
+        return bool(event_id) and event_id in self._ids
+
     def first_time(self, event_id: str) -> bool:
         if not event_id:
             return True

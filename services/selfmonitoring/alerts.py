@@ -113,17 +113,18 @@ class AlertFeed:
             await hub.started()
             if on_subscribed is not None:
                 await on_subscribed()
-            seen = RememberedIds()
+            replayed = RememberedIds()
             last = subscriber.joined_at if resume_after is None else resume_after
             if last < subscriber.joined_at:
                 # Missed while away: replayed from the stream up to where the live queue begins.
                 async for delivery in self._replay(hub.subject, last, subscriber.joined_at):
-                    if seen.first_time(delivery.event_id) and only.admits(delivery.alert.breach):
+                    if replayed.first_time(delivery.event_id) and only.admits(delivery.alert.breach):
                         yield delivery.alert
                 last = subscriber.joined_at
             while True:
+                # The hub delivers each event id once; only the replayed ones can come again.
                 for delivery in await subscriber.next_batch():
-                    if delivery.sequence <= last or not seen.first_time(delivery.event_id):
+                    if delivery.sequence <= last or delivery.event_id in replayed:
                         continue
                     last = delivery.sequence
                     yield delivery.alert
