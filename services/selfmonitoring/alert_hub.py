@@ -3,8 +3,8 @@ alerts in this process: each event is read and decoded once and handed to the su
 bounded queues, so 200 subscribers cost one consumer on the stream, not 200.
 
 A hub starts with the region's first subscriber and stops when its last one leaves. It knows
-its live position (the stream sequence of the last event it read, or the stream's last sequence
-when it started), so a subscriber resuming from an earlier sequence replays from the stream up
+its live position (the stream sequence of the region's last event it read, or of the region's
+last event when it started), so a subscriber resuming from an earlier sequence replays from the stream up
 to that position and then takes the live queue, which has been filling since it joined: no gap,
 and nothing twice (sequences at or before the last delivered one are skipped). A subscriber
 whose queue overflows is told so (`Overflowed`), rather than silently losing alerts."""
@@ -21,6 +21,7 @@ from kasvu.selfmonitoring.v1 import selfmonitoring_pb2
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
+from nats.js.errors import NotFoundError
 
 QUEUE_LIMIT = 2048
 """Alerts a subscriber may have waiting (about 4 s at 500 alerts/s) before it is disconnected."""
@@ -131,7 +132,8 @@ class RegionHub:
         self._starting: asyncio.Task[None] | None = None
         self._stopped = False
         self.position = 0
-        """Stream sequence up to which every event has reached the subscribers' queues."""
+        """Stream sequence of the region's event that last reached the subscribers' queues (or
+        that was the region's last when the hub started): every later one reaches them."""
 
     @property
     def subscribers(self) -> int:
@@ -161,7 +163,12 @@ class RegionHub:
     async def _start(self) -> None:
         try:
             stream = await self._js.find_stream_name_by_subject(self.subject)
-            self.position = (await self._js.stream_info(stream)).state.last_seq
+            # The region's last event so far: it and all before it are history (a resuming
+            # subscriber replays them), every later one is live.
+            try:
+                self.position = (await self._js.get_last_msg(stream, self.subject)).seq or 0
+            except NotFoundError:
+                self.position = 0
             for subscriber in self._subscribers:
                 subscriber.joined_at = self.position
             config = ConsumerConfig(

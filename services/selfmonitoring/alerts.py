@@ -18,6 +18,8 @@ from services.runtime.dispatch import subject_for
 from services.selfmonitoring import model
 from services.selfmonitoring.alert_hub import QUEUE_LIMIT, Delivery, RegionHub, RememberedIds
 
+REPLAY_IDLE_S = 2.0
+"""How long a replay waits for the next stored event before it takes the rest as removed."""
 _EVENT_CLASSES: dict[str, Any] = {name: getattr(events_pb2, name) for name in model.ALERT_EVENTS}
 
 
@@ -132,28 +134,25 @@ class AlertFeed:
             hub.leave(subscriber)
 
     async def _replay(self, subject: str, after: int, up_to: int) -> AsyncIterator[Delivery]:
-        """The alerts of `subject` with sequences after `after`, up to and including `up_to`."""
+        """The alerts of `subject` with sequences after `after`, up to and including `up_to`
+        (the sequence of one of the subject's events, so the replay reaches it)."""
         config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after + 1)
         subscription = await self._js().subscribe(subject, ordered_consumer=True, config=config)
         try:
-            read = after
-            while read < up_to:
+            while True:
                 try:
-                    msg = await subscription.next_msg(timeout=0.5)
+                    msg = await subscription.next_msg(timeout=REPLAY_IDLE_S)
                 except NatsTimeoutError:
-                    # Nothing more on its way: every event up to `up_to` has been read.
-                    info = await subscription.consumer_info()
-                    delivered = info.delivered.stream_seq if info.delivered is not None else None
-                    if info.num_pending == 0 and (delivered or 0) <= read:
-                        return
-                    continue
-                read = msg.metadata.sequence.stream
-                if read > up_to:
+                    # Everything up to `up_to` was stored when the consumer was made, so a pause
+                    # this long means the rest was removed from the stream (its limits).
+                    return
+                sequence = msg.metadata.sequence.stream
+                if sequence > up_to:
                     return
                 delivery = delivery_of(msg)
                 if delivery is not None:
                     yield delivery
-                if msg.metadata.num_pending == 0:
+                if sequence == up_to or msg.metadata.num_pending == 0:
                     return
         finally:
             await subscription.unsubscribe()
