@@ -17,10 +17,12 @@ import itertools
 import json
 import os
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -196,6 +198,8 @@ class Followed:
     ended: str = "OK"
 
 
+SUBSCRIBE = "subscribe"
+"""The first argument of `python -m bench.selfmonitoring_load` in a subscribers' process."""
 RESUMABLE = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE)
 
 
@@ -290,6 +294,7 @@ async def alert_fanout(
             sys.executable,
             "-m",
             "bench.selfmonitoring_load",
+            SUBSCRIBE,
             suite.address("selfmonitoring"),
             str(share),
             str(total),
@@ -406,8 +411,21 @@ async def selfmonitoring_figures(suite: LocalSuite, *, quick: bool = False) -> d
     return results
 
 
+async def _alone(quick: bool) -> None:
+    """Every self-monitoring figure on a LocalSuite of its own, printed as JSON."""
+    with tempfile.TemporaryDirectory(prefix="kasvu-bench-sm-") as data_dir:
+        suite = LocalSuite(Path(data_dir))
+        try:
+            await suite.start()
+            print(json.dumps(await selfmonitoring_figures(suite, quick=quick), indent=2))
+        finally:
+            suite.stop()
+
+
 if __name__ == "__main__":
-    # A subscribers' process of alert_fanout: address, subscribers, alerts expected each.
-    asyncio.run(
-        _subscribers_process(sys.argv[1], os.environ["BENCH_TOKEN"], int(sys.argv[2]), int(sys.argv[3]))
-    )
+    if sys.argv[1:2] == [SUBSCRIBE]:
+        # A subscribers' process of alert_fanout: address, subscribers, alerts expected each.
+        address, count, expected = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+        asyncio.run(_subscribers_process(address, os.environ["BENCH_TOKEN"], count, expected))
+    else:
+        asyncio.run(_alone(quick="--quick" in sys.argv))
