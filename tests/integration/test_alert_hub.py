@@ -14,6 +14,8 @@ from typing import cast
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 from kasvu.selfmonitoring.v1 import events_pb2, selfmonitoring_pb2, selfmonitoring_pb2_grpc
 from nats.js.client import JetStreamContext
 
@@ -251,6 +253,9 @@ async def test_a_grpc_stream_that_falls_behind_ends_with_resource_exhausted_and_
                 seen.append(alert)
         assert ended.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "resume after the last sequence" in (ended.value.details() or "")
+        status = rpc_status.from_call(ended.value)  # the gateway passes a rich status on as it is
+        assert status is not None and status.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+        assert status.details[0].Is(error_details_pb2.RetryInfo.DESCRIPTOR)
         assert 0 < len(seen) < count
         assert [a.breach.sample_size for a in seen] == list(range(len(seen)))
 
