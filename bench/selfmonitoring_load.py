@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import nats
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.type import date_pb2
@@ -36,7 +37,7 @@ from bench.stats import percentile, ratio
 from bench.suite_load import FINLAND, REGION, SERVICE, bearer, business_ids
 from kasvuctl.localsuite import LocalSuite
 from services.runtime import catalog
-from services.runtime.auth import Role
+from services.runtime.auth import Principal, Role, mint_token
 from services.runtime.dispatch import subject_for
 
 INDICATORS = 10
@@ -253,14 +254,84 @@ async def _follow(
     return followed
 
 
-async def _subscribers_process(address: str, token: str, count: int, expected: int) -> None:
-    """The child's side: `count` subscribers; prints "subscribed" once every stream is live,
+def _sse_fields(event: str) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for line in event.split("\n"):
+        name, _, value = line.partition(":")
+        fields[name] = fields.get(name, "") + value.strip()
+    return fields
+
+
+async def _follow_sse(
+    gateway: str,
+    token: str,
+    expected: int,
+    subscribed: asyncio.Event,
+    latencies: list[float],
+) -> Followed:
+    """As `_follow`, through the gateway's Server-Sent Events (gateway -> gRPC server stream),
+    resuming with Last-Event-ID after a final `event: error` that says to (429, 503)."""
+    followed = Followed()
+    seen: set[int] = set()
+    last_index, last_id = -1, ""
+    url = f"{gateway}/v1/regions/{REGION}/alerts:stream"
+    async with httpx.AsyncClient(timeout=httpx.Timeout(30.0, read=None)) as client:
+        while followed.received < expected:
+            headers = {"Authorization": f"Bearer {token}", **({"Last-Event-ID": last_id} if last_id else {})}
+            try:
+                async with client.stream("GET", url, headers=headers) as response:
+                    if response.status_code != 200:
+                        followed.ended = str(response.status_code)
+                        return followed
+                    subscribed.set()
+                    buffer = ""
+                    async for chunk in response.aiter_text():
+                        buffer += chunk
+                        *events, buffer = buffer.split("\n\n")
+                        for event in events:
+                            fields = _sse_fields(event)
+                            if fields.get("event") == "error":
+                                followed.ended = json.loads(fields["data"])["error"]["status"]
+                                break
+                            if "data" not in fields:
+                                continue  # a keep-alive comment
+                            breach = json.loads(fields["data"])["breach"]
+                            sent = dt.datetime.fromisoformat(breach["openTime"]).timestamp()
+                            latencies.append((time.time() - sent) * 1000)
+                            last_id = fields.get("id", last_id)
+                            index = int(breach.get("sampleSize", 0))
+                            if index in seen:
+                                followed.repeats += 1
+                                continue
+                            followed.out_of_order += index < last_index
+                            seen.add(index)
+                            last_index = index
+                            followed.received += 1
+                        if followed.ended != "OK" or followed.received >= expected:
+                            break
+            except asyncio.CancelledError:
+                return followed
+            if followed.ended not in ("OK", *(code.name for code in RESUMABLE)):
+                return followed
+            if followed.ended != "OK":
+                followed.resumed += 1
+                followed.ended = "OK"
+    return followed
+
+
+FOLLOWERS = {"grpc": _follow, "sse": _follow_sse}
+"""How a subscriber connects: straight to self-monitoring's gRPC, or SSE through the gateway."""
+
+
+async def _subscribers_process(via: str, target: str, tokens: list[str], expected: int) -> None:
+    """The child's side: a subscriber per token; prints "subscribed" once every stream is live,
     and one JSON line of results after `expected` alerts each or when stdin closes."""
     latencies: list[float] = []
-    subscribed = [asyncio.Event() for _ in range(count)]
+    subscribed = [asyncio.Event() for _ in tokens]
+    follow = FOLLOWERS[via]
     tasks = [
-        asyncio.create_task(_follow(address, token, expected, subscribed[index], latencies))
-        for index in range(count)
+        asyncio.create_task(follow(target, token, expected, subscribed[index], latencies))
+        for index, token in enumerate(tokens)
     ]
     await asyncio.wait_for(asyncio.gather(*(event.wait() for event in subscribed)), 120)
     print("subscribed", flush=True)
@@ -281,31 +352,60 @@ async def alert_fanout(
     seconds: float = 10.0,
     grace_s: float = 10.0,
     processes: int = FANOUT_PROCESSES,
+    via: str = "grpc",
 ) -> dict[str, float]:
-    """`subscribers` live alert streams (gRPC, each on its own connection, spread over
-    `processes` client processes) while `rate` alerts a second are published onto the
-    self-monitoring stream for `seconds`: p99 delivery in ms (publish -> the client) and the
-    number of (subscriber, alert) deliveries missing after a grace period, repeats not counted."""
+    """`subscribers` live alert streams (each on its own connection, spread over `processes`
+    client processes; `via` "grpc" to self-monitoring or "sse" through the gateway, each SSE
+    subscriber its own supervisor, as the gateway caps streams per caller) while `rate` alerts
+    a second are published onto the self-monitoring stream for `seconds`: p99 delivery in ms
+    (publish -> the client) and the number of (subscriber, alert) deliveries missing after a
+    grace period, repeats not counted."""
     total = int(rate * seconds)
-    token = suite.token(Role.SUPERVISOR, REGION)
-    shares = [subscribers // processes + (index < subscribers % processes) for index in range(processes)]
-    children = [
-        await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "bench.selfmonitoring_load",
-            SUBSCRIBE,
-            suite.address("selfmonitoring"),
-            str(share),
-            str(total),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            env={**os.environ, "BENCH_TOKEN": token},
-            limit=2**26,
+    if via == "sse":
+        target = suite.gateway_url
+        tokens = [
+            mint_token(suite.private_key(), Principal(Role.SUPERVISOR, REGION, f"bench-{index}"))
+            for index in range(subscribers)
+        ]
+    else:
+        target = suite.address("selfmonitoring")
+        tokens = [suite.token(Role.SUPERVISOR, REGION)] * subscribers
+    with tempfile.TemporaryDirectory(prefix="kasvu-bench-fanout-") as scratch:
+        children = []
+        for index in range(processes):
+            share = tokens[index::processes]
+            tokens_file = Path(scratch) / f"tokens-{index}.json"
+            tokens_file.write_text(json.dumps(share))
+            children.append(
+                await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "bench.selfmonitoring_load",
+                    SUBSCRIBE,
+                    via,
+                    target,
+                    str(tokens_file),
+                    str(total),
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE,
+                    limit=2**26,
+                )
+            )
+        return await _measure_fanout(
+            suite, children, subscribers=subscribers, total=total, rate=rate, grace_s=grace_s
         )
-        for share in shares
-        if share
-    ]
+
+
+async def _measure_fanout(
+    suite: LocalSuite,
+    children: list[asyncio.subprocess.Process],
+    *,
+    subscribers: int,
+    total: int,
+    rate: int,
+    grace_s: float,
+) -> dict[str, float]:
+    """Publishes once every subscribers' process has subscribed, then gathers their figures."""
     try:
         for child in children:
             assert child.stdout is not None
@@ -424,8 +524,8 @@ async def _alone(quick: bool) -> None:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == [SUBSCRIBE]:
-        # A subscribers' process of alert_fanout: address, subscribers, alerts expected each.
-        address, count, expected = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-        asyncio.run(_subscribers_process(address, os.environ["BENCH_TOKEN"], count, expected))
+        # A subscribers' process of alert_fanout: grpc|sse, target, tokens file, alerts expected each.
+        via, target, tokens_file, expected = sys.argv[2], sys.argv[3], Path(sys.argv[4]), int(sys.argv[5])
+        asyncio.run(_subscribers_process(via, target, json.loads(tokens_file.read_text()), expected))
     else:
         asyncio.run(_alone(quick="--quick" in sys.argv))
