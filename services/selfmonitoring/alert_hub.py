@@ -122,6 +122,8 @@ class RegionHub:
     ) -> None:
         self._js = js
         self.subject = subject
+        self.stream = ""
+        """The stream holding `subject`, once the hub has started."""
         self._decode = decode
         self._on_idle = on_idle
         self._queue_limit = queue_limit
@@ -162,7 +164,7 @@ class RegionHub:
 
     async def _start(self) -> None:
         try:
-            stream = await self._js.find_stream_name_by_subject(self.subject)
+            stream = self.stream = await self._js.find_stream_name_by_subject(self.subject)
             # The region's last event so far: it and all before it are history (a resuming
             # subscriber replays them), every later one is live.
             try:

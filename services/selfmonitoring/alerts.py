@@ -13,13 +13,14 @@ from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from services.runtime.dispatch import subject_for
 from services.selfmonitoring import model
 from services.selfmonitoring.alert_hub import QUEUE_LIMIT, Delivery, RegionHub, RememberedIds
 
 REPLAY_IDLE_S = 2.0
-"""How long a replay waits for the next stored event before it takes the rest as removed."""
+"""How long a replay waits for the next stored event before it asks whether it was removed."""
 _EVENT_CLASSES: dict[str, Any] = {name: getattr(events_pb2, name) for name in model.ALERT_EVENTS}
 
 
@@ -119,7 +120,7 @@ class AlertFeed:
             last = subscriber.joined_at if resume_after is None else resume_after
             if last < subscriber.joined_at:
                 # Missed while away: replayed from the stream up to where the live queue begins.
-                async for delivery in self._replay(hub.subject, last, subscriber.joined_at):
+                async for delivery in self._replay(hub.stream, hub.subject, last, subscriber.joined_at):
                     if replayed.first_time(delivery.event_id) and only.admits(delivery.alert.breach):
                         yield delivery.alert
                 last = subscriber.joined_at
@@ -133,7 +134,7 @@ class AlertFeed:
         finally:
             hub.leave(subscriber)
 
-    async def _replay(self, subject: str, after: int, up_to: int) -> AsyncIterator[Delivery]:
+    async def _replay(self, stream: str, subject: str, after: int, up_to: int) -> AsyncIterator[Delivery]:
         """The alerts of `subject` with sequences after `after`, up to and including `up_to`
         (the sequence of one of the subject's events, so the replay reaches it)."""
         config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after + 1)
@@ -143,9 +144,11 @@ class AlertFeed:
                 try:
                     msg = await subscription.next_msg(timeout=REPLAY_IDLE_S)
                 except NatsTimeoutError:
-                    # Everything up to `up_to` was stored when the consumer was made, so a pause
-                    # this long means the rest was removed from the stream (its limits).
-                    return
+                    # Everything up to `up_to` was stored when the consumer was made: a pause
+                    # means a slow server, unless the stream's limits have removed it since.
+                    if await self._removed(stream, up_to):
+                        return
+                    continue
                 sequence = msg.metadata.sequence.stream
                 if sequence > up_to:
                     return
@@ -156,3 +159,10 @@ class AlertFeed:
                     return
         finally:
             await subscription.unsubscribe()
+
+    async def _removed(self, stream: str, sequence: int) -> bool:
+        try:
+            await self._js().get_msg(stream, sequence)
+        except NotFoundError:
+            return True
+        return False

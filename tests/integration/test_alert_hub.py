@@ -204,6 +204,20 @@ async def test_a_resume_when_no_hub_runs_replays_then_follows_live(js):
     assert [a.breach.sample_size for a in received] == [2, 3, 4, 5]
 
 
+async def test_a_resume_into_history_the_stream_has_removed_goes_on_live(js):
+    sequences = [await publish(js, index) for index in range(5)]
+    feed = AlertFeed(lambda: js)
+    keeper = await subscribed(feed)  # the hub's position is now the 5th
+    for sequence in sequences[1:]:
+        await js.delete_msg(STREAM.name, sequence)  # as the stream's limits would
+    resumed = await subscribed(feed, resume_after=sequences[0])
+    await publish(js, 5)
+    received: list[selfmonitoring_pb2.Alert] = []
+    await asyncio.wait_for(collect(resumed, 1, received), 10)
+    assert [a.breach.sample_size for a in received] == [5]
+    await keeper.aclose()
+
+
 @contextlib.asynccontextmanager
 async def alert_server(
     tmp_path: Path, tokens: Tokens, feed: AlertFeed
