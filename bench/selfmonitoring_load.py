@@ -11,13 +11,22 @@ issue's keys; `selfmonitoring_figures` runs them all:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import itertools
+import json
+import os
+import sys
+import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import grpc
+import httpx
 import nats
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.type import date_pb2
@@ -28,7 +37,7 @@ from bench.stats import percentile, ratio
 from bench.suite_load import FINLAND, REGION, SERVICE, bearer, business_ids
 from kasvuctl.localsuite import LocalSuite
 from services.runtime import catalog
-from services.runtime.auth import Role
+from services.runtime.auth import Principal, Role, mint_token
 from services.runtime.dispatch import subject_for
 
 INDICATORS = 10
@@ -173,85 +182,288 @@ async def jetstream_publish_async_per_s(suite: LocalSuite, count: int = 50_000, 
         await nc.close()
 
 
-async def _subscriber(
-    stub: selfmonitoring_pb2_grpc.SelfMonitoringServiceStub,
-    supervisor: tuple[tuple[str, str], ...],
+FANOUT_PROCESSES = 2
+"""Processes the fan-out's subscribers are spread over, so the bench client (200 streams
+reading up to 100 000 alerts a second) is not what limits the figure."""
+
+
+@dataclass
+class Followed:
+    """What one subscriber saw: distinct alerts (by publish index), repeats, alerts out of
+    order, and how often the server ended its stream (it then resumed, as a client should)."""
+
+    received: int = 0
+    repeats: int = 0
+    out_of_order: int = 0
+    resumed: int = 0
+    ended: str = "OK"
+
+
+SUBSCRIBE = "subscribe"
+"""The first argument of `python -m bench.selfmonitoring_load` in a subscribers' process."""
+RESUMABLE = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE)
+
+
+async def _follow(
+    address: str,
+    token: str,
+    expected: int,
     subscribed: asyncio.Event,
     latencies: list[float],
+) -> Followed:
+    """One subscriber on its own connection: reads alerts until `expected` distinct ones came
+    (or it is cancelled), recording each delivery's latency (publish -> here, in ms); resumes
+    after the last sequence it saw when the server ends its stream for falling behind."""
+    followed = Followed()
+    seen: set[int] = set()
+    last_index, last_sequence = -1, None
+    options = [("grpc.use_local_subchannel_pool", 1)]  # a connection of its own, like a real client
+    async with grpc.aio.insecure_channel(address, options=options) as channel:
+        stub = selfmonitoring_pb2_grpc.SelfMonitoringServiceStub(channel)
+        while followed.received < expected:
+            request = selfmonitoring_pb2.StreamAlertsRequest(parent=f"regions/{REGION}")
+            if last_sequence is not None:
+                request.resume_after = last_sequence
+            call = stub.StreamAlerts(request, metadata=bearer(token))
+            try:
+                await call.initial_metadata()
+                subscribed.set()
+                while followed.received < expected:
+                    alert = await call.read()
+                    if alert is grpc.aio.EOF:
+                        return followed
+                    latencies.append((time.time() - alert.breach.open_time.ToNanoseconds() / 1e9) * 1000)
+                    last_sequence = alert.sequence
+                    index = alert.breach.sample_size
+                    if index in seen:
+                        followed.repeats += 1
+                        continue
+                    followed.out_of_order += index < last_index
+                    seen.add(index)
+                    last_index = index
+                    followed.received += 1
+            except grpc.aio.AioRpcError as error:
+                followed.ended = error.code().name
+                if error.code() not in RESUMABLE:
+                    return followed
+                followed.resumed += 1
+            except asyncio.CancelledError:
+                return followed
+            finally:
+                call.cancel()
+    return followed
+
+
+def _sse_fields(event: str) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for line in event.split("\n"):
+        name, _, value = line.partition(":")
+        fields[name] = fields.get(name, "") + value.strip()
+    return fields
+
+
+async def _follow_sse(
+    gateway: str,
+    token: str,
     expected: int,
-) -> int:
-    """Reads alerts until `expected` arrived (or it is cancelled); records delivery latency."""
-    call = stub.StreamAlerts(
-        selfmonitoring_pb2.StreamAlertsRequest(parent=f"regions/{REGION}"), metadata=supervisor
-    )
-    await call.initial_metadata()
-    subscribed.set()
-    received = 0
-    try:
-        async for alert in _alerts(call):
-            sent = alert.breach.open_time.ToNanoseconds() / 1e9
-            latencies.append((time.time() - sent) * 1000)
-            received += 1
-            if received >= expected:
-                break
-    finally:
-        call.cancel()
-    return received
+    subscribed: asyncio.Event,
+    latencies: list[float],
+) -> Followed:
+    """As `_follow`, through the gateway's Server-Sent Events (gateway -> gRPC server stream),
+    resuming with Last-Event-ID after a final `event: error` that says to (429, 503)."""
+    followed = Followed()
+    seen: set[int] = set()
+    last_index, last_id = -1, ""
+    url = f"{gateway}/v1/regions/{REGION}/alerts:stream"
+    async with httpx.AsyncClient(timeout=httpx.Timeout(30.0, read=None)) as client:
+        while followed.received < expected:
+            headers = {"Authorization": f"Bearer {token}", **({"Last-Event-ID": last_id} if last_id else {})}
+            try:
+                async with client.stream("GET", url, headers=headers) as response:
+                    if response.status_code != 200:
+                        followed.ended = str(response.status_code)
+                        return followed
+                    subscribed.set()
+                    buffer = ""
+                    async for chunk in response.aiter_text():
+                        buffer += chunk
+                        *events, buffer = buffer.split("\n\n")
+                        for event in events:
+                            fields = _sse_fields(event)
+                            if fields.get("event") == "error":
+                                followed.ended = json.loads(fields["data"])["error"]["status"]
+                                break
+                            if "data" not in fields:
+                                continue  # a keep-alive comment
+                            breach = json.loads(fields["data"])["breach"]
+                            sent = dt.datetime.fromisoformat(breach["openTime"]).timestamp()
+                            latencies.append((time.time() - sent) * 1000)
+                            last_id = fields.get("id", last_id)
+                            index = int(breach.get("sampleSize", 0))
+                            if index in seen:
+                                followed.repeats += 1
+                                continue
+                            followed.out_of_order += index < last_index
+                            seen.add(index)
+                            last_index = index
+                            followed.received += 1
+                        if followed.ended != "OK" or followed.received >= expected:
+                            break
+            except asyncio.CancelledError:
+                return followed
+            if followed.ended not in ("OK", *(code.name for code in RESUMABLE)):
+                return followed
+            if followed.ended != "OK":
+                followed.resumed += 1
+                followed.ended = "OK"
+    return followed
 
 
-async def _alerts(call: grpc.aio.UnaryStreamCall) -> AsyncIterator[selfmonitoring_pb2.Alert]:  # type: ignore[type-arg]
-    while True:
-        alert = await call.read()
-        if alert is grpc.aio.EOF:
-            return
-        yield alert
+FOLLOWERS = {"grpc": _follow, "sse": _follow_sse}
+"""How a subscriber connects: straight to self-monitoring's gRPC, or SSE through the gateway."""
+
+
+async def _subscribers_process(via: str, target: str, tokens: list[str], expected: int) -> None:
+    """The child's side: a subscriber per token; prints "subscribed" once every stream is live,
+    and one JSON line of results after `expected` alerts each or when stdin closes."""
+    latencies: list[float] = []
+    subscribed = [asyncio.Event() for _ in tokens]
+    follow = FOLLOWERS[via]
+    tasks = [
+        asyncio.create_task(follow(target, token, expected, subscribed[index], latencies))
+        for index, token in enumerate(tokens)
+    ]
+    await asyncio.wait_for(asyncio.gather(*(event.wait() for event in subscribed)), 120)
+    print("subscribed", flush=True)
+    stdin_closed = asyncio.create_task(asyncio.to_thread(sys.stdin.read))
+    await asyncio.wait([stdin_closed, asyncio.gather(*tasks)], return_when=asyncio.FIRST_COMPLETED)
+    for task in tasks:
+        task.cancel()
+    followed = [dataclasses.asdict(one) for one in await asyncio.gather(*tasks)]
+    print(json.dumps({"followed": followed, "latencies": [round(x, 2) for x in latencies]}), flush=True)
+    os._exit(0)  # the stdin reader thread may still be blocked
 
 
 async def alert_fanout(
-    suite: LocalSuite, subscribers: int = 200, rate: int = 500, seconds: float = 10.0, grace_s: float = 10.0
+    suite: LocalSuite,
+    *,
+    subscribers: int = 200,
+    rate: int = 500,
+    seconds: float = 10.0,
+    grace_s: float = 10.0,
+    processes: int = FANOUT_PROCESSES,
+    via: str = "grpc",
 ) -> dict[str, float]:
-    """`subscribers` live alert streams while `rate` alerts a second are published onto the
-    self-monitoring stream for `seconds`: p99 delivery in ms (publish -> the client) and the
-    number of deliveries missing after a grace period."""
+    """`subscribers` live alert streams (each on its own connection, spread over `processes`
+    client processes; `via` "grpc" to self-monitoring or "sse" through the gateway, each SSE
+    subscriber its own supervisor, as the gateway caps streams per caller) while `rate` alerts
+    a second are published onto the self-monitoring stream for `seconds`: p99 delivery in ms
+    (publish -> the client) and the number of (subscriber, alert) deliveries missing after a
+    grace period, repeats not counted."""
     total = int(rate * seconds)
-    async with grpc.aio.insecure_channel(suite.address("selfmonitoring")) as channel:
-        stub = selfmonitoring_pb2_grpc.SelfMonitoringServiceStub(channel)
-        supervisor = bearer(suite.token(Role.SUPERVISOR, REGION))
-        latencies: list[float] = []
-        ready = [asyncio.Event() for _ in range(subscribers)]
-        tasks = [
-            asyncio.create_task(_subscriber(stub, supervisor, ready[index], latencies, total))
+    if via == "sse":
+        target = suite.gateway_url
+        tokens = [
+            mint_token(suite.private_key(), Principal(Role.SUPERVISOR, REGION, f"bench-{index}"))
             for index in range(subscribers)
         ]
-        await asyncio.wait_for(asyncio.gather(*(event.wait() for event in ready)), 60)
-        await asyncio.sleep(0.5)  # every ordered consumer exists once its headers came back
-        nc = await suite.connect_nats()
-        try:
-            js = nc.jetstream()
-            subject = subject_for(events_pb2.BreachOpened.DESCRIPTOR.full_name, REGION)
-            stream = catalog.entry("selfmonitoring").stream
-            started = time.perf_counter()
-            for index in range(total):
-                await _publish_alert(js, subject, stream, index)
-                lag = started + (index + 1) / rate - time.perf_counter()
-                if lag > 0:
-                    await asyncio.sleep(lag)
-        finally:
-            await nc.close()
-        done, pending = await asyncio.wait(tasks, timeout=grace_s)
-        for task in pending:
-            task.cancel()
-        complete = sum(
-            1 for task in done if not task.cancelled() and task.exception() is None and task.result() >= total
+    else:
+        target = suite.address("selfmonitoring")
+        tokens = [suite.token(Role.SUPERVISOR, REGION)] * subscribers
+    with tempfile.TemporaryDirectory(prefix="kasvu-bench-fanout-") as scratch:
+        children = []
+        for index in range(processes):
+            share = tokens[index::processes]
+            tokens_file = Path(scratch) / f"tokens-{index}.json"
+            tokens_file.write_text(json.dumps(share))
+            children.append(
+                await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "bench.selfmonitoring_load",
+                    SUBSCRIBE,
+                    via,
+                    target,
+                    str(tokens_file),
+                    str(total),
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE,
+                    limit=2**26,
+                )
+            )
+        return await _measure_fanout(
+            suite, children, subscribers=subscribers, total=total, rate=rate, grace_s=grace_s
         )
-    delivered = len(latencies)
+
+
+async def _measure_fanout(
+    suite: LocalSuite,
+    children: list[asyncio.subprocess.Process],
+    *,
+    subscribers: int,
+    total: int,
+    rate: int,
+    grace_s: float,
+) -> dict[str, float]:
+    """Publishes once every subscribers' process has subscribed, then gathers their figures."""
+    try:
+        for child in children:
+            assert child.stdout is not None
+            line = await asyncio.wait_for(child.stdout.readline(), 150)
+            if line.strip() != b"subscribed":
+                raise RuntimeError(f"a subscriber process failed to subscribe: {line!r}")
+        published_s = await _publish_alerts(suite, total, rate)
+        outputs = await asyncio.gather(*(_result(child, grace_s) for child in children))
+    finally:
+        for child in children:
+            if child.returncode is None:
+                child.kill()
+    latencies = [latency for output in outputs for latency in output["latencies"]]
+    followed = [Followed(**one) for output in outputs for one in output["followed"]]
+    delivered = sum(one.received for one in followed)
     return {
         "alert_fanout_p99_ms": percentile(latencies, 99) if latencies else float("inf"),
+        "alert_fanout_p50_ms": percentile(latencies, 50) if latencies else float("inf"),
         "alert_fanout_dropped": float(subscribers * total - delivered),
+        "alert_fanout_repeats": float(sum(one.repeats for one in followed)),
+        "alert_fanout_out_of_order": float(sum(one.out_of_order for one in followed)),
+        "alert_fanout_resumed": float(sum(one.resumed for one in followed)),
         "alert_fanout_subscribers": float(subscribers),
         "alert_fanout_rate": float(rate),
-        "alert_fanout_complete_subscribers": float(complete),
+        "alert_fanout_published_per_s": total / published_s,
+        "alert_fanout_complete_subscribers": float(sum(one.received >= total for one in followed)),
     }
+
+
+async def _result(child: asyncio.subprocess.Process, grace_s: float) -> dict[str, Any]:
+    """The child's results once its subscribers have everything, or after `grace_s` anyway."""
+    assert child.stdin is not None and child.stdout is not None
+    reading = asyncio.ensure_future(child.stdout.readline())
+    done, _ = await asyncio.wait([reading], timeout=grace_s)
+    if not done:
+        child.stdin.close()  # stop: report what arrived so far
+    line = await asyncio.wait_for(reading, 60)
+    await child.wait()
+    result: dict[str, Any] = json.loads(line)
+    return result
+
+
+async def _publish_alerts(suite: LocalSuite, total: int, rate: int) -> float:
+    """Publishes `total` alerts at `rate` a second; the seconds it took."""
+    nc = await suite.connect_nats()
+    try:
+        js = nc.jetstream()
+        subject = subject_for(events_pb2.BreachOpened.DESCRIPTOR.full_name, REGION)
+        stream = catalog.entry("selfmonitoring").stream
+        started = time.perf_counter()
+        for index in range(total):
+            await _publish_alert(js, subject, stream, index)
+            lag = started + (index + 1) / rate - time.perf_counter()
+            if lag > 0:
+                await asyncio.sleep(lag)
+        return time.perf_counter() - started
+    finally:
+        await nc.close()
 
 
 async def _publish_alert(js: nats.js.JetStreamContext, subject: str, stream: str, index: int) -> None:
@@ -297,3 +509,23 @@ async def selfmonitoring_figures(suite: LocalSuite, *, quick: bool = False) -> d
     else:
         results.update(await alert_fanout(suite))
     return results
+
+
+async def _alone(quick: bool) -> None:
+    """Every self-monitoring figure on a LocalSuite of its own, printed as JSON."""
+    with tempfile.TemporaryDirectory(prefix="kasvu-bench-sm-") as data_dir:
+        suite = LocalSuite(Path(data_dir))
+        try:
+            await suite.start()
+            print(json.dumps(await selfmonitoring_figures(suite, quick=quick), indent=2))
+        finally:
+            suite.stop()
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == [SUBSCRIBE]:
+        # A subscribers' process of alert_fanout: grpc|sse, target, tokens file, alerts expected each.
+        via, target, tokens_file, expected = sys.argv[2], sys.argv[3], Path(sys.argv[4]), int(sys.argv[5])
+        asyncio.run(_subscribers_process(via, target, json.loads(tokens_file.read_text()), expected))
+    else:
+        asyncio.run(_alone(quick="--quick" in sys.argv))

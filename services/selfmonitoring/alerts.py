@@ -4,24 +4,24 @@ reconnecting supervisor resumes after the last sequence it saw, without gaps or 
 
 from __future__ import annotations
 
-import asyncio
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from kasvu.selfmonitoring.v1 import events_pb2, selfmonitoring_pb2
+from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from services.runtime.dispatch import subject_for
 from services.selfmonitoring import model
+from services.selfmonitoring.alert_hub import QUEUE_LIMIT, Delivery, RegionHub, RememberedIds
 
+REPLAY_IDLE_S = 2.0
+"""How long a replay waits for the next stored event before it asks whether it was removed."""
 _EVENT_CLASSES: dict[str, Any] = {name: getattr(events_pb2, name) for name in model.ALERT_EVENTS}
-_REMEMBERED_IDS = 4096
-"""Event ids a subscriber remembers, so an event published twice (a relay that outlived the
-stream's duplicate window) is delivered once."""
 
 
 @dataclass(frozen=True)
@@ -59,11 +59,43 @@ def alert_of(type_name: str, payload: bytes, sequence: int) -> selfmonitoring_pb
     )
 
 
-class AlertFeed:
-    """Reads alerts from JetStream with an ordered, ephemeral consumer per subscriber."""
+def delivery_of(msg: Msg) -> Delivery | None:
+    """The alert a message of the stream is, with its sequence and event id; None for other events."""
+    sequence = msg.metadata.sequence.stream
+    alert = alert_of(msg.subject.split(".")[-2], msg.data, sequence)
+    if alert is None:
+        return None
+    return Delivery(sequence, (msg.headers or {}).get("Nats-Msg-Id", ""), alert)
 
-    def __init__(self, js: Callable[[], JetStreamContext]) -> None:
+
+class AlertFeed:
+    """Alerts from JetStream: one shared hub per region for the live feed, and a short-lived
+    ordered consumer per resuming subscriber for the part it missed."""
+
+    def __init__(self, js: Callable[[], JetStreamContext], queue_limit: int = QUEUE_LIMIT) -> None:
         self._js = js
+        self._queue_limit = queue_limit
+        self._hubs: dict[str, RegionHub] = {}
+
+    def hub_subscribers(self, region: str) -> int:
+        """Subscribers of the region's hub in this process (0 when it has none running)."""
+        hub = self._hubs.get(region)
+        return hub.subscribers if hub is not None else 0
+
+    def _hub(self, region: str) -> RegionHub:
+        hub = self._hubs.get(region)
+        if hub is None:
+            # Every event of the region; the alert events are picked out when decoded.
+            subject = subject_for(f"{events_pb2.DESCRIPTOR.package}.*", region)
+
+            def idle(stopped: RegionHub) -> None:
+                if self._hubs.get(region) is stopped:
+                    del self._hubs[region]
+
+            hub = RegionHub(self._js(), subject, delivery_of, idle, self._queue_limit)
+            self._hubs[region] = hub
+            hub.begin()
+        return hub
 
     async def follow(
         self,
@@ -74,38 +106,63 @@ class AlertFeed:
     ) -> AsyncIterator[selfmonitoring_pb2.Alert]:
         """From the alert after `resume_after`, or from now on when it is None.
 
-        `on_subscribed` runs once the consumer exists, so a caller can tell its client that
-        alerts from this moment on will arrive (the gRPC servicer sends its headers then).
+        `on_subscribed` runs once the region's hub follows the stream, so a caller can tell its
+        client that alerts from this moment on will arrive (the gRPC servicer sends its headers
+        then). Raises `Overflowed` when the subscriber falls too far behind.
         """
-        if resume_after is not None:
-            config = ConsumerConfig(
-                deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=resume_after + 1
-            )
-        else:
-            config = ConsumerConfig(deliver_policy=DeliverPolicy.NEW)
-        # Every event of the region; the ordered consumer keeps stream order, and the alert
-        # events are picked out here (one filter subject per consumer on older servers).
-        subject = subject_for(f"{events_pb2.DESCRIPTOR.package}.*", region)
-        subscription = await self._js().subscribe(subject, ordered_consumer=True, config=config)
-        seen: OrderedDict[str, None] = OrderedDict()
+        hub = self._hub(region)
+        subscriber = hub.join(only.admits)
         try:
+            await hub.started()
             if on_subscribed is not None:
                 await on_subscribed()
+            replayed = RememberedIds()
+            last = subscriber.joined_at if resume_after is None else resume_after
+            if last < subscriber.joined_at:
+                # Missed while away: replayed from the stream up to where the live queue begins.
+                async for delivery in self._replay(hub.stream, hub.subject, last, subscriber.joined_at):
+                    if replayed.first_time(delivery.event_id) and only.admits(delivery.alert.breach):
+                        yield delivery.alert
+                last = subscriber.joined_at
+            while True:
+                # The hub delivers each event id once; only the replayed ones can come again.
+                for delivery in await subscriber.next_batch():
+                    if delivery.sequence <= last or delivery.event_id in replayed:
+                        continue
+                    last = delivery.sequence
+                    yield delivery.alert
+        finally:
+            hub.leave(subscriber)
+
+    async def _replay(self, stream: str, subject: str, after: int, up_to: int) -> AsyncIterator[Delivery]:
+        """The alerts of `subject` with sequences after `after`, up to and including `up_to`
+        (the sequence of one of the subject's events, so the replay reaches it)."""
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after + 1)
+        subscription = await self._js().subscribe(subject, ordered_consumer=True, config=config)
+        try:
             while True:
                 try:
-                    msg = await subscription.next_msg(timeout=5.0)
+                    msg = await subscription.next_msg(timeout=REPLAY_IDLE_S)
                 except NatsTimeoutError:
-                    await asyncio.sleep(0)
+                    # Everything up to `up_to` was stored when the consumer was made: a pause
+                    # means a slow server, unless the stream's limits have removed it since.
+                    if await self._removed(stream, up_to):
+                        return
                     continue
-                event_id = (msg.headers or {}).get("Nats-Msg-Id", "")
-                if event_id:
-                    if event_id in seen:
-                        continue
-                    seen[event_id] = None
-                    if len(seen) > _REMEMBERED_IDS:
-                        seen.popitem(last=False)
-                alert = alert_of(msg.subject.split(".")[-2], msg.data, msg.metadata.sequence.stream)
-                if alert is not None and only.admits(alert.breach):
-                    yield alert
+                sequence = msg.metadata.sequence.stream
+                if sequence > up_to:
+                    return
+                delivery = delivery_of(msg)
+                if delivery is not None:
+                    yield delivery
+                if sequence == up_to or msg.metadata.num_pending == 0:
+                    return
         finally:
             await subscription.unsubscribe()
+
+    async def _removed(self, stream: str, sequence: int) -> bool:
+        try:
+            await self._js().get_msg(stream, sequence)
+        except NotFoundError:
+            return True
+        return False

@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator
 from typing import Any, TypeAlias
 
 import grpc
+from google.protobuf import duration_pb2
+from google.rpc import error_details_pb2, status_pb2
 from kasvu.selfmonitoring.v1 import selfmonitoring_pb2, selfmonitoring_pb2_grpc
 
 from services.runtime.dispatch import Dispatcher
@@ -22,6 +24,7 @@ from services.runtime.protoconv import (
     to_message,
 )
 from services.selfmonitoring import handlers, model
+from services.selfmonitoring.alert_hub import HubStopped, Overflowed
 from services.selfmonitoring.alerts import AlertFeed, AlertFilter
 
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
@@ -166,6 +169,16 @@ def action_to_proto(action: model.CorrectiveAction) -> selfmonitoring_pb2.Correc
         response=action.response,
         respond_time=timestamp(action.responded_at) if action.responded_at else None,
     )
+
+
+async def _end_stream(context: Context, code: grpc.StatusCode, why: str) -> None:
+    """Ends an alert stream with `code` and a google.rpc.Status (so the gateway passes the
+    message on to SSE clients as it is) that says how to go on."""
+    message = f"{why}: resume after the last sequence received"
+    status = status_pb2.Status(code=code.value[0], message=message)
+    status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=0)))
+    details = (("grpc-status-details-bin", status.SerializeToString()),)
+    await context.abort(code, message, trailing_metadata=details)
 
 
 class SelfMonitoringServicer(selfmonitoring_pb2_grpc.SelfMonitoringServiceServicer):
@@ -360,8 +373,18 @@ class SelfMonitoringServicer(selfmonitoring_pb2_grpc.SelfMonitoringServiceServic
             await context.send_initial_metadata(())
 
         only = AlertFilter(request.severity, request.service, request.provider)
-        async for alert in self._alerts.follow(region, resume_after, on_subscribed=headers_now, only=only):
-            yield alert
+        try:
+            async for alert in self._alerts.follow(
+                region, resume_after, on_subscribed=headers_now, only=only
+            ):
+                yield alert
+        except Overflowed as error:
+            # Told, not silently dropped: the client resumes after the last sequence it saw.
+            await _end_stream(
+                context, grpc.StatusCode.RESOURCE_EXHAUSTED, f"the stream fell behind ({error})"
+            )
+        except HubStopped as error:
+            await _end_stream(context, grpc.StatusCode.UNAVAILABLE, str(error))
 
     async def ListAlerts(
         self, request: selfmonitoring_pb2.ListAlertsRequest, context: Context

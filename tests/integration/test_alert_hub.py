@@ -1,0 +1,284 @@
+"""The alert hub against a real nats-server: one subscription per region shared by every
+subscriber of this process, every alert to every subscriber in order, a slow subscriber
+disconnected (RESOURCE_EXHAUSTED) without holding the others back, and a resume that crosses
+from the replayed part to the live queue without a gap or a repeat."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator
+from pathlib import Path
+from typing import cast
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from kasvu.selfmonitoring.v1 import events_pb2, selfmonitoring_pb2, selfmonitoring_pb2_grpc
+from nats.js.client import JetStreamContext
+
+from services.runtime import catalog
+from services.runtime.auth import TokenVerifier
+from services.runtime.bus import StreamSpec, connect, declare_stream
+from services.runtime.db import Database
+from services.runtime.dispatch import subject_for
+from services.runtime.grpc_server import EdgeInterceptor
+from services.runtime.migrate import upgrade_async
+from services.selfmonitoring import bootstrap, handlers, store
+from services.selfmonitoring.alert_hub import Overflowed
+from services.selfmonitoring.alerts import AlertFeed, AlertFilter
+from services.selfmonitoring.grpc_api import SelfMonitoringServicer
+from tests.integration.helpers import Tokens, dispatching
+
+REGION = "pirkanmaa"
+STREAM = StreamSpec(catalog.entry("selfmonitoring").stream, catalog.entry("selfmonitoring").subjects)
+SUBJECT = subject_for(events_pb2.BreachOpened.DESCRIPTOR.full_name, REGION)
+SERIOUS, WARNING = selfmonitoring_pb2.SEVERITY_SERIOUS, selfmonitoring_pb2.SEVERITY_WARNING
+
+
+@pytest.fixture
+async def js(nats_server) -> AsyncIterator[JetStreamContext]:  # type: ignore[no-untyped-def]
+    nc = await connect(nats_server.url, "alert-hub-test")
+    js = nc.jetstream()
+    await declare_stream(js, STREAM, replicas=1)
+    yield js
+    await nc.close()
+
+
+async def publish(js: JetStreamContext, index: int, severity: int = WARNING, padding: int = 0) -> int:
+    """A BreachOpened numbered `index` (in its sample size), its indicator `padding` bytes
+    longer; its stream sequence."""
+    event = events_pb2.BreachOpened(
+        breach=selfmonitoring_pb2.Breach(
+            name=f"regions/{REGION}/breaches/b{index}",
+            indicator=f"regions/{REGION}/indicators/i" + "x" * padding,
+            provider="1000001-4",
+            severity=severity,  # type: ignore[arg-type]
+            sample_size=index,
+        ),
+        region=REGION,
+    )
+    ack = await js.publish(
+        SUBJECT,
+        event.SerializeToString(),
+        stream=STREAM.name,
+        headers={"Nats-Msg-Id": uuid.uuid4().hex},
+    )
+    return ack.seq
+
+
+async def collect(
+    alerts: AsyncIterator[selfmonitoring_pb2.Alert], count: int, into: list[selfmonitoring_pb2.Alert]
+) -> None:
+    async for alert in alerts:
+        into.append(alert)
+        if len(into) == count:
+            return
+
+
+EVERY_ALERT = AlertFilter()
+
+
+async def subscribed(
+    feed: AlertFeed, resume_after: int | None = None, only: AlertFilter = EVERY_ALERT
+) -> AsyncGenerator[selfmonitoring_pb2.Alert, None]:
+    """A follower that has subscribed (the feed said so) before this returns."""
+    ready = asyncio.Event()
+
+    async def on_subscribed() -> None:
+        ready.set()
+
+    alerts = cast(
+        AsyncGenerator[selfmonitoring_pb2.Alert, None],
+        feed.follow(REGION, resume_after, on_subscribed=on_subscribed, only=only),
+    )
+    first = asyncio.ensure_future(anext(alerts))
+    done, _ = await asyncio.wait({first, asyncio.ensure_future(ready.wait())}, return_when="FIRST_COMPLETED")
+    assert ready.is_set() or first in done
+
+    async def rest() -> AsyncGenerator[selfmonitoring_pb2.Alert, None]:
+        try:
+            yield await first
+            async for alert in alerts:
+                yield alert
+        finally:
+            first.cancel()
+            await alerts.aclose()
+
+    return rest()
+
+
+async def test_many_subscribers_share_one_consumer_and_each_gets_every_alert_in_order(js):
+    feed = AlertFeed(lambda: js)
+    followers = [await subscribed(feed) for _ in range(30)]
+    assert feed.hub_subscribers(REGION) == 30
+    assert (await js.stream_info(STREAM.name)).state.consumer_count == 1
+
+    received: list[list[selfmonitoring_pb2.Alert]] = [[] for _ in followers]
+    reading = [
+        asyncio.create_task(collect(alerts, 200, into))
+        for alerts, into in zip(followers, received, strict=True)
+    ]
+    sequences = [await publish(js, index) for index in range(200)]
+    await asyncio.wait_for(asyncio.gather(*reading), 20)
+
+    for got in received:
+        assert [a.breach.sample_size for a in got] == list(range(200))
+        assert [a.sequence for a in got] == sequences
+    for follower in followers:
+        await follower.aclose()
+    assert feed.hub_subscribers(REGION) == 0  # the last one out stopped the hub
+
+
+async def test_filters_apply_per_subscriber_on_the_shared_feed(js):
+    feed = AlertFeed(lambda: js)
+    everything = await subscribed(feed)
+    serious_only = await subscribed(feed, only=AlertFilter(severity=SERIOUS))
+    for index in range(6):
+        await publish(js, index, SERIOUS if index % 3 == 0 else WARNING)
+    all_alerts: list[selfmonitoring_pb2.Alert] = []
+    serious: list[selfmonitoring_pb2.Alert] = []
+    await asyncio.wait_for(collect(everything, 6, all_alerts), 10)
+    await asyncio.wait_for(collect(serious_only, 2, serious), 10)
+    assert [a.breach.sample_size for a in all_alerts] == [0, 1, 2, 3, 4, 5]
+    assert [a.breach.sample_size for a in serious] == [0, 3]
+
+
+async def test_a_subscriber_that_does_not_read_is_disconnected_and_the_others_get_everything(js):
+    feed = AlertFeed(lambda: js, queue_limit=20)
+    slow = await subscribed(feed)
+    readers = [await subscribed(feed) for _ in range(3)]
+    received: list[list[selfmonitoring_pb2.Alert]] = [[] for _ in readers]
+    reading = [
+        asyncio.create_task(collect(alerts, 100, into))
+        for alerts, into in zip(readers, received, strict=True)
+    ]
+    for index in range(100):
+        await publish(js, index)
+    await asyncio.wait_for(asyncio.gather(*reading), 20)
+
+    assert all([a.breach.sample_size for a in alerts] == list(range(100)) for alerts in received)
+    assert feed.hub_subscribers(REGION) == 3  # the slow one was let go
+    # The slow one learns it fell behind (after the alert it had already taken).
+    with pytest.raises(Overflowed):
+        async for _ in slow:
+            pass
+
+
+async def test_a_resume_across_the_replay_and_live_boundary_has_no_gap_and_no_repeat(js):
+    feed = AlertFeed(lambda: js)
+    keeper = await subscribed(feed)  # keeps the hub running, so the resume meets a live position
+    sequences = [await publish(js, index) for index in range(50)]
+    kept: list[selfmonitoring_pb2.Alert] = []
+    await asyncio.wait_for(collect(keeper, 50, kept), 10)
+
+    # Resumes from the 10th while more are being published: 40 are replayed from the stream,
+    # the rest come live, and those published while it joined are in exactly one of the two.
+    publishing = asyncio.create_task(publish_many(js, range(50, 150)))
+    await asyncio.sleep(0.01)
+    resumed = await subscribed(feed, resume_after=sequences[9])
+    received: list[selfmonitoring_pb2.Alert] = []
+    await asyncio.wait_for(collect(resumed, 140, received), 20)
+    await publishing
+
+    assert [a.breach.sample_size for a in received] == list(range(10, 150))
+    numbers = [a.sequence for a in received]
+    assert numbers == sorted(set(numbers))
+
+
+async def publish_many(js: JetStreamContext, indexes: range) -> None:
+    for index in indexes:
+        await publish(js, index)
+        await asyncio.sleep(0.001)
+
+
+async def test_a_resume_when_no_hub_runs_replays_then_follows_live(js):
+    sequences = [await publish(js, index) for index in range(5)]
+    feed = AlertFeed(lambda: js)
+    resumed = await subscribed(feed, resume_after=sequences[1])
+    await publish(js, 5)
+    received: list[selfmonitoring_pb2.Alert] = []
+    await asyncio.wait_for(collect(resumed, 4, received), 10)
+    assert [a.breach.sample_size for a in received] == [2, 3, 4, 5]
+
+
+async def test_a_resume_into_history_the_stream_has_removed_goes_on_live(js):
+    sequences = [await publish(js, index) for index in range(5)]
+    feed = AlertFeed(lambda: js)
+    keeper = await subscribed(feed)  # the hub's position is now the 5th
+    for sequence in sequences[1:]:
+        await js.delete_msg(STREAM.name, sequence)  # as the stream's limits would
+    resumed = await subscribed(feed, resume_after=sequences[0])
+    await publish(js, 5)
+    received: list[selfmonitoring_pb2.Alert] = []
+    await asyncio.wait_for(collect(resumed, 1, received), 10)
+    assert [a.breach.sample_size for a in received] == [5]
+    await keeper.aclose()
+
+
+@contextlib.asynccontextmanager
+async def alert_server(
+    tmp_path: Path, tokens: Tokens, feed: AlertFeed
+) -> AsyncIterator[selfmonitoring_pb2_grpc.SelfMonitoringServiceStub]:
+    """The servicer behind the edge interceptor, and a client whose HTTP/2 window stays small
+    (no BDP probing), so a client that does not read soon stops the server's writes."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'selfmonitoring.db'}"
+    await upgrade_async(url, bootstrap.MIGRATIONS)
+    db = Database(url)
+    server = grpc.aio.server(interceptors=[EdgeInterceptor(TokenVerifier(tokens.public_key_file))])
+    try:
+        async with dispatching(
+            db,
+            service="selfmonitoring",
+            unit_of_work=store.unit_of_work_factory(),
+            event_types=bootstrap.EVENT_TYPES,
+            handlers=handlers.HANDLERS,
+        ) as dispatcher:
+            servicer = SelfMonitoringServicer(dispatcher, feed)
+            selfmonitoring_pb2_grpc.add_SelfMonitoringServiceServicer_to_server(servicer, server)
+            port = server.add_insecure_port("127.0.0.1:0")
+            await server.start()
+            options = [("grpc.http2.bdp_probe", 0), ("grpc.use_local_subchannel_pool", 1)]
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
+                yield selfmonitoring_pb2_grpc.SelfMonitoringServiceStub(channel)
+    finally:
+        await server.stop(grace=None)
+        await db.dispose()
+
+
+async def test_a_grpc_stream_that_falls_behind_ends_with_resource_exhausted_and_resumes(tmp_path, js):
+    tokens = Tokens.generate(tmp_path / "keys")
+    feed = AlertFeed(lambda: js, queue_limit=5)
+    count = 600
+    async with alert_server(tmp_path, tokens, feed) as stub:
+        request = selfmonitoring_pb2.StreamAlertsRequest(parent=f"regions/{REGION}")
+        slow = stub.StreamAlerts(request, metadata=tokens.supervisor(REGION))
+        await slow.initial_metadata()
+        # 600 alerts of 1 kB: more than the client's 64 kB window and the server's queue hold.
+        for index in range(count):
+            await publish(js, index, padding=1000)
+        seen: list[selfmonitoring_pb2.Alert] = []
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            while True:
+                alert = await asyncio.wait_for(slow.read(), 10)
+                assert alert is not grpc.aio.EOF
+                seen.append(alert)
+        assert ended.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "resume after the last sequence" in (ended.value.details() or "")
+        status = rpc_status.from_call(ended.value)  # the gateway passes a rich status on as it is
+        assert status is not None and status.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+        assert status.details[0].Is(error_details_pb2.RetryInfo.DESCRIPTOR)
+        assert 0 < len(seen) < count
+        assert [a.breach.sample_size for a in seen] == list(range(len(seen)))
+
+        resumed = stub.StreamAlerts(
+            selfmonitoring_pb2.StreamAlertsRequest(
+                parent=f"regions/{REGION}", resume_after=seen[-1].sequence
+            ),
+            metadata=tokens.supervisor(REGION),
+        )
+        rest = [await asyncio.wait_for(resumed.read(), 10) for _ in range(len(seen), count)]
+        resumed.cancel()
+        assert [a.breach.sample_size for a in rest] == list(range(len(seen), count))
