@@ -103,6 +103,12 @@ CATALOG: tuple[ServiceEntry, ...] = (
                 subject="kasvu.selfmonitoring.v1.BreachOpened.*",
                 durable="registry-breaches",
             ),
+            # A resolved breach reinstates the provider it suspended where the policy says so.
+            Consumption(
+                stream_of="selfmonitoring",
+                subject="kasvu.selfmonitoring.v1.BreachResolved.*",
+                durable="registry-breach-resolutions",
+            ),
             Consumption(
                 stream_of="tendering",
                 subject="kasvu.tendering.v1.MarketFailureDeclared.*",
