@@ -176,7 +176,7 @@ async def test_a_draft_is_changed_and_submitted_through_the_gateway(sqlite_suite
         key = Ed25519PrivateKey.generate()
         body = api.registration_body(terms, PROVIDER, key)
         signature = body.pop("termsSignature")
-        evidence = body.pop("evidence")
+        evidence = list(body.pop("evidence"))  # type: ignore[call-overload]
         body.pop("displayName")
 
         created = await client.post(
@@ -192,7 +192,7 @@ async def test_a_draft_is_changed_and_submitted_through_the_gateway(sqlite_suite
             params={"updateMask": "displayName,evidence,municipalities"},
             json={
                 "displayName": "Työpolku Oy",
-                "evidence": [*evidence, {"requirementCode": "staff-qualification", "declared": True}],  # type: ignore[list-item]
+                "evidence": [*evidence, {"requirementCode": "staff-qualification", "declared": True}],
                 "municipalities": ["837"],
                 "languages": ["sv"],  # not in the mask: left as it was
             },
