@@ -441,6 +441,25 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             next_page_token=paging.next_token({"after": listed[-1].id} if more and listed else None),
         )
 
+    async def ListMunicipalities(
+        self, request: registry_pb2.ListMunicipalitiesRequest, context: Context
+    ) -> registry_pb2.ListMunicipalitiesResponse:
+        paging = page(request.page_size, request.page_token, {})
+        found: list[tuple[str, str, str]] = await self._dispatcher.query(
+            handlers.ListMunicipalities(), call_context()
+        )
+        after = paging.after.get("after", "")
+        listed = [m for m in found if m[0] > after][: paging.size + 1]
+        more = len(listed) > paging.size
+        listed = listed[: paging.size]
+        return registry_pb2.ListMunicipalitiesResponse(
+            municipalities=[
+                registry_pb2.Municipality(code=code, finnish_name=finnish, swedish_name=swedish)
+                for code, finnish, swedish in listed
+            ],
+            next_page_token=paging.next_token({"after": listed[-1][0]} if more else None),
+        )
+
     async def ListServices(
         self, request: registry_pb2.ListServicesRequest, context: Context
     ) -> registry_pb2.ListServicesResponse:

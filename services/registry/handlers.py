@@ -216,6 +216,11 @@ class ListOrganisers(Query):
 
 
 @dataclass(frozen=True)
+class ListMunicipalities(Query):
+    pass
+
+
+@dataclass(frozen=True)
 class ListServices(Query):
     region: str
 
@@ -287,6 +292,13 @@ class ListProviders(Query):
 
 async def list_organisers(query: ListOrganisers, uow: RegistryUnitOfWork) -> list[model.Organiser]:
     return list(catalogue.ORGANISERS)
+
+
+async def list_municipalities(
+    query: ListMunicipalities, uow: RegistryUnitOfWork
+) -> list[tuple[str, str, str]]:
+    """The official municipality codes with their Finnish and Swedish names, by code; public."""
+    return [(code, *names) for code, names in sorted(model.MUNICIPALITIES.items())]
 
 
 async def list_services(query: ListServices, uow: RegistryUnitOfWork) -> list[model.CatalogueService]:
@@ -885,6 +897,7 @@ HANDLERS: dict[type[Any], Any] = {
     CreateService: create_service,
     ListOrganisers: list_organisers,
     ListServices: list_services,
+    ListMunicipalities: list_municipalities,
     GetBreachPolicy: get_breach_policy,
     DecideRegistration: decide_registration,
     SuspendRegistration: suspend_registration,

@@ -93,6 +93,7 @@ CATALOG: tuple[ServiceEntry, ...] = (
                 "kasvu.registry.v1.RegistryService.ListProviders",
                 "kasvu.registry.v1.RegistryService.ListOrganisers",
                 "kasvu.registry.v1.RegistryService.ListServices",
+                "kasvu.registry.v1.RegistryService.ListMunicipalities",
             }
         ),
         # A breach may suspend the provider in the breach's region (the region's breach policy);

@@ -342,6 +342,23 @@ async def test_an_unknown_municipality_is_refused_in_a_registration_and_in_the_l
     assert field_violations(caught[0]) == ["municipality"]
 
 
+async def test_the_municipalities_are_listed_by_code_with_both_names_without_sign_in(registry):
+    first = await registry.stub.ListMunicipalities(registry_pb2.ListMunicipalitiesRequest(page_size=2))
+    assert [m.code for m in first.municipalities] == ["005", "009"]
+    codes: list[str] = [m.code for m in first.municipalities]
+    token = first.next_page_token
+    while token:
+        page = await registry.stub.ListMunicipalities(
+            registry_pb2.ListMunicipalitiesRequest(page_size=100, page_token=token)
+        )
+        codes.extend(m.code for m in page.municipalities)
+        token = page.next_page_token
+        if m := next((m for m in page.municipalities if m.code == "091"), None):
+            assert (m.finnish_name, m.swedish_name) == ("Helsinki", "Helsingfors")
+    assert len(codes) == len(set(codes)) == 309
+    assert codes == sorted(codes)
+
+
 # -- reinstatement when a breach is resolved ----------------------------------------------------
 
 

@@ -302,6 +302,90 @@ class ListOrganisersResponse(_message.Message):
 Global___ListOrganisersResponse: _TypeAlias = ListOrganisersResponse  # noqa: Y015
 
 @_typing.final
+class Municipality(_message.Message):
+    """A municipality (kunta)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    FINNISH_NAME_FIELD_NUMBER: _builtins.int
+    SWEDISH_NAME_FIELD_NUMBER: _builtins.int
+    code: _builtins.str
+    """The official three-digit municipality code, e.g. "837"."""
+    finnish_name: _builtins.str
+    """The Finnish name, e.g. "Tampere"."""
+    swedish_name: _builtins.str
+    """The Swedish name, e.g. "Tammerfors" (the Finnish one where there is none)."""
+    def __init__(
+        self,
+        *,
+        code: _builtins.str = ...,
+        finnish_name: _builtins.str = ...,
+        swedish_name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "finnish_name", b"finnish_name", "swedish_name", b"swedish_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Municipality: _TypeAlias = Municipality  # noqa: Y015
+
+@_typing.final
+class ListMunicipalitiesRequest(_message.Message):
+    """Request for ListMunicipalities."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """At most this many (default 50, at most 500)."""
+    page_token: _builtins.str
+    """From a previous response's next_page_token."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMunicipalitiesRequest: _TypeAlias = ListMunicipalitiesRequest  # noqa: Y015
+
+@_typing.final
+class ListMunicipalitiesResponse(_message.Message):
+    """Response for ListMunicipalities."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MUNICIPALITIES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty when this is the last page."""
+    @_builtins.property
+    def municipalities(self) -> _containers.RepeatedCompositeFieldContainer[Global___Municipality]:
+        """The page, by code."""
+
+    def __init__(
+        self,
+        *,
+        municipalities: _abc.Iterable[Global___Municipality] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["municipalities", b"municipalities", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMunicipalitiesResponse: _TypeAlias = ListMunicipalitiesResponse  # noqa: Y015
+
+@_typing.final
 class CatalogueService(_message.Message):
     """A kind of growth service an organiser may publish terms for."""
 

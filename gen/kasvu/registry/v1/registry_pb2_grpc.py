@@ -123,6 +123,11 @@ class RegistryServiceStub:
                 request_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.ListOrganisersRequest.SerializeToString,
                 response_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.ListOrganisersResponse.FromString,
                 _registered_method=True)
+        self.ListMunicipalities = channel.unary_unary(
+                '/kasvu.registry.v1.RegistryService/ListMunicipalities',
+                request_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.ListMunicipalitiesRequest.SerializeToString,
+                response_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.ListMunicipalitiesResponse.FromString,
+                _registered_method=True)
         self.ListServices = channel.unary_unary(
                 '/kasvu.registry.v1.RegistryService/ListServices',
                 request_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.ListServicesRequest.SerializeToString,
@@ -287,6 +292,15 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListMunicipalities(self, request, context):
+        """Finland's municipalities by official three-digit code, with their Finnish
+        and Swedish names: the codes registrations, attribute checks and the public
+        list's filter accept. Needs no sign-in.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListServices(self, request, context):
         """The services an organiser may publish terms for: the national catalogue and
         its own.
@@ -417,6 +431,11 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.ListOrganisers,
                     request_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.ListOrganisersRequest.FromString,
                     response_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.ListOrganisersResponse.SerializeToString,
+            ),
+            'ListMunicipalities': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMunicipalities,
+                    request_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.ListMunicipalitiesRequest.FromString,
+                    response_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.ListMunicipalitiesResponse.SerializeToString,
             ),
             'ListServices': grpc.unary_unary_rpc_method_handler(
                     servicer.ListServices,
@@ -912,6 +931,33 @@ class RegistryService:
             '/kasvu.registry.v1.RegistryService/ListOrganisers',
             kasvu_dot_registry_dot_v1_dot_registry__pb2.ListOrganisersRequest.SerializeToString,
             kasvu_dot_registry_dot_v1_dot_registry__pb2.ListOrganisersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMunicipalities(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kasvu.registry.v1.RegistryService/ListMunicipalities',
+            kasvu_dot_registry_dot_v1_dot_registry__pb2.ListMunicipalitiesRequest.SerializeToString,
+            kasvu_dot_registry_dot_v1_dot_registry__pb2.ListMunicipalitiesResponse.FromString,
             options,
             channel_credentials,
             insecure,

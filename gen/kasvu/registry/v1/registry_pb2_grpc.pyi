@@ -82,6 +82,11 @@ class RegistryServiceStub:
     """The organisers of growth services: the regions and the Uusimaa joint
     municipal authority.
     """
+    ListMunicipalities: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListMunicipalitiesRequest, _registry_pb2.ListMunicipalitiesResponse]
+    """Finland's municipalities by official three-digit code, with their Finnish
+    and Swedish names: the codes registrations, attribute checks and the public
+    list's filter accept. Needs no sign-in.
+    """
     ListServices: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListServicesRequest, _registry_pb2.ListServicesResponse]
     """The services an organiser may publish terms for: the national catalogue and
     its own.
@@ -150,6 +155,11 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     ListOrganisers: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListOrganisersRequest, _registry_pb2.ListOrganisersResponse]  # type: ignore[assignment]
     """The organisers of growth services: the regions and the Uusimaa joint
     municipal authority.
+    """
+    ListMunicipalities: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListMunicipalitiesRequest, _registry_pb2.ListMunicipalitiesResponse]  # type: ignore[assignment]
+    """Finland's municipalities by official three-digit code, with their Finnish
+    and Swedish names: the codes registrations, attribute checks and the public
+    list's filter accept. Needs no sign-in.
     """
     ListServices: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListServicesRequest, _registry_pb2.ListServicesResponse]  # type: ignore[assignment]
     """The services an organiser may publish terms for: the national catalogue and
@@ -318,6 +328,17 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_registry_pb2.ListOrganisersResponse, _abc.Awaitable[_registry_pb2.ListOrganisersResponse]]:
         """The organisers of growth services: the regions and the Uusimaa joint
         municipal authority.
+        """
+
+    @_abc_1.abstractmethod
+    def ListMunicipalities(
+        self,
+        request: _registry_pb2.ListMunicipalitiesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.ListMunicipalitiesResponse, _abc.Awaitable[_registry_pb2.ListMunicipalitiesResponse]]:
+        """Finland's municipalities by official three-digit code, with their Finnish
+        and Swedish names: the codes registrations, attribute checks and the public
+        list's filter accept. Needs no sign-in.
         """
 
     @_abc_1.abstractmethod
