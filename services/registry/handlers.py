@@ -432,8 +432,12 @@ async def update_registration(command: UpdateRegistration, uow: RegistryUnitOfWo
     """The provider changes its draft; anything but a draft is FAILED_PRECONDITION."""
     registration = await _registration_for(uow, command, grants=None, action="changing a draft")
     _require_draft(registration, "changed")
-    version = command.terms_version if "terms" in command.changes.fields else registration.terms_version
-    terms = await _current_terms(uow, command.region, command.service, version)
+    if "terms" in command.changes.fields:
+        # Moving a draft: only to the current terms. Otherwise its own terms, even superseded
+        # meanwhile, validate the change; the submission then asks for the current ones.
+        terms = await _current_terms(uow, command.region, command.service, command.terms_version)
+    else:
+        terms = await _published_terms(uow, command.region, command.service, registration.terms_version)
     registration.update_draft(command.changes, terms, uow.now)
     return registration
 

@@ -191,6 +191,10 @@ async def test_a_draft_on_superseded_terms_is_refused_on_submission_and_moved_to
     assert error_reason(caught[0]) == "TERMS_SUPERSEDED"
     assert second.name in (caught[0].details() or "")
 
+    renamed = await update(registry, draft, ["display_name"], display_name="Osaajat Oyj")
+    assert (renamed.display_name, renamed.terms) == ("Osaajat Oyj", first.name)
+    async with refused(grpc.StatusCode.FAILED_PRECONDITION):
+        await update(registry, draft, ["terms"], terms=first.name)
     moved = await update(registry, draft, ["terms"], terms=second.name)
     assert moved.terms == second.name
     assert state(await submit(registry, draft, key.sign(second.content_hash))) == "ADMITTED"
