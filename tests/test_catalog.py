@@ -48,6 +48,7 @@ def test_every_public_method_is_a_method_of_its_own_service():
         "kasvu.registry.v1.RegistryService.ListProviders",
         "kasvu.registry.v1.RegistryService.ListOrganisers",
         "kasvu.registry.v1.RegistryService.ListServices",
+        "kasvu.registry.v1.RegistryService.ListMunicipalities",
         "kasvu.tendering.v1.AllianceService.GetMarketFailure",
         # A region's published self-monitoring programme is public.
         "kasvu.selfmonitoring.v1.SelfMonitoringService.GetProgramme",

@@ -46,10 +46,19 @@ def test_the_registry_may_publish_its_own_events_and_read_only_the_events_it_con
             "$JS.API.STREAM.CREATE.KASVU_REGISTRY",
             "$JS.API.STREAM.UPDATE.KASVU_REGISTRY",
             "$JS.API.STREAM.MSG.GET.KASVU_REGISTRY",
-            "$JS.API.CONSUMER.INFO.KASVU_SELFMONITORING.registry-breaches",
-            "$JS.API.CONSUMER.CREATE.KASVU_SELFMONITORING.registry-breaches.kasvu.selfmonitoring.v1.BreachOpened.*",
-            "$JS.API.CONSUMER.MSG.NEXT.KASVU_SELFMONITORING.registry-breaches",
-            "$JS.ACK.KASVU_SELFMONITORING.registry-breaches.>",
+            *(
+                permission
+                for durable, event in (
+                    ("registry-breaches", "BreachOpened"),
+                    ("registry-breach-resolutions", "BreachResolved"),
+                )
+                for permission in (
+                    f"$JS.API.CONSUMER.INFO.KASVU_SELFMONITORING.{durable}",
+                    f"$JS.API.CONSUMER.CREATE.KASVU_SELFMONITORING.{durable}.kasvu.selfmonitoring.v1.{event}.*",
+                    f"$JS.API.CONSUMER.MSG.NEXT.KASVU_SELFMONITORING.{durable}",
+                    f"$JS.ACK.KASVU_SELFMONITORING.{durable}.>",
+                )
+            ),
             *(
                 permission
                 for durable, event in (

@@ -23,6 +23,38 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 SERVICE_NAME = registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name
 EVENT_TYPES = EventTypes.by_name(model.EVENTS, events_pb2)
 
+CONSUMERS: tuple[tuple[str, str, str, Any, Any], ...] = (
+    (
+        consumers.BREACHES_STREAM,
+        consumers.BREACHES_DURABLE,
+        consumers.BREACHES_SUBJECT,
+        selfmonitoring_events.BreachOpened,
+        consumers.suspension_for,
+    ),
+    (
+        consumers.RESOLUTIONS_STREAM,
+        consumers.RESOLUTIONS_DURABLE,
+        consumers.RESOLUTIONS_SUBJECT,
+        selfmonitoring_events.BreachResolved,
+        consumers.reinstatement_for,
+    ),
+    (
+        consumers.TENDERING_STREAM,
+        consumers.MARKET_FAILURES_DECLARED_DURABLE,
+        consumers.MARKET_FAILURES_DECLARED_SUBJECT,
+        tendering_events.MarketFailureDeclared,
+        consumers.market_failure_declared,
+    ),
+    (
+        consumers.TENDERING_STREAM,
+        consumers.MARKET_FAILURES_LIFTED_DURABLE,
+        consumers.MARKET_FAILURES_LIFTED_SUBJECT,
+        tendering_events.MarketFailureLifted,
+        consumers.market_failure_lifted,
+    ),
+)
+"""What the registry consumes: (stream, durable, subject, event type, translate), as wired in run()."""
+
 
 async def run(settings: Settings) -> None:
     host = ServiceHost(settings, migrations=MIGRATIONS)
@@ -40,29 +72,7 @@ async def run(settings: Settings) -> None:
     )
     try:
         await host.start_infrastructure()
-        for stream, durable, subject, event_type, translate in (
-            (
-                consumers.BREACHES_STREAM,
-                consumers.BREACHES_DURABLE,
-                consumers.BREACHES_SUBJECT,
-                selfmonitoring_events.BreachOpened,
-                consumers.suspension_for,
-            ),
-            (
-                consumers.TENDERING_STREAM,
-                consumers.MARKET_FAILURES_DECLARED_DURABLE,
-                consumers.MARKET_FAILURES_DECLARED_SUBJECT,
-                tendering_events.MarketFailureDeclared,
-                consumers.market_failure_declared,
-            ),
-            (
-                consumers.TENDERING_STREAM,
-                consumers.MARKET_FAILURES_LIFTED_DURABLE,
-                consumers.MARKET_FAILURES_LIFTED_SUBJECT,
-                tendering_events.MarketFailureLifted,
-                consumers.market_failure_lifted,
-            ),
-        ):
+        for stream, durable, subject, event_type, translate in CONSUMERS:
             host.add_consumer(
                 partial(
                     _consumer,

@@ -8,7 +8,12 @@ from kasvu.selfmonitoring.v1 import events_pb2 as selfmonitoring_events
 from kasvu.selfmonitoring.v1 import selfmonitoring_pb2
 from kasvu.tendering.v1 import events_pb2 as tendering_events
 
-from services.registry.handlers import LiftMarketFailure, RecordMarketFailure, SuspendProvider
+from services.registry.handlers import (
+    LiftMarketFailure,
+    RecordMarketFailure,
+    ReinstateAfterResolution,
+    SuspendProvider,
+)
 from services.runtime import catalog
 from services.runtime.protoconv import from_timestamp
 
@@ -19,6 +24,11 @@ BREACHES = catalog.consumption("registry", "registry-breaches")
 BREACHES_SUBJECT = BREACHES.subject
 BREACHES_STREAM = catalog.entry(BREACHES.stream_of).stream
 BREACHES_DURABLE = BREACHES.durable
+
+RESOLUTIONS = catalog.consumption("registry", "registry-breach-resolutions")
+RESOLUTIONS_SUBJECT = RESOLUTIONS.subject
+RESOLUTIONS_STREAM = catalog.entry(RESOLUTIONS.stream_of).stream
+RESOLUTIONS_DURABLE = RESOLUTIONS.durable
 
 TENDERING_STREAM = catalog.entry("tendering").stream
 MARKET_FAILURES_DECLARED_SUBJECT = f"{tendering_events.MarketFailureDeclared.DESCRIPTOR.full_name}.*"
@@ -41,6 +51,15 @@ def suspension_for(event: selfmonitoring_events.BreachOpened, subject: str) -> S
         service=breach.service,
         breach=breach.name,
         severity=severity,
+    )
+
+
+def reinstatement_for(event: selfmonitoring_events.BreachResolved, subject: str) -> ReinstateAfterResolution:
+    """A resolved breach, for the region's breach policy to decide whether it reinstates the
+    provider the breach suspended."""
+    breach = event.breach
+    return ReinstateAfterResolution(
+        region=event.region, business_id=breach.provider, service=breach.service, breach=breach.name
     )
 
 

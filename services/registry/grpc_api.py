@@ -4,6 +4,7 @@ object out as proto."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from decimal import Decimal
 from typing import Any, TypeAlias
 
 import grpc
@@ -31,6 +32,7 @@ _KIND = registry_pb2.DESCRIPTOR.enum_types_by_name["RequirementKind"]
 _STATE = registry_pb2.DESCRIPTOR.enum_types_by_name["RegistrationState"]
 _DECIDER = registry_pb2.DESCRIPTOR.enum_types_by_name["Decider"]
 _LEGAL_FORM = registry_pb2.DESCRIPTOR.enum_types_by_name["LegalForm"]
+_ATTRIBUTE = registry_pb2.DESCRIPTOR.enum_types_by_name["Attribute"]
 
 
 def terms_to_proto(terms: model.Terms) -> registry_pb2.Terms:
@@ -46,6 +48,9 @@ def terms_to_proto(terms: model.Terms) -> registry_pb2.Terms:
                 decided_by=registry_pb2.Decider.ValueType(enum_to_proto(r.decided_by, _DECIDER)),
                 legal_basis=r.legal_basis,
                 valid_days=r.valid_days,
+                attribute=registry_pb2.Attribute.ValueType(enum_to_proto(r.attribute, _ATTRIBUTE)),
+                values=r.values,
+                price_ceiling=money(r.price_ceiling) if r.price_ceiling is not None else None,
             )
             for r in terms.requirements
         ],
@@ -98,6 +103,7 @@ def registration_to_proto(registration: model.Registration) -> registry_pb2.Regi
         else None,
         lift_time=timestamp(registration.lift_time) if registration.lift_time else None,
         legal_form=registry_pb2.LegalForm.ValueType(enum_to_proto(registration.legal_form, _LEGAL_FORM)),
+        qualifications=registration.qualifications,
     )
 
 
@@ -121,8 +127,8 @@ def _evidence(evidence: Sequence[registry_pb2.Evidence], prefix: str) -> tuple[m
     )
 
 
-def _registration_parts(name: str) -> tuple[str, str, str]:
-    parts = model.REGISTRATION.parse(name, "name")
+def _registration_parts(name: str, field: str = "name") -> tuple[str, str, str]:
+    parts = model.REGISTRATION.parse(name, field)
     return parts["region"], parts["service"], parts["registration"]
 
 
@@ -142,17 +148,54 @@ def _position(token: Mapping[str, str]) -> tuple[str, str]:
 
 
 def _requirement(r: registry_pb2.Requirement, index: int) -> model.Requirement:
-    path = f"terms.requirements[{index}].kind"
+    path = f"terms.requirements[{index}]"
     return model.Requirement(
         code=r.code.strip(),
         description=r.description,
-        kind=enum_from_proto(model.RequirementKind, r.kind, _KIND, path),
+        kind=enum_from_proto(model.RequirementKind, r.kind, _KIND, f"{path}.kind"),
         max_age_days=r.max_age_days,
         decided_by=model.Decider.PERSON
         if r.decided_by == registry_pb2.DECIDER_PERSON
         else model.Decider.AUTOMATIC,
         legal_basis=r.legal_basis,
         valid_days=r.valid_days,
+        attribute=enum_from_proto(model.Attribute, r.attribute, _ATTRIBUTE, f"{path}.attribute"),
+        values=tuple(r.values),
+        price_ceiling=from_money(r.price_ceiling, f"{path}.price_ceiling")
+        if r.HasField("price_ceiling")
+        else None,
+    )
+
+
+def _legal_form(registration: registry_pb2.Registration) -> model.LegalForm:
+    return enum_from_proto(model.LegalForm, registration.legal_form, _LEGAL_FORM, "registration.legal_form")
+
+
+def _price(registration: registry_pb2.Registration) -> Decimal | None:
+    return from_money(registration.price, "registration.price") if registration.HasField("price") else None
+
+
+def _draft_changes(request: registry_pb2.UpdateRegistrationRequest) -> model.DraftChanges:
+    """The fields the update mask names, or (AIP-134) every updatable field given a value."""
+    registration = request.registration
+    if request.HasField("update_mask") and request.update_mask.paths:
+        fields = tuple(dict.fromkeys(request.update_mask.paths))
+    else:
+        fields = tuple(
+            name
+            for name in model.DRAFT_FIELDS
+            if (registration.HasField("price") if name == "price" else bool(getattr(registration, name)))
+        )
+    return model.DraftChanges(
+        fields=fields,
+        display_name=registration.display_name,
+        evidence=_evidence(registration.evidence, "registration.evidence"),
+        public_key=registration.public_key,
+        municipalities=tuple(registration.municipalities),
+        languages=tuple(registration.languages),
+        price=_price(registration),
+        legal_form=_legal_form(registration),
+        qualifications=tuple(registration.qualifications),
     )
 
 
@@ -199,15 +242,34 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             terms_signature=registration.terms_signature,
             municipalities=tuple(registration.municipalities),
             languages=tuple(registration.languages),
-            price=from_money(registration.price, "registration.price")
-            if registration.HasField("price")
-            else None,
-            legal_form=enum_from_proto(
-                model.LegalForm, registration.legal_form, _LEGAL_FORM, "registration.legal_form"
-            ),
+            price=_price(registration),
+            legal_form=_legal_form(registration),
+            qualifications=tuple(registration.qualifications),
+            draft=request.draft,
         )
         decided = await self._dispatcher.handle(command, call_context(request.request_id))
         return registration_to_proto(decided)
+
+    async def UpdateRegistration(
+        self, request: registry_pb2.UpdateRegistrationRequest, context: Context
+    ) -> registry_pb2.Registration:
+        region, service, registration_id = _registration_parts(request.registration.name, "registration.name")
+        changes = _draft_changes(request)
+        version = 0
+        if "terms" in changes.fields:
+            version = _terms_of(request.registration.terms, "registration.terms", region, service)
+        command = handlers.UpdateRegistration(
+            region, service, registration_id, changes=changes, terms_version=version
+        )
+        return await self._handle(command, request.request_id)
+
+    async def SubmitRegistration(
+        self, request: registry_pb2.SubmitRegistrationRequest, context: Context
+    ) -> registry_pb2.Registration:
+        command = handlers.SubmitRegistration(
+            *_registration_parts(request.name), terms_signature=request.terms_signature
+        )
+        return await self._handle(command, request.request_id)
 
     async def GetRegistration(
         self, request: registry_pb2.GetRegistrationRequest, context: Context
@@ -379,6 +441,25 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             next_page_token=paging.next_token({"after": listed[-1].id} if more and listed else None),
         )
 
+    async def ListMunicipalities(
+        self, request: registry_pb2.ListMunicipalitiesRequest, context: Context
+    ) -> registry_pb2.ListMunicipalitiesResponse:
+        paging = page(request.page_size, request.page_token, {})
+        found: list[tuple[str, str, str]] = await self._dispatcher.query(
+            handlers.ListMunicipalities(), call_context()
+        )
+        after = paging.after.get("after", "")
+        listed = [m for m in found if m[0] > after][: paging.size + 1]
+        more = len(listed) > paging.size
+        listed = listed[: paging.size]
+        return registry_pb2.ListMunicipalitiesResponse(
+            municipalities=[
+                registry_pb2.Municipality(code=code, finnish_name=finnish, swedish_name=swedish)
+                for code, finnish, swedish in listed
+            ],
+            next_page_token=paging.next_token({"after": listed[-1][0]} if more else None),
+        )
+
     async def ListServices(
         self, request: registry_pb2.ListServicesRequest, context: Context
     ) -> registry_pb2.ListServicesResponse:
@@ -410,6 +491,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             suspending_severities=tuple(request.suspending_severities),
             services=tuple(request.services),
             suspend_days=request.suspend_days,
+            reinstate_on_resolution=request.reinstate_on_resolution,
         )
         return _policy_to_proto(await self._dispatcher.handle(command, call_context(request.request_id)))
 
@@ -443,6 +525,7 @@ def _policy_to_proto(policy: model.BreachPolicy) -> registry_pb2.BreachPolicy:
         suspending_severities=policy.suspending_severities,
         services=policy.services,
         suspend_days=policy.suspend_days,
+        reinstate_on_resolution=policy.reinstate_on_resolution,
     )
 
 

@@ -52,6 +52,9 @@ class RegisterProvider(Command):
     languages: tuple[str, ...] = ()
     price: Decimal | None = None
     legal_form: model.LegalForm = model.LegalForm.UNSPECIFIED
+    qualifications: tuple[str, ...] = ()
+    draft: bool = False
+    """Keep it as a draft (no signature, nothing decided) until SubmitRegistration."""
 
 
 @dataclass(frozen=True)
@@ -90,11 +93,23 @@ class SuspendProvider(Command):
 
 
 @dataclass(frozen=True)
+class ReinstateAfterResolution(Command):
+    """A breach was resolved in self-monitoring: the registrations it suspended are reinstated
+    when the region's breach policy says so."""
+
+    region: str
+    business_id: str
+    service: str
+    breach: str
+
+
+@dataclass(frozen=True)
 class SetBreachPolicy(Command):
     region: str
     suspending_severities: tuple[str, ...]
     services: tuple[str, ...]
     suspend_days: int
+    reinstate_on_resolution: bool = False
 
 
 @dataclass(frozen=True)
@@ -141,6 +156,20 @@ class RecommitRegistration(RegistrationCommand):
 
 
 @dataclass(frozen=True)
+class UpdateRegistration(RegistrationCommand):
+    """The provider changes its draft; `changes.terms` is unset here and `terms_version` names it."""
+
+    changes: model.DraftChanges
+    terms_version: int = 0
+    """The new terms version when "terms" is among the changed fields."""
+
+
+@dataclass(frozen=True)
+class SubmitRegistration(RegistrationCommand):
+    terms_signature: bytes
+
+
+@dataclass(frozen=True)
 class RotateRegistrationKey(RegistrationCommand):
     public_key: bytes
     key_signature: bytes
@@ -183,6 +212,11 @@ class CreateService(Command):
 
 @dataclass(frozen=True)
 class ListOrganisers(Query):
+    pass
+
+
+@dataclass(frozen=True)
+class ListMunicipalities(Query):
     pass
 
 
@@ -260,6 +294,13 @@ async def list_organisers(query: ListOrganisers, uow: RegistryUnitOfWork) -> lis
     return list(catalogue.ORGANISERS)
 
 
+async def list_municipalities(
+    query: ListMunicipalities, uow: RegistryUnitOfWork
+) -> list[tuple[str, str, str]]:
+    """The official municipality codes with their Finnish and Swedish names, by code; public."""
+    return [(code, *names) for code, names in sorted(model.MUNICIPALITIES.items())]
+
+
 async def list_services(query: ListServices, uow: RegistryUnitOfWork) -> list[model.CatalogueService]:
     _require_organiser(query.region)
     return await uow.services.of(query.region)
@@ -319,6 +360,8 @@ async def register_provider(command: RegisterProvider, uow: RegistryUnitOfWork) 
     access.require(uow.actor, any_of=[access.provider(business_id)], action="registering")
     await _require_service(uow, command.region, command.service)
     terms = await _current_terms(uow, command.region, command.service, command.terms_version)
+    if command.draft:
+        return await _draft(command, terms, uow)
     registration = model.decide_registration(
         uuid.uuid4().hex,
         terms,
@@ -332,18 +375,91 @@ async def register_provider(command: RegisterProvider, uow: RegistryUnitOfWork) 
         languages=command.languages,
         price=command.price,
         legal_form=command.legal_form,
+        qualifications=command.qualifications,
         actor=uow.context.who,
     )
-    if command.legal_form.municipal:
-        findings = await uow.market_failures.of(command.region, command.service)
-        model.require_market_failure(command.legal_form, command.municipalities, findings, uow.now)
-    if registration.active:
-        active = await uow.registrations.active_of(command.region, business_id, command.service)
-        if active:
-            raise AlreadyExists(
-                f"{business_id} is already registered: {active[0].name}", reason="ALREADY_REGISTERED"
-            )
+    await _check_submission(registration, uow)
     await uow.registrations.add(registration)
+    if registration.listed:
+        await _after_admission(registration, terms, uow)
+    return registration
+
+
+async def _check_submission(registration: model.Registration, uow: RegistryUnitOfWork) -> None:
+    """What a submission needs beyond the registration itself: a market-failure finding for a
+    municipal provider, and no other active registration of the provider in the same scope."""
+    if registration.legal_form.municipal:
+        findings = await uow.market_failures.of(registration.region, registration.service)
+        model.require_market_failure(registration.legal_form, registration.municipalities, findings, uow.now)
+    if registration.active:
+        active = await uow.registrations.active_of(
+            registration.region, registration.business_id, registration.service
+        )
+        if other := [r for r in active if r.id != registration.id]:
+            raise AlreadyExists(
+                f"{registration.business_id} is already registered: {other[0].name}",
+                reason="ALREADY_REGISTERED",
+            )
+
+
+async def _draft(
+    command: RegisterProvider, terms: model.Terms, uow: RegistryUnitOfWork
+) -> model.Registration:
+    """A registration kept as a draft: validated as far as it goes, signed and decided on submission."""
+    if command.terms_signature:
+        description = "a draft is not signed: sign the terms when submitting it"
+        raise InvalidArgument(description, [FieldViolation("registration.terms_signature", description)])
+    registration = model.draft_registration(
+        uuid.uuid4().hex,
+        terms,
+        command.business_id,
+        command.display_name,
+        command.evidence,
+        command.public_key,
+        uow.now,
+        municipalities=command.municipalities,
+        languages=command.languages,
+        price=command.price,
+        legal_form=command.legal_form,
+        qualifications=command.qualifications,
+        actor=uow.context.who,
+    )
+    await uow.registrations.add(registration)
+    return registration
+
+
+async def update_registration(command: UpdateRegistration, uow: RegistryUnitOfWork) -> model.Registration:
+    """The provider changes its draft; anything but a draft is FAILED_PRECONDITION."""
+    registration = await _registration_for(uow, command, grants=None, action="changing a draft")
+    _require_draft(registration, "changed")
+    if "terms" in command.changes.fields:
+        # Moving a draft: only to the current terms. Otherwise its own terms, even superseded
+        # meanwhile, validate the change; the submission then asks for the current ones.
+        terms = await _current_terms(uow, command.region, command.service, command.terms_version)
+    else:
+        terms = await _published_terms(uow, command.region, command.service, registration.terms_version)
+    registration.update_draft(command.changes, terms, uow.now)
+    return registration
+
+
+def _require_draft(registration: model.Registration, action: str) -> None:
+    """Before the terms are read: a registration past its draft is FAILED_PRECONDITION, whatever
+    its terms became since."""
+    if registration.state != model.RegistrationState.DRAFT:
+        raise FailedPrecondition(
+            f"registration {registration.name} is {registration.state.value.lower()}: "
+            f"only a draft can be {action}",
+            reason="NOT_DRAFT",
+        )
+
+
+async def submit_registration(command: SubmitRegistration, uow: RegistryUnitOfWork) -> model.Registration:
+    """The provider submits its draft: decided at once, as a registration made in one call."""
+    registration = await _registration_for(uow, command, grants=None, action="submitting a registration")
+    _require_draft(registration, "submitted")
+    terms = await _current_terms(uow, command.region, command.service, registration.terms_version)
+    registration.submit(terms, command.terms_signature, uow.context.who, uow.now)
+    await _check_submission(registration, uow)
     if registration.listed:
         await _after_admission(registration, terms, uow)
     return registration
@@ -429,12 +545,35 @@ async def _suspend_for_breach(
     return changed
 
 
+async def reinstate_after_resolution(command: ReinstateAfterResolution, uow: RegistryUnitOfWork) -> int:
+    """Reinstates the provider's registrations the resolved breach suspended, in its region and
+    service, when the region's breach policy says so; how many changed. A breach still waiting
+    for the provider's admission is forgotten: it no longer stands."""
+    business_id = model.validate_business_id(command.business_id, "breach.provider")
+    policy = await uow.breach_policies.get(command.region)
+    if not policy.reinstate_on_resolution:
+        return 0
+    await uow.pending_breaches.forget(command.region, command.service, business_id, command.breach)
+    reinstated = 0
+    for registration in await uow.registrations.active_of(command.region, business_id, command.service):
+        if registration.resolve_breach(
+            command.breach, uow.context.who, uow.now, causes=[c for c in [uow.context.causation_id] if c]
+        ):
+            uow.timers.cancel(_timer("lift", registration))
+            reinstated += 1
+    return reinstated
+
+
 async def set_breach_policy(command: SetBreachPolicy, uow: RegistryUnitOfWork) -> model.BreachPolicy:
     access.require(
         uow.actor, any_of=[access.region_admin(command.region)], action="setting the breach policy"
     )
     policy = model.new_breach_policy(
-        command.region, command.suspending_severities, command.services, command.suspend_days
+        command.region,
+        command.suspending_severities,
+        command.services,
+        command.suspend_days,
+        reinstate_on_resolution=command.reinstate_on_resolution,
     )
     await uow.breach_policies.put(policy)
     return policy
@@ -752,6 +891,9 @@ async def _current_terms(uow: RegistryUnitOfWork, region: str, service: str, ver
 HANDLERS: dict[type[Any], Any] = {
     PublishTerms: publish_terms,
     RegisterProvider: register_provider,
+    UpdateRegistration: update_registration,
+    SubmitRegistration: submit_registration,
+    ReinstateAfterResolution: reinstate_after_resolution,
     SuspendProvider: suspend_provider,
     RecordMarketFailure: record_market_failure,
     LiftMarketFailure: lift_market_failure,
@@ -759,6 +901,7 @@ HANDLERS: dict[type[Any], Any] = {
     CreateService: create_service,
     ListOrganisers: list_organisers,
     ListServices: list_services,
+    ListMunicipalities: list_municipalities,
     GetBreachPolicy: get_breach_policy,
     DecideRegistration: decide_registration,
     SuspendRegistration: suspend_registration,

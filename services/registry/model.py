@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import re
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from enum import StrEnum
+from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -35,12 +37,14 @@ __all__ = [
     "DEFAULT_RECOMMIT_DAYS",
     "DEFAULT_VALID_DAYS",
     "EVENTS",
+    "MUNICIPALITIES",
     "ORGANISER",
     "PROVIDER",
     "REGISTRATION",
     "RENEWAL_REMINDER_DAYS",
     "SERVICE",
     "TERMS",
+    "Attribute",
     "BreachPolicy",
     "CatalogueService",
     "Decider",
@@ -61,6 +65,8 @@ __all__ = [
     "ReasonCode",
     "Registration",
     "RegistrationAdmitted",
+    "RegistrationDraftUpdated",
+    "RegistrationDrafted",
     "RegistrationInReview",
     "RegistrationLapsed",
     "RegistrationRecommitted",
@@ -73,9 +79,11 @@ __all__ = [
     "TermsDiff",
     "TermsPublished",
     "TermsSuperseded",
+    "assess_attributes",
     "assess_evidence",
     "decide_registration",
     "diff_terms",
+    "draft_registration",
     "evidence_expiry",
     "new_breach_policy",
     "new_service",
@@ -180,6 +188,23 @@ class RegistrationRejected(RegistrationEvent):
 
     reason_codes: tuple[str, ...]
     decide_time: datetime
+    reason_subjects: tuple[str, ...] = ()
+    """What each reason refers to (the unmet requirement's code), in reason_codes' order."""
+
+
+@dataclass(frozen=True)
+class RegistrationDrafted(RegistrationEvent):
+    """A provider kept a registration as a draft; nothing is decided until it is submitted."""
+
+    draft_time: datetime
+
+
+@dataclass(frozen=True)
+class RegistrationDraftUpdated(RegistrationEvent):
+    """A provider changed its draft registration."""
+
+    fields: tuple[str, ...]
+    update_time: datetime
 
 
 @dataclass(frozen=True)
@@ -273,6 +298,8 @@ EVENTS: tuple[type[Event], ...] = (
     RegistrationRecommitted,
     EvidenceRenewalDue,
     ProviderKeyRotated,
+    RegistrationDrafted,
+    RegistrationDraftUpdated,
 )
 
 
@@ -290,17 +317,32 @@ class RequirementKind(StrEnum):
 
     DECLARATION = "DECLARATION"
     DOCUMENT = "DOCUMENT"
+    ATTRIBUTE_CHECK = "ATTRIBUTE_CHECK"
+    """The registration's own attributes (languages, area, price, qualifications) are checked."""
+
+
+class Attribute(StrEnum):
+    """Which attribute of a registration an attribute check reads."""
+
+    UNSPECIFIED = "UNSPECIFIED"
+    LANGUAGES = "LANGUAGES"
+    """Every language of the requirement's values is offered."""
+    SERVICE_AREA = "SERVICE_AREA"
+    """At least one municipality is named and every one is among the requirement's values."""
+    PRICE_CEILING = "PRICE_CEILING"
+    """A price is given and is at most the requirement's price ceiling."""
+    STAFF_QUALIFICATION = "STAFF_QUALIFICATION"
+    """Every qualification of the requirement's values is declared."""
 
 
 def parse_requirement_kind(name: str, field: str) -> RequirementKind:
-    """The kind named "DECLARATION"/"DOCUMENT" (the proto's "REQUIREMENT_KIND_" prefix allowed).
-
-    Anything else, the proto's UNSPECIFIED included, is refused.
+    """The kind named "DECLARATION"/"DOCUMENT"/"ATTRIBUTE_CHECK" (the proto's "REQUIREMENT_KIND_"
+    prefix allowed). Anything else, the proto's UNSPECIFIED included, is refused.
     """
     try:
         return RequirementKind(name.removeprefix("REQUIREMENT_KIND_"))
     except ValueError:
-        description = "must be DECLARATION or DOCUMENT"
+        description = "must be DECLARATION, DOCUMENT or ATTRIBUTE_CHECK"
         raise InvalidArgument(description, [FieldViolation(field, description)]) from None
 
 
@@ -318,6 +360,12 @@ class Requirement:
     """The law or rule the requirement rests on, e.g. "569/2009 5 §"."""
     valid_days: int = DEFAULT_VALID_DAYS
     """For documents: how long after its issue a document stands; the admission lapses after it."""
+    attribute: Attribute = Attribute.UNSPECIFIED
+    """For attribute checks: the attribute checked."""
+    values: tuple[str, ...] = ()
+    """For attribute checks of languages, service area and qualifications: the codes checked against."""
+    price_ceiling: Decimal | None = None
+    """For a price-ceiling check: the highest price admitted, in euros."""
 
 
 @dataclass(frozen=True)
@@ -346,7 +394,11 @@ class Terms(Aggregate):
         "description", "kind", "max_age_days", "decided_by", "legal_basis",
         "valid_days"}, ...]}, requirements in published order, kind as
         "DECLARATION" or "DOCUMENT", decided_by as "AUTOMATIC" or "PERSON",
-        version, max_age_days and valid_days as JSON integers. For example:
+        version, max_age_days and valid_days as JSON integers. An attribute check
+        (kind "ATTRIBUTE_CHECK") also has "attribute" (e.g. "LANGUAGES"), "values" (a list
+        of strings, in published order) and "price_ceiling" (decimal euros as a string, ""
+        when not set); other kinds have none of the three, so their hashes are as before.
+        For example:
         {"region":"uusimaa","requirements":[{"code":"tax","decided_by":"AUTOMATIC",
         "description":"Verovelkatodistus","kind":"DOCUMENT","legal_basis":"569/2009 5 §",
         "max_age_days":90,"valid_days":365}],"service":"recruitment","title":"Rekrytointi","version":1}
@@ -356,18 +408,7 @@ class Terms(Aggregate):
             "service": self.service,
             "version": self.version,
             "title": self.title,
-            "requirements": [
-                {
-                    "code": requirement.code,
-                    "description": requirement.description,
-                    "kind": str(requirement.kind),
-                    "max_age_days": requirement.max_age_days,
-                    "decided_by": str(requirement.decided_by),
-                    "legal_basis": requirement.legal_basis,
-                    "valid_days": requirement.valid_days,
-                }
-                for requirement in self.requirements
-            ],
+            "requirements": [_canonical_requirement(requirement) for requirement in self.requirements],
         }
         return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
@@ -390,6 +431,25 @@ class Terms(Aggregate):
         deadline = require_aware(now) + timedelta(days=recommit_days)
         self.record(TermsSuperseded(self.name, self.region, self.service, newer.name, deadline, now))
         return deadline
+
+
+def _canonical_requirement(requirement: Requirement) -> dict[str, object]:
+    canonical: dict[str, object] = {
+        "code": requirement.code,
+        "description": requirement.description,
+        "kind": str(requirement.kind),
+        "max_age_days": requirement.max_age_days,
+        "decided_by": str(requirement.decided_by),
+        "legal_basis": requirement.legal_basis,
+        "valid_days": requirement.valid_days,
+    }
+    if requirement.kind == RequirementKind.ATTRIBUTE_CHECK:
+        canonical["attribute"] = str(requirement.attribute)
+        canonical["values"] = list(requirement.values)
+        canonical["price_ceiling"] = (
+            "" if requirement.price_ceiling is None else str(requirement.price_ceiling)
+        )
+    return canonical
 
 
 def diff_terms(old: Terms, new: Terms) -> TermsDiff:
@@ -494,7 +554,8 @@ def _requirement_violations(requirement: Requirement, path: str) -> list[FieldVi
     if violation := check_text(requirement.description, f"{path}.description", DESCRIPTION_MAX_LENGTH):
         found.append(violation)
     if not isinstance(requirement.kind, RequirementKind):
-        found.append(FieldViolation(f"{path}.kind", "must be DECLARATION or DOCUMENT"))
+        found.append(FieldViolation(f"{path}.kind", "must be DECLARATION, DOCUMENT or ATTRIBUTE_CHECK"))
+    found.extend(_attribute_violations(requirement, path))
     max_age_days = requirement.max_age_days or DEFAULT_MAX_AGE_DAYS
     valid_days = requirement.valid_days or DEFAULT_VALID_DAYS
     if requirement.kind == RequirementKind.DOCUMENT:
@@ -509,6 +570,46 @@ def _requirement_violations(requirement: Requirement, path: str) -> list[FieldVi
         violation := check_text(requirement.legal_basis, f"{path}.legal_basis", LEGAL_BASIS_MAX_LENGTH)
     ):
         found.append(violation)
+    return found
+
+
+def _attribute_violations(requirement: Requirement, path: str) -> list[FieldViolation]:
+    """An attribute check names its attribute and what it is checked against; other kinds name neither."""
+    if requirement.kind != RequirementKind.ATTRIBUTE_CHECK:
+        return [
+            FieldViolation(f"{path}.{name}", "is only for attribute checks")
+            for name, given in (
+                ("attribute", requirement.attribute != Attribute.UNSPECIFIED),
+                ("values", bool(requirement.values)),
+                ("price_ceiling", requirement.price_ceiling is not None),
+            )
+            if given
+        ]
+    attribute = requirement.attribute
+    if attribute == Attribute.UNSPECIFIED or not isinstance(attribute, Attribute):
+        return [FieldViolation(f"{path}.attribute", "an attribute check must name its attribute")]
+    found: list[FieldViolation] = []
+    if attribute == Attribute.PRICE_CEILING:
+        if (
+            requirement.price_ceiling is None
+            or not Decimal(0) <= requirement.price_ceiling < Decimal(10) ** 9
+        ):
+            found.append(
+                FieldViolation(f"{path}.price_ceiling", "must be between 0 and 999 999 999.99 euros")
+            )
+        if requirement.values:
+            found.append(FieldViolation(f"{path}.values", "a price-ceiling check takes no values"))
+        return found
+    if requirement.price_ceiling is not None:
+        found.append(FieldViolation(f"{path}.price_ceiling", "is only for a price-ceiling check"))
+    if not requirement.values:
+        found.append(FieldViolation(f"{path}.values", "must name at least one value to check against"))
+    if attribute == Attribute.LANGUAGES:
+        found.extend(validate_areas((), requirement.values, path, languages_field="values"))
+    elif attribute == Attribute.SERVICE_AREA:
+        found.extend(validate_areas(requirement.values, (), path, municipalities_field="values"))
+    else:
+        found.extend(validate_qualifications(requirement.values, f"{path}.values"))
     return found
 
 
@@ -534,6 +635,12 @@ class ReasonCode(StrEnum):
     EVIDENCE_EXPIRED = "EVIDENCE_EXPIRED"
     SUSPENSION_LIFTED = "SUSPENSION_LIFTED"
     MARKET_FAILURE_LIFTED = "MARKET_FAILURE_LIFTED"
+    LANGUAGE_NOT_OFFERED = "LANGUAGE_NOT_OFFERED"
+    OUTSIDE_SERVICE_AREA = "OUTSIDE_SERVICE_AREA"
+    PRICE_MISSING = "PRICE_MISSING"
+    PRICE_ABOVE_CEILING = "PRICE_ABOVE_CEILING"
+    QUALIFICATION_NOT_DECLARED = "QUALIFICATION_NOT_DECLARED"
+    BREACH_RESOLVED = "BREACH_RESOLVED"
 
 
 @dataclass(frozen=True)
@@ -609,8 +716,74 @@ def assess_evidence(terms: Terms, evidence: Sequence[Evidence], today: date) -> 
     return reasons
 
 
+def assess_attributes(
+    terms: Terms,
+    municipalities: Sequence[str],
+    languages: Sequence[str],
+    price: Decimal | None,
+    qualifications: Sequence[str],
+) -> list[Reason]:
+    """The reasons the registration's attributes fall short of the terms' automatic attribute
+    checks, one per unmet requirement in requirement order; empty when all hold. Checks a person
+    decides are left to that person (the registration goes to review)."""
+    reasons: list[Reason] = []
+    for requirement in terms.requirements:
+        if requirement.kind != RequirementKind.ATTRIBUTE_CHECK or requirement.decided_by != Decider.AUTOMATIC:
+            continue
+        reason = _attribute_shortfall(requirement, municipalities, languages, price, qualifications)
+        if reason is not None:
+            reasons.append(reason)
+    return reasons
+
+
+def _attribute_shortfall(
+    requirement: Requirement,
+    municipalities: Sequence[str],
+    languages: Sequence[str],
+    price: Decimal | None,
+    qualifications: Sequence[str],
+) -> Reason | None:
+    code = requirement.code
+    match requirement.attribute:
+        case Attribute.LANGUAGES:
+            if missing := [v for v in requirement.values if v not in languages]:
+                return Reason(
+                    ReasonCode.LANGUAGE_NOT_OFFERED,
+                    code,
+                    f"The service must be offered in {', '.join(missing)} ({code!r}).",
+                )
+        case Attribute.SERVICE_AREA:
+            outside = [m for m in municipalities if m not in requirement.values]
+            if outside or not municipalities:
+                where = ", ".join(outside) if outside else "no municipality"
+                return Reason(
+                    ReasonCode.OUTSIDE_SERVICE_AREA,
+                    code,
+                    f"The service area must lie within the terms' area ({code!r}); it names {where}.",
+                )
+        case Attribute.PRICE_CEILING:
+            if price is None:
+                return Reason(ReasonCode.PRICE_MISSING, code, f"A price must be given ({code!r}).")
+            if requirement.price_ceiling is not None and price > requirement.price_ceiling:
+                return Reason(
+                    ReasonCode.PRICE_ABOVE_CEILING,
+                    code,
+                    f"The price {price} € is above the ceiling of {requirement.price_ceiling} € ({code!r}).",
+                )
+        case Attribute.STAFF_QUALIFICATION:
+            if missing := [v for v in requirement.values if v not in qualifications]:
+                return Reason(
+                    ReasonCode.QUALIFICATION_NOT_DECLARED,
+                    code,
+                    f"Staff qualifications {', '.join(missing)} are not declared ({code!r}).",
+                )
+    return None
+
+
 def _shortfall(requirement: Requirement, evidence: Evidence | None, today: date) -> Reason | None:
     code = requirement.code
+    if requirement.kind == RequirementKind.ATTRIBUTE_CHECK:
+        return None  # read from the registration itself: assess_attributes
     if requirement.kind == RequirementKind.DECLARATION:
         if evidence is None or not evidence.declared:
             return Reason(
@@ -637,8 +810,11 @@ def _shortfall(requirement: Requirement, evidence: Evidence | None, today: date)
 
 
 class RegistrationState(StrEnum):
-    """Where a registration stands. Draft and submitted are not stored: the registry decides on
-    submission, so a stored registration is already in review, admitted or rejected."""
+    """Where a registration stands. A draft is stored until the provider submits it; submitted is
+    not: the registry decides on submission, in the same unit of work, so a submitted
+    registration is already in review, admitted or rejected."""
+
+    DRAFT = "DRAFT"
 
     ADMITTED = "ADMITTED"
     REJECTED = "REJECTED"
@@ -658,6 +834,8 @@ ACTIVE_STATES = frozenset(
 class DecisionKind(StrEnum):
     """What a decision on a registration did."""
 
+    DRAFT = "DRAFT"
+    """The provider kept the registration as a draft: the record of who started it, when."""
     ADMISSION = "ADMISSION"
     REJECTION = "REJECTION"
     REVIEW = "REVIEW"
@@ -690,39 +868,89 @@ class Decision:
 
 _MUNICIPALITY = re.compile(r"[0-9]{3}")
 _LANGUAGE = re.compile(r"[a-z]{2}")
+_QUALIFICATION = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+_MUNICIPALITY_DESCRIPTION = "a three-digit municipality code, e.g. 837"
+_LANGUAGE_DESCRIPTION = "an ISO 639-1 language code, e.g. fi"
+
+
+def _load_municipalities() -> dict[str, tuple[str, str]]:
+    """The code list, derived from Posti's postal code file (see the file's header comment)."""
+    path = Path(__file__).with_name("data") / "municipalities.csv"
+    with path.open(encoding="utf-8", newline="") as file:
+        rows = csv.DictReader(line for line in file if not line.startswith("#"))
+        return {row["code"]: (row["name_fi"], row["name_sv"]) for row in rows}
+
+
+MUNICIPALITIES: dict[str, tuple[str, str]] = _load_municipalities()
+"""Finland's municipalities by official three-digit code (kuntanumero): (Finnish name, Swedish name)."""
+
+
+def _municipality_violation(value: str, field: str) -> FieldViolation | None:
+    if _MUNICIPALITY.fullmatch(value) is None:
+        return FieldViolation(field, f"must be {_MUNICIPALITY_DESCRIPTION}")
+    if value not in MUNICIPALITIES:
+        return FieldViolation(field, f"{value!r} is not the code of a Finnish municipality")
+    return None
+
+
+def _language_violation(value: str, field: str) -> FieldViolation | None:
+    if _LANGUAGE.fullmatch(value) is None:
+        return FieldViolation(field, f"must be {_LANGUAGE_DESCRIPTION}")
+    return None
 
 
 def validate_areas(
-    municipalities: Sequence[str], languages: Sequence[str], prefix: str
+    municipalities: Sequence[str],
+    languages: Sequence[str],
+    prefix: str,
+    *,
+    municipalities_field: str = "municipalities",
+    languages_field: str = "languages",
 ) -> list[FieldViolation]:
-    """Municipalities as official three-digit codes and languages as ISO 639-1 codes, no repeats."""
+    """Municipalities as official three-digit codes of existing municipalities and languages as
+    ISO 639-1 codes, no repeats."""
     violations: list[FieldViolation] = []
-    for values, name, pattern, description in (
-        (municipalities, "municipalities", _MUNICIPALITY, "a three-digit municipality code, e.g. 837"),
-        (languages, "languages", _LANGUAGE, "an ISO 639-1 language code, e.g. fi"),
+    for values, name, check in (
+        (municipalities, municipalities_field, _municipality_violation),
+        (languages, languages_field, _language_violation),
     ):
         if len(values) > MAX_AREAS:
             violations.append(FieldViolation(f"{prefix}.{name}", f"must hold at most {MAX_AREAS} items"))
             continue
         seen: set[str] = set()
         for index, value in enumerate(values):
-            if pattern.fullmatch(value) is None:
-                violations.append(FieldViolation(f"{prefix}.{name}[{index}]", f"must be {description}"))
+            if (violation := check(value, f"{prefix}.{name}[{index}]")) is not None:
+                violations.append(violation)
             elif value in seen:
                 violations.append(FieldViolation(f"{prefix}.{name}[{index}]", f"repeats {value!r}"))
             seen.add(value)
     return violations
 
 
+def validate_qualifications(qualifications: Sequence[str], field: str) -> list[FieldViolation]:
+    """Qualification codes: lowercase letters, digits and hyphens, no repeats."""
+    if len(qualifications) > MAX_REQUIREMENTS:
+        return [FieldViolation(field, f"must hold at most {MAX_REQUIREMENTS} items")]
+    violations: list[FieldViolation] = []
+    for index, value in enumerate(qualifications):
+        if _QUALIFICATION.fullmatch(value) is None:
+            violations.append(
+                FieldViolation(f"{field}[{index}]", "must be a code of lowercase letters, digits and hyphens")
+            )
+        elif value in qualifications[:index]:
+            violations.append(FieldViolation(f"{field}[{index}]", f"repeats {value!r}"))
+    return violations
+
+
 def validate_list_filter(municipality: str, language: str) -> None:
     """The public list's filters: a municipality code and a language code, each optional."""
     violations = [
-        FieldViolation(name, f"must be {description}")
-        for value, name, pattern, description in (
-            (municipality, "municipality", _MUNICIPALITY, "a three-digit municipality code, e.g. 837"),
-            (language, "language", _LANGUAGE, "an ISO 639-1 language code, e.g. fi"),
+        violation
+        for value, name, check in (
+            (municipality, "municipality", _municipality_violation),
+            (language, "language", _language_violation),
         )
-        if value and pattern.fullmatch(value) is None
+        if value and (violation := check(value, name)) is not None
     ]
     raise_if_any(violations, "the filter is invalid")
 
@@ -850,6 +1078,8 @@ class Registration(Aggregate):
     """Set while a newer terms version waits for this provider's commitment."""
     lift_time: datetime | None = None
     """Set while a timed suspension stands."""
+    qualifications: tuple[str, ...] = ()
+    """Staff qualifications the provider declares, for the terms' staff-qualification checks."""
 
     @property
     def name(self) -> str:
@@ -905,8 +1135,53 @@ class Registration(Aggregate):
             self._admit(actor, now, reasons)
         else:
             validate_reasons(reasons, "reasons")
-            self._decide(DecisionKind.REJECTION, RegistrationState.REJECTED, reasons, actor=actor, now=now)
-            self.record(RegistrationRejected(*self._common(), tuple(r.code for r in reasons), now))
+            self._reject(reasons, actor, now)
+
+    def _reject(self, reasons: Sequence[Reason], actor: str, now: datetime) -> None:
+        self._decide(DecisionKind.REJECTION, RegistrationState.REJECTED, reasons, actor=actor, now=now)
+        self.record(
+            RegistrationRejected(
+                *self._common(), tuple(r.code for r in reasons), now, tuple(r.subject for r in reasons)
+            )
+        )
+
+    def _submitted(self, terms: Terms, reasons: Sequence[Reason], actor: str, now: datetime) -> None:
+        """Record the submission (ProviderRegistered) and decide it at once: rejected with
+        `reasons` when there are any, else in review when a person decides part of the terms,
+        else admitted."""
+        self.record(ProviderRegistered(*self._common(), now))
+        if reasons:
+            self._reject(reasons, actor, now)
+        elif terms.needs_a_person:
+            self._decide(DecisionKind.REVIEW, RegistrationState.IN_REVIEW, (), actor=actor, now=now)
+            self.record(RegistrationInReview(*self._common(), now))
+        else:
+            self._admit(actor, now)
+
+    def update_draft(self, changes: DraftChanges, terms: Terms, now: datetime) -> None:
+        """The provider changes its draft: `changes.fields` replace the stored ones, validated as on
+        submission; `terms` is the draft's terms version (or the new one when terms change)."""
+        _update_draft(self, changes, terms, now)
+
+    def submit(self, terms: Terms, signature: bytes, actor: str, now: datetime) -> None:
+        """The provider submits its draft, signing `terms` (the draft's version, current): the
+        registration is then validated in full and decided as a one-call registration is."""
+        self._require(frozenset({RegistrationState.DRAFT}), "submitted", "NOT_DRAFT")
+        if (terms.region, terms.service, terms.version) != (self.region, self.service, self.terms_version):
+            raise ValueError(f"{terms.name} is not the terms of {self.name}")
+        violations, reasons = _registration_violations(
+            terms,
+            self.display_name,
+            self.evidence,
+            self.municipalities,
+            self.languages,
+            self.price,
+            self.qualifications,
+            now,
+            commitment=(self.public_key, signature, "terms_signature"),
+        )
+        raise_if_any(violations, "the draft cannot be submitted")
+        self._submitted(terms, reasons, actor, now)
 
     def _admit(self, actor: str, now: datetime, reasons: Sequence[Reason] = ()) -> None:
         self._decide(DecisionKind.ADMISSION, RegistrationState.ADMITTED, reasons, actor=actor, now=now)
@@ -989,6 +1264,21 @@ class Registration(Aggregate):
         self.lift_time = None
         self.record(ProviderReinstated(*self._common(), tuple(r.code for r in reasons), now))
 
+    def resolve_breach(self, breach: str, actor: str, now: datetime, causes: Sequence[str] = ()) -> bool:
+        """Reinstate after the breach that suspended this registration was resolved (the region's
+        breach policy decides whether a resolution reinstates); False when this breach is not
+        what holds the registration suspended, so a redelivered or unrelated resolution changes
+        nothing. The decision cites the breach and `causes` (the resolution event)."""
+        if self.state != RegistrationState.SUSPENDED or not breach or self.suspended_by_breach != breach:
+            return False
+        reason = Reason(
+            ReasonCode.BREACH_RESOLVED,
+            breach,
+            f"Quality breach {breach}, which suspended this provider, was resolved.",
+        )
+        self.reinstate([reason], actor, now, causes=[breach, *causes])
+        return True
+
     def revoke(self, reasons: Sequence[Reason], actor: str, now: datetime) -> None:
         """Remove an admitted or suspended provider for good, with reasons."""
         self._require(
@@ -1001,8 +1291,8 @@ class Registration(Aggregate):
         self.record(ProviderRevoked(*self._common(), tuple(r.code for r in reasons), now))
 
     def withdraw(self, actor: str, now: datetime) -> None:
-        """The provider withdraws a registration that is in review, admitted or suspended."""
-        self._require(ACTIVE_STATES, "withdrawn", "NOT_ACTIVE")
+        """The provider withdraws a draft, or a registration that is in review, admitted or suspended."""
+        self._require(ACTIVE_STATES | {RegistrationState.DRAFT}, "withdrawn", "NOT_ACTIVE")
         self._decide(DecisionKind.WITHDRAWAL, RegistrationState.WITHDRAWN, (), actor=actor, now=now)
         self.lift_time = None
         self.recommit_deadline = None
@@ -1062,6 +1352,9 @@ class Registration(Aggregate):
             shortfalls = assess_evidence(terms, evidence, finnish_date(now))
         except InvalidArgument as error:
             violations.extend(error.violations)
+        shortfalls.extend(
+            assess_attributes(terms, self.municipalities, self.languages, self.price, self.qualifications)
+        )
         raise_if_any(violations, "the re-commitment is invalid")
         if shortfalls:
             raise FailedPrecondition(
@@ -1176,6 +1469,9 @@ class BreachPolicy:
     """The services a breach suspends in; empty: every service."""
     suspend_days: int = 0
     """How long a breach suspends before the suspension lifts itself; 0: until reinstated."""
+    reinstate_on_resolution: bool = False
+    """Whether a breach's resolution (self-monitoring's BreachResolved) reinstates the provider
+    that breach suspended; False: a person reinstates."""
 
     @property
     def name(self) -> str:
@@ -1189,7 +1485,12 @@ class BreachPolicy:
 
 
 def new_breach_policy(
-    region: str, suspending_severities: Sequence[str], services: Sequence[str], suspend_days: int
+    region: str,
+    suspending_severities: Sequence[str],
+    services: Sequence[str],
+    suspend_days: int,
+    *,
+    reinstate_on_resolution: bool = False,
 ) -> BreachPolicy:
     """Validate a breach policy; every violation is reported at once."""
     violations: list[FieldViolation] = []
@@ -1209,8 +1510,54 @@ def new_breach_policy(
         violations.append(FieldViolation("suspend_days", f"must be between 0 and {MAX_SUSPEND_DAYS}"))
     raise_if_any(violations, "the breach policy is invalid")
     return BreachPolicy(
-        region, tuple(dict.fromkeys(suspending_severities)), tuple(dict.fromkeys(services)), suspend_days
+        region,
+        tuple(dict.fromkeys(suspending_severities)),
+        tuple(dict.fromkeys(services)),
+        suspend_days,
+        reinstate_on_resolution,
     )
+
+
+def _registration_violations(  # noqa: PLR0917 - the registration's parts, as decide_registration's
+    terms: Terms,
+    display_name: str,
+    evidence: Sequence[Evidence],
+    municipalities: Sequence[str],
+    languages: Sequence[str],
+    price: Decimal | None,
+    qualifications: Sequence[str],
+    now: datetime,
+    *,
+    commitment: tuple[bytes, bytes, str] | None = None,
+) -> tuple[list[FieldViolation], list[Reason]]:
+    """What is malformed in a registration's own parts (not its business ID), and the reasons its
+    evidence and attributes fall short of the terms. `commitment`, when given, is the public key,
+    the signature over the terms' hash and the field the signature came in."""
+    violations: list[FieldViolation] = []
+    if violation := check_text(display_name, "registration.display_name", DISPLAY_NAME_MAX_LENGTH):
+        violations.append(violation)
+    violations.extend(validate_areas(municipalities, languages, "registration"))
+    violations.extend(validate_qualifications(qualifications, "registration.qualifications"))
+    if price is not None and not (Decimal(0) <= price < Decimal(10) ** 9):
+        violations.append(FieldViolation("registration.price", "must be between 0 and 999 999 999.99 euros"))
+    if commitment is not None:
+        public_key, signature, signature_field = commitment
+        try:
+            verify_commitment(public_key, signature, terms.content_hash)
+        except InvalidArgument as error:
+            violations.extend(
+                FieldViolation(signature_field, v.description)
+                if v.field == "registration.terms_signature"
+                else v
+                for v in error.violations
+            )
+    reasons: list[Reason] = []
+    try:
+        reasons = assess_evidence(terms, evidence, finnish_date(now))
+    except InvalidArgument as error:
+        violations.extend(error.violations)
+    reasons.extend(assess_attributes(terms, municipalities, languages, price, qualifications))
+    return violations, reasons
 
 
 def decide_registration(  # noqa: PLR0917 - positional order fixed by the handlers' contract
@@ -1227,10 +1574,12 @@ def decide_registration(  # noqa: PLR0917 - positional order fixed by the handle
     languages: Sequence[str] = (),
     price: Decimal | None = None,
     legal_form: LegalForm = LegalForm.UNSPECIFIED,
+    qualifications: Sequence[str] = (),
     actor: str = "system",
 ) -> Registration:
-    """Decide a registration at once: REJECTED with a reason per unmet requirement; else IN_REVIEW
-    when a person of the region decides part of the terms; else ADMITTED.
+    """Decide a registration at once: REJECTED with a reason per unmet requirement (evidence and
+    automatic attribute checks); else IN_REVIEW when a person of the region decides part of the
+    terms; else ADMITTED.
 
     Malformed input (business ID, name, areas, signature, evidence) raises one
     InvalidArgument listing every violation. "today", against which documents are
@@ -1243,30 +1592,63 @@ def decide_registration(  # noqa: PLR0917 - positional order fixed by the handle
         canonical_business_id = validate_business_id(business_id, "registration.business_id")
     except InvalidArgument as error:
         violations.extend(error.violations)
-    if violation := check_text(display_name, "registration.display_name", DISPLAY_NAME_MAX_LENGTH):
-        violations.append(violation)
-    violations.extend(validate_areas(municipalities, languages, "registration"))
-    if price is not None and not (Decimal(0) <= price < Decimal(10) ** 9):
-        violations.append(FieldViolation("registration.price", "must be between 0 and 999 999 999.99 euros"))
-    try:
-        verify_commitment(public_key, signature, terms.content_hash)
-    except InvalidArgument as error:
-        violations.extend(error.violations)
-    reasons: list[Reason] = []
-    try:
-        reasons = assess_evidence(terms, evidence, finnish_date(now))
-    except InvalidArgument as error:
-        violations.extend(error.violations)
+    own, reasons = _registration_violations(
+        terms,
+        display_name,
+        evidence,
+        municipalities,
+        languages,
+        price,
+        qualifications,
+        now,
+        commitment=(public_key, signature, "registration.terms_signature"),
+    )
+    violations.extend(own)
     raise_if_any(violations, "the registration is invalid")
 
-    registration = Registration(
+    registration = _new_registration(
+        id,
+        terms,
+        canonical_business_id,
+        display_name,
+        RegistrationState.IN_REVIEW,
+        now,
+        public_key=public_key,
+        evidence=evidence,
+        municipalities=municipalities,
+        languages=languages,
+        price=price,
+        legal_form=legal_form,
+        qualifications=qualifications,
+    )
+    registration._submitted(terms, reasons, actor, now)
+    return registration
+
+
+def _new_registration(  # noqa: PLR0917 - what every new registration names
+    id: str,
+    terms: Terms,
+    business_id: str,
+    display_name: str,
+    state: RegistrationState,
+    now: datetime,
+    *,
+    public_key: bytes,
+    evidence: Sequence[Evidence],
+    municipalities: Sequence[str],
+    languages: Sequence[str],
+    price: Decimal | None,
+    legal_form: LegalForm,
+    qualifications: Sequence[str],
+) -> Registration:
+    return Registration(
         id=id,
         region=terms.region,
         service=terms.service,
         terms_version=terms.version,
-        business_id=canonical_business_id,
+        business_id=business_id,
         display_name=display_name.strip(),
-        state=RegistrationState.IN_REVIEW,
+        state=state,
         reasons=[],
         created_at=now,
         updated_at=now,
@@ -1276,17 +1658,149 @@ def decide_registration(  # noqa: PLR0917 - positional order fixed by the handle
         languages=tuple(languages),
         price=price,
         legal_form=legal_form,
+        qualifications=tuple(qualifications),
     )
-    common = registration._common()
-    registration.record(ProviderRegistered(*common, now))
-    if reasons:
-        registration._decide(
-            DecisionKind.REJECTION, RegistrationState.REJECTED, reasons, actor=actor, now=now
+
+
+def draft_registration(  # noqa: PLR0917 - decide_registration's order, without the signature
+    id: str,
+    terms: Terms,
+    business_id: str,
+    display_name: str,
+    evidence: Sequence[Evidence],
+    public_key: bytes,
+    now: datetime,
+    *,
+    municipalities: Sequence[str] = (),
+    languages: Sequence[str] = (),
+    price: Decimal | None = None,
+    legal_form: LegalForm = LegalForm.UNSPECIFIED,
+    qualifications: Sequence[str] = (),
+    actor: str = "system",
+) -> Registration:
+    """Keep a registration as a draft: nothing is decided, nothing is signed. What is given is
+    validated as on submission (malformed input raises InvalidArgument with every violation);
+    a name, key and evidence may still be missing, and unmet requirements are no reason yet."""
+    require_aware(now)
+    violations: list[FieldViolation] = []
+    canonical_business_id = business_id
+    try:
+        canonical_business_id = validate_business_id(business_id, "registration.business_id")
+    except InvalidArgument as error:
+        violations.extend(error.violations)
+    violations.extend(
+        _draft_violations(
+            terms, display_name, evidence, public_key, municipalities, languages, price, qualifications, now
         )
-        registration.record(RegistrationRejected(*common, tuple(r.code for r in reasons), now))
-    elif terms.needs_a_person:
-        registration._decide(DecisionKind.REVIEW, RegistrationState.IN_REVIEW, (), actor=actor, now=now)
-        registration.record(RegistrationInReview(*common, now))
-    else:
-        registration._admit(actor, now)
+    )
+    raise_if_any(violations, "the draft is invalid")
+    registration = _new_registration(
+        id,
+        terms,
+        canonical_business_id,
+        display_name,
+        RegistrationState.DRAFT,
+        now,
+        public_key=public_key,
+        evidence=evidence,
+        municipalities=municipalities,
+        languages=languages,
+        price=price,
+        legal_form=legal_form,
+        qualifications=qualifications,
+    )
+    registration._decide(DecisionKind.DRAFT, RegistrationState.DRAFT, (), actor=actor, now=now)
+    registration.record(RegistrationDrafted(*registration._common(), now))
     return registration
+
+
+def _draft_violations(  # noqa: PLR0917 - the draft's parts
+    terms: Terms,
+    display_name: str,
+    evidence: Sequence[Evidence],
+    public_key: bytes,
+    municipalities: Sequence[str],
+    languages: Sequence[str],
+    price: Decimal | None,
+    qualifications: Sequence[str],
+    now: datetime,
+) -> list[FieldViolation]:
+    violations, _ = _registration_violations(
+        terms, display_name or "draft", evidence, municipalities, languages, price, qualifications, now
+    )
+    if public_key:
+        try:
+            Ed25519PublicKey.from_public_bytes(public_key)
+        except ValueError:
+            violations.append(
+                FieldViolation("registration.public_key", "must be a raw 32-byte Ed25519 public key")
+            )
+    return violations
+
+
+DRAFT_FIELDS = (
+    "terms",
+    "display_name",
+    "evidence",
+    "public_key",
+    "municipalities",
+    "languages",
+    "price",
+    "legal_form",
+    "qualifications",
+)
+"""The fields of a draft its provider may change, by their proto names."""
+
+
+@dataclass(frozen=True)
+class DraftChanges:
+    """New values for some of a draft's fields: those named in `fields` (of DRAFT_FIELDS)."""
+
+    fields: tuple[str, ...]
+    terms: Terms | None = None
+    display_name: str = ""
+    evidence: tuple[Evidence, ...] = ()
+    public_key: bytes = b""
+    municipalities: tuple[str, ...] = ()
+    languages: tuple[str, ...] = ()
+    price: Decimal | None = None
+    legal_form: LegalForm = LegalForm.UNSPECIFIED
+    qualifications: tuple[str, ...] = ()
+
+
+def _update_draft(registration: Registration, changes: DraftChanges, terms: Terms, now: datetime) -> None:
+    registration._require(frozenset({RegistrationState.DRAFT}), "changed", "NOT_DRAFT")
+    unknown = [name for name in changes.fields if name not in DRAFT_FIELDS]
+    if unknown:
+        description = f"only {', '.join(DRAFT_FIELDS)} of a draft may change"
+        raise InvalidArgument(
+            description, [FieldViolation("update_mask", f"{name}: {description}") for name in unknown]
+        )
+    given = {name: getattr(changes, name) for name in changes.fields if name != "terms"}
+    merged = {name: given.get(name, getattr(registration, name)) for name in DRAFT_FIELDS if name != "terms"}
+    target = changes.terms if "terms" in changes.fields and changes.terms is not None else terms
+    raise_if_any(
+        _draft_violations(
+            target,
+            merged["display_name"],
+            merged["evidence"],
+            merged["public_key"],
+            merged["municipalities"],
+            merged["languages"],
+            merged["price"],
+            merged["qualifications"],
+            now,
+        ),
+        "the draft is invalid",
+    )
+    registration.terms_version = target.version
+    registration.display_name = merged["display_name"].strip()
+    registration.evidence = tuple(merged["evidence"])
+    registration.public_key = merged["public_key"]
+    registration.municipalities = tuple(merged["municipalities"])
+    registration.languages = tuple(merged["languages"])
+    registration.price = merged["price"]
+    registration.legal_form = merged["legal_form"]
+    registration.qualifications = tuple(merged["qualifications"])
+    registration.updated_at = require_aware(now)
+    registration.record(RegistrationDraftUpdated(*registration._common(), tuple(changes.fields), now))

@@ -10,7 +10,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Index, and_, bindparam, delete, insert, inspect, or_, update
+from sqlalchemy import Index, and_, bindparam, delete, false, insert, inspect, or_, update
 from sqlmodel import Field, SQLModel, col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -73,6 +73,7 @@ class RegistrationRow(SQLModel, table=True):
     legal_form: str = Field(
         default="UNSPECIFIED", max_length=20, sa_column_kwargs={"server_default": "UNSPECIFIED"}
     )
+    qualifications_json: str = Field(default="[]", sa_column_kwargs={"server_default": "[]"})
 
 
 class MarketFailureRow(SQLModel, table=True):
@@ -144,6 +145,7 @@ class BreachPolicyRow(SQLModel, table=True):
     services_json: str
     suspend_days: int
     updated_at: datetime = utc_field()
+    reinstate_on_resolution: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
 
 
 REGISTRY_TABLES = (
@@ -213,6 +215,9 @@ def _requirements_json(terms: model.Terms) -> str:
                 "decided_by": str(r.decided_by),
                 "legal_basis": r.legal_basis,
                 "valid_days": r.valid_days,
+                "attribute": str(r.attribute),
+                "values": list(r.values),
+                "price_ceiling": "" if r.price_ceiling is None else str(r.price_ceiling),
             }
             for r in terms.requirements
         ]
@@ -234,6 +239,9 @@ def terms_from_row(row: TermsRow) -> model.Terms:
                 decided_by=model.Decider(r.get("decided_by", "AUTOMATIC")),
                 legal_basis=r.get("legal_basis", ""),
                 valid_days=r.get("valid_days", model.DEFAULT_VALID_DAYS),
+                attribute=model.Attribute(r.get("attribute", "UNSPECIFIED")),
+                values=tuple(r.get("values", ())),
+                price_ceiling=Decimal(r["price_ceiling"]) if r.get("price_ceiling") else None,
             )
             for r in json.loads(row.requirements_json)
         ),
@@ -337,6 +345,7 @@ def registration_from_row(row: Any) -> model.Registration:
         recommit_deadline=row.recommit_deadline,
         lift_time=row.lift_time,
         legal_form=model.LegalForm(row.legal_form),
+        qualifications=tuple(json.loads(row.qualifications_json)),
     )
 
 
@@ -354,6 +363,13 @@ def _mutable_columns(registration: model.Registration) -> dict[str, Any]:
         "recommit_deadline": registration.recommit_deadline,
         "lift_time": registration.lift_time,
         "public_key": registration.public_key,
+        # What a draft's provider may change besides the above (registry-full: drafts).
+        "display_name": registration.display_name,
+        "municipalities_json": json.dumps(registration.municipalities),
+        "languages_json": json.dumps(registration.languages),
+        "price": str(registration.price) if registration.price is not None else "",
+        "legal_form": str(registration.legal_form),
+        "qualifications_json": json.dumps(registration.qualifications),
     }
 
 
@@ -364,11 +380,6 @@ def _registration_columns(registration: model.Registration, mutable: dict[str, A
         "region": registration.region,
         "service": registration.service,
         "business_id": registration.business_id,
-        "display_name": registration.display_name,
-        "municipalities_json": json.dumps(registration.municipalities),
-        "languages_json": json.dumps(registration.languages),
-        "price": str(registration.price) if registration.price is not None else "",
-        "legal_form": str(registration.legal_form),
         "created_at": registration.created_at,
         **mutable,
     }
@@ -671,6 +682,13 @@ class PendingBreachRepository:
                 insert(PENDING_BREACHES).values(**key, received_at=self._uow.now)
             )
 
+    async def forget(self, region: str, service: str, business_id: str, breach: str) -> None:
+        """A breach that no longer stands (resolved) before the provider was admitted."""
+        key = {"region": region, "service": service, "business_id": business_id, "breach": breach}
+        await self._uow.connection.execute(
+            delete(PENDING_BREACHES).where(*(PENDING_BREACHES.c[k] == v for k, v in key.items()))
+        )
+
     async def take(self, region: str, service: str, business_id: str) -> list[str]:
         """The breaches waiting for this provider's admission, oldest first; they are removed."""
         result = await _PENDING.execute(
@@ -702,6 +720,7 @@ class BreachPolicyRepository:
             tuple(json.loads(row.suspending_severities_json)),
             tuple(json.loads(row.services_json)),
             row.suspend_days,
+            row.reinstate_on_resolution,
         )
 
     async def put(self, policy: model.BreachPolicy) -> None:
@@ -709,6 +728,7 @@ class BreachPolicyRepository:
             "suspending_severities_json": json.dumps(policy.suspending_severities),
             "services_json": json.dumps(policy.services),
             "suspend_days": policy.suspend_days,
+            "reinstate_on_resolution": policy.reinstate_on_resolution,
             "updated_at": self._uow.now,
         }
         row = await self._session.get(BreachPolicyRow, policy.region)

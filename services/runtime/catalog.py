@@ -93,6 +93,7 @@ CATALOG: tuple[ServiceEntry, ...] = (
                 "kasvu.registry.v1.RegistryService.ListProviders",
                 "kasvu.registry.v1.RegistryService.ListOrganisers",
                 "kasvu.registry.v1.RegistryService.ListServices",
+                "kasvu.registry.v1.RegistryService.ListMunicipalities",
             }
         ),
         # A breach may suspend the provider in the breach's region (the region's breach policy);
@@ -102,6 +103,12 @@ CATALOG: tuple[ServiceEntry, ...] = (
                 stream_of="selfmonitoring",
                 subject="kasvu.selfmonitoring.v1.BreachOpened.*",
                 durable="registry-breaches",
+            ),
+            # A resolved breach reinstates the provider it suspended where the policy says so.
+            Consumption(
+                stream_of="selfmonitoring",
+                subject="kasvu.selfmonitoring.v1.BreachResolved.*",
+                durable="registry-breach-resolutions",
             ),
             Consumption(
                 stream_of="tendering",

@@ -166,3 +166,52 @@ async def test_a_timed_suspension_lifts_itself_after_the_registry_restarts(sqlit
             assert asyncio.get_running_loop().time() < deadline, reply.text
             await asyncio.sleep(0.1)
         assert reply.json()["decisions"][-1]["reasons"][0]["code"] == "SUSPENSION_LIFTED"
+
+
+async def test_a_draft_is_changed_and_submitted_through_the_gateway(sqlite_suite: LocalSuite) -> None:
+    async with httpx.AsyncClient(base_url=sqlite_suite.gateway_url, timeout=10.0) as client:
+        api = Api(sqlite_suite, client)
+        provider = api.auth(Role.PROVIDER, PROVIDER)
+        terms = await publish(api, "Rekrytointi 2026")
+        key = Ed25519PrivateKey.generate()
+        body = api.registration_body(terms, PROVIDER, key)
+        signature = body.pop("termsSignature")
+        evidence = list(body.pop("evidence"))  # type: ignore[call-overload]
+        body.pop("displayName")
+
+        created = await client.post(
+            f"{SERVICE_PATH}/registrations", params={"draft": "true"}, json=body, headers=provider
+        )
+        assert created.status_code == 200, created.text
+        draft = created.json()
+        assert draft["state"] == "REGISTRATION_STATE_DRAFT"
+        name = draft["name"]
+
+        changed = await client.patch(
+            f"/v1/{name}",
+            params={"updateMask": "displayName,evidence,municipalities"},
+            json={
+                "displayName": "Työpolku Oy",
+                "evidence": [*evidence, {"requirementCode": "staff-qualification", "declared": True}],
+                "municipalities": ["837"],
+                "languages": ["sv"],  # not in the mask: left as it was
+            },
+            headers=provider,
+        )
+        assert changed.status_code == 200, changed.text
+        assert (changed.json()["displayName"], changed.json()["municipalities"]) == ("Työpolku Oy", ["837"])
+        assert changed.json().get("languages", []) == []
+
+        unknown = await client.patch(f"/v1/{name}", json={"municipalities": ["999"]}, headers=provider)
+        assert unknown.status_code == 400, unknown.text
+
+        submitted = await client.post(
+            f"/v1/{name}:submit", json={"termsSignature": signature}, headers=provider
+        )
+        assert submitted.status_code == 200, submitted.text
+        assert submitted.json()["state"] == "REGISTRATION_STATE_IN_REVIEW"
+        assert [d["kind"] for d in submitted.json()["decisions"]] == ["DRAFT", "REVIEW"]
+
+        again = await client.post(f"/v1/{name}:submit", json={"termsSignature": signature}, headers=provider)
+        assert again.status_code == 400, again.text
+        assert "NOT_DRAFT" in again.text

@@ -134,6 +134,7 @@ class RegistrationRejected(_message.Message):
     BUSINESS_ID_FIELD_NUMBER: _builtins.int
     REASON_CODES_FIELD_NUMBER: _builtins.int
     DECIDE_TIME_FIELD_NUMBER: _builtins.int
+    REASON_SUBJECTS_FIELD_NUMBER: _builtins.int
     registration: _builtins.str
     """The registration."""
     terms: _builtins.str
@@ -152,6 +153,12 @@ class RegistrationRejected(_message.Message):
     def decide_time(self) -> _timestamp_pb2.Timestamp:
         """When."""
 
+    @_builtins.property
+    def reason_subjects(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What each reason refers to, in the order of reason_codes: the unmet
+        requirement's code (or the subject a person's reason names).
+        """
+
     def __init__(
         self,
         *,
@@ -162,10 +169,11 @@ class RegistrationRejected(_message.Message):
         business_id: _builtins.str = ...,
         reason_codes: _abc.Iterable[_builtins.str] | None = ...,
         decide_time: _timestamp_pb2.Timestamp | None = ...,
+        reason_subjects: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["decide_time", b"decide_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["business_id", b"business_id", "decide_time", b"decide_time", "reason_codes", b"reason_codes", "region", b"region", "registration", b"registration", "service", b"service", "terms", b"terms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["business_id", b"business_id", "decide_time", b"decide_time", "reason_codes", b"reason_codes", "reason_subjects", b"reason_subjects", "region", b"region", "registration", b"registration", "service", b"service", "terms", b"terms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -700,3 +708,99 @@ class EvidenceRenewalDue(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EvidenceRenewalDue: _TypeAlias = EvidenceRenewalDue  # noqa: Y015
+
+@_typing.final
+class RegistrationDrafted(_message.Message):
+    """A provider saved a registration as a draft; nothing is decided until it is
+    submitted (ProviderRegistered then follows).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGISTRATION_FIELD_NUMBER: _builtins.int
+    TERMS_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    BUSINESS_ID_FIELD_NUMBER: _builtins.int
+    DRAFT_TIME_FIELD_NUMBER: _builtins.int
+    registration: _builtins.str
+    """The draft registration."""
+    terms: _builtins.str
+    """The terms version it is drafted against."""
+    region: _builtins.str
+    """The region."""
+    service: _builtins.str
+    """The service."""
+    business_id: _builtins.str
+    """The provider's business ID."""
+    @_builtins.property
+    def draft_time(self) -> _timestamp_pb2.Timestamp:
+        """When."""
+
+    def __init__(
+        self,
+        *,
+        registration: _builtins.str = ...,
+        terms: _builtins.str = ...,
+        region: _builtins.str = ...,
+        service: _builtins.str = ...,
+        business_id: _builtins.str = ...,
+        draft_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["draft_time", b"draft_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["business_id", b"business_id", "draft_time", b"draft_time", "region", b"region", "registration", b"registration", "service", b"service", "terms", b"terms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegistrationDrafted: _TypeAlias = RegistrationDrafted  # noqa: Y015
+
+@_typing.final
+class RegistrationDraftUpdated(_message.Message):
+    """A provider changed its draft registration."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGISTRATION_FIELD_NUMBER: _builtins.int
+    TERMS_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    BUSINESS_ID_FIELD_NUMBER: _builtins.int
+    FIELDS_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    registration: _builtins.str
+    """The draft registration."""
+    terms: _builtins.str
+    """The terms version it is drafted against, after the change."""
+    region: _builtins.str
+    """The region."""
+    service: _builtins.str
+    """The service."""
+    business_id: _builtins.str
+    """The provider's business ID."""
+    @_builtins.property
+    def fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The fields that changed (proto field names)."""
+
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """When."""
+
+    def __init__(
+        self,
+        *,
+        registration: _builtins.str = ...,
+        terms: _builtins.str = ...,
+        region: _builtins.str = ...,
+        service: _builtins.str = ...,
+        business_id: _builtins.str = ...,
+        fields: _abc.Iterable[_builtins.str] | None = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["business_id", b"business_id", "fields", b"fields", "region", b"region", "registration", b"registration", "service", b"service", "terms", b"terms", "update_time", b"update_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegistrationDraftUpdated: _TypeAlias = RegistrationDraftUpdated  # noqa: Y015

@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -106,6 +107,10 @@ class _RequirementKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Requi
     """The provider submits a document (e.g. a tax or insurance certificate)
     issued no longer ago than the requirement's maximum age.
     """
+    REQUIREMENT_KIND_ATTRIBUTE_CHECK: _RequirementKind.ValueType  # 3
+    """The registration's own attributes are checked: languages offered, service
+    area, price ceiling or staff qualifications (see Requirement.attribute).
+    """
 
 class RequirementKind(_RequirementKind, metaclass=_RequirementKindEnumTypeWrapper):
     """How a requirement is shown to be met."""
@@ -118,7 +123,51 @@ REQUIREMENT_KIND_DOCUMENT: RequirementKind.ValueType  # 2
 """The provider submits a document (e.g. a tax or insurance certificate)
 issued no longer ago than the requirement's maximum age.
 """
+REQUIREMENT_KIND_ATTRIBUTE_CHECK: RequirementKind.ValueType  # 3
+"""The registration's own attributes are checked: languages offered, service
+area, price ceiling or staff qualifications (see Requirement.attribute).
+"""
 Global___RequirementKind: _TypeAlias = RequirementKind  # noqa: Y015
+
+class _Attribute:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AttributeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Attribute.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ATTRIBUTE_UNSPECIFIED: _Attribute.ValueType  # 0
+    """Not set; refused for an attribute check."""
+    ATTRIBUTE_LANGUAGES: _Attribute.ValueType  # 1
+    """The registration offers every language in `values` (ISO 639-1)."""
+    ATTRIBUTE_SERVICE_AREA: _Attribute.ValueType  # 2
+    """The registration names at least one municipality, and every one of them
+    is in `values` (official three-digit codes).
+    """
+    ATTRIBUTE_PRICE_CEILING: _Attribute.ValueType  # 3
+    """The registration gives a price no higher than `price_ceiling`."""
+    ATTRIBUTE_STAFF_QUALIFICATION: _Attribute.ValueType  # 4
+    """The registration declares every staff qualification in `values` (codes
+    the terms define, e.g. "career-counsellor-degree").
+    """
+
+class Attribute(_Attribute, metaclass=_AttributeEnumTypeWrapper):
+    """Which attribute of a registration an attribute check reads."""
+
+ATTRIBUTE_UNSPECIFIED: Attribute.ValueType  # 0
+"""Not set; refused for an attribute check."""
+ATTRIBUTE_LANGUAGES: Attribute.ValueType  # 1
+"""The registration offers every language in `values` (ISO 639-1)."""
+ATTRIBUTE_SERVICE_AREA: Attribute.ValueType  # 2
+"""The registration names at least one municipality, and every one of them
+is in `values` (official three-digit codes).
+"""
+ATTRIBUTE_PRICE_CEILING: Attribute.ValueType  # 3
+"""The registration gives a price no higher than `price_ceiling`."""
+ATTRIBUTE_STAFF_QUALIFICATION: Attribute.ValueType  # 4
+"""The registration declares every staff qualification in `values` (codes
+the terms define, e.g. "career-counsellor-degree").
+"""
+Global___Attribute: _TypeAlias = Attribute  # noqa: Y015
 
 class _RegistrationState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -142,6 +191,8 @@ class _RegistrationStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Reg
     """Removed by the region for good."""
     REGISTRATION_STATE_WITHDRAWN: _RegistrationState.ValueType  # 7
     """Withdrawn by the provider."""
+    REGISTRATION_STATE_DRAFT: _RegistrationState.ValueType  # 8
+    """Kept by the provider, not yet submitted: nothing is decided."""
 
 class RegistrationState(_RegistrationState, metaclass=_RegistrationStateEnumTypeWrapper):
     """Where a registration stands."""
@@ -162,6 +213,8 @@ REGISTRATION_STATE_REVOKED: RegistrationState.ValueType  # 6
 """Removed by the region for good."""
 REGISTRATION_STATE_WITHDRAWN: RegistrationState.ValueType  # 7
 """Withdrawn by the provider."""
+REGISTRATION_STATE_DRAFT: RegistrationState.ValueType  # 8
+"""Kept by the provider, not yet submitted: nothing is decided."""
 Global___RegistrationState: _TypeAlias = RegistrationState  # noqa: Y015
 
 @_typing.final
@@ -247,6 +300,90 @@ class ListOrganisersResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListOrganisersResponse: _TypeAlias = ListOrganisersResponse  # noqa: Y015
+
+@_typing.final
+class Municipality(_message.Message):
+    """A municipality (kunta)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    FINNISH_NAME_FIELD_NUMBER: _builtins.int
+    SWEDISH_NAME_FIELD_NUMBER: _builtins.int
+    code: _builtins.str
+    """The official three-digit municipality code, e.g. "837"."""
+    finnish_name: _builtins.str
+    """The Finnish name, e.g. "Tampere"."""
+    swedish_name: _builtins.str
+    """The Swedish name, e.g. "Tammerfors" (the Finnish one where there is none)."""
+    def __init__(
+        self,
+        *,
+        code: _builtins.str = ...,
+        finnish_name: _builtins.str = ...,
+        swedish_name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "finnish_name", b"finnish_name", "swedish_name", b"swedish_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Municipality: _TypeAlias = Municipality  # noqa: Y015
+
+@_typing.final
+class ListMunicipalitiesRequest(_message.Message):
+    """Request for ListMunicipalities."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """At most this many (default 50, at most 500)."""
+    page_token: _builtins.str
+    """From a previous response's next_page_token."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMunicipalitiesRequest: _TypeAlias = ListMunicipalitiesRequest  # noqa: Y015
+
+@_typing.final
+class ListMunicipalitiesResponse(_message.Message):
+    """Response for ListMunicipalities."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MUNICIPALITIES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty when this is the last page."""
+    @_builtins.property
+    def municipalities(self) -> _containers.RepeatedCompositeFieldContainer[Global___Municipality]:
+        """The page, by code."""
+
+    def __init__(
+        self,
+        *,
+        municipalities: _abc.Iterable[Global___Municipality] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["municipalities", b"municipalities", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMunicipalitiesResponse: _TypeAlias = ListMunicipalitiesResponse  # noqa: Y015
 
 @_typing.final
 class CatalogueService(_message.Message):
@@ -372,10 +509,15 @@ class BreachPolicy(_message.Message):
     SUSPENDING_SEVERITIES_FIELD_NUMBER: _builtins.int
     SERVICES_FIELD_NUMBER: _builtins.int
     SUSPEND_DAYS_FIELD_NUMBER: _builtins.int
+    REINSTATE_ON_RESOLUTION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """regions/{region}/breachPolicy"""
     suspend_days: _builtins.int
     """Days after which a breach's suspension lifts itself; 0: until reinstated."""
+    reinstate_on_resolution: _builtins.bool
+    """Whether the breach's resolution (self-monitoring's BreachResolved) reinstates
+    the provider its breach suspended (default: no, a person reinstates).
+    """
     @_builtins.property
     def suspending_severities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Severities that suspend: "WARNING", "SERIOUS" (default: SERIOUS only)."""
@@ -391,10 +533,11 @@ class BreachPolicy(_message.Message):
         suspending_severities: _abc.Iterable[_builtins.str] | None = ...,
         services: _abc.Iterable[_builtins.str] | None = ...,
         suspend_days: _builtins.int = ...,
+        reinstate_on_resolution: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "services", b"services", "suspend_days", b"suspend_days", "suspending_severities", b"suspending_severities"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "reinstate_on_resolution", b"reinstate_on_resolution", "services", b"services", "suspend_days", b"suspend_days", "suspending_severities", b"suspending_severities"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -433,12 +576,15 @@ class SetBreachPolicyRequest(_message.Message):
     SERVICES_FIELD_NUMBER: _builtins.int
     SUSPEND_DAYS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    REINSTATE_ON_RESOLUTION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """regions/{region}/breachPolicy"""
     suspend_days: _builtins.int
     """Days after which a breach's suspension lifts itself; 0: until reinstated."""
     request_id: _builtins.str
     """Idempotency key."""
+    reinstate_on_resolution: _builtins.bool
+    """Whether the breach's resolution reinstates the provider its breach suspended."""
     @_builtins.property
     def suspending_severities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Severities that suspend: "WARNING", "SERIOUS"; at least one."""
@@ -455,10 +601,11 @@ class SetBreachPolicyRequest(_message.Message):
         services: _abc.Iterable[_builtins.str] | None = ...,
         suspend_days: _builtins.int = ...,
         request_id: _builtins.str = ...,
+        reinstate_on_resolution: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "request_id", b"request_id", "services", b"services", "suspend_days", b"suspend_days", "suspending_severities", b"suspending_severities"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "reinstate_on_resolution", b"reinstate_on_resolution", "request_id", b"request_id", "services", b"services", "suspend_days", b"suspend_days", "suspending_severities", b"suspending_severities"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -477,6 +624,9 @@ class Requirement(_message.Message):
     DECIDED_BY_FIELD_NUMBER: _builtins.int
     LEGAL_BASIS_FIELD_NUMBER: _builtins.int
     VALID_DAYS_FIELD_NUMBER: _builtins.int
+    ATTRIBUTE_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    PRICE_CEILING_FIELD_NUMBER: _builtins.int
     code: _builtins.str
     """Stable code within the terms, e.g. "prepayment-register"."""
     description: _builtins.str
@@ -495,6 +645,18 @@ class Requirement(_message.Message):
     """For documents: how long after its issue a document stands, in days (default
     365); the admission lapses when it expires unless renewed.
     """
+    attribute: Global___Attribute.ValueType
+    """For attribute checks: the attribute checked."""
+    @_builtins.property
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """For attribute checks of languages, service area and staff qualification:
+        the codes the attribute is checked against.
+        """
+
+    @_builtins.property
+    def price_ceiling(self) -> _money_pb2.Money:
+        """For a price-ceiling check: the highest price admitted, in euros."""
+
     def __init__(
         self,
         *,
@@ -505,10 +667,13 @@ class Requirement(_message.Message):
         decided_by: Global___Decider.ValueType = ...,
         legal_basis: _builtins.str = ...,
         valid_days: _builtins.int = ...,
+        attribute: Global___Attribute.ValueType = ...,
+        values: _abc.Iterable[_builtins.str] | None = ...,
+        price_ceiling: _money_pb2.Money | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["price_ceiling", b"price_ceiling"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "decided_by", b"decided_by", "description", b"description", "kind", b"kind", "legal_basis", b"legal_basis", "max_age_days", b"max_age_days", "valid_days", b"valid_days"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attribute", b"attribute", "code", b"code", "decided_by", b"decided_by", "description", b"description", "kind", b"kind", "legal_basis", b"legal_basis", "max_age_days", b"max_age_days", "price_ceiling", b"price_ceiling", "valid_days", b"valid_days", "values", b"values"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -671,8 +836,8 @@ class Decision(_message.Message):
     TERMS_FIELD_NUMBER: _builtins.int
     LIFT_TIME_FIELD_NUMBER: _builtins.int
     kind: _builtins.str
-    """ADMISSION, REJECTION, REVIEW, SUSPENSION, REINSTATEMENT, REVOCATION, LAPSE,
-    WITHDRAWAL or RECOMMITMENT.
+    """DRAFT, ADMISSION, REJECTION, REVIEW, SUSPENSION, REINSTATEMENT, REVOCATION,
+    LAPSE, WITHDRAWAL or RECOMMITMENT.
     """
     state: Global___RegistrationState.ValueType
     """The state the decision led to."""
@@ -770,6 +935,7 @@ class Registration(_message.Message):
     RECOMMIT_DEADLINE_FIELD_NUMBER: _builtins.int
     LIFT_TIME_FIELD_NUMBER: _builtins.int
     LEGAL_FORM_FIELD_NUMBER: _builtins.int
+    QUALIFICATIONS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """regions/{region}/services/{service}/registrations/{registration}"""
     terms: _builtins.str
@@ -783,7 +949,9 @@ class Registration(_message.Message):
     public_key: _builtins.bytes
     """Raw 32-byte Ed25519 public key of the provider."""
     terms_signature: _builtins.bytes
-    """Ed25519 signature over the bytes of the terms' content hash."""
+    """Ed25519 signature over the bytes of the terms' content hash. Not given for
+    a draft: the draft is signed when it is submitted.
+    """
     state: Global___RegistrationState.ValueType
     """The decision."""
     legal_form: Global___LegalForm.ValueType
@@ -830,6 +998,12 @@ class Registration(_message.Message):
     def lift_time(self) -> _timestamp_pb2.Timestamp:
         """Set while a timed suspension stands."""
 
+    @_builtins.property
+    def qualifications(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Staff qualifications the provider declares (codes the terms define), for
+        the terms' staff-qualification checks.
+        """
+
     def __init__(
         self,
         *,
@@ -851,10 +1025,11 @@ class Registration(_message.Message):
         recommit_deadline: _timestamp_pb2.Timestamp | None = ...,
         lift_time: _timestamp_pb2.Timestamp | None = ...,
         legal_form: Global___LegalForm.ValueType = ...,
+        qualifications: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "lift_time", b"lift_time", "price", b"price", "recommit_deadline", b"recommit_deadline", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["business_id", b"business_id", "create_time", b"create_time", "decisions", b"decisions", "display_name", b"display_name", "evidence", b"evidence", "languages", b"languages", "legal_form", b"legal_form", "lift_time", b"lift_time", "municipalities", b"municipalities", "name", b"name", "price", b"price", "public_key", b"public_key", "reasons", b"reasons", "recommit_deadline", b"recommit_deadline", "state", b"state", "terms", b"terms", "terms_signature", b"terms_signature", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["business_id", b"business_id", "create_time", b"create_time", "decisions", b"decisions", "display_name", b"display_name", "evidence", b"evidence", "languages", b"languages", "legal_form", b"legal_form", "lift_time", b"lift_time", "municipalities", b"municipalities", "name", b"name", "price", b"price", "public_key", b"public_key", "qualifications", b"qualifications", "reasons", b"reasons", "recommit_deadline", b"recommit_deadline", "state", b"state", "terms", b"terms", "terms_signature", b"terms_signature", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -869,10 +1044,16 @@ class RegisterProviderRequest(_message.Message):
     PARENT_FIELD_NUMBER: _builtins.int
     REGISTRATION_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    DRAFT_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     """regions/{region}/services/{service}"""
     request_id: _builtins.str
     """Idempotency key: a retry with the same key returns the first result."""
+    draft: _builtins.bool
+    """Keep the registration as a draft (state DRAFT): nothing is decided and no
+    signature is given until SubmitRegistration. Evidence, area, languages and
+    price may still be missing; what is given is validated as on submission.
+    """
     @_builtins.property
     def registration(self) -> Global___Registration:
         """The registration."""
@@ -883,14 +1064,84 @@ class RegisterProviderRequest(_message.Message):
         parent: _builtins.str = ...,
         registration: Global___Registration | None = ...,
         request_id: _builtins.str = ...,
+        draft: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["registration", b"registration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["parent", b"parent", "registration", b"registration", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["draft", b"draft", "parent", b"parent", "registration", b"registration", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RegisterProviderRequest: _TypeAlias = RegisterProviderRequest  # noqa: Y015
+
+@_typing.final
+class UpdateRegistrationRequest(_message.Message):
+    """Request for UpdateRegistration."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGISTRATION_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Idempotency key."""
+    @_builtins.property
+    def registration(self) -> Global___Registration:
+        """The draft, with its name; the fields in `update_mask` replace the stored
+        ones. Updatable: terms, display_name, evidence, public_key,
+        municipalities, languages, price, legal_form, qualifications.
+        """
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """The fields to replace; empty: every updatable field given a value."""
+
+    def __init__(
+        self,
+        *,
+        registration: Global___Registration | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["registration", b"registration", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["registration", b"registration", "request_id", b"request_id", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateRegistrationRequest: _TypeAlias = UpdateRegistrationRequest  # noqa: Y015
+
+@_typing.final
+class SubmitRegistrationRequest(_message.Message):
+    """Request for SubmitRegistration."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TERMS_SIGNATURE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """regions/{region}/services/{service}/registrations/{registration}"""
+    terms_signature: _builtins.bytes
+    """Ed25519 signature, with the draft's key, over the bytes of its terms'
+    content hash: the provider's commitment to the terms.
+    """
+    request_id: _builtins.str
+    """Idempotency key."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        terms_signature: _builtins.bytes = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "request_id", b"request_id", "terms_signature", b"terms_signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitRegistrationRequest: _TypeAlias = SubmitRegistrationRequest  # noqa: Y015
 
 @_typing.final
 class GetRegistrationRequest(_message.Message):

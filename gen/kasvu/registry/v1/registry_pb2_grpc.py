@@ -53,6 +53,16 @@ class RegistryServiceStub:
                 request_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.RegisterProviderRequest.SerializeToString,
                 response_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.Registration.FromString,
                 _registered_method=True)
+        self.UpdateRegistration = channel.unary_unary(
+                '/kasvu.registry.v1.RegistryService/UpdateRegistration',
+                request_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.UpdateRegistrationRequest.SerializeToString,
+                response_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.Registration.FromString,
+                _registered_method=True)
+        self.SubmitRegistration = channel.unary_unary(
+                '/kasvu.registry.v1.RegistryService/SubmitRegistration',
+                request_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.SubmitRegistrationRequest.SerializeToString,
+                response_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.Registration.FromString,
+                _registered_method=True)
         self.GetRegistration = channel.unary_unary(
                 '/kasvu.registry.v1.RegistryService/GetRegistration',
                 request_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.GetRegistrationRequest.SerializeToString,
@@ -113,6 +123,11 @@ class RegistryServiceStub:
                 request_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.ListOrganisersRequest.SerializeToString,
                 response_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.ListOrganisersResponse.FromString,
                 _registered_method=True)
+        self.ListMunicipalities = channel.unary_unary(
+                '/kasvu.registry.v1.RegistryService/ListMunicipalities',
+                request_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.ListMunicipalitiesRequest.SerializeToString,
+                response_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.ListMunicipalitiesResponse.FromString,
+                _registered_method=True)
         self.ListServices = channel.unary_unary(
                 '/kasvu.registry.v1.RegistryService/ListServices',
                 request_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.ListServicesRequest.SerializeToString,
@@ -168,6 +183,23 @@ class RegistryServiceServicer:
 
     def RegisterProvider(self, request, context):
         """Registers a provider against a terms version; the registry decides at once.
+        With `draft` set, the registration is kept as a draft instead, to be
+        completed with UpdateRegistration and submitted with SubmitRegistration.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateRegistration(self, request, context):
+        """The provider changes its draft registration; only a draft may change.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitRegistration(self, request, context):
+        """The provider submits its draft, committing to the terms by signing them; the
+        registry decides at once, as for a registration made in one call.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -260,6 +292,15 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListMunicipalities(self, request, context):
+        """Finland's municipalities by official three-digit code, with their Finnish
+        and Swedish names: the codes registrations, attribute checks and the public
+        list's filter accept. Needs no sign-in.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListServices(self, request, context):
         """The services an organiser may publish terms for: the national catalogue and
         its own.
@@ -321,6 +362,16 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     request_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.RegisterProviderRequest.FromString,
                     response_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.Registration.SerializeToString,
             ),
+            'UpdateRegistration': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateRegistration,
+                    request_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.UpdateRegistrationRequest.FromString,
+                    response_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.Registration.SerializeToString,
+            ),
+            'SubmitRegistration': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitRegistration,
+                    request_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.SubmitRegistrationRequest.FromString,
+                    response_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.Registration.SerializeToString,
+            ),
             'GetRegistration': grpc.unary_unary_rpc_method_handler(
                     servicer.GetRegistration,
                     request_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.GetRegistrationRequest.FromString,
@@ -380,6 +431,11 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.ListOrganisers,
                     request_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.ListOrganisersRequest.FromString,
                     response_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.ListOrganisersResponse.SerializeToString,
+            ),
+            'ListMunicipalities': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMunicipalities,
+                    request_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.ListMunicipalitiesRequest.FromString,
+                    response_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.ListMunicipalitiesResponse.SerializeToString,
             ),
             'ListServices': grpc.unary_unary_rpc_method_handler(
                     servicer.ListServices,
@@ -496,6 +552,60 @@ class RegistryService:
             target,
             '/kasvu.registry.v1.RegistryService/RegisterProvider',
             kasvu_dot_registry_dot_v1_dot_registry__pb2.RegisterProviderRequest.SerializeToString,
+            kasvu_dot_registry_dot_v1_dot_registry__pb2.Registration.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateRegistration(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kasvu.registry.v1.RegistryService/UpdateRegistration',
+            kasvu_dot_registry_dot_v1_dot_registry__pb2.UpdateRegistrationRequest.SerializeToString,
+            kasvu_dot_registry_dot_v1_dot_registry__pb2.Registration.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitRegistration(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kasvu.registry.v1.RegistryService/SubmitRegistration',
+            kasvu_dot_registry_dot_v1_dot_registry__pb2.SubmitRegistrationRequest.SerializeToString,
             kasvu_dot_registry_dot_v1_dot_registry__pb2.Registration.FromString,
             options,
             channel_credentials,
@@ -821,6 +931,33 @@ class RegistryService:
             '/kasvu.registry.v1.RegistryService/ListOrganisers',
             kasvu_dot_registry_dot_v1_dot_registry__pb2.ListOrganisersRequest.SerializeToString,
             kasvu_dot_registry_dot_v1_dot_registry__pb2.ListOrganisersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMunicipalities(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kasvu.registry.v1.RegistryService/ListMunicipalities',
+            kasvu_dot_registry_dot_v1_dot_registry__pb2.ListMunicipalitiesRequest.SerializeToString,
+            kasvu_dot_registry_dot_v1_dot_registry__pb2.ListMunicipalitiesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -42,7 +42,16 @@ class RegistryServiceStub:
     GetTerms: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetTermsRequest, _registry_pb2.Terms]
     """Gets one published terms version."""
     RegisterProvider: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RegisterProviderRequest, _registry_pb2.Registration]
-    """Registers a provider against a terms version; the registry decides at once."""
+    """Registers a provider against a terms version; the registry decides at once.
+    With `draft` set, the registration is kept as a draft instead, to be
+    completed with UpdateRegistration and submitted with SubmitRegistration.
+    """
+    UpdateRegistration: _grpc.UnaryUnaryMultiCallable[_registry_pb2.UpdateRegistrationRequest, _registry_pb2.Registration]
+    """The provider changes its draft registration; only a draft may change."""
+    SubmitRegistration: _grpc.UnaryUnaryMultiCallable[_registry_pb2.SubmitRegistrationRequest, _registry_pb2.Registration]
+    """The provider submits its draft, committing to the terms by signing them; the
+    registry decides at once, as for a registration made in one call.
+    """
     GetRegistration: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetRegistrationRequest, _registry_pb2.Registration]
     """Gets one registration with its current state."""
     ListProviders: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListProvidersRequest, _registry_pb2.ListProvidersResponse]
@@ -73,6 +82,11 @@ class RegistryServiceStub:
     """The organisers of growth services: the regions and the Uusimaa joint
     municipal authority.
     """
+    ListMunicipalities: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListMunicipalitiesRequest, _registry_pb2.ListMunicipalitiesResponse]
+    """Finland's municipalities by official three-digit code, with their Finnish
+    and Swedish names: the codes registrations, attribute checks and the public
+    list's filter accept. Needs no sign-in.
+    """
     ListServices: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListServicesRequest, _registry_pb2.ListServicesResponse]
     """The services an organiser may publish terms for: the national catalogue and
     its own.
@@ -102,7 +116,16 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     GetTerms: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetTermsRequest, _registry_pb2.Terms]  # type: ignore[assignment]
     """Gets one published terms version."""
     RegisterProvider: _aio.UnaryUnaryMultiCallable[_registry_pb2.RegisterProviderRequest, _registry_pb2.Registration]  # type: ignore[assignment]
-    """Registers a provider against a terms version; the registry decides at once."""
+    """Registers a provider against a terms version; the registry decides at once.
+    With `draft` set, the registration is kept as a draft instead, to be
+    completed with UpdateRegistration and submitted with SubmitRegistration.
+    """
+    UpdateRegistration: _aio.UnaryUnaryMultiCallable[_registry_pb2.UpdateRegistrationRequest, _registry_pb2.Registration]  # type: ignore[assignment]
+    """The provider changes its draft registration; only a draft may change."""
+    SubmitRegistration: _aio.UnaryUnaryMultiCallable[_registry_pb2.SubmitRegistrationRequest, _registry_pb2.Registration]  # type: ignore[assignment]
+    """The provider submits its draft, committing to the terms by signing them; the
+    registry decides at once, as for a registration made in one call.
+    """
     GetRegistration: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetRegistrationRequest, _registry_pb2.Registration]  # type: ignore[assignment]
     """Gets one registration with its current state."""
     ListProviders: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListProvidersRequest, _registry_pb2.ListProvidersResponse]  # type: ignore[assignment]
@@ -132,6 +155,11 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     ListOrganisers: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListOrganisersRequest, _registry_pb2.ListOrganisersResponse]  # type: ignore[assignment]
     """The organisers of growth services: the regions and the Uusimaa joint
     municipal authority.
+    """
+    ListMunicipalities: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListMunicipalitiesRequest, _registry_pb2.ListMunicipalitiesResponse]  # type: ignore[assignment]
+    """Finland's municipalities by official three-digit code, with their Finnish
+    and Swedish names: the codes registrations, attribute checks and the public
+    list's filter accept. Needs no sign-in.
     """
     ListServices: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListServicesRequest, _registry_pb2.ListServicesResponse]  # type: ignore[assignment]
     """The services an organiser may publish terms for: the national catalogue and
@@ -177,7 +205,28 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_pb2.RegisterProviderRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.Registration, _abc.Awaitable[_registry_pb2.Registration]]:
-        """Registers a provider against a terms version; the registry decides at once."""
+        """Registers a provider against a terms version; the registry decides at once.
+        With `draft` set, the registration is kept as a draft instead, to be
+        completed with UpdateRegistration and submitted with SubmitRegistration.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateRegistration(
+        self,
+        request: _registry_pb2.UpdateRegistrationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.Registration, _abc.Awaitable[_registry_pb2.Registration]]:
+        """The provider changes its draft registration; only a draft may change."""
+
+    @_abc_1.abstractmethod
+    def SubmitRegistration(
+        self,
+        request: _registry_pb2.SubmitRegistrationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.Registration, _abc.Awaitable[_registry_pb2.Registration]]:
+        """The provider submits its draft, committing to the terms by signing them; the
+        registry decides at once, as for a registration made in one call.
+        """
 
     @_abc_1.abstractmethod
     def GetRegistration(
@@ -279,6 +328,17 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_registry_pb2.ListOrganisersResponse, _abc.Awaitable[_registry_pb2.ListOrganisersResponse]]:
         """The organisers of growth services: the regions and the Uusimaa joint
         municipal authority.
+        """
+
+    @_abc_1.abstractmethod
+    def ListMunicipalities(
+        self,
+        request: _registry_pb2.ListMunicipalitiesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.ListMunicipalitiesResponse, _abc.Awaitable[_registry_pb2.ListMunicipalitiesResponse]]:
+        """Finland's municipalities by official three-digit code, with their Finnish
+        and Swedish names: the codes registrations, attribute checks and the public
+        list's filter accept. Needs no sign-in.
         """
 
     @_abc_1.abstractmethod
