@@ -22,6 +22,7 @@ import grpc
 from bench import hops
 from bench.echo import echo_rps, echo_server
 from bench.jetstream import jetstream_roundtrips
+from bench.registry_list import provider_list_figures
 from bench.selfmonitoring_load import selfmonitoring_figures
 from bench.sqlite_txn import sqlite_txn_per_s
 from bench.stats import Row, percentile, ratio, render_table
@@ -144,6 +145,10 @@ async def capability_figures(suite: LocalSuite, plan: Plan) -> dict[str, float |
         repeats=plan.repeats,
     )
     log(f"bids submitted: {results['bid_submit_rps_32']:.0f} /s")
+    if not plan.quick:
+        # 11 000 registrations to fill two regions first: about a minute, so not in --quick.
+        results.update(await provider_list_figures(suite))
+        log(f"provider list p99: {results['provider_list_p99_ms_1k']:.1f} ms at 1k")
     return results
 
 

@@ -6,13 +6,14 @@ import asyncio
 import base64
 import datetime as dt
 import itertools
+import json
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
+import aiohttp
 import grpc
-import httpx
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.type import date_pb2
@@ -164,28 +165,35 @@ def registration_json(fixture: Fixture, business_id: str) -> dict[str, object]:
 async def register_http_rps(
     fixture: Fixture, count: int, concurrency: int, repeats: int, max_seconds: float
 ) -> float:
-    """Median registrations per second through the HTTP gateway, one connection per call in flight."""
-    url = f"/v1/{SERVICE_PARENT}/registrations"
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    """Median registrations per second through the HTTP gateway, one connection per call in flight.
+
+    The client is aiohttp: httpx spent about 6 ms of CPU per request here, so on two cores
+    the figure measured the client; aiohttp spends about 0.5 ms, near the gRPC client's share
+    of the echo baseline.
+    """
+    url = f"{fixture.suite.gateway_url}/v1/{SERVICE_PARENT}/registrations"
     rates = []
-    async with httpx.AsyncClient(base_url=fixture.suite.gateway_url, limits=limits, timeout=30) as client:
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as client:
         for _ in range(repeats):
             providers = fixture.providers(count)
-            bodies = [registration_json(fixture, provider.business_id) for provider in providers]
+            bodies = [json.dumps(registration_json(fixture, provider.business_id)) for provider in providers]
 
             async def call(
-                index: int,
-                providers: Sequence[Provider] = providers,
-                bodies: Sequence[dict[str, object]] = bodies,
+                index: int, providers: Sequence[Provider] = providers, bodies: Sequence[str] = bodies
             ) -> None:
-                response = await client.post(
-                    url, json=bodies[index], headers={"Authorization": f"Bearer {providers[index].token}"}
-                )
-                if (
-                    response.status_code != 200
-                    or response.json().get("state") != "REGISTRATION_STATE_ADMITTED"
-                ):
-                    raise RuntimeError(f"HTTP registration failed: {response.status_code} {response.text}")
+                headers = {
+                    "Authorization": f"Bearer {providers[index].token}",
+                    "Content-Type": "application/json",
+                }
+                async with client.post(url, data=bodies[index], headers=headers) as response:
+                    text = await response.text()
+                    if (
+                        response.status != 200
+                        or json.loads(text).get("state") != "REGISTRATION_STATE_ADMITTED"
+                    ):
+                        raise RuntimeError(f"HTTP registration failed: {response.status} {text}")
 
             rates.append(
                 await closed_loop(call, concurrency=concurrency, count=count, duration_s=max_seconds)
