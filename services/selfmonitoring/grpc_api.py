@@ -46,12 +46,14 @@ def indicator_to_proto(indicator: model.Indicator) -> selfmonitoring_pb2.Indicat
             deadline_days=indicator.deadline_days,
             minimum_share=indicator.threshold,
             recovery_share=indicator.recovery_threshold,
+            warning_share=indicator.warning_threshold,
         )
     else:
         metric["measure"] = selfmonitoring_pb2.Measure(
             kind=_kind_to_proto(indicator.kind),
             breach_threshold=indicator.threshold,
             recovery_threshold=indicator.recovery_threshold,
+            warning_threshold=indicator.warning_threshold,
         )
     return selfmonitoring_pb2.Indicator(
         name=indicator.name,
@@ -285,6 +287,8 @@ class SelfMonitoringServicer(selfmonitoring_pb2_grpc.SelfMonitoringServiceServic
                 )
                 response.opened_breaches.extend(result.opened_breaches)
                 response.resolved_breaches.extend(result.resolved_breaches)
+                response.raised_warnings.extend(result.raised_warnings)
+                response.cleared_warnings.extend(result.cleared_warnings)
                 items.clear()
             first_index = index
 
@@ -512,10 +516,12 @@ def indicator_from_proto(
             description = "SHARE_WITHIN_DEADLINE is defined by share_within_deadline"
             raise InvalidArgument(description, [FieldViolation("indicator.measure.kind", description)])
         threshold, recovery, deadline_days = measure.breach_threshold, measure.recovery_threshold, 0
+        warning = measure.warning_threshold if measure.HasField("warning_threshold") else None
     else:
         kind = model.MetricKind.SHARE_WITHIN_DEADLINE
         share = indicator.share_within_deadline
         threshold, recovery, deadline_days = share.minimum_share, share.recovery_share, share.deadline_days
+        warning = share.warning_share if share.HasField("warning_share") else None
     return model.new_indicator(
         region,
         indicator_id,
@@ -528,4 +534,5 @@ def indicator_from_proto(
         severity,
         recovery_threshold=recovery,
         kind=kind,
+        warning_threshold=warning,
     )

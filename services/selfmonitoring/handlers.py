@@ -164,6 +164,8 @@ class ObservationsRecorded:
     rejected: list[RejectedObservation]
     opened_breaches: list[str]
     resolved_breaches: list[str]
+    raised_warnings: list[str] = field(default_factory=list)
+    cleared_warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -529,6 +531,38 @@ class _Evaluated:
     breaches: dict[str, model.Breach | None] = field(default_factory=dict)
     opened: list[str] = field(default_factory=list)
     resolved: list[str] = field(default_factory=list)
+    warned: list[str] = field(default_factory=list)
+    cleared: list[str] = field(default_factory=list)
+
+
+async def _evaluate_warnings(
+    indicator: model.Indicator,
+    stats: dict[str, model.WindowStats],
+    uow: SelfMonitoringUnitOfWork,
+    evaluated: _Evaluated,
+) -> None:
+    """Raise or clear each provider's warning: alerts only, no policy, no suspension."""
+    if indicator.warning_threshold is None:
+        return
+    providers = sorted(stats)
+    open_now = await uow.breaches.open_of_many(
+        indicator.region, indicator.indicator_id, providers, warning=True
+    )
+    for provider in providers:
+        warning = open_now.get(provider)
+        verdict = model.evaluate_warning(indicator, stats[provider], warning_open=warning is not None)
+        if verdict is model.Verdict.OPEN:
+            warning = model.raise_warning(
+                uuid.uuid4().hex, indicator, provider, stats[provider], uow.now, as_of=uow.today
+            )
+            uow.alerts.add(model.Alert(warning.region, warning.id, model.AlertKind.WARNING_RAISED, uow.now))
+            uow.breaches.add(warning)
+            evaluated.warned.append(warning.name)
+        elif verdict is model.Verdict.RESOLVE and warning is not None:
+            value = indicator.value(stats[provider])
+            await uow.breaches.update(model.resolve_breach(warning, value, stats[provider], uow.now))
+            uow.alerts.add(model.Alert(warning.region, warning.id, model.AlertKind.WARNING_CLEARED, uow.now))
+            evaluated.cleared.append(warning.name)
 
 
 async def _evaluate_providers(
@@ -560,6 +594,7 @@ async def _evaluate_providers(
             breach = None
         evaluated.values[provider] = provider_stats
         evaluated.breaches[provider] = breach
+    await _evaluate_warnings(indicator, evaluated.values, uow, evaluated)
     return evaluated
 
 
@@ -585,6 +620,8 @@ async def record_observations(
         rejected=sorted(batch.rejected, key=lambda r: r.index),
         opened_breaches=[name for e in evaluated.values() for name in e.opened],
         resolved_breaches=[name for e in evaluated.values() for name in e.resolved],
+        raised_warnings=[name for e in evaluated.values() for name in e.warned],
+        cleared_warnings=[name for e in evaluated.values() for name in e.cleared],
     )
 
 

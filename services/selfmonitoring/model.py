@@ -109,6 +109,9 @@ class BreachFacts:
     recovery_threshold: float = 0.0
     window_start: date | None = None
     window_end: date | None = None
+    warning: bool = False
+    """A warning (varoitus): the value is past the indicator's warning threshold, not (yet) its
+    breach threshold; it alerts supervisors and asks nothing of the provider."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,23 @@ class BreachOpened(Event):
 
     breach: BreachFacts
     region: str
+
+
+@dataclass(frozen=True)
+class WarningRaised(Event):
+    """A provider's value crossed an indicator's warning threshold (breach.warning is set)."""
+
+    breach: BreachFacts
+    region: str
+
+
+@dataclass(frozen=True)
+class WarningCleared(Event):
+    """A warning's value came back past the indicator's recovery threshold."""
+
+    breach: BreachFacts
+    region: str
+    resolve_time: datetime
 
 
 @dataclass(frozen=True)
@@ -174,7 +194,8 @@ class Indicator(Aggregate):
     minimum_sample observations, a value past the threshold (below it, or above it for
     lower-is-better kinds) opens a breach. An open breach resolves only when the value
     is back past recovery_threshold (hysteresis), so a value hovering at the threshold
-    does not open and close breaches.
+    does not open and close breaches. With a warning_threshold, a value past it but not
+    past the breach threshold raises a warning, which clears at the recovery threshold too.
     """
 
     region: str
@@ -190,6 +211,8 @@ class Indicator(Aggregate):
     recovery_threshold: float = 0.0
     kind: MetricKind = MetricKind.SHARE_WITHIN_DEADLINE
     created_at: datetime | None = field(default=None, compare=False)
+    warning_threshold: float | None = None
+    """A value past this (and not past the breach threshold) raises a warning; None: no warnings."""
 
     @property
     def name(self) -> str:
@@ -208,6 +231,13 @@ class Indicator(Aggregate):
 
     def breached_by(self, value: float) -> bool:
         return value > self.threshold if self.lower_is_better else value < self.threshold
+
+    def warned_by(self, value: float) -> bool:
+        if self.warning_threshold is None:
+            return False
+        if self.lower_is_better:
+            return value > self.warning_threshold
+        return value < self.warning_threshold
 
     def recovered_at(self, value: float) -> bool:
         if self.lower_is_better:
@@ -250,26 +280,50 @@ def create_indicator(indicator: Indicator, now: datetime) -> Indicator:
 
 
 def _threshold_violations(
-    kind: MetricKind, threshold: float, recovery_threshold: float
+    kind: MetricKind, threshold: float, recovery_threshold: float, warning_threshold: float | None = None
 ) -> tuple[list[FieldViolation], float]:
-    """Thresholds' violations, and the recovery threshold (the threshold itself when unset)."""
+    """Thresholds' violations, and the recovery threshold (unset: the warning threshold when
+    there is one, else the breach threshold). They must be ordered with the indicator's
+    direction: breach, then warning, then recovery, each no worse than the one before."""
     share = kind is MetricKind.SHARE_WITHIN_DEADLINE
     path = "indicator.share_within_deadline" if share else "indicator.measure"
-    names = ("minimum_share", "recovery_share") if share else ("breach_threshold", "recovery_threshold")
+    names = (
+        ("minimum_share", "recovery_share", "warning_share")
+        if share
+        else ("breach_threshold", "recovery_threshold", "warning_threshold")
+    )
     bounded = kind in {MetricKind.SHARE_WITHIN_DEADLINE, MetricKind.RATE}
     violations: list[FieldViolation] = []
-    # NaN compares false both ways, so it must be refused explicitly.
-    valid = math.isfinite(threshold) and (0 < threshold <= 1 if bounded else threshold >= 0)
+
+    def in_range(value: float) -> bool:
+        # NaN compares false both ways, so it must be refused explicitly.
+        return math.isfinite(value) and (0 < value <= 1 if bounded else value >= 0)
+
+    range_rule = "must be greater than 0 and at most 1" if bounded else "must be a number of at least 0"
+    valid = in_range(threshold)
     if not valid:
-        rule = "must be greater than 0 and at most 1" if bounded else "must be a number of at least 0"
-        violations.append(FieldViolation(f"{path}.{names[0]}", rule))
-    recovery = recovery_threshold or threshold
-    if kind in LOWER_IS_BETTER:
-        fits = 0 <= recovery <= threshold
-        rule = f"must be at least 0 and at most {names[0]}"
+        violations.append(FieldViolation(f"{path}.{names[0]}", range_rule))
+    lower = kind in LOWER_IS_BETTER
+    warning_valid = False
+    if warning_threshold is not None:
+        if not in_range(warning_threshold):
+            violations.append(FieldViolation(f"{path}.{names[2]}", range_rule))
+        else:
+            warning_valid = True
+            ordered = warning_threshold < threshold if lower else warning_threshold > threshold
+            if valid and not ordered:
+                side = "below" if lower else "above"
+                violations.append(FieldViolation(f"{path}.{names[2]}", f"must be {side} {names[0]}"))
+    floor_name, floor = names[0], threshold
+    if warning_valid and warning_threshold is not None:
+        floor_name, floor = names[2], warning_threshold
+    recovery = recovery_threshold or floor
+    if lower:
+        fits = 0 <= recovery <= floor
+        rule = f"must be at least 0 and at most {floor_name}"
     else:
-        fits = threshold <= recovery <= (1 if bounded else math.inf)
-        rule = f"must be at least {names[0]}" + (" and at most 1" if bounded else "")
+        fits = floor <= recovery <= (1 if bounded else math.inf)
+        rule = f"must be at least {floor_name}" + (" and at most 1" if bounded else "")
     if math.isnan(recovery_threshold) or (valid and not fits):
         violations.append(FieldViolation(f"{path}.{names[1]}", rule))
     return violations, recovery
@@ -287,6 +341,7 @@ def new_indicator(  # noqa: PLR0917 - mirrors the Indicator's fields in order
     severity: Severity,
     recovery_threshold: float = 0.0,
     kind: MetricKind = MetricKind.SHARE_WITHIN_DEADLINE,
+    warning_threshold: float | None = None,
 ) -> Indicator:
     """Validate and build an indicator; every violation is reported at once."""
     violations: list[FieldViolation] = []
@@ -311,7 +366,9 @@ def new_indicator(  # noqa: PLR0917 - mirrors the Indicator's fields in order
     if not isinstance(kind, MetricKind):
         violations.append(FieldViolation("indicator.measure.kind", "must name a metric kind"))
         kind = MetricKind.SHARE_WITHIN_DEADLINE
-    threshold_violations, recovery = _threshold_violations(kind, threshold, recovery_threshold)
+    threshold_violations, recovery = _threshold_violations(
+        kind, threshold, recovery_threshold, warning_threshold
+    )
     violations.extend(threshold_violations)
     if not 1 <= window_days <= MAX_WINDOW_DAYS:
         violations.append(
@@ -334,6 +391,7 @@ def new_indicator(  # noqa: PLR0917 - mirrors the Indicator's fields in order
         severity=severity,
         recovery_threshold=recovery,
         kind=kind,
+        warning_threshold=warning_threshold,
     )
 
 
@@ -504,6 +562,25 @@ def evaluate(indicator: Indicator, stats: WindowStats, breach_open: bool) -> Ver
     return Verdict.NONE
 
 
+def evaluate_warning(indicator: Indicator, stats: WindowStats, warning_open: bool) -> Verdict:
+    """Whether a warning is raised, cleared, or nothing changes.
+
+    A warning is raised for a value past the warning threshold but not past the breach
+    threshold (a value past both opens a breach, not a warning); an open warning stays open
+    while the value is past the warning threshold (whether or not a breach opened since),
+    and clears at the recovery threshold, as a breach resolves. Too small a sample decides
+    nothing.
+    """
+    if indicator.warning_threshold is None or stats.sample_size < indicator.minimum_sample:
+        return Verdict.NONE
+    value = indicator.value(stats)
+    if not warning_open and indicator.warned_by(value) and not indicator.breached_by(value):
+        return Verdict.OPEN
+    if warning_open and indicator.recovered_at(value):
+        return Verdict.RESOLVE
+    return Verdict.NONE
+
+
 @dataclass(frozen=True)
 class Breach(Aggregate):
     """A provider's crossing of an indicator's threshold: a quality event for supervisors."""
@@ -523,6 +600,8 @@ class Breach(Aggregate):
     resolved_at: datetime | None = None
     window_start: date | None = None
     window_end: date | None = None
+    warning: bool = False
+    """A warning: past the warning threshold only; it never leads to a suspension request."""
 
     @property
     def name(self) -> str:
@@ -545,12 +624,13 @@ class Breach(Aggregate):
             recovery_threshold=self.recovery_threshold,
             window_start=self.window_start,
             window_end=self.window_end,
+            warning=self.warning,
         )
 
     @property
     def suspends_provider(self) -> bool:
         """Whether the breach suspends the provider in the region until it is reinstated."""
-        return self.severity == Severity.SERIOUS
+        return self.severity == Severity.SERIOUS and not self.warning
 
 
 def open_breach(
@@ -584,6 +664,35 @@ def open_breach(
     return breach
 
 
+def raise_warning(
+    id: str, indicator: Indicator, provider: str, stats: WindowStats, now: datetime, *, as_of: date
+) -> Breach:
+    """Raise a warning (a Breach with warning set, of WARNING severity, at the warning
+    threshold) recording the value, sample and window; records WarningRaised."""
+    if indicator.warning_threshold is None:
+        raise ValueError(f"{indicator.name} has no warning threshold")
+    require_aware(now)
+    start, end = window_bounds(indicator, as_of)
+    warning = Breach(
+        id=id,
+        region=indicator.region,
+        indicator_id=indicator.indicator_id,
+        provider=provider,
+        service=indicator.service,
+        severity=Severity.WARNING,
+        value=indicator.value(stats),
+        threshold=indicator.warning_threshold,
+        sample_size=stats.sample_size,
+        opened_at=now,
+        recovery_threshold=indicator.recovery_threshold,
+        window_start=start,
+        window_end=end,
+        warning=True,
+    )
+    warning.record(WarningRaised(warning.facts, warning.region))
+    return warning
+
+
 def resolve_breach(breach: Breach, value: float, stats: WindowStats, now: datetime) -> Breach:
     """Resolve an open breach at the value that brought it back; records BreachResolved."""
     require_aware(now)
@@ -596,7 +705,10 @@ def resolve_breach(breach: Breach, value: float, stats: WindowStats, now: dateti
         sample_size=stats.sample_size,
         resolved_at=now,
     )
-    resolved.record(BreachResolved(resolved.facts, resolved.region, now))
+    if resolved.warning:
+        resolved.record(WarningCleared(resolved.facts, resolved.region, now))
+    else:
+        resolved.record(BreachResolved(resolved.facts, resolved.region, now))
     return resolved
 
 
@@ -1036,12 +1148,16 @@ class AlertKind(StrEnum):
     OPENED = "OPENED"
     ESCALATED = "ESCALATED"
     RESOLVED = "RESOLVED"
+    WARNING_RAISED = "WARNING_RAISED"
+    WARNING_CLEARED = "WARNING_CLEARED"
 
 
 ALERT_EVENTS: dict[str, AlertKind] = {
     "BreachOpened": AlertKind.OPENED,
     "BreachEscalated": AlertKind.ESCALATED,
     "BreachResolved": AlertKind.RESOLVED,
+    "WarningRaised": AlertKind.WARNING_RAISED,
+    "WarningCleared": AlertKind.WARNING_CLEARED,
 }
 """The events that are alerts, by their type's short name."""
 
@@ -1098,6 +1214,8 @@ EVENTS: tuple[type[Event], ...] = (
     BreachOpened,
     BreachResolved,
     BreachEscalated,
+    WarningRaised,
+    WarningCleared,
     IndicatorCreated,
     ProgrammeCreated,
     ProgrammePublished,

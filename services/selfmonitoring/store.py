@@ -10,6 +10,7 @@ from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import Index, Table
+from sqlalchemy import false as sa_false
 from sqlalchemy import select as sa_select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Field, SQLModel, col, func, select
@@ -43,6 +44,8 @@ class IndicatorRow(SQLModel, table=True):
         sa_column_kwargs={"server_default": "SHARE_WITHIN_DEADLINE"},
     )
     created_at: datetime = utc_field(default_factory=utcnow)
+    # None: the indicator raises no warnings (as every indicator did before warnings).
+    warning_threshold: float | None = None
 
 
 class ObservationRow(SQLModel, table=True):
@@ -126,6 +129,8 @@ class BreachRow(SQLModel, table=True):
     resolved_at: datetime | None = utc_field(default=None, nullable=True)
     window_start: date | None = None
     window_end: date | None = None
+    # A warning (past the warning threshold only); its open key ends in "/warning".
+    warning: bool = Field(default=False, sa_column_kwargs={"server_default": sa_false()})
 
 
 _IN_CHUNK = 500
@@ -242,11 +247,13 @@ def indicator_from_row(row: IndicatorRow) -> model.Indicator:
         recovery_threshold=row.recovery_threshold or row.minimum_share,
         kind=model.MetricKind(row.kind),
         created_at=row.created_at,
+        warning_threshold=row.warning_threshold,
     )
 
 
-def open_key(region: str, indicator_id: str, provider: str) -> str:
-    return f"{region}/{indicator_id}/{provider}"
+def open_key(region: str, indicator_id: str, provider: str, *, warning: bool = False) -> str:
+    """At most one open breach, and one open warning, per indicator and provider."""
+    return f"{region}/{indicator_id}/{provider}" + ("/warning" if warning else "")
 
 
 def breach_from_row(row: BreachRow) -> model.Breach:
@@ -266,6 +273,7 @@ def breach_from_row(row: BreachRow) -> model.Breach:
         resolved_at=row.resolved_at,
         window_start=row.window_start,
         window_end=row.window_end,
+        warning=row.warning,
     )
 
 
@@ -314,6 +322,7 @@ class IndicatorRepository:
                 recovery_threshold=indicator.recovery_threshold,
                 kind=str(indicator.kind),
                 created_at=indicator.created_at,
+                warning_threshold=indicator.warning_threshold,
             )
         )
         self._uow.track(indicator, indicator.name)
@@ -583,14 +592,17 @@ class BreachRepository:
         return breach_from_row(row) if row is not None else None
 
     async def open_of_many(
-        self, region: str, indicator_id: str, providers: list[str]
+        self, region: str, indicator_id: str, providers: list[str], *, warning: bool = False
     ) -> dict[str, model.Breach]:
-        """The providers' open breaches on the indicator: a Core probe of the unique open keys
-        first, the rows only for the few that have one."""
+        """The providers' open breaches (or warnings) on the indicator: a Core probe of the
+        unique open keys first, the rows only for the few that have one."""
         ids: list[str] = []
         table = BREACHES.c
         for first in range(0, len(providers), _IN_CHUNK):
-            keys = [open_key(region, indicator_id, p) for p in providers[first : first + _IN_CHUNK]]
+            keys = [
+                open_key(region, indicator_id, p, warning=warning)
+                for p in providers[first : first + _IN_CHUNK]
+            ]
             rows = await self._uow.connection.execute(sa_select(table.id).where(table.open_key.in_(keys)))
             ids.extend(breach_id for (breach_id,) in rows)
         found: dict[str, model.Breach] = {}
@@ -608,6 +620,7 @@ class BreachRepository:
                 BreachRow.service == service,
                 col(BreachRow.open_key).is_not(None),
                 BreachRow.severity == str(model.Severity.SERIOUS),
+                col(BreachRow.warning).is_(False),
             )
         )
         return [breach_from_row(row) for row in result.all()]
@@ -623,6 +636,7 @@ class BreachRepository:
                 BreachRow.indicator_id == indicator_id,
                 BreachRow.provider == provider,
                 BreachRow.state == str(model.BreachState.RESOLVED),
+                col(BreachRow.warning).is_(False),
                 col(BreachRow.resolved_at) >= since,
             )
             .order_by(col(BreachRow.resolved_at).desc())
@@ -659,11 +673,14 @@ class BreachRepository:
                 threshold=breach.threshold,
                 sample_size=breach.sample_size,
                 state=str(breach.state),
-                open_key=open_key(breach.region, breach.indicator_id, breach.provider),
+                open_key=open_key(
+                    breach.region, breach.indicator_id, breach.provider, warning=breach.warning
+                ),
                 opened_at=breach.opened_at,
                 recovery_threshold=breach.recovery_threshold,
                 window_start=breach.window_start,
                 window_end=breach.window_end,
+                warning=breach.warning,
             )
         )
         self._uow.track(breach, breach.name)

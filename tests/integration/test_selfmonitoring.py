@@ -45,6 +45,8 @@ OTHER_REGION = "uusimaa"
 INDICATOR_ID = "need-assessment-14d"
 INDICATOR = f"regions/{REGION}/indicators/{INDICATOR_ID}"
 BREACH_OPENED = "kasvu.selfmonitoring.v1.BreachOpened"
+WARNING_RAISED = "kasvu.selfmonitoring.v1.WarningRaised"
+WARNING_CLEARED = "kasvu.selfmonitoring.v1.WarningCleared"
 INDICATOR_CREATED = "kasvu.selfmonitoring.v1.IndicatorCreated"
 STREAM = StreamSpec(catalog.entry("selfmonitoring").stream, catalog.entry("selfmonitoring").subjects)
 
@@ -1539,3 +1541,112 @@ async def test_a_filtered_stream_sees_only_its_provider_and_severity_and_resolut
         await write_path.close()
         await nc.close()
         await db.dispose()
+
+
+# -- warning and breach thresholds -----------------------------------------------------------
+
+
+def warned(threshold: float, warning: float, recovery: float) -> selfmonitoring_pb2.Indicator:
+    """An outcome rate that warns below `warning` and breaches below `threshold` (serious)."""
+    definition = measured(selfmonitoring_pb2.METRIC_KIND_RATE, threshold, recovery)
+    definition.measure.warning_threshold = warning
+    definition.severity = selfmonitoring_pb2.SEVERITY_SERIOUS
+    return definition
+
+
+async def test_a_value_past_the_warning_threshold_raises_a_warning_alert_and_no_suspension_request(
+    stub, tokens, sm_db, clock
+):
+    created = await create(stub, tokens, warned(0.5, 0.75, 0.8))
+    assert created.measure.HasField("warning_threshold")
+    assert created.measure.warning_threshold == pytest.approx(0.75)
+    provider = business_ids()()
+    outcomes = [1, 1, 1, 0]  # 0.75: at the warning threshold, nothing yet
+    results = [
+        await record(stub, tokens, valued(f"o{i}", provider, clock.day, v)) for i, v in enumerate(outcomes)
+    ]
+    assert await count_rows(sm_db, "selfmonitoring_breaches") == 0
+    results.append(await record(stub, tokens, valued("o4", provider, clock.day, 0)))  # 0.6
+    assert results[-1].breach == ""  # a warning is not a breach
+    assert await outbox_counts(sm_db) == {INDICATOR_CREATED: 1, WARNING_RAISED: 1}
+
+    supervisor = tokens.supervisor(REGION)
+    listed = await stub.ListAlerts(
+        selfmonitoring_pb2.ListAlertsRequest(parent=f"regions/{REGION}"), metadata=supervisor
+    )
+    (alert,) = listed.alerts
+    assert alert.kind == selfmonitoring_pb2.ALERT_KIND_WARNING_RAISED
+    warning = alert.breach
+    assert warning.warning
+    assert warning.severity == selfmonitoring_pb2.SEVERITY_WARNING  # though the indicator is serious
+    assert (warning.value, warning.threshold, warning.sample_size) == (pytest.approx(0.6), 0.75, 5)
+    assert (warning.window_start, warning.window_end) == (
+        proto_date(clock.day - timedelta(days=89)),
+        proto_date(clock.day),
+    )
+    acknowledged = await stub.AcknowledgeAlert(
+        selfmonitoring_pb2.AcknowledgeAlertRequest(name=alert.name), metadata=supervisor
+    )
+    assert acknowledged.HasField("acknowledge_time")
+
+    # Past the breach threshold as well: a (serious) breach opens; the warning stays open.
+    for index in range(2):
+        breached = await record(stub, tokens, valued(f"bad{index}", provider, clock.day, 0))  # 3/7
+    assert breached.breach
+    counts = await outbox_counts(sm_db)
+    assert (counts[WARNING_RAISED], counts[BREACH_OPENED]) == (1, 1)
+
+    # Back to 0.8 (13 more outcomes: 16/20): the breach resolves and the warning clears.
+    for index in range(13):
+        last = await record(stub, tokens, valued(f"good{index}", provider, clock.day, 1))
+    assert last.breach == ""
+    counts = await outbox_counts(sm_db)
+    assert (counts[BREACH_RESOLVED], counts[WARNING_CLEARED]) == (1, 1)
+    cleared = await stub.GetBreach(
+        selfmonitoring_pb2.GetBreachRequest(name=warning.name), metadata=supervisor
+    )
+    assert cleared.state == selfmonitoring_pb2.BREACH_STATE_RESOLVED
+    assert cleared.value == pytest.approx(0.8)
+
+
+async def test_a_warning_asks_no_corrective_action_under_the_programme_in_force(stub, tokens, sm_db, clock):
+    definition = indicator(minimum_sample=2, minimum_share=0.4, severity=selfmonitoring_pb2.SEVERITY_WARNING)
+    definition.share_within_deadline.warning_share = 0.8
+    created = await create(stub, tokens, definition)
+    drafted = await draft(
+        stub,
+        tokens,
+        catalogue="",
+        indicators=[selfmonitoring_pb2.WatchedIndicator(indicator=created.name, risk="Slow")],
+    )
+    await stub.PublishProgramme(
+        selfmonitoring_pb2.PublishProgrammeRequest(name=drafted.name), metadata=tokens.admin(REGION)
+    )
+    provider = business_ids()()
+    await record(stub, tokens, observation("on-time", provider, clock.day, 1))
+    await record(stub, tokens, observation("late", provider, clock.day, 30))  # 0.5: a warning only
+    assert (await outbox_counts(sm_db)).get(WARNING_RAISED) == 1
+    assert await count_rows(sm_db, "selfmonitoring_corrective_actions") == 0
+    await record(stub, tokens, observation("later", provider, clock.day, 30))  # 0.33: a breach
+    assert await count_rows(sm_db, "selfmonitoring_corrective_actions") == 1
+
+
+@pytest.mark.parametrize(
+    ("metric", "field"),
+    [
+        pytest.param(
+            warned(0.75, 0.5, 0.8), "indicator.measure.warning_threshold", id="warning-below-a-rate-breach"
+        ),
+        pytest.param(
+            warned(0.5, 0.75, 0.6), "indicator.measure.recovery_threshold", id="recovery-before-the-warning"
+        ),
+    ],
+)
+async def test_thresholds_out_of_order_are_refused_with_their_field_and_nothing_is_stored(
+    stub, tokens, sm_db, metric, field
+):
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await create(stub, tokens, metric)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(caught.value) == [field]
+    assert await count_rows(sm_db, "selfmonitoring_indicators") == 0

@@ -18,13 +18,17 @@ from services.selfmonitoring.model import (
     ObservationSource,
     Severity,
     Verdict,
+    WarningCleared,
+    WarningRaised,
     WindowStats,
     evaluate,
+    evaluate_warning,
     is_within_deadline,
     new_indicator,
     new_observation,
     open_breach,
     parse_severity,
+    raise_warning,
     resolve_breach,
     window_bounds,
     window_stats,
@@ -412,3 +416,123 @@ def test_a_share_within_a_deadline_needs_the_day_the_case_started():
     with pytest.raises(InvalidArgument) as caught:
         indicator().check(observation(0), started=False)
     assert fields_of(caught) == ["observation.started_on"]
+
+
+# --- warning thresholds -------------------------------------------------------------------------
+
+
+def test_a_share_in_the_warning_band_raises_a_warning_and_no_breach():
+    watched = indicator(threshold=0.8, warning_threshold=0.9, recovery_threshold=0.95)
+    window = stats(10, 8)  # 0.8: below the warning share, at the breach share
+    assert evaluate_warning(watched, window, warning_open=False) is Verdict.OPEN
+    assert evaluate(watched, window, breach_open=False) is Verdict.NONE
+
+
+def test_a_value_past_the_breach_threshold_opens_a_breach_not_a_warning():
+    watched = indicator(threshold=0.8, warning_threshold=0.9, recovery_threshold=0.95)
+    window = stats(10, 7)
+    assert evaluate(watched, window, breach_open=False) is Verdict.OPEN
+    assert evaluate_warning(watched, window, warning_open=False) is Verdict.NONE
+
+
+def test_a_warning_clears_only_at_the_recovery_threshold():
+    watched = indicator(threshold=0.8, warning_threshold=0.9, recovery_threshold=0.95)
+    assert evaluate_warning(watched, WindowStats(20, 20.0, 18.0), warning_open=True) is Verdict.NONE
+    assert evaluate_warning(watched, WindowStats(20, 20.0, 19.0), warning_open=True) is Verdict.RESOLVE
+
+
+def test_a_warning_needs_the_minimum_sample():
+    watched = indicator(threshold=0.8, warning_threshold=0.9)
+    assert evaluate_warning(watched, stats(9, 8), warning_open=False) is Verdict.NONE
+
+
+def test_an_indicator_without_a_warning_threshold_never_warns():
+    watched = indicator(threshold=0.9)
+    assert watched.warning_threshold is None
+    assert evaluate_warning(watched, stats(10, 0), warning_open=False) is Verdict.NONE
+    assert evaluate(watched, stats(10, 0), breach_open=False) is Verdict.OPEN
+
+
+def test_without_a_recovery_threshold_a_warning_threshold_is_where_values_recover():
+    watched = indicator(threshold=0.8, warning_threshold=0.9)
+    assert watched.recovery_threshold == 0.9
+
+
+def test_a_raised_warning_carries_value_warning_threshold_and_window_and_suspends_no_one():
+    watched = indicator(
+        threshold=0.8, warning_threshold=0.9, recovery_threshold=0.95, severity=Severity.SERIOUS
+    )
+    warning = raise_warning("w1", watched, PROVIDER, stats(10, 8), NOW, as_of=TODAY)
+    assert (warning.warning, warning.severity, warning.value, warning.threshold) == (
+        True,
+        Severity.WARNING,
+        0.8,
+        0.9,
+    )
+    assert (warning.window_start, warning.window_end) == window_bounds(watched, TODAY)
+    assert not warning.suspends_provider
+    ((_, event),) = warning.pull_events()
+    assert isinstance(event, WarningRaised) and event.breach.warning
+    cleared = resolve_breach(warning, 0.96, stats(25, 24), NOW)
+    ((_, event),) = cleared.pull_events()
+    assert isinstance(event, WarningCleared) and event.breach.state is BreachState.RESOLVED
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        # A share breaches below its threshold: the warning share must lie above it.
+        ({"threshold": 0.9, "warning_threshold": 0.8}, "indicator.share_within_deadline.warning_share"),
+        ({"threshold": 0.9, "warning_threshold": 0.9}, "indicator.share_within_deadline.warning_share"),
+        ({"threshold": 0.8, "warning_threshold": 1.5}, "indicator.share_within_deadline.warning_share"),
+        (
+            {"threshold": 0.8, "warning_threshold": float("nan")},
+            "indicator.share_within_deadline.warning_share",
+        ),
+        (
+            {"threshold": 0.8, "warning_threshold": 0.9, "recovery_threshold": 0.85},
+            "indicator.share_within_deadline.recovery_share",
+        ),
+        # Complaints breach above their threshold: the warning must lie below it.
+        (
+            {
+                "kind": MetricKind.COUNT_PER_100_CUSTOMERS,
+                "deadline_days": 0,
+                "threshold": 5.0,
+                "warning_threshold": 6.0,
+            },
+            "indicator.measure.warning_threshold",
+        ),
+        (
+            {
+                "kind": MetricKind.COUNT_PER_100_CUSTOMERS,
+                "deadline_days": 0,
+                "threshold": 5.0,
+                "warning_threshold": 3.0,
+                "recovery_threshold": 4.0,
+            },
+            "indicator.measure.recovery_threshold",
+        ),
+    ],
+)
+def test_thresholds_out_of_order_with_the_indicators_direction_are_refused(overrides, field):
+    with pytest.raises(InvalidArgument) as error:
+        indicator(**overrides)
+    assert field in fields_of(error)
+
+
+def test_complaints_warn_above_the_warning_threshold_and_breach_above_the_breach_threshold():
+    watched = indicator(
+        kind=MetricKind.COUNT_PER_100_CUSTOMERS,
+        deadline_days=0,
+        threshold=5.0,
+        warning_threshold=3.0,
+        recovery_threshold=2.0,
+    )
+    four_per_100 = WindowStats(100, 100.0, 4.0)
+    assert evaluate_warning(watched, four_per_100, warning_open=False) is Verdict.OPEN
+    assert evaluate(watched, four_per_100, breach_open=False) is Verdict.NONE
+    six_per_100 = WindowStats(100, 100.0, 6.0)
+    assert evaluate(watched, six_per_100, breach_open=False) is Verdict.OPEN
+    assert evaluate_warning(watched, six_per_100, warning_open=True) is Verdict.NONE
+    assert evaluate_warning(watched, WindowStats(100, 100.0, 2.0), warning_open=True) is Verdict.RESOLVE

@@ -167,6 +167,10 @@ class _AlertKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AlertKind.V
     """The breach was escalated to a suspension request."""
     ALERT_KIND_RESOLVED: _AlertKind.ValueType  # 3
     """The breach resolved."""
+    ALERT_KIND_WARNING_RAISED: _AlertKind.ValueType  # 4
+    """A warning was raised (breach.warning is set)."""
+    ALERT_KIND_WARNING_CLEARED: _AlertKind.ValueType  # 5
+    """A warning cleared: the value is back past the recovery threshold."""
 
 class AlertKind(_AlertKind, metaclass=_AlertKindEnumTypeWrapper):
     """What happened to the breach an alert is about."""
@@ -179,6 +183,10 @@ ALERT_KIND_ESCALATED: AlertKind.ValueType  # 2
 """The breach was escalated to a suspension request."""
 ALERT_KIND_RESOLVED: AlertKind.ValueType  # 3
 """The breach resolved."""
+ALERT_KIND_WARNING_RAISED: AlertKind.ValueType  # 4
+"""A warning was raised (breach.warning is set)."""
+ALERT_KIND_WARNING_CLEARED: AlertKind.ValueType  # 5
+"""A warning cleared: the value is back past the recovery threshold."""
 Global___AlertKind: _TypeAlias = AlertKind  # noqa: Y015
 
 class _ProgrammeState:
@@ -276,13 +284,19 @@ class ShareWithinDeadline(_message.Message):
     DEADLINE_DAYS_FIELD_NUMBER: _builtins.int
     MINIMUM_SHARE_FIELD_NUMBER: _builtins.int
     RECOVERY_SHARE_FIELD_NUMBER: _builtins.int
+    WARNING_SHARE_FIELD_NUMBER: _builtins.int
     deadline_days: _builtins.int
     """The deadline in days from the case's start (14 for the assessment)."""
     minimum_share: _builtins.float
     """The breach threshold: a share below this is a breach (0 < x <= 1)."""
     recovery_share: _builtins.float
     """Hysteresis: an open breach resolves only once the share is at least this
-    (minimum_share <= x <= 1). Unset (0): minimum_share.
+    (minimum_share <= x <= 1; at least warning_share when set). Unset (0):
+    warning_share when set, else minimum_share.
+    """
+    warning_share: _builtins.float
+    """A share below this but not below minimum_share raises a warning (an alert
+    only; minimum_share < x <= recovery_share). Unset: no warnings.
     """
     def __init__(
         self,
@@ -290,12 +304,15 @@ class ShareWithinDeadline(_message.Message):
         deadline_days: _builtins.int = ...,
         minimum_share: _builtins.float = ...,
         recovery_share: _builtins.float = ...,
+        warning_share: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_warning_share", b"_warning_share", "warning_share", b"warning_share"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline_days", b"deadline_days", "minimum_share", b"minimum_share", "recovery_share", b"recovery_share"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_warning_share", b"_warning_share", "deadline_days", b"deadline_days", "minimum_share", b"minimum_share", "recovery_share", b"recovery_share", "warning_share", b"warning_share"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__warning_share: _TypeAlias = _typing.Literal["warning_share"]  # noqa: Y015
+    _WhichOneofArgType__warning_share: _TypeAlias = _typing.Literal["_warning_share", b"_warning_share"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__warning_share) -> _WhichOneofReturnType__warning_share | None: ...
 
 Global___ShareWithinDeadline: _TypeAlias = ShareWithinDeadline  # noqa: Y015
 
@@ -308,13 +325,20 @@ class Measure(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     BREACH_THRESHOLD_FIELD_NUMBER: _builtins.int
     RECOVERY_THRESHOLD_FIELD_NUMBER: _builtins.int
+    WARNING_THRESHOLD_FIELD_NUMBER: _builtins.int
     kind: Global___MetricKind.ValueType
     """RATE, MEAN or COUNT_PER_100_CUSTOMERS."""
     breach_threshold: _builtins.float
     """A value below this (above it for COUNT_PER_100_CUSTOMERS) is a breach."""
     recovery_threshold: _builtins.float
     """Hysteresis: an open breach resolves only once the value is back past
-    this. Unset (0): breach_threshold.
+    this (and past warning_threshold when set). Unset (0): warning_threshold
+    when set, else breach_threshold.
+    """
+    warning_threshold: _builtins.float
+    """A value past this but not past breach_threshold raises a warning (an alert
+    only, never a suspension request); it must lie between breach_threshold
+    and recovery_threshold. Unset: no warnings.
     """
     def __init__(
         self,
@@ -322,12 +346,15 @@ class Measure(_message.Message):
         kind: Global___MetricKind.ValueType = ...,
         breach_threshold: _builtins.float = ...,
         recovery_threshold: _builtins.float = ...,
+        warning_threshold: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_warning_threshold", b"_warning_threshold", "warning_threshold", b"warning_threshold"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["breach_threshold", b"breach_threshold", "kind", b"kind", "recovery_threshold", b"recovery_threshold"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_warning_threshold", b"_warning_threshold", "breach_threshold", b"breach_threshold", "kind", b"kind", "recovery_threshold", b"recovery_threshold", "warning_threshold", b"warning_threshold"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__warning_threshold: _TypeAlias = _typing.Literal["warning_threshold"]  # noqa: Y015
+    _WhichOneofArgType__warning_threshold: _TypeAlias = _typing.Literal["_warning_threshold", b"_warning_threshold"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__warning_threshold) -> _WhichOneofReturnType__warning_threshold | None: ...
 
 Global___Measure: _TypeAlias = Measure  # noqa: Y015
 
@@ -662,6 +689,8 @@ class RecordObservationsResponse(_message.Message):
     REJECTED_FIELD_NUMBER: _builtins.int
     OPENED_BREACHES_FIELD_NUMBER: _builtins.int
     RESOLVED_BREACHES_FIELD_NUMBER: _builtins.int
+    RAISED_WARNINGS_FIELD_NUMBER: _builtins.int
+    CLEARED_WARNINGS_FIELD_NUMBER: _builtins.int
     recorded: _builtins.int
     """Observations stored."""
     duplicates: _builtins.int
@@ -678,6 +707,14 @@ class RecordObservationsResponse(_message.Message):
     def resolved_breaches(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Breaches resolved by the stream."""
 
+    @_builtins.property
+    def raised_warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Warnings raised by the stream."""
+
+    @_builtins.property
+    def cleared_warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Warnings cleared by the stream."""
+
     def __init__(
         self,
         *,
@@ -686,10 +723,12 @@ class RecordObservationsResponse(_message.Message):
         rejected: _abc.Iterable[Global___RejectedObservation] | None = ...,
         opened_breaches: _abc.Iterable[_builtins.str] | None = ...,
         resolved_breaches: _abc.Iterable[_builtins.str] | None = ...,
+        raised_warnings: _abc.Iterable[_builtins.str] | None = ...,
+        cleared_warnings: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicates", b"duplicates", "opened_breaches", b"opened_breaches", "recorded", b"recorded", "rejected", b"rejected", "resolved_breaches", b"resolved_breaches"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cleared_warnings", b"cleared_warnings", "duplicates", b"duplicates", "opened_breaches", b"opened_breaches", "raised_warnings", b"raised_warnings", "recorded", b"recorded", "rejected", b"rejected", "resolved_breaches", b"resolved_breaches"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -715,6 +754,7 @@ class Breach(_message.Message):
     RECOVERY_THRESHOLD_FIELD_NUMBER: _builtins.int
     WINDOW_START_FIELD_NUMBER: _builtins.int
     WINDOW_END_FIELD_NUMBER: _builtins.int
+    WARNING_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """regions/{region}/breaches/{breach}"""
     indicator: _builtins.str
@@ -735,6 +775,11 @@ class Breach(_message.Message):
     """The state."""
     recovery_threshold: _builtins.float
     """The value at which it resolves (the indicator's recovery threshold)."""
+    warning: _builtins.bool
+    """A warning, not a breach: the value crossed the indicator's warning
+    threshold (in threshold) but not its breach threshold. Alerts only; it
+    never leads to a corrective action or a suspension request.
+    """
     @_builtins.property
     def open_time(self) -> _timestamp_pb2.Timestamp:
         """When it was opened."""
@@ -768,10 +813,11 @@ class Breach(_message.Message):
         recovery_threshold: _builtins.float = ...,
         window_start: _date_pb2.Date | None = ...,
         window_end: _date_pb2.Date | None = ...,
+        warning: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["open_time", b"open_time", "resolve_time", b"resolve_time", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["indicator", b"indicator", "name", b"name", "open_time", b"open_time", "provider", b"provider", "recovery_threshold", b"recovery_threshold", "resolve_time", b"resolve_time", "sample_size", b"sample_size", "service", b"service", "severity", b"severity", "state", b"state", "threshold", b"threshold", "value", b"value", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["indicator", b"indicator", "name", b"name", "open_time", b"open_time", "provider", b"provider", "recovery_threshold", b"recovery_threshold", "resolve_time", b"resolve_time", "sample_size", b"sample_size", "service", b"service", "severity", b"severity", "state", b"state", "threshold", b"threshold", "value", b"value", "warning", b"warning", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
