@@ -27,6 +27,7 @@ from services.selfmonitoring.alerts import AlertFeed, AlertFilter
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 _SEVERITY = selfmonitoring_pb2.DESCRIPTOR.enum_types_by_name["Severity"]
+_SCOPE = selfmonitoring_pb2.DESCRIPTOR.enum_types_by_name["Scope"]
 _SOURCE = selfmonitoring_pb2.DESCRIPTOR.enum_types_by_name["ObservationSource"]
 _KIND = selfmonitoring_pb2.DESCRIPTOR.enum_types_by_name["MetricKind"]
 _STATE = selfmonitoring_pb2.DESCRIPTOR.enum_types_by_name["BreachState"]
@@ -65,6 +66,7 @@ def indicator_to_proto(indicator: model.Indicator) -> selfmonitoring_pb2.Indicat
         minimum_sample=indicator.minimum_sample,
         severity=selfmonitoring_pb2.Severity.Value(f"SEVERITY_{indicator.severity}"),
         create_time=timestamp(indicator.created_at) if indicator.created_at else None,
+        scope=selfmonitoring_pb2.Scope.Value(f"SCOPE_{indicator.scope}"),
     )
 
 
@@ -154,6 +156,9 @@ def observation_to_proto(observation: model.Observation) -> selfmonitoring_pb2.O
         completed_on=proto_date(observation.completed_on),
         source=selfmonitoring_pb2.ObservationSource.Value(f"OBSERVATION_SOURCE_{observation.source}"),
         value=observation.value,
+        service=observation.service,
+        municipality=observation.municipality,
+        group=observation.group,
     )
 
 
@@ -451,7 +456,8 @@ class SelfMonitoringServicer(selfmonitoring_pb2_grpc.SelfMonitoringServiceServic
                 selfmonitoring_pb2.IndicatorValue(
                     indicator=v.indicator.name,
                     service=v.indicator.service,
-                    provider=v.provider,
+                    provider=v.provider if v.indicator.scope is model.Scope.PROVIDER else "",
+                    scope_key=v.provider,
                     value=v.value,
                     sample_size=v.sample_size,
                     window_start=proto_date(v.window[0]),
@@ -501,6 +507,9 @@ def observation_command(
         completed_on=completed_on,
         source=source,
         value=observation.value if observation.HasField("value") else None,
+        service=observation.service,
+        municipality=observation.municipality,
+        group=observation.group,
     )
 
 
@@ -535,4 +544,7 @@ def indicator_from_proto(
         recovery_threshold=recovery,
         kind=kind,
         warning_threshold=warning,
+        scope=model.Scope.PROVIDER
+        if indicator.scope == selfmonitoring_pb2.SCOPE_UNSPECIFIED
+        else enum_from_proto(model.Scope, indicator.scope, _SCOPE, "indicator.scope"),
     )
