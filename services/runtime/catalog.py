@@ -147,7 +147,7 @@ CATALOG: tuple[ServiceEntry, ...] = (
             }
         ),
         # The supervisors' live alert feed reads every event of its own stream back; the
-        # equal-availability view follows the registry's admissions and suspensions.
+        # equal-availability view follows the registry's registration lifecycle.
         consumes=(
             Consumption(stream_of="selfmonitoring", subject="kasvu.selfmonitoring.v1.>"),
             Consumption(
@@ -159,6 +159,26 @@ CATALOG: tuple[ServiceEntry, ...] = (
                 stream_of="registry",
                 subject="kasvu.registry.v1.ProviderSuspended.*",
                 durable="selfmonitoring-suspensions",
+            ),
+            Consumption(
+                stream_of="registry",
+                subject="kasvu.registry.v1.ProviderReinstated.*",
+                durable="selfmonitoring-reinstatements",
+            ),
+            Consumption(
+                stream_of="registry",
+                subject="kasvu.registry.v1.RegistrationLapsed.*",
+                durable="selfmonitoring-lapses",
+            ),
+            Consumption(
+                stream_of="registry",
+                subject="kasvu.registry.v1.ProviderRevoked.*",
+                durable="selfmonitoring-revocations",
+            ),
+            Consumption(
+                stream_of="registry",
+                subject="kasvu.registry.v1.RegistrationWithdrawn.*",
+                durable="selfmonitoring-withdrawals",
             ),
         ),
     ),

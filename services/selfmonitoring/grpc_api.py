@@ -30,6 +30,7 @@ from services.selfmonitoring.alerts import AlertFeed, AlertFilter
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 _SEVERITY = selfmonitoring_pb2.DESCRIPTOR.enum_types_by_name["Severity"]
+_SCOPE = selfmonitoring_pb2.DESCRIPTOR.enum_types_by_name["Scope"]
 _SOURCE = selfmonitoring_pb2.DESCRIPTOR.enum_types_by_name["ObservationSource"]
 _KIND = selfmonitoring_pb2.DESCRIPTOR.enum_types_by_name["MetricKind"]
 _STATE = selfmonitoring_pb2.DESCRIPTOR.enum_types_by_name["BreachState"]
@@ -49,12 +50,14 @@ def indicator_to_proto(indicator: model.Indicator) -> selfmonitoring_pb2.Indicat
             deadline_days=indicator.deadline_days,
             minimum_share=indicator.threshold,
             recovery_share=indicator.recovery_threshold,
+            warning_share=indicator.warning_threshold,
         )
     else:
         metric["measure"] = selfmonitoring_pb2.Measure(
             kind=_kind_to_proto(indicator.kind),
             breach_threshold=indicator.threshold,
             recovery_threshold=indicator.recovery_threshold,
+            warning_threshold=indicator.warning_threshold,
         )
     return selfmonitoring_pb2.Indicator(
         name=indicator.name,
@@ -66,6 +69,7 @@ def indicator_to_proto(indicator: model.Indicator) -> selfmonitoring_pb2.Indicat
         minimum_sample=indicator.minimum_sample,
         severity=selfmonitoring_pb2.Severity.Value(f"SEVERITY_{indicator.severity}"),
         create_time=timestamp(indicator.created_at) if indicator.created_at else None,
+        scope=selfmonitoring_pb2.Scope.Value(f"SCOPE_{indicator.scope}"),
     )
 
 
@@ -155,6 +159,9 @@ def observation_to_proto(observation: model.Observation) -> selfmonitoring_pb2.O
         completed_on=proto_date(observation.completed_on),
         source=selfmonitoring_pb2.ObservationSource.Value(f"OBSERVATION_SOURCE_{observation.source}"),
         value=observation.value,
+        service=observation.service,
+        municipality=observation.municipality,
+        group=observation.group,
     )
 
 
@@ -298,6 +305,8 @@ class SelfMonitoringServicer(selfmonitoring_pb2_grpc.SelfMonitoringServiceServic
                 )
                 response.opened_breaches.extend(result.opened_breaches)
                 response.resolved_breaches.extend(result.resolved_breaches)
+                response.raised_warnings.extend(result.raised_warnings)
+                response.cleared_warnings.extend(result.cleared_warnings)
                 items.clear()
             first_index = index
 
@@ -470,7 +479,8 @@ class SelfMonitoringServicer(selfmonitoring_pb2_grpc.SelfMonitoringServiceServic
                 selfmonitoring_pb2.IndicatorValue(
                     indicator=v.indicator.name,
                     service=v.indicator.service,
-                    provider=v.provider,
+                    provider=v.provider if v.indicator.scope is model.Scope.PROVIDER else "",
+                    scope_key=v.provider,
                     value=v.value,
                     sample_size=v.sample_size,
                     window_start=proto_date(v.window[0]),
@@ -520,6 +530,9 @@ def observation_command(
         completed_on=completed_on,
         source=source,
         value=observation.value if observation.HasField("value") else None,
+        service=observation.service,
+        municipality=observation.municipality,
+        group=observation.group,
     )
 
 
@@ -535,10 +548,12 @@ def indicator_from_proto(
             description = "SHARE_WITHIN_DEADLINE is defined by share_within_deadline"
             raise InvalidArgument(description, [FieldViolation("indicator.measure.kind", description)])
         threshold, recovery, deadline_days = measure.breach_threshold, measure.recovery_threshold, 0
+        warning = measure.warning_threshold if measure.HasField("warning_threshold") else None
     else:
         kind = model.MetricKind.SHARE_WITHIN_DEADLINE
         share = indicator.share_within_deadline
         threshold, recovery, deadline_days = share.minimum_share, share.recovery_share, share.deadline_days
+        warning = share.warning_share if share.HasField("warning_share") else None
     return model.new_indicator(
         region,
         indicator_id,
@@ -551,4 +566,8 @@ def indicator_from_proto(
         severity,
         recovery_threshold=recovery,
         kind=kind,
+        warning_threshold=warning,
+        scope=model.Scope.PROVIDER
+        if indicator.scope == selfmonitoring_pb2.SCOPE_UNSPECIFIED
+        else enum_from_proto(model.Scope, indicator.scope, _SCOPE, "indicator.scope"),
     )

@@ -51,6 +51,11 @@ class RecordObservation(Command):
     source: model.ObservationSource | None = None
     """None: the caller's own source (a region admin's case data, a provider's report)."""
     value: float | None = None
+    service: str = ""
+    municipality: str = ""
+    """The scope keys besides the provider (which of them is required, the indicator's scope says)."""
+    group: str = ""
+    """The customer group, for equal treatment."""
 
 
 @dataclass(frozen=True)
@@ -99,15 +104,22 @@ class RecordAdmission(Command):
     """From the registry's RegistrationAdmitted."""
 
     provider: model.AdmittedProvider
+    at: datetime | None = None
+    """When the registry admitted it (None: now)."""
 
 
 @dataclass(frozen=True)
-class RecordSuspension(Command):
-    """From the registry's ProviderSuspended."""
+class RecordAvailabilityChange(Command):
+    """From the registry's ProviderSuspended, ProviderReinstated, RegistrationLapsed,
+    ProviderRevoked and RegistrationWithdrawn."""
 
     region: str
     service: str
     business_id: str
+    change: model.AvailabilityChange
+    at: datetime | None = None
+    """When it happened in the registry (None: now); an older change than the last one applied
+    changes nothing, so events followed by separate consumers may arrive in any order."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +137,7 @@ class GetIndicatorReport(Query):
 class IndicatorValue:
     indicator: model.Indicator
     provider: str
+    """The scope's group: the provider's business ID for a provider-scoped indicator."""
     value: float
     sample_size: int
     window: tuple[date, date]
@@ -164,6 +177,8 @@ class ObservationsRecorded:
     rejected: list[RejectedObservation]
     opened_breaches: list[str]
     resolved_breaches: list[str]
+    raised_warnings: list[str] = field(default_factory=list)
+    cleared_warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -386,6 +401,7 @@ async def _accept(
                     f"observation.started_on {problem}", [FieldViolation("observation.started_on", problem)]
                 )
             day = item.completed_on or item.started_on or uow.today
+            indicator = await _indicator(batch, uow, item.region, item.indicator_id)
             observation = model.new_observation(
                 item.observation_id,
                 item.provider,
@@ -395,8 +411,11 @@ async def _accept(
                 today=uow.today,
                 source=source,
                 value=item.value,
+                service=item.service,
+                municipality=item.municipality,
+                scope=indicator.scope,
+                group=item.group,
             )
-            indicator = await _indicator(batch, uow, item.region, item.indicator_id)
             if item.completed_on is None:
                 _pending_problem(item, indicator)
             else:
@@ -503,6 +522,7 @@ async def _store(batch: _Batch, uow: SelfMonitoringUnitOfWork) -> None:
             )
     rows: list[tuple[model.Indicator, model.Observation]] = []
     buckets: dict[tuple[str, str, str, date], model.DayBucket] = {}
+    group_buckets: dict[tuple[str, str, str, str, date], model.DayBucket] = {}
     for key, observations in batch.accepted.items():
         indicator = batch.indicators[key]
         # A case the sweep counted late already is stored, not counted again.
@@ -517,10 +537,21 @@ async def _store(batch: _Batch, uow: SelfMonitoringUnitOfWork) -> None:
             rows.append((indicator, observation))
             if (observation.source, observation.observation_id) in counted:
                 continue
-            day = (*key, observation.provider, observation.completed_on)
+            day = (*key, indicator.scope_key(observation), observation.completed_on)
             buckets[day] = buckets.get(day, model.DayBucket()).add(indicator, observation)
+            if indicator.kind is model.MetricKind.EQUAL_TREATMENT:
+                group_day = (
+                    *key,
+                    indicator.scope_key(observation),
+                    observation.group,
+                    observation.completed_on,
+                )
+                group_buckets[group_day] = group_buckets.get(group_day, model.DayBucket()).add(
+                    indicator, observation
+                )
     await uow.observations.insert(rows, uow.now)
     await uow.buckets.add(buckets)
+    await uow.group_buckets.add(group_buckets)
 
 
 @dataclass
@@ -529,14 +560,47 @@ class _Evaluated:
     breaches: dict[str, model.Breach | None] = field(default_factory=dict)
     opened: list[str] = field(default_factory=list)
     resolved: list[str] = field(default_factory=list)
+    warned: list[str] = field(default_factory=list)
+    cleared: list[str] = field(default_factory=list)
+
+
+async def _evaluate_warnings(
+    indicator: model.Indicator,
+    stats: dict[str, model.WindowStats],
+    uow: SelfMonitoringUnitOfWork,
+    evaluated: _Evaluated,
+) -> None:
+    """Raise or clear each scope group's warning: alerts only, no policy, no suspension."""
+    if indicator.warning_threshold is None:
+        return
+    providers = sorted(stats)
+    open_now = await uow.breaches.open_of_many(
+        indicator.region, indicator.indicator_id, providers, warning=True
+    )
+    for provider in providers:
+        warning = open_now.get(provider)
+        verdict = model.evaluate_warning(indicator, stats[provider], warning_open=warning is not None)
+        if verdict is model.Verdict.OPEN:
+            warning = model.raise_warning(
+                uuid.uuid4().hex, indicator, provider, stats[provider], uow.now, as_of=uow.today
+            )
+            uow.alerts.add(model.Alert(warning.region, warning.id, model.AlertKind.WARNING_RAISED, uow.now))
+            uow.breaches.add(warning)
+            evaluated.warned.append(warning.name)
+        elif verdict is model.Verdict.RESOLVE and warning is not None:
+            value = indicator.value(stats[provider])
+            await uow.breaches.update(model.resolve_breach(warning, value, stats[provider], uow.now))
+            uow.alerts.add(model.Alert(warning.region, warning.id, model.AlertKind.WARNING_CLEARED, uow.now))
+            evaluated.cleared.append(warning.name)
 
 
 async def _evaluate_providers(
     indicator: model.Indicator, providers: list[str], uow: SelfMonitoringUnitOfWork
 ) -> _Evaluated:
-    """Evaluate each provider's window: open a breach, resolve one, or leave it."""
+    """Evaluate each scope group's window (each provider's, for a provider-scoped indicator):
+    open a breach, resolve one, or leave it."""
     evaluated = _Evaluated()
-    stats = await uow.buckets.window(indicator, providers, uow.today)
+    stats = await _windows(indicator, providers, uow.today, uow)
     open_now = await uow.breaches.open_of_many(indicator.region, indicator.indicator_id, providers)
     for provider in providers:
         provider_stats = stats.get(provider, model.WindowStats(0, 0.0, 0.0))
@@ -560,7 +624,26 @@ async def _evaluate_providers(
             breach = None
         evaluated.values[provider] = provider_stats
         evaluated.breaches[provider] = breach
+    await _evaluate_warnings(indicator, evaluated.values, uow, evaluated)
     return evaluated
+
+
+async def _windows(
+    indicator: model.Indicator, keys: list[str] | None, as_of: date, uow: SelfMonitoringUnitOfWork
+) -> dict[str, model.WindowStats]:
+    """Each scope group's window (every group's when keys is None); for equal treatment, its
+    worst customer group's, compared with the scope group's overall rate."""
+    if keys is None:
+        overall = await uow.buckets.window_of_all(indicator, as_of)
+    else:
+        overall = await uow.buckets.window(indicator, keys, as_of)
+    if indicator.kind is not model.MetricKind.EQUAL_TREATMENT:
+        return overall
+    groups = await uow.group_buckets.window(indicator, keys, as_of)
+    empty = model.WindowStats(0, 0.0, 0.0)
+    return {key: model.worst_group(indicator, overall[key], groups.get(key, {})) for key in overall} | {
+        key: empty for key in keys or [] if key not in overall
+    }
 
 
 async def _evaluate(batch: _Batch, uow: SelfMonitoringUnitOfWork) -> dict[tuple[str, str], _Evaluated]:
@@ -568,7 +651,7 @@ async def _evaluate(batch: _Batch, uow: SelfMonitoringUnitOfWork) -> dict[tuple[
     await _store(batch, uow)
     evaluated: dict[tuple[str, str], _Evaluated] = {}
     for key, indicator in batch.indicators.items():
-        providers = sorted({o.provider for o in batch.accepted.get(key, [])})
+        providers = sorted({indicator.scope_key(o) for o in batch.accepted.get(key, [])})
         if providers:
             evaluated[key] = await _evaluate_providers(indicator, providers, uow)
     return evaluated
@@ -585,6 +668,8 @@ async def record_observations(
         rejected=sorted(batch.rejected, key=lambda r: r.index),
         opened_breaches=[name for e in evaluated.values() for name in e.opened],
         resolved_breaches=[name for e in evaluated.values() for name in e.resolved],
+        raised_warnings=[name for e in evaluated.values() for name in e.warned],
+        cleared_warnings=[name for e in evaluated.values() for name in e.cleared],
     )
 
 
@@ -594,11 +679,13 @@ async def record_observation(
     batch = await _accept((command,), 0, uow, strict=True)
     evaluated = (await _evaluate(batch, uow)).get((command.region, command.indicator_id), _Evaluated())
     indicator = batch.indicators[(command.region, command.indicator_id)]
-    provider = _canonical(command.provider)
+    provider = model.scope_key(
+        indicator.scope, _canonical(command.provider), command.service, command.municipality
+    )
     if provider in evaluated.values:
         stats, breach = evaluated.values[provider], evaluated.breaches[provider]
     else:  # a repeat or a pending case: the provider's value as it stands
-        stats = (await uow.buckets.window(indicator, [provider], uow.today)).get(
+        stats = (await _windows(indicator, [provider], uow.today, uow)).get(
             provider, model.WindowStats(0, 0.0, 0.0)
         )
         breach = (await uow.breaches.open_of_many(command.region, command.indicator_id, [provider])).get(
@@ -612,6 +699,8 @@ async def record_observation(
 async def _apply_policy(breach: model.Breach, uow: SelfMonitoringUnitOfWork) -> model.Breach:
     """What the programme in force says a new breach leads to: a corrective-action request with
     a deadline timer, or, when it recurs within the policy's period, escalation at once."""
+    if not breach.of_provider:
+        return breach  # a service's, a municipality's or the region's: it alerts the region only
     programme = await uow.programmes.in_force(breach.region)
     if programme is None or breach.severity is model.Severity.SERIOUS:
         return breach  # a serious breach requests suspension by itself (BreachOpened)
@@ -706,7 +795,7 @@ async def record_admission(command: RecordAdmission, uow: SelfMonitoringUnitOfWo
     provider was admitted takes effect now (escalated again, so the registry suspends)."""
     _from_the_bus(uow, "recording an admission")
     provider = command.provider
-    await uow.admitted.admitted(provider, uow.now)
+    await uow.admitted.admitted(provider, command.at or uow.now, uow.now)
     waiting = await uow.breaches.open_serious(provider.region, provider.business_id, provider.service)
     for breach in waiting:
         reason = model.EscalationReason.PROVIDER_ADMITTED
@@ -715,9 +804,14 @@ async def record_admission(command: RecordAdmission, uow: SelfMonitoringUnitOfWo
     return len(waiting)
 
 
-async def record_suspension(command: RecordSuspension, uow: SelfMonitoringUnitOfWork) -> bool:
-    _from_the_bus(uow, "recording a suspension")
-    return await uow.admitted.suspended(command.region, command.service, command.business_id, uow.now)
+async def record_availability_change(
+    command: RecordAvailabilityChange, uow: SelfMonitoringUnitOfWork
+) -> bool:
+    """Whether the change applied (False: a later one had been applied already)."""
+    _from_the_bus(uow, f"recording a provider {command.change.lower()}")
+    return await uow.admitted.changed(
+        command.region, command.service, command.business_id, command.change, command.at or uow.now, uow.now
+    )
 
 
 async def get_availability_report(
@@ -735,7 +829,7 @@ async def get_indicator_report(
     values: list[IndicatorValue] = []
     for indicator in await uow.indicators.of_region(query.region):
         window = model.window_bounds(indicator, as_of)
-        for provider, stats in (await uow.buckets.window_of_all(indicator, as_of)).items():
+        for provider, stats in (await _windows(indicator, None, as_of, uow)).items():
             values.append(
                 IndicatorValue(indicator, provider, indicator.value(stats), stats.sample_size, window)
             )
@@ -757,7 +851,7 @@ async def sweep_deadlines(command: SweepDeadlines, uow: SelfMonitoringUnitOfWork
         {(indicator.region, indicator.indicator_id, p, day): b for (p, day), b in overdue_buckets.items()}
     )
     await uow.pending.mark_counted(indicator, overdue, uow.today)
-    providers = sorted({case.observation.provider for case in overdue})
+    providers = sorted({indicator.scope_key(case.observation) for case in overdue})
     evaluated = await _evaluate_providers(indicator, providers, uow)
     log.info("deadlines swept", extra={"indicator": indicator.indicator_id, "overdue": len(overdue)})
     return SweepResult(len(overdue), evaluated.opened)
@@ -890,7 +984,7 @@ HANDLERS: dict[type[Any], Any] = {
     RecordObservations: record_observations,
     SweepDeadlines: sweep_deadlines,
     RecordAdmission: record_admission,
-    RecordSuspension: record_suspension,
+    RecordAvailabilityChange: record_availability_change,
     GetAvailabilityReport: get_availability_report,
     GetIndicatorReport: get_indicator_report,
     EscalateCorrectiveAction: escalate_corrective_action,

@@ -53,6 +53,32 @@ def parse_severity(name: str, field: str = "indicator.severity") -> Severity:
         raise InvalidArgument(description, [FieldViolation(field, description)]) from None
 
 
+class Scope(StrEnum):
+    """What an indicator's observations are grouped by, and so what a breach is about."""
+
+    PROVIDER = "PROVIDER"
+    """Each provider (palveluntuottaja) apart: the only scope whose breach can lead to a
+    corrective action or a suspension request."""
+    SERVICE = "SERVICE"
+    """Each growth service apart, all providers together (observations name their service)."""
+    MUNICIPALITY = "MUNICIPALITY"
+    """Each municipality (kunta) apart (observations name its three-digit code)."""
+    REGION = "REGION"
+    """The whole region (maakunta) together."""
+
+
+SCOPE_FIELDS: dict[Scope, str] = {
+    Scope.PROVIDER: "provider",
+    Scope.SERVICE: "service",
+    Scope.MUNICIPALITY: "municipality",
+    Scope.REGION: "",
+}
+"""The observation field each scope groups by (none for the whole region)."""
+
+_MUNICIPALITY_CODE = re.compile(r"\d{3}")
+_GROUP_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
 class BreachState(StrEnum):
     """Where a breach stands."""
 
@@ -109,6 +135,14 @@ class BreachFacts:
     recovery_threshold: float = 0.0
     window_start: date | None = None
     window_end: date | None = None
+    warning: bool = False
+    """A warning (varoitus): the value is past the indicator's warning threshold, not (yet) its
+    breach threshold; it alerts supervisors and asks nothing of the provider."""
+    scope: Scope = Scope.PROVIDER
+    scope_key: str = ""
+    """The provider's business ID, the service, the municipality code; empty for the region."""
+    group: str = ""
+    """For equal treatment: the customer group whose outcome rate is compared (the lowest)."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +151,42 @@ class BreachOpened(Event):
 
     breach: BreachFacts
     region: str
+
+
+@dataclass(frozen=True)
+class RegionBreachOpened(Event):
+    """A service, a municipality or the whole region crossed an indicator's threshold: an
+    alert for the region's supervisors, never a provider's suspension (the registry follows
+    BreachOpened only, which is a provider's)."""
+
+    breach: BreachFacts
+    region: str
+
+
+@dataclass(frozen=True)
+class RegionBreachResolved(Event):
+    """A RegionBreachOpened's value came back past the indicator's recovery threshold."""
+
+    breach: BreachFacts
+    region: str
+    resolve_time: datetime
+
+
+@dataclass(frozen=True)
+class WarningRaised(Event):
+    """A provider's value crossed an indicator's warning threshold (breach.warning is set)."""
+
+    breach: BreachFacts
+    region: str
+
+
+@dataclass(frozen=True)
+class WarningCleared(Event):
+    """A warning's value came back past the indicator's recovery threshold."""
+
+    breach: BreachFacts
+    region: str
+    resolve_time: datetime
 
 
 @dataclass(frozen=True)
@@ -159,6 +229,10 @@ class MetricKind(StrEnum):
     """The mean of the observations' values (a satisfaction score)."""
     COUNT_PER_100_CUSTOMERS = "COUNT_PER_100_CUSTOMERS"
     """Per 100 customers: one observation per customer, its value the count (complaints)."""
+    EQUAL_TREATMENT = "EQUAL_TREATMENT"
+    """Equal treatment (yhdenvertaisuus): each customer group's outcome rate (values 0 or 1,
+    each observation naming its pseudonymous group) as a share of the overall rate; the value
+    is the lowest share among the groups with at least minimum_sample observations."""
 
 
 LOWER_IS_BETTER = frozenset({MetricKind.COUNT_PER_100_CUSTOMERS})
@@ -174,7 +248,8 @@ class Indicator(Aggregate):
     minimum_sample observations, a value past the threshold (below it, or above it for
     lower-is-better kinds) opens a breach. An open breach resolves only when the value
     is back past recovery_threshold (hysteresis), so a value hovering at the threshold
-    does not open and close breaches.
+    does not open and close breaches. With a warning_threshold, a value past it but not
+    past the breach threshold raises a warning, which clears at the recovery threshold too.
     """
 
     region: str
@@ -190,6 +265,9 @@ class Indicator(Aggregate):
     recovery_threshold: float = 0.0
     kind: MetricKind = MetricKind.SHARE_WITHIN_DEADLINE
     created_at: datetime | None = field(default=None, compare=False)
+    warning_threshold: float | None = None
+    """A value past this (and not past the breach threshold) raises a warning; None: no warnings."""
+    scope: Scope = Scope.PROVIDER
 
     @property
     def name(self) -> str:
@@ -199,8 +277,17 @@ class Indicator(Aggregate):
     def lower_is_better(self) -> bool:
         return self.kind in LOWER_IS_BETTER
 
+    def scope_key(self, observation: Observation) -> str:
+        """The group an observation counts in under this indicator's scope."""
+        return scope_key(self.scope, observation.provider, observation.service, observation.municipality)
+
     def value(self, stats: WindowStats) -> float:
-        """The metric over a window (0 for an empty one; a share of an empty window is 1)."""
+        """The metric over a window (0 for an empty one; a share of an empty window is 1, and so
+        is a group's share when no one reached the outcome at all)."""
+        if self.kind is MetricKind.EQUAL_TREATMENT:
+            if stats.weight <= 0 or not stats.reference:
+                return 1.0
+            return stats.weighted_value / stats.weight / stats.reference
         if stats.weight <= 0:
             return 1.0 if self.kind is MetricKind.SHARE_WITHIN_DEADLINE else 0.0
         mean = stats.weighted_value / stats.weight
@@ -208,6 +295,13 @@ class Indicator(Aggregate):
 
     def breached_by(self, value: float) -> bool:
         return value > self.threshold if self.lower_is_better else value < self.threshold
+
+    def warned_by(self, value: float) -> bool:
+        if self.warning_threshold is None:
+            return False
+        if self.lower_is_better:
+            return value > self.warning_threshold
+        return value < self.warning_threshold
 
     def recovered_at(self, value: float) -> bool:
         if self.lower_is_better:
@@ -233,13 +327,23 @@ class Indicator(Aggregate):
             return
         if value is None or not math.isfinite(value):
             problem = f"is required for a {self.kind} indicator"
-        elif self.kind is MetricKind.RATE and value not in {0.0, 1.0}:
-            problem = "must be 0 or 1 for a RATE indicator"
+        elif self.kind in {MetricKind.RATE, MetricKind.EQUAL_TREATMENT} and value not in {0.0, 1.0}:
+            problem = f"must be 0 or 1 for a {self.kind} indicator"
         elif self.kind is MetricKind.COUNT_PER_100_CUSTOMERS and (value < 0 or value != int(value)):
             problem = "must be a whole count of at least 0"
+        elif self.kind is MetricKind.EQUAL_TREATMENT and not observation.group:
+            problem = "is required for an EQUAL_TREATMENT indicator"
+            raise InvalidArgument(
+                f"observation.group {problem}", [FieldViolation("observation.group", problem)]
+            )
         else:
             return
         raise InvalidArgument(f"observation.value {problem}", [FieldViolation("observation.value", problem)])
+
+
+def scope_key(scope: Scope, provider: str, service: str, municipality: str) -> str:
+    """The key of a scope's group: the field SCOPE_FIELDS names, empty for the whole region."""
+    return {Scope.PROVIDER: provider, Scope.SERVICE: service, Scope.MUNICIPALITY: municipality}.get(scope, "")
 
 
 def create_indicator(indicator: Indicator, now: datetime) -> Indicator:
@@ -250,26 +354,50 @@ def create_indicator(indicator: Indicator, now: datetime) -> Indicator:
 
 
 def _threshold_violations(
-    kind: MetricKind, threshold: float, recovery_threshold: float
+    kind: MetricKind, threshold: float, recovery_threshold: float, warning_threshold: float | None = None
 ) -> tuple[list[FieldViolation], float]:
-    """Thresholds' violations, and the recovery threshold (the threshold itself when unset)."""
+    """Thresholds' violations, and the recovery threshold (unset: the warning threshold when
+    there is one, else the breach threshold). They must be ordered with the indicator's
+    direction: breach, then warning, then recovery, each no worse than the one before."""
     share = kind is MetricKind.SHARE_WITHIN_DEADLINE
     path = "indicator.share_within_deadline" if share else "indicator.measure"
-    names = ("minimum_share", "recovery_share") if share else ("breach_threshold", "recovery_threshold")
-    bounded = kind in {MetricKind.SHARE_WITHIN_DEADLINE, MetricKind.RATE}
+    names = (
+        ("minimum_share", "recovery_share", "warning_share")
+        if share
+        else ("breach_threshold", "recovery_threshold", "warning_threshold")
+    )
+    bounded = kind in {MetricKind.SHARE_WITHIN_DEADLINE, MetricKind.RATE, MetricKind.EQUAL_TREATMENT}
     violations: list[FieldViolation] = []
-    # NaN compares false both ways, so it must be refused explicitly.
-    valid = math.isfinite(threshold) and (0 < threshold <= 1 if bounded else threshold >= 0)
+
+    def in_range(value: float) -> bool:
+        # NaN compares false both ways, so it must be refused explicitly.
+        return math.isfinite(value) and (0 < value <= 1 if bounded else value >= 0)
+
+    range_rule = "must be greater than 0 and at most 1" if bounded else "must be a number of at least 0"
+    valid = in_range(threshold)
     if not valid:
-        rule = "must be greater than 0 and at most 1" if bounded else "must be a number of at least 0"
-        violations.append(FieldViolation(f"{path}.{names[0]}", rule))
-    recovery = recovery_threshold or threshold
-    if kind in LOWER_IS_BETTER:
-        fits = 0 <= recovery <= threshold
-        rule = f"must be at least 0 and at most {names[0]}"
+        violations.append(FieldViolation(f"{path}.{names[0]}", range_rule))
+    lower = kind in LOWER_IS_BETTER
+    warning_valid = False
+    if warning_threshold is not None:
+        if not in_range(warning_threshold):
+            violations.append(FieldViolation(f"{path}.{names[2]}", range_rule))
+        else:
+            warning_valid = True
+            ordered = warning_threshold < threshold if lower else warning_threshold > threshold
+            if valid and not ordered:
+                side = "below" if lower else "above"
+                violations.append(FieldViolation(f"{path}.{names[2]}", f"must be {side} {names[0]}"))
+    floor_name, floor = names[0], threshold
+    if warning_valid and warning_threshold is not None:
+        floor_name, floor = names[2], warning_threshold
+    recovery = recovery_threshold or floor
+    if lower:
+        fits = 0 <= recovery <= floor
+        rule = f"must be at least 0 and at most {floor_name}"
     else:
-        fits = threshold <= recovery <= (1 if bounded else math.inf)
-        rule = f"must be at least {names[0]}" + (" and at most 1" if bounded else "")
+        fits = floor <= recovery <= (1 if bounded else math.inf)
+        rule = f"must be at least {floor_name}" + (" and at most 1" if bounded else "")
     if math.isnan(recovery_threshold) or (valid and not fits):
         violations.append(FieldViolation(f"{path}.{names[1]}", rule))
     return violations, recovery
@@ -287,6 +415,8 @@ def new_indicator(  # noqa: PLR0917 - mirrors the Indicator's fields in order
     severity: Severity,
     recovery_threshold: float = 0.0,
     kind: MetricKind = MetricKind.SHARE_WITHIN_DEADLINE,
+    warning_threshold: float | None = None,
+    scope: Scope = Scope.PROVIDER,
 ) -> Indicator:
     """Validate and build an indicator; every violation is reported at once."""
     violations: list[FieldViolation] = []
@@ -311,7 +441,9 @@ def new_indicator(  # noqa: PLR0917 - mirrors the Indicator's fields in order
     if not isinstance(kind, MetricKind):
         violations.append(FieldViolation("indicator.measure.kind", "must name a metric kind"))
         kind = MetricKind.SHARE_WITHIN_DEADLINE
-    threshold_violations, recovery = _threshold_violations(kind, threshold, recovery_threshold)
+    threshold_violations, recovery = _threshold_violations(
+        kind, threshold, recovery_threshold, warning_threshold
+    )
     violations.extend(threshold_violations)
     if not 1 <= window_days <= MAX_WINDOW_DAYS:
         violations.append(
@@ -321,6 +453,10 @@ def new_indicator(  # noqa: PLR0917 - mirrors the Indicator's fields in order
         violations.append(FieldViolation("indicator.minimum_sample", "must be at least 1"))
     if not isinstance(severity, Severity):
         violations.append(FieldViolation("indicator.severity", "must be WARNING or SERIOUS"))
+    if not isinstance(scope, Scope):
+        violations.append(
+            FieldViolation("indicator.scope", "must be PROVIDER, SERVICE, MUNICIPALITY or REGION")
+        )
     raise_if_any(violations, "the indicator is invalid")
     return Indicator(
         region=region,
@@ -334,6 +470,8 @@ def new_indicator(  # noqa: PLR0917 - mirrors the Indicator's fields in order
         severity=severity,
         recovery_threshold=recovery,
         kind=kind,
+        warning_threshold=warning_threshold,
+        scope=scope,
     )
 
 
@@ -351,6 +489,13 @@ class Observation:
     source: ObservationSource = ObservationSource.REGION_CASE_DATA
     value: float | None = None
     """The measured value, for indicators other than a share within a deadline."""
+    service: str = ""
+    """The growth service, for a SERVICE-scoped indicator (optional otherwise)."""
+    municipality: str = ""
+    """The municipality's three-digit code, for a MUNICIPALITY-scoped indicator."""
+    group: str = ""
+    """A pseudonymous customer-group category (e.g. "age-55-plus"), for equal treatment; never
+    a person's identity."""
 
     @property
     def weight(self) -> float:
@@ -359,7 +504,7 @@ class Observation:
     def differs_from(self, other: Observation, *, as_pending: bool = False) -> list[str]:
         """The fields (as request paths) in which a record under the same id differs; a pending
         case and its completion agree on the case alone (provider, case key, start)."""
-        names: tuple[str, ...] = ("provider", "case_key", "started_on")
+        names: tuple[str, ...] = ("provider", "case_key", "started_on", "service", "municipality", "group")
         if not as_pending:
             names += ("completed_on", "value")
         return [f"observation.{name}" for name in names if getattr(self, name) != getattr(other, name)]
@@ -387,15 +532,53 @@ def pending_case(indicator: Indicator, observation: Observation) -> PendingCase:
 
 
 def count_overdue(indicator: Indicator, cases: Iterable[PendingCase]) -> dict[tuple[str, date], DayBucket]:
-    """The late cases the sweep adds, per provider and the day each deadline passed."""
+    """The late cases the sweep adds, per scope key and the day each deadline passed."""
     buckets: dict[tuple[str, date], DayBucket] = {}
     for case in cases:
-        key = (case.observation.provider, case.overdue_day)
+        key = (indicator.scope_key(case.observation), case.overdue_day)
         # Past its deadline: it adds a case not within it (its weight, nothing to the value).
         bucket = buckets.get(key, DayBucket())
         weight = case.observation.weight
         buckets[key] = DayBucket(bucket.sample_size + 1, bucket.weight + weight, bucket.weighted_value)
     return buckets
+
+
+def _key_violations(
+    scope: Scope, provider: str, service: str, municipality: str, group: str
+) -> tuple[str, list[FieldViolation]]:
+    """An observation's grouping keys' violations (the one its scope needs must be there), and
+    the provider's business ID in canonical form."""
+    violations: list[FieldViolation] = []
+    required = SCOPE_FIELDS[scope]
+    for name, given in (("provider", provider), ("service", service), ("municipality", municipality)):
+        if not given and name == required:
+            violations.append(
+                FieldViolation(f"observation.{name}", f"is required for a {scope}-scoped indicator")
+            )
+    canonical_provider = provider
+    if provider:
+        try:
+            canonical_provider = validate_business_id(provider, "observation.provider")
+        except InvalidArgument as error:
+            violations.extend(error.violations)
+    if service:
+        try:
+            validate_resource_id(service, "observation.service")
+        except InvalidArgument as error:
+            violations.extend(error.violations)
+    if group and not _GROUP_KEY.fullmatch(group):
+        violations.append(
+            FieldViolation("observation.group", "must be a category key: 1-64 letters, digits, '-' or '_'")
+        )
+    elif _PERSONAL_IDENTITY_CODE.fullmatch(group):
+        violations.append(
+            FieldViolation("observation.group", "must be a category, not a personal identity code")
+        )
+    if municipality and not _MUNICIPALITY_CODE.fullmatch(municipality):
+        violations.append(
+            FieldViolation("observation.municipality", "must be a three-digit municipality code")
+        )
+    return canonical_provider, violations
 
 
 def new_observation(
@@ -408,16 +591,19 @@ def new_observation(
     today: date,
     source: ObservationSource = ObservationSource.REGION_CASE_DATA,
     value: float | None = None,
+    service: str = "",
+    municipality: str = "",
+    scope: Scope = Scope.PROVIDER,
+    group: str = "",
 ) -> Observation:
-    """Validate and build an observation; the provider's business ID is returned in canonical form."""
+    """Validate and build an observation; the provider's business ID is returned in canonical
+    form. It must carry the key its indicator's scope groups by (a provider, a service, a
+    municipality); a key it carries besides is checked too."""
     violations: list[FieldViolation] = []
     if violation := check_text(observation_id, "observation.observation_id", KEY_MAX_LENGTH):
         violations.append(violation)
-    canonical_provider = provider
-    try:
-        canonical_provider = validate_business_id(provider, "observation.provider")
-    except InvalidArgument as error:
-        violations.extend(error.violations)
+    canonical_provider, key_violations = _key_violations(scope, provider, service, municipality, group)
+    violations.extend(key_violations)
     if violation := check_text(case_key, "observation.case_key", KEY_MAX_LENGTH):
         violations.append(violation)
     elif _PERSONAL_IDENTITY_CODE.fullmatch(case_key.strip()):
@@ -429,7 +615,18 @@ def new_observation(
     if completed_on > today:
         violations.append(FieldViolation("observation.completed_on", "must not be in the future"))
     raise_if_any(violations, "the observation is invalid")
-    return Observation(observation_id, canonical_provider, case_key, started_on, completed_on, source, value)
+    return Observation(
+        observation_id,
+        canonical_provider,
+        case_key,
+        started_on,
+        completed_on,
+        source,
+        value,
+        service,
+        municipality,
+        group,
+    )
 
 
 def is_within_deadline(indicator: Indicator, observation: Observation) -> bool:
@@ -450,10 +647,34 @@ class WindowStats:
     sample_size: int
     weight: float
     weighted_value: float
+    reference: float | None = None
+    """For equal treatment: the overall rate this group's window is compared with."""
+    group: str = ""
+    """For equal treatment: the customer group whose window this is."""
 
     def __post_init__(self) -> None:
         if self.sample_size < 0 or self.weight < 0:
             raise ValueError(f"a window of {self.sample_size} observations weighing {self.weight}")
+
+    @property
+    def rate(self) -> float:
+        return self.weighted_value / self.weight if self.weight > 0 else 0.0
+
+
+def worst_group(indicator: Indicator, overall: WindowStats, groups: dict[str, WindowStats]) -> WindowStats:
+    """The window an equal-treatment indicator is evaluated on: the group with the lowest
+    outcome rate among those with at least minimum_sample observations (a smaller group says
+    nothing yet), compared with the overall rate of the whole window. With no such group, an
+    empty window (too small a sample: no verdict)."""
+    reference = overall.rate
+    counted = [
+        replace(stats, reference=reference, group=group)
+        for group, stats in sorted(groups.items())
+        if stats.sample_size >= indicator.minimum_sample
+    ]
+    if not counted:
+        return WindowStats(0, 0.0, 0.0, reference)
+    return min(counted, key=lambda stats: stats.rate)
 
 
 @dataclass(frozen=True)
@@ -504,6 +725,25 @@ def evaluate(indicator: Indicator, stats: WindowStats, breach_open: bool) -> Ver
     return Verdict.NONE
 
 
+def evaluate_warning(indicator: Indicator, stats: WindowStats, warning_open: bool) -> Verdict:
+    """Whether a warning is raised, cleared, or nothing changes.
+
+    A warning is raised for a value past the warning threshold but not past the breach
+    threshold (a value past both opens a breach, not a warning); an open warning stays open
+    while the value is past the warning threshold (whether or not a breach opened since),
+    and clears at the recovery threshold, as a breach resolves. Too small a sample decides
+    nothing.
+    """
+    if indicator.warning_threshold is None or stats.sample_size < indicator.minimum_sample:
+        return Verdict.NONE
+    value = indicator.value(stats)
+    if not warning_open and indicator.warned_by(value) and not indicator.breached_by(value):
+        return Verdict.OPEN
+    if warning_open and indicator.recovered_at(value):
+        return Verdict.RESOLVE
+    return Verdict.NONE
+
+
 @dataclass(frozen=True)
 class Breach(Aggregate):
     """A provider's crossing of an indicator's threshold: a quality event for supervisors."""
@@ -523,6 +763,17 @@ class Breach(Aggregate):
     resolved_at: datetime | None = None
     window_start: date | None = None
     window_end: date | None = None
+    warning: bool = False
+    """A warning: past the warning threshold only; it never leads to a suspension request."""
+    scope: Scope = Scope.PROVIDER
+    scope_key: str = ""
+    """The group it is about (for the provider scope, the provider's business ID)."""
+    group: str = ""
+    """For equal treatment: the customer group with the lowest share of the overall rate."""
+
+    def __post_init__(self) -> None:
+        if self.scope is Scope.PROVIDER and not self.scope_key:
+            object.__setattr__(self, "scope_key", self.provider)
 
     @property
     def name(self) -> str:
@@ -545,31 +796,43 @@ class Breach(Aggregate):
             recovery_threshold=self.recovery_threshold,
             window_start=self.window_start,
             window_end=self.window_end,
+            warning=self.warning,
+            scope=self.scope,
+            scope_key=self.scope_key,
+            group=self.group,
         )
+
+    @property
+    def of_provider(self) -> bool:
+        """A provider's breach, not a warning: only these ask a provider for corrective action
+        or lead to its suspension; the others alert the region."""
+        return self.scope is Scope.PROVIDER and not self.warning
 
     @property
     def suspends_provider(self) -> bool:
         """Whether the breach suspends the provider in the region until it is reinstated."""
-        return self.severity == Severity.SERIOUS
+        return self.severity == Severity.SERIOUS and self.of_provider
 
 
 def open_breach(
     id: str,
     indicator: Indicator,
-    provider: str,
+    key: str,
     stats: WindowStats,
     now: datetime,
     *,
     as_of: date | None = None,
 ) -> Breach:
-    """Open a breach recording the value, threshold, sample and window it was decided on."""
+    """Open a breach of the scope's group `key` (for the provider scope, the provider's
+    business ID), recording the value, threshold, sample and window it was decided on: a
+    provider's records BreachOpened, another scope's RegionBreachOpened."""
     require_aware(now)
     window = window_bounds(indicator, as_of) if as_of is not None else (None, None)
     breach = Breach(
         id=id,
         region=indicator.region,
         indicator_id=indicator.indicator_id,
-        provider=provider,
+        provider=key if indicator.scope is Scope.PROVIDER else "",
         service=indicator.service,
         severity=indicator.severity,
         value=indicator.value(stats),
@@ -579,9 +842,47 @@ def open_breach(
         recovery_threshold=indicator.recovery_threshold,
         window_start=window[0],
         window_end=window[1],
+        scope=indicator.scope,
+        scope_key=key,
+        group=stats.group,
     )
-    breach.record(BreachOpened(breach.facts, breach.region))
+    if breach.of_provider:
+        breach.record(BreachOpened(breach.facts, breach.region))
+    else:
+        breach.record(RegionBreachOpened(breach.facts, breach.region))
     return breach
+
+
+def raise_warning(
+    id: str, indicator: Indicator, key: str, stats: WindowStats, now: datetime, *, as_of: date
+) -> Breach:
+    """Raise a warning (a Breach with warning set, of WARNING severity, at the warning
+    threshold) recording the value, sample and window; records WarningRaised."""
+    if indicator.warning_threshold is None:
+        raise ValueError(f"{indicator.name} has no warning threshold")
+    require_aware(now)
+    start, end = window_bounds(indicator, as_of)
+    warning = Breach(
+        id=id,
+        region=indicator.region,
+        indicator_id=indicator.indicator_id,
+        provider=key if indicator.scope is Scope.PROVIDER else "",
+        service=indicator.service,
+        severity=Severity.WARNING,
+        value=indicator.value(stats),
+        threshold=indicator.warning_threshold,
+        sample_size=stats.sample_size,
+        opened_at=now,
+        recovery_threshold=indicator.recovery_threshold,
+        window_start=start,
+        window_end=end,
+        warning=True,
+        scope=indicator.scope,
+        scope_key=key,
+        group=stats.group,
+    )
+    warning.record(WarningRaised(warning.facts, warning.region))
+    return warning
 
 
 def resolve_breach(breach: Breach, value: float, stats: WindowStats, now: datetime) -> Breach:
@@ -596,7 +897,12 @@ def resolve_breach(breach: Breach, value: float, stats: WindowStats, now: dateti
         sample_size=stats.sample_size,
         resolved_at=now,
     )
-    resolved.record(BreachResolved(resolved.facts, resolved.region, now))
+    if resolved.warning:
+        resolved.record(WarningCleared(resolved.facts, resolved.region, now))
+    elif resolved.of_provider:
+        resolved.record(BreachResolved(resolved.facts, resolved.region, now))
+    else:
+        resolved.record(RegionBreachResolved(resolved.facts, resolved.region, now))
     return resolved
 
 
@@ -866,8 +1172,8 @@ def default_catalogue(region: str, service: str) -> list[tuple[Indicator, str]]:
         (
             make(
                 "equal-treatment",
-                "Equal treatment: audited customer groups' outcomes within the overall rate",
-                MetricKind.RATE,
+                "Equal treatment: no customer group's outcome rate below 80 % of the overall rate",
+                MetricKind.EQUAL_TREATMENT,
                 0.8,
                 0.9,
                 365,
@@ -980,7 +1286,10 @@ def respond_to_corrective_action(action: CorrectiveAction, response: str, now: d
 
 
 def escalate_breach(breach: Breach, reason: EscalationReason, now: datetime) -> Breach:
-    """An open breach becomes a suspension request: SERIOUS, with BreachEscalated."""
+    """An open breach becomes a suspension request: SERIOUS, with BreachEscalated. Only a
+    provider's breach can be: a warning or another scope's breach has no provider to suspend."""
+    if not breach.of_provider:
+        raise ValueError(f"{breach.name} is no provider's breach")
     escalated = replace(breach, severity=Severity.SERIOUS)
     escalated.record(BreachEscalated(escalated.facts, escalated.region, str(reason), require_aware(now)))
     return escalated
@@ -1000,6 +1309,19 @@ class AdmittedProvider:
     municipalities: tuple[str, ...]
     languages: tuple[str, ...]
     suspended: bool = False
+    ended: bool = False
+    """Its admission lapsed, was revoked or withdrawn: no longer admitted."""
+
+
+class AvailabilityChange(StrEnum):
+    """What a registry event after admission does to a provider's place in the view."""
+
+    SUSPENDED = "SUSPENDED"
+    """ProviderSuspended: still admitted, not active."""
+    REINSTATED = "REINSTATED"
+    """ProviderReinstated: active again."""
+    ENDED = "ENDED"
+    """RegistrationLapsed, ProviderRevoked, RegistrationWithdrawn: no longer admitted."""
 
 
 @dataclass(frozen=True)
@@ -1014,9 +1336,12 @@ class AvailabilityCell:
 
 
 def availability(providers: Iterable[AdmittedProvider]) -> list[AvailabilityCell]:
-    """Admitted (and active, i.e. not suspended) providers per service x municipality x language."""
+    """Admitted (and active, i.e. not suspended) providers per service x municipality x language;
+    a provider whose admission ended counts nowhere."""
     cells: dict[tuple[str, str, str], tuple[int, int]] = {}
     for provider in providers:
+        if provider.ended:
+            continue
         for municipality in provider.municipalities or ("",):
             for language in provider.languages or ("",):
                 key = (provider.service, municipality, language)
@@ -1036,12 +1361,18 @@ class AlertKind(StrEnum):
     OPENED = "OPENED"
     ESCALATED = "ESCALATED"
     RESOLVED = "RESOLVED"
+    WARNING_RAISED = "WARNING_RAISED"
+    WARNING_CLEARED = "WARNING_CLEARED"
 
 
 ALERT_EVENTS: dict[str, AlertKind] = {
     "BreachOpened": AlertKind.OPENED,
     "BreachEscalated": AlertKind.ESCALATED,
     "BreachResolved": AlertKind.RESOLVED,
+    "RegionBreachOpened": AlertKind.OPENED,
+    "RegionBreachResolved": AlertKind.RESOLVED,
+    "WarningRaised": AlertKind.WARNING_RAISED,
+    "WarningCleared": AlertKind.WARNING_CLEARED,
 }
 """The events that are alerts, by their type's short name."""
 
@@ -1098,6 +1429,10 @@ EVENTS: tuple[type[Event], ...] = (
     BreachOpened,
     BreachResolved,
     BreachEscalated,
+    WarningRaised,
+    WarningCleared,
+    RegionBreachOpened,
+    RegionBreachResolved,
     IndicatorCreated,
     ProgrammeCreated,
     ProgrammePublished,

@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import asdict
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import Index, Table, bindparam
+from sqlalchemy import false as sa_false
 from sqlalchemy import select as sa_select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Field, SQLModel, col, func, select
@@ -44,6 +45,9 @@ class IndicatorRow(SQLModel, table=True):
         sa_column_kwargs={"server_default": "SHARE_WITHIN_DEADLINE"},
     )
     created_at: datetime = utc_field(default_factory=utcnow)
+    # None: the indicator raises no warnings (as every indicator did before warnings).
+    warning_threshold: float | None = None
+    scope: str = Field(default="PROVIDER", max_length=16, sa_column_kwargs={"server_default": "PROVIDER"})
 
 
 class ObservationRow(SQLModel, table=True):
@@ -69,6 +73,11 @@ class ObservationRow(SQLModel, table=True):
     within_deadline: bool
     value: float | None = None
     recorded_at: datetime = utc_field(default_factory=utcnow)
+    # The scope keys besides the provider: empty when not given.
+    service: str = Field(default="", max_length=63, sa_column_kwargs={"server_default": ""})
+    municipality: str = Field(default="", max_length=3, sa_column_kwargs={"server_default": ""})
+    # A pseudonymous customer-group category, for equal treatment.
+    group_key: str = Field(default="", max_length=64, sa_column_kwargs={"server_default": ""})
 
 
 class PendingCaseRow(SQLModel, table=True):
@@ -90,17 +99,36 @@ class PendingCaseRow(SQLModel, table=True):
     started_on: date
     due_on: date
     counted_on: date | None = None
+    service: str = Field(default="", max_length=63, sa_column_kwargs={"server_default": ""})
+    municipality: str = Field(default="", max_length=3, sa_column_kwargs={"server_default": ""})
 
 
 class DayBucketRow(SQLModel, table=True):
-    """One provider's observations on one indicator completed on one day, summed as they arrive:
-    a window's value is the sum of at most window_days rows, whatever the history's size."""
+    """One scope group's observations (a provider's, a service's, a municipality's, the
+    region's) on one indicator completed on one day, summed as they arrive: a window's value
+    is the sum of at most window_days rows, whatever the history's size."""
 
     __tablename__ = "selfmonitoring_day_buckets"
 
     region: str = Field(primary_key=True, max_length=63)
     indicator_id: str = Field(primary_key=True, max_length=63)
-    provider: str = Field(primary_key=True, max_length=9)
+    scope_key: str = Field(primary_key=True, max_length=63)
+    day: date = Field(primary_key=True)
+    sample_size: int
+    weight: float
+    weighted_value: float
+
+
+class GroupBucketRow(SQLModel, table=True):
+    """For equal treatment: one customer group's observations within one scope group on one
+    day, summed as they arrive (the scope group's overall sums are its day bucket)."""
+
+    __tablename__ = "selfmonitoring_group_buckets"
+
+    region: str = Field(primary_key=True, max_length=63)
+    indicator_id: str = Field(primary_key=True, max_length=63)
+    scope_key: str = Field(primary_key=True, max_length=63)
+    group_key: str = Field(primary_key=True, max_length=64)
     day: date = Field(primary_key=True)
     sample_size: int
     weight: float
@@ -127,6 +155,13 @@ class BreachRow(SQLModel, table=True):
     resolved_at: datetime | None = utc_field(default=None, nullable=True)
     window_start: date | None = None
     window_end: date | None = None
+    # A warning (past the warning threshold only); its open key ends in "/warning".
+    warning: bool = Field(default=False, sa_column_kwargs={"server_default": sa_false()})
+    scope: str = Field(default="PROVIDER", max_length=16, sa_column_kwargs={"server_default": "PROVIDER"})
+    # The scope's group (the provider's business ID for the provider scope).
+    scope_key: str = Field(default="", max_length=63, sa_column_kwargs={"server_default": ""})
+    # For equal treatment: the customer group compared.
+    group_key: str = Field(default="", max_length=64, sa_column_kwargs={"server_default": ""})
 
 
 _IN_CHUNK = 500
@@ -192,12 +227,17 @@ class AdmittedProviderRow(SQLModel, table=True):
     languages: str = Field(default="[]")
     suspended: bool = False
     updated_at: datetime = utc_field()
+    # Its admission lapsed, was revoked or withdrawn.
+    ended: bool = Field(default=False, sa_column_kwargs={"server_default": sa_false()})
+    # When the registry made the last change applied (None before changes were timed).
+    changed_at: datetime | None = utc_field(default=None, nullable=True)
 
 
 SELFMONITORING_TABLES = (
     "selfmonitoring_indicators",
     "selfmonitoring_observations",
     "selfmonitoring_day_buckets",
+    "selfmonitoring_group_buckets",
     "selfmonitoring_pending_cases",
     "selfmonitoring_breaches",
     "selfmonitoring_programmes",
@@ -208,8 +248,8 @@ SELFMONITORING_TABLES = (
 
 OBSERVATIONS: Table = ObservationRow.__table__  # type: ignore[attr-defined]
 BUCKETS: Table = DayBucketRow.__table__  # type: ignore[attr-defined]
+GROUP_BUCKETS: Table = GroupBucketRow.__table__  # type: ignore[attr-defined]
 BREACHES: Table = BreachRow.__table__  # type: ignore[attr-defined]
-ADMITTED_PROVIDERS: Table = AdmittedProviderRow.__table__  # type: ignore[attr-defined]
 _OPEN_SERIOUS = Prepared(
     sa_select(BREACHES).where(
         BREACHES.c.region == bindparam("region"),
@@ -217,50 +257,54 @@ _OPEN_SERIOUS = Prepared(
         BREACHES.c.service == bindparam("service"),
         BREACHES.c.open_key.is_not(None),
         BREACHES.c.severity == str(model.Severity.SERIOUS),
+        BREACHES.c.warning.is_(False),
+        BREACHES.c.scope == str(model.Scope.PROVIDER),
     )
 )
-_ADMITTED_COLUMNS = (
-    "region",
-    "service",
-    "business_id",
-    "municipalities",
-    "languages",
-    "suspended",
-    "updated_at",
-)
-
-
-def _admitted_upsert(insert: Any) -> Any:
-    statement = insert(ADMITTED_PROVIDERS).values({name: bindparam(name) for name in _ADMITTED_COLUMNS})
-    return statement.on_conflict_do_update(
-        index_elements=[
-            ADMITTED_PROVIDERS.c.region,
-            ADMITTED_PROVIDERS.c.service,
-            ADMITTED_PROVIDERS.c.business_id,
-        ],
-        set_={name: statement.excluded[name] for name in _ADMITTED_COLUMNS[3:]},
-    )
-
-
-_ADMITTED = Prepared(_admitted_upsert(sqlite.insert), elsewhere=_admitted_upsert(postgresql.insert))
 _INSERT_OBSERVATIONS = TableInserter(OBSERVATIONS)
 
 
-def _upsert_buckets(dialect: Any) -> Any:
+def _upsert_sums(dialect: Any, table: Table, keys: tuple[str, ...]) -> Any:
     """INSERT … ON CONFLICT adding to the day's sums (SQLite and PostgreSQL spell it alike)."""
-    statement = dialect.insert(BUCKETS)
+    statement = dialect.insert(table)
     added = statement.excluded
     return statement.on_conflict_do_update(
-        index_elements=["region", "indicator_id", "provider", "day"],
+        index_elements=list(keys),
         set_={
-            "sample_size": BUCKETS.c.sample_size + added.sample_size,
-            "weight": BUCKETS.c.weight + added.weight,
-            "weighted_value": BUCKETS.c.weighted_value + added.weighted_value,
+            "sample_size": table.c.sample_size + added.sample_size,
+            "weight": table.c.weight + added.weight,
+            "weighted_value": table.c.weighted_value + added.weighted_value,
         },
     )
 
 
-_UPSERT_BUCKETS = {dialect.dialect.name: _upsert_buckets(dialect) for dialect in (sqlite, postgresql)}
+_BUCKET_KEYS = ("region", "indicator_id", "scope_key", "day")
+_GROUP_BUCKET_KEYS = ("region", "indicator_id", "scope_key", "group_key", "day")
+_UPSERT_BUCKETS = {d.dialect.name: _upsert_sums(d, BUCKETS, _BUCKET_KEYS) for d in (sqlite, postgresql)}
+_UPSERT_GROUP_BUCKETS = {
+    d.dialect.name: _upsert_sums(d, GROUP_BUCKETS, _GROUP_BUCKET_KEYS) for d in (sqlite, postgresql)
+}
+
+
+async def _add_sums(
+    uow: UnitOfWork, upsert: dict[str, Any], names: tuple[str, ...], buckets: dict[Any, model.DayBucket]
+) -> None:
+    """Add sums to their buckets (keyed as `names` say): one upsert for them all."""
+    if not buckets:
+        return
+    connection = uow.connection
+    await connection.execute(
+        upsert[connection.dialect.name],
+        [
+            {
+                **dict(zip(names, key, strict=True)),
+                "sample_size": bucket.sample_size,
+                "weight": bucket.weight,
+                "weighted_value": bucket.weighted_value,
+            }
+            for key, bucket in buckets.items()
+        ],
+    )
 
 
 def indicator_from_row(row: IndicatorRow) -> model.Indicator:
@@ -277,11 +321,15 @@ def indicator_from_row(row: IndicatorRow) -> model.Indicator:
         recovery_threshold=row.recovery_threshold or row.minimum_share,
         kind=model.MetricKind(row.kind),
         created_at=row.created_at,
+        warning_threshold=row.warning_threshold,
+        scope=model.Scope(row.scope),
     )
 
 
-def open_key(region: str, indicator_id: str, provider: str) -> str:
-    return f"{region}/{indicator_id}/{provider}"
+def open_key(region: str, indicator_id: str, key: str, *, warning: bool = False) -> str:
+    """At most one open breach, and one open warning, per indicator and scope group (for the
+    provider scope, the provider)."""
+    return f"{region}/{indicator_id}/{key}" + ("/warning" if warning else "")
 
 
 def breach_from_row(row: BreachRow) -> model.Breach:
@@ -301,6 +349,10 @@ def breach_from_row(row: BreachRow) -> model.Breach:
         resolved_at=row.resolved_at,
         window_start=row.window_start,
         window_end=row.window_end,
+        warning=row.warning,
+        scope=model.Scope(row.scope),
+        scope_key=row.scope_key or row.provider,
+        group=row.group_key,
     )
 
 
@@ -349,6 +401,8 @@ class IndicatorRepository:
                 recovery_threshold=indicator.recovery_threshold,
                 kind=str(indicator.kind),
                 created_at=indicator.created_at,
+                warning_threshold=indicator.warning_threshold,
+                scope=str(indicator.scope),
             )
         )
         self._uow.track(indicator, indicator.name)
@@ -374,11 +428,14 @@ class ObservationRepository:
                 table.started_on,
                 table.completed_on,
                 table.value,
+                table.service,
+                table.municipality,
+                table.group_key,
             ).where(table.region == region, table.observation_id.in_(ids[start : start + _IN_CHUNK]))
             rows = await self._uow.connection.execute(query)
-            for indicator_id, source, oid, provider, key, started, completed, value in rows:
+            for indicator_id, source, oid, provider, key, started, completed, value, *keys in rows:
                 observation = model.Observation(
-                    oid, provider, key, started, completed, model.ObservationSource(source), value
+                    oid, provider, key, started, completed, model.ObservationSource(source), value, *keys
                 )
                 found.append((indicator_id, observation))
         return found
@@ -401,6 +458,9 @@ class ObservationRepository:
                     "within_deadline": model.is_within_deadline(indicator, observation),
                     "value": observation.value,
                     "recorded_at": recorded_at,
+                    "service": observation.service,
+                    "municipality": observation.municipality,
+                    "group_key": observation.group,
                 }
                 for indicator, observation in observations
             ],
@@ -409,7 +469,7 @@ class ObservationRepository:
     async def behind(
         self, breach: model.Breach, before: tuple[date, str, str] | None, limit: int
     ) -> list[model.Observation]:
-        """The breach's evidence: its provider's observations on its indicator in its window,
+        """The breach's evidence: its scope group's observations on its indicator in its window,
         newest first; keyset on (completed_on, source, observation_id)."""
         table = OBSERVATIONS.c
         query = sa_select(
@@ -420,11 +480,12 @@ class ObservationRepository:
             table.completed_on,
             table.source,
             table.value,
-        ).where(
-            table.region == breach.region,
-            table.indicator_id == breach.indicator_id,
-            table.provider == breach.provider,
-        )
+            table.service,
+            table.municipality,
+            table.group_key,
+        ).where(table.region == breach.region, table.indicator_id == breach.indicator_id)
+        if grouped_by := model.SCOPE_FIELDS[breach.scope]:
+            query = query.where(table[grouped_by] == breach.scope_key)
         if breach.window_start is not None and breach.window_end is not None:
             query = query.where(
                 table.completed_on >= breach.window_start, table.completed_on <= breach.window_end
@@ -441,8 +502,10 @@ class ObservationRepository:
         ).limit(limit)
         rows = await self._uow.connection.execute(query)
         return [
-            model.Observation(oid, provider, key, started, completed, model.ObservationSource(source), value)
-            for oid, provider, key, started, completed, source, value in rows
+            model.Observation(
+                oid, provider, key, started, completed, model.ObservationSource(source), value, *keys
+            )
+            for oid, provider, key, started, completed, source, value, *keys in rows
         ]
 
 
@@ -454,6 +517,8 @@ def pending_from_row(row: PendingCaseRow) -> model.PendingCase:
         row.started_on,
         row.started_on,
         model.ObservationSource(row.source),
+        service=row.service,
+        municipality=row.municipality,
     )
     return model.PendingCase(observation, row.due_on, row.counted_on)
 
@@ -487,6 +552,8 @@ class PendingCaseRepository:
                 case_key=observation.case_key,
                 started_on=observation.started_on,
                 due_on=case.due_on,
+                service=observation.service,
+                municipality=observation.municipality,
             )
         )
 
@@ -531,34 +598,16 @@ class DayBucketRepository:
         self._uow = uow
 
     async def add(self, buckets: dict[tuple[str, str, str, date], model.DayBucket]) -> None:
-        """Add sums to their days' buckets (keyed region, indicator, provider, day): one upsert
-        for them all."""
-        if not buckets:
-            return
-        connection = self._uow.connection
-        await connection.execute(
-            _UPSERT_BUCKETS[connection.dialect.name],
-            [
-                {
-                    "region": region,
-                    "indicator_id": indicator_id,
-                    "provider": provider,
-                    "day": day,
-                    "sample_size": bucket.sample_size,
-                    "weight": bucket.weight,
-                    "weighted_value": bucket.weighted_value,
-                }
-                for (region, indicator_id, provider, day), bucket in buckets.items()
-            ],
-        )
+        """Add sums to their days' buckets (keyed region, indicator, scope key, day)."""
+        await _add_sums(self._uow, _UPSERT_BUCKETS, _BUCKET_KEYS, buckets)
 
     async def window_of_all(self, indicator: model.Indicator, as_of: date) -> dict[str, model.WindowStats]:
-        """Every provider's window on the indicator, summed from the day buckets."""
+        """Every scope group's window on the indicator, summed from the day buckets."""
         start, end = model.window_bounds(indicator, as_of)
         table = BUCKETS.c
         query = (
             sa_select(
-                table.provider,
+                table.scope_key,
                 func.sum(table.sample_size),
                 func.sum(table.weight),
                 func.sum(table.weighted_value),
@@ -569,25 +618,25 @@ class DayBucketRepository:
                 table.day >= start,
                 table.day <= end,
             )
-            .group_by(table.provider)
-            .order_by(table.provider)
+            .group_by(table.scope_key)
+            .order_by(table.scope_key)
         )
         return {
-            provider: model.WindowStats(int(sample or 0), float(weight or 0), float(weighted or 0))
-            for provider, sample, weight, weighted in await self._uow.connection.execute(query)
+            key: model.WindowStats(int(sample or 0), float(weight or 0), float(weighted or 0))
+            for key, sample, weight, weighted in await self._uow.connection.execute(query)
         }
 
     async def window(
         self, indicator: model.Indicator, providers: list[str], as_of: date
     ) -> dict[str, model.WindowStats]:
-        """Each provider's window, summed from its day buckets."""
+        """Each scope group's window (keyed as the buckets are), summed from its day buckets."""
         start, end = model.window_bounds(indicator, as_of)
         table = BUCKETS.c
         stats: dict[str, model.WindowStats] = {}
         for first in range(0, len(providers), _IN_CHUNK):
             query = (
                 sa_select(
-                    table.provider,
+                    table.scope_key,
                     func.sum(table.sample_size),
                     func.sum(table.weight),
                     func.sum(table.weighted_value),
@@ -595,17 +644,61 @@ class DayBucketRepository:
                 .where(
                     table.region == indicator.region,
                     table.indicator_id == indicator.indicator_id,
-                    table.provider.in_(providers[first : first + _IN_CHUNK]),
+                    table.scope_key.in_(providers[first : first + _IN_CHUNK]),
                     table.day >= start,
                     table.day <= end,
                 )
-                .group_by(table.provider)
+                .group_by(table.scope_key)
             )
             for provider, sample, weight, weighted_value in await self._uow.connection.execute(query):
                 stats[provider] = model.WindowStats(
                     int(sample or 0), float(weight or 0), float(weighted_value or 0)
                 )
         return stats
+
+
+class GroupBucketRepository:
+    """Equal treatment's customer-group sums per scope group and day."""
+
+    def __init__(self, uow: UnitOfWork) -> None:
+        self._uow = uow
+
+    async def add(self, buckets: dict[tuple[str, str, str, str, date], model.DayBucket]) -> None:
+        """Add sums (keyed region, indicator, scope key, group, day)."""
+        await _add_sums(self._uow, _UPSERT_GROUP_BUCKETS, _GROUP_BUCKET_KEYS, buckets)
+
+    async def window(
+        self, indicator: model.Indicator, keys: list[str] | None, as_of: date
+    ) -> dict[str, dict[str, model.WindowStats]]:
+        """Each scope group's customer groups' windows (every scope group's when keys is None)."""
+        start, end = model.window_bounds(indicator, as_of)
+        table = GROUP_BUCKETS.c
+        found: dict[str, dict[str, model.WindowStats]] = {}
+        chunks = [None] if keys is None else [keys[i : i + _IN_CHUNK] for i in range(0, len(keys), _IN_CHUNK)]
+        for chunk in chunks:
+            query = (
+                sa_select(
+                    table.scope_key,
+                    table.group_key,
+                    func.sum(table.sample_size),
+                    func.sum(table.weight),
+                    func.sum(table.weighted_value),
+                )
+                .where(
+                    table.region == indicator.region,
+                    table.indicator_id == indicator.indicator_id,
+                    table.day >= start,
+                    table.day <= end,
+                )
+                .group_by(table.scope_key, table.group_key)
+            )
+            if chunk is not None:
+                query = query.where(table.scope_key.in_(chunk))
+            for key, group, sample, weight, weighted in await self._uow.connection.execute(query):
+                found.setdefault(key, {})[group] = model.WindowStats(
+                    int(sample or 0), float(weight or 0), float(weighted or 0)
+                )
+        return found
 
 
 class BreachRepository:
@@ -618,21 +711,24 @@ class BreachRepository:
         return breach_from_row(row) if row is not None else None
 
     async def open_of_many(
-        self, region: str, indicator_id: str, providers: list[str]
+        self, region: str, indicator_id: str, providers: list[str], *, warning: bool = False
     ) -> dict[str, model.Breach]:
-        """The providers' open breaches on the indicator: a Core probe of the unique open keys
-        first, the rows only for the few that have one."""
+        """The providers' open breaches (or warnings) on the indicator: a Core probe of the
+        unique open keys first, the rows only for the few that have one."""
         ids: list[str] = []
         table = BREACHES.c
         for first in range(0, len(providers), _IN_CHUNK):
-            keys = [open_key(region, indicator_id, p) for p in providers[first : first + _IN_CHUNK]]
+            keys = [
+                open_key(region, indicator_id, p, warning=warning)
+                for p in providers[first : first + _IN_CHUNK]
+            ]
             rows = await self._uow.connection.execute(sa_select(table.id).where(table.open_key.in_(keys)))
             ids.extend(breach_id for (breach_id,) in rows)
         found: dict[str, model.Breach] = {}
         for breach_id in ids:
             breach = await self.get(breach_id)
             if breach is not None:
-                found[breach.provider] = breach
+                found[breach.scope_key] = breach
         return found
 
     async def open_serious(self, region: str, provider: str, service: str) -> list[model.Breach]:
@@ -653,6 +749,7 @@ class BreachRepository:
                 BreachRow.indicator_id == indicator_id,
                 BreachRow.provider == provider,
                 BreachRow.state == str(model.BreachState.RESOLVED),
+                col(BreachRow.warning).is_(False),
                 col(BreachRow.resolved_at) >= since,
             )
             .order_by(col(BreachRow.resolved_at).desc())
@@ -689,11 +786,17 @@ class BreachRepository:
                 threshold=breach.threshold,
                 sample_size=breach.sample_size,
                 state=str(breach.state),
-                open_key=open_key(breach.region, breach.indicator_id, breach.provider),
+                open_key=open_key(
+                    breach.region, breach.indicator_id, breach.scope_key, warning=breach.warning
+                ),
                 opened_at=breach.opened_at,
                 recovery_threshold=breach.recovery_threshold,
                 window_start=breach.window_start,
                 window_end=breach.window_end,
+                warning=breach.warning,
+                scope=str(breach.scope),
+                scope_key=breach.scope_key,
+                group_key=breach.group,
             )
         )
         self._uow.track(breach, breach.name)
@@ -935,28 +1038,42 @@ class AdmittedProviderRepository:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
 
-    async def admitted(self, provider: model.AdmittedProvider, at: datetime) -> None:
-        """Upsert: a re-admission replaces where and in which languages, and lifts a suspension.
-        One prepared statement: it runs for every admission the registry reports."""
-        await _ADMITTED.execute(
-            await connection_of(self._session),
-            {
-                "region": provider.region,
-                "service": provider.service,
-                "business_id": provider.business_id,
-                "municipalities": json.dumps(sorted(provider.municipalities)),
-                "languages": json.dumps(sorted(provider.languages)),
-                "suspended": False,
-                "updated_at": at,
-            },
+    async def _row(self, region: str, service: str, business_id: str, now: datetime) -> AdmittedProviderRow:
+        row = await self._session.get(AdmittedProviderRow, (region, service, business_id))
+        return row or AdmittedProviderRow(
+            region=region, service=service, business_id=business_id, updated_at=now
         )
 
-    async def suspended(self, region: str, service: str, business_id: str, at: datetime) -> bool:
-        row = await self._session.get(AdmittedProviderRow, (region, service, business_id))
-        if row is None:
+    async def admitted(self, provider: model.AdmittedProvider, at: datetime, now: datetime) -> None:
+        """Upsert: an admission gives where and in which languages; unless a later change was
+        applied already (its event arrived first), it makes the provider admitted and active."""
+        row = await self._row(provider.region, provider.service, provider.business_id, now)
+        row.municipalities = json.dumps(sorted(provider.municipalities))
+        row.languages = json.dumps(sorted(provider.languages))
+        if _newer(at, row.changed_at):
+            row.suspended = row.ended = False
+            row.changed_at = at
+        row.updated_at = now
+        self._session.add(row)
+
+    async def changed(  # noqa: PLR0917 - the key, the change and its times
+        self,
+        region: str,
+        service: str,
+        business_id: str,
+        change: model.AvailabilityChange,
+        at: datetime,
+        now: datetime,
+    ) -> bool:
+        """Apply a change made at `at`, unless a later one was applied already; a change arriving
+        before the admission it follows is kept, and the admission fills in where and how."""
+        row = await self._row(region, service, business_id, now)
+        if not _newer(at, row.changed_at):
             return False
-        row.suspended = True
-        row.updated_at = at
+        row.suspended = change is model.AvailabilityChange.SUSPENDED
+        row.ended = change is model.AvailabilityChange.ENDED
+        row.changed_at = at
+        row.updated_at = now
         self._session.add(row)
         return True
 
@@ -972,9 +1089,20 @@ class AdmittedProviderRepository:
                 tuple(json.loads(row.municipalities)),
                 tuple(json.loads(row.languages)),
                 row.suspended,
+                row.ended,
             )
             for row in result.all()
         ]
+
+
+def _newer(at: datetime, last: datetime | None) -> bool:
+    """Whether a change at `at` comes after (or with) the last one applied; SQLite returns naive
+    UTC times, PostgreSQL aware ones."""
+    if last is None:
+        return True
+    if last.tzinfo is None:
+        last = last.replace(tzinfo=UTC)
+    return at >= last
 
 
 class SelfMonitoringUnitOfWork(UnitOfWork):
@@ -983,6 +1111,7 @@ class SelfMonitoringUnitOfWork(UnitOfWork):
     indicators: IndicatorRepository
     observations: ObservationRepository
     buckets: DayBucketRepository
+    group_buckets: GroupBucketRepository
     pending: PendingCaseRepository
     breaches: BreachRepository
     programmes: ProgrammeRepository
@@ -995,6 +1124,7 @@ class SelfMonitoringUnitOfWork(UnitOfWork):
         self.indicators = IndicatorRepository(session, self)
         self.observations = ObservationRepository(self)
         self.buckets = DayBucketRepository(self)
+        self.group_buckets = GroupBucketRepository(self)
         self.pending = PendingCaseRepository(session)
         self.breaches = BreachRepository(session, self)
         self.programmes = ProgrammeRepository(session, self)

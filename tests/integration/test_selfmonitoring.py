@@ -11,22 +11,27 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import nats
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 from kasvu.registry.v1 import events_pb2 as registry_events
 from kasvu.selfmonitoring.v1 import selfmonitoring_pb2, selfmonitoring_pb2_grpc
 
-from services.runtime import catalog
+from kasvuctl.natsauth import ADMIN_USER
+from services.runtime import catalog, envelope
 from services.runtime.bus import OutboxRelay, StreamSpec, connect, declare_stream
 from services.runtime.clock import FINLAND, ManualClock
 from services.runtime.clock import Clock as RuntimeClock
 from services.runtime.db import Database
 from services.runtime.migrate import upgrade_async
 from services.runtime.names import next_page_token
+from services.runtime.settings import Settings
 from services.runtime.worker import Scheduler, Worker
 from services.runtime.writer import write_path_for
 from services.selfmonitoring import bootstrap, consumers, handlers, store
 from services.selfmonitoring.alerts import AlertFeed
 from services.selfmonitoring.grpc_api import SelfMonitoringServicer
+from tests.conftest import NatsServer
 from tests.integration.helpers import (
     Tokens,
     business_ids,
@@ -45,6 +50,8 @@ OTHER_REGION = "uusimaa"
 INDICATOR_ID = "need-assessment-14d"
 INDICATOR = f"regions/{REGION}/indicators/{INDICATOR_ID}"
 BREACH_OPENED = "kasvu.selfmonitoring.v1.BreachOpened"
+WARNING_RAISED = "kasvu.selfmonitoring.v1.WarningRaised"
+WARNING_CLEARED = "kasvu.selfmonitoring.v1.WarningCleared"
 INDICATOR_CREATED = "kasvu.selfmonitoring.v1.IndicatorCreated"
 STREAM = StreamSpec(catalog.entry("selfmonitoring").stream, catalog.entry("selfmonitoring").subjects)
 
@@ -1180,11 +1187,16 @@ async def programme_in_force(stub, tokens) -> None:  # type: ignore[no-untyped-d
         tokens,
         indicator(minimum_sample=1, minimum_share=0.5, severity=selfmonitoring_pb2.SEVERITY_WARNING),
     )
+    await publish_watching(stub, tokens, created.name)
+
+
+async def publish_watching(stub, tokens, indicator_name: str) -> None:  # type: ignore[no-untyped-def]
+    """A programme watching one indicator, under the default policies, published."""
     drafted = await draft(
         stub,
         tokens,
         catalogue="",
-        indicators=[selfmonitoring_pb2.WatchedIndicator(indicator=created.name, risk="Slow")],
+        indicators=[selfmonitoring_pb2.WatchedIndicator(indicator=indicator_name, risk="Slow")],
     )
     await stub.PublishProgramme(
         selfmonitoring_pb2.PublishProgrammeRequest(name=drafted.name), metadata=tokens.admin(REGION)
@@ -1539,3 +1551,401 @@ async def test_a_filtered_stream_sees_only_its_provider_and_severity_and_resolut
         await write_path.close()
         await nc.close()
         await db.dispose()
+
+
+# -- warning and breach thresholds -----------------------------------------------------------
+
+
+def warned(threshold: float, warning: float, recovery: float) -> selfmonitoring_pb2.Indicator:
+    """An outcome rate that warns below `warning` and breaches below `threshold` (serious)."""
+    definition = measured(selfmonitoring_pb2.METRIC_KIND_RATE, threshold, recovery)
+    definition.measure.warning_threshold = warning
+    definition.severity = selfmonitoring_pb2.SEVERITY_SERIOUS
+    return definition
+
+
+async def test_a_value_past_the_warning_threshold_raises_a_warning_alert_and_no_suspension_request(
+    stub, tokens, sm_db, clock
+):
+    created = await create(stub, tokens, warned(0.5, 0.75, 0.8))
+    assert created.measure.HasField("warning_threshold")
+    assert created.measure.warning_threshold == pytest.approx(0.75)
+    provider = business_ids()()
+    outcomes = [1, 1, 1, 0]  # 0.75: at the warning threshold, nothing yet
+    results = [
+        await record(stub, tokens, valued(f"o{i}", provider, clock.day, v)) for i, v in enumerate(outcomes)
+    ]
+    assert await count_rows(sm_db, "selfmonitoring_breaches") == 0
+    results.append(await record(stub, tokens, valued("o4", provider, clock.day, 0)))  # 0.6
+    assert results[-1].breach == ""  # a warning is not a breach
+    assert await outbox_counts(sm_db) == {INDICATOR_CREATED: 1, WARNING_RAISED: 1}
+
+    supervisor = tokens.supervisor(REGION)
+    listed = await stub.ListAlerts(
+        selfmonitoring_pb2.ListAlertsRequest(parent=f"regions/{REGION}"), metadata=supervisor
+    )
+    (alert,) = listed.alerts
+    assert alert.kind == selfmonitoring_pb2.ALERT_KIND_WARNING_RAISED
+    warning = alert.breach
+    assert warning.warning
+    assert warning.severity == selfmonitoring_pb2.SEVERITY_WARNING  # though the indicator is serious
+    assert (warning.value, warning.threshold, warning.sample_size) == (pytest.approx(0.6), 0.75, 5)
+    assert (warning.window_start, warning.window_end) == (
+        proto_date(clock.day - timedelta(days=89)),
+        proto_date(clock.day),
+    )
+    acknowledged = await stub.AcknowledgeAlert(
+        selfmonitoring_pb2.AcknowledgeAlertRequest(name=alert.name), metadata=supervisor
+    )
+    assert acknowledged.HasField("acknowledge_time")
+
+    # Past the breach threshold as well: a (serious) breach opens; the warning stays open.
+    for index in range(2):
+        breached = await record(stub, tokens, valued(f"bad{index}", provider, clock.day, 0))  # 3/7
+    assert breached.breach
+    counts = await outbox_counts(sm_db)
+    assert (counts[WARNING_RAISED], counts[BREACH_OPENED]) == (1, 1)
+
+    # Back to 0.8 (13 more outcomes: 16/20): the breach resolves and the warning clears.
+    for index in range(13):
+        last = await record(stub, tokens, valued(f"good{index}", provider, clock.day, 1))
+    assert last.breach == ""
+    counts = await outbox_counts(sm_db)
+    assert (counts[BREACH_RESOLVED], counts[WARNING_CLEARED]) == (1, 1)
+    cleared = await stub.GetBreach(
+        selfmonitoring_pb2.GetBreachRequest(name=warning.name), metadata=supervisor
+    )
+    assert cleared.state == selfmonitoring_pb2.BREACH_STATE_RESOLVED
+    assert cleared.value == pytest.approx(0.8)
+
+
+async def test_a_warning_asks_no_corrective_action_under_the_programme_in_force(stub, tokens, sm_db, clock):
+    definition = indicator(minimum_sample=2, minimum_share=0.4, severity=selfmonitoring_pb2.SEVERITY_WARNING)
+    definition.share_within_deadline.warning_share = 0.8
+    created = await create(stub, tokens, definition)
+    await publish_watching(stub, tokens, created.name)
+    provider = business_ids()()
+    await record(stub, tokens, observation("on-time", provider, clock.day, 1))
+    await record(stub, tokens, observation("late", provider, clock.day, 30))  # 0.5: a warning only
+    assert (await outbox_counts(sm_db)).get(WARNING_RAISED) == 1
+    assert await count_rows(sm_db, "selfmonitoring_corrective_actions") == 0
+    await record(stub, tokens, observation("later", provider, clock.day, 30))  # 0.33: a breach
+    assert await count_rows(sm_db, "selfmonitoring_corrective_actions") == 1
+
+
+@pytest.mark.parametrize(
+    ("metric", "field"),
+    [
+        pytest.param(
+            warned(0.75, 0.5, 0.8), "indicator.measure.warning_threshold", id="warning-below-a-rate-breach"
+        ),
+        pytest.param(
+            warned(0.5, 0.75, 0.6), "indicator.measure.recovery_threshold", id="recovery-before-the-warning"
+        ),
+    ],
+)
+async def test_thresholds_out_of_order_are_refused_with_their_field_and_nothing_is_stored(
+    stub, tokens, sm_db, metric, field
+):
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await create(stub, tokens, metric)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(caught.value) == [field]
+    assert await count_rows(sm_db, "selfmonitoring_indicators") == 0
+
+
+# -- scopes ----------------------------------------------------------------------------------
+
+REGION_BREACH_OPENED = "kasvu.selfmonitoring.v1.RegionBreachOpened"
+REGION_BREACH_RESOLVED = "kasvu.selfmonitoring.v1.RegionBreachResolved"
+
+
+def in_municipality(item: selfmonitoring_pb2.Observation, code: str) -> selfmonitoring_pb2.Observation:
+    item.municipality = code
+    return item
+
+
+async def test_a_municipality_scoped_indicator_groups_every_providers_cases_and_alerts_only_the_region(
+    stub, tokens, sm_db, clock
+):
+    definition = indicator(minimum_sample=4, minimum_share=0.75)  # SERIOUS
+    definition.scope = selfmonitoring_pb2.SCOPE_MUNICIPALITY
+    created = await create(stub, tokens, definition)
+    assert created.scope == selfmonitoring_pb2.SCOPE_MUNICIPALITY
+    await publish_watching(stub, tokens, created.name)
+    new_provider = business_ids()
+    providers = [new_provider() for _ in range(4)]
+    # Tampere (837): two late of four, each case with another provider; Helsinki (091): all on time.
+    for index, provider in enumerate(providers):
+        late = 30 if index % 2 else 1
+        tampere = await record(
+            stub, tokens, in_municipality(observation(f"t{index}", provider, clock.day, late), "837")
+        )
+        await record(stub, tokens, in_municipality(observation(f"h{index}", provider, clock.day, 1), "091"))
+    assert tampere.value == pytest.approx(0.5)
+    assert tampere.breach
+
+    breach = await stub.GetBreach(
+        selfmonitoring_pb2.GetBreachRequest(name=tampere.breach), metadata=tokens.supervisor(REGION)
+    )
+    assert (breach.scope, breach.scope_key, breach.provider) == (
+        selfmonitoring_pb2.SCOPE_MUNICIPALITY,
+        "837",
+        "",
+    )
+    assert breach.sample_size == 4
+    counts = await outbox_counts(sm_db)
+    assert counts.get(REGION_BREACH_OPENED) == 1
+    assert BREACH_OPENED not in counts  # nothing the registry would read as a suspension request
+    assert await count_rows(sm_db, "selfmonitoring_corrective_actions") == 0
+    listed = await stub.ListAlerts(
+        selfmonitoring_pb2.ListAlertsRequest(parent=f"regions/{REGION}"), metadata=tokens.supervisor(REGION)
+    )
+    assert [(a.kind, a.breach.scope_key) for a in listed.alerts] == [
+        (selfmonitoring_pb2.ALERT_KIND_OPENED, "837")
+    ]
+    evidence = await stub.ListBreachObservations(
+        selfmonitoring_pb2.ListBreachObservationsRequest(parent=tampere.breach),
+        metadata=tokens.supervisor(REGION),
+    )
+    assert sorted(o.observation_id for o in evidence.observations) == ["t0", "t1", "t2", "t3"]
+    assert {o.municipality for o in evidence.observations} == {"837"}
+
+    for index in range(4):
+        last = await record(
+            stub, tokens, in_municipality(observation(f"t-ok{index}", providers[0], clock.day, 1), "837")
+        )
+    assert last.breach == ""
+    assert (await outbox_counts(sm_db)).get(REGION_BREACH_RESOLVED) == 1
+
+
+@pytest.mark.parametrize(
+    ("scope", "field"),
+    [
+        (selfmonitoring_pb2.SCOPE_MUNICIPALITY, "observation.municipality"),
+        (selfmonitoring_pb2.SCOPE_SERVICE, "observation.service"),
+        (selfmonitoring_pb2.SCOPE_PROVIDER, "observation.provider"),
+    ],
+)
+async def test_an_observation_missing_its_scope_key_is_refused_with_the_field_and_nothing_stored(  # noqa: PLR0917
+    stub, tokens, sm_db, clock, scope, field
+):
+    definition = indicator()
+    definition.scope = scope
+    await create(stub, tokens, definition)
+    item = observation("o1", "", clock.day, 1)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await record(stub, tokens, item)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(caught.value) == [field]
+    assert await count_rows(sm_db, "selfmonitoring_observations") == 0
+
+
+async def test_region_and_service_scoped_indicators_take_observations_without_a_provider(
+    stub, tokens, sm_db, clock
+):
+    whole = measured(selfmonitoring_pb2.METRIC_KIND_MEAN, 3.5)
+    whole.scope = selfmonitoring_pb2.SCOPE_REGION
+    await create(stub, tokens, whole, indicator_id="satisfaction")
+    per_service = measured(selfmonitoring_pb2.METRIC_KIND_MEAN, 3.5)
+    per_service.scope = selfmonitoring_pb2.SCOPE_SERVICE
+    await create(stub, tokens, per_service, indicator_id="satisfaction-per-service")
+    region_parent = f"regions/{REGION}/indicators/satisfaction"
+    service_parent = f"regions/{REGION}/indicators/satisfaction-per-service"
+    for index, score in enumerate([3, 3, 3, 3]):
+        feedback = valued(f"f{index}", "", clock.day, score)
+        regional = await record(stub, tokens, feedback, parent=region_parent)
+        feedback.service = "training" if index % 2 else "recruitment"
+        per = await record(stub, tokens, feedback, parent=service_parent)
+    assert regional.breach  # the region's mean of 4 scores of 3
+    assert per.breach == ""  # two scores per service: below the minimum sample
+    breach = await stub.GetBreach(
+        selfmonitoring_pb2.GetBreachRequest(name=regional.breach), metadata=tokens.supervisor(REGION)
+    )
+    assert (breach.scope, breach.scope_key, breach.provider) == (selfmonitoring_pb2.SCOPE_REGION, "", "")
+    report = await stub.GetIndicatorReport(
+        selfmonitoring_pb2.GetIndicatorReportRequest(name=f"regions/{REGION}/indicatorReport"),
+        metadata=tokens.supervisor(REGION),
+    )
+    keys = sorted((v.indicator.rsplit("/", 1)[-1], v.scope_key, v.sample_size) for v in report.values)
+    assert keys == [
+        ("satisfaction", "", 4),
+        ("satisfaction-per-service", "recruitment", 2),
+        ("satisfaction-per-service", "training", 2),
+    ]
+
+
+# -- the registry's lifecycle through real NATS ----------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def signed_in_nats(server: NatsServer, user: str) -> AsyncIterator[Any]:
+    client = await nats.connect(server.url, allow_reconnect=False, **server.access(user).connect_options())
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def _publish_registry_event(js, event, event_id: str) -> None:  # type: ignore[no-untyped-def]
+    full_name = event.DESCRIPTOR.full_name
+    await js.publish(
+        f"{full_name}.{REGION}",
+        event.SerializeToString(),
+        headers={envelope.MSG_ID: event_id, envelope.EVENT_TYPE: full_name},
+    )
+
+
+async def test_the_availability_view_follows_the_registrys_whole_lifecycle_through_nats(
+    sm_db, tokens, clock, secured_nats_server
+):
+    registry_entry = catalog.entry("registry")
+    async with signed_in_nats(secured_nats_server, "registry") as registry:
+        await declare_stream(
+            registry.jetstream(), StreamSpec(registry_entry.stream, registry_entry.subjects), 1
+        )
+        js = registry.jetstream()
+        next_id = business_ids()
+        names = ["reinstated", "lapsed", "revoked", "withdrawn", "suspended", "late-withdrawn"]
+        ids = {name: next_id() for name in names}
+        t0 = datetime(2025, 3, 1, tzinfo=UTC)
+
+        def at(days: int) -> Timestamp:
+            stamp = Timestamp()
+            stamp.FromDatetime(t0 + timedelta(days=days))
+            return stamp
+
+        def change(kind, name: str, time_field: str, days: int):  # type: ignore[no-untyped-def]
+            return kind(region=REGION, service="recruitment", business_id=ids[name], **{time_field: at(days)})
+
+        events = []
+        for name in names[:-1]:
+            admission = admitted(ids[name], ["837"], ["fi"])
+            admission.admit_time.CopyFrom(at(0))
+            events.append(admission)
+        events += [
+            change(registry_events.ProviderSuspended, "reinstated", "suspend_time", 1),
+            change(registry_events.ProviderReinstated, "reinstated", "reinstate_time", 2),
+            change(registry_events.RegistrationLapsed, "lapsed", "lapse_time", 1),
+            change(registry_events.ProviderRevoked, "revoked", "revoke_time", 1),
+            change(registry_events.RegistrationWithdrawn, "withdrawn", "withdraw_time", 1),
+            change(registry_events.ProviderSuspended, "suspended", "suspend_time", 1),
+            # Published before the admission it follows: a later change is not undone by it.
+            change(registry_events.RegistrationWithdrawn, "late-withdrawn", "withdraw_time", 2),
+        ]
+        late_admission = admitted(ids["late-withdrawn"], ["837"], ["fi"])
+        late_admission.admit_time.CopyFrom(at(1))
+        events.append(late_admission)
+        for index, event in enumerate(events):
+            await _publish_registry_event(js, event, f"registry-event-{index}")
+
+    settings = Settings(service="selfmonitoring")
+    async with with_scheduler(sm_db, tokens, clock) as (stub, _, dispatcher):
+        # Self-monitoring's own NATS user: the catalog grants it exactly these durables.
+        async with signed_in_nats(secured_nats_server, "selfmonitoring") as client:
+            followers = [
+                bootstrap.following(followed, dispatcher, settings)(client.jetstream())
+                for followed in consumers.REGISTRY_EVENTS
+            ]
+            stop = asyncio.Event()
+            tasks = [asyncio.create_task(follower.run(stop)) for follower in followers]
+            try:
+                async with signed_in_nats(secured_nats_server, ADMIN_USER) as admin:
+                    await _all_consumed(admin.jetstream(), registry_entry.stream, len(events))
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+        report = await stub.GetAvailabilityReport(
+            selfmonitoring_pb2.GetAvailabilityReportRequest(name=f"regions/{REGION}/availabilityReport")
+        )
+
+    # Admitted: the reinstated one (active again) and the suspended one (not active); the
+    # lapsed, revoked and withdrawn ones count nowhere.
+    assert [(c.municipality, c.language, c.admitted_providers, c.active_providers) for c in report.cells] == [
+        ("837", "fi", 2, 1)
+    ]
+
+
+async def _all_consumed(js, stream: str, published: int) -> None:  # type: ignore[no-untyped-def]
+    """Until the followers together have acknowledged every event published."""
+    for _ in range(300):
+        if await _acked_counts(js, stream) == published:
+            return
+        await asyncio.sleep(0.1)
+    pytest.fail("the registry's events were not all consumed")
+
+
+async def _acked_counts(js, stream: str) -> int:  # type: ignore[no-untyped-def]
+    total = 0
+    for followed in consumers.REGISTRY_EVENTS:
+        try:
+            info = await js.consumer_info(stream, followed.durable)
+        except Exception:
+            return -1
+        if info.num_ack_pending or info.num_pending:
+            return -1
+        total += int(info.ack_floor.consumer_seq or 0) if info.ack_floor is not None else 0
+    return total
+
+
+# -- equal treatment -------------------------------------------------------------------------
+
+
+def grouped(
+    observation_id: str, provider: str, day: date, value: float, group: str
+) -> selfmonitoring_pb2.Observation:
+    item = valued(observation_id, provider, day, value)
+    item.group = group
+    return item
+
+
+async def test_equal_treatment_breaches_when_a_sampled_groups_rate_falls_below_a_share_of_the_overall_rate(
+    stub, tokens, sm_db, clock
+):
+    definition = measured(
+        selfmonitoring_pb2.METRIC_KIND_EQUAL_TREATMENT, 0.8, 0.9
+    )  # minimum sample 4 per group
+    await create(stub, tokens, definition, indicator_id="equal-treatment")
+    parent = f"regions/{REGION}/indicators/equal-treatment"
+    provider = business_ids()()
+
+    async def outcome(
+        observation_id: str, value: float, group: str
+    ) -> selfmonitoring_pb2.RecordObservationResponse:
+        return await record(
+            stub, tokens, grouped(observation_id, provider, clock.day, value, group), parent=parent
+        )
+
+    for index in range(4):
+        await outcome(f"a{index}", 1, "lang-fi")
+    for index in range(2):  # a group too small to say anything: counts in the overall rate only
+        await outcome(f"c{index}", 0, "age-18-24")
+    results = [await outcome(f"b{index}", value, "age-55-plus") for index, value in enumerate([1, 0, 0, 0])]
+    assert [r.breach for r in results[:3]] == ["", "", ""]
+    # age-55-plus: 1 of 4 (0.25) against 5 of 10 overall (0.5): a share of 0.5 < 0.8.
+    assert results[3].value == pytest.approx(0.5)
+    assert results[3].breach
+    breach = await stub.GetBreach(
+        selfmonitoring_pb2.GetBreachRequest(name=results[3].breach), metadata=tokens.supervisor(REGION)
+    )
+    assert (breach.group, breach.value, breach.threshold, breach.sample_size) == (
+        "age-55-plus",
+        pytest.approx(0.5),
+        pytest.approx(0.8),
+        4,
+    )
+
+    # Hysteresis: past 0.8 (0.86) the breach stays open; at 0.93 (>= 0.9) it resolves.
+    shares = [await outcome(f"b-more{index}", 1, "age-55-plus") for index in range(3)]
+    assert [(round(r.value, 2), bool(r.breach)) for r in shares] == [
+        (0.73, True),
+        (0.86, True),
+        (0.93, False),
+    ]
+    assert (await outbox_counts(sm_db)).get(BREACH_RESOLVED) == 1
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await record(stub, tokens, valued("no-group", provider, clock.day, 1), parent=parent)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(caught.value) == ["observation.group"]

@@ -10,24 +10,35 @@ import pytest
 from services.runtime.errors import InvalidArgument
 from services.selfmonitoring.model import (
     Breach,
+    BreachOpened,
     BreachResolved,
     BreachState,
+    EscalationReason,
     Indicator,
     MetricKind,
     Observation,
     ObservationSource,
+    RegionBreachOpened,
+    RegionBreachResolved,
+    Scope,
     Severity,
     Verdict,
+    WarningCleared,
+    WarningRaised,
     WindowStats,
+    escalate_breach,
     evaluate,
+    evaluate_warning,
     is_within_deadline,
     new_indicator,
     new_observation,
     open_breach,
     parse_severity,
+    raise_warning,
     resolve_breach,
     window_bounds,
     window_stats,
+    worst_group,
 )
 
 TODAY = date(2025, 3, 14)
@@ -412,3 +423,247 @@ def test_a_share_within_a_deadline_needs_the_day_the_case_started():
     with pytest.raises(InvalidArgument) as caught:
         indicator().check(observation(0), started=False)
     assert fields_of(caught) == ["observation.started_on"]
+
+
+# --- warning thresholds -------------------------------------------------------------------------
+
+
+def test_a_share_in_the_warning_band_raises_a_warning_and_no_breach():
+    watched = indicator(threshold=0.8, warning_threshold=0.9, recovery_threshold=0.95)
+    window = stats(10, 8)  # 0.8: below the warning share, at the breach share
+    assert evaluate_warning(watched, window, warning_open=False) is Verdict.OPEN
+    assert evaluate(watched, window, breach_open=False) is Verdict.NONE
+
+
+def test_a_value_past_the_breach_threshold_opens_a_breach_not_a_warning():
+    watched = indicator(threshold=0.8, warning_threshold=0.9, recovery_threshold=0.95)
+    window = stats(10, 7)
+    assert evaluate(watched, window, breach_open=False) is Verdict.OPEN
+    assert evaluate_warning(watched, window, warning_open=False) is Verdict.NONE
+
+
+def test_a_warning_clears_only_at_the_recovery_threshold():
+    watched = indicator(threshold=0.8, warning_threshold=0.9, recovery_threshold=0.95)
+    assert evaluate_warning(watched, WindowStats(20, 20.0, 18.0), warning_open=True) is Verdict.NONE
+    assert evaluate_warning(watched, WindowStats(20, 20.0, 19.0), warning_open=True) is Verdict.RESOLVE
+
+
+def test_a_warning_needs_the_minimum_sample():
+    watched = indicator(threshold=0.8, warning_threshold=0.9)
+    assert evaluate_warning(watched, stats(9, 8), warning_open=False) is Verdict.NONE
+
+
+def test_an_indicator_without_a_warning_threshold_never_warns():
+    watched = indicator(threshold=0.9)
+    assert watched.warning_threshold is None
+    assert evaluate_warning(watched, stats(10, 0), warning_open=False) is Verdict.NONE
+    assert evaluate(watched, stats(10, 0), breach_open=False) is Verdict.OPEN
+
+
+def test_without_a_recovery_threshold_a_warning_threshold_is_where_values_recover():
+    watched = indicator(threshold=0.8, warning_threshold=0.9)
+    assert watched.recovery_threshold == 0.9
+
+
+def test_a_raised_warning_carries_value_warning_threshold_and_window_and_suspends_no_one():
+    watched = indicator(
+        threshold=0.8, warning_threshold=0.9, recovery_threshold=0.95, severity=Severity.SERIOUS
+    )
+    warning = raise_warning("w1", watched, PROVIDER, stats(10, 8), NOW, as_of=TODAY)
+    assert (warning.warning, warning.severity, warning.value, warning.threshold) == (
+        True,
+        Severity.WARNING,
+        0.8,
+        0.9,
+    )
+    assert (warning.window_start, warning.window_end) == window_bounds(watched, TODAY)
+    assert not warning.suspends_provider
+    ((_, event),) = warning.pull_events()
+    assert isinstance(event, WarningRaised) and event.breach.warning
+    cleared = resolve_breach(warning, 0.96, stats(25, 24), NOW)
+    ((_, event),) = cleared.pull_events()
+    assert isinstance(event, WarningCleared) and event.breach.state is BreachState.RESOLVED
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        # A share breaches below its threshold: the warning share must lie above it.
+        ({"threshold": 0.9, "warning_threshold": 0.8}, "indicator.share_within_deadline.warning_share"),
+        ({"threshold": 0.9, "warning_threshold": 0.9}, "indicator.share_within_deadline.warning_share"),
+        ({"threshold": 0.8, "warning_threshold": 1.5}, "indicator.share_within_deadline.warning_share"),
+        (
+            {"threshold": 0.8, "warning_threshold": float("nan")},
+            "indicator.share_within_deadline.warning_share",
+        ),
+        (
+            {"threshold": 0.8, "warning_threshold": 0.9, "recovery_threshold": 0.85},
+            "indicator.share_within_deadline.recovery_share",
+        ),
+        # Complaints breach above their threshold: the warning must lie below it.
+        (
+            {
+                "kind": MetricKind.COUNT_PER_100_CUSTOMERS,
+                "deadline_days": 0,
+                "threshold": 5.0,
+                "warning_threshold": 6.0,
+            },
+            "indicator.measure.warning_threshold",
+        ),
+        (
+            {
+                "kind": MetricKind.COUNT_PER_100_CUSTOMERS,
+                "deadline_days": 0,
+                "threshold": 5.0,
+                "warning_threshold": 3.0,
+                "recovery_threshold": 4.0,
+            },
+            "indicator.measure.recovery_threshold",
+        ),
+    ],
+)
+def test_thresholds_out_of_order_with_the_indicators_direction_are_refused(overrides, field):
+    with pytest.raises(InvalidArgument) as error:
+        indicator(**overrides)
+    assert field in fields_of(error)
+
+
+def test_complaints_warn_above_the_warning_threshold_and_breach_above_the_breach_threshold():
+    watched = indicator(
+        kind=MetricKind.COUNT_PER_100_CUSTOMERS,
+        deadline_days=0,
+        threshold=5.0,
+        warning_threshold=3.0,
+        recovery_threshold=2.0,
+    )
+    four_per_100 = WindowStats(100, 100.0, 4.0)
+    assert evaluate_warning(watched, four_per_100, warning_open=False) is Verdict.OPEN
+    assert evaluate(watched, four_per_100, breach_open=False) is Verdict.NONE
+    six_per_100 = WindowStats(100, 100.0, 6.0)
+    assert evaluate(watched, six_per_100, breach_open=False) is Verdict.OPEN
+    assert evaluate_warning(watched, six_per_100, warning_open=True) is Verdict.NONE
+    assert evaluate_warning(watched, WindowStats(100, 100.0, 2.0), warning_open=True) is Verdict.RESOLVE
+
+
+# --- scopes -------------------------------------------------------------------------------------
+
+
+def scoped(scope: Scope, **overrides: Any) -> Indicator:
+    return indicator(scope=scope, **overrides)
+
+
+@pytest.mark.parametrize(
+    ("scope", "field"),
+    [
+        (Scope.PROVIDER, "observation.provider"),
+        (Scope.SERVICE, "observation.service"),
+        (Scope.MUNICIPALITY, "observation.municipality"),
+    ],
+)
+def test_an_observation_without_the_key_its_scope_groups_by_is_refused(scope, field):
+    with pytest.raises(InvalidArgument) as error:
+        new_observation("o1", "", "case-1", TODAY, TODAY, today=TODAY, scope=scope)
+    assert fields_of(error) == [field]
+
+
+def test_a_region_scoped_observation_needs_no_provider_and_groups_with_all_others():
+    whole = scoped(Scope.REGION)
+    seen = new_observation("o1", "", "case-1", TODAY, TODAY, today=TODAY, scope=Scope.REGION)
+    assert whole.scope_key(seen) == ""
+
+
+def test_observations_group_by_their_scope_key():
+    place = new_observation(
+        "o1", PROVIDER, "c", TODAY, TODAY, today=TODAY, municipality="837", service="training"
+    )
+    assert scoped(Scope.MUNICIPALITY).scope_key(place) == "837"
+    assert scoped(Scope.SERVICE).scope_key(place) == "training"
+    assert scoped(Scope.PROVIDER).scope_key(place) == PROVIDER
+
+
+@pytest.mark.parametrize("code", ["83", "8377", "abc", "Tampere"])
+def test_a_municipality_that_is_no_three_digit_code_is_refused(code):
+    with pytest.raises(InvalidArgument) as error:
+        new_observation("o1", "", "c", TODAY, TODAY, today=TODAY, municipality=code, scope=Scope.MUNICIPALITY)
+    assert fields_of(error) == ["observation.municipality"]
+
+
+def test_a_municipality_breach_names_its_scope_alerts_the_region_and_suspends_no_provider():
+    watched = scoped(Scope.MUNICIPALITY)  # SERIOUS
+    breach = open_breach("b1", watched, "837", stats(10, 5), NOW, as_of=TODAY)
+    assert (breach.scope, breach.scope_key, breach.provider) == (Scope.MUNICIPALITY, "837", "")
+    assert not breach.suspends_provider
+    ((_, event),) = breach.pull_events()
+    assert isinstance(event, RegionBreachOpened)
+    assert (event.breach.scope, event.breach.scope_key) == (Scope.MUNICIPALITY, "837")
+    with pytest.raises(ValueError, match="no provider's breach"):
+        escalate_breach(breach, EscalationReason.RECURRED, NOW)
+    ((_, resolved),) = resolve_breach(breach, 0.96, stats(25, 24), NOW).pull_events()
+    assert isinstance(resolved, RegionBreachResolved)
+
+
+def test_a_provider_breach_is_keyed_by_its_provider_and_still_records_breach_opened():
+    breach = open_breach("b1", indicator(), PROVIDER, stats(10, 5), NOW, as_of=TODAY)
+    assert (breach.scope, breach.scope_key, breach.provider) == (Scope.PROVIDER, PROVIDER, PROVIDER)
+    assert breach.suspends_provider
+    ((_, event),) = breach.pull_events()
+    assert isinstance(event, BreachOpened)
+
+
+# --- equal treatment ----------------------------------------------------------------------------
+
+
+def equal_treatment(**overrides: Any) -> Indicator:
+    arguments: dict[str, Any] = {
+        "kind": MetricKind.EQUAL_TREATMENT,
+        "deadline_days": 0,
+        "threshold": 0.8,
+        "recovery_threshold": 0.9,
+        "minimum_sample": 4,
+    }
+    arguments.update(overrides)
+    return indicator(**arguments)
+
+
+def test_equal_treatment_compares_the_worst_sampled_group_with_the_overall_rate():
+    watched = equal_treatment()
+    overall = WindowStats(12, 12.0, 6.0)  # 0.5
+    groups = {
+        "age-55-plus": WindowStats(4, 4.0, 1.0),  # 0.25: half the overall rate
+        "lang-sv": WindowStats(4, 4.0, 3.0),
+        "tiny": WindowStats(3, 3.0, 0.0),  # below the minimum sample: says nothing yet
+        "other": WindowStats(1, 1.0, 2.0),
+    }
+    worst = worst_group(watched, overall, groups)
+    assert (worst.group, worst.sample_size) == ("age-55-plus", 4)
+    assert watched.value(worst) == pytest.approx(0.5)
+    assert evaluate(watched, worst, breach_open=False) is Verdict.OPEN
+    breach = open_breach("b1", watched, PROVIDER, worst, NOW, as_of=TODAY)
+    assert (breach.group, breach.value, breach.threshold) == ("age-55-plus", pytest.approx(0.5), 0.8)
+
+
+def test_equal_treatment_without_a_sampled_group_decides_nothing():
+    watched = equal_treatment()
+    worst = worst_group(watched, WindowStats(3, 3.0, 0.0), {"tiny": WindowStats(3, 3.0, 0.0)})
+    assert evaluate(watched, worst, breach_open=False) is Verdict.NONE
+
+
+def test_equal_treatment_when_no_one_reached_the_outcome_is_no_inequality():
+    watched = equal_treatment()
+    worst = worst_group(watched, WindowStats(8, 8.0, 0.0), {"a": WindowStats(8, 8.0, 0.0)})
+    assert watched.value(worst) == 1.0
+
+
+def test_an_equal_treatment_observation_needs_a_group_that_is_no_identity_code():
+    watched = equal_treatment()
+    plain = new_observation("o1", PROVIDER, "c", TODAY, TODAY, today=TODAY, value=1.0)
+    with pytest.raises(InvalidArgument) as error:
+        watched.check(plain)
+    assert fields_of(error) == ["observation.group"]
+    with pytest.raises(InvalidArgument) as error:
+        new_observation("o1", PROVIDER, "c", TODAY, TODAY, today=TODAY, value=1.0, group="010101-123N")
+    assert fields_of(error) == ["observation.group"]
+    grouped = new_observation("o1", PROVIDER, "c", TODAY, TODAY, today=TODAY, value=0.5, group="a")
+    with pytest.raises(InvalidArgument) as error:
+        watched.check(grouped)
+    assert fields_of(error) == ["observation.value"]

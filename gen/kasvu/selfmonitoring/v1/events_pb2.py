@@ -27,7 +27,7 @@ from google.type import date_pb2 as google_dot_type_dot_date__pb2
 from kasvu.selfmonitoring.v1 import selfmonitoring_pb2 as kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$kasvu/selfmonitoring/v1/events.proto\x12\x17kasvu.selfmonitoring.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16google/type/date.proto\x1a,kasvu/selfmonitoring/v1/selfmonitoring.proto\"O\n\x0c\x42reachOpened\x12/\n\x06\x62reach\x18\x01 \x01(\x0b\x32\x1f.kasvu.selfmonitoring.v1.Breach\x12\x0e\n\x06region\x18\x02 \x01(\t\"w\n\x10IndicatorCreated\x12\x11\n\tindicator\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0f\n\x07service\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x83\x01\n\x0e\x42reachResolved\x12/\n\x06\x62reach\x18\x01 \x01(\x0b\x32\x1f.kasvu.selfmonitoring.v1.Breach\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x30\n\x0cresolve_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x95\x01\n\x0f\x42reachEscalated\x12/\n\x06\x62reach\x18\x01 \x01(\x0b\x32\x1f.kasvu.selfmonitoring.v1.Breach\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x31\n\rescalate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8b\x01\n\x10ProgrammeCreated\x12\x11\n\tprogramme\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x05\x12\x12\n\nindicators\x18\x04 \x03(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa7\x01\n\x12ProgrammePublished\x12\x11\n\tprogramme\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x05\x12\x30\n\x0cpublish_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x10publication_date\x18\x05 \x01(\x0b\x32\x11.google.type.Date\"x\n\x11\x41lertAcknowledged\x12\r\n\x05\x61lert\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0e\n\x06\x62reach\x18\x03 \x01(\t\x12\x34\n\x10\x61\x63knowledge_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xbf\x01\n\x19\x43orrectiveActionRequested\x12\x19\n\x11\x63orrective_action\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0e\n\x06\x62reach\x18\x03 \x01(\t\x12\x10\n\x08provider\x18\x04 \x01(\t\x12#\n\x08\x64ue_date\x18\x05 \x01(\x0b\x32\x11.google.type.Date\x12\x30\n\x0crequest_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9a\x01\n\x19\x43orrectiveActionResponded\x12\x19\n\x11\x63orrective_action\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0e\n\x06\x62reach\x18\x03 \x01(\t\x12\x10\n\x08provider\x18\x04 \x01(\t\x12\x30\n\x0crespond_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$kasvu/selfmonitoring/v1/events.proto\x12\x17kasvu.selfmonitoring.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16google/type/date.proto\x1a,kasvu/selfmonitoring/v1/selfmonitoring.proto\"O\n\x0c\x42reachOpened\x12/\n\x06\x62reach\x18\x01 \x01(\x0b\x32\x1f.kasvu.selfmonitoring.v1.Breach\x12\x0e\n\x06region\x18\x02 \x01(\t\"U\n\x12RegionBreachOpened\x12/\n\x06\x62reach\x18\x01 \x01(\x0b\x32\x1f.kasvu.selfmonitoring.v1.Breach\x12\x0e\n\x06region\x18\x02 \x01(\t\"\x89\x01\n\x14RegionBreachResolved\x12/\n\x06\x62reach\x18\x01 \x01(\x0b\x32\x1f.kasvu.selfmonitoring.v1.Breach\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x30\n\x0cresolve_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"P\n\rWarningRaised\x12/\n\x06\x62reach\x18\x01 \x01(\x0b\x32\x1f.kasvu.selfmonitoring.v1.Breach\x12\x0e\n\x06region\x18\x02 \x01(\t\"\x83\x01\n\x0eWarningCleared\x12/\n\x06\x62reach\x18\x01 \x01(\x0b\x32\x1f.kasvu.selfmonitoring.v1.Breach\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x30\n\x0cresolve_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"w\n\x10IndicatorCreated\x12\x11\n\tindicator\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0f\n\x07service\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x83\x01\n\x0e\x42reachResolved\x12/\n\x06\x62reach\x18\x01 \x01(\x0b\x32\x1f.kasvu.selfmonitoring.v1.Breach\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x30\n\x0cresolve_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x95\x01\n\x0f\x42reachEscalated\x12/\n\x06\x62reach\x18\x01 \x01(\x0b\x32\x1f.kasvu.selfmonitoring.v1.Breach\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x31\n\rescalate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8b\x01\n\x10ProgrammeCreated\x12\x11\n\tprogramme\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x05\x12\x12\n\nindicators\x18\x04 \x03(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa7\x01\n\x12ProgrammePublished\x12\x11\n\tprogramme\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x05\x12\x30\n\x0cpublish_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x10publication_date\x18\x05 \x01(\x0b\x32\x11.google.type.Date\"x\n\x11\x41lertAcknowledged\x12\r\n\x05\x61lert\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0e\n\x06\x62reach\x18\x03 \x01(\t\x12\x34\n\x10\x61\x63knowledge_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xbf\x01\n\x19\x43orrectiveActionRequested\x12\x19\n\x11\x63orrective_action\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0e\n\x06\x62reach\x18\x03 \x01(\t\x12\x10\n\x08provider\x18\x04 \x01(\t\x12#\n\x08\x64ue_date\x18\x05 \x01(\x0b\x32\x11.google.type.Date\x12\x30\n\x0crequest_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9a\x01\n\x19\x43orrectiveActionResponded\x12\x19\n\x11\x63orrective_action\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0e\n\x06\x62reach\x18\x03 \x01(\t\x12\x10\n\x08provider\x18\x04 \x01(\t\x12\x30\n\x0crespond_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,20 +36,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_BREACHOPENED']._serialized_start=168
   _globals['_BREACHOPENED']._serialized_end=247
-  _globals['_INDICATORCREATED']._serialized_start=249
-  _globals['_INDICATORCREATED']._serialized_end=368
-  _globals['_BREACHRESOLVED']._serialized_start=371
-  _globals['_BREACHRESOLVED']._serialized_end=502
-  _globals['_BREACHESCALATED']._serialized_start=505
-  _globals['_BREACHESCALATED']._serialized_end=654
-  _globals['_PROGRAMMECREATED']._serialized_start=657
-  _globals['_PROGRAMMECREATED']._serialized_end=796
-  _globals['_PROGRAMMEPUBLISHED']._serialized_start=799
-  _globals['_PROGRAMMEPUBLISHED']._serialized_end=966
-  _globals['_ALERTACKNOWLEDGED']._serialized_start=968
-  _globals['_ALERTACKNOWLEDGED']._serialized_end=1088
-  _globals['_CORRECTIVEACTIONREQUESTED']._serialized_start=1091
-  _globals['_CORRECTIVEACTIONREQUESTED']._serialized_end=1282
-  _globals['_CORRECTIVEACTIONRESPONDED']._serialized_start=1285
-  _globals['_CORRECTIVEACTIONRESPONDED']._serialized_end=1439
+  _globals['_REGIONBREACHOPENED']._serialized_start=249
+  _globals['_REGIONBREACHOPENED']._serialized_end=334
+  _globals['_REGIONBREACHRESOLVED']._serialized_start=337
+  _globals['_REGIONBREACHRESOLVED']._serialized_end=474
+  _globals['_WARNINGRAISED']._serialized_start=476
+  _globals['_WARNINGRAISED']._serialized_end=556
+  _globals['_WARNINGCLEARED']._serialized_start=559
+  _globals['_WARNINGCLEARED']._serialized_end=690
+  _globals['_INDICATORCREATED']._serialized_start=692
+  _globals['_INDICATORCREATED']._serialized_end=811
+  _globals['_BREACHRESOLVED']._serialized_start=814
+  _globals['_BREACHRESOLVED']._serialized_end=945
+  _globals['_BREACHESCALATED']._serialized_start=948
+  _globals['_BREACHESCALATED']._serialized_end=1097
+  _globals['_PROGRAMMECREATED']._serialized_start=1100
+  _globals['_PROGRAMMECREATED']._serialized_end=1239
+  _globals['_PROGRAMMEPUBLISHED']._serialized_start=1242
+  _globals['_PROGRAMMEPUBLISHED']._serialized_end=1409
+  _globals['_ALERTACKNOWLEDGED']._serialized_start=1411
+  _globals['_ALERTACKNOWLEDGED']._serialized_end=1531
+  _globals['_CORRECTIVEACTIONREQUESTED']._serialized_start=1534
+  _globals['_CORRECTIVEACTIONREQUESTED']._serialized_end=1725
+  _globals['_CORRECTIVEACTIONRESPONDED']._serialized_start=1728
+  _globals['_CORRECTIVEACTIONRESPONDED']._serialized_end=1882
 # @@protoc_insertion_point(module_scope)

@@ -54,6 +54,137 @@ class BreachOpened(_message.Message):
 Global___BreachOpened: _TypeAlias = BreachOpened  # noqa: Y015
 
 @_typing.final
+class RegionBreachOpened(_message.Message):
+    """A service, a municipality or the whole region crossed the breach threshold
+    of an indicator of that scope: an alert for the region's supervisors. No
+    provider is asked for anything (the registry follows BreachOpened only).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BREACH_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    region: _builtins.str
+    """The region whose programme it breaches."""
+    @_builtins.property
+    def breach(self) -> _selfmonitoring_pb2.Breach:
+        """The breach; breach.scope and breach.scope_key say what it is about."""
+
+    def __init__(
+        self,
+        *,
+        breach: _selfmonitoring_pb2.Breach | None = ...,
+        region: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["breach", b"breach"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breach", b"breach", "region", b"region"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegionBreachOpened: _TypeAlias = RegionBreachOpened  # noqa: Y015
+
+@_typing.final
+class RegionBreachResolved(_message.Message):
+    """A RegionBreachOpened's value came back past the recovery threshold."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BREACH_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    RESOLVE_TIME_FIELD_NUMBER: _builtins.int
+    region: _builtins.str
+    """The region whose programme it breached."""
+    @_builtins.property
+    def breach(self) -> _selfmonitoring_pb2.Breach:
+        """The breach as resolved."""
+
+    @_builtins.property
+    def resolve_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was resolved (also breach.resolve_time)."""
+
+    def __init__(
+        self,
+        *,
+        breach: _selfmonitoring_pb2.Breach | None = ...,
+        region: _builtins.str = ...,
+        resolve_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["breach", b"breach", "resolve_time", b"resolve_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breach", b"breach", "region", b"region", "resolve_time", b"resolve_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegionBreachResolved: _TypeAlias = RegionBreachResolved  # noqa: Y015
+
+@_typing.final
+class WarningRaised(_message.Message):
+    """A provider's value crossed an indicator's warning threshold (not its
+    breach threshold): an alert for supervisors, never a suspension request.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BREACH_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    region: _builtins.str
+    """The region whose programme it concerns."""
+    @_builtins.property
+    def breach(self) -> _selfmonitoring_pb2.Breach:
+        """The warning: a Breach with warning set, severity WARNING, and the warning
+        threshold in threshold.
+        """
+
+    def __init__(
+        self,
+        *,
+        breach: _selfmonitoring_pb2.Breach | None = ...,
+        region: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["breach", b"breach"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breach", b"breach", "region", b"region"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WarningRaised: _TypeAlias = WarningRaised  # noqa: Y015
+
+@_typing.final
+class WarningCleared(_message.Message):
+    """A warning's value came back past the indicator's recovery threshold."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BREACH_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    RESOLVE_TIME_FIELD_NUMBER: _builtins.int
+    region: _builtins.str
+    """The region whose programme it concerns."""
+    @_builtins.property
+    def breach(self) -> _selfmonitoring_pb2.Breach:
+        """The warning as cleared, with the value that cleared it."""
+
+    @_builtins.property
+    def resolve_time(self) -> _timestamp_pb2.Timestamp:
+        """When it cleared (also breach.resolve_time)."""
+
+    def __init__(
+        self,
+        *,
+        breach: _selfmonitoring_pb2.Breach | None = ...,
+        region: _builtins.str = ...,
+        resolve_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["breach", b"breach", "resolve_time", b"resolve_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breach", b"breach", "region", b"region", "resolve_time", b"resolve_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WarningCleared: _TypeAlias = WarningCleared  # noqa: Y015
+
+@_typing.final
 class IndicatorCreated(_message.Message):
     """A region added an indicator to its self-monitoring programme."""
 

@@ -61,6 +61,12 @@ class _MetricKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MetricKind
     """Observations whose value is 1 (an outcome reached) of all; values 0 or 1."""
     METRIC_KIND_MEAN: _MetricKind.ValueType  # 3
     """The mean of the observations' values (e.g. a satisfaction score)."""
+    METRIC_KIND_EQUAL_TREATMENT: _MetricKind.ValueType  # 5
+    """Equal treatment: each customer group's outcome rate (values 0 or 1, each
+    observation naming its group) as a share of the overall rate; the value
+    is the lowest share among groups with at least minimum_sample
+    observations, and a value below breach_threshold (e.g. 0.8) is a breach.
+    """
     METRIC_KIND_COUNT_PER_100_CUSTOMERS: _MetricKind.ValueType  # 4
     """Per 100 customers: one observation per customer, its value a count (e.g.
     complaints). Breaches above its threshold.
@@ -81,11 +87,52 @@ METRIC_KIND_RATE: MetricKind.ValueType  # 2
 """Observations whose value is 1 (an outcome reached) of all; values 0 or 1."""
 METRIC_KIND_MEAN: MetricKind.ValueType  # 3
 """The mean of the observations' values (e.g. a satisfaction score)."""
+METRIC_KIND_EQUAL_TREATMENT: MetricKind.ValueType  # 5
+"""Equal treatment: each customer group's outcome rate (values 0 or 1, each
+observation naming its group) as a share of the overall rate; the value
+is the lowest share among groups with at least minimum_sample
+observations, and a value below breach_threshold (e.g. 0.8) is a breach.
+"""
 METRIC_KIND_COUNT_PER_100_CUSTOMERS: MetricKind.ValueType  # 4
 """Per 100 customers: one observation per customer, its value a count (e.g.
 complaints). Breaches above its threshold.
 """
 Global___MetricKind: _TypeAlias = MetricKind  # noqa: Y015
+
+class _Scope:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ScopeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Scope.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SCOPE_UNSPECIFIED: _Scope.ValueType  # 0
+    """Not set: SCOPE_PROVIDER."""
+    SCOPE_PROVIDER: _Scope.ValueType  # 1
+    """Each provider apart (observation.provider)."""
+    SCOPE_SERVICE: _Scope.ValueType  # 2
+    """Each growth service apart, all providers together (observation.service)."""
+    SCOPE_MUNICIPALITY: _Scope.ValueType  # 3
+    """Each municipality apart (observation.municipality)."""
+    SCOPE_REGION: _Scope.ValueType  # 4
+    """The whole region together."""
+
+class Scope(_Scope, metaclass=_ScopeEnumTypeWrapper):
+    """What an indicator's observations are grouped by, and so what a breach is
+    about. Only a provider's breach can lead to a corrective action or a
+    suspension request; the others alert the region.
+    """
+
+SCOPE_UNSPECIFIED: Scope.ValueType  # 0
+"""Not set: SCOPE_PROVIDER."""
+SCOPE_PROVIDER: Scope.ValueType  # 1
+"""Each provider apart (observation.provider)."""
+SCOPE_SERVICE: Scope.ValueType  # 2
+"""Each growth service apart, all providers together (observation.service)."""
+SCOPE_MUNICIPALITY: Scope.ValueType  # 3
+"""Each municipality apart (observation.municipality)."""
+SCOPE_REGION: Scope.ValueType  # 4
+"""The whole region together."""
+Global___Scope: _TypeAlias = Scope  # noqa: Y015
 
 class _ObservationSource:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -167,6 +214,10 @@ class _AlertKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AlertKind.V
     """The breach was escalated to a suspension request."""
     ALERT_KIND_RESOLVED: _AlertKind.ValueType  # 3
     """The breach resolved."""
+    ALERT_KIND_WARNING_RAISED: _AlertKind.ValueType  # 4
+    """A warning was raised (breach.warning is set)."""
+    ALERT_KIND_WARNING_CLEARED: _AlertKind.ValueType  # 5
+    """A warning cleared: the value is back past the recovery threshold."""
 
 class AlertKind(_AlertKind, metaclass=_AlertKindEnumTypeWrapper):
     """What happened to the breach an alert is about."""
@@ -179,6 +230,10 @@ ALERT_KIND_ESCALATED: AlertKind.ValueType  # 2
 """The breach was escalated to a suspension request."""
 ALERT_KIND_RESOLVED: AlertKind.ValueType  # 3
 """The breach resolved."""
+ALERT_KIND_WARNING_RAISED: AlertKind.ValueType  # 4
+"""A warning was raised (breach.warning is set)."""
+ALERT_KIND_WARNING_CLEARED: AlertKind.ValueType  # 5
+"""A warning cleared: the value is back past the recovery threshold."""
 Global___AlertKind: _TypeAlias = AlertKind  # noqa: Y015
 
 class _ProgrammeState:
@@ -276,13 +331,19 @@ class ShareWithinDeadline(_message.Message):
     DEADLINE_DAYS_FIELD_NUMBER: _builtins.int
     MINIMUM_SHARE_FIELD_NUMBER: _builtins.int
     RECOVERY_SHARE_FIELD_NUMBER: _builtins.int
+    WARNING_SHARE_FIELD_NUMBER: _builtins.int
     deadline_days: _builtins.int
     """The deadline in days from the case's start (14 for the assessment)."""
     minimum_share: _builtins.float
     """The breach threshold: a share below this is a breach (0 < x <= 1)."""
     recovery_share: _builtins.float
     """Hysteresis: an open breach resolves only once the share is at least this
-    (minimum_share <= x <= 1). Unset (0): minimum_share.
+    (minimum_share <= x <= 1; at least warning_share when set). Unset (0):
+    warning_share when set, else minimum_share.
+    """
+    warning_share: _builtins.float
+    """A share below this but not below minimum_share raises a warning (an alert
+    only; minimum_share < x <= recovery_share). Unset: no warnings.
     """
     def __init__(
         self,
@@ -290,12 +351,15 @@ class ShareWithinDeadline(_message.Message):
         deadline_days: _builtins.int = ...,
         minimum_share: _builtins.float = ...,
         recovery_share: _builtins.float = ...,
+        warning_share: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_warning_share", b"_warning_share", "warning_share", b"warning_share"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline_days", b"deadline_days", "minimum_share", b"minimum_share", "recovery_share", b"recovery_share"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_warning_share", b"_warning_share", "deadline_days", b"deadline_days", "minimum_share", b"minimum_share", "recovery_share", b"recovery_share", "warning_share", b"warning_share"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__warning_share: _TypeAlias = _typing.Literal["warning_share"]  # noqa: Y015
+    _WhichOneofArgType__warning_share: _TypeAlias = _typing.Literal["_warning_share", b"_warning_share"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__warning_share) -> _WhichOneofReturnType__warning_share | None: ...
 
 Global___ShareWithinDeadline: _TypeAlias = ShareWithinDeadline  # noqa: Y015
 
@@ -308,13 +372,20 @@ class Measure(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     BREACH_THRESHOLD_FIELD_NUMBER: _builtins.int
     RECOVERY_THRESHOLD_FIELD_NUMBER: _builtins.int
+    WARNING_THRESHOLD_FIELD_NUMBER: _builtins.int
     kind: Global___MetricKind.ValueType
     """RATE, MEAN or COUNT_PER_100_CUSTOMERS."""
     breach_threshold: _builtins.float
     """A value below this (above it for COUNT_PER_100_CUSTOMERS) is a breach."""
     recovery_threshold: _builtins.float
     """Hysteresis: an open breach resolves only once the value is back past
-    this. Unset (0): breach_threshold.
+    this (and past warning_threshold when set). Unset (0): warning_threshold
+    when set, else breach_threshold.
+    """
+    warning_threshold: _builtins.float
+    """A value past this but not past breach_threshold raises a warning (an alert
+    only, never a suspension request); it must lie between breach_threshold
+    and recovery_threshold. Unset: no warnings.
     """
     def __init__(
         self,
@@ -322,12 +393,15 @@ class Measure(_message.Message):
         kind: Global___MetricKind.ValueType = ...,
         breach_threshold: _builtins.float = ...,
         recovery_threshold: _builtins.float = ...,
+        warning_threshold: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_warning_threshold", b"_warning_threshold", "warning_threshold", b"warning_threshold"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["breach_threshold", b"breach_threshold", "kind", b"kind", "recovery_threshold", b"recovery_threshold"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_warning_threshold", b"_warning_threshold", "breach_threshold", b"breach_threshold", "kind", b"kind", "recovery_threshold", b"recovery_threshold", "warning_threshold", b"warning_threshold"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__warning_threshold: _TypeAlias = _typing.Literal["warning_threshold"]  # noqa: Y015
+    _WhichOneofArgType__warning_threshold: _TypeAlias = _typing.Literal["_warning_threshold", b"_warning_threshold"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__warning_threshold) -> _WhichOneofReturnType__warning_threshold | None: ...
 
 Global___Measure: _TypeAlias = Measure  # noqa: Y015
 
@@ -347,6 +421,7 @@ class Indicator(_message.Message):
     SEVERITY_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """regions/{region}/indicators/{indicator}"""
     display_name: _builtins.str
@@ -361,6 +436,10 @@ class Indicator(_message.Message):
     """Severity of a breach."""
     kind: Global___MetricKind.ValueType
     """The metric's kind (SHARE_WITHIN_DEADLINE for share_within_deadline)."""
+    scope: Global___Scope.ValueType
+    """What observations are grouped by (unset: SCOPE_PROVIDER). Each
+    observation must carry the key its scope needs.
+    """
     @_builtins.property
     def share_within_deadline(self) -> Global___ShareWithinDeadline:
         """A share of cases within a deadline."""
@@ -386,10 +465,11 @@ class Indicator(_message.Message):
         severity: Global___Severity.ValueType = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         kind: Global___MetricKind.ValueType = ...,
+        scope: Global___Scope.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "measure", b"measure", "metric", b"metric", "share_within_deadline", b"share_within_deadline"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "display_name", b"display_name", "kind", b"kind", "measure", b"measure", "metric", b"metric", "minimum_sample", b"minimum_sample", "name", b"name", "service", b"service", "severity", b"severity", "share_within_deadline", b"share_within_deadline", "window_days", b"window_days"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "display_name", b"display_name", "kind", b"kind", "measure", b"measure", "metric", b"metric", "minimum_sample", b"minimum_sample", "name", b"name", "scope", b"scope", "service", b"service", "severity", b"severity", "share_within_deadline", b"share_within_deadline", "window_days", b"window_days"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_metric: _TypeAlias = _typing.Literal["share_within_deadline", "measure"]  # noqa: Y015
     _WhichOneofArgType_metric: _TypeAlias = _typing.Literal["metric", b"metric"]  # noqa: Y015
@@ -464,6 +544,9 @@ class Observation(_message.Message):
     COMPLETED_ON_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
     VALUE_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    MUNICIPALITY_FIELD_NUMBER: _builtins.int
+    GROUP_FIELD_NUMBER: _builtins.int
     observation_id: _builtins.str
     """Client-chosen id, unique within its source; a retry with the same id and
     content records nothing new, other content under the same id is refused.
@@ -477,6 +560,18 @@ class Observation(_message.Message):
     value: _builtins.float
     """The measured value, for RATE (0 or 1), MEAN and COUNT_PER_100_CUSTOMERS
     indicators.
+    """
+    service: _builtins.str
+    """The growth service the case belongs to; required by a SCOPE_SERVICE
+    indicator.
+    """
+    municipality: _builtins.str
+    """The municipality's three-digit code (e.g. "837"); required by a
+    SCOPE_MUNICIPALITY indicator.
+    """
+    group: _builtins.str
+    """A pseudonymous customer-group category (e.g. "age-55-plus", never a
+    person's identity); required by a METRIC_KIND_EQUAL_TREATMENT indicator.
     """
     @_builtins.property
     def started_on(self) -> _date_pb2.Date:
@@ -501,10 +596,13 @@ class Observation(_message.Message):
         completed_on: _date_pb2.Date | None = ...,
         source: Global___ObservationSource.ValueType = ...,
         value: _builtins.float | None = ...,
+        service: _builtins.str = ...,
+        municipality: _builtins.str = ...,
+        group: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_value", b"_value", "completed_on", b"completed_on", "started_on", b"started_on", "value", b"value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_value", b"_value", "case_key", b"case_key", "completed_on", b"completed_on", "observation_id", b"observation_id", "provider", b"provider", "source", b"source", "started_on", b"started_on", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_value", b"_value", "case_key", b"case_key", "completed_on", b"completed_on", "group", b"group", "municipality", b"municipality", "observation_id", b"observation_id", "provider", b"provider", "service", b"service", "source", b"source", "started_on", b"started_on", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__value: _TypeAlias = _typing.Literal["value"]  # noqa: Y015
     _WhichOneofArgType__value: _TypeAlias = _typing.Literal["_value", b"_value"]  # noqa: Y015
@@ -662,6 +760,8 @@ class RecordObservationsResponse(_message.Message):
     REJECTED_FIELD_NUMBER: _builtins.int
     OPENED_BREACHES_FIELD_NUMBER: _builtins.int
     RESOLVED_BREACHES_FIELD_NUMBER: _builtins.int
+    RAISED_WARNINGS_FIELD_NUMBER: _builtins.int
+    CLEARED_WARNINGS_FIELD_NUMBER: _builtins.int
     recorded: _builtins.int
     """Observations stored."""
     duplicates: _builtins.int
@@ -678,6 +778,14 @@ class RecordObservationsResponse(_message.Message):
     def resolved_breaches(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Breaches resolved by the stream."""
 
+    @_builtins.property
+    def raised_warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Warnings raised by the stream."""
+
+    @_builtins.property
+    def cleared_warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Warnings cleared by the stream."""
+
     def __init__(
         self,
         *,
@@ -686,10 +794,12 @@ class RecordObservationsResponse(_message.Message):
         rejected: _abc.Iterable[Global___RejectedObservation] | None = ...,
         opened_breaches: _abc.Iterable[_builtins.str] | None = ...,
         resolved_breaches: _abc.Iterable[_builtins.str] | None = ...,
+        raised_warnings: _abc.Iterable[_builtins.str] | None = ...,
+        cleared_warnings: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicates", b"duplicates", "opened_breaches", b"opened_breaches", "recorded", b"recorded", "rejected", b"rejected", "resolved_breaches", b"resolved_breaches"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cleared_warnings", b"cleared_warnings", "duplicates", b"duplicates", "opened_breaches", b"opened_breaches", "raised_warnings", b"raised_warnings", "recorded", b"recorded", "rejected", b"rejected", "resolved_breaches", b"resolved_breaches"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -715,6 +825,10 @@ class Breach(_message.Message):
     RECOVERY_THRESHOLD_FIELD_NUMBER: _builtins.int
     WINDOW_START_FIELD_NUMBER: _builtins.int
     WINDOW_END_FIELD_NUMBER: _builtins.int
+    WARNING_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    SCOPE_KEY_FIELD_NUMBER: _builtins.int
+    GROUP_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """regions/{region}/breaches/{breach}"""
     indicator: _builtins.str
@@ -735,6 +849,23 @@ class Breach(_message.Message):
     """The state."""
     recovery_threshold: _builtins.float
     """The value at which it resolves (the indicator's recovery threshold)."""
+    warning: _builtins.bool
+    """A warning, not a breach: the value crossed the indicator's warning
+    threshold (in threshold) but not its breach threshold. Alerts only; it
+    never leads to a corrective action or a suspension request.
+    """
+    scope: Global___Scope.ValueType
+    """The indicator's scope: what the breach is about. Only a SCOPE_PROVIDER
+    breach names a provider and can lead to a suspension request.
+    """
+    scope_key: _builtins.str
+    """The scope's group: the provider's business ID, the service, the
+    municipality code; empty for the whole region.
+    """
+    group: _builtins.str
+    """For equal treatment: the customer group whose outcome rate, as a share of
+    the overall rate, is the value.
+    """
     @_builtins.property
     def open_time(self) -> _timestamp_pb2.Timestamp:
         """When it was opened."""
@@ -768,10 +899,14 @@ class Breach(_message.Message):
         recovery_threshold: _builtins.float = ...,
         window_start: _date_pb2.Date | None = ...,
         window_end: _date_pb2.Date | None = ...,
+        warning: _builtins.bool = ...,
+        scope: Global___Scope.ValueType = ...,
+        scope_key: _builtins.str = ...,
+        group: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["open_time", b"open_time", "resolve_time", b"resolve_time", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["indicator", b"indicator", "name", b"name", "open_time", b"open_time", "provider", b"provider", "recovery_threshold", b"recovery_threshold", "resolve_time", b"resolve_time", "sample_size", b"sample_size", "service", b"service", "severity", b"severity", "state", b"state", "threshold", b"threshold", "value", b"value", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "indicator", b"indicator", "name", b"name", "open_time", b"open_time", "provider", b"provider", "recovery_threshold", b"recovery_threshold", "resolve_time", b"resolve_time", "sample_size", b"sample_size", "scope", b"scope", "scope_key", b"scope_key", "service", b"service", "severity", b"severity", "state", b"state", "threshold", b"threshold", "value", b"value", "warning", b"warning", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1698,16 +1833,19 @@ class IndicatorValue(_message.Message):
     SAMPLE_SIZE_FIELD_NUMBER: _builtins.int
     WINDOW_START_FIELD_NUMBER: _builtins.int
     WINDOW_END_FIELD_NUMBER: _builtins.int
+    SCOPE_KEY_FIELD_NUMBER: _builtins.int
     indicator: _builtins.str
     """regions/{region}/indicators/{indicator}"""
     service: _builtins.str
     """The service it watches."""
     provider: _builtins.str
-    """The provider's business ID."""
+    """The provider's business ID (empty for an indicator of another scope)."""
     value: _builtins.float
     """The value over the window."""
     sample_size: _builtins.int
     """Observations in the window."""
+    scope_key: _builtins.str
+    """The scope's group the value is of (as Breach.scope_key)."""
     @_builtins.property
     def window_start(self) -> _date_pb2.Date:
         """The window's first day."""
@@ -1726,10 +1864,11 @@ class IndicatorValue(_message.Message):
         sample_size: _builtins.int = ...,
         window_start: _date_pb2.Date | None = ...,
         window_end: _date_pb2.Date | None = ...,
+        scope_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["indicator", b"indicator", "provider", b"provider", "sample_size", b"sample_size", "service", b"service", "value", b"value", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["indicator", b"indicator", "provider", b"provider", "sample_size", b"sample_size", "scope_key", b"scope_key", "service", b"service", "value", b"value", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
