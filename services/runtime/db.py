@@ -169,12 +169,16 @@ async def serialize_on(session: AsyncSession, key: str) -> None:
         )  # type: ignore[call-overload]
 
 
+CONNECTION = "kasvu.connection"
+"""session.info key of the Core connection of the session's transaction."""
+
+
 async def connection_of(session: AsyncSession) -> AsyncConnection:
     """The Core connection of the session's transaction, cached on the session: asking the
     session for it again for every unit of a batch costs more than the statements themselves."""
-    connection: AsyncConnection | None = session.info.get("kasvu.connection")
+    connection: AsyncConnection | None = session.info.get(CONNECTION)
     if connection is None:
-        connection = session.info["kasvu.connection"] = await session.connection()
+        connection = session.info[CONNECTION] = await session.connection()
     return connection
 
 

@@ -25,7 +25,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from services.runtime import codec, envelope
 from services.runtime.audit import AuditEntry
 from services.runtime.clock import Clock
-from services.runtime.db import Database, connection_of
+from services.runtime.db import CONNECTION, Database, connection_of
 from services.runtime.domain import Command, Event, Query
 from services.runtime.errors import DomainError, FieldViolation, InvalidArgument
 from services.runtime.fastinsert import TableInserter
@@ -224,10 +224,17 @@ class Dispatcher:
     async def query(self, query: Query, context: Context = NO_CONTEXT) -> Any:
         """Runs a query's handler on a read-only unit of work, outside the write path."""
         handler = self._handler(query)
-        async with self._db.read_session() as session:
-            uow = self._unit_of_work(context, self._clock.now(), True)
-            await uow.bind(session)
-            return await handler(query, uow)
+        # A Core connection first and a session bound to it: the session's own connection and
+        # transaction bookkeeping cost more than most queries.
+        async with self._db.reader.connect() as connection:
+            session = AsyncSession(bind=connection, expire_on_commit=False)
+            session.info[CONNECTION] = connection
+            try:
+                uow = self._unit_of_work(context, self._clock.now(), True)
+                await uow.bind(session)
+                return await handler(query, uow)
+            finally:
+                await session.close()
 
     async def handle(
         self,

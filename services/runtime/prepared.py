@@ -27,6 +27,7 @@ from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from services.runtime.db import connection_of
 from services.runtime.sqlite_inline import inline_of
 
 _SQLITE = sqlite.dialect()
@@ -145,9 +146,7 @@ async def savepoint(session: AsyncSession, name: str = "kasvu_unit") -> AsyncIte
     again with the session's CAREFUL flag, and here takes SQLAlchemy's nested transaction, as
     on PostgreSQL.
     """
-    connection: AsyncConnection | None = session.info.get("kasvu.connection")
-    if connection is None:
-        connection = session.info["kasvu.connection"] = await session.connection()
+    connection = await connection_of(session)
     inline = None if session.info.get(CAREFUL) else await inline_of(connection)
     if inline is None:
         nested = await session.begin_nested()
