@@ -15,6 +15,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.runtime.db import connection_of
 from services.runtime.fastinsert import TableInserter
+from services.runtime.prepared import Prepared
 from services.runtime.tables import AuditRecord
 
 GENESIS = "0" * 64
@@ -95,12 +96,12 @@ AUDIT_LOG = AuditRecord.__table__  # type: ignore[attr-defined]
 _APPEND = TableInserter(AUDIT_LOG)
 
 
+# Read at the start of every write batch: prepared once.
+_HEAD = Prepared(sa_select(AUDIT_LOG.c.seq, AUDIT_LOG.c.hash).order_by(AUDIT_LOG.c.seq.desc()).limit(1))
+
+
 async def chain_head(session: AsyncSession) -> ChainHead:
-    row = (
-        await (await session.connection()).execute(
-            sa_select(AUDIT_LOG.c.seq, AUDIT_LOG.c.hash).order_by(AUDIT_LOG.c.seq.desc()).limit(1)
-        )
-    ).first()
+    row = (await _HEAD.execute(await connection_of(session))).first()
     return ChainHead(row.seq, row.hash) if row is not None else EMPTY_CHAIN
 
 
