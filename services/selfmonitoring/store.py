@@ -250,6 +250,23 @@ OBSERVATIONS: Table = ObservationRow.__table__  # type: ignore[attr-defined]
 BUCKETS: Table = DayBucketRow.__table__  # type: ignore[attr-defined]
 GROUP_BUCKETS: Table = GroupBucketRow.__table__  # type: ignore[attr-defined]
 BREACHES: Table = BreachRow.__table__  # type: ignore[attr-defined]
+AVAILABILITY: Table = AdmittedProviderRow.__table__  # type: ignore[attr-defined]
+_AVAILABILITY_KEY = ("region", "service", "business_id")
+_AVAILABILITY = Prepared(
+    sa_select(AVAILABILITY).where(*(AVAILABILITY.c[name] == bindparam(name) for name in _AVAILABILITY_KEY))
+)
+
+
+def _put_availability(insert: Any) -> Any:
+    columns = [column.name for column in AVAILABILITY.columns]
+    statement = insert(AVAILABILITY).values({name: bindparam(name) for name in columns})
+    return statement.on_conflict_do_update(
+        index_elements=[AVAILABILITY.c[name] for name in _AVAILABILITY_KEY],
+        set_={name: statement.excluded[name] for name in columns if name not in _AVAILABILITY_KEY},
+    )
+
+
+_PUT_AVAILABILITY = Prepared(_put_availability(sqlite.insert), elsewhere=_put_availability(postgresql.insert))
 _OPEN_SERIOUS = Prepared(
     sa_select(BREACHES).where(
         BREACHES.c.region == bindparam("region"),
@@ -1038,23 +1055,39 @@ class AdmittedProviderRepository:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
 
-    async def _row(self, region: str, service: str, business_id: str, now: datetime) -> AdmittedProviderRow:
-        row = await self._session.get(AdmittedProviderRow, (region, service, business_id))
-        return row or AdmittedProviderRow(
-            region=region, service=service, business_id=business_id, updated_at=now
-        )
+    # Every registration's admission and change passes here (prepared statements: the ORM's
+    # get-and-flush cost more than the rest of the consumer's unit of work).
+    async def _row(self, region: str, service: str, business_id: str, now: datetime) -> dict[str, Any]:
+        key = {"region": region, "service": service, "business_id": business_id}
+        # Read, then write back: concurrent changes of one provider take turns (PostgreSQL).
+        await serialize_on(self._session, f"selfmonitoring:availability:{region}/{service}/{business_id}")
+        found = (await _AVAILABILITY.execute(await connection_of(self._session), key)).first()
+        if found is not None:
+            return found._asdict()  # type: ignore[no-any-return]
+        return {
+            **key,
+            "municipalities": "[]",
+            "languages": "[]",
+            "suspended": False,
+            "updated_at": now,
+            "ended": False,
+            "changed_at": None,
+        }
+
+    async def _put(self, row: dict[str, Any]) -> None:
+        await _PUT_AVAILABILITY.execute(await connection_of(self._session), row)
 
     async def admitted(self, provider: model.AdmittedProvider, at: datetime, now: datetime) -> None:
         """Upsert: an admission gives where and in which languages; unless a later change was
         applied already (its event arrived first), it makes the provider admitted and active."""
         row = await self._row(provider.region, provider.service, provider.business_id, now)
-        row.municipalities = json.dumps(sorted(provider.municipalities))
-        row.languages = json.dumps(sorted(provider.languages))
-        if _newer(at, row.changed_at):
-            row.suspended = row.ended = False
-            row.changed_at = at
-        row.updated_at = now
-        self._session.add(row)
+        row["municipalities"] = json.dumps(sorted(provider.municipalities))
+        row["languages"] = json.dumps(sorted(provider.languages))
+        if _newer(at, row["changed_at"]):
+            row["suspended"] = row["ended"] = False
+            row["changed_at"] = at
+        row["updated_at"] = now
+        await self._put(row)
 
     async def changed(  # noqa: PLR0917 - the key, the change and its times
         self,
@@ -1068,13 +1101,13 @@ class AdmittedProviderRepository:
         """Apply a change made at `at`, unless a later one was applied already; a change arriving
         before the admission it follows is kept, and the admission fills in where and how."""
         row = await self._row(region, service, business_id, now)
-        if not _newer(at, row.changed_at):
+        if not _newer(at, row["changed_at"]):
             return False
-        row.suspended = change is model.AvailabilityChange.SUSPENDED
-        row.ended = change is model.AvailabilityChange.ENDED
-        row.changed_at = at
-        row.updated_at = now
-        self._session.add(row)
+        row["suspended"] = change is model.AvailabilityChange.SUSPENDED
+        row["ended"] = change is model.AvailabilityChange.ENDED
+        row["changed_at"] = at
+        row["updated_at"] = now
+        await self._put(row)
         return True
 
     async def of_region(self, region: str) -> list[model.AdmittedProvider]:
