@@ -166,7 +166,20 @@ TERMS = TermsRow.__table__  # type: ignore[attr-defined]
 _INSERT_REGISTRATION = TableInserter(REGISTRATIONS)
 _BY_ID = Prepared(select(REGISTRATIONS).where(REGISTRATIONS.c.id == bindparam("registration_id")))
 _ACTIVE = Prepared(select(REGISTRATIONS).where(REGISTRATIONS.c.active_key == bindparam("active_key")))
-_UPDATE_REGISTRATION = update(REGISTRATIONS).where(REGISTRATIONS.c.id == bindparam("registration_id"))
+_REGISTRATION_UPDATES: dict[tuple[str, ...], Prepared] = {}
+
+
+def _update_registration(columns: tuple[str, ...]) -> Prepared:
+    """The UPDATE of a registration's changeable columns, prepared once per set of columns."""
+    if (prepared := _REGISTRATION_UPDATES.get(columns)) is None:
+        prepared = _REGISTRATION_UPDATES[columns] = Prepared(
+            update(REGISTRATIONS)
+            .where(REGISTRATIONS.c.id == bindparam("registration_id"))
+            .values({name: bindparam(name) for name in columns})
+        )
+    return prepared
+
+
 _INSERT_LISTING = TableInserter(LISTINGS)
 _NEWER_TERMS = Prepared(
     select(TERMS.c.version)
@@ -186,7 +199,10 @@ _PENDING = Prepared(
     )
     .order_by(PENDING_BREACHES.c.received_at)
 )
-_DELETE_LISTING = delete(LISTINGS).where(LISTINGS.c.registration == bindparam("registration_id"))
+_DELETE_LISTING = Prepared(delete(LISTINGS).where(LISTINGS.c.registration == bindparam("registration_id")))
+_BREACH_POLICY = Prepared(
+    select(BreachPolicyRow.__table__).where(BreachPolicyRow.__table__.c.region == bindparam("region"))  # type: ignore[attr-defined]
+)
 _LISTING_PAGE = Prepared(
     select(LISTINGS)
     .where(
@@ -657,10 +673,10 @@ class RegistrationRepository:
             current = _mutable_columns(registration)
             if current != written:
                 self._audit_decisions(registration, len(json.loads(written["decisions_json"])))
-                await self._uow.connection.execute(
-                    _UPDATE_REGISTRATION, {"registration_id": registration_id, **current}
+                await _update_registration(tuple(current)).execute(
+                    self._uow.connection, {"registration_id": registration_id, **current}
                 )
-                await self._uow.connection.execute(_DELETE_LISTING, {"registration_id": registration_id})
+                await _DELETE_LISTING.execute(self._uow.connection, {"registration_id": registration_id})
                 if listing := _listing_rows(registration):
                     await _INSERT_LISTING.insert(self._uow.connection, listing)
                 self._loaded[registration_id] = (registration, current)
@@ -712,7 +728,8 @@ class BreachPolicyRepository:
         self._uow = uow
 
     async def get(self, region: str) -> model.BreachPolicy:
-        row = await self._session.get(BreachPolicyRow, region)
+        """Read for every breach the registry consumes: prepared once."""
+        row = (await _BREACH_POLICY.execute(self._uow.connection, {"region": region})).first()
         if row is None:
             return model.BreachPolicy(region)
         return model.BreachPolicy(
