@@ -20,6 +20,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from services.runtime import codec
 from services.runtime.db import older_than, serialize_on
 from services.runtime.fastinsert import TableInserter
+from services.runtime.prepared import Prepared
 from services.runtime.tables import utc_field
 from services.runtime.uow import Context, UnitOfWork
 from services.tendering import model, sealing
@@ -138,7 +139,7 @@ _BIDS_WITH_OPENINGS = select(BIDS, OPENINGS.c.plaintext_sha256, OPENINGS.c.conte
 _UPDATE_BID = update(BIDS).where(BIDS.c.id == bindparam("bid_id"))
 _SEALED = str(model.BidState.SEALED)
 _NOT_OPENED = OPENINGS.c.bid_id.is_(None)
-_REPLACE_LIVE = (
+_REPLACE_LIVE = Prepared(
     update(BIDS)
     .where(
         BIDS.c.call_id == bindparam("live_call"),
@@ -277,7 +278,9 @@ class CallCache:
         return call
 
 
-_CALL_SNAPSHOT = select(CALLS.c.document, CALLS.c.scores_json).where(CALLS.c.id == bindparam("call_id"))
+_CALL_SNAPSHOT = Prepared(
+    select(CALLS.c.document, CALLS.c.scores_json).where(CALLS.c.id == bindparam("call_id"))
+)
 
 
 class CallRepository(DocumentRepository):
@@ -290,7 +293,7 @@ class CallRepository(DocumentRepository):
         Writers of the same call take turns from here, as with lock()."""
         if not self._uow.read_only:
             await serialize_on(self._session, f"tendering:call:{call_id}")
-        row = (await self._uow.connection.execute(_CALL_SNAPSHOT, {"call_id": call_id})).first()
+        row = (await _CALL_SNAPSHOT.execute(self._uow.connection, {"call_id": call_id})).first()
         return None if row is None else self._cache.decoded(row.document, row.scores_json)
 
     def _columns(self, aggregate: Any) -> dict[str, Any]:
@@ -423,8 +426,8 @@ class BidRepository:
     async def replace_live(self, call_id: str, bidder: str, lot: str) -> None:
         """Marks the bidder's live bid for the lot (at most one, before the deadline: none is
         opened yet) REPLACED, found by the (call_id, bidder, lot) index."""
-        await self._uow.connection.execute(
-            _REPLACE_LIVE, {"live_call": call_id, "live_bidder": bidder, "live_lot": lot}
+        await _REPLACE_LIVE.execute(
+            self._uow.connection, {"live_call": call_id, "live_bidder": bidder, "live_lot": lot}
         )
 
     async def add(self, bid: model.Bid) -> None:
