@@ -15,7 +15,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from kasvuctl.demo import EXAMPLE_TERMS
 from kasvuctl.localsuite import LocalSuite
+from services.registry.model import MAX_REQUIREMENTS
 from services.runtime.auth import Role
+from services.runtime.domain import business_id_check_digit
 from services.runtime.names import next_page_token
 from tests.e2e.flows import Api, as_date, today_in_finland
 
@@ -305,3 +307,88 @@ async def test_calls_refused_by_a_stopping_service_are_503_with_retry_after(sqli
         error = error_of(answer)
         assert error["status"] == "UNAVAILABLE"
         assert "127.0.0.1" not in error["message"]
+
+
+def valid_business_id(body: str) -> str:
+    check = business_id_check_digit(body)
+    assert check is not None
+    return f"{body}-{check}"
+
+
+@pytest.mark.parametrize(
+    "segment",
+    [
+        "%C2%B2",  # a superscript two, which int() would take for 2
+        "9" * 23,  # past every integer column
+        "%EF%BC%91",  # a fullwidth one, which int() would take for 1
+        "01",  # not the canonical spelling of terms/1
+    ],
+)
+async def test_a_terms_version_that_is_not_a_plain_number_is_400_naming_the_name(
+    client: httpx.AsyncClient, module_suite: LocalSuite, segment: str
+) -> None:
+    region = "edge-version"
+    headers = auth(module_suite, Role.REGION_ADMIN, region)
+    published = await client.post(terms_path(region), json=EXAMPLE_TERMS, headers=headers)
+    assert published.status_code == 200, published.text
+    response = await client.get(f"{terms_path(region)}/{segment}", headers=headers)
+    assert response.status_code == 400, response.text
+    assert fields_of(response) == ["name"]
+
+
+async def test_more_requirements_than_terms_may_hold_are_refused_naming_the_list(
+    client: httpx.AsyncClient, module_suite: LocalSuite
+) -> None:
+    region = "edge-requirements"
+    requirement = EXAMPLE_TERMS["requirements"][0]  # type: ignore[index]
+    requirements = [dict(requirement, code=f"declaration-{index}") for index in range(MAX_REQUIREMENTS + 1)]
+    response = await client.post(
+        terms_path(region),
+        json=dict(EXAMPLE_TERMS, requirements=requirements),
+        headers=auth(module_suite, Role.REGION_ADMIN, region),
+    )
+    assert response.status_code == 400, response.text
+    assert "terms.requirements" in fields_of(response)
+    await assert_no_terms(client, module_suite, region)
+
+
+async def test_a_fullwidth_business_id_in_a_registration_is_400_naming_it(
+    client: httpx.AsyncClient, module_suite: LocalSuite
+) -> None:
+    region = "edge-fullwidth"
+    api = Api(module_suite, client)
+    terms = await api.publish_terms(region)
+    business_id = valid_business_id("1000010")
+    fullwidth = "".join(chr(ord(c) + 0xFEE0) if c.isdigit() else c for c in business_id)
+    body = api.registration_body(terms, fullwidth, Ed25519PrivateKey.generate())
+    response = await client.post(
+        f"/v1/regions/{region}/services/recruitment/registrations",
+        json=body,
+        headers=auth(module_suite, Role.PROVIDER, business_id),
+    )
+    assert response.status_code == 400, response.text
+    assert fields_of(response) == ["registration.businessId"]
+    listed = await client.get(
+        f"/v1/regions/{region}/services/recruitment/registrations",
+        headers=auth(module_suite, Role.REGION_ADMIN, region),
+    )
+    assert listed.status_code == 200, listed.text
+    assert listed.json().get("registrations", []) == []
+
+
+async def test_an_idempotency_key_over_128_characters_is_400_and_stores_nothing(suite: LocalSuite) -> None:
+    """On both databases: on PostgreSQL an overlong key once overflowed its column (a 500)."""
+    region = "edge-idempotency"
+    async with httpx.AsyncClient(base_url=suite.gateway_url, timeout=15.0) as client:
+        headers = {**auth(suite, Role.REGION_ADMIN, region), "Idempotency-Key": "k" * 129}
+        response = await client.post(terms_path(region), json=EXAMPLE_TERMS, headers=headers)
+        assert response.status_code == 400, response.text
+        assert error_of(response)["status"] == "INVALID_ARGUMENT"
+        assert "128" in error_of(response)["message"]
+        await assert_no_terms(client, suite, region)
+        overflow = await client.get(f"{terms_path(region)}/{'9' * 23}", headers=headers)
+        assert overflow.status_code == 400, overflow.text
+        assert fields_of(overflow) == ["name"]
+        headers["Idempotency-Key"] = "k" * 128
+        accepted = await client.post(terms_path(region), json=EXAMPLE_TERMS, headers=headers)
+        assert accepted.status_code == 200, accepted.text
