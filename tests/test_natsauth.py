@@ -118,6 +118,24 @@ def test_every_consumption_reads_a_catalog_stream_within_its_owners_subjects() -
             assert consumption.durable or owner is service, consumption
 
 
+def test_the_readmes_permission_table_names_every_durable_consumer_with_its_stream_and_filter() -> None:
+    """The README's Security section is what operators read; it must not fall behind the catalog."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    table = readme.split("### NATS users and their permissions", 1)[1].split("### ", 1)[0]
+    rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ")}
+    for service in CATALOG:
+        row = rows[service.name]
+        assert f"`{service.stream}`" in row, service.name
+        for consumption in service.consumes:
+            if not consumption.durable:
+                continue
+            owner = entry(consumption.stream_of)
+            short_filter = consumption.subject.removeprefix(f"{owner.event_package}.")
+            assert f"`{consumption.durable}`" in row, consumption
+            assert f"`{short_filter}`" in row, consumption
+            assert f"`{owner.stream}`" in row, consumption
+
+
 def test_an_ephemeral_read_of_another_services_stream_gets_no_user() -> None:
     snooper = ServiceEntry(
         name="snooper",
