@@ -520,6 +520,7 @@ async def suspend_provider(command: SuspendProvider, uow: RegistryUnitOfWork) ->
     """
     # A malformed provider in an event is refused (and recorded as the event's outcome), not stored.
     business_id = model.validate_business_id(command.business_id, "breach.provider")
+    model.validate_cited_breach(command.breach, command.region, "breach.name")
     policy = await uow.breach_policies.get(command.region)
     if not policy.suspends(command.severity, command.service):
         return 0
@@ -550,6 +551,7 @@ async def reinstate_after_resolution(command: ReinstateAfterResolution, uow: Reg
     service, when the region's breach policy says so; how many changed. A breach still waiting
     for the provider's admission is forgotten: it no longer stands."""
     business_id = model.validate_business_id(command.business_id, "breach.provider")
+    model.validate_cited_breach(command.breach, command.region, "breach.name")
     policy = await uow.breach_policies.get(command.region)
     if not policy.reinstate_on_resolution:
         return 0

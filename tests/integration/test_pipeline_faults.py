@@ -202,7 +202,8 @@ async def test_on_postgresql_a_breach_with_an_overlong_id_or_a_nul_is_dead_lette
     """The triggers PostgreSQL itself pulls: an event id longer than the inbox's id column, and a
     NUL in a text field (PostgreSQL cannot store one). Each fails in the database, not in the
     decoding, so it is retried with back-off and then dead-lettered, while the valid breach behind
-    them takes effect at once, through the registry's real consumer and store."""
+    them takes effect at once, through the registry's real consumer and store. A breach with no
+    name (the fault run's trigger) is refused as the event's outcome at once, never retried."""
     await upgrade_async(database_url, registry_bootstrap.MIGRATIONS)
     db = Database(database_url)
     await js.add_stream(
@@ -211,14 +212,14 @@ async def test_on_postgresql_a_breach_with_an_overlong_id_or_a_nul_is_dead_lette
     subject = f"kasvu.selfmonitoring.v1.BreachOpened.{toy.REGION}"
     breach_type = breach_events.BreachOpened.DESCRIPTOR.full_name
 
-    async def breach(name: str, event_id: str) -> None:
+    async def breach(name: str, event_id: str, service: str = "recruitment") -> None:
         message = breach_events.BreachOpened(
             region=toy.REGION,
             breach=selfmonitoring_pb2.Breach(
                 name=name,
                 indicator=f"regions/{toy.REGION}/indicators/need-assessment-14d",
                 provider="0737546-2",  # not registered: the breach is remembered for its admission
-                service="recruitment",
+                service=service,
                 severity=selfmonitoring_pb2.SEVERITY_SERIOUS,
             ),
         )
@@ -226,7 +227,7 @@ async def test_on_postgresql_a_breach_with_an_overlong_id_or_a_nul_is_dead_lette
         await js.publish(subject, message.SerializeToString(), headers=headers)
 
     overlong_id = "x" * 65
-    nul_id, valid_id = uuid.uuid4().hex, uuid.uuid4().hex
+    empty_name_id, nul_id, valid_id = uuid.uuid4().hex, uuid.uuid4().hex, uuid.uuid4().hex
     try:
         async with dispatching(
             db,
@@ -250,8 +251,11 @@ async def test_on_postgresql_a_breach_with_an_overlong_id_or_a_nul_is_dead_lette
             stop = asyncio.Event()
             task = asyncio.create_task(consumer.run(stop))
             try:
+                # The fault run's trigger: a breach with no name, which once stopped every
+                # later suspension. It is refused as the event's outcome, never retried.
+                await breach("", empty_name_id)
                 await breach(f"regions/{toy.REGION}/breaches/overlong-id", overlong_id)
-                await breach(f"regions/{toy.REGION}/breaches/nul\x00byte", nul_id)
+                await breach(f"regions/{toy.REGION}/breaches/nul", nul_id, service="recruit\x00ment")
                 await breach(f"regions/{toy.REGION}/breaches/valid", valid_id)
                 # Applied while the two before it wait for their first redelivery.
                 await eventually(lambda: _pending_breaches(db, 1), "the valid breach remembered", within=2)
@@ -272,7 +276,10 @@ async def test_on_postgresql_a_breach_with_an_overlong_id_or_a_nul_is_dead_lette
         assert "0x00" in by_id[nul_id].error
         # The whole id is kept with the headers, for a replay.
         assert json.loads(by_id[overlong_id[:64]].headers)[envelope.MSG_ID] == overlong_id
-        assert [(row.event_id, row.outcome) for row in inbox] == [(valid_id, "applied")]
+        outcomes = {row.event_id: row.outcome for row in inbox}
+        assert outcomes.pop(valid_id) == "applied"
+        assert outcomes.pop(empty_name_id).startswith("refused: InvalidArgument: must be a resource name")
+        assert outcomes == {}
         assert await _pending_breaches(db, 1)
     finally:
         await db.dispose()

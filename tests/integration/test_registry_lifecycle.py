@@ -823,3 +823,27 @@ async def test_a_breach_event_naming_a_malformed_provider_is_refused_and_nothing
     assert isinstance(outcome, Refused)
     assert [v.field for v in outcome.error.violations] == ["breach.provider"]  # type: ignore[attr-defined]
     assert await count_rows(registry.db, "registry_pending_breaches") == 0
+
+
+@pytest.mark.parametrize(
+    ("breach", "why"),
+    [
+        ("", "no name at all: the fault run's trigger"),
+        ("b1", "not a resource name"),
+        ("regions/uusimaa/breaches/b1", "a breach of another region"),
+        (f"regions/{REGION}/breaches/nul\x00byte", "a NUL, which PostgreSQL cannot store"),
+    ],
+)
+async def test_a_breach_event_citing_no_valid_breach_of_its_region_is_refused_and_suspends_nothing(
+    registry, next_business_id, breach: str, why: str
+):
+    business_id = next_business_id()
+    registration = await registry.register(await registry.publish(), business_id)
+    command = handlers.SuspendProvider(REGION, business_id, SERVICE, breach)
+
+    outcome = await registry.dispatcher.handle(command, inbox=InboxKey("registry-breaches", "event-10"))
+
+    assert isinstance(outcome, Refused), why
+    assert [v.field for v in outcome.error.violations] == ["breach.name"], why  # type: ignore[attr-defined]
+    assert await count_rows(registry.db, "registry_pending_breaches") == 0
+    assert await registry.state(registration) == "ADMITTED"
