@@ -146,7 +146,11 @@ async def consuming(
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_poison_messages_are_dead_lettered_and_never_hold_back_the_events_behind_them(
-    runtime_db: Database, js: JetStreamContext, database_url: str, capsys: pytest.CaptureFixture[str]
+    runtime_db: Database,
+    js: JetStreamContext,
+    database_url: str,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     translate = Translator()
     async with consuming(runtime_db, js, translate):
@@ -166,6 +170,11 @@ async def test_poison_messages_are_dead_lettered_and_never_hold_back_the_events_
         assert {row.deliveries for row in rows[:300]} == {2}
         assert all("Boom" in row.error for row in rows[:300])
         assert "type header does not match" in rows[300].error
+        # Each dead letter raises an operator's alert naming the event, not its content.
+        alerts = [r for r in caplog.records if getattr(r, "alert", False)]
+        assert sorted(r.event_id for r in alerts) == sorted(row.event_id for row in rows)  # type: ignore[attr-defined]
+        assert {r.levelname for r in alerts} == {"ERROR"}
+        assert {r.consumer for r in alerts} == {"faults"}  # type: ignore[attr-defined]
 
         # An operator fixes the cause and replays two of them: each is applied once.
         translate.poisoned = False
