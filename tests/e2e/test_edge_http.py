@@ -376,8 +376,10 @@ async def test_a_fullwidth_business_id_in_a_registration_is_400_naming_it(
     assert listed.json().get("registrations", []) == []
 
 
-async def test_an_idempotency_key_over_128_characters_is_400_and_stores_nothing(suite: LocalSuite) -> None:
-    """On both databases: on PostgreSQL an overlong key once overflowed its column (a 500)."""
+async def test_an_overlong_idempotency_key_version_or_a_nul_is_400_on_both_databases(
+    suite: LocalSuite,
+) -> None:
+    """On PostgreSQL an overlong key, an overlong version and a NUL once reached the database (a 500)."""
     region = "edge-idempotency"
     async with httpx.AsyncClient(base_url=suite.gateway_url, timeout=15.0) as client:
         headers = {**auth(suite, Role.REGION_ADMIN, region), "Idempotency-Key": "k" * 129}
@@ -389,6 +391,13 @@ async def test_an_idempotency_key_over_128_characters_is_400_and_stores_nothing(
         overflow = await client.get(f"{terms_path(region)}/{'9' * 23}", headers=headers)
         assert overflow.status_code == 400, overflow.text
         assert fields_of(overflow) == ["name"]
+        # A NUL, which PostgreSQL cannot store, is the client's mistake on both databases.
+        nul = await client.post(
+            terms_path(region), json=dict(EXAMPLE_TERMS, title="a\u0000b"), headers=headers
+        )
+        assert nul.status_code == 400, nul.text
+        assert fields_of(nul) == ["terms.title"]
+        await assert_no_terms(client, suite, region)
         headers["Idempotency-Key"] = "k" * 128
         accepted = await client.post(terms_path(region), json=EXAMPLE_TERMS, headers=headers)
         assert accepted.status_code == 200, accepted.text
