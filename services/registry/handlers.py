@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from services.registry import catalogue, model
 from services.runtime import access
-from services.runtime.domain import Command, Query
+from services.runtime.catalog import entry
+from services.runtime.domain import Command, Query, ResourcePattern
 from services.runtime.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -511,6 +512,18 @@ async def lift_market_failure(command: LiftMarketFailure, uow: RegistryUnitOfWor
     return lapsed
 
 
+# Self-monitoring's breach names, as the catalog records them: the registry cites them (a
+# suspension names the breach it rests on, which a rectification request asks for) but never
+# serves them.
+_CITED_BREACH = ResourcePattern(entry("selfmonitoring").resource_name("breaches"))
+
+
+def _validate_cited_breach(name: str, region: str, field: str = "breach.name") -> None:
+    if _CITED_BREACH.parse(name, field)["region"] != region:
+        description = f"must be a breach of regions/{region}, where the event was published"
+        raise InvalidArgument(f"{field} {description}", [FieldViolation(field, description)])
+
+
 async def suspend_provider(command: SuspendProvider, uow: RegistryUnitOfWork) -> int:
     """Suspends the provider's admission for the breach's region and service when the region's
     breach policy says so; how many changed.
@@ -520,7 +533,7 @@ async def suspend_provider(command: SuspendProvider, uow: RegistryUnitOfWork) ->
     """
     # A malformed provider in an event is refused (and recorded as the event's outcome), not stored.
     business_id = model.validate_business_id(command.business_id, "breach.provider")
-    model.validate_cited_breach(command.breach, command.region, "breach.name")
+    _validate_cited_breach(command.breach, command.region)
     policy = await uow.breach_policies.get(command.region)
     if not policy.suspends(command.severity, command.service):
         return 0
@@ -551,7 +564,7 @@ async def reinstate_after_resolution(command: ReinstateAfterResolution, uow: Reg
     service, when the region's breach policy says so; how many changed. A breach still waiting
     for the provider's admission is forgotten: it no longer stands."""
     business_id = model.validate_business_id(command.business_id, "breach.provider")
-    model.validate_cited_breach(command.breach, command.region, "breach.name")
+    _validate_cited_breach(command.breach, command.region)
     policy = await uow.breach_policies.get(command.region)
     if not policy.reinstate_on_resolution:
         return 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import functools
 import hashlib
 import json
 import re
@@ -128,22 +127,6 @@ _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 SERVICE = ResourcePattern("regions/{region}/services/{service}")
 TERMS = ResourcePattern("regions/{region}/services/{service}/terms/{version:int}")
 REGISTRATION = ResourcePattern("regions/{region}/services/{service}/registrations/{registration:key}")
-
-
-@functools.cache
-def _cited_breach() -> ResourcePattern:
-    """Self-monitoring's breach names, which suspensions cite as their reason. Not one of the
-    registry's own resources (the catalog lists those), so not a module-level pattern."""
-    return ResourcePattern("regions/{region}/breaches/{breach:key}")
-
-
-def validate_cited_breach(name: str, region: str, field: str) -> str:
-    """The breach name an event cites, or InvalidArgument naming `field`: a suspension must name
-    the breach it rests on (a rectification request asks for it), in its own region."""
-    if _cited_breach().parse(name, field)["region"] != region:
-        description = f"must be a breach of regions/{region}, where the event was published"
-        raise InvalidArgument(f"{field} {description}", [FieldViolation(field, description)])
-    return name
 
 
 # -- events -------------------------------------------------------------------------------------

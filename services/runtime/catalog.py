@@ -58,6 +58,15 @@ class ServiceEntry:
     def subjects(self) -> tuple[str, ...]:
         return (f"{self.event_package}.>",)
 
+    def resource_name(self, collection: str) -> str:
+        """The pattern of its resources in `collection` (e.g. "breaches"): for a service that
+        cites another's resources, so the pattern is written once, here."""
+        for name in self.resource_names:
+            segments = name.split("/")
+            if len(segments) >= 2 and segments[-2] == collection:
+                return name
+        raise LookupError(f"{self.name} has no resources in {collection!r}")
+
     @property
     def module(self) -> str:
         return module_of(self.name)
