@@ -399,6 +399,7 @@ class EventConsumer(Generic[E]):
         ack_wait_s: float = 5.0,
         max_deliveries: int = 5,
         backoff_s: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0),
+        max_ack_pending: int = 10_000,
         crash_point: str = "",
     ) -> None:
         self._dispatcher = dispatcher
@@ -413,6 +414,7 @@ class EventConsumer(Generic[E]):
         self._ack_wait_s = ack_wait_s
         self.max_deliveries = max_deliveries
         self._backoff_s = backoff_s
+        self._max_ack_pending = max_ack_pending
         self._crash_point = crash_point
 
     async def _subscribe(self) -> JetStreamContext.PullSubscription:
@@ -424,7 +426,9 @@ class EventConsumer(Generic[E]):
             # Unlimited on the server: this consumer dead-letters at max_deliveries itself, so
             # nothing is dropped without a record.
             max_deliver=-1,
-            max_ack_pending=10_000,
+            # Messages waiting out their back-off count against this too; poison beyond it
+            # slows the flow (by its back-off) but never stops it, as each is dead-lettered.
+            max_ack_pending=self._max_ack_pending,
             filter_subject=self._subject,
         )
         return await self._js.pull_subscribe(
@@ -499,14 +503,28 @@ class EventConsumer(Generic[E]):
         headers = dict(msg.headers or {})
         meta = msg.metadata
 
-        async def keep(session: AsyncSession) -> Outcome[None]:
+        stream = meta.stream or self.stream
+        stream_seq = meta.sequence.stream if meta.sequence else 0
+        event_id = headers.get(envelope.MSG_ID, "")[:64]
+
+        async def keep(session: AsyncSession) -> Outcome[bool]:
+            kept = await session.exec(
+                select(DeadLetter.id).where(
+                    col(DeadLetter.consumer) == self.durable,
+                    col(DeadLetter.stream) == stream,
+                    col(DeadLetter.stream_seq) == stream_seq,
+                    col(DeadLetter.event_id) == event_id,
+                )
+            )
+            if kept.first() is not None:
+                return Outcome(False)  # kept before a crash that left the message unterminated
             session.add(
                 DeadLetter(
                     consumer=self.durable,
-                    stream=meta.stream or self.stream,
-                    stream_seq=meta.sequence.stream if meta.sequence else 0,
+                    stream=stream,
+                    stream_seq=stream_seq,
                     subject=msg.subject,
-                    event_id=headers.get(envelope.MSG_ID, "")[:64],
+                    event_id=event_id,
                     headers=json.dumps(headers, separators=(",", ":")),
                     payload=msg.data,
                     error=error[:1000],
@@ -514,9 +532,12 @@ class EventConsumer(Generic[E]):
                     dead_at=await database_now(session),
                 )
             )
-            return Outcome(None)
+            return Outcome(True)
 
-        await self._dispatcher.write_path.run(keep)
+        if not await self._dispatcher.write_path.run(keep):
+            log.info("event already dead-lettered", extra={"consumer": self.durable, "event_id": event_id})
+            await msg.term()
+            return
         # An operator's alert: the event is kept and will not be retried until replayed.
         log.error(
             "event dead-lettered",

@@ -71,6 +71,11 @@ class DeadLetter(SQLModel, table=True):
     operator to inspect and replay (`kasvu deadletters`), so it never holds back later events."""
 
     __tablename__ = "dead_letters"
+    # One row per message and consumer: a consumer that died after keeping a dead letter but
+    # before terminating the message gets it again, and must not keep it twice.
+    __table_args__ = (
+        Index("ux_dead_letters_message", "consumer", "stream", "stream_seq", "event_id", unique=True),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     consumer: str = Field(max_length=128, index=True)

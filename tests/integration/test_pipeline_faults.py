@@ -1,6 +1,11 @@
 """The event pipeline under hostile and faulty input, on a real nats-server and real databases:
 poison messages, oversized events, unpublishable rows, a relay down past the duplicate window,
-and PostgreSQL's commit order."""
+and PostgreSQL's commit order.
+
+The nats-server is the one `kasvu run` starts, with a user per catalog service and their
+permissions: the toy service gets a catalog entry of its own (its stream, its subjects, its
+durable consumer), so every publish, consumer and stream call below is one its user is allowed,
+and the breach test signs in as self-monitoring and the registry themselves."""
 
 from __future__ import annotations
 
@@ -9,9 +14,10 @@ import contextlib
 import json
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,6 +31,7 @@ from sqlalchemy import insert, text
 from sqlmodel import col, select
 
 from kasvuctl.cli import main as kasvu
+from kasvuctl.natsauth import ADMIN_USER, AUTH_DIR, NatsAuth, ensure_auth
 from services.registry import bootstrap as registry_bootstrap
 from services.registry import handlers as registry_handlers
 from services.registry import store as registry_store
@@ -39,6 +46,7 @@ from services.runtime.bus import (
     connect,
     declare_stream,
 )
+from services.runtime.catalog import CATALOG, Consumption, ServiceEntry, entry
 from services.runtime.clock import SYSTEM_CLOCK, Clock
 from services.runtime.db import Database
 from services.runtime.dispatch import OUTBOX, Dispatcher
@@ -74,11 +82,44 @@ async def notes(db: Database) -> Counter[str]:
     return Counter(events_pb2.TermsPublished.FromString(row.payload).terms for row in rows)
 
 
+TOY_SERVICE = ServiceEntry(
+    name="toy",
+    grpc_port=0,
+    stream=STREAM,
+    # The toy's events travel as the registry's TermsPublished, on subjects of their own stream.
+    event_package="kasvu.registry.v1",
+    consumes=(Consumption(stream_of="toy", subject=f"{toy.EVENT_TYPE}.*", durable="faults"),),
+)
+
+
+@pytest.fixture(scope="module")
+def users(tmp_path_factory: pytest.TempPathFactory) -> NatsAuth:
+    """The suite's users and the toy's, as `kasvu run` makes them from a catalog."""
+    return ensure_auth(tmp_path_factory.mktemp("faults-users") / AUTH_DIR, (*CATALOG, TOY_SERVICE))
+
+
 @pytest.fixture
-async def nc(nats_server: NatsServer) -> AsyncIterator[NatsClient]:
-    client = await connect(nats_server.url, "faults-test")
-    yield client
-    await client.close()
+def server(tmp_path: Path, users: NatsAuth) -> Iterator[NatsServer]:
+    nats_server = NatsServer(tmp_path / "nats", users)
+    nats_server.start()
+    yield nats_server
+    nats_server.stop()
+
+
+@contextlib.asynccontextmanager
+async def signed_in(server: NatsServer, user: str) -> AsyncIterator[NatsClient]:
+    client = await connect(server.url, f"faults-{user}", server.access(user))
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+async def nc(server: NatsServer) -> AsyncIterator[NatsClient]:
+    """The toy service's own connection: it may use its stream and its consumer, nothing else."""
+    async with signed_in(server, TOY_SERVICE.name) as client:
+        yield client
 
 
 @pytest.fixture
@@ -86,7 +127,7 @@ async def js(nc: NatsClient) -> JetStreamContext:
     context = nc.jetstream()
     await context.add_stream(
         StreamConfig(
-            name=STREAM, subjects=["kasvu.registry.v1.>"], storage=StorageType.FILE, duplicate_window=1.0
+            name=STREAM, subjects=list(TOY_SERVICE.subjects), storage=StorageType.FILE, duplicate_window=1.0
         )
     )
     return context
@@ -114,22 +155,26 @@ class Translator:
 
 @contextlib.asynccontextmanager
 async def consuming(
-    db: Database, js: JetStreamContext, translate: Translator
+    db: Database, js: JetStreamContext, translate: Translator, **options: Any
 ) -> AsyncIterator[tuple[Dispatcher, EventConsumer[events_pb2.TermsPublished], Worker]]:
+    """The toy service's consumer (and its worker, which replays dead letters), running."""
     write_path = write_path_for(db)
     dispatcher = toy.toy_dispatcher(db, write_path)
     consumer = EventConsumer(
         dispatcher,
         js,
-        stream=STREAM,
-        durable="faults",
-        subject=f"{toy.EVENT_TYPE}.*",
-        event_type=events_pb2.TermsPublished,
-        translate=translate,
-        batch=256,
-        ack_wait_s=2.0,
-        max_deliveries=2,
-        backoff_s=(0.2,),
+        **{
+            "stream": STREAM,
+            "durable": "faults",
+            "subject": f"{toy.EVENT_TYPE}.*",
+            "event_type": events_pb2.TermsPublished,
+            "translate": translate,
+            "batch": 256,
+            "ack_wait_s": 2.0,
+            "max_deliveries": 2,
+            "backoff_s": (0.2,),
+            **options,
+        },
     )
     worker = Worker(
         write_path, service="toy", jobs=[DeadLetterReplayer(db, write_path, lambda: [consumer])], poll_s=0.1
@@ -201,26 +246,137 @@ async def test_poison_messages_are_dead_lettered_and_never_hold_back_the_events_
     assert listed.count("\n") == 1 + 301 - 2  # a header line, and the dead letters not replayed
 
 
-BREACH_STREAM = "TEST_BREACHES"
+async def _dead_letters(db: Database) -> list[DeadLetter]:
+    async with db.read_session() as session:
+        return list((await session.exec(select(DeadLetter).order_by(col(DeadLetter.id)))).all())
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_more_poison_than_the_consumer_may_hold_unacknowledged_drains_across_a_restart(
+    runtime_db: Database, js: JetStreamContext
+) -> None:
+    """The fault run's wedge: more failing messages than the consumer's max_ack_pending (here
+    40 against 100) once stopped every later one, even across a restart. Each is retried with
+    back-off and dead-lettered, so the window keeps moving: the valid event behind them is
+    applied, and a restart half-way neither loses a poison message nor keeps one twice."""
+    translate = Translator()
+    for index in range(100):
+        await publish(js, f"poison-{index}")
+    await publish(js, "valid")
+    async with consuming(runtime_db, js, translate, max_ack_pending=40, batch=40):
+        await eventually(lambda: _dead(runtime_db, 40), "the first window dead-lettered", within=10)
+    assert not await _noted(runtime_db, "valid")  # still behind the poison when the service stopped
+
+    async with consuming(runtime_db, js, translate, max_ack_pending=40, batch=40):
+        await eventually(lambda: _noted(runtime_db, "valid"), "the valid event applied", within=15)
+        await eventually(lambda: _dead(runtime_db, 100), "every poison message dead-lettered", within=10)
+        await asyncio.sleep(0.5)  # a message kept twice would show up by now
+
+    dead = await _dead_letters(runtime_db)
+    assert sorted(row.stream_seq for row in dead) == list(range(1, 101))
+    assert assert_each_once([row.event_id for row in dead])
+    assert await notes(runtime_db) == Counter({"valid": 1})
+
+
+def assert_each_once(ids: list[str]) -> bool:
+    doubled = [event_id for event_id, times in Counter(ids).items() if times > 1]
+    assert doubled == [], f"kept twice: {doubled}"
+    return True
+
+
+class TermLost:
+    """A message whose terminate never reaches the server: the consumer dies (or NATS goes) just
+    after its dead letter committed."""
+
+    def __init__(self, consumer: EventConsumer[Any]) -> None:
+        self.consumer = consumer
+        self.lost = 0
+
+    async def handle(self, msg: Any) -> None:
+        async def lost() -> None:
+            self.lost += 1
+            raise ConnectionError("the connection went before the terminate was sent")
+
+        msg.term = lost
+        await self.consumer.handle(msg)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+async def test_a_dead_letter_kept_before_its_terminate_was_lost_is_not_kept_again_on_redelivery(
+    runtime_db: Database, js: JetStreamContext, caplog: pytest.LogCaptureFixture
+) -> None:
+    translate = Translator()
+    await publish(js, "forged", event_type="kasvu.selfmonitoring.v1.BreachOpened")
+    async with toy.toy(runtime_db) as dispatcher:
+        consumer = EventConsumer(
+            dispatcher,
+            js,
+            stream=STREAM,
+            durable="faults",
+            subject=f"{toy.EVENT_TYPE}.*",
+            event_type=events_pb2.TermsPublished,
+            translate=translate,
+            ack_wait_s=1.0,
+        )
+        subscription = await consumer._subscribe()
+        first = await subscription.fetch(1, timeout=5)
+        losing = TermLost(consumer)
+        with pytest.raises(ConnectionError):
+            await losing.handle(first[0])
+        assert losing.lost == 1 and len(await _dead_letters(runtime_db)) == 1
+
+        # Not terminated, so JetStream delivers it again after the ack wait.
+        again = await subscription.fetch(1, timeout=5)
+        assert again[0].metadata.num_delivered == 2
+        await consumer.handle(again[0])
+        await subscription.unsubscribe()
+
+    dead = await _dead_letters(runtime_db)
+    assert len(dead) == 1 and "type header does not match" in dead[0].error
+    # The operator was alerted once, for the one dead letter.
+    assert len([r for r in caplog.records if getattr(r, "alert", False)]) == 1
+    info = await js.consumer_info(STREAM, "faults")
+    assert info.num_ack_pending == 0 and info.num_pending == 0  # terminated the second time
+
+
+SELFMONITORING = entry("selfmonitoring")
+BREACHES = next(c for c in entry("registry").consumes if c.durable == "registry-breaches")
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 async def test_on_postgresql_a_breach_with_an_overlong_id_or_a_nul_is_dead_lettered_and_holds_back_nothing(
-    database_url: str, js: JetStreamContext
+    database_url: str, server: NatsServer
 ) -> None:
     """The triggers PostgreSQL itself pulls: an event id longer than the inbox's id column, and a
     NUL in a text field (PostgreSQL cannot store one). Each fails in the database, not in the
     decoding, so it is retried with back-off and then dead-lettered, while the valid breach behind
-    them takes effect at once, through the registry's real consumer and store. A breach with no
-    name (the fault run's trigger) is refused as the event's outcome at once, never retried."""
+    them takes effect at once, through the registry's real consumer and store, signed in as the
+    registry on self-monitoring's stream. A breach with no name (the fault run's trigger) is
+    refused as the event's outcome at once, never retried."""
     await upgrade_async(database_url, registry_bootstrap.MIGRATIONS)
     db = Database(database_url)
-    await js.add_stream(
-        StreamConfig(name=BREACH_STREAM, subjects=["kasvu.selfmonitoring.v1.>"], storage=StorageType.FILE)
-    )
     subject = f"kasvu.selfmonitoring.v1.BreachOpened.{toy.REGION}"
     breach_type = breach_events.BreachOpened.DESCRIPTOR.full_name
+    async with (
+        signed_in(server, SELFMONITORING.name) as selfmonitoring,
+        signed_in(server, "registry") as registry,
+    ):
+        publisher = selfmonitoring.jetstream()
+        await publisher.add_stream(
+            StreamConfig(
+                name=SELFMONITORING.stream, subjects=list(SELFMONITORING.subjects), storage=StorageType.FILE
+            )
+        )
+        await _poison_breaches(db, publisher, registry.jetstream(), subject, breach_type)
 
+
+async def _poison_breaches(
+    db: Database,
+    js: JetStreamContext,
+    registry_js: JetStreamContext,
+    subject: str,
+    breach_type: str,
+) -> None:
     async def breach(name: str, event_id: str, service: str = "recruitment") -> None:
         message = breach_events.BreachOpened(
             region=toy.REGION,
@@ -247,10 +403,10 @@ async def test_on_postgresql_a_breach_with_an_overlong_id_or_a_nul_is_dead_lette
         ) as dispatcher:
             consumer = EventConsumer(
                 dispatcher,
-                js,
-                stream=BREACH_STREAM,
-                durable="registry-breaches",
-                subject="kasvu.selfmonitoring.v1.BreachOpened.*",
+                registry_js,
+                stream=SELFMONITORING.stream,
+                durable=BREACHES.durable,
+                subject=BREACHES.subject,
                 event_type=breach_events.BreachOpened,
                 translate=suspension_for,
                 ack_wait_s=2.0,
@@ -441,13 +597,16 @@ async def test_on_postgresql_events_reach_the_stream_in_commit_order_while_an_ol
     ]
 
 
-async def test_a_restarting_service_keeps_the_limits_an_operator_set_on_its_stream(nc: NatsClient) -> None:
+async def test_a_restarting_service_keeps_the_limits_an_operator_set_on_its_stream(
+    nc: NatsClient, server: NatsServer
+) -> None:
     js = nc.jetstream()
-    spec = StreamSpec("TEST_RETENTION", ("kasvu.test.v1.>",))
+    spec = StreamSpec(STREAM, TOY_SERVICE.subjects)
     await declare_stream(js, spec, replicas=1, retention=Retention(max_age_s=7 * 86_400))
     created = (await js.stream_info(spec.name)).config
     assert created.max_age == pytest.approx(7 * 86_400)
-    await js.update_stream(replace(created, max_age=3600.0, max_msgs=1000))  # an operator's choice
+    async with signed_in(server, ADMIN_USER) as operator:  # an operator's choice, as the administrator
+        await operator.jetstream().update_stream(replace(created, max_age=3600.0, max_msgs=1000))
 
     await declare_stream(js, spec, replicas=1, retention=Retention(max_age_s=7 * 86_400))
 
