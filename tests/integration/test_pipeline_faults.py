@@ -150,6 +150,8 @@ class Translator:
     def __call__(self, event: events_pb2.TermsPublished, subject: str) -> Command | None:
         if event.terms.startswith("poison") and self.poisoned:
             return toy.Explode(event.terms)
+        if event.terms.startswith("slow"):
+            return toy.Linger(event.terms, seconds=3.0)
         return toy.Note(event.terms)
 
 
@@ -337,6 +339,28 @@ async def test_a_dead_letter_kept_before_its_terminate_was_lost_is_not_kept_agai
     assert len([r for r in caplog.records if getattr(r, "alert", False)]) == 1
     info = await js.consumer_info(STREAM, "faults")
     assert info.num_ack_pending == 0 and info.num_pending == 0  # terminated the second time
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_a_handler_slower_than_the_ack_wait_keeps_its_message_with_in_progress_acks(
+    runtime_db: Database, js: JetStreamContext
+) -> None:
+    """Short ack waits make a dead consumer's messages come back soon (issue 6, item 11); a live
+    one whose unit of work outlasts the wait (3 s against 1 s) says it is still working, so the
+    message is not handed to the other replica meanwhile: delivered once, applied once."""
+    async with (
+        consuming(runtime_db, js, Translator(), ack_wait_s=1.0),
+        consuming(runtime_db, js, Translator(), ack_wait_s=1.0),
+    ):
+        await publish(js, "slow")
+        await publish(js, "quick")
+        await eventually(lambda: _noted(runtime_db, "slow"), "the slow event applied", within=6)
+        await eventually(lambda: _noted(runtime_db, "quick"), "the quick event applied", within=2)
+        info = await js.consumer_info(STREAM, "faults")
+
+    # The consumer's own sequence counts deliveries: two messages, each delivered once.
+    assert info.delivered.consumer_seq == 2 and info.num_ack_pending == 0
+    assert await notes(runtime_db) == Counter({"slow": 1, "quick": 1})
 
 
 SELFMONITORING = entry("selfmonitoring")
@@ -530,6 +554,40 @@ async def test_a_row_that_can_never_be_published_is_set_aside_and_the_rows_behin
         row = (await session.exec(select(OutboxEvent).where(col(OutboxEvent.event_id) == huge))).one()
     assert row.set_aside_at is not None and row.published_at is None
     assert row.attempts == 3 and "PayloadTooLarge" in row.last_error
+
+
+async def test_a_row_the_server_refuses_as_too_large_is_set_aside_and_the_relay_keeps_going_for_many_rounds(
+    runtime_db: Database, js: JetStreamContext
+) -> None:
+    """The issue's own failure: a row over the server's 1 MiB maximum payload (written when no
+    cap stopped it) made every relay round fail with nats-py's MaxPayloadError, so nothing
+    behind it was ever published. Here the relay believes the server takes 8 MiB, so the
+    refusal comes from the connection, as it did then; the row is set aside after three
+    rounds, the rows behind it go, and fifty rounds later the relay still publishes."""
+    async with toy.toy(runtime_db) as dispatcher:
+        dispatcher.max_event_bytes = 4 * 1024 * 1024
+        await dispatcher.handle(toy.Note("before"))
+        await dispatcher.handle(toy.Note("huge" + "x" * (1024 * 1024 + 1)))
+        await dispatcher.handle(toy.Note("after"))
+    before, huge, after = await _event_ids(runtime_db)
+    worker, _, write_path = await _relay_worker(runtime_db, js, max_payload=lambda: 8 * 1024 * 1024)
+    try:
+        for _ in range(50):
+            await worker.run_once()
+        async with toy.toy(runtime_db) as dispatcher:
+            await dispatcher.handle(toy.Note("later"))
+        (later,) = [
+            event_id for event_id in await _event_ids(runtime_db) if event_id not in {before, huge, after}
+        ]
+        await worker.run_once()
+    finally:
+        await write_path.close()  # type: ignore[attr-defined]
+
+    assert await stream_ids(js) == [before, after, later]
+    async with runtime_db.read_session() as session:
+        row = (await session.exec(select(OutboxEvent).where(col(OutboxEvent.event_id) == huge))).one()
+    assert row.set_aside_at is not None and row.published_at is None
+    assert row.attempts == 3 and row.last_error.startswith("MaxPayloadError")
 
 
 async def test_a_relay_down_longer_than_the_duplicate_window_never_stores_an_event_twice(

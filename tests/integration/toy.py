@@ -3,6 +3,7 @@ fail unexpectedly, or set a timer; its events travel as the registry's TermsPubl
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -56,6 +57,15 @@ class Explode(Command):
 
 
 @dataclass(frozen=True)
+class Linger(Command):
+    """Notes `tag` after `seconds` inside its unit of work: a slow handler (a big batch, a slow
+    disk)."""
+
+    tag: str
+    seconds: float
+
+
+@dataclass(frozen=True)
 class Remind(Command):
     """Fired by a timer: notes `tag`."""
 
@@ -91,6 +101,12 @@ async def explode(command: Explode, uow: UnitOfWork) -> str:
     raise Boom(command.tag)
 
 
+async def linger(command: Linger, uow: UnitOfWork) -> str:
+    await asyncio.sleep(command.seconds)
+    _record(uow, command.tag)
+    return command.tag
+
+
 async def remind(command: Remind, uow: UnitOfWork) -> str:
     _record(uow, command.tag)
     return command.tag
@@ -113,6 +129,7 @@ HANDLERS: dict[type[Any], Any] = {
     Note: note,
     Refuse: refuse,
     Explode: explode,
+    Linger: linger,
     Remind: remind,
     Schedule: schedule,
     Unschedule: unschedule,
