@@ -282,3 +282,34 @@ async def test_a_grpc_stream_that_falls_behind_ends_with_resource_exhausted_and_
         rest = [await asyncio.wait_for(resumed.read(), 10) for _ in range(len(seen), count)]
         resumed.cancel()
         assert [a.breach.sample_size for a in rest] == list(range(len(seen), count))
+
+
+async def test_an_event_stored_twice_past_the_duplicate_window_is_one_alert_live_and_on_resume(js):
+    """A relay that outlived the stream's duplicate window once stored an event twice; the
+    alert feed de-duplicates by event id, so a supervisor sees it once, live or resuming."""
+    config = (await js.stream_info(STREAM.name)).config
+    config.duplicate_window = 1.0
+    await js.update_stream(config)
+    feed = AlertFeed(lambda: js)
+    live = await subscribed(feed)
+    event = events_pb2.BreachOpened(
+        breach=selfmonitoring_pb2.Breach(
+            name=f"regions/{REGION}/breaches/twice", provider="1000001-4", severity=WARNING, sample_size=7
+        ),
+        region=REGION,
+    )
+    event_id = uuid.uuid4().hex
+    first = await js.publish(SUBJECT, event.SerializeToString(), headers={"Nats-Msg-Id": event_id})
+    await asyncio.sleep(1.5)  # past the window: JetStream stores it again
+    second = await js.publish(SUBJECT, event.SerializeToString(), headers={"Nats-Msg-Id": event_id})
+    assert not second.duplicate and second.seq == first.seq + 1
+    after = await publish(js, 8)
+
+    received: list[selfmonitoring_pb2.Alert] = []
+    await asyncio.wait_for(collect(live, 2, received), 10)
+    assert [(a.sequence, a.breach.sample_size) for a in received] == [(first.seq, 7), (after, 8)]
+    await live.aclose()
+
+    resumed: list[selfmonitoring_pb2.Alert] = []
+    await asyncio.wait_for(collect(await subscribed(feed, resume_after=0), 2, resumed), 10)
+    assert [(a.sequence, a.breach.sample_size) for a in resumed] == [(first.seq, 7), (after, 8)]
