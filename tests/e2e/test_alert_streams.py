@@ -18,7 +18,7 @@ import pytest
 
 from kasvuctl.localsuite import LocalSuite
 from services.gateway.app import STREAMS_PER_PRINCIPAL
-from services.runtime.auth import Principal, Role, mint_token
+from services.runtime.auth import REVOKED_NAME, Principal, Role, mint_token, revoke, token_id
 from services.runtime.catalog import GATEWAY
 
 pytestmark = pytest.mark.e2e
@@ -135,3 +135,30 @@ async def test_open_streams_end_with_a_final_event_when_the_gateway_stops(sqlite
     assert "graceful shutdown exceeded" not in sqlite_suite.log_text(GATEWAY)
     assert error["code"] == 503 and error["status"] == "UNAVAILABLE"
     assert "Last-Event-ID" in error["message"]
+
+
+async def test_a_revoked_token_is_refused_by_the_running_suite_within_seconds(
+    module_suite: LocalSuite,
+) -> None:
+    """`kasvu token revoke` adds the token's id to the list every service reads again when it
+    changes: a token that worked a moment ago, and that the services have already checked and
+    remembered, is refused from then on, and another token of the same caller still works."""
+    region = "streams-revoked"
+    token, other = supervisor_token(module_suite, region), supervisor_token(module_suite, region)
+    url = f"/v1/regions/{region}/alerts"
+    async with httpx.AsyncClient(base_url=module_suite.gateway_url, timeout=10.0) as client:
+
+        async def status(bearer: str) -> int:
+            response = await client.get(url, headers={"Authorization": f"Bearer {bearer}"})
+            return response.status_code
+
+        assert await status(token) == 200
+        revoke(module_suite.data_dir / "keys" / REVOKED_NAME, token_id(token), note="test")
+        for _ in range(25):  # the list is read again at most once a second
+            if await status(token) != 200:
+                break
+            await asyncio.sleep(0.2)
+        refused = await client.get(url, headers={"Authorization": f"Bearer {token}"})
+        assert refused.status_code == 401, refused.text
+        assert "revoked" in refused.json()["error"]["message"]
+        assert await status(other) == 200
