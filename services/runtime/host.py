@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 BUS_HEALTH = "kasvu.bus"
 """The health entry that says whether events flow; the service's own entry says whether it takes writes."""
+BACKLOG_REPORT_S = 10.0
+"""How often the outbox's depth and age are logged again while events do not flow."""
 
 AddServicer = Callable[[Any, grpc.aio.Server], None]
 
@@ -191,9 +193,11 @@ class ServiceHost:
 
     async def _watch_bus(self) -> None:
         """The `kasvu.bus` health entry: SERVING while events flow (NATS connected and no
-        committed event waiting longer than bus_lag_s); the outbox's depth and age are logged
-        when they are not."""
+        committed event waiting longer than bus_lag_s). While they do not, the outbox's depth
+        and age are logged every BACKLOG_REPORT_S, so a growing backlog is seen, not guessed."""
         last = None
+        reported_at = 0.0
+        loop = asyncio.get_running_loop()
         while not self.stop_event.is_set():
             try:
                 depth, age_s = await outbox_backlog(self.db)
@@ -205,12 +209,13 @@ class ServiceHost:
                 )
                 if status != last:
                     await self.health.set(BUS_HEALTH, status)
+                if status != last or (not flowing and loop.time() - reported_at >= BACKLOG_REPORT_S):
                     log.log(
                         logging.INFO if flowing else logging.WARNING,
                         "events flowing" if flowing else "events not flowing",
                         extra={"outbox_depth": depth, "outbox_age_s": round(age_s, 1), "alert": not flowing},
                     )
-                    last = status
+                    last, reported_at = status, loop.time()
             except Exception:
                 log.warning("bus health check failed", exc_info=True)
             with contextlib.suppress(TimeoutError):

@@ -4,10 +4,13 @@ middle of write batches, a consumer killed holding a fetched event, and NATS goi
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -43,12 +46,13 @@ async def health(suite: LocalSuite, service: str, entry: str) -> int:
     return int(reply.status)
 
 
-async def eventually(check, what: str, within: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+async def eventually(check, what: str, within: float = 20.0) -> Any:  # type: ignore[no-untyped-def]
+    """The first truthy answer of `check`, polled until `within` seconds have passed."""
     deadline = asyncio.get_running_loop().time() + within
     while asyncio.get_running_loop().time() < deadline:
         try:
-            if await check():
-                return
+            if answer := await check():
+                return answer
         except (grpc.aio.AioRpcError, httpx.HTTPError, AssertionError):
             pass
         await asyncio.sleep(0.1)
@@ -218,6 +222,12 @@ async def test_while_nats_is_away_services_take_writes_report_events_not_flowing
         )
         terms = await api.publish_terms("pirkanmaa")
         assert terms["name"]
+        # The backlog is reported while it waits: depth and age, not just "not flowing".
+        backlog = await eventually(
+            lambda: _reported_backlog(sqlite_suite, "registry"), "the registry reports its outbox backlog"
+        )
+        assert backlog["outbox_depth"] >= 1 and backlog["outbox_age_s"] > 0
+        assert backlog["level"] == "WARNING" and backlog["alert"] is True
 
         sqlite_suite.start_nats()
         await eventually(
@@ -232,6 +242,16 @@ async def test_while_nats_is_away_services_take_writes_report_events_not_flowing
             await subject_count(sqlite_suite, "KASVU_REGISTRY", "kasvu.registry.v1.TermsPublished.pirkanmaa")
             == 1
         )
+
+
+async def _reported_backlog(suite: LocalSuite, service: str) -> dict[str, Any] | None:
+    """The last "events not flowing" log line of `service` that counts a waiting event."""
+    for line in reversed(suite.log_text(service).splitlines()):
+        with contextlib.suppress(ValueError):
+            entry = json.loads(line)
+            if entry.get("message") == "events not flowing" and entry.get("outbox_depth", 0) >= 1:
+                return dict(entry)
+    return None
 
 
 async def _status_is(suite: LocalSuite, service: str, entry: str, status: int) -> bool:

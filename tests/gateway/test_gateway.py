@@ -50,6 +50,7 @@ class Seen:
     metadata: list[dict[str, str]] = field(default_factory=list)
     time_remaining: list[float | None] = field(default_factory=list)
     stream_cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    lingering: asyncio.Event = field(default_factory=asyncio.Event)
 
     def record(self, request: Any, context: grpc.aio.ServicerContext) -> None:
         self.requests.append(request)
@@ -94,6 +95,12 @@ class Registry(registry_pb2_grpc.RegistryServiceServicer):
         self.seen.record(request, context)
         if request.page_token == "boom":
             raise RuntimeError("database password is hunter2")
+        if request.page_token == "cancelled":
+            # What a backend's call cut off inside its shutdown (a cancelled task) reports.
+            await context.abort(grpc.StatusCode.CANCELLED, "call cancelled by shutdown")
+        if request.page_token == "linger":
+            self.seen.lingering.set()
+            await asyncio.sleep(3600)
         return registry_pb2.ListProvidersResponse(
             providers=[registry_pb2.AdmittedProvider(business_id="0737546-2", display_name="Oy Apu Ab")],
             next_page_token=f"after-{request.page_size}",
@@ -406,6 +413,40 @@ async def test_unreachable_backend_is_503():
     assert response.headers["retry-after"] == "1"
     # The channel's transport text (addresses, "failed to connect") is not for the client.
     assert "127.0.0.1" not in response.text
+
+
+async def test_backend_cancelled_is_503_with_retry_after_not_499(client):
+    # google.rpc maps CANCELLED to 499 (client closed request), a status clients rarely retry;
+    # but the gateway's client is still there, so it was the backend that gave up on the call.
+    response = await client.get("/v1/regions/1/services/s/providers", params={"pageToken": "cancelled"})
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["status"] == "UNAVAILABLE"
+    assert response.headers["retry-after"] == "1"
+
+
+async def test_call_in_flight_when_a_backend_stops_is_503_with_retry_after():
+    """grpc.aio's server.stop(grace) ends the calls still running when the grace period is over;
+    the client is told to retry, without the transport's text."""
+    seen = Seen()
+    server = grpc.aio.server()
+    registry_pb2_grpc.add_RegistryServiceServicer_to_server(Registry(seen), server)  # type: ignore[abstract]
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    app = make_app(f"127.0.0.1:{port}")
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
+            call = asyncio.create_task(
+                http.get("/v1/regions/1/services/s/providers", params={"pageToken": "linger"})
+            )
+            await asyncio.wait_for(seen.lingering.wait(), 5)
+            await server.stop(0.2)
+            response = await asyncio.wait_for(call, 5)
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["status"] == "UNAVAILABLE"
+    assert response.headers["retry-after"] == "1"
+    assert response.headers["x-request-id"]
+    assert "Cancelling" not in response.text
 
 
 async def read_events(response: httpx.Response, count: int) -> list[str]:
