@@ -135,19 +135,31 @@ def _verify_audit(suite: LocalSuite) -> int:
     )
 
 
+@pytest.fixture
+async def default_suite(tmp_path: Path) -> AsyncIterator[LocalSuite]:
+    """The suite on its shipped settings (the default ack wait, not the crash tests' shorter one)."""
+    running = LocalSuite(tmp_path / "suite")
+    try:
+        await running.start()
+        yield running
+    finally:
+        running.stop()
+
+
 async def test_a_registry_killed_holding_a_fetched_breach_applies_it_within_five_seconds_of_restarting(
-    sqlite_suite: LocalSuite,
+    default_suite: LocalSuite,
 ) -> None:
-    async with httpx.AsyncClient(base_url=sqlite_suite.gateway_url, timeout=10.0) as client:
-        api = Api(sqlite_suite, client)
+    suite = default_suite
+    async with httpx.AsyncClient(base_url=suite.gateway_url, timeout=10.0) as client:
+        api = Api(suite, client)
         registration = await admitted_provider(api)
         indicator = await api.create_indicator("pirkanmaa")
-        await restart(sqlite_suite, "registry", {"KASVU_CRASH_POINT": "consumer_after_fetch"})
+        await restart(suite, "registry", {"KASVU_CRASH_POINT": "consumer_after_fetch"})
         await api.breach_until_opened("pirkanmaa", indicator, PROVIDER)
-        assert await wait_for_exit(sqlite_suite, "registry") == 137
+        assert await wait_for_exit(suite, "registry") == 137
 
-        sqlite_suite.start_service("registry")
-        await sqlite_suite.wait_ready("registry")
+        suite.start_service("registry")
+        await suite.wait_ready("registry")
         ready = time.monotonic()
         await api.wait_for_state(registration, PROVIDER, SUSPENDED, timeout_s=10)
         assert time.monotonic() - ready <= 5.0
