@@ -17,7 +17,7 @@ import pytest
 from kasvu.selfmonitoring.v1 import events_pb2, selfmonitoring_pb2
 from nats.aio.client import Client as NatsClient
 from nats.errors import Error as NatsError
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
 
 from kasvuctl.natsauth import ADMIN_USER
 from services.registry import consumers as registry_consumers
@@ -137,6 +137,30 @@ async def test_a_service_cannot_delete_or_purge_another_services_stream_nor_its_
             await violations.wait_for(f"$js.api.stream.delete.{SELFMONITORING.stream.lower()}")
 
     assert await messages_in(secured_nats_server, SELFMONITORING.stream) == 1
+
+
+async def test_a_service_cannot_create_a_stream_that_would_own_another_services_events(
+    secured_nats_server: NatsServer,
+) -> None:
+    # Squatting before the owner starts: a stream named like self-monitoring's, or one of another
+    # name over its subjects, would hold the breaches the registry consumes.
+    violations = Violations()
+    async with signed_in(secured_nats_server, "registry", violations) as registry:
+        js = registry.jetstream(timeout=REFUSED_WITHIN_S)
+        for name in (SELFMONITORING.stream, "KASVU_SQUAT"):
+            with pytest.raises(NatsError):
+                await js.add_stream(StreamConfig(name=name, subjects=list(SELFMONITORING.subjects)))
+        await violations.wait_for("$js.api.stream.create.kasvu_squat")
+    assert await stream_names(secured_nats_server) == set()
+
+    # The owner can still declare its stream, and it alone holds its subjects.
+    await declare_own_streams(secured_nats_server)
+    assert await stream_names(secured_nats_server) == {service.stream for service in CATALOG}
+
+
+async def stream_names(server: NatsServer) -> set[str]:
+    async with signed_in(server, ADMIN_USER) as admin:
+        return {info.config.name for info in await admin.jetstream().streams_info()}
 
 
 async def test_a_service_reads_nothing_it_does_not_consume(secured_nats_server: NatsServer) -> None:
