@@ -160,7 +160,7 @@ async def test_a_service_cannot_create_a_stream_that_would_own_another_services_
 
 async def stream_names(server: NatsServer) -> set[str]:
     async with signed_in(server, ADMIN_USER) as admin:
-        return {info.config.name for info in await admin.jetstream().streams_info()}
+        return {str(info.config.name) for info in await admin.jetstream().streams_info()}
 
 
 async def test_a_service_reads_nothing_it_does_not_consume(secured_nats_server: NatsServer) -> None:
