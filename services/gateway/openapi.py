@@ -13,6 +13,7 @@ from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescript
 
 from services.gateway.paths import PathTemplate, Variable
 from services.gateway.routes import Route
+from services.gateway.sse import event_type
 from services.runtime import catalog
 from services.runtime.domain import ResourcePattern, segment_rule
 
@@ -238,13 +239,14 @@ def build_openapi(
                         "description": "Sets resume_after: the stream resumes after this event id.",
                     }
                 )
+            item = event_type(output)
             ok = {
-                "description": f"Server-Sent Events; each event's data is a JSON {output.name}, "
-                "its id the message's sequence; `: keepalive` comments every 15 s.",
+                "description": f"Server-Sent Events; each event's data is a JSON {item.name}, "
+                "its id the item's sequence; `: keepalive` comments every 15 s.",
                 "content": {
                     "text/event-stream": {
                         "schema": {"type": "string"},
-                        "x-event-data": schemas.message(output),
+                        "x-event-data": schemas.message(item),
                     }
                 },
             }

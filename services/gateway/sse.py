@@ -8,15 +8,17 @@ import asyncio
 import json
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Hashable
+from collections.abc import AsyncIterator, Callable, Hashable, Sequence
 from typing import Any
 
 import grpc
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from services.gateway.errors import GatewayError, error_body, grpc_error
+from services.gateway.fields import is_repeated
 from services.gateway.jsonmap import message_to_json
 from services.runtime.logging import request_id_var
 
@@ -59,6 +61,31 @@ class StreamSlots:
             "close one before opening another"
         )
         return GatewayError(429, "RESOURCE_EXHAUSTED", message, headers={"Retry-After": "5"})
+
+
+def batch_field(descriptor: Any) -> FieldDescriptor | None:
+    """The one repeated message field of a stream message that batches items (StreamAlerts's
+    `alerts`): each item is an event of its own. None for other messages."""
+    fields: Sequence[FieldDescriptor] = descriptor.fields
+    if len(fields) == 1 and is_repeated(fields[0]) and fields[0].message_type is not None:
+        return fields[0]
+    return None
+
+
+def event_type(descriptor: Descriptor) -> Descriptor:
+    """What each event's data is: the batched item, or the stream message itself."""
+    batched = batch_field(descriptor)
+    if batched is None or batched.message_type is None:
+        return descriptor
+    return batched.message_type
+
+
+def sse_events(message: Message) -> str:
+    """One event per item of a batch, or one for the message."""
+    batched = batch_field(message.DESCRIPTOR)
+    if batched is None:
+        return sse_event(message)
+    return "".join(sse_event(item) for item in getattr(message, batched.name))
 
 
 def sse_event(message: Message) -> str:
@@ -142,7 +169,7 @@ async def sse_body(
                 return
             if item is grpc.aio.EOF:
                 return
-            yield sse_event(item)
+            yield sse_events(item)
             pending = asyncio.ensure_future(call.read())
     finally:
         # The client went away or the stream ended: stop the backend stream either way.

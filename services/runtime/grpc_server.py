@@ -193,6 +193,19 @@ async def _checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
         yield request
 
 
+def _encoded_passes(serialize: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
+    """A stream's serializer that lets messages the servicer encoded itself (bytes) through: a
+    fan-out encodes a message once for all its subscribers."""
+    if serialize is None:
+        return None
+    encode = serialize
+
+    def serialize_or_pass(message: Any) -> bytes:
+        return message if isinstance(message, bytes) else encode(message)
+
+    return serialize_or_pass
+
+
 class EdgeInterceptor(grpc.aio.ServerInterceptor):
     """Sets the request id and principal for the call, logs it, and turns DomainError
     into a status; any other exception is logged and answered INTERNAL without detail."""
@@ -226,7 +239,7 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
             return grpc.unary_stream_rpc_method_handler(
                 self._wrap_stream(method, handler.unary_stream),
                 request_deserializer=_lenient(handler.request_deserializer),
-                response_serializer=handler.response_serializer,
+                response_serializer=_encoded_passes(handler.response_serializer),
             )
         return handler
 

@@ -17,7 +17,14 @@ from nats.js.errors import NotFoundError
 
 from services.runtime.dispatch import subject_for
 from services.selfmonitoring import model
-from services.selfmonitoring.alert_hub import QUEUE_LIMIT, Delivery, RegionHub, RememberedIds
+from services.selfmonitoring.alert_hub import (
+    FLUSH_S,
+    MAX_BATCH,
+    QUEUE_LIMIT,
+    Delivery,
+    RegionHub,
+    RememberedIds,
+)
 
 REPLAY_IDLE_S = 2.0
 """How long a replay waits for the next stored event before it asks whether it was removed."""
@@ -31,6 +38,10 @@ class AlertFilter:
     severity: int = 0
     service: str = ""
     provider: str = ""
+
+    @property
+    def everything(self) -> bool:
+        return not (self.severity or self.service or self.provider)
 
     def admits(self, breach: selfmonitoring_pb2.Breach) -> bool:
         return (
@@ -65,16 +76,19 @@ def delivery_of(msg: Msg) -> Delivery | None:
     alert = alert_of(msg.subject.split(".")[-2], msg.data, sequence)
     if alert is None:
         return None
-    return Delivery(sequence, (msg.headers or {}).get("Nats-Msg-Id", ""), alert)
+    return Delivery.of(sequence, (msg.headers or {}).get("Nats-Msg-Id", ""), alert)
 
 
 class AlertFeed:
     """Alerts from JetStream: one shared hub per region for the live feed, and a short-lived
     ordered consumer per resuming subscriber for the part it missed."""
 
-    def __init__(self, js: Callable[[], JetStreamContext], queue_limit: int = QUEUE_LIMIT) -> None:
+    def __init__(
+        self, js: Callable[[], JetStreamContext], queue_limit: int = QUEUE_LIMIT, flush_s: float = FLUSH_S
+    ) -> None:
         self._js = js
         self._queue_limit = queue_limit
+        self._flush_s = flush_s
         self._hubs: dict[str, RegionHub] = {}
 
     def hub_subscribers(self, region: str) -> int:
@@ -92,7 +106,9 @@ class AlertFeed:
                 if self._hubs.get(region) is stopped:
                     del self._hubs[region]
 
-            hub = RegionHub(self._js(), subject, delivery_of, idle, self._queue_limit)
+            hub = RegionHub(
+                self._js(), subject, delivery_of, idle, queue_limit=self._queue_limit, flush_s=self._flush_s
+            )
             self._hubs[region] = hub
             hub.begin()
         return hub
@@ -103,15 +119,16 @@ class AlertFeed:
         resume_after: int | None,
         on_subscribed: Callable[[], Awaitable[None]] | None = None,
         only: AlertFilter = AlertFilter(),
-    ) -> AsyncIterator[selfmonitoring_pb2.Alert]:
-        """From the alert after `resume_after`, or from now on when it is None.
+    ) -> AsyncIterator[list[Delivery]]:
+        """From the alert after `resume_after`, or from now on when it is None: batches of
+        alerts (MAX_BATCH at most, in sequence order), each what arrived since the last.
 
         `on_subscribed` runs once the region's hub follows the stream, so a caller can tell its
         client that alerts from this moment on will arrive (the gRPC servicer sends its headers
         then). Raises `Overflowed` when the subscriber falls too far behind.
         """
         hub = self._hub(region)
-        subscriber = hub.join(only.admits)
+        subscriber = hub.join(None if only.everything else only.admits)
         try:
             await hub.started()
             if on_subscribed is not None:
@@ -120,17 +137,26 @@ class AlertFeed:
             last = subscriber.joined_at if resume_after is None else resume_after
             if last < subscriber.joined_at:
                 # Missed while away: replayed from the stream up to where the live queue begins.
+                missed: list[Delivery] = []
                 async for delivery in self._replay(hub.stream, hub.subject, last, subscriber.joined_at):
                     if replayed.first_time(delivery.event_id) and only.admits(delivery.alert.breach):
-                        yield delivery.alert
+                        missed.append(delivery)
+                    if len(missed) == MAX_BATCH:
+                        yield missed
+                        missed = []
+                if missed:
+                    yield missed
                 last = subscriber.joined_at
             while True:
                 # The hub delivers each event id once; only the replayed ones can come again.
-                for delivery in await subscriber.next_batch():
-                    if delivery.sequence <= last or delivery.event_id in replayed:
-                        continue
-                    last = delivery.sequence
-                    yield delivery.alert
+                batch = [
+                    delivery
+                    for delivery in await subscriber.next_batch()
+                    if delivery.sequence > last and delivery.event_id not in replayed
+                ]
+                if batch:
+                    last = batch[-1].sequence
+                    yield batch
         finally:
             hub.leave(subscriber)
 

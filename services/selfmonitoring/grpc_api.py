@@ -24,7 +24,7 @@ from services.runtime.protoconv import (
     to_message,
 )
 from services.selfmonitoring import handlers, model
-from services.selfmonitoring.alert_hub import HubStopped, Overflowed
+from services.selfmonitoring.alert_hub import HubStopped, Overflowed, encoded_batch
 from services.selfmonitoring.alerts import AlertFeed, AlertFilter
 
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
@@ -370,9 +370,11 @@ class SelfMonitoringServicer(selfmonitoring_pb2_grpc.SelfMonitoringServiceServic
             breaches=[breach_to_proto(b) for b in listed], next_page_token=paging.next_token(last)
         )
 
-    async def StreamAlerts(
+    # Yields each batch already encoded (the edge passes bytes through): an alert is encoded
+    # once for every subscriber, not once per subscriber.
+    async def StreamAlerts(  # type: ignore[override]
         self, request: selfmonitoring_pb2.StreamAlertsRequest, context: Context
-    ) -> AsyncIterator[selfmonitoring_pb2.Alert]:
+    ) -> AsyncIterator[bytes]:
         region = model.REGION.parse(request.parent, "parent")["region"]
         handlers.require_supervision(region, current_principal())
         resume_after = request.resume_after if request.HasField("resume_after") else None
@@ -383,10 +385,10 @@ class SelfMonitoringServicer(selfmonitoring_pb2_grpc.SelfMonitoringServiceServic
 
         only = AlertFilter(request.severity, request.service, request.provider)
         try:
-            async for alert in self._alerts.follow(
+            async for batch in self._alerts.follow(
                 region, resume_after, on_subscribed=headers_now, only=only
             ):
-                yield alert
+                yield encoded_batch(batch)
         except Overflowed as error:
             # Told, not silently dropped: the client resumes after the last sequence it saw.
             await _end_stream(

@@ -107,6 +107,12 @@ class Registry(registry_pb2_grpc.RegistryServiceServicer):
         )
 
 
+def alert(sequence: int) -> selfmonitoring_pb2.Alert:
+    return selfmonitoring_pb2.Alert(
+        sequence=sequence, breach=selfmonitoring_pb2.Breach(name=f"regions/1/breaches/{sequence}")
+    )
+
+
 class SelfMonitoring(selfmonitoring_pb2_grpc.SelfMonitoringServiceServicer):
     def __init__(self, seen: Seen) -> None:
         self.seen = seen
@@ -117,12 +123,13 @@ class SelfMonitoring(selfmonitoring_pb2_grpc.SelfMonitoringServiceServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, "no such region")
         endless = request.parent == "regions/endless"
         try:
-            for sequence in range(request.resume_after + 1, request.resume_after + 4):
-                yield selfmonitoring_pb2.Alert(
-                    sequence=sequence, breach=selfmonitoring_pb2.Breach(name=f"regions/1/breaches/{sequence}")
-                )
-                if endless:
-                    await asyncio.sleep(3600)
+            if endless:
+                yield selfmonitoring_pb2.StreamAlertsResponse(alerts=[alert(request.resume_after + 1)])
+                await asyncio.sleep(3600)
+            # Batches of two and one: each alert is an SSE event of its own.
+            first = request.resume_after + 1
+            yield selfmonitoring_pb2.StreamAlertsResponse(alerts=[alert(first), alert(first + 1)])
+            yield selfmonitoring_pb2.StreamAlertsResponse(alerts=[alert(first + 2)])
         except asyncio.CancelledError:
             self.seen.stream_cancelled.set()
             raise

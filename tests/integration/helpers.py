@@ -3,6 +3,7 @@ a real gRPC server on a free port, row counts and rich error details."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -19,6 +20,7 @@ from google.rpc import error_details_pb2
 from google.type import date_pb2
 from grpc_status import rpc_status
 from kasvu.registry.v1 import registry_pb2
+from kasvu.selfmonitoring.v1 import selfmonitoring_pb2
 from sqlalchemy import text
 
 from services.runtime.auth import Principal, Role, TokenVerifier, generate_keypair, mint_token
@@ -259,3 +261,22 @@ async def dispatching(
         yield dispatcher
     finally:
         await write_path.close()
+
+
+class AlertReader:
+    """The alerts of a StreamAlerts call one by one, across the batches the stream carries."""
+
+    def __init__(self, call: Any) -> None:
+        self.call = call
+        self._waiting: list[selfmonitoring_pb2.Alert] = []
+
+    async def next(self, timeout_s: float = 10.0) -> selfmonitoring_pb2.Alert:
+        """The next alert; AioRpcError when the stream ends with an error."""
+        while not self._waiting:
+            response = await asyncio.wait_for(self.call.read(), timeout_s)
+            assert response is not grpc.aio.EOF, "the stream ended"
+            self._waiting.extend(response.alerts)
+        return self._waiting.pop(0)
+
+    def cancel(self) -> None:
+        self.call.cancel()

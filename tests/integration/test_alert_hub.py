@@ -27,10 +27,10 @@ from services.runtime.dispatch import subject_for
 from services.runtime.grpc_server import EdgeInterceptor
 from services.runtime.migrate import upgrade_async
 from services.selfmonitoring import bootstrap, handlers, store
-from services.selfmonitoring.alert_hub import Overflowed
+from services.selfmonitoring.alert_hub import Delivery, Overflowed
 from services.selfmonitoring.alerts import AlertFeed, AlertFilter
 from services.selfmonitoring.grpc_api import SelfMonitoringServicer
-from tests.integration.helpers import Tokens, dispatching
+from tests.integration.helpers import AlertReader, Tokens, dispatching
 
 REGION = "pirkanmaa"
 STREAM = StreamSpec(catalog.entry("selfmonitoring").stream, catalog.entry("selfmonitoring").subjects)
@@ -81,6 +81,21 @@ async def collect(
 EVERY_ALERT = AlertFilter()
 
 
+async def one_by_one(
+    batches: AsyncIterator[list[Delivery]],
+) -> AsyncGenerator[selfmonitoring_pb2.Alert, None]:
+    """The feed's batches as single alerts, checking each batch is in sequence order."""
+    try:
+        async for batch in batches:
+            assert batch, "an empty batch"
+            sequences = [delivery.sequence for delivery in batch]
+            assert sequences == sorted(set(sequences))
+            for delivery in batch:
+                yield delivery.alert
+    finally:
+        await cast(AsyncGenerator[list[Delivery], None], batches).aclose()
+
+
 async def subscribed(
     feed: AlertFeed, resume_after: int | None = None, only: AlertFilter = EVERY_ALERT
 ) -> AsyncGenerator[selfmonitoring_pb2.Alert, None]:
@@ -90,10 +105,7 @@ async def subscribed(
     async def on_subscribed() -> None:
         ready.set()
 
-    alerts = cast(
-        AsyncGenerator[selfmonitoring_pb2.Alert, None],
-        feed.follow(REGION, resume_after, on_subscribed=on_subscribed, only=only),
-    )
+    alerts = one_by_one(feed.follow(REGION, resume_after, on_subscribed=on_subscribed, only=only))
     first = asyncio.ensure_future(anext(alerts))
     done, _ = await asyncio.wait({first, asyncio.ensure_future(ready.wait())}, return_when="FIRST_COMPLETED")
     assert ready.is_set() or first in done
@@ -254,17 +266,15 @@ async def test_a_grpc_stream_that_falls_behind_ends_with_resource_exhausted_and_
     count = 600
     async with alert_server(tmp_path, tokens, feed) as stub:
         request = selfmonitoring_pb2.StreamAlertsRequest(parent=f"regions/{REGION}")
-        slow = stub.StreamAlerts(request, metadata=tokens.supervisor(REGION))
-        await slow.initial_metadata()
+        slow = AlertReader(stub.StreamAlerts(request, metadata=tokens.supervisor(REGION)))
+        await slow.call.initial_metadata()
         # 600 alerts of 1 kB: more than the client's 64 kB window and the server's queue hold.
         for index in range(count):
             await publish(js, index, padding=1000)
         seen: list[selfmonitoring_pb2.Alert] = []
         with pytest.raises(grpc.aio.AioRpcError) as ended:
             while True:
-                alert = await asyncio.wait_for(slow.read(), 10)
-                assert alert is not grpc.aio.EOF
-                seen.append(alert)
+                seen.append(await slow.next(10))
         assert ended.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "resume after the last sequence" in (ended.value.details() or "")
         status = rpc_status.from_call(ended.value)  # the gateway passes a rich status on as it is
@@ -273,15 +283,41 @@ async def test_a_grpc_stream_that_falls_behind_ends_with_resource_exhausted_and_
         assert 0 < len(seen) < count
         assert [a.breach.sample_size for a in seen] == list(range(len(seen)))
 
-        resumed = stub.StreamAlerts(
-            selfmonitoring_pb2.StreamAlertsRequest(
-                parent=f"regions/{REGION}", resume_after=seen[-1].sequence
-            ),
-            metadata=tokens.supervisor(REGION),
+        resumed = AlertReader(
+            stub.StreamAlerts(
+                selfmonitoring_pb2.StreamAlertsRequest(
+                    parent=f"regions/{REGION}", resume_after=seen[-1].sequence
+                ),
+                metadata=tokens.supervisor(REGION),
+            )
         )
-        rest = [await asyncio.wait_for(resumed.read(), 10) for _ in range(len(seen), count)]
+        rest = [await resumed.next(10) for _ in range(len(seen), count)]
         resumed.cancel()
         assert [a.breach.sample_size for a in rest] == list(range(len(seen), count))
+
+
+async def test_alerts_of_a_burst_reach_a_grpc_stream_in_few_messages_in_order_each_once(tmp_path, js):
+    """200 subscribers of 500 alerts a second cannot each get a message per alert: the hub hands
+    on what gathered since the last time, and each message carries all of it."""
+    tokens = Tokens.generate(tmp_path / "keys")
+    feed = AlertFeed(lambda: js)
+    count = 300
+    async with alert_server(tmp_path, tokens, feed) as stub:
+        request = selfmonitoring_pb2.StreamAlertsRequest(parent=f"regions/{REGION}")
+        call = stub.StreamAlerts(request, metadata=tokens.supervisor(REGION))
+        await call.initial_metadata()
+        sequences = [await publish(js, index) for index in range(count)]
+        messages: list[selfmonitoring_pb2.StreamAlertsResponse] = []
+        while sum(len(message.alerts) for message in messages) < count:
+            message = await asyncio.wait_for(call.read(), 10)
+            assert message is not grpc.aio.EOF
+            messages.append(message)
+        call.cancel()
+    received = [alert for message in messages for alert in message.alerts]
+    assert [alert.sequence for alert in received] == sequences
+    assert [alert.breach.sample_size for alert in received] == list(range(count))
+    assert all(message.alerts for message in messages)
+    assert len(messages) <= count // 10, f"{len(messages)} messages for {count} alerts"
 
 
 async def test_an_event_stored_twice_past_the_duplicate_window_is_one_alert_live_and_on_resume(js):

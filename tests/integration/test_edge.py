@@ -66,7 +66,7 @@ class BrokenAlerts(selfmonitoring_pb2_grpc.SelfMonitoringServiceServicer):
     """A stream that fails part-way with an unexpected error, as a bug or a lost connection would."""
 
     async def StreamAlerts(self, request, context):
-        yield selfmonitoring_pb2.Alert(sequence=1)
+        yield selfmonitoring_pb2.StreamAlertsResponse(alerts=[selfmonitoring_pb2.Alert(sequence=1)])
         raise RuntimeError("connection to 10.0.0.7 lost; password hunter2")
 
 
@@ -82,10 +82,10 @@ async def test_a_stream_that_fails_unexpectedly_is_internal_without_the_exceptio
         call = stub.StreamAlerts(
             selfmonitoring_pb2.StreamAlertsRequest(parent="regions/pirkanmaa"), timeout=5
         )
-        received = []
+        received: list[int] = []
         with pytest.raises(grpc.aio.AioRpcError) as failed:
-            async for alert in call:
-                received.append(alert.sequence)
+            async for response in call:
+                received.extend(alert.sequence for alert in response.alerts)
     assert received == [1]
     assert failed.value.code() == grpc.StatusCode.INTERNAL
     assert failed.value.details() == "internal error"

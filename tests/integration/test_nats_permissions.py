@@ -14,7 +14,7 @@ from typing import cast
 
 import nats
 import pytest
-from kasvu.selfmonitoring.v1 import events_pb2, selfmonitoring_pb2
+from kasvu.selfmonitoring.v1 import events_pb2
 from nats.aio.client import Client as NatsClient
 from nats.errors import Error as NatsError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
@@ -23,6 +23,7 @@ from kasvuctl.natsauth import ADMIN_USER
 from services.registry import consumers as registry_consumers
 from services.runtime import bus, envelope
 from services.runtime.catalog import CATALOG, entry
+from services.selfmonitoring.alert_hub import Delivery
 from services.selfmonitoring.alerts import AlertFeed
 from tests.conftest import NatsServer
 
@@ -241,17 +242,17 @@ async def test_each_service_can_do_what_it_needs(secured_nats_server: NatsServer
             subscribed.set()
 
         feed = cast(
-            AsyncGenerator[selfmonitoring_pb2.Alert, None],
+            AsyncGenerator[list[Delivery], None],
             AlertFeed(selfmonitoring.jetstream).follow("pirkanmaa", None, on_subscribed),
         )
-        first_alert = asyncio.ensure_future(anext(feed))
+        first_batch = asyncio.ensure_future(anext(feed))
         await asyncio.wait_for(subscribed.wait(), 5)
 
         # Its relay publishes its events on its own subjects.
         ack = await selfmonitoring.jetstream().publish(BREACH_SUBJECT, breach(), headers=event_headers("e1"))
         assert ack.stream == SELFMONITORING.stream and not ack.duplicate
-        alert = await asyncio.wait_for(first_alert, 5)
-        assert alert.sequence == ack.seq
+        [delivery] = await asyncio.wait_for(first_batch, 5)
+        assert delivery.alert.sequence == ack.seq
         await feed.aclose()
 
         # The registry's durable consumer of breaches, as the catalog declares it: created,

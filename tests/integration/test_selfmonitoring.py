@@ -33,6 +33,7 @@ from services.selfmonitoring.alerts import AlertFeed
 from services.selfmonitoring.grpc_api import SelfMonitoringServicer
 from tests.conftest import NatsServer
 from tests.integration.helpers import (
+    AlertReader,
     Tokens,
     business_ids,
     count_rows,
@@ -1413,10 +1414,8 @@ async def test_the_indicator_report_gives_each_providers_value_over_the_window(s
 # -- the alert stream (SQLite and a real nats-server) ---------------------------------------
 
 
-async def _next_alert(call) -> selfmonitoring_pb2.Alert:  # type: ignore[no-untyped-def]
-    alert = await asyncio.wait_for(call.read(), 10.0)
-    assert alert is not grpc.aio.EOF
-    return alert
+async def _next_alert(reader: AlertReader) -> selfmonitoring_pb2.Alert:
+    return await reader.next(10.0)
 
 
 async def _wait_until_published(db: Database) -> None:
@@ -1461,8 +1460,8 @@ async def test_a_supervisor_stream_receives_new_breaches_and_resumes_after_a_seq
             await _wait_until_published(db)
             published_before = (await js.stream_info(STREAM.name)).state.last_seq
 
-            live = stub.StreamAlerts(
-                selfmonitoring_pb2.StreamAlertsRequest(parent=parent), metadata=supervisor
+            live = AlertReader(
+                stub.StreamAlerts(selfmonitoring_pb2.StreamAlertsRequest(parent=parent), metadata=supervisor)
             )
             await _wait_until_subscribed(js)
             opened = await record(stub, tokens, observation("o1", next_id(), finnish_today(), 30))
@@ -1474,17 +1473,21 @@ async def test_a_supervisor_stream_receives_new_breaches_and_resumes_after_a_seq
             assert alert.breach.name == opened.breach
             assert alert.sequence == published_before + 1
 
-            replay = stub.StreamAlerts(
-                selfmonitoring_pb2.StreamAlertsRequest(parent=parent, resume_after=alert.sequence - 1),
-                metadata=supervisor,
+            replay = AlertReader(
+                stub.StreamAlerts(
+                    selfmonitoring_pb2.StreamAlertsRequest(parent=parent, resume_after=alert.sequence - 1),
+                    metadata=supervisor,
+                )
             )
             again = await _next_alert(replay)
             replay.cancel()
             assert (again.sequence, again.breach.name) == (alert.sequence, opened.breach)
 
-            resumed = stub.StreamAlerts(
-                selfmonitoring_pb2.StreamAlertsRequest(parent=parent, resume_after=alert.sequence),
-                metadata=supervisor,
+            resumed = AlertReader(
+                stub.StreamAlerts(
+                    selfmonitoring_pb2.StreamAlertsRequest(parent=parent, resume_after=alert.sequence),
+                    metadata=supervisor,
+                )
             )
             await _wait_until_subscribed(js)
             later = await record(stub, tokens, observation("o2", next_id(), finnish_today(), 30))
@@ -1521,11 +1524,15 @@ async def test_a_filtered_stream_sees_only_its_provider_and_severity_and_resolut
             db, tokens, alerts=AlertFeed(lambda: js), after_commit=worker.wake
         ) as stub:
             await create(stub, tokens, indicator(minimum_sample=1, minimum_share=0.5))
-            live = stub.StreamAlerts(
-                selfmonitoring_pb2.StreamAlertsRequest(
-                    parent=f"regions/{REGION}", provider=watched, severity=selfmonitoring_pb2.SEVERITY_SERIOUS
-                ),
-                metadata=tokens.supervisor(REGION),
+            live = AlertReader(
+                stub.StreamAlerts(
+                    selfmonitoring_pb2.StreamAlertsRequest(
+                        parent=f"regions/{REGION}",
+                        provider=watched,
+                        severity=selfmonitoring_pb2.SEVERITY_SERIOUS,
+                    ),
+                    metadata=tokens.supervisor(REGION),
+                )
             )
             await _wait_until_subscribed(js)
             await record(stub, tokens, observation("x0", other, finnish_today(), 30))

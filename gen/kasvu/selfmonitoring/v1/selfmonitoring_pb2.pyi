@@ -1105,9 +1105,33 @@ class StreamAlertsRequest(_message.Message):
 Global___StreamAlertsRequest: _TypeAlias = StreamAlertsRequest  # noqa: Y015
 
 @_typing.final
-class Alert(_message.Message):
-    """A quality alert for supervisors."""
+class StreamAlertsResponse(_message.Message):
+    """A quality alert for supervisors.
+    One message of StreamAlerts: the alerts that arrived since the previous one.
+    """
 
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALERTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def alerts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Alert]:
+        """In sequence order; resume after the last one's sequence."""
+
+    def __init__(
+        self,
+        *,
+        alerts: _abc.Iterable[Global___Alert] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alerts", b"alerts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamAlertsResponse: _TypeAlias = StreamAlertsResponse  # noqa: Y015
+
+@_typing.final
+class Alert(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SEQUENCE_FIELD_NUMBER: _builtins.int

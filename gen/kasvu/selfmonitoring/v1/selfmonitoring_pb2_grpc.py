@@ -95,7 +95,7 @@ class SelfMonitoringServiceStub:
         self.StreamAlerts = channel.unary_stream(
                 '/kasvu.selfmonitoring.v1.SelfMonitoringService/StreamAlerts',
                 request_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.StreamAlertsRequest.SerializeToString,
-                response_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.Alert.FromString,
+                response_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.StreamAlertsResponse.FromString,
                 _registered_method=True)
         self.ListAlerts = channel.unary_unary(
                 '/kasvu.selfmonitoring.v1.SelfMonitoringService/ListAlerts',
@@ -232,7 +232,9 @@ class SelfMonitoringServiceServicer:
     def StreamAlerts(self, request, context):
         """Streams the region's quality alerts live (breaches opened, escalated and
         resolved), filtered by severity, service and provider, resuming after a
-        sequence without gaps or repeats.
+        sequence without gaps or repeats. Each message carries the alerts that
+        arrived since the last one, in sequence order; through the gateway's
+        Server-Sent Events, each alert is an event of its own.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -356,7 +358,7 @@ def add_SelfMonitoringServiceServicer_to_server(servicer, server):
             'StreamAlerts': grpc.unary_stream_rpc_method_handler(
                     servicer.StreamAlerts,
                     request_deserializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.StreamAlertsRequest.FromString,
-                    response_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.Alert.SerializeToString,
+                    response_serializer=kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.StreamAlertsResponse.SerializeToString,
             ),
             'ListAlerts': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAlerts,
@@ -720,7 +722,7 @@ class SelfMonitoringService:
             target,
             '/kasvu.selfmonitoring.v1.SelfMonitoringService/StreamAlerts',
             kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.StreamAlertsRequest.SerializeToString,
-            kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.Alert.FromString,
+            kasvu_dot_selfmonitoring_dot_v1_dot_selfmonitoring__pb2.StreamAlertsResponse.FromString,
             options,
             channel_credentials,
             insecure,

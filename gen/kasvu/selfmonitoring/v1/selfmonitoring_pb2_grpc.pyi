@@ -77,10 +77,12 @@ class SelfMonitoringServiceStub:
     """Lists the region's breaches, newest first, by state, severity and
     provider.
     """
-    StreamAlerts: _grpc.UnaryStreamMultiCallable[_selfmonitoring_pb2.StreamAlertsRequest, _selfmonitoring_pb2.Alert]
+    StreamAlerts: _grpc.UnaryStreamMultiCallable[_selfmonitoring_pb2.StreamAlertsRequest, _selfmonitoring_pb2.StreamAlertsResponse]
     """Streams the region's quality alerts live (breaches opened, escalated and
     resolved), filtered by severity, service and provider, resuming after a
-    sequence without gaps or repeats.
+    sequence without gaps or repeats. Each message carries the alerts that
+    arrived since the last one, in sequence order; through the gateway's
+    Server-Sent Events, each alert is an event of its own.
     """
     ListAlerts: _grpc.UnaryUnaryMultiCallable[_selfmonitoring_pb2.ListAlertsRequest, _selfmonitoring_pb2.ListAlertsResponse]
     """Lists the region's alerts, newest first, with their acknowledgements."""
@@ -160,10 +162,12 @@ class SelfMonitoringServiceAsyncStub(SelfMonitoringServiceStub):
     """Lists the region's breaches, newest first, by state, severity and
     provider.
     """
-    StreamAlerts: _aio.UnaryStreamMultiCallable[_selfmonitoring_pb2.StreamAlertsRequest, _selfmonitoring_pb2.Alert]  # type: ignore[assignment]
+    StreamAlerts: _aio.UnaryStreamMultiCallable[_selfmonitoring_pb2.StreamAlertsRequest, _selfmonitoring_pb2.StreamAlertsResponse]  # type: ignore[assignment]
     """Streams the region's quality alerts live (breaches opened, escalated and
     resolved), filtered by severity, service and provider, resuming after a
-    sequence without gaps or repeats.
+    sequence without gaps or repeats. Each message carries the alerts that
+    arrived since the last one, in sequence order; through the gateway's
+    Server-Sent Events, each alert is an event of its own.
     """
     ListAlerts: _aio.UnaryUnaryMultiCallable[_selfmonitoring_pb2.ListAlertsRequest, _selfmonitoring_pb2.ListAlertsResponse]  # type: ignore[assignment]
     """Lists the region's alerts, newest first, with their acknowledgements."""
@@ -312,10 +316,12 @@ class SelfMonitoringServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _selfmonitoring_pb2.StreamAlertsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_selfmonitoring_pb2.Alert], _abc.AsyncIterator[_selfmonitoring_pb2.Alert]]:
+    ) -> _typing.Union[_abc.Iterator[_selfmonitoring_pb2.StreamAlertsResponse], _abc.AsyncIterator[_selfmonitoring_pb2.StreamAlertsResponse]]:
         """Streams the region's quality alerts live (breaches opened, escalated and
         resolved), filtered by severity, service and provider, resuming after a
-        sequence without gaps or repeats.
+        sequence without gaps or repeats. Each message carries the alerts that
+        arrived since the last one, in sequence order; through the gateway's
+        Server-Sent Events, each alert is an event of its own.
         """
 
     @_abc_1.abstractmethod
