@@ -104,6 +104,37 @@ async def test_a_nul_character_in_any_text_field_is_refused_naming_it(channel: g
     assert field_violations(refused.value) == ["page_token"]
 
 
+@pytest.mark.parametrize(
+    ("terms", "field"),
+    [
+        (registry_pb2.Terms(title="a\0b"), "terms.title"),
+        (
+            registry_pb2.Terms(
+                requirements=[registry_pb2.Requirement(code="ok"), registry_pb2.Requirement(code="x\0")]
+            ),
+            "terms.requirements[1].code",
+        ),
+        (
+            registry_pb2.Terms(requirements=[registry_pb2.Requirement(values=["ok", "\0"])]),
+            "terms.requirements[0].values[1]",
+        ),
+    ],
+)
+async def test_a_nul_character_deep_in_repeated_and_nested_fields_is_found(
+    channel: grpc.aio.Channel, terms: registry_pb2.Terms, field: str
+) -> None:
+    # Every request gets a quick check for NUL before the one that names the fields: both
+    # must see repeated messages, nested messages and repeated text.
+    stub = registry_pb2_grpc.RegistryServiceStub(channel)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.PublishTerms(
+            registry_pb2.PublishTermsRequest(parent="regions/pirkanmaa/services/recruitment", terms=terms),
+            timeout=5,
+        )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(refused.value) == [field]
+
+
 async def test_thousands_of_violations_still_reach_the_caller_as_invalid_argument(
     channel: grpc.aio.Channel, tmp_path: Path
 ) -> None:
