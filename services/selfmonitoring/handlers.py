@@ -308,7 +308,8 @@ def _canonical(business_id: str) -> str:
 
 def _source_of(item: RecordObservation, actor: Principal | None) -> model.ObservationSource:
     """The observation's source, checked against who records it: the region records its own
-    sources (and may relay a provider's report); a provider records only its own reports."""
+    sources (and may relay a provider's report); a provider records only its own reports.
+    `item.provider` in canonical form."""
     action = "recording an observation"
     if item.source is None:
         if actor is not None and access.region_admin(item.region).admits(actor):
@@ -392,9 +393,21 @@ async def _accept(
     """Validate and authorise each record; a bad one is rejected (raised when strict)."""
     batch = _Batch({}, {}, [])
     candidates: list[_Candidate] = []
+    # The source and its access check depend on the region, the source and the provider only:
+    # decided once per batch for each, not per record (a batch is often one provider's).
+    sources: dict[tuple[str, model.ObservationSource | None, str], model.ObservationSource | DomainError] = {}
     for offset, item in enumerate(items):
         try:
-            source = _source_of(replace(item, provider=_canonical(item.provider)), uow.actor)
+            decided = sources.get((item.region, item.source, item.provider))
+            if decided is None:
+                try:
+                    decided = _source_of(replace(item, provider=_canonical(item.provider)), uow.actor)
+                except DomainError as error:
+                    decided = error
+                sources[(item.region, item.source, item.provider)] = decided
+            if isinstance(decided, DomainError):
+                raise decided
+            source = decided
             if item.completed_on is None and item.started_on is not None and item.started_on > uow.today:
                 problem = "must not be in the future"
                 raise InvalidArgument(
