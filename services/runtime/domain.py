@@ -3,6 +3,7 @@ name patterns, and validators for business IDs, resource ids, text fields and in
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 from datetime import date, datetime
@@ -32,12 +33,16 @@ def business_id_check_digit(body: str) -> int | None:
     return 11 - remainder
 
 
+@functools.lru_cache(maxsize=8192)
 def validate_business_id(value: str, field: str = "business_id") -> str:
     """Return the canonical form "NNNNNNN-C" of a Finnish business ID (Y-tunnus), or raise InvalidArgument.
 
     Surrounding whitespace is ignored. IDs issued before 1991 may be written with a
     6-digit body ("123456-7"); they are left-padded with 0, and the check digit must
     still verify on the padded body.
+
+    Remembered (a refusal is not): ingestion checks the same few hundred providers' IDs on
+    every observation.
     """
     text = value.strip()
     match = _BUSINESS_ID.fullmatch(text)
@@ -176,6 +181,9 @@ _SEGMENT_KINDS: dict[str, tuple[re.Pattern[str], str]] = {
     "business_id": (re.compile(r"[0-9]{7}-[0-9]"), "a business ID of the form 1234567-8"),
 }
 _VARIABLE = re.compile(r"\{(\w+)(?::(\w+))?\}")
+_PARSED_NAMES_KEPT = 4096
+"""Parsed names a pattern remembers before it forgets them all (a bound, not an LRU: the hot
+names come straight back)."""
 
 
 def segment_rule(kind: str) -> tuple[str, str]:
@@ -208,6 +216,9 @@ class ResourcePattern:
         regex += re.escape(pattern[position:])
         self._regex = re.compile(regex)
         self.template = _VARIABLE.sub(lambda m: "{" + m.group(1) + "}", pattern)
+        # Names that parsed, with their variables: a stream of observations names one indicator
+        # thousands of times. A refusal is not kept.
+        self._parsed: dict[str, dict[str, str]] = {}
         self.shape = _VARIABLE.sub("*", pattern)
         """The pattern as a google.api.http path template spells it: each variable a `*`."""
 
@@ -216,6 +227,16 @@ class ResourcePattern:
 
     def parse(self, value: str, field: str) -> dict[str, str]:
         """The variables of `value`; raises InvalidArgument naming `field` when it does not match."""
+        parsed = self._parsed.get(value)
+        if parsed is not None:
+            return dict(parsed)
+        parts = self._parse(value, field)
+        if len(self._parsed) >= _PARSED_NAMES_KEPT:
+            self._parsed.clear()
+        self._parsed[value] = parts
+        return dict(parts)
+
+    def _parse(self, value: str, field: str) -> dict[str, str]:
         match = self._regex.fullmatch(value)
         if match is None:
             raise _invalid(field, f"must be a resource name of the form {self.template}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import Table, exc, insert
@@ -37,6 +38,7 @@ class TableInserter:
             (column.name, column.type._cached_bind_processor(_SQLITE), _default(column))
             for column in self._columns
         ]
+        self._memoised = [_repeats(column) for column in self._columns]
 
     async def insert(self, connection: AsyncConnection, rows: Sequence[Mapping[str, Any]]) -> None:
         if not rows:
@@ -45,13 +47,7 @@ class TableInserter:
         if raw is None:
             await connection.execute(self._insert, list(rows))
             return
-        values = [
-            tuple(
-                processor(row.get(name, default)) if processor is not None else row.get(name, default)
-                for name, processor, default in self._processors
-            )
-            for row in rows
-        ]
+        values = self._values(rows)
         try:
             raw.in_transaction().executemany(self._sql, values)
         except sqlite3.IntegrityError as error:
@@ -59,6 +55,45 @@ class TableInserter:
             raise exc.IntegrityError(self._sql, None, error) from error
         except sqlite3.OperationalError as error:
             raise exc.OperationalError(self._sql, None, error) from error
+
+    def _values(self, rows: Sequence[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
+        """The rows as sqlite3 parameters, each value converted as SQLAlchemy would bind it."""
+        processors = [
+            (name, _memoised(processor) if memoise and processor is not None else processor, default)
+            for (name, processor, default), memoise in zip(self._processors, self._memoised, strict=True)
+        ]
+        return [
+            tuple(
+                [
+                    row.get(name, default) if processor is None else processor(row.get(name, default))
+                    for name, processor, default in processors
+                ]
+            )
+            for row in rows
+        ]
+
+
+def _repeats(column: Any) -> bool:
+    """Whether a column's values repeat across the rows of one insert and are worth converting
+    once each: dates and times (a batch's timestamps are one moment; its dates fall in a window)."""
+    try:
+        return column.type.python_type in (date, datetime)
+    except NotImplementedError:
+        return False
+
+
+def _memoised(processor: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """`processor`, converting each distinct value once (for one insert: nothing outlives it)."""
+    converted: dict[Any, Any] = {}
+
+    def process(value: Any) -> Any:
+        try:
+            return converted[value]
+        except KeyError:
+            converted[value] = result = processor(value)
+            return result
+
+    return process
 
 
 def _default(column: Any) -> Any:
