@@ -15,7 +15,7 @@ from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import Table, exc, insert
-from sqlalchemy.dialects import sqlite
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.runtime.sqlite_inline import inline_of
@@ -24,16 +24,35 @@ _SQLITE = sqlite.dialect()
 
 
 class TableInserter:
-    """Inserts rows (column name -> value) into one table."""
+    """Inserts rows (column name -> value) into one table.
 
-    def __init__(self, table: Table) -> None:
+    With `add_on_conflict` (the conflict's key columns, the columns to add up), a row whose key
+    is there already adds its sums to the stored row's instead (INSERT … ON CONFLICT DO UPDATE,
+    spelt alike by SQLite and PostgreSQL).
+    """
+
+    def __init__(
+        self, table: Table, *, add_on_conflict: tuple[Sequence[str], Sequence[str]] | None = None
+    ) -> None:
         self.table = table
-        self._insert = insert(table)
+        self._insert_for: dict[str, Any] = {}
+        """The Core statement by dialect name, for connections without the inline path."""
+        self._insert: Any = insert(table)
         # Every column: a NULL integer primary key makes SQLite assign the next rowid.
         self._columns = list(table.columns)
         names = ", ".join(f'"{column.name}"' for column in self._columns)
         marks = ", ".join("?" for _ in self._columns)
         self._sql = f'INSERT INTO "{table.name}" ({names}) VALUES ({marks})'
+        if add_on_conflict is not None:
+            keys, summed = add_on_conflict
+            self._insert_for = {
+                module.dialect.name: _adding_on_conflict(module, table, keys, summed)
+                for module in (sqlite, postgresql)
+            }
+            self._sql += " ON CONFLICT ({}) DO UPDATE SET {}".format(
+                ", ".join(f'"{key}"' for key in keys),
+                ", ".join(f'"{name}" = "{table.name}"."{name}" + excluded."{name}"' for name in summed),
+            )
         self._processors: list[tuple[str, Callable[[Any], Any] | None, Any]] = [
             (column.name, column.type._cached_bind_processor(_SQLITE), _default(column))
             for column in self._columns
@@ -45,7 +64,8 @@ class TableInserter:
             return
         raw = await inline_of(connection)
         if raw is None:
-            await connection.execute(self._insert, list(rows))
+            statement = self._insert_for.get(connection.dialect.name, self._insert)
+            await connection.execute(statement, list(rows))
             return
         values = self._values(rows)
         try:
@@ -71,6 +91,15 @@ class TableInserter:
             )
             for row in rows
         ]
+
+
+def _adding_on_conflict(module: Any, table: Table, keys: Sequence[str], summed: Sequence[str]) -> Any:
+    """The Core form of the adding upsert in the spelling of a dialect's `module`."""
+    statement = module.insert(table)
+    return statement.on_conflict_do_update(
+        index_elements=list(keys),
+        set_={name: table.c[name] + statement.excluded[name] for name in summed},
+    )
 
 
 def _repeats(column: Any) -> bool:

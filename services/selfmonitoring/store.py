@@ -281,44 +281,22 @@ _OPEN_SERIOUS = Prepared(
 _INSERT_OBSERVATIONS = TableInserter(OBSERVATIONS)
 
 
-def _upsert_sums(dialect: Any, table: Table, keys: tuple[str, ...]) -> Any:
-    """INSERT … ON CONFLICT adding to the day's sums (SQLite and PostgreSQL spell it alike)."""
-    statement = dialect.insert(table)
-    added = statement.excluded
-    return statement.on_conflict_do_update(
-        index_elements=list(keys),
-        set_={
-            "sample_size": table.c.sample_size + added.sample_size,
-            "weight": table.c.weight + added.weight,
-            "weighted_value": table.c.weighted_value + added.weighted_value,
-        },
-    )
-
-
+_SUMS = ("sample_size", "weight", "weighted_value")
 _BUCKET_KEYS = ("region", "indicator_id", "scope_key", "day")
 _GROUP_BUCKET_KEYS = ("region", "indicator_id", "scope_key", "group_key", "day")
-_UPSERT_BUCKETS = {d.dialect.name: _upsert_sums(d, BUCKETS, _BUCKET_KEYS) for d in (sqlite, postgresql)}
-_UPSERT_GROUP_BUCKETS = {
-    d.dialect.name: _upsert_sums(d, GROUP_BUCKETS, _GROUP_BUCKET_KEYS) for d in (sqlite, postgresql)
-}
+_ADD_TO_BUCKETS = TableInserter(BUCKETS, add_on_conflict=(_BUCKET_KEYS, _SUMS))
+_ADD_TO_GROUP_BUCKETS = TableInserter(GROUP_BUCKETS, add_on_conflict=(_GROUP_BUCKET_KEYS, _SUMS))
 
 
 async def _add_sums(
-    uow: UnitOfWork, upsert: dict[str, Any], names: tuple[str, ...], buckets: dict[Any, model.DayBucket]
+    uow: UnitOfWork, upsert: TableInserter, names: tuple[str, ...], buckets: dict[Any, model.DayBucket]
 ) -> None:
     """Add sums to their buckets (keyed as `names` say): one upsert for them all."""
-    if not buckets:
-        return
-    connection = uow.connection
-    await connection.execute(
-        upsert[connection.dialect.name],
+    names = (*names, *_SUMS)
+    await upsert.insert(
+        uow.connection,
         [
-            {
-                **dict(zip(names, key, strict=True)),
-                "sample_size": bucket.sample_size,
-                "weight": bucket.weight,
-                "weighted_value": bucket.weighted_value,
-            }
+            dict(zip(names, (*key, bucket.sample_size, bucket.weight, bucket.weighted_value), strict=True))
             for key, bucket in buckets.items()
         ],
     )
@@ -617,7 +595,7 @@ class DayBucketRepository:
 
     async def add(self, buckets: dict[tuple[str, str, str, date], model.DayBucket]) -> None:
         """Add sums to their days' buckets (keyed region, indicator, scope key, day)."""
-        await _add_sums(self._uow, _UPSERT_BUCKETS, _BUCKET_KEYS, buckets)
+        await _add_sums(self._uow, _ADD_TO_BUCKETS, _BUCKET_KEYS, buckets)
 
     async def window_of_all(self, indicator: model.Indicator, as_of: date) -> dict[str, model.WindowStats]:
         """Every scope group's window on the indicator, summed from the day buckets."""
@@ -683,7 +661,7 @@ class GroupBucketRepository:
 
     async def add(self, buckets: dict[tuple[str, str, str, str, date], model.DayBucket]) -> None:
         """Add sums (keyed region, indicator, scope key, group, day)."""
-        await _add_sums(self._uow, _UPSERT_GROUP_BUCKETS, _GROUP_BUCKET_KEYS, buckets)
+        await _add_sums(self._uow, _ADD_TO_GROUP_BUCKETS, _GROUP_BUCKET_KEYS, buckets)
 
     async def window(
         self, indicator: model.Indicator, keys: list[str] | None, as_of: date
