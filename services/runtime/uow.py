@@ -8,6 +8,7 @@ timer rows and an audit record, and commits.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import TYPE_CHECKING, TypeVar
@@ -94,9 +95,10 @@ class UnitOfWork:
     def actor(self) -> Principal | None:
         return self.context.actor
 
-    @property
+    @functools.cached_property
     def today(self) -> date:
-        """Today in Finland, at this unit of work's instant."""
+        """Today in Finland, at this unit of work's instant (fixed for the unit's life; a batch
+        of observations asks for it several times per record)."""
         return finnish_date(self.now)
 
     async def bind(self, session: AsyncSession) -> None:
