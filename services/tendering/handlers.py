@@ -3,6 +3,8 @@ events and the scheduler's timers (deadlines, standstill ends, call-off offers).
 
 from __future__ import annotations
 
+import asyncio
+import os
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -511,7 +513,7 @@ async def submit_opening_share(command: SubmitOpeningShare, uow: TenderingUnitOf
 async def _open_and_evaluate(uow: TenderingUnitOfWork, call: model.Call, shares: list[bytes]) -> None:
     private = sealing.unwrap_opening_key(call.wrapped_private_key, shares, call.name)
     sealed = await uow.bids.sealed(call.id)
-    candidates, openings = open_bids(call.name, sealed, private)
+    candidates, openings = await open_bids(call.name, sealed, private)
     await uow.bids.record_opening(openings)
     by_lot: dict[str, list[model.Candidate]] = {lot.lot: [] for lot in call.spec.lots}
     for candidate in candidates:
@@ -523,13 +525,37 @@ async def _open_and_evaluate(uow: TenderingUnitOfWork, call: model.Call, shares:
     call.evaluated(scores, len(sealed) - unopenable, unopenable, uow.now)
 
 
-def open_bids(
+async def open_bids(
     call_name: str, bids: Sequence[model.SealedBid], private: Any
 ) -> tuple[list[model.Candidate], list[model.Opening]]:
     """Opens every bid with the call's private key after checking the bidder's signature again (a
     ciphertext changed in the database since its receipt no longer verifies); a bid that fails
     either is kept, unranked, with its reason. One signature check and one HPKE open per bid,
-    nothing else of cost: this loop is the whole opening."""
+    nothing else of cost: this loop is the whole opening.
+
+    The bids are opened on worker threads, a share for each core: the event loop goes on serving
+    other calls through an opening of thousands of bids (seconds of work), and the signature
+    checks, which `cryptography` runs without the GIL, use every core."""
+    shares = max(1, min(os.cpu_count() or 1, len(bids) // _BIDS_PER_THREAD_AT_LEAST))
+    size = -(-len(bids) // shares) if bids else 0
+    opened = await asyncio.gather(
+        *(
+            asyncio.to_thread(_open_each, call_name, bids[first : first + size], private)
+            for first in range(0, len(bids), size or 1)
+        )
+    )
+    candidates = [candidate for part in opened for candidate in part[0]]
+    openings = [opening for part in opened for opening in part[1]]
+    return candidates, openings
+
+
+_BIDS_PER_THREAD_AT_LEAST = 64
+"""Fewer bids than this are opened on one thread: a thread's hand-off costs more than they do."""
+
+
+def _open_each(
+    call_name: str, bids: Sequence[model.SealedBid], private: Any
+) -> tuple[list[model.Candidate], list[model.Opening]]:
     candidates: list[model.Candidate] = []
     openings: list[model.Opening] = []
     for bid in bids:
