@@ -666,10 +666,11 @@ class Call(Aggregate):
         if (violation := check_text(reasons, "reasons", TEXT_MAX_LENGTH)) is not None:
             raise InvalidArgument("the award needs reasons", [violation])
         winners = self.winners()
+        # The organiser's reasons stand either way: a decision that nobody wins must be reasoned too.
+        self.award_reasons = reasons
         if not winners:
             self.end(CallState.UNSUCCESSFUL, "No bid passed the exclusion and selection checks.", now)
             return ()
-        self.award_reasons = reasons
         self.awarded_at = self.updated_at = now
         self.standstill_end = standstill_end(finnish_date(now))
         self.state = CallState.STANDSTILL

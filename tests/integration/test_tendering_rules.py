@@ -232,6 +232,7 @@ async def test_an_award_with_no_admissible_bid_ends_the_call_unsuccessful_with_i
     ended = await award(world, call)
     assert ended.state == tendering_pb2.CALL_STATE_UNSUCCESSFUL
     assert ended.end_reason == "No bid passed the exclusion and selection checks."
+    assert ended.award_reasons == REASONS  # the organiser's own reasons are kept
     assert not ended.HasField("standstill_end")
     assert await tendering_payloads(world.db, "CallAwarded") == []
     [end] = await tendering_payloads(world.db, "CallEnded")
@@ -241,6 +242,7 @@ async def test_an_award_with_no_admissible_bid_ends_the_call_unsuccessful_with_i
     await world.tick()
     later = await world.stub.GetCall(tendering_pb2.GetCallRequest(name=call.name))
     assert later.state == tendering_pb2.CALL_STATE_UNSUCCESSFUL and not later.framework_agreement
+    assert later.award_reasons == REASONS
     assert await count_rows(world.db, "tendering_frameworks") == 0
     exported = await world.stub.ExportOcds(tendering_pb2.ExportOcdsRequest(name=call.name))
     releases = json.loads(exported.release_package_json)["releases"]
