@@ -1129,9 +1129,12 @@ class Registration(Aggregate):
             )
 
     def decide_review(self, admit: bool, reasons: Sequence[Reason], actor: str, now: datetime) -> None:
-        """A person's decision on a registration in review: admit, or reject with reasons."""
+        """A person's decision on a registration in review: admit (reasons optional, checked
+        like a rejection's when given: they go into the decision record), or reject with reasons."""
         self._require(frozenset({RegistrationState.IN_REVIEW}), "decided", "NOT_IN_REVIEW")
         if admit:
+            if reasons:
+                validate_reasons(reasons, "reasons")
             self._admit(actor, now, reasons)
         else:
             validate_reasons(reasons, "reasons")

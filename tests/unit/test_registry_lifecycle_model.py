@@ -8,6 +8,7 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 
 from services.registry.model import (
+    DESCRIPTION_MAX_LENGTH,
     BreachPolicy,
     Decider,
     DecisionKind,
@@ -68,6 +69,22 @@ def test_a_review_is_rejected_only_with_reasons_and_never_decided_twice():
     assert registration.state == RegistrationState.REJECTED
     with pytest.raises(FailedPrecondition):
         registration.decide_review(True, (), "region_admin:uusimaa:a", NOW)
+
+
+def test_an_admission_after_review_may_give_no_reasons_but_those_it_gives_are_checked():
+    person = Requirement("staff", "Qualified staff", RequirementKind.DECLARATION, decided_by=Decider.PERSON)
+    registration = decide(make_terms(person), [Evidence("staff", declared=True)])
+    with pytest.raises(InvalidArgument) as refused:
+        registration.decide_review(
+            True, (Reason("", "staff", "m" * (DESCRIPTION_MAX_LENGTH + 1)),), "region_admin:uusimaa:a", NOW
+        )
+    assert [v.field for v in refused.value.violations] == ["reasons[0].code", "reasons[0].message"]
+    assert registration.state == RegistrationState.IN_REVIEW
+
+    registration.decide_review(True, (), "region_admin:uusimaa:a", NOW)
+
+    assert registration.state == RegistrationState.ADMITTED
+    assert registration.decisions[-1].reasons == ()
 
 
 def test_a_suspension_records_who_why_what_caused_it_and_when_it_lifts():

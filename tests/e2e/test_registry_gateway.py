@@ -1,0 +1,341 @@
+"""The registry's catalogue and its person-made decisions over HTTP, through the gateway and the
+real services: the organisers, services and municipalities listed; a review rejected with
+reasons; a key rotated and the admission revoked; an admission withdrawn by its provider; and the
+client mistakes on these routes answered as 4xx JSON naming the problem.
+
+The tests share one suite and keep apart by region."""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from kasvuctl.demo import EXAMPLE_TERMS
+from kasvuctl.localsuite import LocalSuite
+from services.runtime.auth import Role
+from tests.e2e.flows import SERVICE, Api
+
+pytestmark = pytest.mark.e2e
+
+PROVIDER = "0737546-2"
+PERSON_DECIDED = {
+    "code": "staff-qualification",
+    "description": "Counsellors hold a relevant degree",
+    "kind": "REQUIREMENT_KIND_DECLARATION",
+    "decidedBy": "DECIDER_PERSON",
+    "legalBasis": "569/2009 5 §",
+}
+SNAKE_CASE = re.compile(r"^[a-z]+_[a-z_]+$")
+
+
+@pytest.fixture
+async def api(module_suite: LocalSuite) -> AsyncIterator[Api]:
+    async with httpx.AsyncClient(base_url=module_suite.gateway_url, timeout=15.0) as client:
+        yield Api(module_suite, client)
+
+
+def raw_public(key: Ed25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+def keys_of(value: Any) -> set[str]:
+    """Every object key in a JSON value, at any depth."""
+    if isinstance(value, dict):
+        return set(value) | {k for v in value.values() for k in keys_of(v)}
+    if isinstance(value, list):
+        return {k for v in value for k in keys_of(v)}
+    return set()
+
+
+def problem_of(response: httpx.Response, status: int) -> tuple[str, set[str], set[str]]:
+    """A 4xx answer in Google's JSON error shape: its message, its ErrorInfo reasons and the fields
+    its BadRequest names."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json"), response.headers
+    error: dict[str, Any] = response.json()["error"]
+    assert error["code"] == status, error
+    details = error.get("details", [])
+    reasons = {d["reason"] for d in details if d["@type"].endswith("google.rpc.ErrorInfo")}
+    fields = {
+        v["field"]
+        for d in details
+        if d["@type"].endswith("google.rpc.BadRequest")
+        for v in d["fieldViolations"]
+    }
+    return str(error["message"]), reasons, fields
+
+
+async def register(
+    api: Api, region: str, *, person_decided: bool = False, business_id: str = PROVIDER
+) -> tuple[dict[str, Any], Ed25519PrivateKey]:
+    """Publishes terms in `region` (with a person-decided requirement when asked) and registers
+    the provider against them; returns the registration's JSON and the provider's key."""
+    requirements = list(EXAMPLE_TERMS["requirements"])  # type: ignore[call-overload]
+    if person_decided:
+        requirements.append(PERSON_DECIDED)
+    published = await api.client.post(
+        f"/v1/regions/{region}/services/{SERVICE}/terms",
+        json=dict(EXAMPLE_TERMS, requirements=requirements),
+        headers=api.auth(Role.REGION_ADMIN, region),
+    )
+    assert published.status_code == 200, published.text
+    key = Ed25519PrivateKey.generate()
+    body = api.registration_body(published.json(), business_id, key)
+    if person_decided:
+        body["evidence"].append({"requirementCode": "staff-qualification", "declared": True})  # type: ignore[attr-defined]
+    response = await api.register(region, body, business_id)
+    assert response.status_code == 200, response.text
+    return dict(response.json()), key
+
+
+async def test_the_catalogue_lists_over_http_in_json_names(api: Api) -> None:
+    client = api.client
+    organisers: list[dict[str, Any]] = []
+    token, pages = "", 0
+    while True:
+        response = await client.get("/v1/regions", params={"pageSize": 7, "pageToken": token})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert not {k for k in keys_of(body) if SNAKE_CASE.match(k)}, body
+        organisers += body["organisers"]
+        pages += 1
+        token = body.get("nextPageToken", "")
+        if not token:
+            break
+        assert pages < 10, "the organisers never end"
+    assert pages == 3  # 19 organisers, 7 a page
+    assert len(organisers) == 19
+    assert len({o["name"] for o in organisers}) == 19
+    assert {"name": "regions/pirkanmaa", "displayName": "Pirkanmaa", "kind": "REGION"} in organisers
+    assert {
+        "name": "regions/uusimaa-joint-authority",
+        "displayName": "Uusimaan kasvupalvelujen kuntayhtymä",
+        "kind": "JOINT_MUNICIPAL_AUTHORITY",
+    } in organisers
+
+    services = await client.get("/v1/regions/pirkanmaa/services")
+    assert services.status_code == 200, services.text
+    listed = services.json()["services"]
+    assert [s["name"] for s in listed] == [
+        f"regions/pirkanmaa/services/{s}"
+        for s in (
+            "recruitment",
+            "competence-development",
+            "career-guidance",
+            "business-development",
+            "internationalisation",
+            "integration",
+        )
+    ]
+    assert listed[0] == {
+        "name": "regions/pirkanmaa/services/recruitment",
+        "displayName": "Recruitment and job matching",
+        "national": True,
+    }
+
+    # A region's own service follows the national ones, in its catalogue only.
+    created = await client.post(
+        "/v1/regions/kainuu/services",
+        params={"serviceId": "forest-work"},
+        json={"displayName": "Forest work placements"},
+        headers=api.auth(Role.REGION_ADMIN, "kainuu"),
+    )
+    assert created.status_code == 200, created.text
+    own = (await client.get("/v1/regions/kainuu/services")).json()["services"]
+    assert own[-1]["name"] == "regions/kainuu/services/forest-work"
+    assert own[-1]["displayName"] == "Forest work placements"
+    assert not own[-1].get("national", False)
+    assert len(own) == 7
+    assert len((await client.get("/v1/regions/pirkanmaa/services")).json()["services"]) == 6
+    _, reasons, _ = problem_of(await client.get("/v1/regions/atlantis/services"), 404)
+    assert reasons == {"ORGANISER_NOT_FOUND"}
+
+    municipalities: list[dict[str, Any]] = []
+    token = ""
+    for _ in range(10):
+        response = await client.get("/v1/municipalities", params={"pageSize": 100, "pageToken": token})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert not {k for k in keys_of(body) if SNAKE_CASE.match(k)}, body
+        municipalities += body["municipalities"]
+        token = body.get("nextPageToken", "")
+        if not token:
+            break
+    assert not token, "the municipalities never end"
+    codes = [m["code"] for m in municipalities]
+    assert len(codes) == 309
+    assert codes == sorted(set(codes))
+    assert {"code": "837", "finnishName": "Tampere", "swedishName": "Tammerfors"} in municipalities
+    assert {"code": "091", "finnishName": "Helsinki", "swedishName": "Helsingfors"} in municipalities
+
+
+async def test_the_region_admin_rejects_a_registration_in_review_with_reasons(api: Api) -> None:
+    region = "satakunta"
+    client = api.client
+    admin = api.auth(Role.REGION_ADMIN, region)
+    registration, _ = await register(api, region, person_decided=True)
+    name = registration["name"]
+    assert registration["state"] == "REGISTRATION_STATE_IN_REVIEW"
+    decide = f"/v1/{name}:decide"
+
+    # Mistakes: a rejection without reasons; the provider deciding its own; another region's admin.
+    message, _, fields = problem_of(await client.post(decide, json={"admit": False}, headers=admin), 400)
+    assert fields == {"reasons"}, message
+    provider = api.auth(Role.PROVIDER, PROVIDER)
+    _, reasons, _ = problem_of(await client.post(decide, json={"admit": True}, headers=provider), 403)
+    assert reasons == {"TENANT_MISMATCH"}
+    stranger = api.auth(Role.REGION_ADMIN, "lappi")
+    problem_of(await client.post(decide, json={"admit": True}, headers=stranger), 403)
+    assert await api.registration_state(name, PROVIDER) == "REGISTRATION_STATE_IN_REVIEW"
+
+    why = [
+        {"code": "QUALIFICATION_UNPROVEN", "subject": "staff-qualification", "message": "No degrees shown"}
+    ]
+    decided = await client.post(decide, json={"admit": False, "reasons": why}, headers=admin)
+    assert decided.status_code == 200, decided.text
+    rejected = decided.json()
+    assert rejected["state"] == "REGISTRATION_STATE_REJECTED"
+    assert rejected["reasons"] == why
+    assert [d["kind"] for d in rejected["decisions"]] == ["REVIEW", "REJECTION"]
+    assert rejected["decisions"][-1]["reasons"] == why
+    assert rejected["decisions"][-1]["state"] == "REGISTRATION_STATE_REJECTED"
+    assert (await client.get(f"/v1/{name}", headers=provider)).json()[
+        "state"
+    ] == "REGISTRATION_STATE_REJECTED"
+    assert await api.listed(region) == []
+
+    # Decided once: a second decision is refused, naming why.
+    message, reasons, _ = problem_of(await client.post(decide, json={"admit": True}, headers=admin), 400)
+    assert reasons == {"NOT_IN_REVIEW"}
+    assert name in message
+
+
+async def test_a_provider_rotates_its_key_then_the_region_revokes_it(api: Api) -> None:
+    region = "kainuu"
+    client = api.client
+    admin = api.auth(Role.REGION_ADMIN, region)
+    provider = api.auth(Role.PROVIDER, PROVIDER)
+    registration, first = await register(api, region)
+    name = registration["name"]
+    assert registration["state"] == "REGISTRATION_STATE_ADMITTED"
+    assert registration["publicKey"] == b64(raw_public(first))
+    assert await api.listed(region) == [PROVIDER]
+    rotate = f"/v1/{name}:rotateKey"
+
+    second = Ed25519PrivateKey.generate()
+    new_key = raw_public(second)
+    rotated = await client.post(
+        rotate, json={"publicKey": b64(new_key), "keySignature": b64(first.sign(new_key))}, headers=provider
+    )
+    assert rotated.status_code == 200, rotated.text
+    assert rotated.json()["publicKey"] == b64(new_key)
+    assert rotated.json()["state"] == "REGISTRATION_STATE_ADMITTED"
+    assert (await client.get(f"/v1/{name}", headers=provider)).json()["publicKey"] == b64(new_key)
+
+    # The old key no longer speaks for the registration; the new one does.
+    third = raw_public(Ed25519PrivateKey.generate())
+    message, _, fields = problem_of(
+        await client.post(
+            rotate, json={"publicKey": b64(third), "keySignature": b64(first.sign(third))}, headers=provider
+        ),
+        400,
+    )
+    assert fields == {"keySignature"}, message
+    message, _, fields = problem_of(
+        await client.post(
+            rotate,
+            json={"publicKey": b64(b"short"), "keySignature": b64(second.sign(b"short"))},
+            headers=provider,
+        ),
+        400,
+    )
+    assert "publicKey" in fields, message
+    _, reasons, _ = problem_of(
+        await client.post(
+            rotate, json={"publicKey": b64(third), "keySignature": b64(second.sign(third))}, headers=admin
+        ),
+        403,
+    )
+    assert reasons == {"TENANT_MISMATCH"}
+    assert (await client.get(f"/v1/{name}", headers=provider)).json()["publicKey"] == b64(new_key)
+
+    # Revocation: reasons are required, the provider cannot revoke itself.
+    revoke = f"/v1/{name}:revoke"
+    message, _, fields = problem_of(await client.post(revoke, json={}, headers=admin), 400)
+    assert fields == {"reasons"}, message
+    message, _, fields = problem_of(
+        await client.post(revoke, json={"reasons": [{"code": "FRAUD"}]}, headers=admin), 400
+    )
+    assert fields == {"reasons[0].message"}, message
+    why = [{"code": "FRAUD", "subject": "invoicing", "message": "Invoiced sessions never held"}]
+    _, reasons, _ = problem_of(await client.post(revoke, json={"reasons": why}, headers=provider), 403)
+    assert reasons == {"TENANT_MISMATCH"}
+    assert await api.listed(region) == [PROVIDER]
+
+    revoked = await client.post(revoke, json={"reasons": why}, headers=admin)
+    assert revoked.status_code == 200, revoked.text
+    assert revoked.json()["state"] == "REGISTRATION_STATE_REVOKED"
+    assert revoked.json()["reasons"] == why
+    assert [d["kind"] for d in revoked.json()["decisions"]] == ["ADMISSION", "REVOCATION"]
+    assert await api.listed(region) == []
+
+    # Over for good: neither revoked again nor withdrawn, nor given a new key.
+    _, reasons, _ = problem_of(await client.post(revoke, json={"reasons": why}, headers=admin), 400)
+    assert reasons == {"NOT_ADMITTED"}
+    message, reasons, _ = problem_of(
+        await client.post(f"/v1/{name}:withdraw", json={}, headers=provider), 400
+    )
+    assert reasons == {"NOT_ACTIVE"}
+    assert "revoked" in message
+    _, reasons, _ = problem_of(
+        await client.post(
+            rotate, json={"publicKey": b64(third), "keySignature": b64(second.sign(third))}, headers=provider
+        ),
+        400,
+    )
+    assert reasons == {"NOT_ACTIVE"}
+
+
+async def test_a_provider_withdraws_its_admission(api: Api) -> None:
+    region = "lappi"
+    client = api.client
+    provider = api.auth(Role.PROVIDER, PROVIDER)
+    registration, _ = await register(api, region)
+    name = registration["name"]
+    assert registration["state"] == "REGISTRATION_STATE_ADMITTED"
+    assert await api.listed(region) == [PROVIDER]
+    withdraw = f"/v1/{name}:withdraw"
+
+    # Only the provider withdraws: not the region's admin, not another provider.
+    _, reasons, _ = problem_of(
+        await client.post(withdraw, json={}, headers=api.auth(Role.REGION_ADMIN, region)), 403
+    )
+    assert reasons == {"TENANT_MISMATCH"}
+    problem_of(await client.post(withdraw, json={}, headers=api.auth(Role.PROVIDER, "0000001-9")), 403)
+    assert await api.listed(region) == [PROVIDER]
+
+    withdrawn = await client.post(withdraw, json={}, headers=provider)
+    assert withdrawn.status_code == 200, withdrawn.text
+    assert withdrawn.json()["state"] == "REGISTRATION_STATE_WITHDRAWN"
+    assert [d["kind"] for d in withdrawn.json()["decisions"]] == ["ADMISSION", "WITHDRAWAL"]
+    assert withdrawn.json()["decisions"][-1]["state"] == "REGISTRATION_STATE_WITHDRAWN"
+    assert await api.registration_state(name, PROVIDER) == "REGISTRATION_STATE_WITHDRAWN"
+    assert await api.listed(region) == []
+
+    message, reasons, _ = problem_of(await client.post(withdraw, json={}, headers=provider), 400)
+    assert reasons == {"NOT_ACTIVE"}
+    assert "withdrawn" in message
+    missing = f"/v1/regions/{region}/services/{SERVICE}/registrations/no-such-registration:withdraw"
+    _, reasons, _ = problem_of(await client.post(missing, json={}, headers=provider), 404)
+    assert reasons == {"REGISTRATION_NOT_FOUND"}
