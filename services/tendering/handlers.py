@@ -316,13 +316,16 @@ async def cancel_call(command: CancelCall, uow: TenderingUnitOfWork) -> model.Ca
     call = await _call(uow, command.region, command.call_id, lock=True)
     call.end(model.CallState.CANCELLED, command.reason, uow.now)
     uow.timers.cancel(_close_key(call))
+    # Shares submitted before a cancel would otherwise stay, and with k of them the key.
+    await uow.shares.forget(call.id)
     return call
 
 
 async def get_call(query: GetCall, uow: TenderingUnitOfWork) -> model.Call:
     call = await _call(uow, query.region, query.call_id)
-    if call.state == model.CallState.DRAFT:
-        # A draft is the organiser's alone; to anyone else it does not exist yet.
+    if call.published_at is None:
+        # A draft is the organiser's alone, and stays so if it is cancelled unpublished; to
+        # anyone else it does not exist.
         actor = uow.actor
         if actor is None or not access.region_admin(query.region).admits(actor):
             raise NotFound(f"no call {call.name}", reason="CALL_NOT_FOUND")

@@ -301,7 +301,7 @@ class CallRepository(DocumentRepository):
         return {
             "region": call.region,
             "state": str(call.state),
-            "listed": call.state != model.CallState.DRAFT,
+            "listed": call.published_at is not None,  # a draft cancelled unpublished stays private
             "document": codec.dumps(replace(call, scores=())),
             "scores_json": _scores_json(call.scores),
         }
