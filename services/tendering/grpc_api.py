@@ -217,6 +217,10 @@ def call_to_proto(call: model.Call, receipt_public_key: bytes = b"") -> tenderin
         message.standstill_end.CopyFrom(proto_date(call.standstill_end))
     if call.published_at is not None:
         message.publish_time.CopyFrom(timestamp(call.published_at))
+    if call.awarded_at is not None:
+        message.award_time.CopyFrom(timestamp(call.awarded_at))
+    if call.served_at is not None:
+        message.serve_time.CopyFrom(timestamp(call.served_at))
     return message
 
 
@@ -429,6 +433,13 @@ class TenderingServicer(tendering_pb2_grpc.TenderingServiceServicer):
     ) -> tendering_pb2.Call:
         parts = model.CALL.parse(request.name, "name")
         command = handlers.AwardCall(parts["region"], parts["call"], request.reasons)
+        return self._call(await self._handle(command, request.request_id))
+
+    async def ServeAwardDecision(
+        self, request: tendering_pb2.ServeAwardDecisionRequest, context: Context
+    ) -> tendering_pb2.Call:
+        parts = model.CALL.parse(request.name, "name")
+        command = handlers.ServeAwardDecision(parts["region"], parts["call"])
         return self._call(await self._handle(command, request.request_id))
 
     async def RecordAppeal(

@@ -112,6 +112,14 @@ class AwardCall(Command):
 
 
 @dataclass(frozen=True)
+class ServeAwardDecision(Command):
+    """The award decision goes to every bidder; the standstill starts from that day."""
+
+    region: str
+    call_id: str
+
+
+@dataclass(frozen=True)
 class RecordAppeal(Command):
     region: str
     call_id: str
@@ -316,6 +324,7 @@ async def cancel_call(command: CancelCall, uow: TenderingUnitOfWork) -> model.Ca
     call = await _call(uow, command.region, command.call_id, lock=True)
     call.end(model.CallState.CANCELLED, command.reason, uow.now)
     uow.timers.cancel(_close_key(call))
+    uow.timers.cancel(_conclude_key(call))
     # Shares submitted before a cancel would otherwise stay, and with k of them the key.
     await uow.shares.forget(call.id)
     return call
@@ -584,15 +593,25 @@ def _conclude_key(call: model.Call) -> str:
 
 
 async def award_call(command: AwardCall, uow: TenderingUnitOfWork) -> model.Call:
+    """The decision alone: no standstill runs until it is served (serve_award_decision)."""
     _admin(uow, command.region, "awarding a call")
     call = await _call(uow, command.region, command.call_id, lock=True)
     call.award(command.reasons, uow.now)
-    if call.standstill_end is not None:
-        uow.timers.set(
-            _conclude_key(call),
-            model.start_of_next_day(call.standstill_end),
-            ConcludeCall(call.region, call.id),
-        )
+    return call
+
+
+async def serve_award_decision(command: ServeAwardDecision, uow: TenderingUnitOfWork) -> model.Call:
+    """Serves the decision to every bidder and arms the conclusion for the day after the
+    standstill's last day (appeals still pending then hold it until resolved)."""
+    _admin(uow, command.region, "serving an award decision")
+    call = await _call(uow, command.region, command.call_id, lock=True)
+    call.serve_decision(uow.now)
+    assert call.standstill_end is not None
+    uow.timers.set(
+        _conclude_key(call),
+        model.start_of_next_day(call.standstill_end),
+        ConcludeCall(call.region, call.id),
+    )
     return call
 
 
@@ -871,6 +890,7 @@ HANDLERS: dict[type[Any], Any] = {
     CloseCall: close_call,
     SubmitOpeningShare: submit_opening_share,
     AwardCall: award_call,
+    ServeAwardDecision: serve_award_decision,
     RecordAppeal: record_appeal,
     ResolveAppeal: resolve_appeal,
     ConcludeCall: conclude_call,

@@ -289,12 +289,26 @@ class BidsOpened(Event):
 
 @dataclass(frozen=True)
 class CallAwarded(Event):
+    """The award decision was made, with its reasons; it is not yet served, so no standstill runs."""
+
     call: str
     region: str
     winners: tuple[str, ...]
     """Bid names awarded, ranked within each lot."""
-    standstill_end: date
     award_time: datetime
+
+
+@dataclass(frozen=True)
+class AwardDecisionServed(Event):
+    """The award decision was served to every bidder; the standstill counts from that day."""
+
+    call: str
+    region: str
+    bidders: tuple[str, ...]
+    """The business IDs served: every bidder whose bid was opened, ranked or not."""
+    served_on: date
+    standstill_end: date
+    serve_time: datetime
 
 
 @dataclass(frozen=True)
@@ -365,6 +379,7 @@ EVENTS: tuple[type[Event], ...] = (
     OpeningShareSubmitted,
     BidsOpened,
     CallAwarded,
+    AwardDecisionServed,
     AppealRecorded,
     AppealResolved,
     CallConcluded,
@@ -417,6 +432,8 @@ class CallState(StrEnum):
 
 OPEN_FOR_BIDS = (CallState.PUBLISHED, CallState.AMENDED)
 ENDED = (CallState.CONCLUDED, CallState.CANCELLED, CallState.UNSUCCESSFUL)
+AWARD_DECIDED = (CallState.AWARDED, CallState.STANDSTILL)
+"""An award decision stands: appeals against it are recorded and resolved."""
 
 
 @dataclass(frozen=True)
@@ -551,6 +568,8 @@ class Call(Aggregate):
     scores: tuple[Score, ...] = ()
     award_reasons: str = ""
     awarded_at: datetime | None = None
+    served_at: datetime | None = None
+    """When the award decision was served to every bidder: the standstill counts from that day."""
     standstill_end: date | None = None
     appeals: tuple[Appeal, ...] = ()
     end_reason: str = ""
@@ -661,7 +680,8 @@ class Call(Aggregate):
         self.record(BidsOpened(self.name, self.region, opened, unopenable, now))
 
     def award(self, reasons: str, now: datetime) -> tuple[str, ...]:
-        """The award decision with its reasons, served now; standstill runs to its end date."""
+        """The award decision with its reasons: the call is AWARDED and waits to be served, since
+        the standstill counts from the day the bidders are served, not from the decision."""
         self._require([CallState.EVALUATED], "an award")
         if (violation := check_text(reasons, "reasons", TEXT_MAX_LENGTH)) is not None:
             raise InvalidArgument("the award needs reasons", [violation])
@@ -672,11 +692,24 @@ class Call(Aggregate):
             self.end(CallState.UNSUCCESSFUL, "No bid passed the exclusion and selection checks.", now)
             return ()
         self.awarded_at = self.updated_at = now
-        self.standstill_end = standstill_end(finnish_date(now))
-        self.state = CallState.STANDSTILL
+        self.state = CallState.AWARDED
         names = tuple(BID.format(region=self.region, call=self.id, bid=s.bid) for s in winners)
-        self.record(CallAwarded(self.name, self.region, names, self.standstill_end, now))
+        self.record(CallAwarded(self.name, self.region, names, now))
         return names
+
+    def serve_decision(self, now: datetime) -> tuple[str, ...]:
+        """Serves the award decision to every bidder whose bid was opened, winners and the rest
+        alike, and starts the standstill: it ends 14 days after the day served (moved past a
+        weekend or holiday). Returns the business IDs served."""
+        self._require([CallState.AWARDED], "serving the award decision")
+        bidders = tuple(sorted({s.bidder for s in self.scores}))
+        served_on = finnish_date(now)
+        end = standstill_end(served_on)
+        self.served_at = self.updated_at = now
+        self.standstill_end = end
+        self.state = CallState.STANDSTILL
+        self.record(AwardDecisionServed(self.name, self.region, bidders, served_on, end, now))
+        return bidders
 
     def winners(self) -> list[Score]:
         """Per lot the best-ranked bids: up to the lot's supplier cap for a framework, one otherwise."""
@@ -688,7 +721,9 @@ class Call(Aggregate):
         return chosen
 
     def record_appeal(self, appeal: Appeal, now: datetime) -> None:
-        self._require([CallState.STANDSTILL], "an appeal")
+        """A rectification request or appeal against the award decision, once it is made and
+        until the call concludes or ends; it holds conclusion until resolved."""
+        self._require(AWARD_DECIDED, "an appeal")
         self.appeals = (*self.appeals, appeal)
         self.updated_at = now
         self.record(AppealRecorded(self.name, self.region, appeal.appeal, now))

@@ -2,20 +2,23 @@
 their own processes linked back by `relatedProcesses`, its framework's call-offs.
 
 Releases: one "tender" release at publication, one "tenderAmendment" per amendment, a
-"tenderCancellation" when cancelled, "award" at the award decision, "contract" at
-conclusion. Records: per process its releases (embedded) and a compiled release of its
-current state. Lots are tender items (one per lot, CPV-classified), so the core schema
-suffices without extensions. Bidders appear by business ID (scheme FI-PRO), never by person.
+"tenderCancellation" when cancelled, "award" at the award decision, "awardUpdate" when the
+decision is served to the bidders (the tender's standstillPeriod from then to the end of its
+last day), "contract" at conclusion. Records: per process its releases (embedded) and a
+compiled release of its current state. Lots are tender items (one per lot, CPV-classified), so
+the core schema suffices without extensions. Bidders appear by business ID (scheme FI-PRO),
+never by person.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, time
 from decimal import Decimal
 from typing import Any
 
+from services.runtime.domain import FINLAND
 from services.tendering import model
 
 OCID_PREFIX = "ocds-kvs001"
@@ -90,6 +93,15 @@ def _tender(call: model.Call, status: str) -> dict[str, Any]:
             {"id": str(number), "date": _time(moment), "rationale": "The call's terms were amended."}
             for number, moment in enumerate(call.amended_at, start=1)
         ]
+    return tender
+
+
+def _served_tender(call: model.Call) -> dict[str, Any]:
+    """The tender once the award decision is served: its standstill period is known."""
+    tender = _tender(call, "complete")
+    if call.served_at is not None and call.standstill_end is not None:
+        last_moment = datetime.combine(call.standstill_end, time(23, 59, 59), tzinfo=FINLAND)
+        tender["standstillPeriod"] = {"startDate": _time(call.served_at), "endDate": _time(last_moment)}
     return tender
 
 
@@ -185,6 +197,21 @@ def _process_releases(call: model.Call, framework: model.Framework | None) -> li
                 },
             )
         )
+        if call.served_at is not None:
+            releases.append(
+                _release(
+                    call.id,
+                    len(releases) + 1,
+                    "awardUpdate",
+                    call.served_at,
+                    parties,
+                    {
+                        "buyer": _buyer(call),
+                        "tender": _served_tender(call),
+                        "awards": _awards(call, "pending"),
+                    },
+                )
+            )
     if framework is not None:
         parties = [buyer, *(_party(s) for s in sorted({s.business_id for s in framework.suppliers}))]
         contracts = [
@@ -210,7 +237,7 @@ def _process_releases(call: model.Call, framework: model.Framework | None) -> li
                 parties,
                 {
                     "buyer": _buyer(call),
-                    "tender": _tender(call, "complete"),
+                    "tender": _served_tender(call),
                     "awards": _awards(call, "active"),
                     "contracts": contracts,
                 },

@@ -1,9 +1,9 @@
 """A framework tender end to end through the gateway's HTTP API: draft, publication, sealed bids
-from three providers on two lots, the committee's opening after the deadline, award, standstill,
-concluded framework; then a provider suspended by a quality breach (selfmonitoring → registry →
-tendering) is skipped by a call-off, and once the registry reinstates it (ProviderReinstated →
-tendering) a later call-off reaches it again. Tendering runs on a test clock the test moves
-forward."""
+from three providers on two lots, the committee's opening after the deadline, award, the decision
+served to the bidders, standstill, concluded framework; then a provider suspended by a quality
+breach (selfmonitoring → registry → tendering) is skipped by a call-off, and once the registry
+reinstates it (ProviderReinstated → tendering) a later call-off reaches it again. Tendering runs
+on a test clock the test moves forward."""
 
 from __future__ import annotations
 
@@ -239,7 +239,13 @@ async def test_a_framework_tender_to_agreement_then_call_offs_skip_a_suspended_p
         awarded = await tendering.post(
             f"{call['name']}:award", {"reasons": "Best price-quality ratio per lot."}, tendering.admin()
         )
-        assert awarded["state"] == "CALL_STATE_STANDSTILL"
+        # Decided, not yet served: no standstill runs, and time passing concludes nothing.
+        assert awarded["state"] == "CALL_STATE_AWARDED" and "standstillEnd" not in awarded
+        tendering.advance(timedelta(days=20))
+        await asyncio.sleep(1.5)  # the worker polls every second
+        assert (await tendering.get(call["name"]))["state"] == "CALL_STATE_AWARDED"
+        served = await tendering.post(f"{call['name']}:serveAwardDecision", {}, tendering.admin())
+        assert served["state"] == "CALL_STATE_STANDSTILL" and "standstillEnd" in served
         tendering.advance(timedelta(days=20))
         concluded = await tendering.wait_for(call["name"], "state", "CALL_STATE_CONCLUDED")
         framework_name = concluded["frameworkAgreement"]

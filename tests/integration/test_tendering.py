@@ -360,22 +360,28 @@ async def test_a_framework_tender_runs_from_draft_to_agreement_and_call_offs_ski
     assert mine.plaintext_sha256 == hashlib.sha256(content(100_000, 5)).hexdigest()
     assert mine.receipt.ciphertext_sha256 == replaced.receipt.ciphertext_sha256
 
-    # Award, standstill to the 16th (14 days from Thursday 12 November 2026 is Thursday 26th).
+    # The award on Thursday 12 November 2026 is decided, not yet served: no standstill runs.
     world.clock.set(datetime(2026, 11, 12, 10, tzinfo=UTC))
     awarded = await world.stub.AwardCall(
         tendering_pb2.AwardCallRequest(name=call.name, reasons="Best price-quality ratio per lot."),
         metadata=world.admin(),
     )
-    assert awarded.state == tendering_pb2.CALL_STATE_STANDSTILL
-    assert (awarded.standstill_end.year, awarded.standstill_end.month, awarded.standstill_end.day) == (
+    assert awarded.state == tendering_pb2.CALL_STATE_AWARDED and not awarded.HasField("standstill_end")
+    # Served to every bidder the next day: standstill to Friday 27 November, 14 days on.
+    world.clock.set(datetime(2026, 11, 13, 9, tzinfo=UTC))
+    served = await world.stub.ServeAwardDecision(
+        tendering_pb2.ServeAwardDecisionRequest(name=call.name), metadata=world.admin()
+    )
+    assert served.state == tendering_pb2.CALL_STATE_STANDSTILL
+    assert (served.standstill_end.year, served.standstill_end.month, served.standstill_end.day) == (
         2026,
         11,
-        26,
+        27,
     )
     appealed = await world.stub.RecordAppeal(
         tendering_pb2.RecordAppealRequest(name=call.name, kind="RECTIFICATION"), metadata=world.admin()
     )
-    world.clock.set(datetime(2026, 11, 27, 12, tzinfo=UTC))
+    world.clock.set(datetime(2026, 11, 28, 12, tzinfo=UTC))
     await world.tick()
     held = await world.stub.GetCall(tendering_pb2.GetCallRequest(name=call.name))
     assert held.state == tendering_pb2.CALL_STATE_STANDSTILL
@@ -447,6 +453,7 @@ async def test_a_framework_tender_runs_from_draft_to_agreement_and_call_offs_ski
     assert [r["tag"] for r in releases if r["ocid"].endswith(call.name.rsplit("/", 1)[1])] == [
         ["tender"],
         ["award"],
+        ["awardUpdate"],
         ["contract"],
     ]
     assert sum(1 for r in releases if r.get("relatedProcesses")) == 2
@@ -578,6 +585,9 @@ async def concluded_framework(
     world.clock.set(datetime(2026, 11, 12, 10, tzinfo=UTC))
     await world.stub.AwardCall(
         tendering_pb2.AwardCallRequest(name=call.name, reasons="Ranked."), metadata=world.admin()
+    )
+    await world.stub.ServeAwardDecision(
+        tendering_pb2.ServeAwardDecisionRequest(name=call.name), metadata=world.admin()
     )
     world.clock.set(datetime(2026, 11, 27, 12, tzinfo=UTC))
     await world.tick()

@@ -35,6 +35,7 @@ from tests.integration.test_tendering_rules import (
     award,
     open_after_deadline,
     publish,
+    serve,
     tendering_payloads,
 )
 
@@ -245,8 +246,9 @@ async def test_a_call_in_standstill_is_cancelled_and_never_concludes(world: Worl
     call = await publish(world, call_message(members))
     await world.bid(call, bidder, "north", content(100_000, 3))
     await open_after_deadline(world, call, members)
-    awarded = await award(world, call)
-    assert awarded.state == tendering_pb2.CALL_STATE_STANDSTILL
+    await award(world, call)
+    served = await serve(world, call)
+    assert served.state == tendering_pb2.CALL_STATE_STANDSTILL
 
     cancelled = await cancel(world, call, "An appeal showed the award was wrong.")
     assert (cancelled.state, cancelled.end_reason) == (CANCELLED, "An appeal showed the award was wrong.")

@@ -34,7 +34,7 @@ from tests.integration.test_tendering import (  # noqa: F401 - the fixture
 )
 from tests.tendering_ocds import validate_packages
 
-AWARDED_ON = datetime(2026, 11, 12, 10, tzinfo=UTC)  # a Thursday: standstill to Thursday the 26th
+AWARDED_ON = datetime(2026, 11, 12, 10, tzinfo=UTC)  # a Thursday: served then, standstill to the 26th
 AFTER_STANDSTILL = datetime(2026, 11, 27, 12, tzinfo=UTC)
 REASONS = "Paras hinta-laatusuhde: the best price-quality ratio per lot."
 
@@ -73,7 +73,16 @@ async def award(world: World, call: tendering_pb2.Call, reasons: str = REASONS) 
     )
 
 
+async def serve(world: World, call: tendering_pb2.Call) -> tendering_pb2.Call:
+    """The award decision served to every bidder the day it was made: the standstill starts."""
+    world.clock.set(AWARDED_ON)
+    return await world.stub.ServeAwardDecision(
+        tendering_pb2.ServeAwardDecisionRequest(name=call.name), metadata=world.admin()
+    )
+
+
 async def concluded(world: World, call: tendering_pb2.Call) -> tendering_pb2.Framework:
+    await serve(world, call)
     world.clock.set(AFTER_STANDSTILL)
     await world.tick()
     done = await world.stub.GetCall(tendering_pb2.GetCallRequest(name=call.name))
@@ -113,7 +122,7 @@ async def test_a_single_contract_call_awards_one_winner_per_lot_even_where_the_l
     assert (len(north), len(south)) == (3, 2)
 
     awarded = await award(world, call)
-    assert awarded.state == tendering_pb2.CALL_STATE_STANDSTILL
+    assert awarded.state == tendering_pb2.CALL_STATE_AWARDED and not awarded.HasField("standstill_end")
     [event] = await tendering_payloads(world.db, "CallAwarded")
     assert list(events_pb2.CallAwarded.FromString(event).winners) == [north[0].bid, south[0].bid]
     exported = await world.stub.ExportOcds(tendering_pb2.ExportOcdsRequest(name=call.name))
@@ -326,6 +335,7 @@ async def test_the_outbox_holds_an_event_for_every_transition_of_a_tender(world:
     )
     await open_after_deadline(world, call, members)
     await award(world, call)
+    await serve(world, call)
     appealed = await world.stub.RecordAppeal(
         tendering_pb2.RecordAppealRequest(name=call.name, kind="RECTIFICATION"), metadata=world.admin()
     )
@@ -364,6 +374,7 @@ async def test_the_outbox_holds_an_event_for_every_transition_of_a_tender(world:
         tendering("OpeningShareSubmitted"): 2,
         tendering("BidsOpened"): 1,
         tendering("CallAwarded"): 1,
+        tendering("AwardDecisionServed"): 1,
         tendering("AppealRecorded"): 1,
         tendering("AppealResolved"): 1,
         tendering("CallConcluded"): 1,
@@ -409,6 +420,12 @@ async def test_the_award_decision_and_its_reasons_reach_every_bidder(world: Worl
     )
     assert before.award_reasons == ""
     await award(world, call)
+    await serve(world, call)
+    # Served to every bidder, the one excluded and the one not awarded too.
+    [served] = map(
+        events_pb2.AwardDecisionServed.FromString, await tendering_payloads(world.db, "AwardDecisionServed")
+    )
+    assert list(served.bidders) == sorted(p.business_id for p in (winner, runner_up, excluded))
 
     for bidder in (winner, runner_up, excluded):
         seen = await world.stub.GetCall(

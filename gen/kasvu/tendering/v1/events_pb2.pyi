@@ -556,14 +556,15 @@ Global___BidsOpened: _TypeAlias = BidsOpened  # noqa: Y015
 
 @_typing.final
 class CallAwarded(_message.Message):
-    """The award decision was made; the standstill runs to standstill_end."""
+    """The award decision was made, with its reasons; it is not yet served, so no
+    standstill runs (AwardDecisionServed starts it).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     CALL_FIELD_NUMBER: _builtins.int
     REGION_FIELD_NUMBER: _builtins.int
     WINNERS_FIELD_NUMBER: _builtins.int
-    STANDSTILL_END_FIELD_NUMBER: _builtins.int
     AWARD_TIME_FIELD_NUMBER: _builtins.int
     call: _builtins.str
     """The call."""
@@ -572,10 +573,6 @@ class CallAwarded(_message.Message):
     @_builtins.property
     def winners(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Awarded bids, ranked within each lot."""
-
-    @_builtins.property
-    def standstill_end(self) -> _date_pb2.Date:
-        """The standstill's last day."""
 
     @_builtins.property
     def award_time(self) -> _timestamp_pb2.Timestamp:
@@ -587,16 +584,67 @@ class CallAwarded(_message.Message):
         call: _builtins.str = ...,
         region: _builtins.str = ...,
         winners: _abc.Iterable[_builtins.str] | None = ...,
-        standstill_end: _date_pb2.Date | None = ...,
         award_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["award_time", b"award_time", "standstill_end", b"standstill_end"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["award_time", b"award_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["award_time", b"award_time", "call", b"call", "region", b"region", "standstill_end", b"standstill_end", "winners", b"winners"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["award_time", b"award_time", "call", b"call", "region", b"region", "winners", b"winners"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CallAwarded: _TypeAlias = CallAwarded  # noqa: Y015
+
+@_typing.final
+class AwardDecisionServed(_message.Message):
+    """The award decision was served to every bidder; the standstill runs to
+    standstill_end.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALL_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    BIDDERS_FIELD_NUMBER: _builtins.int
+    SERVED_ON_FIELD_NUMBER: _builtins.int
+    STANDSTILL_END_FIELD_NUMBER: _builtins.int
+    SERVE_TIME_FIELD_NUMBER: _builtins.int
+    call: _builtins.str
+    """The call."""
+    region: _builtins.str
+    """The organiser."""
+    @_builtins.property
+    def bidders(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The business IDs served: every bidder whose bid was opened, ranked or not."""
+
+    @_builtins.property
+    def served_on(self) -> _date_pb2.Date:
+        """The day it was served, in Finland: the standstill counts from it."""
+
+    @_builtins.property
+    def standstill_end(self) -> _date_pb2.Date:
+        """The standstill's last day."""
+
+    @_builtins.property
+    def serve_time(self) -> _timestamp_pb2.Timestamp:
+        """When."""
+
+    def __init__(
+        self,
+        *,
+        call: _builtins.str = ...,
+        region: _builtins.str = ...,
+        bidders: _abc.Iterable[_builtins.str] | None = ...,
+        served_on: _date_pb2.Date | None = ...,
+        standstill_end: _date_pb2.Date | None = ...,
+        serve_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["serve_time", b"serve_time", "served_on", b"served_on", "standstill_end", b"standstill_end"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bidders", b"bidders", "call", b"call", "region", b"region", "serve_time", b"serve_time", "served_on", b"served_on", "standstill_end", b"standstill_end"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AwardDecisionServed: _TypeAlias = AwardDecisionServed  # noqa: Y015
 
 @_typing.final
 class AppealRecorded(_message.Message):

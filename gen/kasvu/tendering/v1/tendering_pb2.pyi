@@ -137,9 +137,11 @@ class _CallStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CallState.V
     CALL_STATE_EVALUATED: _CallState.ValueType  # 5
     """Opened and scored."""
     CALL_STATE_AWARDED: _CallState.ValueType  # 6
-    """Awarded (passes at once into standstill)."""
+    """The award is decided; the decision is not yet served to the bidders, so
+    no standstill runs.
+    """
     CALL_STATE_STANDSTILL: _CallState.ValueType  # 7
-    """Awarded; the standstill runs."""
+    """The award decision is served; the standstill runs to standstill_end."""
     CALL_STATE_CONCLUDED: _CallState.ValueType  # 8
     """The agreement is concluded."""
     CALL_STATE_CANCELLED: _CallState.ValueType  # 9
@@ -163,9 +165,11 @@ CALL_STATE_CLOSED: CallState.ValueType  # 4
 CALL_STATE_EVALUATED: CallState.ValueType  # 5
 """Opened and scored."""
 CALL_STATE_AWARDED: CallState.ValueType  # 6
-"""Awarded (passes at once into standstill)."""
+"""The award is decided; the decision is not yet served to the bidders, so
+no standstill runs.
+"""
 CALL_STATE_STANDSTILL: CallState.ValueType  # 7
-"""Awarded; the standstill runs."""
+"""The award decision is served; the standstill runs to standstill_end."""
 CALL_STATE_CONCLUDED: CallState.ValueType  # 8
 """The agreement is concluded."""
 CALL_STATE_CANCELLED: CallState.ValueType  # 9
@@ -579,6 +583,8 @@ class Call(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     INVITED_FIELD_NUMBER: _builtins.int
     PARENT_FRAMEWORK_FIELD_NUMBER: _builtins.int
+    AWARD_TIME_FIELD_NUMBER: _builtins.int
+    SERVE_TIME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """regions/{region}/calls/{call}"""
     title: _builtins.str
@@ -649,7 +655,7 @@ class Call(_message.Message):
 
     @_builtins.property
     def standstill_end(self) -> _date_pb2.Date:
-        """The standstill's last day."""
+        """The standstill's last day, once the award decision is served."""
 
     @_builtins.property
     def appeals(self) -> _containers.RepeatedCompositeFieldContainer[Global___Appeal]:
@@ -670,6 +676,16 @@ class Call(_message.Message):
     @_builtins.property
     def invited(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """A mini-competition: the business IDs invited to bid (empty: anyone)."""
+
+    @_builtins.property
+    def award_time(self) -> _timestamp_pb2.Timestamp:
+        """When the award was decided."""
+
+    @_builtins.property
+    def serve_time(self) -> _timestamp_pb2.Timestamp:
+        """When the award decision was served to every bidder; the standstill counts
+        from that day.
+        """
 
     def __init__(
         self,
@@ -705,10 +721,12 @@ class Call(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         invited: _abc.Iterable[_builtins.str] | None = ...,
         parent_framework: _builtins.str = ...,
+        award_time: _timestamp_pb2.Timestamp | None = ...,
+        serve_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "framework", b"framework", "publish_time", b"publish_time", "questions_deadline", b"questions_deadline", "standstill_end", b"standstill_end", "submission_deadline", b"submission_deadline", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["award_time", b"award_time", "create_time", b"create_time", "framework", b"framework", "publish_time", b"publish_time", "questions_deadline", b"questions_deadline", "serve_time", b"serve_time", "standstill_end", b"standstill_end", "submission_deadline", b"submission_deadline", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amendment", b"amendment", "appeals", b"appeals", "award_reasons", b"award_reasons", "buyers", b"buyers", "committee", b"committee", "create_time", b"create_time", "criteria", b"criteria", "declarations", b"declarations", "description", b"description", "end_reason", b"end_reason", "framework", b"framework", "framework_agreement", b"framework_agreement", "invited", b"invited", "kind", b"kind", "lots", b"lots", "name", b"name", "opening_public_key", b"opening_public_key", "opening_threshold", b"opening_threshold", "parent_framework", b"parent_framework", "publish_time", b"publish_time", "questions_deadline", b"questions_deadline", "receipt_public_key", b"receipt_public_key", "regime", b"regime", "scores", b"scores", "service", b"service", "social_and_health", b"social_and_health", "standstill_end", b"standstill_end", "state", b"state", "submission_deadline", b"submission_deadline", "title", b"title", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amendment", b"amendment", "appeals", b"appeals", "award_reasons", b"award_reasons", "award_time", b"award_time", "buyers", b"buyers", "committee", b"committee", "create_time", b"create_time", "criteria", b"criteria", "declarations", b"declarations", "description", b"description", "end_reason", b"end_reason", "framework", b"framework", "framework_agreement", b"framework_agreement", "invited", b"invited", "kind", b"kind", "lots", b"lots", "name", b"name", "opening_public_key", b"opening_public_key", "opening_threshold", b"opening_threshold", "parent_framework", b"parent_framework", "publish_time", b"publish_time", "questions_deadline", b"questions_deadline", "receipt_public_key", b"receipt_public_key", "regime", b"regime", "scores", b"scores", "serve_time", b"serve_time", "service", b"service", "social_and_health", b"social_and_health", "standstill_end", b"standstill_end", "state", b"state", "submission_deadline", b"submission_deadline", "title", b"title", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1565,6 +1583,32 @@ class AwardCallRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AwardCallRequest: _TypeAlias = AwardCallRequest  # noqa: Y015
+
+@_typing.final
+class ServeAwardDecisionRequest(_message.Message):
+    """Request of ServeAwardDecision."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The call."""
+    request_id: _builtins.str
+    """Idempotency key."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServeAwardDecisionRequest: _TypeAlias = ServeAwardDecisionRequest  # noqa: Y015
 
 @_typing.final
 class RecordAppealRequest(_message.Message):

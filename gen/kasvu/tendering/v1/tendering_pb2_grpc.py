@@ -114,6 +114,11 @@ class TenderingServiceStub:
                 request_serializer=kasvu_dot_tendering_dot_v1_dot_tendering__pb2.AwardCallRequest.SerializeToString,
                 response_deserializer=kasvu_dot_tendering_dot_v1_dot_tendering__pb2.Call.FromString,
                 _registered_method=True)
+        self.ServeAwardDecision = channel.unary_unary(
+                '/kasvu.tendering.v1.TenderingService/ServeAwardDecision',
+                request_serializer=kasvu_dot_tendering_dot_v1_dot_tendering__pb2.ServeAwardDecisionRequest.SerializeToString,
+                response_deserializer=kasvu_dot_tendering_dot_v1_dot_tendering__pb2.Call.FromString,
+                _registered_method=True)
         self.RecordAppeal = channel.unary_unary(
                 '/kasvu.tendering.v1.TenderingService/RecordAppeal',
                 request_serializer=kasvu_dot_tendering_dot_v1_dot_tendering__pb2.RecordAppealRequest.SerializeToString,
@@ -274,22 +279,33 @@ class TenderingServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def AwardCall(self, request, context):
-        """Decides the award with reasons; the standstill starts.
+        """Decides the award with reasons; the call is AWARDED until the decision is
+        served, and no standstill runs before that.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ServeAwardDecision(self, request, context):
+        """Serves the award decision to every bidder whose bid was opened; the
+        standstill starts and ends 14 days after the day served (a weekend or
+        holiday moves its last day to the next working day).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RecordAppeal(self, request, context):
-        """Records a request for rectification or an appeal; it holds conclusion.
+        """Records a request for rectification or an appeal against the award
+        decision (the call AWARDED or in standstill); it holds conclusion.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ResolveAppeal(self, request, context):
-        """Records that an appeal was resolved; the call concludes when none is left
-        and the standstill has ended.
+        """Records that an appeal was resolved (the call AWARDED or in standstill);
+        the call concludes when none is left and the standstill has ended.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -431,6 +447,11 @@ def add_TenderingServiceServicer_to_server(servicer, server):
             'AwardCall': grpc.unary_unary_rpc_method_handler(
                     servicer.AwardCall,
                     request_deserializer=kasvu_dot_tendering_dot_v1_dot_tendering__pb2.AwardCallRequest.FromString,
+                    response_serializer=kasvu_dot_tendering_dot_v1_dot_tendering__pb2.Call.SerializeToString,
+            ),
+            'ServeAwardDecision': grpc.unary_unary_rpc_method_handler(
+                    servicer.ServeAwardDecision,
+                    request_deserializer=kasvu_dot_tendering_dot_v1_dot_tendering__pb2.ServeAwardDecisionRequest.FromString,
                     response_serializer=kasvu_dot_tendering_dot_v1_dot_tendering__pb2.Call.SerializeToString,
             ),
             'RecordAppeal': grpc.unary_unary_rpc_method_handler(
@@ -893,6 +914,33 @@ class TenderingService:
             target,
             '/kasvu.tendering.v1.TenderingService/AwardCall',
             kasvu_dot_tendering_dot_v1_dot_tendering__pb2.AwardCallRequest.SerializeToString,
+            kasvu_dot_tendering_dot_v1_dot_tendering__pb2.Call.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ServeAwardDecision(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kasvu.tendering.v1.TenderingService/ServeAwardDecision',
+            kasvu_dot_tendering_dot_v1_dot_tendering__pb2.ServeAwardDecisionRequest.SerializeToString,
             kasvu_dot_tendering_dot_v1_dot_tendering__pb2.Call.FromString,
             options,
             channel_credentials,

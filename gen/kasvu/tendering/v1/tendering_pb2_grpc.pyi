@@ -69,12 +69,21 @@ class TenderingServiceStub:
     the threshold reached, every bid opens and is scored.
     """
     AwardCall: _grpc.UnaryUnaryMultiCallable[_tendering_pb2.AwardCallRequest, _tendering_pb2.Call]
-    """Decides the award with reasons; the standstill starts."""
+    """Decides the award with reasons; the call is AWARDED until the decision is
+    served, and no standstill runs before that.
+    """
+    ServeAwardDecision: _grpc.UnaryUnaryMultiCallable[_tendering_pb2.ServeAwardDecisionRequest, _tendering_pb2.Call]
+    """Serves the award decision to every bidder whose bid was opened; the
+    standstill starts and ends 14 days after the day served (a weekend or
+    holiday moves its last day to the next working day).
+    """
     RecordAppeal: _grpc.UnaryUnaryMultiCallable[_tendering_pb2.RecordAppealRequest, _tendering_pb2.Call]
-    """Records a request for rectification or an appeal; it holds conclusion."""
+    """Records a request for rectification or an appeal against the award
+    decision (the call AWARDED or in standstill); it holds conclusion.
+    """
     ResolveAppeal: _grpc.UnaryUnaryMultiCallable[_tendering_pb2.ResolveAppealRequest, _tendering_pb2.Call]
-    """Records that an appeal was resolved; the call concludes when none is left
-    and the standstill has ended.
+    """Records that an appeal was resolved (the call AWARDED or in standstill);
+    the call concludes when none is left and the standstill has ended.
     """
     GetFramework: _grpc.UnaryUnaryMultiCallable[_tendering_pb2.GetFrameworkRequest, _tendering_pb2.Framework]
     """Gets a framework agreement with its suppliers per lot. Needs no sign-in."""
@@ -141,12 +150,21 @@ class TenderingServiceAsyncStub(TenderingServiceStub):
     the threshold reached, every bid opens and is scored.
     """
     AwardCall: _aio.UnaryUnaryMultiCallable[_tendering_pb2.AwardCallRequest, _tendering_pb2.Call]  # type: ignore[assignment]
-    """Decides the award with reasons; the standstill starts."""
+    """Decides the award with reasons; the call is AWARDED until the decision is
+    served, and no standstill runs before that.
+    """
+    ServeAwardDecision: _aio.UnaryUnaryMultiCallable[_tendering_pb2.ServeAwardDecisionRequest, _tendering_pb2.Call]  # type: ignore[assignment]
+    """Serves the award decision to every bidder whose bid was opened; the
+    standstill starts and ends 14 days after the day served (a weekend or
+    holiday moves its last day to the next working day).
+    """
     RecordAppeal: _aio.UnaryUnaryMultiCallable[_tendering_pb2.RecordAppealRequest, _tendering_pb2.Call]  # type: ignore[assignment]
-    """Records a request for rectification or an appeal; it holds conclusion."""
+    """Records a request for rectification or an appeal against the award
+    decision (the call AWARDED or in standstill); it holds conclusion.
+    """
     ResolveAppeal: _aio.UnaryUnaryMultiCallable[_tendering_pb2.ResolveAppealRequest, _tendering_pb2.Call]  # type: ignore[assignment]
-    """Records that an appeal was resolved; the call concludes when none is left
-    and the standstill has ended.
+    """Records that an appeal was resolved (the call AWARDED or in standstill);
+    the call concludes when none is left and the standstill has ended.
     """
     GetFramework: _aio.UnaryUnaryMultiCallable[_tendering_pb2.GetFrameworkRequest, _tendering_pb2.Framework]  # type: ignore[assignment]
     """Gets a framework agreement with its suppliers per lot. Needs no sign-in."""
@@ -300,7 +318,20 @@ class TenderingServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _tendering_pb2.AwardCallRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tendering_pb2.Call, _abc.Awaitable[_tendering_pb2.Call]]:
-        """Decides the award with reasons; the standstill starts."""
+        """Decides the award with reasons; the call is AWARDED until the decision is
+        served, and no standstill runs before that.
+        """
+
+    @_abc_1.abstractmethod
+    def ServeAwardDecision(
+        self,
+        request: _tendering_pb2.ServeAwardDecisionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tendering_pb2.Call, _abc.Awaitable[_tendering_pb2.Call]]:
+        """Serves the award decision to every bidder whose bid was opened; the
+        standstill starts and ends 14 days after the day served (a weekend or
+        holiday moves its last day to the next working day).
+        """
 
     @_abc_1.abstractmethod
     def RecordAppeal(
@@ -308,7 +339,9 @@ class TenderingServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _tendering_pb2.RecordAppealRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tendering_pb2.Call, _abc.Awaitable[_tendering_pb2.Call]]:
-        """Records a request for rectification or an appeal; it holds conclusion."""
+        """Records a request for rectification or an appeal against the award
+        decision (the call AWARDED or in standstill); it holds conclusion.
+        """
 
     @_abc_1.abstractmethod
     def ResolveAppeal(
@@ -316,8 +349,8 @@ class TenderingServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _tendering_pb2.ResolveAppealRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tendering_pb2.Call, _abc.Awaitable[_tendering_pb2.Call]]:
-        """Records that an appeal was resolved; the call concludes when none is left
-        and the standstill has ended.
+        """Records that an appeal was resolved (the call AWARDED or in standstill);
+        the call concludes when none is left and the standstill has ended.
         """
 
     @_abc_1.abstractmethod
