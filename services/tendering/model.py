@@ -723,12 +723,15 @@ class Call(Aggregate):
     def record_appeal(self, appeal: Appeal, now: datetime) -> None:
         """A rectification request or appeal against the award decision, once it is made and
         until the call concludes or ends; it holds conclusion until resolved."""
-        self._require(AWARD_DECIDED, "an appeal")
+        self._require(AWARD_DECIDED, "an appeal against its award decision")
         self.appeals = (*self.appeals, appeal)
         self.updated_at = now
         self.record(AppealRecorded(self.name, self.region, appeal.appeal, now))
 
     def resolve_appeal(self, appeal_id: str, now: datetime) -> None:
+        """Only while the decision it contests stands: a call cancelled, unsuccessful or concluded
+        has no decision left to rectify."""
+        self._require(AWARD_DECIDED, "resolving an appeal against its award decision")
         if not any(a.appeal == appeal_id and not a.resolved for a in self.appeals):
             raise FailedPrecondition(
                 f"{self.name} has no pending appeal {appeal_id}", reason="NO_SUCH_APPEAL"

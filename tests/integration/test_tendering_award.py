@@ -2,7 +2,8 @@
 """Tendering's award decision and its service over gRPC against real SQLite and PostgreSQL: the call
 is AWARDED until the decision is served to every bidder, the standstill and the conclusion's timer
 count from the day served, serving is refused out of turn with nothing stored, a cancelled award is
-never served, and calls stored before serving existed read as served at their award."""
+never served, appeals are recorded and resolved only while the decision stands, and calls stored
+before serving existed read as served at their award."""
 
 from __future__ import annotations
 
@@ -219,3 +220,63 @@ async def test_calls_stored_before_the_decision_was_served_apart_read_as_served_
     assert calls["in-standstill"].served_at == AWARDED_ON
     assert calls["cancelled-in-standstill"].served_at == AWARDED_ON
     assert calls["evaluated"].served_at is None
+
+
+async def test_an_appeal_is_not_resolved_once_the_call_is_cancelled_and_nothing_is_stored(
+    world: World,
+) -> None:
+    call, _ = await evaluated(world, 7_400_000)
+    await award(world, call)
+    appealed = await world.stub.RecordAppeal(
+        tendering_pb2.RecordAppealRequest(name=call.name, kind="MARKET_COURT"), metadata=world.admin()
+    )
+    appeal = appealed.appeals[0].appeal
+    await cancel(world, call, "The Market Court's ruling: procure again.")
+    audited = await count_rows(world.db, "audit_log")
+
+    resolving = await refused(
+        world.stub.ResolveAppeal(
+            tendering_pb2.ResolveAppealRequest(name=call.name, appeal=appeal), metadata=world.admin()
+        )
+    )
+    assert resolving.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_reason(resolving) == "CALL_STATE"
+    assert "is CANCELLED: resolving an appeal" in (resolving.details() or "")
+    recording = await refused(
+        world.stub.RecordAppeal(
+            tendering_pb2.RecordAppealRequest(name=call.name, kind="RECTIFICATION"), metadata=world.admin()
+        )
+    )
+    assert recording.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_reason(recording) == "CALL_STATE"
+
+    later = await get(world, call)
+    assert later.state == tendering_pb2.CALL_STATE_CANCELLED
+    assert [(a.appeal, a.resolved) for a in later.appeals] == [(appeal, False)]
+    assert await tendering_payloads(world.db, "AppealResolved") == []
+    assert len(await tendering_payloads(world.db, "AppealRecorded")) == 1
+    assert await count_rows(world.db, "audit_log") == audited
+
+
+async def test_no_appeal_is_recorded_or_resolved_before_an_award_or_after_conclusion(world: World) -> None:
+    call, _ = await evaluated(world, 7_500_000)
+
+    async def both_refused() -> None:
+        audited = await count_rows(world.db, "audit_log")
+        record = tendering_pb2.RecordAppealRequest(name=call.name, kind="RECTIFICATION")
+        resolve = tendering_pb2.ResolveAppealRequest(name=call.name, appeal="a1")
+        for error in (
+            await refused(world.stub.RecordAppeal(record, metadata=world.admin())),
+            await refused(world.stub.ResolveAppeal(resolve, metadata=world.admin())),
+        ):
+            assert error.code() == grpc.StatusCode.FAILED_PRECONDITION and error_reason(error) == "CALL_STATE"
+        assert await count_rows(world.db, "audit_log") == audited
+
+    await both_refused()  # evaluated: no decision to contest yet
+    await award(world, call)
+    await world.stub.ServeAwardDecision(serve_request(call), metadata=world.admin())
+    world.clock.set(AWARDED_ON + timedelta(days=20))
+    await world.tick()
+    assert (await get(world, call)).state == tendering_pb2.CALL_STATE_CONCLUDED
+    await both_refused()  # concluded: the contract stands
+    assert await tendering_payloads(world.db, "AppealRecorded") == []

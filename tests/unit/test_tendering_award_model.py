@@ -101,3 +101,50 @@ def test_nothing_concludes_before_the_standstill_ends_and_an_appeal_holds_it_aft
     assert not call.may_conclude(last_day_ends + timedelta(days=30))
     call.resolve_appeal("a2", last_day_ends + timedelta(days=30))
     assert call.may_conclude(last_day_ends + timedelta(days=30))
+
+
+def _ended(state: model.CallState) -> model.Call:
+    call = awarded()
+    call.record_appeal(model.Appeal("pending", "MARKET_COURT"), AWARDED_AT + timedelta(hours=1))
+    call.serve_decision(SERVED_AT)
+    if state == model.CallState.CONCLUDED:
+        call.resolve_appeal("pending", SERVED_AT)
+        call.conclude("regions/pirkanmaa/frameworks/c1", datetime(2026, 12, 29, tzinfo=UTC))
+    else:
+        call.end(state, "The award was found unlawful.", SERVED_AT + timedelta(days=1))
+    call.pull_events()
+    return call
+
+
+@pytest.mark.parametrize("state", [model.CallState.CANCELLED, model.CallState.CONCLUDED])
+def test_no_appeal_is_resolved_or_recorded_once_the_call_has_ended(state: model.CallState) -> None:
+    call = _ended(state)
+    appeals = call.appeals
+    with pytest.raises(FailedPrecondition) as resolving:
+        call.resolve_appeal("pending", SERVED_AT + timedelta(days=2))
+    assert resolving.value.reason == "CALL_STATE"
+    assert f"is {state}: resolving an appeal" in str(resolving.value)
+    with pytest.raises(FailedPrecondition) as recording:
+        call.record_appeal(model.Appeal("late", "RECTIFICATION"), SERVED_AT + timedelta(days=2))
+    assert recording.value.reason == "CALL_STATE"
+    assert (call.state, call.appeals, call.pull_events()) == (state, appeals, [])
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        model.CallState.PUBLISHED,
+        model.CallState.CLOSED,
+        model.CallState.EVALUATED,
+        model.CallState.UNSUCCESSFUL,
+    ],
+)
+def test_no_appeal_is_recorded_or_resolved_where_no_award_decision_stands(state: model.CallState) -> None:
+    call = evaluated_call(model.CallKind.FRAMEWORK, ("north", 2, 3))
+    call.state = state
+    with pytest.raises(FailedPrecondition) as recording:
+        call.record_appeal(model.Appeal("a1", "RECTIFICATION"), AWARDED_AT)
+    with pytest.raises(FailedPrecondition) as resolving:
+        call.resolve_appeal("a1", AWARDED_AT)
+    assert (recording.value.reason, resolving.value.reason) == ("CALL_STATE", "CALL_STATE")
+    assert (call.appeals, call.pull_events()) == ((), [])
