@@ -89,6 +89,7 @@ __all__ = [
     "new_service",
     "new_terms",
     "parse_requirement_kind",
+    "refuse_aged_evidence",
     "require_market_failure",
     "uncovered",
     "validate_areas",
@@ -716,6 +717,35 @@ def assess_evidence(terms: Terms, evidence: Sequence[Evidence], today: date) -> 
     return reasons
 
 
+def refuse_aged_evidence(
+    terms: Terms, evidence: Sequence[Evidence], today: date, field: str = "registration.evidence"
+) -> None:
+    """Evidence past its requirement's maximum age is refused, not decided: a submission with a
+    document older than the terms allow is FAILED_PRECONDITION (EVIDENCE_TOO_OLD) naming each
+    such document's issued_on, its requirement and the age allowed, and nothing is stored."""
+    violations: list[FieldViolation] = []
+    for index, item in enumerate(evidence):
+        requirement = terms.requirement(item.requirement_code)
+        if requirement is None or requirement.kind != RequirementKind.DOCUMENT or item.issued_on is None:
+            continue
+        age_days = (today - item.issued_on).days
+        if age_days > requirement.max_age_days:
+            violations.append(
+                FieldViolation(
+                    f"{field}[{index}].issued_on",
+                    f"is {age_days} days old; requirement {requirement.code!r} allows "
+                    f"at most {requirement.max_age_days} days",
+                )
+            )
+    if violations:
+        raise FailedPrecondition(
+            "evidence past its age is refused: "
+            + "; ".join(f"{v.field} {v.description}" for v in violations),
+            violations,
+            reason=ReasonCode.EVIDENCE_TOO_OLD,
+        )
+
+
 def assess_attributes(
     terms: Terms,
     municipalities: Sequence[str],
@@ -1184,6 +1214,7 @@ class Registration(Aggregate):
             commitment=(self.public_key, signature, "terms_signature"),
         )
         raise_if_any(violations, "the draft cannot be submitted")
+        refuse_aged_evidence(terms, self.evidence, finnish_date(now))
         self._submitted(terms, reasons, actor, now)
 
     def _admit(self, actor: str, now: datetime, reasons: Sequence[Reason] = ()) -> None:
@@ -1585,8 +1616,9 @@ def decide_registration(  # noqa: PLR0917 - positional order fixed by the handle
     terms; else ADMITTED.
 
     Malformed input (business ID, name, areas, signature, evidence) raises one
-    InvalidArgument listing every violation. "today", against which documents are
-    aged, is the date of now in Finland.
+    InvalidArgument listing every violation; a document past its requirement's maximum age
+    is then refused (FailedPrecondition EVIDENCE_TOO_OLD), not rejected, so nothing is
+    stored. "today", against which documents are aged, is the date of now in Finland.
     """
     require_aware(now)
     violations: list[FieldViolation] = []
@@ -1608,6 +1640,7 @@ def decide_registration(  # noqa: PLR0917 - positional order fixed by the handle
     )
     violations.extend(own)
     raise_if_any(violations, "the registration is invalid")
+    refuse_aged_evidence(terms, evidence, finnish_date(now))
 
     registration = _new_registration(
         id,

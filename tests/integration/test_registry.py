@@ -306,19 +306,21 @@ async def test_a_provider_with_valid_evidence_is_admitted_and_listed(
     assert await outbox_counts(registry_db) == {TERMS_PUBLISHED: 1, REGISTERED: 1, ADMITTED: 1}
 
 
-async def test_old_evidence_and_a_missing_declaration_reject_with_reasons_and_an_event(
+async def test_a_missing_declaration_and_a_future_document_reject_with_reasons_and_an_event(
     stub, tokens, registry_db, next_business_id
 ):
     terms = await publish(stub, tokens)
     business_id = next_business_id()
-    old = finnish_today() - timedelta(days=200)
+    tomorrow = finnish_today() + timedelta(days=1)
 
-    registration = await register(stub, tokens, terms, business_id, evidence=[issued("tax-certificate", old)])
+    registration = await register(
+        stub, tokens, terms, business_id, evidence=[issued("tax-certificate", tomorrow)]
+    )
 
     assert registration.state == registry_pb2.REGISTRATION_STATE_REJECTED
     assert [(r.code, r.subject) for r in registration.reasons] == [
         ("REQUIREMENT_NOT_DECLARED", "prepayment-register"),
-        ("EVIDENCE_TOO_OLD", "tax-certificate"),
+        ("EVIDENCE_FROM_FUTURE", "tax-certificate"),
     ]
     assert await listed(stub) == []
     async with registry_db.read_session() as session:
@@ -328,13 +330,54 @@ async def test_old_evidence_and_a_missing_declaration_reject_with_reasons_and_an
     assert rejected[0].subject == f"kasvu.registry.v1.RegistrationRejected.{REGION}"
     payload = events_pb2.RegistrationRejected.FromString(rejected[0].payload)
     assert payload.registration == registration.name
-    assert list(payload.reason_codes) == ["REQUIREMENT_NOT_DECLARED", "EVIDENCE_TOO_OLD"]
+    assert list(payload.reason_codes) == ["REQUIREMENT_NOT_DECLARED", "EVIDENCE_FROM_FUTURE"]
     assert payload.business_id == business_id
 
     # A refusal does not block a corrected registration.
     corrected = await register(stub, tokens, terms, business_id)
     assert corrected.state == registry_pb2.REGISTRATION_STATE_ADMITTED
     assert await listed(stub) == [business_id]
+
+
+async def stored(db: Database) -> tuple[int, int, int, int]:
+    """Registrations, outbox rows, audit records and idempotency keys: what a refusal must not add."""
+    return (
+        await count_rows(db, "registry_registrations"),
+        await count_rows(db, "outbox"),
+        await count_rows(db, "audit_log"),
+        await count_rows(db, "idempotency_keys"),
+    )
+
+
+async def test_evidence_past_its_age_is_refused_with_its_requirement_and_allowed_age_and_nothing_stored(
+    stub, tokens, registry_db, next_business_id
+):
+    terms = await publish(stub, tokens, requirements=(declaration(), document("tax-certificate", 90)))
+    business_id = next_business_id()
+    before = await stored(registry_db)
+    old = finnish_today() - timedelta(days=91)
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await register(
+            stub,
+            tokens,
+            terms,
+            business_id,
+            evidence=[declared(), issued("tax-certificate", old)],
+            request_id="old-certificate",
+        )
+
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_reason(caught.value) == "EVIDENCE_TOO_OLD"
+    assert field_violations(caught.value) == ["registration.evidence[1].issued_on"]
+    details = caught.value.details() or ""
+    assert "'tax-certificate'" in details and "at most 90 days" in details and "91 days old" in details
+    assert await stored(registry_db) == before
+    assert await outbox_counts(registry_db) == {TERMS_PUBLISHED: 1}
+
+    # Nothing held the place or the key: the same request id with a fresh certificate admits.
+    admitted = await register(stub, tokens, terms, business_id, request_id="old-certificate")
+    assert admitted.state == registry_pb2.REGISTRATION_STATE_ADMITTED
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ breach policy's reinstatement on resolution, over gRPC against real SQLite and P
 
 from __future__ import annotations
 
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -21,8 +22,10 @@ from tests.integration.helpers import (
     count_rows,
     declaration,
     declared,
+    document,
     error_reason,
     field_violations,
+    issued,
     registration_request,
 )
 from tests.integration.test_registry_lifecycle import (  # noqa: F401 - fixtures
@@ -30,6 +33,7 @@ from tests.integration.test_registry_lifecycle import (  # noqa: F401 - fixtures
     PARENT,
     REGION,
     SERVICE,
+    START,
     Registry,
     next_business_id,
     payloads,
@@ -124,6 +128,38 @@ async def test_a_draft_is_completed_submitted_and_decided_with_each_transition_r
     ]
     for event_type in ("RegistrationDrafted", "ProviderRegistered", "RegistrationAdmitted"):
         assert len(await payloads(registry.db, event_type)) == 1, event_type
+
+
+async def test_a_draft_whose_document_aged_past_its_maximum_is_refused_on_submission_and_stays_a_draft(
+    registry, next_business_id
+):
+    terms = await registry.publish(document("tax-certificate", 90))
+    business_id, key = next_business_id(), ProviderKey()
+    issued_on = START.date() - timedelta(days=60)
+    draft = await registry.stub.RegisterProvider(
+        draft_request(
+            terms,
+            business_id,
+            key,
+            display_name="Osaajat Oy",
+            evidence=[issued("tax-certificate", issued_on)],
+        ),
+        metadata=registry.tokens.provider(business_id),
+    )
+    registry.clock.advance(timedelta(days=31))  # 91 days old by the submission
+    before = [await count_rows(registry.db, table) for table in ("outbox", "audit_log", "idempotency_keys")]
+
+    async with refused(grpc.StatusCode.FAILED_PRECONDITION) as caught:
+        await submit(registry, draft, key.sign(terms.content_hash))
+
+    assert error_reason(caught[0]) == "EVIDENCE_TOO_OLD"
+    assert field_violations(caught[0]) == ["registration.evidence[0].issued_on"]
+    assert "at most 90 days" in (caught[0].details() or "")
+    after = [await count_rows(registry.db, table) for table in ("outbox", "audit_log", "idempotency_keys")]
+    assert after == before
+    kept = await registry.get(draft)
+    assert (state(kept), [d.kind for d in kept.decisions]) == ("DRAFT", ["DRAFT"])
+    assert await payloads(registry.db, "ProviderRegistered") == []
 
 
 async def test_submitting_or_changing_what_is_not_a_draft_is_failed_precondition_and_changes_nothing(

@@ -23,6 +23,7 @@ from services.registry.model import (
     Terms,
     assess_evidence,
     decide_registration,
+    draft_registration,
     new_terms,
     parse_requirement_kind,
     validate_business_id,
@@ -436,15 +437,52 @@ def test_admits_a_provider_that_meets_every_requirement_and_commits():
 def test_rejects_with_one_reason_per_unmet_requirement():
     terms = make_terms(declaration("insurance"), document("tax"), document("licence"))
     registration = decide(
-        terms, [Evidence("insurance", declared=False), Evidence("tax", issued_on=TODAY - timedelta(days=120))]
+        terms, [Evidence("insurance", declared=False), Evidence("tax", issued_on=TODAY + timedelta(days=1))]
     )
     assert registration.state is RegistrationState.REJECTED
     assert not registration.listed
     assert [(r.code, r.subject) for r in registration.reasons] == [
         ("REQUIREMENT_NOT_DECLARED", "insurance"),
-        ("EVIDENCE_TOO_OLD", "tax"),
+        ("EVIDENCE_FROM_FUTURE", "tax"),
         ("EVIDENCE_MISSING", "licence"),
     ]
+
+
+def test_evidence_past_its_age_is_refused_naming_the_document_its_requirement_and_the_age_allowed():
+    terms = make_terms(declaration("insurance"), document("tax", max_age_days=90), document("licence", 30))
+    evidence = [
+        Evidence("insurance", declared=False),
+        Evidence("tax", issued_on=TODAY - timedelta(days=91)),
+        Evidence("licence", issued_on=TODAY - timedelta(days=30)),  # exactly its maximum: fine
+    ]
+    with pytest.raises(FailedPrecondition) as error:
+        decide(terms, evidence)
+    assert error.value.reason == "EVIDENCE_TOO_OLD"
+    assert [(v.field, v.description) for v in error.value.violations] == [
+        ("registration.evidence[1].issued_on", "is 91 days old; requirement 'tax' allows at most 90 days")
+    ]
+
+
+def test_a_draft_with_evidence_past_its_age_is_refused_on_submission_and_stays_a_draft():
+    terms = make_terms(document("tax", max_age_days=90))
+    provider = Provider()
+    registration = draft_registration(
+        "reg-1",
+        terms,
+        "0737546-2",
+        "Rekry Oy",
+        [Evidence("tax", issued_on=TODAY - timedelta(days=60))],
+        provider.public_key,
+        NOW,
+    )
+    registration.pull_events()
+    with pytest.raises(FailedPrecondition) as error:
+        registration.submit(terms, provider.sign(terms), "provider", NOW + timedelta(days=31))
+    assert error.value.reason == "EVIDENCE_TOO_OLD"
+    assert [v.field for v in error.value.violations] == ["registration.evidence[0].issued_on"]
+    assert registration.state is RegistrationState.DRAFT
+    assert [d.kind for d in registration.decisions] == ["DRAFT"]
+    assert registration.pull_events() == []
 
 
 def test_decision_stores_the_canonical_business_id_and_trimmed_name():
