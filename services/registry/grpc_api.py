@@ -406,7 +406,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def WithdrawRegistration(
         self, request: registry_pb2.WithdrawRegistrationRequest, context: Context
     ) -> registry_pb2.Registration:
-        command = handlers.WithdrawRegistration(*_registration_parts(request.name))
+        command = handlers.WithdrawRegistration(
+            *_registration_parts(request.name), reasons=_reasons(request.reasons)
+        )
         return await self._handle(command, request.request_id)
 
     async def RecommitRegistration(

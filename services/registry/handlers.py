@@ -146,7 +146,8 @@ class RevokeRegistration(RegistrationCommand):
 
 @dataclass(frozen=True)
 class WithdrawRegistration(RegistrationCommand):
-    pass
+    reasons: tuple[model.Reason, ...] = ()
+    """Optional: why the provider withdraws."""
 
 
 @dataclass(frozen=True)
@@ -658,7 +659,7 @@ async def revoke_registration(command: RevokeRegistration, uow: RegistryUnitOfWo
 
 async def withdraw_registration(command: WithdrawRegistration, uow: RegistryUnitOfWork) -> model.Registration:
     registration = await _registration_for(uow, command, grants=None, action="withdrawing a registration")
-    registration.withdraw(uow.context.who, uow.now)
+    registration.withdraw(uow.context.who, uow.now, command.reasons)
     _cancel_timers(registration, uow)
     return registration
 

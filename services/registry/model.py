@@ -122,6 +122,8 @@ DISPLAY_NAME_MAX_LENGTH = 200
 CODE_MAX_LENGTH = 100
 DESCRIPTION_MAX_LENGTH = 2000
 MAX_REQUIREMENTS = 100
+MAX_REASONS = MAX_REQUIREMENTS
+"""The most reasons a person's decision gives: a decision record and its event must stay small."""
 
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 
@@ -256,9 +258,10 @@ class ProviderRevoked(RegistrationEvent):
 
 @dataclass(frozen=True)
 class RegistrationWithdrawn(RegistrationEvent):
-    """The provider withdrew its registration."""
+    """The provider withdrew its registration; the codes of its reasons, if it gave any."""
 
     withdraw_time: datetime
+    reason_codes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -990,6 +993,9 @@ def validate_reasons(reasons: Sequence[Reason], field: str) -> None:
     violations: list[FieldViolation] = []
     if not reasons:
         violations.append(FieldViolation(field, "a decision needs at least one reason"))
+    if len(reasons) > MAX_REASONS:
+        violations.append(FieldViolation(field, f"must give at most {MAX_REASONS} reasons"))
+        reasons = reasons[:MAX_REASONS]
     for index, reason in enumerate(reasons):
         if violation := check_text(reason.code, f"{field}[{index}].code", CODE_MAX_LENGTH):
             violations.append(violation)
@@ -1324,13 +1330,17 @@ class Registration(Aggregate):
         self.recommit_deadline = None
         self.record(ProviderRevoked(*self._common(), tuple(r.code for r in reasons), now))
 
-    def withdraw(self, actor: str, now: datetime) -> None:
-        """The provider withdraws a draft, or a registration that is in review, admitted or suspended."""
+    def withdraw(self, actor: str, now: datetime, reasons: Sequence[Reason] = ()) -> None:
+        """The provider withdraws a draft, or a registration that is in review, admitted or
+        suspended. Reasons are optional and checked, when given, as a person's decision's are:
+        they go into the decision record; the event carries their codes only."""
         self._require(ACTIVE_STATES | {RegistrationState.DRAFT}, "withdrawn", "NOT_ACTIVE")
-        self._decide(DecisionKind.WITHDRAWAL, RegistrationState.WITHDRAWN, (), actor=actor, now=now)
+        if reasons:
+            validate_reasons(reasons, "reasons")
+        self._decide(DecisionKind.WITHDRAWAL, RegistrationState.WITHDRAWN, reasons, actor=actor, now=now)
         self.lift_time = None
         self.recommit_deadline = None
-        self.record(RegistrationWithdrawn(*self._common(), now))
+        self.record(RegistrationWithdrawn(*self._common(), now, tuple(r.code for r in reasons)))
 
     def lapse(self, reason: Reason, now: datetime, causes: Sequence[str] = ()) -> bool:
         """End an admission by itself (terms not re-committed, evidence expired); False when the

@@ -325,9 +325,15 @@ async def test_a_provider_withdraws_its_admission(api: Api) -> None:
     problem_of(await client.post(withdraw, json={}, headers=api.auth(Role.PROVIDER, "0000001-9")), 403)
     assert await api.listed(region) == [PROVIDER]
 
-    withdrawn = await client.post(withdraw, json={}, headers=provider)
+    why = [{"code": "CLOSING", "message": "The office closes"}]
+    _, _, fields = problem_of(
+        await client.post(withdraw, json={"reasons": [{"code": "CLOSING"}]}, headers=provider), 400
+    )
+    assert fields == {"reasons[0].message"}
+    withdrawn = await client.post(withdraw, json={"reasons": why}, headers=provider)
     assert withdrawn.status_code == 200, withdrawn.text
     assert withdrawn.json()["state"] == "REGISTRATION_STATE_WITHDRAWN"
+    assert withdrawn.json()["decisions"][-1]["reasons"] == [{**why[0], "subject": ""}]
     assert [d["kind"] for d in withdrawn.json()["decisions"]] == ["ADMISSION", "WITHDRAWAL"]
     assert withdrawn.json()["decisions"][-1]["state"] == "REGISTRATION_STATE_WITHDRAWN"
     assert await api.registration_state(name, PROVIDER) == "REGISTRATION_STATE_WITHDRAWN"

@@ -21,6 +21,7 @@ from tests.integration.helpers import (
     declaration,
     declared,
     error_reason,
+    field_violations,
     outbox_counts,
     registration_request,
 )
@@ -32,6 +33,7 @@ from tests.integration.test_registry_lifecycle import (  # noqa: F401 - fixtures
     SERVICE,
     START,
     Registry,
+    audit_after_altering,
     next_business_id,
     payloads,
     reasons,
@@ -52,9 +54,13 @@ async def revoke(registry: Registry, registration: registry_pb2.Registration) ->
     )
 
 
-async def withdraw(registry: Registry, registration: registry_pb2.Registration) -> registry_pb2.Registration:
+async def withdraw(
+    registry: Registry,
+    registration: registry_pb2.Registration,
+    why: list | None = None,  # type: ignore[type-arg]
+) -> registry_pb2.Registration:
     return await registry.stub.WithdrawRegistration(
-        registry_pb2.WithdrawRegistrationRequest(name=registration.name),
+        registry_pb2.WithdrawRegistrationRequest(name=registration.name, reasons=why or []),
         metadata=registry.tokens.provider(registration.business_id),
     )
 
@@ -111,7 +117,7 @@ async def test_revoking_and_withdrawing_write_their_events_naming_identifiers_on
     registry.clock.advance(timedelta(hours=2))
 
     await revoke(registry, revoked)
-    await withdraw(registry, withdrawn)
+    await withdraw(registry, withdrawn, reasons("CLOSING"))
 
     counts = await outbox_counts(registry.db)
     assert (
@@ -142,8 +148,9 @@ async def test_revoking_and_withdrawing_write_their_events_naming_identifiers_on
         withdrawal.region,
         withdrawal.service,
         withdrawal.business_id,
+        list(withdrawal.reason_codes),
         withdrawal.withdraw_time.ToDatetime(UTC),
-    ) == (withdrawn.name, terms.name, REGION, SERVICE, withdrawn.business_id, when)
+    ) == (withdrawn.name, terms.name, REGION, SERVICE, withdrawn.business_id, ["CLOSING"], when)
     # Identifiers, codes and times only: no trade name, no free text of the decision's reasons.
     assert set_fields(revocation) == {
         "registration",
@@ -160,6 +167,7 @@ async def test_revoking_and_withdrawing_write_their_events_naming_identifiers_on
         "region",
         "service",
         "business_id",
+        "reason_codes",
         "withdraw_time",
     }
     for payload in (revoked_payload, withdrawn_payload):
@@ -254,7 +262,7 @@ async def test_revocation_withdrawal_and_lapse_each_record_who_when_why_and_the_
     decided_at = START + timedelta(days=1)
 
     revocation = (await revoke(registry, revoked)).decisions[-1]
-    withdrawal = (await withdraw(registry, withdrawn)).decisions[-1]
+    withdrawal = (await withdraw(registry, withdrawn, reasons("CLOSING", "Office closes."))).decisions[-1]
     second = await registry.publish(title="Rekrytointi 2027", recommit_days=10)
     registry.clock.advance(timedelta(days=10))
     await registry.run_timers()
@@ -272,8 +280,7 @@ async def test_revocation_withdrawal_and_lapse_each_record_who_when_why_and_the_
     assert withdrawal.actor == f"provider:{provider}:provider@{provider}"
     assert withdrawal.decide_time.ToDatetime(UTC) == decided_at
     assert withdrawal.terms == first.name
-    # A withdrawal takes no reasons (the request has none): the provider's own act is the why.
-    assert list(withdrawal.reasons) == []
+    assert [(r.code, r.message) for r in withdrawal.reasons] == [("CLOSING", "Office closes.")]
 
     assert (lapse.kind, lapse.state) == ("LAPSE", registry_pb2.REGISTRATION_STATE_LAPSED)
     assert lapse.actor == "system"
@@ -439,3 +446,41 @@ async def test_withdrawing_a_rejected_revoked_or_withdrawn_registration_is_refus
         assert (after.state, after.decisions) == (registration.state, registration.decisions)
 
     assert await outbox_counts(registry.db) == outbox
+
+
+async def test_a_withdrawals_reasons_are_in_the_audited_decision_record_and_a_changed_one_is_found(
+    registry, next_business_id, database_url
+):
+    terms = await registry.publish()
+    registration = await registry.register(terms, next_business_id())
+    withdrawn = await withdraw(registry, registration, reasons("CLOSING", "Office closes."))
+    assert [(r.code, r.message) for r in withdrawn.decisions[-1].reasons] == [("CLOSING", "Office closes.")]
+    problem = await audit_after_altering(registry, database_url, "Office closes.", "No reason.")
+    registration_id = registration.name.rsplit("/", 1)[1]
+    assert problem == f"decision 1 of registration {registration_id} differs from the audited one"
+
+
+@pytest.mark.parametrize(
+    ("why", "field"),
+    [
+        pytest.param(
+            [registry_pb2.DecisionReason(code=" ", message="Closing.")], "reasons[0].code", id="blank"
+        ),
+        pytest.param(
+            [registry_pb2.DecisionReason(code="CLOSING", message="x" * 2001)], "reasons[0].message", id="long"
+        ),
+    ],
+)
+async def test_a_withdrawal_with_a_malformed_reason_is_refused_and_nothing_is_stored(
+    registry, next_business_id, why, field
+):
+    registration = await registry.register(await registry.publish(), next_business_id())
+    before = [await count_rows(registry.db, table) for table in ("outbox", "audit_log", "timers")]
+
+    async with refused(grpc.StatusCode.INVALID_ARGUMENT) as caught:
+        await withdraw(registry, registration, why)
+
+    assert field_violations(caught[0]) == [field]
+    assert [await count_rows(registry.db, table) for table in ("outbox", "audit_log", "timers")] == before
+    kept = await registry.get(registration)
+    assert (state(kept), [d.kind for d in kept.decisions]) == ("ADMITTED", ["ADMISSION"])

@@ -708,21 +708,27 @@ async def test_audit_verify_passes_on_a_clean_history_and_fails_when_a_stored_de
         registry_pb2.SuspendRegistrationRequest(name=registration.name, reasons=reasons()),
         metadata=registry.tokens.supervisor(REGION),
     )
+    problem = await audit_after_altering(
+        registry, database_url, "Repeated late service need assessments.", "No reason."
+    )
+    assert problem == (
+        f"decision 1 of registration {registration.name.rsplit('/', 1)[1]} differs from the audited one"
+    )
+
+
+async def audit_after_altering(registry: Registry, database_url: str, old: str, new: str) -> str:
+    """Checks that `kasvu audit verify registry` passes, replaces `old` with `new` in the stored
+    decisions, and returns what the check then finds (the chain itself stays intact)."""
     verdict, problem = await check(database_url, service="registry")
     assert verdict.intact and problem == ""
-
     async with registry.db.writer.begin() as connection:
         await connection.execute(
             text("UPDATE registry_registrations SET decisions_json = replace(decisions_json, :old, :new)"),
-            {"old": "Repeated late service need assessments.", "new": "No reason."},
+            {"old": old, "new": new},
         )
-
     verdict, problem = await check(database_url, service="registry")
     assert verdict.intact  # the chain itself is untouched
-    assert (
-        problem
-        == f"decision 1 of registration {registration.name.rsplit('/', 1)[1]} differs from the audited one"
-    )
+    return problem
 
 
 # -- organisers and catalogue ---------------------------------------------------------------

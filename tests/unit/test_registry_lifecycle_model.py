@@ -140,6 +140,53 @@ def test_a_registration_that_ended_is_neither_listed_nor_active(end):
     assert not registration.lapse(Reason("EVIDENCE_EXPIRED", "tax", "Expired."), NOW)  # late timers: no-op
 
 
+def test_a_withdrawal_keeps_its_reasons_in_the_decision_and_only_their_codes_in_the_event():
+    registration = admitted()
+    why = (Reason("MOVING_ABROAD", "", "The company closes its Finnish office."),)
+
+    registration.withdraw("provider:0737546-2:p", NOW, why)
+
+    decision = registration.decisions[-1]
+    assert (decision.kind, decision.state, decision.reasons) == (
+        DecisionKind.WITHDRAWAL,
+        RegistrationState.WITHDRAWN,
+        why,
+    )
+    [(_, event)] = registration.pull_events()
+    assert type(event).__name__ == "RegistrationWithdrawn"
+    assert event.reason_codes == ("MOVING_ABROAD",)  # type: ignore[attr-defined]
+    assert "Finnish office" not in repr(event)
+
+
+def test_a_withdrawal_without_reasons_records_none():
+    registration = admitted()
+    registration.withdraw("provider:0737546-2:p", NOW)
+    assert registration.decisions[-1].reasons == ()
+    [(_, event)] = registration.pull_events()
+    assert event.reason_codes == ()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("reasons", "fields"),
+    [
+        ((Reason(" ", "", "Closing."),), ["reasons[0].code"]),
+        ((Reason("CLOSING", "", ""),), ["reasons[0].message"]),
+        ((Reason("CLOSING", "", "x" * (DESCRIPTION_MAX_LENGTH + 1)),), ["reasons[0].message"]),
+        ((Reason("C" * 101, "", "Closing."),), ["reasons[0].code"]),
+        (tuple(Reason(f"R{i}", "", "Closing.") for i in range(101)), ["reasons"]),
+    ],
+    ids=["blank-code", "no-message", "long-message", "long-code", "too-many"],
+)
+def test_a_withdrawal_with_a_malformed_reason_is_refused_and_changes_nothing(reasons, fields):
+    registration = admitted()
+    with pytest.raises(InvalidArgument) as error:
+        registration.withdraw("provider:0737546-2:p", NOW, reasons)
+    assert [v.field for v in error.value.violations] == fields
+    assert registration.state == RegistrationState.ADMITTED
+    assert [d.kind for d in registration.decisions] == [DecisionKind.ADMISSION]
+    assert registration.pull_events() == []
+
+
 def test_recommitting_needs_the_registered_key_over_the_newer_terms():
     provider = Provider()
     first = make_terms()

@@ -535,6 +535,7 @@ class RegistrationWithdrawn(_message.Message):
     SERVICE_FIELD_NUMBER: _builtins.int
     BUSINESS_ID_FIELD_NUMBER: _builtins.int
     WITHDRAW_TIME_FIELD_NUMBER: _builtins.int
+    REASON_CODES_FIELD_NUMBER: _builtins.int
     registration: _builtins.str
     """The registration."""
     terms: _builtins.str
@@ -549,6 +550,12 @@ class RegistrationWithdrawn(_message.Message):
     def withdraw_time(self) -> _timestamp_pb2.Timestamp:
         """When."""
 
+    @_builtins.property
+    def reason_codes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Codes of the provider's reasons, if it gave any (their messages stay in the
+        decision record).
+        """
+
     def __init__(
         self,
         *,
@@ -558,10 +565,11 @@ class RegistrationWithdrawn(_message.Message):
         service: _builtins.str = ...,
         business_id: _builtins.str = ...,
         withdraw_time: _timestamp_pb2.Timestamp | None = ...,
+        reason_codes: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["withdraw_time", b"withdraw_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["business_id", b"business_id", "region", b"region", "registration", b"registration", "service", b"service", "terms", b"terms", "withdraw_time", b"withdraw_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["business_id", b"business_id", "reason_codes", b"reason_codes", "region", b"region", "registration", b"registration", "service", b"service", "terms", b"terms", "withdraw_time", b"withdraw_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

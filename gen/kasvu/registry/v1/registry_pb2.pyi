@@ -891,7 +891,7 @@ class DecisionReason(_message.Message):
     SUBJECT_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     code: _builtins.str
-    """Machine-readable code, e.g. "EVIDENCE_TOO_OLD" or "QUALITY_BREACH"."""
+    """Machine-readable code, e.g. "EVIDENCE_MISSING" or "QUALITY_BREACH"."""
     subject: _builtins.str
     """The requirement or the breach the reason refers to."""
     message: _builtins.str
@@ -1653,19 +1653,27 @@ class WithdrawRegistrationRequest(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    REASONS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """regions/{region}/services/{service}/registrations/{registration}"""
     request_id: _builtins.str
     """Idempotency key."""
+    @_builtins.property
+    def reasons(self) -> _containers.RepeatedCompositeFieldContainer[Global___DecisionReason]:
+        """Why the provider withdraws; optional. Each given needs a code and a message,
+        kept in the decision record; the event carries the codes only.
+        """
+
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         request_id: _builtins.str = ...,
+        reasons: _abc.Iterable[Global___DecisionReason] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "reasons", b"reasons", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -278,7 +278,7 @@ class RegistryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WithdrawRegistration(self, request, context):
-        """The provider withdraws its registration.
+        """The provider withdraws its registration, with its reasons if it gives any.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

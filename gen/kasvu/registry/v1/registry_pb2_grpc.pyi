@@ -77,7 +77,7 @@ class RegistryServiceStub:
     RevokeRegistration: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RevokeRegistrationRequest, _registry_pb2.Registration]
     """Removes an admission for good, with reasons."""
     WithdrawRegistration: _grpc.UnaryUnaryMultiCallable[_registry_pb2.WithdrawRegistrationRequest, _registry_pb2.Registration]
-    """The provider withdraws its registration."""
+    """The provider withdraws its registration, with its reasons if it gives any."""
     ListOrganisers: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListOrganisersRequest, _registry_pb2.ListOrganisersResponse]
     """The organisers of growth services: the regions and the Uusimaa joint
     municipal authority.
@@ -151,7 +151,7 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     RevokeRegistration: _aio.UnaryUnaryMultiCallable[_registry_pb2.RevokeRegistrationRequest, _registry_pb2.Registration]  # type: ignore[assignment]
     """Removes an admission for good, with reasons."""
     WithdrawRegistration: _aio.UnaryUnaryMultiCallable[_registry_pb2.WithdrawRegistrationRequest, _registry_pb2.Registration]  # type: ignore[assignment]
-    """The provider withdraws its registration."""
+    """The provider withdraws its registration, with its reasons if it gives any."""
     ListOrganisers: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListOrganisersRequest, _registry_pb2.ListOrganisersResponse]  # type: ignore[assignment]
     """The organisers of growth services: the regions and the Uusimaa joint
     municipal authority.
@@ -318,7 +318,7 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_pb2.WithdrawRegistrationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.Registration, _abc.Awaitable[_registry_pb2.Registration]]:
-        """The provider withdraws its registration."""
+        """The provider withdraws its registration, with its reasons if it gives any."""
 
     @_abc_1.abstractmethod
     def ListOrganisers(
