@@ -507,7 +507,7 @@ async def lift_market_failure(command: LiftMarketFailure, uow: RegistryUnitOfWor
                 command.finding,
                 f"Market-failure finding {command.finding}, which allowed this provider, was lifted.",
             )
-            if registration.lapse(reason, uow.now, causes=[command.finding]):
+            if registration.lapse(reason, uow.context.who, uow.now, causes=[command.finding]):
                 _cancel_timers(registration, uow)
                 lapsed += 1
     return lapsed
@@ -715,6 +715,7 @@ async def lapse_registration(command: LapseRegistration, uow: RegistryUnitOfWork
         message = f"The document for {command.subject!r} expired and was not renewed."
     lapsed = registration.lapse(
         model.Reason(command.reason_code, command.subject, message),
+        uow.context.who,
         uow.now,
         causes=[uow.context.causation_id],
     )

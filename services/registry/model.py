@@ -1342,13 +1342,14 @@ class Registration(Aggregate):
         self.recommit_deadline = None
         self.record(RegistrationWithdrawn(*self._common(), now, tuple(r.code for r in reasons)))
 
-    def lapse(self, reason: Reason, now: datetime, causes: Sequence[str] = ()) -> bool:
-        """End an admission by itself (terms not re-committed, evidence expired); False when the
-        registration is no longer admitted or suspended, so a late timer changes nothing."""
+    def lapse(self, reason: Reason, actor: str, now: datetime, causes: Sequence[str] = ()) -> bool:
+        """End an admission by itself (terms not re-committed, evidence expired, market failure
+        lifted); False when the registration is no longer admitted or suspended, so a late timer
+        changes nothing. `actor` names what lapsed it, e.g. "system:timer:<timer key>"."""
         if self.state not in {RegistrationState.ADMITTED, RegistrationState.SUSPENDED}:
             return False
         self._decide(
-            DecisionKind.LAPSE, RegistrationState.LAPSED, [reason], actor="system", now=now, causes=causes
+            DecisionKind.LAPSE, RegistrationState.LAPSED, [reason], actor=actor, now=now, causes=causes
         )
         self.lift_time = None
         self.recommit_deadline = None

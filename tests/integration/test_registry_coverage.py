@@ -283,8 +283,9 @@ async def test_revocation_withdrawal_and_lapse_each_record_who_when_why_and_the_
     assert [(r.code, r.message) for r in withdrawal.reasons] == [("CLOSING", "Office closes.")]
 
     assert (lapse.kind, lapse.state) == ("LAPSE", registry_pb2.REGISTRATION_STATE_LAPSED)
-    assert lapse.actor == "system"
     registration_id = lapsing.name.rsplit("/", 1)[1]
+    # What lapsed it: the scheduler's timer, named as the scheduler names it.
+    assert lapse.actor == f"system:timer:registry:recommit:{registration_id}"
     assert list(lapse.causes) == [f"timer:registry:recommit:{registration_id}"]
     assert lapse.decide_time.ToDatetime(UTC) == decided_at + timedelta(days=10)
     assert [(r.code, r.subject) for r in lapse.reasons] == [("TERMS_NOT_RECOMMITTED", second.name)]

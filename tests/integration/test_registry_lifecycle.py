@@ -493,6 +493,9 @@ async def test_expiring_evidence_sends_a_reminder_30_days_before_and_then_lapses
     lapsed = await registry.get(registration)
     assert lapsed.state == registry_pb2.REGISTRATION_STATE_LAPSED
     assert [(r.code, r.subject) for r in lapsed.reasons] == [("EVIDENCE_EXPIRED", "tax-certificate")]
+    timer = f"timer:registry:evidence:{registration.name.rsplit('/', 1)[1]}"
+    lapse = lapsed.decisions[-1]
+    assert (lapse.kind, lapse.actor, list(lapse.causes)) == ("LAPSE", f"system:{timer}", [timer])
 
 
 # -- lists ----------------------------------------------------------------------------------
@@ -695,6 +698,8 @@ async def test_a_finding_that_runs_out_lapses_municipal_admissions_by_the_schedu
     await registry.run_timers()
 
     assert (await registry.state(municipal), await registry.state(private)) == ("LAPSED", "ADMITTED")
+    lapse = (await registry.get(municipal)).decisions[-1]
+    assert (lapse.kind, lapse.actor) == ("LAPSE", f"system:timer:registry:market-failure:{finding}")
 
 
 # -- audit ----------------------------------------------------------------------------------

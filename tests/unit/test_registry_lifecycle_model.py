@@ -30,6 +30,7 @@ from services.runtime.errors import FailedPrecondition, InvalidArgument
 from tests.unit.test_registry_model import NOW, Provider, decide, declaration, document, make_terms
 
 REASON = (Reason("QUALITY", "b-1", "Late service need assessments."),)
+TIMER = "system:timer:registry:evidence:reg-1"
 
 
 def admitted() -> Registration:
@@ -133,11 +134,11 @@ def test_a_registration_that_ended_is_neither_listed_nor_active(end):
     elif end == "withdraw":
         registration.withdraw("provider:0737546-2:p", NOW)
     else:
-        assert registration.lapse(Reason("EVIDENCE_EXPIRED", "tax", "Expired."), NOW)
+        assert registration.lapse(Reason("EVIDENCE_EXPIRED", "tax", "Expired."), TIMER, NOW)
 
     assert not registration.listed
     assert not registration.active
-    assert not registration.lapse(Reason("EVIDENCE_EXPIRED", "tax", "Expired."), NOW)  # late timers: no-op
+    assert not registration.lapse(Reason("EVIDENCE_EXPIRED", "tax", "Expired."), TIMER, NOW)  # late: no-op
 
 
 def test_a_withdrawal_keeps_its_reasons_in_the_decision_and_only_their_codes_in_the_event():
@@ -185,6 +186,13 @@ def test_a_withdrawal_with_a_malformed_reason_is_refused_and_changes_nothing(rea
     assert registration.state == RegistrationState.ADMITTED
     assert [d.kind for d in registration.decisions] == [DecisionKind.ADMISSION]
     assert registration.pull_events() == []
+
+
+def test_a_lapse_names_what_lapsed_it_as_its_actor():
+    registration = admitted()
+    assert registration.lapse(Reason("EVIDENCE_EXPIRED", "tax", "Expired."), TIMER, NOW, causes=["t"])
+    decision = registration.decisions[-1]
+    assert (decision.kind, decision.actor, decision.causes) == (DecisionKind.LAPSE, TIMER, ("t",))
 
 
 def test_recommitting_needs_the_registered_key_over_the_newer_terms():
