@@ -143,8 +143,23 @@ def _terms_of(name: str, field: str, region: str, service: str) -> int:
     return int(terms["version"])
 
 
-def _position(token: Mapping[str, str]) -> tuple[str, str]:
-    return token.get("created", ""), token.get("id", "")
+def _paging(list_name: str, request: Any, query: Mapping[str, object] | None = None) -> PageRequest:
+    """The request's paging, its token bound to this list as well as to its query: two lists
+    with the same parent and filters (or none, as the organisers and the municipalities) would
+    otherwise take each other's tokens, as would another service's list with the same parent."""
+    return page(request.page_size, request.page_token, {"list": f"registry.{list_name}", **(query or {})})
+
+
+def _position(paging: PageRequest) -> tuple[str, str]:
+    """Where a page of registrations starts: the creation time and id of the last one before."""
+    if not paging.after:
+        return "", ""
+    return paging.instant("created").isoformat(), paging.text("id")
+
+
+def _foreign_token() -> InvalidArgument:
+    description = "is not a token this list issued"
+    return InvalidArgument(f"page_token {description}", [FieldViolation("page_token", description)])
 
 
 def _requirement(r: registry_pb2.Requirement, index: int) -> model.Requirement:
@@ -282,15 +297,15 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> registry_pb2.ListProvidersResponse:
         parent = model.SERVICE.parse(request.parent, "parent")
         model.validate_list_filter(request.municipality, request.language)
-        paging = page(
-            request.page_size,
-            request.page_token,
+        paging = _paging(
+            "ListProviders",
+            request,
             {"parent": request.parent, "municipality": request.municipality, "language": request.language},
         )
         query = handlers.ListProviders(
             parent["region"],
             parent["service"],
-            paging.after.get("after", ""),
+            paging.text("after") if paging.after else "",
             paging.size + 1,
             municipality=request.municipality,
             language=request.language,
@@ -351,13 +366,13 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             if request.state
             else None
         )
-        paging = page(
-            request.page_size,
-            request.page_token,
+        paging = _paging(
+            "ListRegistrations",
+            request,
             {"parent": request.parent, "state": str(request.state), "business_id": business_id},
         )
         query = handlers.ListRegistrations(
-            parent["region"], parent["service"], state, business_id, _position(paging.after), paging.size + 1
+            parent["region"], parent["service"], state, business_id, _position(paging), paging.size + 1
         )
         return _registration_page(await self._dispatcher.query(query, call_context()), paging)
 
@@ -365,8 +380,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         self, request: registry_pb2.ListProviderRegistrationsRequest, context: Context
     ) -> registry_pb2.ListRegistrationsResponse:
         business_id = model.PROVIDER.parse(request.parent, "parent")["business_id"]
-        paging = page(request.page_size, request.page_token, {"parent": request.parent})
-        query = handlers.ListProviderRegistrations(business_id, _position(paging.after), paging.size + 1)
+        paging = _paging("ListProviderRegistrations", request, {"parent": request.parent})
+        query = handlers.ListProviderRegistrations(business_id, _position(paging), paging.size + 1)
         return _registration_page(await self._dispatcher.query(query, call_context()), paging)
 
     async def DecideRegistration(
@@ -428,9 +443,14 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def ListOrganisers(
         self, request: registry_pb2.ListOrganisersRequest, context: Context
     ) -> registry_pb2.ListOrganisersResponse:
-        paging = page(request.page_size, request.page_token, {})
+        paging = _paging("ListOrganisers", request)
         found: list[model.Organiser] = await self._dispatcher.query(handlers.ListOrganisers(), call_context())
-        start = next((i + 1 for i, o in enumerate(found) if o.id == paging.after.get("after")), 0)
+        start = 0
+        if paging.after:
+            after = paging.text("after")
+            start = next((i + 1 for i, o in enumerate(found) if o.id == after), -1)
+            if start < 0:  # not a page this list ended on: do not start over from the first
+                raise _foreign_token()
         listed = found[start : start + paging.size]
         more = start + paging.size < len(found)
         return registry_pb2.ListOrganisersResponse(
@@ -446,11 +466,11 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def ListMunicipalities(
         self, request: registry_pb2.ListMunicipalitiesRequest, context: Context
     ) -> registry_pb2.ListMunicipalitiesResponse:
-        paging = page(request.page_size, request.page_token, {})
+        paging = _paging("ListMunicipalities", request)
         found: list[tuple[str, str, str]] = await self._dispatcher.query(
             handlers.ListMunicipalities(), call_context()
         )
-        after = paging.after.get("after", "")
+        after = paging.text("after") if paging.after else ""
         listed = [m for m in found if m[0] > after][: paging.size + 1]
         more = len(listed) > paging.size
         listed = listed[: paging.size]

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from datetime import UTC, timedelta
 from decimal import Decimal
+from typing import Any
 
 import grpc
 import pytest
 from kasvu.registry.v1 import events_pb2, registry_pb2
 
 from services.registry import model
+from services.runtime.names import next_page_token
 from services.runtime.protoconv import from_money, money
 from tests.integration.helpers import (
     count_rows,
@@ -485,3 +487,80 @@ async def test_a_withdrawal_with_a_malformed_reason_is_refused_and_nothing_is_st
     assert [await count_rows(registry.db, table) for table in ("outbox", "audit_log", "timers")] == before
     kept = await registry.get(registration)
     assert (state(kept), [d.kind for d in kept.decisions]) == ("ADMITTED", ["ADMISSION"])
+
+
+# -- 9. page tokens: each list takes only its own ---------------------------------------------
+
+
+async def test_every_registry_list_refuses_another_lists_or_a_tampered_page_token_naming_page_token(
+    registry, next_business_id
+):
+    terms = await registry.publish()
+    provider, other = next_business_id(), next_business_id()
+    await registry.register(terms, provider, evidence=[])  # rejected: the provider has two
+    await registry.register(terms, provider)
+    await registry.register(terms, other)
+    admin, own = registry.tokens.admin(REGION), registry.tokens.provider(provider)
+    lists: dict[str, tuple[Any, Any, Any]] = {
+        "ListProviders": (
+            registry.stub.ListProviders,
+            lambda token: registry_pb2.ListProvidersRequest(parent=PARENT, page_size=1, page_token=token),
+            (),
+        ),
+        "ListRegistrations": (
+            registry.stub.ListRegistrations,
+            lambda token: registry_pb2.ListRegistrationsRequest(parent=PARENT, page_size=1, page_token=token),
+            admin,
+        ),
+        "ListProviderRegistrations": (
+            registry.stub.ListProviderRegistrations,
+            lambda token: registry_pb2.ListProviderRegistrationsRequest(
+                parent=f"providers/{provider}", page_size=1, page_token=token
+            ),
+            own,
+        ),
+        "ListOrganisers": (
+            registry.stub.ListOrganisers,
+            lambda token: registry_pb2.ListOrganisersRequest(page_size=1, page_token=token),
+            (),
+        ),
+        "ListMunicipalities": (
+            registry.stub.ListMunicipalities,
+            lambda token: registry_pb2.ListMunicipalitiesRequest(page_size=1, page_token=token),
+            (),
+        ),
+    }
+    issued: dict[str, str] = {}
+    for name, (call, request, metadata) in lists.items():
+        first = await call(request(""), metadata=metadata)
+        issued[name] = first.next_page_token
+        assert issued[name], name
+        second = await call(request(issued[name]), metadata=metadata)  # its own token pages on
+        assert second != first, name
+
+    # What another list (of this service or another) with the same parent and filters would issue.
+    unbound = {
+        "ListProviders": next_page_token(
+            {"parent": PARENT, "municipality": "", "language": ""}, {"after": provider}
+        ),
+        "ListProviderRegistrations": next_page_token(
+            {"parent": f"providers/{provider}"}, {"created": START.isoformat(), "id": "x"}
+        ),
+        "ListOrganisers": next_page_token({}, {"after": "pirkanmaa"}),
+        "ListMunicipalities": next_page_token({}, {"after": "091"}),
+    }
+    for name, (call, request, metadata) in lists.items():
+        foreign = [token for other_list, token in issued.items() if other_list != name]
+        genuine = issued[name]
+        tampered = genuine[:-2] + ("A" if genuine[-2] != "A" else "B") + genuine[-1]
+        for token in [*foreign, tampered, *([unbound[name]] if name in unbound else [])]:
+            async with refused(grpc.StatusCode.INVALID_ARGUMENT) as caught:
+                await call(request(token), metadata=metadata)
+            assert field_violations(caught[0]) == ["page_token"], name
+
+
+async def test_the_organisers_list_refuses_a_position_it_never_ended_a_page_on(registry):
+    token = next_page_token({"list": "registry.ListOrganisers"}, {"after": "atlantis"})
+    async with refused(grpc.StatusCode.INVALID_ARGUMENT) as caught:
+        await registry.stub.ListOrganisers(registry_pb2.ListOrganisersRequest(page_token=token))
+    assert field_violations(caught[0]) == ["page_token"]
