@@ -116,14 +116,15 @@ def _reasons(reasons: Sequence[registry_pb2.DecisionReason]) -> tuple[model.Reas
 
 
 def _evidence(evidence: Sequence[registry_pb2.Evidence], prefix: str) -> tuple[model.Evidence, ...]:
-    return tuple(
-        model.Evidence(
-            requirement_code=e.requirement_code,
-            declared=e.declared,
-            issued_on=optional_date(e.issued_on, f"{prefix}[{i}].issued_on"),
-            document_sha256=e.document_sha256,
-        )
-        for i, e in enumerate(evidence)
+    return tuple(_one_evidence(e, f"{prefix}[{i}]") for i, e in enumerate(evidence))
+
+
+def _one_evidence(evidence: registry_pb2.Evidence, path: str) -> model.Evidence:
+    return model.Evidence(
+        requirement_code=evidence.requirement_code,
+        declared=evidence.declared,
+        issued_on=optional_date(evidence.issued_on, f"{path}.issued_on"),
+        document_sha256=evidence.document_sha256,
     )
 
 
@@ -437,6 +438,14 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             terms_version=_terms_of(request.terms, "terms", region, service),
             terms_signature=request.terms_signature,
             evidence=_evidence(request.evidence, "evidence"),
+        )
+        return await self._handle(command, request.request_id)
+
+    async def RenewEvidence(
+        self, request: registry_pb2.RenewEvidenceRequest, context: Context
+    ) -> registry_pb2.Registration:
+        command = handlers.RenewEvidence(
+            *_registration_parts(request.name), evidence=_one_evidence(request.evidence, "evidence")
         )
         return await self._handle(command, request.request_id)
 

@@ -158,6 +158,11 @@ class RecommitRegistration(RegistrationCommand):
 
 
 @dataclass(frozen=True)
+class RenewEvidence(RegistrationCommand):
+    evidence: model.Evidence
+
+
+@dataclass(frozen=True)
 class UpdateRegistration(RegistrationCommand):
     """The provider changes its draft; `changes.terms` is unset here and `terms_version` names it."""
 
@@ -673,6 +678,16 @@ async def recommit_registration(command: RecommitRegistration, uow: RegistryUnit
     return registration
 
 
+async def renew_evidence(command: RenewEvidence, uow: RegistryUnitOfWork) -> model.Registration:
+    """The provider renews a document before it expires; the admission's expiry and reminder
+    timers move to what the evidence now stands until."""
+    registration = await _registration_for(uow, command, grants=None, action="renewing evidence")
+    terms = await _published_terms(uow, registration.region, registration.service, registration.terms_version)
+    registration.renew_evidence(terms, command.evidence, uow.context.who, uow.now)
+    _set_evidence_timers(registration, terms, uow)
+    return registration
+
+
 async def rotate_registration_key(
     command: RotateRegistrationKey, uow: RegistryUnitOfWork
 ) -> model.Registration:
@@ -927,6 +942,7 @@ HANDLERS: dict[type[Any], Any] = {
     WithdrawRegistration: withdraw_registration,
     RecommitRegistration: recommit_registration,
     RotateRegistrationKey: rotate_registration_key,
+    RenewEvidence: renew_evidence,
     LiftSuspension: lift_suspension,
     LapseRegistration: lapse_registration,
     RemindEvidenceRenewal: remind_evidence_renewal,

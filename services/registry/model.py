@@ -52,6 +52,7 @@ __all__ = [
     "DecisionKind",
     "Evidence",
     "EvidenceRenewalDue",
+    "EvidenceRenewed",
     "LegalForm",
     "Listing",
     "MarketFailure",
@@ -272,6 +273,16 @@ class RegistrationRecommitted(RegistrationEvent):
 
 
 @dataclass(frozen=True)
+class EvidenceRenewed(RegistrationEvent):
+    """A provider renewed the document behind an admission's requirement before it expired."""
+
+    requirement_code: str
+    expire_time: datetime
+    """When the renewed document expires (the admission's expiry is its earliest document's)."""
+    renew_time: datetime
+
+
+@dataclass(frozen=True)
 class ProviderKeyRotated(RegistrationEvent):
     """A provider replaced the key it commits to terms with; the old key signed the new one."""
 
@@ -301,6 +312,7 @@ EVENTS: tuple[type[Event], ...] = (
     RegistrationWithdrawn,
     RegistrationRecommitted,
     EvidenceRenewalDue,
+    EvidenceRenewed,
     ProviderKeyRotated,
     RegistrationDrafted,
     RegistrationDraftUpdated,
@@ -645,6 +657,7 @@ class ReasonCode(StrEnum):
     PRICE_ABOVE_CEILING = "PRICE_ABOVE_CEILING"
     QUALIFICATION_NOT_DECLARED = "QUALIFICATION_NOT_DECLARED"
     BREACH_RESOLVED = "BREACH_RESOLVED"
+    EVIDENCE_RENEWED = "EVIDENCE_RENEWED"
 
 
 @dataclass(frozen=True)
@@ -726,20 +739,30 @@ def refuse_aged_evidence(
     """Evidence past its requirement's maximum age is refused, not decided: a submission with a
     document older than the terms allow is FAILED_PRECONDITION (EVIDENCE_TOO_OLD) naming each
     such document's issued_on, its requirement and the age allowed, and nothing is stored."""
-    violations: list[FieldViolation] = []
-    for index, item in enumerate(evidence):
-        requirement = terms.requirement(item.requirement_code)
-        if requirement is None or requirement.kind != RequirementKind.DOCUMENT or item.issued_on is None:
-            continue
-        age_days = (today - item.issued_on).days
-        if age_days > requirement.max_age_days:
-            violations.append(
-                FieldViolation(
-                    f"{field}[{index}].issued_on",
-                    f"is {age_days} days old; requirement {requirement.code!r} allows "
-                    f"at most {requirement.max_age_days} days",
-                )
-            )
+    violations = [
+        FieldViolation(f"{field}[{index}].issued_on", description)
+        for index, item in enumerate(evidence)
+        if (description := _too_old(terms, item, today)) is not None
+    ]
+    _raise_too_old(violations)
+
+
+def _too_old(terms: Terms, item: Evidence, today: date) -> str | None:
+    """Why a document is past its requirement's maximum age, or None when it is not (or is no
+    dated document of these terms)."""
+    requirement = terms.requirement(item.requirement_code)
+    if requirement is None or requirement.kind != RequirementKind.DOCUMENT or item.issued_on is None:
+        return None
+    age_days = (today - item.issued_on).days
+    if age_days <= requirement.max_age_days:
+        return None
+    return (
+        f"is {age_days} days old; requirement {requirement.code!r} allows "
+        f"at most {requirement.max_age_days} days"
+    )
+
+
+def _raise_too_old(violations: list[FieldViolation]) -> None:
     if violations:
         raise FailedPrecondition(
             "evidence past its age is refused: "
@@ -878,6 +901,8 @@ class DecisionKind(StrEnum):
     LAPSE = "LAPSE"
     WITHDRAWAL = "WITHDRAWAL"
     RECOMMITMENT = "RECOMMITMENT"
+    EVIDENCE_RENEWAL = "EVIDENCE_RENEWAL"
+    """The provider renewed a document before it expired: the admission stands on the new one."""
 
 
 @dataclass(frozen=True)
@@ -1014,12 +1039,17 @@ def evidence_expiry(terms: Terms, evidence: Sequence[Evidence]) -> tuple[str, da
         requirement = terms.requirement(item.requirement_code)
         if requirement is None or requirement.kind != RequirementKind.DOCUMENT or item.issued_on is None:
             continue
-        last_day = item.issued_on + timedelta(days=requirement.valid_days)
-        expiries.append((datetime.combine(last_day, time(0), tzinfo=FINLAND), item.requirement_code))
+        expiries.append((_expires(requirement, item.issued_on), item.requirement_code))
     if not expiries:
         return None
     moment, code = min(expiries)
     return code, moment
+
+
+def _expires(requirement: Requirement, issued_on: date) -> datetime:
+    """When a document issued on `issued_on` stops standing: the start of the Finnish day after
+    its last valid day."""
+    return datetime.combine(issued_on + timedelta(days=requirement.valid_days), time(0), tzinfo=FINLAND)
 
 
 class LegalForm(StrEnum):
@@ -1429,6 +1459,17 @@ class Registration(Aggregate):
         self.public_key = new_public_key
         self.updated_at = require_aware(now)
         self.record(ProviderKeyRotated(*self._common(), now))
+
+    def renew_evidence(self, terms: Terms, renewed: Evidence, actor: str, now: datetime) -> datetime:
+        """The provider renews the document behind one of the terms' document requirements
+        before it expires: the new document must be newer than the one held and within the
+        requirement's maximum age. Returns when the admission now expires (its earliest
+        document's expiry), which the caller's timers follow."""
+        _renew_evidence(self, terms, renewed, actor, now)
+        expiry = evidence_expiry(terms, self.evidence)
+        if expiry is None:  # unreachable: the renewed document itself expires
+            raise ValueError(f"{self.name} has no document left to expire")
+        return expiry[1]
 
     def remind_renewal(self, requirement_code: str, expires: datetime, now: datetime) -> bool:
         """Remind the provider that a document expires soon; False when there is nothing to renew."""
@@ -1851,3 +1892,65 @@ def _update_draft(registration: Registration, changes: DraftChanges, terms: Term
     registration.qualifications = tuple(merged["qualifications"])
     registration.updated_at = require_aware(now)
     registration.record(RegistrationDraftUpdated(*registration._common(), tuple(changes.fields), now))
+
+
+def _renew_evidence(
+    registration: Registration, terms: Terms, renewed: Evidence, actor: str, now: datetime
+) -> None:
+    registration._require(
+        frozenset({RegistrationState.ADMITTED, RegistrationState.SUSPENDED}), "renewed", "NOT_ADMITTED"
+    )
+    if (terms.region, terms.service, terms.version) != (
+        registration.region,
+        registration.service,
+        registration.terms_version,
+    ):
+        raise ValueError(f"{terms.name} is not the terms of {registration.name}")
+    today = finnish_date(now)
+    code = renewed.requirement_code
+    requirement = terms.requirement(code)
+    violations: list[FieldViolation] = []
+    if requirement is None or requirement.kind != RequirementKind.DOCUMENT:
+        violations.append(
+            FieldViolation("evidence.requirement_code", f"the terms have no document requirement {code!r}")
+        )
+    if renewed.issued_on is None:
+        violations.append(FieldViolation("evidence.issued_on", "a renewed document needs its issue date"))
+    elif renewed.issued_on > today:
+        violations.append(FieldViolation("evidence.issued_on", "must not be after today"))
+    if renewed.document_sha256 and _SHA256_HEX.fullmatch(renewed.document_sha256) is None:
+        violations.append(FieldViolation("evidence.document_sha256", "must be 64 hexadecimal digits"))
+    raise_if_any(violations, "the renewal is invalid")
+    if requirement is None or renewed.issued_on is None:
+        raise ValueError("unreachable: refused above")
+    if (description := _too_old(terms, renewed, today)) is not None:
+        _raise_too_old([FieldViolation("evidence.issued_on", description)])
+    held = next((e for e in registration.evidence if e.requirement_code == code), None)
+    if held is not None and held.issued_on is not None:
+        if now >= (expired := _expires(requirement, held.issued_on)):
+            raise FailedPrecondition(
+                f"the document for {code!r} expired at {expired.isoformat()}: register again",
+                reason="EVIDENCE_EXPIRED",
+            )
+        if renewed.issued_on <= held.issued_on:
+            raise FailedPrecondition(
+                f"the document for {code!r} held is issued on {held.issued_on.isoformat()}: "
+                "a renewal must be issued later",
+                [FieldViolation("evidence.issued_on", f"must be after {held.issued_on.isoformat()}")],
+                reason="EVIDENCE_NOT_NEWER",
+            )
+    registration.evidence = (
+        *(e for e in registration.evidence if e.requirement_code != code),
+        Evidence(code, issued_on=renewed.issued_on, document_sha256=renewed.document_sha256),
+    )
+    stands_until = _expires(requirement, renewed.issued_on)
+    reason = Reason(
+        ReasonCode.EVIDENCE_RENEWED,
+        code,
+        f"The document for {code!r} was renewed, issued on {renewed.issued_on.isoformat()}; "
+        f"it stands until {stands_until.date().isoformat()}.",
+    )
+    kept = registration.reasons  # a renewal gives no new why for the state the registration is in
+    registration._decide(DecisionKind.EVIDENCE_RENEWAL, registration.state, [reason], actor=actor, now=now)
+    registration.reasons = kept
+    registration.record(EvidenceRenewed(*registration._common(), code, stands_until, now))

@@ -620,6 +620,60 @@ class RegistrationRecommitted(_message.Message):
 Global___RegistrationRecommitted: _TypeAlias = RegistrationRecommitted  # noqa: Y015
 
 @_typing.final
+class EvidenceRenewed(_message.Message):
+    """A provider renewed the document behind one of an admission's requirements."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGISTRATION_FIELD_NUMBER: _builtins.int
+    TERMS_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    BUSINESS_ID_FIELD_NUMBER: _builtins.int
+    REQUIREMENT_CODE_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    RENEW_TIME_FIELD_NUMBER: _builtins.int
+    registration: _builtins.str
+    """The registration."""
+    terms: _builtins.str
+    """The terms version."""
+    region: _builtins.str
+    """The region (organiser)."""
+    service: _builtins.str
+    """The service."""
+    business_id: _builtins.str
+    """The provider's business ID."""
+    requirement_code: _builtins.str
+    """The requirement the document meets."""
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the renewed document expires."""
+
+    @_builtins.property
+    def renew_time(self) -> _timestamp_pb2.Timestamp:
+        """When."""
+
+    def __init__(
+        self,
+        *,
+        registration: _builtins.str = ...,
+        terms: _builtins.str = ...,
+        region: _builtins.str = ...,
+        service: _builtins.str = ...,
+        business_id: _builtins.str = ...,
+        requirement_code: _builtins.str = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+        renew_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "renew_time", b"renew_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["business_id", b"business_id", "expire_time", b"expire_time", "region", b"region", "registration", b"registration", "renew_time", b"renew_time", "requirement_code", b"requirement_code", "service", b"service", "terms", b"terms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvidenceRenewed: _TypeAlias = EvidenceRenewed  # noqa: Y015
+
+@_typing.final
 class ProviderKeyRotated(_message.Message):
     """A provider replaced the key it commits to terms with."""
 

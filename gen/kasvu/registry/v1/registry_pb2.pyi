@@ -1754,3 +1754,37 @@ class RecommitRegistrationRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RecommitRegistrationRequest: _TypeAlias = RecommitRegistrationRequest  # noqa: Y015
+
+@_typing.final
+class RenewEvidenceRequest(_message.Message):
+    """Request for RenewEvidence."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    EVIDENCE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """regions/{region}/services/{service}/registrations/{registration}"""
+    request_id: _builtins.str
+    """Idempotency key."""
+    @_builtins.property
+    def evidence(self) -> Global___Evidence:
+        """The renewed document: its requirement's code, its issue date and, optionally,
+        its hex SHA-256.
+        """
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        evidence: Global___Evidence | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["evidence", b"evidence"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["evidence", b"evidence", "name", b"name", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenewEvidenceRequest: _TypeAlias = RenewEvidenceRequest  # noqa: Y015

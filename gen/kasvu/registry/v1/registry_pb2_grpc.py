@@ -158,6 +158,11 @@ class RegistryServiceStub:
                 request_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.RecommitRegistrationRequest.SerializeToString,
                 response_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.Registration.FromString,
                 _registered_method=True)
+        self.RenewEvidence = channel.unary_unary(
+                '/kasvu.registry.v1.RegistryService/RenewEvidence',
+                request_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.RenewEvidenceRequest.SerializeToString,
+                response_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.Registration.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -344,6 +349,16 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RenewEvidence(self, request, context):
+        """The provider renews the document behind one of the terms' document
+        requirements before it expires: the new document must be newer than the one
+        held and within the requirement's maximum age. The admission's expiry and its
+        renewal reminder move with it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -465,6 +480,11 @@ def add_RegistryServiceServicer_to_server(servicer, server):
             'RecommitRegistration': grpc.unary_unary_rpc_method_handler(
                     servicer.RecommitRegistration,
                     request_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.RecommitRegistrationRequest.FromString,
+                    response_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.Registration.SerializeToString,
+            ),
+            'RenewEvidence': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewEvidence,
+                    request_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.RenewEvidenceRequest.FromString,
                     response_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.Registration.SerializeToString,
             ),
     }
@@ -1119,6 +1139,33 @@ class RegistryService:
             target,
             '/kasvu.registry.v1.RegistryService/RecommitRegistration',
             kasvu_dot_registry_dot_v1_dot_registry__pb2.RecommitRegistrationRequest.SerializeToString,
+            kasvu_dot_registry_dot_v1_dot_registry__pb2.Registration.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewEvidence(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kasvu.registry.v1.RegistryService/RenewEvidence',
+            kasvu_dot_registry_dot_v1_dot_registry__pb2.RenewEvidenceRequest.SerializeToString,
             kasvu_dot_registry_dot_v1_dot_registry__pb2.Registration.FromString,
             options,
             channel_credentials,

@@ -101,6 +101,12 @@ class RegistryServiceStub:
     """Sets the region's breach policy: which severities suspend, where, for how long."""
     RecommitRegistration: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RecommitRegistrationRequest, _registry_pb2.Registration]
     """The provider commits to the current terms version after a new one was published."""
+    RenewEvidence: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RenewEvidenceRequest, _registry_pb2.Registration]
+    """The provider renews the document behind one of the terms' document
+    requirements before it expires: the new document must be newer than the one
+    held and within the requirement's maximum age. The admission's expiry and its
+    renewal reminder move with it.
+    """
 
 @_typing.type_check_only
 class RegistryServiceAsyncStub(RegistryServiceStub):
@@ -175,6 +181,12 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     """Sets the region's breach policy: which severities suspend, where, for how long."""
     RecommitRegistration: _aio.UnaryUnaryMultiCallable[_registry_pb2.RecommitRegistrationRequest, _registry_pb2.Registration]  # type: ignore[assignment]
     """The provider commits to the current terms version after a new one was published."""
+    RenewEvidence: _aio.UnaryUnaryMultiCallable[_registry_pb2.RenewEvidenceRequest, _registry_pb2.Registration]  # type: ignore[assignment]
+    """The provider renews the document behind one of the terms' document
+    requirements before it expires: the new document must be newer than the one
+    held and within the requirement's maximum age. The admission's expiry and its
+    renewal reminder move with it.
+    """
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     """The voucher-style provider registry (admission by registration,
@@ -390,5 +402,17 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.Registration, _abc.Awaitable[_registry_pb2.Registration]]:
         """The provider commits to the current terms version after a new one was published."""
+
+    @_abc_1.abstractmethod
+    def RenewEvidence(
+        self,
+        request: _registry_pb2.RenewEvidenceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.Registration, _abc.Awaitable[_registry_pb2.Registration]]:
+        """The provider renews the document behind one of the terms' document
+        requirements before it expires: the new document must be newer than the one
+        held and within the requirement's maximum age. The admission's expiry and its
+        renewal reminder move with it.
+        """
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
