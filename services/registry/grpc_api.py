@@ -14,7 +14,7 @@ from services.registry import handlers, model
 from services.runtime.dispatch import Dispatcher
 from services.runtime.errors import FieldViolation, InvalidArgument
 from services.runtime.grpc_server import call_context
-from services.runtime.names import PageRequest, page
+from services.runtime.names import PageRequest, foreign_page_token, page
 from services.runtime.protoconv import (
     enum_from_proto,
     enum_to_proto,
@@ -145,10 +145,8 @@ def _terms_of(name: str, field: str, region: str, service: str) -> int:
 
 
 def _paging(list_name: str, request: Any, query: Mapping[str, object] | None = None) -> PageRequest:
-    """The request's paging, its token bound to this list as well as to its query: two lists
-    with the same parent and filters (or none, as the organisers and the municipalities) would
-    otherwise take each other's tokens, as would another service's list with the same parent."""
-    return page(request.page_size, request.page_token, {"list": f"registry.{list_name}", **(query or {})})
+    """The request's paging, its tokens bound to this list as well as to its query."""
+    return page(request.page_size, request.page_token, query or {}, listing=f"registry.{list_name}")
 
 
 def _position(paging: PageRequest) -> tuple[str, str]:
@@ -156,11 +154,6 @@ def _position(paging: PageRequest) -> tuple[str, str]:
     if not paging.after:
         return "", ""
     return paging.instant("created").isoformat(), paging.text("id")
-
-
-def _foreign_token() -> InvalidArgument:
-    description = "is not a token this list issued"
-    return InvalidArgument(f"page_token {description}", [FieldViolation("page_token", description)])
 
 
 def _requirement(r: registry_pb2.Requirement, index: int) -> model.Requirement:
@@ -459,7 +452,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             after = paging.text("after")
             start = next((i + 1 for i, o in enumerate(found) if o.id == after), -1)
             if start < 0:  # not a page this list ended on: do not start over from the first
-                raise _foreign_token()
+                raise foreign_page_token()
         listed = found[start : start + paging.size]
         more = start + paging.size < len(found)
         return registry_pb2.ListOrganisersResponse(

@@ -1179,12 +1179,28 @@ class Registration(Aggregate):
         causes: Sequence[str] = (),
         lift_time: datetime | None = None,
     ) -> None:
-        require_aware(now)
         self.state = state
         self.reasons = list(reasons)
+        self._record_decision(kind, reasons, actor=actor, now=now, causes=causes, lift_time=lift_time)
+
+    def _record_decision(
+        self,
+        kind: DecisionKind,
+        reasons: Sequence[Reason],
+        *,
+        actor: str,
+        now: datetime,
+        causes: Sequence[str] = (),
+        lift_time: datetime | None = None,
+    ) -> None:
+        """A decision on the record that leaves the state and its reasons as they are (an
+        evidence renewal); `_decide` is this after moving the state."""
+        require_aware(now)
         self.updated_at = now
         self.decisions.append(
-            Decision(kind, state, tuple(reasons), tuple(causes), actor, now, self.terms_version, lift_time)
+            Decision(
+                kind, self.state, tuple(reasons), tuple(causes), actor, now, self.terms_version, lift_time
+            )
         )
 
     def _require(self, allowed: frozenset[RegistrationState], action: str, reason: str) -> None:
@@ -1950,7 +1966,6 @@ def _renew_evidence(
         f"The document for {code!r} was renewed, issued on {renewed.issued_on.isoformat()}; "
         f"it stands until {stands_until.date().isoformat()}.",
     )
-    kept = registration.reasons  # a renewal gives no new why for the state the registration is in
-    registration._decide(DecisionKind.EVIDENCE_RENEWAL, registration.state, [reason], actor=actor, now=now)
-    registration.reasons = kept
+    # A renewal gives no new why for the state the registration is in: it is only recorded.
+    registration._record_decision(DecisionKind.EVIDENCE_RENEWAL, [reason], actor=actor, now=now)
     registration.record(EvidenceRenewed(*registration._common(), code, stands_until, now))

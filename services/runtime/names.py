@@ -13,7 +13,14 @@ from datetime import date, datetime
 
 from services.runtime.errors import FieldViolation, InvalidArgument
 
-__all__ = ["DEFAULT_PAGE_SIZE", "MAX_PAGE_SIZE", "PageRequest", "next_page_token", "page"]
+__all__ = [
+    "DEFAULT_PAGE_SIZE",
+    "MAX_PAGE_SIZE",
+    "PageRequest",
+    "foreign_page_token",
+    "next_page_token",
+    "page",
+]
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
@@ -40,7 +47,7 @@ class PageRequest:
         try:
             return self.after[key]
         except KeyError:
-            raise _refuse(_FOREIGN, "page_token") from None
+            raise foreign_page_token() from None
 
     def instant(self, key: str) -> datetime:
         try:
@@ -81,6 +88,12 @@ def next_page_token(query: Mapping[str, str], position: Mapping[str, str]) -> st
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+def foreign_page_token(field: str = "page_token") -> InvalidArgument:
+    """The refusal of a token this service did not issue, or whose position names nothing the
+    list holds (a list that pages by a position it looks up, rather than compares)."""
+    return _refuse(_FOREIGN, field)
+
+
 def _refuse(description: str, field: str) -> InvalidArgument:
     return InvalidArgument(f"{field} {description}", [FieldViolation(field, description)])
 
@@ -90,13 +103,17 @@ def page(
     page_token: str,
     query: Mapping[str, object],
     *,
+    listing: str = "",
     size_field: str = "page_size",
     token_field: str = "page_token",
 ) -> PageRequest:
-    """Validates a list request's paging fields against the query (parent and filters) they page."""
+    """Validates a list request's paging fields against the query (parent and filters) they page.
+
+    `listing` names the list (e.g. "registry.ListOrganisers") and binds its tokens to it as well:
+    two lists with the same parent and filters, or none, would otherwise take each other's."""
     if page_size < 0:
         raise _refuse("must not be negative", size_field)
-    bound = {key: str(value) for key, value in query.items()}
+    bound = {key: str(value) for key, value in ({"list": listing, **query} if listing else query).items()}
     size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
     if not page_token:
         return PageRequest(size, {}, bound)
