@@ -103,7 +103,7 @@ def page(
     page_token: str,
     query: Mapping[str, object],
     *,
-    listing: str = "",
+    listing: str,
     size_field: str = "page_size",
     token_field: str = "page_token",
 ) -> PageRequest:
@@ -113,7 +113,7 @@ def page(
     two lists with the same parent and filters, or none, would otherwise take each other's."""
     if page_size < 0:
         raise _refuse("must not be negative", size_field)
-    bound = {key: str(value) for key, value in ({"list": listing, **query} if listing else query).items()}
+    bound = {key: str(value) for key, value in {"list": listing, **query}.items()}
     size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
     if not page_token:
         return PageRequest(size, {}, bound)

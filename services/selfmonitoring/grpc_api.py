@@ -233,7 +233,12 @@ class SelfMonitoringServicer(selfmonitoring_pb2_grpc.SelfMonitoringServiceServic
         self, request: selfmonitoring_pb2.ListProgrammesRequest, context: Context
     ) -> selfmonitoring_pb2.ListProgrammesResponse:
         region = model.REGION.parse(request.parent, "parent")["region"]
-        paging = page(request.page_size, request.page_token, {"parent": request.parent})
+        paging = page(
+            request.page_size,
+            request.page_token,
+            {"parent": request.parent},
+            listing="selfmonitoring.ListProgrammes",
+        )
         before = paging.number("version") if paging.after else None
         query = handlers.ListProgrammes(region, before, paging.size + 1)
         found: list[model.Programme] = await self._dispatcher.query(query, call_context())
@@ -247,7 +252,12 @@ class SelfMonitoringServicer(selfmonitoring_pb2_grpc.SelfMonitoringServiceServic
         self, request: selfmonitoring_pb2.ListIndicatorsRequest, context: Context
     ) -> selfmonitoring_pb2.ListIndicatorsResponse:
         region = model.REGION.parse(request.parent, "parent")["region"]
-        paging = page(request.page_size, request.page_token, {"parent": request.parent})
+        paging = page(
+            request.page_size,
+            request.page_token,
+            {"parent": request.parent},
+            listing="selfmonitoring.ListIndicators",
+        )
         after = paging.text("id") if paging.after else ""
         found: list[model.Indicator] = await self._dispatcher.query(
             handlers.ListIndicators(region, after, paging.size + 1), call_context()
@@ -354,7 +364,7 @@ class SelfMonitoringServicer(selfmonitoring_pb2_grpc.SelfMonitoringServiceServic
             "severity": str(request.severity),
             "provider": request.provider,
         }
-        paging = page(request.page_size, request.page_token, filters)
+        paging = page(request.page_size, request.page_token, filters, listing="selfmonitoring.ListBreaches")
         before = (paging.instant("opened_at"), paging.text("id")) if paging.after else None
         state = enum_from_proto(model.BreachState, request.state, _STATE, "state") if request.state else None
         severity = (
@@ -402,7 +412,12 @@ class SelfMonitoringServicer(selfmonitoring_pb2_grpc.SelfMonitoringServiceServic
     ) -> selfmonitoring_pb2.ListAlertsResponse:
         region = model.REGION.parse(request.parent, "parent")["region"]
         handlers.require_supervision(region, current_principal())
-        paging = page(request.page_size, request.page_token, {"parent": request.parent})
+        paging = page(
+            request.page_size,
+            request.page_token,
+            {"parent": request.parent},
+            listing="selfmonitoring.ListAlerts",
+        )
         before = (paging.instant("created_at"), paging.text("id")) if paging.after else None
         found: list[handlers.AlertView] = await self._dispatcher.query(
             handlers.ListAlerts(region, before, paging.size + 1), call_context()
@@ -429,7 +444,9 @@ class SelfMonitoringServicer(selfmonitoring_pb2_grpc.SelfMonitoringServiceServic
     ) -> selfmonitoring_pb2.ListCorrectiveActionsResponse:
         region = model.REGION.parse(request.parent, "parent")["region"]
         filters = {"parent": request.parent, "provider": request.provider}
-        paging = page(request.page_size, request.page_token, filters)
+        paging = page(
+            request.page_size, request.page_token, filters, listing="selfmonitoring.ListCorrectiveActions"
+        )
         before = (paging.instant("requested_at"), paging.text("id")) if paging.after else None
         query = handlers.ListCorrectiveActions(region, request.provider, before, paging.size + 1)
         found: list[model.CorrectiveAction] = await self._dispatcher.query(query, call_context())
@@ -496,7 +513,12 @@ class SelfMonitoringServicer(selfmonitoring_pb2_grpc.SelfMonitoringServiceServic
         self, request: selfmonitoring_pb2.ListBreachObservationsRequest, context: Context
     ) -> selfmonitoring_pb2.ListBreachObservationsResponse:
         parts = model.BREACH.parse(request.parent, "parent")
-        paging = page(request.page_size, request.page_token, {"parent": request.parent})
+        paging = page(
+            request.page_size,
+            request.page_token,
+            {"parent": request.parent},
+            listing="selfmonitoring.ListBreachObservations",
+        )
         before = (paging.day("day"), paging.text("source"), paging.text("id")) if paging.after else None
         query = handlers.ListBreachObservations(parts["region"], parts["breach"], before, paging.size + 1)
         found: list[model.Observation] = await self._dispatcher.query(query, call_context())

@@ -293,7 +293,12 @@ class AllianceServicer(alliance_pb2_grpc.AllianceServiceServicer):
         self, request: alliance_pb2.ListConsortiumBidsRequest, context: Context
     ) -> alliance_pb2.ListConsortiumBidsResponse:
         region, alliance_id = self._alliance_name(request.parent, "parent")
-        paging = page(request.page_size, request.page_token, {"parent": request.parent})
+        paging = page(
+            request.page_size,
+            request.page_token,
+            {"parent": request.parent},
+            listing="tendering.ListConsortiumBids",
+        )
         bids: list[alliance.ConsortiumBid] = await self._query(
             alliance_handlers.ListConsortiumBids(region, alliance_id)
         )

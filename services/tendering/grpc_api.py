@@ -343,7 +343,9 @@ class TenderingServicer(tendering_pb2_grpc.TenderingServiceServicer):
         self, request: tendering_pb2.ListCallsRequest, context: Context
     ) -> tendering_pb2.ListCallsResponse:
         region = model.REGION.parse(request.parent, "parent")["region"]
-        paging = page(request.page_size, request.page_token, {"parent": request.parent})
+        paging = page(
+            request.page_size, request.page_token, {"parent": request.parent}, listing="tendering.ListCalls"
+        )
         before = (paging.instant("created_at"), paging.text("id")) if paging.after else None
         found: list[model.Call] = await self._query(handlers.ListCalls(region, before, paging.size + 1))
         listed, token = _keyset_page(
@@ -373,7 +375,12 @@ class TenderingServicer(tendering_pb2_grpc.TenderingServiceServicer):
         self, request: tendering_pb2.ListClarificationsRequest, context: Context
     ) -> tendering_pb2.ListClarificationsResponse:
         parts = model.CALL.parse(request.parent, "parent")
-        paging = page(request.page_size, request.page_token, {"parent": request.parent})
+        paging = page(
+            request.page_size,
+            request.page_token,
+            {"parent": request.parent},
+            listing="tendering.ListClarifications",
+        )
         call: model.Call = await self._query(handlers.GetCall(parts["region"], parts["call"]))
         answered = [c for c in call.clarifications if c.answered_at is not None]
         chunk, token = _index_page(answered, paging)
@@ -414,7 +421,9 @@ class TenderingServicer(tendering_pb2_grpc.TenderingServiceServicer):
         self, request: tendering_pb2.ListBidsRequest, context: Context
     ) -> tendering_pb2.ListBidsResponse:
         parts = model.CALL.parse(request.parent, "parent")
-        paging = page(request.page_size, request.page_token, {"parent": request.parent})
+        paging = page(
+            request.page_size, request.page_token, {"parent": request.parent}, listing="tendering.ListBids"
+        )
         bids: list[model.Bid] = await self._query(handlers.ListBids(parts["region"], parts["call"]))
         chunk, token = _index_page(bids, paging)
         return tendering_pb2.ListBidsResponse(
@@ -469,7 +478,12 @@ class TenderingServicer(tendering_pb2_grpc.TenderingServiceServicer):
         self, request: tendering_pb2.ListFrameworksRequest, context: Context
     ) -> tendering_pb2.ListFrameworksResponse:
         region = model.REGION.parse(request.parent, "parent")["region"]
-        paging = page(request.page_size, request.page_token, {"parent": request.parent})
+        paging = page(
+            request.page_size,
+            request.page_token,
+            {"parent": request.parent},
+            listing="tendering.ListFrameworks",
+        )
         found: list[model.Framework] = await self._query(
             handlers.ListFrameworks(region, paging.after.get("after", ""), paging.size + 1)
         )
@@ -525,7 +539,12 @@ class TenderingServicer(tendering_pb2_grpc.TenderingServiceServicer):
         self, request: tendering_pb2.ListCallOffsRequest, context: Context
     ) -> tendering_pb2.ListCallOffsResponse:
         parts = model.FRAMEWORK.parse(request.parent, "parent")
-        paging = page(request.page_size, request.page_token, {"parent": request.parent})
+        paging = page(
+            request.page_size,
+            request.page_token,
+            {"parent": request.parent},
+            listing="tendering.ListCallOffs",
+        )
         found: list[model.CallOff] = await self._query(
             handlers.ListCallOffs(
                 parts["region"], parts["framework"], paging.after.get("after", ""), paging.size + 1

@@ -107,13 +107,17 @@ async def test_a_foreign_or_forged_page_token_for_list_breaches_is_400_naming_pa
 ) -> None:
     region = "edge-pages"
     headers = auth(module_suite, Role.SUPERVISOR, region)
+    # What ListBreaches would bind to this query (its filters unset), so that only the position is wrong.
+    bound = {"list": "selfmonitoring.ListBreaches", "state": "0", "severity": "0", "provider": ""}
     tokens = {
         "garbage": "garbage",
         "another query's": next_page_token({"parent": "regions/elsewhere"}, {"opened_at": "x", "id": "y"}),
         # The checksum tells damage from a token the service wrote, not forgery: the
         # position inside must be checked as any client input is.
-        "forged position": next_page_token({"parent": f"regions/{region}"}, {"opened_at": "nope", "id": "y"}),
-        "missing position": next_page_token({"parent": f"regions/{region}"}, {"id": "y"}),
+        "forged position": next_page_token(
+            {**bound, "parent": f"regions/{region}"}, {"opened_at": "nope", "id": "y"}
+        ),
+        "missing position": next_page_token({**bound, "parent": f"regions/{region}"}, {"id": "y"}),
     }
     for kind, token in tokens.items():
         response = await client.get(

@@ -502,6 +502,36 @@ async def test_breaches_list_newest_first_across_pages_without_repeats_or_gaps(s
 
 
 @pytest.mark.parametrize(
+    ("list_name", "position"),
+    [
+        ("ListProgrammes", {"version": "1"}),
+        ("ListIndicators", {"id": "a"}),
+        ("ListAlerts", {"created_at": "2026-03-14T10:00:00+00:00", "id": "a"}),
+    ],
+)
+async def test_a_page_token_bound_to_the_parent_but_not_to_the_list_is_invalid_argument(
+    stub, tokens, list_name, position
+):
+    # Three lists share the parent regions/{region} and pages of the same shapes: a token
+    # another list issued, or one bound to the parent only, must not page this one.
+    parent = f"regions/{REGION}"
+    method = getattr(stub, list_name)
+    request = getattr(selfmonitoring_pb2, f"{list_name}Request")
+    supervisor = tokens.supervisor(REGION)
+    own = next_page_token({"list": f"selfmonitoring.{list_name}", "parent": parent}, position)
+    await method(request(parent=parent, page_token=own), metadata=supervisor)  # its own pages on
+    others = [f"selfmonitoring.{n}" for n in ("ListProgrammes", "ListIndicators", "ListAlerts")]
+    for bound in [{"parent": parent}, *({"list": o, "parent": parent} for o in others if list_name not in o)]:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await method(
+                request(parent=parent, page_token=next_page_token(bound, position)), metadata=supervisor
+            )
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, bound
+        assert field_violations(caught.value) == ["page_token"], bound
+        assert "another query" in (caught.value.details() or ""), bound
+
+
+@pytest.mark.parametrize(
     "position",
     [{"opened_at": "yesterday", "id": "b"}, {"opened_at": "2025-03-14T10:00:00", "id": "b"}, {"id": "b"}],
     ids=["not-an-instant", "no-time-zone", "no-instant"],
@@ -509,7 +539,8 @@ async def test_breaches_list_newest_first_across_pages_without_repeats_or_gaps(s
 async def test_a_page_token_with_a_forged_position_is_invalid_argument(stub, tokens, position):
     # The token's checksum tells damage from a token the service wrote, not forgery: anyone can
     # compute it, so the position inside is checked as any client input is.
-    forged = next_page_token({"parent": f"regions/{REGION}"}, position)
+    query = {"parent": f"regions/{REGION}", "state": "0", "severity": "0", "provider": ""}
+    forged = next_page_token({"list": "selfmonitoring.ListBreaches", **query}, position)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.ListBreaches(
             selfmonitoring_pb2.ListBreachesRequest(parent=f"regions/{REGION}", page_token=forged),
@@ -517,6 +548,8 @@ async def test_a_page_token_with_a_forged_position_is_invalid_argument(stub, tok
         )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field_violations(caught.value) == ["page_token"]
+    # Refused for its position, not as a token of another query: the query it names is this one's.
+    assert "another query" not in (caught.value.details() or "")
 
 
 async def test_breaches_are_only_for_the_region_own_supervisors(stub, tokens, clock):

@@ -415,9 +415,18 @@ async def test_list_bids_pages_without_repeats_or_gaps_and_refuses_a_foreign_tok
         "another call's token": (other.name, own_token),
         "garbled": (call.name, own_token[:-3] + ("AAA" if own_token[-3:] != "AAA" else "BBB")),
         "not a token": (call.name, "not-a-page-token"),
+        # ListClarifications pages the same parent by the same kind of position.
+        "a ListClarifications token": (
+            call.name,
+            next_page_token({"list": "tendering.ListClarifications", "parent": call.name}, {"index": "1"}),
+        ),
+        "a token bound to the parent only": (
+            call.name,
+            next_page_token({"parent": call.name}, {"index": "1"}),
+        ),
         "a position that is no index": (
             call.name,
-            next_page_token({"parent": call.name}, {"index": "two"}),
+            next_page_token({"list": "tendering.ListBids", "parent": call.name}, {"index": "two"}),
         ),
     }
     for case, (parent, bad) in foreign.items():
@@ -474,7 +483,8 @@ async def test_list_call_offs_pages_without_repeats_or_gaps_and_refuses_a_foreig
         "another list's token (bids)": bids.next_page_token,
         "another list's token (calls)": calls.next_page_token,
         "a token for another framework": next_page_token(
-            {"parent": f"regions/{REGION}/frameworks/another"}, {"after": ""}
+            {"list": "tendering.ListCallOffs", "parent": f"regions/{REGION}/frameworks/another"},
+            {"after": ""},
         ),
         "garbled": token[:10] + ("B" if token[10] == "A" else "A") + token[11:],
         "not a token": "%%%",
@@ -527,17 +537,23 @@ async def test_list_calls_pages_newest_first_without_repeats_or_gaps_and_refuses
         "another region's token": (
             parent,
             next_page_token(
-                {"parent": "regions/uusimaa"}, {"created_at": "2026-11-02T09:00:00+00:00", "id": "x"}
+                {"list": "tendering.ListCalls", "parent": "regions/uusimaa"},
+                {"created_at": "2026-11-02T09:00:00+00:00", "id": "x"},
             ),
         ),
         "a token from ListBids": (
             parent,
-            next_page_token({"parent": made[0]}, {"index": "1"}),
+            next_page_token({"list": "tendering.ListBids", "parent": made[0]}, {"index": "1"}),
         ),
-        "a position with no instant": (parent, next_page_token({"parent": parent}, {"id": "x"})),
+        "a position with no instant": (
+            parent,
+            next_page_token({"list": "tendering.ListCalls", "parent": parent}, {"id": "x"}),
+        ),
         "a position with a bad instant": (
             parent,
-            next_page_token({"parent": parent}, {"created_at": "yesterday", "id": "x"}),
+            next_page_token(
+                {"list": "tendering.ListCalls", "parent": parent}, {"created_at": "yesterday", "id": "x"}
+            ),
         ),
         "garbled": (parent, token[:-4]),
     }
