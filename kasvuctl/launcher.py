@@ -40,7 +40,7 @@ NATS = "nats"
 LAUNCHER = "kasvu"
 POLL_S = 0.1
 STOP_MARGIN_S = 10.0
-"""Beyond the shutdown grace: a service's background tasks (3 s) and NATS drain (5 s) end in it."""
+"""Beyond the shutdown grace: a service's background tasks (3 s) and its NATS flush (2 s) end in it."""
 NATS_STOP_S = 10.0
 
 Plan = list[tuple[str, list[str], dict[str, str]]]
@@ -186,8 +186,8 @@ class Stage:
 
 def stop_stages(plan: Plan, shutdown_grace_s: float) -> list[Stage]:
     """The gateway first, so no new calls come in and its streams end; then the services, which
-    still drain NATS as they stop; nats-server last. A process gets its grace for in-flight
-    work plus what its shutdown does after it (background tasks, NATS drain) before SIGKILL."""
+    still flush to NATS as they stop; nats-server last. A process gets its grace for in-flight
+    work plus what its shutdown does after it (background tasks, NATS flush) before SIGKILL."""
     names = [name for name, _, _ in plan]
     services = tuple(name for name in names if name not in {GATEWAY, NATS})
     patience = shutdown_grace_s + STOP_MARGIN_S

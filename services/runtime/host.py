@@ -235,6 +235,19 @@ class ServiceHost:
             # Whatever is left is sent by the next replica to hold the lease.
             log.warning("outbox not drained at shutdown", extra={"error": type(error).__name__})
 
+    @staticmethod
+    async def _close_bus(nc: NatsClient) -> None:
+        """Flush, then close. Not drain(): every consumer has stopped and the relay's last
+        publishes are acknowledged, so nothing is left to drain, and drain() also waits for
+        messages queued on subscriptions no one reads any more (a pull request's late
+        timeout status), which held shutdown for the whole drain timeout."""
+        if nc.is_connected:
+            try:
+                await nc.flush(timeout=2)
+            except Exception as error:
+                log.warning("nats flush at shutdown failed", extra={"error": type(error).__name__})
+        await nc.close()
+
     def add_consumer(self, make: Callable[[JetStreamContext], bus.EventConsumer[Any]]) -> None:
         """A consumer to start once the bus is connected."""
         self._consumer_factories.append(make)
@@ -253,7 +266,7 @@ class ServiceHost:
 
     async def shutdown(self) -> None:
         """Health NOT_SERVING first so balancers stop sending, then finish in-flight calls,
-        stop background work, relay what they committed (one bounded pass), drain NATS and
+        stop background work, relay what they committed (one bounded pass), flush and close NATS, and
         close the database."""
         log.info("shutting down", extra={"service": self.settings.service})
         self.stop_event.set()
@@ -268,12 +281,6 @@ class ServiceHost:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._drain_outbox()
         await self.write_path.close()
-        if self.nc is not None and self.nc.is_connected:
-            try:
-                # Drain flushes what the relay published; bounded, since a stale pull
-                # subscription can keep drain waiting for its whole 30 s timeout.
-                await asyncio.wait_for(self.nc.drain(), timeout=5.0)
-            except TimeoutError:
-                log.warning("nats drain timed out; closing")
-                await self.nc.close()
+        if self.nc is not None and not self.nc.is_closed:
+            await self._close_bus(self.nc)
         await self.db.dispose()
