@@ -52,8 +52,13 @@ buf-deps: $(VENV_STAMP)
 run: $(VENV_STAMP) ## run nats-server and all services locally (Ctrl-C stops them)
 	$(BIN)/kasvu run
 
-test: $(VENV_STAMP) ## run the tests
-	$(BIN)/pytest -q
+# One pytest worker per core of a CI machine: most tests keep one core busy and wait on the other
+# (servers, fsync), so two workers halve the run. Each worker has its own servers and temp dirs;
+# --dist loadscope keeps a module's tests, and the suite a module shares, on one worker.
+TEST_WORKERS ?= 2
+
+test: $(VENV_STAMP) ## run the tests (TEST_WORKERS=0 for one process)
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadscope
 
 lint: $(VENV_STAMP) $(NODE_STAMP) buf-deps ## ruff, mypy, import contracts, buf lint, generated code up to date
 	$(BIN)/ruff check .
