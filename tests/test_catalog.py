@@ -76,9 +76,9 @@ def test_the_catalogs_resource_names_are_the_patterns_its_models_parse_by():
         if not service.grpc_services:
             continue
         # The models are the service's pure modules: model.py, and for tendering also the
-        # alliance and market-failure rules beside it.
+        # alliance, market-failure and bidder-key rules beside it.
         parsed_by: set[str] = set()
-        for name in ("model", "alliance", "market_failure"):
+        for name in ("model", "alliance", "market_failure", "bidder_keys"):
             try:
                 module = importlib.import_module(f"{service.module}.{name}")
             except ModuleNotFoundError:

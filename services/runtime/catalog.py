@@ -210,6 +210,9 @@ CATALOG: tuple[ServiceEntry, ...] = (
             "regions/{region}/alliances/{alliance:key}/periods/{period}",
             "regions/{region}/marketFailures/{finding:key}",
             "regions/{region}/directAwards/{award:key}",
+            # The keys bidders sign their bids with (services/tendering/bidder_keys.py).
+            "bidders/{bidder:business_id}",
+            "bidders/{bidder:business_id}/keys/{fingerprint:key}",
         ),
         proto_modules=("kasvu.tendering.v1.tendering_pb2", "kasvu.tendering.v1.alliance_pb2"),
         # A supplier suspended in the registry is skipped at call-off; reinstatement makes it

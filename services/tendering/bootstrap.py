@@ -35,6 +35,7 @@ from services.tendering import (
     alliance,
     alliance_handlers,
     alliance_store,
+    bidder_keys,
     consumers,
     handlers,
     market_failure,
@@ -52,7 +53,7 @@ SERVICE_NAME = tendering_pb2.DESCRIPTOR.services_by_name["TenderingService"].ful
 # on tendering's dispatcher and unit of work (alliance_store's, which adds their repositories).
 ALLIANCE_SERVICE_NAME = alliance_pb2.DESCRIPTOR.services_by_name["AllianceService"].full_name
 _EVENT_GROUPS: tuple[tuple[tuple[type[Event], ...], Any], ...] = (
-    ((*model.EVENTS, *market_failure.EVENTS), events_pb2),
+    ((*model.EVENTS, *market_failure.EVENTS, *bidder_keys.EVENTS), events_pb2),
     ((*alliance.EVENTS, market_failure.DirectAwardMade), alliance_events_pb2),
 )
 EVENT_TYPES = EventTypes(

@@ -24,7 +24,7 @@ from services.runtime.protoconv import (
     proto_date,
     timestamp,
 )
-from services.tendering import handlers, model, sealing
+from services.tendering import bidder_keys, handlers, model, sealing
 
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
@@ -281,6 +281,19 @@ def call_off_to_proto(call_off: model.CallOff) -> tendering_pb2.CallOff:
     )
     if call_off.offer_expires is not None:
         message.offer_expire_time.CopyFrom(timestamp(call_off.offer_expires))
+    return message
+
+
+def bidder_key_to_proto(key: bidder_keys.BidderKey) -> tendering_pb2.BidderKey:
+    message = tendering_pb2.BidderKey(
+        name=key.name,
+        public_key=key.public_key,
+        fingerprint=key.fingerprint,
+        state=tendering_pb2.BIDDER_KEY_STATE_LIVE if key.live else tendering_pb2.BIDDER_KEY_STATE_RETIRED,
+        enroll_time=timestamp(key.enrolled_at),
+    )
+    if key.retired_at is not None:
+        message.retire_time.CopyFrom(timestamp(key.retired_at))
     return message
 
 
@@ -566,6 +579,43 @@ class TenderingServicer(tendering_pb2_grpc.TenderingServiceServicer):
             release_package_json=exported.release_package_json,
             record_package_json=exported.record_package_json,
         )
+
+    async def EnrolBidderKey(
+        self, request: tendering_pb2.EnrolBidderKeyRequest, context: Context
+    ) -> tendering_pb2.BidderKey:
+        bidder = bidder_keys.BIDDER.parse(request.parent, "parent")["bidder"]
+        key = request.bidder_key
+        command = handlers.EnrolBidderKey(bidder, key.public_key, key.proof)
+        return bidder_key_to_proto(await self._handle(command, request.request_id))
+
+    async def ListBidderKeys(
+        self, request: tendering_pb2.ListBidderKeysRequest, context: Context
+    ) -> tendering_pb2.ListBidderKeysResponse:
+        bidder = bidder_keys.BIDDER.parse(request.parent, "parent")["bidder"]
+        paging = page(
+            request.page_size,
+            request.page_token,
+            {"parent": request.parent},
+            listing="tendering.ListBidderKeys",
+        )
+        before = (paging.instant("enrolled_at"), paging.text("fingerprint")) if paging.after else None
+        found: list[bidder_keys.BidderKey] = await self._query(
+            handlers.ListBidderKeys(bidder, before, paging.size + 1)
+        )
+        listed, token = _keyset_page(
+            found, paging, lambda k: {"enrolled_at": k.enrolled_at.isoformat(), "fingerprint": k.fingerprint}
+        )
+        return tendering_pb2.ListBidderKeysResponse(
+            bidder_keys=[bidder_key_to_proto(k) for k in listed], next_page_token=token
+        )
+
+    async def RetireBidderKey(
+        self, request: tendering_pb2.RetireBidderKeyRequest, context: Context
+    ) -> tendering_pb2.BidderKey:
+        parts = bidder_keys.BIDDER_KEY.parse(request.name, "name")
+        fingerprint = bidder_keys.fingerprint_of(parts["fingerprint"], "name")
+        command = handlers.RetireBidderKey(parts["bidder"], fingerprint)
+        return bidder_key_to_proto(await self._handle(command, request.request_id))
 
 
 T = TypeVar("T")

@@ -22,7 +22,7 @@ from services.runtime.errors import (
     NotFound,
     PermissionDenied,
 )
-from services.tendering import model, ocds, sealing
+from services.tendering import bidder_keys, model, ocds, sealing
 
 if TYPE_CHECKING:
     from services.tendering.store import TenderingUnitOfWork
@@ -191,6 +191,21 @@ class SetSupplierEligibility(Command):
     breach: str = ""
 
 
+@dataclass(frozen=True)
+class EnrolBidderKey(Command):
+    """A provider enrols a key it will sign its bids with, proving it holds the key."""
+
+    bidder: str
+    public_key: bytes
+    proof: bytes
+
+
+@dataclass(frozen=True)
+class RetireBidderKey(Command):
+    bidder: str
+    fingerprint: str
+
+
 # -- queries --------------------------------------------------------------------------------------
 
 
@@ -238,6 +253,13 @@ class ListCallOffs(Query):
     region: str
     framework_id: str
     after: str
+    limit: int
+
+
+@dataclass(frozen=True)
+class ListBidderKeys(Query):
+    bidder: str
+    before: tuple[datetime, str] | None
     limit: int
 
 
@@ -470,6 +492,40 @@ def _may_read_bids(uow: TenderingUnitOfWork, call: model.Call, bidder: str | Non
     access.require(actor, any_of=[access.region_admin(call.region)], action="reading bids")
     if call.state in (*model.OPEN_FOR_BIDS, model.CallState.DRAFT, model.CallState.CLOSED):
         raise PermissionDenied(f"the bids of {call.name} are sealed until opening", reason="BIDS_SEALED")
+
+
+# -- bidder keys ------------------------------------------------------------------------------------
+
+
+def _own_keys(uow: TenderingUnitOfWork, bidder: str, action: str) -> None:
+    access.require(uow.actor, any_of=[access.provider(bidder)], action=action)
+
+
+async def enrol_bidder_key(command: EnrolBidderKey, uow: TenderingUnitOfWork) -> bidder_keys.BidderKey:
+    """Idempotent for a key live for the same bidder (the one enrolled, no new event)."""
+    _own_keys(uow, command.bidder, "enrolling a bidder key")
+    existing = await uow.bidder_keys.lock(sealing.key_fingerprint(command.public_key))
+    key, new = bidder_keys.enrol(command.bidder, command.public_key, command.proof, existing, uow.now)
+    if new:
+        await uow.bidder_keys.add(key)
+    return key
+
+
+async def list_bidder_keys(query: ListBidderKeys, uow: TenderingUnitOfWork) -> list[bidder_keys.BidderKey]:
+    _own_keys(uow, query.bidder, "listing bidder keys")
+    return await uow.bidder_keys.of_bidder(query.bidder, query.before, query.limit)
+
+
+async def retire_bidder_key(command: RetireBidderKey, uow: TenderingUnitOfWork) -> bidder_keys.BidderKey:
+    """New bids signed with the key are refused from now on; those already in stand."""
+    _own_keys(uow, command.bidder, "retiring a bidder key")
+    key = await uow.bidder_keys.lock(command.fingerprint)
+    if key is None or key.bidder != command.bidder:
+        # Another bidder's key does not exist for this one: its name says nothing of who holds it.
+        name = bidder_keys.BIDDER_KEY.format(bidder=command.bidder, fingerprint=command.fingerprint)
+        raise NotFound(f"no bidder key {name}", reason="BIDDER_KEY_NOT_FOUND")
+    key.retire(uow.now)
+    return key
 
 
 # -- closing and opening ---------------------------------------------------------------------------
@@ -903,4 +959,7 @@ HANDLERS: dict[type[Any], Any] = {
     ListFrameworks: list_frameworks,
     ListCallOffs: list_call_offs,
     ExportOcds: export_ocds,
+    EnrolBidderKey: enrol_bidder_key,
+    ListBidderKeys: list_bidder_keys,
+    RetireBidderKey: retire_bidder_key,
 }

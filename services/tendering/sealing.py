@@ -250,6 +250,26 @@ def verify_bid_signature(sealed: bytes, signature: bytes, provider_public_key: b
         raise SealingError("the signature does not verify against the bid's key") from None
 
 
+def bidder_key_proof_message(bidder: str, public_key: bytes) -> bytes:
+    """What a provider signs with a key to enrol it for its bids: a fixed prefix (so no signature
+    made for another purpose can serve as this one), the bidder and the key's 32 raw bytes (so a
+    proof for one bidder enrols the key for no other)."""
+    return b"kasvu-bidder-key/v1\n" + bidder.encode() + b"\n" + public_key
+
+
+def sign_bidder_key(bidder: str, provider_key: Ed25519PrivateKey) -> bytes:
+    """What a provider's client does to enrol `provider_key`: proof that it holds the key."""
+    return provider_key.sign(bidder_key_proof_message(bidder, raw_public(provider_key)))
+
+
+def verify_bidder_key_proof(bidder: str, public_key: bytes, proof: bytes) -> None:
+    key = ed25519_public(public_key, "bidder_key.public_key")
+    try:
+        key.verify(proof, bidder_key_proof_message(bidder, public_key))
+    except InvalidSignature:
+        raise SealingError("is not a signature of this key over its enrolment for this bidder") from None
+
+
 def open_bid(sealed: bytes, private_key: X25519PrivateKey, call: str, lot: str, bidder: str) -> bytes:
     try:
         return SUITE.decrypt(sealed, private_key, info=bid_info(call, lot, bidder))

@@ -23,7 +23,7 @@ from services.runtime.fastinsert import TableInserter
 from services.runtime.prepared import Prepared
 from services.runtime.tables import utc_field
 from services.runtime.uow import Context, UnitOfWork
-from services.tendering import model, sealing
+from services.tendering import bidder_keys, model, sealing
 
 
 class CallRow(SQLModel, table=True):
@@ -117,6 +117,20 @@ class SuspensionRow(SQLModel, table=True):
     suspended_at: datetime = utc_field()
 
 
+class BidderKeyRow(SQLModel, table=True):
+    """A key a provider enrolled to sign its bids with; kept after retirement, so a retired key
+    is never enrolled again."""
+
+    __tablename__ = "tendering_bidder_keys"
+    __table_args__ = (Index("ix_tendering_bidder_keys_bidder", "bidder", "enrolled_at", "fingerprint"),)
+
+    fingerprint: str = Field(primary_key=True, max_length=64)
+    bidder: str = Field(max_length=9)
+    public_key: bytes
+    enrolled_at: datetime = utc_field()
+    retired_at: datetime | None = utc_field(default=None)
+
+
 TENDERING_TABLES = (
     "tendering_calls",
     "tendering_frameworks",
@@ -125,12 +139,14 @@ TENDERING_TABLES = (
     "tendering_bid_openings",
     "tendering_opening_shares",
     "tendering_suspensions",
+    "tendering_bidder_keys",
 )
 BIDS = BidRow.__table__  # type: ignore[attr-defined]
 CALLS = CallRow.__table__  # type: ignore[attr-defined]
 SHARES = ShareRow.__table__  # type: ignore[attr-defined]
 SUSPENSIONS = SuspensionRow.__table__  # type: ignore[attr-defined]
 OPENINGS = OpeningRow.__table__  # type: ignore[attr-defined]
+BIDDER_KEYS = BidderKeyRow.__table__  # type: ignore[attr-defined]
 _INSERT_BID = TableInserter(BIDS)
 _INSERT_OPENING = TableInserter(OPENINGS)
 _BIDS_WITH_OPENINGS = select(BIDS, OPENINGS.c.plaintext_sha256, OPENINGS.c.content_json).select_from(
@@ -539,6 +555,98 @@ class SuspensionRepository:
         return bool(result.rowcount)
 
 
+# -- bidder keys ------------------------------------------------------------------------------------
+
+_BIDDER_KEY_COLUMNS = (
+    BIDDER_KEYS.c.fingerprint,
+    BIDDER_KEYS.c.bidder,
+    BIDDER_KEYS.c.public_key,
+    BIDDER_KEYS.c.enrolled_at,
+    BIDDER_KEYS.c.retired_at,
+)
+_BIDDER_KEY = Prepared(core_select(*_BIDDER_KEY_COLUMNS).where(BIDDER_KEYS.c.fingerprint == bindparam("fp")))
+# Every bid asks this, by the primary key: built once, straight to SQLite (prepared.py).
+_LIVE_KEY_OWNER = Prepared(
+    core_select(BIDDER_KEYS.c.bidder).where(
+        BIDDER_KEYS.c.fingerprint == bindparam("fp"), BIDDER_KEYS.c.retired_at.is_(None)
+    )
+)
+_INSERT_BIDDER_KEY = TableInserter(BIDDER_KEYS)
+_RETIRE_BIDDER_KEY = update(BIDDER_KEYS).where(BIDDER_KEYS.c.fingerprint == bindparam("fp"))
+
+
+def _bidder_key(row: Any) -> bidder_keys.BidderKey:
+    return bidder_keys.BidderKey(
+        row.bidder, bytes(row.public_key), row.fingerprint, row.enrolled_at, row.retired_at
+    )
+
+
+class BidderKeyRepository:
+    """Bidders' enrolled keys by SQLAlchemy Core: a bid's submission looks its key up."""
+
+    def __init__(self, session: AsyncSession, uow: UnitOfWork) -> None:
+        self._session = session
+        self._uow = uow
+        self._loaded: dict[str, tuple[bidder_keys.BidderKey, datetime | None]] = {}
+
+    def _track(self, key: bidder_keys.BidderKey) -> bidder_keys.BidderKey:
+        known = self._loaded.get(key.fingerprint)
+        if known is not None:
+            return known[0]
+        self._loaded[key.fingerprint] = (key, key.retired_at)
+        return self._uow.track(key, key.name)
+
+    async def get(self, fingerprint: str) -> bidder_keys.BidderKey | None:
+        """The key with this fingerprint, whoever enrolled it, live or retired."""
+        if fingerprint in self._loaded:
+            return self._loaded[fingerprint][0]
+        row = (await _BIDDER_KEY.execute(self._uow.connection, {"fp": fingerprint})).first()
+        return None if row is None else self._track(_bidder_key(row))
+
+    async def lock(self, fingerprint: str) -> bidder_keys.BidderKey | None:
+        """As get(), with writers of the same key taking turns from here: two bidders enrolling
+        one key at once, or a retirement beside an enrolment, see each other's outcome."""
+        if not self._uow.read_only:
+            await serialize_on(self._session, f"tendering:bidder-key:{fingerprint}")
+        return await self.get(fingerprint)
+
+    async def live_owner(self, fingerprint: str) -> str | None:
+        """The bidder the key is live-enrolled for, or None (unknown or retired)."""
+        found = await _LIVE_KEY_OWNER.execute(self._uow.connection, {"fp": fingerprint})
+        owner: str | None = found.scalar()
+        return owner
+
+    async def of_bidder(
+        self, bidder: str, before: tuple[datetime, str] | None, limit: int
+    ) -> list[bidder_keys.BidderKey]:
+        """The bidder's keys, live and retired, newest enrolment first (fingerprint breaking ties)."""
+        query = core_select(*_BIDDER_KEY_COLUMNS).where(BIDDER_KEYS.c.bidder == bidder)
+        if before is not None:
+            query = query.where(older_than(BIDDER_KEYS.c.enrolled_at, BIDDER_KEYS.c.fingerprint, before))
+        newest_first = (BIDDER_KEYS.c.enrolled_at.desc(), BIDDER_KEYS.c.fingerprint.desc())
+        result = await self._uow.connection.execute(query.order_by(*newest_first).limit(limit))
+        return [self._track(_bidder_key(row)) for row in result.all()]
+
+    async def add(self, key: bidder_keys.BidderKey) -> None:
+        row = {
+            "fingerprint": key.fingerprint,
+            "bidder": key.bidder,
+            "public_key": key.public_key,
+            "enrolled_at": key.enrolled_at,
+            "retired_at": key.retired_at,
+        }
+        await _INSERT_BIDDER_KEY.insert(self._uow.connection, [row])
+        self._track(key)
+
+    async def save(self) -> None:
+        for fingerprint, (key, retired_at) in self._loaded.items():
+            if key.retired_at != retired_at:
+                await self._uow.connection.execute(
+                    _RETIRE_BIDDER_KEY, {"fp": fingerprint, "retired_at": key.retired_at}
+                )
+                self._loaded[fingerprint] = (key, key.retired_at)
+
+
 # -- the unit of work ------------------------------------------------------------------------------
 
 
@@ -560,6 +668,7 @@ class TenderingUnitOfWork(UnitOfWork):
     frameworks: FrameworkRepository
     call_offs: CallOffRepository
     suspensions: SuspensionRepository
+    bidder_keys: BidderKeyRepository
 
     def __init__(
         self, context: Context, now: datetime, read_only: bool, *, receipt_key: ReceiptKey, cache: CallCache
@@ -576,12 +685,14 @@ class TenderingUnitOfWork(UnitOfWork):
         self.frameworks = FrameworkRepository(session, self)
         self.call_offs = CallOffRepository(session, self)
         self.suspensions = SuspensionRepository(self)
+        self.bidder_keys = BidderKeyRepository(session, self)
 
     async def save(self) -> None:
         await self.calls.save()
         await self.frameworks.save()
         await self.call_offs.save()
         await self.bids.save()
+        await self.bidder_keys.save()
 
 
 def unit_of_work_factory(

@@ -69,6 +69,8 @@ class Member:
 class Provider:
     business_id: str
     key: Ed25519PrivateKey = field(default_factory=Ed25519PrivateKey.generate)
+    enrolled: bool = False
+    """Whether World.bid has enrolled `key` for the provider (bids verify only with such keys)."""
 
     @property
     def public_key(self) -> bytes:
@@ -155,9 +157,36 @@ class World:
         await self.worker.run_once()
         await self.worker.run_once()
 
+    async def enrol(
+        self, provider: Provider, key: Ed25519PrivateKey | None = None, **overrides: Any
+    ) -> tendering_pb2.BidderKey:
+        """Enrols `key` (the provider's own by default) for the provider, with its proof."""
+        signing = key or provider.key
+        bidder_key = tendering_pb2.BidderKey(
+            public_key=sealing.raw_public(signing),
+            proof=sealing.sign_bidder_key(provider.business_id, signing),
+        )
+        for name, value in overrides.items():
+            setattr(bidder_key, name, value)
+        request = tendering_pb2.EnrolBidderKeyRequest(
+            parent=f"bidders/{provider.business_id}", bidder_key=bidder_key
+        )
+        return await self.stub.EnrolBidderKey(request, metadata=self.provider(provider.business_id))
+
     async def bid(
-        self, call: tendering_pb2.Call, provider: Provider, lot: str, plaintext: bytes, **overrides: Any
+        self,
+        call: tendering_pb2.Call,
+        provider: Provider,
+        lot: str,
+        plaintext: bytes,
+        *,
+        enrol: bool = True,
+        **overrides: Any,
     ) -> tendering_pb2.Bid:
+        """The provider's bid, its key enrolled first (once per provider) unless `enrol` is False."""
+        if enrol and not provider.enrolled:
+            await self.enrol(provider)
+            provider.enrolled = True
         sealed = sealing.seal_bid(plaintext, call.opening_public_key, call.name, lot, provider.business_id)
         bid = tendering_pb2.Bid(
             lot=lot,

@@ -382,6 +382,7 @@ async def test_the_outbox_holds_an_event_for_every_transition_of_a_tender(world:
         tendering("CallOffOffered"): 1,
         tendering("CallOffDecided"): 1,
         tendering("CallEnded"): 1,
+        tendering("BidderKeyEnrolled"): 3,  # each of the three bidders' keys, once
     }
     [amendment] = await tendering_payloads(world.db, "CallAmended")
     assert events_pb2.CallAmended.FromString(amendment).invalidated_bids == 1
@@ -403,7 +404,18 @@ async def test_the_outbox_holds_an_event_for_every_transition_of_a_tender(world:
     assert list(events_pb2.CallOffOffered.FromString(offered).skipped) == [providers[0].business_id]
     async with world.db.reader.connect() as connection:
         subjects = (await connection.execute(select(OutboxEvent.subject, OutboxEvent.event_type))).all()
-    assert all(subject == f"{event_type}.{REGION}" for subject, event_type in subjects)
+    # Every event is addressed by its organiser, but a bidder's keys serve it in every region:
+    # theirs by the bidder.
+    bidders = {p.business_id for p in providers}
+    assert all(
+        subject
+        in (
+            {f"{event_type}.{b}" for b in bidders}
+            if "BidderKey" in event_type
+            else {f"{event_type}.{REGION}"}
+        )
+        for subject, event_type in subjects
+    )
 
 
 async def test_the_award_decision_and_its_reasons_reach_every_bidder(world: World) -> None:

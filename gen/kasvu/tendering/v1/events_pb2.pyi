@@ -883,3 +883,79 @@ class SupplierEligibilityChanged(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SupplierEligibilityChanged: _TypeAlias = SupplierEligibilityChanged  # noqa: Y015
+
+@_typing.final
+class BidderKeyEnrolled(_message.Message):
+    """A provider enrolled an Ed25519 key for signing its bids. The subject's last
+    token is the bidder's business ID: a bidder's keys serve it in every region.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    BIDDER_FIELD_NUMBER: _builtins.int
+    FINGERPRINT_FIELD_NUMBER: _builtins.int
+    ENROLL_TIME_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    """bidders/{bidder}/keys/{fingerprint}"""
+    bidder: _builtins.str
+    """The bidder's business ID."""
+    fingerprint: _builtins.str
+    """Lowercase hex SHA-256 of the raw public key."""
+    @_builtins.property
+    def enroll_time(self) -> _timestamp_pb2.Timestamp:
+        """When."""
+
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        bidder: _builtins.str = ...,
+        fingerprint: _builtins.str = ...,
+        enroll_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["enroll_time", b"enroll_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bidder", b"bidder", "enroll_time", b"enroll_time", "fingerprint", b"fingerprint", "key", b"key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BidderKeyEnrolled: _TypeAlias = BidderKeyEnrolled  # noqa: Y015
+
+@_typing.final
+class BidderKeyRetired(_message.Message):
+    """A provider retired a key: new bids signed with it are refused, bids
+    already submitted stand. Subject as BidderKeyEnrolled's.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    BIDDER_FIELD_NUMBER: _builtins.int
+    FINGERPRINT_FIELD_NUMBER: _builtins.int
+    RETIRE_TIME_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    """bidders/{bidder}/keys/{fingerprint}"""
+    bidder: _builtins.str
+    """The bidder's business ID."""
+    fingerprint: _builtins.str
+    """Lowercase hex SHA-256 of the raw public key."""
+    @_builtins.property
+    def retire_time(self) -> _timestamp_pb2.Timestamp:
+        """When."""
+
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        bidder: _builtins.str = ...,
+        fingerprint: _builtins.str = ...,
+        retire_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["retire_time", b"retire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bidder", b"bidder", "fingerprint", b"fingerprint", "key", b"key", "retire_time", b"retire_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BidderKeyRetired: _TypeAlias = BidderKeyRetired  # noqa: Y015

@@ -246,6 +246,30 @@ CALL_OFF_STATE_FAILED: CallOffState.ValueType  # 3
 """Every eligible supplier declined or let the offer lapse."""
 Global___CallOffState: _TypeAlias = CallOffState  # noqa: Y015
 
+class _BidderKeyState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _BidderKeyStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BidderKeyState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    BIDDER_KEY_STATE_UNSPECIFIED: _BidderKeyState.ValueType  # 0
+    """Never returned."""
+    BIDDER_KEY_STATE_LIVE: _BidderKeyState.ValueType  # 1
+    """Bids signed with it are taken."""
+    BIDDER_KEY_STATE_RETIRED: _BidderKeyState.ValueType  # 2
+    """Retired: new bids signed with it are refused."""
+
+class BidderKeyState(_BidderKeyState, metaclass=_BidderKeyStateEnumTypeWrapper):
+    """Where a bidder key stands."""
+
+BIDDER_KEY_STATE_UNSPECIFIED: BidderKeyState.ValueType  # 0
+"""Never returned."""
+BIDDER_KEY_STATE_LIVE: BidderKeyState.ValueType  # 1
+"""Bids signed with it are taken."""
+BIDDER_KEY_STATE_RETIRED: BidderKeyState.ValueType  # 2
+"""Retired: new bids signed with it are refused."""
+Global___BidderKeyState: _TypeAlias = BidderKeyState  # noqa: Y015
+
 @_typing.final
 class Lot(_message.Message):
     """A lot: a part of the call a provider may bid for alone."""
@@ -840,7 +864,9 @@ class Bid(_message.Message):
     bidder: _builtins.str
     """The bidder's business ID (the token's)."""
     public_key: _builtins.bytes
-    """Raw Ed25519 key the bidder signs with."""
+    """Raw Ed25519 key the bidder signs with; it must be live-enrolled for the
+    bidder (EnrolBidderKey).
+    """
     sealed_bid: _builtins.bytes
     """HPKE single-shot output (enc || ciphertext) to the call's opening key,
     info "kasvu-bid/v1\\n{call name}\\n{lot}\\n{bidder}".
@@ -1945,3 +1971,174 @@ class ExportOcdsRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExportOcdsRequest: _TypeAlias = ExportOcdsRequest  # noqa: Y015
+
+@_typing.final
+class BidderKey(_message.Message):
+    """An Ed25519 key a provider enrolled to sign its bids with."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    PROOF_FIELD_NUMBER: _builtins.int
+    FINGERPRINT_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    ENROLL_TIME_FIELD_NUMBER: _builtins.int
+    RETIRE_TIME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """bidders/{bidder}/keys/{fingerprint}: the bidder's business ID and the
+    key's fingerprint.
+    """
+    public_key: _builtins.bytes
+    """Raw 32-byte Ed25519 public key."""
+    proof: _builtins.bytes
+    """Proof of possession: the key's Ed25519 signature over the bytes
+    "kasvu-bidder-key/v1\\n{bidder}\\n" followed by the 32 raw bytes of
+    public_key.
+    """
+    fingerprint: _builtins.str
+    """Lowercase hex SHA-256 of public_key."""
+    state: Global___BidderKeyState.ValueType
+    """Where it stands."""
+    @_builtins.property
+    def enroll_time(self) -> _timestamp_pb2.Timestamp:
+        """When enrolled."""
+
+    @_builtins.property
+    def retire_time(self) -> _timestamp_pb2.Timestamp:
+        """When retired."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        public_key: _builtins.bytes = ...,
+        proof: _builtins.bytes = ...,
+        fingerprint: _builtins.str = ...,
+        state: Global___BidderKeyState.ValueType = ...,
+        enroll_time: _timestamp_pb2.Timestamp | None = ...,
+        retire_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["enroll_time", b"enroll_time", "retire_time", b"retire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enroll_time", b"enroll_time", "fingerprint", b"fingerprint", "name", b"name", "proof", b"proof", "public_key", b"public_key", "retire_time", b"retire_time", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BidderKey: _TypeAlias = BidderKey  # noqa: Y015
+
+@_typing.final
+class EnrolBidderKeyRequest(_message.Message):
+    """Request of EnrolBidderKey."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    BIDDER_KEY_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """bidders/{bidder}: the provider's own business ID."""
+    request_id: _builtins.str
+    """Idempotency key."""
+    @_builtins.property
+    def bidder_key(self) -> Global___BidderKey:
+        """The key and its proof of possession."""
+
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        bidder_key: Global___BidderKey | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bidder_key", b"bidder_key"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bidder_key", b"bidder_key", "parent", b"parent", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EnrolBidderKeyRequest: _TypeAlias = EnrolBidderKeyRequest  # noqa: Y015
+
+@_typing.final
+class ListBidderKeysRequest(_message.Message):
+    """Request of ListBidderKeys."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """bidders/{bidder}: the provider's own business ID."""
+    page_size: _builtins.int
+    """At most this many (default 50, at most 500)."""
+    page_token: _builtins.str
+    """From a previous response."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBidderKeysRequest: _TypeAlias = ListBidderKeysRequest  # noqa: Y015
+
+@_typing.final
+class ListBidderKeysResponse(_message.Message):
+    """Response of ListBidderKeys."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BIDDER_KEYS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty on the last page."""
+    @_builtins.property
+    def bidder_keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___BidderKey]:
+        """The keys, newest enrolment first."""
+
+    def __init__(
+        self,
+        *,
+        bidder_keys: _abc.Iterable[Global___BidderKey] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bidder_keys", b"bidder_keys", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBidderKeysResponse: _TypeAlias = ListBidderKeysResponse  # noqa: Y015
+
+@_typing.final
+class RetireBidderKeyRequest(_message.Message):
+    """Request of RetireBidderKey."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """bidders/{bidder}/keys/{fingerprint}"""
+    request_id: _builtins.str
+    """Idempotency key."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetireBidderKeyRequest: _TypeAlias = RetireBidderKeyRequest  # noqa: Y015

@@ -169,6 +169,21 @@ class TenderingServiceStub:
                 request_serializer=kasvu_dot_tendering_dot_v1_dot_tendering__pb2.ExportOcdsRequest.SerializeToString,
                 response_deserializer=kasvu_dot_tendering_dot_v1_dot_tendering__pb2.OcdsExport.FromString,
                 _registered_method=True)
+        self.EnrolBidderKey = channel.unary_unary(
+                '/kasvu.tendering.v1.TenderingService/EnrolBidderKey',
+                request_serializer=kasvu_dot_tendering_dot_v1_dot_tendering__pb2.EnrolBidderKeyRequest.SerializeToString,
+                response_deserializer=kasvu_dot_tendering_dot_v1_dot_tendering__pb2.BidderKey.FromString,
+                _registered_method=True)
+        self.ListBidderKeys = channel.unary_unary(
+                '/kasvu.tendering.v1.TenderingService/ListBidderKeys',
+                request_serializer=kasvu_dot_tendering_dot_v1_dot_tendering__pb2.ListBidderKeysRequest.SerializeToString,
+                response_deserializer=kasvu_dot_tendering_dot_v1_dot_tendering__pb2.ListBidderKeysResponse.FromString,
+                _registered_method=True)
+        self.RetireBidderKey = channel.unary_unary(
+                '/kasvu.tendering.v1.TenderingService/RetireBidderKey',
+                request_serializer=kasvu_dot_tendering_dot_v1_dot_tendering__pb2.RetireBidderKeyRequest.SerializeToString,
+                response_deserializer=kasvu_dot_tendering_dot_v1_dot_tendering__pb2.BidderKey.FromString,
+                _registered_method=True)
 
 
 class TenderingServiceServicer:
@@ -371,6 +386,32 @@ class TenderingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EnrolBidderKey(self, request, context):
+        """A provider enrols an Ed25519 key for signing its bids, proving it holds
+        the key. Bids verify only with a key live-enrolled for their bidder.
+        Enrolling a key live for the same bidder again returns it unchanged; a
+        retired key, or one another bidder enrolled, is refused.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListBidderKeys(self, request, context):
+        """A provider lists its own keys, live and retired, newest enrolment first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetireBidderKey(self, request, context):
+        """A provider retires one of its keys: new bids signed with it are refused;
+        bids already submitted stand (opening does not check enrolment). A
+        retired key is never enrolled again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TenderingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -503,6 +544,21 @@ def add_TenderingServiceServicer_to_server(servicer, server):
                     servicer.ExportOcds,
                     request_deserializer=kasvu_dot_tendering_dot_v1_dot_tendering__pb2.ExportOcdsRequest.FromString,
                     response_serializer=kasvu_dot_tendering_dot_v1_dot_tendering__pb2.OcdsExport.SerializeToString,
+            ),
+            'EnrolBidderKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.EnrolBidderKey,
+                    request_deserializer=kasvu_dot_tendering_dot_v1_dot_tendering__pb2.EnrolBidderKeyRequest.FromString,
+                    response_serializer=kasvu_dot_tendering_dot_v1_dot_tendering__pb2.BidderKey.SerializeToString,
+            ),
+            'ListBidderKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBidderKeys,
+                    request_deserializer=kasvu_dot_tendering_dot_v1_dot_tendering__pb2.ListBidderKeysRequest.FromString,
+                    response_serializer=kasvu_dot_tendering_dot_v1_dot_tendering__pb2.ListBidderKeysResponse.SerializeToString,
+            ),
+            'RetireBidderKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetireBidderKey,
+                    request_deserializer=kasvu_dot_tendering_dot_v1_dot_tendering__pb2.RetireBidderKeyRequest.FromString,
+                    response_serializer=kasvu_dot_tendering_dot_v1_dot_tendering__pb2.BidderKey.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1212,6 +1268,87 @@ class TenderingService:
             '/kasvu.tendering.v1.TenderingService/ExportOcds',
             kasvu_dot_tendering_dot_v1_dot_tendering__pb2.ExportOcdsRequest.SerializeToString,
             kasvu_dot_tendering_dot_v1_dot_tendering__pb2.OcdsExport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EnrolBidderKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kasvu.tendering.v1.TenderingService/EnrolBidderKey',
+            kasvu_dot_tendering_dot_v1_dot_tendering__pb2.EnrolBidderKeyRequest.SerializeToString,
+            kasvu_dot_tendering_dot_v1_dot_tendering__pb2.BidderKey.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBidderKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kasvu.tendering.v1.TenderingService/ListBidderKeys',
+            kasvu_dot_tendering_dot_v1_dot_tendering__pb2.ListBidderKeysRequest.SerializeToString,
+            kasvu_dot_tendering_dot_v1_dot_tendering__pb2.ListBidderKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetireBidderKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kasvu.tendering.v1.TenderingService/RetireBidderKey',
+            kasvu_dot_tendering_dot_v1_dot_tendering__pb2.RetireBidderKeyRequest.SerializeToString,
+            kasvu_dot_tendering_dot_v1_dot_tendering__pb2.BidderKey.FromString,
             options,
             channel_credentials,
             insecure,

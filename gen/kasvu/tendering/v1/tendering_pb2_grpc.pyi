@@ -108,6 +108,19 @@ class TenderingServiceStub:
     """The call's Open Contracting Data Standard (1.1) release and record
     packages. Needs no sign-in.
     """
+    EnrolBidderKey: _grpc.UnaryUnaryMultiCallable[_tendering_pb2.EnrolBidderKeyRequest, _tendering_pb2.BidderKey]
+    """A provider enrols an Ed25519 key for signing its bids, proving it holds
+    the key. Bids verify only with a key live-enrolled for their bidder.
+    Enrolling a key live for the same bidder again returns it unchanged; a
+    retired key, or one another bidder enrolled, is refused.
+    """
+    ListBidderKeys: _grpc.UnaryUnaryMultiCallable[_tendering_pb2.ListBidderKeysRequest, _tendering_pb2.ListBidderKeysResponse]
+    """A provider lists its own keys, live and retired, newest enrolment first."""
+    RetireBidderKey: _grpc.UnaryUnaryMultiCallable[_tendering_pb2.RetireBidderKeyRequest, _tendering_pb2.BidderKey]
+    """A provider retires one of its keys: new bids signed with it are refused;
+    bids already submitted stand (opening does not check enrolment). A
+    retired key is never enrolled again.
+    """
 
 @_typing.type_check_only
 class TenderingServiceAsyncStub(TenderingServiceStub):
@@ -188,6 +201,19 @@ class TenderingServiceAsyncStub(TenderingServiceStub):
     ExportOcds: _aio.UnaryUnaryMultiCallable[_tendering_pb2.ExportOcdsRequest, _tendering_pb2.OcdsExport]  # type: ignore[assignment]
     """The call's Open Contracting Data Standard (1.1) release and record
     packages. Needs no sign-in.
+    """
+    EnrolBidderKey: _aio.UnaryUnaryMultiCallable[_tendering_pb2.EnrolBidderKeyRequest, _tendering_pb2.BidderKey]  # type: ignore[assignment]
+    """A provider enrols an Ed25519 key for signing its bids, proving it holds
+    the key. Bids verify only with a key live-enrolled for their bidder.
+    Enrolling a key live for the same bidder again returns it unchanged; a
+    retired key, or one another bidder enrolled, is refused.
+    """
+    ListBidderKeys: _aio.UnaryUnaryMultiCallable[_tendering_pb2.ListBidderKeysRequest, _tendering_pb2.ListBidderKeysResponse]  # type: ignore[assignment]
+    """A provider lists its own keys, live and retired, newest enrolment first."""
+    RetireBidderKey: _aio.UnaryUnaryMultiCallable[_tendering_pb2.RetireBidderKeyRequest, _tendering_pb2.BidderKey]  # type: ignore[assignment]
+    """A provider retires one of its keys: new bids signed with it are refused;
+    bids already submitted stand (opening does not check enrolment). A
+    retired key is never enrolled again.
     """
 
 class TenderingServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -422,6 +448,37 @@ class TenderingServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_tendering_pb2.OcdsExport, _abc.Awaitable[_tendering_pb2.OcdsExport]]:
         """The call's Open Contracting Data Standard (1.1) release and record
         packages. Needs no sign-in.
+        """
+
+    @_abc_1.abstractmethod
+    def EnrolBidderKey(
+        self,
+        request: _tendering_pb2.EnrolBidderKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tendering_pb2.BidderKey, _abc.Awaitable[_tendering_pb2.BidderKey]]:
+        """A provider enrols an Ed25519 key for signing its bids, proving it holds
+        the key. Bids verify only with a key live-enrolled for their bidder.
+        Enrolling a key live for the same bidder again returns it unchanged; a
+        retired key, or one another bidder enrolled, is refused.
+        """
+
+    @_abc_1.abstractmethod
+    def ListBidderKeys(
+        self,
+        request: _tendering_pb2.ListBidderKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tendering_pb2.ListBidderKeysResponse, _abc.Awaitable[_tendering_pb2.ListBidderKeysResponse]]:
+        """A provider lists its own keys, live and retired, newest enrolment first."""
+
+    @_abc_1.abstractmethod
+    def RetireBidderKey(
+        self,
+        request: _tendering_pb2.RetireBidderKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tendering_pb2.BidderKey, _abc.Awaitable[_tendering_pb2.BidderKey]]:
+        """A provider retires one of its keys: new bids signed with it are refused;
+        bids already submitted stand (opening does not check enrolment). A
+        retired key is never enrolled again.
         """
 
 def add_TenderingServiceServicer_to_server(servicer: TenderingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
