@@ -33,30 +33,58 @@ _STATE = registry_pb2.DESCRIPTOR.enum_types_by_name["RegistrationState"]
 _DECIDER = registry_pb2.DESCRIPTOR.enum_types_by_name["Decider"]
 _LEGAL_FORM = registry_pb2.DESCRIPTOR.enum_types_by_name["LegalForm"]
 _ATTRIBUTE = registry_pb2.DESCRIPTOR.enum_types_by_name["Attribute"]
+_TOPIC = registry_pb2.DESCRIPTOR.enum_types_by_name["SectionTopic"]
+
+
+def _requirements_to_proto(requirements: Sequence[model.Requirement]) -> list[registry_pb2.Requirement]:
+    return [
+        registry_pb2.Requirement(
+            code=r.code,
+            description=r.description,
+            kind=registry_pb2.RequirementKind.ValueType(enum_to_proto(r.kind, _KIND)),
+            max_age_days=r.max_age_days,
+            decided_by=registry_pb2.Decider.ValueType(enum_to_proto(r.decided_by, _DECIDER)),
+            legal_basis=r.legal_basis,
+            valid_days=r.valid_days,
+            attribute=registry_pb2.Attribute.ValueType(enum_to_proto(r.attribute, _ATTRIBUTE)),
+            values=r.values,
+            price_ceiling=money(r.price_ceiling) if r.price_ceiling is not None else None,
+        )
+        for r in requirements
+    ]
+
+
+def _sections_to_proto(sections: Sequence[model.Section]) -> list[registry_pb2.Section]:
+    return [
+        registry_pb2.Section(
+            topic=registry_pb2.SectionTopic.ValueType(enum_to_proto(s.topic, _TOPIC)), text=s.text
+        )
+        for s in sections
+    ]
 
 
 def terms_to_proto(terms: model.Terms) -> registry_pb2.Terms:
     return registry_pb2.Terms(
         name=terms.name,
         title=terms.title,
-        requirements=[
-            registry_pb2.Requirement(
-                code=r.code,
-                description=r.description,
-                kind=registry_pb2.RequirementKind.ValueType(enum_to_proto(r.kind, _KIND)),
-                max_age_days=r.max_age_days,
-                decided_by=registry_pb2.Decider.ValueType(enum_to_proto(r.decided_by, _DECIDER)),
-                legal_basis=r.legal_basis,
-                valid_days=r.valid_days,
-                attribute=registry_pb2.Attribute.ValueType(enum_to_proto(r.attribute, _ATTRIBUTE)),
-                values=r.values,
-                price_ceiling=money(r.price_ceiling) if r.price_ceiling is not None else None,
-            )
-            for r in terms.requirements
-        ],
+        requirements=_requirements_to_proto(terms.requirements),
         version=terms.version,
         content_hash=terms.content_hash,
         publish_time=timestamp(terms.published_at) if terms.published_at else None,
+        sections=_sections_to_proto(terms.sections),
+        general_terms=terms.general_terms_name,
+    )
+
+
+def general_terms_to_proto(general: model.GeneralTerms) -> registry_pb2.GeneralTerms:
+    return registry_pb2.GeneralTerms(
+        name=general.name,
+        title=general.title,
+        requirements=_requirements_to_proto(general.requirements),
+        sections=_sections_to_proto(general.sections),
+        version=general.version,
+        content_hash=general.content_hash,
+        publish_time=timestamp(general.published_at) if general.published_at else None,
     )
 
 
@@ -156,8 +184,17 @@ def _position(paging: PageRequest) -> tuple[str, str]:
     return paging.instant("created").isoformat(), paging.text("id")
 
 
-def _requirement(r: registry_pb2.Requirement, index: int) -> model.Requirement:
-    path = f"terms.requirements[{index}]"
+def _sections(sections: Sequence[registry_pb2.Section], prefix: str) -> tuple[model.Section, ...]:
+    return tuple(
+        model.Section(
+            enum_from_proto(model.SectionTopic, s.topic, _TOPIC, f"{prefix}.sections[{i}].topic"), s.text
+        )
+        for i, s in enumerate(sections)
+    )
+
+
+def _requirement(r: registry_pb2.Requirement, index: int, prefix: str = "terms") -> model.Requirement:
+    path = f"{prefix}.requirements[{index}]"
     return model.Requirement(
         code=r.code.strip(),
         description=r.description,
@@ -224,9 +261,46 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             title=request.terms.title,
             requirements=tuple(_requirement(r, i) for i, r in enumerate(request.terms.requirements)),
             recommit_days=request.recommit_days,
+            sections=_sections(request.terms.sections, "terms"),
         )
         terms = await self._dispatcher.handle(command, call_context(request.request_id))
         return terms_to_proto(terms)
+
+    async def PublishGeneralTerms(
+        self, request: registry_pb2.PublishGeneralTermsRequest, context: Context
+    ) -> registry_pb2.GeneralTerms:
+        region = model.ORGANISER.parse(request.parent, "parent")["region"]
+        given = request.general_terms
+        command = handlers.PublishGeneralTerms(
+            region=region,
+            title=given.title,
+            requirements=tuple(_requirement(r, i, "general_terms") for i, r in enumerate(given.requirements)),
+            sections=_sections(given.sections, "general_terms"),
+            recommit_days=request.recommit_days,
+        )
+        general = await self._dispatcher.handle(command, call_context(request.request_id))
+        return general_terms_to_proto(general)
+
+    async def GetGeneralTerms(
+        self, request: registry_pb2.GetGeneralTermsRequest, context: Context
+    ) -> registry_pb2.GeneralTerms:
+        parts = model.GENERAL_TERMS.parse(request.name, "name")
+        query = handlers.GetGeneralTerms(parts["region"], int(parts["version"]))
+        return general_terms_to_proto(await self._dispatcher.query(query, call_context()))
+
+    async def ListGeneralTerms(
+        self, request: registry_pb2.ListGeneralTermsRequest, context: Context
+    ) -> registry_pb2.ListGeneralTermsResponse:
+        region = model.ORGANISER.parse(request.parent, "parent")["region"]
+        paging = _paging("ListGeneralTerms", request, {"parent": request.parent})
+        before = paging.number("before") if paging.after else 0
+        query = handlers.ListGeneralTerms(region, before, paging.size + 1)
+        found: list[model.GeneralTerms] = await self._dispatcher.query(query, call_context())
+        listed, more = found[: paging.size], len(found) > paging.size
+        return registry_pb2.ListGeneralTermsResponse(
+            general_terms=[general_terms_to_proto(g) for g in listed],
+            next_page_token=paging.next_token({"before": str(listed[-1].version)} if more else None),
+        )
 
     async def GetTerms(self, request: registry_pb2.GetTermsRequest, context: Context) -> registry_pb2.Terms:
         parts = model.TERMS.parse(request.name, "name")
@@ -346,6 +420,12 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             removed=diff.removed,
             changed=diff.changed,
             title_changed=diff.title_changed,
+            changed_topics=[
+                registry_pb2.SectionTopic.ValueType(enum_to_proto(t, _TOPIC)) for t in diff.changed_topics
+            ],
+            from_general_terms=diff.from_general_terms,
+            to_general_terms=diff.to_general_terms,
+            general_terms_changed=diff.general_terms_changed,
         )
 
     async def ListRegistrations(

@@ -37,6 +37,17 @@ class PublishTerms(Command):
     requirements: tuple[model.Requirement, ...]
     recommit_days: int = 0
     """0: the default window of model.DEFAULT_RECOMMIT_DAYS."""
+    sections: tuple[model.Section, ...] = ()
+
+
+@dataclass(frozen=True)
+class PublishGeneralTerms(Command):
+    region: str
+    title: str
+    requirements: tuple[model.Requirement, ...]
+    sections: tuple[model.Section, ...]
+    recommit_days: int = 0
+    """For the service terms re-issued on the new general part; 0: model.DEFAULT_RECOMMIT_DAYS."""
 
 
 @dataclass(frozen=True)
@@ -251,6 +262,20 @@ class ListTerms(Query):
 
 
 @dataclass(frozen=True)
+class GetGeneralTerms(Query):
+    region: str
+    version: int
+
+
+@dataclass(frozen=True)
+class ListGeneralTerms(Query):
+    region: str
+    before_version: int
+    """0: from the newest."""
+    limit: int
+
+
+@dataclass(frozen=True)
 class DiffTerms(Query):
     region: str
     service: str
@@ -328,38 +353,92 @@ async def create_service(command: CreateService, uow: RegistryUnitOfWork) -> mod
 
 
 async def publish_terms(command: PublishTerms, uow: RegistryUnitOfWork) -> model.Terms:
-    """Publishes the next version; the one before is superseded and its admitted providers get a
-    re-commit window, after which a timer lapses those who did not re-commit."""
+    """Publishes the next version, pinning the region's current general part; the one before is
+    superseded and its admitted providers get a re-commit window, after which a timer lapses
+    those who did not re-commit."""
     access.require(uow.actor, any_of=[access.region_admin(command.region)], action="publishing terms")
     await _require_service(uow, command.region, command.service)
-    recommit_days = command.recommit_days or model.DEFAULT_RECOMMIT_DAYS
+    recommit_days = _recommit_days(command.recommit_days)
+    # The general part first, then the service's terms: the order every publisher takes them in.
+    general = await _general_terms(
+        uow, command.region, await uow.general_terms.latest_version(command.region)
+    )
+    previous = await uow.terms.latest_version(command.region, command.service)
+    terms = model.publish_terms(
+        command.region,
+        command.service,
+        previous + 1,
+        command.title,
+        command.requirements,
+        uow.now,
+        sections=command.sections,
+        general=general,
+    )
+    await _supersede_with(terms, recommit_days, uow)
+    return terms
+
+
+async def publish_general_terms(command: PublishGeneralTerms, uow: RegistryUnitOfWork) -> model.GeneralTerms:
+    """Publishes the next version of the region's general part and, in the same unit of work,
+    re-issues each service's current terms as a new version pinning it: the versions they
+    replace are superseded as by any publication, so admitted providers re-commit to the whole
+    rulebook within the window or lapse."""
+    access.require(uow.actor, any_of=[access.region_admin(command.region)], action="publishing general terms")
+    _require_organiser(command.region)
+    recommit_days = _recommit_days(command.recommit_days)
+    previous = await uow.general_terms.latest_version(command.region)
+    current = [
+        await _published_terms(
+            uow, command.region, service, await uow.terms.latest_version(command.region, service)
+        )
+        for service in await uow.terms.services_of(command.region)
+    ]
+    general = model.publish_general_terms(
+        command.region,
+        previous + 1,
+        command.title,
+        command.requirements,
+        command.sections,
+        uow.now,
+        services=current,
+    )
+    uow.general_terms.add(general)
+    for terms in current:
+        await _supersede_with(model.reissue_terms(terms, general, uow.now), recommit_days, uow)
+    return general
+
+
+def _recommit_days(given: int) -> int:
+    recommit_days = given or model.DEFAULT_RECOMMIT_DAYS
     if not 1 <= recommit_days <= model.MAX_RECOMMIT_DAYS:
         description = f"must be between 1 and {model.MAX_RECOMMIT_DAYS} days"
         raise InvalidArgument(f"recommit_days {description}", [FieldViolation("recommit_days", description)])
-    previous = await uow.terms.latest_version(command.region, command.service)
-    terms = model.publish_terms(
-        command.region, command.service, previous + 1, command.title, command.requirements, uow.now
-    )
+    return recommit_days
+
+
+async def _supersede_with(terms: model.Terms, recommit_days: int, uow: RegistryUnitOfWork) -> None:
+    """Stores a new terms version; the version before it is superseded, and the providers
+    admitted under an older one must re-commit by the deadline or a timer lapses them."""
     uow.terms.add(terms)
-    if previous:
-        older = await _published_terms(uow, command.region, command.service, previous)
-        uow.track(older, older.name)
-        deadline = older.supersede(terms, uow.now, recommit_days)
-        for registration in await uow.registrations.committed_to_older(
-            command.region, command.service, terms.version
-        ):
-            if registration.await_recommitment(deadline):
-                uow.timers.set(
-                    _timer("recommit", registration),
-                    deadline,
-                    LapseRegistration(
-                        registration.id,
-                        model.ReasonCode.TERMS_NOT_RECOMMITTED,
-                        terms.name,
-                        terms_version=terms.version,
-                    ),
-                )
-    return terms
+    if terms.version == 1:
+        return
+    older = await _published_terms(uow, terms.region, terms.service, terms.version - 1)
+    uow.track(older, older.name)
+    deadline = older.supersede(terms, uow.now, recommit_days)
+    for registration in await uow.registrations.committed_to_older(
+        terms.region, terms.service, terms.version
+    ):
+        if registration.await_recommitment(deadline):
+            uow.timers.set(
+                _timer("recommit", registration),
+                deadline,
+                LapseRegistration(
+                    registration.id,
+                    model.ReasonCode.TERMS_NOT_RECOMMITTED,
+                    terms.name,
+                    terms_version=terms.version,
+                ),
+            )
 
 
 async def register_provider(command: RegisterProvider, uow: RegistryUnitOfWork) -> model.Registration:
@@ -754,6 +833,20 @@ async def list_terms(query: ListTerms, uow: RegistryUnitOfWork) -> list[model.Te
     return await uow.terms.all_of(query.region, query.service)
 
 
+async def get_general_terms(query: GetGeneralTerms, uow: RegistryUnitOfWork) -> model.GeneralTerms:
+    _require_organiser(query.region)
+    general = await _general_terms(uow, query.region, query.version)
+    if general is None:
+        name = model.GENERAL_TERMS.format(region=query.region, version=query.version)
+        raise NotFound(f"no published general terms {name}", reason="GENERAL_TERMS_NOT_FOUND")
+    return general
+
+
+async def list_general_terms(query: ListGeneralTerms, uow: RegistryUnitOfWork) -> list[model.GeneralTerms]:
+    _require_organiser(query.region)
+    return await uow.general_terms.page(query.region, before_version=query.before_version, limit=query.limit)
+
+
 async def diff_terms(query: DiffTerms, uow: RegistryUnitOfWork) -> model.TermsDiff:
     older = await _published_terms(uow, query.region, query.service, query.other_version)
     newer = await _published_terms(uow, query.region, query.service, query.version)
@@ -907,6 +1000,11 @@ async def _published_terms(uow: RegistryUnitOfWork, region: str, service: str, v
     return terms
 
 
+async def _general_terms(uow: RegistryUnitOfWork, region: str, version: int) -> model.GeneralTerms | None:
+    """The named version of the region's general part; None for version 0 (none published)."""
+    return await uow.general_terms.get(region, version) if version else None
+
+
 async def _current_terms(uow: RegistryUnitOfWork, region: str, service: str, version: int) -> model.Terms:
     """The named version when it is the current one; a superseded version is refused, naming the current."""
     terms = await _published_terms(uow, region, service, version)
@@ -922,6 +1020,7 @@ async def _current_terms(uow: RegistryUnitOfWork, region: str, service: str, ver
 
 HANDLERS: dict[type[Any], Any] = {
     PublishTerms: publish_terms,
+    PublishGeneralTerms: publish_general_terms,
     RegisterProvider: register_provider,
     UpdateRegistration: update_registration,
     SubmitRegistration: submit_registration,
@@ -948,6 +1047,8 @@ HANDLERS: dict[type[Any], Any] = {
     RemindEvidenceRenewal: remind_evidence_renewal,
     GetTerms: get_terms,
     ListTerms: list_terms,
+    GetGeneralTerms: get_general_terms,
+    ListGeneralTerms: list_general_terms,
     DiffTerms: diff_terms,
     GetRegistration: get_registration,
     ListRegistrations: list_registrations,

@@ -37,6 +37,7 @@ __all__ = [
     "DEFAULT_RECOMMIT_DAYS",
     "DEFAULT_VALID_DAYS",
     "EVENTS",
+    "GENERAL_TERMS",
     "MUNICIPALITIES",
     "ORGANISER",
     "PROVIDER",
@@ -53,6 +54,8 @@ __all__ = [
     "Evidence",
     "EvidenceRenewalDue",
     "EvidenceRenewed",
+    "GeneralTerms",
+    "GeneralTermsPublished",
     "LegalForm",
     "Listing",
     "MarketFailure",
@@ -76,6 +79,8 @@ __all__ = [
     "RegistrationWithdrawn",
     "Requirement",
     "RequirementKind",
+    "Section",
+    "SectionTopic",
     "Terms",
     "TermsDiff",
     "TermsPublished",
@@ -87,10 +92,14 @@ __all__ = [
     "draft_registration",
     "evidence_expiry",
     "new_breach_policy",
+    "new_general_terms",
     "new_service",
     "new_terms",
     "parse_requirement_kind",
+    "publish_general_terms",
+    "publish_terms",
     "refuse_aged_evidence",
+    "reissue_terms",
     "require_market_failure",
     "uncovered",
     "validate_areas",
@@ -123,6 +132,9 @@ DISPLAY_NAME_MAX_LENGTH = 200
 CODE_MAX_LENGTH = 100
 DESCRIPTION_MAX_LENGTH = 2000
 MAX_REQUIREMENTS = 100
+MAX_SECTIONS = 50
+SECTION_TEXT_MAX_LENGTH = 20_000
+"""A clause may be long (a price schedule, an invoicing procedure), but the signed form must stay small."""
 MAX_REASONS = MAX_REQUIREMENTS
 """The most reasons a person's decision gives: a decision record and its event must stay small."""
 
@@ -130,6 +142,7 @@ _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 
 SERVICE = ResourcePattern("regions/{region}/services/{service}")
 TERMS = ResourcePattern("regions/{region}/services/{service}/terms/{version:int}")
+GENERAL_TERMS = ResourcePattern("regions/{region}/generalTerms/{version:int}")
 REGISTRATION = ResourcePattern("regions/{region}/services/{service}/registrations/{registration:key}")
 
 
@@ -143,6 +156,18 @@ class TermsPublished(Event):
     terms: str
     region: str
     service: str
+    content_hash: str
+    publish_time: datetime
+    general_terms: str = ""
+    """The general part the version pins, "" when the region had none."""
+
+
+@dataclass(frozen=True)
+class GeneralTermsPublished(Event):
+    """A region published a new version of the general part of its rulebook."""
+
+    general_terms: str
+    region: str
     content_hash: str
     publish_time: datetime
 
@@ -300,6 +325,7 @@ class EvidenceRenewalDue(RegistrationEvent):
 
 EVENTS: tuple[type[Event], ...] = (
     TermsPublished,
+    GeneralTermsPublished,
     TermsSuperseded,
     ProviderRegistered,
     RegistrationAdmitted,
@@ -384,21 +410,107 @@ class Requirement:
     """For a price-ceiling check: the highest price admitted, in euros."""
 
 
+class SectionTopic(StrEnum):
+    """What a clause of the rulebook is about: the parts the rulebook of a service voucher or
+    registration scheme must cover, and OTHER for the rest."""
+
+    ELIGIBLE_CUSTOMERS = "ELIGIBLE_CUSTOMERS"
+    TIME_LIMITS = "TIME_LIMITS"
+    PREMISES = "PREMISES"
+    STAFF_QUALIFICATIONS = "STAFF_QUALIFICATIONS"
+    CONTENT = "CONTENT"
+    FEEDBACK_AND_REPORTING = "FEEDBACK_AND_REPORTING"
+    """Customer feedback and reporting to the organiser."""
+    QUALITY_MANAGEMENT = "QUALITY_MANAGEMENT"
+    PRICE_AND_INVOICING = "PRICE_AND_INVOICING"
+    OTHER = "OTHER"
+
+
+@dataclass(frozen=True)
+class Section:
+    """One clause of the rulebook: its topic and its text, as published."""
+
+    topic: SectionTopic
+    text: str
+
+
+def _canonical_sections(sections: Sequence[Section]) -> list[dict[str, str]]:
+    return [{"topic": str(section.topic), "text": section.text} for section in sections]
+
+
+def _canonical(document: dict[str, object]) -> bytes:
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+@dataclass(frozen=True)
+class GeneralTerms(Aggregate):
+    """One immutable, published version of the general part of a region's rulebook: the
+    requirements and clauses that hold for every service the region organises."""
+
+    region: str
+    version: int
+    title: str
+    requirements: tuple[Requirement, ...]
+    sections: tuple[Section, ...] = ()
+    published_at: datetime | None = field(default=None, compare=False)
+    """When the version was published; not part of the content providers sign."""
+
+    @property
+    def name(self) -> str:
+        return GENERAL_TERMS.format(region=self.region, version=self.version)
+
+    @property
+    def canonical_json(self) -> bytes:
+        """The canonical form of the general part, written as Terms.canonical_json is, of the
+        object {"region", "version", "title", "requirements": [...], "sections": [{"topic",
+        "text"}, ...]}: requirements as in Terms.canonical_json, sections in published order,
+        topic as e.g. "PRICE_AND_INVOICING". Service terms that pin this part sign its hash."""
+        return _canonical(
+            {
+                "region": self.region,
+                "version": self.version,
+                "title": self.title,
+                "requirements": [_canonical_requirement(r) for r in self.requirements],
+                "sections": _canonical_sections(self.sections),
+            }
+        )
+
+    @property
+    def content_hash(self) -> str:
+        """Lowercase hex SHA-256 of canonical_json."""
+        return hashlib.sha256(self.canonical_json).hexdigest()
+
+
 @dataclass(frozen=True)
 class Terms(Aggregate):
-    """One immutable, published version of a region's terms (sääntökirja) for a service."""
+    """One immutable, published version of a region's terms (sääntökirja) for a service: its
+    service part (requirements and sections) and the general part it pins, if the region has one."""
 
     region: str
     service: str
     version: int
     title: str
     requirements: tuple[Requirement, ...]
+    """The service part's own requirements; `all_requirements` adds the general part's."""
     published_at: datetime | None = field(default=None, compare=False)
     """When the version was published; not part of the content providers sign."""
+    sections: tuple[Section, ...] = ()
+    """The service part's clauses."""
+    general: GeneralTerms | None = None
+    """The general part current when this version was published; None when the region had none."""
 
     @property
     def name(self) -> str:
         return TERMS.format(region=self.region, service=self.service, version=self.version)
+
+    @property
+    def general_terms_name(self) -> str:
+        return self.general.name if self.general is not None else ""
+
+    @property
+    def all_requirements(self) -> tuple[Requirement, ...]:
+        """What a provider must meet: the general part's requirements, then the service part's."""
+        return (*(self.general.requirements if self.general else ()), *self.requirements)
 
     @property
     def canonical_json(self) -> bytes:
@@ -418,15 +530,27 @@ class Terms(Aggregate):
         {"region":"uusimaa","requirements":[{"code":"tax","decided_by":"AUTOMATIC",
         "description":"Verovelkatodistus","kind":"DOCUMENT","legal_basis":"569/2009 5 §",
         "max_age_days":90,"valid_days":365}],"service":"recruitment","title":"Rekrytointi","version":1}
+
+        The service part's clauses, when it has any, are "sections": [{"topic", "text"}, ...]
+        in published order, topic as e.g. "PRICE_AND_INVOICING". The general part the version
+        pins, when the region has one, is "general_terms": {"name", "content_hash"}: its name
+        (regions/{region}/generalTerms/{version}) and the hex SHA-256 of its own canonical form
+        (GeneralTerms.canonical_json), so signing this hash commits to both parts. Requirements
+        lists the service part's own only. Terms without sections and without a general part
+        have neither key, so their hashes are as before.
         """
-        document = {
+        document: dict[str, object] = {
             "region": self.region,
             "service": self.service,
             "version": self.version,
             "title": self.title,
             "requirements": [_canonical_requirement(requirement) for requirement in self.requirements],
         }
-        return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        if self.sections:
+            document["sections"] = _canonical_sections(self.sections)
+        if self.general is not None:
+            document["general_terms"] = {"name": self.general.name, "content_hash": self.general.content_hash}
+        return _canonical(document)
 
     @property
     def content_hash(self) -> str:
@@ -434,13 +558,13 @@ class Terms(Aggregate):
         return hashlib.sha256(self.canonical_json).hexdigest()
 
     def requirement(self, code: str) -> Requirement | None:
-        """The requirement with this code, if the terms have one."""
-        return next((r for r in self.requirements if r.code == code), None)
+        """The requirement with this code in either part, if the terms have one."""
+        return next((r for r in self.all_requirements if r.code == code), None)
 
     @property
     def needs_a_person(self) -> bool:
-        """Whether a person of the region decides part of these terms."""
-        return any(r.decided_by == Decider.PERSON for r in self.requirements)
+        """Whether a person of the region decides part of these terms (either part)."""
+        return any(r.decided_by == Decider.PERSON for r in self.all_requirements)
 
     def supersede(self, newer: Terms, now: datetime, recommit_days: int) -> datetime:
         """Records that `newer` replaced this version; returns the re-commit deadline."""
@@ -469,9 +593,11 @@ def _canonical_requirement(requirement: Requirement) -> dict[str, object]:
 
 
 def diff_terms(old: Terms, new: Terms) -> TermsDiff:
-    """What changed between two versions of the same terms, requirement by requirement (by code)."""
-    old_codes = {r.code: r for r in old.requirements}
-    new_codes = {r.code: r for r in new.requirements}
+    """What changed between two versions of the same terms: requirements by code across both
+    parts (what a provider must meet), the topics whose clauses changed in either part, the title
+    and the general part pinned."""
+    old_codes = {r.code: r for r in old.all_requirements}
+    new_codes = {r.code: r for r in new.all_requirements}
     return TermsDiff(
         from_terms=old.name,
         to_terms=new.name,
@@ -483,12 +609,21 @@ def diff_terms(old: Terms, new: Terms) -> TermsDiff:
             if code in old_codes and old_codes[code] != requirement
         ),
         title_changed=old.title != new.title,
+        changed_topics=tuple(topic for topic in SectionTopic if _clauses(old, topic) != _clauses(new, topic)),
+        from_general_terms=old.general_terms_name,
+        to_general_terms=new.general_terms_name,
     )
+
+
+def _clauses(terms: Terms, topic: SectionTopic) -> tuple[str, ...]:
+    general = terms.general.sections if terms.general is not None else ()
+    return tuple(s.text for s in (*general, *terms.sections) if s.topic == topic)
 
 
 @dataclass(frozen=True)
 class TermsDiff:
-    """Requirement codes added, removed and changed from one terms version to another."""
+    """Requirement codes added, removed and changed from one terms version to another, the
+    clauses' topics that changed, and the general parts each version pins."""
 
     from_terms: str
     to_terms: str
@@ -496,6 +631,13 @@ class TermsDiff:
     removed: tuple[str, ...]
     changed: tuple[str, ...]
     title_changed: bool
+    changed_topics: tuple[SectionTopic, ...] = ()
+    from_general_terms: str = ""
+    to_general_terms: str = ""
+
+    @property
+    def general_terms_changed(self) -> bool:
+        return self.from_general_terms != self.to_general_terms
 
 
 def publish_terms(  # noqa: PLR0917 - new_terms' arguments and the instant
@@ -505,13 +647,35 @@ def publish_terms(  # noqa: PLR0917 - new_terms' arguments and the instant
     title: str,
     requirements: Sequence[Requirement],
     now: datetime,
+    *,
+    sections: Sequence[Section] = (),
+    general: GeneralTerms | None = None,
 ) -> Terms:
-    """Validate and publish a terms version at `now`; records TermsPublished."""
+    """Validate and publish a terms version at `now`, pinning `general` (the region's current
+    general part, if any); records TermsPublished."""
     require_aware(now)
-    draft = new_terms(region, service, version, title, requirements)
+    draft = new_terms(region, service, version, title, requirements, sections=sections, general=general)
     terms = replace(draft, published_at=now)
-    terms.record(TermsPublished(terms.name, region, service, terms.content_hash, now))
+    terms.record(
+        TermsPublished(terms.name, region, service, terms.content_hash, now, terms.general_terms_name)
+    )
     return terms
+
+
+def reissue_terms(current: Terms, general: GeneralTerms, now: datetime) -> Terms:
+    """The next version of a service's terms: the same service part, pinned to a new general part.
+    How a new general part reaches every service: the version it replaces is superseded as any
+    is, so admitted providers re-commit to the whole rulebook."""
+    return publish_terms(
+        current.region,
+        current.service,
+        current.version + 1,
+        current.title,
+        current.requirements,
+        now,
+        sections=current.sections,
+        general=general,
+    )
 
 
 def new_terms(
@@ -520,11 +684,16 @@ def new_terms(
     version: int,
     title: str,
     requirements: Sequence[Requirement],
+    *,
+    sections: Sequence[Section] = (),
+    general: GeneralTerms | None = None,
 ) -> Terms:
     """Validate and build a terms version; every violation is reported at once.
 
     A max_age_days of 0 means "not given" (proto3 cannot tell the two apart) and
-    becomes the three-month default.
+    becomes the three-month default. A requirement code must be unique across both parts:
+    one the general part already has is refused. With a general part that has requirements,
+    the service part may have none of its own.
     """
     if version < 1:
         # Versions are assigned by the registry, never by the client.
@@ -537,31 +706,112 @@ def new_terms(
             violations.extend(FieldViolation(v.field, f"{name} {v.description}") for v in error.violations)
     if (violation := check_text(title, "terms.title", TITLE_MAX_LENGTH)) is not None:
         violations.append(violation)
-    if not requirements:
+    if not requirements and not (general is not None and general.requirements):
         violations.append(FieldViolation("terms.requirements", "must list at least one requirement"))
+    taken = {r.code: f"the general part {general.name}" for r in general.requirements} if general else {}
+    found, normalised = _requirements(requirements, "terms", taken)
+    violations.extend(found)
+    violations.extend(_section_violations(sections, "terms"))
+    raise_if_any(violations, "the terms are invalid")
+    return Terms(region, service, version, title, normalised, sections=tuple(sections), general=general)
+
+
+def publish_general_terms(  # noqa: PLR0917 - new_general_terms' arguments and the instant
+    region: str,
+    version: int,
+    title: str,
+    requirements: Sequence[Requirement],
+    sections: Sequence[Section],
+    now: datetime,
+    *,
+    services: Sequence[Terms] = (),
+) -> GeneralTerms:
+    """Validate and publish a version of the general part at `now`; records GeneralTermsPublished.
+    `services` are the region's current service terms, whose codes the new part must not take."""
+    require_aware(now)
+    draft = new_general_terms(region, version, title, requirements, sections, services=services)
+    general = replace(draft, published_at=now)
+    general.record(GeneralTermsPublished(general.name, region, general.content_hash, now))
+    return general
+
+
+def new_general_terms(
+    region: str,
+    version: int,
+    title: str,
+    requirements: Sequence[Requirement],
+    sections: Sequence[Section],
+    *,
+    services: Sequence[Terms] = (),
+) -> GeneralTerms:
+    """Validate and build a version of the general part; every violation at once. A code that a
+    current service part of the region already uses is refused: the service terms re-issued on
+    the new part would hold it twice."""
+    if version < 1:
+        raise ValueError(f"general terms version must be at least 1, got {version}")
+    violations: list[FieldViolation] = []
+    try:
+        validate_resource_id(region, "parent")
+    except InvalidArgument as error:
+        violations.extend(error.violations)
+    if (violation := check_text(title, "general_terms.title", TITLE_MAX_LENGTH)) is not None:
+        violations.append(violation)
+    if not requirements and not sections:
+        violations.append(FieldViolation("general_terms", "must hold at least one requirement or section"))
+    taken = {r.code: f"the service terms {terms.name}" for terms in services for r in terms.requirements}
+    found, normalised = _requirements(requirements, "general_terms", taken)
+    violations.extend(found)
+    violations.extend(_section_violations(sections, "general_terms"))
+    raise_if_any(violations, "the general terms are invalid")
+    return GeneralTerms(region, version, title, normalised, tuple(sections))
+
+
+def _requirements(
+    requirements: Sequence[Requirement], prefix: str, taken: dict[str, str]
+) -> tuple[list[FieldViolation], tuple[Requirement, ...]]:
+    """What is wrong with a part's requirements, and them with their defaults filled in. `taken`
+    maps the codes the other part holds to what holds them."""
+    violations: list[FieldViolation] = []
     if len(requirements) > MAX_REQUIREMENTS:
         # A cap on every repeated field: the event and the signed canonical form must stay small.
         violations.append(
-            FieldViolation("terms.requirements", f"must list at most {MAX_REQUIREMENTS} requirements")
+            FieldViolation(f"{prefix}.requirements", f"must list at most {MAX_REQUIREMENTS} requirements")
         )
         requirements = requirements[:MAX_REQUIREMENTS]
-
     normalised: list[Requirement] = []
     seen_codes: set[str] = set()
     for index, requirement in enumerate(requirements):
-        path = f"terms.requirements[{index}]"
+        path = f"{prefix}.requirements[{index}]"
         if (violation := check_text(requirement.code, f"{path}.code", CODE_MAX_LENGTH)) is not None:
             violations.append(violation)
         elif requirement.code in seen_codes:
             violations.append(FieldViolation(f"{path}.code", f"duplicates code {requirement.code!r}"))
+        elif requirement.code in taken:
+            violations.append(
+                FieldViolation(
+                    f"{path}.code", f"code {requirement.code!r} is already used by {taken[requirement.code]}"
+                )
+            )
         seen_codes.add(requirement.code)
         violations.extend(_requirement_violations(requirement, path))
         max_age_days = requirement.max_age_days or DEFAULT_MAX_AGE_DAYS
         valid_days = requirement.valid_days or DEFAULT_VALID_DAYS
         normalised.append(replace(requirement, max_age_days=max_age_days, valid_days=valid_days))
+    return violations, tuple(normalised)
 
-    raise_if_any(violations, "the terms are invalid")
-    return Terms(region, service, version, title, tuple(normalised))
+
+def _section_violations(sections: Sequence[Section], prefix: str) -> list[FieldViolation]:
+    """Each clause names a topic and has text; a part holds at most MAX_SECTIONS of them."""
+    if len(sections) > MAX_SECTIONS:
+        return [FieldViolation(f"{prefix}.sections", f"must list at most {MAX_SECTIONS} sections")]
+    violations: list[FieldViolation] = []
+    for index, section in enumerate(sections):
+        path = f"{prefix}.sections[{index}]"
+        if not isinstance(section.topic, SectionTopic):
+            violations.append(FieldViolation(f"{path}.topic", f"must be one of {', '.join(SectionTopic)}"))
+        if (violation := check_text(section.text, f"{path}.text", SECTION_TEXT_MAX_LENGTH)) is not None:
+            violations.append(violation)
+    return violations
 
 
 def _requirement_violations(requirement: Requirement, path: str) -> list[FieldViolation]:
@@ -726,7 +976,7 @@ def assess_evidence(terms: Terms, evidence: Sequence[Evidence], today: date) -> 
     raise_if_any(violations, "the evidence is invalid")
 
     reasons: list[Reason] = []
-    for requirement in terms.requirements:
+    for requirement in terms.all_requirements:
         reason = _shortfall(requirement, by_code.get(requirement.code), today)
         if reason is not None:
             reasons.append(reason)
@@ -783,7 +1033,7 @@ def assess_attributes(
     checks, one per unmet requirement in requirement order; empty when all hold. Checks a person
     decides are left to that person (the registration goes to review)."""
     reasons: list[Reason] = []
-    for requirement in terms.requirements:
+    for requirement in terms.all_requirements:
         if requirement.kind != RequirementKind.ATTRIBUTE_CHECK or requirement.decided_by != Decider.AUTOMATIC:
             continue
         reason = _attribute_shortfall(requirement, municipalities, languages, price, qualifications)

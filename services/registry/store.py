@@ -35,6 +35,23 @@ class TermsRow(SQLModel, table=True):
     requirements_json: str
     content_hash: str = Field(max_length=64)
     published_at: datetime = utc_field(default_factory=utcnow)
+    sections_json: str = Field(default="[]", sa_column_kwargs={"server_default": "[]"})
+    general_terms_version: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    """The version of the region's general part the terms pin; 0: none."""
+
+
+class GeneralTermsRow(SQLModel, table=True):
+    """A published version of a region's general terms; never updated."""
+
+    __tablename__ = "registry_general_terms"
+
+    region: str = Field(primary_key=True, max_length=63)
+    version: int = Field(primary_key=True)
+    title: str = Field(max_length=200)
+    requirements_json: str
+    sections_json: str
+    content_hash: str = Field(max_length=64)
+    published_at: datetime = utc_field()
 
 
 class RegistrationRow(SQLModel, table=True):
@@ -150,6 +167,7 @@ class BreachPolicyRow(SQLModel, table=True):
 
 REGISTRY_TABLES = (
     "registry_terms",
+    "registry_general_terms",
     "registry_registrations",
     "registry_listings",
     "registry_pending_breaches",
@@ -220,7 +238,7 @@ _LISTING_PAGE = Prepared(
 # -- rows <-> domain ------------------------------------------------------------------------------
 
 
-def _requirements_json(terms: model.Terms) -> str:
+def _requirements_json(requirements: Sequence[model.Requirement]) -> str:
     return json.dumps(
         [
             {
@@ -235,32 +253,60 @@ def _requirements_json(terms: model.Terms) -> str:
                 "values": list(r.values),
                 "price_ceiling": "" if r.price_ceiling is None else str(r.price_ceiling),
             }
-            for r in terms.requirements
+            for r in requirements
         ]
     )
 
 
-def terms_from_row(row: TermsRow) -> model.Terms:
+def _requirements(text: str) -> tuple[model.Requirement, ...]:
+    return tuple(
+        model.Requirement(
+            code=r["code"],
+            description=r["description"],
+            kind=model.RequirementKind(r["kind"]),
+            max_age_days=r["max_age_days"],
+            decided_by=model.Decider(r.get("decided_by", "AUTOMATIC")),
+            legal_basis=r.get("legal_basis", ""),
+            valid_days=r.get("valid_days", model.DEFAULT_VALID_DAYS),
+            attribute=model.Attribute(r.get("attribute", "UNSPECIFIED")),
+            values=tuple(r.get("values", ())),
+            price_ceiling=Decimal(r["price_ceiling"]) if r.get("price_ceiling") else None,
+        )
+        for r in json.loads(text)
+    )
+
+
+def _sections_json(sections: Sequence[model.Section]) -> str:
+    return json.dumps([{"topic": str(s.topic), "text": s.text} for s in sections], ensure_ascii=False)
+
+
+def _sections(text: str) -> tuple[model.Section, ...]:
+    return tuple(model.Section(model.SectionTopic(s["topic"]), s["text"]) for s in json.loads(text))
+
+
+def terms_from_row(row: TermsRow, general: model.GeneralTerms | None = None) -> model.Terms:
+    """The terms of a row; `general` is the general part the row pins (general_terms_version)."""
+    if (general.version if general is not None else 0) != row.general_terms_version:
+        raise ValueError(f"terms {row.region}/{row.service}/{row.version} pin another general part")
     return model.Terms(
         region=row.region,
         service=row.service,
         version=row.version,
         title=row.title,
-        requirements=tuple(
-            model.Requirement(
-                code=r["code"],
-                description=r["description"],
-                kind=model.RequirementKind(r["kind"]),
-                max_age_days=r["max_age_days"],
-                decided_by=model.Decider(r.get("decided_by", "AUTOMATIC")),
-                legal_basis=r.get("legal_basis", ""),
-                valid_days=r.get("valid_days", model.DEFAULT_VALID_DAYS),
-                attribute=model.Attribute(r.get("attribute", "UNSPECIFIED")),
-                values=tuple(r.get("values", ())),
-                price_ceiling=Decimal(r["price_ceiling"]) if r.get("price_ceiling") else None,
-            )
-            for r in json.loads(row.requirements_json)
-        ),
+        requirements=_requirements(row.requirements_json),
+        published_at=row.published_at,
+        sections=_sections(row.sections_json),
+        general=general,
+    )
+
+
+def general_terms_from_row(row: GeneralTermsRow) -> model.GeneralTerms:
+    return model.GeneralTerms(
+        region=row.region,
+        version=row.version,
+        title=row.title,
+        requirements=_requirements(row.requirements_json),
+        sections=_sections(row.sections_json),
         published_at=row.published_at,
     )
 
@@ -438,6 +484,15 @@ class TermsCache:
     def __init__(self, capacity: int = 1024) -> None:
         self._capacity = capacity
         self._terms: dict[tuple[str, str, int], model.Terms] = {}
+        self._general: dict[tuple[str, int], model.GeneralTerms] = {}
+
+    def general(self, key: tuple[str, int]) -> model.GeneralTerms | None:
+        return self._general.get(key)
+
+    def put_general(self, general: model.GeneralTerms) -> None:
+        if len(self._general) >= self._capacity:
+            self._general.pop(next(iter(self._general)))
+        self._general[(general.region, general.version)] = general
 
     def get(self, key: tuple[str, str, int]) -> model.Terms | None:
         return self._terms.get(key)
@@ -449,10 +504,13 @@ class TermsCache:
 
 
 class TermsRepository:
-    def __init__(self, session: AsyncSession, uow: UnitOfWork, cache: TermsCache) -> None:
+    def __init__(
+        self, session: AsyncSession, uow: UnitOfWork, cache: TermsCache, general: GeneralTermsRepository
+    ) -> None:
         self._session = session
         self._uow = uow
         self._cache = cache
+        self._general = general
 
     async def latest_version(self, region: str, service: str) -> int:
         """The newest published version; concurrent publishers of the same terms take turns from here."""
@@ -488,9 +546,22 @@ class TermsRepository:
         row = await self._session.get(TermsRow, (region, service, version))
         if row is None:
             return None
-        terms = terms_from_row(row)
+        general = None
+        if row.general_terms_version:
+            general = await self._general.get(region, row.general_terms_version)
+        terms = terms_from_row(row, general)
         self._cache.put(terms)
         return terms
+
+    async def services_of(self, region: str) -> list[str]:
+        """The services the region has published terms for."""
+        result = await self._session.exec(
+            select(TermsRow.service)
+            .where(TermsRow.region == region)
+            .distinct()
+            .order_by(col(TermsRow.service))
+        )
+        return list(result.all())
 
     def add(self, terms: model.Terms) -> None:
         assert terms.published_at is not None, "only published terms are stored"
@@ -500,12 +571,66 @@ class TermsRepository:
                 service=terms.service,
                 version=terms.version,
                 title=terms.title,
-                requirements_json=_requirements_json(terms),
+                requirements_json=_requirements_json(terms.requirements),
                 content_hash=terms.content_hash,
                 published_at=terms.published_at,
+                sections_json=_sections_json(terms.sections),
+                general_terms_version=terms.general.version if terms.general is not None else 0,
             )
         )
         self._uow.track(terms, terms.name)
+
+
+class GeneralTermsRepository:
+    """The versions of each region's general terms, in and out as domain objects."""
+
+    def __init__(self, session: AsyncSession, uow: UnitOfWork, cache: TermsCache) -> None:
+        self._session = session
+        self._uow = uow
+        self._cache = cache
+
+    async def latest_version(self, region: str) -> int:
+        """The newest published version, 0 when none. Publishers of the region's general terms
+        and of any of its service terms take turns from here, so a service's terms never pin a
+        general part that a concurrent publication is replacing."""
+        await serialize_on(self._session, f"registry:general-terms:{region}")
+        result = await self._session.exec(
+            select(func.max(GeneralTermsRow.version)).where(GeneralTermsRow.region == region)
+        )
+        return int(result.one() or 0)
+
+    async def get(self, region: str, version: int) -> model.GeneralTerms | None:
+        if (cached := self._cache.general((region, version))) is not None:
+            return cached
+        row = await self._session.get(GeneralTermsRow, (region, version))
+        if row is None:
+            return None
+        general = general_terms_from_row(row)
+        self._cache.put_general(general)
+        return general
+
+    async def page(self, region: str, *, before_version: int, limit: int) -> list[model.GeneralTerms]:
+        """Newest first, from the version below `before_version` (0: from the newest)."""
+        query = select(GeneralTermsRow).where(GeneralTermsRow.region == region)
+        if before_version:
+            query = query.where(GeneralTermsRow.version < before_version)
+        result = await self._session.exec(query.order_by(col(GeneralTermsRow.version).desc()).limit(limit))
+        return [general_terms_from_row(row) for row in result.all()]
+
+    def add(self, general: model.GeneralTerms) -> None:
+        assert general.published_at is not None, "only published general terms are stored"
+        self._session.add(
+            GeneralTermsRow(
+                region=general.region,
+                version=general.version,
+                title=general.title,
+                requirements_json=_requirements_json(general.requirements),
+                sections_json=_sections_json(general.sections),
+                content_hash=general.content_hash,
+                published_at=general.published_at,
+            )
+        )
+        self._uow.track(general, general.name)
 
 
 class RegistrationRepository:
@@ -836,6 +961,7 @@ class RegistryUnitOfWork(UnitOfWork):
     """The registry's unit of work: terms and registrations."""
 
     terms: TermsRepository
+    general_terms: GeneralTermsRepository
     registrations: RegistrationRepository
     pending_breaches: PendingBreachRepository
     breach_policies: BreachPolicyRepository
@@ -848,7 +974,8 @@ class RegistryUnitOfWork(UnitOfWork):
 
     async def bind(self, session: AsyncSession) -> None:
         await super().bind(session)
-        self.terms = TermsRepository(session, self, self._cache)
+        self.general_terms = GeneralTermsRepository(session, self, self._cache)
+        self.terms = TermsRepository(session, self, self._cache, self.general_terms)
         self.registrations = RegistrationRepository(session, self)
         self.pending_breaches = PendingBreachRepository(self)
         self.breach_policies = BreachPolicyRepository(session, self)

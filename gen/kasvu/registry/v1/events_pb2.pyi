@@ -34,6 +34,7 @@ class TermsPublished(_message.Message):
     SERVICE_FIELD_NUMBER: _builtins.int
     CONTENT_HASH_FIELD_NUMBER: _builtins.int
     PUBLISH_TIME_FIELD_NUMBER: _builtins.int
+    GENERAL_TERMS_FIELD_NUMBER: _builtins.int
     terms: _builtins.str
     """regions/{region}/services/{service}/terms/{version}"""
     region: _builtins.str
@@ -42,6 +43,10 @@ class TermsPublished(_message.Message):
     """The service."""
     content_hash: _builtins.str
     """Hex SHA-256 of the terms."""
+    general_terms: _builtins.str
+    """The general part the version pins: regions/{region}/generalTerms/{version}
+    (empty when the region has none).
+    """
     @_builtins.property
     def publish_time(self) -> _timestamp_pb2.Timestamp:
         """When."""
@@ -54,14 +59,51 @@ class TermsPublished(_message.Message):
         service: _builtins.str = ...,
         content_hash: _builtins.str = ...,
         publish_time: _timestamp_pb2.Timestamp | None = ...,
+        general_terms: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["publish_time", b"publish_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_hash", b"content_hash", "publish_time", b"publish_time", "region", b"region", "service", b"service", "terms", b"terms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_hash", b"content_hash", "general_terms", b"general_terms", "publish_time", b"publish_time", "region", b"region", "service", b"service", "terms", b"terms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TermsPublished: _TypeAlias = TermsPublished  # noqa: Y015
+
+@_typing.final
+class GeneralTermsPublished(_message.Message):
+    """A region published a new version of the general part of its rulebook."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GENERAL_TERMS_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    CONTENT_HASH_FIELD_NUMBER: _builtins.int
+    PUBLISH_TIME_FIELD_NUMBER: _builtins.int
+    general_terms: _builtins.str
+    """regions/{region}/generalTerms/{version}"""
+    region: _builtins.str
+    """The region."""
+    content_hash: _builtins.str
+    """Hex SHA-256 of the general part."""
+    @_builtins.property
+    def publish_time(self) -> _timestamp_pb2.Timestamp:
+        """When."""
+
+    def __init__(
+        self,
+        *,
+        general_terms: _builtins.str = ...,
+        region: _builtins.str = ...,
+        content_hash: _builtins.str = ...,
+        publish_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["publish_time", b"publish_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_hash", b"content_hash", "general_terms", b"general_terms", "publish_time", b"publish_time", "region", b"region"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GeneralTermsPublished: _TypeAlias = GeneralTermsPublished  # noqa: Y015
 
 @_typing.final
 class RegistrationAdmitted(_message.Message):

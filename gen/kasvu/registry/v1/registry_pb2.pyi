@@ -169,6 +169,56 @@ the terms define, e.g. "career-counsellor-degree").
 """
 Global___Attribute: _TypeAlias = Attribute  # noqa: Y015
 
+class _SectionTopic:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SectionTopicEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SectionTopic.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SECTION_TOPIC_UNSPECIFIED: _SectionTopic.ValueType  # 0
+    SECTION_TOPIC_ELIGIBLE_CUSTOMERS: _SectionTopic.ValueType  # 1
+    """Who may use the service."""
+    SECTION_TOPIC_TIME_LIMITS: _SectionTopic.ValueType  # 2
+    """Time limits, e.g. how soon a customer is served."""
+    SECTION_TOPIC_PREMISES: _SectionTopic.ValueType  # 3
+    """The premises the service is produced in."""
+    SECTION_TOPIC_STAFF_QUALIFICATIONS: _SectionTopic.ValueType  # 4
+    """The qualifications the provider's staff must hold."""
+    SECTION_TOPIC_CONTENT: _SectionTopic.ValueType  # 5
+    """What the service holds."""
+    SECTION_TOPIC_FEEDBACK_AND_REPORTING: _SectionTopic.ValueType  # 6
+    """Customer feedback and reporting to the organiser."""
+    SECTION_TOPIC_QUALITY_MANAGEMENT: _SectionTopic.ValueType  # 7
+    """The provider's quality management."""
+    SECTION_TOPIC_PRICE_AND_INVOICING: _SectionTopic.ValueType  # 8
+    """Price and invoicing."""
+    SECTION_TOPIC_OTHER: _SectionTopic.ValueType  # 9
+    """Anything else."""
+
+class SectionTopic(_SectionTopic, metaclass=_SectionTopicEnumTypeWrapper):
+    """What a clause of the rulebook is about."""
+
+SECTION_TOPIC_UNSPECIFIED: SectionTopic.ValueType  # 0
+SECTION_TOPIC_ELIGIBLE_CUSTOMERS: SectionTopic.ValueType  # 1
+"""Who may use the service."""
+SECTION_TOPIC_TIME_LIMITS: SectionTopic.ValueType  # 2
+"""Time limits, e.g. how soon a customer is served."""
+SECTION_TOPIC_PREMISES: SectionTopic.ValueType  # 3
+"""The premises the service is produced in."""
+SECTION_TOPIC_STAFF_QUALIFICATIONS: SectionTopic.ValueType  # 4
+"""The qualifications the provider's staff must hold."""
+SECTION_TOPIC_CONTENT: SectionTopic.ValueType  # 5
+"""What the service holds."""
+SECTION_TOPIC_FEEDBACK_AND_REPORTING: SectionTopic.ValueType  # 6
+"""Customer feedback and reporting to the organiser."""
+SECTION_TOPIC_QUALITY_MANAGEMENT: SectionTopic.ValueType  # 7
+"""The provider's quality management."""
+SECTION_TOPIC_PRICE_AND_INVOICING: SectionTopic.ValueType  # 8
+"""Price and invoicing."""
+SECTION_TOPIC_OTHER: SectionTopic.ValueType  # 9
+"""Anything else."""
+Global___SectionTopic: _TypeAlias = SectionTopic  # noqa: Y015
+
 class _RegistrationState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -680,28 +730,65 @@ class Requirement(_message.Message):
 Global___Requirement: _TypeAlias = Requirement  # noqa: Y015
 
 @_typing.final
-class Terms(_message.Message):
-    """A published, immutable version of a region's terms ("sääntökirja") for a service."""
+class Section(_message.Message):
+    """One clause of the rulebook."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOPIC_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    topic: Global___SectionTopic.ValueType
+    """What the clause is about."""
+    text: _builtins.str
+    """The clause as published."""
+    def __init__(
+        self,
+        *,
+        topic: Global___SectionTopic.ValueType = ...,
+        text: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["text", b"text", "topic", b"topic"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Section: _TypeAlias = Section  # noqa: Y015
+
+@_typing.final
+class GeneralTerms(_message.Message):
+    """A published, immutable version of the general part of a region's rulebook:
+    the requirements and clauses that hold for every service the region organises.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
     TITLE_FIELD_NUMBER: _builtins.int
     REQUIREMENTS_FIELD_NUMBER: _builtins.int
+    SECTIONS_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     CONTENT_HASH_FIELD_NUMBER: _builtins.int
     PUBLISH_TIME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """regions/{region}/services/{service}/terms/{version}"""
+    """regions/{region}/generalTerms/{version}"""
     title: _builtins.str
     """Human-readable title."""
     version: _builtins.int
     """Version number, 1 for the first publication."""
     content_hash: _builtins.str
-    """Hex SHA-256 over the canonical form of the terms; providers sign its bytes."""
+    """Hex SHA-256 over the canonical form of the general part; the service terms
+    that pin this version hold it in their own signed form.
+    """
     @_builtins.property
     def requirements(self) -> _containers.RepeatedCompositeFieldContainer[Global___Requirement]:
-        """Every requirement a provider must meet."""
+        """Requirements every provider of every service must meet; their codes are
+        unique across the general part and every service part.
+        """
+
+    @_builtins.property
+    def sections(self) -> _containers.RepeatedCompositeFieldContainer[Global___Section]:
+        """The general clauses (at most 50)."""
 
     @_builtins.property
     def publish_time(self) -> _timestamp_pb2.Timestamp:
@@ -713,13 +800,195 @@ class Terms(_message.Message):
         name: _builtins.str = ...,
         title: _builtins.str = ...,
         requirements: _abc.Iterable[Global___Requirement] | None = ...,
+        sections: _abc.Iterable[Global___Section] | None = ...,
         version: _builtins.int = ...,
         content_hash: _builtins.str = ...,
         publish_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["publish_time", b"publish_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_hash", b"content_hash", "name", b"name", "publish_time", b"publish_time", "requirements", b"requirements", "title", b"title", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_hash", b"content_hash", "name", b"name", "publish_time", b"publish_time", "requirements", b"requirements", "sections", b"sections", "title", b"title", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GeneralTerms: _TypeAlias = GeneralTerms  # noqa: Y015
+
+@_typing.final
+class PublishGeneralTermsRequest(_message.Message):
+    """Request for PublishGeneralTerms."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    GENERAL_TERMS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    RECOMMIT_DAYS_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """regions/{region}"""
+    request_id: _builtins.str
+    """Idempotency key: a retry with the same key returns the first result."""
+    recommit_days: _builtins.int
+    """Days admitted providers have to commit to the re-issued service terms
+    before they lapse (default 30).
+    """
+    @_builtins.property
+    def general_terms(self) -> Global___GeneralTerms:
+        """The general terms to publish; name, version and hash are assigned."""
+
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        general_terms: Global___GeneralTerms | None = ...,
+        request_id: _builtins.str = ...,
+        recommit_days: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["general_terms", b"general_terms"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["general_terms", b"general_terms", "parent", b"parent", "recommit_days", b"recommit_days", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishGeneralTermsRequest: _TypeAlias = PublishGeneralTermsRequest  # noqa: Y015
+
+@_typing.final
+class GetGeneralTermsRequest(_message.Message):
+    """Request for GetGeneralTerms."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """regions/{region}/generalTerms/{version}"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetGeneralTermsRequest: _TypeAlias = GetGeneralTermsRequest  # noqa: Y015
+
+@_typing.final
+class ListGeneralTermsRequest(_message.Message):
+    """Request for ListGeneralTerms."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """regions/{region}"""
+    page_size: _builtins.int
+    """At most this many (default 50, at most 500)."""
+    page_token: _builtins.str
+    """From a previous response's next_page_token."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListGeneralTermsRequest: _TypeAlias = ListGeneralTermsRequest  # noqa: Y015
+
+@_typing.final
+class ListGeneralTermsResponse(_message.Message):
+    """Response for ListGeneralTerms."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GENERAL_TERMS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty when this is the last page."""
+    @_builtins.property
+    def general_terms(self) -> _containers.RepeatedCompositeFieldContainer[Global___GeneralTerms]:
+        """The versions, newest first."""
+
+    def __init__(
+        self,
+        *,
+        general_terms: _abc.Iterable[Global___GeneralTerms] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["general_terms", b"general_terms", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListGeneralTermsResponse: _TypeAlias = ListGeneralTermsResponse  # noqa: Y015
+
+@_typing.final
+class Terms(_message.Message):
+    """A published, immutable version of a region's terms ("sääntökirja") for a
+    service: its service part, and the general part it pins.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    REQUIREMENTS_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    CONTENT_HASH_FIELD_NUMBER: _builtins.int
+    PUBLISH_TIME_FIELD_NUMBER: _builtins.int
+    SECTIONS_FIELD_NUMBER: _builtins.int
+    GENERAL_TERMS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """regions/{region}/services/{service}/terms/{version}"""
+    title: _builtins.str
+    """Human-readable title."""
+    version: _builtins.int
+    """Version number, 1 for the first publication."""
+    content_hash: _builtins.str
+    """Hex SHA-256 over the canonical form of the terms; providers sign its bytes."""
+    general_terms: _builtins.str
+    """The general part pinned: the region's current general terms when this
+    version was published (regions/{region}/generalTerms/{version}); empty when
+    the region had none. The content hash covers its hash.
+    """
+    @_builtins.property
+    def requirements(self) -> _containers.RepeatedCompositeFieldContainer[Global___Requirement]:
+        """The service part's requirements; a provider must also meet those of the
+        general part the terms pin. Required unless that general part has some.
+        """
+
+    @_builtins.property
+    def publish_time(self) -> _timestamp_pb2.Timestamp:
+        """When the version was published."""
+
+    @_builtins.property
+    def sections(self) -> _containers.RepeatedCompositeFieldContainer[Global___Section]:
+        """The service part's clauses (at most 50)."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        title: _builtins.str = ...,
+        requirements: _abc.Iterable[Global___Requirement] | None = ...,
+        version: _builtins.int = ...,
+        content_hash: _builtins.str = ...,
+        publish_time: _timestamp_pb2.Timestamp | None = ...,
+        sections: _abc.Iterable[Global___Section] | None = ...,
+        general_terms: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["publish_time", b"publish_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_hash", b"content_hash", "general_terms", b"general_terms", "name", b"name", "publish_time", b"publish_time", "requirements", b"requirements", "sections", b"sections", "title", b"title", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1363,7 +1632,9 @@ Global___DiffTermsRequest: _TypeAlias = DiffTermsRequest  # noqa: Y015
 
 @_typing.final
 class TermsDiff(_message.Message):
-    """What changed between two terms versions, by requirement code."""
+    """What changed between two terms versions: requirements by code across both
+    parts, the topics whose clauses changed, and the general part pinned.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1373,12 +1644,22 @@ class TermsDiff(_message.Message):
     REMOVED_FIELD_NUMBER: _builtins.int
     CHANGED_FIELD_NUMBER: _builtins.int
     TITLE_CHANGED_FIELD_NUMBER: _builtins.int
+    CHANGED_TOPICS_FIELD_NUMBER: _builtins.int
+    FROM_GENERAL_TERMS_FIELD_NUMBER: _builtins.int
+    TO_GENERAL_TERMS_FIELD_NUMBER: _builtins.int
+    GENERAL_TERMS_CHANGED_FIELD_NUMBER: _builtins.int
     from_terms: _builtins.str
     """The older version."""
     to_terms: _builtins.str
     """The newer version."""
     title_changed: _builtins.bool
     """Whether the title changed."""
+    from_general_terms: _builtins.str
+    """The general part the older version pins (empty: none)."""
+    to_general_terms: _builtins.str
+    """The general part the newer version pins (empty: none)."""
+    general_terms_changed: _builtins.bool
+    """Whether the two versions pin different general parts."""
     @_builtins.property
     def added(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Requirements only the newer version has."""
@@ -1391,6 +1672,10 @@ class TermsDiff(_message.Message):
     def changed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Requirements both have, changed."""
 
+    @_builtins.property
+    def changed_topics(self) -> _containers.RepeatedScalarFieldContainer[Global___SectionTopic.ValueType]:
+        """Topics whose clauses changed, in the general or the service part."""
+
     def __init__(
         self,
         *,
@@ -1400,10 +1685,14 @@ class TermsDiff(_message.Message):
         removed: _abc.Iterable[_builtins.str] | None = ...,
         changed: _abc.Iterable[_builtins.str] | None = ...,
         title_changed: _builtins.bool = ...,
+        changed_topics: _abc.Iterable[Global___SectionTopic.ValueType] | None = ...,
+        from_general_terms: _builtins.str = ...,
+        to_general_terms: _builtins.str = ...,
+        general_terms_changed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["added", b"added", "changed", b"changed", "from_terms", b"from_terms", "removed", b"removed", "title_changed", b"title_changed", "to_terms", b"to_terms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["added", b"added", "changed", b"changed", "changed_topics", b"changed_topics", "from_general_terms", b"from_general_terms", "from_terms", b"from_terms", "general_terms_changed", b"general_terms_changed", "removed", b"removed", "title_changed", b"title_changed", "to_general_terms", b"to_general_terms", "to_terms", b"to_terms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

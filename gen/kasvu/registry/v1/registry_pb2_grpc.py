@@ -48,6 +48,21 @@ class RegistryServiceStub:
                 request_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.GetTermsRequest.SerializeToString,
                 response_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.Terms.FromString,
                 _registered_method=True)
+        self.PublishGeneralTerms = channel.unary_unary(
+                '/kasvu.registry.v1.RegistryService/PublishGeneralTerms',
+                request_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.PublishGeneralTermsRequest.SerializeToString,
+                response_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.GeneralTerms.FromString,
+                _registered_method=True)
+        self.GetGeneralTerms = channel.unary_unary(
+                '/kasvu.registry.v1.RegistryService/GetGeneralTerms',
+                request_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.GetGeneralTermsRequest.SerializeToString,
+                response_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.GeneralTerms.FromString,
+                _registered_method=True)
+        self.ListGeneralTerms = channel.unary_unary(
+                '/kasvu.registry.v1.RegistryService/ListGeneralTerms',
+                request_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.ListGeneralTermsRequest.SerializeToString,
+                response_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.ListGeneralTermsResponse.FromString,
+                _registered_method=True)
         self.RegisterProvider = channel.unary_unary(
                 '/kasvu.registry.v1.RegistryService/RegisterProvider',
                 request_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.RegisterProviderRequest.SerializeToString,
@@ -181,6 +196,30 @@ class RegistryServiceServicer:
 
     def GetTerms(self, request, context):
         """Gets one published terms version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PublishGeneralTerms(self, request, context):
+        """Publishes a new, immutable version of the general part of the region's
+        rulebook, which holds for every service it organises. Each service's current
+        terms are re-issued in the same step as a new version pinning it, so
+        admitted providers re-commit within the re-commit window or lapse.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetGeneralTerms(self, request, context):
+        """Gets one published version of a region's general terms.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListGeneralTerms(self, request, context):
+        """Lists a region's general terms versions, newest first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -372,6 +411,21 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     request_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.GetTermsRequest.FromString,
                     response_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.Terms.SerializeToString,
             ),
+            'PublishGeneralTerms': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishGeneralTerms,
+                    request_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.PublishGeneralTermsRequest.FromString,
+                    response_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.GeneralTerms.SerializeToString,
+            ),
+            'GetGeneralTerms': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetGeneralTerms,
+                    request_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.GetGeneralTermsRequest.FromString,
+                    response_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.GeneralTerms.SerializeToString,
+            ),
+            'ListGeneralTerms': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListGeneralTerms,
+                    request_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.ListGeneralTermsRequest.FromString,
+                    response_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.ListGeneralTermsResponse.SerializeToString,
+            ),
             'RegisterProvider': grpc.unary_unary_rpc_method_handler(
                     servicer.RegisterProvider,
                     request_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.RegisterProviderRequest.FromString,
@@ -546,6 +600,87 @@ class RegistryService:
             '/kasvu.registry.v1.RegistryService/GetTerms',
             kasvu_dot_registry_dot_v1_dot_registry__pb2.GetTermsRequest.SerializeToString,
             kasvu_dot_registry_dot_v1_dot_registry__pb2.Terms.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishGeneralTerms(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kasvu.registry.v1.RegistryService/PublishGeneralTerms',
+            kasvu_dot_registry_dot_v1_dot_registry__pb2.PublishGeneralTermsRequest.SerializeToString,
+            kasvu_dot_registry_dot_v1_dot_registry__pb2.GeneralTerms.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetGeneralTerms(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kasvu.registry.v1.RegistryService/GetGeneralTerms',
+            kasvu_dot_registry_dot_v1_dot_registry__pb2.GetGeneralTermsRequest.SerializeToString,
+            kasvu_dot_registry_dot_v1_dot_registry__pb2.GeneralTerms.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListGeneralTerms(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kasvu.registry.v1.RegistryService/ListGeneralTerms',
+            kasvu_dot_registry_dot_v1_dot_registry__pb2.ListGeneralTermsRequest.SerializeToString,
+            kasvu_dot_registry_dot_v1_dot_registry__pb2.ListGeneralTermsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -41,6 +41,16 @@ class RegistryServiceStub:
     """Publishes a new, immutable version of the terms for a region's service."""
     GetTerms: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetTermsRequest, _registry_pb2.Terms]
     """Gets one published terms version."""
+    PublishGeneralTerms: _grpc.UnaryUnaryMultiCallable[_registry_pb2.PublishGeneralTermsRequest, _registry_pb2.GeneralTerms]
+    """Publishes a new, immutable version of the general part of the region's
+    rulebook, which holds for every service it organises. Each service's current
+    terms are re-issued in the same step as a new version pinning it, so
+    admitted providers re-commit within the re-commit window or lapse.
+    """
+    GetGeneralTerms: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetGeneralTermsRequest, _registry_pb2.GeneralTerms]
+    """Gets one published version of a region's general terms."""
+    ListGeneralTerms: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListGeneralTermsRequest, _registry_pb2.ListGeneralTermsResponse]
+    """Lists a region's general terms versions, newest first."""
     RegisterProvider: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RegisterProviderRequest, _registry_pb2.Registration]
     """Registers a provider against a terms version; the registry decides at once.
     With `draft` set, the registration is kept as a draft instead, to be
@@ -121,6 +131,16 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     """Publishes a new, immutable version of the terms for a region's service."""
     GetTerms: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetTermsRequest, _registry_pb2.Terms]  # type: ignore[assignment]
     """Gets one published terms version."""
+    PublishGeneralTerms: _aio.UnaryUnaryMultiCallable[_registry_pb2.PublishGeneralTermsRequest, _registry_pb2.GeneralTerms]  # type: ignore[assignment]
+    """Publishes a new, immutable version of the general part of the region's
+    rulebook, which holds for every service it organises. Each service's current
+    terms are re-issued in the same step as a new version pinning it, so
+    admitted providers re-commit within the re-commit window or lapse.
+    """
+    GetGeneralTerms: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetGeneralTermsRequest, _registry_pb2.GeneralTerms]  # type: ignore[assignment]
+    """Gets one published version of a region's general terms."""
+    ListGeneralTerms: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListGeneralTermsRequest, _registry_pb2.ListGeneralTermsResponse]  # type: ignore[assignment]
+    """Lists a region's general terms versions, newest first."""
     RegisterProvider: _aio.UnaryUnaryMultiCallable[_registry_pb2.RegisterProviderRequest, _registry_pb2.Registration]  # type: ignore[assignment]
     """Registers a provider against a terms version; the registry decides at once.
     With `draft` set, the registration is kept as a draft instead, to be
@@ -210,6 +230,34 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.Terms, _abc.Awaitable[_registry_pb2.Terms]]:
         """Gets one published terms version."""
+
+    @_abc_1.abstractmethod
+    def PublishGeneralTerms(
+        self,
+        request: _registry_pb2.PublishGeneralTermsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.GeneralTerms, _abc.Awaitable[_registry_pb2.GeneralTerms]]:
+        """Publishes a new, immutable version of the general part of the region's
+        rulebook, which holds for every service it organises. Each service's current
+        terms are re-issued in the same step as a new version pinning it, so
+        admitted providers re-commit within the re-commit window or lapse.
+        """
+
+    @_abc_1.abstractmethod
+    def GetGeneralTerms(
+        self,
+        request: _registry_pb2.GetGeneralTermsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.GeneralTerms, _abc.Awaitable[_registry_pb2.GeneralTerms]]:
+        """Gets one published version of a region's general terms."""
+
+    @_abc_1.abstractmethod
+    def ListGeneralTerms(
+        self,
+        request: _registry_pb2.ListGeneralTermsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.ListGeneralTermsResponse, _abc.Awaitable[_registry_pb2.ListGeneralTermsResponse]]:
+        """Lists a region's general terms versions, newest first."""
 
     @_abc_1.abstractmethod
     def RegisterProvider(
