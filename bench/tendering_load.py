@@ -81,17 +81,19 @@ class SealedBid:
     sealed: bytes
     signature: bytes
     public_key: bytes
+    key_proof: bytes
+    """The bidder's proof of holding its key, for enrolling it (a key is one bidder's only)."""
 
 
 def _seal_all(call_name: str, public_key: bytes, count: int, size: int) -> list[SealedBid]:
     ids = business_ids(3_000_000)
-    keys = [Ed25519PrivateKey.generate() for _ in range(64)]
     bids = []
     for index in range(count):
-        key = keys[index % len(keys)]
+        key = Ed25519PrivateKey.generate()
         bidder, lot = next(ids), LOTS[index % len(LOTS)]
         sealed = sealing.seal_bid(_plaintext(index, size), public_key, call_name, lot, bidder)
-        bids.append(SealedBid(bidder, lot, sealed, key.sign(sealed), sealing.raw_public(key)))
+        proof = sealing.sign_bidder_key(bidder, key)
+        bids.append(SealedBid(bidder, lot, sealed, key.sign(sealed), sealing.raw_public(key), proof))
     return bids
 
 
@@ -246,7 +248,8 @@ async def bid_submit_rps(
         # 2 000 distinct bidders, used in turn: once round, a bidder's next bid replaces its
         # earlier one, as a provider revising its bid does.
         prepared = []
-        for bid in _seal_all(call.name, call.opening_public_key, 2000, size - 32):
+        bids = _seal_all(call.name, call.opening_public_key, 2000, size - 32)
+        for bid in bids:
             request = tendering_pb2.SubmitBidRequest(
                 parent=call.name,
                 bid=tendering_pb2.Bid(
@@ -259,6 +262,17 @@ async def bid_submit_rps(
             )
             metadata = (("authorization", f"Bearer {token(Role.PROVIDER, bid.bidder, 'bench')}"),)
             prepared.append((request, metadata))
+
+        async def enrol(index: int) -> None:
+            bid, (_, metadata) = bids[index], prepared[index]
+            request = tendering_pb2.EnrolBidderKeyRequest(
+                parent=f"bidders/{bid.bidder}",
+                bidder_key=tendering_pb2.BidderKey(public_key=bid.public_key, proof=bid.key_proof),
+            )
+            await stub.EnrolBidderKey(request, metadata=metadata, timeout=10)
+
+        # Every bidder's key enrolled before the clock starts, as a bid verifies only with one.
+        await closed_loop(enrol, concurrency=concurrency, count=len(bids))
         position = 0
 
         async def submit(_: int) -> None:

@@ -22,7 +22,7 @@ Money is exact `Decimal` in whole cents. Rounding, written down:
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Decimal, InvalidOperation
@@ -39,7 +39,7 @@ from services.runtime.domain import (
     validate_resource_id,
 )
 from services.runtime.errors import FailedPrecondition, FieldViolation, InvalidArgument
-from services.tendering import sealing
+from services.tendering import bidder_keys, sealing
 from services.tendering.model import Buyer
 
 ALLIANCE = ResourcePattern("regions/{region}/alliances/{alliance:key}")
@@ -355,9 +355,42 @@ class ConsortiumBid:
         return self.proposal.cost_estimate * (HUNDRED + self.proposal.fee_percentage) / HUNDRED
 
 
-def check_consortium_bid(bid: ConsortiumBid, alliance_name: str) -> ConsortiumBid:  # noqa: PLR0912 - one check per rule
+def _check_signatures(
+    bid: ConsortiumBid, enrolled: Collection[tuple[str, str]], violations: list[FieldViolation]
+) -> bool:
+    """Adds a violation for each member whose key is not live-enrolled for it (its signature is
+    not even checked: it would prove nothing), or whose signature is missing or does not verify;
+    True when some member's key was not enrolled."""
+    signatures = {s.business_id: s.signature for s in bid.signatures}
+    unenrolled = False
+    for i, member in enumerate(bid.members[:MAX_MEMBERS]):
+        if not bidder_keys.is_enrolled(enrolled, member.business_id, member.public_key):
+            violations.append(bidder_keys.not_enrolled(f"bid.members[{i}].public_key", member.business_id))
+            unenrolled = True
+            continue
+        signature = signatures.get(member.business_id)
+        if signature is None:
+            violations.append(
+                FieldViolation("bid.signatures", f"member {member.business_id} has not signed the bid")
+            )
+            continue
+        try:
+            sealing.verify_bid_signature(bid.document, signature, member.public_key)
+        except sealing.SealingError as error:
+            violations.append(FieldViolation("bid.signatures", f"member {member.business_id}: {error}"))
+    strangers = sorted(set(signatures) - {m.business_id for m in bid.members})
+    if strangers:
+        violations.append(FieldViolation("bid.signatures", f"signed by non-members {', '.join(strangers)}"))
+    return unenrolled
+
+
+def check_consortium_bid(  # noqa: PLR0912 - one check per rule
+    bid: ConsortiumBid, alliance_name: str, enrolled: Collection[tuple[str, str]]
+) -> ConsortiumBid:
     """Members valid (one lead, shares summing to 100 %), the document this alliance's proposal
-    for exactly these members, and a verifying signature of every member on it."""
+    for exactly these members, and a verifying signature of every member on it, by a key
+    live-enrolled for that member (`enrolled`: the live (business ID, fingerprint) pairs among
+    the members' keys; a key a bid merely names proves nothing about who signed)."""
     violations: list[FieldViolation] = []
     if (violation := check_text(bid.consortium, "bid.consortium", TITLE_MAX_LENGTH)) is not None:
         violations.append(violation)
@@ -395,21 +428,12 @@ def check_consortium_bid(bid: ConsortiumBid, alliance_name: str) -> ConsortiumBi
         violations.append(FieldViolation("bid.document.fee_percentage", "must be between 0 and 100"))
     if not is_cents(proposal.cost_estimate) or proposal.cost_estimate <= 0:
         violations.append(FieldViolation("bid.document.cost_estimate", "must be more than zero, in cents"))
-    signatures = {s.business_id: s.signature for s in bid.signatures}
-    for member in bid.members[:MAX_MEMBERS]:
-        signature = signatures.get(member.business_id)
-        if signature is None:
-            violations.append(
-                FieldViolation("bid.signatures", f"member {member.business_id} has not signed the bid")
-            )
-            continue
-        try:
-            sealing.verify_bid_signature(bid.document, signature, member.public_key)
-        except sealing.SealingError as error:
-            violations.append(FieldViolation("bid.signatures", f"member {member.business_id}: {error}"))
-    strangers = sorted(set(signatures) - {m.business_id for m in bid.members})
-    if strangers:
-        violations.append(FieldViolation("bid.signatures", f"signed by non-members {', '.join(strangers)}"))
+    if _check_signatures(bid, enrolled, violations):
+        raise InvalidArgument(
+            "the consortium bid is refused: " + "; ".join(f"{v.field}: {v.description}" for v in violations),
+            violations,
+            reason=bidder_keys.NOT_ENROLLED,
+        )
     raise_if_any(violations, "the consortium bid is refused")
     return bid
 
@@ -656,15 +680,16 @@ class Alliance(Aggregate):
 
     # selection
 
-    def receive(self, bid: ConsortiumBid, now: datetime) -> None:
-        """A consortium's bid; replaces an earlier bid of the same lead member."""
+    def receive(self, bid: ConsortiumBid, now: datetime, enrolled: Collection[tuple[str, str]]) -> None:
+        """A consortium's bid; replaces an earlier bid of the same lead member. `enrolled`: the
+        live-enrolled (business ID, fingerprint) pairs among the members' keys."""
         self._require([Stage.QUALITATIVE], "a bid")
         if now >= self.spec.bid_deadline:
             raise FailedPrecondition(
                 f"the bid deadline of {self.name} passed at {self.spec.bid_deadline.isoformat()}",
                 reason="DEADLINE_PASSED",
             )
-        check_consortium_bid(bid, self.name)
+        check_consortium_bid(bid, self.name, enrolled)
         self.bids = (*(b for b in self.bids if b.lead.business_id != bid.lead.business_id), bid)
         self.updated_at = now
         self.record(

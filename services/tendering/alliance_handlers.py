@@ -4,6 +4,7 @@ and, for a finding's lapse, from the scheduler's timer."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -12,7 +13,7 @@ from services.runtime import access
 from services.runtime.auth import Role
 from services.runtime.domain import Command, Query
 from services.runtime.errors import NotFound, PermissionDenied
-from services.tendering import alliance, alliance_ocds, market_failure
+from services.tendering import alliance, alliance_ocds, market_failure, sealing
 from services.tendering.handlers import OcdsPackages
 
 if TYPE_CHECKING:
@@ -204,8 +205,21 @@ async def submit_consortium_bid(
         alliance.Proposal.decode(command.document),
         uow.now,
     )
-    found.receive(bid, uow.now)
+    found.receive(bid, uow.now, await _enrolled(uow, command.members))
     return bid
+
+
+async def _enrolled(
+    uow: AllianceUnitOfWork, members: Sequence[alliance.Member]
+) -> frozenset[tuple[str, str]]:
+    """The (business ID, fingerprint) pairs of the members' keys that are live-enrolled for that
+    very member: the model refuses a signature by any other key."""
+    enrolled = set()
+    for member in members[: alliance.MAX_MEMBERS]:
+        fingerprint = sealing.key_fingerprint(member.public_key)
+        if await uow.bidder_keys.live_owner(fingerprint) == member.business_id:
+            enrolled.add((member.business_id, fingerprint))
+    return frozenset(enrolled)
 
 
 async def list_consortium_bids(

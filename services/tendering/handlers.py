@@ -405,6 +405,11 @@ async def submit_bid(command: SubmitBid, uow: TenderingUnitOfWork) -> model.Bid:
     call.accepts_bids(uow.now)
     call.invites(bidder)
     violations: list[FieldViolation] = []
+    # Only a key the bidder enrolled says who signed; a key that came with the bid proves
+    # nothing, so its signature is not even checked.
+    enrolled = await uow.bidder_keys.live_owner(sealing.key_fingerprint(command.public_key)) == bidder
+    if not enrolled:
+        violations.append(bidder_keys.not_enrolled("bid.public_key", bidder))
     if call.lot(command.lot) is None:
         violations.append(FieldViolation("bid.lot", f"the call has no lot {command.lot!r}"))
     if command.opening_key_sha256 != sealing.key_fingerprint(call.opening_public_key):
@@ -413,13 +418,16 @@ async def submit_bid(command: SubmitBid, uow: TenderingUnitOfWork) -> model.Bid:
         )
     if not 0 < len(command.sealed) <= model.MAX_BID_BYTES:
         violations.append(FieldViolation("bid.sealed_bid", f"must be 1 to {model.MAX_BID_BYTES} bytes"))
-    try:
-        sealing.verify_bid_signature(command.sealed, command.signature, command.public_key)
-    except sealing.SealingError as error:
-        violations.append(FieldViolation("bid.signature", str(error)))
+    if enrolled:
+        try:
+            sealing.verify_bid_signature(command.sealed, command.signature, command.public_key)
+        except sealing.SealingError as error:
+            violations.append(FieldViolation("bid.signature", str(error)))
     if violations:
         raise InvalidArgument(
-            "the bid is refused: " + "; ".join(v.description for v in violations), violations
+            "the bid is refused: " + "; ".join(v.description for v in violations),
+            violations,
+            reason="" if enrolled else bidder_keys.NOT_ENROLLED,
         )
     # An earlier live bid of this bidder for the lot is replaced (no event: the new bid's
     # BidReceived says it), by one prebuilt statement rather than loading the bidder's bids.

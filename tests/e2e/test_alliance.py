@@ -143,6 +143,12 @@ async def test_an_alliance_is_tendered_selected_and_runs_two_periods_with_statem
         y = consortium_bid(
             name, "Yksin Oy", [(B1, "all", "100", True)], keys=keys, fee="5", estimate="2100000.00"
         )
+        # Every member signs with a key it enrolled; A2's not yet enrolled refuses the bid.
+        await api.enrol(A1, keys[A1])
+        await api.enrol(B1, keys[B1])
+        unenrolled = await client.post(f"/v1/{name}/bids", json=x, headers=api.headers(Role.PROVIDER, A1))
+        assert unenrolled.status_code == 400 and "BIDDER_KEY_NOT_ENROLLED" in unenrolled.text
+        await api.enrol(A2, keys[A2])
         unsigned = {**x, "signatures": x["signatures"][:1]}
         refused = await client.post(f"/v1/{name}/bids", json=unsigned, headers=api.headers(Role.PROVIDER, A1))
         assert refused.status_code == 400 and f"member {A2} has not signed the bid" in refused.text

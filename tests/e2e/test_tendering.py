@@ -87,6 +87,14 @@ class Tendering:
         assert response.status_code == 200, response.text
         return dict(response.json())
 
+    async def enrol(self, provider: str, key: Ed25519PrivateKey) -> dict[str, Any]:
+        """Enrols the provider's bid-signing key, with its proof of possession."""
+        body = {
+            "publicKey": b64(sealing.raw_public(key)),
+            "proof": b64(sealing.sign_bidder_key(provider, key)),
+        }
+        return await self.post(f"bidders/{provider}/keys", body, self.headers(Role.PROVIDER, provider))
+
     def advance(self, by: timedelta) -> None:
         self.offset += by
         self.clock_file.write_text(str(self.offset.total_seconds()), encoding="ascii")
@@ -195,6 +203,37 @@ async def test_a_framework_tender_to_agreement_then_call_offs_skip_a_suspended_p
             ("south", providers[1]): (200_000, 4),
             ("south", providers[2]): (180_000, 2),
         }
+        # A bid verifies only with a key its bidder enrolled: one signed with any other is refused.
+        stranger = Ed25519PrivateKey.generate()
+        sealed = sealing.seal_bid(bid_plaintext(1, 1), opening_key, call["name"], "north", providers[0])
+        unenrolled = await client.post(
+            f"/v1/{call['name']}/bids",
+            json={
+                "lot": "north",
+                "publicKey": b64(sealing.raw_public(stranger)),
+                "sealedBid": b64(sealed),
+                "signature": b64(stranger.sign(sealed)),
+                "openingKeySha256": sealing.key_fingerprint(opening_key),
+            },
+            headers=tendering.headers(Role.PROVIDER, providers[0]),
+        )
+        assert unenrolled.status_code == 400, unenrolled.text
+        details = unenrolled.json()["error"]["details"]
+        assert {"reason": "BIDDER_KEY_NOT_ENROLLED"}.items() <= next(
+            d for d in details if d["@type"].endswith("ErrorInfo")
+        ).items()
+        assert [
+            v["field"] for d in details if d["@type"].endswith("BadRequest") for v in d["fieldViolations"]
+        ] == ["bid.publicKey"]
+        for provider in providers:
+            enrolled = await tendering.enrol(provider, signing[provider])
+            assert enrolled["state"] == "BIDDER_KEY_STATE_LIVE", enrolled
+        own = await tendering.get(
+            f"bidders/{providers[0]}/keys", tendering.headers(Role.PROVIDER, providers[0])
+        )
+        assert [k["fingerprint"] for k in own["bidderKeys"]] == [
+            sealing.key_fingerprint(sealing.raw_public(signing[providers[0]]))
+        ]
         receipts = {}
         for (lot, provider), (price, plan) in prices.items():
             sealed = sealing.seal_bid(bid_plaintext(price, plan), opening_key, call["name"], lot, provider)

@@ -17,7 +17,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.type import money_pb2
-from kasvu.tendering.v1 import alliance_pb2, alliance_pb2_grpc, events_pb2
+from kasvu.tendering.v1 import alliance_pb2, alliance_pb2_grpc, events_pb2, tendering_pb2, tendering_pb2_grpc
 from sqlalchemy import text
 
 from services.runtime.clock import ManualClock
@@ -28,6 +28,7 @@ from services.runtime.worker import Scheduler, Worker
 from services.runtime.writer import write_path_for
 from services.tendering import alliance, alliance_store, bootstrap, sealing
 from services.tendering.alliance_api import AllianceServicer
+from services.tendering.grpc_api import TenderingServicer
 from tests.integration.helpers import Tokens, count_rows, error_reason, field_violations, proto_date, serving
 from tests.tendering_ocds import validate_packages
 
@@ -53,9 +54,25 @@ class World:
     clock: ManualClock
     db: Database
     tokens: Tokens
+    tendering: tendering_pb2_grpc.TenderingServiceStub
+    """Where members enrol the keys they sign consortium bids with."""
 
     def admin(self, region: str = REGION) -> tuple[tuple[str, str], ...]:
         return self.tokens.admin(region)
+
+    async def enrol_members(self) -> None:
+        """The consortium members sign with keys they enrolled, as every bidder must."""
+        for business_id, signing in KEYS.items():
+            await self.enrol(business_id, signing)
+
+    async def enrol(self, business_id: str, key: Ed25519PrivateKey) -> tendering_pb2.BidderKey:
+        bidder_key = tendering_pb2.BidderKey(
+            public_key=sealing.raw_public(key), proof=sealing.sign_bidder_key(business_id, key)
+        )
+        return await self.tendering.EnrolBidderKey(
+            tendering_pb2.EnrolBidderKeyRequest(parent=f"bidders/{business_id}", bidder_key=bidder_key),
+            metadata=self.tokens.provider(business_id),
+        )
 
 
 @pytest.fixture
@@ -76,11 +93,23 @@ async def world(database_url: str, tmp_path: Path) -> AsyncIterator[World]:
     dispatcher.register_all(bootstrap.HANDLERS)
     worker = Worker(write_path, service="tendering", jobs=[Scheduler(db, dispatcher)])
     tokens = Tokens.generate(tmp_path / "keys")
+
+    def add_servicers(servicers: tuple[AllianceServicer, TenderingServicer], server: grpc.aio.Server) -> None:
+        alliance_pb2_grpc.add_AllianceServiceServicer_to_server(servicers[0], server)
+        tendering_pb2_grpc.add_TenderingServiceServicer_to_server(servicers[1], server)
+
+    servicers = (AllianceServicer(dispatcher), TenderingServicer(dispatcher, key.public))
     try:
-        async with serving(
-            tokens, alliance_pb2_grpc.add_AllianceServiceServicer_to_server, AllianceServicer(dispatcher)
-        ) as channel:
-            yield World(alliance_pb2_grpc.AllianceServiceStub(channel), worker, clock, db, tokens)
+        async with serving(tokens, add_servicers, servicers) as channel:
+            world = World(
+                alliance_pb2_grpc.AllianceServiceStub(channel),
+                worker,
+                clock,
+                db,
+                tokens,
+                tendering_pb2_grpc.TenderingServiceStub(channel),
+            )
+            yield world
     finally:
         await write_path.close()
         await db.dispose()
@@ -301,6 +330,7 @@ async def test_bad_alliance_input_is_refused_with_its_reason_and_nothing_is_stor
     created = await world.stub.CreateAlliance(
         alliance_pb2.CreateAllianceRequest(parent=parent, alliance=alliance_message()), metadata=world.admin()
     )
+    await world.enrol_members()
     before = await count_rows(world.db, "outbox")
     with pytest.raises(grpc.aio.AioRpcError) as unsigned:
         await world.stub.SubmitConsortiumBid(
@@ -339,6 +369,46 @@ async def test_bad_alliance_input_is_refused_with_its_reason_and_nothing_is_stor
     assert '"roles": ["buyer"]' in exported.release_package_json
 
 
+async def test_a_consortium_bid_signed_with_a_key_not_enrolled_for_its_member_is_refused_and_nothing_kept(
+    world: World,
+) -> None:
+    created = await world.stub.CreateAlliance(
+        alliance_pb2.CreateAllianceRequest(parent=f"regions/{REGION}", alliance=alliance_message()),
+        metadata=world.admin(),
+    )
+    await world.enrol_members()
+    stranger = Ed25519PrivateKey.generate()
+    # A1's own key enrolled by A2 is A1's still: one key, one bidder; so is a fresh key nobody
+    # enrolled. Either way A2's signature names a key that says nothing about who made it.
+    with pytest.raises(grpc.aio.AioRpcError) as taken:
+        await world.enrol(A2, KEYS[A1])
+    assert (taken.value.code(), error_reason(taken.value)) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "BIDDER_KEY_TAKEN",
+    )
+    tables = ("outbox", "idempotency_keys", "audit_log")
+    before = {table: await count_rows(world.db, table) for table in tables}
+    for attempt, key in enumerate((stranger, KEYS[A1])):
+        bid = signed_bid(created.name, (A1, A2))
+        bid.members[1].public_key = sealing.raw_public(key)
+        bid.signatures[1].signature = key.sign(bid.document)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await world.stub.SubmitConsortiumBid(
+                alliance_pb2.SubmitConsortiumBidRequest(
+                    parent=created.name, bid=bid, request_id=f"consortium-{attempt}"
+                ),
+                metadata=world.tokens.provider(A1),
+            )
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error_reason(refused.value) == "BIDDER_KEY_NOT_ENROLLED"
+        assert field_violations(refused.value) == ["bid.members[1].public_key"]
+    assert {table: await count_rows(world.db, table) for table in tables} == before
+    listed = await world.stub.ListConsortiumBids(
+        alliance_pb2.ListConsortiumBidsRequest(parent=created.name), metadata=world.tokens.provider(A1)
+    )
+    assert not listed.bids
+
+
 async def implementing(world: World) -> str:
     """An alliance with consortium A1+A2 selected and implementation started; its name."""
     admin = world.admin()
@@ -346,6 +416,7 @@ async def implementing(world: World) -> str:
         alliance_pb2.CreateAllianceRequest(parent=f"regions/{REGION}", alliance=alliance_message()),
         metadata=admin,
     )
+    await world.enrol_members()
     bid = await world.stub.SubmitConsortiumBid(
         alliance_pb2.SubmitConsortiumBidRequest(parent=created.name, bid=signed_bid(created.name, (A1, A2))),
         metadata=world.tokens.provider(A1),

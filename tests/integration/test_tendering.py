@@ -503,8 +503,10 @@ async def test_bad_bids_are_refused_with_their_reason_and_nothing_is_stored(worl
         assert unknown_lot.code() == grpc.StatusCode.INVALID_ARGUMENT and field_violations(unknown_lot) == [
             "bid.lot"
         ]
+        # A key the bidder never enrolled: its signature is not even looked at.
         other_key = await refused(public_key=sealing.raw_public(Ed25519PrivateKey.generate()))
-        assert field_violations(other_key) == ["bid.signature"]
+        assert field_violations(other_key) == ["bid.public_key"]
+        assert error_reason(other_key) == "BIDDER_KEY_NOT_ENROLLED"
         tampered = await refused(sealed_bid=b"\x00" * 80)
         assert field_violations(tampered) == ["bid.signature"]
         sealed_elsewhere = sealing.seal_bid(

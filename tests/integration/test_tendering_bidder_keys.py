@@ -1,6 +1,8 @@
 # ruff: noqa: F811 - the tendering fixture is test_tendering's
 """Bidder keys over gRPC against real SQLite and PostgreSQL: a provider enrols, lists (paged) and
-retires its own keys, each change an event and an audit record; a key is one bidder's for good."""
+retires its own keys, each change an event and an audit record; a key is one bidder's for good;
+a bid verifies only with a key live-enrolled for its bidder, and nothing of a refused bid is
+stored; a bid submitted before its key was retired still opens."""
 
 from __future__ import annotations
 
@@ -17,8 +19,13 @@ from sqlalchemy import text
 from services.tendering import sealing
 from tests.integration.helpers import business_ids, count_rows, error_reason, field_violations
 from tests.integration.test_tendering import (  # noqa: F401 - the fixture
+    DEADLINE,
+    Member,
     Provider,
     World,
+    content,
+    published,
+    share_of,
     world,
 )
 
@@ -200,3 +207,65 @@ async def test_a_key_enrolment_without_a_valid_key_or_proof_is_refused_naming_th
     assert await count_rows(world.db, "tendering_bidder_keys") == 0
     misnamed = await refusal(retire(world, provider, f"bidders/{provider.business_id}/keys/{'A' * 64}"))
     assert (misnamed.code(), field_violations(misnamed)) == (grpc.StatusCode.INVALID_ARGUMENT, ["name"])
+
+
+async def test_a_bid_signed_with_a_key_not_live_enrolled_for_its_bidder_is_refused_and_nothing_stored(
+    world: World,
+) -> None:
+    members = [Member("alice"), Member("bob")]
+    next_id = business_ids()
+    bidder, other = Provider(next_id()), Provider(next_id())
+    await world.enrol(other)
+    retiring = Provider(next_id())
+    retired = await world.enrol(retiring)
+    await retire(world, retiring, retired.name)
+    async with published(world, members) as call:
+        before = await counts(world)
+        cases = {
+            "never enrolled": (bidder, bidder.key),
+            "another bidder's enrolled key": (bidder, other.key),
+            "a retired key": (retiring, retiring.key),
+        }
+        for case, (provider, signing) in cases.items():
+            signed_as = Provider(provider.business_id, signing)
+            error = await refusal(world.bid(call, signed_as, "north", content(1000, 1), enrol=False))
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, case
+            assert error_reason(error) == "BIDDER_KEY_NOT_ENROLLED", case
+            assert field_violations(error) == ["bid.public_key"], case
+        # With a request id too: no idempotency record keeps a refused bid.
+        error = await refusal(
+            world.stub.SubmitBid(
+                tendering_pb2.SubmitBidRequest(
+                    parent=call.name,
+                    bid=tendering_pb2.Bid(
+                        lot="north",
+                        public_key=other.public_key,
+                        sealed_bid=b"x",
+                        signature=other.key.sign(b"x"),
+                        opening_key_sha256=sealing.key_fingerprint(call.opening_public_key),
+                    ),
+                    request_id="bid-1",
+                ),
+                metadata=world.provider(bidder.business_id),
+            )
+        )
+        assert error_reason(error) == "BIDDER_KEY_NOT_ENROLLED"
+        assert await counts(world) == before
+
+
+async def test_a_bid_submitted_before_its_key_was_retired_still_opens_and_a_new_one_is_refused(
+    world: World,
+) -> None:
+    members = [Member("alice"), Member("bob")]
+    provider = Provider(business_ids()())
+    async with published(world, members) as call:
+        bid = await world.bid(call, provider, "north", content(100_000, 4))
+        [key] = (await listed(world, provider, page_size=10))[0]
+        await retire(world, provider, key.name)
+        late = await refusal(world.bid(call, provider, "south", content(90_000, 4)))
+        assert error_reason(late) == "BIDDER_KEY_NOT_ENROLLED"
+    world.clock.set(DEADLINE + timedelta(minutes=1))
+    await world.tick()
+    await share_of(world, call, members, 0)
+    opened = await share_of(world, call, members, 1)
+    assert [(s.bid, s.rank) for s in opened.scores] == [(bid.name, 1)]

@@ -94,6 +94,8 @@ def test_the_buyers_pay_exactly_what_the_providers_receive(
 
 A1, A2, B1 = "1234561-2", "1234562-0", "1234563-9"
 KEYS = {bid: Ed25519PrivateKey.generate() for bid in (A1, A2, B1)}
+ENROLLED = frozenset((b, sealing.key_fingerprint(sealing.raw_public(k))) for b, k in KEYS.items())
+"""Every member's own key, live-enrolled for it."""
 BUYERS = (
     al.JointBuyer("pirkanmaa", D(50), True, al.BuyerKind.REGION, ("recruitment",)),
     al.JointBuyer("tampere", D(30), False, al.BuyerKind.MUNICIPALITY, ("business-policy",)),
@@ -148,9 +150,9 @@ def bid(
 def selected_alliance() -> al.Alliance:
     alliance = al.Alliance.tender("a1", "pirkanmaa", al.validate_spec(spec(), "pirkanmaa", NOW), NOW)
     alliance.receive(
-        bid(alliance, "x", (member(A1, D(60), lead=True), member(A2, D(40))), "8", "2000000"), NOW
+        bid(alliance, "x", (member(A1, D(60), lead=True), member(A2, D(40))), "8", "2000000"), NOW, ENROLLED
     )
-    alliance.receive(bid(alliance, "y", (member(B1, D(100), lead=True),), "5", "2100000"), NOW)
+    alliance.receive(bid(alliance, "y", (member(B1, D(100), lead=True),), "5", "2100000"), NOW, ENROLLED)
     later = NOW + timedelta(days=31)
     alliance.shortlist(["x", "y"], "Both plans meet the qualitative minimum.", later)
     alliance.score_workshops({"x": D(90), "y": D(60)}, "Workshop scores by the panel.", later)
@@ -284,24 +286,40 @@ def test_a_consortium_bid_without_every_members_signature_is_refused() -> None:
     alliance = al.Alliance.tender("a1", "pirkanmaa", spec(), NOW)
     members = (member(A1, D(60), lead=True), member(A2, D(40)))
     with pytest.raises(InvalidArgument, match=f"member {A2} has not signed the bid"):
-        alliance.receive(bid(alliance, "x", members, "8", "2000000", signers=(A1,)), NOW)
+        alliance.receive(bid(alliance, "x", members, "8", "2000000", signers=(A1,)), NOW, ENROLLED)
     forged = bid(alliance, "x", members, "8", "2000000", signers=(A1, A1))
     forged = replace(
         forged, signatures=(forged.signatures[0], al.Signature(A2, forged.signatures[0].signature))
     )
     with pytest.raises(InvalidArgument, match="does not verify"):
-        alliance.receive(forged, NOW)
+        alliance.receive(forged, NOW, ENROLLED)
     assert alliance.bids == ()
+
+
+def test_a_consortium_bid_with_a_members_key_not_enrolled_for_that_member_is_refused_naming_it() -> None:
+    alliance = al.Alliance.tender("a1", "pirkanmaa", spec(), NOW)
+    members = (member(A1, D(60), lead=True), member(A2, D(40)))
+    signed = bid(alliance, "x", members, "8", "2000000")
+    # A2's key enrolled for A1 instead, or not at all: its signature says nothing about A2.
+    a2_key = sealing.key_fingerprint(sealing.raw_public(KEYS[A2]))
+    for enrolled in (ENROLLED - {(A2, a2_key)}, (ENROLLED - {(A2, a2_key)}) | {(A1, a2_key)}):
+        with pytest.raises(InvalidArgument) as refused:
+            alliance.receive(signed, NOW, enrolled)
+        assert refused.value.reason == "BIDDER_KEY_NOT_ENROLLED"
+        assert [v.field for v in refused.value.violations] == ["bid.members[1].public_key"]
+    assert not alliance.bids
+    alliance.receive(signed, NOW, ENROLLED)
+    assert [received.bid for received in alliance.bids] == ["x"]
 
 
 def test_bids_close_at_the_deadline_and_stages_wait_for_it() -> None:
     alliance = al.Alliance.tender("a1", "pirkanmaa", spec(), NOW)
     members = (member(B1, D(100), lead=True),)
-    alliance.receive(bid(alliance, "y", members, "5", "1000"), NOW)
+    alliance.receive(bid(alliance, "y", members, "5", "1000"), NOW, ENROLLED)
     with pytest.raises(FailedPrecondition, match="received until"):
         alliance.shortlist(["y"], "Early", NOW)
     with pytest.raises(FailedPrecondition, match="deadline"):
-        alliance.receive(bid(alliance, "z", members, "5", "1000"), NOW + timedelta(days=30))
+        alliance.receive(bid(alliance, "z", members, "5", "1000"), NOW + timedelta(days=30), ENROLLED)
 
 
 # -- market failure --------------------------------------------------------------------------------
