@@ -91,6 +91,7 @@ CATALOG: tuple[ServiceEntry, ...] = (
         resource_names=(
             "regions/{region}/services/{service}",
             "regions/{region}/services/{service}/terms/{version:int}",
+            "regions/{region}/generalTerms/{version:int}",
             "regions/{region}/services/{service}/registrations/{registration:key}",
             "regions/{region}",
             "regions/{region}/breachPolicy",
