@@ -524,7 +524,7 @@ class TermsRepository:
             .where(TermsRow.region == region, TermsRow.service == service)
             .order_by(col(TermsRow.version).desc())
         )
-        return [terms_from_row(row) for row in result.all()]
+        return [await self._terms(row) for row in result.all()]
 
     async def current_version(self, region: str, service: str) -> int:
         """The newest published version, 0 when none; read without taking the publishers' turn."""
@@ -546,12 +546,16 @@ class TermsRepository:
         row = await self._session.get(TermsRow, (region, service, version))
         if row is None:
             return None
-        general = None
-        if row.general_terms_version:
-            general = await self._general.get(region, row.general_terms_version)
-        terms = terms_from_row(row, general)
+        terms = await self._terms(row)
         self._cache.put(terms)
         return terms
+
+    async def _terms(self, row: TermsRow) -> model.Terms:
+        """The terms of a row with the general part they pin."""
+        general = None
+        if row.general_terms_version:
+            general = await self._general.get(row.region, row.general_terms_version)
+        return terms_from_row(row, general)
 
     async def services_of(self, region: str) -> list[str]:
         """The services the region has published terms for."""

@@ -381,3 +381,42 @@ async def test_a_provider_renews_its_certificate_before_it_expires(api: Api) -> 
     assert [d["kind"] for d in answer["decisions"]] == ["ADMISSION", "EVIDENCE_RENEWAL"]
     assert answer["decisions"][-1]["reasons"][0]["code"] == "EVIDENCE_RENEWED"
     assert await api.listed(region) == [PROVIDER]
+
+
+async def test_a_general_part_over_http_binds_every_services_terms_and_bad_clauses_are_400(api: Api) -> None:
+    region = "keski-suomi"
+    client = api.client
+    admin = api.auth(Role.REGION_ADMIN, region)
+    general_terms = {
+        "title": "Yleiset ehdot",
+        "requirements": [
+            {"code": "good-standing", "description": "No tax arrears", "kind": "REQUIREMENT_KIND_DECLARATION"}
+        ],
+        "sections": [
+            {"topic": "SECTION_TOPIC_PRICE_AND_INVOICING", "text": "Invoices monthly, 14 days net."}
+        ],
+    }
+    for sections, field in (
+        ([{"topic": "SECTION_TOPIC_UNSPECIFIED", "text": "x"}], "generalTerms.sections[0].topic"),
+        ([{"topic": "SECTION_TOPIC_CONTENT", "text": " "}], "generalTerms.sections[0].text"),
+    ):
+        bad = await client.post(
+            f"/v1/regions/{region}/generalTerms", json=dict(general_terms, sections=sections), headers=admin
+        )
+        _, _, fields = problem_of(bad, 400)
+        assert fields == {field}
+    published = await client.post(f"/v1/regions/{region}/generalTerms", json=general_terms, headers=admin)
+    assert published.status_code == 200, published.text
+    general = published.json()
+    assert general["name"] == f"regions/{region}/generalTerms/1"
+    listed = await client.get(f"/v1/regions/{region}/generalTerms", headers=admin)
+    assert [g["name"] for g in listed.json()["generalTerms"]] == [general["name"]]
+
+    terms = await api.publish_terms(region)
+    assert terms["generalTerms"] == general["name"]
+    key = Ed25519PrivateKey.generate()
+    body = api.registration_body(terms, PROVIDER, key)
+    short = await api.register(region, body, PROVIDER)
+    assert short.status_code == 200, short.text
+    assert short.json()["state"] == "REGISTRATION_STATE_REJECTED"
+    assert [r["subject"] for r in short.json()["reasons"]] == ["good-standing"]
