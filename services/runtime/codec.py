@@ -48,6 +48,22 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+def _dataclass_from_plain(kind: type, value: Any) -> Any:
+    """A field missing from `value` takes its default: what an older version stored (an
+    idempotent answer, a timer's command) decodes after a field with a default is added. A
+    missing field with no default is a KeyError naming it."""
+    if not isinstance(value, dict):
+        raise TypeError(f"{value!r} is not an object for {kind.__name__}")
+    hints = _hints(kind)
+    arguments = {}
+    for f in dataclasses.fields(kind):
+        if f.name in value:
+            arguments[f.name] = from_plain(hints[f.name], value[f.name])
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise KeyError(f"{kind.__name__}.{f.name} is missing and has no default")
+    return kind(**arguments)
+
+
 def from_plain(kind: Any, value: Any) -> Any:  # noqa: PLR0912 - one branch per kind of type
     """Rebuilds a value of type `kind` from `to_plain`'s output."""
     origin = typing.get_origin(kind)
@@ -75,10 +91,7 @@ def from_plain(kind: Any, value: Any) -> Any:  # noqa: PLR0912 - one branch per 
         return {from_plain(key_type, k): from_plain(value_type, v) for k, v in value.items()}
     if isinstance(kind, type):
         if dataclasses.is_dataclass(kind):
-            hints = _hints(kind)
-            return kind(
-                **{f.name: from_plain(hints[f.name], value[f.name]) for f in dataclasses.fields(kind)}
-            )
+            return _dataclass_from_plain(kind, value)
         if issubclass(kind, enum.Enum):
             return kind(value)
         if issubclass(kind, datetime):
