@@ -154,7 +154,7 @@ class EventTypes:
         return to_message(event, self.proto_class(event))
 
     def subject(self, event: Event, message: Message) -> str:
-        return subject_for(message.DESCRIPTOR.full_name, event.region)
+        return subject_for(message.DESCRIPTOR.full_name, event.subject_key)
 
     @property
     def protos(self) -> tuple[type[Message], ...]:

@@ -127,11 +127,18 @@ class Event:
 
     Subclasses are frozen dataclasses whose fields carry the names of their proto
     message's fields, so the unit of work can turn them into that message without a
-    hand-written mapping. `region` is the organiser whose events these are: it is the
-    last token of the event's NATS subject, so consumers can filter by organiser.
+    hand-written mapping. `region` is the organiser whose events these are; by default it is
+    the last token of the event's NATS subject (`subject_key`), so consumers can filter by
+    organiser.
     """
 
     region: str
+
+    @property
+    def subject_key(self) -> str:
+        """The last token of the event's subject. An event that belongs to no organiser (a
+        bidder's keys serve it in every region) overrides this with what consumers filter by."""
+        return self.region
 
 
 class Command:

@@ -37,7 +37,7 @@ class _BidderKeyEvent(Event):
     bidder: str
 
     @property
-    def region(self) -> str:  # type: ignore[override]  # read-only here: derived, not a field
+    def subject_key(self) -> str:
         # A bidder's keys serve its bids in every region, so their subjects end in the bidder
         # (consumers filter by it) rather than in an organiser.
         return self.bidder

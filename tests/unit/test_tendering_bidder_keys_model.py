@@ -31,7 +31,7 @@ def test_an_enrolled_key_is_named_by_its_bidder_and_fingerprint_and_records_its_
     assert found.live and found.enrolled_at == NOW
     [(_, event)] = found.pull_events()
     assert event == bidder_keys.BidderKeyEnrolled(found.name, BIDDER, fingerprint, NOW)
-    assert event.region == BIDDER  # the last token of its subject
+    assert event.subject_key == BIDDER  # the last token of its subject
 
 
 def test_enrolling_a_live_key_again_for_the_same_bidder_changes_nothing() -> None:
