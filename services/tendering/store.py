@@ -565,12 +565,15 @@ _BIDDER_KEY_COLUMNS = (
     BIDDER_KEYS.c.retired_at,
 )
 _BIDDER_KEY = Prepared(core_select(*_BIDDER_KEY_COLUMNS).where(BIDDER_KEYS.c.fingerprint == bindparam("fp")))
-# Every bid asks this, by the primary key: built once, straight to SQLite (prepared.py).
-_LIVE_KEY_OWNER = Prepared(
-    core_select(BIDDER_KEYS.c.bidder).where(
-        BIDDER_KEYS.c.fingerprint == bindparam("fp"), BIDDER_KEYS.c.retired_at.is_(None)
-    )
+# Every bid asks this, by the primary key: built once, straight to SQLite (prepared.py). On
+# SQLite a bid and a retirement are serialised by the one writer. Elsewhere the bid holds the
+# key's row FOR SHARE to its commit: a retirement waits for bids in flight, and a bid behind an
+# uncommitted retirement waits for it and then finds the key retired, so no bid signed with a
+# key is accepted after the key's retirement commits.
+_LIVE_KEY = core_select(BIDDER_KEYS.c.bidder).where(
+    BIDDER_KEYS.c.fingerprint == bindparam("fp"), BIDDER_KEYS.c.retired_at.is_(None)
 )
+_LIVE_KEY_OWNER = Prepared(_LIVE_KEY, elsewhere=_LIVE_KEY.with_for_update(read=True))
 _INSERT_BIDDER_KEY = TableInserter(BIDDER_KEYS)
 _RETIRE_BIDDER_KEY = update(BIDDER_KEYS).where(BIDDER_KEYS.c.fingerprint == bindparam("fp"))
 

@@ -6,6 +6,7 @@ stored; a bid submitted before its key was retired still opens."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import timedelta
 from typing import Any
@@ -269,3 +270,27 @@ async def test_a_bid_submitted_before_its_key_was_retired_still_opens_and_a_new_
     await share_of(world, call, members, 0)
     opened = await share_of(world, call, members, 1)
     assert [(s.bid, s.rank) for s in opened.scores] == [(bid.name, 1)]
+
+
+# SQLite runs every write through one writer, so a bid and a retirement cannot interleave there.
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_a_bid_behind_an_uncommitted_retirement_of_its_key_waits_and_is_refused(world: World) -> None:
+    members = [Member("alice"), Member("bob")]
+    provider = Provider(business_ids()())
+    key = await world.enrol(provider)
+    provider.enrolled = True
+    fingerprint = key.name.rsplit("/", 1)[1]
+    async with published(world, members) as call, world.db.writer.connect() as retiring:
+        # A retirement in flight: its row lock is held until it commits.
+        transaction = await retiring.begin()
+        await retiring.execute(
+            text("UPDATE tendering_bidder_keys SET retired_at = now() WHERE fingerprint = :fp"),
+            {"fp": fingerprint},
+        )
+        bidding = asyncio.create_task(world.bid(call, provider, "north", content(100_000, 4)))
+        await asyncio.sleep(0.5)
+        assert not bidding.done(), "the bid did not wait for the retirement in flight"
+        await transaction.commit()
+        error = await refusal(bidding)
+    assert error_reason(error) == "BIDDER_KEY_NOT_ENROLLED"
+    assert await count_rows(world.db, "tendering_bids") == 0
