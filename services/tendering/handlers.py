@@ -670,7 +670,8 @@ async def serve_award_decision(command: ServeAwardDecision, uow: TenderingUnitOf
     _admin(uow, command.region, "serving an award decision")
     call = await _call(uow, command.region, command.call_id, lock=True)
     call.serve_decision(uow.now)
-    assert call.standstill_end is not None
+    if call.standstill_end is None:  # a decision that no bid wins: nothing to conclude
+        return call
     uow.timers.set(
         _conclude_key(call),
         model.start_of_next_day(call.standstill_end),

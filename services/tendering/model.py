@@ -300,14 +300,15 @@ class CallAwarded(Event):
 
 @dataclass(frozen=True)
 class AwardDecisionServed(Event):
-    """The award decision was served to every bidder; the standstill counts from that day."""
+    """The award decision was served to every bidder; the standstill counts from that day. A
+    decision that no bid wins is served too, with no standstill (`standstill_end` None)."""
 
     call: str
     region: str
     bidders: tuple[str, ...]
     """The business IDs served: every bidder whose bid was opened, ranked or not."""
     served_on: date
-    standstill_end: date
+    standstill_end: date | None
     serve_time: datetime
 
 
@@ -700,16 +701,34 @@ class Call(Aggregate):
     def serve_decision(self, now: datetime) -> tuple[str, ...]:
         """Serves the award decision to every bidder whose bid was opened, winners and the rest
         alike, and starts the standstill: it ends 14 days after the day served (moved past a
-        weekend or holiday). Returns the business IDs served."""
-        self._require([CallState.AWARDED], "serving the award decision")
+        weekend or holiday). Returns the business IDs served.
+
+        A decision that no bid wins ended the call UNSUCCESSFUL at once, but it is a reasoned
+        decision the bidders may contest like any award, so it is served to them the same way,
+        once; it starts no standstill, since nothing is to be concluded."""
         bidders = tuple(sorted({s.bidder for s in self.scores}))
         served_on = finnish_date(now)
+        if self.decided_that_no_bid_wins:
+            if self.served_at is not None:
+                raise FailedPrecondition(
+                    f"{self.name}: the decision that no bid wins was served already", reason="CALL_STATE"
+                )
+            self.served_at = self.updated_at = now
+            self.record(AwardDecisionServed(self.name, self.region, bidders, served_on, None, now))
+            return bidders
+        self._require([CallState.AWARDED], "serving the award decision")
         end = standstill_end(served_on)
         self.served_at = self.updated_at = now
         self.standstill_end = end
         self.state = CallState.STANDSTILL
         self.record(AwardDecisionServed(self.name, self.region, bidders, served_on, end, now))
         return bidders
+
+    @property
+    def decided_that_no_bid_wins(self) -> bool:
+        """Ended UNSUCCESSFUL by its award decision (reasons given, bids opened), not for want of
+        bids or by a cancellation."""
+        return self.state == CallState.UNSUCCESSFUL and bool(self.award_reasons) and bool(self.scores)
 
     def winners(self) -> list[Score]:
         """Per lot the best-ranked bids: up to the lot's supplier cap for a framework, one otherwise."""
@@ -722,16 +741,19 @@ class Call(Aggregate):
 
     def record_appeal(self, appeal: Appeal, now: datetime) -> None:
         """A rectification request or appeal against the award decision, once it is made and
-        until the call concludes or ends; it holds conclusion until resolved."""
-        self._require(AWARD_DECIDED, "an appeal against its award decision")
+        until the call concludes or ends; it holds conclusion until resolved. A decision that no
+        bid wins can be contested too, though the call has ended: there is nothing to hold."""
+        if not self.decided_that_no_bid_wins:
+            self._require(AWARD_DECIDED, "an appeal against its award decision")
         self.appeals = (*self.appeals, appeal)
         self.updated_at = now
         self.record(AppealRecorded(self.name, self.region, appeal.appeal, now))
 
     def resolve_appeal(self, appeal_id: str, now: datetime) -> None:
-        """Only while the decision it contests stands: a call cancelled, unsuccessful or concluded
-        has no decision left to rectify."""
-        self._require(AWARD_DECIDED, "resolving an appeal against its award decision")
+        """Only while the decision it contests stands: a call cancelled, concluded or unsuccessful
+        for want of bids has no decision left to rectify."""
+        if not self.decided_that_no_bid_wins:
+            self._require(AWARD_DECIDED, "resolving an appeal against its award decision")
         if not any(a.appeal == appeal_id and not a.resolved for a in self.appeals):
             raise FailedPrecondition(
                 f"{self.name} has no pending appeal {appeal_id}", reason="NO_SUCH_APPEAL"

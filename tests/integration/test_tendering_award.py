@@ -22,6 +22,7 @@ from services.runtime.migrate import alembic_config, upgrade_async
 from services.tendering import bootstrap, model, store
 from tests.integration.helpers import business_ids, count_rows, error_reason
 from tests.integration.test_tendering import (  # noqa: F401 - the fixture
+    DEADLINE,
     Member,
     Provider,
     World,
@@ -280,3 +281,60 @@ async def test_no_appeal_is_recorded_or_resolved_before_an_award_or_after_conclu
     assert (await get(world, call)).state == tendering_pb2.CALL_STATE_CONCLUDED
     await both_refused()  # concluded: the contract stands
     assert await tendering_payloads(world.db, "AppealRecorded") == []
+
+
+async def test_a_decision_that_no_bid_wins_is_served_once_to_every_bidder_and_may_be_appealed(
+    world: World,
+) -> None:
+    members = [Member("alice"), Member("bob")]
+    next_id = business_ids(7_600_000)
+    providers = [Provider(next_id()) for _ in range(2)]
+    call = await publish(world, call_message(members))
+    excluded = json.loads(content(90_000, 5))
+    excluded["declarations"]["turnover"] = False
+    for provider, lot in zip(providers, ("north", "south"), strict=True):
+        await world.bid(call, provider, lot, json.dumps(excluded).encode())
+    await open_after_deadline(world, call, members)
+    ended = await award(world, call)
+    assert ended.state == tendering_pb2.CALL_STATE_UNSUCCESSFUL and not ended.HasField("serve_time")
+
+    world.clock.set(SERVED_ON)
+    served = await world.stub.ServeAwardDecision(serve_request(call), metadata=world.admin())
+    assert served.state == tendering_pb2.CALL_STATE_UNSUCCESSFUL
+    assert served.serve_time.ToDatetime(tzinfo=UTC) == SERVED_ON
+    assert not served.HasField("standstill_end")
+    [event] = map(
+        events_pb2.AwardDecisionServed.FromString, await tendering_payloads(world.db, "AwardDecisionServed")
+    )
+    assert sorted(event.bidders) == sorted(p.business_id for p in providers)
+    assert (event.served_on.month, event.served_on.day) == (12, 11)
+    assert not event.HasField("standstill_end")
+
+    audited = await count_rows(world.db, "audit_log")
+    twice = await refused(world.stub.ServeAwardDecision(serve_request(call), metadata=world.admin()))
+    assert twice.code() == grpc.StatusCode.FAILED_PRECONDITION and error_reason(twice) == "CALL_STATE"
+    assert len(await tendering_payloads(world.db, "AwardDecisionServed")) == 1
+    assert await count_rows(world.db, "audit_log") == audited
+
+    # The bidders may contest it; the call stays ended and nothing is ever concluded.
+    appealed = await world.stub.RecordAppeal(
+        tendering_pb2.RecordAppealRequest(name=call.name, kind="MARKET_COURT"), metadata=world.admin()
+    )
+    assert appealed.state == tendering_pb2.CALL_STATE_UNSUCCESSFUL and len(appealed.appeals) == 1
+    world.clock.set(SERVED_ON + timedelta(days=60))
+    await world.tick()
+    assert (await get(world, call)).state == tendering_pb2.CALL_STATE_UNSUCCESSFUL
+    assert await count_rows(world.db, "tendering_frameworks") == 0
+    exported = await world.stub.ExportOcds(tendering_pb2.ExportOcdsRequest(name=call.name))
+    validate_packages(exported.release_package_json, exported.record_package_json)
+
+
+async def test_a_call_unsuccessful_for_want_of_bids_has_no_decision_to_serve(world: World) -> None:
+    members = [Member("alice"), Member("bob")]
+    call = await publish(world, call_message(members))
+    world.clock.set(DEADLINE + timedelta(minutes=1))
+    await world.tick()  # the deadline closes it with no bids: unsuccessful, nothing to open
+    assert (await get(world, call)).state == tendering_pb2.CALL_STATE_UNSUCCESSFUL
+    unserved = await refused(world.stub.ServeAwardDecision(serve_request(call), metadata=world.admin()))
+    assert unserved.code() == grpc.StatusCode.FAILED_PRECONDITION and error_reason(unserved) == "CALL_STATE"
+    assert await tendering_payloads(world.db, "AwardDecisionServed") == []

@@ -6,6 +6,9 @@ from __future__ import annotations
 from datetime import timedelta
 from decimal import Decimal
 
+import pytest
+
+from services.runtime.errors import FailedPrecondition
 from services.tendering import model
 from tests.unit.test_tendering_model import NOW, candidate, spec
 
@@ -123,3 +126,13 @@ def test_an_award_with_no_admissible_bid_ends_the_call_unsuccessful_with_its_rea
     )
     assert call.standstill_end is None and call.awarded_at is None
     assert [type(e) for _, e in call.pull_events()] == [model.CallEnded]
+    # The decision is served to every bidder all the same, once, with no standstill.
+    served_at = NOW + timedelta(days=1)
+    assert call.serve_decision(served_at) == tuple(sorted({s.bidder for s in call.scores}))
+    assert call.state == model.CallState.UNSUCCESSFUL
+    assert (call.served_at, call.standstill_end) == (served_at, None)
+    [event] = [e for _, e in call.pull_events()]
+    assert isinstance(event, model.AwardDecisionServed) and event.standstill_end is None
+    with pytest.raises(FailedPrecondition):
+        call.serve_decision(served_at)
+    assert not call.may_conclude(served_at + timedelta(days=365))

@@ -622,7 +622,7 @@ class AwardDecisionServed(_message.Message):
 
     @_builtins.property
     def standstill_end(self) -> _date_pb2.Date:
-        """The standstill's last day."""
+        """The standstill's last day; unset for a decision that no bid wins, which starts none."""
 
     @_builtins.property
     def serve_time(self) -> _timestamp_pb2.Timestamp:

@@ -304,7 +304,9 @@ class TenderingServiceServicer:
     def ServeAwardDecision(self, request, context):
         """Serves the award decision to every bidder whose bid was opened; the
         standstill starts and ends 14 days after the day served (a weekend or
-        holiday moves its last day to the next working day).
+        holiday moves its last day to the next working day). A decision that no
+        bid wins (the call UNSUCCESSFUL at its award) is served the same way,
+        once, and starts no standstill.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

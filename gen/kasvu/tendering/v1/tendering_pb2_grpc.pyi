@@ -75,7 +75,9 @@ class TenderingServiceStub:
     ServeAwardDecision: _grpc.UnaryUnaryMultiCallable[_tendering_pb2.ServeAwardDecisionRequest, _tendering_pb2.Call]
     """Serves the award decision to every bidder whose bid was opened; the
     standstill starts and ends 14 days after the day served (a weekend or
-    holiday moves its last day to the next working day).
+    holiday moves its last day to the next working day). A decision that no
+    bid wins (the call UNSUCCESSFUL at its award) is served the same way,
+    once, and starts no standstill.
     """
     RecordAppeal: _grpc.UnaryUnaryMultiCallable[_tendering_pb2.RecordAppealRequest, _tendering_pb2.Call]
     """Records a request for rectification or an appeal against the award
@@ -169,7 +171,9 @@ class TenderingServiceAsyncStub(TenderingServiceStub):
     ServeAwardDecision: _aio.UnaryUnaryMultiCallable[_tendering_pb2.ServeAwardDecisionRequest, _tendering_pb2.Call]  # type: ignore[assignment]
     """Serves the award decision to every bidder whose bid was opened; the
     standstill starts and ends 14 days after the day served (a weekend or
-    holiday moves its last day to the next working day).
+    holiday moves its last day to the next working day). A decision that no
+    bid wins (the call UNSUCCESSFUL at its award) is served the same way,
+    once, and starts no standstill.
     """
     RecordAppeal: _aio.UnaryUnaryMultiCallable[_tendering_pb2.RecordAppealRequest, _tendering_pb2.Call]  # type: ignore[assignment]
     """Records a request for rectification or an appeal against the award
@@ -356,7 +360,9 @@ class TenderingServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_tendering_pb2.Call, _abc.Awaitable[_tendering_pb2.Call]]:
         """Serves the award decision to every bidder whose bid was opened; the
         standstill starts and ends 14 days after the day served (a weekend or
-        holiday moves its last day to the next working day).
+        holiday moves its last day to the next working day). A decision that no
+        bid wins (the call UNSUCCESSFUL at its award) is served the same way,
+        once, and starts no standstill.
         """
 
     @_abc_1.abstractmethod
