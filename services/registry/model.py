@@ -99,6 +99,7 @@ __all__ = [
     "publish_general_terms",
     "publish_terms",
     "refuse_aged_evidence",
+    "refuse_future_evidence",
     "reissue_terms",
     "require_market_failure",
     "uncovered",
@@ -983,6 +984,42 @@ def assess_evidence(terms: Terms, evidence: Sequence[Evidence], today: date) -> 
     return reasons
 
 
+def refuse_future_evidence(
+    terms: Terms, evidence: Sequence[Evidence], today: date, field: str = "registration.evidence"
+) -> None:
+    """A document dated after today in Finland is the client's mistake, not a shortfall to decide:
+    INVALID_ARGUMENT (EVIDENCE_FROM_FUTURE) naming each such document's issued_on, and nothing is
+    stored, so a corrected submission is not blocked by a stored rejection."""
+    violations = [
+        FieldViolation(f"{field}[{index}].issued_on", _FUTURE)
+        for index, item in enumerate(evidence)
+        if _from_future(terms, item, today)
+    ]
+    _raise_from_future(violations)
+
+
+_FUTURE = "must not be after today in Finland"
+
+
+def _from_future(terms: Terms, item: Evidence, today: date) -> bool:
+    requirement = terms.requirement(item.requirement_code)
+    return (
+        requirement is not None
+        and requirement.kind == RequirementKind.DOCUMENT
+        and item.issued_on is not None
+        and item.issued_on > today
+    )
+
+
+def _raise_from_future(violations: list[FieldViolation]) -> None:
+    if violations:
+        raise InvalidArgument(
+            "evidence dated after today is refused: " + "; ".join(v.field for v in violations),
+            violations,
+            reason=ReasonCode.EVIDENCE_FROM_FUTURE,
+        )
+
+
 def refuse_aged_evidence(
     terms: Terms, evidence: Sequence[Evidence], today: date, field: str = "registration.evidence"
 ) -> None:
@@ -1516,6 +1553,7 @@ class Registration(Aggregate):
             commitment=(self.public_key, signature, "terms_signature"),
         )
         raise_if_any(violations, "the draft cannot be submitted")
+        refuse_future_evidence(terms, self.evidence, finnish_date(now))
         refuse_aged_evidence(terms, self.evidence, finnish_date(now))
         self._submitted(terms, reasons, actor, now)
 
@@ -1934,9 +1972,10 @@ def decide_registration(  # noqa: PLR0917 - positional order fixed by the handle
     terms; else ADMITTED.
 
     Malformed input (business ID, name, areas, signature, evidence) raises one
-    InvalidArgument listing every violation; a document past its requirement's maximum age
-    is then refused (FailedPrecondition EVIDENCE_TOO_OLD), not rejected, so nothing is
-    stored. "today", against which documents are aged, is the date of now in Finland.
+    InvalidArgument listing every violation; a document dated after today is then refused
+    (InvalidArgument EVIDENCE_FROM_FUTURE) and one past its requirement's maximum age
+    (FailedPrecondition EVIDENCE_TOO_OLD), not rejected, so nothing is stored. "today",
+    against which documents are aged, is the date of now in Finland.
     """
     require_aware(now)
     violations: list[FieldViolation] = []
@@ -1958,6 +1997,7 @@ def decide_registration(  # noqa: PLR0917 - positional order fixed by the handle
     )
     violations.extend(own)
     raise_if_any(violations, "the registration is invalid")
+    refuse_future_evidence(terms, evidence, finnish_date(now))
     refuse_aged_evidence(terms, evidence, finnish_date(now))
 
     registration = _new_registration(
@@ -2182,13 +2222,13 @@ def _renew_evidence(
         )
     if renewed.issued_on is None:
         violations.append(FieldViolation("evidence.issued_on", "a renewed document needs its issue date"))
-    elif renewed.issued_on > today:
-        violations.append(FieldViolation("evidence.issued_on", "must not be after today"))
     if renewed.document_sha256 and _SHA256_HEX.fullmatch(renewed.document_sha256) is None:
         violations.append(FieldViolation("evidence.document_sha256", "must be 64 hexadecimal digits"))
     raise_if_any(violations, "the renewal is invalid")
     if requirement is None or renewed.issued_on is None:
         raise ValueError("unreachable: refused above")
+    if _from_future(terms, renewed, today):
+        _raise_from_future([FieldViolation("evidence.issued_on", _FUTURE)])
     if (description := _too_old(terms, renewed, today)) is not None:
         _raise_too_old([FieldViolation("evidence.issued_on", description)])
     held = next((e for e in registration.evidence if e.requirement_code == code), None)

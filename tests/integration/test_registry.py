@@ -306,21 +306,18 @@ async def test_a_provider_with_valid_evidence_is_admitted_and_listed(
     assert await outbox_counts(registry_db) == {TERMS_PUBLISHED: 1, REGISTERED: 1, ADMITTED: 1}
 
 
-async def test_a_missing_declaration_and_a_future_document_reject_with_reasons_and_an_event(
+async def test_a_missing_declaration_and_a_missing_certificate_reject_with_reasons_and_an_event(
     stub, tokens, registry_db, next_business_id
 ):
     terms = await publish(stub, tokens)
     business_id = next_business_id()
-    tomorrow = finnish_today() + timedelta(days=1)
 
-    registration = await register(
-        stub, tokens, terms, business_id, evidence=[issued("tax-certificate", tomorrow)]
-    )
+    registration = await register(stub, tokens, terms, business_id, evidence=[])
 
     assert registration.state == registry_pb2.REGISTRATION_STATE_REJECTED
     assert [(r.code, r.subject) for r in registration.reasons] == [
         ("REQUIREMENT_NOT_DECLARED", "prepayment-register"),
-        ("EVIDENCE_FROM_FUTURE", "tax-certificate"),
+        ("EVIDENCE_MISSING", "tax-certificate"),
     ]
     assert await listed(stub) == []
     async with registry_db.read_session() as session:
@@ -330,7 +327,7 @@ async def test_a_missing_declaration_and_a_future_document_reject_with_reasons_a
     assert rejected[0].subject == f"kasvu.registry.v1.RegistrationRejected.{REGION}"
     payload = events_pb2.RegistrationRejected.FromString(rejected[0].payload)
     assert payload.registration == registration.name
-    assert list(payload.reason_codes) == ["REQUIREMENT_NOT_DECLARED", "EVIDENCE_FROM_FUTURE"]
+    assert list(payload.reason_codes) == ["REQUIREMENT_NOT_DECLARED", "EVIDENCE_MISSING"]
     assert payload.business_id == business_id
 
     # A refusal does not block a corrected registration.
@@ -349,13 +346,22 @@ async def stored(db: Database) -> tuple[int, int, int, int]:
     )
 
 
-async def test_evidence_past_its_age_is_refused_with_its_requirement_and_allowed_age_and_nothing_stored(
-    stub, tokens, registry_db, next_business_id
+@pytest.mark.parametrize(
+    ("days", "code", "reason"),
+    [
+        (-91, grpc.StatusCode.FAILED_PRECONDITION, "EVIDENCE_TOO_OLD"),
+        # A future date is the client's mistake, not a state of the registry.
+        (1, grpc.StatusCode.INVALID_ARGUMENT, "EVIDENCE_FROM_FUTURE"),
+    ],
+    ids=["past-its-age", "after-today-in-finland"],
+)
+async def test_a_document_past_its_age_or_from_the_future_is_refused_naming_it_and_nothing_is_stored(  # noqa: PLR0917 - fixtures and parameters
+    stub, tokens, registry_db, next_business_id, days, code, reason
 ):
     terms = await publish(stub, tokens, requirements=(declaration(), document("tax-certificate", 90)))
     business_id = next_business_id()
     before = await stored(registry_db)
-    old = finnish_today() - timedelta(days=91)
+    issued_on = finnish_today() + timedelta(days=days)
 
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await register(
@@ -363,20 +369,21 @@ async def test_evidence_past_its_age_is_refused_with_its_requirement_and_allowed
             tokens,
             terms,
             business_id,
-            evidence=[declared(), issued("tax-certificate", old)],
-            request_id="old-certificate",
+            evidence=[declared(), issued("tax-certificate", issued_on)],
+            request_id="refused-certificate",
         )
 
-    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert error_reason(caught.value) == "EVIDENCE_TOO_OLD"
+    assert caught.value.code() == code
+    assert error_reason(caught.value) == reason
     assert field_violations(caught.value) == ["registration.evidence[1].issued_on"]
-    details = caught.value.details() or ""
-    assert "'tax-certificate'" in details and "at most 90 days" in details and "91 days old" in details
+    if reason == "EVIDENCE_TOO_OLD":
+        details = caught.value.details() or ""
+        assert "'tax-certificate'" in details and "at most 90 days" in details and "91 days old" in details
     assert await stored(registry_db) == before
     assert await outbox_counts(registry_db) == {TERMS_PUBLISHED: 1}
 
     # Nothing held the place or the key: the same request id with a fresh certificate admits.
-    admitted = await register(stub, tokens, terms, business_id, request_id="old-certificate")
+    admitted = await register(stub, tokens, terms, business_id, request_id="refused-certificate")
     assert admitted.state == registry_pb2.REGISTRATION_STATE_ADMITTED
 
 

@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 import grpc
+import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
 from kasvu.registry.v1 import events_pb2, registry_pb2
 from kasvu.selfmonitoring.v1 import events_pb2 as selfmonitoring_events
@@ -130,33 +131,41 @@ async def test_a_draft_is_completed_submitted_and_decided_with_each_transition_r
         assert len(await payloads(registry.db, event_type)) == 1, event_type
 
 
-async def test_a_draft_whose_document_aged_past_its_maximum_is_refused_on_submission_and_stays_a_draft(
-    registry, next_business_id
+@pytest.mark.parametrize(
+    ("issued_days", "wait_days", "code", "reason"),
+    [
+        (-60, 31, grpc.StatusCode.FAILED_PRECONDITION, "EVIDENCE_TOO_OLD"),  # 91 days old by the submission
+        (2, 0, grpc.StatusCode.INVALID_ARGUMENT, "EVIDENCE_FROM_FUTURE"),
+    ],
+    ids=["aged-past-its-maximum", "from-the-future"],
+)
+async def test_a_draft_whose_document_is_too_old_or_from_the_future_is_refused_on_submission_stays_a_draft(  # noqa: PLR0917 - fixtures and parameters
+    registry, next_business_id, issued_days, wait_days, code, reason
 ):
     terms = await registry.publish(document("tax-certificate", 90))
     business_id, key = next_business_id(), ProviderKey()
-    issued_on = START.date() - timedelta(days=60)
     draft = await registry.stub.RegisterProvider(
         draft_request(
             terms,
             business_id,
             key,
             display_name="Osaajat Oy",
-            evidence=[issued("tax-certificate", issued_on)],
+            evidence=[issued("tax-certificate", START.date() + timedelta(days=issued_days))],
         ),
         metadata=registry.tokens.provider(business_id),
     )
-    registry.clock.advance(timedelta(days=31))  # 91 days old by the submission
-    before = [await count_rows(registry.db, table) for table in ("outbox", "audit_log", "idempotency_keys")]
+    registry.clock.advance(timedelta(days=wait_days))
+    tables = ("registry_registrations", "outbox", "audit_log", "idempotency_keys")
+    before = [await count_rows(registry.db, table) for table in tables]
 
-    async with refused(grpc.StatusCode.FAILED_PRECONDITION) as caught:
+    async with refused(code) as caught:
         await submit(registry, draft, key.sign(terms.content_hash))
 
-    assert error_reason(caught[0]) == "EVIDENCE_TOO_OLD"
+    assert error_reason(caught[0]) == reason
     assert field_violations(caught[0]) == ["registration.evidence[0].issued_on"]
-    assert "at most 90 days" in (caught[0].details() or "")
-    after = [await count_rows(registry.db, table) for table in ("outbox", "audit_log", "idempotency_keys")]
-    assert after == before
+    if reason == "EVIDENCE_TOO_OLD":
+        assert "at most 90 days" in (caught[0].details() or "")
+    assert [await count_rows(registry.db, table) for table in tables] == before
     kept = await registry.get(draft)
     assert (state(kept), [d.kind for d in kept.decisions]) == ("DRAFT", ["DRAFT"])
     assert await payloads(registry.db, "ProviderRegistered") == []

@@ -168,7 +168,7 @@ async def test_a_renewal_writes_its_event_of_identifiers_and_an_audit_record_nam
     ]
 
 
-async def test_a_renewal_past_its_age_or_by_another_provider_is_refused_and_nothing_is_stored(
+async def test_a_renewal_past_its_age_from_the_future_or_by_another_provider_is_refused_and_nothing_stored(
     registry, next_business_id
 ):
     registration = await admitted(registry, next_business_id())
@@ -179,6 +179,8 @@ async def test_a_renewal_past_its_age_or_by_another_provider_is_refused_and_noth
 
     async with refused(grpc.StatusCode.FAILED_PRECONDITION) as too_old:
         await renew(registry, registration, (START + timedelta(days=60)).date() - timedelta(days=91))
+    async with refused(grpc.StatusCode.INVALID_ARGUMENT) as future:
+        await renew(registry, registration, (START + timedelta(days=61)).date())
     async with refused(grpc.StatusCode.FAILED_PRECONDITION) as not_newer:
         await renew(registry, registration, START.date() - timedelta(days=10))
     async with refused(grpc.StatusCode.PERMISSION_DENIED) as stranger:
@@ -189,6 +191,10 @@ async def test_a_renewal_past_its_age_or_by_another_provider_is_refused_and_noth
         ["evidence.issued_on"],
     )
     assert "at most 90 days" in (too_old[0].details() or "")
+    assert (error_reason(future[0]), field_violations(future[0])) == (
+        "EVIDENCE_FROM_FUTURE",
+        ["evidence.issued_on"],
+    )
     assert error_reason(not_newer[0]) == "EVIDENCE_NOT_NEWER"
     assert error_reason(stranger[0]) == "TENANT_MISMATCH"
     assert [await count_rows(registry.db, table) for table in tables] == before

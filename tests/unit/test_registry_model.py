@@ -437,15 +437,51 @@ def test_admits_a_provider_that_meets_every_requirement_and_commits():
 def test_rejects_with_one_reason_per_unmet_requirement():
     terms = make_terms(declaration("insurance"), document("tax"), document("licence"))
     registration = decide(
-        terms, [Evidence("insurance", declared=False), Evidence("tax", issued_on=TODAY + timedelta(days=1))]
+        terms, [Evidence("insurance", declared=False), Evidence("tax", issued_on=TODAY - timedelta(days=1))]
     )
     assert registration.state is RegistrationState.REJECTED
     assert not registration.listed
     assert [(r.code, r.subject) for r in registration.reasons] == [
         ("REQUIREMENT_NOT_DECLARED", "insurance"),
-        ("EVIDENCE_FROM_FUTURE", "tax"),
         ("EVIDENCE_MISSING", "licence"),
     ]
+
+
+def test_a_document_dated_after_today_in_finland_is_refused_naming_each_such_document():
+    terms = make_terms(declaration("insurance"), document("tax"), document("licence"))
+    evidence = [
+        Evidence("insurance", declared=False),
+        Evidence("tax", issued_on=TODAY + timedelta(days=1)),
+        Evidence("licence", issued_on=TODAY),  # today is not the future
+    ]
+    with pytest.raises(InvalidArgument) as error:
+        decide(terms, evidence)
+    assert error.value.reason == "EVIDENCE_FROM_FUTURE"
+    assert [v.field for v in error.value.violations] == ["registration.evidence[1].issued_on"]
+
+
+def test_a_document_from_the_future_is_refused_before_one_too_old():
+    terms = make_terms(document("tax", max_age_days=90), document("licence", 30))
+    evidence = [
+        Evidence("tax", issued_on=TODAY - timedelta(days=91)),
+        Evidence("licence", issued_on=TODAY + timedelta(days=2)),
+    ]
+    with pytest.raises(InvalidArgument) as error:
+        decide(terms, evidence)
+    assert error.value.reason == "EVIDENCE_FROM_FUTURE"
+    assert [v.field for v in error.value.violations] == ["registration.evidence[1].issued_on"]
+
+
+def test_a_draft_with_a_document_from_the_future_is_refused_on_submission_and_stays_a_draft():
+    terms = make_terms(document("tax"))
+    provider = Provider()
+    registration = drafted(terms, [Evidence("tax", issued_on=TODAY + timedelta(days=3))], provider)
+    with pytest.raises(InvalidArgument) as error:
+        registration.submit(terms, provider.sign(terms), "provider", NOW)
+    assert error.value.reason == "EVIDENCE_FROM_FUTURE"
+    assert [v.field for v in error.value.violations] == ["registration.evidence[0].issued_on"]
+    assert registration.state is RegistrationState.DRAFT
+    assert registration.pull_events() == []
 
 
 def test_evidence_past_its_age_is_refused_naming_the_document_its_requirement_and_the_age_allowed():
@@ -463,19 +499,19 @@ def test_evidence_past_its_age_is_refused_naming_the_document_its_requirement_an
     ]
 
 
+def drafted(terms: Terms, evidence: list[Evidence], provider: Provider) -> Registration:
+    """A draft holding `evidence`, its DRAFT event already taken."""
+    registration = draft_registration(
+        "reg-1", terms, "0737546-2", "Rekry Oy", evidence, provider.public_key, NOW
+    )
+    registration.pull_events()
+    return registration
+
+
 def test_a_draft_with_evidence_past_its_age_is_refused_on_submission_and_stays_a_draft():
     terms = make_terms(document("tax", max_age_days=90))
     provider = Provider()
-    registration = draft_registration(
-        "reg-1",
-        terms,
-        "0737546-2",
-        "Rekry Oy",
-        [Evidence("tax", issued_on=TODAY - timedelta(days=60))],
-        provider.public_key,
-        NOW,
-    )
-    registration.pull_events()
+    registration = drafted(terms, [Evidence("tax", issued_on=TODAY - timedelta(days=60))], provider)
     with pytest.raises(FailedPrecondition) as error:
         registration.submit(terms, provider.sign(terms), "provider", NOW + timedelta(days=31))
     assert error.value.reason == "EVIDENCE_TOO_OLD"

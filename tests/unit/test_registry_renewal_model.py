@@ -160,6 +160,8 @@ def test_a_malformed_renewal_is_invalid_argument_naming_the_field(evidence, fiel
     with pytest.raises(InvalidArgument) as error:
         registration.renew_evidence(terms, evidence, PROVIDER, NOW)
     assert [v.field for v in error.value.violations] == fields
+    future = evidence.issued_on is not None and evidence.issued_on > TODAY
+    assert error.value.reason == ("EVIDENCE_FROM_FUTURE" if future else "")
     assert_unchanged(registration)
 
 
