@@ -72,6 +72,7 @@ __all__ = [
     "RegistrationDraftUpdated",
     "RegistrationDrafted",
     "RegistrationInReview",
+    "RegistrationKey",
     "RegistrationLapsed",
     "RegistrationRecommitted",
     "RegistrationRejected",
@@ -109,6 +110,7 @@ __all__ = [
     "validate_reasons",
     "validate_resource_id",
     "verify_commitment",
+    "verify_with_any",
 ]
 
 DEFAULT_MAX_AGE_DAYS = 90
@@ -1402,6 +1404,35 @@ def require_market_failure(
         )
 
 
+@dataclass(frozen=True)
+class RegistrationKey:
+    """One Ed25519 key a provider signs for its registration with; retired keys stay for the record."""
+
+    public_key: bytes
+    add_time: datetime
+    retire_time: datetime | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        """The key's SHA-256 in hex: what events and audit records name instead of the key."""
+        return hashlib.sha256(self.public_key).hexdigest()
+
+    @property
+    def live(self) -> bool:
+        return self.retire_time is None
+
+
+def verify_with_any(keys: Sequence[bytes], signature: bytes, message: bytes) -> bytes | None:
+    """The first of `keys` whose Ed25519 signature over `message` `signature` is, or None."""
+    for public_key in keys:
+        try:
+            Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
+        except (InvalidSignature, ValueError):
+            continue
+        return public_key
+    return None
+
+
 @dataclass
 class Registration(Aggregate):
     """A provider's registration (ilmoittautuminen) against one terms version, and the decisions on it."""
@@ -1418,7 +1449,7 @@ class Registration(Aggregate):
     updated_at: datetime
     suspended_by_breach: str = ""
     public_key: bytes = b""
-    """The raw Ed25519 key the provider committed with."""
+    """The newest live key: the one the provider registered with until it adds another."""
     evidence: tuple[Evidence, ...] = ()
     municipalities: tuple[str, ...] = ()
     """Where the provider serves: official municipality codes. Widening it needs a new registration."""
@@ -1433,10 +1464,25 @@ class Registration(Aggregate):
     """Set while a timed suspension stands."""
     qualifications: tuple[str, ...] = ()
     """Staff qualifications the provider declares, for the terms' staff-qualification checks."""
+    key_history: tuple[RegistrationKey, ...] = ()
+    """Every key added, retired ones too; empty means the one key it was created with."""
 
     @property
     def name(self) -> str:
         return REGISTRATION.format(region=self.region, service=self.service, registration=self.id)
+
+    @property
+    def keys(self) -> tuple[RegistrationKey, ...]:
+        """Every key the registration has held, oldest first; a registration that never changed its
+        keys holds the one it was created (or last drafted) with."""
+        if self.key_history or not self.public_key:
+            return self.key_history
+        return (RegistrationKey(self.public_key, self.created_at),)
+
+    @property
+    def live_keys(self) -> tuple[bytes, ...]:
+        """The raw keys any signature for this registration may verify with, oldest first."""
+        return tuple(k.public_key for k in self.keys if k.live)
 
     @property
     def terms_name(self) -> str:
@@ -1718,12 +1764,9 @@ class Registration(Aggregate):
                 f"{self.name} is already committed to {self.terms_name}", reason="ALREADY_COMMITTED"
             )
         violations: list[FieldViolation] = []
-        try:
-            verify_commitment(self.public_key, signature, terms.content_hash)
-        except InvalidArgument as error:
-            violations.extend(
-                FieldViolation("terms_signature", "does not verify with the registered key over these terms")
-                for _ in error.violations
+        if verify_with_any(self.live_keys, signature, bytes.fromhex(terms.content_hash)) is None:
+            violations.append(
+                FieldViolation("terms_signature", "does not verify with a live key over these terms")
             )
         evidence = tuple(evidence) or self.evidence
         shortfalls: list[Reason] = []
@@ -1747,22 +1790,35 @@ class Registration(Aggregate):
         self.record(RegistrationRecommitted(*self._common(), now))
 
     def rotate_key(self, new_public_key: bytes, signature: bytes, now: datetime) -> None:
-        """Replace the registration's key: the current key signs the new key's 32 raw bytes, so
-        only the holder of the registered key can hand the registration to another."""
+        """Replace a key with a new one in one decision: a live key signs the new key's 32 raw
+        bytes, the new key is added and the key that signed is retired, so only the holder of a
+        live key can hand the registration to another."""
         self._require(ACTIVE_STATES, "given a new key", "NOT_ACTIVE")
         violations: list[FieldViolation] = []
         try:
             Ed25519PublicKey.from_public_bytes(new_public_key)
         except ValueError:
             violations.append(FieldViolation("public_key", "must be a raw 32-byte Ed25519 public key"))
-        try:
-            Ed25519PublicKey.from_public_bytes(self.public_key).verify(signature, new_public_key)
-        except (InvalidSignature, ValueError):
-            violations.append(FieldViolation("key_signature", "does not verify with the registered key"))
+        signer = verify_with_any(self.live_keys, signature, new_public_key)
+        if signer is None:
+            violations.append(FieldViolation("key_signature", "does not verify with a live key"))
         raise_if_any(violations, "the key rotation is invalid")
-        self.public_key = new_public_key
-        self.updated_at = require_aware(now)
+        require_aware(now)
+        kept = tuple(
+            replace(k, retire_time=now) if k.public_key == signer and k.live else k
+            for k in self.keys
+            if k.public_key != new_public_key or not k.live
+        )
+        self._set_keys((*kept, RegistrationKey(new_public_key, now)), now)
         self.record(ProviderKeyRotated(*self._common(), now))
+
+    def _set_keys(self, keys: tuple[RegistrationKey, ...], now: datetime) -> None:
+        live = [k for k in keys if k.live]
+        if not live:
+            raise ValueError(f"{self.name} would be left without a live key")
+        self.key_history = keys
+        self.public_key = live[-1].public_key
+        self.updated_at = now
 
     def renew_evidence(self, terms: Terms, renewed: Evidence, actor: str, now: datetime) -> datetime:
         """The provider renews the document behind one of the terms' document requirements
@@ -2191,6 +2247,8 @@ def _update_draft(registration: Registration, changes: DraftChanges, terms: Term
     registration.display_name = merged["display_name"].strip()
     registration.evidence = tuple(merged["evidence"])
     registration.public_key = merged["public_key"]
+    # A draft has not committed with any key yet: the one it now names is its only key.
+    registration.key_history = ()
     registration.municipalities = tuple(merged["municipalities"])
     registration.languages = tuple(merged["languages"])
     registration.price = merged["price"]

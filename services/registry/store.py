@@ -91,6 +91,8 @@ class RegistrationRow(SQLModel, table=True):
         default="UNSPECIFIED", max_length=20, sa_column_kwargs={"server_default": "UNSPECIFIED"}
     )
     qualifications_json: str = Field(default="[]", sa_column_kwargs={"server_default": "[]"})
+    keys_json: str = Field(default="[]", sa_column_kwargs={"server_default": "[]"})
+    """Every key the registration has held (hex, added, retired); public_key is the newest live one."""
 
 
 class MarketFailureRow(SQLModel, table=True):
@@ -337,6 +339,31 @@ def _evidence(text: str) -> tuple[model.Evidence, ...]:
     )
 
 
+def keys_json(keys: Sequence[model.RegistrationKey]) -> str:
+    """A registration's keys as stored; the migration that introduced them writes the same shape."""
+    return json.dumps(
+        [
+            {
+                "public_key": k.public_key.hex(),
+                "add_time": k.add_time.isoformat(),
+                "retire_time": k.retire_time.isoformat() if k.retire_time else None,
+            }
+            for k in keys
+        ]
+    )
+
+
+def _keys(text: str) -> tuple[model.RegistrationKey, ...]:
+    return tuple(
+        model.RegistrationKey(
+            bytes.fromhex(k["public_key"]),
+            datetime.fromisoformat(k["add_time"]),
+            datetime.fromisoformat(k["retire_time"]) if k["retire_time"] else None,
+        )
+        for k in json.loads(text)
+    )
+
+
 def _reasons_json(reasons: Sequence[model.Reason]) -> str:
     return json.dumps([{"code": r.code, "subject": r.subject, "message": r.message} for r in reasons])
 
@@ -408,6 +435,7 @@ def registration_from_row(row: Any) -> model.Registration:
         lift_time=row.lift_time,
         legal_form=model.LegalForm(row.legal_form),
         qualifications=tuple(json.loads(row.qualifications_json)),
+        key_history=_keys(row.keys_json),
     )
 
 
@@ -425,6 +453,7 @@ def _mutable_columns(registration: model.Registration) -> dict[str, Any]:
         "recommit_deadline": registration.recommit_deadline,
         "lift_time": registration.lift_time,
         "public_key": registration.public_key,
+        "keys_json": keys_json(registration.keys),
         # What a draft's provider may change besides the above (registry-full: drafts).
         "display_name": registration.display_name,
         "municipalities_json": json.dumps(registration.municipalities),
