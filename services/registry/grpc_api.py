@@ -132,6 +132,15 @@ def registration_to_proto(registration: model.Registration) -> registry_pb2.Regi
         lift_time=timestamp(registration.lift_time) if registration.lift_time else None,
         legal_form=registry_pb2.LegalForm.ValueType(enum_to_proto(registration.legal_form, _LEGAL_FORM)),
         qualifications=registration.qualifications,
+        keys=[
+            registry_pb2.RegistrationKey(
+                fingerprint=k.fingerprint,
+                public_key=k.public_key,
+                add_time=timestamp(k.add_time),
+                retire_time=timestamp(k.retire_time) if k.retire_time else None,
+            )
+            for k in registration.keys
+        ],
     )
 
 

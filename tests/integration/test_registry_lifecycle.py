@@ -5,6 +5,7 @@ evidence expiry, breaches that wait for admission, and the public list's filters
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -813,6 +814,13 @@ async def test_a_provider_rotates_its_key_with_the_old_one_and_then_commits_with
         metadata=provider,
     )
     assert rotated.public_key == new.public_key
+    # Both keys stay on the record: the old one retired at the rotation, the new one live.
+    assert [(k.public_key, k.HasField("retire_time")) for k in rotated.keys] == [
+        (old.public_key, True),
+        (new.public_key, False),
+    ]
+    assert rotated.keys[0].fingerprint == hashlib.sha256(old.public_key).hexdigest()
+    assert rotated.keys[0].retire_time == rotated.keys[1].add_time
 
     second = await registry.publish(title="Rekrytointi 2027")
     for key, code in ((old, grpc.StatusCode.INVALID_ARGUMENT), (new, grpc.StatusCode.OK)):

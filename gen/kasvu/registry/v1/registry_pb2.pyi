@@ -1205,6 +1205,7 @@ class Registration(_message.Message):
     LIFT_TIME_FIELD_NUMBER: _builtins.int
     LEGAL_FORM_FIELD_NUMBER: _builtins.int
     QUALIFICATIONS_FIELD_NUMBER: _builtins.int
+    KEYS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """regions/{region}/services/{service}/registrations/{registration}"""
     terms: _builtins.str
@@ -1216,7 +1217,9 @@ class Registration(_message.Message):
     display_name: _builtins.str
     """The provider's trade name as shown to customers."""
     public_key: _builtins.bytes
-    """Raw 32-byte Ed25519 public key of the provider."""
+    """Raw 32-byte Ed25519 public key of the provider: on registering, the key it commits with;
+    afterwards the newest live key (every key is in `keys`; any live one verifies).
+    """
     terms_signature: _builtins.bytes
     """Ed25519 signature over the bytes of the terms' content hash. Not given for
     a draft: the draft is signed when it is submitted.
@@ -1273,6 +1276,10 @@ class Registration(_message.Message):
         the terms' staff-qualification checks.
         """
 
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___RegistrationKey]:
+        """Every key the registration has held, oldest first; retired ones keep their retire_time."""
+
     def __init__(
         self,
         *,
@@ -1295,14 +1302,53 @@ class Registration(_message.Message):
         lift_time: _timestamp_pb2.Timestamp | None = ...,
         legal_form: Global___LegalForm.ValueType = ...,
         qualifications: _abc.Iterable[_builtins.str] | None = ...,
+        keys: _abc.Iterable[Global___RegistrationKey] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "lift_time", b"lift_time", "price", b"price", "recommit_deadline", b"recommit_deadline", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["business_id", b"business_id", "create_time", b"create_time", "decisions", b"decisions", "display_name", b"display_name", "evidence", b"evidence", "languages", b"languages", "legal_form", b"legal_form", "lift_time", b"lift_time", "municipalities", b"municipalities", "name", b"name", "price", b"price", "public_key", b"public_key", "qualifications", b"qualifications", "reasons", b"reasons", "recommit_deadline", b"recommit_deadline", "state", b"state", "terms", b"terms", "terms_signature", b"terms_signature", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["business_id", b"business_id", "create_time", b"create_time", "decisions", b"decisions", "display_name", b"display_name", "evidence", b"evidence", "keys", b"keys", "languages", b"languages", "legal_form", b"legal_form", "lift_time", b"lift_time", "municipalities", b"municipalities", "name", b"name", "price", b"price", "public_key", b"public_key", "qualifications", b"qualifications", "reasons", b"reasons", "recommit_deadline", b"recommit_deadline", "state", b"state", "terms", b"terms", "terms_signature", b"terms_signature", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Registration: _TypeAlias = Registration  # noqa: Y015
+
+@_typing.final
+class RegistrationKey(_message.Message):
+    """One Ed25519 key a provider signs for its registration with."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FINGERPRINT_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    ADD_TIME_FIELD_NUMBER: _builtins.int
+    RETIRE_TIME_FIELD_NUMBER: _builtins.int
+    fingerprint: _builtins.str
+    """SHA-256 of the raw key, in hex: how events and audit records name the key."""
+    public_key: _builtins.bytes
+    """The raw 32-byte Ed25519 public key."""
+    @_builtins.property
+    def add_time(self) -> _timestamp_pb2.Timestamp:
+        """When the key was added."""
+
+    @_builtins.property
+    def retire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the key was retired; unset while it is live."""
+
+    def __init__(
+        self,
+        *,
+        fingerprint: _builtins.str = ...,
+        public_key: _builtins.bytes = ...,
+        add_time: _timestamp_pb2.Timestamp | None = ...,
+        retire_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["add_time", b"add_time", "retire_time", b"retire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["add_time", b"add_time", "fingerprint", b"fingerprint", "public_key", b"public_key", "retire_time", b"retire_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegistrationKey: _TypeAlias = RegistrationKey  # noqa: Y015
 
 @_typing.final
 class RegisterProviderRequest(_message.Message):
