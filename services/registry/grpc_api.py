@@ -618,6 +618,27 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         )
         return await self._handle(command, request.request_id)
 
+    async def AddRegistrationKey(
+        self, request: registry_pb2.AddRegistrationKeyRequest, context: Context
+    ) -> registry_pb2.Registration:
+        command = handlers.AddRegistrationKey(
+            *_registration_parts(request.name),
+            public_key=request.public_key,
+            key_signature=request.key_signature,
+            possession_signature=request.possession_signature,
+        )
+        return await self._handle(command, request.request_id)
+
+    async def RetireRegistrationKey(
+        self, request: registry_pb2.RetireRegistrationKeyRequest, context: Context
+    ) -> registry_pb2.Registration:
+        command = handlers.RetireRegistrationKey(
+            *_registration_parts(request.name),
+            key_fingerprint=request.key_fingerprint,
+            key_signature=request.key_signature,
+        )
+        return await self._handle(command, request.request_id)
+
     async def _handle(
         self, command: handlers.RegistrationCommand, request_id: str
     ) -> registry_pb2.Registration:

@@ -193,6 +193,19 @@ class RotateRegistrationKey(RegistrationCommand):
     key_signature: bytes
 
 
+@dataclass(frozen=True)
+class AddRegistrationKey(RegistrationCommand):
+    public_key: bytes
+    key_signature: bytes
+    possession_signature: bytes
+
+
+@dataclass(frozen=True)
+class RetireRegistrationKey(RegistrationCommand):
+    key_fingerprint: str
+    key_signature: bytes
+
+
 # Timer commands: set by handlers, fired by the scheduler, never reachable from outside.
 
 
@@ -775,6 +788,22 @@ async def rotate_registration_key(
     return registration
 
 
+async def add_registration_key(command: AddRegistrationKey, uow: RegistryUnitOfWork) -> model.Registration:
+    """The provider adds a key, authorised as a rotation is: its token, and a live key's signature."""
+    registration = await _registration_for(uow, command, grants=None, action="adding a key")
+    registration.add_key(command.public_key, command.key_signature, command.possession_signature, uow.now)
+    return registration
+
+
+async def retire_registration_key(
+    command: RetireRegistrationKey, uow: RegistryUnitOfWork
+) -> model.Registration:
+    """The provider retires a key, authorised as a rotation is: its token, and another live key."""
+    registration = await _registration_for(uow, command, grants=None, action="retiring a key")
+    registration.retire_key(command.key_fingerprint, command.key_signature, uow.now)
+    return registration
+
+
 async def lift_suspension(command: LiftSuspension, uow: RegistryUnitOfWork) -> bool:
     """The timed end of a suspension; changes nothing when the suspension already ended."""
     registration = await uow.registrations.get(command.registration_id)
@@ -1041,6 +1070,8 @@ HANDLERS: dict[type[Any], Any] = {
     WithdrawRegistration: withdraw_registration,
     RecommitRegistration: recommit_registration,
     RotateRegistrationKey: rotate_registration_key,
+    AddRegistrationKey: add_registration_key,
+    RetireRegistrationKey: retire_registration_key,
     RenewEvidence: renew_evidence,
     LiftSuspension: lift_suspension,
     LapseRegistration: lapse_registration,

@@ -38,6 +38,7 @@ __all__ = [
     "DEFAULT_VALID_DAYS",
     "EVENTS",
     "GENERAL_TERMS",
+    "MAX_REGISTRATION_KEYS",
     "MUNICIPALITIES",
     "ORGANISER",
     "PROVIDER",
@@ -73,6 +74,8 @@ __all__ = [
     "RegistrationDrafted",
     "RegistrationInReview",
     "RegistrationKey",
+    "RegistrationKeyAdded",
+    "RegistrationKeyRetired",
     "RegistrationLapsed",
     "RegistrationRecommitted",
     "RegistrationRejected",
@@ -318,6 +321,22 @@ class ProviderKeyRotated(RegistrationEvent):
 
 
 @dataclass(frozen=True)
+class RegistrationKeyAdded(RegistrationEvent):
+    """A provider added a key to its registration; the key is named by its fingerprint only."""
+
+    key_fingerprint: str
+    add_time: datetime
+
+
+@dataclass(frozen=True)
+class RegistrationKeyRetired(RegistrationEvent):
+    """A provider retired one of its registration's keys; named by its fingerprint only."""
+
+    key_fingerprint: str
+    retire_time: datetime
+
+
+@dataclass(frozen=True)
 class EvidenceRenewalDue(RegistrationEvent):
     """A reminder: a document behind the admission expires soon and must be renewed."""
 
@@ -345,6 +364,8 @@ EVENTS: tuple[type[Event], ...] = (
     ProviderKeyRotated,
     RegistrationDrafted,
     RegistrationDraftUpdated,
+    RegistrationKeyAdded,
+    RegistrationKeyRetired,
 )
 
 
@@ -1404,6 +1425,10 @@ def require_market_failure(
         )
 
 
+MAX_REGISTRATION_KEYS = 10
+"""Live keys a registration may hold: one per signer a provider has, few enough to try each."""
+
+
 @dataclass(frozen=True)
 class RegistrationKey:
     """One Ed25519 key a provider signs for its registration with; retired keys stay for the record."""
@@ -1811,6 +1836,59 @@ class Registration(Aggregate):
         )
         self._set_keys((*kept, RegistrationKey(new_public_key, now)), now)
         self.record(ProviderKeyRotated(*self._common(), now))
+
+    def add_key(
+        self, new_public_key: bytes, key_signature: bytes, possession_signature: bytes, now: datetime
+    ) -> bool:
+        """Add a live key: a live key signs the new key's 32 raw bytes (the holder agrees) and the
+        new key signs the registration's name (its holder has it). False when it is live already."""
+        self._require(ACTIVE_STATES, "given a key", "NOT_ACTIVE")
+        require_aware(now)
+        violations: list[FieldViolation] = []
+        if verify_with_any((new_public_key,), possession_signature, self.name.encode()) is None:
+            try:
+                Ed25519PublicKey.from_public_bytes(new_public_key)
+            except ValueError:
+                violations.append(FieldViolation("public_key", "must be a raw 32-byte Ed25519 public key"))
+            else:
+                violations.append(
+                    FieldViolation("possession_signature", "does not verify with the new key over the name")
+                )
+        if verify_with_any(self.live_keys, key_signature, new_public_key) is None:
+            violations.append(FieldViolation("key_signature", "does not verify with a live key"))
+        raise_if_any(violations, "the key is invalid")
+        if new_public_key in self.live_keys:
+            return False
+        if len(self.live_keys) >= MAX_REGISTRATION_KEYS:
+            raise FailedPrecondition(
+                f"{self.name} holds {MAX_REGISTRATION_KEYS} live keys, the most allowed: retire one first",
+                reason="TOO_MANY_KEYS",
+            )
+        added = RegistrationKey(new_public_key, now)
+        self._set_keys((*self.keys, added), now)
+        self.record(RegistrationKeyAdded(*self._common(), added.fingerprint, now))
+        return True
+
+    def retire_key(self, fingerprint: str, key_signature: bytes, now: datetime) -> None:
+        """Retire a live key; another live key signs the retired key's 32 raw bytes. The last live
+        key is never retired: the registration could then sign nothing."""
+        self._require(ACTIVE_STATES, "relieved of a key", "NOT_ACTIVE")
+        require_aware(now)
+        target = next((k for k in self.keys if k.live and k.fingerprint == fingerprint), None)
+        if target is None:
+            description = "names no live key of the registration"
+            raise InvalidArgument(description, [FieldViolation("key_fingerprint", description)])
+        others = tuple(k for k in self.live_keys if k != target.public_key)
+        if not others:
+            raise FailedPrecondition(
+                f"{self.name} has no other live key: add one before retiring this one",
+                reason="LAST_LIVE_KEY",
+            )
+        if verify_with_any(others, key_signature, target.public_key) is None:
+            description = "does not verify with another live key over the retired key"
+            raise InvalidArgument(description, [FieldViolation("key_signature", description)])
+        self._set_keys(tuple(replace(k, retire_time=now) if k is target else k for k in self.keys), now)
+        self.record(RegistrationKeyRetired(*self._common(), fingerprint, now))
 
     def _set_keys(self, keys: tuple[RegistrationKey, ...], now: datetime) -> None:
         live = [k for k in keys if k.live]

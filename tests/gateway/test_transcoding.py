@@ -90,7 +90,7 @@ def test_routes_cover_every_annotated_rpc(routes: list[Route]):
         if method.GetOptions().HasExtension(annotations_pb2.http)
     }
     assert {r.full_name for r in routes} == annotated
-    assert len(annotated) == 46 + 29 + 16  # registry and self-monitoring, tendering, alliances
+    assert len(annotated) == 48 + 29 + 16  # registry and self-monitoring, tendering, alliances
 
 
 def test_match_route_distinguishes_404_and_405(routes: list[Route]):

@@ -1,14 +1,19 @@
+# ruff: noqa: F811 - the registry fixtures are test_registry_lifecycle's
 """A registration's keys on real SQLite and PostgreSQL: the migration that gave registrations a set
-of keys carries each one's single key over as its one live key."""
+of keys carries each one's single key over as its one live key; keys are added and retired over
+gRPC with events of fingerprints only."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from datetime import UTC, datetime
 
+import grpc
 import sqlalchemy as sa
 from alembic import command
+from kasvu.registry.v1 import events_pb2, registry_pb2
 from sqlalchemy import text
 
 from services.registry.bootstrap import MIGRATIONS
@@ -16,6 +21,13 @@ from services.registry.store import registration_from_row
 from services.runtime.db import Database
 from services.runtime.migrate import alembic_config, upgrade_async
 from services.runtime.tables import UTCDateTime
+from tests.integration.helpers import ProviderKey, count_rows, error_reason, field_violations
+from tests.integration.test_registry_lifecycle import (  # noqa: F401 - fixtures
+    next_business_id,
+    payloads,
+    refused,
+    registry,
+)
 
 BEFORE_KEYS = "1374fc943248"
 KEY = bytes(range(32))
@@ -71,3 +83,68 @@ async def test_the_keys_migration_carries_each_registrations_key_over_as_its_one
         assert registration.live_keys == (KEY,)
     finally:
         await db.dispose()
+
+
+async def test_a_provider_adds_a_key_commits_with_it_and_retires_the_first_with_events_of_fingerprints_only(
+    registry, next_business_id
+):
+    first, second = ProviderKey(), ProviderKey()
+    terms = await registry.publish()
+    registration = await registry.register(terms, next_business_id(), key=first)
+    provider = registry.tokens.provider(registration.business_id)
+    add = registry_pb2.AddRegistrationKeyRequest(
+        name=registration.name,
+        public_key=second.public_key,
+        key_signature=first.key.sign(second.public_key),
+        possession_signature=second.key.sign(registration.name.encode()),
+        request_id="add-second",
+    )
+    tables = ("outbox", "audit_log", "idempotency_keys")
+    before = [await count_rows(registry.db, table) for table in tables]
+    async with refused(grpc.StatusCode.INVALID_ARGUMENT) as caught:
+        forged = registry_pb2.AddRegistrationKeyRequest()
+        forged.CopyFrom(add)
+        forged.key_signature = second.key.sign(second.public_key)
+        await registry.stub.AddRegistrationKey(forged, metadata=provider)
+    assert field_violations(caught[0]) == ["key_signature"]
+    assert [await count_rows(registry.db, table) for table in tables] == before
+
+    with_two = await registry.stub.AddRegistrationKey(add, metadata=provider)
+    again = await registry.stub.AddRegistrationKey(add, metadata=provider)
+    assert [k.public_key for k in with_two.keys] == [first.public_key, second.public_key]
+    assert again == with_two
+    [payload] = await payloads(registry.db, "RegistrationKeyAdded")
+    event = events_pb2.RegistrationKeyAdded.FromString(payload)
+    assert event.key_fingerprint == hashlib.sha256(second.public_key).hexdigest()
+    assert second.public_key not in payload
+
+    first_fingerprint = hashlib.sha256(first.public_key).hexdigest()
+    retired = await registry.stub.RetireRegistrationKey(
+        registry_pb2.RetireRegistrationKeyRequest(
+            name=registration.name,
+            key_fingerprint=first_fingerprint,
+            key_signature=second.key.sign(first.public_key),
+        ),
+        metadata=provider,
+    )
+    assert [k.HasField("retire_time") for k in retired.keys] == [True, False]
+    [payload] = await payloads(registry.db, "RegistrationKeyRetired")
+    assert events_pb2.RegistrationKeyRetired.FromString(payload).key_fingerprint == first_fingerprint
+    async with registry.db.reader.connect() as connection:
+        commands = (
+            (await connection.execute(text("SELECT command FROM audit_log ORDER BY seq"))).scalars().all()
+        )
+    assert commands[-2:] == ["AddRegistrationKey", "RetireRegistrationKey"]
+
+    async with refused(grpc.StatusCode.FAILED_PRECONDITION) as last:
+        await registry.stub.RetireRegistrationKey(
+            registry_pb2.RetireRegistrationKeyRequest(
+                name=registration.name,
+                key_fingerprint=hashlib.sha256(second.public_key).hexdigest(),
+                key_signature=second.key.sign(second.public_key),
+            ),
+            metadata=provider,
+        )
+    assert error_reason(last[0]) == "LAST_LIVE_KEY"
+    async with refused(grpc.StatusCode.PERMISSION_DENIED):
+        await registry.stub.AddRegistrationKey(add, metadata=registry.tokens.provider(next_business_id()))

@@ -908,3 +908,99 @@ class RegistrationDraftUpdated(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RegistrationDraftUpdated: _TypeAlias = RegistrationDraftUpdated  # noqa: Y015
+
+@_typing.final
+class RegistrationKeyAdded(_message.Message):
+    """A provider added a key to its registration, signed by a live one."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGISTRATION_FIELD_NUMBER: _builtins.int
+    TERMS_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    BUSINESS_ID_FIELD_NUMBER: _builtins.int
+    KEY_FINGERPRINT_FIELD_NUMBER: _builtins.int
+    ADD_TIME_FIELD_NUMBER: _builtins.int
+    registration: _builtins.str
+    """The registration."""
+    terms: _builtins.str
+    """The terms version."""
+    region: _builtins.str
+    """The region (organiser)."""
+    service: _builtins.str
+    """The service."""
+    business_id: _builtins.str
+    """The provider's business ID."""
+    key_fingerprint: _builtins.str
+    """SHA-256 of the raw key, in hex: the key itself is not carried."""
+    @_builtins.property
+    def add_time(self) -> _timestamp_pb2.Timestamp:
+        """When."""
+
+    def __init__(
+        self,
+        *,
+        registration: _builtins.str = ...,
+        terms: _builtins.str = ...,
+        region: _builtins.str = ...,
+        service: _builtins.str = ...,
+        business_id: _builtins.str = ...,
+        key_fingerprint: _builtins.str = ...,
+        add_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["add_time", b"add_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["add_time", b"add_time", "business_id", b"business_id", "key_fingerprint", b"key_fingerprint", "region", b"region", "registration", b"registration", "service", b"service", "terms", b"terms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegistrationKeyAdded: _TypeAlias = RegistrationKeyAdded  # noqa: Y015
+
+@_typing.final
+class RegistrationKeyRetired(_message.Message):
+    """A provider retired one of its registration's keys, signed by another live one."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGISTRATION_FIELD_NUMBER: _builtins.int
+    TERMS_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    BUSINESS_ID_FIELD_NUMBER: _builtins.int
+    KEY_FINGERPRINT_FIELD_NUMBER: _builtins.int
+    RETIRE_TIME_FIELD_NUMBER: _builtins.int
+    registration: _builtins.str
+    """The registration."""
+    terms: _builtins.str
+    """The terms version."""
+    region: _builtins.str
+    """The region (organiser)."""
+    service: _builtins.str
+    """The service."""
+    business_id: _builtins.str
+    """The provider's business ID."""
+    key_fingerprint: _builtins.str
+    """SHA-256 of the raw key, in hex: the key itself is not carried."""
+    @_builtins.property
+    def retire_time(self) -> _timestamp_pb2.Timestamp:
+        """When."""
+
+    def __init__(
+        self,
+        *,
+        registration: _builtins.str = ...,
+        terms: _builtins.str = ...,
+        region: _builtins.str = ...,
+        service: _builtins.str = ...,
+        business_id: _builtins.str = ...,
+        key_fingerprint: _builtins.str = ...,
+        retire_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["retire_time", b"retire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["business_id", b"business_id", "key_fingerprint", b"key_fingerprint", "region", b"region", "registration", b"registration", "retire_time", b"retire_time", "service", b"service", "terms", b"terms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegistrationKeyRetired: _TypeAlias = RegistrationKeyRetired  # noqa: Y015

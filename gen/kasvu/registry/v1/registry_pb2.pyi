@@ -2049,6 +2049,78 @@ class RotateRegistrationKeyRequest(_message.Message):
 Global___RotateRegistrationKeyRequest: _TypeAlias = RotateRegistrationKeyRequest  # noqa: Y015
 
 @_typing.final
+class AddRegistrationKeyRequest(_message.Message):
+    """Request for AddRegistrationKey."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    KEY_SIGNATURE_FIELD_NUMBER: _builtins.int
+    POSSESSION_SIGNATURE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """regions/{region}/services/{service}/registrations/{registration}"""
+    public_key: _builtins.bytes
+    """The new raw 32-byte Ed25519 public key."""
+    key_signature: _builtins.bytes
+    """Ed25519 signature by a live key over the new key's 32 bytes."""
+    possession_signature: _builtins.bytes
+    """Ed25519 signature by the new key over the UTF-8 bytes of `name`."""
+    request_id: _builtins.str
+    """Idempotency key."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        public_key: _builtins.bytes = ...,
+        key_signature: _builtins.bytes = ...,
+        possession_signature: _builtins.bytes = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_signature", b"key_signature", "name", b"name", "possession_signature", b"possession_signature", "public_key", b"public_key", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddRegistrationKeyRequest: _TypeAlias = AddRegistrationKeyRequest  # noqa: Y015
+
+@_typing.final
+class RetireRegistrationKeyRequest(_message.Message):
+    """Request for RetireRegistrationKey."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    KEY_FINGERPRINT_FIELD_NUMBER: _builtins.int
+    KEY_SIGNATURE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """regions/{region}/services/{service}/registrations/{registration}"""
+    key_fingerprint: _builtins.str
+    """The fingerprint (SHA-256 hex of the raw key) of the live key to retire."""
+    key_signature: _builtins.bytes
+    """Ed25519 signature by another live key over the retired key's 32 bytes."""
+    request_id: _builtins.str
+    """Idempotency key."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        key_fingerprint: _builtins.str = ...,
+        key_signature: _builtins.bytes = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_fingerprint", b"key_fingerprint", "key_signature", b"key_signature", "name", b"name", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetireRegistrationKeyRequest: _TypeAlias = RetireRegistrationKeyRequest  # noqa: Y015
+
+@_typing.final
 class RecommitRegistrationRequest(_message.Message):
     """Request for RecommitRegistration."""
 

@@ -158,6 +158,16 @@ class RegistryServiceStub:
                 request_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.RotateRegistrationKeyRequest.SerializeToString,
                 response_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.Registration.FromString,
                 _registered_method=True)
+        self.AddRegistrationKey = channel.unary_unary(
+                '/kasvu.registry.v1.RegistryService/AddRegistrationKey',
+                request_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.AddRegistrationKeyRequest.SerializeToString,
+                response_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.Registration.FromString,
+                _registered_method=True)
+        self.RetireRegistrationKey = channel.unary_unary(
+                '/kasvu.registry.v1.RegistryService/RetireRegistrationKey',
+                request_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.RetireRegistrationKeyRequest.SerializeToString,
+                response_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.Registration.FromString,
+                _registered_method=True)
         self.GetBreachPolicy = channel.unary_unary(
                 '/kasvu.registry.v1.RegistryService/GetBreachPolicy',
                 request_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.GetBreachPolicyRequest.SerializeToString,
@@ -367,6 +377,22 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddRegistrationKey(self, request, context):
+        """The provider adds a key: a live key signs the new key's 32 raw bytes, and the new key
+        signs the registration's name (proof that its holder has it). A key already live is no change.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetireRegistrationKey(self, request, context):
+        """The provider retires a live key; another live key signs the retired key's 32 raw bytes.
+        The last live key cannot be retired.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetBreachPolicy(self, request, context):
         """The region's breach policy (the default when none was set).
         """
@@ -519,6 +545,16 @@ def add_RegistryServiceServicer_to_server(servicer, server):
             'RotateRegistrationKey': grpc.unary_unary_rpc_method_handler(
                     servicer.RotateRegistrationKey,
                     request_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.RotateRegistrationKeyRequest.FromString,
+                    response_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.Registration.SerializeToString,
+            ),
+            'AddRegistrationKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddRegistrationKey,
+                    request_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.AddRegistrationKeyRequest.FromString,
+                    response_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.Registration.SerializeToString,
+            ),
+            'RetireRegistrationKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetireRegistrationKey,
+                    request_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.RetireRegistrationKeyRequest.FromString,
                     response_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.Registration.SerializeToString,
             ),
             'GetBreachPolicy': grpc.unary_unary_rpc_method_handler(
@@ -1193,6 +1229,60 @@ class RegistryService:
             target,
             '/kasvu.registry.v1.RegistryService/RotateRegistrationKey',
             kasvu_dot_registry_dot_v1_dot_registry__pb2.RotateRegistrationKeyRequest.SerializeToString,
+            kasvu_dot_registry_dot_v1_dot_registry__pb2.Registration.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddRegistrationKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kasvu.registry.v1.RegistryService/AddRegistrationKey',
+            kasvu_dot_registry_dot_v1_dot_registry__pb2.AddRegistrationKeyRequest.SerializeToString,
+            kasvu_dot_registry_dot_v1_dot_registry__pb2.Registration.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetireRegistrationKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kasvu.registry.v1.RegistryService/RetireRegistrationKey',
+            kasvu_dot_registry_dot_v1_dot_registry__pb2.RetireRegistrationKeyRequest.SerializeToString,
             kasvu_dot_registry_dot_v1_dot_registry__pb2.Registration.FromString,
             options,
             channel_credentials,

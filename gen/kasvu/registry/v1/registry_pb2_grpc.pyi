@@ -105,6 +105,14 @@ class RegistryServiceStub:
     """An organiser adds a service of its own to its catalogue."""
     RotateRegistrationKey: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RotateRegistrationKeyRequest, _registry_pb2.Registration]
     """The provider replaces the key it commits with; the current key signs the new one."""
+    AddRegistrationKey: _grpc.UnaryUnaryMultiCallable[_registry_pb2.AddRegistrationKeyRequest, _registry_pb2.Registration]
+    """The provider adds a key: a live key signs the new key's 32 raw bytes, and the new key
+    signs the registration's name (proof that its holder has it). A key already live is no change.
+    """
+    RetireRegistrationKey: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RetireRegistrationKeyRequest, _registry_pb2.Registration]
+    """The provider retires a live key; another live key signs the retired key's 32 raw bytes.
+    The last live key cannot be retired.
+    """
     GetBreachPolicy: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetBreachPolicyRequest, _registry_pb2.BreachPolicy]
     """The region's breach policy (the default when none was set)."""
     SetBreachPolicy: _grpc.UnaryUnaryMultiCallable[_registry_pb2.SetBreachPolicyRequest, _registry_pb2.BreachPolicy]
@@ -195,6 +203,14 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     """An organiser adds a service of its own to its catalogue."""
     RotateRegistrationKey: _aio.UnaryUnaryMultiCallable[_registry_pb2.RotateRegistrationKeyRequest, _registry_pb2.Registration]  # type: ignore[assignment]
     """The provider replaces the key it commits with; the current key signs the new one."""
+    AddRegistrationKey: _aio.UnaryUnaryMultiCallable[_registry_pb2.AddRegistrationKeyRequest, _registry_pb2.Registration]  # type: ignore[assignment]
+    """The provider adds a key: a live key signs the new key's 32 raw bytes, and the new key
+    signs the registration's name (proof that its holder has it). A key already live is no change.
+    """
+    RetireRegistrationKey: _aio.UnaryUnaryMultiCallable[_registry_pb2.RetireRegistrationKeyRequest, _registry_pb2.Registration]  # type: ignore[assignment]
+    """The provider retires a live key; another live key signs the retired key's 32 raw bytes.
+    The last live key cannot be retired.
+    """
     GetBreachPolicy: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetBreachPolicyRequest, _registry_pb2.BreachPolicy]  # type: ignore[assignment]
     """The region's breach policy (the default when none was set)."""
     SetBreachPolicy: _aio.UnaryUnaryMultiCallable[_registry_pb2.SetBreachPolicyRequest, _registry_pb2.BreachPolicy]  # type: ignore[assignment]
@@ -426,6 +442,26 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.Registration, _abc.Awaitable[_registry_pb2.Registration]]:
         """The provider replaces the key it commits with; the current key signs the new one."""
+
+    @_abc_1.abstractmethod
+    def AddRegistrationKey(
+        self,
+        request: _registry_pb2.AddRegistrationKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.Registration, _abc.Awaitable[_registry_pb2.Registration]]:
+        """The provider adds a key: a live key signs the new key's 32 raw bytes, and the new key
+        signs the registration's name (proof that its holder has it). A key already live is no change.
+        """
+
+    @_abc_1.abstractmethod
+    def RetireRegistrationKey(
+        self,
+        request: _registry_pb2.RetireRegistrationKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.Registration, _abc.Awaitable[_registry_pb2.Registration]]:
+        """The provider retires a live key; another live key signs the retired key's 32 raw bytes.
+        The last live key cannot be retired.
+        """
 
     @_abc_1.abstractmethod
     def GetBreachPolicy(
