@@ -20,11 +20,13 @@ from services.gateway.jsonmap import build_request
 from services.gateway.openapi import build_openapi
 from services.gateway.paths import PathTemplate
 from services.gateway.routes import Route, build_routes, match_route
-from services.runtime.catalog import grpc_services
+from services.runtime.catalog import grpc_services, load_protos
 
 
 @pytest.fixture(scope="module")
 def routes() -> list[Route]:
+    # As the gateway does at start-up: the default pool holds only the protos imported so far.
+    load_protos()
     return build_routes(grpc_services())
 
 
