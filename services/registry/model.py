@@ -14,7 +14,6 @@ from enum import StrEnum
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from services.runtime.domain import (
     FINLAND,
@@ -22,11 +21,14 @@ from services.runtime.domain import (
     Event,
     ResourcePattern,
     check_text,
+    ed25519_public_key,
     finnish_date,
+    key_fingerprint,
     raise_if_any,
     require_aware,
     validate_business_id,
     validate_resource_id,
+    verify_with_any,
 )
 from services.runtime.errors import FailedPrecondition, FieldViolation, InvalidArgument
 
@@ -952,9 +954,8 @@ def verify_commitment(public_key: bytes, signature: bytes, content_hash: str) ->
     to refuse: the provider has not committed to these terms, so there is nothing
     to decide.
     """
-    try:
-        key = Ed25519PublicKey.from_public_bytes(public_key)
-    except ValueError:
+    key = ed25519_public_key(public_key)
+    if key is None:
         description = "must be a raw 32-byte Ed25519 public key"
         raise InvalidArgument(description, [FieldViolation("registration.public_key", description)]) from None
     try:
@@ -1440,22 +1441,11 @@ class RegistrationKey:
     @property
     def fingerprint(self) -> str:
         """The key's SHA-256 in hex: what events and audit records name instead of the key."""
-        return hashlib.sha256(self.public_key).hexdigest()
+        return key_fingerprint(self.public_key)
 
     @property
     def live(self) -> bool:
         return self.retire_time is None
-
-
-def verify_with_any(keys: Sequence[bytes], signature: bytes, message: bytes) -> bytes | None:
-    """The first of `keys` whose Ed25519 signature over `message` `signature` is, or None."""
-    for public_key in keys:
-        try:
-            Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
-        except (InvalidSignature, ValueError):
-            continue
-        return public_key
-    return None
 
 
 @dataclass
@@ -1820,9 +1810,7 @@ class Registration(Aggregate):
         live key can hand the registration to another."""
         self._require(ACTIVE_STATES, "given a new key", "NOT_ACTIVE")
         violations: list[FieldViolation] = []
-        try:
-            Ed25519PublicKey.from_public_bytes(new_public_key)
-        except ValueError:
+        if ed25519_public_key(new_public_key) is None:
             violations.append(FieldViolation("public_key", "must be a raw 32-byte Ed25519 public key"))
         signer = verify_with_any(self.live_keys, signature, new_public_key)
         if signer is None:
@@ -1846,9 +1834,7 @@ class Registration(Aggregate):
         require_aware(now)
         violations: list[FieldViolation] = []
         if verify_with_any((new_public_key,), possession_signature, self.name.encode()) is None:
-            try:
-                Ed25519PublicKey.from_public_bytes(new_public_key)
-            except ValueError:
+            if ed25519_public_key(new_public_key) is None:
                 violations.append(FieldViolation("public_key", "must be a raw 32-byte Ed25519 public key"))
             else:
                 violations.append(
@@ -2256,13 +2242,9 @@ def _draft_violations(  # noqa: PLR0917 - the draft's parts
     violations, _ = _registration_violations(
         terms, display_name or "draft", evidence, municipalities, languages, price, qualifications, now
     )
-    if public_key:
-        try:
-            Ed25519PublicKey.from_public_bytes(public_key)
-        except ValueError:
-            violations.append(
-                FieldViolation("registration.public_key", "must be a raw 32-byte Ed25519 public key")
-            )
+    if public_key and ed25519_public_key(public_key) is None:
+        description = "must be a raw 32-byte Ed25519 public key"
+        violations.append(FieldViolation("registration.public_key", description))
     return violations
 
 

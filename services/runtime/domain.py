@@ -4,10 +4,15 @@ name patterns, and validators for business IDs, resource ids, text fields and in
 from __future__ import annotations
 
 import functools
+import hashlib
 import itertools
 import re
+from collections.abc import Iterable
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from services.runtime.errors import FieldViolation, InvalidArgument
 
@@ -255,3 +260,34 @@ class ResourcePattern:
                 violations.append(FieldViolation(field, f"the {name} segment must be {description}"))
         raise_if_any(violations, f"{field} is not a valid resource name")
         return parts
+
+
+# -- Ed25519 public keys, as clients send them: 32 raw bytes --------------------------------------
+
+
+def key_fingerprint(raw_public_key: bytes) -> str:
+    """A key's name where the key itself is not wanted (events, audit records, resource names):
+    the hex SHA-256 of its raw bytes."""
+    return hashlib.sha256(raw_public_key).hexdigest()
+
+
+def ed25519_public_key(raw: bytes) -> Ed25519PublicKey | None:
+    """The raw 32-byte Ed25519 public key, or None when `raw` is not one."""
+    try:
+        return Ed25519PublicKey.from_public_bytes(raw)
+    except ValueError:
+        return None
+
+
+def verify_with_any(keys: Iterable[bytes], signature: bytes, message: bytes) -> bytes | None:
+    """The first of the raw `keys` whose Ed25519 signature over `message` `signature` is, or None."""
+    for raw in keys:
+        key = ed25519_public_key(raw)
+        if key is None:
+            continue
+        try:
+            key.verify(signature, message)
+        except InvalidSignature:
+            continue
+        return raw
+    return None

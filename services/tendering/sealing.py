@@ -36,6 +36,11 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
+from services.runtime.domain import ed25519_public_key
+
+# Re-exported: bids, calls and bidder keys name keys by it.
+from services.runtime.domain import key_fingerprint as key_fingerprint  # noqa: PLC0414
+
 SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
 KEY_LENGTH = 32
 SHARE_LENGTH = 1 + KEY_LENGTH
@@ -156,14 +161,10 @@ def x25519_public(raw: bytes, field: str) -> X25519PublicKey:
 
 
 def ed25519_public(raw: bytes, field: str) -> Ed25519PublicKey:
-    try:
-        return Ed25519PublicKey.from_public_bytes(raw)
-    except ValueError:
-        raise SealingError(f"{field} must be a raw 32-byte Ed25519 public key") from None
-
-
-def key_fingerprint(raw_public_key: bytes) -> str:
-    return hashlib.sha256(raw_public_key).hexdigest()
+    key = ed25519_public_key(raw)
+    if key is None:
+        raise SealingError(f"{field} must be a raw 32-byte Ed25519 public key")
+    return key
 
 
 @dataclass(frozen=True)
