@@ -87,6 +87,10 @@ def test_the_catalogs_resource_names_are_the_patterns_its_models_parse_by():
                 value.pattern for value in vars(module).values() if isinstance(value, ResourcePattern)
             }
         assert parsed_by == set(service.resource_names), service.name
+    # A provider's contact details are a singleton below the provider, beside its registrations.
+    registry = entry("registry")
+    assert "providers/{business_id:business_id}/contactDetails" in registry.resource_names
+    assert registry.resource_name("providers") == "providers/{business_id:business_id}"
 
 
 def test_names_ports_and_streams_are_unique_and_subjects_follow_the_event_package():

@@ -35,6 +35,8 @@ from services.runtime.errors import FailedPrecondition, FieldViolation, InvalidA
 __all__ = [
     "ACTIVE_STATES",
     "BREACH_POLICY",
+    "CONTACT_DETAILS",
+    "CONTACT_FIELDS",
     "DEFAULT_MAX_AGE_DAYS",
     "DEFAULT_RECOMMIT_DAYS",
     "DEFAULT_VALID_DAYS",
@@ -51,6 +53,8 @@ __all__ = [
     "Attribute",
     "BreachPolicy",
     "CatalogueService",
+    "ContactChanges",
+    "ContactDetails",
     "Decider",
     "Decision",
     "DecisionKind",
@@ -64,6 +68,7 @@ __all__ = [
     "MarketFailure",
     "Organiser",
     "OrganiserKind",
+    "ProviderContactDetailsChanged",
     "ProviderRegistered",
     "ProviderReinstated",
     "ProviderRevoked",
@@ -347,6 +352,22 @@ class EvidenceRenewalDue(RegistrationEvent):
     remind_time: datetime
 
 
+@dataclass(frozen=True)
+class ProviderContactDetailsChanged(Event):
+    """A provider changed how the regions reach it. Identifiers only: the person's name, the
+    address and the number are personal data and stay in the registry (DOMAIN.md, "Data")."""
+
+    contact_details: str
+    business_id: str
+    change_time: datetime
+
+    @property
+    def subject_key(self) -> str:
+        # The details are the provider's in every region, so the subject ends in its business ID
+        # (as a bidder's keys do in tendering) rather than in an organiser.
+        return self.business_id
+
+
 EVENTS: tuple[type[Event], ...] = (
     TermsPublished,
     GeneralTermsPublished,
@@ -368,6 +389,7 @@ EVENTS: tuple[type[Event], ...] = (
     RegistrationDraftUpdated,
     RegistrationKeyAdded,
     RegistrationKeyRetired,
+    ProviderContactDetailsChanged,
 )
 
 
@@ -1919,6 +1941,131 @@ class Listing:
 
 ORGANISER = ResourcePattern("regions/{region}")
 PROVIDER = ResourcePattern("providers/{business_id:business_id}")
+CONTACT_DETAILS = ResourcePattern("providers/{business_id:business_id}/contactDetails")
+
+
+# -- a provider's contact details -----------------------------------------------------------------
+
+CONTACT_FIELDS = ("contact_person", "email", "phone")
+"""The fields of a provider's contact details, by their proto names; each is required."""
+CONTACT_PERSON_MAX_LENGTH = 200
+EMAIL_MAX_LENGTH = 254
+"""The most an address may hold in SMTP's forward path (RFC 5321, 4.5.3.1.3)."""
+EMAIL_LOCAL_MAX_LENGTH = 64
+PHONE_MAX_LENGTH = 32
+"""What a number may take as typed, separators included; stored, it is at most 16 characters."""
+_EMAIL = re.compile(
+    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+(?:[A-Za-z]{2,63}|xn--[A-Za-z0-9-]{1,59})"
+)
+_PHONE = re.compile(r"\+[1-9][0-9]{6,14}")
+"""E.164: a plus, a country code and the subscriber's number, at most 15 digits in all."""
+_PHONE_SEPARATORS = re.compile(r"[ -]")
+_PHONE_DESCRIPTION = "must be + and 7-15 digits, the country code first, e.g. +358401234567"
+
+
+@dataclass(frozen=True)
+class ContactChanges:
+    """New values for some of a provider's contact details: those named in `fields` (of CONTACT_FIELDS)."""
+
+    fields: tuple[str, ...]
+    """The fields to replace; empty: every one (a full replacement)."""
+    contact_person: str = ""
+    email: str = ""
+    phone: str = ""
+
+
+@dataclass
+class ContactDetails(Aggregate):
+    """Whom a region contacts at a provider: a person, an email address, a phone number.
+
+    They belong to the provider, its business ID, and not to one registration: the provider is
+    one legal person across organisers (DOMAIN.md, "Who is who"), and issue 7 lists contact
+    details among what a provider is (business ID, legal form, keys), not among the parts of a
+    registration (prices, area, languages). So a new contact person is one change for every
+    region, needs no decision on any registration, and the admin of each region where the
+    provider has registered reads the same details. They are personal data: read only by the
+    provider and those admins, never on the public list, in events or in logs.
+    """
+
+    business_id: str
+    contact_person: str = ""
+    email: str = ""
+    phone: str = ""
+    """E.164, e.g. "+358401234567"."""
+    update_time: datetime | None = None
+    """None until the provider first gives them."""
+
+    @property
+    def name(self) -> str:
+        return CONTACT_DETAILS.format(business_id=self.business_id)
+
+    def update(self, changes: ContactChanges, now: datetime) -> bool:
+        """Replace the fields `changes` names (none: all of them), each validated and
+        normalised; every violation at once, nothing changed then. False when the result is what
+        is held already: no change, so no event and no audit record."""
+        require_aware(now)
+        unknown = [name for name in changes.fields if name not in CONTACT_FIELDS]
+        if unknown:
+            description = f"only {', '.join(CONTACT_FIELDS)} of contact details may change"
+            raise InvalidArgument(
+                description, [FieldViolation("update_mask", f"{name}: {description}") for name in unknown]
+            )
+        replaced = changes.fields or CONTACT_FIELDS
+        merged = {name: getattr(changes if name in replaced else self, name) for name in CONTACT_FIELDS}
+        contact_person, email, phone = _contact_details(
+            merged["contact_person"], merged["email"], merged["phone"]
+        )
+        if (contact_person, email, phone) == (self.contact_person, self.email, self.phone):
+            return False
+        self.contact_person, self.email, self.phone = contact_person, email, phone
+        self.update_time = now
+        self.record(ProviderContactDetailsChanged(self.name, self.business_id, now))
+        return True
+
+
+def _contact_details(contact_person: str, email: str, phone: str) -> tuple[str, str, str]:
+    """The details normalised (trimmed; the email's domain in lower case; the number without
+    separators), or InvalidArgument with every violation. The descriptions never repeat the
+    value given: a refusal's text may be shown or kept where personal data must not be."""
+    email, number = email.strip(), _PHONE_SEPARATORS.sub("", phone.strip())
+    violations = [
+        violation
+        for violation in (
+            check_text(contact_person, "contact_details.contact_person", CONTACT_PERSON_MAX_LENGTH),
+            _email_violation(email, "contact_details.email"),
+            _phone_violation(phone, number, "contact_details.phone"),
+        )
+        if violation is not None
+    ]
+    raise_if_any(violations, "the contact details are invalid")
+    local, _, domain = email.rpartition("@")
+    return contact_person.strip(), f"{local}@{domain.lower()}", number
+
+
+def _email_violation(email: str, field: str) -> FieldViolation | None:
+    """A violation unless `email` has the shape of an address (ASCII; an internationalised domain
+    in its xn-- form), at most 254 characters with a local part of at most 64."""
+    if not email:
+        return FieldViolation(field, "must not be empty")
+    if len(email) > EMAIL_MAX_LENGTH:
+        return FieldViolation(field, f"must be at most {EMAIL_MAX_LENGTH} characters")
+    if _EMAIL.fullmatch(email) is None or len(email.rpartition("@")[0]) > EMAIL_LOCAL_MAX_LENGTH:
+        return FieldViolation(field, "must be an email address such as name@example.fi")
+    return None
+
+
+def _phone_violation(typed: str, number: str, field: str) -> FieldViolation | None:
+    """A violation unless the number as `typed` fits PHONE_MAX_LENGTH and, its separators (spaces,
+    hyphens) removed, is an international number: a plus, the country code and the number, 7 to
+    15 digits in all."""
+    if not number:
+        return FieldViolation(field, "must not be empty")
+    if len(typed) > PHONE_MAX_LENGTH:
+        return FieldViolation(field, f"must be at most {PHONE_MAX_LENGTH} characters")
+    if _PHONE.fullmatch(number) is None:
+        return FieldViolation(field, _PHONE_DESCRIPTION)
+    return None
 
 
 class OrganiserKind(StrEnum):

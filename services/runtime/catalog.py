@@ -96,6 +96,7 @@ CATALOG: tuple[ServiceEntry, ...] = (
             "regions/{region}",
             "regions/{region}/breachPolicy",
             "providers/{business_id:business_id}",
+            "providers/{business_id:business_id}/contactDetails",
         ),
         proto_modules=("kasvu.registry.v1.registry_pb2",),
         public_methods=frozenset(

@@ -92,7 +92,7 @@ def test_routes_cover_every_annotated_rpc(routes: list[Route]):
         if method.GetOptions().HasExtension(annotations_pb2.http)
     }
     assert {r.full_name for r in routes} == annotated
-    assert len(annotated) == 48 + 29 + 16  # registry and self-monitoring, tendering, alliances
+    assert len(annotated) == 50 + 29 + 16  # registry and self-monitoring, tendering, alliances
 
 
 def test_match_route_distinguishes_404_and_405(routes: list[Route]):
@@ -266,3 +266,26 @@ def test_openapi_query_parameters_say_which_are_required_and_bounded(document: d
     providers = document["paths"]["/v1/regions/{region}/services/{service}/providers"]["get"]["parameters"]
     page_size = next(p for p in providers if p["name"] == "pageSize")
     assert (page_size["required"], page_size["schema"]["minimum"]) == (False, 0)
+
+
+def test_openapi_documents_contact_details_as_a_provider_singleton_that_needs_sign_in(
+    document: dict[str, Any],
+):
+    path = document["paths"]["/v1/providers/{provider}/contactDetails"]
+    assert set(path) == {"get", "patch"}
+    for operation in path.values():
+        [provider] = [p for p in operation["parameters"] if p["in"] == "path"]
+        assert provider["name"] == "provider"
+        # The business ID kind of the catalog's providers/{business_id}/contactDetails.
+        assert re.search(provider["schema"]["pattern"], "0737546-2")
+        assert not re.search(provider["schema"]["pattern"], "737546-2")
+        assert operation.get("security") != []  # not among the public methods
+    patch = path["patch"]
+    assert {p["name"] for p in patch["parameters"] if p["in"] == "query"} == {"updateMask", "requestId"}
+    assert patch["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/kasvu.registry.v1.ContactDetails"
+    }
+    schema = document["components"]["schemas"]["kasvu.registry.v1.ContactDetails"]
+    assert set(schema["properties"]) == {"name", "contactPerson", "email", "phone", "updateTime"}
+    assert schema["required"] == ["contactPerson", "email", "phone"]
+    assert schema["properties"]["updateTime"]["readOnly"] is True

@@ -1004,3 +1004,39 @@ class RegistrationKeyRetired(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RegistrationKeyRetired: _TypeAlias = RegistrationKeyRetired  # noqa: Y015
+
+@_typing.final
+class ProviderContactDetailsChanged(_message.Message):
+    """A provider changed its contact details. Identifiers only: the person's name,
+    the address and the number are never carried. Subject:
+    kasvu.registry.v1.ProviderContactDetailsChanged.<business ID>, for the
+    details are the provider's in every region.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTACT_DETAILS_FIELD_NUMBER: _builtins.int
+    BUSINESS_ID_FIELD_NUMBER: _builtins.int
+    CHANGE_TIME_FIELD_NUMBER: _builtins.int
+    contact_details: _builtins.str
+    """providers/{business_id}/contactDetails"""
+    business_id: _builtins.str
+    """The provider's business ID."""
+    @_builtins.property
+    def change_time(self) -> _timestamp_pb2.Timestamp:
+        """When."""
+
+    def __init__(
+        self,
+        *,
+        contact_details: _builtins.str = ...,
+        business_id: _builtins.str = ...,
+        change_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["change_time", b"change_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["business_id", b"business_id", "change_time", b"change_time", "contact_details", b"contact_details"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProviderContactDetailsChanged: _TypeAlias = ProviderContactDetailsChanged  # noqa: Y015

@@ -2195,3 +2195,107 @@ class RenewEvidenceRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RenewEvidenceRequest: _TypeAlias = RenewEvidenceRequest  # noqa: Y015
+
+@_typing.final
+class ContactDetails(_message.Message):
+    """Whom a region contacts at a provider, for every region it registers in.
+    Personal data: read only by the provider and the admins of its regions.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CONTACT_PERSON_FIELD_NUMBER: _builtins.int
+    EMAIL_FIELD_NUMBER: _builtins.int
+    PHONE_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """providers/{business_id}/contactDetails"""
+    contact_person: _builtins.str
+    """The contact person's name, at most 200 characters."""
+    email: _builtins.str
+    """An email address (ASCII; an internationalised domain in its xn-- form),
+    at most 254 characters. The domain is kept in lower case.
+    """
+    phone: _builtins.str
+    """A phone number in international form, e.g. "+358401234567" (E.164: a plus
+    and 7-15 digits, the country code first); spaces and hyphens are removed.
+    """
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """When the provider last changed them."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        contact_person: _builtins.str = ...,
+        email: _builtins.str = ...,
+        phone: _builtins.str = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact_person", b"contact_person", "email", b"email", "name", b"name", "phone", b"phone", "update_time", b"update_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContactDetails: _TypeAlias = ContactDetails  # noqa: Y015
+
+@_typing.final
+class GetContactDetailsRequest(_message.Message):
+    """Request for GetContactDetails."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """providers/{business_id}/contactDetails"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetContactDetailsRequest: _TypeAlias = GetContactDetailsRequest  # noqa: Y015
+
+@_typing.final
+class UpdateContactDetailsRequest(_message.Message):
+    """Request for UpdateContactDetails."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTACT_DETAILS_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Idempotency key: a retry with the same key returns the first result."""
+    @_builtins.property
+    def contact_details(self) -> Global___ContactDetails:
+        """The details, with their name; the fields in `update_mask` replace the stored
+        ones. Updatable: contact_person, email, phone.
+        """
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """The fields to replace; empty: every field given a value."""
+
+    def __init__(
+        self,
+        *,
+        contact_details: Global___ContactDetails | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["contact_details", b"contact_details", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact_details", b"contact_details", "request_id", b"request_id", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateContactDetailsRequest: _TypeAlias = UpdateContactDetailsRequest  # noqa: Y015

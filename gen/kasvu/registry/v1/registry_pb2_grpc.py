@@ -188,6 +188,16 @@ class RegistryServiceStub:
                 request_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.RenewEvidenceRequest.SerializeToString,
                 response_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.Registration.FromString,
                 _registered_method=True)
+        self.GetContactDetails = channel.unary_unary(
+                '/kasvu.registry.v1.RegistryService/GetContactDetails',
+                request_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.GetContactDetailsRequest.SerializeToString,
+                response_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.ContactDetails.FromString,
+                _registered_method=True)
+        self.UpdateContactDetails = channel.unary_unary(
+                '/kasvu.registry.v1.RegistryService/UpdateContactDetails',
+                request_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.UpdateContactDetailsRequest.SerializeToString,
+                response_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.ContactDetails.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -424,6 +434,27 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetContactDetails(self, request, context):
+        """Gets a provider's contact details: whom a region contacts at the provider.
+        Only the provider reads them, and the admin of a region where it has a
+        registration (in any state); anyone else is refused. They are personal data:
+        never on the public list, in events or in logs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateContactDetails(self, request, context):
+        """The provider sets or changes its contact details, one set for every region.
+        `update_mask` names the fields replaced (none: every field given a value);
+        each field is required. The same details again are no change. The change is
+        audited and announced by ProviderContactDetailsChanged, which names the
+        provider only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -576,6 +607,16 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.RenewEvidence,
                     request_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.RenewEvidenceRequest.FromString,
                     response_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.Registration.SerializeToString,
+            ),
+            'GetContactDetails': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetContactDetails,
+                    request_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.GetContactDetailsRequest.FromString,
+                    response_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.ContactDetails.SerializeToString,
+            ),
+            'UpdateContactDetails': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateContactDetails,
+                    request_deserializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.UpdateContactDetailsRequest.FromString,
+                    response_serializer=kasvu_dot_registry_dot_v1_dot_registry__pb2.ContactDetails.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1392,6 +1433,60 @@ class RegistryService:
             '/kasvu.registry.v1.RegistryService/RenewEvidence',
             kasvu_dot_registry_dot_v1_dot_registry__pb2.RenewEvidenceRequest.SerializeToString,
             kasvu_dot_registry_dot_v1_dot_registry__pb2.Registration.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetContactDetails(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kasvu.registry.v1.RegistryService/GetContactDetails',
+            kasvu_dot_registry_dot_v1_dot_registry__pb2.GetContactDetailsRequest.SerializeToString,
+            kasvu_dot_registry_dot_v1_dot_registry__pb2.ContactDetails.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateContactDetails(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kasvu.registry.v1.RegistryService/UpdateContactDetails',
+            kasvu_dot_registry_dot_v1_dot_registry__pb2.UpdateContactDetailsRequest.SerializeToString,
+            kasvu_dot_registry_dot_v1_dot_registry__pb2.ContactDetails.FromString,
             options,
             channel_credentials,
             insecure,

@@ -125,6 +125,19 @@ class RegistryServiceStub:
     held and within the requirement's maximum age. The admission's expiry and its
     renewal reminder move with it.
     """
+    GetContactDetails: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetContactDetailsRequest, _registry_pb2.ContactDetails]
+    """Gets a provider's contact details: whom a region contacts at the provider.
+    Only the provider reads them, and the admin of a region where it has a
+    registration (in any state); anyone else is refused. They are personal data:
+    never on the public list, in events or in logs.
+    """
+    UpdateContactDetails: _grpc.UnaryUnaryMultiCallable[_registry_pb2.UpdateContactDetailsRequest, _registry_pb2.ContactDetails]
+    """The provider sets or changes its contact details, one set for every region.
+    `update_mask` names the fields replaced (none: every field given a value);
+    each field is required. The same details again are no change. The change is
+    audited and announced by ProviderContactDetailsChanged, which names the
+    provider only.
+    """
 
 @_typing.type_check_only
 class RegistryServiceAsyncStub(RegistryServiceStub):
@@ -222,6 +235,19 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     requirements before it expires: the new document must be newer than the one
     held and within the requirement's maximum age. The admission's expiry and its
     renewal reminder move with it.
+    """
+    GetContactDetails: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetContactDetailsRequest, _registry_pb2.ContactDetails]  # type: ignore[assignment]
+    """Gets a provider's contact details: whom a region contacts at the provider.
+    Only the provider reads them, and the admin of a region where it has a
+    registration (in any state); anyone else is refused. They are personal data:
+    never on the public list, in events or in logs.
+    """
+    UpdateContactDetails: _aio.UnaryUnaryMultiCallable[_registry_pb2.UpdateContactDetailsRequest, _registry_pb2.ContactDetails]  # type: ignore[assignment]
+    """The provider sets or changes its contact details, one set for every region.
+    `update_mask` names the fields replaced (none: every field given a value);
+    each field is required. The same details again are no change. The change is
+    audited and announced by ProviderContactDetailsChanged, which names the
+    provider only.
     """
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -497,6 +523,31 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         requirements before it expires: the new document must be newer than the one
         held and within the requirement's maximum age. The admission's expiry and its
         renewal reminder move with it.
+        """
+
+    @_abc_1.abstractmethod
+    def GetContactDetails(
+        self,
+        request: _registry_pb2.GetContactDetailsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.ContactDetails, _abc.Awaitable[_registry_pb2.ContactDetails]]:
+        """Gets a provider's contact details: whom a region contacts at the provider.
+        Only the provider reads them, and the admin of a region where it has a
+        registration (in any state); anyone else is refused. They are personal data:
+        never on the public list, in events or in logs.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateContactDetails(
+        self,
+        request: _registry_pb2.UpdateContactDetailsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.ContactDetails, _abc.Awaitable[_registry_pb2.ContactDetails]]:
+        """The provider sets or changes its contact details, one set for every region.
+        `update_mask` names the fields replaced (none: every field given a value);
+        each field is required. The same details again are no change. The change is
+        audited and announced by ProviderContactDetailsChanged, which names the
+        provider only.
         """
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
