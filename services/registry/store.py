@@ -167,6 +167,19 @@ class BreachPolicyRow(SQLModel, table=True):
     reinstate_on_resolution: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
 
 
+class ContactDetailsRow(SQLModel, table=True):
+    """A provider's contact details: personal data, kept apart from the registrations and the
+    public list, read by the provider and the admins of its regions only."""
+
+    __tablename__ = "registry_contact_details"
+
+    business_id: str = Field(primary_key=True, max_length=9)
+    contact_person: str = Field(max_length=200)
+    email: str = Field(max_length=254)
+    phone: str = Field(max_length=16)
+    updated_at: datetime = utc_field()
+
+
 REGISTRY_TABLES = (
     "registry_terms",
     "registry_general_terms",
@@ -176,6 +189,7 @@ REGISTRY_TABLES = (
     "registry_breach_policies",
     "registry_market_failures",
     "registry_services",
+    "registry_contact_details",
 )
 LISTINGS = ListingRow.__table__  # type: ignore[attr-defined]
 PENDING_BREACHES = PendingBreachRow.__table__  # type: ignore[attr-defined]
@@ -201,6 +215,14 @@ def _update_registration(columns: tuple[str, ...]) -> Prepared:
 
 
 _INSERT_LISTING = TableInserter(LISTINGS)
+_REGISTERED_IN = Prepared(
+    select(REGISTRATIONS.c.id)
+    .where(
+        REGISTRATIONS.c.business_id == bindparam("business_id"),
+        REGISTRATIONS.c.region == bindparam("region"),
+    )
+    .limit(1)
+)
 _NEWER_TERMS = Prepared(
     select(TERMS.c.version)
     .where(
@@ -505,6 +527,19 @@ def _listing_rows(registration: model.Registration) -> list[dict[str, Any]]:
 
 
 # -- repositories ---------------------------------------------------------------------------------
+
+
+async def _put_row(
+    session: AsyncSession, row_type: type[SQLModel], identity: dict[str, Any], values: dict[str, Any]
+) -> None:
+    """The row that `identity` (its primary key's columns) names gets `values`: added when missing,
+    else updated; one row per key, the last write standing."""
+    row = await session.get(row_type, tuple(identity.values()))
+    if row is None:
+        row = row_type(**identity, **values)
+    else:
+        row.sqlmodel_update(values)
+    session.add(row)
 
 
 class TermsCache:
@@ -824,6 +859,13 @@ class RegistrationRepository:
         )
         return [self._track(row) for row in rows]
 
+    async def registered_in(self, region: str, business_id: str) -> bool:
+        """Whether the provider has any registration in the region, whatever its state."""
+        result = await _REGISTERED_IN.execute(
+            self._uow.connection, {"region": region, "business_id": business_id}
+        )
+        return result.first() is not None
+
     async def save(self) -> None:
         """Writes back every loaded registration whose decision columns changed, and keeps the
         public list's read model in step with it."""
@@ -906,12 +948,7 @@ class BreachPolicyRepository:
             "reinstate_on_resolution": policy.reinstate_on_resolution,
             "updated_at": self._uow.now,
         }
-        row = await self._session.get(BreachPolicyRow, policy.region)
-        if row is None:
-            row = BreachPolicyRow(region=policy.region, **values)
-        else:
-            row.sqlmodel_update(values)
-        self._session.add(row)
+        await _put_row(self._session, BreachPolicyRow, {"region": policy.region}, values)
         self._uow.resources.append(policy.name)
 
 
@@ -945,7 +982,6 @@ class MarketFailureRepository:
         return _market_failure(row) if row is not None else None
 
     async def put(self, finding: model.MarketFailure) -> None:
-        row = await self._session.get(MarketFailureRow, finding.finding)
         values: dict[str, Any] = {
             "region": finding.region,
             "service": finding.service,
@@ -954,11 +990,7 @@ class MarketFailureRepository:
             "valid_until": finding.valid_until,
             "lifted_at": finding.lifted_at,
         }
-        if row is None:
-            row = MarketFailureRow(finding=finding.finding, **values)
-        else:
-            row.sqlmodel_update(values)
-        self._session.add(row)
+        await _put_row(self._session, MarketFailureRow, {"finding": finding.finding}, values)
         self._uow.resources.append(finding.finding)
 
 
@@ -990,6 +1022,40 @@ class ServiceRepository:
         self._uow.resources.append(model.SERVICE.format(region=region, service=service.id))
 
 
+class ContactDetailsRepository:
+    """Providers' contact details; the one repository that reads or writes them."""
+
+    def __init__(self, session: AsyncSession, uow: UnitOfWork) -> None:
+        self._session = session
+        self._uow = uow
+
+    async def get(self, business_id: str) -> model.ContactDetails | None:
+        row = await self._session.get(ContactDetailsRow, business_id)
+        if row is None:
+            return None
+        details = model.ContactDetails(
+            business_id=row.business_id,
+            contact_person=row.contact_person,
+            email=row.email,
+            phone=row.phone,
+            update_time=row.updated_at,
+        )
+        return self._uow.track(details)
+
+    async def put(self, details: model.ContactDetails) -> None:
+        """Stores the details as they are now; the audit record names them by their resource name."""
+        if details.update_time is None:
+            raise ValueError(f"{details.name} were never given")
+        values: dict[str, Any] = {
+            "contact_person": details.contact_person,
+            "email": details.email,
+            "phone": details.phone,
+            "updated_at": details.update_time,
+        }
+        await _put_row(self._session, ContactDetailsRow, {"business_id": details.business_id}, values)
+        self._uow.track(details, details.name)
+
+
 class RegistryUnitOfWork(UnitOfWork):
     """The registry's unit of work: terms and registrations."""
 
@@ -1000,6 +1066,7 @@ class RegistryUnitOfWork(UnitOfWork):
     breach_policies: BreachPolicyRepository
     market_failures: MarketFailureRepository
     services: ServiceRepository
+    contact_details: ContactDetailsRepository
 
     def __init__(self, context: Context, now: datetime, read_only: bool, *, cache: TermsCache) -> None:
         super().__init__(context, now, read_only=read_only)
@@ -1014,6 +1081,7 @@ class RegistryUnitOfWork(UnitOfWork):
         self.breach_policies = BreachPolicyRepository(session, self)
         self.market_failures = MarketFailureRepository(session, self)
         self.services = ServiceRepository(session, self)
+        self.contact_details = ContactDetailsRepository(session, self)
 
     async def save(self) -> None:
         await self.registrations.save()
