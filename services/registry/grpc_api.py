@@ -254,6 +254,33 @@ def _draft_changes(request: registry_pb2.UpdateRegistrationRequest) -> model.Dra
     )
 
 
+def _contact_provider(name: str, field: str) -> str:
+    """The business ID of contact details `name`, its check digit verified."""
+    return model.validate_business_id(model.CONTACT_DETAILS.parse(name, field)["business_id"], field)
+
+
+def _contact_changes(request: registry_pb2.UpdateContactDetailsRequest) -> model.ContactChanges:
+    """The fields the update mask names, or (AIP-134) every field given a value."""
+    given = request.contact_details
+    if request.HasField("update_mask") and request.update_mask.paths:
+        fields = tuple(dict.fromkeys(request.update_mask.paths))
+    else:
+        fields = tuple(name for name in model.CONTACT_FIELDS if getattr(given, name))
+    return model.ContactChanges(
+        fields=fields, contact_person=given.contact_person, email=given.email, phone=given.phone
+    )
+
+
+def contact_details_to_proto(details: model.ContactDetails) -> registry_pb2.ContactDetails:
+    return registry_pb2.ContactDetails(
+        name=details.name,
+        contact_person=details.contact_person,
+        email=details.email,
+        phone=details.phone,
+        update_time=timestamp(details.update_time) if details.update_time else None,
+    )
+
+
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     """Maps RegistryService RPCs onto the registry's dispatcher."""
 
@@ -638,6 +665,21 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             key_signature=request.key_signature,
         )
         return await self._handle(command, request.request_id)
+
+    async def GetContactDetails(
+        self, request: registry_pb2.GetContactDetailsRequest, context: Context
+    ) -> registry_pb2.ContactDetails:
+        query = handlers.GetContactDetails(_contact_provider(request.name, "name"))
+        return contact_details_to_proto(await self._dispatcher.query(query, call_context()))
+
+    async def UpdateContactDetails(
+        self, request: registry_pb2.UpdateContactDetailsRequest, context: Context
+    ) -> registry_pb2.ContactDetails:
+        command = handlers.UpdateContactDetails(
+            _contact_provider(request.contact_details.name, "contact_details.name"), _contact_changes(request)
+        )
+        details = await self._dispatcher.handle(command, call_context(request.request_id))
+        return contact_details_to_proto(details)
 
     async def _handle(
         self, command: handlers.RegistrationCommand, request_id: str

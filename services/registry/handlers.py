@@ -206,6 +206,14 @@ class RetireRegistrationKey(RegistrationCommand):
     key_signature: bytes
 
 
+@dataclass(frozen=True)
+class UpdateContactDetails(Command):
+    """The provider sets or changes its contact details (`changes.fields`; none: all of them)."""
+
+    business_id: str
+    changes: model.ContactChanges
+
+
 # Timer commands: set by handlers, fired by the scheduler, never reachable from outside.
 
 
@@ -320,6 +328,11 @@ class ListProviderRegistrations(Query):
     business_id: str
     after: tuple[str, str]
     limit: int
+
+
+@dataclass(frozen=True)
+class GetContactDetails(Query):
+    business_id: str
 
 
 @dataclass(frozen=True)
@@ -804,6 +817,20 @@ async def retire_registration_key(
     return registration
 
 
+async def update_contact_details(
+    command: UpdateContactDetails, uow: RegistryUnitOfWork
+) -> model.ContactDetails:
+    """The provider sets or changes its contact details, one set for every region. The same
+    details again change nothing: no event, no audit record."""
+    access.require(
+        uow.actor, any_of=[access.provider(command.business_id)], action="changing contact details"
+    )
+    details = await uow.contact_details.get(command.business_id) or model.ContactDetails(command.business_id)
+    if details.update(command.changes, uow.now):
+        await uow.contact_details.put(details)
+    return details
+
+
 async def lift_suspension(command: LiftSuspension, uow: RegistryUnitOfWork) -> bool:
     """The timed end of a suspension; changes nothing when the suspension already ended."""
     registration = await uow.registrations.get(command.registration_id)
@@ -912,6 +939,33 @@ async def list_provider_registrations(
 ) -> list[model.Registration]:
     access.require(uow.actor, any_of=[access.provider(query.business_id)], action="listing own registrations")
     return await uow.registrations.page(business_id=query.business_id, after=query.after, limit=query.limit)
+
+
+async def get_contact_details(query: GetContactDetails, uow: RegistryUnitOfWork) -> model.ContactDetails:
+    """The provider's contact details, for the provider and for the admin of a region where it
+    has a registration (in any state: that admin already reads the registration itself)."""
+    name = model.CONTACT_DETAILS.format(business_id=query.business_id)
+    grants = [access.provider(query.business_id)]
+    # Only the asking admin's own region is looked up, so that neither the grants nor a refusal
+    # tell anyone where else the provider has registered.
+    if uow.actor is not None:
+        admin = access.region_admin(uow.actor.organisation)
+        if admin.admits(uow.actor) and await uow.registrations.registered_in(
+            uow.actor.organisation, query.business_id
+        ):
+            grants.append(admin)
+    try:
+        access.require(uow.actor, any_of=grants, action="reading contact details")
+    except PermissionDenied:
+        raise PermissionDenied(
+            f"{name}: reading contact details is for the provider and the admins of the regions "
+            "where it has registered",
+            reason="TENANT_MISMATCH",
+        ) from None
+    details = await uow.contact_details.get(query.business_id)
+    if details is None:
+        raise NotFound(f"{name}: the provider has given none", reason="CONTACT_DETAILS_NOT_FOUND")
+    return details
 
 
 async def list_providers(query: ListProviders, uow: RegistryUnitOfWork) -> list[model.Listing]:
@@ -1072,6 +1126,7 @@ HANDLERS: dict[type[Any], Any] = {
     RotateRegistrationKey: rotate_registration_key,
     AddRegistrationKey: add_registration_key,
     RetireRegistrationKey: retire_registration_key,
+    UpdateContactDetails: update_contact_details,
     RenewEvidence: renew_evidence,
     LiftSuspension: lift_suspension,
     LapseRegistration: lapse_registration,
@@ -1085,4 +1140,5 @@ HANDLERS: dict[type[Any], Any] = {
     ListRegistrations: list_registrations,
     ListProviderRegistrations: list_provider_registrations,
     ListProviders: list_providers,
+    GetContactDetails: get_contact_details,
 }
