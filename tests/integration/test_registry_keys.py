@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import sqlalchemy as sa
@@ -138,13 +138,123 @@ async def test_a_provider_adds_a_key_commits_with_it_and_retires_the_first_with_
 
     async with refused(grpc.StatusCode.FAILED_PRECONDITION) as last:
         await registry.stub.RetireRegistrationKey(
-            registry_pb2.RetireRegistrationKeyRequest(
-                name=registration.name,
-                key_fingerprint=hashlib.sha256(second.public_key).hexdigest(),
-                key_signature=second.key.sign(second.public_key),
-            ),
-            metadata=provider,
+            retire_request(registration, second, second), metadata=provider
         )
     assert error_reason(last[0]) == "LAST_LIVE_KEY"
     async with refused(grpc.StatusCode.PERMISSION_DENIED):
         await registry.stub.AddRegistrationKey(add, metadata=registry.tokens.provider(next_business_id()))
+
+
+def add_request(
+    registration: registry_pb2.Registration, signer: ProviderKey, new: ProviderKey, request_id: str = ""
+) -> registry_pb2.AddRegistrationKeyRequest:
+    """Adds `new`, the live key `signer` agreeing; `new` proves it is held by signing the name."""
+    return registry_pb2.AddRegistrationKeyRequest(
+        name=registration.name,
+        public_key=new.public_key,
+        key_signature=signer.key.sign(new.public_key),
+        possession_signature=new.key.sign(registration.name.encode()),
+        request_id=request_id,
+    )
+
+
+def retire_request(
+    registration: registry_pb2.Registration, retired: ProviderKey, signer: ProviderKey, request_id: str = ""
+) -> registry_pb2.RetireRegistrationKeyRequest:
+    """Retires `retired` by its fingerprint, the live key `signer` signing its raw bytes."""
+    return registry_pb2.RetireRegistrationKeyRequest(
+        name=registration.name,
+        key_fingerprint=hashlib.sha256(retired.public_key).hexdigest(),
+        key_signature=signer.key.sign(retired.public_key),
+        request_id=request_id,
+    )
+
+
+async def unchanged_rows(registry) -> list[int]:
+    return [await count_rows(registry.db, table) for table in ("outbox", "audit_log", "timers")]
+
+
+async def test_adding_a_key_already_live_is_no_change_with_no_event_and_no_audit_record(
+    registry, next_business_id
+):
+    first, second = ProviderKey(), ProviderKey()
+    registration = await registry.register(await registry.publish(), next_business_id(), key=first)
+    provider = registry.tokens.provider(registration.business_id)
+    with_two = await registry.stub.AddRegistrationKey(
+        add_request(registration, first, second), metadata=provider
+    )
+    before = await unchanged_rows(registry)
+    registry.clock.advance(timedelta(hours=1))
+
+    # Not a retry (a new request id each time, or none): the key is live already, so nothing is
+    # recorded, whichever live key agrees, and the answer is the registration as it stands.
+    for signer, request_id in ((first, "again-1"), (second, "again-2"), (first, "")):
+        again = await registry.stub.AddRegistrationKey(
+            add_request(registration, signer, second, request_id), metadata=provider
+        )
+        assert again == with_two
+    assert await unchanged_rows(registry) == before
+    assert len(await payloads(registry.db, "RegistrationKeyAdded")) == 1
+    async with registry.db.reader.connect() as connection:
+        commands = (await connection.execute(text("SELECT command FROM audit_log"))).scalars().all()
+    assert commands.count("AddRegistrationKey") == 1
+    assert (await registry.get(registration)).update_time == with_two.update_time
+
+
+async def test_a_registration_holds_at_most_ten_live_keys_and_a_retired_one_makes_room(
+    registry, next_business_id
+):
+    first = ProviderKey()
+    registration = await registry.register(await registry.publish(), next_business_id(), key=first)
+    provider = registry.tokens.provider(registration.business_id)
+    held = [first]
+    for _ in range(9):
+        held.append(ProviderKey())
+        await registry.stub.AddRegistrationKey(add_request(registration, first, held[-1]), metadata=provider)
+    full = await registry.get(registration)
+    assert [k.public_key for k in full.keys if not k.HasField("retire_time")] == [k.public_key for k in held]
+    before = await unchanged_rows(registry)
+
+    eleventh = ProviderKey()
+    async with refused(grpc.StatusCode.FAILED_PRECONDITION) as caught:
+        await registry.stub.AddRegistrationKey(
+            add_request(registration, first, eleventh, "eleventh"), metadata=provider
+        )
+    assert error_reason(caught[0]) == "TOO_MANY_KEYS"
+    assert await unchanged_rows(registry) == before
+    assert await count_rows(registry.db, "idempotency_keys", "key = :key", key="eleventh") == 0
+    assert await registry.get(registration) == full
+    # A key already live is no change even at the cap, not a refusal.
+    assert (
+        await registry.stub.AddRegistrationKey(add_request(registration, first, held[5]), metadata=provider)
+        == full
+    )
+
+    # Retiring one makes room; the refused request, sent again, then adds the key.
+    await registry.stub.RetireRegistrationKey(retire_request(registration, held[9], first), metadata=provider)
+    added = await registry.stub.AddRegistrationKey(
+        add_request(registration, first, eleventh, "eleventh"), metadata=provider
+    )
+    live = [k.public_key for k in added.keys if not k.HasField("retire_time")]
+    assert live == [k.public_key for k in held[:9]] + [eleventh.public_key]
+    assert len(added.keys) == 11  # the retired key stays for the record
+
+
+async def test_the_last_live_key_is_never_retired_and_the_refusal_stores_nothing(registry, next_business_id):
+    only = ProviderKey()
+    registration = await registry.register(await registry.publish(), next_business_id(), key=only)
+    provider = registry.tokens.provider(registration.business_id)
+    before = await unchanged_rows(registry)
+
+    async with refused(grpc.StatusCode.FAILED_PRECONDITION) as caught:
+        await registry.stub.RetireRegistrationKey(
+            retire_request(registration, only, only, "retire-only"), metadata=provider
+        )
+
+    assert error_reason(caught[0]) == "LAST_LIVE_KEY"
+    assert "add one before retiring" in (caught[0].details() or "")
+    assert await unchanged_rows(registry) == before
+    assert await count_rows(registry.db, "idempotency_keys", "key = :key", key="retire-only") == 0
+    kept = await registry.get(registration)
+    assert [(k.public_key, k.HasField("retire_time")) for k in kept.keys] == [(only.public_key, False)]
+    assert kept.public_key == only.public_key
