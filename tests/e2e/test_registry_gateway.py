@@ -1,14 +1,15 @@
 """The registry's catalogue and its person-made decisions over HTTP, through the gateway and the
 real services: the organisers, services and municipalities listed; a review rejected with
-reasons; a key rotated and the admission revoked; an admission withdrawn by its provider; a
-certificate renewed; and the client mistakes on these routes answered as 4xx JSON naming the
-problem.
+reasons; a key rotated and the admission revoked; keys added and retired; an admission withdrawn
+by its provider; a certificate renewed; a provider's contact details, read by it and its region's
+admin only; and the client mistakes on these routes answered as 4xx JSON naming the problem.
 
 The tests share one suite and keep apart by region."""
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
 from collections.abc import AsyncIterator
 from datetime import date, timedelta
@@ -420,3 +421,139 @@ async def test_a_general_part_over_http_binds_every_services_terms_and_bad_claus
     assert short.status_code == 200, short.text
     assert short.json()["state"] == "REGISTRATION_STATE_REJECTED"
     assert [r["subject"] for r in short.json()["reasons"]] == ["good-standing"]
+
+
+async def test_contact_details_over_http_are_for_the_provider_and_the_admin_of_its_region_only(
+    api: Api,
+) -> None:
+    region, provider_id, other_id = "pohjois-savo", "3456780-6", "3456781-4"
+    client = api.client
+    await register(api, region, business_id=provider_id)
+    path = f"/v1/providers/{provider_id}/contactDetails"
+    provider = api.auth(Role.PROVIDER, provider_id)
+    details = {
+        "contactPerson": "Maija Meikäläinen",
+        "email": "maija@Tyopolku.fi",
+        "phone": "+358 40 765 4321",
+    }
+
+    # Bad input: 400 naming each field by its JSON name, and nothing stored.
+    _, _, fields = problem_of(
+        await client.patch(
+            path, json={"contactPerson": " ", "email": "maija", "phone": "040 765 4321"}, headers=provider
+        ),
+        400,
+    )
+    assert fields == {"contactDetails.contactPerson", "contactDetails.email", "contactDetails.phone"}
+    _, reasons, _ = problem_of(await client.get(path, headers=provider), 404)
+    assert reasons == {"CONTACT_DETAILS_NOT_FOUND"}
+
+    stored = await client.patch(path, json=details, headers={**provider, "Idempotency-Key": "contact-1"})
+    assert stored.status_code == 200, stored.text
+    answer = stored.json()
+    assert {k: answer[k] for k in ("name", "contactPerson", "email", "phone")} == {
+        "name": f"providers/{provider_id}/contactDetails",
+        "contactPerson": "Maija Meikäläinen",
+        "email": "maija@tyopolku.fi",
+        "phone": "+358407654321",
+    }
+    assert "updateTime" in answer
+    changed = await client.patch(
+        path, params={"updateMask": "phone"}, json={"phone": "+358 50 111 2223"}, headers=provider
+    )
+    assert changed.status_code == 200, changed.text
+    assert (changed.json()["email"], changed.json()["phone"]) == ("maija@tyopolku.fi", "+358501112223")
+
+    # Read by the provider and by the admin of the region where it registered.
+    for reader in (provider, api.auth(Role.REGION_ADMIN, region)):
+        response = await client.get(path, headers=reader)
+        assert response.status_code == 200, response.text
+        assert response.json() == changed.json()
+    # Refused to another provider, another region's admin and the region's supervisor; and only
+    # the provider changes them.
+    for stranger in (
+        api.auth(Role.PROVIDER, other_id),
+        api.auth(Role.REGION_ADMIN, "pohjois-karjala"),
+        api.auth(Role.SUPERVISOR, region),
+    ):
+        message, reasons, _ = problem_of(await client.get(path, headers=stranger), 403)
+        assert reasons == {"TENANT_MISMATCH"}
+        assert region not in message and "Maija" not in message
+    _, reasons, _ = problem_of(
+        await client.patch(path, json=details, headers=api.auth(Role.REGION_ADMIN, region)), 403
+    )
+    assert reasons == {"TENANT_MISMATCH"}
+    problem_of(await client.get(path), 401)
+
+    # Never on the public list.
+    listing = await client.get(f"/v1/regions/{region}/services/{SERVICE}/providers")
+    assert [p["businessId"] for p in listing.json()["providers"]] == [provider_id]
+    assert [part for part in ("Maija", "maija@", "407654321", "501112223") if part in listing.text] == []
+
+
+async def test_a_provider_adds_and_retires_its_registration_keys_over_http(api: Api) -> None:
+    region = "pohjois-karjala"
+    client = api.client
+    provider = api.auth(Role.PROVIDER, PROVIDER)
+    registration, first = await register(api, region)
+    name = registration["name"]
+    add, retire = f"/v1/{name}:addKey", f"/v1/{name}:retireKey"
+    second = Ed25519PrivateKey.generate()
+    new_key = raw_public(second)
+    body = {
+        "publicKey": b64(new_key),
+        "keySignature": b64(first.sign(new_key)),
+        "possessionSignature": b64(second.sign(name.encode())),
+    }
+
+    # Mistakes: a possession not proved by the new key; the region's admin adding a key.
+    forged = dict(body, possessionSignature=b64(first.sign(name.encode())))
+    _, _, fields = problem_of(await client.post(add, json=forged, headers=provider), 400)
+    assert fields == {"possessionSignature"}
+    _, reasons, _ = problem_of(
+        await client.post(add, json=body, headers=api.auth(Role.REGION_ADMIN, region)), 403
+    )
+    assert reasons == {"TENANT_MISMATCH"}
+
+    added = await client.post(add, json=body, headers={**provider, "Idempotency-Key": "add-second"})
+    assert added.status_code == 200, added.text
+    keys = added.json()["keys"]
+    assert [(k["publicKey"], "retireTime" in k) for k in keys] == [
+        (b64(raw_public(first)), False),
+        (b64(new_key), False),
+    ]
+    assert keys[1]["fingerprint"] == hashlib.sha256(new_key).hexdigest()
+    # The same key again, under another key or none: no change.
+    again = await client.post(add, json=body, headers={**provider, "Idempotency-Key": "add-second-again"})
+    assert again.status_code == 200, again.text
+    assert again.json() == added.json()
+
+    # Retire the first key, the second agreeing; then the second, now the last, is refused.
+    first_key = raw_public(first)
+    _, _, fields = problem_of(
+        await client.post(
+            retire,
+            json={"keyFingerprint": "0" * 64, "keySignature": b64(second.sign(first_key))},
+            headers=provider,
+        ),
+        400,
+    )
+    assert fields == {"keyFingerprint"}
+    retired = await client.post(
+        retire,
+        json={"keyFingerprint": keys[0]["fingerprint"], "keySignature": b64(second.sign(first_key))},
+        headers=provider,
+    )
+    assert retired.status_code == 200, retired.text
+    assert ["retireTime" in k for k in retired.json()["keys"]] == [True, False]
+    assert retired.json()["publicKey"] == b64(new_key)
+    message, reasons, _ = problem_of(
+        await client.post(
+            retire,
+            json={"keyFingerprint": keys[1]["fingerprint"], "keySignature": b64(second.sign(new_key))},
+            headers=provider,
+        ),
+        400,
+    )
+    assert reasons == {"LAST_LIVE_KEY"}, message
+    assert (await client.get(f"/v1/{name}", headers=provider)).json()["keys"] == retired.json()["keys"]
