@@ -675,10 +675,11 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def UpdateContactDetails(
         self, request: registry_pb2.UpdateContactDetailsRequest, context: Context
     ) -> registry_pb2.ContactDetails:
-        command = handlers.UpdateContactDetails(
-            _contact_provider(request.contact_details.name, "contact_details.name"), _contact_changes(request)
-        )
-        details = await self._dispatcher.handle(command, call_context(request.request_id))
+        business_id = _contact_provider(request.contact_details.name, "contact_details.name")
+        command = handlers.UpdateContactDetails(business_id, _contact_changes(request))
+        await self._dispatcher.handle(command, call_context(request.request_id))
+        # Read back after the commit: the write's answer (kept for retries) names them only.
+        details = await self._dispatcher.query(handlers.GetContactDetails(business_id), call_context())
         return contact_details_to_proto(details)
 
     async def _handle(

@@ -817,18 +817,21 @@ async def retire_registration_key(
     return registration
 
 
-async def update_contact_details(
-    command: UpdateContactDetails, uow: RegistryUnitOfWork
-) -> model.ContactDetails:
+async def update_contact_details(command: UpdateContactDetails, uow: RegistryUnitOfWork) -> str:
     """The provider sets or changes its contact details, one set for every region. The same
-    details again change nothing: no event, no audit record."""
+    details again change nothing: no event, no audit record.
+
+    Returns the details' name only: the result is also the stored answer to a retry, and
+    personal data is kept in its own table alone, so that erasing it is erasing one row. The
+    caller reads the details back after the commit.
+    """
     access.require(
         uow.actor, any_of=[access.provider(command.business_id)], action="changing contact details"
     )
     details = await uow.contact_details.get(command.business_id) or model.ContactDetails(command.business_id)
     if details.update(command.changes, uow.now):
         await uow.contact_details.put(details)
-    return details
+    return details.name
 
 
 async def lift_suspension(command: LiftSuspension, uow: RegistryUnitOfWork) -> bool:

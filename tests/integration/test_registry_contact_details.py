@@ -148,7 +148,8 @@ async def test_a_provider_sets_and_changes_its_contact_details_with_an_audited_e
     # The details are in their own table and nowhere else: no event, header, audit record, log
     # line or public list holds any part of them.
     assert leaked(await text_of(registry.db, "registry_contact_details"))
-    for table in ("outbox", "audit_log", "registry_registrations", "registry_listings", "inbox", "timers"):
+    tables = ("outbox", "audit_log", "idempotency_keys", "registry_registrations", "registry_listings")
+    for table in (*tables, "inbox", "timers"):
         assert leaked(await text_of(registry.db, table)) == [], table
     assert leaked(caplog.text) == []
     assert leaked(" ".join(str(vars(r)) for r in caplog.records)) == []
