@@ -224,6 +224,9 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, verifier: TokenVerifier | None) -> None:
         self._verifier = verifier
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        """Method -> (the servicer's handler, its wrapped handler): grpc asks for the handler on
+        every call, and wrapping it anew each time is work done once per method at most."""
 
     async def intercept_service(
         self,
@@ -233,7 +236,14 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None or details.method.startswith("/grpc."):
             return handler
-        method = details.method
+        known = self._wrapped.get(details.method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        wrapped = self._wrap(details.method, handler)
+        self._wrapped[details.method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(method, handler.unary_unary),
