@@ -9,7 +9,7 @@ from dataclasses import asdict
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import Index, Table, bindparam
+from sqlalchemy import JSON, ColumnElement, Index, String, Table, any_, bindparam
 from sqlalchemy import false as sa_false
 from sqlalchemy import select as sa_select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -164,10 +164,6 @@ class BreachRow(SQLModel, table=True):
     group_key: str = Field(default="", max_length=64, sa_column_kwargs={"server_default": ""})
 
 
-_IN_CHUNK = 500
-"""Ids per IN list: well under SQLite's bound-parameter limit."""
-
-
 class ProgrammeRow(SQLModel, table=True):
     """A version of a region's programme; its indicators and policies as JSON, as it was drafted."""
 
@@ -246,15 +242,131 @@ SELFMONITORING_TABLES = (
     "selfmonitoring_admitted_providers",
 )
 
+INDICATORS: Table = IndicatorRow.__table__  # type: ignore[attr-defined]
 OBSERVATIONS: Table = ObservationRow.__table__  # type: ignore[attr-defined]
+PENDING_CASES: Table = PendingCaseRow.__table__  # type: ignore[attr-defined]
 BUCKETS: Table = DayBucketRow.__table__  # type: ignore[attr-defined]
 GROUP_BUCKETS: Table = GroupBucketRow.__table__  # type: ignore[attr-defined]
 BREACHES: Table = BreachRow.__table__  # type: ignore[attr-defined]
+PROGRAMMES: Table = ProgrammeRow.__table__  # type: ignore[attr-defined]
 AVAILABILITY: Table = AdmittedProviderRow.__table__  # type: ignore[attr-defined]
-_AVAILABILITY_KEY = ("region", "service", "business_id")
-_AVAILABILITY = Prepared(
-    sa_select(AVAILABILITY).where(*(AVAILABILITY.c[name] == bindparam(name) for name in _AVAILABILITY_KEY))
+
+
+def _equal(table: Table, *names: str) -> tuple[ColumnElement[bool], ...]:
+    """The conditions that each named column equals the bind parameter of its name."""
+    return tuple(table.c[name] == bindparam(name) for name in names)
+
+
+def _with_lists(build: Callable[[Callable[[Any, str], ColumnElement[bool]]], Any]) -> Prepared:
+    """A statement whose conditions take lists of values, prepared once for lists of any length.
+
+    `build(one_of)` makes the statement, `one_of(column, name)` standing for "column is one of
+    the values of list parameter `name`": on SQLite, in json_each of the list as JSON; elsewhere
+    (PostgreSQL), = ANY of it as an array. Prepared cannot take an expanding IN, which would
+    also need chunks under SQLite's limit on bound parameters.
+    """
+    return Prepared(build(_in_json_list), elsewhere=build(_in_array))
+
+
+def _in_json_list(column: Any, name: str) -> ColumnElement[bool]:
+    values = func.json_each(bindparam(name, type_=JSON)).table_valued("value")
+    return column.in_(sa_select(values.c.value))  # type: ignore[no-any-return]
+
+
+def _in_array(column: Any, name: str) -> ColumnElement[bool]:
+    return column == any_(bindparam(name, type_=postgresql.ARRAY(String)))  # type: ignore[no-any-return]
+
+
+# The statements of an observation's path (the indicator, repeats, its window, open breaches, the
+# programme in force), built once: through SQLAlchemy each cost more than SQLite's answer does.
+_INDICATOR_KEY = _equal(INDICATORS, "region", "indicator_id")
+_INDICATOR = Prepared(sa_select(INDICATORS).where(*_INDICATOR_KEY))
+_INDICATOR_FOR_UPDATE = Prepared(
+    sa_select(INDICATORS).where(*_INDICATOR_KEY),
+    elsewhere=sa_select(INDICATORS).where(*_INDICATOR_KEY).with_for_update(),
 )
+_OBSERVATIONS_BY_ID = _with_lists(
+    lambda one_of: sa_select(
+        OBSERVATIONS.c.indicator_id,
+        OBSERVATIONS.c.source,
+        OBSERVATIONS.c.observation_id,
+        OBSERVATIONS.c.provider,
+        OBSERVATIONS.c.case_key,
+        OBSERVATIONS.c.started_on,
+        OBSERVATIONS.c.completed_on,
+        OBSERVATIONS.c.value,
+        OBSERVATIONS.c.service,
+        OBSERVATIONS.c.municipality,
+        OBSERVATIONS.c.group_key,
+    ).where(OBSERVATIONS.c.region == bindparam("region"), one_of(OBSERVATIONS.c.observation_id, "ids"))
+)
+_PENDING_BY_ID = _with_lists(
+    lambda one_of: sa_select(PENDING_CASES).where(
+        PENDING_CASES.c.region == bindparam("region"), one_of(PENDING_CASES.c.observation_id, "ids")
+    )
+)
+
+
+def _sums(table: Table, *keys: str) -> list[Any]:
+    """The key columns and the window's sums of a bucket table, for a grouped select."""
+    return [
+        *(table.c[key] for key in keys),
+        func.sum(table.c.sample_size).label("sample_size"),
+        func.sum(table.c.weight).label("weight"),
+        func.sum(table.c.weighted_value).label("weighted_value"),
+    ]
+
+
+def _in_window(table: Table) -> tuple[ColumnElement[bool], ...]:
+    return (
+        *_equal(table, "region", "indicator_id"),
+        table.c.day >= bindparam("start"),
+        table.c.day <= bindparam("end"),
+    )
+
+
+_WINDOWS = _with_lists(
+    lambda one_of: (
+        sa_select(*_sums(BUCKETS, "scope_key"))
+        .where(*_in_window(BUCKETS), one_of(BUCKETS.c.scope_key, "keys"))
+        .group_by(BUCKETS.c.scope_key)
+    )
+)
+_GROUP_WINDOWS = _with_lists(
+    lambda one_of: (
+        sa_select(*_sums(GROUP_BUCKETS, "scope_key", "group_key"))
+        .where(*_in_window(GROUP_BUCKETS), one_of(GROUP_BUCKETS.c.scope_key, "keys"))
+        .group_by(GROUP_BUCKETS.c.scope_key, GROUP_BUCKETS.c.group_key)
+    )
+)
+_ALL_GROUP_WINDOWS = Prepared(
+    sa_select(*_sums(GROUP_BUCKETS, "scope_key", "group_key"))
+    .where(*_in_window(GROUP_BUCKETS))
+    .group_by(GROUP_BUCKETS.c.scope_key, GROUP_BUCKETS.c.group_key)
+)
+_OPEN_BREACHES = _with_lists(lambda one_of: sa_select(BREACHES).where(one_of(BREACHES.c.open_key, "keys")))
+_BREACH = Prepared(sa_select(BREACHES).where(BREACHES.c.id == bindparam("breach_id")))
+_RESOLVED_SINCE = Prepared(
+    sa_select(BREACHES)
+    .where(
+        *_equal(BREACHES, "region", "indicator_id", "provider"),
+        BREACHES.c.state == str(model.BreachState.RESOLVED),
+        BREACHES.c.warning.is_(False),
+        BREACHES.c.resolved_at >= bindparam("since"),
+    )
+    .order_by(BREACHES.c.resolved_at.desc())
+    .limit(1)
+)
+_IN_FORCE = Prepared(
+    sa_select(PROGRAMMES)
+    .where(
+        PROGRAMMES.c.region == bindparam("region"), PROGRAMMES.c.state == str(model.ProgrammeState.PUBLISHED)
+    )
+    .order_by(PROGRAMMES.c.version.desc())
+    .limit(1)
+)
+_AVAILABILITY_KEY = ("region", "service", "business_id")
+_AVAILABILITY = Prepared(sa_select(AVAILABILITY).where(*_equal(AVAILABILITY, *_AVAILABILITY_KEY)))
 
 
 def _put_availability(insert: Any) -> Any:
@@ -269,9 +381,7 @@ def _put_availability(insert: Any) -> Any:
 _PUT_AVAILABILITY = Prepared(_put_availability(sqlite.insert), elsewhere=_put_availability(postgresql.insert))
 _OPEN_SERIOUS = Prepared(
     sa_select(BREACHES).where(
-        BREACHES.c.region == bindparam("region"),
-        BREACHES.c.provider == bindparam("provider"),
-        BREACHES.c.service == bindparam("service"),
+        *_equal(BREACHES, "region", "provider", "service"),
         BREACHES.c.open_key.is_not(None),
         BREACHES.c.severity == str(model.Severity.SERIOUS),
         BREACHES.c.warning.is_(False),
@@ -302,7 +412,8 @@ async def _add_sums(
     )
 
 
-def indicator_from_row(row: IndicatorRow) -> model.Indicator:
+def indicator_from_row(row: Any) -> model.Indicator:
+    """An indicator from its row: an ORM IndicatorRow or a Core row of the same table."""
     return model.Indicator(
         region=row.region,
         indicator_id=row.indicator_id,
@@ -376,9 +487,9 @@ class IndicatorRepository:
         # Locking the indicator serialises evaluations of it on PostgreSQL, so two concurrent
         # late cases cannot each miss the other and both skip the breach. (SQLite's single
         # writer serialises them already.)
-        lock = for_update and not self._uow.read_only and self._session.bind is not None
-        lock = lock and self._session.bind.dialect.name == "postgresql"  # type: ignore[union-attr]
-        row = await self._session.get(IndicatorRow, (region, indicator_id), with_for_update=lock)
+        statement = _INDICATOR_FOR_UPDATE if for_update and not self._uow.read_only else _INDICATOR
+        key = {"region": region, "indicator_id": indicator_id}
+        row = (await statement.execute(self._uow.connection, key)).first()
         return indicator_from_row(row) if row is not None else None
 
     def add(self, indicator: model.Indicator) -> None:
@@ -412,29 +523,16 @@ class ObservationRepository:
 
     async def existing(self, region: str, ids: list[str]) -> list[tuple[str, model.Observation]]:
         """The region's observations under these ids, of any indicator and source."""
-        found: list[tuple[str, model.Observation]] = []
-        table = OBSERVATIONS.c
-        for start in range(0, len(ids), _IN_CHUNK):
-            query = sa_select(
-                table.indicator_id,
-                table.source,
-                table.observation_id,
-                table.provider,
-                table.case_key,
-                table.started_on,
-                table.completed_on,
-                table.value,
-                table.service,
-                table.municipality,
-                table.group_key,
-            ).where(table.region == region, table.observation_id.in_(ids[start : start + _IN_CHUNK]))
-            rows = await self._uow.connection.execute(query)
-            for indicator_id, source, oid, provider, key, started, completed, value, *keys in rows:
-                observation = model.Observation(
+        rows = await _OBSERVATIONS_BY_ID.execute(self._uow.connection, {"region": region, "ids": ids})
+        return [
+            (
+                indicator_id,
+                model.Observation(
                     oid, provider, key, started, completed, model.ObservationSource(source), value, *keys
-                )
-                found.append((indicator_id, observation))
-        return found
+                ),
+            )
+            for indicator_id, source, oid, provider, key, started, completed, value, *keys in rows.all()
+        ]
 
     async def insert(
         self, observations: list[tuple[model.Indicator, model.Observation]], recorded_at: datetime
@@ -505,7 +603,8 @@ class ObservationRepository:
         ]
 
 
-def pending_from_row(row: PendingCaseRow) -> model.PendingCase:
+def pending_from_row(row: Any) -> model.PendingCase:
+    """A pending case from its row: an ORM PendingCaseRow or a Core row of the same table."""
     observation = model.Observation(
         row.observation_id,
         row.provider,
@@ -520,21 +619,14 @@ def pending_from_row(row: PendingCaseRow) -> model.PendingCase:
 
 
 class PendingCaseRepository:
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: AsyncSession, uow: UnitOfWork) -> None:
         self._session = session
+        self._uow = uow
 
     async def existing(self, region: str, ids: list[str]) -> list[tuple[str, model.PendingCase]]:
         """The region's pending cases under these ids, of any indicator and source."""
-        found: list[tuple[str, model.PendingCase]] = []
-        for first in range(0, len(ids), _IN_CHUNK):
-            result = await self._session.exec(
-                select(PendingCaseRow).where(
-                    PendingCaseRow.region == region,
-                    col(PendingCaseRow.observation_id).in_(ids[first : first + _IN_CHUNK]),
-                )
-            )
-            found.extend((row.indicator_id, pending_from_row(row)) for row in result.all())
-        return found
+        rows = await _PENDING_BY_ID.execute(self._uow.connection, {"region": region, "ids": ids})
+        return [(row.indicator_id, pending_from_row(row)) for row in rows.all()]
 
     def add(self, indicator: model.Indicator, case: model.PendingCase) -> None:
         observation = case.observation
@@ -589,6 +681,18 @@ class PendingCaseRepository:
                 self._session.add(row)
 
 
+def _window(indicator: model.Indicator, as_of: date) -> dict[str, Any]:
+    """The parameters of a window statement: the indicator and the window's first and last day."""
+    start, end = model.window_bounds(indicator, as_of)
+    return {"region": indicator.region, "indicator_id": indicator.indicator_id, "start": start, "end": end}
+
+
+def _stats(row: Any) -> model.WindowStats:
+    return model.WindowStats(
+        int(row.sample_size or 0), float(row.weight or 0), float(row.weighted_value or 0)
+    )
+
+
 class DayBucketRepository:
     def __init__(self, uow: UnitOfWork) -> None:
         self._uow = uow
@@ -626,31 +730,8 @@ class DayBucketRepository:
         self, indicator: model.Indicator, providers: list[str], as_of: date
     ) -> dict[str, model.WindowStats]:
         """Each scope group's window (keyed as the buckets are), summed from its day buckets."""
-        start, end = model.window_bounds(indicator, as_of)
-        table = BUCKETS.c
-        stats: dict[str, model.WindowStats] = {}
-        for first in range(0, len(providers), _IN_CHUNK):
-            query = (
-                sa_select(
-                    table.scope_key,
-                    func.sum(table.sample_size),
-                    func.sum(table.weight),
-                    func.sum(table.weighted_value),
-                )
-                .where(
-                    table.region == indicator.region,
-                    table.indicator_id == indicator.indicator_id,
-                    table.scope_key.in_(providers[first : first + _IN_CHUNK]),
-                    table.day >= start,
-                    table.day <= end,
-                )
-                .group_by(table.scope_key)
-            )
-            for provider, sample, weight, weighted_value in await self._uow.connection.execute(query):
-                stats[provider] = model.WindowStats(
-                    int(sample or 0), float(weight or 0), float(weighted_value or 0)
-                )
-        return stats
+        rows = await _WINDOWS.execute(self._uow.connection, {**_window(indicator, as_of), "keys": providers})
+        return {row.scope_key: _stats(row) for row in rows.all()}
 
 
 class GroupBucketRepository:
@@ -667,33 +748,14 @@ class GroupBucketRepository:
         self, indicator: model.Indicator, keys: list[str] | None, as_of: date
     ) -> dict[str, dict[str, model.WindowStats]]:
         """Each scope group's customer groups' windows (every scope group's when keys is None)."""
-        start, end = model.window_bounds(indicator, as_of)
-        table = GROUP_BUCKETS.c
+        window = _window(indicator, as_of)
+        if keys is None:
+            rows = await _ALL_GROUP_WINDOWS.execute(self._uow.connection, window)
+        else:
+            rows = await _GROUP_WINDOWS.execute(self._uow.connection, {**window, "keys": keys})
         found: dict[str, dict[str, model.WindowStats]] = {}
-        chunks = [None] if keys is None else [keys[i : i + _IN_CHUNK] for i in range(0, len(keys), _IN_CHUNK)]
-        for chunk in chunks:
-            query = (
-                sa_select(
-                    table.scope_key,
-                    table.group_key,
-                    func.sum(table.sample_size),
-                    func.sum(table.weight),
-                    func.sum(table.weighted_value),
-                )
-                .where(
-                    table.region == indicator.region,
-                    table.indicator_id == indicator.indicator_id,
-                    table.day >= start,
-                    table.day <= end,
-                )
-                .group_by(table.scope_key, table.group_key)
-            )
-            if chunk is not None:
-                query = query.where(table.scope_key.in_(chunk))
-            for key, group, sample, weight, weighted in await self._uow.connection.execute(query):
-                found.setdefault(key, {})[group] = model.WindowStats(
-                    int(sample or 0), float(weight or 0), float(weighted or 0)
-                )
+        for row in rows.all():
+            found.setdefault(row.scope_key, {})[row.group_key] = _stats(row)
         return found
 
 
@@ -703,28 +765,18 @@ class BreachRepository:
         self._uow = uow
 
     async def get(self, breach_id: str) -> model.Breach | None:
-        row = await self._session.get(BreachRow, breach_id)
+        row = (await _BREACH.execute(self._uow.connection, {"breach_id": breach_id})).first()
         return breach_from_row(row) if row is not None else None
 
     async def open_of_many(
         self, region: str, indicator_id: str, providers: list[str], *, warning: bool = False
     ) -> dict[str, model.Breach]:
         """The providers' open breaches (or warnings) on the indicator, by their unique open
-        keys: one Core query per chunk of providers (a row by row ORM load of every open breach
-        made each evaluation slower as breaches stayed open)."""
-        found: dict[str, model.Breach] = {}
-        for first in range(0, len(providers), _IN_CHUNK):
-            keys = [
-                open_key(region, indicator_id, p, warning=warning)
-                for p in providers[first : first + _IN_CHUNK]
-            ]
-            rows = await self._uow.connection.execute(
-                sa_select(BREACHES).where(BREACHES.c.open_key.in_(keys))
-            )
-            for row in rows:
-                breach = breach_from_row(row)
-                found[breach.scope_key] = breach
-        return found
+        keys: one query for them all (a row by row ORM load of every open breach made each
+        evaluation slower as breaches stayed open)."""
+        keys = [open_key(region, indicator_id, p, warning=warning) for p in providers]
+        rows = await _OPEN_BREACHES.execute(self._uow.connection, {"keys": keys})
+        return {breach.scope_key: breach for breach in map(breach_from_row, rows.all())}
 
     async def open_serious(self, region: str, provider: str, service: str) -> list[model.Breach]:
         """Asked for every admission the registry reports: prepared once."""
@@ -737,18 +789,9 @@ class BreachRepository:
         self, region: str, indicator_id: str, provider: str, since: datetime
     ) -> model.Breach | None:
         """The pair's latest breach resolved at or after `since`, if any."""
-        result = await self._session.exec(
-            select(BreachRow)
-            .where(
-                BreachRow.region == region,
-                BreachRow.indicator_id == indicator_id,
-                BreachRow.provider == provider,
-                BreachRow.state == str(model.BreachState.RESOLVED),
-                col(BreachRow.warning).is_(False),
-                col(BreachRow.resolved_at) >= since,
-            )
-            .order_by(col(BreachRow.resolved_at).desc())
-            .limit(1)
+        result = await _RESOLVED_SINCE.execute(
+            self._uow.connection,
+            {"region": region, "indicator_id": indicator_id, "provider": provider, "since": since},
         )
         row = result.first()
         return breach_from_row(row) if row is not None else None
@@ -820,7 +863,8 @@ class BreachRepository:
         return [breach_from_row(row) for row in (await self._session.exec(query)).all()]
 
 
-def programme_from_row(row: ProgrammeRow) -> model.Programme:
+def programme_from_row(row: Any) -> model.Programme:
+    """A programme from its row: an ORM ProgrammeRow or a Core row of the same table."""
     return model.Programme(
         region=row.region,
         version=row.version,
@@ -860,13 +904,7 @@ class ProgrammeRepository:
 
     async def in_force(self, region: str) -> model.Programme | None:
         """The newest published version."""
-        result = await self._session.exec(
-            select(ProgrammeRow)
-            .where(ProgrammeRow.region == region, ProgrammeRow.state == str(model.ProgrammeState.PUBLISHED))
-            .order_by(col(ProgrammeRow.version).desc())
-            .limit(1)
-        )
-        row = result.first()
+        row = (await _IN_FORCE.execute(self._uow.connection, {"region": region})).first()
         return programme_from_row(row) if row is not None else None
 
     async def page(
@@ -1136,7 +1174,7 @@ class SelfMonitoringUnitOfWork(UnitOfWork):
         self.observations = ObservationRepository(self)
         self.buckets = DayBucketRepository(self)
         self.group_buckets = GroupBucketRepository(self)
-        self.pending = PendingCaseRepository(session)
+        self.pending = PendingCaseRepository(session, self)
         self.breaches = BreachRepository(session, self)
         self.programmes = ProgrammeRepository(session, self)
         self.alerts = AlertRepository(session, self)

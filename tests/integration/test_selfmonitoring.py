@@ -867,6 +867,31 @@ async def test_a_stream_message_may_carry_many_observations_each_reported_by_its
     assert [(r.index, r.observation_id) for r in response.rejected] == [(4, "m3")]
 
 
+async def test_a_batch_of_many_providers_finds_its_repeats_windows_and_open_breaches_in_one_go(
+    stub, tokens, sm_db, clock
+):
+    # More ids, scope keys and open keys than SQLite takes bound parameters in one IN list.
+    await create(stub, tokens, indicator(minimum_sample=1, minimum_share=0.5))
+    next_id = business_ids()
+    providers = [next_id() for _ in range(600)]
+    late = [observation(f"late-{p}", p, clock.day, 30) for p in providers]
+    on_time = [observation(f"on-time-{p}", p, clock.day, 1) for p in providers]
+
+    first = await stub.RecordObservations(
+        iter([selfmonitoring_pb2.RecordObservationsRequest(parent=INDICATOR, observations=late)]),
+        metadata=tokens.admin(REGION),
+    )
+    again = await stub.RecordObservations(
+        iter([selfmonitoring_pb2.RecordObservationsRequest(parent=INDICATOR, observations=late + on_time)]),
+        metadata=tokens.admin(REGION),
+    )
+
+    assert (first.recorded, len(first.opened_breaches)) == (600, 600)
+    assert (again.recorded, again.duplicates, again.rejected) == (600, 600, [])
+    assert sorted(again.resolved_breaches) == sorted(first.opened_breaches)
+    assert await count_rows(sm_db, "selfmonitoring_breaches", "open_key IS NULL") == 600
+
+
 async def test_breaches_list_by_state_severity_and_provider_and_indicators_list_by_id(
     stub, tokens, sm_db, clock
 ):
