@@ -9,10 +9,11 @@ from dataclasses import asdict
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import JSON, ColumnElement, Index, String, Table, any_, bindparam
+from sqlalchemy import JSON, ColumnElement, Index, String, Table, any_, bindparam, delete, update
 from sqlalchemy import false as sa_false
 from sqlalchemy import select as sa_select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel import Field, SQLModel, col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -249,12 +250,16 @@ BUCKETS: Table = DayBucketRow.__table__  # type: ignore[attr-defined]
 GROUP_BUCKETS: Table = GroupBucketRow.__table__  # type: ignore[attr-defined]
 BREACHES: Table = BreachRow.__table__  # type: ignore[attr-defined]
 PROGRAMMES: Table = ProgrammeRow.__table__  # type: ignore[attr-defined]
+ALERTS: Table = AlertRow.__table__  # type: ignore[attr-defined]
+CORRECTIVE_ACTIONS: Table = CorrectiveActionRow.__table__  # type: ignore[attr-defined]
 AVAILABILITY: Table = AdmittedProviderRow.__table__  # type: ignore[attr-defined]
 
 
-def _equal(table: Table, *names: str) -> tuple[ColumnElement[bool], ...]:
-    """The conditions that each named column equals the bind parameter of its name."""
-    return tuple(table.c[name] == bindparam(name) for name in names)
+def _equal(table: Table, *names: str, prefix: str = "") -> tuple[ColumnElement[bool], ...]:
+    """The conditions that each named column equals the bind parameter of its name (after
+    `prefix`: an UPDATE's condition must not name its parameters after columns, which SQLAlchemy
+    would take for columns to set)."""
+    return tuple(table.c[name] == bindparam(prefix + name) for name in names)
 
 
 def _with_lists(build: Callable[[Callable[[Any, str], ColumnElement[bool]]], Any]) -> Prepared:
@@ -365,6 +370,34 @@ _IN_FORCE = Prepared(
     .order_by(PROGRAMMES.c.version.desc())
     .limit(1)
 )
+# And its writes: rows added go straight to sqlite3 when the unit of work is saved (`_Added`).
+_INSERT_INDICATOR = TableInserter(INDICATORS)
+_INSERT_PENDING_CASE = TableInserter(PENDING_CASES)
+_INSERT_BREACH = TableInserter(BREACHES)
+_INSERT_ALERT = TableInserter(ALERTS)
+_INSERT_CORRECTIVE_ACTION = TableInserter(CORRECTIVE_ACTIONS)
+_PENDING_KEY = ("region", "indicator_id", "source", "observation_id")
+_COMPLETE_PENDING = Prepared(delete(PENDING_CASES).where(*_equal(PENDING_CASES, *_PENDING_KEY)))
+_COUNT_PENDING = Prepared(
+    update(PENDING_CASES)
+    .where(*_equal(PENDING_CASES, *_PENDING_KEY, prefix="case_"))
+    .values(counted_on=bindparam("counted_on"))
+)
+_OVERDUE = Prepared(
+    sa_select(PENDING_CASES).where(
+        *_equal(PENDING_CASES, "region", "indicator_id"),
+        PENDING_CASES.c.due_on < bindparam("today"),
+        PENDING_CASES.c.counted_on.is_(None),
+    )
+)
+_BREACH_CHANGES: dict[str, Any] = {
+    name: bindparam(name) for name in ("state", "value", "sample_size", "severity", "resolved_at")
+}
+_UPDATE_BREACH = update(BREACHES).where(BREACHES.c.id == bindparam("breach_id"))
+_UPDATE_OPEN_BREACH = Prepared(_UPDATE_BREACH.values(_BREACH_CHANGES))
+_UPDATE_CLOSED_BREACH = Prepared(_UPDATE_BREACH.values({**_BREACH_CHANGES, "open_key": None}))
+"""A breach no longer open frees its open key for the next breach of its indicator and scope group."""
+
 _AVAILABILITY_KEY = ("region", "service", "business_id")
 _AVAILABILITY = Prepared(sa_select(AVAILABILITY).where(*_equal(AVAILABILITY, *_AVAILABILITY_KEY)))
 
@@ -410,6 +443,24 @@ async def _add_sums(
             for key, bucket in buckets.items()
         ],
     )
+
+
+class _Added:
+    """The rows a unit of work's repositories added, inserted when it is saved (or when a
+    statement must see them first), one insert per table: `add` stays synchronous for handlers,
+    as with the ORM's session.add, without the ORM's flush, which cost more than the rest of an
+    observation that opens a breach (the breach, its alert, its corrective action)."""
+
+    def __init__(self) -> None:
+        self._rows: dict[TableInserter, list[dict[str, Any]]] = {}
+
+    def add(self, inserter: TableInserter, row: dict[str, Any]) -> None:
+        self._rows.setdefault(inserter, []).append(row)
+
+    async def insert(self, connection: AsyncConnection) -> None:
+        rows, self._rows = self._rows, {}
+        for inserter, added in rows.items():
+            await inserter.insert(connection, added)
 
 
 def indicator_from_row(row: Any) -> model.Indicator:
@@ -477,13 +528,18 @@ class IndicatorRepository:
         )
         return [indicator_from_row(row) for row in result.all()]
 
-    def __init__(self, session: AsyncSession, uow: UnitOfWork) -> None:
+    def __init__(self, session: AsyncSession, uow: UnitOfWork, added: _Added) -> None:
         self._session = session
         self._uow = uow
+        self._added = added
+        self._new: dict[tuple[str, str], model.Indicator] = {}
+        """Indicators this unit of work added: their rows are inserted when it is saved."""
 
     async def get(
         self, region: str, indicator_id: str, *, for_update: bool = False
     ) -> model.Indicator | None:
+        if (new := self._new.get((region, indicator_id))) is not None:
+            return new
         # Locking the indicator serialises evaluations of it on PostgreSQL, so two concurrent
         # late cases cannot each miss the other and both skip the breach. (SQLite's single
         # writer serialises them already.)
@@ -494,24 +550,26 @@ class IndicatorRepository:
 
     def add(self, indicator: model.Indicator) -> None:
         assert indicator.created_at is not None, "only created indicators are stored"
-        self._session.add(
-            IndicatorRow(
-                region=indicator.region,
-                indicator_id=indicator.indicator_id,
-                display_name=indicator.display_name,
-                service=indicator.service,
-                deadline_days=indicator.deadline_days,
-                minimum_share=indicator.threshold,
-                window_days=indicator.window_days,
-                minimum_sample=indicator.minimum_sample,
-                severity=str(indicator.severity),
-                recovery_threshold=indicator.recovery_threshold,
-                kind=str(indicator.kind),
-                created_at=indicator.created_at,
-                warning_threshold=indicator.warning_threshold,
-                scope=str(indicator.scope),
-            )
+        self._added.add(
+            _INSERT_INDICATOR,
+            {
+                "region": indicator.region,
+                "indicator_id": indicator.indicator_id,
+                "display_name": indicator.display_name,
+                "service": indicator.service,
+                "deadline_days": indicator.deadline_days,
+                "minimum_share": indicator.threshold,
+                "window_days": indicator.window_days,
+                "minimum_sample": indicator.minimum_sample,
+                "severity": str(indicator.severity),
+                "recovery_threshold": indicator.recovery_threshold,
+                "kind": str(indicator.kind),
+                "created_at": indicator.created_at,
+                "warning_threshold": indicator.warning_threshold,
+                "scope": str(indicator.scope),
+            },
         )
+        self._new[(indicator.region, indicator.indicator_id)] = indicator
         self._uow.track(indicator, indicator.name)
 
 
@@ -619,9 +677,9 @@ def pending_from_row(row: Any) -> model.PendingCase:
 
 
 class PendingCaseRepository:
-    def __init__(self, session: AsyncSession, uow: UnitOfWork) -> None:
-        self._session = session
+    def __init__(self, uow: UnitOfWork, added: _Added) -> None:
         self._uow = uow
+        self._added = added
 
     async def existing(self, region: str, ids: list[str]) -> list[tuple[str, model.PendingCase]]:
         """The region's pending cases under these ids, of any indicator and source."""
@@ -630,55 +688,49 @@ class PendingCaseRepository:
 
     def add(self, indicator: model.Indicator, case: model.PendingCase) -> None:
         observation = case.observation
-        self._session.add(
-            PendingCaseRow(
-                region=indicator.region,
-                indicator_id=indicator.indicator_id,
-                source=str(observation.source),
-                observation_id=observation.observation_id,
-                provider=observation.provider,
-                case_key=observation.case_key,
-                started_on=observation.started_on,
-                due_on=case.due_on,
-                service=observation.service,
-                municipality=observation.municipality,
-            )
+        self._added.add(
+            _INSERT_PENDING_CASE,
+            {
+                **_pending_key(indicator, case),
+                "provider": observation.provider,
+                "case_key": observation.case_key,
+                "started_on": observation.started_on,
+                "due_on": case.due_on,
+                "counted_on": None,
+                "service": observation.service,
+                "municipality": observation.municipality,
+            },
         )
 
     async def completed(self, indicator: model.Indicator, case: model.PendingCase) -> None:
-        observation = case.observation
-        key = (indicator.region, indicator.indicator_id, str(observation.source), observation.observation_id)
-        row = await self._session.get(PendingCaseRow, key)
-        if row is not None:
-            await self._session.delete(row)
+        # A batch may start a case and complete it: the row it added goes in first, then out.
+        await self._added.insert(self._uow.connection)
+        await _COMPLETE_PENDING.execute(self._uow.connection, _pending_key(indicator, case))
 
     async def overdue(self, indicator: model.Indicator, today: date) -> list[model.PendingCase]:
         """Cases past their deadline (due before today) not counted yet."""
-        result = await self._session.exec(
-            select(PendingCaseRow).where(
-                PendingCaseRow.region == indicator.region,
-                PendingCaseRow.indicator_id == indicator.indicator_id,
-                col(PendingCaseRow.due_on) < today,
-                col(PendingCaseRow.counted_on).is_(None),
-            )
+        found = await _OVERDUE.execute(
+            self._uow.connection,
+            {"region": indicator.region, "indicator_id": indicator.indicator_id, "today": today},
         )
-        return [pending_from_row(row) for row in result.all()]
+        return [pending_from_row(row) for row in found.all()]
 
     async def mark_counted(
         self, indicator: model.Indicator, cases: list[model.PendingCase], today: date
     ) -> None:
         for case in cases:
-            observation = case.observation
-            key = (
-                indicator.region,
-                indicator.indicator_id,
-                str(observation.source),
-                observation.observation_id,
-            )
-            row = await self._session.get(PendingCaseRow, key)
-            if row is not None:
-                row.counted_on = today
-                self._session.add(row)
+            key = {f"case_{name}": value for name, value in _pending_key(indicator, case).items()}
+            await _COUNT_PENDING.execute(self._uow.connection, {**key, "counted_on": today})
+
+
+def _pending_key(indicator: model.Indicator, case: model.PendingCase) -> dict[str, Any]:
+    observation = case.observation
+    return {
+        "region": indicator.region,
+        "indicator_id": indicator.indicator_id,
+        "source": str(observation.source),
+        "observation_id": observation.observation_id,
+    }
 
 
 def _window(indicator: model.Indicator, as_of: date) -> dict[str, Any]:
@@ -760,9 +812,10 @@ class GroupBucketRepository:
 
 
 class BreachRepository:
-    def __init__(self, session: AsyncSession, uow: UnitOfWork) -> None:
+    def __init__(self, session: AsyncSession, uow: UnitOfWork, added: _Added) -> None:
         self._session = session
         self._uow = uow
+        self._added = added
 
     async def get(self, breach_id: str) -> model.Breach | None:
         row = (await _BREACH.execute(self._uow.connection, {"breach_id": breach_id})).first()
@@ -798,44 +851,50 @@ class BreachRepository:
 
     async def update(self, breach: model.Breach) -> None:
         """Write back a breach's state; a resolved one frees its indicator and provider for a new one."""
-        row = await self._session.get(BreachRow, breach.id)
-        assert row is not None, f"{breach.name} is stored"
-        row.state = str(breach.state)
-        row.value = breach.value
-        row.sample_size = breach.sample_size
-        row.severity = str(breach.severity)
-        row.resolved_at = breach.resolved_at
-        row.open_key = None if breach.state != model.BreachState.OPEN else row.open_key
-        self._session.add(row)
-        # The freed open key must be gone before a new breach of the same pair takes it.
-        await self._session.flush()
+        # At once, not when the unit is saved: the freed open key must be gone before a new
+        # breach of the same pair takes it.
+        statement = _UPDATE_OPEN_BREACH if breach.state is model.BreachState.OPEN else _UPDATE_CLOSED_BREACH
+        updated = await statement.execute(
+            self._uow.connection,
+            {
+                "breach_id": breach.id,
+                "state": str(breach.state),
+                "value": breach.value,
+                "sample_size": breach.sample_size,
+                "severity": str(breach.severity),
+                "resolved_at": breach.resolved_at,
+            },
+        )
+        assert updated.rowcount == 1, f"{breach.name} is stored"
         self._uow.track(breach, breach.name)
 
     def add(self, breach: model.Breach) -> None:
-        self._session.add(
-            BreachRow(
-                id=breach.id,
-                region=breach.region,
-                indicator_id=breach.indicator_id,
-                provider=breach.provider,
-                service=breach.service,
-                severity=str(breach.severity),
-                value=breach.value,
-                threshold=breach.threshold,
-                sample_size=breach.sample_size,
-                state=str(breach.state),
-                open_key=open_key(
+        self._added.add(
+            _INSERT_BREACH,
+            {
+                "id": breach.id,
+                "region": breach.region,
+                "indicator_id": breach.indicator_id,
+                "provider": breach.provider,
+                "service": breach.service,
+                "severity": str(breach.severity),
+                "value": breach.value,
+                "threshold": breach.threshold,
+                "sample_size": breach.sample_size,
+                "state": str(breach.state),
+                "open_key": open_key(
                     breach.region, breach.indicator_id, breach.scope_key, warning=breach.warning
                 ),
-                opened_at=breach.opened_at,
-                recovery_threshold=breach.recovery_threshold,
-                window_start=breach.window_start,
-                window_end=breach.window_end,
-                warning=breach.warning,
-                scope=str(breach.scope),
-                scope_key=breach.scope_key,
-                group_key=breach.group,
-            )
+                "opened_at": breach.opened_at,
+                "recovery_threshold": breach.recovery_threshold,
+                "resolved_at": breach.resolved_at,
+                "window_start": breach.window_start,
+                "window_end": breach.window_end,
+                "warning": breach.warning,
+                "scope": str(breach.scope),
+                "scope_key": breach.scope_key,
+                "group_key": breach.group,
+            },
         )
         self._uow.track(breach, breach.name)
 
@@ -965,19 +1024,23 @@ def alert_from_row(row: AlertRow) -> model.Alert:
 
 
 class AlertRepository:
-    def __init__(self, session: AsyncSession, uow: UnitOfWork) -> None:
+    def __init__(self, session: AsyncSession, uow: UnitOfWork, added: _Added) -> None:
         self._session = session
         self._uow = uow
+        self._added = added
 
     def add(self, alert: model.Alert) -> None:
-        self._session.add(
-            AlertRow(
-                region=alert.region,
-                alert_id=alert.id,
-                breach_id=alert.breach_id,
-                kind=str(alert.kind),
-                created_at=alert.created_at,
-            )
+        self._added.add(
+            _INSERT_ALERT,
+            {
+                "region": alert.region,
+                "alert_id": alert.id,
+                "breach_id": alert.breach_id,
+                "kind": str(alert.kind),
+                "created_at": alert.created_at,
+                "acknowledged_by": alert.acknowledged_by,
+                "acknowledged_at": alert.acknowledged_at,
+            },
         )
 
     async def get(self, region: str, alert_id: str) -> model.Alert | None:
@@ -1021,20 +1084,24 @@ def action_from_row(row: CorrectiveActionRow) -> model.CorrectiveAction:
 
 
 class CorrectiveActionRepository:
-    def __init__(self, session: AsyncSession, uow: UnitOfWork) -> None:
+    def __init__(self, session: AsyncSession, uow: UnitOfWork, added: _Added) -> None:
         self._session = session
         self._uow = uow
+        self._added = added
 
     def add(self, action: model.CorrectiveAction) -> None:
-        self._session.add(
-            CorrectiveActionRow(
-                region=action.region,
-                breach_id=action.breach_id,
-                provider=action.provider,
-                due_on=action.due_on,
-                requested_at=action.requested_at,
-                state=str(action.state),
-            )
+        self._added.add(
+            _INSERT_CORRECTIVE_ACTION,
+            {
+                "region": action.region,
+                "breach_id": action.breach_id,
+                "provider": action.provider,
+                "due_on": action.due_on,
+                "requested_at": action.requested_at,
+                "state": str(action.state),
+                "response": action.response,
+                "responded_at": action.responded_at,
+            },
         )
         self._uow.track(action, action.name)
 
@@ -1170,16 +1237,21 @@ class SelfMonitoringUnitOfWork(UnitOfWork):
 
     async def bind(self, session: AsyncSession) -> None:
         await super().bind(session)
-        self.indicators = IndicatorRepository(session, self)
+        self._added = added = _Added()
+        self.indicators = IndicatorRepository(session, self, added)
         self.observations = ObservationRepository(self)
         self.buckets = DayBucketRepository(self)
         self.group_buckets = GroupBucketRepository(self)
-        self.pending = PendingCaseRepository(session, self)
-        self.breaches = BreachRepository(session, self)
+        self.pending = PendingCaseRepository(self, added)
+        self.breaches = BreachRepository(session, self, added)
         self.programmes = ProgrammeRepository(session, self)
-        self.alerts = AlertRepository(session, self)
-        self.corrective_actions = CorrectiveActionRepository(session, self)
+        self.alerts = AlertRepository(session, self, added)
+        self.corrective_actions = CorrectiveActionRepository(session, self, added)
         self.admitted = AdmittedProviderRepository(session)
+
+    async def save(self) -> None:
+        await super().save()
+        await self._added.insert(self.connection)
 
 
 def unit_of_work_factory() -> Callable[[Context, datetime, bool], SelfMonitoringUnitOfWork]:

@@ -1016,6 +1016,16 @@ async def test_a_region_indicator_under_a_default_id_is_kept_and_listed_once(stu
     assert kept.share_within_deadline.minimum_share == pytest.approx(0.7)
 
 
+async def test_a_programme_may_name_a_default_indicator_its_own_catalogue_defines(stub, tokens, sm_db):
+    named = f"regions/{REGION}/indicators/need-assessment-14d"
+    drafted = await draft(
+        stub, tokens, indicators=[selfmonitoring_pb2.WatchedIndicator(indicator=named, risk="Our own risk")]
+    )
+
+    assert [item.indicator for item in drafted.indicators].count(named) == 1
+    assert await count_rows(sm_db, "selfmonitoring_indicators") == 7
+
+
 async def test_a_programme_naming_an_undefined_indicator_or_a_bad_policy_is_refused_with_its_fields(
     stub, tokens, sm_db
 ):
@@ -1208,6 +1218,24 @@ async def test_fourteen_days_without_an_assessment_opens_a_breach_with_no_new_ob
         assert (late.recorded, late.sample_size) == (True, 3)
         await worker.run_once()
         assert await count_rows(sm_db, "selfmonitoring_breaches") == 1
+
+
+async def test_a_case_started_and_completed_in_one_stream_message_leaves_no_pending_case(
+    stub, tokens, sm_db, clock
+):
+    await create(stub, tokens, indicator(minimum_sample=1, minimum_share=0.5))
+    provider = business_ids()()
+    started = clock.day - timedelta(days=3)
+    both = [pending("p0", provider, started), observation("p0", provider, clock.day, days_taken=3)]
+
+    response = await stub.RecordObservations(
+        iter([selfmonitoring_pb2.RecordObservationsRequest(parent=INDICATOR, observations=both)]),
+        metadata=tokens.admin(REGION),
+    )
+
+    assert (response.recorded, response.duplicates, response.rejected) == (2, 0, [])
+    assert await count_rows(sm_db, "selfmonitoring_pending_cases") == 0
+    assert await count_rows(sm_db, "selfmonitoring_observations") == 1
 
 
 async def test_a_pending_case_is_only_for_a_share_within_a_deadline_and_needs_its_start(
