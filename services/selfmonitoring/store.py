@@ -138,6 +138,11 @@ class GroupBucketRow(SQLModel, table=True):
 
 class BreachRow(SQLModel, table=True):
     __tablename__ = "selfmonitoring_breaches"
+    # Serves "resolved lately?" for each breach a corrective-action policy opens: breaches are
+    # kept once resolved, so the region's index alone made each lookup read all of them.
+    __table_args__ = (
+        Index("ix_selfmonitoring_breaches_recurrence", "region", "indicator_id", "provider", "resolved_at"),
+    )
 
     id: str = Field(primary_key=True, max_length=64)
     region: str = Field(max_length=63, index=True)
