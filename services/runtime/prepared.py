@@ -20,8 +20,8 @@ from collections import namedtuple
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
-from sqlalchemy import exc
-from sqlalchemy.dialects import sqlite
+from sqlalchemy import JSON, ColumnElement, String, any_, bindparam, exc, func, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -66,6 +66,7 @@ class Prepared:
     """
 
     def __init__(self, statement: ClauseElement, *, elsewhere: ClauseElement | None = None) -> None:
+        self.sqlite_statement = statement
         self.statement = statement if elsewhere is None else elsewhere
         compiled = statement.compile(dialect=_SQLITE)
         assert isinstance(compiled, SQLCompiler)
@@ -97,7 +98,10 @@ class Prepared:
         values = values or {}
         inline = await inline_of(connection)
         if inline is None:
-            statement: Any = self.statement
+            # By dialect, not by the inline path: a SQLite engine made without it still runs
+            # the SQLite statement, never another database's syntax.
+            sqlite_here = connection.dialect.name == "sqlite"
+            statement: Any = self.sqlite_statement if sqlite_here else self.statement
             result = await connection.execute(statement, dict(values))
             rows = list(result.all()) if result.returns_rows else []
             return Rows(rows, result.rowcount if not result.returns_rows else len(rows))
@@ -131,6 +135,30 @@ class Prepared:
             ]
         make = self._row._make
         return Rows([make(row) for row in raw], len(raw))
+
+
+OneOf = Callable[[Any, str], ColumnElement[bool]]
+"""`one_of(column, name)`: the condition "column is one of the values of list parameter `name`"."""
+
+
+def with_lists(build: Callable[[OneOf], ClauseElement]) -> Prepared:
+    """A statement whose conditions take lists of values, prepared once for lists of any length.
+
+    `build(one_of)` makes the statement. On SQLite a list is one JSON parameter read by
+    json_each; elsewhere (PostgreSQL) one array parameter, compared with = ANY. An expanding IN
+    would need a statement per length, and chunks under SQLite's limit on bound parameters.
+    Pass the values as a list (or tuple) of strings.
+    """
+    return Prepared(build(_in_json_list), elsewhere=build(_in_array))
+
+
+def _in_json_list(column: Any, name: str) -> ColumnElement[bool]:
+    values = func.json_each(bindparam(name, type_=JSON)).table_valued("value")
+    return column.in_(select(values.c.value))  # type: ignore[no-any-return]
+
+
+def _in_array(column: Any, name: str) -> ColumnElement[bool]:
+    return column == any_(bindparam(name, type_=postgresql.ARRAY(String)))  # type: ignore[no-any-return]
 
 
 @contextlib.asynccontextmanager

@@ -9,7 +9,7 @@ from dataclasses import asdict
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import JSON, ColumnElement, Index, String, Table, any_, bindparam, delete, update
+from sqlalchemy import ColumnElement, Index, Table, bindparam, delete, update
 from sqlalchemy import false as sa_false
 from sqlalchemy import select as sa_select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -19,7 +19,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.runtime.db import connection_of, older_than, serialize_on
 from services.runtime.fastinsert import TableInserter
-from services.runtime.prepared import Prepared
+from services.runtime.prepared import Prepared, with_lists
 from services.runtime.tables import utc_field, utcnow
 from services.runtime.uow import Context, UnitOfWork
 from services.selfmonitoring import model
@@ -267,26 +267,6 @@ def _equal(table: Table, *names: str, prefix: str = "") -> tuple[ColumnElement[b
     return tuple(table.c[name] == bindparam(prefix + name) for name in names)
 
 
-def _with_lists(build: Callable[[Callable[[Any, str], ColumnElement[bool]]], Any]) -> Prepared:
-    """A statement whose conditions take lists of values, prepared once for lists of any length.
-
-    `build(one_of)` makes the statement, `one_of(column, name)` standing for "column is one of
-    the values of list parameter `name`": on SQLite, in json_each of the list as JSON; elsewhere
-    (PostgreSQL), = ANY of it as an array. Prepared cannot take an expanding IN, which would
-    also need chunks under SQLite's limit on bound parameters.
-    """
-    return Prepared(build(_in_json_list), elsewhere=build(_in_array))
-
-
-def _in_json_list(column: Any, name: str) -> ColumnElement[bool]:
-    values = func.json_each(bindparam(name, type_=JSON)).table_valued("value")
-    return column.in_(sa_select(values.c.value))  # type: ignore[no-any-return]
-
-
-def _in_array(column: Any, name: str) -> ColumnElement[bool]:
-    return column == any_(bindparam(name, type_=postgresql.ARRAY(String)))  # type: ignore[no-any-return]
-
-
 # The statements of an observation's path (the indicator, repeats, its window, open breaches, the
 # programme in force), built once: through SQLAlchemy each cost more than SQLite's answer does.
 _INDICATOR_KEY = _equal(INDICATORS, "region", "indicator_id")
@@ -295,7 +275,7 @@ _INDICATOR_FOR_UPDATE = Prepared(
     sa_select(INDICATORS).where(*_INDICATOR_KEY),
     elsewhere=sa_select(INDICATORS).where(*_INDICATOR_KEY).with_for_update(),
 )
-_OBSERVATIONS_BY_ID = _with_lists(
+_OBSERVATIONS_BY_ID = with_lists(
     lambda one_of: sa_select(
         OBSERVATIONS.c.indicator_id,
         OBSERVATIONS.c.source,
@@ -310,7 +290,7 @@ _OBSERVATIONS_BY_ID = _with_lists(
         OBSERVATIONS.c.group_key,
     ).where(OBSERVATIONS.c.region == bindparam("region"), one_of(OBSERVATIONS.c.observation_id, "ids"))
 )
-_PENDING_BY_ID = _with_lists(
+_PENDING_BY_ID = with_lists(
     lambda one_of: sa_select(PENDING_CASES).where(
         PENDING_CASES.c.region == bindparam("region"), one_of(PENDING_CASES.c.observation_id, "ids")
     )
@@ -335,14 +315,14 @@ def _in_window(table: Table) -> tuple[ColumnElement[bool], ...]:
     )
 
 
-_WINDOWS = _with_lists(
+_WINDOWS = with_lists(
     lambda one_of: (
         sa_select(*_sums(BUCKETS, "scope_key"))
         .where(*_in_window(BUCKETS), one_of(BUCKETS.c.scope_key, "keys"))
         .group_by(BUCKETS.c.scope_key)
     )
 )
-_GROUP_WINDOWS = _with_lists(
+_GROUP_WINDOWS = with_lists(
     lambda one_of: (
         sa_select(*_sums(GROUP_BUCKETS, "scope_key", "group_key"))
         .where(*_in_window(GROUP_BUCKETS), one_of(GROUP_BUCKETS.c.scope_key, "keys"))
@@ -354,7 +334,7 @@ _ALL_GROUP_WINDOWS = Prepared(
     .where(*_in_window(GROUP_BUCKETS))
     .group_by(GROUP_BUCKETS.c.scope_key, GROUP_BUCKETS.c.group_key)
 )
-_OPEN_BREACHES = _with_lists(lambda one_of: sa_select(BREACHES).where(one_of(BREACHES.c.open_key, "keys")))
+_OPEN_BREACHES = with_lists(lambda one_of: sa_select(BREACHES).where(one_of(BREACHES.c.open_key, "keys")))
 _BREACH = Prepared(sa_select(BREACHES).where(BREACHES.c.id == bindparam("breach_id")))
 _RESOLVED_SINCE = Prepared(
     sa_select(BREACHES)

@@ -11,11 +11,12 @@ import pytest
 from sqlalchemy import bindparam, exc, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.runtime.db import Database
 from services.runtime.migrate import upgrade_async
-from services.runtime.prepared import Prepared, savepoint
+from services.runtime.prepared import Prepared, savepoint, with_lists
 from services.runtime.tables import Timer
 from services.runtime.writer import Outcome, WritePath, write_path_for
 from services.tendering.bootstrap import MIGRATIONS
@@ -32,6 +33,9 @@ DUE = Prepared(
 FIRST_DUE = Prepared(select(TIMERS.c.key).order_by(TIMERS.c.due_at).limit(1))
 FIRE = Prepared(update(TIMERS).where(TIMERS.c.key == bindparam("timer")).values(fired_at=bindparam("at")))
 COUNT = Prepared(select(func.count()).select_from(TIMERS))
+KEYS_IN = with_lists(
+    lambda one_of: select(TIMERS.c.key).where(one_of(TIMERS.c.key, "keys")).order_by(TIMERS.c.key)
+)
 
 
 def _timer_insert(insert: object) -> object:
@@ -100,6 +104,40 @@ async def test_a_prepared_write_reports_how_many_rows_it_changed(
     assert changed == [1, 0]
     async with runtime_db.reader.connect() as connection:
         assert [row.fired_at for row in (await DUE.execute(connection, {"now": T, "limit": 5})).all()] == [T]
+
+
+async def test_a_list_parameter_takes_lists_of_any_length_in_one_prepared_statement(
+    runtime_db: Database, write_path: WritePath
+) -> None:
+    await _write(write_path, *((f"k{index:04d}", T) for index in range(1200)))
+    wanted = [f"k{index:04d}" for index in range(0, 1200, 2)] + ["missing"]
+
+    async with runtime_db.reader.connect() as connection:
+        found = [row.key for row in (await KEYS_IN.execute(connection, {"keys": wanted})).all()]
+        none = (await KEYS_IN.execute(connection, {"keys": []})).all()
+
+    # 600 values in one parameter: beyond what one bound parameter per value would allow per chunk.
+    assert found == wanted[:-1]
+    assert none == []
+
+
+async def test_on_a_sqlite_engine_without_the_inline_path_a_prepared_statement_runs_its_sqlite_form(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'plain.db'}"
+    await upgrade_async(url, MIGRATIONS)
+    db = Database(url)
+    try:
+        await _write(write_path_for(db), ("a", T), ("b", T))
+    finally:
+        await db.dispose()
+    plain = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'plain.db'}")
+    try:
+        async with plain.connect() as connection:
+            rows = (await KEYS_IN.execute(connection, {"keys": ["b", "c"]})).all()
+    finally:
+        await plain.dispose()
+    assert [row.key for row in rows] == ["b"]
 
 
 async def test_a_prepared_statement_names_a_missing_value_and_refuses_in_lists(runtime_db: Database) -> None:
