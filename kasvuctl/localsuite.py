@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -27,12 +28,24 @@ from services.runtime.catalog import CATALOG, GATEWAY, ServiceEntry, module_of, 
 from services.runtime.natsaccess import NatsAccess
 
 STOP_TIMEOUT_S = 15.0
+LISTEN_PORTS = range(20000, 32768)
+"""Where free ports are picked: below Linux's ephemeral range (32768-60999), so the client
+sockets of other processes (another test worker's gRPC channels, say) cannot take a port
+between its pick and the listener's bind, as a port the kernel hands out as free can."""
+LOG_TAIL_LINES = 20
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port that nothing listens on now, picked at random from `LISTEN_PORTS`."""
+    for _ in range(100):
+        port = random.choice(LISTEN_PORTS)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {LISTEN_PORTS.start}-{LISTEN_PORTS.stop - 1}")
 
 
 @dataclass
@@ -95,7 +108,8 @@ class LocalSuite:
     def _log(self, name: str) -> int:
         return os.open(self.data_dir / f"{name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+    def spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        """Starts `argv` as the suite's process `name`, its output appended to `name`.log."""
         log = self._log(name)
         try:
             self.processes[name] = subprocess.Popen(
@@ -128,12 +142,12 @@ class LocalSuite:
             self.auth = ensure_auth(self.data_dir / AUTH_DIR, self.catalog)
         config = write_nats_config(self.data_dir, self.nats_port, self.auth)
         nats_server = Path(sys.executable).parent / "nats-server"
-        self._spawn("nats", [str(nats_server), "-c", str(config)], dict(os.environ))
+        self.spawn("nats", [str(nats_server), "-c", str(config)], dict(os.environ))
         if not wait_for_tcp("127.0.0.1", self.nats_port, timeout_s=15):
-            raise RuntimeError("nats-server did not start; see nats.log")
+            raise RuntimeError(f"nats-server did not start; the end of nats.log:\n{self.log_tail('nats')}")
 
     def start_service(self, name: str, overrides: Mapping[str, str] | None = None) -> None:
-        self._spawn(name, [sys.executable, "-m", module_of(name)], self.env(name, overrides))
+        self.spawn(name, [sys.executable, "-m", module_of(name)], self.env(name, overrides))
 
     async def start(self, timeout_s: float = 90.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -149,11 +163,15 @@ class LocalSuite:
         while time.monotonic() < deadline:
             process = self.processes.get(name)
             if process is not None and process.poll() is not None:
-                raise RuntimeError(f"{name} exited with {process.returncode}; see {name}.log")
+                raise RuntimeError(
+                    f"{name} exited with {process.returncode}; the end of {name}.log:\n{self.log_tail(name)}"
+                )
             if await self._healthy(name):
                 return
             await asyncio.sleep(0.1)
-        raise TimeoutError(f"{name} not ready after {timeout_s} s; see {name}.log")
+        raise TimeoutError(
+            f"{name} not ready after {timeout_s} s; the end of {name}.log:\n{self.log_tail(name)}"
+        )
 
     async def _healthy(self, name: str) -> bool:
         if name == GATEWAY:
@@ -190,6 +208,10 @@ class LocalSuite:
         self.stop_processes([GATEWAY])
         self.stop_processes([service.name for service in self.catalog])
         self.stop_processes(["nats"])
+
+    def log_tail(self, name: str, lines: int = LOG_TAIL_LINES) -> str:
+        """The log's last lines, so a failure read in CI's output says why without the file."""
+        return "\n".join(self.log_text(name).splitlines()[-lines:])
 
     def log_text(self, name: str) -> str:
         path = self.data_dir / f"{name}.log"

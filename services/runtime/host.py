@@ -43,6 +43,14 @@ BACKLOG_REPORT_S = 10.0
 
 AddServicer = Callable[[Any, grpc.aio.Server], None]
 
+SERVER_OPTIONS = (("grpc.so_reuseport", 0),)
+"""gRPC turns SO_REUSEPORT on by default, so a second server on a taken port starts and
+silently shares its connections with the first; off, the second one fails to start."""
+
+
+class PortInUse(RuntimeError):
+    """The service's gRPC address is taken by another process."""
+
 
 class ServiceHost:
     """Owns the process-wide resources of one service; built by the service's bootstrap."""
@@ -111,7 +119,9 @@ class ServiceHost:
         return TokenVerifier(path, self.settings.resolved_revoked_tokens_file()) if path.exists() else None
 
     async def start_server(self, servicers: Sequence[tuple[AddServicer, Any, str]]) -> None:
-        self.server = grpc.aio.server(interceptors=[EdgeInterceptor(self.token_verifier())])
+        self.server = grpc.aio.server(
+            interceptors=[EdgeInterceptor(self.token_verifier())], options=SERVER_OPTIONS
+        )
         names = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
         for add, servicer, full_name in servicers:
             add(servicer, self.server)
@@ -120,7 +130,11 @@ class ServiceHost:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(names, self.server)
         await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.port = self.server.add_insecure_port(self.settings.resolved_grpc_address())
+        address = self.settings.resolved_grpc_address()
+        try:
+            self.port = self.server.add_insecure_port(address)
+        except RuntimeError as failure:
+            raise PortInUse(f"cannot listen on {address}: another process holds it") from failure
         await self.server.start()
         self._names = names[2:]
         log.info(
