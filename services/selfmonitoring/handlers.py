@@ -607,13 +607,8 @@ async def _evaluate_warnings(
             evaluated.cleared.append(warning.name)
 
 
-_InForce = dict[str, model.Programme | None]
-"""The programmes in force by region, as a unit of work read them: once each, however many
-breaches open in it."""
-
-
 async def _evaluate_providers(
-    indicator: model.Indicator, providers: list[str], uow: SelfMonitoringUnitOfWork, in_force: _InForce
+    indicator: model.Indicator, providers: list[str], uow: SelfMonitoringUnitOfWork
 ) -> _Evaluated:
     """Evaluate each scope group's window (each provider's, for a provider-scoped indicator):
     open a breach, resolve one, or leave it."""
@@ -629,7 +624,7 @@ async def _evaluate_providers(
                 uuid.uuid4().hex, indicator, provider, provider_stats, uow.now, as_of=uow.today
             )
             uow.alerts.add(model.Alert(breach.region, breach.id, model.AlertKind.OPENED, uow.now))
-            breach = await _apply_policy(breach, uow, in_force)
+            breach = await _apply_policy(breach, uow)
             uow.breaches.add(breach)
             evaluated.opened.append(breach.name)
             log.info("breach opened", extra={"breach": breach.name, "indicator": indicator.indicator_id})
@@ -668,11 +663,10 @@ async def _evaluate(batch: _Batch, uow: SelfMonitoringUnitOfWork) -> dict[tuple[
     """Store the batch, then evaluate each provider it touched, once per indicator."""
     await _store(batch, uow)
     evaluated: dict[tuple[str, str], _Evaluated] = {}
-    in_force: _InForce = {}
     for key, indicator in batch.indicators.items():
         providers = sorted({indicator.scope_key(o) for o in batch.accepted.get(key, [])})
         if providers:
-            evaluated[key] = await _evaluate_providers(indicator, providers, uow, in_force)
+            evaluated[key] = await _evaluate_providers(indicator, providers, uow)
     return evaluated
 
 
@@ -715,16 +709,12 @@ async def record_observation(
     )
 
 
-async def _apply_policy(
-    breach: model.Breach, uow: SelfMonitoringUnitOfWork, in_force: _InForce
-) -> model.Breach:
+async def _apply_policy(breach: model.Breach, uow: SelfMonitoringUnitOfWork) -> model.Breach:
     """What the programme in force says a new breach leads to: a corrective-action request with
     a deadline timer, or, when it recurs within the policy's period, escalation at once."""
     if not breach.of_provider:
         return breach  # a service's, a municipality's or the region's: it alerts the region only
-    if breach.region not in in_force:
-        in_force[breach.region] = await uow.programmes.in_force(breach.region)
-    programme = in_force[breach.region]
+    programme = await uow.programmes.in_force(breach.region)
     if programme is None or breach.severity is model.Severity.SERIOUS:
         return breach  # a serious breach requests suspension by itself (BreachOpened)
     policy = programme.policy_for(breach.severity)
@@ -875,7 +865,7 @@ async def sweep_deadlines(command: SweepDeadlines, uow: SelfMonitoringUnitOfWork
     )
     await uow.pending.mark_counted(indicator, overdue, uow.today)
     providers = sorted({indicator.scope_key(case.observation) for case in overdue})
-    evaluated = await _evaluate_providers(indicator, providers, uow, {})
+    evaluated = await _evaluate_providers(indicator, providers, uow)
     log.info("deadlines swept", extra={"indicator": indicator.indicator_id, "overdue": len(overdue)})
     return SweepResult(len(overdue), evaluated.opened)
 

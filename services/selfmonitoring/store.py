@@ -934,6 +934,8 @@ class ProgrammeRepository:
     def __init__(self, session: AsyncSession, uow: UnitOfWork) -> None:
         self._session = session
         self._uow = uow
+        self._in_force: dict[str, model.Programme | None] = {}
+        """By region, as this unit of work read it: once, however many breaches it opens."""
 
     async def get(self, region: str, version: int) -> model.Programme | None:
         row = await self._session.get(ProgrammeRow, (region, version))
@@ -948,8 +950,10 @@ class ProgrammeRepository:
 
     async def in_force(self, region: str) -> model.Programme | None:
         """The newest published version."""
-        row = (await _IN_FORCE.execute(self._uow.connection, {"region": region})).first()
-        return programme_from_row(row) if row is not None else None
+        if region not in self._in_force:
+            row = (await _IN_FORCE.execute(self._uow.connection, {"region": region})).first()
+            self._in_force[region] = programme_from_row(row) if row is not None else None
+        return self._in_force[region]
 
     async def page(
         self, region: str, before: int | None, limit: int, published_only: bool
@@ -994,6 +998,7 @@ class ProgrammeRepository:
         row.published_at = programme.published_at
         row.publication_date = programme.publication_date
         self._session.add(row)
+        self._in_force.pop(programme.region, None)
         self._uow.track(programme, programme.name)
 
 
