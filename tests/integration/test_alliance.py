@@ -23,12 +23,12 @@ from sqlalchemy import text
 from services.runtime.clock import ManualClock
 from services.runtime.db import Database
 from services.runtime.dispatch import Dispatcher
-from services.runtime.migrate import upgrade_async
 from services.runtime.worker import Scheduler, Worker
 from services.runtime.writer import write_path_for
 from services.tendering import alliance, alliance_store, bootstrap, sealing
 from services.tendering.alliance_api import AllianceServicer
 from services.tendering.grpc_api import TenderingServicer
+from tests.conftest import MigratedDatabases
 from tests.integration.helpers import Tokens, count_rows, error_reason, field_violations, proto_date, serving
 from tests.tendering_ocds import validate_packages
 
@@ -76,8 +76,10 @@ class World:
 
 
 @pytest.fixture
-async def world(database_url: str, tmp_path: Path) -> AsyncIterator[World]:
-    await upgrade_async(database_url, bootstrap.MIGRATIONS)
+async def world(
+    database_url: str, tmp_path: Path, migrated_databases: MigratedDatabases
+) -> AsyncIterator[World]:
+    await migrated_databases.migrate(database_url, bootstrap.MIGRATIONS)
     db = Database(database_url)
     write_path = write_path_for(db)
     clock = ManualClock(T0)

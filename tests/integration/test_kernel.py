@@ -23,11 +23,11 @@ from services.runtime.clock import ManualClock
 from services.runtime.db import Database
 from services.runtime.dispatch import Dispatcher
 from services.runtime.errors import AlreadyExists, FailedPrecondition
-from services.runtime.migrate import upgrade_async
 from services.runtime.tables import OutboxEvent, Timer
 from services.runtime.uow import Context
 from services.runtime.worker import Pruner, Retention, Scheduler, Worker
 from services.runtime.writer import BatchedWritePath, write_path_for
+from tests.conftest import MigratedDatabases
 from tests.integration import toy
 from tests.integration.helpers import ProviderKey, business_ids, count_rows, dispatching
 
@@ -80,8 +80,8 @@ async def eventually(check, what: str, within: float = 5.0) -> None:  # type: ig
 
 
 @pytest.fixture
-async def migrated(database_url: str) -> str:
-    await upgrade_async(database_url, bootstrap.MIGRATIONS)
+async def migrated(database_url: str, migrated_databases: MigratedDatabases) -> str:
+    await migrated_databases.migrate(database_url, bootstrap.MIGRATIONS)
     return database_url
 
 

@@ -20,7 +20,7 @@ from services.registry.grpc_api import RegistryServicer
 from services.registry.handlers import SuspendProvider
 from services.runtime.db import Database, OutboxEvent
 from services.runtime.dispatch import DUPLICATE, Dispatcher, InboxKey
-from services.runtime.migrate import upgrade_async
+from tests.conftest import MigratedDatabases
 from tests.integration.helpers import (
     ProviderKey,
     Tokens,
@@ -54,8 +54,8 @@ REGISTERED = "kasvu.registry.v1.ProviderRegistered"
 
 
 @pytest.fixture
-async def registry_db(database_url: str) -> AsyncIterator[Database]:
-    await upgrade_async(database_url, bootstrap.MIGRATIONS)
+async def registry_db(database_url: str, migrated_databases: MigratedDatabases) -> AsyncIterator[Database]:
+    await migrated_databases.migrate(database_url, bootstrap.MIGRATIONS)
     db = Database(database_url)
     yield db
     await db.dispose()

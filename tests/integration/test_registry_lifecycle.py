@@ -26,9 +26,9 @@ from services.registry.grpc_api import RegistryServicer
 from services.runtime.clock import ManualClock
 from services.runtime.db import Database, OutboxEvent
 from services.runtime.dispatch import Dispatcher, InboxKey, Refused
-from services.runtime.migrate import upgrade_async
 from services.runtime.worker import Scheduler, Worker
 from services.runtime.writer import write_path_for
+from tests.conftest import MigratedDatabases
 from tests.integration.helpers import (
     ProviderKey,
     Tokens,
@@ -124,8 +124,10 @@ class Registry:
 
 
 @pytest.fixture
-async def registry(database_url: str, tmp_path: Path) -> AsyncIterator[Registry]:
-    await upgrade_async(database_url, bootstrap.MIGRATIONS)
+async def registry(
+    database_url: str, tmp_path: Path, migrated_databases: MigratedDatabases
+) -> AsyncIterator[Registry]:
+    await migrated_databases.migrate(database_url, bootstrap.MIGRATIONS)
     db = Database(database_url)
     clock = ManualClock(START)
     tokens = Tokens.generate(tmp_path / "keys")

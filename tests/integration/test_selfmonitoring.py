@@ -31,7 +31,7 @@ from services.runtime.writer import write_path_for
 from services.selfmonitoring import bootstrap, consumers, handlers, store
 from services.selfmonitoring.alerts import AlertFeed
 from services.selfmonitoring.grpc_api import SelfMonitoringServicer
-from tests.conftest import NatsServer
+from tests.conftest import MigratedDatabases, NatsServer
 from tests.integration.helpers import (
     AlertReader,
     Tokens,
@@ -77,8 +77,8 @@ class Clock(RuntimeClock):
 
 
 @pytest.fixture
-async def sm_db(database_url: str) -> AsyncIterator[Database]:
-    await upgrade_async(database_url, bootstrap.MIGRATIONS)
+async def sm_db(database_url: str, migrated_databases: MigratedDatabases) -> AsyncIterator[Database]:
+    await migrated_databases.migrate(database_url, bootstrap.MIGRATIONS)
     db = Database(database_url)
     yield db
     await db.dispose()

@@ -28,11 +28,11 @@ from services.runtime.auth import Principal, Role, mint_token
 from services.runtime.clock import ManualClock
 from services.runtime.db import Database
 from services.runtime.dispatch import Dispatcher
-from services.runtime.migrate import upgrade_async
 from services.runtime.worker import Scheduler, Worker
 from services.runtime.writer import write_path_for
 from services.tendering import bootstrap, handlers, model, sealing, store
 from services.tendering.grpc_api import TenderingServicer, receipt_of
+from tests.conftest import MigratedDatabases
 from tests.integration.helpers import (
     Tokens,
     business_ids,
@@ -202,8 +202,10 @@ class World:
 
 
 @pytest.fixture
-async def world(database_url: str, tmp_path: Path) -> AsyncIterator[World]:
-    await upgrade_async(database_url, bootstrap.MIGRATIONS)
+async def world(
+    database_url: str, tmp_path: Path, migrated_databases: MigratedDatabases
+) -> AsyncIterator[World]:
+    await migrated_databases.migrate(database_url, bootstrap.MIGRATIONS)
     db = Database(database_url)
     write_path = write_path_for(db)
     clock = ManualClock(T0)
