@@ -19,7 +19,6 @@ from kasvuctl.launcher import ServerTls, wait_for_tcp, write_nats_config
 from kasvuctl.localsuite import free_port
 from kasvuctl.natsauth import AUTH_DIR, NatsAuth, ensure_auth
 from services.runtime.db import Database, is_sqlite
-from services.runtime.migrate import upgrade_async
 from services.runtime.natsaccess import NatsAccess
 
 NATS_SERVER = Path(sys.executable).parent / "nats-server"
@@ -152,6 +151,9 @@ class MigratedDatabases:
             server.psql(f"CREATE DATABASE {target} TEMPLATE {template}")
 
     async def _new_template(self, dialect: str, migrations: Path) -> str:
+        # Imported here: Alembic is slow to import, and most test processes never migrate.
+        from services.runtime.migrate import upgrade_async
+
         name = f"template_{migrations.parent.name}"
         if dialect == "sqlite":
             path = self._directory / f"{name}.db"
