@@ -8,6 +8,7 @@ import argparse
 import asyncio
 import datetime as dt
 import json
+import math
 import os
 import platform
 import subprocess
@@ -20,13 +21,21 @@ from pathlib import Path
 import grpc
 
 from bench import hops
-from bench.echo import echo_rps, echo_server
+from bench.cpu import CpuMeter, CpuTally, cpu_figures, render_cpu
+from bench.echo import echo_cpu, echo_rps, echo_server
 from bench.jetstream import jetstream_roundtrips
 from bench.registry_list import provider_list_figures
 from bench.selfmonitoring_load import selfmonitoring_figures
 from bench.sqlite_txn import sqlite_txn_per_s
 from bench.stats import Row, percentile, ratio, render_table
-from bench.suite_load import breach_to_suspension, prepare, register_grpc_rps, register_http_rps
+from bench.suite_load import (
+    Fixture,
+    Load,
+    breach_to_suspension,
+    prepare,
+    register_grpc_rps,
+    register_http_rps,
+)
 from bench.tendering_load import bid_submit_rps, open_bids_figures
 from kasvuctl.localsuite import LocalSuite
 
@@ -38,6 +47,7 @@ class Plan:
     """How much to measure; the defaults keep a run on two cores under about four minutes."""
 
     echo_seconds: float = 3.0
+    echo_cpu_calls: int = 10_000
     sqlite_seconds: float = 2.0
     repeats: int = 3
     in_flight: int = 32
@@ -64,11 +74,14 @@ async def measure(plan: Plan, data_dir: Path) -> dict[str, float | str]:
         await suite.start()
         log(f"suite up in {time.perf_counter() - started:.1f} s")
         # The echo server runs while the suite idles, so both see the same background.
-        with echo_server() as address:
-            results["echo_rps_1"] = await echo_rps(address, 1, plan.echo_seconds, plan.repeats)
+        with echo_server() as echo:
+            results["echo_rps_1"] = await echo_rps(echo.address, 1, plan.echo_seconds, plan.repeats)
             log(f"echo 1 in flight: {results['echo_rps_1']:.0f} rps")
-            results["echo_rps_32"] = await echo_rps(address, plan.in_flight, plan.echo_seconds, plan.repeats)
+            results["echo_rps_32"] = await echo_rps(
+                echo.address, plan.in_flight, plan.echo_seconds, plan.repeats
+            )
             log(f"echo {plan.in_flight} in flight: {results['echo_rps_32']:.0f} rps")
+            results.update(cpu_figures("echo", await echo_cpu(echo, plan.in_flight, plan.echo_cpu_calls)))
         # In a thread: it blocks on fsync, and the suite idles meanwhile as for the echo.
         results["sqlite_txn_per_s"] = await asyncio.to_thread(
             sqlite_txn_per_s, data_dir, plan.sqlite_seconds, plan.repeats
@@ -86,14 +99,7 @@ async def measure(plan: Plan, data_dir: Path) -> dict[str, float | str]:
             grpc.aio.insecure_channel(suite.address("selfmonitoring")) as selfmonitoring,
         ):
             fixture = await prepare(suite, registry, selfmonitoring)
-            results["register_grpc_rps_32"] = await register_grpc_rps(
-                fixture, plan.registrations, plan.in_flight, plan.repeats, plan.registration_max_seconds
-            )
-            log(f"register over gRPC: {results['register_grpc_rps_32']:.0f} rps")
-            results["register_http_rps_32"] = await register_http_rps(
-                fixture, plan.registrations, plan.in_flight, plan.repeats, plan.registration_max_seconds
-            )
-            log(f"register over HTTP: {results['register_http_rps_32']:.0f} rps")
+            results.update(await registration_figures(suite, fixture, plan))
             results["register_count_per_repeat"] = plan.registrations
             results["repeats"] = plan.repeats
 
@@ -126,10 +132,32 @@ async def measure(plan: Plan, data_dir: Path) -> dict[str, float | str]:
     results["register_http_vs_echo"] = ratio(
         float(results["register_http_rps_32"]), float(results["echo_rps_32"])
     )
+    for door in ("grpc", "http"):
+        results[f"register_{door}_cpu_vs_echo"] = ratio(
+            float(results.get(f"register_{door}_cpu_ms_per_call", math.nan)),
+            float(results.get("echo_cpu_ms_per_call", math.nan)),
+        )
     results["breach_to_suspension_vs_jetstream_p50"] = ratio(
         float(results["breach_to_suspension_p50_ms"]), float(results["jetstream_roundtrip_p50_ms"])
     )
     results.update(metadata())
+    return results
+
+
+async def registration_figures(suite: LocalSuite, fixture: Fixture, plan: Plan) -> dict[str, float | str]:
+    """Registrations per second over gRPC and HTTP, and the CPU each costs the suite and the client."""
+    # Every process of the suite and the client: a registration's events reach the other
+    # services' consumers while the load runs.
+    meter = CpuMeter.of_client_and({name: process.pid for name, process in suite.processes.items()})
+    grpc_cpu, http_cpu = CpuTally(meter), CpuTally(meter)
+    load = Load(plan.registrations, plan.in_flight, plan.repeats, plan.registration_max_seconds)
+    results: dict[str, float | str] = {}
+    results["register_grpc_rps_32"] = await register_grpc_rps(fixture, load, tally=grpc_cpu)
+    log(f"register over gRPC: {results['register_grpc_rps_32']:.0f} rps")
+    results["register_http_rps_32"] = await register_http_rps(fixture, load, tally=http_cpu)
+    log(f"register over HTTP: {results['register_http_rps_32']:.0f} rps")
+    results.update(cpu_figures("register_grpc", grpc_cpu))
+    results.update(cpu_figures("register_http", http_cpu))
     return results
 
 
@@ -207,6 +235,7 @@ def table(results: dict[str, float | str]) -> str:
     sqlite = ("sqlite_txn_per_s", figure("sqlite_txn_per_s"))
     js_p50 = ("jetstream_roundtrip_p50_ms", figure("jetstream_roundtrip_p50_ms"))
     js_p99 = ("jetstream_roundtrip_p99_ms", figure("jetstream_roundtrip_p99_ms"))
+    echo_cpu = ("echo_cpu_ms_per_call", figure("echo_cpu_ms_per_call"))
     return render_table(
         [
             Row("echo_rps_1", figure("echo_rps_1"), "rps"),
@@ -217,6 +246,9 @@ def table(results: dict[str, float | str]) -> str:
             Row("register_grpc_rps_32", figure("register_grpc_rps_32"), "rps", *echo_32),
             Row("register_grpc_rps_32", figure("register_grpc_rps_32"), "rps", *sqlite),
             Row("register_http_rps_32", figure("register_http_rps_32"), "rps", *echo_32),
+            Row("echo_cpu_ms_per_call", figure("echo_cpu_ms_per_call"), "ms"),
+            Row("register_grpc_cpu_ms_per_call", figure("register_grpc_cpu_ms_per_call"), "ms", *echo_cpu),
+            Row("register_http_cpu_ms_per_call", figure("register_http_cpu_ms_per_call"), "ms", *echo_cpu),
             Row("breach_to_suspension_p50_ms", figure("breach_to_suspension_p50_ms"), "ms", *js_p50),
             Row("breach_to_suspension_p99_ms", figure("breach_to_suspension_p99_ms"), "ms", *js_p99),
             Row(
@@ -253,6 +285,7 @@ def main() -> None:
     plan = (
         Plan(
             echo_seconds=0.5,
+            echo_cpu_calls=1000,
             sqlite_seconds=0.25,
             repeats=1,
             registrations=100,
@@ -267,6 +300,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="kasvu-bench-") as tmp:
         results = asyncio.run(measure(plan, Path(tmp)))
     print(table(results))
+    print()
+    print("CPU per call, by process (ms; the echo baseline's client and server beside it):")
+    print(render_cpu(results))
     print()
     print("where one breach -> suspension spends its time (wall clock, one host):")
     print(hops.render_hops(results))

@@ -6,9 +6,11 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import grpc
 
+from bench.cpu import CpuMeter, CpuTally
 from bench.echo_server import METHOD
 from bench.load import closed_loop
 from bench.stats import median
@@ -16,16 +18,22 @@ from bench.stats import median
 PAYLOAD = b"x" * 128  # about the size of a small request message
 
 
+@dataclass(frozen=True)
+class EchoServer:
+    address: str
+    pid: int
+
+
 @contextmanager
-def echo_server() -> Iterator[str]:
-    """Starts bench.echo_server in a subprocess; yields its address."""
+def echo_server() -> Iterator[EchoServer]:
+    """Starts bench.echo_server in a subprocess; yields its address and process id."""
     process = subprocess.Popen(
         [sys.executable, "-m", "bench.echo_server"], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL
     )
     try:
         assert process.stdout is not None
         port = int(process.stdout.readline())
-        yield f"127.0.0.1:{port}"
+        yield EchoServer(f"127.0.0.1:{port}", process.pid)
     finally:
         process.terminate()
         process.wait(10)
@@ -43,3 +51,19 @@ async def echo_rps(address: str, concurrency: int, duration_s: float, repeats: i
         return median(
             [await closed_loop(call, concurrency=concurrency, duration_s=duration_s) for _ in range(repeats)]
         )
+
+
+async def echo_cpu(server: EchoServer, concurrency: int, count: int) -> CpuTally:
+    """CPU of the echo server ("server") and of this client per call, over `count` calls."""
+    tally = CpuTally(CpuMeter.of_client_and({"server": server.pid}))
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        echo = channel.unary_unary(METHOD)
+
+        async def call(_: int) -> None:
+            await echo(PAYLOAD, timeout=10)
+
+        await closed_loop(call, concurrency=concurrency, count=200)
+        with tally.measuring():
+            await closed_loop(call, concurrency=concurrency, count=count)
+        tally.calls = count
+    return tally

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime as dt
 import itertools
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
@@ -20,6 +21,7 @@ from google.type import date_pb2
 from kasvu.registry.v1 import registry_pb2, registry_pb2_grpc
 from kasvu.selfmonitoring.v1 import selfmonitoring_pb2, selfmonitoring_pb2_grpc
 
+from bench.cpu import CpuTally
 from bench.hops import BreachTiming
 from bench.load import closed_loop
 from bench.stats import median
@@ -123,13 +125,43 @@ async def prepare(
     )
 
 
-async def register_grpc_rps(
-    fixture: Fixture, count: int, concurrency: int, repeats: int, max_seconds: float
-) -> float:
-    """Median registrations per second over gRPC; admitted providers are kept for the breach figure."""
+@dataclass(frozen=True)
+class Load:
+    """How a rate figure loads the suite: calls per repeat, calls in flight, repeats, and a cap
+    on each repeat's seconds."""
+
+    count: int
+    concurrency: int
+    repeats: int = 1
+    max_seconds: float | None = None
+
+
+async def _timed_repeat(call: Callable[[int], Awaitable[None]], load: Load, tally: CpuTally | None) -> float:
+    """One repeat's calls per second; with `tally`, its CPU and completed calls are added to it."""
+    completed = 0
+
+    async def counted(index: int) -> None:
+        nonlocal completed
+        await call(index)
+        completed += 1
+
+    with tally.measuring() if tally is not None else contextlib.nullcontext():
+        rate = await closed_loop(
+            counted, concurrency=load.concurrency, count=load.count, duration_s=load.max_seconds
+        )
+    if tally is not None:
+        tally.calls += completed
+    return rate
+
+
+async def register_grpc_rps(fixture: Fixture, load: Load, *, tally: CpuTally | None = None) -> float:
+    """Median registrations per second over gRPC; admitted providers are kept for the breach figure.
+
+    With `tally`, the CPU the timed loops spend and the registrations they make are added to it.
+    """
     rates = []
-    for _ in range(repeats):
-        providers = fixture.providers(count)
+    for _ in range(load.repeats):
+        providers = fixture.providers(load.count)
 
         async def call(index: int, providers: Sequence[Provider] = providers) -> None:
             provider = providers[index]
@@ -144,7 +176,7 @@ async def register_grpc_rps(
                 raise RuntimeError(f"{provider.business_id} not admitted: {reply}")
             provider.registration = reply.name
 
-        rates.append(await closed_loop(call, concurrency=concurrency, count=count, duration_s=max_seconds))
+        rates.append(await _timed_repeat(call, load, tally))
         # Cut short by the time cap, some were never registered.
         fixture.admitted.extend(provider for provider in providers if provider.registration)
     return median(rates)
@@ -162,22 +194,20 @@ def registration_json(fixture: Fixture, business_id: str) -> dict[str, object]:
     }
 
 
-async def register_http_rps(
-    fixture: Fixture, count: int, concurrency: int, repeats: int, max_seconds: float
-) -> float:
+async def register_http_rps(fixture: Fixture, load: Load, *, tally: CpuTally | None = None) -> float:
     """Median registrations per second through the HTTP gateway, one connection per call in flight.
 
     The client is aiohttp: httpx spent about 6 ms of CPU per request here, so on two cores
     the figure measured the client; aiohttp spends about 0.5 ms, near the gRPC client's share
-    of the echo baseline.
+    of the echo baseline. With `tally`, as for gRPC.
     """
     url = f"{fixture.suite.gateway_url}/v1/{SERVICE_PARENT}/registrations"
     rates = []
-    connector = aiohttp.TCPConnector(limit=concurrency)
+    connector = aiohttp.TCPConnector(limit=load.concurrency)
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as client:
-        for _ in range(repeats):
-            providers = fixture.providers(count)
+        for _ in range(load.repeats):
+            providers = fixture.providers(load.count)
             bodies = [json.dumps(registration_json(fixture, provider.business_id)) for provider in providers]
 
             async def call(
@@ -195,9 +225,7 @@ async def register_http_rps(
                     ):
                         raise RuntimeError(f"HTTP registration failed: {response.status} {text}")
 
-            rates.append(
-                await closed_loop(call, concurrency=concurrency, count=count, duration_s=max_seconds)
-            )
+            rates.append(await _timed_repeat(call, load, tally))
     return median(rates)
 
 

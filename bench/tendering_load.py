@@ -300,8 +300,8 @@ async def measure(data_dir: Path) -> dict[str, float]:
     suite = LocalSuite(data_dir / "suite")
     try:
         await suite.start()
-        with echo_server() as address:
-            results["echo_rps_32"] = await echo_rps(address, 32, 3.0, 3)
+        with echo_server() as echo:
+            results["echo_rps_32"] = await echo_rps(echo.address, 32, 3.0, 3)
 
         def token(role: Role, organisation: str, subject: str) -> str:
             return mint_token(suite.private_key(), Principal(role, organisation, subject))

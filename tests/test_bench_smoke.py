@@ -9,11 +9,13 @@ import json
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from bench import hops
+from bench.cpu import CLIENT, CpuMeter, CpuTally, cpu_figures, render_cpu
 from bench.load import closed_loop
 from bench.sqlite_txn import sqlite_txn_per_s
 from bench.stats import Row, format_ratio, median, percentile, ratio, render_table
@@ -36,6 +38,17 @@ REQUIRED_KEYS = (
     "breach_to_suspension_p99_ms",
     "breach_to_suspension_vs_jetstream_p50",
     "hop_breaches",
+    # What a registration costs in CPU, by process, beside what an echo call costs.
+    "echo_cpu_ms_per_call",
+    "echo_cpu_ms_server",
+    "echo_cpu_ms_client",
+    "register_grpc_cpu_ms_per_call",
+    "register_grpc_cpu_ms_registry",
+    "register_grpc_cpu_ms_client",
+    "register_http_cpu_ms_per_call",
+    "register_http_cpu_ms_gateway",
+    "register_grpc_cpu_vs_echo",
+    "register_http_cpu_vs_echo",
     # Issues 8 and 9: self-monitoring ingestion and alerts, sealed bids.
     "ingest_obs_per_s",
     "ingest_vs_jetstream",
@@ -108,6 +121,60 @@ def test_closed_loop_stops_at_count_with_that_many_in_flight() -> None:
     assert rate > 0
 
 
+def _burn(seconds: float) -> None:
+    """Spends `seconds` of this process's CPU."""
+    until = time.process_time() + seconds
+    while time.process_time() < until:
+        pass
+
+
+def test_cpu_tally_counts_the_measured_stretches_and_not_what_runs_between() -> None:
+    tally = CpuTally(CpuMeter.of_client_and({}))
+    for _ in range(2):
+        with tally.measuring():
+            _burn(0.1)
+        _burn(0.2)  # between the stretches: minting tokens, warming up
+    tally.calls = 100
+    # 0.2 s measured over 100 calls: 2 ms a call; the 0.4 s between would make it 6.
+    assert 1.8 <= tally.ms_per_call()[CLIENT] < 3.0
+
+
+def test_cpu_figures_name_each_process_and_their_total() -> None:
+    tally = CpuTally(CpuMeter({}))
+    tally.seconds.update({"registry": 0.5, CLIENT: 0.25})
+    tally.calls = 250
+    figures = cpu_figures("register_grpc", tally)
+    assert figures == pytest.approx(
+        {
+            "register_grpc_cpu_calls": 250,
+            "register_grpc_cpu_ms_registry": 2.0,
+            "register_grpc_cpu_ms_client": 1.0,
+            "register_grpc_cpu_ms_per_call": 3.0,
+        }
+    )
+    assert cpu_figures("echo", CpuTally(CpuMeter({}))) == {"echo_cpu_calls": 0}
+
+
+def test_cpu_table_has_a_line_per_process_and_a_dash_where_one_was_not_measured() -> None:
+    text = render_cpu(
+        {
+            "echo_cpu_ms_per_call": 0.4,
+            "echo_cpu_ms_server": 0.2,
+            "echo_cpu_ms_client": 0.2,
+            "register_grpc_cpu_ms_per_call": 3.0,
+            "register_grpc_cpu_ms_registry": 2.5,
+            "register_grpc_cpu_ms_client": 0.5,
+        }
+    )
+    lines = {line.split()[0]: line.split()[1:] for line in text.splitlines()[2:]}
+    assert lines == {
+        "client": ["0.20", "0.50"],
+        "registry": ["-", "2.50"],
+        "server": ["0.20", "-"],
+        "total": ["0.40", "3.00"],
+    }
+
+
 def test_hops_skip_a_breach_only_where_it_lacks_an_instant() -> None:
     complete = {name: float(second) for second, name in enumerate(hops.TIMELINE)}
     without_stream = {k: v for k, v in complete.items() if k != hops.STORED}
@@ -173,3 +240,7 @@ def test_quick_run_writes_every_figure(tmp_path: Path) -> None:
         assert f"hop_{hop.name}_p50_ms" in results and f"hop_{hop.name}_p99_ms" in results
     assert results["sqlite_txn_per_s"] > 0
     assert "where one breach -> suspension spends its time" in run.stdout
+    # Every registration costs the registry and the client some CPU, and more than an echo call.
+    assert results["register_grpc_cpu_ms_registry"] > 0 and results["register_grpc_cpu_ms_client"] > 0
+    assert results["register_grpc_cpu_vs_echo"] > 1
+    assert "CPU per call, by process" in run.stdout

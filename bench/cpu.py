@@ -1,0 +1,103 @@
+"""CPU time per call, process by process: what a rate costs, read beside what the baseline costs.
+
+On a machine whose cores the client, the baseline server and the suite share, a loaded run is
+CPU-bound on both sides, so the rate ratio a figure reports (registrations against echo calls)
+cannot rise above the inverse of their CPU ratio. The per-process split says where that CPU
+goes, which is the next step a rate alone hides.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections import Counter
+from collections.abc import Iterator, Mapping
+
+import psutil
+
+from bench.stats import format_value, render_cells
+
+CLIENT = "client"
+"""The bench process itself: the load generator's share."""
+
+
+class CpuMeter:
+    """Reads the CPU seconds (user and system, every thread) of named processes."""
+
+    def __init__(self, pids: Mapping[str, int]) -> None:
+        self._processes = {name: psutil.Process(pid) for name, pid in pids.items()}
+
+    @classmethod
+    def of_client_and(cls, pids: Mapping[str, int]) -> CpuMeter:
+        """The named processes and this one, as CLIENT."""
+        return cls({**pids, CLIENT: os.getpid()})
+
+    def read(self) -> dict[str, float]:
+        readings = {}
+        for name, process in self._processes.items():
+            times = process.cpu_times()
+            readings[name] = times.user + times.system
+        return readings
+
+
+class CpuTally:
+    """CPU seconds spent while measuring, and the calls made meanwhile: CPU per call by process.
+
+    Several measured stretches (the repeats of a figure) add up; what runs between them (minting
+    tokens, warming up) stays out.
+    """
+
+    def __init__(self, meter: CpuMeter) -> None:
+        self._meter = meter
+        self.seconds: Counter[str] = Counter()
+        self.calls = 0
+
+    @contextlib.contextmanager
+    def measuring(self) -> Iterator[None]:
+        before = self._meter.read()
+        try:
+            yield
+        finally:
+            after = self._meter.read()
+            self.seconds.update({name: after[name] - before[name] for name in after})
+
+    def ms_per_call(self) -> dict[str, float]:
+        """Milliseconds of CPU per call for each process; empty before any call was counted."""
+        if self.calls <= 0:
+            return {}
+        return {name: seconds * 1000 / self.calls for name, seconds in self.seconds.items()}
+
+
+def cpu_figures(prefix: str, tally: CpuTally) -> dict[str, float]:
+    """`<prefix>_cpu_ms_per_call` (every metered process together), `<prefix>_cpu_ms_<process>`
+    for each, and `<prefix>_cpu_calls`."""
+    per_process = tally.ms_per_call()
+    figures: dict[str, float] = {f"{prefix}_cpu_calls": tally.calls}
+    if per_process:
+        figures[f"{prefix}_cpu_ms_per_call"] = sum(per_process.values())
+        figures.update({f"{prefix}_cpu_ms_{name}": value for name, value in per_process.items()})
+    return figures
+
+
+CPU_TABLE_PREFIXES = ("echo", "register_grpc", "register_http")
+
+
+def render_cpu(results: Mapping[str, float | str]) -> str:
+    """One line per process (and the total), one column per measured call: ms of CPU per call."""
+    columns = [prefix for prefix in CPU_TABLE_PREFIXES if f"{prefix}_cpu_ms_per_call" in results]
+    names: list[str] = []
+    for prefix in columns:
+        start = f"{prefix}_cpu_ms_"
+        for key in results:
+            name = key.removeprefix(start)
+            if key.startswith(start) and name != "per_call" and name not in names:
+                names.append(name)
+
+    def cell(prefix: str, name: str) -> str:
+        value = results.get(f"{prefix}_cpu_ms_{name}")
+        return "-" if value is None else format_value(float(value))
+
+    cells: list[tuple[str, ...]] = [("process", *columns)]
+    cells.extend((name, *(cell(prefix, name) for prefix in columns)) for name in sorted(names))
+    cells.append(("total", *(cell(prefix, "per_call") for prefix in columns)))
+    return render_cells(cells, right_aligned=set(range(1, len(columns) + 1)))
