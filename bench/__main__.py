@@ -24,13 +24,13 @@ from bench import hops
 from bench.cpu import CpuMeter, CpuTally, cpu_figures, render_cpu
 from bench.echo import echo_cpu, echo_rps, echo_server
 from bench.jetstream import jetstream_roundtrips
+from bench.load import Load
 from bench.registry_list import provider_list_figures
 from bench.selfmonitoring_load import selfmonitoring_figures
 from bench.sqlite_txn import sqlite_txn_per_s
 from bench.stats import Row, percentile, ratio, render_table
 from bench.suite_load import (
     Fixture,
-    Load,
     breach_to_suspension,
     prepare,
     register_grpc_rps,
@@ -132,9 +132,9 @@ async def measure(plan: Plan, data_dir: Path) -> dict[str, float | str]:
     results["register_http_vs_echo"] = ratio(
         float(results["register_http_rps_32"]), float(results["echo_rps_32"])
     )
-    for door in ("grpc", "http"):
-        results[f"register_{door}_cpu_vs_echo"] = ratio(
-            float(results.get(f"register_{door}_cpu_ms_per_call", math.nan)),
+    for call in ("register_grpc", "register_http", "bid_submit"):
+        results[f"{call}_cpu_vs_echo"] = ratio(
+            float(results.get(f"{call}_cpu_ms_per_call", math.nan)),
             float(results.get("echo_cpu_ms_per_call", math.nan)),
         )
     results["breach_to_suspension_vs_jetstream_p50"] = ratio(
@@ -146,9 +146,7 @@ async def measure(plan: Plan, data_dir: Path) -> dict[str, float | str]:
 
 async def registration_figures(suite: LocalSuite, fixture: Fixture, plan: Plan) -> dict[str, float | str]:
     """Registrations per second over gRPC and HTTP, and the CPU each costs the suite and the client."""
-    # Every process of the suite and the client: a registration's events reach the other
-    # services' consumers while the load runs.
-    meter = CpuMeter.of_client_and({name: process.pid for name, process in suite.processes.items()})
+    meter = CpuMeter.of_client_and_suite(suite)
     grpc_cpu, http_cpu = CpuTally(meter), CpuTally(meter)
     load = Load(plan.registrations, plan.in_flight, plan.repeats, plan.registration_max_seconds)
     results: dict[str, float | str] = {}
@@ -165,13 +163,16 @@ async def capability_figures(suite: LocalSuite, plan: Plan) -> dict[str, float |
     """Self-monitoring's ingestion and alert fan-out, and sealed-bid submission, on the running suite."""
     results: dict[str, float | str] = dict(await selfmonitoring_figures(suite, quick=plan.quick))
     log(f"observations ingested: {results['ingest_obs_per_s']:.0f} /s")
+    bid_cpu = CpuTally(CpuMeter.of_client_and_suite(suite))
     results["bid_submit_rps_32"] = await bid_submit_rps(
         suite.address("tendering"),
         lambda role, organisation, subject: suite.token(role, organisation),
         concurrency=plan.in_flight,
         duration_s=1.0 if plan.quick else 3.0,
         repeats=plan.repeats,
+        tally=bid_cpu,
     )
+    results.update(cpu_figures("bid_submit", bid_cpu))
     log(f"bids submitted: {results['bid_submit_rps_32']:.0f} /s")
     if not plan.quick:
         # 11 000 registrations to fill two regions first: about a minute, so not in --quick.
@@ -262,6 +263,7 @@ def table(results: dict[str, float | str]) -> str:
             Row("alert_fanout_p99_ms", figure("alert_fanout_p99_ms"), "ms"),
             Row("alert_fanout_dropped", figure("alert_fanout_dropped"), "alerts"),
             Row("bid_submit_rps_32", figure("bid_submit_rps_32"), "rps", *echo_32),
+            Row("bid_submit_cpu_ms_per_call", figure("bid_submit_cpu_ms_per_call"), "ms", *echo_cpu),
             Row(
                 "open_10k_bids_s",
                 figure("open_10k_bids_s"),

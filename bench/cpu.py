@@ -12,10 +12,14 @@ import contextlib
 import os
 from collections import Counter
 from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING
 
 import psutil
 
 from bench.stats import format_value, render_cells
+
+if TYPE_CHECKING:
+    from kasvuctl.localsuite import LocalSuite
 
 CLIENT = "client"
 """The bench process itself: the load generator's share."""
@@ -31,6 +35,12 @@ class CpuMeter:
     def of_client_and(cls, pids: Mapping[str, int]) -> CpuMeter:
         """The named processes and this one, as CLIENT."""
         return cls({**pids, CLIENT: os.getpid()})
+
+    @classmethod
+    def of_client_and_suite(cls, suite: LocalSuite) -> CpuMeter:
+        """Every process of a running local suite (its services and nats-server) and this one:
+        a call's events reach the other services' consumers while the load runs."""
+        return cls.of_client_and({name: process.pid for name, process in suite.processes.items()})
 
     def read(self) -> dict[str, float]:
         readings = {}
@@ -79,7 +89,7 @@ def cpu_figures(prefix: str, tally: CpuTally) -> dict[str, float]:
     return figures
 
 
-CPU_TABLE_PREFIXES = ("echo", "register_grpc", "register_http")
+CPU_TABLE_PREFIXES = ("echo", "register_grpc", "register_http", "bid_submit")
 
 
 def render_cpu(results: Mapping[str, float | str]) -> str:

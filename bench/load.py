@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from bench.cpu import CpuTally
 
 
 async def closed_loop(
@@ -39,3 +43,32 @@ async def closed_loop(
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return completed / (time.perf_counter() - start)
+
+
+@dataclass(frozen=True)
+class Load:
+    """How a rate figure loads the suite: calls per repeat (None: as many as the time allows),
+    calls in flight, repeats, and a cap on each repeat's seconds."""
+
+    count: int | None
+    concurrency: int
+    repeats: int = 1
+    max_seconds: float | None = None
+
+
+async def timed_repeat(call: Callable[[int], Awaitable[object]], load: Load, tally: CpuTally | None) -> float:
+    """One repeat's calls per second; with `tally`, its CPU and completed calls are added to it."""
+    completed = 0
+
+    async def counted(index: int) -> None:
+        nonlocal completed
+        await call(index)
+        completed += 1
+
+    with tally.measuring() if tally is not None else contextlib.nullcontext():
+        rate = await closed_loop(
+            counted, concurrency=load.concurrency, count=load.count, duration_s=load.max_seconds
+        )
+    if tally is not None:
+        tally.calls += completed
+    return rate

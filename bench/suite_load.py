@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import datetime as dt
 import itertools
 import json
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
@@ -23,7 +22,7 @@ from kasvu.selfmonitoring.v1 import selfmonitoring_pb2, selfmonitoring_pb2_grpc
 
 from bench.cpu import CpuTally
 from bench.hops import BreachTiming
-from bench.load import closed_loop
+from bench.load import Load, closed_loop, timed_repeat
 from bench.stats import median
 from kasvuctl.localsuite import LocalSuite
 from services.runtime.auth import Role
@@ -125,33 +124,10 @@ async def prepare(
     )
 
 
-@dataclass(frozen=True)
-class Load:
-    """How a rate figure loads the suite: calls per repeat, calls in flight, repeats, and a cap
-    on each repeat's seconds."""
-
-    count: int
-    concurrency: int
-    repeats: int = 1
-    max_seconds: float | None = None
-
-
-async def _timed_repeat(call: Callable[[int], Awaitable[None]], load: Load, tally: CpuTally | None) -> float:
-    """One repeat's calls per second; with `tally`, its CPU and completed calls are added to it."""
-    completed = 0
-
-    async def counted(index: int) -> None:
-        nonlocal completed
-        await call(index)
-        completed += 1
-
-    with tally.measuring() if tally is not None else contextlib.nullcontext():
-        rate = await closed_loop(
-            counted, concurrency=load.concurrency, count=load.count, duration_s=load.max_seconds
-        )
-    if tally is not None:
-        tally.calls += completed
-    return rate
+def _provider_count(load: Load) -> int:
+    if load.count is None:
+        raise ValueError("a registration load needs a count: each call registers a new provider")
+    return load.count
 
 
 async def register_grpc_rps(fixture: Fixture, load: Load, *, tally: CpuTally | None = None) -> float:
@@ -161,7 +137,7 @@ async def register_grpc_rps(fixture: Fixture, load: Load, *, tally: CpuTally | N
     """
     rates = []
     for _ in range(load.repeats):
-        providers = fixture.providers(load.count)
+        providers = fixture.providers(_provider_count(load))
 
         async def call(index: int, providers: Sequence[Provider] = providers) -> None:
             provider = providers[index]
@@ -176,7 +152,7 @@ async def register_grpc_rps(fixture: Fixture, load: Load, *, tally: CpuTally | N
                 raise RuntimeError(f"{provider.business_id} not admitted: {reply}")
             provider.registration = reply.name
 
-        rates.append(await _timed_repeat(call, load, tally))
+        rates.append(await timed_repeat(call, load, tally))
         # Cut short by the time cap, some were never registered.
         fixture.admitted.extend(provider for provider in providers if provider.registration)
     return median(rates)
@@ -207,7 +183,7 @@ async def register_http_rps(fixture: Fixture, load: Load, *, tally: CpuTally | N
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as client:
         for _ in range(load.repeats):
-            providers = fixture.providers(load.count)
+            providers = fixture.providers(_provider_count(load))
             bodies = [json.dumps(registration_json(fixture, provider.business_id)) for provider in providers]
 
             async def call(
@@ -225,7 +201,7 @@ async def register_http_rps(fixture: Fixture, load: Load, *, tally: CpuTally | N
                     ):
                         raise RuntimeError(f"HTTP registration failed: {response.status} {text}")
 
-            rates.append(await _timed_repeat(call, load, tally))
+            rates.append(await timed_repeat(call, load, tally))
     return median(rates)
 
 

@@ -49,6 +49,9 @@ REQUIRED_KEYS = (
     "register_http_cpu_ms_gateway",
     "register_grpc_cpu_vs_echo",
     "register_http_cpu_vs_echo",
+    "bid_submit_cpu_ms_per_call",
+    "bid_submit_cpu_ms_tendering",
+    "bid_submit_cpu_vs_echo",
     # Issues 8 and 9: self-monitoring ingestion and alerts, sealed bids.
     "ingest_obs_per_s",
     "ingest_vs_jetstream",
