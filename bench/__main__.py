@@ -21,7 +21,7 @@ from pathlib import Path
 import grpc
 
 from bench import hops
-from bench.cpu import CpuMeter, CpuTally, cpu_figures, render_cpu
+from bench.cpu import CPU_TABLE_PREFIXES, ECHO, CpuMeter, CpuTally, cpu_figures, render_cpu
 from bench.echo import echo_cpu, echo_rps, echo_server
 from bench.jetstream import jetstream_roundtrips
 from bench.load import Load
@@ -132,11 +132,12 @@ async def measure(plan: Plan, data_dir: Path) -> dict[str, float | str]:
     results["register_http_vs_echo"] = ratio(
         float(results["register_http_rps_32"]), float(results["echo_rps_32"])
     )
-    for call in ("register_grpc", "register_http", "bid_submit"):
-        results[f"{call}_cpu_vs_echo"] = ratio(
-            float(results.get(f"{call}_cpu_ms_per_call", math.nan)),
-            float(results.get("echo_cpu_ms_per_call", math.nan)),
-        )
+    for call in CPU_TABLE_PREFIXES:
+        if call != ECHO:
+            results[f"{call}_cpu_vs_echo"] = ratio(
+                float(results.get(f"{call}_cpu_ms_per_call", math.nan)),
+                float(results.get(f"{ECHO}_cpu_ms_per_call", math.nan)),
+            )
     results["breach_to_suspension_vs_jetstream_p50"] = ratio(
         float(results["breach_to_suspension_p50_ms"]), float(results["jetstream_roundtrip_p50_ms"])
     )

@@ -1,9 +1,9 @@
 """CPU time per call, process by process: what a rate costs, read beside what the baseline costs.
 
 On a machine whose cores the client, the baseline server and the suite share, a loaded run is
-CPU-bound on both sides, so the rate ratio a figure reports (registrations against echo calls)
-cannot rise above the inverse of their CPU ratio. The per-process split says where that CPU
-goes, which is the next step a rate alone hides.
+CPU-bound: a service's rate is bounded by its one process's CPU per call (one core), and the
+suite's by the CPU of every process together (all the cores). The per-process split says which
+bound holds and where the CPU goes, which is the next step a rate alone hides.
 """
 
 from __future__ import annotations
@@ -89,19 +89,20 @@ def cpu_figures(prefix: str, tally: CpuTally) -> dict[str, float]:
     return figures
 
 
-CPU_TABLE_PREFIXES = ("echo", "register_grpc", "register_http", "bid_submit")
+ECHO = "echo"
+"""The baseline's prefix; the calls measured against it follow."""
+CPU_TABLE_PREFIXES = (ECHO, "register_grpc", "register_http", "bid_submit")
 
 
 def render_cpu(results: Mapping[str, float | str]) -> str:
     """One line per process (and the total), one column per measured call: ms of CPU per call."""
     columns = [prefix for prefix in CPU_TABLE_PREFIXES if f"{prefix}_cpu_ms_per_call" in results]
-    names: list[str] = []
-    for prefix in columns:
-        start = f"{prefix}_cpu_ms_"
-        for key in results:
-            name = key.removeprefix(start)
-            if key.startswith(start) and name != "per_call" and name not in names:
-                names.append(name)
+    names = {
+        key.removeprefix(f"{prefix}_cpu_ms_")
+        for prefix in columns
+        for key in results
+        if key.startswith(f"{prefix}_cpu_ms_")
+    } - {"per_call"}
 
     def cell(prefix: str, name: str) -> str:
         value = results.get(f"{prefix}_cpu_ms_{name}")
